@@ -1,0 +1,32 @@
+"""`engine` command line. Each command group lives in its own module with a `register(app)`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from engine.exceptions import EngineError
+
+app = typer.Typer(
+    name="engine",
+    help="Automation engine for ML experiment tracking on TimescaleDB.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# Keep in sync with the modules in engine/cli/.
+from engine.cli import db as _db  # noqa: E402
+
+for _module in (_db,):
+    _module.register(app)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except EngineError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)

@@ -1,0 +1,177 @@
+"""Connections, the one boundary where psycopg errors become EngineErrors, and migrations.
+
+SQL written by hand lives in `sql/queries/*.sql`, in blocks named `-- name: <name>`,
+loaded with `query("<name>")`. Migrations are `sql/migrations/NNNN_*.sql`, views
+`sql/views/*.sql` (recreated after every migrate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import psycopg
+from psycopg import errors as pgerrors
+
+from engine.exceptions import (
+    DatabaseError,
+    DatabaseUnavailable,
+    EngineError,
+    ExtensionMissing,
+    QueryTimeout,
+    SchemaNotReady,
+)
+from engine.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(os.environ.get("ENGINE_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
+NOTIFY_CHANNEL = "engine_ingest"
+_MIGRATION_LOCK = 0x656E67696E65  # "engine": serialises concurrent `db migrate`
+
+
+# -- error boundary ------------------------------------------------------------------------
+def translate(exc: BaseException) -> EngineError:
+    """Map a psycopg error to the engine's tree, by SQLSTATE class, with the fix in words."""
+    if isinstance(exc, EngineError):
+        return exc
+    state = getattr(exc, "sqlstate", None) or ""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError) and not state or state.startswith("08") or state in ("57P01", "57P02", "57P03"):
+        return DatabaseUnavailable(
+            f"no database reachable ({text}). Start the embedded one with `engine db up`, "
+            "or set ENGINE_DATABASE_URL to a running TimescaleDB."
+        )
+    if state == "57014":
+        return QueryTimeout(f"query cancelled by statement_timeout ({text})")
+    if state in ("42P01", "42883", "3F000") and "timescaledb" not in text:
+        return SchemaNotReady(f"the database schema is missing or old ({text}): run `engine db migrate`.")
+    if "timescaledb" in text.lower() and ("preload" in text.lower() or "not available" in text.lower() or state == "0A000"):
+        return ExtensionMissing(
+            f"TimescaleDB is not available ({text}). Install it (`scripts/setup`) and add "
+            "shared_preload_libraries = 'timescaledb' to postgresql.conf, then restart PostgreSQL."
+        )
+    return DatabaseError(text)
+
+
+@contextlib.contextmanager
+def boundary() -> Iterator[None]:
+    """Translate driver errors raised inside the block."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+# -- connections ---------------------------------------------------------------------------
+def database_url(settings: Settings | None = None, *, start: bool = True) -> str:
+    """The URL to use: ENGINE_DATABASE_URL, or the embedded cluster (started if needed)."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    from engine.localdb import LocalDatabase
+
+    local = LocalDatabase(settings.data_dir)
+    if start and not local.status().running:
+        log.info("starting the embedded database under %s", settings.data_dir)
+        local.up()
+    return local.url()
+
+
+def connect(url: str | None = None, *, autocommit: bool = False, settings: Settings | None = None) -> psycopg.Connection:
+    with boundary():
+        return psycopg.connect(url or database_url(settings), autocommit=autocommit)
+
+
+# -- hand-written queries ------------------------------------------------------------------
+_BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+@lru_cache(maxsize=None)
+def _queries() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for path in sorted((SQL_DIR / "queries").glob("*.sql")):
+        parts = _BLOCK.split(path.read_text())
+        for name, body in zip(parts[1::2], parts[2::2]):
+            if name in found:
+                raise RuntimeError(f"query {name!r} defined twice ({path})")
+            found[name] = body.strip()
+    return found
+
+
+def query(name: str) -> str:
+    """A named block from sql/queries/*.sql."""
+    try:
+        return _queries()[name]
+    except KeyError:
+        raise KeyError(f"no query named {name!r} in {SQL_DIR / 'queries'}") from None
+
+
+def query_names() -> set[str]:
+    return set(_queries())
+
+
+# -- migrations ----------------------------------------------------------------------------
+def migrations() -> list[tuple[str, Path]]:
+    return [(p.name.split("_", 1)[0], p) for p in sorted((SQL_DIR / "migrations").glob("[0-9]*.sql"))]
+
+
+def migrate(conn: psycopg.Connection) -> list[str]:
+    """Apply pending migrations (each in its own transaction), then recreate the views.
+
+    Idempotent: applied versions are recorded in `schema_migrations`. Returns what was applied.
+    """
+    applied_now: list[str] = []
+    with boundary():
+        conn.autocommit = True
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+            for version, path in migrations():
+                if version in done:
+                    continue
+                text = path.read_text()
+                with conn.transaction():
+                    conn.execute(text)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (version, path.name, hashlib.sha256(text.encode()).hexdigest()),
+                    )
+                applied_now.append(path.name)
+                log.info("applied migration %s", path.name)
+            with conn.transaction():
+                for view in sorted((SQL_DIR / "views").glob("*.sql")):
+                    conn.execute(view.read_text())
+        except pgerrors.UndefinedFile as exc:
+            raise ExtensionMissing(
+                "TimescaleDB is not installed for this PostgreSQL: run `scripts/setup` "
+                "(or use a TimescaleDB image)."
+            ) from exc
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied_now
+
+
+def pending_migrations(conn: psycopg.Connection) -> list[str]:
+    with boundary():
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+        done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")} if exists else set()
+    return [p.name for v, p in migrations() if v not in done]
+
+
+def ensure_schema(conn: psycopg.Connection) -> None:
+    """Raise SchemaNotReady with the fix when migrations are missing."""
+    pending = pending_migrations(conn)
+    if pending:
+        raise SchemaNotReady(f"migrations not applied ({', '.join(pending)}): run `engine db migrate`.")

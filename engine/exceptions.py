@@ -1,0 +1,98 @@
+"""The one exception tree of the engine.
+
+    EngineError                      everything the engine raises on purpose
+    ├── ConfigurationError           bad settings or environment (missing env var, bad URL)
+    ├── DatabaseError                a problem talking to PostgreSQL, translated at one boundary
+    │   ├── DatabaseUnavailable      nothing answers (SQLSTATE class 08, or no server)
+    │   ├── ExtensionMissing         TimescaleDB not installed or not preloaded
+    │   ├── SchemaNotReady           migrations not applied (SQLSTATE 42P01 / 42883)
+    │   └── QueryTimeout             statement_timeout hit (SQLSTATE 57014)
+    ├── LocalDatabaseError           the embedded cluster could not be initialised or started
+    ├── RuleError                    rules that cannot be loaded
+    │   └── RuleValidationError      carries every RuleIssue found (file, line, field, message)
+    ├── NotFound                     a named thing (automation, trigger, delivery) does not exist
+    ├── IngestError                  the SDK could not store what it was given
+    └── DeliveryError                an action could not be delivered
+        └── PermanentDeliveryError   ...and retrying cannot help (4xx, refused address)
+
+Every message is meant to be read by a person and says what to do about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class EngineError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+
+class ConfigurationError(EngineError):
+    pass
+
+
+class DatabaseError(EngineError):
+    pass
+
+
+class DatabaseUnavailable(DatabaseError):
+    pass
+
+
+class ExtensionMissing(DatabaseError):
+    pass
+
+
+class SchemaNotReady(DatabaseError):
+    pass
+
+
+class QueryTimeout(DatabaseError):
+    pass
+
+
+class LocalDatabaseError(EngineError):
+    pass
+
+
+class NotFound(EngineError):
+    pass
+
+
+class IngestError(EngineError):
+    pass
+
+
+class DeliveryError(EngineError):
+    pass
+
+
+class PermanentDeliveryError(DeliveryError):
+    """An expected failure that retrying cannot fix (a 4xx answer, a refused address)."""
+
+
+class RuleError(EngineError):
+    pass
+
+
+@dataclass(frozen=True)
+class RuleIssue:
+    """One problem in a rule file: `rules/x.yaml:12: event.window: must be ≥ 1`."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        field = f" {self.field}:" if self.field else ""
+        return f"{where}:{field} {self.message}"
+
+
+class RuleValidationError(RuleError):
+    """Every issue found while loading rules, reported all at once."""
+
+    def __init__(self, issues: list[RuleIssue]):
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))

@@ -1,0 +1,48 @@
+"""One Settings class for the whole engine; every field reads an ENGINE_* variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENGINE_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL of a TimescaleDB database. Unset: the embedded database under data_dir.",
+    )
+    data_dir: Path = Field(Path(".engine"), description="Where the embedded database keeps its files.")
+    rules_path: Path = Field(Path("rules"), description="Default folder of rule files.")
+
+    # SDK
+    flush_interval: float = Field(1.0, gt=0, description="Seconds between SDK flushes at most.")
+    flush_max_points: int = Field(20_000, ge=1, description="An SDK flush happens once this many points are buffered.")
+    buffer_max_points: int = Field(
+        5_000_000, ge=1, description="Points the SDK keeps in memory while the database is unreachable before run.log blocks."
+    )
+    system_metrics_interval: float = Field(15.0, gt=0, description="Seconds between system metric samples (0 disables).")
+    series_tail: int = Field(
+        128, ge=8, le=100_000, description="Finite values kept per series for live evaluation; longer windows read the hypertable."
+    )
+
+    # evaluation service
+    interval: float = Field(5.0, gt=0, description="Seconds between evaluation ticks of `engine serve`.")
+    statement_timeout_ms: int = Field(30_000, ge=100, description="Statement timeout of every rule query.")
+
+    # actions
+    webhook_allow_hosts: str = Field(
+        "", description="Comma-separated hosts, addresses or CIDR ranges that webhooks may reach although private."
+    )
+    delivery_workers: int = Field(8, ge=1, le=256, description="Concurrent deliveries per `engine serve`.")
+
+    log_level: str = Field("INFO", description="Logging level of the service.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,72 @@
+"""Test tiers share one throwaway TimescaleDB cluster per session (started with the same
+code as `engine db up`), and every test that needs the database gets a fresh database
+cloned from a migrated template, so tests never share state."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from engine import db as enginedb
+from engine.localdb import LocalDatabase
+from engine.settings import get_settings
+
+TEMPLATE = "engine_template"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[LocalDatabase]:
+    folder = Path(tempfile.mkdtemp(prefix="engine-test-"))
+    folder.chmod(0o755)
+    # No TimescaleDB background workers: they would hold connections to the template
+    # database and make CREATE DATABASE ... TEMPLATE fail.
+    cluster = LocalDatabase(folder, fast=True, extra_conf={"timescaledb.max_background_workers": "0"})
+    cluster.up()
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    with psycopg.connect(cluster.url(TEMPLATE)) as conn:
+        enginedb.migrate(conn)
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def database_url(pg_cluster: LocalDatabase, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh, migrated database; ENGINE_DATABASE_URL points at it for the test."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
+    url = pg_cluster.url(name)
+    monkeypatch.setenv("ENGINE_DATABASE_URL", url)
+    monkeypatch.setenv("ENGINE_WEBHOOK_ALLOW_HOSTS", "127.0.0.1,localhost,::1")
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test reads the developer's ENGINE_* environment or writes into the work tree."""
+    for key in list(os.environ):
+        if key.startswith("ENGINE_") and key != "ENGINE_SQL_DIR":
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("ENGINE_DATA_DIR", str(tmp_path / "engine-data"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
