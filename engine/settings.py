@@ -39,6 +39,15 @@ class Settings(BaseSettings):
         "", description="Comma-separated hosts, addresses or CIDR ranges that webhooks may reach although private."
     )
     delivery_workers: int = Field(8, ge=1, le=256, description="Concurrent deliveries per `engine serve`.")
+    retry_base_seconds: float = Field(
+        1.0, gt=0, description="First retry delay of a failed delivery; it doubles per attempt (with jitter) up to 5 minutes."
+    )
+    slack_api_url: str = Field(
+        "https://slack.com/api/", description="Base URL of the Slack Web API used by `token` + `channel` Slack actions."
+    )
+    base_url: str = Field(
+        "", description="Public URL of this engine, used to build ${run_url}; unset: engine://entity/project/runs/ID."
+    )
 
     log_level: str = Field("INFO", description="Logging level of the service.")
 
