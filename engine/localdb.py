@@ -103,8 +103,9 @@ class LocalDatabase:
         pid = self._live_pid() if initialised else None
         return Status(pid is not None, initialised, pid, self.data_dir, self.socket_dir, self.url())
 
-    def _live_pid(self) -> int | None:
-        pidfile = self.pgdata / "postmaster.pid"
+    def _live_pid(self, pidfile: Path | None = None) -> int | None:
+        """The pid named on the first line of `pidfile` (postmaster.pid by default), if alive."""
+        pidfile = pidfile or self.pgdata / "postmaster.pid"
         try:
             pid = int(pidfile.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
@@ -213,9 +214,13 @@ class LocalDatabase:
                 f.write("\n" + include)
 
     def _clear_stale_pidfile(self) -> None:
-        pidfile = self.pgdata / "postmaster.pid"
-        if pidfile.exists() and self._live_pid() is None:
-            pidfile.unlink(missing_ok=True)
+        # The socket lock files too: after a crash they name the dead postmaster, and where
+        # init reaps orphans lazily (containers) that pid lingers as a zombie, which the
+        # server's own check takes for a live postmaster ("lock file ... already exists").
+        stale = [self.pgdata / "postmaster.pid", *self.socket_dir.glob(".s.PGSQL.*.lock")]
+        for pidfile in stale:
+            if pidfile.exists() and self._live_pid(pidfile) is None:
+                pidfile.unlink(missing_ok=True)
 
     def _ensure_database(self) -> None:
         import psycopg

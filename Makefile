@@ -1,0 +1,28 @@
+# The two commands a newcomer needs are `make demo` and `make test`; both run the
+# (idempotent, fast when done) setup first. Extra pytest arguments: make test PYTEST_ARGS='-k localdb -x'.
+SHELL := /bin/bash
+VENV  := .venv
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@scripts/setup
+
+demo: setup
+	$(VENV)/bin/engine demo
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Every bench/*.py script, one after the other; each prints its own figures.
+bench: setup
+	@set -e; shopt -s nullglob; scripts=(bench/*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmark scripts in bench/"; exit 0; fi; \
+	for s in "$${scripts[@]}"; do echo "== $$s"; $(VENV)/bin/python "$$s"; done
+
+# Build products and caches only: the embedded database in .engine/ holds your data and is
+# kept (stop it with `engine db down`, then delete .engine/ yourself to start over).
+clean:
+	rm -rf $(VENV) .setup .pytest_cache .hypothesis *.egg-info build dist
+	find . \( -path ./.engine -o -path ./.git \) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
