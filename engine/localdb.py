@@ -185,7 +185,12 @@ class LocalDatabase:
             text=True,
         )
         if proc.returncode != 0:
-            raise LocalDatabaseError(f"initdb failed in {self.pgdata}:\n{proc.stderr.strip()}")
+            hint = ""
+            if self._run_as() and "Permission denied" in proc.stderr:
+                # typical as root with the project under /root (0700): postgres cannot get in
+                hint = (f"\nThe `{self._run_as()}` user must be able to enter every folder above {self.data_dir}: "
+                        "allow it (chmod o+x on each) or set ENGINE_DATA_DIR to a folder it can reach, such as one in /tmp.")
+            raise LocalDatabaseError(f"initdb failed in {self.pgdata}:\n{proc.stderr.strip()}{hint}")
 
     def _write_conf(self) -> None:
         conf = {

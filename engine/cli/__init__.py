@@ -18,8 +18,9 @@ app = typer.Typer(
 
 # Keep in sync with the modules in engine/cli/.
 from engine.cli import db as _db  # noqa: E402
+from engine.cli import demo as _demo  # noqa: E402
 
-for _module in (_db,):
+for _module in (_db, _demo):
     _module.register(app)
 
 

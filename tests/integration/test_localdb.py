@@ -7,6 +7,7 @@ the state it needs, so the order of the tests does not matter."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from engine.exceptions import LocalDatabaseError
 from engine.localdb import LocalDatabase
 
 
@@ -131,3 +133,14 @@ def test_timescaledb_is_preloaded(local: LocalDatabase) -> None:
     local.up()
     with psycopg.connect(local.url()) as conn:
         assert "timescaledb" in conn.execute("SHOW shared_preload_libraries").fetchone()[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only as root does the server run as another user (postgres)")
+def test_unreachable_data_dir_says_how_to_fix_it() -> None:
+    closed = Path(tempfile.mkdtemp(prefix="engine-closed-"))  # 0700: postgres cannot enter
+    try:
+        with pytest.raises(LocalDatabaseError, match="must be able to enter every folder above"):
+            LocalDatabase(closed / "data").up()
+    finally:
+        LocalDatabase(closed / "data").destroy()
+        shutil.rmtree(closed, ignore_errors=True)
