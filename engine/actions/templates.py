@@ -1,10 +1,31 @@
 """Template variables of actions (SPEC section 3): `${name}` inside payload, title, message
 and header strings. The rule loader checks names against `is_known_variable`; rendering
-lives here too so the two cannot drift apart."""
+lives here too so the two cannot drift apart.
+
+Rendering rules (documented in the README's variable table):
+
+* A variable that does not apply to the event renders as the empty string; so does an
+  unknown name (the loader refuses those, so only hand-edited database rows can have one).
+* Payloads are rendered on the parsed JSON value, not on its text: `${name}` is replaced in
+  every string, object keys included, and the result is serialised with `json.dumps`. So a
+  run name holding quotes or newlines can never break the JSON — it is escaped like any string.
+* A payload string that is exactly `"${metric_values}"` becomes the window as a JSON list of
+  numbers (the SPEC calls it "a JSON list"); inside a longer string it is its JSON text.
+  When the variable does not apply it stays the empty string, like every other variable.
+* No payload (`payload: null`): a JSON object with every variable that applies to the event
+  (see `APPLIES`), plus any other variable that has a value (e.g. the run that produced an
+  artifact), `metric_values` as a list, and `artifact_metadata.<KEY>` entries. Secrets
+  (`ACCESS_TOKEN`, `${NAME}`) are never part of the default payload.
+* `ACCESS_TOKEN` and the names of the action's `{env: NAME}` secrets are looked up in the
+  `secrets` mapping given at send time; they never enter the context (which may be printed).
+"""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable, Mapping
+from typing import Any
 
 # Keep in sync with SPEC section 3 and the README's variable table.
 VARIABLES: tuple[str, ...] = (
@@ -35,6 +56,24 @@ VARIABLES: tuple[str, ...] = (
 )
 METADATA_PREFIX = "artifact_metadata."
 PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+SECRET_VARIABLES = frozenset({"ACCESS_TOKEN"})
+
+_COMMON = ("automation_name", "event_type", "event_author", "entity_name", "project_name", "trigger_id", "fired_at")
+_RUN = ("run_id", "run_name", "run_status", "run_url")
+_METRIC = ("metric_name", "metric_value", "metric_values", "metric_step", "metric_filter")
+_ARTIFACT = ("artifact_collection_name", "artifact_version", "artifact_version_string", "artifact_version_index")
+
+# Which variables apply to each event (keyed by the W&B name, i.e. `${event_type}`): they are
+# always present in the default payload, even when empty, so that receivers see one shape.
+APPLIES: dict[str, tuple[str, ...]] = {
+    "RUN_METRIC": _COMMON + _RUN + _METRIC,
+    "RUN_METRIC_CHANGE": _COMMON + _RUN + _METRIC,
+    "RUN_STATE": _COMMON + _RUN,
+    "CREATE_ARTIFACT": _COMMON + _ARTIFACT,
+    "ADD_ARTIFACT_ALIAS": _COMMON + _ARTIFACT + ("alias",),
+    "ADD_ARTIFACT_TAG": _COMMON + _ARTIFACT + ("tag",),
+    "LINK_ARTIFACT": _COMMON + _ARTIFACT + ("registry_name",),
+}
 
 
 def is_known_variable(name: str, secret_names: frozenset[str] = frozenset()) -> bool:
@@ -47,3 +86,75 @@ def is_known_variable(name: str, secret_names: frozenset[str] = frozenset()) -> 
 def variables_in(text: str) -> list[str]:
     """The `${...}` names used in a string, in order."""
     return PLACEHOLDER.findall(text)
+
+
+def lookup(name: str, ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> str:
+    """The value of one variable: context first, then the action's secrets, else ''."""
+    if name in ctx and name not in SECRET_VARIABLES:
+        return ctx[name]
+    if secrets and name in secrets:
+        return secrets[name]
+    return ""
+
+
+def render_text(
+    template: str,
+    ctx: Mapping[str, str],
+    secrets: Mapping[str, str] | None = None,
+    *,
+    escape: Callable[[str], str] | None = None,
+) -> str:
+    """Replace every `${name}` in `template`; `escape` is applied to each substituted value.
+
+    >>> render_text("run ${run_name} at ${metric_step}", {"run_name": "r1", "metric_step": "7"})
+    'run r1 at 7'
+    """
+
+    def substitute(match: re.Match[str]) -> str:
+        value = lookup(match.group(1), ctx, secrets)
+        return escape(value) if escape else value
+
+    return PLACEHOLDER.sub(substitute, template)
+
+
+def uses_secret(template: str, secrets: Mapping[str, str]) -> bool:
+    """True when the template names a secret (its rendering must then be redacted in logs)."""
+    return any(name in secrets for name in variables_in(template))
+
+
+def render_value(value: Any, ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> Any:
+    """Render a JSON value: every string (keys included) is a template; see module docstring."""
+    if isinstance(value, str):
+        if value == "${metric_values}" and ctx.get("metric_values"):
+            return json.loads(ctx["metric_values"])
+        return render_text(value, ctx, secrets)
+    if isinstance(value, Mapping):
+        return {render_text(str(k), ctx, secrets): render_value(v, ctx, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [render_value(v, ctx, secrets) for v in value]
+    return value
+
+
+def default_payload(ctx: Mapping[str, str]) -> dict[str, Any]:
+    """Every variable that applies to the event (secrets excluded)."""
+    applies = APPLIES.get(ctx.get("event_type", ""), _COMMON)
+    out: dict[str, Any] = {}
+    for name in VARIABLES:
+        if name in SECRET_VARIABLES or (name not in applies and not ctx.get(name)):
+            continue
+        value = ctx.get(name, "")
+        out[name] = json.loads(value) if name == "metric_values" and value else value
+    for name in sorted(k for k in ctx if k.startswith(METADATA_PREFIX)):
+        out[name] = ctx[name]
+    return out
+
+
+def render_payload(payload_template: Any | None, ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> bytes:
+    """The request body of a webhook: the rendered payload (or the default one) as UTF-8 JSON.
+
+    >>> render_payload({"run": "${run_name}"}, {"run_name": 'say "hi"'})
+    b'{"run":"say \\\\"hi\\\\""}'
+    """
+    body = default_payload(ctx) if payload_template is None else render_value(payload_template, ctx, secrets)
+    # allow_nan=False: a non-finite number in a user's payload is not JSON; fail loudly.
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")

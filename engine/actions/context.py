@@ -1,0 +1,230 @@
+"""The values of the template variables for one trigger (SPEC section 3, "Templates").
+
+`build_context(conn, trigger_id)` reads the trigger and what it points at (automation, run,
+project, event, artifact version and collection, registry) in one query
+(`delivery_trigger_context`) and turns the row into `{variable: text}`. Every variable of
+`templates.VARIABLES` except the secret `ACCESS_TOKEN` is present; one that does not apply
+is "". `artifact_metadata.<KEY>` entries are added for the version's top-level metadata keys.
+
+`triggers.details` may carry any variable by name (the evaluator writes `metric_filter`,
+`registry_name`, `event_author`, ... when it knows them); such a value wins over the one
+computed from the joins. Values are text: numbers as Python writes them (`0.62`, `5`),
+`metric_values` as a JSON list, times in ISO 8601 UTC.
+
+`sample_context(rule)` builds the same dictionary from the rule alone, for
+`engine actions test`, through the same `compose` function.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from engine import clock, db
+from engine.actions.templates import METADATA_PREFIX, SECRET_VARIABLES, VARIABLES
+from engine.exceptions import NotFound
+from engine.settings import Settings, get_settings
+
+# Our event kinds (rules, triggers.event_type) -> W&B names (`${event_type}`); SPEC section 2.
+WANDB_EVENT_TYPES: dict[str, str] = {
+    "run_metric_threshold": "RUN_METRIC",
+    "run_metric_change": "RUN_METRIC_CHANGE",
+    "run_state": "RUN_STATE",
+    "artifact_version_created": "CREATE_ARTIFACT",
+    "artifact_alias_added": "ADD_ARTIFACT_ALIAS",
+    "artifact_tag_added": "ADD_ARTIFACT_TAG",
+    "registry_version_linked": "LINK_ARTIFACT",
+}
+METRIC_KINDS = frozenset({"run_metric_threshold", "run_metric_change"})
+
+
+def number_text(value: Any) -> str:
+    """`0.62`, `5`, `5.0`; "" for None. Non-finite values as Python spells them."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def values_text(values: Any) -> str:
+    """A window as a JSON list; non-finite values (never in a window, but) become null."""
+    if values is None:
+        return ""
+    return json.dumps([float(v) if v is not None and math.isfinite(v) else None for v in values])
+
+
+def time_text(value: datetime | None) -> str:
+    return value.astimezone(timezone.utc).isoformat() if value else ""
+
+
+def describe_condition(event: Mapping[str, Any]) -> str:
+    """A metric rule's condition in words: `avg(accuracy) over 5 > 0.6`."""
+    kind = event.get("type")
+    metric, agg = event.get("metric", ""), event.get("aggregation") or "avg"
+    if kind == "run_metric_threshold":
+        window = event.get("window") or 5
+        return f"{agg}({metric}) over {window} {event.get('operator', '>')} {number_text(event.get('threshold'))}"
+    if kind == "run_metric_change":
+        current, prior = event.get("current_window") or 10, event.get("prior_window") or 50
+        change, direction = event.get("change") or "relative", event.get("direction") or "any"
+        return (
+            f"{agg}({metric}) over last {current} vs prior {prior}: "
+            f"{change} {direction} >= {number_text(event.get('amount'))}"
+        )
+    return ""
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return number_text(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _run_status(row: Mapping[str, Any]) -> str:
+    # For a state change, the state it went into (the run may have moved on since).
+    details = row.get("event_details") or {}
+    if row.get("kind") == "run_state":
+        for key in ("to_state", "state", "to"):
+            if details.get(key):
+                return str(details[key])
+    return row.get("run_state") or ""
+
+
+def run_url(entity: str, project: str, run_id: str, settings: Settings) -> str:
+    path = f"{entity}/{project}/runs/{run_id}"
+    return f"{settings.base_url.rstrip('/')}/{path}" if settings.base_url else f"engine://{path}"
+
+
+def compose(row: Mapping[str, Any], settings: Settings | None = None) -> dict[str, str]:
+    """The variables of a trigger from a `delivery_trigger_context` row (or a sample one)."""
+    settings = settings or get_settings()
+    ctx = {name: "" for name in VARIABLES if name not in SECRET_VARIABLES}
+    kind = row.get("kind") or ""
+    rule = row.get("rule") or {}
+    details = row.get("details") or {}
+    event_details = row.get("event_details") or {}
+
+    ctx["automation_name"] = row.get("automation_name") or ""
+    ctx["event_type"] = WANDB_EVENT_TYPES.get(kind, kind.upper())
+    ctx["entity_name"] = row.get("entity") or ""
+    ctx["project_name"] = row.get("project") or ""
+    ctx["trigger_id"] = _text(row.get("trigger_id"))
+    ctx["fired_at"] = time_text(row.get("fired_at"))
+
+    if row.get("run_id"):
+        ctx["run_id"] = row["run_id"]
+        ctx["run_name"] = row.get("run_name") or ""
+        ctx["run_status"] = _run_status(row)
+        ctx["run_url"] = run_url(ctx["entity_name"], ctx["project_name"], row["run_id"], settings)
+
+    if kind in METRIC_KINDS or row.get("metric"):
+        ctx["metric_name"] = row.get("metric") or ""
+        ctx["metric_value"] = number_text(row.get("value"))
+        ctx["metric_values"] = values_text(row.get("window_values"))
+        ctx["metric_step"] = number_text(row.get("step"))
+        ctx["metric_filter"] = describe_condition(rule.get("event") or {})
+
+    ctx["alias"] = row.get("alias") or _text(event_details.get("alias"))
+    ctx["tag"] = row.get("tag") or _text(event_details.get("tag"))
+
+    in_registry = row.get("registry_collection_name") is not None
+    if row.get("version_id") is not None:
+        ctx["artifact_version"] = f"artifact://{row['version_id']}"
+        if in_registry and row.get("link_index") is not None:
+            index = row["link_index"]
+            ctx["artifact_collection_name"] = row["registry_collection_name"]
+            ctx["artifact_version_string"] = f"{row.get('registry_name') or ''}/{row['registry_collection_name']}:v{index}"
+        else:
+            index = row.get("version_index")
+            ctx["artifact_collection_name"] = row.get("collection_name") or ""
+            ctx["artifact_version_string"] = (
+                f"{ctx['entity_name']}/{ctx['project_name']}/{ctx['artifact_collection_name']}:v{index}"
+            )
+        ctx["artifact_version_index"] = number_text(index)
+        for key, value in (row.get("metadata") or {}).items():
+            ctx[METADATA_PREFIX + str(key)] = _text(value)
+    ctx["registry_name"] = row.get("registry_name") or ""
+
+    authors = (row.get("event_author"), row.get("link_author") if in_registry else None, row.get("version_author"), row.get("run_user"))
+    ctx["event_author"] = next((a for a in authors if a), "")
+
+    # What the evaluator recorded wins over what the joins say (it knew the event first-hand).
+    for key, value in details.items():
+        if (key in ctx and key not in SECRET_VARIABLES) or key.startswith(METADATA_PREFIX):
+            ctx[key] = _text(value)
+    return ctx
+
+
+def build_context(conn: psycopg.Connection, trigger_id: int, settings: Settings | None = None) -> dict[str, str]:
+    """Every template variable of SPEC section 3 for that trigger (see module docstring)."""
+    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(db.query("delivery_trigger_context"), {"trigger_id": trigger_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no trigger {trigger_id}")
+    return compose(row, settings)
+
+
+def rule_of(automation: Any) -> dict[str, Any]:
+    """The rule as JSON from a rule model, a rule dict, or an `automations` row."""
+    if hasattr(automation, "model_dump"):
+        return automation.model_dump(mode="json")
+    if isinstance(automation, Mapping) and isinstance(automation.get("rule"), Mapping):
+        return dict(automation["rule"])
+    return dict(automation)
+
+
+def sample_context(automation: Any, settings: Settings | None = None) -> dict[str, str]:
+    """A plausible context for the automation's event kind, built from its rule alone.
+
+    Names come from the rule's scope where it has them (`acme/vision`, the collection,
+    the registry) and are `sample-…` otherwise; metric values sit on the threshold.
+    """
+    rule = rule_of(automation)
+    event = rule.get("event") or {}
+    scope = rule.get("scope") or {}
+    kind = str(event.get("type") or "")
+    entity, _, project = str(scope.get("project") or "sample-entity/sample-project").partition("/")
+    row: dict[str, Any] = {
+        "trigger_id": 0,
+        "fired_at": clock.now(),
+        "kind": kind,
+        "automation_name": rule.get("name") or "",
+        "rule": rule,
+        "entity": entity,
+        "project": project or "sample-project",
+        "event_author": "sample-user",
+    }
+    if kind.startswith("run_"):
+        states = event.get("states") or ["running"]
+        row |= {"run_id": "sample-run", "run_name": "sample-run", "run_state": states[0], "run_user": "sample-user"}
+    if kind == "run_metric_threshold":
+        threshold = float(event.get("threshold") or 0.0)
+        window = int(event.get("window") or 5)
+        row |= {"metric": event.get("metric"), "step": 100, "value": threshold, "window_values": [threshold] * window}
+    elif kind == "run_metric_change":
+        amount = float(event.get("amount") or 0.0)
+        window = int(event.get("current_window") or 10)
+        row |= {"metric": event.get("metric"), "step": 100, "value": amount, "window_values": [1.0 + amount] * window}
+    elif not kind.startswith("run_"):
+        collection = scope.get("collection") or "sample-collection"
+        row |= {"version_id": 0, "version_index": 0, "collection_name": collection, "metadata": {}}
+        if scope.get("registry"):
+            row |= {"registry_name": scope["registry"], "registry_collection_name": collection, "link_index": 0}
+        if kind == "artifact_alias_added":
+            row["alias"] = "sample-alias"
+        if kind == "artifact_tag_added":
+            row["tag"] = "sample-tag"
+    return compose(row, settings)

@@ -1,0 +1,301 @@
+"""The dispatcher: takes due deliveries from the outbox, sends them, records each attempt.
+
+One delivery goes through three short steps, none of which holds a transaction open while
+a request is in flight:
+
+1. **claim** (`delivery_claim_due`, one statement): due rows are locked with
+   `FOR UPDATE SKIP LOCKED` (so several dispatchers never take the same one), set to
+   'sending' with a lease, and their attempt counter is increased. Only as many as there are
+   idle workers are claimed, so a claimed delivery starts at once and its lease measures the
+   send, not a wait in a queue.
+2. **send** (`send.send_action`) in a worker thread: `Settings.delivery_workers` of them,
+   so an endpoint that hangs holds one worker until its timeout, never the others.
+3. **record**, in one transaction: the `delivery_attempts` row and the new status
+   (succeeded, failed, or pending again at the backoff time).
+
+If the process dies between 1 and 3, the lease expires and the delivery is claimed again
+and sent with the same id (X-Automation-Delivery): a crash can repeat a delivery, never
+lose it. The attempt counter is the claim's fencing token: an old claimant whose lease was
+taken over keeps its attempt row but cannot overwrite the newer claimant's status.
+
+In `engine serve`, `start(scheduler)` adds an APScheduler job (`id="dispatch"`, a heartbeat)
+and a thread that sleeps until the next delivery is due or until `wake()` is called — the
+evaluator calls it after committing new triggers, so they leave without waiting for a tick.
+Anywhere else (tests, a subprocess, the CLI), `run_once()` does one claim-send-record round.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import random
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from apscheduler.jobstores.base import JobLookupError
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from engine import clock, db
+from engine.actions.context import build_context
+from engine.actions.http import MAX_REDIRECTS, Attempt
+from engine.actions.retry import next_delay
+from engine.actions.send import send_action
+from engine.actions.webhook import DEFAULT_TIMEOUT
+from engine.exceptions import DatabaseUnavailable, EngineError, NotFound
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LEASE_MARGIN_SECONDS = 30.0
+POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
+JOB_ID = "dispatch"
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: uuid.UUID
+    trigger_id: int
+    automation_id: int
+    action_type: str
+    action: dict[str, Any]
+    attempt: int  # this attempt's number, and the claim's fencing token
+    max_attempts: int
+    reclaimed: bool  # taken from an expired lease
+
+
+class Dispatcher:
+    """Delivers the outbox. `Dispatcher(url, settings).run_once()` works in any process."""
+
+    def __init__(self, url: str, settings: Settings):
+        self.url = url
+        self.settings = settings
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=settings.delivery_workers + 2,
+            kwargs={"autocommit": True},
+            open=False,
+            check=ConnectionPool.check_connection,
+            name="dispatcher",
+        )
+        self._pool_open = False
+        self._executor = concurrent.futures.ThreadPoolExecutor(settings.delivery_workers, thread_name_prefix="deliver")
+        self._lock = threading.Lock()  # guards claims, _in_flight, _stopped
+        self._in_flight = 0
+        self._stopped = False
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._scheduler: Any = None
+        self._rng = random.Random()
+
+    # -- one round -------------------------------------------------------------------------
+    def run_once(self, limit: int = 100, *, wait: bool = True, only: uuid.UUID | str | None = None) -> int:
+        """Claim up to `limit` due deliveries (no more than idle workers) and send them.
+
+        With `wait` (the default), return once they are all recorded; otherwise return at
+        once (the service). `only` restricts the claim to one delivery id. Returns how many
+        deliveries were claimed.
+        """
+        with self._lock:
+            free = self.settings.delivery_workers - self._in_flight
+            if self._stopped or free <= 0 or limit <= 0:
+                return 0
+            claims = self._claim(min(limit, free), only)
+            self._in_flight += len(claims)
+            futures = [self._executor.submit(self._deliver, claim) for claim in claims]
+        if wait:
+            concurrent.futures.wait(futures)
+        return len(claims)
+
+    def wake(self) -> None:
+        """Look for due deliveries now (call after committing new triggers)."""
+        self._wake.set()
+
+    # -- service ---------------------------------------------------------------------------
+    def start(self, scheduler: Any) -> None:
+        """Run inside `engine serve`: a heartbeat job on `scheduler` plus the wake thread."""
+        self._connect()
+        self._scheduler = scheduler
+        scheduler.add_job(
+            self.run_once,
+            trigger="interval",
+            seconds=self.settings.interval,
+            kwargs={"wait": False},
+            id=JOB_ID,
+            name="deliver due actions",
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(self.settings.interval * 2)),
+        )
+        self._thread = threading.Thread(target=self._wake_loop, name="dispatch-wake", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming, let deliveries in flight finish and be recorded, close connections.
+
+        Final: a stopped dispatcher cannot be started again.
+        """
+        with self._lock:
+            self._stopped = True
+        self._wake.set()
+        if self._scheduler is not None:
+            try:
+                self._scheduler.remove_job(JOB_ID)
+            except JobLookupError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._executor.shutdown(wait=True)
+        self._pool.close()
+
+    close = stop
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wake_loop(self) -> None:
+        while not self._stopped:
+            timeout = POLL_SECONDS
+            try:
+                self.run_once(wait=False)
+                timeout = self._seconds_until_due()
+            except Exception:  # the database may be down for a while: keep trying
+                log.exception("dispatcher: could not claim deliveries")
+            self._wake.wait(timeout)
+            self._wake.clear()
+
+    def _seconds_until_due(self) -> float:
+        with self._lock:
+            if self._in_flight >= self.settings.delivery_workers:
+                return POLL_SECONDS  # a worker finishing wakes us
+        with self._pool.connection() as conn, db.boundary():
+            (due,) = conn.execute(db.query("delivery_next_due")).fetchone() or (None,)
+        if due is None:
+            return POLL_SECONDS
+        # Floor: a due row another dispatcher holds locked must not make us spin.
+        return min(POLL_SECONDS, max(0.01, (due - clock.now()).total_seconds()))
+
+    # -- steps -----------------------------------------------------------------------------
+    def _connect(self) -> None:
+        if not self._pool_open:
+            try:
+                self._pool.open(wait=True, timeout=10)
+            except PoolTimeout as exc:
+                raise DatabaseUnavailable(f"the dispatcher could not connect to the database ({exc})") from exc
+            self._pool_open = True
+
+    def _claim(self, limit: int, only: uuid.UUID | str | None) -> list[Claim]:
+        self._connect()
+        params = {
+            "now": clock.now(),
+            "limit": limit,
+            "only_id": str(only) if only else None,
+            "lease_margin": LEASE_MARGIN_SECONDS,
+            "lease_hops": float(MAX_REDIRECTS + 1),
+            "default_timeout": DEFAULT_TIMEOUT,
+        }
+        with self._pool.connection() as conn, db.boundary(), conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(db.query("delivery_claim_due"), params).fetchall()
+        return [
+            Claim(
+                id=r["id"],
+                trigger_id=r["trigger_id"],
+                automation_id=r["automation_id"],
+                action_type=r["action_type"],
+                action=r["action"],
+                attempt=r["attempts"],
+                max_attempts=r["max_attempts"],
+                reclaimed=r["was_status"] == "sending",
+            )
+            for r in rows
+        ]
+
+    def _deliver(self, claim: Claim) -> None:
+        try:
+            if claim.reclaimed:
+                log.warning("delivery %s: its lease expired before an outcome was recorded; sending it again", claim.id)
+            try:
+                with self._pool.connection() as conn:
+                    ctx = build_context(conn, claim.trigger_id, self.settings)
+            except NotFound:
+                return  # the trigger was deleted, and its deliveries with it
+            except EngineError as exc:
+                attempt = Attempt({}, error=f"could not read the trigger: {exc}", retryable=True, started_at=clock.now())
+            else:
+                attempt = send_action(str(claim.id), claim.action, ctx, self.settings)
+            self._record(claim, attempt)
+        except Exception:
+            log.exception(
+                "delivery %s: the outcome of attempt %d could not be recorded; it will be sent again when its lease expires",
+                claim.id,
+                claim.attempt,
+            )
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+            self._wake.set()  # a worker is free: take the next due delivery
+
+    def _record(self, claim: Claim, attempt: Attempt) -> str:
+        now = clock.now()
+        error, next_at, finished_at = attempt.error, now, now
+        if attempt.succeeded:
+            status = "succeeded"
+        elif attempt.retryable and claim.attempt < claim.max_attempts:
+            status, finished_at = "pending", None
+            next_at = now + timedelta(
+                seconds=next_delay(claim.attempt, self.settings.retry_base_seconds, attempt.retry_after, self._rng)
+            )
+        else:
+            status = "failed"
+            if attempt.retryable:
+                error = f"{error} (gave up after {claim.attempt} attempts)"
+        with self._pool.connection() as conn, db.boundary(), conn.transaction():
+            conn.execute(
+                db.query("delivery_insert_attempt"),
+                {
+                    "delivery_id": claim.id,
+                    "attempt": claim.attempt,
+                    "started_at": attempt.started_at or now,
+                    "duration_ms": attempt.duration_ms,
+                    "http_status": attempt.http_status,
+                    "response_body": attempt.response_body,
+                    "error": attempt.error,
+                    "request": Jsonb(attempt.request),
+                },
+            )
+            updated = conn.execute(
+                db.query("delivery_record_outcome"),
+                {
+                    "id": claim.id,
+                    "attempt": claim.attempt,
+                    "status": status,
+                    "http_status": attempt.http_status,
+                    "error": error,
+                    "next_attempt_at": next_at,
+                    "finished_at": finished_at,
+                    "now": now,
+                },
+            ).rowcount
+        if not updated:
+            log.warning("delivery %s: attempt %d finished after its lease was taken over; kept in the log only", claim.id, claim.attempt)
+        level = logging.INFO if status == "succeeded" else logging.WARNING
+        log.log(
+            level,
+            "delivery %s (%s, attempt %d/%d): %s%s",
+            claim.id,
+            claim.action_type,
+            claim.attempt,
+            claim.max_attempts,
+            status,
+            f" ({error})" if error else "",
+        )
+        return status

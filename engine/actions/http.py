@@ -1,0 +1,175 @@
+"""One HTTP POST of a JSON body, as webhooks and Slack incoming webhooks send it.
+
+* The target is checked by `ssrf.check_target` and the connection goes to the checked
+  address: the URL's host is replaced by that address while the `Host` header and the TLS
+  server name (httpcore's `sni_hostname` extension, also used for certificate checks) keep
+  the original name. So DNS is asked once per hop and its answer is the one that is used.
+* Redirects are followed by hand (at most 5), each target checked the same way. 307/308
+  repeat the POST; 301/302/303 become a GET without body, as httpx and browsers do. Headers
+  carrying secrets are dropped when a redirect leaves the original origin.
+* The response body is read raw (we ask for `Accept-Encoding: identity`, so no
+  decompression bomb) and only up to RESPONSE_BODY_LIMIT bytes: a 10 MB answer is not held.
+* Environment proxies are ignored (`trust_env=False`): a proxy would resolve the name itself
+  and defeat the address check.
+
+Nothing here raises for a delivery problem: the outcome is an `Attempt`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+
+from engine import __version__, clock
+from engine.actions import ssrf
+from engine.actions.retry import is_retryable_status, parse_retry_after
+from engine.actions.secrets import REDACTED
+from engine.exceptions import DeliveryError, PermanentDeliveryError
+
+MAX_REDIRECTS = 5
+RESPONSE_BODY_LIMIT = 4096
+USER_AGENT = f"engine-automations/{__version__}"
+_ALWAYS_REDACTED = frozenset({"authorization", "x-automation-signature"})
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one try of one delivery did (one `delivery_attempts` row)."""
+
+    request: dict[str, Any]  # {"url": ..., "headers": {...}} with secrets redacted
+    http_status: int | None = None
+    response_body: str | None = None
+    error: str | None = None  # None: delivered
+    retryable: bool = False
+    retry_after: float | None = None  # seconds the receiver asked us to wait
+    started_at: Any = None  # datetime, filled in by send.send_action
+    duration_ms: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+    def with_(self, **changes: Any) -> Attempt:
+        return replace(self, **changes)
+
+
+def redact_headers(headers: Mapping[str, str], secret_headers: Collection[str]) -> dict[str, str]:
+    secret = {h.lower() for h in secret_headers} | _ALWAYS_REDACTED
+    return {k: (REDACTED if k.lower() in secret else v) for k, v in headers.items()}
+
+
+@dataclass
+class _Hop:
+    method: str
+    url: httpx.URL
+    headers: httpx.Headers
+    body: bytes | None
+    redirects: list[str] = field(default_factory=list)
+
+
+def post_json(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    timeout: float,
+    allow_hosts: str,
+    secret_headers: Collection[str] = (),
+    log_url: str | None = None,
+) -> Attempt:
+    """POST `body` to `url` and classify the answer (2xx ok; 408/429/5xx retryable; else final).
+
+    `log_url` replaces the URL in the stored request record when the URL itself is a secret
+    (Slack incoming webhooks).
+    """
+    sent = httpx.Headers(headers)
+    sent.setdefault("User-Agent", USER_AGENT)
+    sent["Accept-Encoding"] = "identity"
+    record: dict[str, Any] = {"url": log_url or url, "headers": redact_headers(dict(sent.items()), secret_headers)}
+    try:
+        hop = _Hop("POST", httpx.URL(url), sent, body)
+        if hop.url.scheme not in ("http", "https"):
+            raise PermanentDeliveryError(f"webhook URL must be http or https, not {hop.url.scheme or 'empty'}")
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            deadline = time.monotonic() + timeout
+            for _ in range(MAX_REDIRECTS + 1):
+                outcome = _send_hop(client, hop, allow_hosts, deadline, secret_headers)
+                if isinstance(outcome, Attempt):
+                    if hop.redirects:
+                        record["redirects"] = [REDACTED if log_url else r for r in hop.redirects]
+                    return outcome.with_(request=record)
+                hop = outcome
+            raise PermanentDeliveryError(f"more than {MAX_REDIRECTS} redirects")
+    except PermanentDeliveryError as exc:
+        return Attempt(record, error=str(exc), retryable=False)
+    except DeliveryError as exc:
+        return Attempt(record, error=str(exc), retryable=True)
+    except httpx.TimeoutException as exc:
+        return Attempt(record, error=f"timed out after {timeout:g} s ({type(exc).__name__})", retryable=True)
+    except httpx.TransportError as exc:
+        return Attempt(record, error=f"connection failed: {exc or type(exc).__name__}", retryable=True)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+        return Attempt(record, error=f"bad webhook URL: {exc}", retryable=False)
+
+
+def _send_hop(
+    client: httpx.Client, hop: _Hop, allow_hosts: str, deadline: float, secret_headers: Collection[str]
+) -> Attempt | _Hop:
+    """Send one hop to the pinned address; an Attempt when done, the next hop on a redirect."""
+    url = hop.url
+    if url.scheme not in ("http", "https"):
+        raise PermanentDeliveryError(f"redirect to a non-http URL refused: {url}")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    address = ssrf.check_target(url.host, port, allow_hosts)
+    headers = httpx.Headers(hop.headers)
+    headers["Host"] = url.netloc.decode("ascii")
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    request = client.build_request(
+        hop.method, url.copy_with(host=str(address)), headers=headers, content=hop.body, extensions=extensions
+    )
+    response = client.send(request, stream=True)
+    try:
+        location = response.headers.get("Location")
+        if response.is_redirect and location:
+            target = url.join(location)
+            method, body = hop.method, hop.body
+            if response.status_code in (301, 302, 303) and method == "POST":
+                method, body = "GET", None
+                headers.pop("Content-Type", None)
+            if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
+                for name in {h.lower() for h in secret_headers} | _ALWAYS_REDACTED:
+                    headers.pop(name, None)
+            headers.pop("Host", None)
+            return _Hop(method, target, headers, body, [*hop.redirects, str(target)])
+        text = _read_capped(response, deadline)
+    finally:
+        response.close()
+    status = response.status_code
+    retry_after = parse_retry_after(response.headers.get("Retry-After"), clock.now())
+    if 200 <= status <= 299:
+        return Attempt({}, http_status=status, response_body=text)
+    reason = f"HTTP {status} {response.reason_phrase}".rstrip()
+    if response.is_redirect:
+        reason += " without a Location header"
+    return Attempt(
+        {},
+        http_status=status,
+        response_body=text,
+        error=reason,
+        retryable=is_retryable_status(status),
+        retry_after=retry_after,
+    )
+
+
+def _read_capped(response: httpx.Response, deadline: float) -> str:
+    """At most RESPONSE_BODY_LIMIT bytes of the body; the rest is never read."""
+    buffer = bytearray()
+    for chunk in response.iter_raw():
+        buffer += chunk
+        if len(buffer) >= RESPONSE_BODY_LIMIT or time.monotonic() > deadline:
+            break
+    return bytes(buffer[:RESPONSE_BODY_LIMIT]).decode("utf-8", errors="replace")

@@ -1,0 +1,126 @@
+"""The outbox: `deliveries` rows, written in the trigger's transaction, read by the dispatcher.
+
+Lifecycle of a delivery (the `status` column):
+
+    pending --claim--> sending --2xx--> succeeded
+       ^                  |---retryable, attempts left--> pending (next_attempt_at later)
+       |                  |---final error / no attempts left--> failed
+       |                  '---lease expired (crash)--> claimed again, same id
+       '------ engine redeliver (from succeeded/failed/pending) -------'
+    no_op actions are inserted as skipped (nothing to send).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from engine import clock, db
+from engine.actions.webhook import DEFAULT_MAX_ATTEMPTS
+from engine.exceptions import EngineError, NotFound
+
+ACTION_TYPES = ("webhook", "slack", "no_op")
+
+
+def action_json(action: Any) -> dict[str, Any]:
+    """An action as stored: the rule's JSON (secrets are `{env: NAME}` references only)."""
+    if hasattr(action, "model_dump"):
+        return action.model_dump(mode="json")
+    return dict(action)
+
+
+def actions_of(rule: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The actions of a rule's JSON, whether it holds one `action` or a list of `actions`."""
+    if rule.get("actions"):
+        return [action_json(a) for a in rule["actions"]]
+    return [action_json(rule["action"])] if rule.get("action") else []
+
+
+def enqueue(
+    conn: psycopg.Connection, *, trigger_id: int, automation_id: int, actions: Sequence[Mapping[str, Any] | Any]
+) -> list[uuid.UUID]:
+    """One delivery per action (action_index = position), in the caller's transaction.
+
+    Call it in the transaction that inserted the trigger: the trigger and its deliveries
+    commit together or not at all. no_op actions are inserted as 'skipped' at once.
+    Returns the delivery ids, in action order.
+    """
+    now = clock.now()
+    ids: list[uuid.UUID] = []
+    with db.boundary():
+        for index, raw in enumerate(actions):
+            action = action_json(raw)
+            action_type = action.get("type")
+            if action_type not in ACTION_TYPES:
+                raise EngineError(f"unknown action type {action_type!r} (expected one of {', '.join(ACTION_TYPES)})")
+            skipped = action_type == "no_op"
+            max_attempts = 1 if skipped else int(action.get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
+            row = conn.execute(
+                db.query("delivery_insert"),
+                {
+                    "trigger_id": trigger_id,
+                    "automation_id": automation_id,
+                    "action_index": index,
+                    "action_type": action_type,
+                    "action": Jsonb(action),
+                    "status": "skipped" if skipped else "pending",
+                    "max_attempts": max_attempts,
+                    "now": now,
+                    "finished_at": now if skipped else None,
+                },
+            ).fetchone()
+            assert row is not None
+            ids.append(row[0])
+    return ids
+
+
+def find(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:
+    """A delivery by id or unique id prefix (at least 4 characters)."""
+    prefix = delivery_id.strip().lower()
+    if len(prefix) < 4:
+        raise NotFound(f"delivery id {delivery_id!r} is too short: give at least 4 characters")
+    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(db.query("delivery_find"), {"prefix": prefix}).fetchall()
+    if not rows:
+        raise NotFound(f"no delivery {delivery_id} (see `engine deliveries`)")
+    if len(rows) > 1:
+        raise NotFound(f"delivery id prefix {delivery_id} is ambiguous: give more characters")
+    return rows[0]
+
+
+def redeliver(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:
+    """Make a delivery pending again, due now, with a fresh attempt budget; same id.
+
+    Refused for a delivery being sent right now ('sending') and for skipped no_op ones.
+    """
+    found = find(conn, delivery_id)
+    if found["status"] == "skipped":
+        raise EngineError(f"delivery {found['id']} is a no_op action: there is nothing to send")
+    if found["status"] == "sending":
+        raise EngineError(f"delivery {found['id']} is being sent right now; wait for its outcome")
+    budget = int(found["action"].get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
+    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(db.query("delivery_redeliver"), {"id": found["id"], "budget": budget, "now": clock.now()}).fetchone()
+    if row is None:  # it changed state between the two statements
+        raise EngineError(f"delivery {found['id']} is being sent right now; wait for its outcome")
+    return row | {"automation": found["automation"], "action_type": found["action_type"]}
+
+
+def list_deliveries(
+    conn: psycopg.Connection, *, status: str | None = None, automation: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Newest first. status 'pending' includes the ones being sent ('sending')."""
+    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            db.query("delivery_list"), {"status": status, "automation": automation, "limit": limit}
+        ).fetchall()
+
+
+def attempts_of(conn: psycopg.Connection, delivery_id: uuid.UUID | str) -> list[dict[str, Any]]:
+    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(db.query("delivery_attempts_of"), {"id": delivery_id}).fetchall()

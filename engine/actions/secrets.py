@@ -1,0 +1,80 @@
+"""Secrets of actions: `{env: NAME}` references resolved from the environment at send time.
+
+The rule (and so `deliveries.action`) only ever holds the reference. Resolved values live in
+a `Secrets` object for the duration of one send; `scrub` removes them from anything that is
+about to be stored or logged (errors, response bodies that echo a header back, the request
+record), as a second line of defence behind the header redaction of `http.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.exceptions import PermanentDeliveryError
+
+REDACTED = "[redacted]"
+# Fields of an action that hold `{env: NAME}` references (engine/rules/actions.py).
+SECRET_FIELDS = ("access_token", "secret", "webhook_url", "token")
+
+
+def env_name(ref: Any) -> str | None:
+    """NAME of a `{env: NAME}` reference, or None when the field is unset."""
+    if ref is None:
+        return None
+    if isinstance(ref, Mapping) and isinstance(ref.get("env"), str):
+        return ref["env"]
+    raise PermanentDeliveryError(f"a secret must be written {{env: NAME}}, not {type(ref).__name__}")
+
+
+def read_env(name: str) -> str:
+    """The value of an environment variable holding a secret, or a delivery error saying so."""
+    value = os.environ.get(name)
+    if value is None:
+        raise PermanentDeliveryError(f"environment variable {name} is not set (needed by this action's secret)")
+    if value == "":
+        raise PermanentDeliveryError(f"environment variable {name} is empty (needed by this action's secret)")
+    return value
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Resolved secrets of one action, by template variable name (`NAME`, and `ACCESS_TOKEN`)."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    by_field: dict[str, str] = field(default_factory=dict)  # action field -> value
+
+    def scrub(self, text: str | None) -> str | None:
+        if not text:
+            return text
+        # Longest first, so a secret containing another is replaced whole.
+        for value in sorted(set(self.values.values()) | set(self.by_field.values()), key=len, reverse=True):
+            text = text.replace(value, REDACTED)
+        return text
+
+    def scrub_json(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, Mapping):
+            return {self.scrub(str(k)): self.scrub_json(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.scrub_json(v) for v in value]
+        return value
+
+
+def resolve(action: Mapping[str, Any]) -> Secrets:
+    """Read every secret the action names. Raises PermanentDeliveryError if one is missing."""
+    values: dict[str, str] = {}
+    by_field: dict[str, str] = {}
+    for field_name in SECRET_FIELDS:
+        name = env_name(action.get(field_name))
+        if name is None:
+            continue
+        value = read_env(name)
+        values[name] = value
+        by_field[field_name] = value
+    if "access_token" in by_field:
+        values["ACCESS_TOKEN"] = by_field["access_token"]
+    return Secrets(values, by_field)

@@ -1,0 +1,56 @@
+"""`send_action`: one try of one action, the single entry point of every sender.
+
+Used by the dispatcher (for deliveries) and by `engine actions test` (for a sample event),
+so a test request goes through exactly the code a real one does. It never raises for a
+delivery problem: a missing secret, a refused address or a bug in a sender all become an
+`Attempt` with an error, already scrubbed of every secret value.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from engine import clock
+from engine.actions import secrets as secretsmod
+from engine.actions import slack, webhook
+from engine.actions.http import Attempt
+from engine.exceptions import DeliveryError, PermanentDeliveryError
+from engine.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SENDERS = {"webhook": webhook.send, "slack": slack.send}
+
+
+def send_action(
+    delivery_id: str, action: Mapping[str, Any], ctx: Mapping[str, str], settings: Settings | None = None
+) -> Attempt:
+    """Send `action` once for the event described by `ctx`; the outcome as an Attempt."""
+    settings = settings or get_settings()
+    started_at, t0 = clock.now(), time.monotonic()
+    resolved = secretsmod.Secrets()
+    action_type = action.get("type")
+    request: dict[str, Any] = {"url": action.get("url")} if action_type == "webhook" else {}
+    try:
+        sender = SENDERS.get(str(action_type))
+        if sender is None:
+            raise PermanentDeliveryError(f"action type {action_type!r} sends nothing")
+        resolved = secretsmod.resolve(action)
+        attempt = sender(delivery_id, action, ctx, resolved, settings)
+    except PermanentDeliveryError as exc:
+        attempt = Attempt(request, error=str(exc), retryable=False)
+    except DeliveryError as exc:
+        attempt = Attempt(request, error=str(exc), retryable=True)
+    except Exception as exc:  # a bug in a sender must not stop the dispatcher; retry, then fail
+        log.exception("delivery %s: unexpected error in the %s sender", delivery_id, action_type)
+        attempt = Attempt(request, error=f"internal error: {type(exc).__name__}: {exc}", retryable=True)
+    return attempt.with_(
+        request=resolved.scrub_json(attempt.request),
+        response_body=resolved.scrub(attempt.response_body),
+        error=resolved.scrub(attempt.error),
+        started_at=started_at,
+        duration_ms=round((time.monotonic() - t0) * 1000, 3),
+    )

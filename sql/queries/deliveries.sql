@@ -1,0 +1,146 @@
+-- The outbox of actions (engine/actions/): deliveries, their attempts, template context.
+-- Names start with `delivery_` so they cannot clash with other query files.
+
+-- name: delivery_insert
+-- One action of a new trigger, inside the trigger's transaction. no_op actions are written
+-- directly as 'skipped' (nothing to send, so the dispatcher never sees them).
+INSERT INTO deliveries (trigger_id, automation_id, action_index, action_type, action, status,
+                        max_attempts, next_attempt_at, finished_at)
+VALUES (%(trigger_id)s, %(automation_id)s, %(action_index)s, %(action_type)s, %(action)s, %(status)s,
+        %(max_attempts)s, %(now)s, %(finished_at)s)
+RETURNING id;
+
+-- name: delivery_trigger_context
+-- Everything a template variable may need about one trigger. Artifact and registry facts
+-- come from the trigger's own columns first, then from the event that caused it.
+SELECT
+    t.id                      AS trigger_id,
+    t.fired_at,
+    t.event_type              AS kind,
+    t.metric,
+    t.step,
+    t.value,
+    t.window_values,
+    t.alias,
+    t.tag,
+    t.details,
+    a.name                    AS automation_name,
+    a.rule,
+    r.run_id,
+    r.name                    AS run_name,
+    r.state                   AS run_state,
+    r.user_name               AS run_user,
+    p.entity,
+    p.name                    AS project,
+    e.author                  AS event_author,
+    e.details                 AS event_details,
+    av.id                     AS version_id,
+    av.version_index,
+    av.metadata,
+    av.author                 AS version_author,
+    ac.name                   AS collection_name,
+    rg.name                   AS registry_name,
+    rc.name                   AS registry_collection_name,
+    rl.version_index          AS link_index,
+    rl.author                 AS link_author
+FROM triggers t
+JOIN automations a ON a.id = t.automation_id
+LEFT JOIN events e ON e.id = t.event_id
+LEFT JOIN runs r ON r.id = coalesce(t.run_pk, e.run_pk)
+LEFT JOIN artifact_versions av ON av.id = coalesce(t.artifact_version_id, e.version_id)
+LEFT JOIN artifact_collections ac ON ac.id = coalesce(av.collection_id, e.collection_id)
+LEFT JOIN projects p ON p.id = coalesce(ac.project_id, r.project_id, e.project_id)
+LEFT JOIN registry_collections rc ON rc.id = e.registry_collection_id
+LEFT JOIN registries rg ON rg.id = coalesce(e.registry_id, rc.registry_id)
+LEFT JOIN registry_links rl ON rl.id = e.link_id
+    OR (e.link_id IS NULL AND rl.registry_collection_id = rc.id AND rl.version_id = av.id)
+WHERE t.id = %(trigger_id)s;
+
+-- name: delivery_claim_due
+-- Take up to %(limit)s due deliveries: pending ones whose time has come, and 'sending' ones
+-- whose lease expired (the service died between claim and record: they are sent again,
+-- with the same id). While 'sending', next_attempt_at holds the lease's end, so one index
+-- (deliveries_due) serves both. `attempts` is counted at claim time and is the claim's
+-- fencing token: only the claimant that still holds it may record the outcome.
+-- The lease covers the action's timeout for every redirect hop, plus a margin.
+WITH due AS (
+    SELECT id, status AS was_status
+    FROM deliveries
+    WHERE status IN ('pending', 'sending')
+      AND next_attempt_at <= %(now)s
+      AND (%(only_id)s::uuid IS NULL OR id = %(only_id)s::uuid)
+    ORDER BY next_attempt_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries d SET
+    status          = 'sending',
+    attempts        = d.attempts + 1,
+    claimed_until   = %(now)s + make_interval(secs => %(lease_margin)s
+                          + %(lease_hops)s * coalesce((d.action ->> 'timeout')::float8, %(default_timeout)s)),
+    next_attempt_at = %(now)s + make_interval(secs => %(lease_margin)s
+                          + %(lease_hops)s * coalesce((d.action ->> 'timeout')::float8, %(default_timeout)s)),
+    updated_at      = %(now)s
+FROM due
+WHERE d.id = due.id
+RETURNING d.id, d.trigger_id, d.automation_id, d.action_type, d.action, d.attempts, d.max_attempts,
+          due.was_status;
+
+-- name: delivery_next_due
+-- When the earliest waiting delivery (or lease) is due, to sleep exactly until then.
+SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'sending');
+
+-- name: delivery_insert_attempt
+INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status,
+                               response_body, error, request)
+VALUES (%(delivery_id)s, %(attempt)s, %(started_at)s, %(duration_ms)s, %(http_status)s,
+        %(response_body)s, %(error)s, %(request)s)
+ON CONFLICT (delivery_id, attempt) DO NOTHING;
+
+-- name: delivery_record_outcome
+-- The outcome of an attempt, fenced: a claimant whose lease expired and was taken over
+-- (attempts moved on) changes nothing here; its attempt row is still kept.
+UPDATE deliveries SET
+    status           = %(status)s,
+    last_http_status = %(http_status)s,
+    last_error       = %(error)s,
+    next_attempt_at  = %(next_attempt_at)s,
+    claimed_until    = NULL,
+    finished_at      = %(finished_at)s,
+    updated_at       = %(now)s
+WHERE id = %(id)s AND status = 'sending' AND attempts = %(attempt)s;
+
+-- name: delivery_find
+-- A delivery by full id or by a unique prefix of its text form (as `engine deliveries` shows it).
+SELECT d.id, d.status, d.attempts, d.max_attempts, d.action_type, d.action, a.name AS automation
+FROM deliveries d JOIN automations a ON a.id = d.automation_id
+WHERE d.id::text LIKE %(prefix)s || '%%'
+ORDER BY d.created_at
+LIMIT 2;
+
+-- name: delivery_redeliver
+-- Send again: pending now, with a fresh budget of %(budget)s attempts on top of those made
+-- (attempt numbers keep growing, so the log keeps every earlier attempt). Same id, so the
+-- receiver can tell it is the same delivery.
+UPDATE deliveries SET
+    status = 'pending', max_attempts = attempts + %(budget)s, next_attempt_at = %(now)s,
+    claimed_until = NULL, finished_at = NULL, updated_at = %(now)s
+WHERE id = %(id)s AND status IN ('pending', 'succeeded', 'failed')
+RETURNING id, status, attempts, max_attempts;
+
+-- name: delivery_list
+SELECT d.id, d.trigger_id, a.name AS automation, d.action_type, d.status, d.attempts, d.max_attempts,
+       d.last_http_status, d.last_error, d.next_attempt_at, d.created_at, d.updated_at, d.finished_at
+FROM deliveries d JOIN automations a ON a.id = d.automation_id
+WHERE (%(status)s::text IS NULL OR d.status = %(status)s::text
+       OR (%(status)s::text = 'pending' AND d.status = 'sending'))
+  AND (%(automation)s::text IS NULL OR a.name = %(automation)s::text)
+ORDER BY d.created_at DESC, d.action_index
+LIMIT %(limit)s;
+
+-- name: delivery_attempts_of
+SELECT attempt, started_at, duration_ms, http_status, response_body, error, request
+FROM delivery_attempts WHERE delivery_id = %(id)s ORDER BY attempt;
+
+-- name: delivery_automation_rule
+SELECT id, name, rule FROM automations WHERE name = %(name)s;
