@@ -19,8 +19,9 @@ app = typer.Typer(
 # Keep in sync with the modules in engine/cli/.
 from engine.cli import db as _db  # noqa: E402
 from engine.cli import demo as _demo  # noqa: E402
+from engine.cli import rules as _rules  # noqa: E402
 
-for _module in (_db, _demo):
+for _module in (_db, _demo, _rules):
     _module.register(app)
 
 

@@ -1,0 +1,48 @@
+"""The automation rule language: models, the YAML loader, the linter and rule storage.
+
+    from engine.rules import load_rules, parse_rules_text, Automation
+"""
+
+from engine.rules.actions import Action, EnvSecret, NoOpAction, SlackAction, WebhookAction
+from engine.rules.automation import Automation
+from engine.rules.duration import format_duration, parse_duration
+from engine.rules.events import (
+    ArtifactAliasAdded,
+    ArtifactTagAdded,
+    ArtifactVersionCreated,
+    Event,
+    RegistryVersionLinked,
+    RunMetricChange,
+    RunMetricThreshold,
+    RunState,
+)
+from engine.rules.lint import lint
+from engine.rules.loader import LoadedRule, load_rules, parse_rules_text
+from engine.rules.regex import check_regexes_in_db
+from engine.rules.run_filter import RunFilter
+from engine.rules.scope import Scope
+
+__all__ = [
+    "Action",
+    "ArtifactAliasAdded",
+    "ArtifactTagAdded",
+    "ArtifactVersionCreated",
+    "Automation",
+    "EnvSecret",
+    "Event",
+    "LoadedRule",
+    "NoOpAction",
+    "RegistryVersionLinked",
+    "RunFilter",
+    "RunMetricChange",
+    "RunMetricThreshold",
+    "RunState",
+    "Scope",
+    "SlackAction",
+    "WebhookAction",
+    "check_regexes_in_db",
+    "format_duration",
+    "lint",
+    "load_rules",
+    "parse_rules_text",
+]

@@ -1,0 +1,203 @@
+"""`engine rules validate | apply | list | show | enable | disable | delete`.
+
+The typer group is `rules_app`; the compiler adds `compile` and `test` to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engine import db as enginedb
+from engine.exceptions import RuleValidationError
+from engine.rules import lint, load_rules, store
+from engine.rules.loader import LoadedRule
+from engine.settings import get_settings
+
+console = Console()
+err_console = Console(stderr=True)
+rules_app = typer.Typer(help="Automation rules: validate, apply and manage them.", no_args_is_help=True)
+
+PathsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Rule files or folders (*.yaml, *.yml). Default: ENGINE_RULES_PATH (rules/).", show_default=False),
+]
+NameArg = Annotated[str, typer.Argument(help="Automation name.")]
+
+
+def _paths(paths: list[Path] | None) -> list[Path]:
+    return list(paths) if paths else [get_settings().rules_path]
+
+
+@contextlib.contextmanager
+def _connection() -> Iterator[psycopg.Connection]:
+    with enginedb.connect() as conn:
+        enginedb.ensure_schema(conn)
+        yield conn
+
+
+def _report_issues(error: RuleValidationError) -> None:
+    for issue in error.issues:
+        err_console.print(str(issue), style="red", markup=False, highlight=False)
+    count = len(error.issues)
+    err_console.print(f"{count} error{'s' if count != 1 else ''}", style="red bold")
+
+
+def _report_lint(rules: list[LoadedRule]) -> None:
+    for rule in rules:
+        for warning in lint(rule.automation):
+            err_console.print(f"{rule.file}:{rule.line}: warning: {warning}", style="yellow", markup=False, highlight=False)
+
+
+def _load(paths: list[Path], conn: psycopg.Connection | None = None) -> list[LoadedRule]:
+    try:
+        return load_rules(paths, conn)
+    except RuleValidationError as exc:
+        _report_issues(exc)
+        raise typer.Exit(1) from None
+
+
+@rules_app.command()
+def validate(
+    paths: PathsArg = None,
+    check_db: Annotated[
+        bool, typer.Option("--check-db", help="Also compile the regexes in PostgreSQL (needs the database).")
+    ] = False,
+) -> None:
+    """Check rule files; print every error (exit 1) or `ok: N rules in M files`. Warnings never fail."""
+    if check_db:
+        with _connection() as conn:
+            rules = _load(_paths(paths), conn)
+    else:
+        rules = _load(_paths(paths))
+    _report_lint(rules)
+    files = len({rule.file for rule in rules})
+    console.print(f"ok: {len(rules)} rule{'s' if len(rules) != 1 else ''} in {files} file{'s' if files != 1 else ''}")
+
+
+@rules_app.command()
+def apply(
+    paths: PathsArg = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Delete stored automations that are not in these files.")] = False,
+) -> None:
+    """Create or update automations by name (says created / updated / unchanged / deleted)."""
+    with _connection() as conn:
+        rules = _load(_paths(paths), conn)
+        _report_lint(rules)
+        try:
+            results = store.apply_rules(
+                conn, [r.automation for r in rules], source={r.automation.name: r.file for r in rules}, prune=prune
+            )
+        except RuleValidationError as exc:
+            _report_issues(exc)
+            raise typer.Exit(1) from None
+        conn.commit()
+    for name, outcome in results:
+        console.print(f"{outcome:<9} {name}", markup=False, highlight=False)
+
+
+@rules_app.command("list")
+def list_() -> None:
+    """Stored automations: state, version, event, scope, triggers and the last error."""
+    with _connection() as conn:
+        rows = store.list_automations(conn)
+    if not rows:
+        console.print("no automations (apply some with `engine rules apply`)")
+        return
+    table = Table(show_lines=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("enabled")
+    table.add_column("version", justify="right")
+    table.add_column("event")
+    table.add_column("scope", overflow="fold")
+    table.add_column("triggers", justify="right")
+    table.add_column("updated")
+    table.add_column("last error", overflow="fold")
+    for row in rows:
+        table.add_row(
+            escape(row.name),
+            "yes" if row.enabled else "[dim]no[/dim]",
+            str(row.version),
+            escape(row.event_type),
+            escape(row.scope),
+            str(row.triggers),
+            row.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"[red]{escape(row.last_error)}[/red]" if row.last_error else "",
+        )
+    console.print(table)
+
+
+@rules_app.command()
+def show(name: NameArg) -> None:
+    """The stored rule as YAML, with its version and evaluation state."""
+    with _connection() as conn:
+        stored = store.get(conn, name)
+    state = stored.state
+    header = {
+        "version": stored.version,
+        "enabled": stored.enabled,
+        "source": stored.source,
+        "created_at": stored.created_at.isoformat(),
+        "updated_at": stored.updated_at.isoformat(),
+        "evaluate_from": stored.evaluate_from.isoformat(),
+    }
+    if state is not None:
+        header |= {
+            "frontier_xid": state.frontier,
+            "evaluated_at": state.evaluated_at.isoformat() if state.evaluated_at else None,
+            "triggers": state.triggers,
+            "last_fired_at": state.last_fired_at.isoformat() if state.last_fired_at else None,
+            "last_error": state.last_error,
+            "failures": state.failures,
+        }
+    rule = stored.automation.model_dump(mode="json", exclude_none=True)
+    print(yaml.safe_dump(rule, sort_keys=False, allow_unicode=True).rstrip())
+    print("# ---- stored state")
+    for line in yaml.safe_dump(header, sort_keys=False, allow_unicode=True).splitlines():
+        print(f"# {line}")
+
+
+@rules_app.command()
+def enable(name: NameArg) -> None:
+    """Enable an automation; it reacts to what is logged from now on."""
+    with _connection() as conn:
+        changed = store.enable(conn, name)
+        conn.commit()
+    console.print(f"enabled {name}" if changed else f"{name} was already enabled", markup=False, highlight=False)
+
+
+@rules_app.command()
+def disable(name: NameArg) -> None:
+    """Disable an automation (kept, with its history)."""
+    with _connection() as conn:
+        changed = store.disable(conn, name)
+        conn.commit()
+    console.print(f"disabled {name}" if changed else f"{name} was already disabled", markup=False, highlight=False)
+
+
+@rules_app.command()
+def delete(
+    name: NameArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an automation with its versions and trigger history."""
+    with _connection() as conn:
+        store.get(conn, name)  # NotFound (with suggestions) before asking anything
+        if not yes and not typer.confirm(f"delete {name!r} and its trigger history?"):
+            raise typer.Exit(1)
+        store.delete(conn, name)
+        conn.commit()
+    console.print(f"deleted {name}", markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(rules_app, name="rules")

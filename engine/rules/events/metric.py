@@ -1,0 +1,25 @@
+"""What the two metric events share: the aggregation, the window bound, the metric's table."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from engine.rules.fields import SYSTEM_PREFIX
+
+Aggregation = Literal["avg", "min", "max"]
+MAX_WINDOW = 100_000  # windows are read per series; a larger one is surely a typo
+
+
+class MetricEventMixin:
+    """Properties of an event with a `metric` field (no annotation here: pydantic would take
+    it for a field and put it before `type`)."""
+
+    @property
+    def is_system_metric(self) -> bool:
+        """True when the metric is read from `system_metrics` (`system/<key>`)."""
+        return self.metric.startswith(SYSTEM_PREFIX)
+
+    @property
+    def metric_key(self) -> str:
+        """The key as the SDK stores it: without the `system/` prefix for system metrics."""
+        return self.metric.removeprefix(SYSTEM_PREFIX)

@@ -1,0 +1,395 @@
+"""Read rule files: every problem of every file, each with its file, line and field.
+
+    rules/x.yaml:12: event.window: must be ≥ 1
+
+YAML is *composed* (not constructed) with PyYAML's safe loader, so every value keeps the
+line it came from and no tag can build a Python object. Pydantic's error locations are
+then walked down the composed nodes to find the line of the offending key or value.
+Anything wrong with the input ends in one RuleValidationError listing all issues.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from engine.exceptions import RuleIssue, RuleValidationError
+from engine.rules.actions import ACTION_CLASSES
+from engine.rules.automation import Automation
+from engine.rules.events import EVENT_CLASSES, EVENT_TYPES
+from engine.rules.regex import check_regexes_in_db
+
+if TYPE_CHECKING:
+    import psycopg
+
+RULE_SUFFIXES = (".yaml", ".yml")
+MAX_DEPTH = 64
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_TAG + t for t in ("null", "bool", "int", "float", "str")}
+_KEEP_TEXT_TAGS = {_TAG + "timestamp"}  # a date is only ever a string in a rule
+
+
+@dataclass(frozen=True)
+class LoadedRule:
+    """A validated rule and where it was written (`line` is the first line of its document)."""
+
+    automation: Automation
+    file: str
+    line: int
+
+
+def load_rules(paths: Iterable[str | Path], conn: psycopg.Connection | None = None) -> list[LoadedRule]:
+    """Load every rule of the given files and folders (`*.yaml`, `*.yml`, recursive, sorted).
+
+    With a connection, regexes are also compiled by PostgreSQL. Raises RuleValidationError
+    with every issue of every file.
+    """
+    loader = _Loader()
+    for display, path in loader.files(paths):
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            loader.issue(display, None, "", f"rule file not found: {display}")
+            continue
+        except OSError as exc:
+            loader.issue(display, None, "", f"cannot read rule file: {exc.strerror or exc}")
+            continue
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            loader.issue(display, None, "", f"not UTF-8 text (byte {exc.start})")
+            continue
+        loader.parse(text, display)
+    return loader.finish(conn)
+
+
+def parse_rules_text(text: str, file: str = "<string>", conn: psycopg.Connection | None = None) -> list[LoadedRule]:
+    """Load the rules of one YAML text (several separated by `---`); see load_rules.
+
+    >>> parse_rules_text('''
+    ... name: failed
+    ... scope: {project: acme/vision}
+    ... event: {type: run_state, states: [failed]}
+    ... action: {type: no_op}
+    ... ''')[0].automation.event.states
+    ('failed',)
+    """
+    loader = _Loader()
+    loader.parse(text, file)
+    return loader.finish(conn)
+
+
+def _error_line(exc: yaml.YAMLError, text: str) -> int | None:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        return mark.line + 1
+    position = getattr(exc, "position", None)  # ReaderError (a forbidden character) has only this
+    return text.count("\n", 0, position) + 1 if isinstance(position, int) else None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):
+        character = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        return f"character {character!r} is not allowed in YAML"
+    return str(getattr(exc, "problem", None) or str(exc).splitlines()[0])
+
+
+class _Loader:
+    def __init__(self) -> None:
+        self.issues: list[RuleIssue] = []
+        self.loaded: list[tuple[LoadedRule, Node]] = []
+
+    def issue(self, file: str, line: int | None, field: str, message: str) -> None:
+        self.issues.append(RuleIssue(file, line, field, message))
+
+    # -- files -------------------------------------------------------------------------
+    def files(self, paths: Iterable[str | Path]) -> Iterator[tuple[str, Path]]:
+        seen: set[Path] = set()
+        for given in paths:
+            path = Path(given)
+            if path.is_dir():
+                found = sorted(p for p in path.rglob("*") if p.suffix in RULE_SUFFIXES and p.is_file())
+                if not found:
+                    self.issue(str(given), None, "", f"no rule files (*.yaml, *.yml) in {given}")
+                candidates = found
+            else:
+                candidates = [path]
+            for candidate in candidates:
+                key = candidate.resolve()
+                if key not in seen:
+                    seen.add(key)
+                    yield str(candidate), candidate
+
+    # -- one text ----------------------------------------------------------------------
+    def parse(self, text: str, file: str) -> None:
+        for node in self._documents(text, file):
+            self._validate(node, file)
+
+    def _documents(self, text: str, file: str) -> Iterator[Node]:
+        documents = yaml.compose_all(text, Loader=yaml.SafeLoader)
+        while True:
+            try:
+                node = next(documents)
+            except StopIteration:
+                return
+            except yaml.YAMLError as exc:
+                self.issue(file, _error_line(exc, text), "", f"YAML syntax error: {_yaml_problem(exc)}")
+                return  # the parser cannot resynchronise after an error
+            except RecursionError:
+                self.issue(file, None, "", "YAML nested too deeply")
+                return
+            if node is not None:
+                yield node
+
+    def _validate(self, root: Node, file: str) -> None:
+        line = root.start_mark.line + 1
+        converter = _Converter()
+        data = converter.value(root, 0)
+        if converter.problems:
+            for node, message in converter.problems:
+                self.issue(file, node.start_mark.line + 1, "", message)
+            return
+        if data is None or data == "":
+            return  # an empty document (a comment, or `---` at the end)
+        if not isinstance(data, dict):
+            self.issue(file, line, "", "a rule must be a mapping of keys (name:, scope:, event:, action:)")
+            return
+        try:
+            automation = Automation.model_validate(data)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False, include_input=False):
+                loc, message = _explain(error)
+                where, field = locate(root, loc)
+                self.issue(file, where, field, message)
+            return
+        except Exception as exc:  # noqa: BLE001 - the loader's promise: bad input only ever gives issues
+            self.issue(file, line, "", f"cannot validate this rule ({type(exc).__name__}: {exc})")
+            return
+        self.loaded.append((LoadedRule(automation, file, line), root))
+
+    # -- across files ------------------------------------------------------------------
+    def finish(self, conn: psycopg.Connection | None) -> list[LoadedRule]:
+        first: dict[str, tuple[str, int | None]] = {}
+        for rule, root in self.loaded:
+            name = rule.automation.name
+            line, _ = locate(root, ("name",))
+            if name in first:
+                other_file, other_line = first[name]
+                self.issue(rule.file, line, "name", f"duplicate automation name {name!r} (also at {other_file}:{other_line})")
+            else:
+                first[name] = (rule.file, line)
+        if conn is not None:
+            for rule, root in self.loaded:
+                for found in check_regexes_in_db(conn, rule.automation, file=rule.file):
+                    line, _ = locate(root, tuple(found.field.split(".")))
+                    self.issue(rule.file, line, found.field, found.message)
+        if self.issues:
+            raise RuleValidationError(self.issues)
+        return [rule for rule, _ in self.loaded]
+
+
+# -- YAML nodes to plain data ----------------------------------------------------------------
+class _Converter:
+    """Composed YAML → dicts, lists and scalars, refusing what a rule file has no use for."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[Node, str]] = []
+        self.seen: set[int] = set()
+        self.constructor = SafeConstructor()
+
+    def value(self, node: Node, depth: int) -> Any:
+        if id(node) in self.seen:
+            # The composer hands out the anchored node again for every alias; refusing
+            # aliases also rules out "billion laughs" expansions and cycles.
+            self.problems.append((node, "YAML aliases (*name) are not supported: write the value out"))
+            return None
+        self.seen.add(id(node))
+        if depth > MAX_DEPTH:
+            self.problems.append((node, f"nested more than {MAX_DEPTH} levels deep"))
+            return None
+        if isinstance(node, MappingNode):
+            return self.mapping(node, depth)
+        if isinstance(node, SequenceNode):
+            if node.tag != _TAG + "seq":
+                return self.unsupported(node)
+            return [self.value(item, depth + 1) for item in node.value]
+        return self.scalar(node)
+
+    def mapping(self, node: MappingNode, depth: int) -> dict[str, Any] | None:
+        if node.tag != _TAG + "map":
+            return self.unsupported(node)
+        result: dict[str, Any] = {}
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _TAG + "merge":
+                self.problems.append((key_node, "YAML merge keys (<<) are not supported"))
+                continue
+            key = self.scalar(key_node) if isinstance(key_node, ScalarNode) else None
+            if not isinstance(key, str):
+                if isinstance(key_node, ScalarNode):
+                    message = f"key {key_node.value!r} is read as {type(key).__name__}: quote it"
+                else:
+                    message = "keys must be plain text, not a mapping or a list"
+                self.problems.append((key_node, message))
+                continue
+            if key in result:
+                self.problems.append((key_node, f"duplicate key {key!r} (first at line {lines[key]})"))
+                continue
+            lines[key] = key_node.start_mark.line + 1
+            result[key] = self.value(value_node, depth + 1)
+        return result
+
+    def scalar(self, node: Node) -> Any:
+        if not isinstance(node, ScalarNode):
+            return self.unsupported(node)
+        if node.tag in _KEEP_TEXT_TAGS:
+            return node.value
+        if node.tag not in _SCALAR_TAGS:
+            return self.unsupported(node)
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError):
+            self.problems.append((node, f"cannot read {node.value!r} as {_short_tag(node.tag)}"))
+            return None
+
+    def unsupported(self, node: Node) -> None:
+        self.problems.append((node, f"unsupported YAML tag {_short_tag(node.tag)}"))
+        return None
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
+
+
+# -- pydantic errors to lines and words -------------------------------------------------------
+def locate(root: Node, loc: tuple[Any, ...]) -> tuple[int | None, str]:
+    """The YAML line of a pydantic error location, and the field path in words.
+
+    Keys present → the key's line (a value that is a scalar → its own line); a missing key
+    → the line of the mapping that lacks it. Tags of discriminated unions (`event.<type>`)
+    are skipped; `[key]` (an invalid mapping key) points at the key.
+    """
+    node: Node = root
+    key_node: Node | None = None
+    parts: list[str] = []
+    for element in loc:
+        if element == "[key]":
+            if key_node is not None:
+                node = key_node
+            continue
+        if isinstance(node, MappingNode):
+            pair = next(
+                (
+                    (k, v)
+                    for k, v in node.value
+                    if isinstance(k, ScalarNode) and k.value == str(element)
+                ),
+                None,
+            )
+            if pair is not None:
+                key_node, node = pair
+                parts.append(str(element))
+                continue
+            if _type_of(node) == element:  # the tag pydantic adds for a discriminated union
+                continue
+            parts.append(str(element))
+            break
+        if isinstance(node, SequenceNode) and isinstance(element, int) and 0 <= element < len(node.value):
+            parts.append(f"[{element}]")
+            node, key_node = node.value[element], None
+            continue
+        if isinstance(element, int):
+            parts.append(f"[{element}]")
+        break
+    if isinstance(node, ScalarNode) or key_node is None:
+        line = node.start_mark.line + 1
+    else:
+        line = key_node.start_mark.line + 1
+    return line, ".".join(parts).replace(".[", "[")
+
+
+def _type_of(node: MappingNode) -> str | None:
+    for k, v in node.value:
+        if isinstance(k, ScalarNode) and k.value == "type" and isinstance(v, ScalarNode):
+            return v.value
+    return None
+
+
+def _known_keys(models: Iterable[type[BaseModel]]) -> frozenset[str]:
+    keys: set[str] = set()
+    todo = list(models)
+    while todo:
+        model = todo.pop()
+        for name, field in model.model_fields.items():
+            keys.add(name)
+            for arg in getattr(field.annotation, "__args__", ()) or ():
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    todo.append(arg)
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                todo.append(field.annotation)
+    return frozenset(keys)
+
+
+# Every key a rule may contain: "did you mean" suggestions for unknown keys.
+KNOWN_KEYS = _known_keys([Automation, *EVENT_CLASSES, *ACTION_CLASSES])
+_EXPECTED_TYPES = {
+    "event": EVENT_TYPES,
+    "action": tuple(cls.model_fields["type"].annotation.__args__[0] for cls in ACTION_CLASSES),
+}
+
+
+def _explain(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
+    """(location, message in plain words) for one pydantic error."""
+    kind, loc, ctx = error["type"], tuple(error["loc"]), error.get("ctx") or {}
+    if kind == "rule":
+        return loc, ctx["message"]
+    if kind == "missing":
+        return loc, "field required"
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+        return loc, f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if kind == "union_tag_not_found":
+        expected = _EXPECTED_TYPES.get(str(loc[-1]) if loc else "", ())
+        return (*loc, "type"), "field required" + (f": one of {', '.join(expected)}" if expected else "")
+    if kind == "union_tag_invalid":
+        return (*loc, "type"), f"unknown type {ctx.get('tag')!r}: must be one of {ctx.get('expected_tags')}"
+    if kind == "literal_error":
+        return loc, f"must be {ctx.get('expected')}"
+    bounds = {"greater_than_equal": "≥ {ge}", "greater_than": "> {gt}", "less_than_equal": "≤ {le}", "less_than": "< {lt}"}
+    if kind in bounds:
+        shown = {k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()}
+        return loc, "must be " + bounds[kind].format(**shown)
+    if kind in ("string_too_short", "too_short"):
+        minimum = ctx.get("min_length", 1)
+        return loc, "must not be empty" if minimum == 1 else f"must have at least {minimum} characters"
+    if kind in ("string_too_long", "too_long"):
+        return loc, f"is too long (at most {ctx.get('max_length')})"
+    plain = {
+        "int_type": "must be a whole number",
+        "int_parsing": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "float_type": "must be a number",
+        "float_parsing": "must be a number",
+        "finite_number": "must be a finite number",
+        "string_type": "must be text (quote it if YAML reads it as a number, date or boolean)",
+        "bool_type": "must be true or false",
+        "bool_parsing": "must be true or false",
+        "list_type": "must be a list",
+        "tuple_type": "must be a list",
+        "dict_type": "must be a mapping (key: value)",
+        "model_type": "must be a mapping (key: value)",
+        "model_attributes_type": "must be a mapping (key: value)",
+    }
+    if kind in plain:
+        return loc, plain[kind]
+    message = str(error.get("msg", kind))
+    return loc, message.removeprefix("Value error, ")

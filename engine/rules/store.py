@@ -1,0 +1,264 @@
+"""Automations in the database: apply (create/update by name), enable, disable, delete, read.
+
+How "never fires retroactively" works: each automation has a frontier in
+`automation_state`; the evaluator only reads values and events written by transactions
+whose xid is at or above it. Creating an automation, enabling it, or changing its
+condition (scope, event, run filter) moves the frontier to the current snapshot's xmax,
+so everything logged before is ignored. Other edits (description, action, cooldown) keep
+it, and no edit ever deletes past triggers: every version is kept in `automation_versions`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from pydantic import ValidationError
+
+from engine import clock
+from engine.db import boundary, query
+from engine.exceptions import NotFound, RuleIssue, RuleValidationError
+from engine.rules.automation import Automation
+from engine.rules.regex import check_regexes_in_db
+from engine.rules.scope import Scope
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["created", "updated", "unchanged", "deleted"]
+_LOCK = 0x72756C6573  # "rules": one writer of automations at a time
+
+
+@dataclass(frozen=True)
+class AutomationState:
+    """Evaluation progress of one automation (for `engine rules show`)."""
+
+    frontier: str | None
+    evaluated_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    failures: int
+    triggers: int
+    last_fired_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredAutomation:
+    id: int
+    name: str
+    version: int
+    enabled: bool
+    automation: Automation
+    source: str | None
+    created_at: datetime
+    updated_at: datetime
+    evaluate_from: datetime
+    state: AutomationState | None = None  # filled by get() only
+
+
+@dataclass(frozen=True)
+class AutomationRow:
+    """One line of `engine rules list`."""
+
+    name: str
+    enabled: bool
+    version: int
+    event_type: str
+    scope: str
+    updated_at: datetime
+    last_error: str | None
+    triggers: int
+
+
+# -- apply ---------------------------------------------------------------------------------
+def apply_rules(
+    conn: psycopg.Connection,
+    rules: Sequence[Automation],
+    *,
+    source: dict[str, str] | None = None,
+    prune: bool = False,
+) -> list[tuple[str, Outcome]]:
+    """Create or update each rule by name, in one transaction; with `prune`, delete the
+    automations not among `rules`. Returns (name, created|updated|unchanged|deleted).
+
+    Regexes are compiled by PostgreSQL first; any refusal raises RuleValidationError and
+    nothing is written.
+    """
+    source = source or {}
+    issues: list[RuleIssue] = []
+    seen: set[str] = set()
+    for rule in rules:
+        where = source.get(rule.name, "<rule>")
+        if rule.name in seen:
+            issues.append(RuleIssue(where, None, "name", f"duplicate automation name {rule.name!r}"))
+        seen.add(rule.name)
+        issues += check_regexes_in_db(conn, rule, file=where)
+    if issues:
+        raise RuleValidationError(issues)
+
+    now = clock.now()
+    results: list[tuple[str, Outcome]] = []
+    with boundary(), conn.transaction():
+        conn.execute(query("lock_automations"), {"key": _LOCK})
+        for rule in rules:
+            results.append((rule.name, _apply_one(conn, rule, source.get(rule.name), now)))
+        if prune:
+            deleted = conn.execute(query("prune_automations"), {"keep": [r.name for r in rules]}).fetchall()
+            results += [(name, "deleted") for (name,) in sorted(deleted)]
+    return results
+
+
+def _apply_one(conn: psycopg.Connection, rule: Automation, source: str | None, now: datetime) -> Outcome:
+    row = _for_update(conn, rule.name)
+    if row is None:
+        params = _rule_params(rule) | {"source": source, "now": now}
+        (automation_id,) = conn.execute(query("insert_automation"), params).fetchone()
+        conn.execute(query("insert_automation_version"), {"id": automation_id, "version": 1, **params})
+        conn.execute(query("insert_automation_state"), {"id": automation_id})
+        return "created"
+    if row["rule_hash"] == rule.rule_hash():
+        return "unchanged"
+    _update(conn, row, rule, source, now)
+    return "updated"
+
+
+def _update(conn: psycopg.Connection, row: dict[str, Any], rule: Automation, source: str | None, now: datetime) -> None:
+    """Store a new version; restart evaluation if the condition changed or it was just enabled."""
+    restart = row["condition_hash"] != rule.condition_hash() or (not row["enabled"] and rule.enabled)
+    params = _rule_params(rule) | {"id": row["id"], "source": source, "now": now, "restart": restart}
+    (version,) = conn.execute(query("update_automation"), params).fetchone()
+    conn.execute(query("insert_automation_version"), params | {"version": version})
+    if restart:
+        conn.execute(query("restart_automation_state"), {"id": row["id"]})
+
+
+def _rule_params(rule: Automation) -> dict[str, Any]:
+    return {
+        "name": rule.name,
+        "enabled": rule.enabled,
+        "rule": Jsonb(rule.to_json()),
+        "rule_hash": rule.rule_hash(),
+        "condition_hash": rule.condition_hash(),
+    }
+
+
+def _for_update(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query("automation_for_update"), {"name": name}).fetchone()
+
+
+# -- management ------------------------------------------------------------------------------
+def enable(conn: psycopg.Connection, name: str) -> bool:
+    """Enable an automation (a new version; evaluation starts from now). False if it already was."""
+    return _set_enabled(conn, name, True)
+
+
+def disable(conn: psycopg.Connection, name: str) -> bool:
+    """Disable an automation (a new version). False if it already was."""
+    return _set_enabled(conn, name, False)
+
+
+def _set_enabled(conn: psycopg.Connection, name: str, enabled: bool) -> bool:
+    with boundary(), conn.transaction():
+        conn.execute(query("lock_automations"), {"key": _LOCK})
+        row = _for_update(conn, name)
+        if row is None:
+            raise _not_found(conn, name)
+        if row["enabled"] == enabled:
+            return False
+        # The stored rule says `enabled` too, so that `show` and a re-apply agree with the table.
+        rule = Automation.model_validate({**row["rule"], "enabled": enabled})
+        _update(conn, row, rule, None, clock.now())
+        return True
+
+
+def delete(conn: psycopg.Connection, name: str) -> None:
+    """Delete an automation with its versions, state and triggers."""
+    with boundary(), conn.transaction():
+        conn.execute(query("lock_automations"), {"key": _LOCK})
+        if conn.execute(query("delete_automation"), {"name": name}).fetchone() is None:
+            raise _not_found(conn, name)
+
+
+def get(conn: psycopg.Connection, name: str) -> StoredAutomation:
+    """The stored automation with its evaluation state; NotFound (with close names) otherwise."""
+    with boundary(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(query("get_automation"), {"name": name}).fetchone()
+    if row is None:
+        raise _not_found(conn, name)
+    state = AutomationState(
+        frontier=row["frontier"],
+        evaluated_at=row["evaluated_at"],
+        last_error=row["last_error"],
+        last_error_at=row["last_error_at"],
+        failures=row["failures"] or 0,
+        triggers=row["triggers"],
+        last_fired_at=row["last_fired_at"],
+    )
+    return _stored(row, Automation.model_validate(row["rule"]), state)
+
+
+def list_automations(conn: psycopg.Connection) -> list[AutomationRow]:
+    with boundary(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("list_automations")).fetchall()
+    return [
+        AutomationRow(
+            name=r["name"],
+            enabled=r["enabled"],
+            version=r["version"],
+            event_type=r["event_type"],
+            scope=Scope.model_validate(r["scope"]).describe(),
+            updated_at=r["updated_at"],
+            last_error=r["last_error"],
+            triggers=r["triggers"],
+        )
+        for r in rows
+    ]
+
+
+def load_enabled(conn: psycopg.Connection) -> list[StoredAutomation]:
+    """Every enabled automation, parsed, for the evaluator.
+
+    A stored rule the current models refuse (written by another version of the engine) is
+    logged and skipped rather than stopping every other automation.
+    """
+    with boundary(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("enabled_automations")).fetchall()
+    result = []
+    for row in rows:
+        try:
+            automation = Automation.model_validate(row["rule"])
+        except ValidationError as exc:
+            log.error("automation %r (id %s) cannot be read and is skipped: %s", row["name"], row["id"], exc)
+            continue
+        result.append(_stored(row, automation, None))
+    return result
+
+
+def _stored(row: dict[str, Any], automation: Automation, state: AutomationState | None) -> StoredAutomation:
+    return StoredAutomation(
+        id=row["id"],
+        name=row["name"],
+        version=row["version"],
+        enabled=row["enabled"],
+        automation=automation,
+        source=row["source"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        evaluate_from=row["evaluate_from"],
+        state=state,
+    )
+
+
+def _not_found(conn: psycopg.Connection, name: str) -> NotFound:
+    with boundary():
+        names = [n for (n,) in conn.execute(query("automation_names")).fetchall()]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(n) for n in close)}?" if close else ""
+    return NotFound(f"no automation named {name!r}{hint}")
