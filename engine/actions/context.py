@@ -95,11 +95,11 @@ def _text(value: Any) -> str:
 
 def _run_status(row: Mapping[str, Any]) -> str:
     # For a state change, the state it went into (the run may have moved on since).
-    details = row.get("event_details") or {}
     if row.get("kind") == "run_state":
-        for key in ("to_state", "state", "to"):
-            if details.get(key):
-                return str(details[key])
+        for details in (row.get("event_details") or {}, row.get("details") or {}):
+            for key in ("to", "to_state", "state"):  # the SDK writes {"from": …, "to": …}
+                if details.get(key):
+                    return str(details[key])
     return row.get("run_state") or ""
 
 

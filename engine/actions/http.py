@@ -89,7 +89,8 @@ def post_json(
     sent = httpx.Headers(headers)
     sent.setdefault("User-Agent", USER_AGENT)
     sent["Accept-Encoding"] = "identity"
-    record: dict[str, Any] = {"url": log_url or url, "headers": redact_headers(dict(sent.items()), secret_headers)}
+    as_sent = {k.decode("latin-1"): v.decode("latin-1") for k, v in sent.raw}  # .raw keeps the names' case
+    record: dict[str, Any] = {"url": log_url or url, "headers": redact_headers(as_sent, secret_headers)}
     try:
         hop = _Hop("POST", httpx.URL(url), sent, body)
         if hop.url.scheme not in ("http", "https"):

@@ -55,7 +55,7 @@ def row_for(kind: str, **extra) -> dict:
     if kind == "run_metric_change":
         row |= {"metric": "loss", "step": 9, "value": -0.4, "window_values": [0.3, 0.3]}
     if kind == "run_state":
-        row |= {"event_details": {"from_state": "running", "to_state": "failed"}, "run_state": "failed", "event_author": "alice"}
+        row |= {"event_details": {"from": "running", "to": "failed"}, "run_state": "failed", "event_author": "alice"}
     if not kind.startswith("run_"):
         row |= {
             "version_id": 11, "version_index": 3, "collection_name": "mnist", "metadata": {"rows": 60000, "split": "train"},
