@@ -89,10 +89,15 @@ def parse_rules_text(text: str, file: str = "<string>", conn: psycopg.Connection
 
 def _error_line(exc: yaml.YAMLError, text: str) -> int | None:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    if mark is not None:
-        return mark.line + 1
     position = getattr(exc, "position", None)  # ReaderError (a forbidden character) has only this
-    return text.count("\n", 0, position) + 1 if isinstance(position, int) else None
+    if mark is not None:
+        line = mark.line + 1
+    elif isinstance(position, int):
+        line = text.count("\n", 0, position) + 1
+    else:
+        return None
+    # "found <stream end>" points past the final newline: name the last line instead.
+    return max(1, min(line, len(text.splitlines())))
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -134,20 +139,21 @@ class _Loader:
             self._validate(node, file)
 
     def _documents(self, text: str, file: str) -> Iterator[Node]:
-        documents = yaml.compose_all(text, Loader=yaml.SafeLoader)
-        while True:
-            try:
-                node = next(documents)
-            except StopIteration:
-                return
-            except yaml.YAMLError as exc:
-                self.issue(file, _error_line(exc, text), "", f"YAML syntax error: {_yaml_problem(exc)}")
-                return  # the parser cannot resynchronise after an error
-            except RecursionError:
-                self.issue(file, None, "", "YAML nested too deeply")
-                return
-            if node is not None:
-                yield node
+        loader: _Composer | None = None
+        try:
+            loader = _Composer(text)  # the reader already refuses forbidden characters here
+            while loader.check_node():
+                node = loader.get_node()
+                if node is not None:
+                    yield node
+        except yaml.YAMLError as exc:
+            # the parser cannot resynchronise after an error: the rest of the file is lost
+            self.issue(file, _error_line(exc, text), "", f"YAML syntax error: {_yaml_problem(exc)}")
+        except RecursionError:
+            self.issue(file, None, "", "YAML nested too deeply")
+        finally:
+            if loader is not None:
+                loader.dispose()
 
     def _validate(self, root: Node, file: str) -> None:
         line = root.start_mark.line + 1
@@ -197,21 +203,35 @@ class _Loader:
 
 
 # -- YAML nodes to plain data ----------------------------------------------------------------
+class _AliasNode(ScalarNode):
+    """Stands where a YAML alias (`*name`) was written."""
+
+
+class _Composer(yaml.SafeLoader):
+    """PyYAML's safe loader, composing only, with every alias replaced by an _AliasNode.
+
+    A rule has no use for aliases, and not expanding them rules out "billion laughs"
+    documents and cycles; the node keeps the alias's own line for the error.
+    """
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.get_event()
+            return _AliasNode(_TAG + "null", "", event.start_mark, event.end_mark)
+        return super().compose_node(parent, index)
+
+
 class _Converter:
     """Composed YAML → dicts, lists and scalars, refusing what a rule file has no use for."""
 
     def __init__(self) -> None:
         self.problems: list[tuple[Node, str]] = []
-        self.seen: set[int] = set()
         self.constructor = SafeConstructor()
 
     def value(self, node: Node, depth: int) -> Any:
-        if id(node) in self.seen:
-            # The composer hands out the anchored node again for every alias; refusing
-            # aliases also rules out "billion laughs" expansions and cycles.
+        if isinstance(node, _AliasNode):
             self.problems.append((node, "YAML aliases (*name) are not supported: write the value out"))
             return None
-        self.seen.add(id(node))
         if depth > MAX_DEPTH:
             self.problems.append((node, f"nested more than {MAX_DEPTH} levels deep"))
             return None
@@ -248,6 +268,8 @@ class _Converter:
         return result
 
     def scalar(self, node: Node) -> Any:
+        if isinstance(node, _AliasNode):
+            return self.value(node, 0)
         if not isinstance(node, ScalarNode):
             return self.unsupported(node)
         if node.tag in _KEEP_TEXT_TAGS:
