@@ -17,11 +17,13 @@ app = typer.Typer(
 )
 
 # Keep in sync with the modules in engine/cli/.
+from engine.cli import actions as _actions  # noqa: E402
 from engine.cli import db as _db  # noqa: E402
 from engine.cli import demo as _demo  # noqa: E402
 from engine.cli import rules as _rules  # noqa: E402
+from engine.cli import service as _service  # noqa: E402
 
-for _module in (_db, _demo, _rules):
+for _module in (_db, _actions, _demo, _rules, _service):
     _module.register(app)
 
 

@@ -1,0 +1,108 @@
+"""`engine serve`, `engine history`, and the rule commands that need the compiler:
+`engine rules compile` and `engine rules test` (the backtest)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from engine import db as enginedb
+from engine.cli.rules import rules_app
+from engine.compiler import compile_rule
+from engine.evaluator import backtest, parse_since
+from engine.rules import load_rules
+from engine.settings import get_settings
+
+console = Console()
+
+
+def serve(
+    interval: Optional[float] = typer.Option(
+        None, "--interval", help="Seconds between ticks [env ENGINE_INTERVAL, default 5]."
+    ),
+) -> None:
+    """Run the evaluation service until SIGINT/SIGTERM."""
+    from engine.scheduler import Service
+
+    settings = get_settings()
+    logging.getLogger().setLevel(settings.log_level.upper())
+    with enginedb.connect() as conn:
+        enginedb.ensure_schema(conn)
+    Service(settings, interval=interval).run_forever()
+
+
+def history(
+    automation: Optional[str] = typer.Option(None, "--automation", "-a", help="Only this automation."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only triggers fired since (7d, 12h, or ISO time)."),
+    limit: int = typer.Option(50, "--limit", "-n", help="At most this many rows."),
+) -> None:
+    """Show the trigger history (the automation_history view), newest first."""
+    with enginedb.connect() as conn, enginedb.boundary():
+        rows = conn.execute(
+            enginedb.query("history"),
+            {"automation": automation, "since": parse_since(since) if since else None, "limit": limit},
+        ).fetchall()
+    table = Table("id", "fired at", "automation", "event", "run", "metric", "value", "step", "alias/tag/version", "delivery")
+    for r in rows:
+        value = "" if r[9] is None else f"{r[9]:.6g}"
+        artifact = " ".join(str(x) for x in (r[11], r[12], r[13]) if x)
+        delivery = f"{r[15]} ({r[16]})" + (f" http {r[17]}" if r[17] else "")
+        table.add_row(
+            str(r[0]), r[1].strftime("%Y-%m-%d %H:%M:%S"), r[2], r[3], r[7] or r[6] or "", r[8] or "",
+            value, "" if r[10] is None else str(r[10]), artifact, delivery,
+        )
+    console.print(table)
+    if rows:
+        console.print(f"[dim]why did it fire? engine explain {rows[0][0]}[/dim]")
+
+
+@rules_app.command("compile")
+def compile_command(
+    paths: list[Path] = typer.Argument(None, help="Rule files or folders [default: ENGINE_RULES_PATH]."),
+    mode: str = typer.Option("live", "--mode", help="live (incremental) or history (backtest)."),
+) -> None:
+    """Print the SQL each rule compiles to, with its bound parameters."""
+    for loaded in load_rules(paths or [get_settings().rules_path]):
+        compiled = compile_rule(loaded.automation, "history" if mode == "history" else "live")
+        console.rule(f"{compiled.automation} ({compiled.kind}, {compiled.mode})")
+        console.print(Syntax(compiled.pretty(), "sql", word_wrap=True))
+        console.print({k: v for k, v in compiled.params.items()})
+
+
+@rules_app.command("test")
+def test_command(
+    paths: list[Path] = typer.Argument(None, help="Rule files or folders [default: ENGINE_RULES_PATH]."),
+    since: str = typer.Option("7d", "--since", help="How far back: 7d, 12h, 30m, or an ISO time."),
+) -> None:
+    """Backtest: what the rules would have fired over stored history. Sends and writes nothing."""
+    start = parse_since(since)
+    with enginedb.connect() as conn:
+        enginedb.ensure_schema(conn)
+        loaded = load_rules(paths or [get_settings().rules_path], conn=conn)
+        for item in loaded:
+            firings = backtest(conn, item.automation, start)
+            labels = {}
+            run_pks = [f.run_pk for f in firings if f.run_pk is not None]
+            if run_pks:
+                labels = {r[0]: r[2] or r[1] for r in conn.execute(enginedb.query("run_labels"), {"run_pks": run_pks})}
+            table = Table("time", "run", "step", "value", "alias/tag", title=f"{item.automation.name}: {len(firings)} would fire")
+            for f in firings:
+                table.add_row(
+                    f.time.strftime("%Y-%m-%d %H:%M:%S"),
+                    labels.get(f.run_pk, "") if f.run_pk else "",
+                    "" if f.step is None else str(f.step),
+                    "" if f.value is None else f"{f.value:.6g}",
+                    f.alias or f.tag or "",
+                )
+            console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("history")(history)

@@ -1,0 +1,165 @@
+"""`engine serve`: the APScheduler 3 loop around the evaluator and the delivery dispatcher.
+
+Thin on purpose: the job bodies are one-line calls into `Evaluator.tick()` and the
+dispatcher, which are tested without a scheduler. Each service keeps its own in-memory
+scheduler (APScheduler job stores must never be shared); several services coordinate
+through the database only (row locks on automation state and deliveries).
+
+Besides the periodic tick, a LISTEN connection on `engine_ingest` (one NOTIFY per SDK
+flush) wakes the evaluation early, so a trigger follows its data within milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+
+import psycopg
+from psycopg import sql
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from engine.db import NOTIFY_CHANNEL, database_url
+from engine.evaluator import Evaluator
+from engine.exceptions import DatabaseUnavailable, EngineError
+from engine.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+EVALUATE_JOB = "evaluate"
+
+
+class Service:
+    """One evaluation service: `start()`, then `stop()` (or `run_forever()` for the CLI)."""
+
+    def __init__(self, settings: Settings | None = None, *, interval: float | None = None, url: str | None = None):
+        from engine.actions.dispatcher import Dispatcher
+
+        self.settings = settings or get_settings()
+        self.interval = interval or self.settings.interval
+        self.url = url or database_url(self.settings)
+        self.dispatcher = Dispatcher(self.url, self.settings)
+        self.evaluator = Evaluator(self.url, self.settings, on_fired=lambda _n: self.dispatcher.wake())
+        self.scheduler = BackgroundScheduler(
+            timezone=timezone.utc, executors={"default": ThreadPoolExecutor(max_workers=4)}
+        )
+        self._stopping = threading.Event()
+        self._dirty = threading.Event()
+        self._running = threading.Event()
+        self._retry_at = 0.0
+        self._outage_backoff = 0.5
+        self._listener: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self.scheduler.add_job(
+            self.evaluate,
+            "interval",
+            seconds=self.interval,
+            id=EVALUATE_JOB,
+            name="evaluate automations",
+            replace_existing=True,
+            coalesce=True,  # ticks missed while one was slow run once, not N times
+            max_instances=1,  # never two ticks of one service at once
+            misfire_grace_time=max(1, int(self.interval * 2)),
+            next_run_time=datetime.now(timezone.utc),
+        )
+        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        self.dispatcher.start(self.scheduler)
+        self.scheduler.start()
+        self._listener = threading.Thread(target=self._listen, name="engine-listen", daemon=True)
+        self._listener.start()
+        log.info("engine serve: evaluating every %.1fs, woken by NOTIFY %s", self.interval, NOTIFY_CHANNEL)
+
+    def stop(self) -> None:
+        """Finish the current tick (its transaction either commits or rolls back), then stop."""
+        self._stopping.set()
+        self.scheduler.shutdown(wait=True)
+        self.dispatcher.stop()
+        self.evaluator.close()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+        log.info("engine serve: stopped")
+
+    def run_forever(self) -> None:
+        """Run until SIGINT or SIGTERM."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("engine serve: received %s, stopping", signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        self.start()
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    # -- jobs --------------------------------------------------------------------------
+    def evaluate(self) -> None:
+        """The evaluation job: one tick, with outage handling."""
+        if self._stopping.is_set() or time.monotonic() < self._retry_at:
+            return
+        self._running.set()
+        self._dirty.clear()
+        try:
+            result = self.evaluator.tick()
+            if self._outage_backoff > 0.5:
+                log.warning("database reachable again: catching up")
+            self._outage_backoff = 0.5
+            if result.fired or result.failed:
+                log.info(
+                    "tick: %d evaluated, %d fired, %d failed (%s) in %.1f ms",
+                    result.evaluated, result.fired, len(result.failed), ", ".join(result.failed), result.duration_ms,
+                )
+        except DatabaseUnavailable as exc:
+            log.warning("database unavailable, retrying in %.1fs: %s", self._outage_backoff, exc)
+            self._retry_at = time.monotonic() + self._outage_backoff
+            self._outage_backoff = min(self._outage_backoff * 2, 30.0)
+        except EngineError as exc:
+            log.error("tick failed: %s", exc)
+        finally:
+            self._running.clear()
+        if self._dirty.is_set() and not self._stopping.is_set():
+            self.wake()
+
+    def wake(self) -> None:
+        """Evaluate now instead of at the next interval (new data arrived)."""
+        self._dirty.set()
+        if self._running.is_set() or self._stopping.is_set():
+            return  # the running tick re-wakes itself when it ends
+        try:
+            self.scheduler.modify_job(EVALUATE_JOB, next_run_time=datetime.now(timezone.utc))
+        except Exception:  # scheduler shutting down
+            log.debug("could not wake the evaluation job", exc_info=True)
+
+    def _on_job_event(self, event: JobExecutionEvent) -> None:
+        if event.code == EVENT_JOB_ERROR:
+            log.error("job %s raised: %r", event.job_id, event.exception)
+        elif event.code == EVENT_JOB_MISSED:
+            log.warning("job %s missed its run time (the previous run was too slow)", event.job_id)
+
+    # -- LISTEN ------------------------------------------------------------------------
+    def _listen(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                    backoff = 0.5
+                    while not self._stopping.is_set():
+                        for _notify in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake()
+            except psycopg.Error as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)

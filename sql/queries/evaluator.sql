@@ -1,0 +1,85 @@
+-- Hand-written queries of the evaluation service (engine/evaluator.py).
+
+-- name: automations_fingerprint
+-- Cheap check whether any automation changed since the last tick.
+SELECT coalesce(jsonb_agg(jsonb_build_array(id, version, enabled) ORDER BY id), '[]'::jsonb)::text
+FROM automations;
+
+-- name: current_frontier
+-- Every transaction with an xid below this has finished: what it wrote is final.
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text;
+
+-- name: frontiers
+SELECT s.automation_id, s.frontier::text
+FROM automation_state s
+JOIN automations a ON a.id = s.automation_id
+WHERE a.enabled;
+
+-- name: series_activity
+-- Per metric: the newest write in [from_xid, to_xid), to skip automations with nothing new.
+SELECT k.key, max(b.xid)::text
+FROM series_batches b
+JOIN metric_keys k ON k.id = b.key_id
+WHERE b.xid >= %(from_xid)s::xid8 AND b.xid < %(to_xid)s::xid8
+GROUP BY k.key;
+
+-- name: event_activity
+SELECT e.type, max(e.xid)::text
+FROM events e
+WHERE e.xid >= %(from_xid)s::xid8 AND e.xid < %(to_xid)s::xid8
+GROUP BY e.type;
+
+-- name: lock_state
+-- One evaluator at a time per automation; another service skips it for this tick.
+SELECT frontier::text FROM automation_state
+WHERE automation_id = %(automation_id)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: advance_frontier
+UPDATE automation_state
+SET frontier = greatest(frontier, %(to_xid)s::xid8), evaluated_at = now(), last_error = NULL, failures = 0
+WHERE automation_id = %(automation_id)s;
+
+-- name: advance_idle_frontiers
+-- Automations with nothing new: move their frontier without evaluating (skip those being evaluated).
+UPDATE automation_state s
+SET frontier = greatest(s.frontier, %(to_xid)s::xid8), evaluated_at = now()
+WHERE s.automation_id IN (
+    SELECT automation_id FROM automation_state
+    WHERE automation_id = ANY(%(ids)s) AND frontier < %(to_xid)s::xid8
+    FOR UPDATE SKIP LOCKED
+);
+
+-- name: record_failure
+UPDATE automation_state
+SET last_error = %(error)s, last_error_at = now(), failures = failures + 1
+WHERE automation_id = %(automation_id)s;
+
+-- name: last_fired
+-- Cooldown: the value time of the latest firing of this automation for each run.
+SELECT DISTINCT ON (run_pk) run_pk, value_time
+FROM triggers
+WHERE automation_id = %(automation_id)s AND run_pk = ANY(%(run_pks)s)
+ORDER BY run_pk, id DESC;
+
+-- name: insert_trigger
+INSERT INTO triggers (
+    automation_id, automation_version, event_type, cause, run_pk, event_id, metric, step,
+    value_time, value, window_values, prior_values, current_aggregate, prior_aggregate,
+    alias, tag, artifact_version_id, details)
+VALUES (
+    %(automation_id)s, %(automation_version)s, %(event_type)s, %(cause)s, %(run_pk)s, %(event_id)s,
+    %(metric)s, %(step)s, %(value_time)s, %(value)s, %(window_values)s, %(prior_values)s,
+    %(current_aggregate)s, %(prior_aggregate)s, %(alias)s, %(tag)s, %(artifact_version_id)s, %(details)s)
+ON CONFLICT (automation_id, cause) DO NOTHING
+RETURNING id;
+
+-- name: prune_series_batches
+-- Watermark rows that every enabled automation has passed are no longer needed.
+DELETE FROM series_batches
+WHERE xid < least(
+    (SELECT min(s.frontier) FROM automation_state s JOIN automations a ON a.id = s.automation_id WHERE a.enabled),
+    pg_snapshot_xmin(pg_current_snapshot()));
+
+-- name: run_labels
+SELECT r.id, r.run_id, r.name FROM runs r WHERE r.id = ANY(%(run_pks)s);

@@ -1,0 +1,36 @@
+SELECT
+  e.id,
+  e.time,
+  e.type,
+  e.author,
+  e.project_id,
+  e.run_pk,
+  e.collection_id,
+  e.version_id,
+  e.registry_id,
+  e.registry_collection_id,
+  e.link_id,
+  e.details
+FROM events AS e
+JOIN runs AS r
+  ON r.id = e.run_pk
+JOIN projects AS pr
+  ON pr.id = r.project_id
+WHERE
+  (
+    (
+      (
+        (
+          e.time >= CAST(%(since)s AS TIMESTAMPTZ) AND e.type = %(event_kind)s
+        )
+        AND e.details ->> 'to' = ANY(
+          CAST(%(states)s AS TEXT[])
+        )
+      )
+      AND pr.entity = %(entity)s
+    )
+    AND pr.name = %(project)s
+  )
+  AND r.user_name = %(run_user)s
+ORDER BY
+  e.id

@@ -1,0 +1,119 @@
+WITH pending AS (
+  SELECT
+    s.run_pk,
+    s.key_id,
+    1 AS first_pos,
+    s.n_finite AS last_pos
+  FROM series_state AS s
+  JOIN metric_keys AS k
+    ON k.id = s.key_id
+  WHERE
+    k.key = %(metric)s
+), series AS (
+  SELECT
+    p.run_pk,
+    p.key_id,
+    p.first_pos,
+    p.last_pos,
+    s.n_finite,
+    s.n_finite - CARDINALITY(s.tail_value) AS base,
+    GREATEST(1, p.first_pos - %(span)s + 1) AS need_from,
+    s.tail_step,
+    s.tail_time,
+    s.tail_value
+  FROM pending AS p
+  JOIN series_state AS s
+    ON s.key_id = p.key_id AND s.run_pk = p.run_pk
+  JOIN runs AS r
+    ON r.id = p.run_pk
+  JOIN projects AS pr
+    ON pr.id = r.project_id
+  WHERE
+    pr.entity = %(entity)s AND pr.name = %(project)s
+), vals AS (
+  SELECT
+    x.run_pk,
+    x.key_id,
+    x.first_pos,
+    x.need_from - 1 + t.ord AS pos,
+    t.step,
+    t.time,
+    t.value
+  FROM series AS x
+  CROSS JOIN LATERAL UNNEST(x.tail_step[x.need_from - x.base:x.last_pos - x.base], x.tail_time[x.need_from - x.base:x.last_pos - x.base], x.tail_value[x.need_from - x.base:x.last_pos - x.base]) WITH ORDINALITY AS t(step, time, value, ord)
+  WHERE
+    x.need_from > x.base
+  UNION ALL
+  SELECT
+    x.run_pk,
+    x.key_id,
+    x.first_pos,
+    h.pos,
+    h.step,
+    h.time,
+    h.value
+  FROM series AS x
+  CROSS JOIN LATERAL (
+    SELECT
+      x.n_finite + 1 - ROW_NUMBER() OVER (ORDER BY m.seq DESC) AS pos,
+      m.step,
+      m.time,
+      m.value
+    FROM metric_points AS m
+    WHERE
+      m.run_pk = x.run_pk
+      AND m.key_id = x.key_id
+      AND m.value < CAST('Infinity' AS DOUBLE PRECISION)
+      AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
+    ORDER BY
+      m.seq DESC
+    LIMIT x.n_finite - x.need_from + 1
+  ) AS h
+  WHERE
+    x.need_from <= x.base AND h.pos <= x.last_pos
+), win AS (
+  SELECT
+    v.run_pk,
+    v.key_id,
+    v.first_pos,
+    v.pos,
+    v.step,
+    v.time,
+    v.value,
+    AVG(v.value) OVER (
+      PARTITION BY v.run_pk
+      ORDER BY v.pos
+      ROWS BETWEEN %(window_preceding)s PRECEDING AND CURRENT ROW
+    ) AS aggregate,
+    ARRAY_AGG(v.value) OVER (
+      PARTITION BY v.run_pk
+      ORDER BY v.pos
+      ROWS BETWEEN %(window_preceding)s PRECEDING AND CURRENT ROW
+    ) AS window_values,
+    NULL AS prior_aggregate,
+    CAST(NULL AS DOUBLE PRECISION[]) AS prior_values
+  FROM vals AS v
+)
+SELECT
+  w.run_pk,
+  w.key_id,
+  w.pos,
+  w.step,
+  w.time,
+  w.value,
+  w.aggregate,
+  w.window_values,
+  w.prior_aggregate,
+  w.prior_values
+FROM win AS w
+WHERE
+  (
+    w.pos >= w.first_pos
+    AND (
+      w.pos >= %(window)s AND w.aggregate > %(threshold)s
+    )
+  )
+  AND w.time >= CAST(%(since)s AS TIMESTAMPTZ)
+ORDER BY
+  w.run_pk,
+  w.pos

@@ -1,0 +1,37 @@
+"""Helpers for evaluator tests: apply rules from YAML text, tick, read triggers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from engine.evaluator import Evaluator
+from engine.rules import parse_rules_text
+from engine.rules.store import apply_rules
+
+
+def apply_yaml(conn: psycopg.Connection, text: str) -> None:
+    apply_rules(conn, [r.automation for r in parse_rules_text(text)])
+
+
+def triggers(conn: psycopg.Connection, automation: str | None = None) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    return cur.execute(
+        "SELECT t.*, a.name AS automation, r.run_id FROM triggers t JOIN automations a ON a.id = t.automation_id "
+        "LEFT JOIN runs r ON r.id = t.run_pk WHERE %(name)s::text IS NULL OR a.name = %(name)s ORDER BY t.id",
+        {"name": automation},
+    ).fetchall()
+
+
+def tick(url: str) -> None:
+    evaluator = Evaluator(url)
+    try:
+        result = evaluator.tick()
+        assert not result.failed, result.failed
+    finally:
+        evaluator.close()
+
+
+def rule(name: str, event: str, *, scope: str = "{project: acme/vision}", extra: str = "") -> str:
+    return f"name: {name}\nscope: {scope}\nevent: {event}\n{extra}action: {{type: no_op}}\n"

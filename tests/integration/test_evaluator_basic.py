@@ -1,0 +1,86 @@
+"""The SPEC's examples end to end: SDK -> evaluator -> triggers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import engine
+from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+ACCURACY = rule(
+    "accuracy-above-0.6",
+    '{type: run_metric_threshold, metric: accuracy, window: 5, aggregation: avg, operator: ">", threshold: 0.6}',
+)
+
+
+def log_series(run, key: str, values: list[float], *, start_step: int = 0, start: datetime = T0, every=timedelta(minutes=1)):
+    for i, v in enumerate(values):
+        run.log({key: v}, step=start_step + i, time=start + i * every)
+    run.flush()
+
+
+def test_threshold_fires_once_per_run_then_again_after_cooldown(conn, database_url):
+    apply_yaml(conn, ACCURACY)
+    run = engine.init(project="acme/vision", name="sweep-1", user="alice", system_metrics_interval=0)
+    # avg of 5 crosses 0.6 at the 5th value (0.7 avg), stays above: one firing only
+    log_series(run, "accuracy", [0.7, 0.7, 0.7, 0.7, 0.7, 0.8, 0.9])
+    tick(database_url)
+    fired = triggers(conn)
+    assert [(t["step"], round(t["value"], 6)) for t in fired] == [(4, 0.7)]
+    assert fired[0]["window_values"] == [0.7] * 5
+    # 23 h later in value time: still silent; 24 h after the fired value: fires again
+    log_series(run, "accuracy", [0.9], start_step=7, start=T0 + timedelta(minutes=4, hours=23))
+    log_series(run, "accuracy", [0.9], start_step=8, start=T0 + timedelta(minutes=4, hours=24))
+    tick(database_url)
+    assert [t["step"] for t in triggers(conn)] == [4, 8]
+    run.finish()
+
+
+def test_values_logged_before_the_automation_never_fire(conn, database_url):
+    run = engine.init(project="acme/vision", name="early", system_metrics_interval=0)
+    log_series(run, "accuracy", [0.9] * 5)
+    apply_yaml(conn, ACCURACY)
+    tick(database_url)
+    assert triggers(conn) == []
+    log_series(run, "accuracy", [0.9], start_step=5)
+    tick(database_url)
+    # the window may use older values; only the new value is an evaluation point
+    assert [t["step"] for t in triggers(conn)] == [5]
+    run.finish()
+
+
+def test_value_between_ticks_still_fires_exactly_once(conn, database_url):
+    apply_yaml(conn, rule("spike", '{type: run_metric_threshold, metric: loss, window: 1, operator: ">", threshold: 10}',
+                          extra="cooldown: 1m\n"))
+    run = engine.init(project="acme/vision", name="r", system_metrics_interval=0)
+    # the spike is followed by normal values before any tick: it must still fire
+    log_series(run, "loss", [1, 2, 50, 1, 1])
+    tick(database_url)
+    tick(database_url)
+    fired = triggers(conn)
+    assert [(t["step"], t["value"]) for t in fired] == [(2, 50.0)]
+    run.finish()
+
+
+def test_run_state_rules(conn, database_url):
+    apply_yaml(conn, rule("on-start", "{type: run_state, states: [running]}"))
+    apply_yaml(conn, rule("on-end", "{type: run_state, states: [finished, crashed]}", extra="cooldown: 1m\n"))
+    ok = engine.init(project="acme/vision", name="ok", system_metrics_interval=0)
+    ok.finish()
+    with pytest.raises(RuntimeError):
+        with engine.init(project="acme/vision", name="boom", system_metrics_interval=0):
+            raise RuntimeError("boom")
+    killed = engine.init(project="acme/vision", name="killed", system_metrics_interval=0)
+    engine.Api().kill_run("acme/vision", killed.id)
+    tick(database_url)
+    assert sorted(t["run_id"] for t in triggers(conn, "on-start")) == sorted([ok.id, killed.id, _run_id(conn, "boom")])
+    ended = triggers(conn, "on-end")
+    assert sorted(t["run_id"] for t in ended) == sorted([ok.id, _run_id(conn, "boom")])
+
+
+def _run_id(conn, name: str) -> str:
+    return conn.execute("SELECT run_id FROM runs WHERE name = %s", (name,)).fetchone()[0]
