@@ -17,6 +17,7 @@ Nothing here raises for a delivery problem: the outcome is an `Attempt`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,10 @@ from engine.actions import ssrf
 from engine.actions.retry import is_retryable_status, parse_retry_after
 from engine.actions.secrets import REDACTED
 from engine.exceptions import DeliveryError, PermanentDeliveryError
+
+# httpx logs every request URL at INFO; a URL can be a secret (Slack incoming webhooks), and
+# the attempt log records each request already (redacted). So httpx speaks only of problems.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 MAX_REDIRECTS = 5
 RESPONSE_BODY_LIMIT = 4096

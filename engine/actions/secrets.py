@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from engine.exceptions import PermanentDeliveryError
 
@@ -45,12 +46,15 @@ class Secrets:
 
     values: dict[str, str] = field(default_factory=dict)
     by_field: dict[str, str] = field(default_factory=dict)  # action field -> value
+    # Parts of secrets that are secret on their own: the path of a secret URL (a receiver
+    # may echo the path it was called on without the host).
+    fragments: tuple[str, ...] = ()
 
     def scrub(self, text: str | None) -> str | None:
         if not text:
             return text
         # Longest first, so a secret containing another is replaced whole.
-        for value in sorted(set(self.values.values()) | set(self.by_field.values()), key=len, reverse=True):
+        for value in sorted(set(self.values.values()) | set(self.by_field.values()) | set(self.fragments), key=len, reverse=True):
             text = text.replace(value, REDACTED)
         return text
 
@@ -77,4 +81,8 @@ def resolve(action: Mapping[str, Any]) -> Secrets:
         by_field[field_name] = value
     if "access_token" in by_field:
         values["ACCESS_TOKEN"] = by_field["access_token"]
-    return Secrets(values, by_field)
+    fragments: list[str] = []
+    if "webhook_url" in by_field:
+        parts = urlsplit(by_field["webhook_url"])
+        fragments += [p for p in (parts.path + (f"?{parts.query}" if parts.query else ""), parts.path) if len(p) > 1]
+    return Secrets(values, by_field, tuple(fragments))

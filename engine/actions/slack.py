@@ -17,6 +17,7 @@ apply are left out. Variables substituted into mrkdwn are escaped (&, <, >).
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import urllib.error
 from collections.abc import Mapping
@@ -34,6 +35,11 @@ from engine.exceptions import PermanentDeliveryError
 from engine.settings import Settings
 
 TIMEOUT = 10.0
+# slack_sdk logs response bodies (at DEBUG, and unexpected ones at ERROR), which may echo a
+# token back. Its logger is kept silent; each outcome is in the attempt log, scrubbed.
+_SDK_LOG = logging.getLogger("engine.actions.slack.sdk")
+_SDK_LOG.setLevel(logging.CRITICAL)
+_SDK_LOG.propagate = False
 SEVERITY_EMOJI = {"info": ":information_source:", "warn": ":warning:", "error": ":rotating_light:"}
 DEFAULT_TITLE = "${automation_name}"
 # By `${event_type}`; used when the action has no `message`.
@@ -137,7 +143,7 @@ def send(delivery_id: str, action: Mapping[str, Any], ctx: Mapping[str, str], se
 def _post_message(token: str, channel: str, message: dict[str, Any], settings: Settings) -> Attempt:
     api_url = settings.slack_api_url.rstrip("/") + "/"
     record = {"url": api_url + "chat.postMessage", "channel": channel, "headers": {"Authorization": REDACTED}}
-    client = WebClient(token=token, base_url=api_url, timeout=int(TIMEOUT), retry_handlers=[])
+    client = WebClient(token=token, base_url=api_url, timeout=int(TIMEOUT), retry_handlers=[], logger=_SDK_LOG)
     try:
         response = client.chat_postMessage(channel=channel, text=message["text"], blocks=message["blocks"])
     except SlackApiError as exc:

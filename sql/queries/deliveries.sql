@@ -112,7 +112,8 @@ WHERE id = %(id)s AND status = 'sending' AND attempts = %(attempt)s;
 
 -- name: delivery_find
 -- A delivery by full id or by a unique prefix of its text form (as `engine deliveries` shows it).
-SELECT d.id, d.status, d.attempts, d.max_attempts, d.action_type, d.action, a.name AS automation
+SELECT d.id, d.status, d.attempts, d.max_attempts, d.action_type, d.action, a.name AS automation,
+       d.last_http_status, d.last_error, d.next_attempt_at
 FROM deliveries d JOIN automations a ON a.id = d.automation_id
 WHERE d.id::text LIKE %(prefix)s || '%%'
 ORDER BY d.created_at

@@ -1,0 +1,159 @@
+"""`engine deliveries`, `engine redeliver ID`, `engine actions test NAME`.
+
+Nothing printed here can hold a secret: deliveries store `{env: NAME}` references only,
+errors and response bodies are scrubbed before they are stored, and `actions test` prints
+the scrubbed request record (headers carrying secrets show as [redacted]).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engine import db as enginedb
+from engine.actions import outbox
+from engine.actions.context import sample_context
+from engine.actions.dispatcher import Dispatcher
+from engine.actions.http import Attempt
+from engine.actions.send import send_action
+from engine.exceptions import NotFound
+from engine.settings import get_settings
+
+console = Console()
+
+
+def say(text: str) -> None:
+    """Print a message unwrapped: ids and URLs in it are copied from."""
+    console.print(text, soft_wrap=True)
+
+actions_app = typer.Typer(help="Try an automation's actions.", no_args_is_help=True)
+STATUSES = ("pending", "sending", "succeeded", "failed", "skipped")
+_STYLE = {"succeeded": "green", "failed": "red", "pending": "yellow", "sending": "yellow", "skipped": "dim"}
+
+
+def _short(text: str | None, width: int) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def deliveries(
+    status: Annotated[
+        str | None, typer.Option(help=f"Only deliveries in this state ({', '.join(STATUSES)}); pending includes sending.")
+    ] = None,
+    automation: Annotated[str | None, typer.Option(help="Only this automation's deliveries.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many rows, newest first.")] = 50,
+) -> None:
+    """List deliveries (one per action of each trigger), newest first."""
+    if status is not None and status not in STATUSES:
+        raise typer.BadParameter(f"must be one of {', '.join(STATUSES)}", param_hint="--status")
+    with enginedb.connect(autocommit=True) as conn:
+        rows = outbox.list_deliveries(conn, status=status, automation=automation, limit=limit)
+    table = Table(title=f"{len(rows)} deliveries" + (f" ({status})" if status else ""))
+    # Short columns never wrap (ids are copied from here); the long ones fold.
+    for column in ("id", "trigger", "automation", "action", "status", "attempts", "http", "last error", "updated"):
+        short = column not in ("automation", "last error", "updated")
+        table.add_column(column, no_wrap=short, overflow="ellipsis" if short else "fold", min_width=8 if column == "id" else None)
+    for r in rows:
+        table.add_row(
+            str(r["id"])[:8],
+            str(r["trigger_id"]),
+            escape(r["automation"]),
+            r["action_type"],
+            f"[{_STYLE.get(r['status'], '')}]{r['status']}[/]",
+            f"{r['attempts']}/{r['max_attempts']}",
+            str(r["last_http_status"] or ""),
+            escape(_short(r["last_error"], 60)),
+            r["updated_at"].strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
+    if rows:
+        console.print("[dim]Ids may be abbreviated (at least 4 characters): engine redeliver ID[/]")
+
+
+def redeliver(
+    delivery_id: Annotated[str, typer.Argument(help="Delivery id, or a unique prefix of it (see `engine deliveries`).")],
+    send: Annotated[
+        bool, typer.Option("--send/--queue", help="Try it right away (default), or only queue it for `engine serve`.")
+    ] = True,
+) -> None:
+    """Send a delivery again (same id, fresh attempt budget), e.g. after fixing the receiver."""
+    settings = get_settings()
+    url = enginedb.database_url(settings)
+    with enginedb.connect(url, autocommit=True) as conn:
+        row = outbox.redeliver(conn, delivery_id)
+        say(f"delivery {row['id']} ({escape(row['automation'])}, {row['action_type']}) is pending again")
+        if not send:
+            return
+        with Dispatcher(url, settings) as dispatcher:
+            claimed = dispatcher.run_once(limit=1, only=row["id"])
+        if not claimed:
+            say("it is being sent by a running `engine serve`")
+            return
+        after = outbox.find(conn, str(row["id"]))
+    style = _STYLE.get(after["status"], "")
+    line = f"[{style}]{after['status']}[/]" + (f" (HTTP {after['last_http_status']})" if after["last_http_status"] else "")
+    if after["status"] == "pending":
+        line += f", next attempt at {after['next_attempt_at']:%H:%M:%S}"
+    say(line + (f": {escape(after['last_error'])}" if after["last_error"] else ""))
+    if after["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@actions_app.command("test")
+def test(
+    name: Annotated[str, typer.Argument(help="Automation name.")],
+    action: Annotated[int | None, typer.Option(min=0, help="Only the action at this position (0-based).")] = None,
+) -> None:
+    """Send the automation's actions once, now, for a sample event; print the responses.
+
+    Uses the same code as real deliveries (templates, secrets, signature, address check).
+    Writes nothing to the database.
+    """
+    settings = get_settings()
+    with enginedb.connect(autocommit=True) as conn, enginedb.boundary():
+        found = conn.execute(enginedb.query("delivery_automation_rule"), {"name": name}).fetchone()
+    if found is None:
+        raise NotFound(f"no automation named {name!r} (see `engine rules list`)")
+    rule: dict[str, Any] = found[2]
+    actions = outbox.actions_of(rule)
+    ctx = sample_context(rule, settings)
+    chosen = list(enumerate(actions)) if action is None else [(action, actions[action])] if action < len(actions) else []
+    if not chosen:
+        raise typer.BadParameter(f"the automation has {len(actions)} action(s)", param_hint="--action")
+    failed = False
+    for index, spec in chosen:
+        if spec.get("type") == "no_op":
+            say(f"action {index} (no_op): nothing to send")
+            continue
+        delivery_id = str(uuid.uuid4())
+        attempt = send_action(delivery_id, spec, ctx, settings)
+        failed |= not attempt.succeeded
+        _print_attempt(index, spec["type"], delivery_id, attempt)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_attempt(index: int, action_type: str, delivery_id: str, attempt: Attempt) -> None:
+    request = attempt.request
+    say(f"[bold]action {index} ({action_type})[/] → {escape(str(request.get('url') or ''))}")
+    say(f"  X-Automation-Delivery: {delivery_id} (test)")
+    for header, value in (request.get("headers") or {}).items():
+        say(f"  {escape(header)}: {escape(str(value))}")
+    if attempt.http_status is not None:
+        style = "green" if attempt.succeeded else "red"
+        say(f"  [{style}]HTTP {attempt.http_status}[/] in {attempt.duration_ms or 0:.0f} ms")
+    if attempt.response_body:
+        say("  response: " + escape(_short(attempt.response_body, 2000)))
+    if attempt.error:
+        say(f"  [red]error:[/] {escape(attempt.error)}" + (" (would be retried)" if attempt.retryable else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deliveries")(deliveries)
+    app.command("redeliver")(redeliver)
+    app.add_typer(actions_app, name="actions")

@@ -1,0 +1,103 @@
+"""`engine deliveries`, `engine redeliver`, `engine actions test` (in-process CliRunner)."""
+
+from __future__ import annotations
+
+import pytest
+from actions_helpers import Receiver, Reply, delivery, fire, make_automation, make_run, settle
+from typer.testing import CliRunner
+
+from engine.actions.dispatcher import Dispatcher
+from engine.cli import app
+from engine.exceptions import NotFound
+from engine.settings import Settings
+
+runner = CliRunner()
+
+
+def webhook(url: str, **fields) -> dict:
+    return {"type": "webhook", "url": url, "headers": {}, "access_token": None, "secret": None,
+            "payload": None, "timeout": 5.0, "max_attempts": 1} | fields
+
+
+@pytest.fixture
+def settings(database_url) -> Settings:
+    return Settings(database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05)
+
+
+def test_deliveries_lists_and_filters(conn, database_url, settings):
+    with Receiver(lambda r: Reply(410, b"gone") if r.path == "/bad" else Reply(200)) as rx:
+        bad, good = webhook(rx.url("/bad")), webhook(rx.url("/good"))
+        a_bad, a_good = make_automation(conn, "cli-bad", [bad]), make_automation(conn, "cli-good", [good])
+        _, (bad_id,) = fire(conn, a_bad, [bad])
+        _, (good_id,) = fire(conn, a_good, [good])
+        with Dispatcher(database_url, settings) as d:
+            settle(d, conn, [bad_id, good_id])
+
+    everything = runner.invoke(app, ["deliveries"])
+    assert everything.exit_code == 0, everything.output
+    assert str(bad_id)[:8] in everything.output and str(good_id)[:8] in everything.output
+    assert "410" in everything.output
+
+    failed = runner.invoke(app, ["deliveries", "--status", "failed"])
+    assert str(bad_id)[:8] in failed.output and str(good_id)[:8] not in failed.output
+    by_name = runner.invoke(app, ["deliveries", "--automation", "cli-good"])
+    assert str(good_id)[:8] in by_name.output and str(bad_id)[:8] not in by_name.output
+    bad_status = runner.invoke(app, ["deliveries", "--status", "lost"])
+    assert bad_status.exit_code != 0
+
+
+def test_redeliver_by_prefix_sends_now(conn, database_url, settings):
+    with Receiver(Reply(503), Reply(200)) as rx:
+        action = webhook(rx.url())
+        automation = make_automation(conn, "cli-redo", [action])
+        _, (delivery_id,) = fire(conn, automation, [action])
+        with Dispatcher(database_url, settings) as d:
+            settle(d, conn, [delivery_id])
+        assert delivery(conn, delivery_id)["status"] == "failed"
+        result = runner.invoke(app, ["redeliver", str(delivery_id)[:8]])
+    assert result.exit_code == 0, result.output
+    assert "pending again" in result.output and "succeeded (HTTP 200)" in result.output
+    assert [r.headers["X-Automation-Delivery"] for r in rx.requests] == [str(delivery_id)] * 2
+    assert delivery(conn, delivery_id)["status"] == "succeeded"
+
+
+def test_redeliver_queue_only_and_unknown_ids(conn, database_url, settings):
+    with Receiver(Reply(400)) as rx:
+        action = webhook(rx.url())
+        automation = make_automation(conn, "cli-queue", [action])
+        _, (delivery_id,) = fire(conn, automation, [action])
+        with Dispatcher(database_url, settings) as d:
+            settle(d, conn, [delivery_id])
+        queued = runner.invoke(app, ["redeliver", str(delivery_id), "--queue"])
+    assert queued.exit_code == 0 and len(rx.requests) == 1
+    assert delivery(conn, delivery_id)["status"] == "pending"
+    missing = runner.invoke(app, ["redeliver", "ffffffff"])
+    assert isinstance(missing.exception, NotFound) and "no delivery ffffffff" in str(missing.exception)
+
+
+def test_actions_test_sends_a_sample_and_writes_nothing(conn, monkeypatch):
+    monkeypatch.setenv("CLI_TOKEN", "tok-cli-secret")
+    with Receiver(Reply(202, b'{"queued": true}')) as rx:
+        action = webhook(rx.url(), access_token={"env": "CLI_TOKEN"}, payload={"run": "${run_name}", "why": "${metric_filter}"})
+        make_automation(conn, "cli-test", [action, {"type": "no_op"}])
+        make_run(conn)
+        result = runner.invoke(app, ["actions", "test", "cli-test"])
+    assert result.exit_code == 0, result.output
+    assert "HTTP 202" in result.output and '{"queued": true}' in result.output
+    assert "no_op" in result.output and "Authorization: [redacted]" in result.output
+    assert "tok-cli-secret" not in result.output
+    (request,) = rx.requests
+    assert request.headers["Authorization"] == "Bearer tok-cli-secret"
+    assert request.json() == {"run": "sample-run", "why": "avg(accuracy) over 3 > 0.6"}
+    assert conn.execute("SELECT count(*) FROM triggers").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+
+
+def test_actions_test_reports_a_failure(conn, monkeypatch):
+    monkeypatch.delenv("ABSENT_TOKEN", raising=False)
+    make_automation(conn, "cli-broken", [webhook("http://127.0.0.1:9/", access_token={"env": "ABSENT_TOKEN"})])
+    result = runner.invoke(app, ["actions", "test", "cli-broken"])
+    assert result.exit_code == 1
+    assert "environment variable ABSENT_TOKEN is not set" in result.output
+    unknown = runner.invoke(app, ["actions", "test", "nobody"])
+    assert isinstance(unknown.exception, NotFound)
