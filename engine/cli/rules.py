@@ -13,6 +13,7 @@ from typing import Annotated
 import psycopg
 import typer
 import yaml
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -107,33 +108,37 @@ def apply(
 
 @rules_app.command("list")
 def list_() -> None:
-    """Stored automations: state, version, event, scope, triggers and the last error."""
+    """Stored automations: enabled, version, event, scope, triggers fired; then any last errors."""
     with _connection() as conn:
         rows = store.list_automations(conn)
     if not rows:
         console.print("no automations (apply some with `engine rules apply`)")
         return
-    table = Table(show_lines=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("name", no_wrap=True)
-    table.add_column("enabled")
-    table.add_column("version", justify="right")
-    table.add_column("event")
+    table.add_column("on")
+    table.add_column("v", justify="right")
+    table.add_column("event", no_wrap=True)
     table.add_column("scope", overflow="fold")
-    table.add_column("triggers", justify="right")
-    table.add_column("updated")
-    table.add_column("last error", overflow="fold")
+    table.add_column("fired", justify="right")
+    wide = console.width >= 100  # an 80-column terminal keeps what matters most
+    if wide:
+        table.add_column("updated", no_wrap=True)
     for row in rows:
-        table.add_row(
+        cells = [
             escape(row.name),
             "yes" if row.enabled else "[dim]no[/dim]",
             str(row.version),
             escape(row.event_type),
             escape(row.scope),
             str(row.triggers),
-            row.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-            f"[red]{escape(row.last_error)}[/red]" if row.last_error else "",
-        )
+        ]
+        table.add_row(*cells, *([row.updated_at.strftime("%Y-%m-%d %H:%M")] if wide else []))
     console.print(table)
+    # Errors are long; under the table they keep the columns readable.
+    for row in rows:
+        if row.last_error:
+            console.print(f"[bold]{escape(row.name)}[/bold]: last error: [red]{escape(row.last_error)}[/red]")
 
 
 @rules_app.command()

@@ -38,9 +38,10 @@ class Scope(RuleModel):
         return self.project.split("/", 1)[1] if self.project else None
 
     def describe(self) -> str:
-        where = f"project {self.project}" if self.project else f"registry {self.registry}"
+        """Short form: `acme/vision`, `acme/vision/mnist`, `acme/vision ~^mn`, `registry:model/resnet`."""
+        where = self.project if self.project else f"registry:{self.registry}"
         if self.collection:
-            where += f", collection {self.collection}"
+            where += f"/{self.collection}"
         if self.collection_regex:
-            where += f", collections ~ {self.collection_regex}"
+            where += f" ~{self.collection_regex}"
         return where

@@ -1,0 +1,146 @@
+"""`engine rules …` in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENGINE = Path(sys.executable).parent / "engine"
+REPO = Path(__file__).resolve().parents[2]
+
+BAD = """\
+name: broken
+scope:
+  registry: model
+event:
+  type: run_metric_threshold
+  metric: accuracy
+  window: 0
+  operator: ">"
+action:
+  type: webhook
+  url: https://ci.example.com/hook
+  access_token: literal-token
+"""
+
+
+def engine(*args: str, cwd: Path = REPO, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    # ENGINE_DATABASE_URL and ENGINE_DATA_DIR come from the fixtures (or are absent).
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [str(ENGINE), "rules", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, input=stdin
+    )
+
+
+def test_validate_example_rules():
+    result = engine("validate", "rules/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok: 8 rules in 8 files"
+    assert result.stderr == ""
+
+
+def test_validate_defaults_to_the_rules_folder():
+    result = engine("validate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok: 8 rules in 8 files"
+
+
+def test_validate_reports_every_error_with_file_and_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text(BAD)
+    result = engine("validate", "bad.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "bad.yaml:7: event.window: must be ≥ 1",
+        "bad.yaml:4: event.threshold: field required",
+        "bad.yaml:12: action.access_token: secrets come from the environment: write {env: NAME}, never the secret itself",
+        "3 errors",
+    ]
+    assert "literal-token" not in result.stderr
+
+
+def test_validate_prints_warnings_but_succeeds(tmp_path):
+    (tmp_path / "warn.yaml").write_text(
+        "name: w\nscope: {project: acme/vision}\nevent: {type: artifact_alias_added, alias_regex: production}\n"
+        "action: {type: no_op}\n"
+    )
+    result = engine("validate", "warn.yaml", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == "ok: 1 rule in 1 file"
+    assert "warn.yaml:1: warning: event.alias_regex: 'production' matches anywhere" in result.stderr
+
+
+def test_missing_file(tmp_path):
+    result = engine("validate", "nope.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "nope.yaml: rule file not found: nope.yaml" in result.stderr
+
+
+def test_apply_list_show_enable_disable_delete(database_url, tmp_path):
+    first = engine("apply", "rules/")
+    assert first.returncode == 0, first.stderr
+    assert sorted(first.stdout.split()) == sorted(
+        ["created"] * 8
+        + ["accuracy-above-0.6", "loss-down-25pct", "run-failed", "cpu-above-90",
+           "production-alias", "europe-tag", "model-registry-link", "dataset-latest"]
+    )  # fmt: skip
+    again = engine("apply", "rules/")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("unchanged") == 8
+
+    listed = engine("list")
+    assert listed.returncode == 0, listed.stderr
+    for name in ("accuracy-above-0.6", "model-registry-link", "registry:model", "acme/vision/mnist"):
+        assert name in listed.stdout
+
+    shown = engine("show", "accuracy-above-0.6")
+    assert shown.returncode == 0, shown.stderr
+    assert "name: accuracy-above-0.6" in shown.stdout
+    assert "threshold: 0.6" in shown.stdout
+    assert "# version: 1" in shown.stdout
+    assert "env: ENGINE_DEMO_HMAC" in shown.stdout
+
+    assert engine("disable", "run-failed").stdout.strip() == "disabled run-failed"
+    assert engine("disable", "run-failed").stdout.strip() == "run-failed was already disabled"
+    assert "# version: 2" in engine("show", "run-failed").stdout
+    assert engine("enable", "run-failed").stdout.strip() == "enabled run-failed"
+
+    refused = engine("delete", "europe-tag", stdin="n\n")
+    assert refused.returncode == 1
+    deleted = engine("delete", "europe-tag", "--yes")
+    assert deleted.returncode == 0 and deleted.stdout.strip() == "deleted europe-tag"
+
+    missing = engine("show", "europe-tags")
+    assert missing.returncode == 1
+    assert "no automation named 'europe-tags'" in missing.stderr
+
+    (tmp_path / "only.yaml").write_text((REPO / "rules" / "run-failed.yaml").read_text())
+    pruned = engine("apply", str(tmp_path / "only.yaml"), "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    lines = pruned.stdout.splitlines()
+    assert lines[0].split() == ["unchanged", "run-failed"]
+    assert sorted(line.split()[0] for line in lines[1:]) == ["deleted"] * 6
+
+
+def test_apply_refuses_bad_rules_and_writes_nothing(database_url, tmp_path):
+    (tmp_path / "bad.yaml").write_text(BAD)
+    result = engine("apply", "bad.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "bad.yaml:7: event.window: must be ≥ 1" in result.stderr
+    listed = engine("list")
+    assert "no automations" in listed.stdout
+
+
+@pytest.mark.parametrize("command", [["list"], ["apply", "rules/"]])
+def test_unmigrated_database_says_what_to_do(database_url, command):
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM schema_migrations WHERE version = '0002'")
+    result = engine(*command)
+    assert result.returncode == 1
+    assert "run `engine db migrate`" in result.stderr

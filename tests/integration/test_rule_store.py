@@ -1,0 +1,237 @@
+"""Rule storage against the real database: apply, versions, the evaluation frontier, management."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from engine import clock
+from engine.exceptions import NotFound, RuleValidationError
+from engine.rules import Automation, load_rules
+from engine.rules import store
+from engine.rules.api import apply as api_apply
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T1 = datetime(2024, 5, 2, 12, 0, tzinfo=timezone.utc)
+
+
+def rule(name: str = "acc", **overrides) -> Automation:
+    data = {
+        "name": name,
+        "scope": {"project": "acme/vision"},
+        "event": {"type": "run_metric_threshold", "metric": "accuracy", "operator": ">", "threshold": 0.6},
+        "action": {"type": "no_op"},
+    }
+    data.update(overrides)
+    return Automation.model_validate(data)
+
+
+def frontier(conn, name: str) -> int:
+    return conn.execute(
+        "SELECT s.frontier::text::bigint FROM automation_state s JOIN automations a ON a.id = s.automation_id WHERE a.name = %s",
+        (name,),
+    ).fetchone()[0]
+
+
+def burn_xids(conn, n: int = 3) -> None:
+    """Commit a few transactions that take an xid, as concurrent ingest would."""
+    for _ in range(n):
+        conn.execute("SELECT pg_current_xact_id()")
+
+
+def stored(conn, name: str) -> tuple:
+    return conn.execute(
+        "SELECT version, enabled, evaluate_from, rule FROM automations WHERE name = %s", (name,)
+    ).fetchone()
+
+
+def versions(conn, name: str) -> list[tuple[int, bool]]:
+    return conn.execute(
+        "SELECT v.version, v.enabled FROM automation_versions v JOIN automations a ON a.id = v.automation_id "
+        "WHERE a.name = %s ORDER BY v.version",
+        (name,),
+    ).fetchall()
+
+
+def test_apply_creates_then_is_unchanged(conn):
+    with clock.frozen(T0):
+        assert store.apply_rules(conn, [rule()], source={"acc": "rules/acc.yaml"}) == [("acc", "created")]
+    version, enabled, evaluate_from, data = stored(conn, "acc")
+    assert (version, enabled, evaluate_from) == (1, True, T0)
+    assert Automation.model_validate(data) == rule()
+    assert versions(conn, "acc") == [(1, True)]
+    before = frontier(conn, "acc")
+    assert before > 0
+    burn_xids(conn)
+    assert store.apply_rules(conn, [rule()]) == [("acc", "unchanged")]
+    assert stored(conn, "acc")[0] == 1 and versions(conn, "acc") == [(1, True)]
+    assert frontier(conn, "acc") == before
+    source = conn.execute("SELECT source FROM automations WHERE name = 'acc'").fetchone()[0]
+    assert source == "rules/acc.yaml"
+
+
+def test_description_change_keeps_the_frontier(conn):
+    with clock.frozen(T0):
+        store.apply_rules(conn, [rule()])
+    start = frontier(conn, "acc")
+    burn_xids(conn)
+    with clock.frozen(T1):
+        assert store.apply_rules(conn, [rule(description="now with words", cooldown="1h")]) == [("acc", "updated")]
+    version, _, evaluate_from, data = stored(conn, "acc")
+    assert (version, evaluate_from, data["description"]) == (2, T0, "now with words")
+    assert versions(conn, "acc") == [(1, True), (2, True)]
+    assert frontier(conn, "acc") == start
+
+
+def test_condition_change_restarts_evaluation(conn):
+    with clock.frozen(T0):
+        store.apply_rules(conn, [rule()])
+    start = frontier(conn, "acc")
+    conn.execute("UPDATE automation_state SET last_error = 'boom', failures = 3")
+    burn_xids(conn)
+    changed = rule(event={"type": "run_metric_threshold", "metric": "accuracy", "operator": ">", "threshold": 0.7})
+    with clock.frozen(T1):
+        assert store.apply_rules(conn, [changed]) == [("acc", "updated")]
+    assert frontier(conn, "acc") > start
+    assert stored(conn, "acc")[2] == T1
+    assert conn.execute("SELECT last_error, failures FROM automation_state").fetchone() == (None, 0)
+
+
+def test_update_keeps_triggers_and_all_versions(conn):
+    store.apply_rules(conn, [rule()])
+    automation_id = conn.execute("SELECT id FROM automations WHERE name = 'acc'").fetchone()[0]
+    conn.execute(
+        "INSERT INTO triggers (automation_id, automation_version, event_type, cause) VALUES (%s, 1, 'run_metric_threshold', 'x')",
+        (automation_id,),
+    )
+    store.apply_rules(conn, [rule(run_filter={"user": "alice"})])
+    store.apply_rules(conn, [rule(run_filter={"user": "bob"})])
+    assert conn.execute("SELECT count(*) FROM triggers").fetchone()[0] == 1
+    assert [v for v, _ in versions(conn, "acc")] == [1, 2, 3]
+    rules = conn.execute(
+        "SELECT rule -> 'run_filter' ->> 'user' FROM automation_versions WHERE automation_id = %s ORDER BY version",
+        (automation_id,),
+    ).fetchall()
+    assert rules == [(None,), ("alice",), ("bob",)]
+
+
+def test_enable_moves_the_frontier_disable_does_not(conn):
+    store.apply_rules(conn, [rule()])
+    start = frontier(conn, "acc")
+    burn_xids(conn)
+    assert store.disable(conn, "acc") is True
+    assert store.disable(conn, "acc") is False
+    version, enabled, _, data = stored(conn, "acc")
+    assert (version, enabled, data["enabled"]) == (2, False, False)
+    assert frontier(conn, "acc") == start
+    burn_xids(conn)
+    with clock.frozen(T1):
+        assert store.enable(conn, "acc") is True
+    version, enabled, evaluate_from, data = stored(conn, "acc")
+    assert (version, enabled, evaluate_from, data["enabled"]) == (3, True, T1, True)
+    assert frontier(conn, "acc") > start
+    assert versions(conn, "acc") == [(1, True), (2, False), (3, True)]
+
+
+def test_applying_enabled_true_after_disabled_restarts(conn):
+    store.apply_rules(conn, [rule(enabled=False)])
+    start = frontier(conn, "acc")
+    burn_xids(conn)
+    assert store.apply_rules(conn, [rule()]) == [("acc", "updated")]
+    assert frontier(conn, "acc") > start
+
+
+def test_prune_deletes_what_is_not_applied(conn):
+    store.apply_rules(conn, [rule("a"), rule("b"), rule("c")])
+    assert store.apply_rules(conn, [rule("a")], prune=True) == [("a", "unchanged"), ("b", "deleted"), ("c", "deleted")]
+    assert conn.execute("SELECT name FROM automations").fetchall() == [("a",)]
+    assert store.apply_rules(conn, [rule("a"), rule("d")]) == [("a", "unchanged"), ("d", "created")]
+
+
+def test_delete_and_not_found(conn):
+    store.apply_rules(conn, [rule("accuracy-above-0.6"), rule("loss-down")])
+    store.delete(conn, "loss-down")
+    assert [r.name for r in store.list_automations(conn)] == ["accuracy-above-0.6"]
+    with pytest.raises(NotFound, match=r"no automation named 'accuracy-above-0.7'; did you mean 'accuracy-above-0.6'\?"):
+        store.get(conn, "accuracy-above-0.7")
+    for action in (store.delete, store.enable, store.disable):
+        with pytest.raises(NotFound, match="no automation named 'zzz'$"):
+            action(conn, "zzz")
+
+
+def test_get_list_and_load_enabled(conn):
+    store.apply_rules(
+        conn,
+        [
+            rule("acc"),
+            rule("off", enabled=False),
+            rule("link", scope={"registry": "model", "collection": "resnet"}, event={"type": "registry_version_linked"}),
+        ],
+    )
+    conn.execute("UPDATE automation_state SET last_error = 'compile failed' WHERE automation_id = (SELECT id FROM automations WHERE name = 'acc')")
+    rows = {r.name: r for r in store.list_automations(conn)}
+    assert (rows["acc"].enabled, rows["acc"].version, rows["acc"].event_type, rows["acc"].scope) == (
+        True, 1, "run_metric_threshold", "acme/vision",
+    )  # fmt: skip
+    assert rows["acc"].last_error == "compile failed" and rows["acc"].triggers == 0
+    assert rows["link"].scope == "registry:model/resnet"
+    assert rows["off"].enabled is False
+
+    got = store.get(conn, "acc")
+    assert got.automation == rule("acc") and got.version == 1 and got.state is not None
+    assert got.state.last_error == "compile failed" and int(got.state.frontier) == frontier(conn, "acc")
+
+    enabled = store.load_enabled(conn)
+    assert sorted(s.name for s in enabled) == ["acc", "link"]
+    assert all(isinstance(s.automation, Automation) and s.id > 0 for s in enabled)
+
+
+def test_regex_refused_by_postgres_writes_nothing(conn):
+    # A named collating element Python's check lets through, which PostgreSQL does not know.
+    bad = rule("bad", event={"type": "artifact_alias_added", "alias_regex": "[[.ab.]]"})
+    with pytest.raises(RuleValidationError) as exc:
+        store.apply_rules(conn, [rule("good"), bad], source={"bad": "rules/bad.yaml"})
+    assert [str(i) for i in exc.value.issues] == [
+        "rules/bad.yaml: event.alias_regex: PostgreSQL refuses this regex: invalid regular expression: invalid collating element"
+    ]
+    assert conn.execute("SELECT count(*) FROM automations").fetchone()[0] == 0
+
+
+def test_loader_with_a_connection_reports_the_postgres_error_with_its_line(conn, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\nscope: {project: acme/vision}\nevent:\n  type: artifact_tag_added\n  tag_regex: '[[=xy=]]'\naction: {type: no_op}\n"
+    )
+    assert load_rules([path])  # fine without the database
+    with pytest.raises(RuleValidationError) as exc:
+        load_rules([path], conn)
+    assert [str(i) for i in exc.value.issues] == [
+        f"{path}:5: event.tag_regex: PostgreSQL refuses this regex: invalid regular expression: invalid collating element"
+    ]
+
+
+def test_duplicate_names_in_one_apply_are_refused(conn):
+    with pytest.raises(RuleValidationError, match="duplicate automation name 'a'"):
+        store.apply_rules(conn, [rule("a"), rule("a", description="x")])
+
+
+def test_injection_looking_values_are_stored_literally(conn):
+    nasty = "x'); DROP TABLE runs; --"
+    automation = rule(
+        "nasty",
+        event={"type": "run_metric_threshold", "metric": nasty, "operator": ">", "threshold": 1},
+        run_filter={"user": nasty, "name_regex": "'; DROP TABLE runs; --"},
+    )
+    store.apply_rules(conn, [automation])
+    assert store.get(conn, "nasty").automation == automation
+    assert conn.execute("SELECT to_regclass('runs') IS NOT NULL").fetchone()[0]
+
+
+def test_python_api_apply(database_url):
+    results = api_apply(
+        rule("from-python"),
+        "name: from-yaml\nscope: {project: acme/vision}\nevent: {type: run_state, states: [failed]}\naction: {type: no_op}\n",
+    )
+    assert results == [("from-python", "created"), ("from-yaml", "created")]
+    assert api_apply(rule("from-python"), prune=True) == [("from-python", "unchanged"), ("from-yaml", "deleted")]
