@@ -47,8 +47,9 @@ def _connection() -> Iterator[psycopg.Connection]:
 
 
 def _report_issues(error: RuleValidationError) -> None:
+    # soft_wrap: one issue per line whatever the terminal width, so editors and grep can use them
     for issue in error.issues:
-        err_console.print(str(issue), style="red", markup=False, highlight=False)
+        err_console.print(str(issue), style="red", markup=False, highlight=False, soft_wrap=True)
     count = len(error.issues)
     err_console.print(f"{count} error{'s' if count != 1 else ''}", style="red bold")
 
@@ -56,7 +57,9 @@ def _report_issues(error: RuleValidationError) -> None:
 def _report_lint(rules: list[LoadedRule]) -> None:
     for rule in rules:
         for warning in lint(rule.automation):
-            err_console.print(f"{rule.file}:{rule.line}: warning: {warning}", style="yellow", markup=False, highlight=False)
+            err_console.print(
+                f"{rule.file}:{rule.line}: warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True
+            )
 
 
 def _load(paths: list[Path], conn: psycopg.Connection | None = None) -> list[LoadedRule]:

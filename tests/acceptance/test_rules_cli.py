@@ -28,9 +28,11 @@ action:
 """
 
 
-def engine(*args: str, cwd: Path = REPO, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def engine(
+    *args: str, cwd: Path = REPO, stdin: str | None = None, columns: int = 200
+) -> subprocess.CompletedProcess[str]:
     # ENGINE_DATABASE_URL and ENGINE_DATA_DIR come from the fixtures (or are absent).
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run(
         [str(ENGINE), "rules", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, input=stdin
     )
@@ -51,7 +53,7 @@ def test_validate_defaults_to_the_rules_folder():
 
 def test_validate_reports_every_error_with_file_and_line(tmp_path):
     (tmp_path / "bad.yaml").write_text(BAD)
-    result = engine("validate", "bad.yaml", cwd=tmp_path)
+    result = engine("validate", "bad.yaml", cwd=tmp_path, columns=40)  # never wrapped: one issue per line
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [

@@ -235,3 +235,15 @@ def test_python_api_apply(database_url):
     )
     assert results == [("from-python", "created"), ("from-yaml", "created")]
     assert api_apply(rule("from-python"), prune=True) == [("from-python", "unchanged"), ("from-yaml", "deleted")]
+
+
+def test_every_query_the_rules_use_exists():
+    import re
+    from pathlib import Path
+
+    from engine.db import query_names
+
+    used = set()
+    for path in Path(store.__file__).parent.glob("*.py"):
+        used |= set(re.findall(r'query\("(\w+)"\)', path.read_text()))
+    assert used and used <= query_names()
