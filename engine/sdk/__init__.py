@@ -1,0 +1,12 @@
+"""The logging SDK (SPEC section 4): `engine.init()`, `Run`, `engine.Api()`.
+
+Layout: run.py (init, Run, states, log), writer.py (buffer, flush thread, binary COPY),
+session.py (connections shared by the runs of a process), system.py (psutil sampler),
+artifacts.py (versions, aliases, tags, registry links), api.py (Api), validate.py (checks).
+"""
+
+from engine.sdk.api import Api
+from engine.sdk.artifacts import ArtifactVersion, RegistryLink
+from engine.sdk.run import Run, StepWarning, init
+
+__all__ = ["Api", "ArtifactVersion", "RegistryLink", "Run", "StepWarning", "init"]

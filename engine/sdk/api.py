@@ -1,0 +1,96 @@
+"""`engine.Api()`: changes made outside a run (aliases, tags, registry links, killing runs).
+
+    api = engine.Api(user="alice")
+    v = api.artifact_version("acme/vision", "mnist", "latest")
+    api.add_alias(v, "production"); api.add_tag(v, "europe")
+    api.link_artifact(v, registry="model", collection="resnet")
+    api.kill_run("acme/vision", "3kq9x2ab")
+
+Each call is one transaction that writes the change and its event(s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from engine import clock
+from engine.db import query
+from engine.exceptions import NotFound
+from engine.sdk import artifacts, session as sessions
+from engine.sdk.artifacts import ArtifactVersion, RegistryLink
+from engine.sdk.run import _login_name, _transition
+from engine.sdk.validate import check_name, parse_project
+
+VersionRef = ArtifactVersion | RegistryLink | str
+
+
+class Api:
+    """Administrative calls; `user` (default: the login name) is the author of the events."""
+
+    def __init__(self, user: str | None = None):
+        self.user = user if user is not None else _login_name()
+
+    # -- artifacts ------------------------------------------------------------------------
+    def artifact_version(self, project: str, collection: str, index_or_alias: int | str) -> ArtifactVersion:
+        """A stored version by index (`3`, `"v3"`) or alias (`"latest"`); NotFound otherwise."""
+        with sessions.using() as s, s.transaction() as conn:
+            return artifacts.find_version(conn, project, collection, index_or_alias)
+
+    def add_alias(self, version: VersionRef, alias: str) -> bool:
+        """Give `alias` to a version (moving it from the version that held it). For a
+        RegistryLink, the alias lives in its registry collection. False: nothing changed."""
+        with sessions.using() as s, s.transaction() as conn:
+            if isinstance(version, RegistryLink):
+                return artifacts.set_registry_alias(conn, version.id, alias, author=self.user, at=clock.now())
+            v = self._resolve(conn, version)
+            return artifacts.set_alias(conn, v.id, alias, author=self.user, at=clock.now())
+
+    def add_tag(self, version: VersionRef, tag: str) -> bool:
+        """Tag a version (of a RegistryLink: the linked version). False: it had the tag."""
+        with sessions.using() as s, s.transaction() as conn:
+            v = version.version if isinstance(version, RegistryLink) else self._resolve(conn, version)
+            return artifacts.add_tag(conn, v.id, tag, author=self.user, at=clock.now())
+
+    def link_artifact(
+        self, version: VersionRef, registry: str, collection: str, aliases: Iterable[str] = ()
+    ) -> RegistryLink:
+        """Link a version into `registry`/`collection` (its own index there; `latest` moves
+        to it). Linking the same version again returns the existing link."""
+        with sessions.using() as s, s.transaction() as conn:
+            v = version.version if isinstance(version, RegistryLink) else self._resolve(conn, version)
+            return artifacts.link(
+                conn, v, registry=registry, collection=collection, aliases=aliases, author=self.user, at=clock.now()
+            )
+
+    @staticmethod
+    def _resolve(conn, version: ArtifactVersion | str) -> ArtifactVersion:
+        if isinstance(version, ArtifactVersion):
+            return artifacts.version_by_id(conn, version.id)
+        if isinstance(version, str):
+            # "entity/project/collection:v3" or "...:alias"
+            path, _, which = version.rpartition(":")
+            parts = path.split("/")
+            if len(parts) != 3 or not all(parts) or not which:
+                raise ValueError(f"artifact version {version!r} must look like 'entity/project/collection:v3'")
+            return artifacts.find_version(conn, f"{parts[0]}/{parts[1]}", parts[2], which)
+        raise TypeError(f"expected an ArtifactVersion or 'entity/project/collection:vN', not {type(version).__name__}")
+
+    # -- runs -----------------------------------------------------------------------------
+    def kill_run(self, project: str, run_id: str) -> bool:
+        """Mark a running run `killed` (an event is written; killed never triggers automations).
+        False when the run was not running. NotFound when it does not exist."""
+        entity, name = parse_project(project)
+        check_name("run id", run_id)
+        with sessions.using() as s, s.transaction() as conn:
+            row = conn.execute(query("find_run"), {"entity": entity, "project": name, "run_id": run_id}).fetchone()
+            if row is None:
+                raise NotFound(f"no run {run_id!r} in project {project}")
+            return _transition(conn, row[0], ("running",), "killed", None, self.user, clock.now())
+
+    # -- automations ----------------------------------------------------------------------
+    def apply(self, *rules: Any, prune: bool = False) -> Any:
+        """Create or update automation rules by name (see `engine.rules.api.apply`)."""
+        from engine.rules import api as rules_api  # the rules package is optional at import time
+
+        return rules_api.apply(*rules, prune=prune)

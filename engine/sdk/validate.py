@@ -1,0 +1,119 @@
+"""Checks on what users hand to the SDK (SPEC section 1), kept pure so that they are unit-tested.
+
+The hot path (`Run.log`) only calls into this module for keys it has not seen before and for
+values that are not already a `float`; everything here raises `TypeError`/`ValueError`
+naming the offending key, before anything of the call is buffered.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from datetime import datetime
+from typing import Any
+
+# Same pattern as the `entity_part` domain and `registries.name` in sql/migrations/0001_core.sql.
+_NAME_PART = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_KEY_LENGTH = 256
+# `system/<name>` is what the sampler writes; `system.<name>` is the rules' synonym for it.
+SYSTEM_PREFIXES = ("system/", "system.")
+SYSTEM_PREFIX = "system/"
+RUN_STATES = ("running", "finished", "failed", "killed")
+
+
+def parse_project(project: str) -> tuple[str, str]:
+    """`"acme/vision"` → `("acme", "vision")`; each part 1–128 of letters, digits, `.`, `_`, `-`."""
+    if not isinstance(project, str):
+        raise TypeError(f"project must be a string like 'acme/vision', not {type(project).__name__}")
+    parts = project.split("/")
+    if len(parts) != 2 or not all(_NAME_PART.fullmatch(p) for p in parts):
+        raise ValueError(
+            f"project {project!r} must be 'entity/project', each part 1-128 letters, digits, '.', '_' or '-'"
+        )
+    return parts[0], parts[1]
+
+
+def check_name(what: str, value: str, *, pattern: bool = False) -> str:
+    """A run id, alias, tag, collection or registry name: 1–256 characters, no control characters
+    (registry names and run ids follow the stricter entity pattern when `pattern` is set)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
+    if pattern:
+        if not _NAME_PART.fullmatch(value):
+            raise ValueError(f"{what} {value!r} must be 1-128 letters, digits, '.', '_' or '-'")
+    elif not 1 <= len(value) <= MAX_KEY_LENGTH or _CONTROL.search(value):
+        raise ValueError(f"{what} {value!r} must be 1-{MAX_KEY_LENGTH} characters without control characters")
+    return value
+
+
+def check_key(key: Any, *, system: bool = False) -> str:
+    """A metric key: a string of 1–256 characters without control characters. Keys under
+    `system/` (or `system.`) belong to the system sampler, which passes `system=True`."""
+    if not isinstance(key, str):
+        raise TypeError(f"metric key {key!r} must be a string, not {type(key).__name__}")
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise ValueError(f"metric key {key[:40]!r} must be 1-{MAX_KEY_LENGTH} characters long (it has {len(key)})")
+    if _CONTROL.search(key):
+        raise ValueError(f"metric key {key!r} must not contain control characters")
+    if not system and key.startswith(SYSTEM_PREFIXES):
+        raise ValueError(f"metric key {key!r}: keys starting with 'system/' or 'system.' are reserved for system metrics")
+    return key
+
+
+def to_float(key: str, value: Any) -> float:
+    """A logged value as a float: int, float, bool (0/1), numbers.Real and numpy scalars.
+
+    >>> to_float("acc", True)
+    1.0
+    """
+    if type(value) is float:
+        return value
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"metric {key!r}: value {value!r} is too large for a double") from None
+    # numpy's bool scalar is not a numbers.Real; accept it without importing numpy.
+    if type(value).__module__ == "numpy" and getattr(getattr(value, "dtype", None), "kind", "") == "b":
+        return 1.0 if value else 0.0
+    raise TypeError(
+        f"metric {key!r}: value {value!r} of type {type(value).__name__} is not a number "
+        "(use int, float, bool or a numpy scalar)"
+    )
+
+
+def is_finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def check_time(time: Any) -> datetime:
+    """A point's timestamp: a timezone-aware datetime."""
+    if not isinstance(time, datetime):
+        raise TypeError(f"time must be a timezone-aware datetime, not {type(time).__name__}")
+    if time.tzinfo is None or time.utcoffset() is None:
+        raise ValueError(f"time {time.isoformat()} is naive: give a timezone-aware datetime (e.g. tzinfo=timezone.utc)")
+    return time
+
+
+def check_step(step: Any) -> int:
+    """A step: a non-negative integer (numpy integers accepted; bools and floats refused)."""
+    if type(step) is int and step >= 0:  # the common case, without the slow ABC check
+        return step
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"step must be an integer, not {type(step).__name__}")
+    step = int(step)
+    if step < 0:
+        raise ValueError(f"step must be >= 0 (got {step})")
+    return step
+
+
+def normalize_state(state: str) -> str:
+    """A run state as stored: `crashed` is a synonym of `failed`."""
+    state = "failed" if state == "crashed" else state
+    if state not in RUN_STATES:
+        raise ValueError(f"unknown run state {state!r} (one of {', '.join(RUN_STATES)}, or crashed)")
+    return state

@@ -1,0 +1,273 @@
+-- The logging SDK (engine/sdk/). Every change is written with its `events` row by ONE
+-- statement (data-modifying CTEs), so a change and its event always commit together and
+-- cost one round trip. Event `time` and the rows' timestamps come from engine.clock.now().
+
+-- Runs ------------------------------------------------------------------------------------
+
+-- name: upsert_project
+-- DO UPDATE (not DO NOTHING) so that RETURNING always yields the id, even under concurrency.
+INSERT INTO projects (entity, name) VALUES (%(entity)s, %(project)s)
+ON CONFLICT (entity, name) DO UPDATE SET entity = EXCLUDED.entity
+RETURNING id;
+
+-- name: create_run
+-- A new run is a transition from NULL into 'running' (SPEC section 1): project, run,
+-- transition and event in one statement. Returns nothing when the run id exists already.
+WITH p AS (
+    INSERT INTO projects (entity, name) VALUES (%(entity)s, %(project)s)
+    ON CONFLICT (entity, name) DO UPDATE SET entity = EXCLUDED.entity
+    RETURNING id
+), r AS (
+    INSERT INTO runs (project_id, run_id, name, user_name, config, tags, state, created_at, updated_at)
+    SELECT p.id, %(run_id)s, %(name)s, %(user)s, %(config)s, %(tags)s, 'running', %(at)s, %(at)s FROM p
+    ON CONFLICT (project_id, run_id) DO NOTHING
+    RETURNING id, project_id
+), tr AS (
+    INSERT INTO run_transitions (run_pk, from_state, to_state, author, at)
+    SELECT id, NULL, 'running', %(user)s, %(at)s FROM r
+)
+INSERT INTO events (time, type, author, project_id, run_pk, details)
+SELECT %(at)s, 'run_state', %(user)s, project_id, id, jsonb_build_object('from', NULL, 'to', 'running')
+FROM r
+RETURNING run_pk, project_id;
+
+-- name: lock_run
+-- The run of a project by its id, locked for a state change.
+SELECT r.id, r.state, r.name, r.user_name, r.config, r.tags
+FROM runs r
+WHERE r.project_id = %(project_id)s AND r.run_id = %(run_id)s
+FOR UPDATE;
+
+-- name: run_state
+SELECT state FROM runs WHERE id = %(run_pk)s;
+
+-- name: find_run
+SELECT r.id, r.state
+FROM runs r JOIN projects p ON p.id = r.project_id
+WHERE p.entity = %(entity)s AND p.name = %(project)s AND r.run_id = %(run_id)s;
+
+-- name: update_run_attributes
+-- On resume: what the caller gave again replaces what was stored (NULL keeps it).
+UPDATE runs SET
+    name   = coalesce(%(name)s, name),
+    config = coalesce(%(config)s, config),
+    tags   = coalesce(%(tags)s, tags)
+WHERE id = %(run_pk)s;
+
+-- name: run_max_steps
+-- Where a resumed run's step counters continue (-1: nothing logged yet).
+SELECT coalesce((SELECT max(step) FROM metric_points WHERE run_pk = %(run_pk)s), -1),
+       coalesce((SELECT max(step) FROM system_metrics WHERE run_pk = %(run_pk)s), -1);
+
+-- name: transition_run
+-- One state change: runs.state, a run_transitions row and a 'run_state' event, only when the
+-- run is in one of the given from_states (returns nothing otherwise, and changes nothing).
+WITH old AS (
+    SELECT id, project_id, state FROM runs
+    WHERE id = %(run_pk)s AND state = ANY(%(from_states)s::text[])
+    FOR UPDATE
+), up AS (
+    UPDATE runs r SET
+        state       = %(to_state)s::text,
+        exit_code   = %(exit_code)s::integer,
+        updated_at  = %(at)s,
+        finished_at = CASE WHEN %(to_state)s::text = 'running' THEN NULL ELSE %(at)s END
+    FROM old
+    WHERE r.id = old.id
+    RETURNING r.id, r.project_id, old.state AS from_state
+), tr AS (
+    INSERT INTO run_transitions (run_pk, from_state, to_state, exit_code, author, at)
+    SELECT id, from_state, %(to_state)s::text, %(exit_code)s::integer, %(author)s, %(at)s FROM up
+)
+INSERT INTO events (time, type, author, project_id, run_pk, details)
+SELECT %(at)s, 'run_state', %(author)s, project_id, id,
+       jsonb_build_object('from', from_state, 'to', %(to_state)s::text, 'exit_code', %(exit_code)s::integer)
+FROM up
+RETURNING details ->> 'from';
+
+-- Ingest (the flush; the series upsert and the NOTIFY are in ingest.sql) ------------------
+
+-- name: next_ingest_batch
+SELECT nextval('ingest_batch_seq');
+
+-- name: intern_keys
+INSERT INTO metric_keys (key) SELECT unnest(%(keys)s::text[]) ON CONFLICT (key) DO NOTHING;
+
+-- name: key_ids
+SELECT key, id FROM metric_keys WHERE key = ANY(%(keys)s::text[]);
+
+-- name: copy_metric_points
+-- Column order is the order of the rows engine/sdk/writer.py writes (keep in sync).
+COPY metric_points (time, run_pk, key_id, step, seq, value) FROM STDIN (FORMAT BINARY);
+
+-- name: copy_system_metrics
+COPY system_metrics (time, run_pk, key_id, step, seq, value) FROM STDIN (FORMAT BINARY);
+
+-- Artifacts -------------------------------------------------------------------------------
+
+-- name: upsert_collection
+-- The DO UPDATE also row-locks the collection, which serialises version numbering.
+INSERT INTO artifact_collections (project_id, name, type) VALUES (%(project_id)s, %(name)s, %(type)s)
+ON CONFLICT (project_id, name) DO UPDATE SET name = EXCLUDED.name
+RETURNING id, type;
+
+-- name: next_version_index
+SELECT coalesce(max(version_index) + 1, 0) FROM artifact_versions WHERE collection_id = %(collection_id)s;
+
+-- name: create_version
+WITH v AS (
+    INSERT INTO artifact_versions (collection_id, version_index, digest, metadata, run_pk, author, created_at)
+    VALUES (%(collection_id)s, %(version_index)s, %(digest)s, %(metadata)s, %(run_pk)s, %(author)s, %(at)s)
+    RETURNING id, collection_id, version_index
+)
+INSERT INTO events (time, type, author, project_id, run_pk, collection_id, version_id, details)
+SELECT %(at)s, 'artifact_version_created', %(author)s, %(project_id)s, %(run_pk)s, v.collection_id, v.id,
+       jsonb_build_object('collection', %(collection)s::text, 'collection_type', %(type)s::text,
+                          'version_index', v.version_index, 'digest', %(digest)s::text)
+FROM v
+RETURNING version_id;
+
+-- name: version_by_id
+SELECT v.id, p.entity, p.name, c.name, c.type, v.version_index, v.digest, v.metadata, c.project_id, c.id
+FROM artifact_versions v
+JOIN artifact_collections c ON c.id = v.collection_id
+JOIN projects p ON p.id = c.project_id
+WHERE v.id = %(version_id)s;
+
+-- name: version_by_index
+SELECT v.id, p.entity, p.name, c.name, c.type, v.version_index, v.digest, v.metadata, c.project_id, c.id
+FROM artifact_versions v
+JOIN artifact_collections c ON c.id = v.collection_id
+JOIN projects p ON p.id = c.project_id
+WHERE p.entity = %(entity)s AND p.name = %(project)s AND c.name = %(collection)s AND v.version_index = %(version_index)s;
+
+-- name: version_by_alias
+SELECT v.id, p.entity, p.name, c.name, c.type, v.version_index, v.digest, v.metadata, c.project_id, c.id
+FROM artifact_aliases a
+JOIN artifact_versions v ON v.id = a.version_id
+JOIN artifact_collections c ON c.id = a.collection_id
+JOIN projects p ON p.id = c.project_id
+WHERE p.entity = %(entity)s AND p.name = %(project)s AND c.name = %(collection)s AND a.alias = %(alias)s;
+
+-- name: set_artifact_alias
+-- Add an alias to a version; the primary key (collection_id, alias) makes this a move when
+-- another version holds it. Nothing happens (and no event) when the version already has it.
+WITH v AS (
+    SELECT v.id, v.collection_id, v.version_index, c.project_id, c.name, c.type
+    FROM artifact_versions v JOIN artifact_collections c ON c.id = v.collection_id
+    WHERE v.id = %(version_id)s
+), prev AS (
+    SELECT a.version_id FROM artifact_aliases a JOIN v ON a.collection_id = v.collection_id
+    WHERE a.alias = %(alias)s
+    FOR UPDATE OF a
+), up AS (
+    INSERT INTO artifact_aliases AS a (collection_id, alias, version_id, updated_at)
+    SELECT collection_id, %(alias)s, id, %(at)s FROM v
+    ON CONFLICT (collection_id, alias) DO UPDATE SET version_id = EXCLUDED.version_id, updated_at = EXCLUDED.updated_at
+    WHERE a.version_id <> EXCLUDED.version_id
+    RETURNING version_id
+)
+INSERT INTO events (time, type, author, project_id, run_pk, collection_id, version_id, details)
+SELECT %(at)s, 'artifact_alias_added', %(author)s, v.project_id, %(run_pk)s, v.collection_id, v.id,
+       jsonb_build_object('alias', %(alias)s::text, 'version_index', v.version_index,
+                          'previous_version_id', (SELECT version_id FROM prev),
+                          'collection', v.name, 'collection_type', v.type)
+FROM up JOIN v ON v.id = up.version_id
+RETURNING id;
+
+-- name: add_artifact_tag
+-- Any number of versions may carry a tag; re-adding it to the same version changes nothing.
+WITH v AS (
+    SELECT v.id, v.collection_id, v.version_index, c.project_id, c.name, c.type
+    FROM artifact_versions v JOIN artifact_collections c ON c.id = v.collection_id
+    WHERE v.id = %(version_id)s
+), ins AS (
+    INSERT INTO artifact_tags (version_id, tag, created_at)
+    SELECT id, %(tag)s, %(at)s FROM v
+    ON CONFLICT (version_id, tag) DO NOTHING
+    RETURNING version_id
+)
+INSERT INTO events (time, type, author, project_id, run_pk, collection_id, version_id, details)
+SELECT %(at)s, 'artifact_tag_added', %(author)s, v.project_id, %(run_pk)s, v.collection_id, v.id,
+       jsonb_build_object('tag', %(tag)s::text, 'version_index', v.version_index,
+                          'collection', v.name, 'collection_type', v.type)
+FROM ins JOIN v ON v.id = ins.version_id
+RETURNING id;
+
+-- Registries ------------------------------------------------------------------------------
+
+-- name: upsert_registry
+INSERT INTO registries (name) VALUES (%(registry)s)
+ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+RETURNING id;
+
+-- name: upsert_registry_collection
+-- Row-locks the registry collection, which serialises link numbering.
+INSERT INTO registry_collections (registry_id, name, type) VALUES (%(registry_id)s, %(collection)s, %(type)s)
+ON CONFLICT (registry_id, name) DO UPDATE SET name = EXCLUDED.name
+RETURNING id;
+
+-- name: find_link
+SELECT id, version_index FROM registry_links
+WHERE registry_collection_id = %(registry_collection_id)s AND version_id = %(version_id)s;
+
+-- name: next_link_index
+SELECT coalesce(max(version_index) + 1, 0) FROM registry_links
+WHERE registry_collection_id = %(registry_collection_id)s;
+
+-- name: create_link
+-- `project_id` is the linked artifact's project; registry scopes match on registry_id.
+WITH l AS (
+    INSERT INTO registry_links (registry_collection_id, version_id, version_index, author, linked_at)
+    VALUES (%(registry_collection_id)s, %(version_id)s, %(version_index)s, %(author)s, %(at)s)
+    RETURNING id, version_index
+)
+INSERT INTO events (time, type, author, project_id, collection_id, version_id, registry_id,
+                    registry_collection_id, link_id, details)
+SELECT %(at)s, 'registry_version_linked', %(author)s, %(project_id)s, %(collection_id)s, %(version_id)s,
+       %(registry_id)s, %(registry_collection_id)s, l.id,
+       jsonb_build_object('registry', %(registry)s::text, 'collection', %(collection)s::text,
+                          'version_index', l.version_index,
+                          'artifact_collection', %(artifact_collection)s::text,
+                          'artifact_version_index', %(artifact_version_index)s::integer,
+                          'collection_type', %(type)s::text)
+FROM l
+RETURNING link_id;
+
+-- name: link_by_id
+SELECT l.id, g.name, rc.name, l.version_index, l.version_id, rc.registry_id, rc.id
+FROM registry_links l
+JOIN registry_collections rc ON rc.id = l.registry_collection_id
+JOIN registries g ON g.id = rc.registry_id
+WHERE l.id = %(link_id)s;
+
+-- name: set_registry_alias
+-- An alias inside a registry collection (a move when another link holds it). The event has
+-- registry_id/registry_collection_id set and project_id NULL, so that project-scoped alias
+-- automations do not also fire on registry aliases.
+WITH l AS (
+    SELECT l.id, l.version_index, l.version_id, l.registry_collection_id, rc.registry_id,
+           rc.name AS collection, g.name AS registry, v.collection_id
+    FROM registry_links l
+    JOIN registry_collections rc ON rc.id = l.registry_collection_id
+    JOIN registries g ON g.id = rc.registry_id
+    JOIN artifact_versions v ON v.id = l.version_id
+    WHERE l.id = %(link_id)s
+), prev AS (
+    SELECT a.link_id FROM registry_aliases a JOIN l ON a.registry_collection_id = l.registry_collection_id
+    WHERE a.alias = %(alias)s
+    FOR UPDATE OF a
+), up AS (
+    INSERT INTO registry_aliases AS a (registry_collection_id, alias, link_id, updated_at)
+    SELECT registry_collection_id, %(alias)s, id, %(at)s FROM l
+    ON CONFLICT (registry_collection_id, alias) DO UPDATE SET link_id = EXCLUDED.link_id, updated_at = EXCLUDED.updated_at
+    WHERE a.link_id <> EXCLUDED.link_id
+    RETURNING link_id
+)
+INSERT INTO events (time, type, author, collection_id, version_id, registry_id, registry_collection_id, link_id, details)
+SELECT %(at)s, 'artifact_alias_added', %(author)s, l.collection_id, l.version_id, l.registry_id,
+       l.registry_collection_id, l.id,
+       jsonb_build_object('alias', %(alias)s::text, 'registry', l.registry, 'collection', l.collection,
+                          'version_index', l.version_index, 'previous_link_id', (SELECT link_id FROM prev))
+FROM up JOIN l ON l.id = up.link_id
+RETURNING id;

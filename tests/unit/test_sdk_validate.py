@@ -1,0 +1,160 @@
+"""What run.log and engine.init accept, without a database."""
+
+from __future__ import annotations
+
+import struct
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from engine.sdk.artifacts import check_alias, default_digest
+from engine.sdk.validate import (
+    check_key,
+    check_name,
+    check_step,
+    check_time,
+    normalize_state,
+    parse_project,
+    to_float,
+)
+from engine.sdk.writer import Float8Array, Int8Array, TimestamptzArray
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0.5, 0.5),
+        (3, 3.0),
+        (True, 1.0),
+        (False, 0.0),
+        (np.float32(0.25), 0.25),
+        (np.float64(-2.5), -2.5),
+        (np.int64(7), 7.0),
+        (np.uint8(255), 255.0),
+        (np.bool_(True), 1.0),
+        (np.bool_(False), 0.0),
+        (Fraction(1, 4), 0.25),
+    ],
+)
+def test_numbers_become_floats(value, expected):
+    result = to_float("acc", value)
+    assert type(result) is float and result == expected
+
+
+def test_nan_and_infinities_are_values():
+    assert to_float("x", float("inf")) == float("inf")
+    assert to_float("x", np.float64("-inf")) == float("-inf")
+    assert to_float("x", float("nan")) != to_float("x", float("nan"))  # NaN stays NaN
+
+
+@pytest.mark.parametrize("value", ["0.5", None, [1.0], {"a": 1}, 1 + 2j, Decimal("1.5"), np.array([1.0]), object()])
+def test_non_numbers_are_refused_naming_the_key(value):
+    with pytest.raises(TypeError, match="'train/acc'"):
+        to_float("train/acc", value)
+
+
+def test_int_too_large_for_a_double():
+    with pytest.raises(ValueError, match="'big'"):
+        to_float("big", 10**400)
+
+
+@pytest.mark.parametrize("key", ["loss", "train/acc", "a" * 256, "ünïcode key", "system", "systems/x"])
+def test_valid_keys(key):
+    assert check_key(key) == key
+
+
+@pytest.mark.parametrize(
+    ("key", "error", "message"),
+    [
+        ("", ValueError, "1-256"),
+        ("a" * 257, ValueError, "1-256"),
+        ("bad\nkey", ValueError, "control"),
+        ("tab\tkey", ValueError, "control"),
+        ("nul\x00", ValueError, "control"),
+        ("system/cpu", ValueError, "reserved"),
+        ("system.cpu", ValueError, "reserved"),
+        (3, TypeError, "string"),
+    ],
+)
+def test_invalid_keys(key, error, message):
+    with pytest.raises(error, match=message):
+        check_key(key)
+
+
+def test_the_sampler_may_use_system_keys():
+    assert check_key("system/cpu", system=True) == "system/cpu"
+
+
+@pytest.mark.parametrize("project", ["acme/vision", "a/b", "A-1_x.y/p.2", f"{'e' * 128}/{'p' * 128}"])
+def test_valid_projects(project):
+    entity, name = parse_project(project)
+    assert f"{entity}/{name}" == project
+
+
+@pytest.mark.parametrize("project", ["acme", "acme/", "/vision", "a/b/c", "acme/vi sion", f"{'e' * 129}/p", "acme/vïsion"])
+def test_invalid_projects(project):
+    with pytest.raises(ValueError, match="entity/project"):
+        parse_project(project)
+
+
+def test_time_must_be_timezone_aware():
+    aware = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert check_time(aware) is aware
+    assert check_time(datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=2)))).utcoffset() == timedelta(hours=2)
+    with pytest.raises(ValueError, match="naive"):
+        check_time(datetime(2026, 1, 1))
+    with pytest.raises(TypeError):
+        check_time("2026-01-01T00:00:00Z")
+
+
+def test_steps():
+    assert check_step(0) == 0
+    assert check_step(np.int64(12)) == 12
+    with pytest.raises(ValueError, match=">= 0"):
+        check_step(-1)
+    for bad in (1.0, True, "3", None):
+        with pytest.raises(TypeError):
+            check_step(bad)
+
+
+def test_crashed_is_failed():
+    assert normalize_state("crashed") == "failed"
+    assert normalize_state("killed") == "killed"
+    with pytest.raises(ValueError):
+        normalize_state("paused")
+
+
+def test_names_and_aliases():
+    assert check_name("registry name", "model", pattern=True) == "model"
+    with pytest.raises(ValueError):
+        check_name("registry name", "my model", pattern=True)
+    with pytest.raises(ValueError):
+        check_name("tag", "")
+    assert check_alias("production") == "production"
+    with pytest.raises(ValueError, match="version index"):
+        check_alias("v3")
+
+
+def test_default_digest_depends_on_metadata_and_index():
+    assert default_digest({"b": 1, "a": 2}, 0) == default_digest({"a": 2, "b": 1}, 0)
+    assert default_digest({"a": 1}, 0) != default_digest({"a": 1}, 1)
+    assert default_digest({"a": 1}, 0) != default_digest({"a": 2}, 0)
+
+
+def _decode_array(data: bytes, code: str) -> tuple[int, list]:
+    ndim, has_null, oid, length, lower = struct.unpack_from(">iiiii", data)
+    assert (ndim, has_null, lower) == (1, 0, 1)
+    body = struct.unpack_from(">" + ("i" + code) * length, data, 20)
+    assert set(body[0::2]) <= {8}
+    return oid, list(body[1::2])
+
+
+def test_series_tails_are_packed_as_binary_arrays():
+    assert _decode_array(Int8Array.of([0, 5, 2**40]), "q") == (20, [0, 5, 2**40])
+    assert _decode_array(Float8Array.of([0.5, -1e300]), "d") == (701, [0.5, -1e300])
+    t = datetime(2000, 1, 1, 0, 0, 1, 5, tzinfo=timezone.utc)
+    assert _decode_array(TimestamptzArray.of([t]), "q") == (1184, [1_000_005])
+    assert _decode_array(Int8Array.of([]), "q") == (20, [])
