@@ -27,13 +27,17 @@ Anywhere else (tests, a subprocess, the CLI), `run_once()` does one claim-send-r
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import random
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+
+import psycopg
 
 from apscheduler.jobstores.base import JobLookupError
 from psycopg.rows import dict_row
@@ -46,13 +50,14 @@ from engine.actions.http import MAX_REDIRECTS, Attempt
 from engine.actions.retry import next_delay
 from engine.actions.send import send_action
 from engine.actions.webhook import DEFAULT_TIMEOUT
-from engine.exceptions import DatabaseUnavailable, EngineError, NotFound
+from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, NotFound
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LEASE_MARGIN_SECONDS = 30.0
-POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
+POLL_SECONDS = 1.0
+CONNECT_TIMEOUT_SECONDS = 10.0  # the wake thread looks for due deliveries at least this often
 JOB_ID = "dispatch"
 
 
@@ -81,9 +86,12 @@ class Dispatcher:
             kwargs={"autocommit": True},
             open=False,
             check=ConnectionPool.check_connection,
+            timeout=CONNECT_TIMEOUT_SECONDS,
             name="dispatcher",
         )
         self._pool_open = False
+        self._pool_lock = threading.Lock()
+        self._outage: str | None = None  # the database error being reported, if any
         self._executor = concurrent.futures.ThreadPoolExecutor(settings.delivery_workers, thread_name_prefix="deliver")
         self._lock = threading.Lock()  # guards claims, _in_flight, _stopped
         self._in_flight = 0
@@ -118,8 +126,10 @@ class Dispatcher:
 
     # -- service ---------------------------------------------------------------------------
     def start(self, scheduler: Any) -> None:
-        """Run inside `engine serve`: a heartbeat job on `scheduler` plus the wake thread."""
-        self._connect()
+        """Run inside `engine serve`: a heartbeat job on `scheduler` plus the wake thread.
+
+        Does not need the database yet: while it is unreachable, the thread retries quietly.
+        """
         self._scheduler = scheduler
         scheduler.add_job(
             self.run_once,
@@ -168,7 +178,14 @@ class Dispatcher:
             try:
                 self.run_once(wait=False)
                 timeout = self._seconds_until_due()
-            except Exception:  # the database may be down for a while: keep trying
+                if self._outage:
+                    log.warning("dispatcher: the database is reachable again")
+                    self._outage = None
+            except DatabaseError as exc:  # down for a while: say it once, keep trying
+                if str(exc) != self._outage:
+                    log.warning("dispatcher: cannot claim deliveries: %s (retrying)", exc)
+                    self._outage = str(exc)
+            except Exception:
                 log.exception("dispatcher: could not claim deliveries")
             self._wake.wait(timeout)
             self._wake.clear()
@@ -177,7 +194,7 @@ class Dispatcher:
         with self._lock:
             if self._in_flight >= self.settings.delivery_workers:
                 return POLL_SECONDS  # a worker finishing wakes us
-        with self._pool.connection() as conn, db.boundary():
+        with self._connection() as conn, db.boundary():
             (due,) = conn.execute(db.query("delivery_next_due")).fetchone() or (None,)
         if due is None:
             return POLL_SECONDS
@@ -185,16 +202,22 @@ class Dispatcher:
         return min(POLL_SECONDS, max(0.01, (due - clock.now()).total_seconds()))
 
     # -- steps -----------------------------------------------------------------------------
-    def _connect(self) -> None:
-        if not self._pool_open:
-            try:
-                self._pool.open(wait=True, timeout=10)
-            except PoolTimeout as exc:
-                raise DatabaseUnavailable(f"the dispatcher could not connect to the database ({exc})") from exc
-            self._pool_open = True
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection; DatabaseUnavailable when none comes in time."""
+        with self._pool_lock:
+            if not self._pool_open:
+                self._pool.open(wait=False)  # connects in the background; never fails here
+                self._pool_open = True
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(
+                f"the dispatcher got no database connection in {CONNECT_TIMEOUT_SECONDS:g} s ({exc})"
+            ) from exc
 
     def _claim(self, limit: int, only: uuid.UUID | str | None) -> list[Claim]:
-        self._connect()
         params = {
             "now": clock.now(),
             "limit": limit,
@@ -203,7 +226,7 @@ class Dispatcher:
             "lease_hops": float(MAX_REDIRECTS + 1),
             "default_timeout": DEFAULT_TIMEOUT,
         }
-        with self._pool.connection() as conn, db.boundary(), conn.cursor(row_factory=dict_row) as cur:
+        with self._connection() as conn, db.boundary(), conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(db.query("delivery_claim_due"), params).fetchall()
         return [
             Claim(
@@ -224,7 +247,7 @@ class Dispatcher:
             if claim.reclaimed:
                 log.warning("delivery %s: its lease expired before an outcome was recorded; sending it again", claim.id)
             try:
-                with self._pool.connection() as conn:
+                with self._connection() as conn:
                     ctx = build_context(conn, claim.trigger_id, self.settings)
             except NotFound:
                 return  # the trigger was deleted, and its deliveries with it
@@ -258,7 +281,7 @@ class Dispatcher:
             status = "failed"
             if attempt.retryable:
                 error = f"{error} (gave up after {claim.attempt} attempts)"
-        with self._pool.connection() as conn, db.boundary(), conn.transaction():
+        with self._connection() as conn, db.boundary(), conn.transaction():
             conn.execute(
                 db.query("delivery_insert_attempt"),
                 {

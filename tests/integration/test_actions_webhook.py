@@ -410,3 +410,26 @@ def test_deliveries_are_claimed_once_by_concurrent_dispatchers(conn, database_ur
     seen = [r.headers["X-Automation-Delivery"] for r in rx.requests]
     assert sorted(seen) == sorted(str(i) for i in ids)  # each exactly once
     assert json.loads(rx.requests[0].body)["automation_name"] == "many"
+
+
+def test_database_down_is_an_error_for_run_once_and_quietly_retried_by_the_service(monkeypatch, caplog, settings):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from engine.actions import dispatcher as dispatcher_module
+    from engine.exceptions import DatabaseUnavailable
+
+    monkeypatch.setattr(dispatcher_module, "CONNECT_TIMEOUT_SECONDS", 0.3)
+    down = f"postgresql://127.0.0.1:{free_port()}/nothing?connect_timeout=1"
+    with Dispatcher(down, settings) as d, pytest.raises(DatabaseUnavailable, match="no database connection"):
+        d.run_once()
+    scheduler = BackgroundScheduler()
+    scheduler.start()
+    d = Dispatcher(down, settings)
+    try:
+        d.start(scheduler)  # starts although the database is unreachable
+        time.sleep(1.0)
+    finally:
+        d.stop()
+        scheduler.shutdown()
+    said = [r.getMessage() for r in caplog.records if r.name == "engine.actions.dispatcher"]
+    assert len([m for m in said if m.startswith("dispatcher: cannot claim deliveries")]) == 1  # said once
