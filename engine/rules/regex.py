@@ -103,7 +103,7 @@ class _Scanner:
         # capture groups as PostgreSQL numbers them (none inside look-arounds)
         self.opened = 0
         self.closed: set[int] = set()
-        self.stack: list[str] = []  # "capture", "group", "look"
+        self.stack: list[str] = []  # "capture:<n>", "group" or "look"
         self.lookaround_depth = 0
         # what a quantifier would apply to: None (nothing quantifiable), "atom", "quant", "lazy"
         self.last: str | None = None
