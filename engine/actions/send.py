@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +46,12 @@ def send_action(
     except DeliveryError as exc:
         attempt = Attempt(request, error=str(exc), retryable=True)
     except Exception as exc:  # a bug in a sender must not stop the dispatcher; retry, then fail
-        log.exception("delivery %s: unexpected error in the %s sender", delivery_id, action_type)
+        # The frames, and the message scrubbed: an exception's text may quote a secret.
+        log.error(
+            "delivery %s: unexpected error in the %s sender: %s: %s\n%s",
+            delivery_id, action_type, type(exc).__name__, resolved.scrub(str(exc)),
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
         attempt = Attempt(request, error=f"internal error: {type(exc).__name__}: {exc}", retryable=True)
     return attempt.with_(
         request=resolved.scrub_json(attempt.request),
