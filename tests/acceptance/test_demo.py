@@ -19,13 +19,13 @@ def _demo(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_stores_a_finished_run_and_shows_it(database_url: str, conn: psycopg.Connection) -> None:
-    first = _demo(database_url, "--steps", "7")
+    first = _demo(database_url, "--steps", "10")
     assert first.returncode == 0, first.stderr
     assert "schema up to date" in first.stdout  # the test database is already migrated
     for table in ("runs", "metric_points", "events"):
         assert table in first.stdout
 
-    second = _demo(database_url, "--steps", "7")  # running it twice works: a new run each time
+    second = _demo(database_url, "--steps", "10")  # running it twice works: a new run each time
     assert second.returncode == 0, second.stderr
 
     runs = conn.execute("SELECT id, state, exit_code FROM runs ORDER BY id").fetchall()
@@ -35,10 +35,20 @@ def test_demo_stores_a_finished_run_and_shows_it(database_url: str, conn: psycop
         "SELECT k.key, count(*) FROM metric_points m JOIN metric_keys k ON k.id = m.key_id"
         " WHERE m.run_pk = %s GROUP BY k.key", (run_pk,)
     ).fetchall())
-    assert counts == {"loss": 7, "accuracy": 7}
+    assert counts == {"loss": 10, "accuracy": 10}
     transitions = conn.execute(
         "SELECT details->>'from', details->>'to' FROM events WHERE run_pk = %s AND type = 'run_state' ORDER BY id", (run_pk,)
     ).fetchall()
     assert transitions == [(None, "running"), ("running", "finished")]
     # the per-series state the evaluator reads is written with the points
-    assert conn.execute("SELECT n_finite FROM series_state WHERE run_pk = %s", (run_pk,)).fetchall() == [(7,), (7,)]
+    tails = dict(conn.execute(
+        "SELECT k.key, s.n_finite FROM series_state s JOIN metric_keys k ON k.id = s.key_id"
+        " WHERE s.run_pk = %s AND k.key NOT LIKE 'system/%%'", (run_pk,)
+    ).fetchall())
+    assert tails == {"loss": 10, "accuracy": 10}
+    # the demo samples system metrics every 0.2 s during its 0.5 s of "training"
+    samples = conn.execute(
+        "SELECT count(*) FROM system_metrics m JOIN metric_keys k ON k.id = m.key_id"
+        " WHERE m.run_pk = %s AND k.key = 'system/cpu'", (run_pk,)
+    ).fetchone()[0]
+    assert samples >= 1
