@@ -3,6 +3,7 @@
 SHELL := /bin/bash
 VENV  := .venv
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup demo test bench clean
 
@@ -16,10 +17,11 @@ test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Every bench/*.py script, one after the other; each prints its own figures.
+# Smaller runs: make bench BENCH_ARGS='--runs 20 --steps 100' (passed to every script).
 bench: setup
 	@set -e; shopt -s nullglob; scripts=(bench/*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmark scripts in bench/"; exit 0; fi; \
-	for s in "$${scripts[@]}"; do echo "== $$s"; $(VENV)/bin/python "$$s"; done
+	for s in "$${scripts[@]}"; do echo "== $$s"; $(VENV)/bin/python "$$s" $(BENCH_ARGS); done
 
 # Build products and caches only: the embedded database in .engine/ holds your data and is
 # kept (stop it with `engine db down`, then delete .engine/ yourself to start over).
