@@ -95,6 +95,7 @@ class Dispatcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(settings.delivery_workers, thread_name_prefix="deliver")
         self._lock = threading.Lock()  # guards claims, _in_flight, _stopped
         self._in_flight = 0
+        self._futures: set[concurrent.futures.Future[None]] = set()
         self._stopped = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,6 +117,7 @@ class Dispatcher:
             claims = self._claim(min(limit, free), only)
             self._in_flight += len(claims)
             futures = [self._executor.submit(self._deliver, claim) for claim in claims]
+            self._futures.update(futures)
         if wait:
             concurrent.futures.wait(futures)
         return len(claims)
@@ -149,7 +151,9 @@ class Dispatcher:
     def stop(self, timeout: float | None = None) -> None:
         """Stop claiming, let deliveries in flight finish and be recorded, close connections.
 
-        Final: a stopped dispatcher cannot be started again.
+        `timeout` bounds the wait for deliveries in flight (None: as long as their own
+        timeouts); one still running then is not recorded, and is sent again, with the same
+        id, by the next service once its lease expires. Final: no restart after stop().
         """
         with self._lock:
             self._stopped = True
@@ -161,7 +165,12 @@ class Dispatcher:
                 pass
         if self._thread is not None:
             self._thread.join(timeout)
-        self._executor.shutdown(wait=True)
+        with self._lock:
+            pending = set(self._futures)
+        _, unfinished = concurrent.futures.wait(pending, timeout=timeout)
+        if unfinished:
+            log.warning("dispatcher: %d deliveries still in flight at stop; they will be sent again", len(unfinished))
+        self._executor.shutdown(wait=not unfinished)
         self._pool.close()
 
     close = stop
@@ -265,6 +274,7 @@ class Dispatcher:
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self._futures = {f for f in self._futures if not f.done()}
             self._wake.set()  # a worker is free: take the next due delivery
 
     def _record(self, claim: Claim, attempt: Attempt) -> str:

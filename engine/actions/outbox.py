@@ -119,8 +119,3 @@ def list_deliveries(
         return cur.execute(
             db.query("delivery_list"), {"status": status, "automation": automation, "limit": limit}
         ).fetchall()
-
-
-def attempts_of(conn: psycopg.Connection, delivery_id: uuid.UUID | str) -> list[dict[str, Any]]:
-    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(db.query("delivery_attempts_of"), {"id": delivery_id}).fetchall()

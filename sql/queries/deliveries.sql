@@ -139,9 +139,5 @@ WHERE (%(status)s::text IS NULL OR d.status = %(status)s::text
 ORDER BY d.created_at DESC, d.action_index
 LIMIT %(limit)s;
 
--- name: delivery_attempts_of
-SELECT attempt, started_at, duration_ms, http_status, response_body, error, request
-FROM delivery_attempts WHERE delivery_id = %(id)s ORDER BY attempt;
-
 -- name: delivery_automation_rule
 SELECT id, name, rule FROM automations WHERE name = %(name)s;

@@ -433,3 +433,23 @@ def test_database_down_is_an_error_for_run_once_and_quietly_retried_by_the_servi
         scheduler.shutdown()
     said = [r.getMessage() for r in caplog.records if r.name == "engine.actions.dispatcher"]
     assert len([m for m in said if m.startswith("dispatcher: cannot claim deliveries")]) == 1  # said once
+
+
+def test_bounded_stop_leaves_a_hung_delivery_to_be_sent_again(conn, database_url, settings):
+    with Receiver(Reply(200, hang=30.0), Reply(200)) as rx:
+        action = webhook(rx.url(), timeout=20.0)
+        automation = make_automation(conn, "hung-at-stop", [action])
+        _, (delivery_id,) = fire(conn, automation, [action])
+        d = Dispatcher(database_url, settings)
+        d.run_once(wait=False)
+        rx.wait_for(1)
+        t0 = time.monotonic()
+        d.stop(timeout=0.5)
+        assert time.monotonic() - t0 < 3
+        assert delivery(conn, delivery_id)["status"] == "sending"
+        with Dispatcher(database_url, settings) as again:
+            with clock.frozen(clock.now() + timedelta(seconds=LEASE_MARGIN_SECONDS + 6 * 20.0 + 1)):
+                assert again.run_once() == 1
+        rx.release.set()
+    assert [r.headers["X-Automation-Delivery"] for r in rx.requests] == [str(delivery_id)] * 2
+    assert delivery(conn, delivery_id)["status"] == "succeeded"
