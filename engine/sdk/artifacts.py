@@ -146,6 +146,8 @@ def set_alias(
 ) -> bool:
     """Give `alias` to the version (moving it from another version). False: it had it already."""
     check_alias(alias)
+    if conn.execute(query("lock_version_collection"), {"version_id": version_id}).fetchone() is None:
+        raise NotFound(f"artifact version {version_id} does not exist")
     row = conn.execute(
         query("set_artifact_alias"),
         {"version_id": version_id, "alias": alias, "author": author, "at": at, "run_pk": run_pk},
@@ -210,6 +212,8 @@ def link(
 def set_registry_alias(conn: psycopg.Connection, link_id: int, alias: str, *, author: str | None, at: datetime) -> bool:
     """Give `alias` to a link inside its registry collection (moving it). False: it had it."""
     check_alias(alias)
+    if conn.execute(query("lock_link_collection"), {"link_id": link_id}).fetchone() is None:
+        raise NotFound(f"registry link {link_id} does not exist")
     row = conn.execute(
         query("set_registry_alias"), {"link_id": link_id, "alias": alias, "author": author, "at": at}
     ).fetchone()

@@ -149,17 +149,24 @@ JOIN artifact_collections c ON c.id = a.collection_id
 JOIN projects p ON p.id = c.project_id
 WHERE p.entity = %(entity)s AND p.name = %(project)s AND c.name = %(collection)s AND a.alias = %(alias)s;
 
+-- name: lock_version_collection
+-- Alias changes in a collection take this row lock first, so that set_artifact_alias (a new
+-- statement, hence a new snapshot) reads the alias's current holder reliably.
+SELECT c.id FROM artifact_collections c JOIN artifact_versions v ON v.collection_id = c.id
+WHERE v.id = %(version_id)s
+FOR UPDATE OF c;
+
 -- name: set_artifact_alias
 -- Add an alias to a version; the primary key (collection_id, alias) makes this a move when
 -- another version holds it. Nothing happens (and no event) when the version already has it.
+-- Runs after lock_version_collection in the same transaction.
 WITH v AS (
     SELECT v.id, v.collection_id, v.version_index, c.project_id, c.name, c.type
     FROM artifact_versions v JOIN artifact_collections c ON c.id = v.collection_id
     WHERE v.id = %(version_id)s
-), prev AS (
+), prev AS (  -- same snapshot as `up`: the holder before the move
     SELECT a.version_id FROM artifact_aliases a JOIN v ON a.collection_id = v.collection_id
     WHERE a.alias = %(alias)s
-    FOR UPDATE OF a
 ), up AS (
     INSERT INTO artifact_aliases AS a (collection_id, alias, version_id, updated_at)
     SELECT collection_id, %(alias)s, id, %(at)s FROM v
@@ -241,10 +248,16 @@ JOIN registry_collections rc ON rc.id = l.registry_collection_id
 JOIN registries g ON g.id = rc.registry_id
 WHERE l.id = %(link_id)s;
 
+-- name: lock_link_collection
+-- As lock_version_collection, for aliases inside a registry collection.
+SELECT rc.id FROM registry_collections rc JOIN registry_links l ON l.registry_collection_id = rc.id
+WHERE l.id = %(link_id)s
+FOR UPDATE OF rc;
+
 -- name: set_registry_alias
 -- An alias inside a registry collection (a move when another link holds it). The event has
 -- registry_id/registry_collection_id set and project_id NULL, so that project-scoped alias
--- automations do not also fire on registry aliases.
+-- automations do not also fire on registry aliases. Runs after lock_link_collection.
 WITH l AS (
     SELECT l.id, l.version_index, l.version_id, l.registry_collection_id, rc.registry_id,
            rc.name AS collection, g.name AS registry, v.collection_id
@@ -253,10 +266,9 @@ WITH l AS (
     JOIN registries g ON g.id = rc.registry_id
     JOIN artifact_versions v ON v.id = l.version_id
     WHERE l.id = %(link_id)s
-), prev AS (
+), prev AS (  -- same snapshot as `up`: the holder before the move
     SELECT a.link_id FROM registry_aliases a JOIN l ON a.registry_collection_id = l.registry_collection_id
     WHERE a.alias = %(alias)s
-    FOR UPDATE OF a
 ), up AS (
     INSERT INTO registry_aliases AS a (registry_collection_id, alias, link_id, updated_at)
     SELECT registry_collection_id, %(alias)s, id, %(at)s FROM l
