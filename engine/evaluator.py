@@ -87,22 +87,6 @@ class TickResult:
 # --------------------------------------------------------------------------------------
 # pure logic shared by live evaluation and the backtest
 # --------------------------------------------------------------------------------------
-def describe_condition(automation: Automation) -> str:
-    """The condition in words, e.g. `avg(accuracy) over 5 > 0.6` (template ${metric_filter})."""
-    event = automation.event
-    if isinstance(event, RunMetricThreshold):
-        return f"{event.aggregation}({event.metric}) over {event.window} {event.operator} {event.threshold:g}"
-    if isinstance(event, RunMetricChange):
-        amount = f"{event.amount:.0%}" if event.change == "relative" else f"{event.amount:g}"
-        return (
-            f"{event.change} {event.direction} of {event.aggregation}({event.metric}) over {event.current_window} "
-            f"vs prior {event.prior_window} >= {amount}"
-        )
-    if isinstance(event, RunState):
-        return "run state in " + ", ".join(event.states)
-    return event.type
-
-
 def apply_cooldown(
     candidates: Iterable[Firing], last_fired: dict[int, datetime], cooldown: timedelta | None
 ) -> Iterator[Firing]:
@@ -125,7 +109,7 @@ def _finite_list(values: list[float] | None) -> list[float] | None:
 
 def metric_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Iterator[Firing]:
     event = automation.event
-    condition = describe_condition(automation)
+    condition = automation.event.describe()
     is_change = isinstance(event, RunMetricChange)
     for row in rows:
         yield Firing(
@@ -160,7 +144,7 @@ def event_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Ite
             tag=details.get("tag"),
             artifact_version_id=row["version_id"],
             details={
-                "metric_filter": describe_condition(automation),
+                "metric_filter": automation.event.describe(),
                 "event_author": row["author"],
                 **{k: v for k, v in details.items() if k in ("from", "to", "registry", "collection", "version_index")},
             },
