@@ -1,0 +1,73 @@
+"""A failing automation is logged with its name, marked failing, and skipped for that tick;
+the others keep running. A query that runs too long is cut by the statement timeout."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import engine
+from engine.evaluator import Evaluator
+from engine.rules.store import list_automations
+from engine.settings import get_settings
+from tests.integration.evaluation_helpers import apply_yaml, rule, triggers
+
+GOOD = rule("good", '{type: run_metric_threshold, metric: m, window: 1, operator: ">", threshold: 0}')
+BAD = rule("bad", '{type: run_metric_threshold, metric: m, window: 1, operator: "<", threshold: 0}')
+
+
+def _break(evaluator: Evaluator, name: str, sql: str) -> None:
+    """Replace one automation's compiled query (a test seam standing in for a query that fails)."""
+    evaluator._load(evaluator._connection())
+    (stored,) = [s for s in evaluator._automations if s.name == name]
+    compiled = evaluator.compiled(stored)
+    evaluator._compiled[(stored.id, stored.version)] = dataclasses.replace(compiled, sql=sql)
+
+
+def _log_one(value: float) -> None:
+    with engine.init(project="acme/vision", name="r", system_metrics_interval=0) as run:
+        run.log({"m": value})
+
+
+def test_a_failing_automation_is_isolated_and_visible(conn, database_url, caplog):
+    apply_yaml(conn, GOOD)
+    apply_yaml(conn, BAD)
+    _log_one(1.0)
+    evaluator = Evaluator(database_url)
+    try:
+        _break(evaluator, "bad", "SELECT 1 / 0")
+        with caplog.at_level(logging.ERROR, logger="engine.evaluator"):
+            result = evaluator.tick()
+    finally:
+        evaluator.close()
+    assert result.failed == ["bad"]
+    assert len(triggers(conn, "good")) == 1
+    assert any("'bad'" in r.getMessage() and "division by zero" in r.getMessage() for r in caplog.records)
+    rows = {r.name: r for r in list_automations(conn)}
+    assert "division by zero" in rows["bad"].last_error and rows["good"].last_error is None
+    # the failed automation's frontier did not move: fixed, it catches up on the same values
+    fixed = Evaluator(database_url)
+    try:
+        assert fixed.tick().failed == []
+    finally:
+        fixed.close()
+    assert {r.name: r for r in list_automations(conn)}["bad"].last_error is None
+
+
+def test_a_slow_query_is_cut_by_the_statement_timeout(conn, database_url, monkeypatch):
+    monkeypatch.setenv("ENGINE_STATEMENT_TIMEOUT_MS", "200")
+    get_settings.cache_clear()
+    apply_yaml(conn, GOOD)
+    apply_yaml(conn, BAD)
+    _log_one(1.0)
+    evaluator = Evaluator(database_url)
+    try:
+        _break(evaluator, "bad", "SELECT pg_sleep(30)")
+        started = time.monotonic()
+        result = evaluator.tick()
+        assert time.monotonic() - started < 10
+    finally:
+        evaluator.close()
+    assert result.failed == ["bad"] and len(triggers(conn, "good")) == 1
+    assert "statement_timeout" in {r.name: r for r in list_automations(conn)}["bad"].last_error
