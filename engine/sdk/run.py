@@ -245,18 +245,24 @@ class Run:
             self._finished = True
         _active.discard(self)
         deadline = _time.monotonic() + timeout
+        to_state = "finished" if exit_code == 0 else "failed"
+        transition = _transition_params(self.pk, ("running",), to_state, exit_code, self.user)
         try:
             if self._sampler is not None:
                 self._sampler.stop()
             error: EngineError | None = None
+            done = False
             try:
-                self._writer.flush(self._stream, timeout=timeout)
+                # the state change commits with the run's last points, when there are any
+                done, changed = self._writer.finish(self._stream, query("transition_run"), transition, timeout=timeout)
             except IngestError as exc:
                 self._writer.discard(self._stream)
                 error = exc
-            to_state = "finished" if exit_code == 0 else "failed"
             try:
-                self._change_state(("running",), to_state, exit_code, deadline)
+                if done:
+                    self.state = to_state if changed else self._stored_state()
+                else:
+                    self._change_state(transition, deadline)
             except DatabaseError as exc:
                 if error is None:
                     raise
@@ -266,20 +272,23 @@ class Run:
         finally:
             sessions.release(self._session)
 
-    def _change_state(self, from_states: tuple[str, ...], to_state: str, exit_code: int | None, deadline: float) -> None:
+    def _change_state(self, transition: dict[str, Any], deadline: float) -> None:
+        """The state change on its own, retried while the database is unreachable."""
         backoff = 0.1
         while True:
             try:
-                changed = self._session.execute(
-                    query("transition_run"), _transition_params(self.pk, from_states, to_state, exit_code, self.user)
-                )
-                self.state = to_state if changed else self._session.execute(query("run_state"), {"run_pk": self.pk})[0]
+                changed = self._session.execute(query("transition_run"), transition)
+                self.state = transition["to_state"] if changed else self._stored_state()
                 return
             except DatabaseUnavailable:
                 if _time.monotonic() + backoff > deadline:
                     raise
                 _time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _stored_state(self) -> str:
+        return self._session.execute(query("run_state"), {"run_pk": self.pk})[0]
+
     def __enter__(self) -> Run:
         return self
 

@@ -41,8 +41,11 @@ ORDINAL_BITS = 20
 MAX_BATCH_POINTS = 1 << ORDINAL_BITS  # ordinals of one flush must fit in the low 20 bits of seq
 # Binary COPY types, in the column order of the copy_* blocks in sql/queries/sdk.sql.
 COPY_TYPES = ("timestamptz", "int8", "int4", "int8", "int8", "float8")
+# Transaction control of a flush (see Writer._write).
+_BEGIN, _COMMIT, _ROLLBACK = "BEGIN", "COMMIT", "ROLLBACK"
 BACKOFF_START = 0.1
 BACKOFF_MAX = 10.0
+WARN_EVERY = 30.0  # seconds between warnings while the database stays unreachable
 
 Record = tuple[datetime, int, tuple[str, ...], tuple[float, ...]]
 
@@ -50,7 +53,8 @@ Record = tuple[datetime, int, tuple[str, ...], tuple[float, ...]]
 class Stream:
     """One run's buffered points. Only the Writer touches these fields, under its lock."""
 
-    __slots__ = ("run_pk", "label", "records", "system", "queued", "inflight", "step", "system_step")
+    __slots__ = ("run_pk", "label", "records", "system", "queued", "inflight", "step", "system_step", "closing",
+                 "closed")
 
     def __init__(self, run_pk: int, label: str, *, step: int = -1, system_step: int = -1):
         self.run_pk = run_pk
@@ -61,6 +65,10 @@ class Stream:
         self.system: list[Record] = []  # system_metrics, in sampling order
         self.queued = 0  # points buffered, not yet taken by a flush
         self.inflight = 0  # points in a flush that has not committed yet
+        # A statement to run in the transaction that stores the stream's last points (the
+        # run's final state change, see `finish`), and its first row once it ran.
+        self.closing: tuple[str, dict] | None = None
+        self.closed: tuple | None = None
 
     @property
     def unstored(self) -> int:
@@ -90,7 +98,8 @@ class Writer:
         self._key_ids: dict[str, int] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.last_error: EngineError | None = None
+        self.last_error: EngineError | None = None  # of the last flush; None once one succeeds
+        self._last_warning = 0.0
 
         self._q_copy = {False: query("copy_metric_points"), True: query("copy_system_metrics")}
         self._q_batch = query("next_ingest_batch")
@@ -202,9 +211,28 @@ class Writer:
                     f"{left} points {what}were not stored: {error}. Check that the database is reachable "
                     "(`engine db status`, ENGINE_DATABASE_URL)."
                 ) from error
-            log.warning("could not store logged points (%s); retrying in %.1f s", error, backoff)
+            self._warn(error)
             _time.sleep(backoff if remaining is None else min(backoff, remaining))
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def finish(self, stream: Stream, statement: str, params: dict, *, timeout: float | None = None) -> tuple[bool, tuple | None]:
+        """Store the stream's points and run `statement` in the transaction that stores the
+        last of them, so that they commit together (a run's last points and its final state).
+
+        Returns (True, its first row), or (False, None) when no flush could carry it (nothing
+        was buffered): the caller runs it on its own. Raises like `flush`.
+        """
+        with self._lock:
+            if not stream.unstored:
+                return False, None
+            stream.closing, stream.closed = (statement, params), None
+        try:
+            self.flush(stream, timeout=timeout)
+        finally:
+            with self._lock:
+                # still set: the last points were already in a flush when it was queued
+                pending, stream.closing = stream.closing, None
+        return (False, None) if pending is not None else (True, stream.closed)
 
     def discard(self, stream: Stream) -> int:
         """Drop a stream's buffered points (after `flush` gave up); returns how many."""
@@ -222,19 +250,25 @@ class Writer:
         with self._flush_lock:
             with self._lock:
                 batch, unknown = self._take(MAX_BATCH_POINTS)
+                # streams whose last points are in this batch carry their closing statement
+                closing = [(s, *s.closing) for s, _, _, _ in batch if s.closing is not None and not s.queued]
             if not batch:
                 return 0
             try:
-                new_ids = self._write(batch, unknown)
+                new_ids, closed = self._write(batch, unknown, closing)
             except BaseException as exc:
                 with self._lock:
                     self._put_back(batch)
                 if isinstance(exc, EngineError):
                     self.last_error = exc
                 raise
+            if self.last_error is not None:
+                log.warning("the database is reachable again: buffered points are being stored")
             with self._lock:
                 self._key_ids.update(new_ids)
                 self._unknown.difference_update(new_ids)
+                for stream, row in closed:
+                    stream.closing, stream.closed = None, row
                 total = 0
                 for stream, _, _, n in batch:
                     stream.inflight -= n
@@ -284,18 +318,31 @@ class Writer:
         self._inflight -= total
         self._queued += total
 
-    def _write(self, batch: list[tuple[Stream, list[Record], list[Record], int]], unknown: list[str]) -> dict[str, int]:
+    def _write(
+        self, batch: list[tuple[Stream, list[Record], list[Record], int]], unknown: list[str],
+        closing: list[tuple[Stream, str, dict]],
+    ) -> tuple[dict[str, int], list[tuple[Stream, tuple | None]]]:
+        """One transaction, in four round trips: BEGIN with the batch id (and new keys),
+        the COPYs, then the series upserts, NOTIFY, closing statements and COMMIT together.
+        (psycopg's transaction() would add two: COPY cannot run inside a pipeline, so the
+        transaction is opened and committed by hand around it.)"""
         conn = self._connection()
+        new_ids: dict[str, int] = {}
         try:
-            with boundary(), conn.transaction():
+            with boundary():
                 cur = conn.cursor()
+                batch_cur, keys_cur = conn.cursor(), conn.cursor()
+                with conn.pipeline():
+                    cur.execute(_BEGIN)
+                    if unknown:
+                        cur.execute(self._q_intern, {"keys": unknown})
+                        keys_cur.execute(self._q_key_ids, {"keys": unknown})
+                    batch_cur.execute(self._q_batch)
+                (batch_id,) = batch_cur.fetchone()
                 ids = self._key_ids
-                new_ids: dict[str, int] = {}
                 if unknown:
-                    cur.execute(self._q_intern, {"keys": unknown})
-                    new_ids = dict(cur.execute(self._q_key_ids, {"keys": unknown}).fetchall())
+                    new_ids = dict(keys_cur.fetchall())
                     ids = {**ids, **new_ids}
-                (batch_id,) = cur.execute(self._q_batch).fetchone()
                 seq = batch_id << ORDINAL_BITS
                 series: list[dict] = []
                 for system in (False, True):
@@ -305,42 +352,80 @@ class Writer:
                             copy.set_types(COPY_TYPES)
                             for run_pk, records in parts:
                                 seq = self._copy_run(copy.write_row, run_pk, records, ids, seq, series)
-                with conn.pipeline():  # the upserts and the NOTIFY in one round trip
+                closing_curs = [conn.cursor() for _ in closing]
+                with conn.pipeline():
                     if series:
                         cur.executemany(self._q_upsert, series)
                     cur.execute(self._q_notify, {"payload": ""})
-        except EngineError as exc:
+                    for c, (_, statement, params) in zip(closing_curs, closing):
+                        c.execute(statement, params)
+                    cur.execute(_COMMIT)
+                return new_ids, [(stream, c.fetchone()) for c, (stream, _, _) in zip(closing_curs, closing)]
+        except BaseException as exc:
+            self._abort(conn)
             if isinstance(exc, DatabaseUnavailable) or conn.broken or conn.closed:
                 self._close_connection()
             raise
-        return new_ids
+
+    def _abort(self, conn: psycopg.Connection) -> None:
+        if conn.closed or conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            return
+        try:
+            conn.execute(_ROLLBACK)
+        except psycopg.Error:
+            self._close_connection()
 
     def _copy_run(self, write, run_pk: int, records: list[Record], ids: dict[str, int], seq: int, series: list) -> int:
-        """COPY one run's records (the hot loop of a flush); add its series to `series`."""
-        finite: dict[int, list] = {}  # key id -> its rows with a finite value, in order
-        slots: dict[tuple[str, ...], tuple] = {}  # keys of a record -> (key ids, their `finite` lists)
-        for t, step, keys, values in records:
+        """COPY one run's records (the hot loop of a flush: one tuple and one write_row per
+        point); then add the run's series (finite counts and tails) to `series`."""
+        slots: dict[tuple[str, ...], list] = {}  # keys of a record -> [their key ids, records with them]
+        odd: list[Record] = []  # records with a NaN or an infinity (rare: counted apart)
+        for record in records:
+            t, step, keys, values = record
             slot = slots.get(keys)
             if slot is None:
-                kids = tuple(ids[k] for k in keys)
-                slot = slots[keys] = (kids, tuple(finite.setdefault(k, []) for k in kids))
-            for kid, rows, value in zip(*slot, values):
-                row = (t, run_pk, kid, step, seq, value)
-                write(row)
+                slot = slots[keys] = [tuple(ids[k] for k in keys), 0]
+            slot[1] += 1
+            for kid, value in zip(slot[0], values):
+                write((t, run_pk, kid, step, seq, value))
                 seq += 1
-                if value - value == 0.0:  # finite (inf - inf and NaN give NaN)
-                    rows.append(row)
-        tail = self.tail
-        for kid, rows in finite.items():
-            if rows:
-                last = rows[-tail:]
-                series.append({
-                    "key_id": kid, "run_pk": run_pk, "n_new": len(rows), "tail": tail,
-                    "steps": Int8Array.of([r[3] for r in last]),
-                    "times": TimestamptzArray.of([r[0] for r in last]),
-                    "values": Float8Array.of([r[5] for r in last]),
-                })
+            total = sum(values)
+            if total - total:  # not 0.0: a value is not finite (or the sum overflowed)
+                odd.append(record)
+        # finite values per series: every value of the records, less the non-finite ones
+        n_finite: dict[int, int] = {}
+        for kids, count in slots.values():
+            for kid in kids:
+                n_finite[kid] = n_finite.get(kid, 0) + count
+        for _, _, keys, values in odd:
+            for kid, value in zip(slots[keys][0], values):
+                if value - value != 0.0:  # NaN or an infinity
+                    n_finite[kid] -= 1
+        for kid, (steps, times, values) in self._tails(records, slots, n_finite).items():
+            series.append({
+                "key_id": kid, "run_pk": run_pk, "n_new": n_finite[kid], "tail": self.tail,
+                "steps": Int8Array.of(steps), "times": TimestamptzArray.of(times), "values": Float8Array.of(values),
+            })
         return seq
+
+    def _tails(
+        self, records: list[Record], slots: dict[tuple[str, ...], list], n_finite: dict[int, int]
+    ) -> dict[int, tuple[list, list, list]]:
+        """The last `tail` finite (step, time, value) of each series with finite values, oldest
+        first, read from the end of the records (so the hot loop keeps nothing per point)."""
+        tail = self.tail
+        found: dict[int, list] = {kid: [] for kid, n in n_finite.items() if n > 0}
+        open_series = len(found)
+        for t, step, keys, values in reversed(records):
+            for kid, value in zip(slots[keys][0], values):
+                got = found.get(kid)
+                if got is not None and len(got) < tail and value - value == 0.0:
+                    got.append((step, t, value))
+                    if len(got) == tail:
+                        open_series -= 1
+            if not open_series:
+                break
+        return {kid: tuple(list(column) for column in zip(*reversed(got))) for kid, got in found.items()}
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -358,6 +443,15 @@ class Writer:
             except psycopg.Error:
                 pass
             self._conn = None
+
+    def _warn(self, error: EngineError) -> None:
+        # one warning per WARN_EVERY seconds of an outage, whoever retries (thread or finish)
+        now = _time.monotonic()
+        if now - self._last_warning >= WARN_EVERY:
+            self._last_warning = now
+            with self._lock:
+                waiting = self._queued + self._inflight
+            log.warning("could not store %d logged points (%s); they stay buffered and are retried", waiting, error)
 
     # -- the background thread ----------------------------------------------------------
     def _loop(self) -> None:
@@ -380,7 +474,7 @@ class Writer:
                 failures = 0
             except EngineError as exc:
                 failures += 1
-                log.warning("could not store logged points (%s); they stay buffered and are retried", exc)
+                self._warn(exc)
             except Exception:  # never let the writer die: runs would block forever
                 failures += 1
                 log.exception("unexpected error while storing logged points; retrying")

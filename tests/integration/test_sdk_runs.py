@@ -174,3 +174,14 @@ def test_the_embedded_database_is_started_and_migrated_on_first_use(monkeypatch)
         engine.sdk.session.close_all()
         LocalDatabase(data_dir).destroy()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_the_last_points_commit_with_the_final_state(conn, database_url):
+    with engine.init(project="acme/vision", system_metrics_interval=0) as run:
+        for step in range(20):
+            run.log({"loss": 1.0 / (step + 1)})
+    finish = _state_events(conn, run.pk)[-1]
+    assert finish["details"]["to"] == "finished"
+    # the flush that stored the points also carried the state change: one transaction
+    assert same_transaction(conn, "metric_points", "run_pk", run.pk, finish["id"])
+    assert same_transaction(conn, "series_state", "run_pk", run.pk, finish["id"])
