@@ -56,8 +56,8 @@ from engine.settings import Settings
 log = logging.getLogger(__name__)
 
 LEASE_MARGIN_SECONDS = 30.0
-POLL_SECONDS = 1.0
-CONNECT_TIMEOUT_SECONDS = 10.0  # the wake thread looks for due deliveries at least this often
+POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
+CONNECT_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection longer means the database is down
 JOB_ID = "dispatch"
 
 

@@ -159,8 +159,8 @@ def _send_hop(
     if 200 <= status <= 299:
         return Attempt({}, http_status=status, response_body=text)
     reason = f"HTTP {status} {response.reason_phrase}".rstrip()
-    if response.is_redirect:
-        reason += " without a Location header"
+    if 300 <= status <= 399:
+        reason += " (not followed: no Location header, or not a redirect)"
     return Attempt(
         {},
         http_status=status,
