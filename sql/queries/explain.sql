@@ -1,0 +1,41 @@
+-- `engine explain TRIGGER_ID` (engine/explain.py): why a rule fired.
+
+-- name: explain_trigger
+-- The trigger, the rule as it was at the trigger's version (automation_versions keeps them
+-- all), and the labels the automation_history view already computes (run, project,
+-- artifact version, first delivery).
+SELECT t.id, t.fired_at, t.automation_id, a.name AS automation, t.automation_version,
+       coalesce(v.rule, a.rule) AS rule, t.event_type, t.cause, t.run_pk, t.event_id, t.metric,
+       t.step, t.value_time, t.value, t.window_values, t.prior_values, t.current_aggregate,
+       t.prior_aggregate, t.alias, t.tag, t.details,
+       h.entity, h.project, h.run_id, h.run_name, r.user_name, r.state AS run_state,
+       h.artifact_version, h.action_type, h.delivery_status, h.attempts, h.last_http_status
+FROM triggers t
+JOIN automations a ON a.id = t.automation_id
+JOIN automation_history h ON h.trigger_id = t.id
+LEFT JOIN automation_versions v ON v.automation_id = t.automation_id AND v.version = t.automation_version
+LEFT JOIN runs r ON r.id = t.run_pk
+WHERE t.id = %(trigger_id)s;
+
+-- name: explain_series
+-- One metric of one run: its finite values in logging order, numbered 1..n exactly as the
+-- evaluator numbers them (the <pos> of a trigger's cause). Only one branch reads rows:
+-- %(system)s picks system_metrics for `system/<key>` metrics (compiler.metric_table).
+-- The finiteness test is the compiler's (NaN compares above Infinity, so it is out too).
+SELECT row_number() OVER (ORDER BY s.seq) AS pos, s.step, s.time, s.value
+FROM (
+    SELECT m.seq, m.step, m.time, m.value FROM metric_points m
+    WHERE NOT %(system)s AND m.run_pk = %(run_pk)s AND m.key_id = %(key_id)s
+      AND m.value < 'Infinity'::double precision AND m.value > '-Infinity'::double precision
+    UNION ALL
+    SELECT m.seq, m.step, m.time, m.value FROM system_metrics m
+    WHERE %(system)s AND m.run_pk = %(run_pk)s AND m.key_id = %(key_id)s
+      AND m.value < 'Infinity'::double precision AND m.value > '-Infinity'::double precision
+) s
+ORDER BY s.seq;
+
+-- name: explain_event
+-- The event behind an event trigger ('event:<id>').
+SELECT e.id, e.type, e.time, e.author, e.details
+FROM events e
+WHERE e.id = %(event_id)s;
