@@ -300,8 +300,8 @@ class Dispatcher:
                     "started_at": attempt.started_at or now,
                     "duration_ms": attempt.duration_ms,
                     "http_status": attempt.http_status,
-                    "response_body": attempt.response_body,
-                    "error": attempt.error,
+                    "response_body": _storable(attempt.response_body),
+                    "error": _storable(attempt.error),
                     "request": Jsonb(attempt.request),
                 },
             )
@@ -312,7 +312,7 @@ class Dispatcher:
                     "attempt": claim.attempt,
                     "status": status,
                     "http_status": attempt.http_status,
-                    "error": error,
+                    "error": _storable(error),
                     "next_attempt_at": next_at,
                     "finished_at": finished_at,
                     "now": now,
@@ -332,3 +332,9 @@ class Dispatcher:
             f" ({error})" if error else "",
         )
         return status
+
+
+def _storable(text: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL: a receiver answering with binary must not make the
+    outcome unrecordable (the delivery would then be re-sent forever)."""
+    return text.replace("\x00", "\ufffd") if text else text

@@ -453,3 +453,13 @@ def test_bounded_stop_leaves_a_hung_delivery_to_be_sent_again(conn, database_url
         rx.release.set()
     assert [r.headers["X-Automation-Delivery"] for r in rx.requests] == [str(delivery_id)] * 2
     assert delivery(conn, delivery_id)["status"] == "succeeded"
+
+
+def test_a_binary_answer_is_stored(conn, dispatcher):
+    with Receiver(Reply(200, b"bin\x00ary\xff")) as rx:
+        action = webhook(rx.url())
+        automation = make_automation(conn, "binary", [action])
+        _, (delivery_id,) = fire(conn, automation, [action])
+        dispatcher.run_once()
+    assert delivery(conn, delivery_id)["status"] == "succeeded"
+    assert attempts(conn, delivery_id)[0]["response_body"] == "bin\ufffdary\ufffd"
