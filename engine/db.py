@@ -138,6 +138,10 @@ def migrate(conn: psycopg.Connection) -> list[str]:
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+            if not migrations():
+                raise SchemaNotReady(
+                    f"no migration files in {SQL_DIR / 'migrations'}: set ENGINE_SQL_DIR to the project's sql/ folder."
+                )
             for version, path in migrations():
                 if version in done:
                     continue

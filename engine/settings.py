@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     buffer_max_points: int = Field(
         5_000_000, ge=1, description="Points the SDK keeps in memory while the database is unreachable before run.log blocks."
     )
-    system_metrics_interval: float = Field(15.0, gt=0, description="Seconds between system metric samples (0 disables).")
+    system_metrics_interval: float = Field(15.0, ge=0, description="Seconds between system metric samples (0 disables).")
     series_tail: int = Field(
         128, ge=8, le=100_000, description="Finite values kept per series for live evaluation; longer windows read the hypertable."
     )

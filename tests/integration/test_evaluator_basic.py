@@ -76,6 +76,7 @@ def test_run_state_rules(conn, database_url):
             raise RuntimeError("boom")
     killed = engine.init(project="acme/vision", name="killed", system_metrics_interval=0)
     engine.Api().kill_run("acme/vision", killed.id)
+    killed.finish()  # the job itself ends after the kill: the run stays killed
     tick(database_url)
     assert sorted(t["run_id"] for t in triggers(conn, "on-start")) == sorted([ok.id, killed.id, _run_id(conn, "boom")])
     ended = triggers(conn, "on-end")

@@ -73,6 +73,7 @@ def test_several_automations_fire_on_one_event_and_killed_never(conn, database_u
         run.log_artifact("d", type="dataset")
     victim = engine.init(project="acme/vision", name="victim", system_metrics_interval=0)
     engine.Api().kill_run("acme/vision", victim.id)
+    victim.finish()  # the job itself ends after the kill: the run stays killed
     tick(database_url)
     assert len(triggers(conn, "a1")) == len(triggers(conn, "a2")) == 1
     to_states = [t["details"]["to"] for t in triggers(conn, "states")]
