@@ -14,7 +14,8 @@ ENGINE_DATABASE_URL when it is set):
   `write_row` — no runs, no events, no series_state.
 
 Both are timed run by run, alternating, from the first point to the commit (for the SDK: from
-`init` to the end of `finish`), and log the same precomputed values. The last line is JSON: {"sdk_rows_per_s", "copy_rows_per_s", "ratio"}.
+`init` to the end of `finish`), and log the same precomputed values. The last line is JSON:
+{"sdk_rows_per_s", "copy_rows_per_s", "ratio"}.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def fresh_databases(names: list[str]) -> Iterator[dict[str, str]]:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
             for n in names:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(f"bench_{n}_{suffix}")))
+                name = sql.Identifier(f"bench_{n}_{suffix}")
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
         if cluster is not None:
             cluster.destroy()
 

@@ -142,7 +142,8 @@ def create_version(
 
 
 def set_alias(
-    conn: psycopg.Connection, version_id: int, alias: str, *, author: str | None, at: datetime, run_pk: int | None = None
+    conn: psycopg.Connection, version_id: int, alias: str, *, author: str | None, at: datetime,
+    run_pk: int | None = None,
 ) -> bool:
     """Give `alias` to the version (moving it from another version). False: it had it already."""
     check_alias(alias)

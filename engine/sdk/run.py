@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import getpass
 import json
+import logging
 import secrets
 import string
 import sys
@@ -35,6 +36,8 @@ from engine.sdk.system import SamplerThread
 from engine.sdk.validate import check_key, check_name, check_step, check_time, parse_project, to_float
 from engine.sdk.writer import MAX_BATCH_POINTS, Stream
 from engine.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FINISH_TIMEOUT = 30.0
 EXIT_TIMEOUT = 3.0  # for all the runs a script leaves open, together
@@ -98,39 +101,42 @@ def init(
                 break
             run_id = None  # a generated id that exists already: draw another
         if created is not None:
-            run_pk, project_id = created
-            step, system_step = -1, -1
-            stored_name, stored_config, stored_tags = name or run_id, config or {}, tag_list or []
+            (run_pk, project_id), steps = created, (-1, -1)
+            stored = (name or run_id, config or {}, tag_list or [])
         elif not resume:
             raise ValueError(f"run {run_id!r} already exists in {project}: pass resume=True to continue it")
         else:
-            with session.transaction() as conn:
-                (project_id,) = conn.execute(
-                    query("upsert_project"), {"entity": entity, "project": project_name}
-                ).fetchone()
-                run_pk, state, stored_name, _, stored_config, stored_tags = conn.execute(
-                    query("lock_run"), {"project_id": project_id, "run_id": run_id}
-                ).fetchone()
-                conn.execute(
-                    query("update_run_attributes"),
-                    {"run_pk": run_pk, "name": name, "config": config_json, "tags": tag_list},
-                )
-                if state != "running":
-                    _transition(conn, run_pk, ("finished", "failed", "killed"), "running", None, user, at)
-                step, system_step = conn.execute(query("run_max_steps"), {"run_pk": run_pk}).fetchone()
-            stored_name = name or stored_name
-            stored_config = config if config is not None else stored_config
-            stored_tags = tag_list if tag_list is not None else stored_tags
+            project_id, run_pk, stored, steps = _resume(
+                session, entity, project_name, run_id, name, config_json, tag_list, user, at
+            )
     except BaseException:
         sessions.release(session)
         raise
     run = Run(
-        session, project=project, project_id=project_id, pk=run_pk, id=run_id, name=stored_name, user=user,
-        config=stored_config, tags=list(stored_tags), step=step, system_step=system_step,
+        session, project=project, project_id=project_id, pk=run_pk, id=run_id, name=stored[0], user=user,
+        config=stored[1], tags=list(stored[2]), step=steps[0], system_step=steps[1],
     )
     if interval > 0:
         run._start_sampler(interval)
     return run
+
+
+def _resume(
+    session: sessions.Session, entity: str, project_name: str, run_id: str, name: str | None,
+    config: Jsonb | None, tags: list[str] | None, user: str | None, at: datetime,
+) -> tuple[int, int, tuple[str, dict, list], tuple[int, int]]:
+    """Back to `running` (with its event) unless it runs; what was given replaces what was
+    stored. Returns project id, run pk, (name, config, tags), and the last (step, sample)."""
+    with session.transaction() as conn:
+        (project_id,) = conn.execute(query("upsert_project"), {"entity": entity, "project": project_name}).fetchone()
+        run_pk, state = conn.execute(query("lock_run"), {"project_id": project_id, "run_id": run_id}).fetchone()
+        stored = conn.execute(
+            query("update_run_attributes"), {"run_pk": run_pk, "name": name, "config": config, "tags": tags}
+        ).fetchone()
+        if state != "running":
+            _transition(conn, run_pk, ("finished", "failed", "killed"), "running", None, user, at)
+        steps = conn.execute(query("run_max_steps"), {"run_pk": run_pk}).fetchone()
+    return project_id, run_pk, stored, steps
 
 
 class Run:
@@ -188,8 +194,9 @@ class Run:
             if type(value) is not _FLOAT:
                 values = tuple(v if type(v) is _FLOAT else to_float(k, v) for k, v in zip(keys, values))
                 break
-        if keys == self._last_keys:
-            keys = self._last_keys  # one tuple object for every call with these keys
+        last = self._last_keys
+        if keys == last:
+            keys = last  # one tuple object for every call with these keys
         else:
             self._check_keys(keys)
         t = clock.now() if time is None else check_time(time)
@@ -323,8 +330,12 @@ class Run:
 
     # -- system metrics -------------------------------------------------------------------
     def _start_sampler(self, interval: float) -> None:
-        self._sampler = SamplerThread(self._log_system, interval)
-        self._sampler.start()
+        try:
+            self._sampler = SamplerThread(self._log_system, interval)
+            self._sampler.start()
+        except Exception:  # psutil cannot read this machine: the run goes on without samples
+            log.warning("system metrics are not available; the run is logged without them", exc_info=True)
+            self._sampler = None
 
 
 def _transition(
@@ -333,8 +344,8 @@ def _transition(
 ) -> bool:
     """One state change with its transition row and event; False when the run was not in
     one of `from_states` (nothing written)."""
-    row = conn.execute(query("transition_run"), _transition_params(run_pk, from_states, to_state, exit_code, author, at))
-    return row.fetchone() is not None
+    params = _transition_params(run_pk, from_states, to_state, exit_code, author, at)
+    return conn.execute(query("transition_run"), params).fetchone() is not None
 
 
 def _transition_params(

@@ -7,7 +7,6 @@ naming the offending key, before anything of the call is buffered.
 
 from __future__ import annotations
 
-import math
 import numbers
 import re
 from datetime import datetime
@@ -20,7 +19,6 @@ MAX_KEY_LENGTH = 256
 # `system/<name>` is what the sampler writes; `system.<name>` is the rules' synonym for it.
 SYSTEM_PREFIXES = ("system/", "system.")
 SYSTEM_PREFIX = "system/"
-RUN_STATES = ("running", "finished", "failed", "killed")
 
 
 def parse_project(project: str) -> tuple[str, str]:
@@ -58,7 +56,9 @@ def check_key(key: Any, *, system: bool = False) -> str:
     if _CONTROL.search(key):
         raise ValueError(f"metric key {key!r} must not contain control characters")
     if not system and key.startswith(SYSTEM_PREFIXES):
-        raise ValueError(f"metric key {key!r}: keys starting with 'system/' or 'system.' are reserved for system metrics")
+        raise ValueError(
+            f"metric key {key!r}: keys starting with 'system/' or 'system.' are reserved for system metrics"
+        )
     return key
 
 
@@ -86,10 +86,6 @@ def to_float(key: str, value: Any) -> float:
     )
 
 
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)
-
-
 def check_time(time: Any) -> datetime:
     """A point's timestamp: a timezone-aware datetime."""
     if not isinstance(time, datetime):
@@ -109,11 +105,3 @@ def check_step(step: Any) -> int:
     if step < 0:
         raise ValueError(f"step must be >= 0 (got {step})")
     return step
-
-
-def normalize_state(state: str) -> str:
-    """A run state as stored: `crashed` is a synonym of `failed`."""
-    state = "failed" if state == "crashed" else state
-    if state not in RUN_STATES:
-        raise ValueError(f"unknown run state {state!r} (one of {', '.join(RUN_STATES)}, or crashed)")
-    return state

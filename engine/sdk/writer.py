@@ -154,8 +154,8 @@ class Writer:
                 if not stream.queued:
                     self._dirty[stream] = None
                 stream.queued += n
-                self._queued += n
-                if self._queued >= self.flush_points:
+                queued = self._queued = self._queued + n
+                if queued >= self.flush_points:
                     self._wake.notify()
         return None
 
@@ -215,7 +215,9 @@ class Writer:
             _time.sleep(backoff if remaining is None else min(backoff, remaining))
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def finish(self, stream: Stream, statement: str, params: dict, *, timeout: float | None = None) -> tuple[bool, tuple | None]:
+    def finish(
+        self, stream: Stream, statement: str, params: dict, *, timeout: float | None = None
+    ) -> tuple[bool, tuple | None]:
         """Store the stream's points and run `statement` in the transaction that stores the
         last of them, so that they commit together (a run's last points and its final state).
 

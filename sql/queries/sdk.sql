@@ -33,7 +33,7 @@ RETURNING run_pk, project_id;
 
 -- name: lock_run
 -- The run of a project by its id, locked for a state change.
-SELECT r.id, r.state, r.name, r.user_name, r.config, r.tags
+SELECT r.id, r.state
 FROM runs r
 WHERE r.project_id = %(project_id)s AND r.run_id = %(run_id)s
 FOR UPDATE;
@@ -52,7 +52,8 @@ UPDATE runs SET
     name   = coalesce(%(name)s, name),
     config = coalesce(%(config)s, config),
     tags   = coalesce(%(tags)s, tags)
-WHERE id = %(run_pk)s;
+WHERE id = %(run_pk)s
+RETURNING name, config, tags;
 
 -- name: run_max_steps
 -- Where a resumed run's step counters continue (-1: nothing logged yet).
@@ -139,7 +140,8 @@ SELECT v.id, p.entity, p.name, c.name, c.type, v.version_index, v.digest, v.meta
 FROM artifact_versions v
 JOIN artifact_collections c ON c.id = v.collection_id
 JOIN projects p ON p.id = c.project_id
-WHERE p.entity = %(entity)s AND p.name = %(project)s AND c.name = %(collection)s AND v.version_index = %(version_index)s;
+WHERE p.entity = %(entity)s AND p.name = %(project)s AND c.name = %(collection)s
+  AND v.version_index = %(version_index)s;
 
 -- name: version_by_alias
 SELECT v.id, p.entity, p.name, c.name, c.type, v.version_index, v.digest, v.metadata, c.project_id, c.id
@@ -272,11 +274,13 @@ WITH l AS (
 ), up AS (
     INSERT INTO registry_aliases AS a (registry_collection_id, alias, link_id, updated_at)
     SELECT registry_collection_id, %(alias)s, id, %(at)s FROM l
-    ON CONFLICT (registry_collection_id, alias) DO UPDATE SET link_id = EXCLUDED.link_id, updated_at = EXCLUDED.updated_at
+    ON CONFLICT (registry_collection_id, alias) DO UPDATE
+        SET link_id = EXCLUDED.link_id, updated_at = EXCLUDED.updated_at
     WHERE a.link_id <> EXCLUDED.link_id
     RETURNING link_id
 )
-INSERT INTO events (time, type, author, collection_id, version_id, registry_id, registry_collection_id, link_id, details)
+INSERT INTO events (time, type, author, collection_id, version_id, registry_id, registry_collection_id, link_id,
+                    details)
 SELECT %(at)s, 'artifact_alias_added', %(author)s, l.collection_id, l.version_id, l.registry_id,
        l.registry_collection_id, l.id,
        jsonb_build_object('alias', %(alias)s::text, 'registry', l.registry, 'collection', l.collection,

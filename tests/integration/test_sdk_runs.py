@@ -48,7 +48,8 @@ def test_a_new_run_is_a_transition_into_running(conn, database_url):
     [event] = _state_events(conn, run.pk)
     assert event["details"] == {"from": None, "to": "running"}
     assert (event["author"], event["project_id"], event["time"]) == ("alice", run.project_id, T0)
-    assert conn.execute("SELECT entity, name FROM projects WHERE id = %s", (run.project_id,)).fetchone() == ("acme", "vision")
+    project = conn.execute("SELECT entity, name FROM projects WHERE id = %s", (run.project_id,)).fetchone()
+    assert project == ("acme", "vision")
     assert same_transaction(conn, "runs", "id", run.pk, event["id"])
     assert same_transaction(conn, "run_transitions", "run_pk", run.pk, event["id"])
     run.finish()
@@ -185,3 +186,14 @@ def test_the_last_points_commit_with_the_final_state(conn, database_url):
     # the flush that stored the points also carried the state change: one transaction
     assert same_transaction(conn, "metric_points", "run_pk", run.pk, finish["id"])
     assert same_transaction(conn, "series_state", "run_pk", run.pk, finish["id"])
+
+
+def test_api_apply_hands_rules_to_the_rules_engine(conn, database_url):
+    rule = (
+        "name: failed-runs\n"
+        "scope: {project: acme/vision}\n"
+        "event: {type: run_state, states: [crashed]}\n"
+        "action: {type: no_op}\n"
+    )
+    assert engine.Api().apply(rule) == [("failed-runs", "created")]
+    assert engine.Api().apply(rule) == [("failed-runs", "unchanged")]

@@ -16,7 +16,6 @@ from engine.sdk.validate import (
     check_name,
     check_step,
     check_time,
-    normalize_state,
     parse_project,
     to_float,
 )
@@ -94,7 +93,9 @@ def test_valid_projects(project):
     assert f"{entity}/{name}" == project
 
 
-@pytest.mark.parametrize("project", ["acme", "acme/", "/vision", "a/b/c", "acme/vi sion", f"{'e' * 129}/p", "acme/vïsion"])
+@pytest.mark.parametrize(
+    "project", ["acme", "acme/", "/vision", "a/b/c", "acme/vi sion", f"{'e' * 129}/p", "acme/vïsion"]
+)
 def test_invalid_projects(project):
     with pytest.raises(ValueError, match="entity/project"):
         parse_project(project)
@@ -118,13 +119,6 @@ def test_steps():
     for bad in (1.0, True, "3", None):
         with pytest.raises(TypeError):
             check_step(bad)
-
-
-def test_crashed_is_failed():
-    assert normalize_state("crashed") == "failed"
-    assert normalize_state("killed") == "killed"
-    with pytest.raises(ValueError):
-        normalize_state("paused")
 
 
 def test_names_and_aliases():
@@ -158,3 +152,17 @@ def test_series_tails_are_packed_as_binary_arrays():
     t = datetime(2000, 1, 1, 0, 0, 1, 5, tzinfo=timezone.utc)
     assert _decode_array(TimestamptzArray.of([t]), "q") == (1184, [1_000_005])
     assert _decode_array(Int8Array.of([]), "q") == (20, [])
+
+
+def test_every_query_the_sdk_names_exists():
+    import re
+    from pathlib import Path
+
+    import engine.sdk
+    from engine.db import query_names
+
+    used = set()
+    for path in Path(engine.sdk.__file__).parent.glob("*.py"):
+        used |= set(re.findall(r'query\("(\w+)"\)', path.read_text()))
+    assert {"create_run", "transition_run", "upsert_series", "notify_ingest", "set_artifact_alias"} <= used
+    assert used <= query_names()
