@@ -246,17 +246,15 @@ def _over(func: exp.Expression, spec: exp.WindowSpec) -> exp.Window:
     )
 
 
+# The columns every value carries from `vals` into the window step.
+_VALUE_COLUMNS = tuple(_c(name, "v") for name in ("run_pk", "key_id", "first_pos", "pos", "step", "time", "value"))
+
+
 def _threshold_windows(event: RunMetricThreshold, params: dict[str, Any]) -> tuple[exp.Select, exp.Expression]:
     params |= {"window": event.window, "window_preceding": event.window - 1, "span": event.window}
     spec = _window(_p("window_preceding"))
     win = exp.select(
-        _c("run_pk", "v"),
-        _c("key_id", "v"),
-        _c("first_pos", "v"),
-        _c("pos", "v"),
-        _c("step", "v"),
-        _c("time", "v"),
-        _c("value", "v"),
+        *_VALUE_COLUMNS,
         _over(exp.func(event.aggregation, _c("value", "v")), spec).as_("aggregate"),
         _over(exp.func("array_agg", _c("value", "v")), spec).as_("window_values"),
         exp.Null().as_("prior_aggregate"),
@@ -279,13 +277,7 @@ def _change_windows(event: RunMetricChange, params: dict[str, Any]) -> tuple[exp
     prior = _window(_p("span_preceding"), end=_p("current_window"), end_side="PRECEDING")
     agg = event.aggregation
     win = exp.select(
-        _c("run_pk", "v"),
-        _c("key_id", "v"),
-        _c("first_pos", "v"),
-        _c("pos", "v"),
-        _c("step", "v"),
-        _c("time", "v"),
-        _c("value", "v"),
+        *_VALUE_COLUMNS,
         _over(exp.func(agg, _c("value", "v")), current).as_("current_aggregate"),
         _over(exp.func("array_agg", _c("value", "v")), current).as_("window_values"),
         _over(exp.func(agg, _c("value", "v")), prior).as_("prior_aggregate"),
