@@ -44,20 +44,37 @@ def translate(exc: BaseException) -> EngineError:
     state = getattr(exc, "sqlstate", None) or ""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, psycopg.OperationalError) and not state or state.startswith("08") or state in ("57P01", "57P02", "57P03"):
-        return DatabaseUnavailable(
-            f"no database reachable ({text}). Start the embedded one with `engine db up`, "
-            "or set ENGINE_DATABASE_URL to a running TimescaleDB."
-        )
+        return DatabaseUnavailable(f"no database reachable ({text}). {_where_hint()}")
     if state == "57014":
         return QueryTimeout(f"query cancelled by statement_timeout ({text})")
     if state in ("42P01", "42883", "3F000") and "timescaledb" not in text:
         return SchemaNotReady(f"the database schema is missing or old ({text}): run `engine db migrate`.")
-    if "timescaledb" in text.lower() and ("preload" in text.lower() or "not available" in text.lower() or state == "0A000"):
+    lowered = text.lower()
+    if "timescaledb" in lowered and "preload" in lowered:
         return ExtensionMissing(
-            f"TimescaleDB is not available ({text}). Install it (`scripts/setup`) and add "
-            "shared_preload_libraries = 'timescaledb' to postgresql.conf, then restart PostgreSQL."
+            f"TimescaleDB is installed but not preloaded ({text}): add shared_preload_libraries = 'timescaledb' "
+            "to postgresql.conf and restart PostgreSQL."
         )
+    if "timescaledb" in lowered and ("not available" in lowered or state in ("0A000", "58P01")):
+        return ExtensionMissing(f"TimescaleDB is not installed in this PostgreSQL ({text}). {_NOT_INSTALLED_FIX}")
     return DatabaseError(text)
+
+
+_NOT_INSTALLED_FIX = (
+    "Install it with `scripts/setup`, or point ENGINE_DATABASE_URL at a TimescaleDB "
+    "(for example `docker compose up -d db`)."
+)
+
+
+def _where_hint() -> str:
+    """The fix for an unreachable database depends on which database the engine was told to use."""
+    try:
+        configured = get_settings().database_url
+    except Exception:  # invalid settings are reported elsewhere; do not hide this error behind them
+        configured = None
+    if configured:
+        return "ENGINE_DATABASE_URL is set: check that this server runs and the URL is right, or unset it to use the embedded database."
+    return "Start the embedded one with `engine db up` (see `engine db status`), or set ENGINE_DATABASE_URL to a running TimescaleDB."
 
 
 @contextlib.contextmanager
@@ -158,12 +175,12 @@ def migrate(conn: psycopg.Connection) -> list[str]:
                 for view in sorted((SQL_DIR / "views").glob("*.sql")):
                     conn.execute(view.read_text())
         except pgerrors.UndefinedFile as exc:
-            raise ExtensionMissing(
-                "TimescaleDB is not installed for this PostgreSQL: run `scripts/setup` "
-                "(or use a TimescaleDB image)."
-            ) from exc
+            raise ExtensionMissing(f"TimescaleDB is not installed in this PostgreSQL. {_NOT_INSTALLED_FIX}") from exc
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+            # A FATAL error (TimescaleDB not preloaded ends the session) already released the
+            # lock with the session; unlocking then would hide the real error.
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied_now
 
 
