@@ -526,7 +526,7 @@ def render_png(expl: Explanation, path: str | Path) -> Path:
     for window, (x0, x1) in expl.spans():
         colour = _WINDOW_COLORS[window.name]
         ax.axvspan(x0, x1, color=colour, alpha=0.15, lw=0, label=window.label())
-        ax.plot(window.steps, window.values, "o", color=colour, ms=5, zorder=3)
+        ax.plot(window.steps, window.values, "o", color=colour, ms=5 if len(window.points) <= 30 else 3, zorder=3)
         if window.aggregate is not None:
             ax.hlines(window.aggregate, x0, x1, colors=colour, lw=2.5, zorder=4, label=expl.aggregate_label(window))
     if expl.threshold is not None:

@@ -127,6 +127,23 @@ def test_the_rule_is_the_one_at_the_triggers_version(conn, database_url):
     run.finish()
 
 
+def test_values_deleted_after_firing_are_reported_not_invented(conn, database_url):
+    apply_yaml(conn, ACCURACY)
+    run = engine.init(project="acme/vision", name="r", system_metrics_interval=0)
+    _log(run, "accuracy", [0.9, 0.8, 0.7])
+    run.finish()
+    tick(database_url)
+    (fired,) = triggers(conn)
+    conn.execute("DELETE FROM metric_points WHERE run_pk = %s", (run.pk,))
+    expl = explain_data(conn, fired["id"])
+    assert expl.series == () and expl.fired_point is None
+    assert expl.warnings == ("no finite value of accuracy is stored for this run any more",)
+    text = render_terminal(expl)
+    assert text == "\n".join(expl.lines())  # nothing to draw
+    assert "window #1–#3: 0.9, 0.8, 0.7" in text  # the values the trigger recorded
+    assert "warning: no finite value of accuracy is stored for this run any more" in text
+
+
 def test_system_metric_trigger(conn, database_url, tmp_path):
     apply_yaml(conn, rule("threads", '{type: run_metric_threshold, metric: system/proc.cpu.threads, window: 2,'
                                      ' operator: ">=", threshold: 1}'))
