@@ -126,17 +126,15 @@ class CopyPath:
     def __init__(self, url: str, data: list[dict[str, float]]):
         self.conn = psycopg.connect(url)
         self.data = data
-        self.key_ids = {}
-        for key in METRICS:
-            self.conn.execute("INSERT INTO metric_keys (key) VALUES (%s) ON CONFLICT DO NOTHING", (key,))
-            self.key_ids[key] = self.conn.execute("SELECT id FROM metric_keys WHERE key = %s", (key,)).fetchone()[0]
+        self.conn.execute(db.query("intern_keys"), {"keys": list(METRICS)})
+        self.key_ids = dict(self.conn.execute(db.query("key_ids"), {"keys": list(METRICS)}).fetchall())
         self.conn.commit()
 
     def run(self, r: int) -> float:
         conn, key_ids, run_pk = self.conn, self.key_ids, r + 1
         start = time.perf_counter()
         with conn.transaction():
-            (batch,) = conn.execute("SELECT nextval('ingest_batch_seq')").fetchone()
+            (batch,) = conn.execute(db.query("next_ingest_batch")).fetchone()
             seq = batch << ORDINAL_BITS
             with conn.cursor().copy(db.query("copy_metric_points")) as copy:
                 copy.set_types(COPY_TYPES)
@@ -167,6 +165,7 @@ def main() -> None:
     data = payloads(steps)
     total = args.runs * steps * len(METRICS)
     print(f"{total:,} points: {args.runs} runs x {len(METRICS)} metrics x {steps} steps", flush=True)
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
 
     with fresh_databases(["sdk", "copy"]) as urls:
         paths = {"sdk": SdkPath(urls["sdk"], data), "copy": CopyPath(urls["copy"], data)}
@@ -183,6 +182,7 @@ def main() -> None:
                 raise SystemExit(f"{which}: {stored} points stored, expected {total}")
             print(f"{which:>4}: {timings[which]:7.2f} s  {total / timings[which]:12,.0f} rows/s", flush=True)
 
+    print("load average after:  {:.2f} {:.2f} {:.2f} (other processes slow both paths)".format(*os.getloadavg()))
     sdk_rate, copy_rate = total / timings["sdk"], total / timings["copy"]
     print(f"ratio sdk/copy: {sdk_rate / copy_rate:.3f} (target >= 0.8)")
     print(json.dumps({"sdk_rows_per_s": round(sdk_rate), "copy_rows_per_s": round(copy_rate),

@@ -15,6 +15,7 @@ import atexit
 import getpass
 import json
 import logging
+import os
 import secrets
 import string
 import sys
@@ -163,6 +164,7 @@ class Run:
         self._sampler: SamplerThread | None = None
         self._finished = False
         self._finish_lock = threading.Lock()
+        self._pid = os.getpid()
         _active.add(self)
 
     def __repr__(self) -> str:
@@ -402,6 +404,8 @@ def _finish_open_runs() -> None:
     exit_code = 1 if _uncaught else 0
     deadline = _time.monotonic() + EXIT_TIMEOUT
     for run in list(_active):
+        if run._pid != os.getpid():
+            continue  # inherited through fork(): the parent process finishes it
         try:
             run.finish(exit_code, timeout=max(0.0, deadline - _time.monotonic()))
         except Exception as exc:  # at exit there is nobody left to raise to

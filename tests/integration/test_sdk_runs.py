@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -197,3 +200,22 @@ def test_api_apply_hands_rules_to_the_rules_engine(conn, database_url):
     )
     assert engine.Api().apply(rule) == [("failed-runs", "created")]
     assert engine.Api().apply(rule) == [("failed-runs", "unchanged")]
+
+
+@pytest.mark.parametrize(
+    ("ending", "state"), [("", "finished"), ("raise SystemExit(0)", "finished"), ("1 / 0", "failed")]
+)
+def test_a_script_that_never_calls_finish(conn, database_url, ending, state):
+    """At exit, open runs are finished (failed when the script died of an exception)."""
+    script = (
+        "import engine\n"
+        "run = engine.init(project='acme/vision', id='script', system_metrics_interval=0)\n"
+        "run.log({'loss': 0.5})\n"
+        f"{ending}\n"
+    )
+    env = {**os.environ, "ENGINE_DATABASE_URL": database_url}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == (1 if state == "failed" else 0), done.stderr
+    row = conn.execute("SELECT id, state FROM runs WHERE run_id = 'script'").fetchone()
+    assert row[1] == state
+    assert conn.execute("SELECT count(*) FROM metric_points WHERE run_pk = %s", (row[0],)).fetchone()[0] == 1
