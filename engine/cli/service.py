@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -19,12 +20,13 @@ from engine.evaluator import backtest, parse_since
 from engine.rules import load_rules
 from engine.settings import get_settings
 
-console = Console()
+# Piped output (scripts, tests) gets a wide table instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def serve(
     interval: Optional[float] = typer.Option(
-        None, "--interval", help="Seconds between ticks [env ENGINE_INTERVAL, default 5]."
+        None, "--interval", help="Seconds between ticks (env ENGINE_INTERVAL, default 5)."
     ),
 ) -> None:
     """Run the evaluation service until SIGINT/SIGTERM."""
@@ -64,7 +66,7 @@ def history(
 
 @rules_app.command("compile")
 def compile_command(
-    paths: list[Path] = typer.Argument(None, help="Rule files or folders [default: ENGINE_RULES_PATH]."),
+    paths: list[Path] = typer.Argument(None, help="Rule files or folders (default: ENGINE_RULES_PATH)."),
     mode: str = typer.Option("live", "--mode", help="live (incremental) or history (backtest)."),
 ) -> None:
     """Print the SQL each rule compiles to, with its bound parameters."""
@@ -77,7 +79,7 @@ def compile_command(
 
 @rules_app.command("test")
 def test_command(
-    paths: list[Path] = typer.Argument(None, help="Rule files or folders [default: ENGINE_RULES_PATH]."),
+    paths: list[Path] = typer.Argument(None, help="Rule files or folders (default: ENGINE_RULES_PATH)."),
     since: str = typer.Option("7d", "--since", help="How far back: 7d, 12h, 30m, or an ISO time."),
 ) -> None:
     """Backtest: what the rules would have fired over stored history. Sends and writes nothing."""

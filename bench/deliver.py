@@ -1,0 +1,226 @@
+"""Delivery benchmark: from `run.log` + flush to the webhook request, and sustained throughput.
+
+    python bench/deliver.py                  # 100 latency samples, 2,000 deliveries
+    python bench/deliver.py --samples 30 --deliveries 500
+
+A fresh database, a local receiver on 127.0.0.1 (a ThreadingHTTPServer answering at once),
+and `engine serve`'s Service in this process with a 5 s interval — so the latency measured is
+the NOTIFY-woken path (flush -> evaluate -> trigger -> dispatcher woken -> POST), not polling.
+
+1. Latency: each sample logs one value that fires a window-1 threshold rule on its own run and
+   flushes; the time until the receiver has the request is one sample (p50, p99). While it
+   runs, a background thread keeps other runs logging. Baseline measured in the same run: a
+   direct httpx POST to the same receiver (what the network part alone costs).
+2. Throughput: the receiver answers 500 to 10 % of requests (chosen at random: the retries
+   land on other draws), a rule fires on every value of `--deliveries` values, and we time
+   until every delivery has succeeded. Baseline: the same number of direct POSTs through 8
+   threads (the dispatcher's default worker count).
+
+The last line is JSON: {"latency_p50_ms", "latency_p99_ms", "deliveries_per_s", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import random
+import sys
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.support.dataset import fresh_database  # noqa: E402
+from engine import clock  # noqa: E402
+from engine.rules import parse_rules_text  # noqa: E402
+from engine.rules.store import apply_rules  # noqa: E402
+from engine.settings import Settings, get_settings  # noqa: E402
+
+
+class Receiver:
+    """Records when each request arrived, keyed by the run name in the payload."""
+
+    def __init__(self, fail_ratio: float = 0.0):
+        self.arrived: dict[str, float] = {}
+        self.succeeded: set[str] = set()
+        self.fail_ratio = fail_ratio
+        self.rng = random.Random(3)
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                now = time.perf_counter()
+                key = json.loads(body).get("run", "") if body else ""
+                with receiver.lock:
+                    fail = receiver.rng.random() < receiver.fail_ratio
+                    receiver.arrived.setdefault(key, now)
+                    if not fail:
+                        receiver.succeeded.add(self.headers.get("X-Automation-Delivery", key))
+                self.send_response(500 if fail else 200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def rule(name: str, metric: str, url: str) -> str:
+    return (
+        f"name: {name}\nscope: {{project: bench/deliver}}\n"
+        f'event: {{type: run_metric_threshold, metric: {metric}, window: 1, operator: ">", threshold: 0.5}}\n'
+        f"cooldown: 1m\n"
+        f'action: {{type: webhook, url: "{url}", payload: {{run: "${{run_name}}", value: "${{metric_value}}"}}, '
+        f"max_attempts: 20}}\n"
+    )
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def direct_posts(url: str, count: int, workers: int) -> float:
+    """Baseline: seconds for `count` POSTs through `workers` threads."""
+    with httpx.Client() as client:
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda i: client.post(url, json={"run": f"direct-{i}"}), range(count)))
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--deliveries", type=int, default=2000)
+    args = parser.parse_args()
+
+    os.environ["ENGINE_WEBHOOK_ALLOW_HOSTS"] = "127.0.0.1"
+    os.environ["ENGINE_RETRY_BASE_SECONDS"] = "0.05"
+    import engine
+    from engine.scheduler import Service
+
+    with fresh_database("deliver") as url:
+        os.environ["ENGINE_DATABASE_URL"] = url
+        get_settings.cache_clear()
+        settings = Settings()
+        fast, flaky = Receiver(), Receiver(fail_ratio=0.10)
+        with psycopg.connect(url) as conn:
+            apply_rules(conn, [r.automation for r in parse_rules_text(rule("latency", "hit", fast.url))])
+            apply_rules(conn, [r.automation for r in parse_rules_text(rule("throughput", "load", flaky.url))])
+            conn.commit()
+        service = Service(settings, interval=5.0, url=url)
+        service.start()
+        stop_noise = threading.Event()
+
+        def noise() -> None:  # other runs keep logging while we measure
+            with engine.init(project="bench/deliver", name="noise", system_metrics_interval=0) as run:
+                step = 0
+                while not stop_noise.is_set():
+                    run.log({"other": random.random()}, step=step)
+                    step += 1
+                    if step % 50 == 0:
+                        run.flush()
+                    time.sleep(0.002)
+
+        noisy = threading.Thread(target=noise, daemon=True)
+        noisy.start()
+        try:
+            # -- 1. latency ---------------------------------------------------------------
+            samples: list[float] = []
+            for i in range(args.samples):
+                name = f"lat-{i}"
+                run = engine.init(project="bench/deliver", name=name, system_metrics_interval=0)
+                started = time.perf_counter()
+                run.log({"hit": 1.0}, step=0)
+                run.flush()
+                deadline = started + 10
+                while name not in fast.arrived and time.perf_counter() < deadline:
+                    time.sleep(0.0005)
+                if name in fast.arrived:
+                    samples.append((fast.arrived[name] - started) * 1000)
+                run.finish()
+            with httpx.Client() as client:
+                direct = []
+                for i in range(50):
+                    t = time.perf_counter()
+                    client.post(fast.url, json={"run": f"baseline-{i}"})
+                    direct.append((time.perf_counter() - t) * 1000)
+            p50, p99 = quantile(samples, 0.5), quantile(samples, 0.99)
+            print(f"latency run.log+flush -> webhook received: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+                  f"({len(samples)}/{args.samples} samples); direct POST p50 {quantile(direct, 0.5):.2f} ms")
+
+            # -- 2. throughput with 10 % failures -------------------------------------------
+            started = time.perf_counter()
+            per_run = 100
+            for r in range(0, args.deliveries, per_run):
+                with engine.init(project="bench/deliver", name=f"load-{r}", system_metrics_interval=0) as run:
+                    for s in range(min(per_run, args.deliveries - r)):
+                        # hours apart in value time, so the 1 m cooldown never hides one
+                        run.log({"load": 1.0}, step=s, time=clock.now() + s * timedelta(hours=1))
+            with psycopg.connect(url, autocommit=True) as conn:
+                while True:
+                    done, total = conn.execute(
+                        "SELECT count(*) FILTER (WHERE d.status = 'succeeded'), count(*) FROM deliveries d "
+                        "JOIN automations a ON a.id = d.automation_id WHERE a.name = 'throughput'"
+                    ).fetchone()
+                    if total >= args.deliveries and done == total:
+                        break
+                    if time.perf_counter() - started > 600:
+                        raise SystemExit(f"throughput: only {done}/{total} delivered after 600 s")
+                    time.sleep(0.05)
+                spans = conn.execute(
+                    "SELECT min(t.fired_at), max(t.fired_at), min(d.finished_at), max(d.finished_at) FROM triggers t "
+                    "JOIN deliveries d ON d.trigger_id = t.id JOIN automations a ON a.id = t.automation_id "
+                    "WHERE a.name = 'throughput'"
+                ).fetchone()
+                print(f"  triggers fired over {(spans[1] - spans[0]).total_seconds():.2f} s; "
+                      f"deliveries finished over {(spans[3] - spans[2]).total_seconds():.2f} s, "
+                      f"the last {(spans[3] - spans[1]).total_seconds():.2f} s after the last trigger")
+                failed_attempts = conn.execute(
+                    "SELECT count(*) FROM delivery_attempts WHERE http_status = 500"
+                ).fetchone()[0]
+            elapsed = time.perf_counter() - started
+            rate = args.deliveries / elapsed
+            baseline_s = direct_posts(fast.url, args.deliveries, settings.delivery_workers)
+            baseline_rate = args.deliveries / baseline_s
+            print(f"throughput: {args.deliveries} deliveries ({failed_attempts} attempts answered 500) in {elapsed:.1f} s "
+                  f"= {rate:.0f}/s, from run.log to the last success; direct POSTs: {baseline_rate:.0f}/s "
+                  f"(ratio {rate / baseline_rate:.2f})")
+        finally:
+            stop_noise.set()
+            noisy.join(5)
+            service.stop()
+            fast.close()
+            flaky.close()
+    print(json.dumps({
+        "latency_p50_ms": round(p50, 2),
+        "latency_p99_ms": round(p99, 2),
+        "deliveries_per_s": round(rate, 1),
+        "direct_post_p50_ms": round(quantile(direct, 0.5), 3),
+        "direct_posts_per_s": round(baseline_rate, 1),
+        "ratio_vs_direct": round(rate / baseline_rate, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
