@@ -34,6 +34,7 @@ def serve(
 
     settings = get_settings()
     logging.getLogger().setLevel(settings.log_level.upper())
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one INFO line per job run is noise
     with enginedb.connect() as conn:
         enginedb.ensure_schema(conn)
     Service(settings, interval=interval).run_forever()
