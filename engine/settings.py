@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         "", description="Comma-separated hosts, addresses or CIDR ranges that webhooks may reach although private."
     )
     delivery_workers: int = Field(8, ge=1, le=256, description="Concurrent deliveries per `engine serve`.")
+    delivery_lease_margin: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds added to a claimed delivery's lease (beyond its timeouts): a delivery whose sender died "
+        "mid-request is sent again once the lease expires.",
+    )
     retry_base_seconds: float = Field(
         1.0, gt=0, description="First retry delay of a failed delivery; it doubles per attempt (with jitter) up to 5 minutes."
     )

@@ -55,7 +55,7 @@ from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LEASE_MARGIN_SECONDS = 30.0
+LEASE_MARGIN_SECONDS = Settings.model_fields["delivery_lease_margin"].default  # the default lease margin
 POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
 CONNECT_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection longer means the database is down
 JOB_ID = "dispatch"
@@ -231,7 +231,7 @@ class Dispatcher:
             "now": clock.now(),
             "limit": limit,
             "only_id": str(only) if only else None,
-            "lease_margin": LEASE_MARGIN_SECONDS,
+            "lease_margin": self.settings.delivery_lease_margin,
             "lease_hops": float(MAX_REDIRECTS + 1),
             "default_timeout": DEFAULT_TIMEOUT,
         }
