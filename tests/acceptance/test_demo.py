@@ -1,54 +1,92 @@
-"""`engine demo` as `make demo` runs it, in a subprocess, here against a fresh test database
-(ENGINE_DATABASE_URL) so that it needs no cluster of its own."""
+"""`engine demo` as `make demo` runs it, in a subprocess, twice, against a fresh test database
+(ENGINE_DATABASE_URL): every example rule fires, every delivery arrives, the story ends in
+under a minute, and the second run tells the same story in a project of its own."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
 
+from engine.demo.rules import EXPECTED, PREFIX
+from engine.rules import load_rules
+
 ENGINE = Path(sys.executable).parent / "engine"
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def _demo(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ENGINE_DATABASE_URL": database_url}
-    return subprocess.run([str(ENGINE), "demo", *args], env=env, capture_output=True, text=True, timeout=120)
+def _demo(database_url: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    env = {**os.environ, "ENGINE_DATABASE_URL": database_url, "COLUMNS": "160"}
+    started = time.monotonic()
+    done = subprocess.run([str(ENGINE), "demo"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return done, time.monotonic() - started
 
 
-def test_demo_stores_a_finished_run_and_shows_it(database_url: str, conn: psycopg.Connection) -> None:
-    first = _demo(database_url, "--steps", "10")
-    assert first.returncode == 0, first.stderr
-    assert "schema up to date" in first.stdout  # the test database is already migrated
-    for table in ("runs", "metric_points", "events"):
-        assert table in first.stdout
-
-    second = _demo(database_url, "--steps", "10")  # running it twice works: a new run each time
-    assert second.returncode == 0, second.stderr
-
-    runs = conn.execute("SELECT id, state, exit_code FROM runs ORDER BY id").fetchall()
-    assert [(state, code) for _, state, code in runs] == [("finished", 0), ("finished", 0)]
-    run_pk = runs[0][0]
-    counts = dict(conn.execute(
-        "SELECT k.key, count(*) FROM metric_points m JOIN metric_keys k ON k.id = m.key_id"
-        " WHERE m.run_pk = %s GROUP BY k.key", (run_pk,)
-    ).fetchall())
-    assert counts == {"loss": 10, "accuracy": 10}
-    transitions = conn.execute(
-        "SELECT details->>'from', details->>'to' FROM events WHERE run_pk = %s AND type = 'run_state' ORDER BY id", (run_pk,)
+def _fired(conn: psycopg.Connection, project: str) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT automation, count(*) FROM automation_history WHERE entity = 'acme' AND project = %s GROUP BY automation",
+        (project,),
     ).fetchall()
-    assert transitions == [(None, "running"), ("running", "finished")]
-    # the per-series state the evaluator reads is written with the points
-    tails = dict(conn.execute(
-        "SELECT k.key, s.n_finite FROM series_state s JOIN metric_keys k ON k.id = s.key_id"
-        " WHERE s.run_pk = %s AND k.key NOT LIKE 'system/%%'", (run_pk,)
+    return dict(rows)
+
+
+def test_demo_tells_the_whole_story_twice(database_url: str, conn: psycopg.Connection) -> None:
+    examples = {loaded.automation.name for loaded in load_rules([ROOT / "rules"])}
+    assert examples == set(EXPECTED)  # the demo knows what each example rule should do
+
+    projects = []
+    for attempt in (1, 2):
+        done, seconds = _demo(database_url)
+        assert done.returncode == 0, f"demo {attempt} failed:\n{done.stdout}\n{done.stderr}"
+        assert seconds < 60, f"demo {attempt} took {seconds:.1f} s"
+        assert "Traceback" not in done.stderr
+        project = re.search(r"scoped to project acme/(vision-demo-[0-9-]+)", done.stdout).group(1)
+        projects.append(project)
+        for section in ("trigger history (automation_history)", "deliveries received by the local receiver",
+                        "Look for yourself", "FROM automation_history"):
+            assert section in done.stdout
+        assert "✓ valid" in done.stdout  # the signed accuracy webhooks were verified by the receiver
+        assert "✗ invalid" not in done.stdout
+
+        fired = _fired(conn, project)
+        for name, expected in EXPECTED.items():
+            assert fired.get(PREFIX + name, 0) >= expected.at_least, (name, fired, done.stdout)
+        # the SQL the demo prints runs as printed (with psql's quoting left to the shell)
+        sql = re.search(r'-c "(SELECT .*? ORDER BY trigger_id)"', done.stdout).group(1)
+        assert len(conn.execute(sql).fetchall()) == sum(fired.values())
+    assert projects[0] != projects[1]
+
+    # every delivery of both demos arrived (the no_op one is recorded as skipped, never sent)
+    statuses = conn.execute(
+        "SELECT a.name, d.status, count(*) FROM deliveries d JOIN automations a ON a.id = d.automation_id"
+        " GROUP BY a.name, d.status ORDER BY 1, 2"
+    ).fetchall()
+    assert {(name, status) for name, status, _ in statuses} == {
+        (PREFIX + name, "skipped" if name == "europe-tag" else "succeeded") for name in EXPECTED
+    }
+
+    # the story itself: states of the runs, and what never fires
+    states = dict(conn.execute(
+        "SELECT r.name, r.state FROM runs r JOIN projects p ON p.id = r.project_id WHERE p.name = %s", (projects[1],)
     ).fetchall())
-    assert tails == {"loss": 10, "accuracy": 10}
-    # the demo samples system metrics every 0.2 s during its 0.5 s of "training"
-    samples = conn.execute(
-        "SELECT count(*) FROM system_metrics m JOIN metric_keys k ON k.id = m.key_id"
-        " WHERE m.run_pk = %s AND k.key = 'system/cpu'", (run_pk,)
+    assert states["resnet-bad-aug"] == "failed" and states["resnet-long"] == "killed"
+    assert sum(1 for s in states.values() if s == "finished") == 6
+    killed_triggers = conn.execute(
+        "SELECT count(*) FROM triggers t JOIN runs r ON r.id = t.run_pk WHERE r.name = 'resnet-long'"
+        " AND t.event_type = 'run_state'"
     ).fetchone()[0]
-    assert samples >= 1
+    assert killed_triggers == 0
+    change = conn.execute(
+        "SELECT h.run_name, h.value, t.prior_aggregate, t.current_aggregate FROM automation_history h"
+        " JOIN triggers t ON t.id = h.trigger_id WHERE h.automation = 'demo.loss-down-25pct' AND h.project = %s",
+        (projects[1],),
+    ).fetchone()
+    assert change[0] == "finetune-plateau" and change[1] <= -0.25 and change[3] < change[2]
+    # the demo's automations are left disabled, so they never react to the user's own runs
+    enabled = conn.execute("SELECT count(*) FROM automations WHERE enabled").fetchone()[0]
+    assert enabled == 0
