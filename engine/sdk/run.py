@@ -12,6 +12,7 @@ one statement (sql/queries/sdk.sql). Points go through the process's Writer (wri
 from __future__ import annotations
 
 import atexit
+import functools
 import getpass
 import json
 import logging
@@ -89,7 +90,7 @@ def init(
         run_id = id
         while True:
             if run_id is None:
-                run_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+                run_id = _new_run_id()
             # the common case, a new run: one statement, no explicit transaction
             created = session.execute(
                 query("create_run"),
@@ -360,6 +361,13 @@ def _transition_params(
     }
 
 
+def _new_run_id() -> str:
+    """8 random characters of [a-z0-9] (41 bits, as W&B's run ids)."""
+    n = secrets.randbits(41)
+    return "".join(_ID_ALPHABET[(n // 36**i) % 36] for i in range(8))
+
+
+@functools.cache
 def _login_name() -> str | None:
     try:
         return getpass.getuser()
