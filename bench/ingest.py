@@ -170,17 +170,21 @@ def main() -> None:
     with fresh_databases(["sdk", "copy"]) as urls:
         paths = {"sdk": SdkPath(urls["sdk"], data), "copy": CopyPath(urls["copy"], data)}
         timings = {"sdk": 0.0, "copy": 0.0}
+        cpu = {"sdk": 0.0, "copy": 0.0}  # this process's CPU: where the SDK's own cost shows
         # Run by run, alternating the two paths (and who goes first), so that both see the
         # same machine: other load, cache and chunk state drift over a minute-long run.
         for r in range(args.runs):
             for which in ("sdk", "copy") if r % 2 else ("copy", "sdk"):
+                before = time.process_time()
                 timings[which] += paths[which].run(r)
+                cpu[which] += time.process_time() - before
         for which, path in paths.items():
             path.close()
             stored = count_points(urls[which])
             if stored != total:
                 raise SystemExit(f"{which}: {stored} points stored, expected {total}")
-            print(f"{which:>4}: {timings[which]:7.2f} s  {total / timings[which]:12,.0f} rows/s", flush=True)
+            print(f"{which:>4}: {timings[which]:7.2f} s  {total / timings[which]:12,.0f} rows/s"
+                  f"  (client CPU {cpu[which]:.2f} s)", flush=True)
 
     print("load average after:  {:.2f} {:.2f} {:.2f} (other processes slow both paths)".format(*os.getloadavg()))
     sdk_rate, copy_rate = total / timings["sdk"], total / timings["copy"]
