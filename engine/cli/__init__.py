@@ -11,7 +11,12 @@ from engine.exceptions import EngineError
 
 app = typer.Typer(
     name="engine",
-    help="Automation engine for ML experiment tracking on TimescaleDB.",
+    help=(
+        "Automation engine for ML experiment tracking on TimescaleDB: runs logged with the Python SDK, "
+        "YAML rules that watch them, webhooks and Slack messages when a rule fires.\n\n"
+        "Start with `engine demo`. Every command uses ENGINE_DATABASE_URL, or the embedded database "
+        "under ENGINE_DATA_DIR (default ./.engine) when it is unset. Each command has --help."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine import db as enginedb
-from engine.exceptions import RuleValidationError
+from engine.exceptions import ConfigurationError, RuleValidationError
 from engine.rules import lint, load_rules, store
 from engine.rules.loader import LoadedRule
 from engine.settings import get_settings
@@ -35,8 +35,18 @@ PathsArg = Annotated[
 NameArg = Annotated[str, typer.Argument(help="Automation name.")]
 
 
-def _paths(paths: list[Path] | None) -> list[Path]:
-    return list(paths) if paths else [get_settings().rules_path]
+def rule_paths(paths: list[Path] | None) -> list[Path]:
+    """The paths given, or ENGINE_RULES_PATH; a missing default folder is explained (it is
+    relative to the current folder, so running from elsewhere is the usual cause)."""
+    if paths:
+        return list(paths)
+    default = get_settings().rules_path
+    if not default.exists():
+        raise ConfigurationError(
+            f"no rule files given and the default folder {default}/ does not exist in {Path.cwd()}: "
+            "pass rule files or folders, or set ENGINE_RULES_PATH."
+        )
+    return [default]
 
 
 @contextlib.contextmanager
@@ -80,9 +90,9 @@ def validate(
     """Check rule files; print every error (exit 1) or `ok: N rules in M files`. Warnings never fail."""
     if check_db:
         with _connection() as conn:
-            rules = _load(_paths(paths), conn)
+            rules = _load(rule_paths(paths), conn)
     else:
-        rules = _load(_paths(paths))
+        rules = _load(rule_paths(paths))
     _report_lint(rules)
     files = len({rule.file for rule in rules})
     console.print(f"ok: {len(rules)} rule{'s' if len(rules) != 1 else ''} in {files} file{'s' if files != 1 else ''}")
@@ -95,7 +105,7 @@ def apply(
 ) -> None:
     """Create or update automations by name (says created / updated / unchanged / deleted)."""
     with _connection() as conn:
-        rules = _load(_paths(paths), conn)
+        rules = _load(rule_paths(paths), conn)
         _report_lint(rules)
         try:
             results = store.apply_rules(

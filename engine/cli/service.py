@@ -14,7 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from engine import db as enginedb
-from engine.cli.rules import rules_app
+from engine.cli.rules import rule_paths, rules_app
 from engine.compiler import compile_rule
 from engine.evaluator import backtest, parse_since
 from engine.rules import load_rules
@@ -71,7 +71,7 @@ def compile_command(
     mode: str = typer.Option("live", "--mode", help="live (incremental) or history (backtest)."),
 ) -> None:
     """Print the SQL each rule compiles to, with its bound parameters."""
-    for loaded in load_rules(paths or [get_settings().rules_path]):
+    for loaded in load_rules(rule_paths(paths)):
         compiled = compile_rule(loaded.automation, "history" if mode == "history" else "live")
         console.rule(f"{compiled.automation} ({compiled.kind}, {compiled.mode})")
         console.print(Syntax(compiled.pretty(), "sql", word_wrap=True))
@@ -87,7 +87,7 @@ def test_command(
     start = parse_since(since)
     with enginedb.connect() as conn:
         enginedb.ensure_schema(conn)
-        loaded = load_rules(paths or [get_settings().rules_path], conn=conn)
+        loaded = load_rules(rule_paths(paths), conn=conn)
         for item in loaded:
             firings = backtest(conn, item.automation, start)
             labels = {}
