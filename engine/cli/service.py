@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 import sys
 from pathlib import Path
 from typing import Optional
@@ -49,7 +50,7 @@ def history(
     with enginedb.connect() as conn, enginedb.boundary():
         rows = conn.execute(
             enginedb.query("history"),
-            {"automation": automation, "since": parse_since(since) if since else None, "limit": limit},
+            {"automation": automation, "since": _since(since) if since else None, "limit": limit},
         ).fetchall()
     table = Table("id", "fired at", "automation", "event", "run", "metric", "value", "step", "alias/tag/version", "delivery")
     for r in rows:
@@ -84,7 +85,7 @@ def test_command(
     since: str = typer.Option("7d", "--since", help="How far back: 7d, 12h, 30m, or an ISO time."),
 ) -> None:
     """Backtest: what the rules would have fired over stored history. Sends and writes nothing."""
-    start = parse_since(since)
+    start = _since(since)
     with enginedb.connect() as conn:
         enginedb.ensure_schema(conn)
         loaded = load_rules(rule_paths(paths), conn=conn)
@@ -104,6 +105,14 @@ def test_command(
                     f.alias or f.tag or "",
                 )
             console.print(table)
+
+
+def _since(text: str) -> datetime:
+    """--since as a usage error (not a traceback) when it cannot be read."""
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc} (write 7d, 12h, 30m, or an ISO time with a timezone)", param_hint="--since") from None
 
 
 def register(app: typer.Typer) -> None:
