@@ -261,6 +261,10 @@ class Evaluator:
                 raise
             except (EngineError, psycopg.Error) as exc:
                 error = translate(exc) if isinstance(exc, psycopg.Error) else exc
+                if isinstance(error, DatabaseUnavailable):
+                    # the database went away mid-tick: an outage (the service backs off and
+                    # logs it), not a failure of this automation nor of the ones after it
+                    raise error from exc
                 log.error("automation %r failed and is skipped this tick: %s", stored.name, error)
                 result.failed.append(stored.name)
                 self._record_failure(conn, stored.id, str(error))
