@@ -77,6 +77,8 @@ def template_problems(value: Any, loc: Loc, secret_names: frozenset[str]) -> lis
                 problems.append((loc, _unknown_variable(name, secret_names)))
         if "\x00" in value:
             problems.append((loc, "must not contain NUL characters"))
+        if any("\ud800" <= ch <= "\udfff" for ch in value):  # pydantic refuses these in str fields only
+            problems.append((loc, "must be valid Unicode text (no unpaired surrogates)"))
     elif isinstance(value, float) and not math.isfinite(value):
         problems.append((loc, "numbers must be finite (JSON has no NaN or infinity)"))
     elif isinstance(value, dict):

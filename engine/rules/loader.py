@@ -65,7 +65,8 @@ def load_rules(paths: Iterable[str | Path], conn: psycopg.Connection | None = No
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            loader.issue(display, None, "", f"not UTF-8 text (byte {exc.start})")
+            line = raw.count(b"\n", 0, exc.start) + 1
+            loader.issue(display, line, "", f"not UTF-8 text (byte {exc.start})")
             continue
         loader.parse(text, display)
     return loader.finish(conn)
@@ -146,10 +147,12 @@ class _Loader:
                 node = loader.get_node()
                 if node is not None:
                     yield node
+        except _TooDeep as exc:
+            self.issue(file, exc.line, exc.field, f"nested more than {MAX_DEPTH} levels deep")
         except yaml.YAMLError as exc:
             # the parser cannot resynchronise after an error: the rest of the file is lost
             self.issue(file, _error_line(exc, text), "", f"YAML syntax error: {_yaml_problem(exc)}")
-        except RecursionError:
+        except RecursionError:  # _Composer bounds the depth; this is only a last resort
             self.issue(file, None, "", "YAML nested too deeply")
         finally:
             if loader is not None:
@@ -158,10 +161,10 @@ class _Loader:
     def _validate(self, root: Node, file: str) -> None:
         line = root.start_mark.line + 1
         converter = _Converter()
-        data = converter.value(root, 0)
+        data = converter.value(root, ())
         if converter.problems:
-            for node, message in converter.problems:
-                self.issue(file, node.start_mark.line + 1, "", message)
+            for node, path, message in converter.problems:
+                self.issue(file, node.start_mark.line + 1, _field_path(path), message)
             return
         if data is None or data == "":
             return  # an empty document (a comment, or `---` at the end)
@@ -171,7 +174,8 @@ class _Loader:
         try:
             automation = Automation.model_validate(data)
         except ValidationError as exc:
-            for error in exc.errors(include_url=False, include_input=False):
+            # inputs are read by _explain only to word a message, never quoted (secrets)
+            for error in exc.errors(include_url=False):
                 loc, message = _explain(error)
                 where, field = locate(root, loc)
                 self.issue(file, where, field, message)
@@ -207,84 +211,146 @@ class _AliasNode(ScalarNode):
     """Stands where a YAML alias (`*name`) was written."""
 
 
+class _TooDeep(yaml.YAMLError):
+    """Nesting beyond MAX_DEPTH, found while composing (before Python's recursion limit)."""
+
+    def __init__(self, line: int, field: str):
+        super().__init__(f"line {line}: nested more than {MAX_DEPTH} levels deep")
+        self.line, self.field = line, field
+
+
 class _Composer(yaml.SafeLoader):
     """PyYAML's safe loader, composing only, with every alias replaced by an _AliasNode.
 
     A rule has no use for aliases, and not expanding them rules out "billion laughs"
-    documents and cycles; the node keeps the alias's own line for the error.
+    documents and cycles; the node keeps the alias's own line for the error. Composing is
+    recursive, so nesting is bounded here, where the line of the too-deep node is known.
     """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._path: list[Any] = []
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         if self.check_event(yaml.AliasEvent):
             event = self.get_event()
             return _AliasNode(_TAG + "null", "", event.start_mark, event.end_mark)
-        return super().compose_node(parent, index)
+        if parent is not None:
+            self._path.append(index.value if isinstance(index, ScalarNode) else index)
+        try:
+            if len(self._path) > MAX_DEPTH:
+                # the field is the top-level key it happens under: the full path is 64 levels long
+                raise _TooDeep(self.peek_event().start_mark.line + 1, _field_path(self._path[:1]))
+            return super().compose_node(parent, index)
+        finally:
+            if parent is not None:
+                self._path.pop()
 
 
 class _Converter:
-    """Composed YAML → dicts, lists and scalars, refusing what a rule file has no use for."""
+    """Composed YAML → dicts, lists and scalars, refusing what a rule file has no use for.
+
+    Each problem keeps its node (for the line) and its path from the document's root
+    (for the field): a key problem names the mapping holding the key.
+    """
 
     def __init__(self) -> None:
-        self.problems: list[tuple[Node, str]] = []
+        self.problems: list[tuple[Node, tuple[Any, ...], str]] = []
         self.constructor = SafeConstructor()
 
-    def value(self, node: Node, depth: int) -> Any:
+    def problem(self, node: Node, path: tuple[Any, ...], message: str) -> None:
+        self.problems.append((node, path, message))
+
+    def value(self, node: Node, path: tuple[Any, ...]) -> Any:
         if isinstance(node, _AliasNode):
-            self.problems.append((node, "YAML aliases (*name) are not supported: write the value out"))
+            self.problem(node, path, "YAML aliases (*name) are not supported: write the value out")
             return None
-        if depth > MAX_DEPTH:
-            self.problems.append((node, f"nested more than {MAX_DEPTH} levels deep"))
+        if len(path) > MAX_DEPTH:  # _Composer stops deeper documents; kept for other callers
+            self.problem(node, path, f"nested more than {MAX_DEPTH} levels deep")
             return None
         if isinstance(node, MappingNode):
-            return self.mapping(node, depth)
+            return self.mapping(node, path)
         if isinstance(node, SequenceNode):
             if node.tag != _TAG + "seq":
-                return self.unsupported(node)
-            return [self.value(item, depth + 1) for item in node.value]
-        return self.scalar(node)
+                return self.unsupported(node, path)
+            return [self.value(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self.scalar(node, path)
 
-    def mapping(self, node: MappingNode, depth: int) -> dict[str, Any] | None:
+    def mapping(self, node: MappingNode, path: tuple[Any, ...]) -> dict[str, Any] | None:
         if node.tag != _TAG + "map":
-            return self.unsupported(node)
+            return self.unsupported(node, path)
         result: dict[str, Any] = {}
         lines: dict[str, int] = {}
         for key_node, value_node in node.value:
             if key_node.tag == _TAG + "merge":
-                self.problems.append((key_node, "YAML merge keys (<<) are not supported"))
+                self.problem(key_node, path, "YAML merge keys (<<) are not supported")
                 continue
-            key = self.scalar(key_node) if isinstance(key_node, ScalarNode) else None
+            key = self.scalar(key_node, path) if isinstance(key_node, ScalarNode) else None
             if not isinstance(key, str):
+                if isinstance(key_node, _AliasNode):
+                    continue  # scalar() reported it
                 if isinstance(key_node, ScalarNode):
-                    message = f"key {key_node.value!r} is read as {type(key).__name__}: quote it"
+                    message = f"key {_shorten(key_node.value)!r} is read as {type(key).__name__}: quote it"
                 else:
                     message = "keys must be plain text, not a mapping or a list"
-                self.problems.append((key_node, message))
+                self.problem(key_node, path, message)
+                continue
+            if not key.strip():
+                self.problem(key_node, path, "a key must not be empty: write the key's name")
                 continue
             if key in result:
-                self.problems.append((key_node, f"duplicate key {key!r} (first at line {lines[key]})"))
+                self.problem(key_node, path, f"duplicate key {_shorten(key)!r} (first at line {lines[key]})")
                 continue
             lines[key] = key_node.start_mark.line + 1
-            result[key] = self.value(value_node, depth + 1)
+            result[key] = self.value(value_node, (*path, key))
         return result
 
-    def scalar(self, node: Node) -> Any:
+    def scalar(self, node: Node, path: tuple[Any, ...]) -> Any:
         if isinstance(node, _AliasNode):
-            return self.value(node, 0)
+            return self.value(node, path)
         if not isinstance(node, ScalarNode):
-            return self.unsupported(node)
+            return self.unsupported(node, path)
         if node.tag in _KEEP_TEXT_TAGS:
-            return node.value
+            return self.text(node, path, node.value)
         if node.tag not in _SCALAR_TAGS:
-            return self.unsupported(node)
+            return self.unsupported(node, path)
         try:
-            return self.constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, OverflowError):
-            self.problems.append((node, f"cannot read {node.value!r} as {_short_tag(node.tag)}"))
+            value = self.constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError, LookupError):
+            # PyYAML's constructors trust the resolver's regexes: an explicit tag on text that
+            # does not fit raises ValueError (`!!int x`, also an int of more digits than
+            # Python converts), IndexError (`!!int ""`) or KeyError (`!!bool null`).
+            self.problem(node, path, f"cannot read {_shorten(node.value)!r} as {_short_tag(node.tag)}")
+            return None
+        return self.text(node, path, value) if isinstance(value, str) else value
+
+    def text(self, node: Node, path: tuple[Any, ...], value: str) -> str | None:
+        # YAML's "\u" escapes are UTF-16 code units, as in JSON: a copied "\ud83d\ude00" is
+        # one emoji, joined here. Half a pair alone is no character: no UTF-8 text (hence no
+        # JSON, no database row) can hold it, so such a rule could load but never be stored.
+        if not any("\ud800" <= ch <= "\udfff" for ch in value):
+            return value
+        units = value.encode("utf-16-le", "surrogatepass")
+        try:
+            return units.decode("utf-16-le")
+        except UnicodeDecodeError as exc:
+            bad = int.from_bytes(units[exc.start : exc.start + 2], "little")
+            self.problem(node, path, f"\\u{bad:04x} is half of a UTF-16 surrogate pair, not a character")
             return None
 
-    def unsupported(self, node: Node) -> None:
-        self.problems.append((node, f"unsupported YAML tag {_short_tag(node.tag)}"))
+    def unsupported(self, node: Node, path: tuple[Any, ...]) -> None:
+        self.problem(node, path, f"unsupported YAML tag {_shorten(_short_tag(node.tag))}")
         return None
+
+
+def _field_path(path: Iterable[Any]) -> str:
+    """("action", "headers", "X") → "action.headers.X"; list positions as [i]."""
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[")
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """A value quoted in a message: enough to find it, never the whole of a huge one."""
+    return text if len(text) <= limit else f"{text[: limit - 10]}…({len(text)} characters)"
 
 
 def _short_tag(tag: str) -> str:
@@ -383,7 +449,7 @@ def _explain(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
         expected = _EXPECTED_TYPES.get(str(loc[-1]) if loc else "", ())
         return (*loc, "type"), "field required" + (f": one of {', '.join(expected)}" if expected else "")
     if kind == "union_tag_invalid":
-        return (*loc, "type"), f"unknown type {ctx.get('tag')!r}: must be one of {ctx.get('expected_tags')}"
+        return (*loc, "type"), f"unknown type {_shorten(str(ctx.get('tag')))!r}: must be one of {ctx.get('expected_tags')}"
     if kind == "literal_error":
         return loc, f"must be {ctx.get('expected')}"
     bounds = {"greater_than_equal": "≥ {ge}", "greater_than": "> {gt}", "less_than_equal": "≤ {le}", "less_than": "< {lt}"}
@@ -395,6 +461,8 @@ def _explain(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
         return loc, "must not be empty" if minimum == 1 else f"must have at least {minimum} characters"
     if kind in ("string_too_long", "too_long"):
         return loc, f"is too long (at most {ctx.get('max_length')})"
+    if kind == "float_type" and isinstance(error.get("input"), int) and not isinstance(error.get("input"), bool):
+        return loc, "is too large for a number (at most about 1.8e308)"
     plain = {
         "int_type": "must be a whole number",
         "int_parsing": "must be a whole number",
@@ -403,6 +471,7 @@ def _explain(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
         "float_parsing": "must be a number",
         "finite_number": "must be a finite number",
         "string_type": "must be text (quote it if YAML reads it as a number, date or boolean)",
+        "string_unicode": "must be valid Unicode text (no unpaired surrogates)",
         "bool_type": "must be true or false",
         "bool_parsing": "must be true or false",
         "list_type": "must be a list",

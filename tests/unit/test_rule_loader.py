@@ -237,8 +237,8 @@ def test_not_a_mapping_aliases_and_python_tags_are_refused():
     text = "- a list\n---\nname: &n r\ndescription: *n\n---\nname: !!python/object/apply:os.system [echo]\n---\n? [a, b]\n: c\n"
     assert issues_of(text) == [
         "rules/x.yaml:1: a rule must be a mapping of keys (name:, scope:, event:, action:)",
-        "rules/x.yaml:4: YAML aliases (*name) are not supported: write the value out",
-        "rules/x.yaml:6: unsupported YAML tag !!python/object/apply:os.system",
+        "rules/x.yaml:4: description: YAML aliases (*name) are not supported: write the value out",
+        "rules/x.yaml:6: name: unsupported YAML tag !!python/object/apply:os.system",
         "rules/x.yaml:8: keys must be plain text, not a mapping or a list",
     ]
 
@@ -246,7 +246,7 @@ def test_not_a_mapping_aliases_and_python_tags_are_refused():
 def test_duplicate_keys_and_non_text_keys():
     assert issues_of(GOOD + "name: again\n") == ["rules/x.yaml:11: duplicate key 'name' (first at line 1)"]
     assert issues_of(GOOD.replace("action:\n  type: no_op", "action:\n  type: webhook\n  url: https://x.example\n  headers: {200: ok}")) == [
-        "rules/x.yaml:12: key '200' is read as int: quote it"
+        "rules/x.yaml:12: action.headers: key '200' is read as int: quote it"
     ]
 
 
