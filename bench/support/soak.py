@@ -359,7 +359,8 @@ class Soak:
         self._burst_estimate = burst_s
         ended, ended_at = time.monotonic(), datetime.now(timezone.utc)
         # the history is complete now: what must have fired is known once and for all
-        self.expected |= reference(self.conn, self.rules, values_since, events_since)
+        # (a new set: each round's observation keeps the reference set of its own time)
+        self.expected = self.expected | reference(self.conn, self.rules, values_since, events_since)
         settle_s = None
         while True:
             obs = observe(self.conn, self.expected, self.receiver)
