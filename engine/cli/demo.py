@@ -6,6 +6,7 @@ look at it yourself. The parts live in engine/demo/ (receiver, rules, scenario).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -145,6 +146,10 @@ def demo(
 
         from engine.scheduler import Service  # imported late: APScheduler is not needed by other commands
 
+        # With a 0.5 s interval and a wake-up per SDK flush, APScheduler often finds the
+        # previous tick still running and says so at WARNING: benign, and noise over the table.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
         service = Service(settings, interval=EVALUATE_EVERY, url=url)
         service.start()
         scenario = Scenario(project)
@@ -157,11 +162,12 @@ def demo(
         if service is not None:
             service.stop()
         receiver.stop()
+        if service is not None:
+            # Also after Ctrl-C: left enabled, demo.model-registry-link would react to your own
+            # registry links, posting to a receiver that is gone.
+            _disable(url, names)
 
     with enginedb.connect(url) as conn, enginedb.boundary():
-        for name in names:
-            store.disable(conn, name)
-        conn.commit()
         _report(conn, names, after, receiver, project, started)
     problems = []
     if scenario.error is not None:
@@ -184,6 +190,16 @@ def demo(
         for problem in problems:
             console.print(f"[red]problem:[/] {escape(problem)}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _disable(url: str, names: list[str]) -> None:
+    try:
+        with enginedb.connect(url) as conn, enginedb.boundary():
+            for name in names:
+                store.disable(conn, name)
+            conn.commit()
+    except EngineError as exc:  # the database went away: say so, without hiding the first error
+        console.print(f"[yellow]could not disable the demo's automations: {escape(str(exc))}[/]", soft_wrap=True)
 
 
 def _with_threshold(automation: Any, threshold: float) -> Any:

@@ -162,3 +162,11 @@ def test_rule_examples_are_valid_rules(path: Path) -> None:
     for block in examples:
         loaded = parse_rules_text(block.body, file=f"{path.name}:{block.line}")
         assert len(loaded) == 1
+
+
+def test_readme_lists_every_template_variable() -> None:
+    from engine.actions.templates import VARIABLES
+
+    section = README.read_text().split("\n## Actions\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`([A-Za-z_]+)`", section.split("The variables:", 1)[1].split("A variable that", 1)[0]))
+    assert set(VARIABLES) <= listed
