@@ -9,6 +9,8 @@
   carrying secrets are dropped when a redirect leaves the original origin.
 * The response body is read raw (we ask for `Accept-Encoding: identity`, so no
   decompression bomb) and only up to RESPONSE_BODY_LIMIT bytes: a 10 MB answer is not held.
+* `timeout` bounds the whole attempt, every hop and byte of it (`deadline.py`): a receiver
+  dripping its answer one byte at a time cannot hold a worker past it.
 * Environment proxies are ignored (`trust_env=False`): a proxy would resolve the name itself
   and defeat the address check.
 
@@ -29,6 +31,7 @@ import httpx
 
 from engine import __version__, clock
 from engine.actions import ssrf
+from engine.actions.deadline import deadline_transport
 from engine.actions.retry import is_retryable_status, parse_retry_after
 from engine.actions.secrets import REDACTED
 from engine.exceptions import DeliveryError, PermanentDeliveryError
@@ -109,8 +112,9 @@ def post_json(
         hop = _Hop("POST", httpx.URL(url), sent, body)
         if hop.url.scheme not in ("http", "https"):
             raise PermanentDeliveryError(f"webhook URL must be http or https, not {hop.url.scheme or 'empty'}")
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls_context()) as client:
-            deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # for the whole attempt, redirects included
+        transport = deadline_transport(deadline, _tls_context())
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, transport=transport) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 outcome = _send_hop(client, hop, allow_hosts, deadline, secret_headers)
                 if isinstance(outcome, Attempt):

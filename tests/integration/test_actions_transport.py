@@ -11,7 +11,6 @@ import subprocess
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
 from actions_helpers import Receiver
 
@@ -78,12 +77,9 @@ def test_tls_is_verified_against_the_host_name_not_the_pinned_address(tls_server
 
     # Trusting it (only the trust store changes), the request connects to the pinned
     # 127.0.0.1 and the certificate is checked against "localhost" (SNI).
-    init = httpx.Client.__init__
+    from engine.actions import http as engine_http
 
-    def trusting(self, *args, **kwargs):
-        init(self, *args, **kwargs | {"verify": ssl.create_default_context(cafile=str(cert))})
-
-    monkeypatch.setattr(httpx.Client, "__init__", trusting)
+    monkeypatch.setattr(engine_http, "_tls_context", lambda: ssl.create_default_context(cafile=str(cert)))
     attempt = post_json(f"https://localhost:{port}/x", b"{}", {}, timeout=3, allow_hosts="localhost")
     assert attempt.http_status == 200 and attempt.response_body == f"host=localhost:{port}"
     # Addressed by IP, the same certificate does not match: the name really is what is checked.
