@@ -29,7 +29,7 @@ from rich.text import Text
 from engine import clock
 from engine import db as enginedb
 from engine.demo import receiver as demo_receiver
-from engine.demo.rules import EXAMPLES, EXPECTED, HMAC_ENV, PREFIX, SLACK_ENV, demo_rules, example_name
+from engine.demo.rules import EXAMPLES, EXPECTED, HMAC_ENV, SLACK_ENV, demo_rules, example_name
 from engine.demo.scenario import SAMPLE_INTERVAL, CpuBurst, Scenario
 from engine.exceptions import EngineError
 from engine.rules import store
