@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -28,12 +28,14 @@ from rich.text import Text
 
 from engine import clock
 from engine import db as enginedb
-from engine.demo import receiver as demo_receiver
 from engine.demo.rules import EXAMPLES, EXPECTED, HMAC_ENV, SLACK_ENV, demo_rules, example_name
-from engine.demo.scenario import SAMPLE_INTERVAL, CpuBurst, Scenario
 from engine.exceptions import EngineError
 from engine.rules import store
 from engine.settings import get_settings
+
+if TYPE_CHECKING:  # imported when the demo runs: other commands need not load the SDK for it
+    from engine.demo import receiver as demo_receiver
+    from engine.demo.scenario import Scenario
 
 console = Console()
 
@@ -82,6 +84,9 @@ def demo(
     ] = 60.0,
 ) -> None:
     """A self-contained end-to-end demonstration (help text: HELP)."""
+    from engine.demo import receiver as demo_receiver
+    from engine.demo.scenario import SAMPLE_INTERVAL, CpuBurst, Scenario
+
     started = time.monotonic()
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 120  # a log or a pipe: wide enough for the tables, not 80
