@@ -53,7 +53,10 @@ class CpuBurst:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.cpus = os.cpu_count() or 1
+        # the CPUs this process may use, at most 32 spinners (a big machine gets a lowered
+        # threshold and a note instead: see engine/cli/demo.py)
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.cpus = max(1, min(usable, 32))
 
     def start(self, seconds: float) -> None:
         self.procs = [
