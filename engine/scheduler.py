@@ -33,6 +33,18 @@ log = logging.getLogger(__name__)
 EVALUATE_JOB = "evaluate"
 
 
+class _SkippedWakeFilter(logging.Filter):
+    """A wake that lands while a tick is queued or running makes APScheduler warn that the
+    job was skipped (max_instances=1). That tick sees the new data anyway (and a wake during
+    a tick re-runs it), so the warning is noise for our job; other jobs' warnings stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (EVALUATE_JOB in str(record.args) and "maximum number of running instances" in record.getMessage())
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_SkippedWakeFilter())
+
+
 class Service:
     """One evaluation service: `start()`, then `stop()` (or `run_forever()` for the CLI)."""
 

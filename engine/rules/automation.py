@@ -51,6 +51,9 @@ class Automation(RuleModel):
         else:
             if kind == "registry_version_linked" and self.scope.registry is None:
                 problems.append((("scope", "project"), "registry_version_linked needs a registry scope (scope: {registry: NAME})"))
+            if kind in ("artifact_version_created", "artifact_tag_added") and self.scope.registry is not None:
+                # versions are created and tagged in projects; a registry only links them
+                problems.append((("scope", "registry"), f"{kind} events happen in projects: use a project scope (scope: {{project: entity/project}})"))
             if self.run_filter is not None:
                 problems.append((("run_filter",), "run_filter applies to run events only (run_metric_threshold, run_metric_change, run_state)"))
             if "cooldown" in self.model_fields_set:
