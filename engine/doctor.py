@@ -1,0 +1,349 @@
+"""`engine doctor`: check an installation and say, in plain words, what is wrong and how to fix it.
+
+    ✓ database reachable: connected to postgresql://engine@/engine?host=… (ENGINE_DATABASE_URL), PostgreSQL 15.8
+    ✗ migrations applied: 1 of 3 migrations not applied: 0004_sdk.sql
+        fix: run `engine db migrate`
+
+Checks, in order (a check that needs the database is skipped, and says so, without one):
+
+1. the database answers (ENGINE_DATABASE_URL, or the embedded one under ENGINE_DATA_DIR,
+   which the doctor never starts itself);
+2. TimescaleDB is installed, preloaded (`shared_preload_libraries`) and created;
+3. every migration is applied, and none was edited after it was applied;
+4. the rule files under ENGINE_RULES_PATH are valid (with the database: their regexes too),
+   and whether they are all applied;
+5. the stored automations load, and none is failing (`automation_state.last_error`);
+6. every action target is reachable: a webhook's host resolves, its addresses pass the
+   address policy (ENGINE_WEBHOOK_ALLOW_HOSTS) and accept a TCP connection (no request is
+   sent); the environment variables of `{env: NAME}` secrets are set *in this shell*;
+7. no delivery failed in the last 24 hours.
+
+`run_checks()` returns the results; the exit code of the command is 1 when one failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row
+
+from engine import clock
+from engine.actions import ssrf
+from engine.actions.secrets import read_env
+from engine.db import migrations, pending_migrations, query, translate
+from engine.exceptions import DeliveryError, EngineError, PermanentDeliveryError, RuleValidationError
+from engine.localdb import LocalDatabase
+from engine.rules import Automation, load_rules
+from engine.settings import Settings, get_settings
+
+Status = Literal["ok", "warn", "fail", "skip"]
+SYMBOLS: dict[Status, str] = {"ok": "✓", "warn": "!", "fail": "✗", "skip": "–"}
+FAILED_DELIVERY_WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report: what was checked, how it went, and the fix when it did not."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def render(self) -> str:
+        lines = [f"{SYMBOLS[self.status]} {self.name}: {self.detail}"]
+        if self.fix:
+            lines.append(f"    fix: {self.fix}")
+        return "\n".join(lines)
+
+
+def run_checks(settings: Settings | None = None, *, timeout: float = 3.0) -> list[Check]:
+    """Every check, in order. `timeout`: seconds for each connection attempt."""
+    settings = settings or get_settings()
+    conn, reachable = _database(settings, timeout)
+    checks = [reachable]
+    if conn is None:
+        skipped = "not checked: no database"
+        checks += [Check("TimescaleDB installed and preloaded", "skip", skipped), Check("migrations applied", "skip", skipped)]
+        rules_check, from_files = _rules(settings, None, [])
+        checks += [rules_check, Check("stored automations", "skip", skipped)]
+        checks += _targets(settings, from_files, timeout, source="rule files")
+        checks.append(Check("deliveries", "skip", skipped))
+        return checks
+    with conn:
+        checks.append(_timescaledb(conn))
+        migrated = _migrations(conn)
+        checks.append(migrated)
+        if migrated.status == "fail" and "not applied" in migrated.detail:
+            stored: list[dict[str, Any]] | None = None
+        else:
+            stored = _dicts(conn, "doctor_automations")
+        rules_check, from_files = _rules(settings, conn, stored or [])
+        checks.append(rules_check)
+        if stored is None:
+            checks.append(Check("stored automations", "skip", "not checked: migrations not applied"))
+            checks += _targets(settings, from_files, timeout, source="rule files")
+            checks.append(Check("deliveries", "skip", "not checked: migrations not applied"))
+            return checks
+        automations_check, loaded = _stored_automations(stored)
+        checks.append(automations_check)
+        checks += _targets(settings, loaded, timeout, source="stored automations")
+        checks.append(_deliveries(conn))
+    return checks
+
+
+# -- 1. database -------------------------------------------------------------------------------
+def _database(settings: Settings, timeout: float) -> tuple[psycopg.Connection | None, Check]:
+    name = "database reachable"
+    if settings.database_url:
+        url, where = settings.database_url, "ENGINE_DATABASE_URL"
+        fix = "start the server, or correct ENGINE_DATABASE_URL (host, port, user, password, database name)"
+    else:
+        local = LocalDatabase(settings.data_dir)
+        if not local.status().running:
+            return None, Check(
+                name,
+                "fail",
+                f"ENGINE_DATABASE_URL is not set, and the embedded database under {settings.data_dir} is not running",
+                "start it with `engine db up`, or set ENGINE_DATABASE_URL to a running TimescaleDB",
+            )
+        url, where = local.url(), f"the embedded database under {settings.data_dir}"
+        fix = "restart it with `engine db down` and `engine db up` (its log is in the data folder)"
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout)))
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, Check(name, "fail", f"cannot connect to {redact_url(url)} ({where}): {reason}", fix)
+    version = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
+    return conn, Check(name, "ok", f"connected to {redact_url(url)} ({where}), PostgreSQL {version}")
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (`postgresql://u:***@h/db`, or `password=***`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is not None and parts.scheme.startswith("postgres") and parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)
+
+
+# -- 2. TimescaleDB ----------------------------------------------------------------------------
+def _timescaledb(conn: psycopg.Connection) -> Check:
+    name = "TimescaleDB installed and preloaded"
+    row = _dicts(conn, "doctor_server")[0]
+    preloaded = "timescaledb" in [p.strip().strip('"') for p in (row["preload"] or "").split(",")]
+    if row["available"] is None and row["timescaledb"] is None:
+        return Check(
+            name, "fail", f"the TimescaleDB extension is not installed for PostgreSQL {row['server_version']}",
+            "install it (`scripts/setup`, or use a timescale/timescaledb image)",
+        )
+    if not preloaded:
+        return Check(
+            name, "fail", "TimescaleDB is installed but not in shared_preload_libraries, so it cannot run",
+            "add shared_preload_libraries = 'timescaledb' to postgresql.conf, then restart PostgreSQL",
+        )
+    if row["timescaledb"] is None:
+        return Check(
+            name, "fail", "TimescaleDB is installed and preloaded, but not created in this database",
+            "run `engine db migrate` (its first migration runs CREATE EXTENSION timescaledb)",
+        )
+    return Check(name, "ok", f"TimescaleDB {row['timescaledb']}, preloaded")
+
+
+# -- 3. migrations -----------------------------------------------------------------------------
+def _migrations(conn: psycopg.Connection) -> Check:
+    name = "migrations applied"
+    try:
+        pending = pending_migrations(conn)
+    except EngineError as exc:
+        return Check(name, "fail", f"cannot read schema_migrations: {exc}", "run `engine db migrate`")
+    files = migrations()
+    if pending:
+        return Check(
+            name, "fail", f"{len(pending)} of {len(files)} migrations not applied: {', '.join(pending)}",
+            "run `engine db migrate`",
+        )
+    changed = []
+    recorded = {r["version"]: r for r in _dicts(conn, "doctor_migration_checksums")}
+    for version, path in files:
+        digest = hashlib.sha256(path.read_text().encode()).hexdigest()
+        if version in recorded and recorded[version]["checksum"] != digest:
+            changed.append(path.name)
+    if changed:
+        return Check(
+            name, "fail",
+            f"{', '.join(changed)} changed after it was applied: the database may not match this engine's code",
+            "restore the migration file as it was (migrations are never edited; add a new one instead)",
+        )
+    return Check(name, "ok", f"all {len(files)} migrations applied (latest {files[-1][1].name})" if files else "no migration files")
+
+
+# -- 4. rule files -----------------------------------------------------------------------------
+def _rules(settings: Settings, conn: psycopg.Connection | None, stored: list[dict[str, Any]]) -> tuple[Check, list[Automation]]:
+    name = "rule files valid"
+    path = settings.rules_path
+    if not path.exists():
+        return Check(name, "ok", f"no rule files to check: ENGINE_RULES_PATH ({path}) does not exist"), []
+    try:
+        loaded = load_rules([path], conn)
+    except RuleValidationError as exc:
+        lines = "\n".join(f"      {issue}" for issue in exc.issues)
+        return Check(
+            name, "fail", f"{_count(len(exc.issues), 'problem')} in the rule files under {path}:\n{lines}",
+            "correct the lines named above, then check again with `engine rules validate`",
+        ), []
+    except EngineError as exc:  # the regex check needs the database; it may fail midway
+        return Check(name, "fail", f"cannot check the rules under {path}: {exc}", "see the error above"), []
+    rules = [r.automation for r in loaded]
+    files = len({r.file for r in loaded})
+    detail = f"{_count(len(rules), 'rule')} in {_count(files, 'file')} under {path}"
+    if conn is None:
+        return Check(name, "ok", detail), rules
+    applied = {row["name"]: row["rule"] for row in stored}
+    stale = [r.name for r in rules if r.name not in applied or _hash(applied[r.name]) != r.rule_hash()]
+    if stale:
+        return Check(
+            name, "warn", f"{detail}; not applied (or changed since): {', '.join(stale)}",
+            "run `engine rules apply` when they are ready to run",
+        ), rules
+    return Check(name, "ok", f"{detail}, all applied"), rules
+
+
+def _hash(rule_json: dict[str, Any]) -> str | None:
+    try:
+        return Automation.model_validate(rule_json).rule_hash()
+    except ValueError:
+        return None
+
+
+# -- 5. stored automations ---------------------------------------------------------------------
+def _stored_automations(rows: list[dict[str, Any]]) -> tuple[Check, list[Automation]]:
+    name = "stored automations load and run"
+    problems: list[str] = []
+    loaded: list[Automation] = []
+    for row in rows:
+        try:
+            automation = Automation.model_validate(row["rule"])
+        except ValueError as exc:
+            first = str(exc).splitlines()[1:3]
+            problems.append(f"{row['name']}: this engine cannot read the stored rule ({' '.join(p.strip() for p in first)})")
+            continue
+        if not row["enabled"]:
+            continue
+        loaded.append(automation)
+        if row["last_error"]:
+            when = row["last_error_at"].strftime("%Y-%m-%d %H:%M:%S %Z") if row["last_error_at"] else "?"
+            problems.append(
+                f"{row['name']}: failing ({row['failures']} time{'s' if row['failures'] != 1 else ''}, last at {when}): "
+                f"{row['last_error']}"
+            )
+    if problems:
+        lines = "\n".join(f"      {p}" for p in problems)
+        return Check(
+            name, "fail", f"{len(problems)} of {_count(len(rows), 'automation')} with a problem:\n{lines}",
+            "see `engine rules list` / `engine rules show NAME`; a failing automation is skipped each tick until "
+            "it evaluates without error (a rule this engine cannot read: apply it again from its file, or delete it)",
+        ), loaded
+    if not rows:
+        return Check(name, "ok", "no automations stored (apply some with `engine rules apply`)"), loaded
+    return Check(name, "ok", f"{_count(len(rows), 'automation')} ({len(loaded)} enabled) load; none is failing"), loaded
+
+
+# -- 6. action targets -------------------------------------------------------------------------
+def _targets(settings: Settings, automations: Iterable[Automation], timeout: float, *, source: str) -> list[Check]:
+    hosts: dict[tuple[str, str, int], list[str]] = {}
+    secrets: dict[str, list[str]] = {}
+    for automation in automations:
+        action = automation.action
+        for field, ref in _secret_refs(action):
+            secrets.setdefault(ref, []).append(f"{field} of {automation.name}")
+        if action.type == "webhook":
+            url = urlsplit(action.url)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            hosts.setdefault((url.scheme, url.hostname or "", port), []).append(automation.name)
+    checks = [_reach(scheme, host, port, users, settings, timeout) for (scheme, host, port), users in sorted(hosts.items())]
+    checks += [_secret(name, users) for name, users in sorted(secrets.items())]
+    if not checks:
+        return [Check("action targets", "ok", f"no webhook or Slack actions in the {source}")]
+    return checks
+
+
+def _secret_refs(action: Any) -> Iterator[tuple[str, str]]:
+    for field in ("access_token", "secret", "webhook_url", "token"):
+        ref = getattr(action, field, None)
+        if ref is not None:
+            yield field, ref.env
+
+
+def _reach(scheme: str, host: str, port: int, users: list[str], settings: Settings, timeout: float) -> Check:
+    shown = f"[{host}]" if ":" in host else host
+    name = f"webhook target {scheme}://{shown}:{port} ({', '.join(users)})"
+    try:
+        address = ssrf.check_target(host, port, settings.webhook_allow_hosts)
+    except PermanentDeliveryError as exc:
+        return Check(
+            name, "fail", f"refused by the address policy: {exc}",
+            f"if {host} is meant to be reached, add it to ENGINE_WEBHOOK_ALLOW_HOSTS (host name, address or CIDR range)",
+        )
+    except DeliveryError as exc:
+        return Check(name, "fail", str(exc), "check the host name in the rule, and this machine's DNS")
+    try:
+        # A TCP handshake only: the receiver gets no request.
+        with socket.create_connection((str(address), port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__).lower()
+        return Check(
+            name, "fail", f"nothing accepts connections at {address} port {port} ({reason})",
+            "start the receiver, open the firewall, or correct the URL in the rule",
+        )
+    return Check(name, "ok", f"resolves to {address}, allowed, accepts connections (no request sent)")
+
+
+def _secret(env: str, users: list[str]) -> Check:
+    name = f"secret {env} ({', '.join(users)})"
+    try:
+        read_env(env)
+    except PermanentDeliveryError as exc:
+        return Check(
+            name, "fail", f"{exc} — in this shell; the service needs it in its own environment",
+            f"export {env}=… where `engine serve` runs (systemd Environment=, docker -e, …)",
+        )
+    return Check(name, "ok", "set in this environment (its value is not shown)")
+
+
+# -- 7. deliveries -----------------------------------------------------------------------------
+def _deliveries(conn: psycopg.Connection) -> Check:
+    name = "deliveries succeeding"
+    rows = _dicts(conn, "doctor_failed_deliveries", {"since": clock.now() - FAILED_DELIVERY_WINDOW})
+    if not rows:
+        return Check(name, "ok", "no delivery failed in the last 24 h")
+    total = sum(r["failed"] for r in rows)
+    lines = "\n".join(f"      {r['automation']}: {r['failed']} failed, last error: {r['last_error']}" for r in rows)
+    return Check(
+        name, "fail", f"{total} deliver{'ies' if total != 1 else 'y'} failed in the last 24 h:\n{lines}",
+        "see them with `engine deliveries --status failed`; once the cause is fixed, `engine redeliver ID` sends one again",
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _dicts(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query(name), params).fetchall()
+    except psycopg.Error as exc:
+        raise translate(exc) from exc

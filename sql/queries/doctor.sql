@@ -1,0 +1,29 @@
+-- `engine doctor` (engine/doctor.py): read-only questions about the installation.
+
+-- name: doctor_server
+SELECT current_setting('server_version') AS server_version,
+       current_setting('shared_preload_libraries') AS preload,
+       (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb') AS timescaledb,
+       (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb') AS available;
+
+-- name: doctor_migration_checksums
+-- Applied migrations as recorded (to find files changed after they were applied).
+SELECT version, name, checksum FROM schema_migrations ORDER BY version;
+
+-- name: doctor_automations
+-- Every stored automation with its evaluation state (the evaluator records failures here).
+SELECT a.name, a.enabled, a.rule, s.last_error, s.last_error_at, s.failures, s.evaluated_at
+FROM automations a
+LEFT JOIN automation_state s ON s.automation_id = a.id
+ORDER BY a.name;
+
+-- name: doctor_failed_deliveries
+-- Deliveries that ended `failed` since %(since)s, by automation, with the latest error.
+SELECT a.name AS automation,
+       count(*) AS failed,
+       (array_agg(d.last_error ORDER BY d.updated_at DESC))[1] AS last_error
+FROM deliveries d
+JOIN automations a ON a.id = d.automation_id
+WHERE d.status = 'failed' AND d.updated_at >= %(since)s
+GROUP BY a.name
+ORDER BY failed DESC, a.name;
