@@ -265,6 +265,11 @@ class Dispatcher:
             else:
                 attempt = send_action(str(claim.id), claim.action, ctx, self.settings)
             self._record(claim, attempt)
+        except DatabaseUnavailable as exc:  # an outage: expected, and said once per delivery
+            log.warning(
+                "delivery %s: the outcome of attempt %d could not be recorded (%s); it will be sent again when its "
+                "lease expires", claim.id, claim.attempt, exc,
+            )
         except Exception:
             log.exception(
                 "delivery %s: the outcome of attempt %d could not be recorded; it will be sent again when its lease expires",
