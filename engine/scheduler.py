@@ -26,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from engine.db import NOTIFY_CHANNEL, database_url
 from engine.evaluator import Evaluator
 from engine.exceptions import DatabaseUnavailable, EngineError
+from engine.metrics import for_service as metrics_for_service
 from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Service:
         self.url = url or database_url(self.settings)
         self.dispatcher = Dispatcher(self.url, self.settings)
         self.evaluator = Evaluator(self.url, self.settings, on_fired=lambda _n: self.dispatcher.wake())
+        self.metrics = metrics_for_service(self.url, self.settings.metrics_port)  # does nothing when off
         self.scheduler = BackgroundScheduler(
             timezone=timezone.utc, executors={"default": ThreadPoolExecutor(max_workers=4)}
         )
@@ -81,6 +83,7 @@ class Service:
             next_run_time=datetime.now(timezone.utc),
         )
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        self.metrics.serve(self.settings.metrics_port or 0, self.settings.metrics_address)
         self.dispatcher.start(self.scheduler)
         self.scheduler.start()
         self._listener = threading.Thread(target=self._listen, name="engine-listen", daemon=True)
@@ -95,6 +98,7 @@ class Service:
         self.evaluator.close()
         if self._listener is not None:
             self._listener.join(timeout=5)
+        self.metrics.close()
         log.info("engine serve: stopped")
 
     def run_forever(self) -> None:
@@ -121,8 +125,10 @@ class Service:
             return
         self._running.set()
         self._dirty.clear()
+        started, result, outcome = time.perf_counter(), None, "error"
         try:
             result = self.evaluator.tick()
+            outcome = "ok"
             if self._outage_backoff > 0.5:
                 log.warning("database reachable again: catching up")
             self._outage_backoff = 0.5
@@ -132,6 +138,7 @@ class Service:
                     result.evaluated, result.fired, len(result.failed), ", ".join(result.failed), result.duration_ms,
                 )
         except DatabaseUnavailable as exc:
+            outcome = "database_unavailable"
             log.warning("database unavailable, retrying in %.1fs: %s", self._outage_backoff, exc)
             self._retry_at = time.monotonic() + self._outage_backoff
             self._outage_backoff = min(self._outage_backoff * 2, 30.0)
@@ -139,6 +146,7 @@ class Service:
             log.error("tick failed: %s", exc)
         finally:
             self._running.clear()
+            self.metrics.record_tick(result, time.perf_counter() - started, outcome=outcome)
         if self._dirty.is_set() and not self._stopping.is_set():
             self.wake()
 

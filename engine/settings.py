@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,13 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("INFO", description="Logging level of the service.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line (time, level, logger, message, extra fields)."
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint of `engine serve` (unset: off)."
+    )
+    metrics_address: str = Field("0.0.0.0", description="Address the metrics endpoint listens on.")
 
 
 @lru_cache(maxsize=1)

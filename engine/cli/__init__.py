@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import typer
 
 from engine.exceptions import EngineError
+from engine.logs import configure_logging
 
 app = typer.Typer(
     name="engine",
@@ -35,7 +35,7 @@ for _module in (_db, _actions, _demo, _doctor, _explain, _rules, _service):
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()  # text, or one JSON object per line with ENGINE_LOG_FORMAT=json
     try:
         app()
     except EngineError as exc:

@@ -29,11 +29,18 @@ def serve(
     interval: Optional[float] = typer.Option(
         None, "--interval", help="Seconds between ticks (env ENGINE_INTERVAL, default 5)."
     ),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", min=0, max=65535,
+        help="Serve Prometheus metrics at /metrics on this port (env ENGINE_METRICS_PORT, default off; "
+        "listening on ENGINE_METRICS_ADDRESS, default 0.0.0.0).",
+    ),
 ) -> None:
     """Run the evaluation service until SIGINT/SIGTERM."""
     from engine.scheduler import Service
 
     settings = get_settings()
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": metrics_port})
     logging.getLogger().setLevel(settings.log_level.upper())
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one INFO line per job run is noise
     with enginedb.connect() as conn:

@@ -397,7 +397,10 @@ def locate(root: Node, loc: tuple[Any, ...]) -> tuple[int | None, str]:
         if isinstance(element, int):
             parts.append(f"[{element}]")
         break
-    if isinstance(node, ScalarNode) or key_node is None:
+    # An empty value (`key:` and nothing) has no text of its own: PyYAML marks it where the
+    # next token starts, often the next line or past the end. Its key's line is the place.
+    empty = isinstance(node, ScalarNode) and node.value == "" and node.style is None
+    if (isinstance(node, ScalarNode) and not (empty and key_node is not None)) or key_node is None:
         line = node.start_mark.line + 1
     else:
         line = key_node.start_mark.line + 1

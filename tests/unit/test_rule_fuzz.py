@@ -456,6 +456,15 @@ def test_explicit_tags_on_text_that_does_not_fit_them():
     ]
 
 
+def test_an_empty_value_is_reported_at_its_key():
+    assert check_text("? |-\n  x\n") == [
+        f"{FILE}:1: name: field required", f"{FILE}:1: scope: field required", f"{FILE}:1: event: field required",
+        f"{FILE}:1: action: field required", f"{FILE}:1: x: unknown key 'x'",
+    ]
+    text = EXAMPLES["europe-tag.yaml"].replace("  tag_regex: ^europe\n", "  tag_regex:\n")
+    assert check_text(text) == [f"{FILE}:8: event.tag_regex: must be text (quote it if YAML reads it as a number, date or boolean)"]
+
+
 def test_a_huge_number_is_not_echoed_whole():
     text = EXAMPLES["accuracy-above-0.6.yaml"].replace("window: 5", "window: " + "9" * 5000)
     assert check_text(text) == [f"{FILE}:9: event.window: cannot read '{'9' * 50}…(5000 characters)' as !!int"]

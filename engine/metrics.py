@@ -1,0 +1,185 @@
+"""Prometheus metrics of `engine serve --metrics-port PORT` (prometheus-client).
+
+Two kinds, on one registry per service:
+
+* **this process** (counters and a histogram updated by `Service.evaluate` after each tick):
+  `engine_ticks_total{outcome}` (ok | database_unavailable | error),
+  `engine_tick_duration_seconds`, `engine_tick_triggers_fired_total`,
+  `engine_automation_evaluation_failures_total{automation}`;
+* **the database** (read at each scrape by a custom collector, so they are exact whatever
+  the number of services and survive restarts):
+  `engine_triggers_total{automation}`, `engine_automations_enabled`,
+  `engine_automations_failing`, `engine_deliveries{status}`, `engine_delivery_queue_depth`
+  (pending), `engine_delivery_oldest_pending_age_seconds` (pending or sending), and
+  `engine_database_up` (0 when the scrape could not read them: the others are then absent).
+
+    metrics = ServiceMetrics(url)
+    metrics.serve(9108)                     # http://host:9108/metrics
+    metrics.record_tick(result, seconds)    # after each Evaluator.tick()
+    metrics.close()
+
+`NO_METRICS` has the same methods and does nothing (metrics off, the default).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from psycopg.rows import dict_row
+
+from engine.db import query
+
+if TYPE_CHECKING:
+    from engine.evaluator import TickResult
+
+log = logging.getLogger(__name__)
+
+SCRAPE_STATEMENT_TIMEOUT_MS = 5_000  # a scrape must never hang on a busy database
+TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class DatabaseCollector(Collector):
+    """Reads the outbox and the automations' state at each scrape, on its own connection."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()  # the HTTP server may serve two scrapes at once
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("engine_database_up", "1 when this scrape could read the database, else 0.")
+        with self._lock:
+            try:
+                rows = self._read()
+            except psycopg.Error as exc:
+                # A raising collector turns the whole scrape into an error: report it instead.
+                log.warning("metrics: cannot read the database: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                self.close()
+                up.add_metric([], 0)
+                yield up
+                return
+        up.add_metric([], 1)
+        yield up
+
+        triggers = CounterMetricFamily(
+            "engine_triggers", "Triggers fired by each automation (from the database).", labels=["automation"]
+        )
+        for r in rows["triggers"]:
+            triggers.add_metric([r["automation"]], r["fired"])
+        yield triggers
+        automations = rows["automations"][0]
+        yield GaugeMetricFamily("engine_automations_enabled", "Enabled automations.", value=automations["enabled"])
+        yield GaugeMetricFamily(
+            "engine_automations_failing",
+            "Enabled automations whose last evaluation failed (automation_state.last_error).",
+            value=automations["failing"],
+        )
+        deliveries = GaugeMetricFamily("engine_deliveries", "Deliveries by status.", labels=["status"])
+        counts = {r["status"]: r["deliveries"] for r in rows["deliveries"]}
+        for status in ("pending", "sending", "succeeded", "failed", "skipped"):  # every status, 0 included
+            deliveries.add_metric([status], counts.get(status, 0))
+        yield deliveries
+        queue = rows["queue"][0]
+        yield GaugeMetricFamily("engine_delivery_queue_depth", "Deliveries waiting to be sent (pending).", value=queue["pending"])
+        yield GaugeMetricFamily(
+            "engine_delivery_oldest_pending_age_seconds",
+            "Age of the oldest delivery not yet final (pending or sending); 0 when there is none.",
+            value=queue["oldest_age_seconds"],
+        )
+
+    def _read(self) -> dict[str, list[dict[str, Any]]]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            self._conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(SCRAPE_STATEMENT_TIMEOUT_MS),))
+        with self._conn.cursor(row_factory=dict_row) as cur:
+            return {
+                "triggers": cur.execute(query("metrics_triggers_by_automation")).fetchall(),
+                "automations": cur.execute(query("metrics_automations")).fetchall(),
+                "deliveries": cur.execute(query("metrics_deliveries_by_status")).fetchall(),
+                "queue": cur.execute(query("metrics_delivery_queue")).fetchall(),
+            }
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class ServiceMetrics:
+    """The metrics of one `engine serve`, on their own registry (never the global one, so two
+    services in one process, as in tests, do not collide)."""
+
+    def __init__(self, url: str):
+        self.registry = CollectorRegistry()
+        self.ticks = Counter(
+            "engine_ticks", "Evaluation ticks by outcome.", ["outcome"], registry=self.registry
+        )
+        self.tick_duration = Histogram(
+            "engine_tick_duration_seconds", "Duration of evaluation ticks.", buckets=TICK_BUCKETS, registry=self.registry
+        )
+        self.fired = Counter(
+            "engine_tick_triggers_fired", "Triggers fired by this process's ticks.", registry=self.registry
+        )
+        self.evaluation_failures = Counter(
+            "engine_automation_evaluation_failures",
+            "Evaluations of an automation that failed in this process (the rule is skipped for that tick).",
+            ["automation"],
+            registry=self.registry,
+        )
+        for outcome in ("ok", "database_unavailable", "error"):
+            self.ticks.labels(outcome)  # present at 0 from the start
+        self.database = DatabaseCollector(url)
+        self.registry.register(self.database)
+        self._server: Any = None
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> int:
+        """Serve /metrics on `address:port` in a daemon thread; returns the port bound
+        (useful with port 0)."""
+        self._server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        bound = self._server.server_address[1]
+        log.info("metrics: serving Prometheus metrics on http://%s:%d/metrics", address, bound)
+        return bound
+
+    def record_tick(self, result: TickResult | None, seconds: float, *, outcome: str | None = None) -> None:
+        """After a tick: its result (None when it raised) and how long it took."""
+        self.ticks.labels(outcome or ("ok" if result is not None else "error")).inc()
+        self.tick_duration.observe(seconds)
+        if result is not None:
+            self.fired.inc(result.fired)
+            for name in result.failed:
+                self.evaluation_failures.labels(name).inc()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self.database.close()
+
+
+class _NoMetrics:
+    """Metrics off: the same calls, doing nothing."""
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> int:
+        return 0
+
+    def record_tick(self, result: TickResult | None, seconds: float, *, outcome: str | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+NO_METRICS = _NoMetrics()
+
+
+def for_service(url: str, port: int | None) -> ServiceMetrics | _NoMetrics:
+    """ServiceMetrics when a port is set, else NO_METRICS."""
+    return ServiceMetrics(url) if port is not None else NO_METRICS
