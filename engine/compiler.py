@@ -140,14 +140,18 @@ def _pending(mode: Mode) -> exp.Select:
 
 
 def _run_scope(select: exp.Select, automation: Automation, params: dict[str, Any], run_alias: str) -> exp.Select:
-    """Join the run and its project, and apply the scope and the run filter."""
+    """Join the run, and apply the scope and the run filter. The project is looked up once
+    per query (a scalar subquery), not once per run."""
     entity, project = automation.scope.project.split("/", 1)
     params["entity"], params["project"] = entity, project
-    select = select.join(exp.to_table("runs").as_("r"), on=_frag(f"r.id = {run_alias}.run_pk")).join(
-        exp.to_table("projects").as_("pr"), on=_frag("pr.id = r.project_id")
+    select = select.join(exp.to_table("runs").as_("r"), on=_frag(f"r.id = {run_alias}.run_pk"))
+    project_id = (
+        exp.select(_c("id", "pr"))
+        .from_(exp.to_table("projects").as_("pr"))
+        .where(exp.EQ(this=_c("entity", "pr"), expression=_p("entity")))
+        .where(exp.EQ(this=_c("name", "pr"), expression=_p("project")))
     )
-    select = select.where(exp.EQ(this=_c("entity", "pr"), expression=_p("entity")))
-    select = select.where(exp.EQ(this=_c("name", "pr"), expression=_p("project")))
+    select = select.where(exp.EQ(this=_c("project_id", "r"), expression=project_id.subquery()))
     run_filter = automation.run_filter
     if run_filter is not None and run_filter.user is not None:
         params["run_user"] = run_filter.user
@@ -180,170 +184,145 @@ def _series(automation: Automation, params: dict[str, Any]) -> exp.Select:
     return _run_scope(select, automation, params, "p")
 
 
-def _values(table: str) -> exp.Union:
-    """The finite values each window needs: from the tail when it reaches back far enough,
-    else (rarely) from the hypertable, newest first through the (run_pk, key_id, seq) index."""
-    def tail_slice(column: str) -> exp.Bracket:
-        return exp.Bracket(
-            this=_c(column, "x"),
-            expressions=[exp.Slice(this=_frag("x.need_from - x.base"), expression=_frag("x.last_pos - x.base"))],
-        )
+def _values(table: str) -> exp.Select:
+    """Per pending series: arrays holding its finite values from position need_from to (at
+    least) last_pos, and `off`, such that the value at position pos is at index pos - off.
+    They are the tail itself when it reaches back far enough; else (rarely) they are read
+    from the hypertable, newest first through the (run_pk, key_id, seq) index, the
+    correlated LIMIT reading exactly the values from need_from to the newest one. The reads
+    are subqueries in the ELSE branches, so they run only for the series that need them,
+    and `series` is referenced once, so PostgreSQL does not materialise its rows (tails)."""
+    in_tail = _frag("x.need_from > x.base")
 
-    unnest = exp.Unnest(
-        expressions=[tail_slice("tail_step"), tail_slice("tail_time"), tail_slice("tail_value")],
-        alias=exp.TableAlias(this=exp.to_identifier("t"), columns=[exp.to_identifier(n) for n in ("step", "time", "value")]),
-        offset=exp.to_identifier("ord"),
+    def read(column: str) -> exp.Array:
+        newest = (
+            exp.select(_c("seq", "m"), _c(column, "m"))
+            .from_(exp.to_table(table).as_("m"))
+            .where(_frag("m.run_pk = x.run_pk AND m.key_id = x.key_id"))
+            .where(_frag("m.value < CAST('Infinity' AS DOUBLE PRECISION) AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)"))
+            # DESC NULLS FIRST is the index's order (sqlglot would write NULLS LAST otherwise)
+            .order_by(exp.Ordered(this=_c("seq", "m"), desc=True, nulls_first=True))
+            .limit(_frag("x.n_finite - x.need_from + 1"))
+        )
+        return exp.Array(expressions=[exp.select(_c(column, "o")).from_(newest.subquery("o")).order_by(_c("seq", "o"))])
+
+    def pick(tail: str, column: str) -> exp.Case:
+        return exp.Case().when(in_tail, _c(tail, "x")).else_(read(column))
+
+    return exp.select(
+        _c("run_pk", "x"),
+        _c("key_id", "x"),
+        _c("first_pos", "x"),
+        _c("last_pos", "x"),
+        exp.Case().when(in_tail, _c("base", "x")).else_(_frag("x.need_from - 1")).as_("off"),
+        pick("tail_step", "step").as_("steps"),
+        pick("tail_time", "time").as_("times"),
+        pick("tail_value", "value").as_("vals"),
+    ).from_(exp.to_table("series").as_("x"))
+
+
+def _points() -> exp.Expression:
+    """The values to evaluate: every new position whose windows are full (pos >= span), with
+    its index `i` in the arrays of `vals`."""
+    return _frag(
+        "SELECT v.run_pk, v.key_id, v.steps, v.times, v.vals, e.pos, e.pos - v.off AS i "
+        "FROM vals AS v CROSS JOIN LATERAL GENERATE_SERIES(GREATEST(v.first_pos, %(span)s), v.last_pos) AS e(pos)"
     )
-    from_tail = (
+
+
+def _slice(lo: str, hi: str) -> exp.Bracket:
+    """p.vals[lo:hi]: the finite values of a window, its bounds relative to the index p.i."""
+    return exp.Bracket(this=_c("vals", "p"), expressions=[exp.Slice(this=_frag(lo), expression=_frag(hi))])
+
+
+def _reduce(aggregation: str, values: exp.Expression, column: str, alias: str) -> exp.Lateral:
+    """A window's aggregate, computed once per evaluated value (a LATERAL rather than a
+    scalar subquery, so that the condition and the output share it). Only the windows of
+    the new values are reduced: window functions over `vals` would also reduce those of the
+    values before them, each over its whole frame (float avg/min/max have no moving form)."""
+    reduce = exp.select(exp.func(aggregation, _c("u")).as_(column)).from_(
+        exp.Unnest(expressions=[values.copy()], alias=exp.TableAlias(this=exp.to_identifier("u")))
+    )
+    return exp.Lateral(this=exp.paren(reduce), alias=exp.TableAlias(this=exp.to_identifier(alias)))
+
+
+_VALUE_OUTPUT = (
+    _c("run_pk", "p"),
+    _c("key_id", "p"),
+    _c("pos", "p"),
+    _frag("p.steps[p.i]").as_("step"),
+    _frag("p.times[p.i]").as_("time"),
+    _frag("p.vals[p.i]").as_("value"),
+)
+
+
+def _threshold(event: RunMetricThreshold, params: dict[str, Any]) -> tuple[exp.Select, exp.Expression]:
+    params |= {"span": event.window, "window": event.window, "threshold": event.threshold}
+    window = _slice("p.i - %(window)s + 1", "p.i")
+    select = (
         exp.select(
-            _c("run_pk", "x"),
-            _c("key_id", "x"),
-            _c("first_pos", "x"),
-            _frag("x.need_from - 1 + t.ord").as_("pos"),
-            _c("step", "t"),
-            _c("time", "t"),
-            _c("value", "t"),
+            *_VALUE_OUTPUT,
+            _c("aggregate", "a"),
+            window.copy().as_("window_values"),
+            exp.Null().as_("prior_aggregate"),
+            exp.cast(exp.Null(), "DOUBLE PRECISION[]").as_("prior_values"),
         )
-        .from_(exp.to_table("series").as_("x"))
-        .join(exp.Lateral(this=unnest), join_type="CROSS")
-        .where(_frag("x.need_from > x.base"))
+        .from_(exp.to_table("points").as_("p"))
+        .join(_reduce(event.aggregation, window, "aggregate", "a"), join_type="CROSS")
     )
-    # The correlated LIMIT reads exactly the values from need_from to the newest one.
-    history = _frag(
-        "SELECT x.n_finite + 1 - ROW_NUMBER() OVER (ORDER BY m.seq DESC) AS pos, m.step, m.time, m.value "
-        f"FROM {table} AS m "
-        "WHERE m.run_pk = x.run_pk AND m.key_id = x.key_id "
-        "AND m.value < CAST('Infinity' AS DOUBLE PRECISION) AND m.value > CAST('-Infinity' AS DOUBLE PRECISION) "
-        "ORDER BY m.seq DESC LIMIT x.n_finite - x.need_from + 1"
-    )
-    from_table = (
-        exp.select(
-            _c("run_pk", "x"),
-            _c("key_id", "x"),
-            _c("first_pos", "x"),
-            _c("pos", "h"),
-            _c("step", "h"),
-            _c("time", "h"),
-            _c("value", "h"),
-        )
-        .from_(exp.to_table("series").as_("x"))
-        .join(exp.Lateral(this=exp.paren(history), alias=exp.TableAlias(this=exp.to_identifier("h"))), join_type="CROSS")
-        .where(_frag("x.need_from <= x.base AND h.pos <= x.last_pos"))
-    )
-    return exp.union(from_tail, from_table, distinct=False)
+    condition = _COMPARISONS[event.operator](this=_c("aggregate", "a"), expression=_p("threshold"))
+    return select, condition
 
 
-def _window(start: exp.Expression, end: exp.Expression | str = "CURRENT ROW", end_side: str | None = None) -> exp.WindowSpec:
-    return exp.WindowSpec(kind="ROWS", start=start, start_side="PRECEDING", end=end, end_side=end_side)
-
-
-def _over(func: exp.Expression, spec: exp.WindowSpec) -> exp.Window:
-    return exp.Window(
-        this=func,
-        partition_by=[_c("run_pk", "v")],
-        order=exp.Order(expressions=[exp.Ordered(this=_c("pos", "v"))]),
-        spec=spec,
-    )
-
-
-# The columns every value carries from `vals` into the window step.
-_VALUE_COLUMNS = tuple(_c(name, "v") for name in ("run_pk", "key_id", "first_pos", "pos", "step", "time", "value"))
-
-
-def _threshold_windows(event: RunMetricThreshold, params: dict[str, Any]) -> tuple[exp.Select, exp.Expression]:
-    params |= {"window": event.window, "window_preceding": event.window - 1, "span": event.window}
-    spec = _window(_p("window_preceding"))
-    win = exp.select(
-        *_VALUE_COLUMNS,
-        _over(exp.func(event.aggregation, _c("value", "v")), spec).as_("aggregate"),
-        _over(exp.func("array_agg", _c("value", "v")), spec).as_("window_values"),
-        exp.Null().as_("prior_aggregate"),
-        exp.cast(exp.Null(), "DOUBLE PRECISION[]").as_("prior_values"),
-    ).from_(exp.to_table("vals").as_("v"))
-    params["threshold"] = event.threshold
-    condition = _COMPARISONS[event.operator](this=_c("aggregate", "w"), expression=_p("threshold"))
-    return win, exp.and_(exp.GTE(this=_c("pos", "w"), expression=_p("window")), condition)
-
-
-def _change_windows(event: RunMetricChange, params: dict[str, Any]) -> tuple[exp.Select, exp.Expression]:
-    span = event.current_window + event.prior_window
-    params |= {
-        "span": span,
-        "current_preceding": event.current_window - 1,
-        "current_window": event.current_window,
-        "span_preceding": span - 1,
-    }
-    current = _window(_p("current_preceding"))
-    prior = _window(_p("span_preceding"), end=_p("current_window"), end_side="PRECEDING")
-    agg = event.aggregation
-    win = exp.select(
-        *_VALUE_COLUMNS,
-        _over(exp.func(agg, _c("value", "v")), current).as_("current_aggregate"),
-        _over(exp.func("array_agg", _c("value", "v")), current).as_("window_values"),
-        _over(exp.func(agg, _c("value", "v")), prior).as_("prior_aggregate"),
-        _over(exp.func("array_agg", _c("value", "v")), prior).as_("prior_values"),
-    ).from_(exp.to_table("vals").as_("v"))
-    difference = _frag("w.current_aggregate - w.prior_aggregate")
+def _change(event: RunMetricChange, params: dict[str, Any]) -> tuple[exp.Select, exp.Expression]:
+    params |= {"span": event.current_window + event.prior_window, "current_window": event.current_window,
+               "amount": event.amount}
+    current = _slice("p.i - %(current_window)s + 1", "p.i")
+    prior = _slice("p.i - %(span)s + 1", "p.i - %(current_window)s")
+    difference = _frag("c.current_aggregate - r.prior_aggregate")
     if event.change == "relative":
         # no trigger when prior = 0: NULLIF makes d NULL, and NULL never satisfies the condition
-        difference = exp.Div(this=exp.paren(difference), expression=_frag("NULLIF(ABS(w.prior_aggregate), 0)"))
-    params["amount"] = event.amount
-    return win, difference
-
-
-def _change_condition(event: RunMetricChange) -> exp.Expression:
-    d = _c("aggregate", "c")
+        difference = exp.Div(this=exp.paren(difference), expression=_frag("NULLIF(ABS(r.prior_aggregate), 0)"))
+    d = exp.paren(difference)
+    select = (
+        exp.select(
+            *_VALUE_OUTPUT,
+            d.copy().as_("aggregate"),
+            current.copy().as_("window_values"),
+            _c("prior_aggregate", "r"),
+            prior.copy().as_("prior_values"),
+            _c("current_aggregate", "c"),
+        )
+        .from_(exp.to_table("points").as_("p"))
+        .join(_reduce(event.aggregation, current, "current_aggregate", "c"), join_type="CROSS")
+        .join(_reduce(event.aggregation, prior, "prior_aggregate", "r"), join_type="CROSS")
+    )
     if event.direction == "increase":
-        cond: exp.Expression = exp.GTE(this=d, expression=_p("amount"))
+        condition: exp.Expression = exp.GTE(this=d.copy(), expression=_p("amount"))
     elif event.direction == "decrease":
-        cond = exp.GTE(this=exp.Neg(this=d), expression=_p("amount"))
+        condition = exp.GTE(this=exp.Neg(this=d.copy()), expression=_p("amount"))
     else:
-        cond = exp.GTE(this=exp.Abs(this=d), expression=_p("amount"))
-    return exp.and_(exp.GTE(this=_c("pos", "c"), expression=_p("span")), cond)
-
-
-_OUTPUT = ("run_pk", "key_id", "pos", "step", "time", "value", "aggregate", "window_values", "prior_aggregate", "prior_values")
+        condition = exp.GTE(this=exp.Abs(this=d.copy()), expression=_p("amount"))
+    return select, condition
 
 
 def compile_metric(automation: Automation, mode: Mode = "live") -> CompiledQuery:
     event = automation.event
     assert isinstance(event, (RunMetricThreshold, RunMetricChange))
     params: dict[str, Any] = {"metric": event.metric}
-    table = metric_table(event.metric)
-
     if isinstance(event, RunMetricThreshold):
-        windows, condition = _threshold_windows(event, params)
-        final = (
-            exp.select(*(_c(name, "w") for name in _OUTPUT))
-            .from_(exp.to_table("win").as_("w"))
-            .where(_frag("w.pos >= w.first_pos"))
-            .where(condition)
-        )
-        alias = "w"
+        final, condition = _threshold(event, params)
     else:
-        windows, difference = _change_windows(event, params)
-        changes = exp.select(
-            *(_c(name, "w") for name in ("run_pk", "key_id", "first_pos", "pos", "step", "time", "value", "window_values", "prior_aggregate", "prior_values")),
-            difference.as_("aggregate"),
-            _c("current_aggregate", "w"),
-        ).from_(exp.to_table("win").as_("w"))
-        final = (
-            exp.select(*(_c(name, "c") for name in _OUTPUT), _c("current_aggregate", "c"))
-            .from_(changes.subquery("c"))
-            .where(_frag("c.pos >= c.first_pos"))
-            .where(_change_condition(event))
-        )
-        alias = "c"
-
+        final, condition = _change(event, params)
+    final = final.where(condition)
     if mode == "history":
-        final = final.where(exp.GTE(this=_c("time", alias), expression=exp.cast(_p("since"), "TIMESTAMPTZ")))
-    final = final.order_by(_c("run_pk", alias), _c("pos", alias))
-
+        final = final.where(exp.GTE(this=_frag("p.times[p.i]"), expression=exp.cast(_p("since"), "TIMESTAMPTZ")))
+    final = final.order_by(_c("run_pk", "p"), _c("pos", "p"))
     query = (
         final.with_("pending", as_=_pending(mode))
         .with_("series", as_=_series(automation, params))
-        .with_("vals", as_=_values(table))
-        .with_("win", as_=windows)
+        .with_("vals", as_=_values(metric_table(event.metric)))
+        .with_("points", as_=_points())
     )
     return CompiledQuery(automation.name, "metric", mode, query.sql(dialect=DIALECT), params)
 

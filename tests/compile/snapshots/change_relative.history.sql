@@ -26,119 +26,143 @@ WITH pending AS (
     ON s.key_id = p.key_id AND s.run_pk = p.run_pk
   JOIN runs AS r
     ON r.id = p.run_pk
-  JOIN projects AS pr
-    ON pr.id = r.project_id
   WHERE
-    pr.entity = %(entity)s AND pr.name = %(project)s
+    r.project_id = (
+      SELECT
+        pr.id
+      FROM projects AS pr
+      WHERE
+        pr.entity = %(entity)s AND pr.name = %(project)s
+    )
 ), vals AS (
   SELECT
     x.run_pk,
     x.key_id,
     x.first_pos,
-    x.need_from - 1 + t.ord AS pos,
-    t.step,
-    t.time,
-    t.value
+    x.last_pos,
+    CASE WHEN x.need_from > x.base THEN x.base ELSE x.need_from - 1 END AS off,
+    CASE
+      WHEN x.need_from > x.base
+      THEN x.tail_step
+      ELSE ARRAY(SELECT
+        o.step
+      FROM (
+        SELECT
+          m.seq,
+          m.step
+        FROM metric_points AS m
+        WHERE
+          (
+            m.run_pk = x.run_pk AND m.key_id = x.key_id
+          )
+          AND (
+            m.value < CAST('Infinity' AS DOUBLE PRECISION)
+            AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
+          )
+        ORDER BY
+          m.seq DESC
+        LIMIT x.n_finite - x.need_from + 1
+      ) AS o
+      ORDER BY
+        o.seq)
+    END AS steps,
+    CASE
+      WHEN x.need_from > x.base
+      THEN x.tail_time
+      ELSE ARRAY(SELECT
+        o.time
+      FROM (
+        SELECT
+          m.seq,
+          m.time
+        FROM metric_points AS m
+        WHERE
+          (
+            m.run_pk = x.run_pk AND m.key_id = x.key_id
+          )
+          AND (
+            m.value < CAST('Infinity' AS DOUBLE PRECISION)
+            AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
+          )
+        ORDER BY
+          m.seq DESC
+        LIMIT x.n_finite - x.need_from + 1
+      ) AS o
+      ORDER BY
+        o.seq)
+    END AS times,
+    CASE
+      WHEN x.need_from > x.base
+      THEN x.tail_value
+      ELSE ARRAY(SELECT
+        o.value
+      FROM (
+        SELECT
+          m.seq,
+          m.value
+        FROM metric_points AS m
+        WHERE
+          (
+            m.run_pk = x.run_pk AND m.key_id = x.key_id
+          )
+          AND (
+            m.value < CAST('Infinity' AS DOUBLE PRECISION)
+            AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
+          )
+        ORDER BY
+          m.seq DESC
+        LIMIT x.n_finite - x.need_from + 1
+      ) AS o
+      ORDER BY
+        o.seq)
+    END AS vals
   FROM series AS x
-  CROSS JOIN LATERAL UNNEST(x.tail_step[x.need_from - x.base:x.last_pos - x.base], x.tail_time[x.need_from - x.base:x.last_pos - x.base], x.tail_value[x.need_from - x.base:x.last_pos - x.base]) WITH ORDINALITY AS t(step, time, value, ord)
-  WHERE
-    x.need_from > x.base
-  UNION ALL
-  SELECT
-    x.run_pk,
-    x.key_id,
-    x.first_pos,
-    h.pos,
-    h.step,
-    h.time,
-    h.value
-  FROM series AS x
-  CROSS JOIN LATERAL (
-    SELECT
-      x.n_finite + 1 - ROW_NUMBER() OVER (ORDER BY m.seq DESC) AS pos,
-      m.step,
-      m.time,
-      m.value
-    FROM metric_points AS m
-    WHERE
-      m.run_pk = x.run_pk
-      AND m.key_id = x.key_id
-      AND m.value < CAST('Infinity' AS DOUBLE PRECISION)
-      AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
-    ORDER BY
-      m.seq DESC
-    LIMIT x.n_finite - x.need_from + 1
-  ) AS h
-  WHERE
-    x.need_from <= x.base AND h.pos <= x.last_pos
-), win AS (
+), points AS (
   SELECT
     v.run_pk,
     v.key_id,
-    v.first_pos,
-    v.pos,
-    v.step,
-    v.time,
-    v.value,
-    AVG(v.value) OVER (
-      PARTITION BY v.run_pk
-      ORDER BY v.pos
-      ROWS BETWEEN %(current_preceding)s PRECEDING AND CURRENT ROW
-    ) AS current_aggregate,
-    ARRAY_AGG(v.value) OVER (
-      PARTITION BY v.run_pk
-      ORDER BY v.pos
-      ROWS BETWEEN %(current_preceding)s PRECEDING AND CURRENT ROW
-    ) AS window_values,
-    AVG(v.value) OVER (
-      PARTITION BY v.run_pk
-      ORDER BY v.pos
-      ROWS BETWEEN %(span_preceding)s PRECEDING AND %(current_window)s PRECEDING
-    ) AS prior_aggregate,
-    ARRAY_AGG(v.value) OVER (
-      PARTITION BY v.run_pk
-      ORDER BY v.pos
-      ROWS BETWEEN %(span_preceding)s PRECEDING AND %(current_window)s PRECEDING
-    ) AS prior_values
+    v.steps,
+    v.times,
+    v.vals,
+    e.pos,
+    e.pos - v.off AS i
   FROM vals AS v
+  CROSS JOIN LATERAL GENERATE_SERIES(GREATEST(v.first_pos, %(span)s), v.last_pos) AS e(pos)
 )
 SELECT
-  c.run_pk,
-  c.key_id,
-  c.pos,
-  c.step,
-  c.time,
-  c.value,
-  c.aggregate,
-  c.window_values,
-  c.prior_aggregate,
-  c.prior_values,
-  c.current_aggregate
-FROM (
-  SELECT
-    w.run_pk,
-    w.key_id,
-    w.first_pos,
-    w.pos,
-    w.step,
-    w.time,
-    w.value,
-    w.window_values,
-    w.prior_aggregate,
-    w.prior_values,
-    CAST((
-      w.current_aggregate - w.prior_aggregate
-    ) AS DOUBLE PRECISION) / NULLIF(ABS(w.prior_aggregate), 0) AS aggregate,
-    w.current_aggregate
-  FROM win AS w
-) AS c
-WHERE
+  p.run_pk,
+  p.key_id,
+  p.pos,
+  p.steps[p.i] AS step,
+  p.times[p.i] AS time,
+  p.vals[p.i] AS value,
   (
-    c.pos >= c.first_pos AND (
-      c.pos >= %(span)s AND -c.aggregate >= %(amount)s
-    )
-  )
-  AND c.time >= CAST(%(since)s AS TIMESTAMPTZ)
+    CAST((
+      c.current_aggregate - r.prior_aggregate
+    ) AS DOUBLE PRECISION) / NULLIF(ABS(r.prior_aggregate), 0)
+  ) AS aggregate,
+  p.vals[p.i - %(current_window)s + 1:p.i] AS window_values,
+  r.prior_aggregate,
+  p.vals[p.i - %(span)s + 1:p.i - %(current_window)s] AS prior_values,
+  c.current_aggregate
+FROM points AS p
+CROSS JOIN LATERAL (
+  SELECT
+    AVG(u) AS current_aggregate
+  FROM UNNEST(p.vals[p.i - %(current_window)s + 1:p.i]) AS u
+) AS c
+CROSS JOIN LATERAL (
+  SELECT
+    AVG(u) AS prior_aggregate
+  FROM UNNEST(p.vals[p.i - %(span)s + 1:p.i - %(current_window)s]) AS u
+) AS r
+WHERE
+  -(
+    CAST((
+      c.current_aggregate - r.prior_aggregate
+    ) AS DOUBLE PRECISION) / NULLIF(ABS(r.prior_aggregate), 0)
+  ) >= %(amount)s
+  AND p.times[p.i] >= CAST(%(since)s AS TIMESTAMPTZ)
 ORDER BY
-  c.run_pk,
-  c.pos
+  p.run_pk,
+  p.pos

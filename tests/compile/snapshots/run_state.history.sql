@@ -14,22 +14,23 @@ SELECT
 FROM events AS e
 JOIN runs AS r
   ON r.id = e.run_pk
-JOIN projects AS pr
-  ON pr.id = r.project_id
 WHERE
   (
     (
       (
-        (
-          e.time >= CAST(%(since)s AS TIMESTAMPTZ) AND e.type = %(event_kind)s
-        )
-        AND e.details ->> 'to' = ANY(
-          CAST(%(states)s AS TEXT[])
-        )
+        e.time >= CAST(%(since)s AS TIMESTAMPTZ) AND e.type = %(event_kind)s
       )
-      AND pr.entity = %(entity)s
+      AND e.details ->> 'to' = ANY(
+        CAST(%(states)s AS TEXT[])
+      )
     )
-    AND pr.name = %(project)s
+    AND r.project_id = (
+      SELECT
+        pr.id
+      FROM projects AS pr
+      WHERE
+        pr.entity = %(entity)s AND pr.name = %(project)s
+    )
   )
   AND r.user_name = %(run_user)s
 ORDER BY

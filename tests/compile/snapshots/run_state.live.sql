@@ -14,25 +14,26 @@ SELECT
 FROM events AS e
 JOIN runs AS r
   ON r.id = e.run_pk
-JOIN projects AS pr
-  ON pr.id = r.project_id
 WHERE
   (
     (
       (
         (
-          (
-            e.xid >= CAST(%(from_xid)s AS xid8) AND e.xid < CAST(%(to_xid)s AS xid8)
-          )
-          AND e.type = %(event_kind)s
+          e.xid >= CAST(%(from_xid)s AS xid8) AND e.xid < CAST(%(to_xid)s AS xid8)
         )
-        AND e.details ->> 'to' = ANY(
-          CAST(%(states)s AS TEXT[])
-        )
+        AND e.type = %(event_kind)s
       )
-      AND pr.entity = %(entity)s
+      AND e.details ->> 'to' = ANY(
+        CAST(%(states)s AS TEXT[])
+      )
     )
-    AND pr.name = %(project)s
+    AND r.project_id = (
+      SELECT
+        pr.id
+      FROM projects AS pr
+      WHERE
+        pr.entity = %(entity)s AND pr.name = %(project)s
+    )
   )
   AND r.user_name = %(run_user)s
 ORDER BY

@@ -26,94 +26,128 @@ WITH pending AS (
     ON s.key_id = p.key_id AND s.run_pk = p.run_pk
   JOIN runs AS r
     ON r.id = p.run_pk
-  JOIN projects AS pr
-    ON pr.id = r.project_id
   WHERE
-    pr.entity = %(entity)s AND pr.name = %(project)s
+    r.project_id = (
+      SELECT
+        pr.id
+      FROM projects AS pr
+      WHERE
+        pr.entity = %(entity)s AND pr.name = %(project)s
+    )
 ), vals AS (
   SELECT
     x.run_pk,
     x.key_id,
     x.first_pos,
-    x.need_from - 1 + t.ord AS pos,
-    t.step,
-    t.time,
-    t.value
+    x.last_pos,
+    CASE WHEN x.need_from > x.base THEN x.base ELSE x.need_from - 1 END AS off,
+    CASE
+      WHEN x.need_from > x.base
+      THEN x.tail_step
+      ELSE ARRAY(SELECT
+        o.step
+      FROM (
+        SELECT
+          m.seq,
+          m.step
+        FROM metric_points AS m
+        WHERE
+          (
+            m.run_pk = x.run_pk AND m.key_id = x.key_id
+          )
+          AND (
+            m.value < CAST('Infinity' AS DOUBLE PRECISION)
+            AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
+          )
+        ORDER BY
+          m.seq DESC
+        LIMIT x.n_finite - x.need_from + 1
+      ) AS o
+      ORDER BY
+        o.seq)
+    END AS steps,
+    CASE
+      WHEN x.need_from > x.base
+      THEN x.tail_time
+      ELSE ARRAY(SELECT
+        o.time
+      FROM (
+        SELECT
+          m.seq,
+          m.time
+        FROM metric_points AS m
+        WHERE
+          (
+            m.run_pk = x.run_pk AND m.key_id = x.key_id
+          )
+          AND (
+            m.value < CAST('Infinity' AS DOUBLE PRECISION)
+            AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
+          )
+        ORDER BY
+          m.seq DESC
+        LIMIT x.n_finite - x.need_from + 1
+      ) AS o
+      ORDER BY
+        o.seq)
+    END AS times,
+    CASE
+      WHEN x.need_from > x.base
+      THEN x.tail_value
+      ELSE ARRAY(SELECT
+        o.value
+      FROM (
+        SELECT
+          m.seq,
+          m.value
+        FROM metric_points AS m
+        WHERE
+          (
+            m.run_pk = x.run_pk AND m.key_id = x.key_id
+          )
+          AND (
+            m.value < CAST('Infinity' AS DOUBLE PRECISION)
+            AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
+          )
+        ORDER BY
+          m.seq DESC
+        LIMIT x.n_finite - x.need_from + 1
+      ) AS o
+      ORDER BY
+        o.seq)
+    END AS vals
   FROM series AS x
-  CROSS JOIN LATERAL UNNEST(x.tail_step[x.need_from - x.base:x.last_pos - x.base], x.tail_time[x.need_from - x.base:x.last_pos - x.base], x.tail_value[x.need_from - x.base:x.last_pos - x.base]) WITH ORDINALITY AS t(step, time, value, ord)
-  WHERE
-    x.need_from > x.base
-  UNION ALL
-  SELECT
-    x.run_pk,
-    x.key_id,
-    x.first_pos,
-    h.pos,
-    h.step,
-    h.time,
-    h.value
-  FROM series AS x
-  CROSS JOIN LATERAL (
-    SELECT
-      x.n_finite + 1 - ROW_NUMBER() OVER (ORDER BY m.seq DESC) AS pos,
-      m.step,
-      m.time,
-      m.value
-    FROM metric_points AS m
-    WHERE
-      m.run_pk = x.run_pk
-      AND m.key_id = x.key_id
-      AND m.value < CAST('Infinity' AS DOUBLE PRECISION)
-      AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
-    ORDER BY
-      m.seq DESC
-    LIMIT x.n_finite - x.need_from + 1
-  ) AS h
-  WHERE
-    x.need_from <= x.base AND h.pos <= x.last_pos
-), win AS (
+), points AS (
   SELECT
     v.run_pk,
     v.key_id,
-    v.first_pos,
-    v.pos,
-    v.step,
-    v.time,
-    v.value,
-    AVG(v.value) OVER (
-      PARTITION BY v.run_pk
-      ORDER BY v.pos
-      ROWS BETWEEN %(window_preceding)s PRECEDING AND CURRENT ROW
-    ) AS aggregate,
-    ARRAY_AGG(v.value) OVER (
-      PARTITION BY v.run_pk
-      ORDER BY v.pos
-      ROWS BETWEEN %(window_preceding)s PRECEDING AND CURRENT ROW
-    ) AS window_values,
-    NULL AS prior_aggregate,
-    CAST(NULL AS DOUBLE PRECISION[]) AS prior_values
+    v.steps,
+    v.times,
+    v.vals,
+    e.pos,
+    e.pos - v.off AS i
   FROM vals AS v
+  CROSS JOIN LATERAL GENERATE_SERIES(GREATEST(v.first_pos, %(span)s), v.last_pos) AS e(pos)
 )
 SELECT
-  w.run_pk,
-  w.key_id,
-  w.pos,
-  w.step,
-  w.time,
-  w.value,
-  w.aggregate,
-  w.window_values,
-  w.prior_aggregate,
-  w.prior_values
-FROM win AS w
+  p.run_pk,
+  p.key_id,
+  p.pos,
+  p.steps[p.i] AS step,
+  p.times[p.i] AS time,
+  p.vals[p.i] AS value,
+  a.aggregate,
+  p.vals[p.i - %(window)s + 1:p.i] AS window_values,
+  NULL AS prior_aggregate,
+  CAST(NULL AS DOUBLE PRECISION[]) AS prior_values
+FROM points AS p
+CROSS JOIN LATERAL (
+  SELECT
+    AVG(u) AS aggregate
+  FROM UNNEST(p.vals[p.i - %(window)s + 1:p.i]) AS u
+) AS a
 WHERE
-  (
-    w.pos >= w.first_pos
-    AND (
-      w.pos >= %(window)s AND w.aggregate > %(threshold)s
-    )
-  )
-  AND w.time >= CAST(%(since)s AS TIMESTAMPTZ)
+  a.aggregate > %(threshold)s AND p.times[p.i] >= CAST(%(since)s AS TIMESTAMPTZ)
 ORDER BY
-  w.run_pk,
-  w.pos
+  p.run_pk,
+  p.pos
