@@ -369,7 +369,7 @@ def locate(root: Node, loc: tuple[Any, ...]) -> tuple[int | None, str]:
     key_node: Node | None = None
     parts: list[str] = []
     for element in loc:
-        if element == "[key]":
+        if element == "[key]" and not _has_key(node, "[key]"):  # pydantic's marker, not a key so named
             if key_node is not None:
                 node = key_node
             continue
@@ -405,6 +405,10 @@ def locate(root: Node, loc: tuple[Any, ...]) -> tuple[int | None, str]:
     else:
         line = key_node.start_mark.line + 1
     return line, ".".join(parts).replace(".[", "[")
+
+
+def _has_key(node: Node, key: str) -> bool:
+    return isinstance(node, MappingNode) and any(isinstance(k, ScalarNode) and k.value == key for k, _ in node.value)
 
 
 def _type_of(node: MappingNode) -> str | None:

@@ -465,6 +465,10 @@ def test_an_empty_value_is_reported_at_its_key():
     assert check_text(text) == [f"{FILE}:8: event.tag_regex: must be text (quote it if YAML reads it as a number, date or boolean)"]
 
 
+def test_a_key_named_like_pydantics_key_marker_is_still_named():
+    assert check_text("'[key]': null\n")[-1] == f"{FILE}:1: [key]: unknown key '[key]'"
+
+
 def test_a_huge_number_is_not_echoed_whole():
     text = EXAMPLES["accuracy-above-0.6.yaml"].replace("window: 5", "window: " + "9" * 5000)
     assert check_text(text) == [f"{FILE}:9: event.window: cannot read '{'9' * 50}…(5000 characters)' as !!int"]
