@@ -284,7 +284,8 @@ class RoundResult:
     burst_s: float
     killed_after_s: float | None  # None: no kill this round
     in_flight_at_kill: int  # deliveries 'sending' right after the kill
-    settle_s: float | None  # from the end of the burst to the last write; None: did not settle in time
+    settle_s: float | None  # from the burst's last run to the last write (a kill after the
+    # burst included); None: did not settle in time
     triggers: int  # new this round
     deliveries: int
     observation: Observation = field(repr=False)
@@ -333,15 +334,21 @@ class Soak:
         before = self.results[-1].observation if self.results else None
         values_since, events_since = round_start(number), datetime.now(timezone.utc)
         errors: list[BaseException] = []
-        writer = threading.Thread(
-            target=_capturing(burst, errors), args=(number, self.runs, self.seed), name="soak-burst"
-        )
+        done: list[tuple[float, datetime]] = []  # when the burst's last run finished
+
+        def run_burst() -> None:
+            try:
+                burst(number, self.runs, self.seed)
+            finally:
+                done.append((time.monotonic(), datetime.now(timezone.utc)))
+
+        writer = threading.Thread(target=_capturing(run_burst, errors), name="soak-burst")
         started = time.monotonic()
         writer.start()
         killed_after, in_flight = None, 0
         if kill:
             # within the burst or the processing that trails it (evaluation, deliveries)
-            writer.join(self.rng.uniform(0.1, 2 * self._burst_estimate))
+            time.sleep(self.rng.uniform(0.1, 2 * self._burst_estimate))
             victim = self.rng.randrange(len(self.services))
             self.services[victim].kill()
             killed_after = time.monotonic() - started
@@ -355,9 +362,9 @@ class Soak:
         writer.join()
         if errors:
             raise errors[0]
-        burst_s = time.monotonic() - started
+        ended, ended_at = done[0]
+        burst_s = ended - started
         self._burst_estimate = burst_s
-        ended, ended_at = time.monotonic(), datetime.now(timezone.utc)
         # the history is complete now: what must have fired is known once and for all
         # (a new set: each round's observation keeps the reference set of its own time)
         self.expected = self.expected | reference(self.conn, self.rules, values_since, events_since)
