@@ -190,6 +190,7 @@ class Evaluator:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = connect(self.url, autocommit=True)
+            self._conn.execute(query("evaluator_session"))
         return self._conn
 
     def close(self) -> None:

@@ -5,6 +5,14 @@
 SELECT coalesce(jsonb_agg(jsonb_build_array(id, version, enabled) ORDER BY id), '[]'::jsonb)::text
 FROM automations;
 
+-- name: evaluator_session
+-- The evaluator runs the same few query shapes every tick (psycopg prepares them after 5
+-- runs). A generic plan is made once per connection: a custom plan would expand every chunk
+-- of the hypertables in the rare hypertable branch of a rule query, each time (~20 ms with
+-- 35 chunks, per automation). No JIT: row estimates over that branch can pass
+-- jit_above_cost, and compiling costs seconds for queries that run in milliseconds.
+SELECT set_config('plan_cache_mode', 'force_generic_plan', false), set_config('jit', 'off', false);
+
 -- name: current_frontier
 -- Every transaction with an xid below this has finished: what it wrote is final.
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text;
