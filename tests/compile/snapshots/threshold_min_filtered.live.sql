@@ -44,7 +44,7 @@ WITH pending AS (
       AND r.user_name = %(run_user)s
     )
     AND r.name ~ %(run_name_regex)s
-), vals AS (
+), vals AS MATERIALIZED (
   SELECT
     x.run_pk,
     x.key_id,

@@ -40,7 +40,7 @@ WITH pending AS (
       WHERE
         pr.entity = %(entity)s AND pr.name = %(project)s
     )
-), vals AS (
+), vals AS MATERIALIZED (
   SELECT
     x.run_pk,
     x.key_id,
