@@ -1,0 +1,359 @@
+"""Evaluation benchmark (issue 4): the evaluator's ticks and the end-to-end latency.
+
+    python bench/evaluate.py                       # 10,000 runs x 5 metrics, 3M -> 10M points
+    python bench/evaluate.py --runs 1000 --points 300000 --grow-to 1000000 --probes 30
+    python bench/evaluate.py --skip-growth --skip-latency
+
+A fresh database (an embedded cluster in a temporary folder, durable settings; or a new
+database next to ENGINE_DATABASE_URL) gets `--runs` runs x 5 metrics with `--points` points
+bulk-loaded with SQL into 1-day chunks over 35 days, the series_state the SDK would have
+built for them (checked against the SDK itself on a few series), and `--rules` automations
+(threshold and 10-vs-50 change rules, no_op actions) applied with apply_rules. New points
+go through the SDK's Writer (binary COPY + upsert_series + NOTIFY in one transaction);
+ticks are `Evaluator.tick()`. Measured:
+
+(a) a tick after 1 % of the series got a new point (p50, p99), (b) a tick after every
+series got one (median), with the hand-written single-statement SQL of the same evaluation
+(bench/support/baseline.sql) timed on the same state, (c) a tick with nothing new
+(median), (d) (b) again after the history grew to `--grow-to` points in older chunks,
+(e) run.log + flush -> trigger row latency through `engine serve`'s Service, while other
+runs keep logging. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine.evaluator import Evaluator, TickResult  # noqa: E402
+from engine.rules import Automation, RunMetricChange, RunMetricThreshold  # noqa: E402
+from engine.rules.store import apply_rules, load_enabled  # noqa: E402
+from support.dataset import (  # noqa: E402
+    METRICS,
+    PROBE_METRIC,
+    PROBE_RULE,
+    PROBE_VALUE,
+    PROJECT,
+    Dataset,
+    Logger,
+    all_series,
+    bench_query,
+    check_state_with_sdk,
+    fresh_database,
+    make_rules,
+    settings_for,
+)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (p99 of 25 samples is the largest)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(-(-q * len(ordered) // 1)) - 1))]
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - start) * 1000, out
+
+
+# -- the baseline ---------------------------------------------------------------------------------
+class Baseline:
+    """The hand-written SQL (bench/support/baseline.sql) for the benchmark's automations."""
+
+    def __init__(self, conn: psycopg.Connection, key_ids: dict[str, int]):
+        stored = [s for s in load_enabled(conn) if isinstance(s.automation.event, (RunMetricThreshold, RunMetricChange))]
+        self.automations = stored
+        columns: dict[str, list] = {k: [] for k in (
+            "automation_id", "key_id", "agg", "op", "threshold", "w", "pw", "relative", "direction", "amount")}
+        for s in stored:
+            e = s.automation.event
+            threshold = isinstance(e, RunMetricThreshold)
+            row = {
+                "automation_id": s.id, "key_id": key_ids[e.metric], "agg": e.aggregation,
+                "op": e.operator if threshold else None, "threshold": e.threshold if threshold else None,
+                "w": e.window if threshold else e.current_window, "pw": 0 if threshold else e.prior_window,
+                "relative": (not threshold) and e.change == "relative",
+                "direction": None if threshold else e.direction, "amount": None if threshold else e.amount,
+            }
+            for k, v in row.items():
+                columns[k].append(v)
+        self.params = columns | {"entity": PROJECT[0], "project": PROJECT[1]}
+        self.spans = {"key_id": columns["key_id"], "span": [w + p for w, p in zip(columns["w"], columns["pw"])]}
+        self.key_of = dict(zip(columns["automation_id"], columns["key_id"]))
+
+    def run(self, conn: psycopg.Connection, span: tuple[str, str]) -> tuple[float, list[tuple]]:
+        bound = self.params | {"from_xid": span[0], "to_xid": span[1]}
+        ms, rows = timed(lambda: conn.execute(bench_query("baseline", "baseline.sql"), bound).fetchall())
+        return ms, rows
+
+    def cut(self, conn: psycopg.Connection, span: tuple[str, str]) -> int:
+        bound = self.spans | {"from_xid": span[0], "to_xid": span[1]}
+        return conn.execute(bench_query("cut_windows", "baseline.sql"), bound).fetchone()[0]
+
+    def evaluations(self, conn: psycopg.Connection, span: tuple[str, str]) -> int:
+        """Rule-series evaluations: each automation x each series of its metric with a new value."""
+        per_key = dict(conn.execute(bench_query("pending_series", "baseline.sql"),
+                                    {"from_xid": span[0], "to_xid": span[1]}).fetchall())
+        return sum(per_key.get(k, 0) for k in self.key_of.values())
+
+
+def current_span(conn: psycopg.Connection) -> tuple[str, str]:
+    lo, hi = conn.execute(bench_query("span", "baseline.sql")).fetchone()
+    return lo, hi
+
+
+def check_against_baseline(conn: psycopg.Connection, expected: list[tuple], before_id: int) -> str:
+    """The tick's new triggers must be the baseline's rows minus those the cooldown (24 h,
+    longer than the benchmark) silences: runs that already fired that automation."""
+    fired_before = set(conn.execute(
+        "SELECT automation_id, run_pk FROM triggers WHERE id <= %s AND run_pk IS NOT NULL", (before_id,)).fetchall())
+    want = {(a, r, f"metric:{r}:{k}:{p}") for a, r, k, p, *_ in expected if (a, r) not in fired_before}
+    got = set(conn.execute("SELECT automation_id, run_pk, cause FROM triggers WHERE id > %s", (before_id,)).fetchall())
+    if want != got:
+        raise SystemExit(f"tick and baseline disagree: {len(want - got)} missing, {len(got - want)} extra "
+                         f"(e.g. {sorted(want - got)[:3]} / {sorted(got - want)[:3]})")
+    return f"{len(got)} triggers = baseline"
+
+
+def max_trigger(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(id), 0) FROM triggers").fetchone()[0]
+
+
+def tick(evaluator: Evaluator) -> tuple[float, TickResult]:
+    ms, result = timed(evaluator.tick)
+    if result.failed:
+        raise SystemExit(f"automations failed: {result.failed}")
+    return ms, result
+
+
+# -- phases -----------------------------------------------------------------------------------------
+def every_series_tick(conn, data: Dataset, logger: Logger, evaluator: Evaluator, baseline: Baseline,
+                      reps: int, label: str) -> dict[str, float]:
+    """(b)/(d): one point on every series, then the baseline and one tick on that state."""
+    ticks, sqls, evals = [], [], 0
+    for rep in range(reps):
+        ms_log, n = timed(lambda: logger.log(conn, all_series(data)))
+        span = current_span(conn)
+        if baseline.cut(conn, span):
+            raise SystemExit("some windows reach before the tails: the baseline would be incomplete")
+        evals = baseline.evaluations(conn, span)
+        sql_ms, expected = baseline.run(conn, span)
+        before = max_trigger(conn)
+        ms, result = tick(evaluator)
+        check = check_against_baseline(conn, expected, before)
+        ticks.append(ms)
+        sqls.append(sql_ms)
+        say(f"  {label} rep {rep + 1}: logged {n:,} points in {ms_log:,.0f} ms; tick {ms:,.0f} ms "
+            f"({result.evaluated} evaluated, {result.fired} fired: {check}); baseline SQL {sql_ms:,.0f} ms "
+            f"({len(expected)} rows); {evals:,} rule-series evaluations")
+    tick_ms, sql_ms = statistics.median(ticks), statistics.median(sqls)
+    return {"tick_ms": tick_ms, "sql_ms": sql_ms, "evals": evals}
+
+
+def latency(url: str, data: Dataset, probes: int, background_runs: int, background_hz: float) -> list[float]:
+    """(e): Service running (evaluation + deliveries, woken by NOTIFY); a thread logs on
+    `background_runs` runs through the SDK (flushed by its writer thread every second, like
+    any script); ~`probes` times a fresh run logs a value firing the window-1 probe rule and
+    flushes; the time until its trigger row exists is polled every millisecond."""
+    import engine
+    from engine.scheduler import Service
+    from engine.sdk import session
+
+    os.environ["ENGINE_DATABASE_URL"] = url
+    from engine.settings import get_settings
+
+    get_settings.cache_clear()
+    project = "/".join(PROJECT)
+    service = Service(settings_for(url), url=url)
+    service.start()
+    stop = threading.Event()
+    rng = random.Random(3)
+
+    def background() -> None:
+        runs = [engine.init(project=project, name=f"background-{i}", system_metrics_interval=0)
+                for i in range(background_runs)]
+        period = 1.0 / background_hz
+        next_at = time.monotonic()
+        while not stop.is_set():
+            for run in runs:
+                run.log({"loss": rng.uniform(0.3, 0.6), "accuracy": rng.uniform(0.6, 0.8), "lr": 3e-4,
+                         "grad_norm": rng.uniform(1.0, 1.5), "throughput": rng.uniform(950, 1050)})
+            next_at += period
+            stop.wait(max(0.0, next_at - time.monotonic()))
+        for run in runs:
+            run.finish()
+
+    writer = threading.Thread(target=background, name="background-logging", daemon=True)
+    writer.start()
+    times: list[float] = []
+    try:
+        with psycopg.connect(url, autocommit=True) as poll:
+            (probe_id,) = poll.execute("SELECT id FROM automations WHERE name = %s", (PROBE_RULE,)).fetchone()
+            time.sleep(2.0)  # the background runs are logging and being evaluated
+            for i in range(probes):
+                run = engine.init(project=project, name=f"probe-{i}", system_metrics_interval=0)
+                start = time.perf_counter()
+                run.log({PROBE_METRIC: PROBE_VALUE})
+                run.flush()
+                deadline = start + 10
+                while not poll.execute("SELECT 1 FROM triggers WHERE automation_id = %s AND run_pk = %s",
+                                       (probe_id, run.pk)).fetchone():
+                    if time.perf_counter() > deadline:
+                        raise SystemExit(f"probe {i}: no trigger after 10 s")
+                    time.sleep(0.001)
+                times.append((time.perf_counter() - start) * 1000)
+                run.finish()
+                time.sleep(rng.uniform(0.02, 0.2))  # probes land at every phase of the background flushes
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+        service.stop()
+        session.close_all()
+    return times
+
+
+# -- main ---------------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--points", type=int, default=3_000_000,
+                        help="stored points before the measurements (60 per series by default, so that "
+                        "10-vs-50 change rules have full windows)")
+    parser.add_argument("--steps", type=int, default=None, help="points per series (overrides --points)")
+    parser.add_argument("--grow-to", type=int, default=10_000_000, help="stored points for (d)")
+    parser.add_argument("--rules", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=6, help="ticks before the measurements")
+    parser.add_argument("--reps-1pct", type=int, default=25)
+    parser.add_argument("--reps-all", type=int, default=3)
+    parser.add_argument("--reps-idle", type=int, default=25)
+    parser.add_argument("--probes", type=int, default=100)
+    parser.add_argument("--background-runs", type=int, default=100, help="runs logging during (e)")
+    parser.add_argument("--background-hz", type=float, default=10.0, help="steps per second of each background run")
+    parser.add_argument("--skip-growth", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    steps = args.steps or max(1, args.points // (args.runs * len(METRICS)))
+    total = max(steps, args.grow_to // (args.runs * len(METRICS)))
+    data = Dataset(runs=args.runs, steps=steps, total=total)
+    started = time.perf_counter()
+    say(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    out: dict[str, float | None] = {}
+    with fresh_database("bench_eval") as url:
+        with psycopg.connect(url) as conn:
+            data.setup(conn)
+            ms, n = timed(lambda: data.load_initial(conn))
+            chunks = conn.execute("SELECT count(*) FROM timescaledb_information.chunks "
+                                  "WHERE hypertable_name = 'metric_points'").fetchone()[0]
+            say(f"loaded {n:,} points ({args.runs:,} runs x {len(METRICS)} metrics x {steps} steps) "
+                f"in {chunks} chunks in {ms / 1000:.1f} s")
+            compared = check_state_with_sdk(url, data.tail)
+            say(f"series_state built with SQL = what the SDK stores ({compared} series logged through the SDK)")
+            ms, _ = timed(lambda: data.store_state(conn))
+            say(f"series_state of {data.series:,} series built in {ms / 1000:.1f} s")
+            rules = make_rules(conn, data, args.rules)
+            apply_rules(conn, rules)
+            kinds = {k: sum(1 for r in rules if r.event.type == k) for k in ("run_metric_threshold", "run_metric_change")}
+            say(f"{len(rules)} automations applied: {kinds}")
+            baseline = Baseline(conn, data.key_ids)
+        settings = settings_for(url)
+        evaluator = Evaluator(url, settings)
+        logger = Logger(url, data)
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("SET jit = off")  # for the baseline, as the evaluator's session does
+                tick(evaluator)  # loads and compiles the automations
+                rng = random.Random(11)
+                every = all_series(data)
+                # A service runs for days: psycopg prepares a query shape after 5 runs, and the
+                # evaluator's session plans it once (engine/evaluator.py). Warm up like that.
+                warm = []
+                for _ in range(args.warmup):
+                    logger.log(conn, rng.sample(every, max(1, len(every) // 100)))
+                    warm.append(tick(evaluator)[0])
+                say(f"warm-up: {len(warm)} ticks after 1 % of the series got a point: "
+                    + ", ".join(f"{ms:,.0f}" for ms in warm) + " ms")
+
+                # (a) 1 % of the series get a point
+                one_pct, fired = [], 0
+                for _ in range(args.reps_1pct):
+                    logger.log(conn, rng.sample(every, max(1, len(every) // 100)))
+                    ms, result = tick(evaluator)
+                    one_pct.append(ms)
+                    fired += result.fired
+                say(f"(a) 1 % of the series ({len(every) // 100:,}) got a point: tick p50 {pct(one_pct, 0.5):.1f} ms, "
+                    f"p99 {pct(one_pct, 0.99):.1f} ms over {len(one_pct)} ticks ({fired} triggers)")
+                out["tick_1pct_p99_ms"] = pct(one_pct, 0.99)
+
+                # (c) nothing new
+                idle = [tick(evaluator)[0] for _ in range(args.reps_idle)]
+                say(f"(c) nothing new: tick median {statistics.median(idle):.1f} ms, max {max(idle):.1f} ms")
+                out["idle_tick_ms"] = statistics.median(idle)
+
+                # (b) every series gets a point
+                say("(b) every series gets a point:")
+                b = every_series_tick(conn, data, logger, evaluator, baseline, args.reps_all, "(b)")
+                out["tick_ms"], out["sql_baseline_ms"] = b["tick_ms"], b["sql_ms"]
+                out["ratio_vs_sql"] = b["tick_ms"] / b["sql_ms"]
+                out["evals_per_s"] = b["evals"] / (b["tick_ms"] / 1000)
+                say(f"(b) tick median {b['tick_ms']:,.0f} ms, baseline SQL {b['sql_ms']:,.0f} ms, "
+                    f"ratio {out['ratio_vs_sql']:.2f}, {out['evals_per_s']:,.0f} rule-series evaluations/s")
+
+                # (d) the same after the history grew
+                out["growth_ratio"] = None
+                if not args.skip_growth and total > steps:
+                    tick(evaluator)  # nothing pending while the indexes are rebuilt
+                    with psycopg.connect(url) as load:
+                        ms, n = timed(lambda: data.grow(load))
+                        chunks = load.execute("SELECT count(*) FROM timescaledb_information.chunks "
+                                              "WHERE hypertable_name = 'metric_points'").fetchone()[0]
+                        stored = load.execute("SELECT count(*) FROM metric_points").fetchone()[0]
+                        say(f"history grown by {n:,} points in {ms / 1000:.1f} s: {stored:,} points in {chunks} chunks")
+                        ms, _ = timed(lambda: data.store_state(load))
+                        say(f"series_state rebuilt in {ms / 1000:.1f} s")
+                    tick(evaluator)
+                    say("(d) every series gets a point, after the growth:")
+                    d = every_series_tick(conn, data, logger, evaluator, baseline, args.reps_all, "(d)")
+                    out["growth_ratio"] = d["tick_ms"] / b["tick_ms"]
+                    say(f"(d) tick median {d['tick_ms']:,.0f} ms (baseline SQL {d['sql_ms']:,.0f} ms); "
+                        f"growth ratio d/b {out['growth_ratio']:.2f}")
+        finally:
+            logger.close()
+            evaluator.close()
+
+        # (e) end-to-end latency
+        out["latency_p50_ms"] = out["latency_p99_ms"] = None
+        if not args.skip_latency:
+            lat = latency(url, data, args.probes, args.background_runs, args.background_hz)
+            out["latency_p50_ms"], out["latency_p99_ms"] = pct(lat, 0.5), pct(lat, 0.99)
+            say(f"(e) run.log + flush -> trigger row, {len(lat)} probes while {args.background_runs} runs log "
+                f"{len(METRICS)} metrics at {args.background_hz:g} Hz: p50 {out['latency_p50_ms']:.1f} ms, "
+                f"p99 {out['latency_p99_ms']:.1f} ms")
+    say(f"total {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.2f}")
+    print(json.dumps({k: (None if out.get(k) is None else round(out[k], 3)) for k in (
+        "tick_ms", "sql_baseline_ms", "ratio_vs_sql", "evals_per_s", "tick_1pct_p99_ms", "idle_tick_ms",
+        "growth_ratio", "latency_p50_ms", "latency_p99_ms")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Shared pieces of the evaluation benchmarks (a package, so `make bench` does not run it)."""
