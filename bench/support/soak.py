@@ -40,11 +40,13 @@ from typing import Any
 import psycopg
 
 import engine
+from bench.support.dataset import bench_query
 from engine.evaluator import backtest, is_metric_rule
 from engine.rules import Automation
 from engine.rules.store import apply_rules
 from tests.acceptance.service_helpers import ServeProcess
 
+SQL = "soak.sql"  # the named queries of this module, next to it
 PROJECT = "soak/burst"
 REGISTRY = "soak-models"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -237,7 +239,7 @@ class Observation:
 
     @property
     def unseen(self) -> int:
-        """Deliveries recorded as succeeded that the receiver never answered 2xx."""
+        """Deliveries the receiver never answered 2xx."""
         return sum(1 for d in self.deliveries if not self.succeeded.get(d))
 
     @property
@@ -268,11 +270,9 @@ def reference(conn: psycopg.Connection, rules: list[Automation], values_since: d
 
 def observe(conn: psycopg.Connection, expected: set[tuple[str, str]], receiver: DeliveryReceiver) -> Observation:
     """The triggers and deliveries stored, and what the receiver got, against `expected`."""
-    triggers = [(n, c) for n, c in conn.execute(
-        "SELECT a.name, t.cause FROM triggers t JOIN automations a ON a.id = t.automation_id")]
-    deliveries = {str(i): s for i, s in conn.execute("SELECT id, status FROM deliveries WHERE action_type = 'webhook'")}
-    (per_trigger,) = conn.execute(
-        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM deliveries GROUP BY trigger_id) x").fetchone()
+    triggers = [(n, c) for n, c in conn.execute(bench_query("soak_triggers", SQL))]
+    deliveries = {str(i): s for i, s in conn.execute(bench_query("soak_webhook_deliveries", SQL))}
+    (per_trigger,) = conn.execute(bench_query("soak_most_deliveries_per_trigger", SQL)).fetchone()
     requests, succeeded = receiver.snapshot()
     return Observation(expected, triggers, deliveries, per_trigger, requests, succeeded)
 
@@ -288,7 +288,7 @@ class RoundResult:
     # burst included); None: did not settle in time
     triggers: int  # new this round
     deliveries: int
-    observation: Observation = field(repr=False)
+    observation: Observation | None = field(repr=False)  # None once two newer rounds exist
 
     def line(self) -> str:
         obs = self.observation
@@ -353,7 +353,7 @@ class Soak:
             self.services[victim].kill()
             killed_after = time.monotonic() - started
             self.kills += 1
-            (in_flight,) = self.conn.execute("SELECT count(*) FROM deliveries WHERE status = 'sending'").fetchone()
+            (in_flight,) = self.conn.execute(bench_query("soak_in_flight", SQL)).fetchone()
             if restart:
                 time.sleep(self.rng.uniform(0, 0.5))
                 self.services[victim] = self._start(victim)
@@ -374,9 +374,7 @@ class Soak:
             if obs.settled:
                 # when the last trigger or delivery outcome was written (the polling, and the
                 # backtest above, take time of their own)
-                (last,) = self.conn.execute(
-                    "SELECT greatest((SELECT max(fired_at) FROM triggers), (SELECT max(finished_at) FROM deliveries))"
-                ).fetchone()
+                (last,) = self.conn.execute(bench_query("soak_last_write", SQL)).fetchone()
                 settle_s = max(0.0, (last - ended_at).total_seconds())
                 break
             if time.monotonic() - ended > self.settle_timeout:
@@ -389,6 +387,8 @@ class Soak:
             observation=obs,
         )
         self.results.append(result)
+        for old in self.results[:-2]:  # each holds every trigger so far: keep the last two only
+            old.observation = None
         on_progress(result.line())
         return result
 
