@@ -146,13 +146,19 @@ SELECT
 FROM points AS p
 CROSS JOIN LATERAL (
   SELECT
-    MAX(u) AS current_aggregate
-  FROM UNNEST(p.vals[p.i - %(current_window)s + 1:p.i]) AS u
+    MAX(s.u) AS current_aggregate
+  FROM (
+    SELECT
+      UNNEST(p.vals[p.i - %(current_window)s + 1:p.i]) AS u
+  ) AS s
 ) AS c
 CROSS JOIN LATERAL (
   SELECT
-    MAX(u) AS prior_aggregate
-  FROM UNNEST(p.vals[p.i - %(span)s + 1:p.i - %(current_window)s]) AS u
+    MAX(s.u) AS prior_aggregate
+  FROM (
+    SELECT
+      UNNEST(p.vals[p.i - %(span)s + 1:p.i - %(current_window)s]) AS u
+  ) AS s
 ) AS r
 WHERE
   ABS((

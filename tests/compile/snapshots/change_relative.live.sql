@@ -154,13 +154,19 @@ SELECT
 FROM points AS p
 CROSS JOIN LATERAL (
   SELECT
-    AVG(u) AS current_aggregate
-  FROM UNNEST(p.vals[p.i - %(current_window)s + 1:p.i]) AS u
+    AVG(s.u) AS current_aggregate
+  FROM (
+    SELECT
+      UNNEST(p.vals[p.i - %(current_window)s + 1:p.i]) AS u
+  ) AS s
 ) AS c
 CROSS JOIN LATERAL (
   SELECT
-    AVG(u) AS prior_aggregate
-  FROM UNNEST(p.vals[p.i - %(span)s + 1:p.i - %(current_window)s]) AS u
+    AVG(s.u) AS prior_aggregate
+  FROM (
+    SELECT
+      UNNEST(p.vals[p.i - %(span)s + 1:p.i - %(current_window)s]) AS u
+  ) AS s
 ) AS r
 WHERE
   -(

@@ -143,8 +143,11 @@ SELECT
 FROM points AS p
 CROSS JOIN LATERAL (
   SELECT
-    AVG(u) AS aggregate
-  FROM UNNEST(p.vals[p.i - %(window)s + 1:p.i]) AS u
+    AVG(s.u) AS aggregate
+  FROM (
+    SELECT
+      UNNEST(p.vals[p.i - %(window)s + 1:p.i]) AS u
+  ) AS s
 ) AS a
 WHERE
   a.aggregate > %(threshold)s AND p.times[p.i] >= CAST(%(since)s AS TIMESTAMPTZ)

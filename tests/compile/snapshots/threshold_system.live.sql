@@ -149,8 +149,11 @@ SELECT
 FROM points AS p
 CROSS JOIN LATERAL (
   SELECT
-    MAX(u) AS aggregate
-  FROM UNNEST(p.vals[p.i - %(window)s + 1:p.i]) AS u
+    MAX(s.u) AS aggregate
+  FROM (
+    SELECT
+      UNNEST(p.vals[p.i - %(window)s + 1:p.i]) AS u
+  ) AS s
 ) AS a
 WHERE
   a.aggregate > %(threshold)s
