@@ -41,64 +41,25 @@ WITH pending AS (
     x.first_pos,
     x.last_pos,
     CASE WHEN x.need_from > x.base THEN x.base ELSE x.need_from - 1 END AS off,
-    CASE
-      WHEN x.need_from > x.base
-      THEN x.tail_step
-      ELSE ARRAY(SELECT
-        o.step
+    CASE WHEN x.need_from > x.base THEN x.tail_step ELSE h.steps END AS steps,
+    CASE WHEN x.need_from > x.base THEN x.tail_time ELSE h.times END AS times,
+    CASE WHEN x.need_from > x.base THEN x.tail_value ELSE h.vals END AS vals
+  FROM series AS x
+  LEFT JOIN LATERAL (
+    SELECT
+      ARRAY_AGG(o.step) AS steps,
+      ARRAY_AGG(o.time) AS times,
+      ARRAY_AGG(o.value) AS vals
+    FROM (
+      SELECT
+        n.step,
+        n.time,
+        n.value
       FROM (
         SELECT
           m.seq,
-          m.step
-        FROM metric_points AS m
-        WHERE
-          (
-            m.run_pk = x.run_pk AND m.key_id = x.key_id
-          )
-          AND (
-            m.value < CAST('Infinity' AS DOUBLE PRECISION)
-            AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
-          )
-        ORDER BY
-          m.seq DESC
-        LIMIT x.n_finite - x.need_from + 1
-      ) AS o
-      ORDER BY
-        o.seq)
-    END AS steps,
-    CASE
-      WHEN x.need_from > x.base
-      THEN x.tail_time
-      ELSE ARRAY(SELECT
-        o.time
-      FROM (
-        SELECT
-          m.seq,
-          m.time
-        FROM metric_points AS m
-        WHERE
-          (
-            m.run_pk = x.run_pk AND m.key_id = x.key_id
-          )
-          AND (
-            m.value < CAST('Infinity' AS DOUBLE PRECISION)
-            AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
-          )
-        ORDER BY
-          m.seq DESC
-        LIMIT x.n_finite - x.need_from + 1
-      ) AS o
-      ORDER BY
-        o.seq)
-    END AS times,
-    CASE
-      WHEN x.need_from > x.base
-      THEN x.tail_value
-      ELSE ARRAY(SELECT
-        o.value
-      FROM (
-        SELECT
-          m.seq,
+          m.step,
+          m.time,
           m.value
         FROM metric_points AS m
         WHERE
@@ -112,11 +73,14 @@ WITH pending AS (
         ORDER BY
           m.seq DESC
         LIMIT x.n_finite - x.need_from + 1
-      ) AS o
+      ) AS n
       ORDER BY
-        o.seq)
-    END AS vals
-  FROM series AS x
+        n.seq
+    ) AS o
+    WHERE
+      x.need_from <= x.base
+  ) AS h
+    ON TRUE
 ), points AS (
   SELECT
     v.run_pk,
