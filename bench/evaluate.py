@@ -184,6 +184,16 @@ def latency(url: str, data: Dataset, probes: int, background_runs: int, backgrou
     get_settings.cache_clear()
     project = "/".join(PROJECT)
     service = Service(settings_for(url), url=url)
+    ticks: list[tuple[float, float, int]] = []  # (start, ms, automations evaluated) of the service's ticks
+    inner_tick = service.evaluator.tick
+
+    def recorded_tick() -> TickResult:
+        start = time.perf_counter()
+        result = inner_tick()
+        ticks.append((start, result.duration_ms, result.evaluated))
+        return result
+
+    service.evaluator.tick = recorded_tick  # type: ignore[method-assign]
     service.start()
     stop = threading.Event()
     rng = random.Random(3)
@@ -205,20 +215,32 @@ def latency(url: str, data: Dataset, probes: int, background_runs: int, backgrou
     writer = threading.Thread(target=background, name="background-logging", daemon=True)
     writer.start()
     times: list[float] = []
+    warm = 0
     try:
         with psycopg.connect(url, autocommit=True) as poll:
             (probe_id,) = poll.execute("SELECT id FROM automations WHERE name = %s", (PROBE_RULE,)).fetchone()
-            time.sleep(2.0)  # the background runs are logging and being evaluated
+            # warm up as in (a): the background runs are logging and being evaluated
+            warm_until = time.monotonic() + 120
+            while sum(1 for *_, n in ticks if n) < 6 and time.monotonic() < warm_until:
+                time.sleep(0.1)
+            warm = len(ticks)
             for i in range(probes):
                 run = engine.init(project=project, name=f"probe-{i}", system_metrics_interval=0)
                 start = time.perf_counter()
                 run.log({PROBE_METRIC: PROBE_VALUE})
                 run.flush()
-                deadline = start + 10
+                deadline = start + 60
                 while not poll.execute("SELECT 1 FROM triggers WHERE automation_id = %s AND run_pk = %s",
                                        (probe_id, run.pk)).fetchone():
                     if time.perf_counter() > deadline:
-                        raise SystemExit(f"probe {i}: no trigger after 10 s")
+                        state = poll.execute(
+                            "SELECT s.frontier::text, s.last_error, pg_snapshot_xmin(pg_current_snapshot())::text, "
+                            "(SELECT string_agg(b.xid::text || ':' || b.first_pos || '-' || b.last_pos, ',') "
+                            " FROM series_batches b WHERE b.run_pk = %s) "
+                            "FROM automation_state s WHERE s.automation_id = %s", (run.pk, probe_id)).fetchone()
+                        recent = [(round(t0 - start, 2), round(ms), n) for t0, ms, n in ticks[-8:]]
+                        raise SystemExit(f"probe {i}: no trigger after 60 s (frontier, error, xmin, batches: {state}; "
+                                         f"last ticks (start, ms, evaluated): {recent})")
                     time.sleep(0.001)
                 times.append((time.perf_counter() - start) * 1000)
                 run.finish()
@@ -228,6 +250,10 @@ def latency(url: str, data: Dataset, probes: int, background_runs: int, backgrou
         writer.join(timeout=30)
         service.stop()
         session.close_all()
+    measured = [ms for _, ms, n in ticks[warm:] if n]
+    if measured:
+        say(f"    service ticks during the probes: {len(measured)}, median {statistics.median(measured):,.0f} ms, "
+            f"max {max(measured):,.0f} ms")
     return times
 
 
@@ -239,22 +265,24 @@ def main() -> None:
                         help="stored points before the measurements (60 per series by default, so that "
                         "10-vs-50 change rules have full windows)")
     parser.add_argument("--steps", type=int, default=None, help="points per series (overrides --points)")
-    parser.add_argument("--grow-to", type=int, default=10_000_000, help="stored points for (d)")
+    parser.add_argument("--grow-to", type=int, default=None,
+                        help="stored points for (d) (default: 10/3 of the initial ones, 10M by default)")
     parser.add_argument("--rules", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=6, help="ticks before the measurements")
     parser.add_argument("--reps-1pct", type=int, default=25)
     parser.add_argument("--reps-all", type=int, default=3)
     parser.add_argument("--reps-idle", type=int, default=25)
     parser.add_argument("--probes", type=int, default=100)
-    parser.add_argument("--background-runs", type=int, default=100, help="runs logging during (e)")
-    parser.add_argument("--background-hz", type=float, default=10.0, help="steps per second of each background run")
+    parser.add_argument("--background-runs", type=int, default=20, help="runs logging during (e)")
+    parser.add_argument("--background-hz", type=float, default=2.0, help="steps per second of each background run")
     parser.add_argument("--skip-growth", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     steps = args.steps or max(1, args.points // (args.runs * len(METRICS)))
-    total = max(steps, args.grow_to // (args.runs * len(METRICS)))
+    grow_to = args.grow_to or steps * args.runs * len(METRICS) * 10 // 3
+    total = max(steps, grow_to // (args.runs * len(METRICS)))
     data = Dataset(runs=args.runs, steps=steps, total=total)
     started = time.perf_counter()
     say(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")

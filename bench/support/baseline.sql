@@ -3,9 +3,10 @@
 -- [from_xid, to_xid), series_state tails), with the same per-value semantics: at every new
 -- finite value, the window of the N finite values ending at it (change rules: the current
 -- window and the prior one before it). Rules come in as parallel arrays (one element per
--- automation); windows are array slices of the tails, reduced by a subquery per
--- (rule, value). It returns what each automation's compiled query would return, before
--- the cooldown.
+-- automation); windows are array slices of the tails, each distinct window (metric,
+-- aggregation, sizes) reduced once per value by a subquery, whatever the number of rules
+-- that use it. It returns what each automation's compiled query would return, before the
+-- cooldown.
 
 -- name: baseline
 WITH rules AS (
@@ -14,6 +15,9 @@ WITH rules AS (
                 %(threshold)s::float8[], %(w)s::integer[], %(pw)s::integer[], %(relative)s::boolean[],
                 %(direction)s::text[], %(amount)s::float8[])
         AS r(automation_id, key_id, agg, op, threshold, w, pw, relative, direction, amount)
+), windows AS (
+    -- rules that reduce the same windows the same way share the work
+    SELECT DISTINCT key_id, agg, w, pw FROM rules
 ), pending AS (
     SELECT b.run_pk, b.key_id, min(b.first_pos) AS first_pos, max(b.last_pos) AS last_pos
     FROM series_batches b
@@ -21,47 +25,59 @@ WITH rules AS (
     GROUP BY b.run_pk, b.key_id
 ), points AS (
     -- i: the index in the tail of the value at position pos
-    SELECT p.run_pk, p.key_id, e.pos, e.pos - (s.n_finite - cardinality(s.tail_value)) AS i,
-           s.tail_step, s.tail_time, s.tail_value
+    SELECT p.run_pk, p.key_id, e.pos, e.pos - (s.n_finite - cardinality(s.tail_value)) AS i, s.tail_value
     FROM pending p
     JOIN series_state s ON s.key_id = p.key_id AND s.run_pk = p.run_pk
     JOIN runs r ON r.id = p.run_pk
-    JOIN projects pr ON pr.id = r.project_id
     CROSS JOIN LATERAL generate_series(p.first_pos, p.last_pos) AS e(pos)
-    WHERE pr.entity = %(entity)s AND pr.name = %(project)s
-), evals AS (
-    SELECT ru.automation_id, ru.w, ru.pw, ru.op, ru.threshold, ru.relative, ru.direction, ru.amount,
-           pt.run_pk, pt.key_id, pt.pos, pt.i, pt.tail_step, pt.tail_time, pt.tail_value,
-           (SELECT CASE ru.agg WHEN 'avg' THEN avg(v) WHEN 'min' THEN min(v) ELSE max(v) END
-            FROM unnest(pt.tail_value[pt.i - ru.w + 1:pt.i]) AS v) AS cur,
-           CASE WHEN ru.pw > 0 THEN
-               (SELECT CASE ru.agg WHEN 'avg' THEN avg(v) WHEN 'min' THEN min(v) ELSE max(v) END
-                FROM unnest(pt.tail_value[pt.i - ru.w - ru.pw + 1:pt.i - ru.w]) AS v)
+    WHERE r.project_id = (SELECT pr.id FROM projects pr WHERE pr.entity = %(entity)s AND pr.name = %(project)s)
+), reduced AS MATERIALIZED (
+    -- MATERIALIZED: each distinct window is reduced once per value, then shared by the rules
+    -- that use it (inlined, the planner would join the rules first and reduce per rule).
+    -- One subquery runs per window: the CASE picks it (a CASE over avg/min/max inside one
+    -- subquery would run all three aggregates on every value); unnest in a select list
+    -- streams the values, in FROM it would copy them into a tuplestore first. Only scalars
+    -- are kept (the tails are read again for the few values that fire).
+    SELECT wi.key_id, wi.agg, wi.w, wi.pw, pt.run_pk, pt.pos, pt.i,
+           CASE wi.agg
+               WHEN 'avg' THEN (SELECT avg(v) FROM (SELECT unnest(pt.tail_value[pt.i - wi.w + 1:pt.i]) AS v) AS u)
+               WHEN 'min' THEN (SELECT min(v) FROM (SELECT unnest(pt.tail_value[pt.i - wi.w + 1:pt.i]) AS v) AS u)
+               ELSE (SELECT max(v) FROM (SELECT unnest(pt.tail_value[pt.i - wi.w + 1:pt.i]) AS v) AS u)
+           END AS cur,
+           CASE WHEN wi.pw = 0 THEN NULL
+               WHEN wi.agg = 'avg' THEN (SELECT avg(v) FROM (SELECT unnest(pt.tail_value[pt.i - wi.w - wi.pw + 1:pt.i - wi.w]) AS v) AS u)
+               WHEN wi.agg = 'min' THEN (SELECT min(v) FROM (SELECT unnest(pt.tail_value[pt.i - wi.w - wi.pw + 1:pt.i - wi.w]) AS v) AS u)
+               ELSE (SELECT max(v) FROM (SELECT unnest(pt.tail_value[pt.i - wi.w - wi.pw + 1:pt.i - wi.w]) AS v) AS u)
            END AS prior
     FROM points pt
-    JOIN rules ru ON ru.key_id = pt.key_id
-    WHERE pt.pos >= ru.w + ru.pw              -- the windows are full
-      AND pt.i - ru.w - ru.pw + 1 >= 1        -- and in the tail (the benchmark checks none is cut)
+    JOIN windows wi ON wi.key_id = pt.key_id
+    WHERE pt.pos >= wi.w + wi.pw              -- the windows are full
+      AND pt.i - wi.w - wi.pw + 1 >= 1        -- and in the tail (the benchmark checks none is cut)
 ), scored AS (
-    SELECT e.*,
-           CASE WHEN e.pw = 0 THEN e.cur
-                WHEN e.relative THEN (e.cur - e.prior) / nullif(abs(e.prior), 0)
-                ELSE e.cur - e.prior END AS d
-    FROM evals e
+    SELECT ru.automation_id, ru.op, ru.threshold, ru.direction, ru.amount, x.*,
+           CASE WHEN x.pw = 0 THEN x.cur
+                WHEN ru.relative THEN (x.cur - x.prior) / nullif(abs(x.prior), 0)
+                ELSE x.cur - x.prior END AS d
+    FROM reduced x
+    JOIN rules ru ON ru.key_id = x.key_id AND ru.agg = x.agg AND ru.w = x.w AND ru.pw = x.pw
+), fired AS (
+    SELECT sc.*
+    FROM scored sc
+    WHERE CASE WHEN sc.pw = 0 THEN
+              CASE sc.op WHEN '>' THEN sc.d > sc.threshold WHEN '>=' THEN sc.d >= sc.threshold
+                         WHEN '<' THEN sc.d < sc.threshold WHEN '<=' THEN sc.d <= sc.threshold
+                         WHEN '==' THEN sc.d = sc.threshold ELSE sc.d <> sc.threshold END
+          ELSE
+              CASE sc.direction WHEN 'increase' THEN sc.d >= sc.amount WHEN 'decrease' THEN -sc.d >= sc.amount
+                                ELSE abs(sc.d) >= sc.amount END
+          END
 )
-SELECT s.automation_id, s.run_pk, s.key_id, s.pos, s.tail_step[s.i] AS step, s.tail_time[s.i] AS time,
-       s.tail_value[s.i] AS value, s.d AS aggregate, s.tail_value[s.i - s.w + 1:s.i] AS window_values,
-       s.prior AS prior_aggregate, s.tail_value[s.i - s.w - s.pw + 1:s.i - s.w] AS prior_values
-FROM scored s
-WHERE CASE WHEN s.pw = 0 THEN
-          CASE s.op WHEN '>' THEN s.d > s.threshold WHEN '>=' THEN s.d >= s.threshold
-                    WHEN '<' THEN s.d < s.threshold WHEN '<=' THEN s.d <= s.threshold
-                    WHEN '==' THEN s.d = s.threshold ELSE s.d <> s.threshold END
-      ELSE
-          CASE s.direction WHEN 'increase' THEN s.d >= s.amount WHEN 'decrease' THEN -s.d >= s.amount
-                           ELSE abs(s.d) >= s.amount END
-      END
-ORDER BY s.automation_id, s.run_pk, s.pos;
+SELECT f.automation_id, f.run_pk, f.key_id, f.pos, s.tail_step[f.i] AS step, s.tail_time[f.i] AS time,
+       s.tail_value[f.i] AS value, f.d AS aggregate, s.tail_value[f.i - f.w + 1:f.i] AS window_values,
+       f.prior AS prior_aggregate, s.tail_value[f.i - f.w - f.pw + 1:f.i - f.w] AS prior_values
+FROM fired f
+JOIN series_state s ON s.key_id = f.key_id AND s.run_pk = f.run_pk
+ORDER BY f.automation_id, f.run_pk, f.pos;
 
 -- name: cut_windows
 -- Evaluations whose windows would reach before the tail (the baseline skips them; the
