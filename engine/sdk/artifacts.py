@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from engine.db import query
 from engine.exceptions import NotFound
-from engine.sdk.validate import check_name, parse_project
+from engine.sdk.validate import check_json_object, check_name, parse_project
 
 LATEST = "latest"
 _VERSION = re.compile(r"v[0-9]+")
@@ -89,14 +89,7 @@ def _unique(names: Iterable[str], check) -> list[str]:
 
 
 def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
-    metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, dict):
-        raise TypeError(f"artifact metadata must be a dict, not {type(metadata).__name__}")
-    try:
-        json.dumps(metadata)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"artifact metadata must be JSON-serialisable: {exc}") from None
-    return metadata
+    return check_json_object("artifact metadata", {} if metadata is None else metadata)
 
 
 def create_version(

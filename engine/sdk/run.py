@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import functools
 import getpass
-import json
 import logging
 import os
 import secrets
@@ -35,7 +34,7 @@ from engine.db import query
 from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, IngestError
 from engine.sdk import artifacts, session as sessions
 from engine.sdk.system import SamplerThread
-from engine.sdk.validate import check_key, check_name, check_step, check_time, parse_project, to_float
+from engine.sdk.validate import check_json_object, check_key, check_name, check_step, check_time, parse_project, to_float
 from engine.sdk.writer import MAX_BATCH_POINTS, Stream
 from engine.settings import get_settings
 
@@ -376,13 +375,7 @@ def _login_name() -> str | None:
 
 
 def _check_config(config: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict, not {type(config).__name__}")
-    try:
-        json.dumps(config)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"config must be JSON-serialisable: {exc}") from None
-    return config
+    return check_json_object("config", config)
 
 
 def _check_tags(tags: Iterable[str]) -> list[str]:

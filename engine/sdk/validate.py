@@ -7,6 +7,7 @@ naming the offending key, before anything of the call is buffered.
 
 from __future__ import annotations
 
+import json
 import numbers
 import re
 from datetime import datetime
@@ -105,3 +106,14 @@ def check_step(step: Any) -> int:
     if step < 0:
         raise ValueError(f"step must be >= 0 (got {step})")
     return step
+
+
+def check_json_object(what: str, value: dict[str, Any]) -> dict[str, Any]:
+    """A dict that can be stored as JSON (run config, artifact metadata), else TypeError naming `what`."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a dict, not {type(value).__name__}")
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} must be JSON-serialisable: {exc}") from None
+    return value
