@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +29,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from engine import clock
-from engine.compiler import CompiledQuery, compile_rule
+from engine.compiler import CompiledQuery, compile_metrics, compile_rule, span_of
 from engine.db import boundary, connect, query, translate
 from engine.exceptions import DatabaseUnavailable, EngineError
 from engine.rules import Automation, RunMetricChange, RunMetricThreshold, RunState
@@ -182,7 +182,7 @@ class Evaluator:
         self._conn: psycopg.Connection | None = None
         self._fingerprint: str | None = None
         self._automations: list[StoredAutomation] = []
-        self._compiled: dict[tuple[int, int], CompiledQuery] = {}
+        self._compiled: dict[tuple[tuple[int, int], ...], CompiledQuery] = {}
         self._lock = threading.Lock()
         self._ticks = 0
 
@@ -206,12 +206,6 @@ class Evaluator:
         if fingerprint != self._fingerprint:
             self._automations, self._fingerprint = load_enabled(conn), fingerprint
         return self._automations
-
-    def compiled(self, stored: StoredAutomation) -> CompiledQuery:
-        key = (stored.id, stored.version)
-        if key not in self._compiled:
-            self._compiled[key] = compile_rule(stored.automation, "live")
-        return self._compiled[key]
 
     # -- one tick ----------------------------------------------------------------------
     def tick(self) -> TickResult:
@@ -248,6 +242,7 @@ class Evaluator:
                 activity[("event", r["type"])] = int(r["max"])
 
         idle: list[int] = []
+        groups: dict[tuple[Any, ...], list[StoredAutomation]] = {}
         for stored in automations:
             frontier = frontiers.get(stored.id)
             if frontier is None or frontier >= to_xid:
@@ -256,25 +251,9 @@ class Evaluator:
             if newest is None or newest < frontier:
                 idle.append(stored.id)
                 continue
-            try:
-                fired = self._evaluate(conn, stored, to_xid)
-            except DatabaseUnavailable:
-                raise
-            except (EngineError, psycopg.Error) as exc:
-                error = translate(exc) if isinstance(exc, psycopg.Error) else exc
-                if isinstance(error, DatabaseUnavailable):
-                    # the database went away mid-tick: an outage (the service backs off and
-                    # logs it), not a failure of this automation nor of the ones after it
-                    raise error from exc
-                log.error("automation %r failed and is skipped this tick: %s", stored.name, error)
-                result.failed.append(stored.name)
-                self._record_failure(conn, stored.id, str(error))
-                continue
-            if fired is None:
-                result.skipped_locked += 1
-            else:
-                result.evaluated += 1
-                result.fired += fired
+            groups.setdefault(self._group_key(stored, frontier), []).append(stored)
+        for members in groups.values():
+            self._run(conn, members, to_xid, result)
         if idle:
             _dicts(conn).execute(query("advance_idle_frontiers"), {"ids": idle, "to_xid": str(to_xid)})
             result.idle = len(idle)
@@ -282,53 +261,139 @@ class Evaluator:
         if self._ticks % 20 == 1:
             _dicts(conn).execute(query("prune_series_batches"))
 
+    def _group_key(self, stored: StoredAutomation, frontier: int) -> tuple[Any, ...]:
+        """Metric rules on the same metric with the same frontier are evaluated together, by
+        one query (their windows reduced once per value for all of them) in one transaction.
+        Rules whose windows are longer than the per-series tail read the hypertable for
+        every series, and event rules have their own queries: those go alone."""
+        automation = stored.automation
+        if is_metric_rule(automation) and span_of(automation) <= self.settings.series_tail:
+            return ("metric", automation.event.metric, frontier)
+        return ("alone", stored.id)
+
+    def _run(self, conn: psycopg.Connection, members: list[StoredAutomation], to_xid: int, result: TickResult) -> None:
+        """Evaluate a group; when it fails, evaluate its members one by one, so that one
+        failing automation is found, logged and skipped while the others go on."""
+        try:
+            evaluated, skipped, fired = self._evaluate(conn, members, to_xid)
+        except DatabaseUnavailable:
+            raise
+        except (EngineError, psycopg.Error) as exc:
+            error = translate(exc) if isinstance(exc, psycopg.Error) else exc
+            if isinstance(error, DatabaseUnavailable):
+                # the database went away mid-tick: an outage (the service backs off and
+                # logs it), not a failure of these automations nor of the ones after them
+                raise error from exc
+            if len(members) > 1:
+                log.warning("%d automations on one metric failed together (%s); evaluating them one by one",
+                            len(members), error)
+                for stored in members:
+                    self._run(conn, [stored], to_xid, result)
+                return
+            (stored,) = members
+            log.error("automation %r failed and is skipped this tick: %s", stored.name, error)
+            result.failed.append(stored.name)
+            self._record_failure(conn, stored.id, str(error))
+            return
+        result.evaluated += evaluated
+        result.skipped_locked += skipped
+        result.fired += fired
+
     def _record_failure(self, conn: psycopg.Connection, automation_id: int, error: str) -> None:
         try:
             _dicts(conn).execute(query("record_failure"), {"automation_id": automation_id, "error": error[:2000]})
         except psycopg.Error:  # the failure is already logged; never let it stop the tick
             log.exception("could not record the failure of automation %s", automation_id)
 
-    def _evaluate(self, conn: psycopg.Connection, stored: StoredAutomation, to_xid: int) -> int | None:
-        """Evaluate one automation in one transaction. None when another service holds it."""
-        compiled = self.compiled(stored)
+    def compiled(self, members: Sequence[StoredAutomation]) -> CompiledQuery:
+        """The live query of a group (metric rules on one metric) or of one automation."""
+        key = tuple((s.id, s.version) for s in members)
+        if key not in self._compiled:
+            if len(self._compiled) > 512:  # groups that no longer exist (rules changed, work shared)
+                self._compiled.clear()
+            if len(members) == 1:
+                self._compiled[key] = compile_rule(members[0].automation, "live")
+            else:
+                self._compiled[key] = compile_metrics([s.automation for s in members], "live")
+        return self._compiled[key]
+
+    def _evaluate(self, conn: psycopg.Connection, members: list[StoredAutomation], to_xid: int) -> tuple[int, int, int]:
+        """Evaluate a group in one transaction: lock the members' states (members another
+        service holds are skipped), run the query over [frontier, to_xid), apply each
+        member's cooldown, insert the triggers and their deliveries, move the frontiers.
+        Returns (evaluated, skipped because locked, fired)."""
         with conn.transaction():
-            locked = _dicts(conn).execute(query("lock_state"), {"automation_id": stored.id}).fetchone()
-            if locked is None:
-                return None
-            frontier = int(locked["frontier"])
-            if frontier >= to_xid:
-                return 0
+            locked = {
+                r["automation_id"]: int(r["frontier"])
+                for r in _dicts(conn).execute(query("lock_states"), {"ids": [s.id for s in members]}).fetchall()
+            }
+            skipped = len(members) - len(locked)
+            # another service may have moved a frontier since the tick began: the locked
+            # value is the truth, and members are evaluated together only from the same one
+            by_frontier: dict[int, list[StoredAutomation]] = {}
+            for stored in members:
+                if stored.id in locked and locked[stored.id] < to_xid:
+                    by_frontier.setdefault(locked[stored.id], []).append(stored)
+            if not by_frontier:
+                return 0, skipped, 0
             _dicts(conn).execute(
                 "SELECT set_config('statement_timeout', %s, true)", (str(self.settings.statement_timeout_ms),)
             )
-            rows = _dicts(conn).execute(compiled.sql, compiled.bind(from_xid=str(frontier), to_xid=str(to_xid))).fetchall()
-            fired = self._fire(conn, stored, list(firings_from_rows(stored.automation, rows)))
+            candidates: list[tuple[StoredAutomation, list[Firing]]] = []
+            for frontier, group in by_frontier.items():
+                compiled = self.compiled(group)
+                rows = _dicts(conn).execute(compiled.sql, compiled.bind(from_xid=str(frontier), to_xid=str(to_xid))).fetchall()
+                candidates.extend(group_firings(group, rows))
             _dicts(conn).execute("SELECT set_config('statement_timeout', '0', true)")
-            _dicts(conn).execute(query("advance_frontier"), {"automation_id": stored.id, "to_xid": str(to_xid)})
+            fired = self._fire(conn, candidates)
+            evaluated = [s.id for group in by_frontier.values() for s in group]
+            _dicts(conn).execute(query("advance_frontiers"), {"ids": evaluated, "to_xid": str(to_xid)})
         if fired and self.on_fired is not None:
             self.on_fired(fired)
-        return fired
+        return len(evaluated), skipped, fired
 
-    def _fire(self, conn: psycopg.Connection, stored: StoredAutomation, candidates: list[Firing]) -> int:
+    def _fire(self, conn: psycopg.Connection, candidates: list[tuple[StoredAutomation, list[Firing]]]) -> int:
+        """Apply each automation's cooldown, then insert the triggers that remain and their
+        deliveries with one statement. Returns how many triggers were inserted (a firing
+        already recorded is skipped by the unique key)."""
+        candidates = [(stored, firings) for stored, firings in candidates if firings]
         if not candidates:
             return 0
-        cooldown = cooldown_of(stored.automation)
-        last_fired: dict[int, datetime] = {}
-        if cooldown is not None:
-            run_pks = sorted({c.run_pk for c in candidates if c.run_pk is not None})
-            for r in _dicts(conn).execute(query("last_fired"), {"automation_id": stored.id, "run_pks": run_pks}).fetchall():
-                last_fired[r["run_pk"]] = r["value_time"]
-        from engine.actions.outbox import enqueue
+        last_fired: dict[tuple[int, int], datetime] = {}
+        cooled = [stored.id for stored, _ in candidates if cooldown_of(stored.automation) is not None]
+        if cooled:
+            run_pks = sorted({f.run_pk for _, firings in candidates for f in firings if f.run_pk is not None})
+            for r in _dicts(conn).execute(query("last_fired"), {"ids": cooled, "run_pks": run_pks}).fetchall():
+                last_fired[(r["automation_id"], r["run_pk"])] = r["value_time"]
+        from engine.actions.outbox import delivery_rows
 
-        action = stored.automation.action.model_dump(mode="json")
-        fired = 0
-        for firing in apply_cooldown(candidates, last_fired, cooldown):
-            row = _dicts(conn).execute(query("insert_trigger"), trigger_params(stored, firing)).fetchone()
-            if row is None:  # already fired (a duplicate is impossible by the unique key)
-                continue
-            enqueue(conn, trigger_id=row["id"], automation_id=stored.id, actions=[action])
-            fired += 1
-        return fired
+        triggers: list[dict[str, Any]] = []
+        actions: list[dict[str, Any]] = []
+        for stored, firings in candidates:
+            runs = {run_pk: t for (automation_id, run_pk), t in last_fired.items() if automation_id == stored.id}
+            triggers.extend(trigger_row(stored, f) for f in apply_cooldown(firings, runs, cooldown_of(stored.automation)))
+            actions.extend(delivery_rows(stored.id, [stored.automation.action]))
+        if not triggers:
+            return 0
+        for n, row in enumerate(triggers):
+            row["n"] = n
+        row = conn.execute(
+            query("insert_triggers"), {"triggers": Jsonb(triggers), "actions": Jsonb(actions), "now": clock.now()}
+        ).fetchone()
+        return int(row[0])
+
+
+def group_firings(group: Sequence[StoredAutomation], rows: list[dict[str, Any]]) -> Iterator[tuple[StoredAutomation, list[Firing]]]:
+    """Split a query's rows among the automations of its group (a metric group's rows
+    carry `rule`, the automation's 1-based position; a lone automation's rows are all its)."""
+    if len(group) == 1:
+        yield group[0], list(firings_from_rows(group[0].automation, rows))
+        return
+    per_rule: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        per_rule.setdefault(row["rule"], []).append(row)
+    for n, stored in enumerate(group, start=1):
+        yield stored, list(metric_firings(stored.automation, per_rule.get(n, [])))
 
 
 def _dicts(conn: psycopg.Connection) -> psycopg.Cursor:
@@ -336,7 +401,19 @@ def _dicts(conn: psycopg.Connection) -> psycopg.Cursor:
     return conn.cursor(row_factory=dict_row)
 
 
-def trigger_params(stored: StoredAutomation, firing: Firing) -> dict[str, Any]:
+def _json_float(value: float | None) -> float | str | None:
+    """JSON has no NaN or infinities; PostgreSQL reads them back from these strings."""
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _json_floats(values: list[float] | None) -> list[float | str | None] | None:
+    return None if values is None else [_json_float(v) for v in values]
+
+
+def trigger_row(stored: StoredAutomation, firing: Firing) -> dict[str, Any]:
+    """One row of `insert_triggers` (JSON: the statement reads them with jsonb_to_recordset)."""
     return {
         "automation_id": stored.id,
         "automation_version": stored.version,
@@ -346,16 +423,16 @@ def trigger_params(stored: StoredAutomation, firing: Firing) -> dict[str, Any]:
         "event_id": firing.event_id,
         "metric": firing.metric,
         "step": firing.step,
-        "value_time": firing.time,
-        "value": firing.value,
-        "window_values": firing.window_values,
-        "prior_values": firing.prior_values,
-        "current_aggregate": firing.current_aggregate,
-        "prior_aggregate": firing.prior_aggregate,
+        "value_time": firing.time.isoformat(),
+        "value": _json_float(firing.value),
+        "window_values": _json_floats(firing.window_values),
+        "prior_values": _json_floats(firing.prior_values),
+        "current_aggregate": _json_float(firing.current_aggregate),
+        "prior_aggregate": _json_float(firing.prior_aggregate),
         "alias": firing.alias,
         "tag": firing.tag,
         "artifact_version_id": firing.artifact_version_id,
-        "details": Jsonb(firing.details),
+        "details": firing.details,
     }
 
 

@@ -41,41 +41,48 @@ def actions_of(rule: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [action_json(rule["action"])] if rule.get("action") else []
 
 
+def delivery_rows(automation_id: int, actions: Sequence[Mapping[str, Any] | Any]) -> list[dict[str, Any]]:
+    """The delivery of each action of a trigger, as the outbox stores it (action_index =
+    position; no_op actions are 'skipped' at once: nothing to send)."""
+    rows = []
+    for index, raw in enumerate(actions):
+        action = action_json(raw)
+        action_type = action.get("type")
+        if action_type not in ACTION_TYPES:
+            raise EngineError(f"unknown action type {action_type!r} (expected one of {', '.join(ACTION_TYPES)})")
+        skipped = action_type == "no_op"
+        rows.append({
+            "automation_id": automation_id,
+            "action_index": index,
+            "action_type": action_type,
+            "action": action,
+            "status": "skipped" if skipped else "pending",
+            "max_attempts": 1 if skipped else int(action.get("max_attempts") or DEFAULT_MAX_ATTEMPTS),
+        })
+    return rows
+
+
 def enqueue(
     conn: psycopg.Connection, *, trigger_id: int, automation_id: int, actions: Sequence[Mapping[str, Any] | Any]
 ) -> list[uuid.UUID]:
     """One delivery per action (action_index = position), in the caller's transaction.
 
     Call it in the transaction that inserted the trigger: the trigger and its deliveries
-    commit together or not at all. no_op actions are inserted as 'skipped' at once.
-    Returns the delivery ids, in action order.
+    commit together or not at all. (The evaluator inserts triggers and deliveries in bulk,
+    with the same `delivery_rows`.) Returns the delivery ids, in action order.
     """
     now = clock.now()
     ids: list[uuid.UUID] = []
     with db.boundary():
-        for index, raw in enumerate(actions):
-            action = action_json(raw)
-            action_type = action.get("type")
-            if action_type not in ACTION_TYPES:
-                raise EngineError(f"unknown action type {action_type!r} (expected one of {', '.join(ACTION_TYPES)})")
-            skipped = action_type == "no_op"
-            max_attempts = 1 if skipped else int(action.get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
-            row = conn.execute(
+        for row in delivery_rows(automation_id, actions):
+            skipped = row["status"] == "skipped"
+            inserted = conn.execute(
                 db.query("delivery_insert"),
-                {
-                    "trigger_id": trigger_id,
-                    "automation_id": automation_id,
-                    "action_index": index,
-                    "action_type": action_type,
-                    "action": Jsonb(action),
-                    "status": "skipped" if skipped else "pending",
-                    "max_attempts": max_attempts,
-                    "now": now,
-                    "finished_at": now if skipped else None,
-                },
+                row | {"trigger_id": trigger_id, "action": Jsonb(row["action"]), "now": now,
+                       "finished_at": now if skipped else None},
             ).fetchone()
-            assert row is not None
-            ids.append(row[0])
+            assert inserted is not None
+            ids.append(inserted[0])
     return ids
 
 

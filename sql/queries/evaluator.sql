@@ -37,16 +37,17 @@ FROM events e
 WHERE e.xid >= %(from_xid)s::xid8 AND e.xid < %(to_xid)s::xid8
 GROUP BY e.type;
 
--- name: lock_state
--- One evaluator at a time per automation; another service skips it for this tick.
-SELECT frontier::text FROM automation_state
-WHERE automation_id = %(automation_id)s
+-- name: lock_states
+-- One evaluator at a time per automation; another service skips those it holds for this tick.
+SELECT automation_id, frontier::text FROM automation_state
+WHERE automation_id = ANY(%(ids)s)
+ORDER BY automation_id
 FOR UPDATE SKIP LOCKED;
 
--- name: advance_frontier
+-- name: advance_frontiers
 UPDATE automation_state
 SET frontier = greatest(frontier, %(to_xid)s::xid8), evaluated_at = now(), last_error = NULL, failures = 0
-WHERE automation_id = %(automation_id)s;
+WHERE automation_id = ANY(%(ids)s);
 
 -- name: advance_idle_frontiers
 -- Automations with nothing new: move their frontier without evaluating (skip those being evaluated).
@@ -64,23 +65,43 @@ SET last_error = %(error)s, last_error_at = now(), failures = failures + 1
 WHERE automation_id = %(automation_id)s;
 
 -- name: last_fired
--- Cooldown: the value time of the latest firing of this automation for each run.
-SELECT DISTINCT ON (run_pk) run_pk, value_time
+-- Cooldown: the value time of the latest firing of each of these automations for each run.
+SELECT DISTINCT ON (automation_id, run_pk) automation_id, run_pk, value_time
 FROM triggers
-WHERE automation_id = %(automation_id)s AND run_pk = ANY(%(run_pks)s)
-ORDER BY run_pk, id DESC;
+WHERE automation_id = ANY(%(ids)s) AND run_pk = ANY(%(run_pks)s)
+ORDER BY automation_id, run_pk, id DESC;
 
--- name: insert_trigger
-INSERT INTO triggers (
-    automation_id, automation_version, event_type, cause, run_pk, event_id, metric, step,
-    value_time, value, window_values, prior_values, current_aggregate, prior_aggregate,
-    alias, tag, artifact_version_id, details)
-VALUES (
-    %(automation_id)s, %(automation_version)s, %(event_type)s, %(cause)s, %(run_pk)s, %(event_id)s,
-    %(metric)s, %(step)s, %(value_time)s, %(value)s, %(window_values)s, %(prior_values)s,
-    %(current_aggregate)s, %(prior_aggregate)s, %(alias)s, %(tag)s, %(artifact_version_id)s, %(details)s)
-ON CONFLICT (automation_id, cause) DO NOTHING
-RETURNING id;
+-- name: insert_triggers
+-- The triggers of one evaluation (JSON rows, `n` their firing order: ids follow it) and one
+-- delivery per action of each trigger inserted (the outbox), in one statement. A firing
+-- already recorded is skipped by the unique key, and so are its deliveries.
+WITH fired AS (
+    INSERT INTO triggers (
+        automation_id, automation_version, event_type, cause, run_pk, event_id, metric, step,
+        value_time, value, window_values, prior_values, current_aggregate, prior_aggregate,
+        alias, tag, artifact_version_id, details)
+    SELECT t.automation_id, t.automation_version, t.event_type, t.cause, t.run_pk, t.event_id, t.metric,
+           t.step, t.value_time, t.value, t.window_values, t.prior_values, t.current_aggregate,
+           t.prior_aggregate, t.alias, t.tag, t.artifact_version_id, coalesce(t.details, '{}'::jsonb)
+    FROM jsonb_to_recordset(%(triggers)s) AS t(
+        automation_id bigint, automation_version integer, event_type text, cause text, run_pk bigint,
+        event_id bigint, metric text, step bigint, value_time timestamptz, value double precision,
+        window_values double precision[], prior_values double precision[], current_aggregate double precision,
+        prior_aggregate double precision, alias text, tag text, artifact_version_id bigint, details jsonb, n bigint)
+    ORDER BY t.n
+    ON CONFLICT (automation_id, cause) DO NOTHING
+    RETURNING id, automation_id
+), queued AS (
+    INSERT INTO deliveries (trigger_id, automation_id, action_index, action_type, action, status,
+                            max_attempts, next_attempt_at, finished_at)
+    SELECT f.id, f.automation_id, a.action_index, a.action_type, a.action, a.status, a.max_attempts,
+           %(now)s, CASE WHEN a.status = 'skipped' THEN %(now)s::timestamptz END
+    FROM fired f
+    JOIN jsonb_to_recordset(%(actions)s) AS a(automation_id bigint, action_index integer, action_type text,
+                                             action jsonb, status text, max_attempts integer)
+      ON a.automation_id = f.automation_id
+)
+SELECT count(*) FROM fired;
 
 -- name: prune_series_batches
 -- Watermark rows that every enabled automation has passed are no longer needed.

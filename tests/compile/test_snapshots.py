@@ -115,5 +115,5 @@ action: {{type: no_op}}
     compiled = compile_rule(parse_rules_text(text)[0].automation)
     assert "DROP" not in compiled.sql
     assert compiled.params["metric"] == HOSTILE
-    assert compiled.params["run_user"] == HOSTILE
-    assert "%(metric)s" in compiled.sql and "%(threshold)s" in compiled.sql
+    assert compiled.params["run_user"] == [HOSTILE]
+    assert "%(metric)s" in compiled.sql and "%(bound)s" in compiled.sql

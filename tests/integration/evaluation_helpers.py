@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import psycopg
@@ -9,6 +10,20 @@ import psycopg
 from engine.evaluator import Evaluator
 from engine.rules import parse_rules_text
 from engine.rules.store import apply_rules
+
+
+def break_automation(evaluator: Evaluator, name: str, sql: str) -> None:
+    """Make every query that evaluates automation `name` (its metric group's, or its own)
+    run `sql` instead: a test seam standing in for a query that fails."""
+    original = evaluator.compiled
+
+    def compiled(members):
+        compiled_query = original(members)
+        if any(s.name == name for s in members):
+            return dataclasses.replace(compiled_query, sql=sql)
+        return compiled_query
+
+    evaluator.compiled = compiled  # type: ignore[method-assign]
 
 
 def apply_yaml(conn: psycopg.Connection, text: str) -> None:

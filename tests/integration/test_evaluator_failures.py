@@ -3,7 +3,6 @@ the others keep running. A query that runs too long is cut by the statement time
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
@@ -11,18 +10,10 @@ import engine
 from engine.evaluator import Evaluator
 from engine.rules.store import list_automations
 from engine.settings import get_settings
-from tests.integration.evaluation_helpers import apply_yaml, rule, triggers
+from tests.integration.evaluation_helpers import apply_yaml, break_automation, rule, triggers
 
 GOOD = rule("good", '{type: run_metric_threshold, metric: m, window: 1, operator: ">", threshold: 0}')
 BAD = rule("bad", '{type: run_metric_threshold, metric: m, window: 1, operator: "<", threshold: 0}')
-
-
-def _break(evaluator: Evaluator, name: str, sql: str) -> None:
-    """Replace one automation's compiled query (a test seam standing in for a query that fails)."""
-    evaluator._load(evaluator._connection())
-    (stored,) = [s for s in evaluator._automations if s.name == name]
-    compiled = evaluator.compiled(stored)
-    evaluator._compiled[(stored.id, stored.version)] = dataclasses.replace(compiled, sql=sql)
 
 
 def _log_one(value: float) -> None:
@@ -36,7 +27,7 @@ def test_a_failing_automation_is_isolated_and_visible(conn, database_url, caplog
     _log_one(1.0)
     evaluator = Evaluator(database_url)
     try:
-        _break(evaluator, "bad", "SELECT 1 / 0")
+        break_automation(evaluator, "bad", "SELECT 1 / 0")
         with caplog.at_level(logging.ERROR, logger="engine.evaluator"):
             result = evaluator.tick()
     finally:
@@ -63,7 +54,7 @@ def test_a_slow_query_is_cut_by_the_statement_timeout(conn, database_url, monkey
     _log_one(1.0)
     evaluator = Evaluator(database_url)
     try:
-        _break(evaluator, "bad", "SELECT pg_sleep(30)")
+        break_automation(evaluator, "bad", "SELECT pg_sleep(30)")
         started = time.monotonic()
         result = evaluator.tick()
         assert time.monotonic() - started < 10

@@ -75,16 +75,20 @@ def small_tail(monkeypatch, database_url):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(event=st.one_of(threshold_rules, change_rules), series=st.lists(runs, min_size=1, max_size=3),
-       cooldown=st.sampled_from(["1m", "10m", "24h"]))
-def test_live_equals_backtest_equals_reference(conn, small_tail, event, series, cooldown):
+@given(events=st.lists(st.one_of(threshold_rules, change_rules), min_size=1, max_size=3),
+       series=st.lists(runs, min_size=1, max_size=3), cooldown=st.sampled_from(["1m", "10m", "24h"]))
+def test_live_equals_backtest_equals_reference(conn, small_tail, events, series, cooldown):
+    """Several rules on one metric are evaluated live together (one query per metric and
+    frontier, windows within the tail) and backtested one by one."""
     n = next(_counter)
-    metric, name = f"m{n}", f"prop-{n}"
-    automation = parse_rules_text(_yaml(name, metric, event, cooldown))[0].automation
-    apply_rules(conn, [automation])
+    metric = f"m{n}"
+    automations = [
+        parse_rules_text(_yaml(f"prop-{n}-{j}", metric, event, cooldown))[0].automation for j, event in enumerate(events)
+    ]
+    apply_rules(conn, automations)
     evaluator = Evaluator(small_tail)
 
-    expected: set[tuple[str, int]] = set()
+    expected: dict[str, set[tuple[str, int]]] = {a.name: set() for a in automations}
     opened = [engine.init(project="acme/prop", name=f"r{n}-{i}", system_metrics_interval=0) for i in range(len(series))]
     try:
         # interleave the runs' values; flush and tick at the drawn points
@@ -98,8 +102,9 @@ def test_live_equals_backtest_equals_reference(conn, small_tail, event, series, 
                     opened[i].flush()
                 if tick:
                     assert not evaluator.tick().failed
-            fired = reference.fire_indices(points, _holds(event), automation.cooldown)
-            expected |= {(opened[i].id, index + 1) for index in fired}
+            for automation, event in zip(automations, events):
+                fired = reference.fire_indices(points, _holds(event), automation.cooldown)
+                expected[automation.name] |= {(opened[i].id, index + 1) for index in fired}
         for run in opened:
             run.flush()
         assert not evaluator.tick().failed
@@ -108,17 +113,18 @@ def test_live_equals_backtest_equals_reference(conn, small_tail, event, series, 
             run.finish()
         evaluator.close()
 
-    live = {
-        (run_id, int(cause.rsplit(":", 1)[1]))
-        for run_id, cause in conn.execute(
-            "SELECT r.run_id, t.cause FROM triggers t JOIN runs r ON r.id = t.run_pk "
-            "JOIN automations a ON a.id = t.automation_id WHERE a.name = %s", (name,)
-        )
-    }
     pk_to_id = dict(conn.execute("SELECT id, run_id FROM runs"))
-    replay = {
-        (pk_to_id[f.run_pk], int(f.cause.rsplit(":", 1)[1]))
-        for f in backtest(conn, automation, T0 - timedelta(days=1))
-    }
-    assert live == expected
-    assert replay == expected
+    for automation in automations:
+        live = {
+            (run_id, int(cause.rsplit(":", 1)[1]))
+            for run_id, cause in conn.execute(
+                "SELECT r.run_id, t.cause FROM triggers t JOIN runs r ON r.id = t.run_pk "
+                "JOIN automations a ON a.id = t.automation_id WHERE a.name = %s", (automation.name,)
+            )
+        }
+        replay = {
+            (pk_to_id[f.run_pk], int(f.cause.rsplit(":", 1)[1]))
+            for f in backtest(conn, automation, T0 - timedelta(days=1))
+        }
+        assert live == expected[automation.name], automation.name
+        assert replay == expected[automation.name], automation.name

@@ -3,7 +3,6 @@ metrics port, a rule that fires and one that fails, then /metrics scraped over H
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import httpx
@@ -15,16 +14,8 @@ from engine.metrics import NO_METRICS, DatabaseCollector, for_service
 from engine.scheduler import Service
 from engine.settings import Settings
 from tests.integration.actions_helpers import Receiver, fire, free_port, make_automation
-from tests.integration.evaluation_helpers import apply_yaml, rule
+from tests.integration.evaluation_helpers import apply_yaml, break_automation, rule
 from tests.integration.sdk_helpers import close_sdk_sessions  # noqa: F401
-
-
-def _break(service: Service, name: str, sql: str) -> None:
-    """Replace one automation's compiled query by one that fails (as test_evaluator_failures does)."""
-    evaluator = service.evaluator
-    evaluator._load(evaluator._connection())
-    (stored,) = [s for s in evaluator._automations if s.name == name]
-    evaluator._compiled[(stored.id, stored.version)] = dataclasses.replace(evaluator.compiled(stored), sql=sql)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -62,7 +53,7 @@ def test_ticks_triggers_failures_deliveries_and_queue_are_exported(conn, databas
             interval=3600,  # ticks come from the start and from NOTIFY only: the test decides when
         )
         service = Service(settings)
-        _break(service, "broken", "SELECT 1 / 0")
+        break_automation(service.evaluator, "broken", "SELECT 1 / 0")
         service.start()
         try:
             first = wait_for_scrape(port, lambda s: (value(s, "engine_ticks_total", outcome="ok") or 0) >= 1)
