@@ -35,10 +35,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from engine.compiler import span_of  # noqa: E402
 from engine.evaluator import Evaluator, TickResult  # noqa: E402
 from engine.rules import Automation, RunMetricChange, RunMetricThreshold  # noqa: E402
 from engine.rules.store import apply_rules, load_enabled  # noqa: E402
@@ -77,32 +79,64 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 # -- the baseline ---------------------------------------------------------------------------------
 class Baseline:
-    """The hand-written SQL (bench/support/baseline.sql) for the benchmark's automations."""
+    """The hand-written SQL (bench/support/baseline.sql) for the benchmark's automations:
+    one statement per metric, timed together."""
 
     def __init__(self, conn: psycopg.Connection, key_ids: dict[str, int]):
         stored = [s for s in load_enabled(conn) if isinstance(s.automation.event, (RunMetricThreshold, RunMetricChange))]
         self.automations = stored
-        columns: dict[str, list] = {k: [] for k in (
-            "automation_id", "key_id", "agg", "op", "threshold", "w", "pw", "relative", "direction", "amount")}
+        self.key_of: dict[int, int] = {}
+        per_key: dict[int, list] = {}
         for s in stored:
+            per_key.setdefault(key_ids[s.automation.event.metric], []).append(s)
+            self.key_of[s.id] = key_ids[s.automation.event.metric]
+        self.statements = [self._statement(key_id, group) for key_id, group in sorted(per_key.items())]
+        spans = [(self.key_of[s.id], span_of(s.automation)) for s in stored]
+        self.spans = {"key_id": [k for k, _ in spans], "span": [n for _, n in spans]}
+
+    @staticmethod
+    def _statement(key_id: int, group: list) -> tuple[sql.Composed, dict]:
+        """The statement of one metric: its distinct segments (aggregation, stretch back from
+        the value) as FILTERed aggregates, its rules as rows pointing at them."""
+        segments: list[tuple[str, int, int]] = []
+
+        def segment(agg: str, back_from: int, back_to: int) -> int:
+            if (agg, back_from, back_to) not in segments:
+                segments.append((agg, back_from, back_to))
+            return segments.index((agg, back_from, back_to)) + 1
+
+        columns: dict[str, list] = {k: [] for k in (
+            "automation_id", "op", "bound", "relative", "w", "span", "cur", "prior")}
+        for s in group:
             e = s.automation.event
             threshold = isinstance(e, RunMetricThreshold)
+            w = e.window if threshold else e.current_window
             row = {
-                "automation_id": s.id, "key_id": key_ids[e.metric], "agg": e.aggregation,
-                "op": e.operator if threshold else None, "threshold": e.threshold if threshold else None,
-                "w": e.window if threshold else e.current_window, "pw": 0 if threshold else e.prior_window,
-                "relative": (not threshold) and e.change == "relative",
-                "direction": None if threshold else e.direction, "amount": None if threshold else e.amount,
+                "automation_id": s.id, "op": e.operator if threshold else e.direction,
+                "bound": e.threshold if threshold else e.amount,
+                "relative": (not threshold) and e.change == "relative", "w": w, "span": span_of(s.automation),
+                "cur": segment(e.aggregation, 0, w - 1),
+                "prior": None if threshold else segment(e.aggregation, w, w + e.prior_window - 1),
             }
             for k, v in row.items():
                 columns[k].append(v)
-        self.params = columns | {"entity": PROJECT[0], "project": PROJECT[1]}
-        self.spans = {"key_id": columns["key_id"], "span": [w + p for w, p in zip(columns["w"], columns["pw"])]}
-        self.key_of = dict(zip(columns["automation_id"], columns["key_id"]))
+        aggregates = sql.SQL(", ").join(
+            sql.SQL("{}(u.v) FILTER (WHERE u.back BETWEEN {} AND {})").format(
+                sql.Identifier(agg), sql.Literal(lo), sql.Literal(hi))
+            for agg, lo, hi in segments)
+        statement = sql.SQL(bench_query("baseline", "baseline.sql")).format(aggregates=aggregates)
+        params = columns | {"key_id": key_id, "entity": PROJECT[0], "project": PROJECT[1],
+                            "span_max": max(columns["span"]), "span_min": min(columns["span"])}
+        return statement, params
 
     def run(self, conn: psycopg.Connection, span: tuple[str, str]) -> tuple[float, list[tuple]]:
-        bound = self.params | {"from_xid": span[0], "to_xid": span[1]}
-        ms, rows = timed(lambda: conn.execute(bench_query("baseline", "baseline.sql"), bound).fetchall())
+        runtime = {"from_xid": span[0], "to_xid": span[1]}
+        rows: list[tuple] = []
+        ms = 0.0
+        for statement, params in self.statements:
+            took, out = timed(lambda: conn.execute(statement, params | runtime).fetchall())
+            ms += took
+            rows.extend(out)
         return ms, rows
 
     def cut(self, conn: psycopg.Connection, span: tuple[str, str]) -> int:

@@ -127,15 +127,14 @@ def test_duplicate_steps_keep_both_values_in_logging_order(conn, database_url):
 # -- size --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_run_of_a_million_points(conn, database_url, record_property):
-    """Measured here (2 shared cores): ~20 s to log, 9-40 s for the tick that evaluates the
+    """Measured here (2 shared cores): 8-20 s to log, 5-40 s for the tick that evaluates the
     999,990 backlog from the hypertable, < 1 s for the tick on the last 10 (the series tail).
 
     The backlog tick gets 2 minutes (the default statement timeout is 30 s, which a busy
     machine can exceed; see the xfail test below for what happens then). Found with this
-    test: when PostgreSQL inlines the compiled query's `vals` CTE, the arrays of the backlog
-    are re-read for every position (SubPlans per output row: quadratic, > 5 minutes for
-    this run); `vals AS MATERIALIZED` makes it 9 s. Until the compiler says so, this test
-    fails whenever the planner picks the inlined plan (a fresh chunk without statistics).
+    test: when PostgreSQL flattens the compiled query's `vals` into `points`, the arrays of
+    the backlog are re-read for every position (quadratic, > 5 minutes for this run); the
+    compiler fences `vals` (OFFSET 0) so that they are read once per series.
     """
     n = 1_000_000
     apply_yaml(conn, threshold("converged", "loss", 5, "<", 0.1, project="acme/big"))

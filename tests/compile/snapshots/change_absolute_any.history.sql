@@ -42,7 +42,7 @@ WITH rules AS MATERIALIZED (
         ru.project_id
       FROM rules AS ru
     )
-), vals AS MATERIALIZED (
+), vals AS (
   SELECT
     x.run_pk,
     x.key_id,
@@ -92,6 +92,7 @@ WITH rules AS MATERIALIZED (
       x.need_from <= x.base
   ) AS h
     ON TRUE
+  OFFSET 0
 ), points AS (
   SELECT
     v.run_pk,

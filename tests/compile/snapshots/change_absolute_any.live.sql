@@ -48,7 +48,7 @@ WITH rules AS MATERIALIZED (
         ru.project_id
       FROM rules AS ru
     )
-), vals AS MATERIALIZED (
+), vals AS (
   SELECT
     x.run_pk,
     x.key_id,
@@ -98,6 +98,7 @@ WITH rules AS MATERIALIZED (
       x.need_from <= x.base
   ) AS h
     ON TRUE
+  OFFSET 0
 ), points AS (
   SELECT
     v.run_pk,
