@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -185,18 +186,34 @@ class Evaluator:
         self._compiled: dict[tuple[tuple[int, int], ...], CompiledQuery] = {}
         self._lock = threading.Lock()
         self._ticks = 0
+        self._helpers: dict[int, psycopg.Connection] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
-    # -- connection --------------------------------------------------------------------
+    # -- connections -------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = connect(self.url, autocommit=True)
             self._conn.execute(query("evaluator_session"))
         return self._conn
 
+    def _helper(self, n: int) -> psycopg.Connection:
+        """The n-th extra connection (1-based) of a parallel tick."""
+        conn = self._helpers.get(n)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._helpers[n] = connect(self.url, autocommit=True)
+            conn.execute(query("evaluator_session"))
+        return conn
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        for conn in self._helpers.values():
+            conn.close()
+        self._helpers.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # -- automations -------------------------------------------------------------------
     def _load(self, conn: psycopg.Connection) -> list[StoredAutomation]:
@@ -234,10 +251,12 @@ class Evaluator:
         frontiers = {r["automation_id"]: int(r["frontier"]) for r in _dicts(conn).execute(query("frontiers")).fetchall()}
         lowest = min(frontiers.values(), default=to_xid)
         activity: dict[tuple[str, str], int] = {}
+        series: dict[str, int] = {}  # per metric: series written to (to share the work out)
         if lowest < to_xid:
             span = {"from_xid": str(lowest), "to_xid": str(to_xid)}
             for r in _dicts(conn).execute(query("series_activity"), span).fetchall():
                 activity[("metric", r["key"])] = int(r["max"])
+                series[r["key"]] = int(r["series"])
             for r in _dicts(conn).execute(query("event_activity"), span).fetchall():
                 activity[("event", r["type"])] = int(r["max"])
 
@@ -252,8 +271,8 @@ class Evaluator:
                 idle.append(stored.id)
                 continue
             groups.setdefault(self._group_key(stored, frontier), []).append(stored)
-        for members in groups.values():
-            self._run(conn, members, to_xid, result)
+        if groups:
+            self._run_parallel(conn, list(groups.values()), series, to_xid, result)
         if idle:
             _dicts(conn).execute(query("advance_idle_frontiers"), {"ids": idle, "to_xid": str(to_xid)})
             result.idle = len(idle)
@@ -271,11 +290,74 @@ class Evaluator:
             return ("metric", automation.event.metric, frontier)
         return ("alone", stored.id)
 
-    def _run(self, conn: psycopg.Connection, members: list[StoredAutomation], to_xid: int, result: TickResult) -> None:
-        """Evaluate a group; when it fails, evaluate its members one by one, so that one
-        failing automation is found, logged and skipped while the others go on."""
+    def _run_parallel(
+        self,
+        conn: psycopg.Connection,
+        groups: list[list[StoredAutomation]],
+        series: dict[str, int],
+        to_xid: int,
+        result: TickResult,
+    ) -> None:
+        """Share the groups out among up to `evaluation_connections` connections, heaviest
+        first (weight: series written to x rules), each running its share in one
+        transaction. The shares hold disjoint automations, so they never wait on each other."""
+        shares = min(self.settings.evaluation_connections, len(groups))
+        if shares <= 1:
+            self._run(conn, groups, to_xid, result)
+            return
+
+        def weight(group: list[StoredAutomation]) -> int:
+            automation = group[0].automation
+            pending = series.get(automation.event.metric, 1) if is_metric_rule(automation) else 1
+            return pending * len(group)
+
+        parts: list[list[list[StoredAutomation]]] = [[] for _ in range(shares)]
+        loads = [0] * shares
+        for group in sorted(groups, key=weight, reverse=True):
+            lightest = loads.index(min(loads))
+            parts[lightest].append(group)
+            loads[lightest] += weight(group)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.settings.evaluation_connections - 1,
+                                            thread_name_prefix="engine-evaluate")
+        partials = [TickResult() for _ in parts]
+
+        def run_share(n: int) -> None:
+            try:
+                with boundary():
+                    self._run(self._helper(n), parts[n], to_xid, partials[n])
+            except DatabaseUnavailable:
+                self._helpers.pop(n).close()
+                raise
+
+        futures = [self._pool.submit(run_share, n) for n in range(1, shares)]
+        errors: list[BaseException] = []
         try:
-            evaluated, skipped, fired = self._evaluate(conn, members, to_xid)
+            self._run(conn, parts[0], to_xid, partials[0])
+        except BaseException as exc:  # the helpers finish their transactions first
+            errors.append(exc)
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as exc:
+                errors.append(exc)
+        for partial in partials:
+            result.evaluated += partial.evaluated
+            result.skipped_locked += partial.skipped_locked
+            result.fired += partial.fired
+            result.failed.extend(partial.failed)
+        if errors:
+            raise errors[0]
+
+    def _run(
+        self, conn: psycopg.Connection, groups: list[list[StoredAutomation]], to_xid: int, result: TickResult
+    ) -> None:
+        """Evaluate groups in one transaction (one commit per tick when all goes well). When
+        it fails, evaluate each group on its own, then each member of a failing group on its
+        own, so that one failing automation is found, logged and skipped while the others
+        go on."""
+        try:
+            evaluated, skipped, fired = self._evaluate(conn, groups, to_xid)
         except DatabaseUnavailable:
             raise
         except (EngineError, psycopg.Error) as exc:
@@ -284,11 +366,16 @@ class Evaluator:
                 # the database went away mid-tick: an outage (the service backs off and
                 # logs it), not a failure of these automations nor of the ones after them
                 raise error from exc
+            if len(groups) > 1:
+                for group in groups:
+                    self._run(conn, [group], to_xid, result)
+                return
+            (members,) = groups
             if len(members) > 1:
                 log.warning("%d automations on one metric failed together (%s); evaluating them one by one",
                             len(members), error)
                 for stored in members:
-                    self._run(conn, [stored], to_xid, result)
+                    self._run(conn, [[stored]], to_xid, result)
                 return
             (stored,) = members
             log.error("automation %r failed and is skipped this tick: %s", stored.name, error)
@@ -317,40 +404,42 @@ class Evaluator:
                 self._compiled[key] = compile_metrics([s.automation for s in members], "live")
         return self._compiled[key]
 
-    def _evaluate(self, conn: psycopg.Connection, members: list[StoredAutomation], to_xid: int) -> tuple[int, int, int]:
-        """Evaluate a group in one transaction: lock the members' states (members another
-        service holds are skipped), run the query over [frontier, to_xid), apply each
-        member's cooldown, insert the triggers and their deliveries, move the frontiers.
-        Returns (evaluated, skipped because locked, fired)."""
+    def _evaluate(
+        self, conn: psycopg.Connection, groups: list[list[StoredAutomation]], to_xid: int
+    ) -> tuple[int, int, int]:
+        """Evaluate groups in one transaction: lock the members' states (members another
+        service holds are skipped), run each group's query over [frontier, to_xid), apply
+        each member's cooldown, insert the triggers and their deliveries, move the
+        frontiers. Returns (evaluated, skipped because locked, fired)."""
+        members = [stored for group in groups for stored in group]
         with conn.transaction():
+            _dicts(conn).execute(
+                "SELECT set_config('statement_timeout', %s, true)", (str(self.settings.statement_timeout_ms),)
+            )
             locked = {
                 r["automation_id"]: int(r["frontier"])
                 for r in _dicts(conn).execute(query("lock_states"), {"ids": [s.id for s in members]}).fetchall()
             }
-            skipped = len(members) - len(locked)
-            # another service may have moved a frontier since the tick began: the locked
-            # value is the truth, and members are evaluated together only from the same one
-            by_frontier: dict[int, list[StoredAutomation]] = {}
-            for stored in members:
-                if stored.id in locked and locked[stored.id] < to_xid:
-                    by_frontier.setdefault(locked[stored.id], []).append(stored)
-            if not by_frontier:
-                return 0, skipped, 0
-            _dicts(conn).execute(
-                "SELECT set_config('statement_timeout', %s, true)", (str(self.settings.statement_timeout_ms),)
-            )
             candidates: list[tuple[StoredAutomation, list[Firing]]] = []
-            for frontier, group in by_frontier.items():
-                compiled = self.compiled(group)
-                rows = _dicts(conn).execute(compiled.sql, compiled.bind(from_xid=str(frontier), to_xid=str(to_xid))).fetchall()
-                candidates.extend(group_firings(group, rows))
-            _dicts(conn).execute("SELECT set_config('statement_timeout', '0', true)")
+            evaluated: list[int] = []
+            for group in groups:
+                # another service may have moved a frontier since the tick began: the locked
+                # value is the truth, and members are evaluated together only from the same one
+                by_frontier: dict[int, list[StoredAutomation]] = {}
+                for stored in group:
+                    if stored.id in locked and locked[stored.id] < to_xid:
+                        by_frontier.setdefault(locked[stored.id], []).append(stored)
+                for frontier, same in by_frontier.items():
+                    compiled = self.compiled(same)
+                    bound = compiled.bind(from_xid=str(frontier), to_xid=str(to_xid))
+                    candidates.extend(group_firings(same, _dicts(conn).execute(compiled.sql, bound).fetchall()))
+                    evaluated.extend(s.id for s in same)
             fired = self._fire(conn, candidates)
-            evaluated = [s.id for group in by_frontier.values() for s in group]
-            _dicts(conn).execute(query("advance_frontiers"), {"ids": evaluated, "to_xid": str(to_xid)})
+            if evaluated:
+                _dicts(conn).execute(query("advance_frontiers"), {"ids": evaluated, "to_xid": str(to_xid)})
         if fired and self.on_fired is not None:
             self.on_fired(fired)
-        return len(evaluated), skipped, fired
+        return len(evaluated), len(members) - len(locked), fired
 
     def _fire(self, conn: psycopg.Connection, candidates: list[tuple[StoredAutomation, list[Firing]]]) -> int:
         """Apply each automation's cooldown, then insert the triggers that remain and their

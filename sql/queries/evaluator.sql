@@ -24,8 +24,9 @@ JOIN automations a ON a.id = s.automation_id
 WHERE a.enabled;
 
 -- name: series_activity
--- Per metric: the newest write in [from_xid, to_xid), to skip automations with nothing new.
-SELECT k.key, max(b.xid)::text
+-- Per metric: the newest write in [from_xid, to_xid), to skip automations with nothing new,
+-- and how many series were written to (to share the work out among connections).
+SELECT k.key, max(b.xid)::text, count(DISTINCT b.run_pk) AS series
 FROM series_batches b
 JOIN metric_keys k ON k.id = b.key_id
 WHERE b.xid >= %(from_xid)s::xid8 AND b.xid < %(to_xid)s::xid8

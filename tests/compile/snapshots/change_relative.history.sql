@@ -129,7 +129,7 @@ CROSS JOIN LATERAL (
   SELECT
     ARRAY[
       AVG(w.v) FILTER(WHERE
-        w.back BETWEEN %(segment_1_from)s AND %(segment_1_to)s),
+        w.back <= %(segment_1_to)s),
       AVG(w.v) FILTER(WHERE
         w.back BETWEEN %(segment_2_from)s AND %(segment_2_to)s)
     ] AS aggregates

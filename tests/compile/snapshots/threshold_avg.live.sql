@@ -134,7 +134,7 @@ FROM points AS p
 CROSS JOIN LATERAL (
   SELECT
     ARRAY[AVG(w.v) FILTER(WHERE
-      w.back BETWEEN %(segment_1_from)s AND %(segment_1_to)s)] AS aggregates
+      w.back <= %(segment_1_to)s)] AS aggregates
   FROM (
     SELECT
       UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v,
