@@ -13,8 +13,10 @@ go through the SDK's Writer (binary COPY + upsert_series + NOTIFY in one transac
 ticks are `Evaluator.tick()`. Measured:
 
 (a) a tick after 1 % of the series got a new point (p50, p99), (b) a tick after every
-series got one (median), with the hand-written single-statement SQL of the same evaluation
-(bench/support/baseline.sql) timed on the same state, (c) a tick with nothing new
+series got one (median), with the best hand-written SQL of the same evaluation I know
+(bench/support/baseline.sql: one statement per metric, run one after another on one
+connection) timed on the same state; the tick uses ENGINE_EVALUATION_CONNECTIONS (2)
+connections, so (b) is also measured with one connection (`ratio_vs_sql_one_connection`), (c) a tick with nothing new
 (median), (d) (b) again after the history grew to `--grow-to` points in older chunks,
 (e) run.log + flush -> trigger row latency through `engine serve`'s Service, while other
 runs keep logging. The last line is JSON.
@@ -381,6 +383,19 @@ def main() -> None:
                 say(f"(b) tick median {b['tick_ms']:,.0f} ms, baseline SQL {b['sql_ms']:,.0f} ms, "
                     f"ratio {out['ratio_vs_sql']:.2f}, {out['evals_per_s']:,.0f} rule-series evaluations/s")
 
+                # (b) on one connection, as the baseline runs: what the parallel tick owes to the second core
+                serial = Evaluator(url, settings.model_copy(update={"evaluation_connections": 1}))
+                try:
+                    say("(b) again, the tick on one connection:")
+                    b1 = every_series_tick(conn, data, logger, serial, baseline, args.reps_all, "(b1)")
+                finally:
+                    serial.close()
+                out["tick_one_connection_ms"] = b1["tick_ms"]
+                out["ratio_vs_sql_one_connection"] = b1["tick_ms"] / b1["sql_ms"]
+                say(f"(b) on one connection: tick median {b1['tick_ms']:,.0f} ms, baseline SQL {b1['sql_ms']:,.0f} ms, "
+                    f"ratio {out['ratio_vs_sql_one_connection']:.2f}, "
+                    f"{b1['evals'] / (b1['tick_ms'] / 1000):,.0f} rule-series evaluations/s")
+
                 # (d) the same after the history grew
                 out["growth_ratio"] = None
                 if not args.skip_growth and total > steps:
@@ -414,7 +429,7 @@ def main() -> None:
     say(f"total {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.2f}")
     print(json.dumps({k: (None if out.get(k) is None else round(out[k], 3)) for k in (
         "tick_ms", "sql_baseline_ms", "ratio_vs_sql", "evals_per_s", "tick_1pct_p99_ms", "idle_tick_ms",
-        "growth_ratio", "latency_p50_ms", "latency_p99_ms")}))
+        "growth_ratio", "latency_p50_ms", "latency_p99_ms", "tick_one_connection_ms", "ratio_vs_sql_one_connection")}))
 
 
 if __name__ == "__main__":

@@ -392,17 +392,33 @@ class Evaluator:
         except psycopg.Error:  # the failure is already logged; never let it stop the tick
             log.exception("could not record the failure of automation %s", automation_id)
 
-    def compiled(self, members: Sequence[StoredAutomation]) -> CompiledQuery:
-        """The live query of a group (metric rules on one metric) or of one automation."""
-        key = tuple((s.id, s.version) for s in members)
+    def compiled(self, members: Sequence[StoredAutomation], tails_only: bool = False) -> CompiledQuery:
+        """The live query of a group (metric rules on one metric) or of one automation;
+        `tails_only`: the variant of a metric group that reads the series tails only."""
+        key = (tails_only, *((s.id, s.version) for s in members))
         if key not in self._compiled:
             if len(self._compiled) > 512:  # groups that no longer exist (rules changed, work shared)
                 self._compiled.clear()
-            if len(members) == 1:
-                self._compiled[key] = compile_rule(members[0].automation, "live")
+            if is_metric_rule(members[0].automation):
+                self._compiled[key] = compile_metrics([s.automation for s in members], "live", tails_only=tails_only)
             else:
-                self._compiled[key] = compile_metrics([s.automation for s in members], "live")
+                (stored,) = members
+                self._compiled[key] = compile_rule(stored.automation, "live")
         return self._compiled[key]
+
+    def _rows(self, conn: psycopg.Connection, members: list[StoredAutomation], frontier: int, to_xid: int) -> list[dict[str, Any]]:
+        """What a group's query returns over [frontier, to_xid). Metric groups whose windows
+        fit the tails run the tails-only query first; the full one (which can read the
+        hypertable) only when a series' tail fell short (a backlog)."""
+        runtime = {"from_xid": str(frontier), "to_xid": str(to_xid)}
+        automation = members[0].automation
+        if is_metric_rule(automation) and max(span_of(s.automation) for s in members) <= self.settings.series_tail:
+            compiled = self.compiled(members, tails_only=True)
+            rows = _dicts(conn).execute(compiled.sql, compiled.bind(**runtime), prepare=True).fetchall()
+            if not rows or rows[0]["rule"] != 0:
+                return rows
+        compiled = self.compiled(members)
+        return _dicts(conn).execute(compiled.sql, compiled.bind(**runtime), prepare=True).fetchall()
 
     def _evaluate(
         self, conn: psycopg.Connection, groups: list[list[StoredAutomation]], to_xid: int
@@ -430,9 +446,7 @@ class Evaluator:
                     if stored.id in locked and locked[stored.id] < to_xid:
                         by_frontier.setdefault(locked[stored.id], []).append(stored)
                 for frontier, same in by_frontier.items():
-                    compiled = self.compiled(same)
-                    bound = compiled.bind(from_xid=str(frontier), to_xid=str(to_xid))
-                    candidates.extend(group_firings(same, _dicts(conn).execute(compiled.sql, bound).fetchall()))
+                    candidates.extend(group_firings(same, self._rows(conn, same, frontier, to_xid)))
                     evaluated.extend(s.id for s in same)
             fired = self._fire(conn, candidates)
             if evaluated:

@@ -33,13 +33,13 @@ class Settings(BaseSettings):
 
     # evaluation service
     interval: float = Field(5.0, gt=0, description="Seconds between evaluation ticks of `engine serve`.")
-    statement_timeout_ms: int = Field(30_000, ge=100, description="Statement timeout of every rule query.")
+    statement_timeout_ms: int = Field(30_000, ge=100, description="Statement timeout of every statement of an evaluation tick.")
     evaluation_connections: int = Field(
         2,
         ge=1,
         le=32,
-        description="Connections a tick evaluates on at once (metric groups and event rules are shared among them); "
-        "each keeps one PostgreSQL backend busy, so more than the database's cores gains nothing.",
+        description="Connections a tick evaluates on at once (the rules of one metric share a query; metrics and "
+        "event rules are shared out among the connections). More than the database's cores gains nothing.",
     )
 
     # actions

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.compiler import compile_rule
+from engine.compiler import compile_metrics, compile_rule
 from engine.rules import parse_rules_text
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -117,3 +117,17 @@ action: {{type: no_op}}
     assert compiled.params["metric"] == HOSTILE
     assert compiled.params["run_user"] == [HOSTILE]
     assert "%(metric)s" in compiled.sql and "%(bound)s" in compiled.sql
+
+
+@pytest.mark.parametrize("name", ["threshold_avg", "change_relative"])
+def test_tails_only_variant_matches_snapshot(name: str) -> None:
+    """The live variant the evaluator runs first: tails only, a `rule` 0 row for a series
+    whose tail falls short."""
+    automation = parse_rules_text(RULES[name])[0].automation
+    sql = compile_metrics([automation], "live", tails_only=True).pretty() + "\n"
+    path = SNAPSHOTS / f"{name}.live_tails.sql"
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1" or not path.exists():
+        path.write_text(sql)
+        if os.environ.get("UPDATE_SNAPSHOTS") != "1":
+            pytest.fail(f"snapshot {path.name} did not exist and was written: check it and commit it")
+    assert sql == path.read_text()

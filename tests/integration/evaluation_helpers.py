@@ -17,8 +17,8 @@ def break_automation(evaluator: Evaluator, name: str, sql: str) -> None:
     run `sql` instead: a test seam standing in for a query that fails."""
     original = evaluator.compiled
 
-    def compiled(members):
-        compiled_query = original(members)
+    def compiled(members, tails_only=False):
+        compiled_query = original(members, tails_only)
         if any(s.name == name for s in members):
             return dataclasses.replace(compiled_query, sql=sql)
         return compiled_query

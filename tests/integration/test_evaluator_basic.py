@@ -85,3 +85,24 @@ def test_run_state_rules(conn, database_url):
 
 def _run_id(conn, name: str) -> str:
     return conn.execute("SELECT run_id FROM runs WHERE name = %s", (name,)).fetchone()[0]
+
+
+def test_a_group_whose_tails_fall_short_reads_the_hypertable(conn, database_url, monkeypatch):
+    """Two rules on one metric are evaluated by one query that first reads the series tails
+    only. A backlog longer than the tail (8 here: 30 values in one flush) makes it say so,
+    and the query that reads the hypertable evaluates every value."""
+    from engine.settings import get_settings
+
+    monkeypatch.setenv("ENGINE_SERIES_TAIL", "8")
+    get_settings.cache_clear()
+    apply_yaml(conn, rule("spike", '{type: run_metric_threshold, metric: m, window: 1, aggregation: max, operator: ">", '
+                                   "threshold: 0.5}", extra="cooldown: 1m\n"))
+    apply_yaml(conn, rule("pair", '{type: run_metric_threshold, metric: m, window: 2, operator: ">=", threshold: 0.5}',
+                          extra="cooldown: 1m\n"))
+    values = [0.0] * 30
+    values[2] = values[20] = 1.0
+    with engine.init(project="acme/vision", name="backlog", system_metrics_interval=0) as run:
+        log_series(run, "m", values)
+        tick(database_url)
+    assert [t["step"] for t in triggers(conn, "spike")] == [2, 20]
+    assert [t["step"] for t in triggers(conn, "pair")] == [2, 3, 20, 21]

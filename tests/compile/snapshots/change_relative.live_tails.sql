@@ -1,0 +1,180 @@
+WITH rules AS MATERIALIZED (
+  SELECT
+    r.*,
+    pr.id AS project_id
+  FROM UNNEST(CAST(%(rule)s AS INT[]), CAST(%(entity)s AS TEXT[]), CAST(%(project)s AS TEXT[]), CAST(%(run_user)s AS TEXT[]), CAST(%(run_name_regex)s AS TEXT[]), CAST(%(span)s AS INT[]), CAST(%(size)s AS INT[]), CAST(%(current_segment)s AS INT[]), CAST(%(prior_segment)s AS INT[]), CAST(%(relative)s AS BOOLEAN[]), CAST(%(direction)s AS TEXT[]), CAST(%(operator)s AS TEXT[]), CAST(%(bound)s AS DOUBLE PRECISION[])) AS r(rule, entity, project, run_user, run_name_regex, span, size, current_segment, prior_segment, relative, direction, operator, bound)
+  JOIN projects AS pr
+    ON pr.entity = r.entity AND pr.name = r.project
+), pending AS (
+  SELECT
+    b.run_pk,
+    b.key_id,
+    MIN(b.first_pos) AS first_pos,
+    MAX(b.last_pos) AS last_pos
+  FROM series_batches AS b
+  JOIN metric_keys AS k
+    ON k.id = b.key_id
+  WHERE
+    (
+      k.key = %(metric)s AND b.xid >= CAST(%(from_xid)s AS xid8)
+    )
+    AND b.xid < CAST(%(to_xid)s AS xid8)
+  GROUP BY
+    b.run_pk,
+    b.key_id
+), series AS NOT MATERIALIZED (
+  SELECT
+    p.run_pk,
+    p.key_id,
+    p.first_pos,
+    p.last_pos,
+    s.n_finite,
+    s.n_finite - CARDINALITY(s.tail_value) AS base,
+    GREATEST(1, p.first_pos - %(span_max)s + 1) AS need_from,
+    s.tail_step,
+    s.tail_time,
+    s.tail_value,
+    r.project_id,
+    r.user_name,
+    r.name AS run_name
+  FROM pending AS p
+  JOIN series_state AS s
+    ON s.key_id = p.key_id AND s.run_pk = p.run_pk
+  JOIN runs AS r
+    ON r.id = p.run_pk
+  WHERE
+    r.project_id IN (
+      SELECT
+        ru.project_id
+      FROM rules AS ru
+    )
+), vals AS (
+  SELECT
+    x.run_pk,
+    x.key_id,
+    x.first_pos,
+    x.last_pos,
+    x.project_id,
+    x.user_name,
+    x.run_name,
+    x.base AS off,
+    x.tail_step AS steps,
+    x.tail_time AS times,
+    x.tail_value AS vals
+  FROM series AS x
+  WHERE
+    x.need_from > x.base
+), points AS (
+  SELECT
+    v.run_pk,
+    v.key_id,
+    v.project_id,
+    v.user_name,
+    v.run_name,
+    v.steps,
+    v.times,
+    v.vals,
+    e.pos,
+    e.pos - v.off AS i
+  FROM vals AS v
+  CROSS JOIN LATERAL GENERATE_SERIES(GREATEST(v.first_pos, %(span_min)s), v.last_pos) AS e(pos)
+)
+SELECT
+  p.run_pk,
+  p.key_id,
+  p.pos,
+  p.steps[p.i] AS step,
+  p.times[p.i] AS time,
+  p.vals[p.i] AS value,
+  o.d AS aggregate,
+  p.vals[p.i - o.size + 1:p.i] AS window_values,
+  o.prior_aggregate,
+  CASE
+    WHEN o.prior_segment IS NOT NULL
+    THEN p.vals[p.i - o.span + 1:p.i - o.size]
+  END AS prior_values,
+  o.current_aggregate,
+  o.rule
+FROM points AS p
+CROSS JOIN LATERAL (
+  SELECT
+    ARRAY[
+      AVG(w.v) FILTER(WHERE
+        w.back <= %(segment_1_to)s),
+      AVG(w.v) FILTER(WHERE
+        w.back BETWEEN %(segment_2_from)s AND %(segment_2_to)s)
+    ] AS aggregates
+  FROM (
+    SELECT
+      UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v,
+      GENERATE_SERIES(LEAST(p.i, %(span_max)s) - 1, 0, -1) AS back
+  ) AS w
+) AS a
+CROSS JOIN LATERAL (
+  SELECT
+    ru.*,
+    a.aggregates[ru.current_segment] AS current_aggregate,
+    a.aggregates[ru.prior_segment] AS prior_aggregate,
+    CASE
+      WHEN ru.prior_segment IS NULL
+      THEN a.aggregates[ru.current_segment]
+      WHEN ru.relative
+      THEN (
+        a.aggregates[ru.current_segment] - a.aggregates[ru.prior_segment]
+      ) / NULLIF(ABS(a.aggregates[ru.prior_segment]), 0)
+      ELSE a.aggregates[ru.current_segment] - a.aggregates[ru.prior_segment]
+    END AS d
+  FROM rules AS ru
+  WHERE
+    ru.project_id = p.project_id
+    AND p.pos >= ru.span
+    AND (
+      ru.run_user IS NULL OR ru.run_user = p.user_name
+    )
+    AND (
+      ru.run_name_regex IS NULL OR p.run_name ~ ru.run_name_regex
+    )
+  OFFSET 0
+) AS o
+CROSS JOIN LATERAL (
+  SELECT
+    CASE o.direction WHEN 'decrease' THEN -o.d WHEN 'any' THEN ABS(o.d) ELSE o.d END AS tested
+) AS t
+WHERE
+  CASE o.operator
+    WHEN '>'
+    THEN t.tested > o.bound
+    WHEN '>='
+    THEN t.tested >= o.bound
+    WHEN '<'
+    THEN t.tested < o.bound
+    WHEN '<='
+    THEN t.tested <= o.bound
+    WHEN '=='
+    THEN t.tested = o.bound
+    ELSE t.tested <> o.bound
+  END
+UNION ALL
+(
+  SELECT
+    NULL AS run_pk,
+    NULL AS key_id,
+    NULL AS pos,
+    NULL AS step,
+    NULL AS time,
+    NULL AS value,
+    NULL AS aggregate,
+    NULL AS window_values,
+    NULL AS prior_aggregate,
+    NULL AS prior_values,
+    NULL AS current_aggregate,
+    0 AS rule
+  FROM series AS x
+  WHERE
+    x.need_from <= x.base
+  LIMIT 1
+)
+ORDER BY
+  rule NULLS FIRST,
+  run_pk NULLS FIRST,
+  pos NULLS FIRST
