@@ -187,13 +187,14 @@ class Evaluator:
         self._lock = threading.Lock()
         self._ticks = 0
         self._helpers: dict[int, psycopg.Connection] = {}
+        self._session = {"statement_timeout_ms": str(self.settings.statement_timeout_ms)}
         self._pool: ThreadPoolExecutor | None = None
 
     # -- connections -------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = connect(self.url, autocommit=True)
-            self._conn.execute(query("evaluator_session"))
+            self._conn.execute(query("evaluator_session"), self._session)
         return self._conn
 
     def _helper(self, n: int) -> psycopg.Connection:
@@ -201,7 +202,7 @@ class Evaluator:
         conn = self._helpers.get(n)
         if conn is None or conn.closed or conn.broken:
             conn = self._helpers[n] = connect(self.url, autocommit=True)
-            conn.execute(query("evaluator_session"))
+            conn.execute(query("evaluator_session"), self._session)
         return conn
 
     def close(self) -> None:
@@ -216,10 +217,8 @@ class Evaluator:
             self._pool = None
 
     # -- automations -------------------------------------------------------------------
-    def _load(self, conn: psycopg.Connection) -> list[StoredAutomation]:
-        """The enabled automations, re-read only when one changed (cheap fingerprint query)."""
-        fingerprint = _dicts(conn).execute(query("automations_fingerprint")).fetchone()
-        fingerprint = next(iter(fingerprint.values()))
+    def _load(self, conn: psycopg.Connection, fingerprint: str) -> list[StoredAutomation]:
+        """The enabled automations, re-read only when one changed (`fingerprint`)."""
         if fingerprint != self._fingerprint:
             self._automations, self._fingerprint = load_enabled(conn), fingerprint
         return self._automations
@@ -244,21 +243,20 @@ class Evaluator:
             return result
 
     def _tick(self, conn: psycopg.Connection, result: TickResult) -> None:
-        automations = self._load(conn)
+        state = _dicts(conn).execute(query("tick_state"), prepare=True).fetchone()
+        automations = self._load(conn, state["fingerprint"])
         if not automations:
             return
-        to_xid = int(next(iter(_dicts(conn).execute(query("current_frontier")).fetchone().values())))
-        frontiers = {r["automation_id"]: int(r["frontier"]) for r in _dicts(conn).execute(query("frontiers")).fetchall()}
+        to_xid = int(state["to_xid"])
+        frontiers = {int(k): int(v) for k, v in state["frontiers"].items()}
         lowest = min(frontiers.values(), default=to_xid)
         activity: dict[tuple[str, str], int] = {}
         series: dict[str, int] = {}  # per metric: series written to (to share the work out)
         if lowest < to_xid:
             span = {"from_xid": str(lowest), "to_xid": str(to_xid)}
-            for r in _dicts(conn).execute(query("series_activity"), span).fetchall():
-                activity[("metric", r["key"])] = int(r["max"])
-                series[r["key"]] = int(r["series"])
-            for r in _dicts(conn).execute(query("event_activity"), span).fetchall():
-                activity[("event", r["type"])] = int(r["max"])
+            for r in _dicts(conn).execute(query("activity"), span, prepare=True).fetchall():
+                activity[(r["kind"], r["name"])] = int(r["newest"])
+                series[r["name"]] = int(r["series"])
 
         idle: list[int] = []
         groups: dict[tuple[Any, ...], list[StoredAutomation]] = {}
@@ -429,9 +427,6 @@ class Evaluator:
         frontiers. Returns (evaluated, skipped because locked, fired)."""
         members = [stored for group in groups for stored in group]
         with conn.transaction():
-            _dicts(conn).execute(
-                "SELECT set_config('statement_timeout', %s, true)", (str(self.settings.statement_timeout_ms),)
-            )
             locked = {
                 r["automation_id"]: int(r["frontier"])
                 for r in _dicts(conn).execute(query("lock_states"), {"ids": [s.id for s in members]}).fetchall()

@@ -1,39 +1,38 @@
 -- Hand-written queries of the evaluation service (engine/evaluator.py).
 
--- name: automations_fingerprint
--- Cheap check whether any automation changed since the last tick.
-SELECT coalesce(jsonb_agg(jsonb_build_array(id, version, enabled) ORDER BY id), '[]'::jsonb)::text
-FROM automations;
+-- name: tick_state
+-- What a tick starts from, in one round trip: a cheap fingerprint of the automations (are
+-- they re-read?), the new frontier (every transaction with an xid below the snapshot's xmin
+-- has finished: what it wrote is final) and the frontier of each enabled automation.
+SELECT
+    (SELECT coalesce(jsonb_agg(jsonb_build_array(id, version, enabled) ORDER BY id), '[]'::jsonb)::text
+     FROM automations) AS fingerprint,
+    pg_snapshot_xmin(pg_current_snapshot())::text AS to_xid,
+    (SELECT coalesce(jsonb_object_agg(s.automation_id, s.frontier::text), '{}'::jsonb)
+     FROM automation_state s JOIN automations a ON a.id = s.automation_id
+     WHERE a.enabled) AS frontiers;
 
 -- name: evaluator_session
--- The evaluator runs the same few query shapes every tick (psycopg prepares them after 5
--- runs). A generic plan is made once per connection: a custom plan would expand every chunk
--- of the hypertables in the rare hypertable branch of a rule query, each time (~20 ms with
--- 35 chunks, per automation). No JIT: row estimates over that branch can pass
--- jit_above_cost, and compiling costs seconds for queries that run in milliseconds.
-SELECT set_config('plan_cache_mode', 'force_generic_plan', false), set_config('jit', 'off', false);
+-- The evaluator runs the same few query shapes every tick (prepared at once). A generic
+-- plan is made once per connection: a custom plan would expand every chunk of the
+-- hypertables in the rare hypertable branch of a rule query, each time (~20 ms with 35
+-- chunks, per automation). No JIT: row estimates over that branch can pass jit_above_cost,
+-- and compiling costs seconds for queries that run in milliseconds. The statement timeout
+-- holds for every statement of a tick.
+SELECT set_config('plan_cache_mode', 'force_generic_plan', false), set_config('jit', 'off', false),
+       set_config('statement_timeout', %(statement_timeout_ms)s, false);
 
--- name: current_frontier
--- Every transaction with an xid below this has finished: what it wrote is final.
-SELECT pg_snapshot_xmin(pg_current_snapshot())::text;
-
--- name: frontiers
-SELECT s.automation_id, s.frontier::text
-FROM automation_state s
-JOIN automations a ON a.id = s.automation_id
-WHERE a.enabled;
-
--- name: series_activity
--- Per metric: the newest write in [from_xid, to_xid), to skip automations with nothing new,
--- and how many series were written to (to share the work out among connections).
-SELECT k.key, max(b.xid)::text, count(DISTINCT b.run_pk) AS series
+-- name: activity
+-- What was written in [from_xid, to_xid), to skip automations with nothing new: per metric
+-- the newest write and how many series were written to (to share the work out among
+-- connections), per event type the newest event.
+SELECT 'metric' AS kind, k.key AS name, max(b.xid)::text AS newest, count(DISTINCT b.run_pk) AS series
 FROM series_batches b
 JOIN metric_keys k ON k.id = b.key_id
 WHERE b.xid >= %(from_xid)s::xid8 AND b.xid < %(to_xid)s::xid8
-GROUP BY k.key;
-
--- name: event_activity
-SELECT e.type, max(e.xid)::text
+GROUP BY k.key
+UNION ALL
+SELECT 'event', e.type, max(e.xid)::text, 0
 FROM events e
 WHERE e.xid >= %(from_xid)s::xid8 AND e.xid < %(to_xid)s::xid8
 GROUP BY e.type;
