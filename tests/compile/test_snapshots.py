@@ -92,8 +92,10 @@ action: {type: no_op}
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_compiled_sql_matches_snapshot(name: str, mode: str) -> None:
     automation = parse_rules_text(RULES[name])[0].automation
-    sql = compile_rule(automation, mode).pretty() + "\n"
-    path = SNAPSHOTS / f"{name}.{mode}.sql"
+    _assert_snapshot(compile_rule(automation, mode).pretty() + "\n", SNAPSHOTS / f"{name}.{mode}.sql")
+
+
+def _assert_snapshot(sql: str, path) -> None:
     if os.environ.get("UPDATE_SNAPSHOTS") == "1" or not path.exists():
         path.write_text(sql)
         if os.environ.get("UPDATE_SNAPSHOTS") != "1":
@@ -124,10 +126,5 @@ def test_tails_only_variant_matches_snapshot(name: str) -> None:
     """The live variant the evaluator runs first: tails only, a `rule` 0 row for a series
     whose tail falls short."""
     automation = parse_rules_text(RULES[name])[0].automation
-    sql = compile_metrics([automation], "live", tails_only=True).pretty() + "\n"
-    path = SNAPSHOTS / f"{name}.live_tails.sql"
-    if os.environ.get("UPDATE_SNAPSHOTS") == "1" or not path.exists():
-        path.write_text(sql)
-        if os.environ.get("UPDATE_SNAPSHOTS") != "1":
-            pytest.fail(f"snapshot {path.name} did not exist and was written: check it and commit it")
-    assert sql == path.read_text()
+    _assert_snapshot(compile_metrics([automation], "live", tails_only=True).pretty() + "\n",
+                     SNAPSHOTS / f"{name}.live_tails.sql")

@@ -62,3 +62,22 @@ def test_a_slow_query_is_cut_by_the_statement_timeout(conn, database_url, monkey
         evaluator.close()
     assert result.failed == ["bad"] and len(triggers(conn, "good")) == 1
     assert "statement_timeout" in {r.name: r for r in list_automations(conn)}["bad"].last_error
+
+
+def test_a_failing_metric_group_does_not_hold_back_the_other_metrics(conn, database_url, caplog):
+    """On one connection a tick evaluates every metric in one transaction; when one metric's
+    query fails, the others are evaluated again without it and commit."""
+    apply_yaml(conn, GOOD)
+    apply_yaml(conn, rule("other", '{type: run_metric_threshold, metric: n, window: 1, operator: ">", threshold: 0}'))
+    with engine.init(project="acme/vision", name="r", system_metrics_interval=0) as run:
+        run.log({"m": 1.0, "n": 1.0})
+    evaluator = Evaluator(database_url, get_settings().model_copy(update={"evaluation_connections": 1}))
+    try:
+        break_automation(evaluator, "other", "SELECT 1 / 0")
+        with caplog.at_level(logging.ERROR, logger="engine.evaluator"):
+            result = evaluator.tick()
+    finally:
+        evaluator.close()
+    assert result.failed == ["other"] and result.evaluated == 1
+    assert len(triggers(conn, "good")) == 1 and triggers(conn, "other") == []
+    assert "division by zero" in {r.name: r for r in list_automations(conn)}["other"].last_error
