@@ -77,10 +77,12 @@ ORDER BY automation_id, run_pk, id DESC;
 -- already recorded is skipped by the unique key, and so are its deliveries.
 WITH fired AS (
     INSERT INTO triggers (
-        automation_id, automation_version, event_type, cause, run_pk, event_id, metric, step,
+        fired_at, automation_id, automation_version, event_type, cause, run_pk, event_id, metric, step,
         value_time, value, window_values, prior_values, current_aggregate, prior_aggregate,
         alias, tag, artifact_version_id, details)
-    SELECT t.automation_id, t.automation_version, t.event_type, t.cause, t.run_pk, t.event_id, t.metric,
+    -- the time of the insert, not of the transaction's start (a tick's transaction can be
+    -- long, and two connections insert concurrently): fired_at follows the ids closely
+    SELECT clock_timestamp(), t.automation_id, t.automation_version, t.event_type, t.cause, t.run_pk, t.event_id, t.metric,
            t.step, t.value_time, t.value, t.window_values, t.prior_values, t.current_aggregate,
            t.prior_aggregate, t.alias, t.tag, t.artifact_version_id, coalesce(t.details, '{}'::jsonb)
     FROM jsonb_to_recordset(%(triggers)s) AS t(
