@@ -3,11 +3,13 @@
 Progress is an xid frontier per automation (`automation_state.frontier`): everything
 written by transactions with xid < frontier has been evaluated. A tick takes the current
 snapshot's xmin as the new frontier — every transaction below it has finished, so a batch
-that commits late is never skipped — evaluates each automation's compiled query over
-[frontier, new frontier), applies the per-run cooldown in value order, and inserts the
-triggers (a unique key makes duplicates impossible), their deliveries (the outbox) and the
-new frontier in ONE transaction. Two services on one database share the work: the
-automation's state row is locked with FOR UPDATE SKIP LOCKED.
+that commits late is never skipped — and evaluates what is new in [frontier, new frontier):
+the metric rules of one metric with one query (their windows reduced once per value for all
+of them, see `compiler.compile_metrics`), each event rule with its own. It applies the
+per-run cooldown in value order and inserts the triggers (a unique key makes duplicates
+impossible), their deliveries (the outbox) and the new frontiers in one transaction per
+connection (ENGINE_EVALUATION_CONNECTIONS share a tick's work). Two services on one
+database share the work: the automations' state rows are locked with FOR UPDATE SKIP LOCKED.
 
 The backtest (`backtest()`) runs the same compiled query in history mode and the same
 cooldown code, without writing anything.
@@ -19,8 +21,8 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -183,7 +185,7 @@ class Evaluator:
         self._conn: psycopg.Connection | None = None
         self._fingerprint: str | None = None
         self._automations: list[StoredAutomation] = []
-        self._compiled: dict[tuple[tuple[int, int], ...], CompiledQuery] = {}
+        self._compiled: dict[tuple[Any, ...], CompiledQuery] = {}  # (tails_only, (id, version)...)
         self._lock = threading.Lock()
         self._ticks = 0
         self._helpers: dict[int, psycopg.Connection] = {}
