@@ -370,17 +370,7 @@ class Evaluator:
             others = [group for group in groups if group is not failed.group]
             if others:
                 self._run(conn, others, to_xid, result)
-            members = failed.group
-            if len(members) > 1:
-                log.warning("%d automations on one metric failed together (%s); evaluating them one by one",
-                            len(members), error)
-                for stored in members:
-                    self._run(conn, [[stored]], to_xid, result)
-                return
-            (stored,) = members
-            log.error("automation %r failed and is skipped this tick: %s", stored.name, error)
-            result.failed.append(stored.name)
-            self._record_failure(conn, stored.id, str(error))
+            self._isolate(conn, failed.group, error, to_xid, result)
             return
         except DatabaseUnavailable:
             raise
@@ -394,21 +384,26 @@ class Evaluator:
                 for group in groups:
                     self._run(conn, [group], to_xid, result)
                 return
-            (members,) = groups
-            if len(members) > 1:
-                log.warning("%d automations on one metric failed together (%s); evaluating them one by one",
-                            len(members), error)
-                for stored in members:
-                    self._run(conn, [[stored]], to_xid, result)
-                return
-            (stored,) = members
-            log.error("automation %r failed and is skipped this tick: %s", stored.name, error)
-            result.failed.append(stored.name)
-            self._record_failure(conn, stored.id, str(error))
+            self._isolate(conn, groups[0], error, to_xid, result)
             return
         result.evaluated += evaluated
         result.skipped_locked += skipped
         result.fired += fired
+
+    def _isolate(
+        self, conn: psycopg.Connection, members: list[StoredAutomation], error: Exception, to_xid: int, result: TickResult
+    ) -> None:
+        """A failed group: its members one by one; a failed automation: logged, recorded, skipped."""
+        if len(members) > 1:
+            log.warning("%d automations on one metric failed together (%s); evaluating them one by one",
+                        len(members), error)
+            for stored in members:
+                self._run(conn, [[stored]], to_xid, result)
+            return
+        (stored,) = members
+        log.error("automation %r failed and is skipped this tick: %s", stored.name, error)
+        result.failed.append(stored.name)
+        self._record_failure(conn, stored.id, str(error))
 
     def _record_failure(self, conn: psycopg.Connection, automation_id: int, error: str) -> None:
         try:
