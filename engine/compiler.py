@@ -109,6 +109,8 @@ def _pending(mode: Mode) -> exp.Select:
                 _c("key_id", "b"),
                 exp.func("min", _c("first_pos", "b")).as_("first_pos"),
                 exp.func("max", _c("last_pos", "b")).as_("last_pos"),
+                # the highest seq of these batches (unknown if a batch predates migration 0006)
+                _frag("CASE WHEN COUNT(b.seq_bound) = COUNT(*) THEN MAX(b.seq_bound) END").as_("seq_bound"),
             )
             .from_(exp.to_table("series_batches").as_("b"))
             .join(exp.to_table("metric_keys").as_("k"), on=_frag("k.id = b.key_id"))
@@ -123,6 +125,7 @@ def _pending(mode: Mode) -> exp.Select:
             _c("key_id", "s"),
             exp.Literal.number(1).as_("first_pos"),
             _c("n_finite", "s").as_("last_pos"),
+            exp.cast(exp.Null(), "BIGINT").as_("seq_bound"),
         )
         .from_(exp.to_table("series_state").as_("s"))
         .join(exp.to_table("metric_keys").as_("k"), on=_frag("k.id = s.key_id"))
@@ -221,6 +224,7 @@ def _series() -> exp.Select:
             _c("key_id", "p"),
             _c("first_pos", "p"),
             _c("last_pos", "p"),
+            _c("seq_bound", "p"),
             _c("n_finite", "s"),
             _frag("s.n_finite - CARDINALITY(s.tail_value)").as_("base"),
             exp.func("greatest", exp.Literal.number(1), _frag("p.first_pos - %(span_max)s + 1")).as_("need_from"),
@@ -276,16 +280,19 @@ def _values(table: str) -> exp.Select:
     from the hypertable in one pass, newest first through the (run_pk, key_id, seq) index,
     the correlated LIMIT reading exactly the values from need_from to the newest one. The
     read is gated by a one-time filter, so the hypertable is not touched (and the plain
-    array_agg calls see no row) for a series whose tail suffices."""
+    array_agg calls see no row) for a series whose tail suffices. The read starts at the
+    pending batches' `seq_bound` (position last_pos), not at the newest value: evaluating
+    the first part of a long backlog reads only that part."""
     in_tail = _frag("x.need_from > x.base")
     newest = (
         exp.select(_c("seq", "m"), _c("step", "m"), _c("time", "m"), _c("value", "m"))
         .from_(exp.to_table(table).as_("m"))
         .where(_frag("m.run_pk = x.run_pk AND m.key_id = x.key_id"))
+        .where(_frag("m.seq <= COALESCE(x.seq_bound, 9223372036854775807)"))
         .where(_frag("m.value < CAST('Infinity' AS DOUBLE PRECISION) AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)"))
         # DESC NULLS FIRST is the index's order (sqlglot would write NULLS LAST otherwise)
         .order_by(exp.Ordered(this=_c("seq", "m"), desc=True, nulls_first=True))
-        .limit(_frag("x.n_finite - x.need_from + 1"))
+        .limit(_frag("CASE WHEN x.seq_bound IS NULL THEN x.n_finite ELSE x.last_pos END - x.need_from + 1"))
     )
     # oldest first; array_agg without its own ORDER BY keeps this order (and needs no sort
     # state per call, which made the gated branch cost ~35 us per series)

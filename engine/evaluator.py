@@ -191,6 +191,7 @@ class Evaluator:
         self._helpers: dict[int, psycopg.Connection] = {}
         self._session = {"statement_timeout_ms": str(self.settings.statement_timeout_ms)}
         self._pool: ThreadPoolExecutor | None = None
+        self._failures: dict[int, int] = {}  # automations that failed last tick: consecutive failures
 
     # -- connections -------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection:
@@ -250,7 +251,8 @@ class Evaluator:
         if not automations:
             return
         to_xid = int(state["to_xid"])
-        frontiers = {int(k): int(v) for k, v in state["frontiers"].items()}
+        frontiers = {int(k): int(v[0]) for k, v in state["frontiers"].items()}
+        self._failures = {int(k): int(v[1]) for k, v in state["frontiers"].items() if v[1]}
         lowest = min(frontiers.values(), default=to_xid)
         activity: dict[tuple[str, str], int] = {}
         series: dict[str, int] = {}  # per metric: series written to (to share the work out)
@@ -262,6 +264,7 @@ class Evaluator:
 
         idle: list[int] = []
         groups: dict[tuple[Any, ...], list[StoredAutomation]] = {}
+        catching_up: list[StoredAutomation] = []
         for stored in automations:
             frontier = frontiers.get(stored.id)
             if frontier is None or frontier >= to_xid:
@@ -270,9 +273,16 @@ class Evaluator:
             if newest is None or newest < frontier:
                 idle.append(stored.id)
                 continue
-            groups.setdefault(self._group_key(stored, frontier), []).append(stored)
+            if stored.id in self._failures:
+                catching_up.append(stored)
+            else:
+                groups.setdefault(self._group_key(stored, frontier), []).append(stored)
         if groups:
             self._run_parallel(conn, list(groups.values()), series, to_xid, result)
+        # automations that failed last time: alone, each in its own transaction, over a span
+        # cut shorter with each failure (a backlog too long for one statement, in parts)
+        for stored in catching_up:
+            self._run(conn, [[stored]], to_xid, result, catch_up=True)
         if idle:
             _dicts(conn).execute(query("advance_idle_frontiers"), {"ids": idle, "to_xid": str(to_xid)})
             result.idle = len(idle)
@@ -355,6 +365,7 @@ class Evaluator:
         groups: list[list[StoredAutomation]],
         to_xid: int,
         result: TickResult,
+        catch_up: bool = False,
     ) -> None:
         """Evaluate groups in one transaction (one commit per tick when all goes well). When
         a group's query fails, the other groups are evaluated again without it, and the
@@ -362,14 +373,14 @@ class Evaluator:
         found, logged and skipped while the others go on. (A timeout of a group of n rules
         thus costs up to n + 1 timeouts in that tick.)"""
         try:
-            evaluated, skipped, fired = self._evaluate(conn, groups, to_xid)
+            evaluated, skipped, fired = self._evaluate(conn, groups, to_xid, catch_up)
         except _GroupFailed as failed:
             error = translate(failed.error)
             if isinstance(error, DatabaseUnavailable):
                 raise error from failed.error
             others = [group for group in groups if group is not failed.group]
             if others:
-                self._run(conn, others, to_xid, result)
+                self._run(conn, others, to_xid, result, catch_up)
             self._isolate(conn, failed.group, error, to_xid, result)
             return
         except DatabaseUnavailable:
@@ -440,12 +451,13 @@ class Evaluator:
         return _dicts(conn).execute(compiled.sql, compiled.bind(**runtime), prepare=True).fetchall()
 
     def _evaluate(
-        self, conn: psycopg.Connection, groups: list[list[StoredAutomation]], to_xid: int
+        self, conn: psycopg.Connection, groups: list[list[StoredAutomation]], to_xid: int, catch_up: bool = False
     ) -> tuple[int, int, int]:
         """Evaluate groups in one transaction: lock the members' states (members another
-        service holds are skipped), run each group's query over [frontier, to_xid), apply
-        each member's cooldown, insert the triggers and their deliveries, move the
-        frontiers. Returns (evaluated, skipped because locked, fired)."""
+        service holds are skipped), run each group's query over [frontier, to_xid) (a
+        catch-up: over its first part, see `_catch_up_end`), apply each member's cooldown,
+        insert the triggers and their deliveries, move the frontiers. Returns (evaluated,
+        skipped because locked, fired)."""
         members = [stored for group in groups for stored in group]
         with conn.transaction():
             locked = {
@@ -453,7 +465,7 @@ class Evaluator:
                 for r in _dicts(conn).execute(query("lock_states"), {"ids": [s.id for s in members]}).fetchall()
             }
             candidates: list[tuple[StoredAutomation, list[Firing]]] = []
-            evaluated: list[int] = []
+            evaluated: dict[int, list[int]] = {}  # where frontiers move: the automations
             for group in groups:
                 # another service may have moved a frontier since the tick began: the locked
                 # value is the truth, and members are evaluated together only from the same one
@@ -462,18 +474,32 @@ class Evaluator:
                     if stored.id in locked and locked[stored.id] < to_xid:
                         by_frontier.setdefault(locked[stored.id], []).append(stored)
                 for frontier, same in by_frontier.items():
+                    end = self._catch_up_end(conn, same, frontier, to_xid) if catch_up else to_xid
                     try:
-                        rows = self._rows(conn, same, frontier, to_xid)
+                        rows = self._rows(conn, same, frontier, end)
                     except psycopg.Error as exc:
                         raise _GroupFailed(group, exc) from exc
                     candidates.extend(group_firings(same, rows))
-                    evaluated.extend(s.id for s in same)
+                    evaluated.setdefault(end, []).extend(s.id for s in same)
             fired = self._fire(conn, candidates)
-            if evaluated:
-                _dicts(conn).execute(query("advance_frontiers"), {"ids": evaluated, "to_xid": str(to_xid)})
+            for end, ids in evaluated.items():
+                advance = "advance_frontiers" if end >= to_xid else "advance_frontiers_partially"
+                _dicts(conn).execute(query(advance), {"ids": ids, "to_xid": str(end)})
         if fired and self.on_fired is not None:
             self.on_fired(fired)
-        return len(evaluated), len(members) - len(locked), fired
+        return sum(len(ids) for ids in evaluated.values()), len(members) - len(locked), fired
+
+    def _catch_up_end(self, conn: psycopg.Connection, members: list[StoredAutomation], frontier: int, to_xid: int) -> int:
+        """Where the try of an automation that failed last time stops: a metric rule's span
+        is cut to the first 1/2^failures of its metric's flushes (event rules: not cut)."""
+        automation = members[0].automation
+        failures = max(self._failures.get(s.id, 0) for s in members)
+        if not failures or not is_metric_rule(automation):
+            return to_xid
+        bound = {"metric": automation.event.metric, "from_xid": str(frontier), "to_xid": str(to_xid),
+                 "failures": min(failures, 30)}
+        end = _dicts(conn).execute(query("catch_up_end"), bound).fetchone()["end_xid"]
+        return to_xid if end is None else int(end)
 
     def _fire(self, conn: psycopg.Connection, candidates: list[tuple[StoredAutomation, list[Firing]]]) -> int:
         """Apply each automation's cooldown, then insert the triggers that remain and their

@@ -354,6 +354,8 @@ class Writer:
                             copy.set_types(COPY_TYPES)
                             for run_pk, records in parts:
                                 seq = self._copy_run(copy.write_row, run_pk, records, ids, seq, series)
+                for row in series:  # every point of this flush has a seq below `seq`
+                    row["seq_bound"] = seq - 1
                 closing_curs = [conn.cursor() for _ in closing]
                 with conn.pipeline():
                     if series:

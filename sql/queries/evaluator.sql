@@ -3,12 +3,13 @@
 -- name: tick_state
 -- What a tick starts from, in one round trip: a cheap fingerprint of the automations (are
 -- they re-read?), the new frontier (every transaction with an xid below the snapshot's xmin
--- has finished: what it wrote is final) and the frontier of each enabled automation.
+-- has finished: what it wrote is final) and the frontier and consecutive failures of each
+-- enabled automation.
 SELECT
     (SELECT coalesce(jsonb_agg(jsonb_build_array(id, version, enabled) ORDER BY id), '[]'::jsonb)::text
      FROM automations) AS fingerprint,
     pg_snapshot_xmin(pg_current_snapshot())::text AS to_xid,
-    (SELECT coalesce(jsonb_object_agg(s.automation_id, s.frontier::text), '{}'::jsonb)
+    (SELECT coalesce(jsonb_object_agg(s.automation_id, jsonb_build_array(s.frontier::text, s.failures)), '{}'::jsonb)
      FROM automation_state s JOIN automations a ON a.id = s.automation_id
      WHERE a.enabled) AS frontiers;
 
@@ -48,6 +49,26 @@ FOR UPDATE SKIP LOCKED;
 UPDATE automation_state
 SET frontier = greatest(frontier, %(to_xid)s::xid8), evaluated_at = now(), last_error = NULL, failures = 0
 WHERE automation_id = ANY(%(ids)s);
+
+-- name: advance_frontiers_partially
+-- A catch-up evaluated the first part of its span: the frontier moves, and the next part
+-- may be twice as long (failures - 1, but it stays in catch-up until it reaches the end).
+UPDATE automation_state
+SET frontier = greatest(frontier, %(to_xid)s::xid8), evaluated_at = now(), failures = greatest(failures - 1, 1)
+WHERE automation_id = ANY(%(ids)s);
+
+-- name: catch_up_end
+-- Where the try of a metric automation that failed last time stops: after the first
+-- 1/2^failures of the flushes of its metric in [from_xid, to_xid) (at least one), so that a
+-- backlog too long for one statement is evaluated in parts. NULL: no cut (to_xid).
+WITH xids AS (
+    SELECT DISTINCT b.xid
+    FROM series_batches b
+    JOIN metric_keys k ON k.id = b.key_id
+    WHERE k.key = %(metric)s AND b.xid >= %(from_xid)s::xid8 AND b.xid < %(to_xid)s::xid8
+)
+SELECT (SELECT x.xid FROM xids x ORDER BY x.xid
+        OFFSET greatest(1, (SELECT count(*) FROM xids) >> %(failures)s) LIMIT 1)::text AS end_xid;
 
 -- name: advance_idle_frontiers
 -- Automations with nothing new: move their frontier without evaluating (skip those being evaluated).

@@ -4,7 +4,8 @@
 -- One touched series of a flush: append its new finite values to the tail (keeping the last
 -- %(tail)s), count them, and stamp a series_batches row (the evaluators' watermark) with
 -- the positions of the new values. %(steps)s/%(times)s/%(values)s are the *last* tail-many
--- new finite values; %(n_new)s is how many finite values the flush had for this series.
+-- new finite values; %(n_new)s is how many finite values the flush had for this series;
+-- %(seq_bound)s the highest seq the flush wrote (migration 0006).
 WITH up AS (
     INSERT INTO series_state AS s (key_id, run_pk, n_finite, tail_step, tail_time, tail_value)
     VALUES (%(key_id)s, %(run_pk)s, %(n_new)s, %(steps)s, %(times)s, %(values)s)
@@ -19,8 +20,8 @@ WITH up AS (
         updated_at = now()
     RETURNING key_id, run_pk, n_finite
 )
-INSERT INTO series_batches (key_id, run_pk, first_pos, last_pos)
-SELECT key_id, run_pk, n_finite - %(n_new)s + 1, n_finite FROM up;
+INSERT INTO series_batches (key_id, run_pk, first_pos, last_pos, seq_bound)
+SELECT key_id, run_pk, n_finite - %(n_new)s + 1, n_finite, %(seq_bound)s FROM up;
 
 -- name: notify_ingest
 -- One NOTIFY per flushed batch (NOTIFY takes a global lock at commit: never one per point).

@@ -10,7 +10,8 @@ WITH rules AS MATERIALIZED (
     b.run_pk,
     b.key_id,
     MIN(b.first_pos) AS first_pos,
-    MAX(b.last_pos) AS last_pos
+    MAX(b.last_pos) AS last_pos,
+    CASE WHEN COUNT(b.seq_bound) = COUNT(*) THEN MAX(b.seq_bound) END AS seq_bound
   FROM series_batches AS b
   JOIN metric_keys AS k
     ON k.id = b.key_id
@@ -28,6 +29,7 @@ WITH rules AS MATERIALIZED (
     p.key_id,
     p.first_pos,
     p.last_pos,
+    p.seq_bound,
     s.n_finite,
     s.n_finite - CARDINALITY(s.tail_value) AS base,
     GREATEST(1, p.first_pos - %(span_max)s + 1) AS need_from,
@@ -81,7 +83,10 @@ WITH rules AS MATERIALIZED (
         FROM metric_points AS m
         WHERE
           (
-            m.run_pk = x.run_pk AND m.key_id = x.key_id
+            (
+              m.run_pk = x.run_pk AND m.key_id = x.key_id
+            )
+            AND m.seq <= COALESCE(x.seq_bound, 9223372036854775807)
           )
           AND (
             m.value < CAST('Infinity' AS DOUBLE PRECISION)
@@ -89,7 +94,7 @@ WITH rules AS MATERIALIZED (
           )
         ORDER BY
           m.seq DESC
-        LIMIT x.n_finite - x.need_from + 1
+        LIMIT CASE WHEN x.seq_bound IS NULL THEN x.n_finite ELSE x.last_pos END - x.need_from + 1
       ) AS n
       ORDER BY
         n.seq

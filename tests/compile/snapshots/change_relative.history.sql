@@ -10,7 +10,8 @@ WITH rules AS MATERIALIZED (
     s.run_pk,
     s.key_id,
     1 AS first_pos,
-    s.n_finite AS last_pos
+    s.n_finite AS last_pos,
+    CAST(NULL AS BIGINT) AS seq_bound
   FROM series_state AS s
   JOIN metric_keys AS k
     ON k.id = s.key_id
@@ -22,6 +23,7 @@ WITH rules AS MATERIALIZED (
     p.key_id,
     p.first_pos,
     p.last_pos,
+    p.seq_bound,
     s.n_finite,
     s.n_finite - CARDINALITY(s.tail_value) AS base,
     GREATEST(1, p.first_pos - %(span_max)s + 1) AS need_from,
@@ -75,7 +77,10 @@ WITH rules AS MATERIALIZED (
         FROM metric_points AS m
         WHERE
           (
-            m.run_pk = x.run_pk AND m.key_id = x.key_id
+            (
+              m.run_pk = x.run_pk AND m.key_id = x.key_id
+            )
+            AND m.seq <= COALESCE(x.seq_bound, 9223372036854775807)
           )
           AND (
             m.value < CAST('Infinity' AS DOUBLE PRECISION)
@@ -83,7 +88,7 @@ WITH rules AS MATERIALIZED (
           )
         ORDER BY
           m.seq DESC
-        LIMIT x.n_finite - x.need_from + 1
+        LIMIT CASE WHEN x.seq_bound IS NULL THEN x.n_finite ELSE x.last_pos END - x.need_from + 1
       ) AS n
       ORDER BY
         n.seq

@@ -10,7 +10,8 @@ WITH rules AS MATERIALIZED (
     b.run_pk,
     b.key_id,
     MIN(b.first_pos) AS first_pos,
-    MAX(b.last_pos) AS last_pos
+    MAX(b.last_pos) AS last_pos,
+    CASE WHEN COUNT(b.seq_bound) = COUNT(*) THEN MAX(b.seq_bound) END AS seq_bound
   FROM series_batches AS b
   JOIN metric_keys AS k
     ON k.id = b.key_id
@@ -28,6 +29,7 @@ WITH rules AS MATERIALIZED (
     p.key_id,
     p.first_pos,
     p.last_pos,
+    p.seq_bound,
     s.n_finite,
     s.n_finite - CARDINALITY(s.tail_value) AS base,
     GREATEST(1, p.first_pos - %(span_max)s + 1) AS need_from,
