@@ -489,11 +489,6 @@ def compile_metrics(automations: Sequence[Automation], mode: Mode = "live", *, t
     return CompiledQuery(", ".join(names), "metric", mode, query.sql(dialect=DIALECT), params, names)
 
 
-def compile_metric(automation: Automation, mode: Mode = "live") -> CompiledQuery:
-    """The query of one metric rule: a group of one."""
-    return compile_metrics([automation], mode)
-
-
 # --------------------------------------------------------------------------------------
 # event rules
 # --------------------------------------------------------------------------------------
@@ -585,5 +580,5 @@ def compile_event(automation: Automation, mode: Mode = "live") -> CompiledQuery:
 def compile_rule(automation: Automation, mode: Mode = "live") -> CompiledQuery:
     """The query of any rule (see the module docstring for the two modes)."""
     if isinstance(automation.event, (RunMetricThreshold, RunMetricChange)):
-        return compile_metric(automation, mode)
+        return compile_metrics([automation], mode)
     return compile_event(automation, mode)

@@ -260,7 +260,8 @@ class Evaluator:
             span = {"from_xid": str(lowest), "to_xid": str(to_xid)}
             for r in _dicts(conn).execute(query("activity"), span, prepare=True).fetchall():
                 activity[(r["kind"], r["name"])] = int(r["newest"])
-                series[r["name"]] = int(r["series"])
+                if r["kind"] == "metric":
+                    series[r["name"]] = int(r["series"])
 
         idle: list[int] = []
         groups: dict[tuple[Any, ...], list[StoredAutomation]] = {}
@@ -295,10 +296,15 @@ class Evaluator:
         one query (their windows reduced once per value for all of them) in one transaction.
         Rules whose windows are longer than the per-series tail read the hypertable for
         every series, and event rules have their own queries: those go alone."""
-        automation = stored.automation
-        if is_metric_rule(automation) and span_of(automation) <= self.settings.series_tail:
-            return ("metric", automation.event.metric, frontier)
+        if self._fits_tails([stored]):
+            return ("metric", stored.automation.event.metric, frontier)
         return ("alone", stored.id)
+
+    def _fits_tails(self, members: Sequence[StoredAutomation]) -> bool:
+        """Metric rules whose windows fit in the per-series tails (ENGINE_SERIES_TAIL)."""
+        return is_metric_rule(members[0].automation) and all(
+            span_of(s.automation) <= self.settings.series_tail for s in members
+        )
 
     def _run_parallel(
         self,
@@ -393,7 +399,7 @@ class Evaluator:
                 raise error from exc
             if len(groups) > 1:
                 for group in groups:
-                    self._run(conn, [group], to_xid, result)
+                    self._run(conn, [group], to_xid, result, catch_up)
                 return
             self._isolate(conn, groups[0], error, to_xid, result)
             return
@@ -441,8 +447,7 @@ class Evaluator:
         fit the tails run the tails-only query first; the full one (which can read the
         hypertable) only when a series' tail fell short (a backlog)."""
         runtime = {"from_xid": str(frontier), "to_xid": str(to_xid)}
-        automation = members[0].automation
-        if is_metric_rule(automation) and max(span_of(s.automation) for s in members) <= self.settings.series_tail:
+        if self._fits_tails(members):
             compiled = self.compiled(members, tails_only=True)
             rows = _dicts(conn).execute(compiled.sql, compiled.bind(**runtime), prepare=True).fetchall()
             if not rows or rows[0]["rule"] != 0:
@@ -508,19 +513,19 @@ class Evaluator:
         candidates = [(stored, firings) for stored, firings in candidates if firings]
         if not candidates:
             return 0
-        last_fired: dict[tuple[int, int], datetime] = {}
+        last_fired: dict[int, dict[int, datetime]] = {stored.id: {} for stored, _ in candidates}
         cooled = [stored.id for stored, _ in candidates if cooldown_of(stored.automation) is not None]
         if cooled:
             run_pks = sorted({f.run_pk for _, firings in candidates for f in firings if f.run_pk is not None})
             for r in _dicts(conn).execute(query("last_fired"), {"ids": cooled, "run_pks": run_pks}).fetchall():
-                last_fired[(r["automation_id"], r["run_pk"])] = r["value_time"]
+                last_fired[r["automation_id"]][r["run_pk"]] = r["value_time"]
         from engine.actions.outbox import delivery_rows
 
         triggers: list[dict[str, Any]] = []
         actions: list[dict[str, Any]] = []
         for stored, firings in candidates:
-            runs = {run_pk: t for (automation_id, run_pk), t in last_fired.items() if automation_id == stored.id}
-            triggers.extend(trigger_row(stored, f) for f in apply_cooldown(firings, runs, cooldown_of(stored.automation)))
+            cooled_firings = apply_cooldown(firings, last_fired[stored.id], cooldown_of(stored.automation))
+            triggers.extend(trigger_row(stored, f) for f in cooled_firings)
             actions.extend(delivery_rows(stored.id, [stored.automation.action]))
         if not triggers:
             return 0
