@@ -20,6 +20,8 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from engine.exceptions import (
+    DatabaseAuthFailed,
+    DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
     EngineError,
@@ -38,12 +40,25 @@ _MIGRATION_LOCK = 0x656E67696E65  # "engine": serialises concurrent `db migrate`
 
 # -- error boundary ------------------------------------------------------------------------
 def translate(exc: BaseException) -> EngineError:
-    """Map a psycopg error to the engine's tree, by SQLSTATE class, with the fix in words."""
+    """Map a psycopg error to the engine's tree, by SQLSTATE class, with the fix in words.
+
+    The advice differs by cause (credentials, capacity, reachability, schema) and never says
+    to unset ENGINE_DATABASE_URL: on a training node that would send runs to a private
+    database that no rule ever sees.
+    """
     if isinstance(exc, EngineError):
         return exc
     state = getattr(exc, "sqlstate", None) or ""
+    if not state and isinstance(exc, psycopg.OperationalError):
+        state = _connection_state(str(exc))
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, psycopg.OperationalError) and not state or state.startswith("08") or state in ("57P01", "57P02", "57P03"):
+    if state.startswith("28"):
+        return DatabaseAuthFailed(f"the database refused the credentials ({text}). {_AUTH_FIX}")
+    if state == "3D000":
+        return SchemaNotReady(f"the database does not exist ({text}). {_DATABASE_MISSING_FIX}")
+    if state.startswith("53"):
+        return DatabaseBusy(f"the database is out of capacity ({text}). {_CAPACITY_FIX}")
+    if isinstance(exc, psycopg.OperationalError) and not state or state.startswith("08") or state in _SHUTTING_DOWN:
         return DatabaseUnavailable(f"no database reachable ({text}). {_where_hint()}")
     if state == "57014":
         return QueryTimeout(f"query cancelled by statement_timeout ({text})")
@@ -60,9 +75,48 @@ def translate(exc: BaseException) -> EngineError:
     return DatabaseError(text)
 
 
+_SHUTTING_DOWN = ("57P01", "57P02", "57P03")
+
+# libpq gives no SQLSTATE for a refused connection, only the server's FATAL message; these
+# are PostgreSQL's (and PgBouncer's) English words for the causes that need their own advice.
+# A server set to another lc_messages falls back to the generic "no database reachable".
+_CONNECTION_MESSAGES = (
+    ("password authentication failed", "28P01"),
+    ("no pg_hba.conf entry", "28000"),
+    ("authentication failed", "28000"),
+    ("role \"", "28000"),  # role "x" does not exist
+    ("does not exist", "3D000"),  # database "x" does not exist
+    ("too many clients", "53300"),
+    ("remaining connection slots are reserved", "53300"),
+    ("no more connections allowed", "53300"),  # PgBouncer's max_client_conn
+    ("the database system is starting up", "57P03"),
+    ("the database system is shutting down", "57P03"),
+)
+
+
+def _connection_state(message: str) -> str:
+    """The SQLSTATE a refused connection would carry, read from the server's message."""
+    for words, state in _CONNECTION_MESSAGES:
+        if words in message:
+            return state
+    return ""
+
+
 _NOT_INSTALLED_FIX = (
     "Install it with `scripts/setup`, or point ENGINE_DATABASE_URL at a TimescaleDB "
     "(for example `docker compose up -d db`)."
+)
+_AUTH_FIX = (
+    "Check the user name and password in ENGINE_DATABASE_URL (or ~/.pgpass, PGPASSWORD) and that "
+    "pg_hba.conf lets this user connect from this machine; `engine doctor` shows the URL without its password."
+)
+_DATABASE_MISSING_FIX = (
+    "Create it (`createdb NAME` as an administrator) and run `engine db migrate`, "
+    "or correct the database name in ENGINE_DATABASE_URL."
+)
+_CAPACITY_FIX = (
+    "The server allows no more connections (or is out of disk or memory): wait and retry, raise "
+    "max_connections, or put PgBouncer in front of it (docs/production.md, \"Connection budget\")."
 )
 
 
@@ -73,7 +127,10 @@ def _where_hint() -> str:
     except Exception:  # invalid settings are reported elsewhere; do not hide this error behind them
         configured = None
     if configured:
-        return "ENGINE_DATABASE_URL is set: check that this server runs and the URL is right, or unset it to use the embedded database."
+        return (
+            "ENGINE_DATABASE_URL is set: check that this server runs and that this machine reaches it "
+            "(host, port, firewall); `engine doctor` checks the connection."
+        )
     return "Start the embedded one with `engine db up` (see `engine db status`), or set ENGINE_DATABASE_URL to a running TimescaleDB."
 
 

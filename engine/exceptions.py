@@ -3,9 +3,11 @@
     EngineError                      everything the engine raises on purpose
     ├── ConfigurationError           bad settings or environment (missing env var, bad URL)
     ├── DatabaseError                a problem talking to PostgreSQL, translated at one boundary
-    │   ├── DatabaseUnavailable      nothing answers (SQLSTATE class 08, or no server)
+    │   ├── DatabaseUnavailable      nothing answers (SQLSTATE class 08, or no server): transient
+    │   │   └── DatabaseBusy         the server refuses for capacity (class 53, too many clients): transient
+    │   ├── DatabaseAuthFailed       the credentials are refused (class 28): permanent
     │   ├── ExtensionMissing         TimescaleDB not installed or not preloaded
-    │   ├── SchemaNotReady           migrations not applied (SQLSTATE 42P01 / 42883)
+    │   ├── SchemaNotReady           migrations not applied (42P01 / 42883), or no such database (3D000)
     │   └── QueryTimeout             statement_timeout hit (SQLSTATE 57014)
     ├── LocalDatabaseError           the embedded cluster could not be initialised or started
     ├── RuleError                    rules that cannot be loaded
@@ -36,7 +38,15 @@ class DatabaseError(EngineError):
 
 
 class DatabaseUnavailable(DatabaseError):
-    pass
+    """Transient: retrying later can help."""
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    """The server is at its connection limit or out of resources; transient like an outage."""
+
+
+class DatabaseAuthFailed(DatabaseError):
+    """Permanent: retrying with the same credentials cannot help."""
 
 
 class ExtensionMissing(DatabaseError):

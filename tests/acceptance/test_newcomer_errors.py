@@ -5,6 +5,7 @@ database without migrations, a server without TimescaleDB preloaded, ...), not s
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,62 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str)
 )
 def test_no_database_reachable(command: list[str]) -> None:
     done = engine(*command, env={"ENGINE_DATABASE_URL": NOWHERE})
-    assert_one_line_error(done, "no database reachable", "Connection refused", "ENGINE_DATABASE_URL is set", "unset it")
+    line = assert_one_line_error(done, "no database reachable", "Connection refused", "ENGINE_DATABASE_URL is set", "engine doctor")
+    assert "unset" not in line  # on a training node that would split the data into a private database
+
+
+@pytest.fixture(scope="module")
+def tcp_cluster() -> Iterator[tuple[int, LocalDatabase]]:
+    """A throwaway server as a team runs one: TCP with passwords, a role that is not a superuser,
+    and room for two of its connections only."""
+    folder = Path(tempfile.mkdtemp(prefix="engine-tcp-"))
+    folder.chmod(0o755)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = {
+        "listen_addresses": "'127.0.0.1'", "port": str(port), "password_encryption": "'scram-sha-256'",
+        "max_connections": "3", "superuser_reserved_connections": "1", "timescaledb.max_background_workers": "0",
+    }
+    cluster = LocalDatabase(folder / "data", fast=True, extra_conf=conf)
+    cluster.url = lambda dbname="engine": f"postgresql://engine@/{dbname}?host={cluster.socket_dir}&port={port}"  # type: ignore[method-assign]
+    try:
+        cluster.up()
+        (cluster.pgdata / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+        with psycopg.connect(cluster.url("postgres"), autocommit=True) as admin:
+            admin.execute("CREATE ROLE trainer LOGIN PASSWORD 'right-password'")
+            admin.execute("SELECT pg_reload_conf()")
+        yield port, cluster
+    finally:
+        cluster.destroy()
+        folder.rmdir()
+
+
+def test_wrong_password_says_so_and_never_shows_it(tcp_cluster: tuple[int, LocalDatabase]) -> None:
+    port, _ = tcp_cluster
+    done = engine("history", env={"ENGINE_DATABASE_URL": f"postgresql://trainer:wrong-secret@127.0.0.1:{port}/engine"})
+    line = assert_one_line_error(done, "refused the credentials", "password authentication failed", "user name and password")
+    assert "unset" not in line and "wrong-secret" not in done.stderr + done.stdout
+
+
+def test_missing_database_says_create_it(tcp_cluster: tuple[int, LocalDatabase]) -> None:
+    port, _ = tcp_cluster
+    done = engine("history", env={"ENGINE_DATABASE_URL": f"postgresql://trainer:right-password@127.0.0.1:{port}/nosuchdb"})
+    line = assert_one_line_error(done, "does not exist", "createdb", "engine db migrate")
+    assert "unset" not in line
+
+
+def test_full_server_says_capacity(tcp_cluster: tuple[int, LocalDatabase]) -> None:
+    port, _ = tcp_cluster
+    url = f"postgresql://trainer:right-password@127.0.0.1:{port}/engine"
+    held = [psycopg.connect(url) for _ in range(2)]  # every slot a non-superuser may take
+    try:
+        done = engine("history", env={"ENGINE_DATABASE_URL": url})
+    finally:
+        for conn in held:
+            conn.close()
+    line = assert_one_line_error(done, "out of capacity", "max_connections", "PgBouncer")
+    assert "unset" not in line
 
 
 @pytest.fixture

@@ -9,7 +9,15 @@ import pytest
 from psycopg import errors as pgerrors
 
 from engine.db import translate
-from engine.exceptions import DatabaseError, DatabaseUnavailable, ExtensionMissing, QueryTimeout, SchemaNotReady
+from engine.exceptions import (
+    DatabaseAuthFailed,
+    DatabaseBusy,
+    DatabaseError,
+    DatabaseUnavailable,
+    ExtensionMissing,
+    QueryTimeout,
+    SchemaNotReady,
+)
 from engine.settings import get_settings
 
 
@@ -45,6 +53,7 @@ def test_unreachable_says_which_database(configured: bool, monkeypatch: pytest.M
     assert isinstance(error, DatabaseUnavailable) and "Connection refused" in str(error)
     if configured:
         assert "ENGINE_DATABASE_URL is set" in str(error) and "engine db up" not in str(error)
+        assert "unset" not in str(error)
     else:
         assert "engine db up" in str(error)
 
@@ -52,3 +61,35 @@ def test_unreachable_says_which_database(configured: bool, monkeypatch: pytest.M
 def test_anything_else_keeps_its_first_line() -> None:
     error = translate(pgerrors.UniqueViolation("duplicate key value violates unique constraint\nDETAIL: x"))
     assert type(error) is DatabaseError and str(error) == "duplicate key value violates unique constraint"
+
+
+# libpq reports a refused connection without a SQLSTATE: these are the server's own words
+# (PostgreSQL 15 and PgBouncer 1.18), as the acceptance tests meet them for real.
+@pytest.mark.parametrize(
+    ("message", "kind", "advice"),
+    [
+        ('connection failed: FATAL:  password authentication failed for user "bob"', DatabaseAuthFailed, "user name and password"),
+        ('connection failed: FATAL:  no pg_hba.conf entry for host "10.0.0.1", user "bob"', DatabaseAuthFailed, "pg_hba.conf"),
+        ('connection failed: FATAL:  role "bob" does not exist', DatabaseAuthFailed, "user name and password"),
+        ('connection failed: FATAL:  database "nope" does not exist', SchemaNotReady, "createdb"),
+        ("connection failed: FATAL:  sorry, too many clients already", DatabaseBusy, "PgBouncer"),
+        ("connection failed: FATAL:  remaining connection slots are reserved for non-replication superuser connections", DatabaseBusy, "max_connections"),
+        ("connection failed: ERROR:  no more connections allowed (max_client_conn)", DatabaseBusy, "max_connections"),
+        ("connection failed: FATAL:  the database system is starting up", DatabaseUnavailable, "reaches it"),
+        ("connection failed: timeout expired", DatabaseUnavailable, "reaches it"),
+    ],
+)
+def test_each_refusal_gets_its_own_advice(message: str, kind: type, advice: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENGINE_DATABASE_URL", "postgresql://bob@db.internal/engine")
+    get_settings.cache_clear()
+    error = translate(psycopg.OperationalError(message))
+    assert type(error) is kind and advice in str(error), str(error)
+    assert "unset" not in str(error)
+
+
+def test_capacity_is_transient_and_credentials_are_not() -> None:
+    # retry loops catch DatabaseUnavailable: a full server is waited for, a wrong password is not
+    assert issubclass(DatabaseBusy, DatabaseUnavailable)
+    assert not issubclass(DatabaseAuthFailed, DatabaseUnavailable)
+    assert isinstance(translate(pgerrors.TooManyConnections("sorry, too many clients already")), DatabaseBusy)
+    assert isinstance(translate(pgerrors.InvalidPassword("password authentication failed")), DatabaseAuthFailed)
