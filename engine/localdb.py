@@ -344,6 +344,8 @@ class LocalDatabase:
             ) from exc
         self._chown(home)
         if not self._server_can_enter(home):
+            with contextlib.suppress(OSError):
+                home.rmdir()  # empty: made just now
             raise LocalDatabaseError(f"cannot keep the embedded database in {home}. {self._enter_hint(home)}")
         text = (
             f"{home}\n"

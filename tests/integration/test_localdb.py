@@ -216,3 +216,20 @@ def test_a_copied_data_dir_is_told_apart_and_a_moved_or_deleted_one_finds_its_fi
         for db in (original, moved):
             db.destroy()
         shutil.rmtree(home_folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="only as root are a cluster's files kept outside its data dir")
+def test_when_no_place_is_reachable_the_error_says_how_to_fix_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = Path(tempfile.mkdtemp(prefix="engine-nowhere-"))  # 0700: postgres can enter neither
+    monkeypatch.setattr("engine.localdb.ELSEWHERE", closed / "elsewhere")
+    db = LocalDatabase(closed / "project" / ".engine")
+    try:
+        with pytest.raises(LocalDatabaseError, match="must be able to enter every folder above") as raised:
+            db.up()
+        assert f"cannot keep the embedded database in {closed / 'elsewhere'}" in str(raised.value)
+        assert "set ENGINE_DATA_DIR to a folder it can enter" in str(raised.value)
+        assert not db.marker.exists() and not db.status().initialised
+        assert list((closed / "elsewhere").iterdir()) == []  # nothing left half-made
+    finally:
+        db.destroy()
+        shutil.rmtree(closed, ignore_errors=True)
