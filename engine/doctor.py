@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -126,16 +126,40 @@ def _database(settings: Settings, timeout: float) -> tuple[psycopg.Connection | 
     return conn, Check(name, "ok", f"connected to {redact_url(url)} ({where}), PostgreSQL {version}")
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password (`postgresql://u:***@h/db`, or `password=***`)."""
+def redact_url(url: str, placeholder: str | None = "***") -> str:
+    """The database URL without its password, wherever it is written: `postgresql://u:***@h/db`,
+    `...?password=***`, or `password=***` in the key=value form (sslpassword too).
+    `placeholder=None` leaves the password out altogether: psql then asks for it."""
     try:
         parts = urlsplit(url)
-    except ValueError:
-        parts = None
-    if parts is not None and parts.scheme.startswith("postgres") and parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)
+    except ValueError:  # not a URL Python can split (a bad IPv6 host): cut out what looks like one
+        url = _USERINFO.sub(r"\1@" if placeholder is None else rf"\1:{placeholder}@", url)
+        return _SECRET_PAIR.sub(_pair_as(placeholder), url).strip()
+    if not parts.scheme.startswith("postgres"):
+        return _SECRET_PAIR.sub(_pair_as(placeholder), url).strip()
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        user = userinfo.split(":", 1)[0]
+        userinfo = user if placeholder is None else f"{user}:{placeholder}"
+    query = []
+    for pair in parts.query.split("&") if parts.query else []:
+        key = pair.split("=", 1)[0]
+        if unquote(key).strip().lower() in ("password", "sslpassword"):
+            if placeholder is None:
+                continue
+            pair = f"{key}={placeholder}"
+        query.append(pair)
+    return urlunsplit(parts._replace(netloc=userinfo + at + hosts, query="&".join(query)))
+
+
+# key=value connection strings: the value is quoted (backslash escapes) or runs to the next blank
+_SECRET_PAIR = re.compile(r"(?<!\S)((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)(\s*)", re.IGNORECASE)
+# scheme://user:password@ up to the last @ (a password may hold one)
+_USERINFO = re.compile(r"^(\w+://[^:@/]*):.*@")
+
+
+def _pair_as(placeholder: str | None) -> str:
+    return "" if placeholder is None else rf"\g<1>{placeholder}\g<3>"
 
 
 # -- 2. TimescaleDB ----------------------------------------------------------------------------
@@ -187,6 +211,16 @@ def _migrations(conn: psycopg.Connection) -> Check:
             "restore the migration file as it was (migrations are never edited; add a new one instead)",
         )
     return Check(name, "ok", f"all {len(files)} migrations applied (latest {files[-1][1].name})" if files else "no migration files")
+
+
+def database_checks(settings: Settings | None = None, *, timeout: float = 3.0) -> list[Check]:
+    """Checks 1 to 3 alone (the database answers, TimescaleDB, the migrations): `engine db status`."""
+    settings = settings or get_settings()
+    conn, reachable = _database(settings, timeout)
+    if conn is None:
+        return [reachable]
+    with conn:
+        return [reachable, _timescaledb(conn), _migrations(conn)]
 
 
 # -- 4. rule files -----------------------------------------------------------------------------

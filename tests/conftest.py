@@ -23,8 +23,9 @@ TEMPLATE = "engine_template"
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[LocalDatabase]:
+    # A folder only we may enter (mkdtemp: 0700): as root the cluster's files then go where the
+    # server's user can reach them, as they do for a checkout under /root.
     folder = Path(tempfile.mkdtemp(prefix="engine-test-"))
-    folder.chmod(0o755)
     # No TimescaleDB background workers: they would hold connections to the template
     # database and make CREATE DATABASE ... TEMPLATE fail.
     cluster = LocalDatabase(folder, fast=True, extra_conf={"timescaledb.max_background_workers": "0"})
