@@ -10,7 +10,8 @@ a rich Table it builds from them.
 - json: one JSON array of objects, every key present (null when empty); times in ISO 8601.
 - tsv: a header line, then one line per row, fields separated by tabs. Backslash, tab,
   newline and carriage return inside a value are written `\\\\`, `\\t`, `\\n`, `\\r`
-  (PostgreSQL's COPY text format); an empty value is an empty field.
+  (PostgreSQL's COPY text format); an empty value is an empty field, booleans are
+  `true` / `false` (as in JSON).
 """
 
 from __future__ import annotations

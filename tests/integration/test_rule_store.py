@@ -359,7 +359,9 @@ def test_python_api_apply(database_url):
         "name: from-yaml\nscope: {project: acme/vision}\nevent: {type: run_state, states: [failed]}\naction: {type: no_op}\n",
     )
     assert results == [("from-python", "created"), ("from-yaml", "created")]
+    assert api_apply(rule("from-python"), prune=True, dry_run=True) == [("from-python", "unchanged"), ("from-yaml", "deleted")]
     assert api_apply(rule("from-python"), prune=True) == [("from-python", "unchanged"), ("from-yaml", "deleted")]
+    assert api_apply(rule("from-python"), prune=True) == [("from-python", "unchanged")]
 
 
 def test_every_query_the_rules_use_exists():
