@@ -609,17 +609,3 @@ def backtest(conn: psycopg.Connection, automation: Automation, since: datetime) 
         rows = cur.execute(compiled.sql, compiled.bind(since=since)).fetchall()
     return list(apply_cooldown(firings_from_rows(automation, rows), {}, cooldown_of(automation)))
 
-
-def parse_since(text: str) -> datetime:
-    """`7d`, `12h`, `30m`, `45s`, or an ISO timestamp with a timezone."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    text = text.strip()
-    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
-        amount = float(text[:-1])
-        if not math.isfinite(amount):
-            raise ValueError(f"not a duration: {text!r}")
-        return clock.now() - timedelta(seconds=amount * units[text[-1]])
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        raise ValueError(f"{text!r} has no timezone: add one, e.g. {text}+00:00")
-    return parsed

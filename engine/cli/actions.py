@@ -21,6 +21,7 @@ from engine.actions.context import sample_context
 from engine.actions.dispatcher import Dispatcher
 from engine.actions.http import Attempt
 from engine.actions.send import send_action
+from engine.cli.output import Format, FormatOption, cell, is_terminal, print_rows, print_table
 from engine.exceptions import NotFound
 from engine.settings import get_settings
 
@@ -33,6 +34,11 @@ def say(text: str) -> None:
 
 actions_app = typer.Typer(help="Try an automation's actions.", no_args_is_help=True)
 STATUSES = ("pending", "sending", "succeeded", "failed", "skipped")
+# The keys of `engine deliveries --format json|tsv` (the columns of the delivery_list query).
+DELIVERY_KEYS = (
+    "id", "trigger_id", "automation", "action_type", "status", "attempts", "max_attempts", "last_http_status",
+    "last_error", "next_attempt_at", "created_at", "updated_at", "finished_at",
+)
 _STYLE = {"succeeded": "green", "failed": "red", "pending": "yellow", "sending": "yellow", "skipped": "dim"}
 
 
@@ -47,30 +53,36 @@ def deliveries(
     ] = None,
     automation: Annotated[str | None, typer.Option(help="Only this automation's deliveries.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many rows, newest first.")] = 50,
+    fmt: FormatOption = Format.table,
 ) -> None:
     """List deliveries (one per action of each trigger), newest first."""
     if status is not None and status not in STATUSES:
         raise typer.BadParameter(f"must be one of {', '.join(STATUSES)}", param_hint="--status")
     with enginedb.connect(autocommit=True) as conn:
         rows = outbox.list_deliveries(conn, status=status, automation=automation, limit=limit)
+    if fmt is not Format.table:
+        print_rows(rows, DELIVERY_KEYS, fmt)
+        return
     table = Table(title=f"{len(rows)} deliveries" + (f" ({status})" if status else ""))
-    # Short columns never wrap (ids are copied from here); the long ones fold.
+    # Short columns never wrap (ids are copied from here); the long ones fold. Ids and
+    # errors are shortened for a terminal only (cell()): piped, every cell is whole.
+    terminal = is_terminal()
     for column in ("id", "trigger", "automation", "action", "status", "attempts", "http", "last error", "updated"):
         short = column not in ("automation", "last error", "updated")
         table.add_column(column, no_wrap=short, overflow="ellipsis" if short else "fold", min_width=8 if column == "id" else None)
     for r in rows:
         table.add_row(
-            str(r["id"])[:8],
+            str(r["id"])[:8] if terminal else str(r["id"]),
             str(r["trigger_id"]),
-            escape(r["automation"]),
+            cell(r["automation"]),
             r["action_type"],
             f"[{_STYLE.get(r['status'], '')}]{r['status']}[/]",
             f"{r['attempts']}/{r['max_attempts']}",
             str(r["last_http_status"] or ""),
-            escape(_short(r["last_error"], 60)),
+            cell(r["last_error"], 60),
             r["updated_at"].strftime("%Y-%m-%d %H:%M:%S"),
         )
-    console.print(table)
+    print_table(table)
     if rows:
         console.print("[dim]Ids may be abbreviated (at least 4 characters): engine redeliver ID[/]")
 

@@ -6,6 +6,7 @@ The typer group is `rules_app`; the compiler adds `compile` and `test` to it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine import db as enginedb
+from engine.cli.output import Format, FormatOption, is_terminal, print_rows, print_table
 from engine.exceptions import ConfigurationError, RuleValidationError
 from engine.rules import lint, load_rules, store
 from engine.rules.loader import LoadedRule
@@ -101,7 +103,13 @@ def validate(
 @rules_app.command()
 def apply(
     paths: PathsArg = None,
-    prune: Annotated[bool, typer.Option("--prune", help="Delete stored automations that are not in these files.")] = False,
+    prune: Annotated[
+        bool,
+        typer.Option("--prune", help="Delete stored automations that are not in these files (their trigger history is kept)."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say what would be created, updated, unchanged and deleted; change nothing.")
+    ] = False,
 ) -> None:
     """Create or update automations by name (says created / updated / unchanged / deleted)."""
     with _connection() as conn:
@@ -109,21 +117,31 @@ def apply(
         _report_lint(rules)
         try:
             results = store.apply_rules(
-                conn, [r.automation for r in rules], source={r.automation.name: r.file for r in rules}, prune=prune
+                conn, [r.automation for r in rules], source={r.automation.name: r.file for r in rules}, prune=prune,
+                dry_run=dry_run,
             )
         except RuleValidationError as exc:
             _report_issues(exc)
             raise typer.Exit(1) from None
         conn.commit()
+    if dry_run:  # on stderr: stdout has the same lines as a real apply, for scripts
+        err_console.print("dry run: nothing was changed; apply would do this:", markup=False, highlight=False)
     for name, outcome in results:
         console.print(f"{outcome:<9} {name}", markup=False, highlight=False)
 
 
+# The keys of `engine rules list --format json|tsv` (the fields of store.AutomationRow).
+LIST_KEYS = ("name", "enabled", "version", "event_type", "scope", "triggers", "updated_at", "last_error")
+
+
 @rules_app.command("list")
-def list_() -> None:
+def list_(fmt: FormatOption = Format.table) -> None:
     """Stored automations: enabled, version, event, scope, triggers fired; then any last errors."""
     with _connection() as conn:
         rows = store.list_automations(conn)
+    if fmt is not Format.table:
+        print_rows([dataclasses.asdict(row) for row in rows], LIST_KEYS, fmt)
+        return
     if not rows:
         console.print("no automations (apply some with `engine rules apply`)")
         return
@@ -134,7 +152,7 @@ def list_() -> None:
     table.add_column("event", no_wrap=True)
     table.add_column("scope", overflow="fold")
     table.add_column("fired", justify="right")
-    wide = console.width >= 100  # an 80-column terminal keeps what matters most
+    wide = not is_terminal() or console.width >= 100  # an 80-column terminal keeps what matters most
     if wide:
         table.add_column("updated", no_wrap=True)
     for row in rows:
@@ -147,7 +165,7 @@ def list_() -> None:
             str(row.triggers),
         ]
         table.add_row(*cells, *([row.updated_at.strftime("%Y-%m-%d %H:%M")] if wide else []))
-    console.print(table)
+    print_table(table)
     # Errors are long; under the table they keep the columns readable.
     for row in rows:
         if row.last_error:
@@ -207,10 +225,11 @@ def delete(
     name: NameArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete an automation with its versions and trigger history."""
+    """Delete an automation: it stops being evaluated and its name is free again. Its trigger
+    history is kept (engine history --automation NAME) and deliveries still pending are sent."""
     with _connection() as conn:
         store.get(conn, name)  # NotFound (with suggestions) before asking anything
-        if not yes and not typer.confirm(f"delete {name!r} and its trigger history?"):
+        if not yes and not typer.confirm(f"delete {name!r}? (its trigger history is kept)"):
             raise typer.Exit(1)
         store.delete(conn, name)
         conn.commit()

@@ -4,25 +4,43 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
 import typer
+from psycopg.rows import dict_row
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
 from engine import db as enginedb
+from engine import since as since_
+from engine.cli.output import Format, FormatOption, cell, print_rows, print_table
 from engine.cli.rules import rule_paths, rules_app
 from engine.compiler import compile_rule
-from engine.evaluator import backtest, parse_since
+from engine.evaluator import backtest
 from engine.rules import load_rules
 from engine.settings import get_settings
 
-# Piped output (scripts, tests) gets a wide table instead of rich's 80 columns.
+# Piped output of `rules compile` (scripts, tests) gets 200 columns instead of rich's 80.
 console = Console(width=None if sys.stdout.isatty() else 200)
+
+# The columns of automation_history (and of `--format json|tsv`), in the view's order.
+HISTORY_KEYS = (
+    "trigger_id", "fired_at", "automation", "event_type", "entity", "project", "run_id", "run_name", "metric",
+    "value", "step", "alias", "tag", "artifact_version", "action_type", "delivery_status", "attempts",
+    "last_http_status", "last_error", "automation_deleted_at",
+)
+
+
+def _since(text: str) -> datetime:
+    """--since as a usage error (not a traceback) when it cannot be read."""
+    try:
+        return since_.parse_since(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def serve(
@@ -49,28 +67,35 @@ def serve(
 
 
 def history(
-    automation: Optional[str] = typer.Option(None, "--automation", "-a", help="Only this automation."),
-    since: Optional[str] = typer.Option(None, "--since", help="Only triggers fired since (7d, 12h, or ISO time)."),
-    limit: int = typer.Option(50, "--limit", "-n", help="At most this many rows."),
+    automation: Optional[str] = typer.Option(
+        None, "--automation", "-a", help="Only this automation (deleted ones included: history is kept)."
+    ),
+    since: Optional[datetime] = typer.Option(
+        None, "--since", parser=_since, metavar="WHEN", help="Only triggers fired since then. " + since_.HELP
+    ),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many rows."),
+    fmt: FormatOption = Format.table,
 ) -> None:
     """Show the trigger history (the automation_history view), newest first."""
-    with enginedb.connect() as conn, enginedb.boundary():
-        rows = conn.execute(
-            enginedb.query("history"),
-            {"automation": automation, "since": _since(since) if since else None, "limit": limit},
-        ).fetchall()
+    with enginedb.connect() as conn, enginedb.boundary(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(enginedb.query("history"), {"automation": automation, "since": since, "limit": limit}).fetchall()
+    if fmt is not Format.table:
+        print_rows(rows, HISTORY_KEYS, fmt)
+        return
     table = Table("id", "fired at", "automation", "event", "run", "metric", "value", "step", "alias/tag/version", "delivery")
     for r in rows:
-        value = "" if r[9] is None else f"{r[9]:.6g}"
-        artifact = " ".join(str(x) for x in (r[11], r[12], r[13]) if x)
-        delivery = f"{r[15]} ({r[16]})" + (f" http {r[17]}" if r[17] else "")
+        artifact = " ".join(str(x) for x in (r["alias"], r["tag"], r["artifact_version"]) if x)
+        delivery = f"{r['delivery_status']} ({r['attempts']})" + (f" http {r['last_http_status']}" if r["last_http_status"] else "")
+        deleted = " [dim](deleted)[/dim]" if r["automation_deleted_at"] else ""
         table.add_row(
-            str(r[0]), r[1].strftime("%Y-%m-%d %H:%M:%S"), r[2], r[3], r[7] or r[6] or "", r[8] or "",
-            value, "" if r[10] is None else str(r[10]), artifact, delivery,
+            str(r["trigger_id"]), r["fired_at"].strftime("%Y-%m-%d %H:%M:%S"), cell(r["automation"]) + deleted,
+            r["event_type"], cell(r["run_name"] or r["run_id"]), cell(r["metric"]),
+            "" if r["value"] is None else f"{r['value']:.6g}", "" if r["step"] is None else str(r["step"]),
+            cell(artifact), delivery,
         )
-    console.print(table)
+    print_table(table)
     if rows:
-        console.print(f"[dim]why did it fire? engine explain {rows[0][0]}[/dim]")
+        console.print(f"[dim]why did it fire? engine explain {rows[0]['trigger_id']}[/dim]")
 
 
 @rules_app.command("compile")
@@ -89,10 +114,9 @@ def compile_command(
 @rules_app.command("test")
 def test_command(
     paths: list[Path] = typer.Argument(None, help="Rule files or folders (default: ENGINE_RULES_PATH)."),
-    since: str = typer.Option("7d", "--since", help="How far back: 7d, 12h, 30m, or an ISO time."),
+    start: datetime = typer.Option("7d", "--since", parser=_since, metavar="WHEN", help=since_.HELP),
 ) -> None:
     """Backtest: what the rules would have fired over stored history. Sends and writes nothing."""
-    start = _since(since)
     with enginedb.connect() as conn:
         enginedb.ensure_schema(conn)
         loaded = load_rules(rule_paths(paths), conn=conn)
@@ -111,15 +135,7 @@ def test_command(
                     "" if f.value is None else f"{f.value:.6g}",
                     f.alias or f.tag or "",
                 )
-            console.print(table)
-
-
-def _since(text: str) -> datetime:
-    """--since as a usage error (not a traceback) when it cannot be read."""
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise typer.BadParameter(f"{exc} (write 7d, 12h, 30m, or an ISO time with a timezone)", param_hint="--since") from None
+            print_table(table)
 
 
 def register(app: typer.Typer) -> None:

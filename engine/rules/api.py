@@ -13,11 +13,12 @@ from engine.rules.loader import parse_rules_text
 from engine.rules.store import Outcome, apply_rules
 
 
-def apply(*rules: Automation | str, prune: bool = False) -> list[tuple[str, Outcome]]:
+def apply(*rules: Automation | str, prune: bool = False, dry_run: bool = False) -> list[tuple[str, Outcome]]:
     """Create or update automations by name (YAML text may hold several rules).
 
     Connects like the rest of the engine (ENGINE_DATABASE_URL or the embedded database).
-    Returns (name, created|updated|unchanged|deleted) for each.
+    Returns (name, created|updated|unchanged|deleted) for each; with `dry_run`, what it would
+    return, and nothing is changed. Deleted automations keep their trigger history.
     """
     automations: list[Automation] = []
     for rule in rules:
@@ -29,6 +30,6 @@ def apply(*rules: Automation | str, prune: bool = False) -> list[tuple[str, Outc
             raise TypeError(f"apply() takes Automation models or YAML text, not {type(rule).__name__}")
     with enginedb.connect() as conn:
         enginedb.ensure_schema(conn)
-        results = apply_rules(conn, automations, prune=prune)
+        results = apply_rules(conn, automations, prune=prune, dry_run=dry_run)
         conn.commit()
     return results

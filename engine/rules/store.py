@@ -6,11 +6,17 @@ whose xid is at or above it. Creating an automation, enabling it, or changing it
 condition (scope, event, run filter) moves the frontier to the current snapshot's xmax,
 so everything logged before is ignored. Other edits (description, action, cooldown) keep
 it, and no edit ever deletes past triggers: every version is kept in `automation_versions`.
+
+Deleting is a soft delete (`automations.deleted_at`, see migration 0007): the automation is
+disabled and leaves every management command, but its versions, triggers and deliveries
+stay, so `automation_history` remains an audit log and pending deliveries are still sent.
+Its name is free again; an automation created later under it starts a history of its own.
 """
 
 from __future__ import annotations
 
 import difflib
+import shlex
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,9 +89,12 @@ def apply_rules(
     *,
     source: dict[str, str] | None = None,
     prune: bool = False,
+    dry_run: bool = False,
 ) -> list[tuple[str, Outcome]]:
     """Create or update each rule by name, in one transaction; with `prune`, delete the
-    automations not among `rules`. Returns (name, created|updated|unchanged|deleted).
+    automations not among `rules` (their history stays). Returns (name,
+    created|updated|unchanged|deleted). With `dry_run`, the same answer, from a read-only
+    transaction: nothing is written.
 
     Regexes are compiled by PostgreSQL first; any refusal raises RuleValidationError and
     nothing is written.
@@ -102,6 +111,9 @@ def apply_rules(
     if issues:
         raise RuleValidationError(issues)
 
+    keep = [r.name for r in rules]
+    if dry_run:
+        return _plan(conn, rules, keep if prune else None)
     now = clock.now()
     results: list[tuple[str, Outcome]] = []
     with boundary(), conn.transaction():
@@ -109,23 +121,41 @@ def apply_rules(
         for rule in rules:
             results.append((rule.name, _apply_one(conn, rule, source.get(rule.name), now)))
         if prune:
-            deleted = conn.execute(query("prune_automations"), {"keep": [r.name for r in rules]}).fetchall()
-            results += [(name, "deleted") for (name,) in sorted(deleted)]
+            results += [(name, "deleted") for name in _delete(conn, now, keep=keep)]
     return results
+
+
+def _plan(conn: psycopg.Connection, rules: Sequence[Automation], keep: list[str] | None) -> list[tuple[str, Outcome]]:
+    """What apply would answer, read in a READ ONLY transaction (the database refuses any write)."""
+    results: list[tuple[str, Outcome]] = []
+    with boundary(), conn.transaction():
+        conn.execute(query("read_only_transaction"))
+        for rule in rules:
+            row = conn.execute(query("automation_hash"), {"name": rule.name}).fetchone()
+            results.append((rule.name, _outcome(row[0] if row else None, rule)))
+        if keep is not None:
+            results += [(name, "deleted") for (name,) in conn.execute(query("pruned_automations"), {"keep": keep})]
+    return results
+
+
+def _outcome(stored_hash: str | None, rule: Automation) -> Outcome:
+    """created / unchanged / updated, from the stored rule's hash (None: no such automation)."""
+    if stored_hash is None:
+        return "created"
+    return "unchanged" if stored_hash == rule.rule_hash() else "updated"
 
 
 def _apply_one(conn: psycopg.Connection, rule: Automation, source: str | None, now: datetime) -> Outcome:
     row = _for_update(conn, rule.name)
+    outcome = _outcome(row["rule_hash"] if row else None, rule)
     if row is None:
         params = _rule_params(rule) | {"source": source, "now": now}
         (automation_id,) = conn.execute(query("insert_automation"), params).fetchone()
         conn.execute(query("insert_automation_version"), {"id": automation_id, "version": 1, **params})
         conn.execute(query("insert_automation_state"), {"id": automation_id})
-        return "created"
-    if row["rule_hash"] == rule.rule_hash():
-        return "unchanged"
-    _update(conn, row, rule, source, now)
-    return "updated"
+    elif outcome == "updated":
+        _update(conn, row, rule, source, now)
+    return outcome
 
 
 def _update(conn: psycopg.Connection, row: dict[str, Any], rule: Automation, source: str | None, now: datetime) -> None:
@@ -179,11 +209,20 @@ def _set_enabled(conn: psycopg.Connection, name: str, enabled: bool) -> bool:
 
 
 def delete(conn: psycopg.Connection, name: str) -> None:
-    """Delete an automation with its versions, state and triggers."""
+    """Delete an automation: it is no longer evaluated nor listed, and its name is free;
+    its versions, triggers and deliveries stay in the history (pending deliveries are sent)."""
     with boundary(), conn.transaction():
         conn.execute(query("lock_automations"), {"key": _LOCK})
-        if conn.execute(query("delete_automation"), {"name": name}).fetchone() is None:
+        if not _delete(conn, clock.now(), names=[name]):
             raise _not_found(conn, name)
+
+
+def _delete(
+    conn: psycopg.Connection, now: datetime, *, names: list[str] | None = None, keep: list[str] | None = None
+) -> list[str]:
+    """Soft-delete `names`, or every live automation not in `keep`; the names deleted."""
+    params = {"now": now, "names": names or [], "keep": keep or [], "prune": keep is not None}
+    return [name for (name,) in conn.execute(query("delete_automations"), params).fetchall()]
 
 
 def get(conn: psycopg.Connection, name: str) -> StoredAutomation:
@@ -259,6 +298,12 @@ def _stored(row: dict[str, Any], automation: Automation, state: AutomationState 
 def _not_found(conn: psycopg.Connection, name: str) -> NotFound:
     with boundary():
         names = [n for (n,) in conn.execute(query("automation_names")).fetchall()]
+        (deleted_at,) = conn.execute(query("deleted_automation"), {"name": name}).fetchone()
+    if deleted_at is not None:
+        return NotFound(
+            f"no automation named {name!r}: it was deleted on {deleted_at:%Y-%m-%d %H:%M %Z} "
+            f"(its history: engine history --automation {shlex.quote(name)})"
+        )
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(n) for n in close)}?" if close else ""
     return NotFound(f"no automation named {name!r}{hint}")

@@ -9,10 +9,16 @@ SELECT '' ~ %(pattern)s;
 SELECT pg_advisory_xact_lock(%(key)s);
 
 -- name: automation_for_update
+-- Deleted automations are history only: every management query reads live ones
+-- (deleted_at IS NULL), at most one per name (the partial unique index).
 SELECT id, name, enabled, rule, rule_hash, condition_hash, version
 FROM automations
-WHERE name = %(name)s
+WHERE name = %(name)s AND deleted_at IS NULL
 FOR UPDATE;
+
+-- name: automation_hash
+-- What `apply --dry-run` compares (no lock: it writes nothing).
+SELECT rule_hash FROM automations WHERE name = %(name)s AND deleted_at IS NULL;
 
 -- name: insert_automation
 INSERT INTO automations (name, enabled, rule, rule_hash, condition_hash, version, source,
@@ -55,14 +61,34 @@ UPDATE automation_state SET
     failures      = 0
 WHERE automation_id = %(id)s;
 
--- name: delete_automation
-DELETE FROM automations WHERE name = %(name)s RETURNING id;
+-- name: delete_automations
+-- Delete %(names)s, or with %(prune)s every live automation not in %(keep)s. A soft delete:
+-- the row, its versions, triggers, deliveries and attempts stay (automation_history is an
+-- audit log); disabled, so nothing evaluates it again, and without its evaluation state
+-- (the evaluator locks that row while it evaluates: deleting it waits for a running tick,
+-- and a later tick finds nothing to lock). Pending deliveries are still sent.
+WITH gone AS (
+    UPDATE automations SET deleted_at = %(now)s, enabled = false, updated_at = %(now)s
+    WHERE deleted_at IS NULL
+      AND CASE WHEN %(prune)s THEN NOT (name = ANY (%(keep)s)) ELSE name = ANY (%(names)s) END
+    RETURNING id, name
+), state AS (
+    DELETE FROM automation_state s USING gone WHERE s.automation_id = gone.id
+)
+SELECT name FROM gone ORDER BY name;
 
--- name: prune_automations
-DELETE FROM automations WHERE NOT (name = ANY (%(keep)s)) RETURNING name;
+-- name: pruned_automations
+-- What `apply --prune --dry-run` would delete (see delete_automations).
+SELECT name FROM automations
+WHERE deleted_at IS NULL AND NOT (name = ANY (%(keep)s))
+ORDER BY name;
 
 -- name: automation_names
-SELECT name FROM automations ORDER BY name;
+SELECT name FROM automations WHERE deleted_at IS NULL ORDER BY name;
+
+-- name: deleted_automation
+-- For a name not found: when an automation of that name was last deleted, if ever.
+SELECT max(deleted_at) FROM automations WHERE name = %(name)s AND deleted_at IS NOT NULL;
 
 -- name: list_automations
 SELECT a.name,
@@ -75,6 +101,7 @@ SELECT a.name,
        (SELECT count(*) FROM triggers t WHERE t.automation_id = a.id) AS triggers
 FROM automations a
 LEFT JOIN automation_state s ON s.automation_id = a.id
+WHERE a.deleted_at IS NULL
 ORDER BY a.name;
 
 -- name: get_automation
@@ -84,10 +111,14 @@ SELECT a.id, a.name, a.enabled, a.version, a.rule, a.source, a.created_at, a.upd
        (SELECT max(t.fired_at) FROM triggers t WHERE t.automation_id = a.id) AS last_fired_at
 FROM automations a
 LEFT JOIN automation_state s ON s.automation_id = a.id
-WHERE a.name = %(name)s;
+WHERE a.name = %(name)s AND a.deleted_at IS NULL;
 
 -- name: enabled_automations
 SELECT id, name, enabled, version, rule, source, created_at, updated_at, evaluate_from
 FROM automations
-WHERE enabled
+WHERE enabled  -- a deleted automation is never enabled (automations_deleted_is_disabled)
 ORDER BY id;
+
+-- name: read_only_transaction
+-- `apply --dry-run`: the database itself guarantees that nothing is written.
+SET TRANSACTION READ ONLY;

@@ -140,4 +140,4 @@ ORDER BY d.created_at DESC, d.action_index
 LIMIT %(limit)s;
 
 -- name: delivery_automation_rule
-SELECT id, name, rule FROM automations WHERE name = %(name)s;
+SELECT id, name, rule FROM automations WHERE name = %(name)s AND deleted_at IS NULL;

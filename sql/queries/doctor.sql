@@ -15,6 +15,7 @@ SELECT version, name, checksum FROM schema_migrations ORDER BY version;
 SELECT a.name, a.enabled, a.rule, s.last_error, s.last_error_at, s.failures, s.evaluated_at
 FROM automations a
 LEFT JOIN automation_state s ON s.automation_id = a.id
+WHERE a.deleted_at IS NULL
 ORDER BY a.name;
 
 -- name: doctor_failed_deliveries

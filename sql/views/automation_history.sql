@@ -1,5 +1,6 @@
 -- One row per trigger (SPEC section 4). Recreated by `engine db migrate` after the migrations.
 -- Delivery columns describe the trigger's first action; `engine deliveries` shows them all.
+-- An audit log: deleting an automation keeps its rows (automations.deleted_at).
 DROP VIEW IF EXISTS automation_history;
 CREATE VIEW automation_history AS
 SELECT
@@ -23,7 +24,11 @@ SELECT
                                            AS delivery_status,
     coalesce(d.attempts, 0)                AS attempts,
     d.last_http_status,
-    d.last_error
+    d.last_error,
+    -- Added after the columns above (keep them first, in this order): when the automation
+    -- was deleted, NULL while it exists. Its triggers stay here under the name it had; a
+    -- later automation of the same name has its own rows, with NULL here.
+    a.deleted_at                           AS automation_deleted_at
 FROM triggers t
 JOIN automations a ON a.id = t.automation_id
 LEFT JOIN runs r ON r.id = t.run_pk

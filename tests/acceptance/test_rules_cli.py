@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import engine as engine_sdk
+from tests.integration.evaluation_helpers import tick
+from tests.integration.sdk_helpers import close_sdk_sessions  # noqa: F401
+from tests.integration.test_rule_store import row_counts
 
 ENGINE = Path(sys.executable).parent / "engine"
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +32,10 @@ action:
   url: https://ci.example.com/hook
   access_token: literal-token
 """
+
+
+def engine_sdk_run():
+    return engine_sdk.init(project="acme/vision", name="cli-run", system_metrics_interval=0)
 
 
 def engine(
@@ -119,6 +129,10 @@ def test_apply_list_show_enable_disable_delete(database_url, tmp_path):
     missing = engine("show", "europe-tags")
     assert missing.returncode == 1
     assert "no automation named 'europe-tags'" in missing.stderr
+    gone = engine("show", "europe-tag")
+    assert gone.returncode == 1
+    assert "no automation named 'europe-tag': it was deleted on" in gone.stderr
+    assert "(its history: engine history --automation europe-tag)" in gone.stderr
 
     (tmp_path / "only.yaml").write_text((REPO / "rules" / "run-failed.yaml").read_text())
     pruned = engine("apply", str(tmp_path / "only.yaml"), "--prune")
@@ -146,3 +160,64 @@ def test_unmigrated_database_says_what_to_do(database_url, command):
     result = engine(*command)
     assert result.returncode == 1
     assert "run `engine db migrate`" in result.stderr
+
+
+def history_json(*args: str) -> list[dict]:
+    result = subprocess.run(
+        [str(ENGINE), "history", "--format", "json", *args], env=dict(os.environ), cwd=REPO,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_prune_and_delete_keep_the_history_and_dry_run_changes_nothing(conn, database_url, tmp_path):
+    assert engine("apply", "rules/").returncode == 0
+    with pytest.raises(ValueError):
+        with engine_sdk_run() as run:  # accuracy-above-0.6 fires, then run-failed
+            for step, value in enumerate([0.7, 0.8, 0.9, 0.9, 0.9]):
+                run.log({"accuracy": value}, step=step)
+            raise ValueError("the run fails")
+    tick(database_url)
+    before = {item["trigger_id"]: item for item in history_json()}
+    assert sorted(item["automation"] for item in before.values()) == ["accuracy-above-0.6", "run-failed"]
+
+    (tmp_path / "only.yaml").write_text((REPO / "rules" / "run-failed.yaml").read_text())
+    counts = row_counts(conn)
+    dry = engine("apply", str(tmp_path / "only.yaml"), "--prune", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stderr.strip() == "dry run: nothing was changed; apply would do this:"
+    assert row_counts(conn) == counts
+    pruned = engine("apply", str(tmp_path / "only.yaml"), "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout == dry.stdout and pruned.stderr == ""
+    assert dry.stdout.splitlines()[0].split() == ["unchanged", "run-failed"]
+    assert sorted(line.split()[0] for line in dry.stdout.splitlines()[1:]) == ["deleted"] * 7
+
+    deleted = engine("delete", "run-failed", "--yes")
+    assert deleted.returncode == 0 and deleted.stdout.strip() == "deleted run-failed"
+    assert engine("list").stdout.strip() == "no automations (apply some with `engine rules apply`)"
+
+    after = {item["trigger_id"]: item for item in history_json()}
+    assert after.keys() == before.keys()
+    for trigger_id, item in after.items():
+        assert item["automation_deleted_at"] is not None
+        assert item | {"automation_deleted_at": None} == before[trigger_id]  # the same rows, the name it had
+    assert [item["automation"] for item in history_json("--automation", "accuracy-above-0.6")] == ["accuracy-above-0.6"]
+    table = subprocess.run([str(ENGINE), "history"], env=dict(os.environ), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert table.stdout.count("(deleted)") == 2
+
+    # the name is free again, with a history of its own
+    assert engine("apply", "rules/accuracy-above-0.6.yaml").stdout.split() == ["created", "accuracy-above-0.6"]
+    listed = json.loads(engine("list", "--format", "json").stdout)
+    assert [(item["name"], item["triggers"]) for item in listed] == [("accuracy-above-0.6", 0)]
+    assert len(history_json("--automation", "accuracy-above-0.6")) == 1
+
+
+def test_dry_run_on_an_empty_database_creates_nothing(conn):
+    counts = row_counts(conn)
+    dry = engine("apply", "rules/", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert sorted(line.split()[0] for line in dry.stdout.splitlines()) == ["created"] * 8
+    assert row_counts(conn) == counts
+    assert "no automations" in engine("list").stdout

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from engine import clock
+from engine import db as enginedb
 from engine.exceptions import NotFound, RuleValidationError
 from engine.rules import Automation, load_rules
 from engine.rules import store
@@ -145,8 +146,132 @@ def test_applying_enabled_true_after_disabled_restarts(conn):
 def test_prune_deletes_what_is_not_applied(conn):
     store.apply_rules(conn, [rule("a"), rule("b"), rule("c")])
     assert store.apply_rules(conn, [rule("a")], prune=True) == [("a", "unchanged"), ("b", "deleted"), ("c", "deleted")]
-    assert conn.execute("SELECT name FROM automations").fetchall() == [("a",)]
+    assert [r.name for r in store.list_automations(conn)] == ["a"]
+    assert [s.name for s in store.load_enabled(conn)] == ["a"]
+    # kept as history: disabled, marked deleted, without evaluation state
+    kept = conn.execute(
+        "SELECT a.name, a.enabled, a.deleted_at IS NOT NULL, s.automation_id IS NULL FROM automations a"
+        " LEFT JOIN automation_state s ON s.automation_id = a.id WHERE a.name <> 'a' ORDER BY a.name"
+    ).fetchall()
+    assert kept == [("b", False, True, True), ("c", False, True, True)]
     assert store.apply_rules(conn, [rule("a"), rule("d")]) == [("a", "unchanged"), ("d", "created")]
+    assert store.apply_rules(conn, [rule("a"), rule("d")], prune=True) == [("a", "unchanged"), ("d", "unchanged")]
+
+
+def fake_firing(conn, name: str, cause: str = "x") -> int:
+    """A trigger with a delivery and one attempt, as the evaluator and dispatcher write them."""
+    automation_id = conn.execute("SELECT id FROM automations WHERE name = %s AND deleted_at IS NULL", (name,)).fetchone()[0]
+    trigger_id = conn.execute(
+        "INSERT INTO triggers (automation_id, automation_version, event_type, cause, metric, value)"
+        " VALUES (%s, 1, 'run_metric_threshold', %s, 'accuracy', 0.7) RETURNING id",
+        (automation_id, cause),
+    ).fetchone()[0]
+    delivery_id = conn.execute(
+        "INSERT INTO deliveries (trigger_id, automation_id, action_type, action, status, attempts, last_http_status)"
+        " VALUES (%s, %s, 'webhook', '{}', 'failed', 1, 500) RETURNING id",
+        (trigger_id, automation_id),
+    ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, http_status) VALUES (%s, 1, now(), 500)",
+        (delivery_id,),
+    )
+    return trigger_id
+
+
+def audit(conn) -> list[tuple]:
+    """Everything the history is made of, as rows."""
+    return conn.execute(
+        "SELECT h.trigger_id, h.automation, h.delivery_status, h.attempts, h.last_http_status,"
+        "       (SELECT count(*) FROM delivery_attempts da JOIN deliveries d ON d.id = da.delivery_id"
+        "        WHERE d.trigger_id = h.trigger_id),"
+        "       (SELECT count(*) FROM automation_versions v JOIN triggers t ON t.automation_id = v.automation_id"
+        "        WHERE t.id = h.trigger_id)"
+        " FROM automation_history h ORDER BY h.trigger_id"
+    ).fetchall()
+
+
+@pytest.mark.parametrize("how", ["delete", "prune"])
+def test_deleting_keeps_the_history_under_the_name_it_had(conn, how):
+    store.apply_rules(conn, [rule("acc"), rule("other")])
+    store.apply_rules(conn, [rule("acc", description="second version"), rule("other")])
+    fired = [fake_firing(conn, "acc", "one"), fake_firing(conn, "acc", "two"), fake_firing(conn, "other")]
+    before = audit(conn)
+    assert [row[1] for row in before] == ["acc", "acc", "other"]
+    assert all(row[2:] == ("failed", 1, 500, 1, 2) for row in before[:2])
+
+    with clock.frozen(T1):
+        if how == "delete":
+            store.delete(conn, "acc")
+        else:
+            assert store.apply_rules(conn, [rule("other")], prune=True) == [("other", "unchanged"), ("acc", "deleted")]
+    assert audit(conn) == before
+    deleted_at = conn.execute(
+        "SELECT DISTINCT automation_deleted_at FROM automation_history WHERE automation = 'acc'"
+    ).fetchall()
+    assert deleted_at == [(T1,)]
+    assert conn.execute("SELECT automation_deleted_at FROM automation_history WHERE automation = 'other'").fetchone() == (None,)
+
+    # `engine history --automation acc` still finds it; `rules show acc` says where it went
+    history = conn.execute(enginedb.query("history"), {"automation": "acc", "since": None, "limit": 10}).fetchall()
+    assert sorted(r[0] for r in history) == fired[:2]
+    with pytest.raises(NotFound, match=r"no automation named 'acc': it was deleted on 2024-05-02 12:00 UTC "
+                                       r"\(its history: engine history --automation acc\)"):
+        store.get(conn, "acc")
+    with pytest.raises(NotFound, match="it was deleted on"):
+        store.delete(conn, "acc")
+
+    # The name is free again; the new automation's history is its own.
+    assert store.apply_rules(conn, [rule("acc"), rule("other")]) == [("acc", "created"), ("other", "unchanged")]
+    assert {r.name: r.triggers for r in store.list_automations(conn)} == {"acc": 0, "other": 1}
+    new = fake_firing(conn, "acc", "one")  # the same cause: a different automation
+    rows = conn.execute(
+        "SELECT trigger_id, automation_deleted_at IS NULL FROM automation_history WHERE automation = 'acc' ORDER BY trigger_id"
+    ).fetchall()
+    assert rows == [(fired[0], False), (fired[1], False), (new, True)]
+
+
+def test_an_automation_deleted_by_hand_is_refused(conn):
+    import psycopg
+
+    store.apply_rules(conn, [rule("acc")])
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute("DELETE FROM automations WHERE name = 'acc'")
+
+
+def row_counts(conn) -> dict[str, int]:
+    """Rows of every table of the schema, and where every sequence stands."""
+    from psycopg import sql
+
+    tables = [r[0] for r in conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+    )]
+    counts = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0] for t in tables}
+    sequences = conn.execute("SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'").fetchall()
+    return counts | {f"sequence {name}": value for name, value in sequences}
+
+
+def test_dry_run_says_what_apply_would_do_and_changes_nothing(conn):
+    store.apply_rules(conn, [rule("keep"), rule("edit"), rule("gone")])
+    fake_firing(conn, "gone")
+    snapshot = row_counts(conn)
+    automations = conn.execute("SELECT * FROM automations ORDER BY id").fetchall()
+    assert {"automations", "triggers", "deliveries", "automation_versions", "metric_points"} <= set(snapshot)
+
+    wanted = [rule("keep"), rule("edit", description="changed"), rule("new")]
+    expected = [("keep", "unchanged"), ("edit", "updated"), ("new", "created"), ("gone", "deleted")]
+    assert store.apply_rules(conn, wanted, prune=True, dry_run=True) == expected
+    assert store.apply_rules(conn, wanted, dry_run=True) == expected[:3]
+    assert row_counts(conn) == snapshot
+    assert conn.execute("SELECT * FROM automations ORDER BY id").fetchall() == automations
+
+    assert store.apply_rules(conn, wanted, prune=True) == expected
+    assert row_counts(conn) != snapshot
+
+
+def test_dry_run_refuses_what_apply_refuses(conn):
+    bad = rule("bad", event={"type": "artifact_alias_added", "alias_regex": "[[.ab.]]"})
+    with pytest.raises(RuleValidationError, match="PostgreSQL refuses this regex"):
+        store.apply_rules(conn, [bad], dry_run=True)
 
 
 def test_delete_and_not_found(conn):
@@ -234,7 +359,9 @@ def test_python_api_apply(database_url):
         "name: from-yaml\nscope: {project: acme/vision}\nevent: {type: run_state, states: [failed]}\naction: {type: no_op}\n",
     )
     assert results == [("from-python", "created"), ("from-yaml", "created")]
+    assert api_apply(rule("from-python"), prune=True, dry_run=True) == [("from-python", "unchanged"), ("from-yaml", "deleted")]
     assert api_apply(rule("from-python"), prune=True) == [("from-python", "unchanged"), ("from-yaml", "deleted")]
+    assert api_apply(rule("from-python"), prune=True) == [("from-python", "unchanged")]
 
 
 def test_every_query_the_rules_use_exists():
@@ -247,3 +374,46 @@ def test_every_query_the_rules_use_exists():
     for path in Path(store.__file__).parent.glob("*.py"):
         used |= set(re.findall(r'query\("(\w+)"\)', path.read_text()))
     assert used and used <= query_names()
+
+
+def test_a_deleted_automation_stops_firing_and_its_pending_deliveries_are_sent(conn, database_url, monkeypatch):
+    """SDK -> evaluator -> delete -> dispatcher: what fired before the delete still arrives."""
+    import engine
+    from actions_helpers import Receiver, Reply, settle
+    from evaluation_helpers import tick, triggers
+
+    from engine.actions.dispatcher import Dispatcher
+    from engine.rules import parse_rules_text
+    from engine.settings import Settings
+
+    settings = Settings(database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05)
+    with Receiver(Reply(200)) as rx, Dispatcher(database_url, settings) as dispatcher:
+        text = (
+            "name: acc\nscope: {project: acme/vision}\n"
+            'event: {type: run_metric_threshold, metric: accuracy, window: 1, operator: ">", threshold: 0.6}\n'
+            f"action: {{type: webhook, url: {rx.url()}}}\n"
+        )
+        store.apply_rules(conn, [r.automation for r in parse_rules_text(text)])
+        run = engine.init(project="acme/vision", name="r", system_metrics_interval=0)
+        run.log({"accuracy": 0.7}, step=0)
+        run.flush()
+        tick(database_url)
+        (first,) = triggers(conn, "acc")
+        assert conn.execute("SELECT status FROM deliveries").fetchall() == [("pending",)]
+
+        store.delete(conn, "acc")
+        # Another run (no cooldown between runs) logs after the delete: never evaluated.
+        later = engine.init(project="acme/vision", name="later", system_metrics_interval=0)
+        later.log({"accuracy": 0.9}, step=0)
+        later.flush()
+        tick(database_url)
+        settle(dispatcher, conn, [r[0] for r in conn.execute("SELECT id FROM deliveries")])
+        run.finish()
+        later.finish()
+
+    assert [t["id"] for t in triggers(conn)] == [first["id"]]
+    assert [r.json()["automation_name"] for r in rx.requests] == ["acc"]
+    row = conn.execute(
+        "SELECT automation, delivery_status, attempts, automation_deleted_at IS NOT NULL FROM automation_history"
+    ).fetchall()
+    assert row == [("acc", "succeeded", 1, True)]
