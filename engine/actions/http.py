@@ -31,9 +31,9 @@ import httpx
 
 from engine import __version__, clock
 from engine.actions import ssrf
-from engine.actions.transport import Pins, attempt_transport
 from engine.actions.retry import is_retryable_status, parse_retry_after
 from engine.actions.secrets import REDACTED
+from engine.actions.transport import Pins, attempt_transport
 from engine.exceptions import DeliveryError, PermanentDeliveryError
 
 # httpx logs every request URL at INFO; a URL can be a secret (Slack incoming webhooks), and
