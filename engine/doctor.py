@@ -324,20 +324,23 @@ def _reach(scheme: str, host: str, port: int, users: list[str], settings: Settin
     shown = f"[{host}]" if ":" in host else host
     name = f"webhook target {scheme}://{shown}:{port} ({', '.join(users)})"
     try:
-        address = ssrf.check_target(host, port, settings.webhook_allow_hosts)
+        addresses = ssrf.check_target(host, port, settings.webhook_allow_hosts)
     except PermanentDeliveryError as exc:
-        return Check(
-            name, "fail", f"refused by the address policy: {exc}",
-            f"if {host} is meant to be reached, add it to ENGINE_WEBHOOK_ALLOW_HOSTS (host name, address or CIDR range)",
-        )
+        fix = f"if {host} is meant to be reached, add it to ENGINE_WEBHOOK_ALLOW_HOSTS (host name, address or CIDR range)"
+        if ssrf.METADATA_REASON in str(exc):  # never advise opening the machine's credentials
+            fix = "correct the URL in the rule"
+        return Check(name, "fail", f"refused by the address policy: {exc}", fix)
     except DeliveryError as exc:
         return Check(name, "fail", str(exc), "check the host name in the rule, and this machine's DNS")
-    try:
-        # A TCP handshake only: the receiver gets no request.
-        with socket.create_connection((str(address), port), timeout=timeout):
-            pass
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__).lower()
+    # A TCP handshake only: the receiver gets no request. Each checked address in turn, as a delivery tries them.
+    for address in addresses:
+        try:
+            with socket.create_connection((str(address), port), timeout=timeout):
+                break
+        except OSError as error:
+            failure = error
+    else:
+        reason = "timed out" if isinstance(failure, TimeoutError) else (failure.strerror or type(failure).__name__).lower()
         return Check(
             name, "fail", f"nothing accepts connections at {address} port {port} ({reason})",
             "start the receiver, open the firewall, or correct the URL in the rule",

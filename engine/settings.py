@@ -54,7 +54,7 @@ class Settings(BaseSettings):
         "mid-request is sent again once the lease expires.",
     )
     retry_base_seconds: float = Field(
-        1.0, gt=0, description="First retry delay of a failed delivery; it doubles per attempt (with jitter) up to 5 minutes."
+        1.0, gt=0, description="First retry delay of a failed delivery; it doubles per attempt (with jitter) up to 10 minutes."
     )
     slack_api_url: str = Field(
         "https://slack.com/api/", description="Base URL of the Slack Web API used by `token` + `channel` Slack actions."

@@ -4,6 +4,7 @@ cloned from a migrated template, so tests never share state."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 import uuid
@@ -15,6 +16,8 @@ import pytest
 from psycopg import sql
 
 from engine import db as enginedb
+from engine.actions import ssrf
+from engine.actions.ssrf import IPAddress
 from engine.localdb import LocalDatabase
 from engine.settings import get_settings
 
@@ -71,3 +74,22 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+# Resolver layouts of `localhost`: this machine's /etc/hosts (and many CI images) give only
+# 127.0.0.1, Debian's gives ::1 and 127.0.0.1. Webhook targets are looked up only through
+# `ssrf.resolve`, so a test that uses `localhost` takes this fixture and holds under each.
+LOCALHOST_LAYOUTS = {"v4-only": ["127.0.0.1"], "v6-first": ["::1", "127.0.0.1"], "v4-first": ["127.0.0.1", "::1"]}
+
+
+@pytest.fixture(params=list(LOCALHOST_LAYOUTS.values()), ids=list(LOCALHOST_LAYOUTS))
+def localhost_layout(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[IPAddress]:
+    """`localhost` resolves to these addresses, in this order, whatever /etc/hosts says."""
+    addresses = [ipaddress.ip_address(a) for a in request.param]
+    real = ssrf.resolve
+
+    def resolve(host: str, port: int) -> list[IPAddress]:
+        return list(addresses) if host.strip("[]").rstrip(".").lower() == "localhost" else real(host, port)
+
+    monkeypatch.setattr(ssrf, "resolve", resolve)
+    return addresses

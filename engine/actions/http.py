@@ -1,15 +1,15 @@
 """One HTTP POST of a JSON body, as webhooks and Slack incoming webhooks send it.
 
-* The target is checked by `ssrf.check_target` and the connection goes to the checked
-  address: the URL's host is replaced by that address while the `Host` header and the TLS
-  server name (httpcore's `sni_hostname` extension, also used for certificate checks) keep
-  the original name. So DNS is asked once per hop and its answer is the one that is used.
+* The target is checked by `ssrf.check_target` and the connection goes only to the checked
+  addresses, each tried in turn (`transport.py`), while the URL, the `Host` header, the TLS
+  server name and the certificate check keep the host name. So DNS is asked once per hop
+  and its answer is the one that is used.
 * Redirects are followed by hand (at most 5), each target checked the same way. 307/308
   repeat the POST; 301/302/303 become a GET without body, as httpx and browsers do. Headers
   carrying secrets are dropped when a redirect leaves the original origin.
 * The response body is read raw (we ask for `Accept-Encoding: identity`, so no
   decompression bomb) and only up to RESPONSE_BODY_LIMIT bytes: a 10 MB answer is not held.
-* `timeout` bounds the whole attempt, every hop and byte of it (`deadline.py`): a receiver
+* `timeout` bounds the whole attempt, every hop and byte of it (`transport.py`): a receiver
   dripping its answer one byte at a time cannot hold a worker past it.
 * Environment proxies are ignored (`trust_env=False`): a proxy would resolve the name itself
   and defeat the address check.
@@ -31,9 +31,9 @@ import httpx
 
 from engine import __version__, clock
 from engine.actions import ssrf
-from engine.actions.deadline import deadline_transport
 from engine.actions.retry import is_retryable_status, parse_retry_after
 from engine.actions.secrets import REDACTED
+from engine.actions.transport import Pins, attempt_transport
 from engine.exceptions import DeliveryError, PermanentDeliveryError
 
 # httpx logs every request URL at INFO; a URL can be a secret (Slack incoming webhooks), and
@@ -113,10 +113,11 @@ def post_json(
         if hop.url.scheme not in ("http", "https"):
             raise PermanentDeliveryError(f"webhook URL must be http or https, not {hop.url.scheme or 'empty'}")
         deadline = time.monotonic() + timeout  # for the whole attempt, redirects included
-        transport = deadline_transport(deadline, _tls_context())
+        pins: Pins = {}
+        transport = attempt_transport(deadline, _tls_context(), pins)
         with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, transport=transport) as client:
             for _ in range(MAX_REDIRECTS + 1):
-                outcome = _send_hop(client, hop, allow_hosts, deadline, secret_headers)
+                outcome = _send_hop(client, hop, allow_hosts, deadline, secret_headers, pins)
                 if isinstance(outcome, Attempt):
                     if hop.redirects:
                         record["redirects"] = [REDACTED if log_url else r for r in hop.redirects]
@@ -136,20 +137,17 @@ def post_json(
 
 
 def _send_hop(
-    client: httpx.Client, hop: _Hop, allow_hosts: str, deadline: float, secret_headers: Collection[str]
+    client: httpx.Client, hop: _Hop, allow_hosts: str, deadline: float, secret_headers: Collection[str], pins: Pins
 ) -> Attempt | _Hop:
-    """Send one hop to the pinned address; an Attempt when done, the next hop on a redirect."""
+    """Send one hop to the checked addresses; an Attempt when done, the next hop on a redirect."""
     url = hop.url
     if url.scheme not in ("http", "https"):
         raise PermanentDeliveryError(f"redirect to a non-http URL refused: {url}")
     port = url.port or (443 if url.scheme == "https" else 80)
-    address = ssrf.check_target(url.host, port, allow_hosts)
+    # The transport connects to the name only through these (httpcore hands it the raw host).
+    pins[url.raw_host.decode("ascii")] = [str(a) for a in ssrf.check_target(url.host, port, allow_hosts)]
     headers = httpx.Headers(hop.headers)
-    headers["Host"] = url.netloc.decode("ascii")
-    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-    request = client.build_request(
-        hop.method, url.copy_with(host=str(address)), headers=headers, content=hop.body, extensions=extensions
-    )
+    request = client.build_request(hop.method, url, headers=headers, content=hop.body)
     response = client.send(request, stream=True)
     try:
         location = response.headers.get("Location")
@@ -162,7 +160,6 @@ def _send_hop(
             if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
                 for name in {h.lower() for h in secret_headers} | _ALWAYS_REDACTED:
                     headers.pop(name, None)
-            headers.pop("Host", None)
             return _Hop(method, target, headers, body, [*hop.redirects, str(target)])
         text = _read_capped(response, deadline)
     finally:

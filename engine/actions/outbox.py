@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from engine import clock, db
-from engine.actions.webhook import DEFAULT_MAX_ATTEMPTS
+from engine.actions.retry import DEFAULT_MAX_ATTEMPTS
 from engine.exceptions import EngineError, NotFound
 
 ACTION_TYPES = ("webhook", "slack", "no_op")

@@ -2,21 +2,31 @@
 
 A rule's author must not be able to make the service talk to its own network (databases,
 cloud metadata endpoints, admin interfaces). So the target's host name is resolved here,
-*every* address it resolves to is checked, and the request is then sent to the checked
-address itself (see `http.py`), so a second DNS answer cannot swap in another one
-(DNS rebinding). The check runs on resolved addresses, which also covers the odd spellings
-of IPv4 literals (`2130706433`, `0x7f000001`, `0177.0.0.1`): getaddrinfo decodes them.
+*every* address it resolves to is checked (one refused address refuses the name), and the
+request is then sent only to the checked addresses (see `http.py`, which tries them in
+turn), so a second DNS answer cannot swap in another one (DNS rebinding). The check runs on
+resolved addresses, which also covers the odd spellings of IPv4 literals (`2130706433`,
+`0x7f000001`, `0177.0.0.1`): getaddrinfo decodes them.
 
 ENGINE_WEBHOOK_ALLOW_HOSTS lists exceptions: host names (matched as written in the URL),
-addresses, or CIDR ranges (matched against every resolved address).
+addresses, or CIDR ranges (matched against every resolved address). Cloud metadata
+addresses hand out the machine's credentials: no range opens them (`0.0.0.0/0` is a
+common shortcut), only the address itself, or a listed name that resolves to nothing else.
+
+`resolve` is the only place a webhook's host name is looked up (tests replace it to play
+resolver layouts, e.g. `localhost` as `::1` then `127.0.0.1`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 from engine.exceptions import DeliveryError, PermanentDeliveryError
 
@@ -26,6 +36,9 @@ METADATA_ADDRESSES = frozenset(
     {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+METADATA_REASON = "cloud metadata"  # why_forbidden's word for them
+# How long `refused_urls` waits for DNS: checking rules must not hang on a slow resolver.
+RESOLVE_BUDGET_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -37,8 +50,12 @@ class AllowList:
         return _normal_host(host) in self.hosts
 
     def allows_address(self, addr: IPAddress) -> bool:
-        candidates = [addr, *filter(None, [embedded_ipv4(addr)])]
-        return any(a.version == n.version and a in n for a in candidates for n in self.networks)
+        """Listed itself, or inside a listed range (its embedded IPv4 address too)."""
+        return any(a.version == n.version and a in n for a in _spellings(addr) for n in self.networks)
+
+    def lists_address(self, addr: IPAddress) -> bool:
+        """Listed as a single address (`169.254.169.254`, or `/32`), not merely inside a range."""
+        return any(n.num_addresses == 1 and a == n.network_address for a in _spellings(addr) for n in self.networks)
 
 
 @lru_cache(maxsize=16)
@@ -60,6 +77,17 @@ def _normal_host(host: str) -> str:
     return host.strip().strip("[]").rstrip(".").lower()
 
 
+def _spellings(addr: IPAddress) -> list[IPAddress]:
+    """The address, and the IPv4 address it carries if any: allowing 127.0.0.1 allows
+    ::ffff:127.0.0.1 too."""
+    return [addr, *filter(None, [embedded_ipv4(addr)])]
+
+
+def is_metadata(addr: IPAddress) -> bool:
+    """A cloud metadata address, in any of the forms `why_forbidden` knows."""
+    return any(a in METADATA_ADDRESSES for a in _spellings(addr))
+
+
 def embedded_ipv4(addr: IPAddress) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address carries (mapped, 6to4, Teredo, NAT64), if any."""
     if addr.version != 6:
@@ -79,7 +107,7 @@ def embedded_ipv4(addr: IPAddress) -> ipaddress.IPv4Address | None:
 def why_forbidden(addr: IPAddress) -> str | None:
     """A word saying why the address is not public, or None when it is."""
     if addr in METADATA_ADDRESSES:
-        return "cloud metadata"
+        return METADATA_REASON
     inner = embedded_ipv4(addr)
     if inner is not None:
         reason = why_forbidden(inner)
@@ -113,21 +141,88 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return seen
 
 
-def check_target(host: str, port: int, allow_hosts: str) -> IPAddress:
-    """Resolve `host` and return the address to connect to, or refuse.
+def check_target(host: str, port: int, allow_hosts: str) -> list[IPAddress]:
+    """Resolve `host` and return its addresses (all checked, in the order to try them), or refuse.
 
-    Every resolved address must be public or allowed; a host name listed in `allow_hosts`
-    is trusted whatever it resolves to. Raises PermanentDeliveryError when refused.
+    Every resolved address must be public or allowed, else the name is refused (a request
+    could go to any of them). A host name listed in `allow_hosts` is trusted whatever it
+    resolves to, except a cloud metadata address (see `refusal`). Raises
+    PermanentDeliveryError when refused, DeliveryError when the name does not resolve.
     """
-    allow = parse_allow_list(allow_hosts)
     addresses = resolve(host, port)
-    if allow.allows_host(host):
-        return addresses[0]
+    problem = refusal(host, addresses, allow_hosts)
+    if problem:
+        raise PermanentDeliveryError(problem)
+    return addresses
+
+
+def refusal(host: str, addresses: list[IPAddress], allow_hosts: str) -> str | None:
+    """Why the policy refuses `host` resolving to `addresses`, or None when it may be reached."""
+    allow = parse_allow_list(allow_hosts)
+    name_listed = allow.allows_host(host)
     for addr in addresses:
         reason = why_forbidden(addr)
-        if reason and not allow.allows_address(addr):
-            raise PermanentDeliveryError(
-                f"webhook target {host} resolves to a private address {addr} ({reason}); "
-                "allow it with ENGINE_WEBHOOK_ALLOW_HOSTS"
-            )
-    return addresses[0]
+        if reason is None:
+            continue
+        refused = f"webhook target {host} resolves to a private address {addr} ({reason})"
+        if is_metadata(addr):
+            # Only an exact entry opens it: the address, or a listed name that is only an alias of it.
+            if allow.lists_address(addr) or (name_listed and all(map(is_metadata, addresses))):
+                continue
+            refused += "; refused: a metadata endpoint hands out this machine's cloud credentials"
+            if name_listed or allow.allows_address(addr):
+                refused += " (a range, or a name that also resolves to other addresses, does not open it)"
+            return refused
+        if not (name_listed or allow.allows_address(addr)):
+            return refused + "; allow it with ENGINE_WEBHOOK_ALLOW_HOSTS"
+    return None
+
+
+def refused_urls(urls: Iterable[str], allow_hosts: str, timeout: float = RESOLVE_BUDGET_SECONDS) -> dict[str, str]:
+    """The URLs among `urls` that the policy would refuse if they were sent now, with why.
+
+    For warnings before anything is sent (`engine rules validate`). Host names are resolved
+    now, all at once, for at most `timeout` seconds. Not judged (the check at send time
+    decides): a host that does not resolve (in time, or at all), a templated host (`${…}`),
+    a URL that does not parse.
+    """
+    targets: dict[str, tuple[str, int]] = {}
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            continue
+        if host and "$" not in host:
+            targets[url] = (host, port)
+    found = _resolve_all(set(targets.values()), timeout)
+    refused = {}
+    for url, target in targets.items():
+        problem = refusal(target[0], found[target], allow_hosts) if target in found else None
+        if problem:
+            refused[url] = problem
+    return refused
+
+
+def _resolve_all(targets: set[tuple[str, int]], timeout: float) -> dict[tuple[str, int], list[IPAddress]]:
+    """`resolve` for each target at once; the ones that failed or did not answer in time are left out."""
+    found: dict[tuple[str, int], list[IPAddress]] = {}
+    lock = threading.Lock()
+
+    def lookup(target: tuple[str, int]) -> None:
+        try:
+            addresses = resolve(*target)
+        except DeliveryError:
+            return
+        with lock:
+            found[target] = addresses
+
+    # Daemon threads: a lookup still hanging at the deadline must not hold the process at exit.
+    threads = [threading.Thread(target=lookup, args=(t,), daemon=True, name="resolve") for t in targets]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    with lock:  # a late answer may still arrive: copy under the lock
+        return dict(found)

@@ -28,7 +28,6 @@ from engine.actions.templates import render_payload, render_text, uses_secret
 from engine.settings import Settings
 
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_MAX_ATTEMPTS = 5
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 

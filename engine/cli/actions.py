@@ -18,7 +18,7 @@ from rich.table import Table
 from engine import db as enginedb
 from engine.actions import outbox
 from engine.actions.context import sample_context
-from engine.actions.dispatcher import Dispatcher
+from engine.actions.dispatcher import POLL_SECONDS, Dispatcher
 from engine.actions.http import Attempt
 from engine.actions.send import send_action
 from engine.cli.output import Format, FormatOption, cell, is_terminal, print_rows, print_table
@@ -89,18 +89,33 @@ def deliveries(
 
 def redeliver(
     delivery_id: Annotated[str, typer.Argument(help="Delivery id, or a unique prefix of it (see `engine deliveries`).")],
-    send: Annotated[
-        bool, typer.Option("--send/--queue", help="Try it right away (default), or only queue it for `engine serve`.")
-    ] = True,
+    here: Annotated[
+        bool,
+        typer.Option(
+            "--here",
+            help="Send it from this shell now and print the outcome (needs the action's secrets and "
+            "ENGINE_WEBHOOK_ALLOW_HOSTS here), instead of leaving it to `engine serve`.",
+        ),
+    ] = False,
 ) -> None:
-    """Send a delivery again (same id, fresh attempt budget), e.g. after fixing the receiver."""
+    """Send a delivery again (same id, fresh attempt budget), e.g. after fixing the receiver.
+
+    By default it is queued, due now, for `engine serve`, which has the secrets and the
+    address allow-list; `--here` sends it from this shell instead.
+    """
     settings = get_settings()
     url = enginedb.database_url(settings)
     with enginedb.connect(url, autocommit=True) as conn:
         row = outbox.redeliver(conn, delivery_id)
-        say(f"delivery {row['id']} ({escape(row['automation'])}, {row['action_type']}) is pending again")
-        if not send:
+        what = f"delivery {row['id']} ({escape(row['automation'])}, {row['action_type']})"
+        if not here:
+            say(
+                f"{what} queued: a running `engine serve` sends it within about {POLL_SECONDS:g} s, with its own "
+                "secrets and ENGINE_WEBHOOK_ALLOW_HOSTS (`engine deliveries` shows the outcome; `--here` sends it "
+                "from this shell instead)"
+            )
             return
+        say(f"{what} is pending again; sending it from this shell")
         with Dispatcher(url, settings) as dispatcher:
             claimed = dispatcher.run_once(limit=1, only=row["id"])
         if not claimed:

@@ -23,6 +23,7 @@ from engine import db as enginedb
 from engine.cli.output import Format, FormatOption, is_terminal, print_rows, print_table
 from engine.exceptions import ConfigurationError, RuleValidationError
 from engine.rules import lint, load_rules, store
+from engine.rules.actions import address_warnings
 from engine.rules.loader import LoadedRule
 from engine.settings import get_settings
 
@@ -67,8 +68,9 @@ def _report_issues(error: RuleValidationError) -> None:
 
 
 def _report_lint(rules: list[LoadedRule]) -> None:
-    for rule in rules:
-        for warning in lint(rule.automation):
+    refused = address_warnings([r.automation.action for r in rules], get_settings().webhook_allow_hosts)
+    for rule, more in zip(rules, refused, strict=True):
+        for warning in [*lint(rule.automation), *more]:
             err_console.print(
                 f"{rule.file}:{rule.line}: warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True
             )

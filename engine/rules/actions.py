@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal, Union
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, JsonValue, StringConstraints, model_validator
 
+from engine.actions import ssrf
+from engine.actions.retry import DEFAULT_MAX_ATTEMPTS
 from engine.actions.templates import VARIABLES, is_known_variable, variables_in
 from engine.rules.base import Loc, RuleModel, fail, rule_error
 from engine.rules.fields import EnvName, Label, Text
@@ -117,7 +121,13 @@ class WebhookAction(RuleModel):
         None, description="Body (any JSON; strings may use ${variables}). Default: every variable that applies."
     )
     timeout: float = Field(10.0, gt=0, le=300, allow_inf_nan=False, strict=True, description="Seconds per attempt.")
-    max_attempts: int = Field(5, ge=1, le=100, strict=True, description="Attempts before the delivery is failed.")
+    max_attempts: int = Field(
+        DEFAULT_MAX_ATTEMPTS,
+        ge=1,
+        le=100,
+        strict=True,
+        description="Attempts before the delivery is failed (the default retries for over an hour).",
+    )
 
     @property
     def secret_names(self) -> frozenset[str]:
@@ -177,3 +187,27 @@ class NoOpAction(RuleModel):
 
 ACTION_CLASSES = (WebhookAction, SlackAction, NoOpAction)
 Action = Annotated[Union[ACTION_CLASSES], Field(discriminator="type")]  # noqa: UP007
+
+
+def address_warnings(actions: Sequence[WebhookAction | SlackAction | NoOpAction], allow_hosts: str) -> list[list[str]]:
+    """For each action, a warning when the address policy will refuse its target when it is
+    sent with `allow_hosts` (this shell's ENGINE_WEBHOOK_ALLOW_HOSTS; the service may differ).
+
+    Checked: a webhook's `url`, and a Slack incoming webhook's URL when its variable is set
+    here (the warning names the variable, never the URL: it is a secret). Names are resolved
+    now; one that does not resolve is left to the check at send time (`ssrf.refused_urls`).
+    """
+    targets: list[tuple[str, str] | None] = []  # (field, url) per action
+    for action in actions:
+        if isinstance(action, WebhookAction):
+            targets.append(("action.url", action.url))
+        elif isinstance(action, SlackAction) and action.webhook_url is not None and os.environ.get(action.webhook_url.env):
+            targets.append((f"action.webhook_url (${action.webhook_url.env})", os.environ[action.webhook_url.env]))
+        else:
+            targets.append(None)
+    refused = ssrf.refused_urls([t[1] for t in targets if t], allow_hosts)
+    here = f"ENGINE_WEBHOOK_ALLOW_HOSTS={allow_hosts}" if allow_hosts.strip() else "ENGINE_WEBHOOK_ALLOW_HOSTS unset"
+    return [
+        [f"{t[0]}: sending will be refused (with {here}, as in this shell): {refused[t[1]]}"] if t and t[1] in refused else []
+        for t in targets
+    ]

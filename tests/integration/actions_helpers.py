@@ -131,10 +131,10 @@ Responder = Callable[[Received], Reply]
 
 
 class Receiver:
-    """A real HTTP server on 127.0.0.1 that records requests and answers from a script:
-    the replies given are used in order, the last one repeats. Or give a function."""
+    """A real HTTP server on 127.0.0.1 (or `host`, e.g. ::1) that records requests and answers
+    from a script: the replies given are used in order, the last one repeats. Or give a function."""
 
-    def __init__(self, *replies: Reply | Responder, port: int = 0):
+    def __init__(self, *replies: Reply | Responder, port: int = 0, host: str = "127.0.0.1"):
         self.requests: list[Received] = []
         self._replies = list(replies) or [Reply()]
         self._lock = threading.Lock()
@@ -168,7 +168,8 @@ class Receiver:
 
             do_POST = do_GET = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self._server = server_class((host, port), Handler)
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self.port = self._server.server_address[1]
@@ -183,7 +184,8 @@ class Receiver:
         return item(request) if callable(item) else item
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        host = self._server.server_address[0]
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         with self.arrived:
@@ -199,6 +201,10 @@ class Receiver:
         self.release.set()
         self._server.shutdown()
         self._server.server_close()
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 def free_port() -> int:

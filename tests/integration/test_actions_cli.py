@@ -46,7 +46,7 @@ def test_deliveries_lists_and_filters(conn, database_url, settings):
     assert bad_status.exit_code != 0
 
 
-def test_redeliver_by_prefix_sends_now(conn, database_url, settings):
+def test_redeliver_here_by_prefix_sends_now(conn, database_url, settings):
     with Receiver(Reply(503), Reply(200)) as rx:
         action = webhook(rx.url())
         automation = make_automation(conn, "cli-redo", [action])
@@ -54,23 +54,26 @@ def test_redeliver_by_prefix_sends_now(conn, database_url, settings):
         with Dispatcher(database_url, settings) as d:
             settle(d, conn, [delivery_id])
         assert delivery(conn, delivery_id)["status"] == "failed"
-        result = runner.invoke(app, ["redeliver", str(delivery_id)[:8]])
+        result = runner.invoke(app, ["redeliver", str(delivery_id)[:8], "--here"])
     assert result.exit_code == 0, result.output
-    assert "pending again" in result.output and "succeeded (HTTP 200)" in result.output
+    assert "pending again; sending it from this shell" in result.output and "succeeded (HTTP 200)" in result.output
     assert [r.headers["X-Automation-Delivery"] for r in rx.requests] == [str(delivery_id)] * 2
     assert delivery(conn, delivery_id)["status"] == "succeeded"
 
 
-def test_redeliver_queue_only_and_unknown_ids(conn, database_url, settings):
+def test_redeliver_queues_for_the_service_by_default_and_unknown_ids(conn, database_url, settings):
     with Receiver(Reply(400)) as rx:
         action = webhook(rx.url())
         automation = make_automation(conn, "cli-queue", [action])
         _, (delivery_id,) = fire(conn, automation, [action])
         with Dispatcher(database_url, settings) as d:
             settle(d, conn, [delivery_id])
-        queued = runner.invoke(app, ["redeliver", str(delivery_id), "--queue"])
-    assert queued.exit_code == 0 and len(rx.requests) == 1
-    assert delivery(conn, delivery_id)["status"] == "pending"
+        queued = runner.invoke(app, ["redeliver", str(delivery_id)])
+    assert queued.exit_code == 0 and len(rx.requests) == 1  # nothing sent from here
+    assert f"delivery {delivery_id} (cli-queue, webhook) queued: a running `engine serve` sends it within" in queued.output
+    row = delivery(conn, delivery_id)
+    assert (row["status"], row["attempts"], row["max_attempts"]) == ("pending", 1, 2)  # a fresh budget
+    assert row["next_attempt_at"] <= conn.execute("SELECT now()").fetchone()[0]  # due now
     missing = runner.invoke(app, ["redeliver", "ffffffff"])
     assert isinstance(missing.exception, NotFound) and "no delivery ffffffff" in str(missing.exception)
 

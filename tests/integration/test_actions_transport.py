@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import shutil
 import socket
 import ssl
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from actions_helpers import Receiver
 
+from engine.actions import ssrf
 from engine.actions.http import post_json
 
 
@@ -69,14 +71,15 @@ def tls_server(tmp_path: Path):
     server.server_close()
 
 
-def test_tls_is_verified_against_the_host_name_not_the_pinned_address(tls_server, monkeypatch):
+def test_tls_is_verified_against_the_host_name_not_the_pinned_address(tls_server, monkeypatch, localhost_layout):
     port, cert = tls_server
     # The public CAs do not know our test certificate: refused, as it must be.
     refused = post_json(f"https://localhost:{port}/x", b"{}", {}, timeout=3, allow_hosts="localhost")
     assert "certificate verify failed" in refused.error and "mismatch" not in refused.error
 
-    # Trusting it (only the trust store changes), the request connects to the pinned
-    # 127.0.0.1 and the certificate is checked against "localhost" (SNI).
+    # Trusting it (only the trust store changes), the request connects to the checked
+    # addresses in turn (::1 first where localhost has it: nothing listens there), reaches
+    # 127.0.0.1, and the certificate is checked against "localhost" (SNI).
     from engine.actions import http as engine_http
 
     monkeypatch.setattr(engine_http, "_tls_context", lambda: ssl.create_default_context(cafile=str(cert)))
@@ -85,3 +88,47 @@ def test_tls_is_verified_against_the_host_name_not_the_pinned_address(tls_server
     # Addressed by IP, the same certificate does not match: the name really is what is checked.
     by_ip = post_json(f"https://127.0.0.1:{port}/x", b"{}", {}, timeout=3, allow_hosts="127.0.0.1")
     assert "IP address mismatch" in by_ip.error
+
+
+@pytest.fixture
+def other_family_refuses():
+    """Bind (without listening) the same port on the other loopback address, so a connection
+    there is refused for sure, whatever else runs on this machine."""
+    held: list[socket.socket] = []
+
+    def hold(family: socket.AddressFamily, address: str, port: int) -> None:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((address, port))
+        held.append(sock)
+
+    yield hold
+    for sock in held:
+        sock.close()
+
+
+@pytest.mark.parametrize("server", ["127.0.0.1", "::1"])
+def test_every_checked_address_is_tried_in_turn(localhost_layout, other_family_refuses, server):
+    """localhost resolving to one or both loopback addresses, in either order, and a receiver
+    listening on one family only: reached whenever localhost includes its address, also when
+    the first address refuses the connection."""
+    with Receiver(host=server) as rx:
+        other = ("::1", socket.AF_INET6) if server == "127.0.0.1" else ("127.0.0.1", socket.AF_INET)
+        other_family_refuses(other[1], other[0], rx.port)
+        attempt = post_json(f"http://localhost:{rx.port}/hook", b"{}", {}, timeout=5, allow_hosts="localhost")
+    if ipaddress.ip_address(server) in localhost_layout:
+        assert attempt.succeeded, attempt.error
+        assert [r.headers["Host"] for r in rx.requests] == [f"localhost:{rx.port}"]  # one request, by name
+    else:
+        assert attempt.retryable and rx.requests == []
+        assert attempt.error == "connection failed: [Errno 111] Connection refused", attempt.error
+
+
+def test_when_every_address_fails_each_is_named(monkeypatch, other_family_refuses):
+    with socket.socket() as v4:
+        v4.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        port = v4.getsockname()[1]
+        other_family_refuses(socket.AF_INET6, "::1", port)
+        monkeypatch.setattr(ssrf, "resolve", lambda host, p: [ipaddress.ip_address("::1"), ipaddress.ip_address("127.0.0.1")])
+        attempt = post_json(f"http://two.test:{port}/hook", b"{}", {}, timeout=5, allow_hosts="127.0.0.1, ::1")
+    assert attempt.retryable
+    assert attempt.error == "connection failed: ::1: [Errno 111] Connection refused; 127.0.0.1: [Errno 111] Connection refused"

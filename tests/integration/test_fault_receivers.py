@@ -94,8 +94,8 @@ def test_a_reset_connection_is_retried_with_the_same_id(conn, dispatcher, rx, ki
 
 
 def test_500s_for_a_while_are_ridden_out_when_the_attempts_span_the_outage(conn, dispatcher, rx):
-    # 3 s of 500s; 8 attempts with a 0.05 s base wait at least 0.5 x 0.05 x (2^7 - 1) = 3.2 s
-    # in all (at 1 s, the default base: 64 s, "a minute").
+    # 3 s of 500s; 8 attempts with a 0.05 s base wait at least 0.05 x (2^7 - 1) = 6.35 s
+    # in all (at 1 s, the default base: 127 s, "a minute" and more).
     url = rx.url("flaky-3")
     action = webhook(url, max_attempts=8)
     automation = make_automation(conn, "flaky", [action])
@@ -113,8 +113,8 @@ def test_500s_for_a_while_are_ridden_out_when_the_attempts_span_the_outage(conn,
 
 
 def test_500s_outlasting_the_attempts_fail_visibly_and_can_be_redelivered(conn, dispatcher, rx):
-    # With the default 5 attempts the waits add up to at most 0.05 x 15 = 0.75 s (15 s at
-    # the default base): an outage longer than that fails the delivery, visibly.
+    # With 5 attempts the waits add up to at most 0.05 x 15 x 1.2 = 0.9 s (18 s at the
+    # default base): an outage longer than that fails the delivery, visibly.
     url = rx.url("flaky-3")
     action = webhook(url, max_attempts=5)
     _, (delivery_id,) = fire(conn, make_automation(conn, "outlasted", [action]), [action])

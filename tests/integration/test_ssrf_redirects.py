@@ -53,8 +53,9 @@ def test_the_refusal_holds_at_any_hop():
     assert "169.254.169.254 (cloud metadata)" in attempt.error
 
 
-def test_allowing_a_name_does_not_allow_redirects_to_its_address():
-    """With only the *name* localhost allowed, a redirect to 127.0.0.1 is another target."""
+def test_allowing_a_name_does_not_allow_redirects_to_its_address(localhost_layout):
+    """With only the *name* localhost allowed, a redirect to 127.0.0.1 is another target
+    (the receivers listen on 127.0.0.1 only: where localhost is ::1 first, that is tried first)."""
     with Receiver(Reply(302, b"", {"Location": "/elsewhere"})) as same, Receiver(Reply(200)) as other:
         relative = post_json(f"http://localhost:{same.port}/hook", b"{}", {}, timeout=10, allow_hosts="localhost")
         # a relative redirect stays on localhost: followed (as a GET, 302), and answered 302 again

@@ -8,15 +8,19 @@ import hmac
 import ipaddress
 import json
 import random
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from engine.actions import retry, ssrf
+from engine.actions.outbox import delivery_rows
 from engine.actions.secrets import Secrets, resolve
 from engine.actions.slack import build_message
 from engine.actions.webhook import build_request, signature
-from engine.exceptions import PermanentDeliveryError
+from engine.exceptions import DeliveryError, PermanentDeliveryError
+from engine.rules import parse_rules_text
+from engine.settings import Settings
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -44,22 +48,54 @@ def test_loopback_in_any_spelling_is_refused(host):
         ssrf.check_target(host, 80, "")
 
 
-def test_allow_list_by_address_cidr_or_host_name():
-    assert str(ssrf.check_target("2130706433", 80, "127.0.0.1")) == "127.0.0.1"
-    assert str(ssrf.check_target("127.0.0.1", 80, "10.0.0.0/8, 127.0.0.0/8")) == "127.0.0.1"
-    assert ssrf.check_target("localhost", 80, "LOCALHOST.") is not None  # host names: case and dot
-    assert ssrf.check_target("[::ffff:127.0.0.1]", 80, "127.0.0.1") == ipaddress.ip_address("::ffff:127.0.0.1")
+def test_allow_list_by_address_cidr_or_host_name(localhost_layout):
+    loopback = [ipaddress.ip_address("127.0.0.1")]
+    assert ssrf.check_target("2130706433", 80, "127.0.0.1") == loopback
+    assert ssrf.check_target("127.0.0.1", 80, "10.0.0.0/8, 127.0.0.0/8") == loopback
+    assert ssrf.check_target("localhost", 80, "LOCALHOST.") == localhost_layout  # host names: case and dot
+    assert ssrf.check_target("[::ffff:127.0.0.1]", 80, "127.0.0.1") == [ipaddress.ip_address("::ffff:127.0.0.1")]
     with pytest.raises(PermanentDeliveryError):
         ssrf.check_target("127.0.0.1", 80, "10.0.0.0/8, otherhost")
 
 
-def test_retry_backoff_doubles_with_jitter_and_caps():
+def test_retry_backoff_doubles_with_jitter_never_below_and_caps():
     rng = random.Random(1)
-    for attempt in range(1, 20):
-        full = min(retry.BACKOFF_CAP_SECONDS, 1.0 * 2 ** (attempt - 1))
-        delay = retry.backoff(attempt, 1.0, rng)
-        assert full / 2 <= delay <= full
-    assert retry.backoff(30, 1.0, rng) <= retry.BACKOFF_CAP_SECONDS
+    for attempt in range(1, 40):
+        nominal = min(retry.BACKOFF_CAP_SECONDS, 1.0 * 2 ** (attempt - 1))
+        for _ in range(50):
+            assert nominal <= retry.backoff(attempt, 1.0, rng) <= nominal * (1 + retry.JITTER)
+    assert retry.backoff(30, 1.0, rng) <= retry.BACKOFF_CAP_SECONDS * (1 + retry.JITTER)
+    assert retry.backoff(5000, 1.0, rng) <= retry.BACKOFF_CAP_SECONDS * (1 + retry.JITTER)  # redelivered often: no overflow
+    delays = {round(retry.backoff(8, 1.0, rng), 3) for _ in range(20)}
+    assert len(delays) > 10  # jittered: deliveries failing together come back apart
+
+
+def test_the_default_schedule_spans_over_an_hour_of_outage():
+    base = Settings.model_fields["retry_base_seconds"].default
+    times = retry.schedule(retry.DEFAULT_MAX_ATTEMPTS, base)
+    assert len(times) == retry.DEFAULT_MAX_ATTEMPTS and times[0] == 0
+    assert times[-1] >= 3600  # at the earliest: jitter only adds
+    assert retry.schedule(retry.DEFAULT_MAX_ATTEMPTS - 1, base)[-1] < 3600  # and not many more attempts than that
+    assert times[-1] * (1 + retry.JITTER) < 2 * 3600  # a dead receiver is `failed` within two hours
+    assert times[1] == base and times[2] == 3 * base  # quick first retries: a blip costs a second or two
+    # as docs/actions.md lists them
+    assert [round(t) for t in times] == [0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023, 1623, 2223, 2823, 3423, 4023]
+    # The actual waits follow it: a delivery failing every time is retried no sooner than this.
+    rng, elapsed = random.Random(7), 0.0
+    for attempt, earliest in enumerate(times[1:], start=1):
+        elapsed += retry.next_delay(attempt, base, None, rng)
+        assert earliest <= elapsed <= earliest * (1 + retry.JITTER)
+
+
+def test_max_attempts_defaults_to_the_schedule_and_an_explicit_one_wins():
+    rule = "name: r\nscope: {project: a/b}\nevent: {type: run_state, states: [failed]}\naction: {type: webhook, url: 'https://ci.example/x'%s}\n"
+    default, = parse_rules_text(rule % "")
+    assert default.automation.action.max_attempts == retry.DEFAULT_MAX_ATTEMPTS
+    assert delivery_rows(1, [default.automation.action])[0]["max_attempts"] == retry.DEFAULT_MAX_ATTEMPTS
+    explicit, = parse_rules_text(rule % ", max_attempts: 3")
+    assert delivery_rows(1, [explicit.automation.action])[0]["max_attempts"] == 3
+    slack = {"type": "slack", "webhook_url": {"env": "SLACK_URL"}}  # slack actions have no max_attempts field
+    assert delivery_rows(1, [slack])[0]["max_attempts"] == retry.DEFAULT_MAX_ATTEMPTS
 
 
 def test_retry_after_seconds_and_http_date_and_cap():
@@ -129,3 +165,35 @@ def test_slack_message_shows_what_fired_and_why():
     assert "trigger #42" in context["elements"][0]["text"]
     assert message["text"].startswith(":rotating_light: acc <high> fired")
     json.dumps(message)  # serialisable as is
+
+
+def test_refused_urls_judges_literals_and_names_that_resolve_now(localhost_layout):
+    urls = ["http://10.0.0.5/x", "https://93.184.216.34/x", "http://169.254.169.254/latest", "http://localhost:8080/",
+            "http://127.0.0.1:8765/hook", "http://[::1]:9/"]  # fmt: skip
+    refused = ssrf.refused_urls(urls, "")
+    assert set(refused) == set(urls) - {"https://93.184.216.34/x"}
+    assert refused["http://10.0.0.5/x"].endswith("10.0.0.5 (private); allow it with ENGINE_WEBHOOK_ALLOW_HOSTS")
+    assert "cloud metadata" in refused["http://169.254.169.254/latest"] and "allow it" not in refused["http://169.254.169.254/latest"]
+    # With 127.0.0.1 allowed, localhost is still refused where it also means ::1.
+    refused = ssrf.refused_urls(urls, "127.0.0.1, 0.0.0.0/0")
+    two_addresses = len(localhost_layout) == 2
+    assert set(refused) == {"http://169.254.169.254/latest", "http://[::1]:9/"} | ({"http://localhost:8080/"} if two_addresses else set())
+
+
+def test_refused_urls_leaves_what_it_cannot_judge_now_to_the_send(monkeypatch):
+    release = threading.Event()
+    real = ssrf.resolve
+
+    def resolve(host, port):
+        if host == "slow.example":
+            release.wait(30)  # a resolver that does not answer within the check's budget
+        if host in ("slow.example", "down.example"):
+            raise DeliveryError(f"cannot resolve webhook host {host}")
+        return real(host, port)
+
+    monkeypatch.setattr(ssrf, "resolve", resolve)
+    try:
+        urls = ["http://down.example/x", "http://slow.example/x", "http://${host}/x", "http://[::1/x", "http://10.0.0.1/"]
+        assert list(ssrf.refused_urls(urls, "", timeout=1.0)) == ["http://10.0.0.1/"]
+    finally:
+        release.set()

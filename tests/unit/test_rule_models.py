@@ -67,7 +67,7 @@ def test_automation_defaults():
 
 def test_webhook_defaults():
     action = WebhookAction(type="webhook", url="https://ci.example.com/hook")
-    assert (action.timeout, action.max_attempts, action.headers, action.payload) == (10.0, 5, {}, None)
+    assert (action.timeout, action.max_attempts, action.headers, action.payload) == (10.0, 16, {}, None)  # over an hour
 
 
 def test_event_class_metadata():

@@ -54,7 +54,74 @@ def test_every_form_of_a_forbidden_address_is_refused(host, reason):
     with pytest.raises(PermanentDeliveryError) as refused:
         ssrf.check_target(host, 80, "")
     message = str(refused.value)
-    assert f"({reason}" in message and "ENGINE_WEBHOOK_ALLOW_HOSTS" in message, message
+    assert f"({reason}" in message, message
+    # Advice to allow-list it, except for the metadata endpoint (it hands out credentials).
+    assert ("allow it with ENGINE_WEBHOOK_ALLOW_HOSTS" in message) == ("cloud metadata" not in reason), message
+
+
+METADATA_FORMS = [host for host, reason in FORMS.items() if "cloud metadata" in reason]
+RANGES = ["0.0.0.0/0", "::/0", "0.0.0.0/0,::/0", "169.254.0.0/16", "169.254.169.0/24", "fd00::/8", "fd00:ec2::/64",
+          "::ffff:0:0/96", "64:ff9b::/96", "2002::/16", "fd00:ec2::254/127"]  # fmt: skip
+
+
+@pytest.mark.parametrize("host", METADATA_FORMS)
+def test_no_range_opens_a_metadata_address(host):
+    for allow in RANGES:
+        with pytest.raises(PermanentDeliveryError) as refused:
+            ssrf.check_target(host, 80, allow)
+        message = str(refused.value)
+        assert "cloud metadata" in message and "allow it with" not in message, (allow, message)
+    # Saying why the range that covers it did not open it.
+    with pytest.raises(PermanentDeliveryError, match="a range, or a name that also resolves to other addresses, does not"):
+        ssrf.check_target(host, 80, "0.0.0.0/0,::/0")
+
+
+def test_a_range_still_opens_ordinary_private_addresses():
+    for host in ("10.0.0.1", "192.168.1.1", "127.0.0.1", "[::1]", "[fd12:3456::1]", "169.254.1.1"):
+        assert ssrf.check_target(host, 80, "0.0.0.0/0,::/0")
+
+
+@pytest.mark.parametrize(
+    ("allow", "host"),
+    [("169.254.169.254", "169.254.169.254"), ("169.254.169.254", "2852039166"), ("169.254.169.254", "0xa9fea9fe"),
+     ("169.254.169.254/32", "169.254.169.254"), ("169.254.169.254", "[::ffff:169.254.169.254]"),
+     ("fd00:ec2::254", "[fd00:ec2::254]"), ("[fd00:ec2::254]", "[fd00:ec2::254]"), ("fd00:ec2::254/128", "[fd00:ec2::254]")],
+)  # fmt: skip
+def test_an_exact_entry_opens_a_metadata_address(allow, host):
+    assert ssrf.check_target(host, 80, f"10.0.0.0/8, {allow}") == [ipaddress.ip_address(
+        "fd00:ec2::254" if "fd00" in host else "::ffff:169.254.169.254" if "ffff" in host else "169.254.169.254"
+    )]
+
+
+def test_one_metadata_address_listed_does_not_open_the_other():
+    with pytest.raises(PermanentDeliveryError, match="fd00:ec2::254 \\(cloud metadata\\)"):
+        ssrf.check_target("[fd00:ec2::254]", 80, "169.254.169.254")
+    with pytest.raises(PermanentDeliveryError, match="169.254.169.254 \\(cloud metadata\\)"):
+        ssrf.check_target("169.254.169.254", 80, "fd00:ec2::254, 169.254.169.253")
+
+
+def fake_dns(monkeypatch, answers: dict[str, list[str]]) -> None:
+    """Names answered from `answers`; anything else as the real resolver says."""
+    real = ssrf.resolve
+
+    def resolve(host, port):
+        name = host.rstrip(".").lower()
+        return [ipaddress.ip_address(a) for a in answers[name]] if name in answers else real(host, port)
+
+    monkeypatch.setattr(ssrf, "resolve", resolve)
+
+
+def test_a_listed_name_opens_a_metadata_address_only_when_it_resolves_to_nothing_else(monkeypatch):
+    fake_dns(monkeypatch, {"metadata.internal": ["169.254.169.254", "fd00:ec2::254"],
+                           "mixed.internal": ["10.0.0.7", "169.254.169.254"]})  # fmt: skip
+    assert len(ssrf.check_target("metadata.internal", 80, "metadata.internal")) == 2
+    with pytest.raises(PermanentDeliveryError) as refused:
+        ssrf.check_target("mixed.internal", 80, "mixed.internal")
+    assert "169.254.169.254 (cloud metadata)" in str(refused.value) and "allow it with" not in str(refused.value)
+    # Listed by address, the name's metadata address is open; 10.0.0.7 still needs its own entry.
+    assert len(ssrf.check_target("mixed.internal", 80, "169.254.169.254, 10.0.0.0/8")) == 2
+    with pytest.raises(PermanentDeliveryError, match="10.0.0.7 \\(private\\); allow it with"):
+        ssrf.check_target("mixed.internal", 80, "169.254.169.254")
 
 
 def _hosts_file_names() -> list[str]:
@@ -99,19 +166,27 @@ def test_a_name_is_refused_when_any_of_its_addresses_is(monkeypatch):
         ssrf.check_target("rebind.example", 80, "")
 
 
-def test_allowing_a_name_does_not_allow_its_address_under_another_spelling():
-    assert str(ssrf.check_target("localhost", 80, "localhost")) == "127.0.0.1"
-    for other in ("127.0.0.1", "2130706433", "[::ffff:127.0.0.1]"):
+def test_allowing_a_name_does_not_allow_its_address_under_another_spelling(localhost_layout):
+    # Every address of the listed name, in the resolver's order: the connection tries each.
+    assert ssrf.check_target("localhost", 80, "localhost") == localhost_layout
+    for other in ("127.0.0.1", "2130706433", "[::ffff:127.0.0.1]", "[::1]"):
         with pytest.raises(PermanentDeliveryError):
             ssrf.check_target(other, 80, "localhost")
 
 
-def test_allowing_an_address_allows_its_spellings_and_nothing_next_to_it():
-    for spelling in ("127.0.0.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "[::ffff:127.0.0.1]", "localhost"):
+def test_allowing_an_address_allows_its_spellings_and_nothing_next_to_it(localhost_layout):
+    for spelling in ("127.0.0.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "[::ffff:127.0.0.1]"):
         assert ssrf.check_target(spelling, 80, "127.0.0.1") is not None
     for neighbour in ("127.0.0.2", "[::1]", "0.0.0.0", "[::ffff:127.0.0.2]", "[::127.0.0.1]"):
         with pytest.raises(PermanentDeliveryError):
             ssrf.check_target(neighbour, 80, "127.0.0.1")
+    # A name is refused when any of its addresses is: localhost with ::1 needs ::1 allowed too.
+    if localhost_layout == [ipaddress.ip_address("127.0.0.1")]:
+        assert ssrf.check_target("localhost", 80, "127.0.0.1") == localhost_layout
+    else:
+        with pytest.raises(PermanentDeliveryError, match="resolves to a private address ::1 \\(loopback\\)"):
+            ssrf.check_target("localhost", 80, "127.0.0.1")
+    assert ssrf.check_target("localhost", 80, "127.0.0.1, ::1") == localhost_layout
 
 
 URL_TRICKS = [
