@@ -36,7 +36,8 @@ def test_the_service_connects_as_engine_serve(conn, database_url, tmp_path):
     service = ServeProcess(database_url, tmp_path / "serve.log").start()
     try:
         assert wait_until(lambda: any(name == "engine-serve" for name, _ in conn.execute(OTHERS)), timeout=60)
-        assert {name for name, _ in conn.execute(OTHERS)} == {"engine-serve"}
-        assert service.terminate() == 0
+        names = conn.execute(OTHERS).fetchall()
+        assert {name for name, _ in names} == {"engine-serve"}, names
+        assert service.terminate() == 0, (tmp_path / "serve.log").read_text()
     finally:
         service.stop_quietly()
