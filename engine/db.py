@@ -159,7 +159,7 @@ def describe_url(url: str) -> str:
 # retrying cannot fix are known by their words; any other failure (refused, timed out, reset,
 # a server starting, stopping or full, a pooler without a free server) may pass.
 _PERMANENT_CONNECT = ("authentication failed", "pg_hba.conf", "password", "does not exist", "permission denied",
-                      "not permitted to log in")
+                      "not permitted to log in", "no such database", "no such user")  # the last two: PgBouncer's
 _TRANSIENT_STATES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
 
 
