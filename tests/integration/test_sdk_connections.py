@@ -76,7 +76,7 @@ def _lines(proc: subprocess.Popen) -> queue.Queue:
 def test_a_training_process_holds_at_most_one_connection_and_closes_it_when_idle(conn, database_url):
     env = {
         **os.environ, "ENGINE_DATABASE_URL": database_url, "ENGINE_FLUSH_INTERVAL": "0.05",
-        "ENGINE_SDK_IDLE_TIMEOUT": "3",
+        "ENGINE_SDK_IDLE_TIMEOUT": "6",
     }
     with subprocess.Popen(
         [sys.executable, "-c", TRAINING], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -85,9 +85,14 @@ def test_a_training_process_holds_at_most_one_connection_and_closes_it_when_idle
         lines = _lines(proc)
         assert lines.get(timeout=60) == "busy"
         samples: list[list[int]] = []
-        while lines.empty():  # every sample while the process logs from three threads
+        while True:  # sampled every 10 ms while the process logs from three threads, until it says it is done
             samples.append([pid for (pid,) in conn.execute(SDK_CONNECTIONS)])
-        assert lines.get() == "idle", proc.stderr.read() if proc.poll() is not None else ""
+            try:
+                said = lines.get(timeout=0.01)
+                break
+            except queue.Empty:
+                continue
+        assert said == "idle", proc.stderr.read() if proc.poll() is not None else ""
         assert max(len(s) for s in samples) == 1
         # one connection all along: a process that keeps logging keeps it open
         assert len({pid for s in samples for pid in s}) == 1
