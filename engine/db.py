@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from engine.exceptions import (
     DatabaseAuthFailed,
@@ -158,9 +159,79 @@ def database_url(settings: Settings | None = None, *, start: bool = True) -> str
     return local.url()
 
 
-def connect(url: str | None = None, *, autocommit: bool = False, settings: Settings | None = None) -> psycopg.Connection:
+# Who opens a connection, shown in pg_stat_activity.application_name so that an operator can
+# count each part's connections: engine-sdk, engine-serve, engine-cli, engine-web. A process
+# sets its role once at its entry point; a Python script using the library is the SDK.
+_application_name = "engine-sdk"
+
+
+def set_application_name(name: str) -> None:
+    """The application_name of every connection this process opens from now on."""
+    global _application_name
+    _application_name = name
+
+
+def conninfo(
+    url: str | None = None, *, settings: Settings | None = None, application_name: str | None = None,
+    connect_timeout: int | None = None,
+) -> str:
+    """The connection string every connection of the engine uses (pools take it as it is):
+    the URL with this process's application_name and a connect timeout, so that a server
+    that accepts but never answers fails the connection instead of hanging it. A
+    connect_timeout written in the URL wins over ENGINE_CONNECT_TIMEOUT."""
+    settings = settings or get_settings()
+    url = url or database_url(settings)
+    extra: dict[str, object] = {"application_name": application_name or _application_name}
+    if connect_timeout is not None or "connect_timeout" not in conninfo_to_dict(url):
+        extra["connect_timeout"] = connect_timeout or settings.connect_timeout
+    return make_conninfo(url, **extra)
+
+
+def connect(
+    url: str | None = None, *, autocommit: bool = False, settings: Settings | None = None,
+    application_name: str | None = None, connect_timeout: int | None = None, prepare_threshold: int | None = None,
+) -> psycopg.Connection:
+    """A connection, errors translated. No server-side prepared statements unless
+    `prepare_threshold` asks for them: a PgBouncer in transaction pooling mode (1.18, as
+    Debian ships it) does not keep them from one transaction to the next."""
     with boundary():
-        return psycopg.connect(url or database_url(settings), autocommit=autocommit)
+        return psycopg.connect(
+            conninfo(url, settings=settings, application_name=application_name, connect_timeout=connect_timeout),
+            autocommit=autocommit, prepare_threshold=prepare_threshold,
+        )
+
+
+def describe_url(url: str) -> str:
+    """Where a URL points, for messages: `dbname on host:port`, never the password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "the configured database"
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    where = host if str(host).startswith("/") else f"{host}:{params.get('port') or 5432}"
+    return f"{params.get('dbname') or params.get('user') or 'the database'} on {where}"
+
+
+# A connection failure carries no SQLSTATE (libpq reports it as text): the refusals that
+# retrying cannot fix are known by their words; any other failure (refused, timed out, reset,
+# a server starting, stopping or full, a pooler without a free server) may pass.
+_PERMANENT_CONNECT = ("authentication failed", "pg_hba.conf", "password", "does not exist", "permission denied",
+                      "not permitted to log in", "no such database", "no such user")  # the last two: PgBouncer's
+_TRANSIENT_STATES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same call may succeed later (an outage, a full server) rather than never
+    (wrong password, missing database, schema or extension)."""
+    if isinstance(exc, (SchemaNotReady, ExtensionMissing)):
+        return False
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    if not isinstance(cause, psycopg.Error):
+        return isinstance(exc, DatabaseUnavailable)
+    if cause.sqlstate:
+        return cause.sqlstate.startswith(_TRANSIENT_STATES)
+    text = str(cause).lower()
+    return isinstance(cause, psycopg.OperationalError) and not any(w in text for w in _PERMANENT_CONNECT)
 
 
 # -- hand-written queries ------------------------------------------------------------------
