@@ -81,15 +81,21 @@ _SHUTTING_DOWN = ("57P01", "57P02", "57P03")
 # libpq gives no SQLSTATE for a refused connection, only the server's FATAL message; these
 # are PostgreSQL's (and PgBouncer's) English words for the causes that need their own advice.
 # A server set to another lc_messages falls back to the generic "no database reachable".
-_CONNECTION_MESSAGES = (
-    ("password authentication failed", "28P01"),
-    ("no pg_hba.conf entry", "28000"),
-    ("authentication failed", "28000"),
-    ("role \"", "28000"),  # role "x" does not exist
-    ("does not exist", "3D000"),  # database "x" does not exist
+_CONNECTION_MESSAGES = (  # first match wins: "too many connections for role "x"" is capacity
     ("too many clients", "53300"),
+    ("too many connections", "53300"),
     ("remaining connection slots are reserved", "53300"),
     ("no more connections allowed", "53300"),  # PgBouncer's max_client_conn
+    ("password authentication failed", "28P01"),
+    ("no password supplied", "28P01"),
+    ("no pg_hba.conf entry", "28000"),
+    ("authentication failed", "28000"),
+    ("is not permitted to log in", "28000"),
+    ("permission denied for database", "28000"),
+    ('role "', "28000"),  # role "x" does not exist
+    ("no such user", "28000"),  # PgBouncer's
+    ("no such database", "3D000"),  # PgBouncer's
+    ("does not exist", "3D000"),  # database "x" does not exist
     ("the database system is starting up", "57P03"),
     ("the database system is shutting down", "57P03"),
 )
@@ -97,6 +103,7 @@ _CONNECTION_MESSAGES = (
 
 def _connection_state(message: str) -> str:
     """The SQLSTATE a refused connection would carry, read from the server's message."""
+    message = message.lower()
     for words, state in _CONNECTION_MESSAGES:
         if words in message:
             return state
@@ -212,26 +219,18 @@ def describe_url(url: str) -> str:
     return f"{params.get('dbname') or params.get('user') or 'the database'} on {where}"
 
 
-# A connection failure carries no SQLSTATE (libpq reports it as text): the refusals that
-# retrying cannot fix are known by their words; any other failure (refused, timed out, reset,
-# a server starting, stopping or full, a pooler without a free server) may pass.
-_PERMANENT_CONNECT = ("authentication failed", "pg_hba.conf", "password", "does not exist", "permission denied",
-                      "not permitted to log in", "no such database", "no such user")  # the last two: PgBouncer's
-_TRANSIENT_STATES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
-
-
 def is_transient(exc: BaseException) -> bool:
-    """Whether the same call may succeed later (an outage, a full server) rather than never
-    (wrong password, missing database, schema or extension)."""
-    if isinstance(exc, (SchemaNotReady, ExtensionMissing)):
-        return False
-    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
-    if not isinstance(cause, psycopg.Error):
-        return isinstance(exc, DatabaseUnavailable)
-    if cause.sqlstate:
-        return cause.sqlstate.startswith(_TRANSIENT_STATES)
-    text = str(cause).lower()
-    return isinstance(cause, psycopg.OperationalError) and not any(w in text for w in _PERMANENT_CONNECT)
+    """Whether the same call may succeed later (an outage, a full server, a lost serialisation
+    race) rather than never (wrong password, missing database, schema or extension): the
+    classes of `translate`, so that retrying and advice never disagree."""
+    cause = exc.__cause__ if isinstance(exc, EngineError) and isinstance(exc.__cause__, psycopg.Error) else exc
+    if isinstance(cause, psycopg.Error) and (cause.sqlstate or "") in _RACES:
+        return True
+    return isinstance(translate(cause), DatabaseUnavailable)
+
+
+# A transaction that lost a serialisation race or a deadlock succeeds when tried again.
+_RACES = ("40001", "40P01")
 
 
 # -- hand-written queries ------------------------------------------------------------------
