@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from engine.exceptions import (
     DatabaseError,
@@ -101,9 +102,46 @@ def database_url(settings: Settings | None = None, *, start: bool = True) -> str
     return local.url()
 
 
-def connect(url: str | None = None, *, autocommit: bool = False, settings: Settings | None = None) -> psycopg.Connection:
+# Who opens a connection, shown in pg_stat_activity.application_name so that an operator can
+# count each part's connections: engine-sdk, engine-serve, engine-cli, engine-web. A process
+# sets its role once at its entry point; a Python script using the library is the SDK.
+_application_name = "engine-sdk"
+
+
+def set_application_name(name: str) -> None:
+    """The application_name of every connection this process opens from now on."""
+    global _application_name
+    _application_name = name
+
+
+def conninfo(
+    url: str | None = None, *, settings: Settings | None = None, application_name: str | None = None,
+    connect_timeout: int | None = None,
+) -> str:
+    """The connection string every connection of the engine uses (pools take it as it is):
+    the URL with this process's application_name and a connect timeout, so that a server
+    that accepts but never answers fails the connection instead of hanging it. A
+    connect_timeout written in the URL wins over ENGINE_CONNECT_TIMEOUT."""
+    settings = settings or get_settings()
+    url = url or database_url(settings)
+    extra: dict[str, object] = {"application_name": application_name or _application_name}
+    if connect_timeout is not None or "connect_timeout" not in conninfo_to_dict(url):
+        extra["connect_timeout"] = connect_timeout or settings.connect_timeout
+    return make_conninfo(url, **extra)
+
+
+def connect(
+    url: str | None = None, *, autocommit: bool = False, settings: Settings | None = None,
+    application_name: str | None = None, connect_timeout: int | None = None, prepare_threshold: int | None = None,
+) -> psycopg.Connection:
+    """A connection, errors translated. No server-side prepared statements unless
+    `prepare_threshold` asks for them: a PgBouncer in transaction pooling mode (1.18, as
+    Debian ships it) does not keep them from one transaction to the next."""
     with boundary():
-        return psycopg.connect(url or database_url(settings), autocommit=autocommit)
+        return psycopg.connect(
+            conninfo(url, settings=settings, application_name=application_name, connect_timeout=connect_timeout),
+            autocommit=autocommit, prepare_threshold=prepare_threshold,
+        )
 
 
 # -- hand-written queries ------------------------------------------------------------------

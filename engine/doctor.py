@@ -38,7 +38,7 @@ from psycopg.rows import dict_row
 from engine import clock
 from engine.actions import ssrf
 from engine.actions.secrets import read_env
-from engine.db import migrations, pending_migrations, query, translate
+from engine.db import connect, migrations, pending_migrations, query, translate
 from engine.exceptions import DeliveryError, EngineError, PermanentDeliveryError, RuleValidationError
 from engine.localdb import LocalDatabase
 from engine.rules import Automation, load_rules
@@ -118,9 +118,10 @@ def _database(settings: Settings, timeout: float) -> tuple[psycopg.Connection | 
         url, where = local.url(), f"the embedded database under {settings.data_dir}"
         fix = "restart it with `engine db down` and `engine db up` (its log is in the data folder)"
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout)))
-    except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        conn = connect(url, autocommit=True, connect_timeout=max(2, round(timeout)))
+    except EngineError as exc:
+        text = str(exc.__cause__ or exc).strip()  # the driver's words, not the CLI's advice
+        reason = text.splitlines()[0] if text else type(exc).__name__
         return None, Check(name, "fail", f"cannot connect to {redact_url(url)} ({where}): {reason}", fix)
     version = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
     return conn, Check(name, "ok", f"connected to {redact_url(url)} ({where}), PostgreSQL {version}")

@@ -231,15 +231,18 @@ class LocalDatabase:
         import psycopg
         from psycopg import sql
 
+        from engine import db
+        from engine.exceptions import DatabaseUnavailable
+
         deadline = time.monotonic() + 30
         while True:
             try:
-                with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+                with db.connect(self.url("postgres"), autocommit=True) as conn:
                     exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone()
                     if not exists:
                         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
                     return
-            except psycopg.OperationalError:
+            except (psycopg.OperationalError, DatabaseUnavailable):
                 if time.monotonic() > deadline:
                     raise LocalDatabaseError(f"the embedded server started but does not answer:\n{self._log_tail()}")
                 time.sleep(0.2)

@@ -34,7 +34,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from psycopg.rows import dict_row
 
-from engine.db import query
+from engine.db import connect, query
+from engine.exceptions import DatabaseError
 
 if TYPE_CHECKING:
     from engine.evaluator import TickResult
@@ -58,7 +59,7 @@ class DatabaseCollector(Collector):
         with self._lock:
             try:
                 rows = self._read()
-            except psycopg.Error as exc:
+            except (psycopg.Error, DatabaseError) as exc:
                 # A raising collector turns the whole scrape into an error: report it instead.
                 log.warning("metrics: cannot read the database: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
                 self.close()
@@ -96,7 +97,7 @@ class DatabaseCollector(Collector):
 
     def _read(self) -> dict[str, list[dict[str, Any]]]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            self._conn = connect(self.url, autocommit=True)
             self._conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(SCRAPE_STATEMENT_TIMEOUT_MS),))
         with self._conn.cursor(row_factory=dict_row) as cur:
             return {

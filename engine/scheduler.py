@@ -23,7 +23,7 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_J
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from engine.db import NOTIFY_CHANNEL, database_url
+from engine.db import NOTIFY_CHANNEL, connect, database_url
 from engine.evaluator import Evaluator
 from engine.exceptions import DatabaseUnavailable, EngineError
 from engine.metrics import for_service as metrics_for_service
@@ -171,13 +171,13 @@ class Service:
         backoff = 0.5
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
+                with connect(self.url, autocommit=True) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                     backoff = 0.5
                     while not self._stopping.is_set():
                         for _notify in conn.notifies(timeout=1.0, stop_after=1):
                             self.wake()
-            except psycopg.Error as exc:
+            except (psycopg.Error, DatabaseUnavailable) as exc:
                 if self._stopping.is_set():
                     return
                 log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)

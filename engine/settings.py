@@ -18,6 +18,12 @@ class Settings(BaseSettings):
         description="PostgreSQL URL of a TimescaleDB database. Unset: the embedded database under data_dir.",
     )
     data_dir: Path = Field(Path(".engine"), description="Where the embedded database keeps its files.")
+    connect_timeout: int = Field(
+        5,
+        ge=2,
+        description="Seconds a database connection may take to open (libpq's connect_timeout, at least 2); a "
+        "connect_timeout in ENGINE_DATABASE_URL wins.",
+    )
     rules_path: Path = Field(Path("rules"), description="Default folder of rule files.")
 
     # SDK
@@ -27,6 +33,17 @@ class Settings(BaseSettings):
         5_000_000, ge=1, description="Points the SDK keeps in memory while the database is unreachable before run.log blocks."
     )
     system_metrics_interval: float = Field(15.0, ge=0, description="Seconds between system metric samples (0 disables).")
+    sdk_idle_timeout: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds the SDK keeps its one database connection open after its last use (a job logging "
+        "more often keeps it; one logging every few minutes does not hold a connection in between).",
+    )
+    strict: bool = Field(
+        False,
+        description="Make a run.log value that is not a number an error (tests); by default it is dropped "
+        "with a warning naming the key and the rest of the call is logged.",
+    )
     series_tail: int = Field(
         128, ge=8, le=100_000, description="Finite values kept per series for live evaluation; longer windows read the hypertable."
     )

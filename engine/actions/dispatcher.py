@@ -80,10 +80,10 @@ class Dispatcher:
         self.url = url
         self.settings = settings
         self._pool = ConnectionPool(
-            url,
+            db.conninfo(url, settings=settings),
             min_size=1,
             max_size=settings.delivery_workers + 2,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "prepare_threshold": None},  # as db.connect: PgBouncer-safe
             open=False,
             check=ConnectionPool.check_connection,
             timeout=CONNECT_TIMEOUT_SECONDS,

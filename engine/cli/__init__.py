@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from engine import db as enginedb
 from engine.exceptions import EngineError
 from engine.logs import configure_logging
 
@@ -36,6 +37,7 @@ for _module in (_db, _actions, _demo, _doctor, _explain, _rules, _service):
 
 def main() -> None:
     configure_logging()  # text, or one JSON object per line with ENGINE_LOG_FORMAT=json
+    enginedb.set_application_name("engine-cli")
     try:
         app()
     except EngineError as exc:

@@ -230,7 +230,7 @@ def _watch(url: str, scenario: Scenario, receiver: demo_receiver.Receiver, names
     """Show the live table until every expected trigger exists and its delivery is settled."""
     deadline = time.monotonic() + timeout
     settled_since: float | None = None
-    with psycopg.connect(url, autocommit=True) as conn, Live(console=console, refresh_per_second=4) as live:
+    with enginedb.connect(url, autocommit=True) as conn, Live(console=console, refresh_per_second=4) as live:
         while True:
             progress = _progress(conn, names, after)
             received = receiver.snapshot()

@@ -38,6 +38,7 @@ def serve(
     """Run the evaluation service until SIGINT/SIGTERM."""
     from engine.scheduler import Service
 
+    enginedb.set_application_name("engine-serve")
     settings = get_settings()
     if metrics_port is not None:
         settings = settings.model_copy(update={"metrics_port": metrics_port})

@@ -1,14 +1,18 @@
-"""One SDK session per process and database: two connections and the writer.
+"""One SDK session per process and database: ONE connection, and the writer.
 
 Opening a connection costs milliseconds, which a script that starts hundreds of short runs
 (sweeps, importers, the benchmark) would pay every time; so runs and `Api` calls share a
 session, counted by `acquire`/`release`, and an unused session lingers a few seconds before
-it closes. The *control* connection carries run states and artifacts (the caller's thread);
-the writer has its own for the flushes, so that a flush never waits behind a run's change.
+it closes. The session's `Transport` holds at most one connection, for run states,
+artifacts and the writer's flushes alike (a flush and a state change take turns): a hundred
+training jobs cost a hundred connections at most, and a job that logs rarely holds none
+between its flushes, since the connection closes after ENGINE_SDK_IDLE_TIMEOUT seconds
+unused. Nothing relies on session state across transactions (no prepared statements, SET,
+LISTEN or session locks), so the connection may go through PgBouncer in transaction mode.
 
-The first session on the embedded database migrates it when migrations are pending (a user
-runs `import engine; engine.init(...)` with no setup); an external database must already be
-migrated (`engine db migrate`), else SchemaNotReady says so.
+The first connection to the embedded database migrates it when migrations are pending (a
+user runs `import engine; engine.init(...)` with no setup); an external database must already
+be migrated (`engine db migrate`), else SchemaNotReady says so.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -31,9 +35,83 @@ from engine.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 LINGER_SECONDS = 5.0
+APPLICATION_NAME = "engine-sdk"
 
 _registry: dict[Settings, Session] = {}
 _registry_lock = threading.Lock()
+
+
+class Transport:
+    """The session's one connection: opened on first use, replaced when broken, closed once
+    unused for `idle_timeout` seconds (the writer thread calls `close_if_idle`)."""
+
+    def __init__(self, url: str, settings: Settings, *, on_open: Callable[[psycopg.Connection], None]):
+        self.url = url
+        self.settings = settings
+        self.idle_timeout = settings.sdk_idle_timeout
+        self._on_open = on_open
+        self._lock = threading.RLock()  # one user of the connection at a time
+        self._conn: psycopg.Connection | None = None
+        self._last_used = 0.0
+        self._schema_checked = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """The connection, for this thread only while the block runs (EngineError when none
+        can be opened)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                self.drop()
+                conn = self._conn = self._open()
+            try:
+                yield conn
+            finally:
+                self._last_used = time.monotonic()
+                if conn.closed or conn.broken or self.idle_timeout == 0:
+                    self.drop()
+
+    def _open(self) -> psycopg.Connection:
+        conn = db.connect(self.url, autocommit=True, settings=self.settings, application_name=APPLICATION_NAME)
+        try:
+            if not self._schema_checked:
+                if self.settings.database_url is None:
+                    if db.pending_migrations(conn):
+                        db.migrate(conn)
+                else:
+                    db.ensure_schema(conn)
+                self._schema_checked = True
+            self._on_open(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close_if_idle(self) -> float | None:
+        """Close the connection once unused for `idle_timeout` seconds. Returns the seconds
+        left before that, or None when no connection is open."""
+        if not self._lock.acquire(blocking=False):
+            return self.idle_timeout  # in use right now
+        try:
+            if self._conn is None:
+                return None
+            left = self._last_used + self.idle_timeout - time.monotonic()
+            if left > 0:
+                return left
+            self.drop()
+            return None
+        finally:
+            self._lock.release()
+
+    def drop(self) -> None:
+        """Close the connection (the next use opens a new one)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass
 
 
 class Session:
@@ -45,53 +123,27 @@ class Session:
         self.closed = False
         self.idle_since = 0.0
         self.reaper: threading.Timer | None = None
-        self._control_lock = threading.RLock()
-        self._control = self._connect()
-        try:
-            if settings.database_url is None:
-                if db.pending_migrations(self._control):
-                    db.migrate(self._control)
-            else:
-                db.ensure_schema(self._control)
-        except BaseException:
-            self._control.close()
-            raise
-        self.writer = Writer(self._connect, settings)
+        self.transport = Transport(self.url, settings, on_open=Writer.prepare_connection)
+        self.writer = Writer(self.transport, settings)
         self.writer.start()
-
-    def _connect(self) -> psycopg.Connection:
-        return db.connect(self.url, autocommit=True)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
-        """The control connection inside one transaction, translated errors at the boundary.
-        A broken connection is replaced at the next call."""
-        with self._control_lock:
-            conn = self._control_connection()
-            with db.boundary(), conn.transaction():
-                yield conn
+        """The connection inside one transaction, translated errors at the boundary."""
+        with self.transport.connection() as conn, db.boundary(), conn.transaction():
+            yield conn
 
     def execute(self, statement: str, params: dict[str, Any]) -> tuple | None:
         """One statement on its own (atomic without BEGIN/COMMIT round trips); its first row."""
-        with self._control_lock:
-            conn = self._control_connection()
-            with db.boundary():
-                return conn.execute(statement, params).fetchone()
-
-    def _control_connection(self) -> psycopg.Connection:
-        # after the server went away the connection is broken: replace it on the next call
-        if self._control.closed or self._control.broken:
-            self._control.close()
-            self._control = self._connect()
-        return self._control
+        with self.transport.connection() as conn, db.boundary():
+            return conn.execute(statement, params).fetchone()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.writer.stop()
-        with self._control_lock:
-            self._control.close()
+        self.transport.drop()
 
 
 def acquire(settings: Settings | None = None) -> Session:

@@ -24,7 +24,8 @@ import logging
 import struct
 import threading
 import time as _time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -34,6 +35,16 @@ from psycopg.pq import Format
 from engine.db import boundary, query
 from engine.exceptions import DatabaseUnavailable, EngineError, IngestError
 from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Transport(Protocol):
+        """What the writer needs of the session's connection (session.Transport)."""
+
+        def connection(self) -> AbstractContextManager[psycopg.Connection]: ...
+        def close_if_idle(self) -> float | None: ...
+        def drop(self) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +89,8 @@ class Stream:
 class Writer:
     """Buffer + flush thread for every run of one process and database (see module docstring)."""
 
-    def __init__(self, connect: Callable[[], psycopg.Connection], settings: Settings):
-        self._connect = connect
-        self._conn: psycopg.Connection | None = None
+    def __init__(self, transport: Transport, settings: Settings):
+        self._transport = transport
         self.interval = settings.flush_interval
         self.flush_points = settings.flush_max_points
         self.buffer_points = settings.buffer_max_points
@@ -114,15 +124,19 @@ class Writer:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread and close the connection (buffered points are the runs' business:
-        `Run.finish` flushes or reports them before a session closes)."""
+        """Stop the thread (buffered points are the runs' business: `Run.finish` flushes or
+        reports them before a session closes)."""
         with self._lock:
             self._stopping = True
             self._wake.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        with self._flush_lock:
-            self._close_connection()
+
+    @staticmethod
+    def prepare_connection(conn: psycopg.Connection) -> None:
+        """Called on every new connection of the session: the tails' binary array dumpers."""
+        for array in (Int8Array, Float8Array, TimestamptzArray):
+            conn.adapters.register_dumper(array, array.Dumper)
 
     # -- appending (hot path) ---------------------------------------------------------
     def note_keys(self, keys: list[str]) -> None:
@@ -328,7 +342,13 @@ class Writer:
         the COPYs, then the series upserts, NOTIFY, closing statements and COMMIT together.
         (psycopg's transaction() would add two: COPY cannot run inside a pipeline, so the
         transaction is opened and committed by hand around it.)"""
-        conn = self._connection()
+        with self._transport.connection() as conn:
+            return self._write_on(conn, batch, unknown, closing)
+
+    def _write_on(
+        self, conn: psycopg.Connection, batch: list[tuple[Stream, list[Record], list[Record], int]], unknown: list[str],
+        closing: list[tuple[Stream, str, dict]],
+    ) -> tuple[dict[str, int], list[tuple[Stream, tuple | None]]]:
         new_ids: dict[str, int] = {}
         try:
             with boundary():
@@ -368,7 +388,7 @@ class Writer:
         except BaseException as exc:
             self._abort(conn)
             if isinstance(exc, DatabaseUnavailable) or conn.broken or conn.closed:
-                self._close_connection()
+                self._transport.drop()
             raise
 
     def _abort(self, conn: psycopg.Connection) -> None:
@@ -377,7 +397,7 @@ class Writer:
         try:
             conn.execute(_ROLLBACK)
         except psycopg.Error:
-            self._close_connection()
+            self._transport.drop()
 
     def _copy_run(self, write, run_pk: int, records: list[Record], ids: dict[str, int], seq: int, series: list) -> int:
         """COPY one run's records (the hot loop of a flush: one tuple and one write_row per
@@ -431,23 +451,6 @@ class Writer:
                 break
         return {kid: tuple(list(column) for column in zip(*reversed(got))) for kid, got in found.items()}
 
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._close_connection()
-            conn = self._connect()
-            for array in (Int8Array, Float8Array, TimestamptzArray):
-                conn.adapters.register_dumper(array, array.Dumper)
-            self._conn = conn
-        return self._conn
-
-    def _close_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
-
     def _warn(self, error: EngineError) -> None:
         # one warning per WARN_EVERY seconds of an outage, whoever retries (thread or finish)
         now = _time.monotonic()
@@ -461,13 +464,15 @@ class Writer:
     def _loop(self) -> None:
         failures = 0
         while True:
+            # the connection closes when unused for a while (wake up in time to close it)
+            idle = self._transport.close_if_idle()
             with self._lock:
                 if failures:
                     self._wake.wait_for(lambda: self._stopping, timeout=min(BACKOFF_START * 2**failures, BACKOFF_MAX))
                 else:
                     self._wake.wait_for(
                         lambda: self._stopping or self._queued >= self.flush_points or self._blocked,
-                        timeout=self.interval,
+                        timeout=self.interval if idle is None else min(self.interval, idle),
                     )
                 if self._stopping:
                     return

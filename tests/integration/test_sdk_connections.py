@@ -1,0 +1,138 @@
+"""The SDK's database connections: at most one per process, closed when idle, PgBouncer-safe.
+
+A training process is a real subprocess here; its connections are counted in
+pg_stat_activity by application_name (`engine-sdk`).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+
+import engine
+from tests.integration.sdk_helpers import close_sdk_sessions, set_env, wait_for  # noqa: F401
+
+# Three runs (one with system metrics every 0.1 s), artifacts and Api calls, all logging at
+# once; then the sampled run finishes and the process goes quiet with two runs still open.
+TRAINING = r"""
+import sys, threading, engine
+
+runs = [engine.init(project="acme/vision", id=f"conn-{i}", system_metrics_interval=0.1 if i == 0 else 0)
+        for i in range(3)]
+api = engine.Api(user="alice")
+logged = [0, 0, 0]
+
+def log(run_index, n):
+    for _ in range(n):
+        runs[run_index].log({"loss": 0.5, "acc": 0.25})
+        logged[run_index] += 2
+
+print("busy", flush=True)
+threads = [threading.Thread(target=log, args=(i, 3000)) for i in (1, 2)]
+for t in threads:
+    t.start()
+for k in range(30):
+    log(0, 100)
+    v = runs[0].log_artifact("data", type="dataset", metadata={"k": k})
+    api.add_tag(v, f"t{k}")
+    runs[0].flush()
+for t in threads:
+    t.join()
+runs[0].finish()
+print("idle", flush=True)
+for line in sys.stdin:
+    if line.strip() == "log":
+        for i in (1, 2):
+            log(i, 1)
+            runs[i].flush()
+        print("logged", flush=True)
+    elif line.strip() == "finish":
+        for run in runs[1:]:
+            run.finish()
+        print("logged", *logged, flush=True)
+        break
+"""
+
+SDK_CONNECTIONS = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'engine-sdk'"
+)
+
+
+def _lines(proc: subprocess.Popen) -> queue.Queue:
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.put(line.strip())
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_a_training_process_holds_at_most_one_connection_and_closes_it_when_idle(conn, database_url):
+    env = {
+        **os.environ, "ENGINE_DATABASE_URL": database_url, "ENGINE_FLUSH_INTERVAL": "0.05",
+        "ENGINE_SDK_IDLE_TIMEOUT": "3",
+    }
+    with subprocess.Popen(
+        [sys.executable, "-c", TRAINING], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        lines = _lines(proc)
+        assert lines.get(timeout=60) == "busy"
+        samples: list[list[int]] = []
+        while lines.empty():  # every sample while the process logs from three threads
+            samples.append([pid for (pid,) in conn.execute(SDK_CONNECTIONS)])
+        assert lines.get() == "idle", proc.stderr.read() if proc.poll() is not None else ""
+        assert max(len(s) for s in samples) == 1
+        # one connection all along: a process that keeps logging keeps it open
+        assert len({pid for s in samples for pid in s}) == 1
+
+        # quiet, with two runs still open: the connection closes after ENGINE_SDK_IDLE_TIMEOUT
+        assert wait_for(lambda: not conn.execute(SDK_CONNECTIONS).fetchall(), timeout=30)
+        proc.stdin.write("log\n")
+        proc.stdin.flush()
+        assert lines.get(timeout=60) == "logged"  # logged through a new connection...
+        assert len(conn.execute(SDK_CONNECTIONS).fetchall()) <= 1
+        assert wait_for(lambda: not conn.execute(SDK_CONNECTIONS).fetchall(), timeout=30)  # ...closed again
+
+        proc.stdin.write("finish\n")
+        proc.stdin.flush()
+        final = lines.get(timeout=60).split()
+        assert proc.wait(60) == 0, proc.stderr.read()
+    logged = [int(n) for n in final[1:]]
+    stored = dict(conn.execute(
+        "SELECT r.run_id, count(p.*) FROM runs r LEFT JOIN metric_points p ON p.run_pk = r.id GROUP BY r.run_id"
+    ).fetchall())
+    assert stored == {f"conn-{i}": logged[i] for i in range(3)}
+    assert conn.execute("SELECT count(*) FROM runs WHERE state = 'finished'").fetchone()[0] == 3
+    assert conn.execute("SELECT count(*) FROM artifact_versions").fetchone()[0] == 30
+
+
+def test_the_sdk_connection_prepares_nothing_and_names_itself(conn, database_url, monkeypatch):
+    """Through PgBouncer in transaction mode, a statement prepared on one server connection is
+    missing on the next: psycopg would prepare after 5 executions unless told not to."""
+    set_env(monkeypatch, system_metrics_interval=0)
+    with engine.init(project="acme/vision", id="prepared") as run:
+        for i in range(20):
+            run.log({"loss": float(i)})
+            run.flush()
+        run.log_artifact("data", type="dataset")
+        with run._session.transport.connection() as c:
+            assert c.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
+            assert c.execute("SHOW application_name").fetchone()[0] == "engine-sdk"
+    assert conn.execute("SELECT count(*) FROM metric_points").fetchone()[0] == 20
+
+
+def test_with_an_idle_timeout_of_zero_no_connection_stays_open(conn, database_url, monkeypatch):
+    set_env(monkeypatch, system_metrics_interval=0, sdk_idle_timeout=0)
+    with engine.init(project="acme/vision", id="zero") as run:
+        run.log({"loss": 0.5})
+        run.flush()
+        assert conn.execute(SDK_CONNECTIONS).fetchall() == []
+        run.log({"loss": 0.25})
+    assert conn.execute("SELECT count(*) FROM metric_points").fetchone()[0] == 2
