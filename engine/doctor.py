@@ -108,7 +108,7 @@ def run_checks(settings: Settings | None = None, *, timeout: float = 3.0) -> lis
             checks.append(rules_check)
             automations_check, loaded = _stored_automations(stored)
             checks.append(automations_check)
-            checks += _targets(settings, loaded, timeout, source="stored automations")
+            checks += _targets(settings, loaded, timeout, source="enabled automations")
         checks.append(_deliveries(conn, role))
     return checks
 
