@@ -31,6 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.scheduler import connection_budget  # noqa: E402
+from engine.settings import Settings  # noqa: E402
 from tests.team_deployment import PgBouncer, TeamDatabase, run_fleet  # noqa: E402
 
 ENGINE = str(Path(sys.executable).with_name("engine"))
@@ -107,10 +109,14 @@ def main() -> None:
             print(f"{args.runs} jobs directly: {len(direct.failed)} failed; peaks {direct.peaks} ({direct.seconds:.1f} s)")
             figures["serve_connections"] = serve_figures
             figures["direct"] = {"failed": len(direct.failed), "peaks": direct.peaks, "seconds": round(direct.seconds, 1)}
-            fit = (args.max_connections - reserved - serve_figures["busy"]) // max(per_job, 1)
+            # what serve may hold (its budget), or what it was seen holding when that is more
+            serve_most = max(sum(connection_budget(Settings()).values()), serve_figures["busy"])
+            fit = (args.max_connections - reserved - serve_most) // max(per_job, 1)
             figures["direct_fit"] = fit
-            print(f"jobs that fit directly: ({args.max_connections} - {reserved} reserved - {serve_figures['busy']} "
+            print(f"jobs that fit directly: ({args.max_connections} - {reserved} reserved - {serve_most} "
                   f"serve) / {per_job} per job = {fit}")
+            for reason, count in direct.reasons().items():
+                print(f"  {count} x {reason}")
 
             with PgBouncer(database, {"trainer": "trainer-secret"}, pool_size=args.pool,
                            max_client_conn=args.runs + 30) as bouncer:
@@ -125,10 +131,8 @@ def main() -> None:
                   f"peaks {pooled.peaks} ({pooled.seconds:.1f} s)")
             figures["pgbouncer"] = {"pool": args.pool, "failed": len(pooled.failed), "peaks": pooled.peaks,
                                     "seconds": round(pooled.seconds, 1)}
-            failures = (direct.stderr + pooled.stderr).splitlines()
-            reasons = sorted({line.split(": ", 1)[-1][:160] for line in failures if "Error" in line and ": " in line})
-            if reasons:
-                print("failures seen: " + "\n  ".join(["", *reasons[:8]]))
+            for reason, count in pooled.reasons().items():
+                print(f"  {count} x {reason}")
         finally:
             serve.send_signal(signal.SIGTERM)
             serve.wait(30)

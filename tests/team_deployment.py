@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from engine import db as enginedb
 from engine.localdb import DB_NAME, LocalDatabase
@@ -120,7 +123,7 @@ class TeamDatabase:
 
     @property
     def superuser_url(self) -> str:
-        return f"{self.cluster.url(DB_NAME)}&port={self.port}"
+        return make_conninfo(self.cluster.url(DB_NAME), port=str(self.port))
 
     def admin(self) -> psycopg.Connection:
         return psycopg.connect(self.superuser_url, autocommit=True)
@@ -261,8 +264,10 @@ for i in range(spec["jobs"]):
         code = 0
         try:
             job(i)
-        except BaseException:
-            sys.stderr.write("job-%03d failed:\n%s" % (i, traceback.format_exc()))
+        except BaseException as exc:
+            # one short line first (a single write: never interleaved with another job's), then the traceback
+            sys.stderr.write("job-%03d failed: %s\n" % (i, traceback.format_exception_only(type(exc), exc)[-1].strip()))
+            sys.stderr.write(traceback.format_exc())
             code = 1
         try:
             atexit._run_exitfuncs()  # the SDK's exit handler closes its connection
@@ -294,6 +299,13 @@ class Fleet:
     def failed(self) -> list[str]:
         return sorted(job for job, code in self.codes.items() if code != 0)
 
+    def reasons(self) -> dict[str, int]:
+        """Each error that made jobs fail, with how many jobs it did."""
+        found: dict[str, int] = {}
+        for error in re.findall(r"^job-\d+ failed: (.*)$", self.stderr, re.MULTILINE):
+            found[error[:200]] = found.get(error[:200], 0) + 1
+        return found
+
 
 def run_fleet(
     url: str, *, jobs: int, steps: int, step_seconds: float, project: str, monitor: Any = None,
@@ -302,8 +314,6 @@ def run_fleet(
     """Run `jobs` training processes against `url` (ENGINE_DATABASE_URL). `monitor()`, if given,
     is called about ten times a second while they run and returns {name: value}: the peaks of
     each are kept in `Fleet.peaks` (connection counts, for the figures)."""
-    import time
-
     spec = {"jobs": jobs, "steps": steps, "step_seconds": step_seconds, "project": project}
     full_env = {
         **os.environ,

@@ -37,7 +37,7 @@ def test_120_training_jobs_through_pgbouncer_all_store_every_point() -> None:
             )
             pool_log = [line for line in bouncer.log if "ERROR" in line or "WARNING" in line]
 
-        assert fleet.failed == [], f"{len(fleet.failed)} jobs failed:\n{fleet.stderr[-6000:]}"
+        assert fleet.failed == [], f"{len(fleet.failed)} jobs failed: {fleet.reasons()}\n{fleet.stderr[-4000:]}"
         assert "Traceback" not in fleet.stderr, fleet.stderr[-6000:]
         with database.admin() as conn:
             series = stored_series(conn, "acme/bouncer")
