@@ -85,7 +85,7 @@ def run_checks(settings: Settings | None = None, *, timeout: float = 3.0) -> lis
         checks.append(Check("deliveries", "skip", skipped))
         return checks
     with conn:
-        role = conn.execute("SELECT current_user").fetchone()[0]
+        role = conn.execute("SELECT quote_ident(current_user)").fetchone()[0]  # as a GRANT names it
         checks.append(_timescaledb(conn, role))
         migrated = _migrations(conn, role)
         checks.append(migrated)
