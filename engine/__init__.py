@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 # The SDK is loaded on first use, so that `engine <command>` does not pay for it.
-_SDK_EXPORTS = ("Api", "ArtifactVersion", "RegistryLink", "Run", "StepWarning", "init")
+_SDK_EXPORTS = ("Api", "ArtifactVersion", "RegistryLink", "Run", "StepWarning", "ValueWarning", "init")
 __all__ = list(_SDK_EXPORTS)
 
 if TYPE_CHECKING:
-    from engine.sdk import Api, ArtifactVersion, RegistryLink, Run, StepWarning, init
+    from engine.sdk import Api, ArtifactVersion, RegistryLink, Run, StepWarning, ValueWarning, init
 
 
 def __getattr__(name: str) -> Any:

@@ -144,6 +144,39 @@ def connect(
         )
 
 
+def describe_url(url: str) -> str:
+    """Where a URL points, for messages: `dbname on host:port`, never the password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "the configured database"
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    where = host if str(host).startswith("/") else f"{host}:{params.get('port') or 5432}"
+    return f"{params.get('dbname') or params.get('user') or 'the database'} on {where}"
+
+
+# A connection failure carries no SQLSTATE (libpq reports it as text): the refusals that
+# retrying cannot fix are known by their words; any other failure (refused, timed out, reset,
+# a server starting, stopping or full, a pooler without a free server) may pass.
+_PERMANENT_CONNECT = ("authentication failed", "pg_hba.conf", "password", "does not exist", "permission denied",
+                      "not permitted to log in")
+_TRANSIENT_STATES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same call may succeed later (an outage, a full server) rather than never
+    (wrong password, missing database, schema or extension)."""
+    if isinstance(exc, (SchemaNotReady, ExtensionMissing)):
+        return False
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    if not isinstance(cause, psycopg.Error):
+        return isinstance(exc, DatabaseUnavailable)
+    if cause.sqlstate:
+        return cause.sqlstate.startswith(_TRANSIENT_STATES)
+    text = str(cause).lower()
+    return isinstance(cause, psycopg.OperationalError) and not any(w in text for w in _PERMANENT_CONNECT)
+
+
 # -- hand-written queries ------------------------------------------------------------------
 _BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 

@@ -30,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from engine import clock, db
 from engine.localdb import LocalDatabase
 from engine.rules import Automation
+from engine.sdk.session import Transport
 from engine.sdk.writer import Stream, Writer
 from engine.settings import Settings
 
@@ -232,7 +233,9 @@ class Logger:
 
     def __init__(self, url: str, data: Dataset):
         self.data = data
-        self.writer = Writer(lambda: db.connect(url, autocommit=True), settings_for(url))
+        settings = settings_for(url)
+        self.transport = Transport(url, settings, on_open=Writer.prepare_connection)
+        self.writer = Writer(self.transport, settings)
         self.streams = [Stream(data.run_pk(r), f"bench/eval/run-{r}", step=data.total - 1) for r in range(data.runs)]
         self.writer.note_keys(list(METRICS))
 
@@ -262,6 +265,7 @@ class Logger:
 
     def close(self) -> None:
         self.writer.stop()
+        self.transport.drop()
 
 
 def all_series(data: Dataset) -> list[tuple[int, int]]:

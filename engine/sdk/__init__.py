@@ -7,6 +7,6 @@ artifacts.py (versions, aliases, tags, registry links), api.py (Api), validate.p
 
 from engine.sdk.api import Api
 from engine.sdk.artifacts import ArtifactVersion, RegistryLink
-from engine.sdk.run import Run, StepWarning, init
+from engine.sdk.run import Run, StepWarning, ValueWarning, init
 
-__all__ = ["Api", "ArtifactVersion", "RegistryLink", "Run", "StepWarning", "init"]
+__all__ = ["Api", "ArtifactVersion", "RegistryLink", "Run", "StepWarning", "ValueWarning", "init"]

@@ -30,7 +30,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from engine import clock
-from engine.db import query
+from engine.db import is_transient, query
 from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, IngestError
 from engine.sdk import artifacts, session as sessions
 from engine.sdk.system import SamplerThread
@@ -48,6 +48,10 @@ _FLOAT = float
 
 class StepWarning(UserWarning):
     """A `run.log` call at a step lower than the run's current step was dropped."""
+
+
+class ValueWarning(UserWarning):
+    """A `run.log` value that is not a number was dropped (the rest of the call was logged)."""
 
 
 def init(
@@ -85,80 +89,118 @@ def init(
 
     session = sessions.acquire(settings)
     try:
-        at = clock.now()
-        run_id = id
-        while True:
-            if run_id is None:
-                run_id = _new_run_id()
-            # the common case, a new run: one statement, no explicit transaction
-            created = session.execute(
-                query("create_run"),
-                {
-                    "entity": entity, "project": project_name, "run_id": run_id, "name": name or run_id,
-                    "user": user, "config": config_json or Jsonb({}), "tags": tag_list or [], "at": at,
-                },
-            )
-            if created is not None or id is not None:
-                break
-            run_id = None  # a generated id that exists already: draw another
-        if created is not None:
-            (run_pk, project_id), steps = created, (-1, -1)
-            stored = (name or run_id, config or {}, tag_list or [])
-        elif not resume:
-            raise ValueError(f"run {run_id!r} already exists in {project}: pass resume=True to continue it")
-        else:
-            project_id, run_pk, stored, steps = _resume(
-                session, entity, project_name, run_id, name, config_json, tag_list, user, at
-            )
+        opening = _Opening(
+            entity, project_name, id or _new_run_id(), name, user, config, config_json, tag_list, clock.now(),
+            resume=resume, redraw=id is None,
+        )
+        stream = Stream(None, f"{project}/{opening.run_id}", opening=opening)
+        writer = session.writer
+        try:
+            if writer.unreachable:  # the same outage as another run's: do not wait for it again
+                raise writer.last_error  # type: ignore[misc]
+            writer.open(stream)
+        except EngineError as exc:
+            if not is_transient(exc):
+                raise
+            # The database may come back: the run goes on in memory and is created (under
+            # the id it has now) before its first points once the database answers.
+            opening.redraw = False
+            writer.defer(stream, exc)
+        stream.label = f"{project}/{opening.run_id}"
     except BaseException:
         sessions.release(session)
         raise
-    run = Run(
-        session, project=project, project_id=project_id, pk=run_pk, id=run_id, name=stored[0], user=user,
-        config=stored[1], tags=list(stored[2]), step=steps[0], system_step=steps[1],
-    )
+    run = Run(session, opening, stream, project=project, user=user, strict=settings.strict)
     if interval > 0:
         run._start_sampler(interval)
     return run
 
 
-def _resume(
-    session: sessions.Session, entity: str, project_name: str, run_id: str, name: str | None,
-    config: Jsonb | None, tags: list[str] | None, user: str | None, at: datetime,
-) -> tuple[int, int, tuple[str, dict, list], tuple[int, int]]:
-    """Back to `running` (with its event) unless it runs; what was given replaces what was
-    stored. Returns project id, run pk, (name, config, tags), and the last (step, sample)."""
-    with session.transaction() as conn:
-        (project_id,) = conn.execute(query("upsert_project"), {"entity": entity, "project": project_name}).fetchone()
-        run_pk, state = conn.execute(query("lock_run"), {"project_id": project_id, "run_id": run_id}).fetchone()
-        stored = conn.execute(
-            query("update_run_attributes"), {"run_pk": run_pk, "name": name, "config": config, "tags": tags}
+class _Opening:
+    """A run's creation, or its resumption: what `engine.init` was given, run in ONE
+    transaction by `open` — by init itself, or by the writer when the database answers later
+    (writer.py). Holds what the database answered (pk, stored name/config/tags)."""
+
+    def __init__(
+        self, entity: str, project: str, run_id: str, name: str | None, user: str | None, config: dict | None,
+        config_json: Jsonb | None, tags: list[str] | None, at: datetime, *, resume: bool, redraw: bool,
+    ):
+        self.entity, self.project, self.run_id, self.name, self.user = entity, project, run_id, name, user
+        self.config_json, self.tags, self.at = config_json, tags, at
+        self.resume = resume
+        self.redraw = redraw  # the id was generated and nobody saw it yet: draw another when taken
+        self.pk: int | None = None
+        self.project_id: int | None = None
+        # name, config and tags as stored (a resumed run's, until the database answers: as given)
+        self.stored: tuple[str, dict[str, Any], list[str]] = (name or run_id, config or {}, tags or [])
+
+    def open(self, conn: psycopg.Connection) -> tuple[int, int, int]:
+        """Create (or resume) the run; (its pk, its last stored step and system sample)."""
+        while True:
+            # the common case, a new run: one statement
+            created = conn.execute(
+                query("create_run"),
+                {
+                    "entity": self.entity, "project": self.project, "run_id": self.run_id,
+                    "name": self.name or self.run_id, "user": self.user, "config": self.config_json or Jsonb({}),
+                    "tags": self.tags or [], "at": self.at,
+                },
+            ).fetchone()
+            if created is not None:
+                self.pk, self.project_id = created
+                self.stored = (self.name or self.run_id, *self.stored[1:])
+                return self.pk, -1, -1
+            if self.resume:
+                return self._resume(conn)
+            mine = conn.execute(
+                query("find_created_run"),
+                {"entity": self.entity, "project": self.project, "run_id": self.run_id, "at": self.at, "user": self.user},
+            ).fetchone()
+            if mine is not None:  # created by an earlier attempt whose answer was lost
+                self.pk, self.project_id = mine
+                return self.pk, *conn.execute(query("run_max_steps"), {"run_pk": self.pk}).fetchone()
+            if not self.redraw:
+                raise ValueError(
+                    f"run {self.run_id!r} already exists in {self.entity}/{self.project}: pass resume=True to continue it"
+                )
+            self.run_id = _new_run_id()  # a generated id that exists already: draw another
+
+    def _resume(self, conn: psycopg.Connection) -> tuple[int, int, int]:
+        """Back to `running` (with its event) unless it runs; what was given replaces what
+        was stored."""
+        (self.project_id,) = conn.execute(
+            query("upsert_project"), {"entity": self.entity, "project": self.project}
         ).fetchone()
+        self.pk, state = conn.execute(
+            query("lock_run"), {"project_id": self.project_id, "run_id": self.run_id}
+        ).fetchone()
+        name, config, tags = conn.execute(
+            query("update_run_attributes"),
+            {"run_pk": self.pk, "name": self.name, "config": self.config_json, "tags": self.tags},
+        ).fetchone()
+        self.stored = (name, config, list(tags))
         if state != "running":
-            _transition(conn, run_pk, ("finished", "failed", "killed"), "running", None, user, at)
-        steps = conn.execute(query("run_max_steps"), {"run_pk": run_pk}).fetchone()
-    return project_id, run_pk, stored, steps
+            _transition(conn, self.pk, ("finished", "failed", "killed"), "running", None, self.user, self.at)
+        step, system_step = conn.execute(query("run_max_steps"), {"run_pk": self.pk}).fetchone()
+        return self.pk, step, system_step
 
 
 class Run:
     """A run being logged. Made by `engine.init()`; not constructed directly."""
 
     def __init__(
-        self, session: sessions.Session, *, project: str, project_id: int, pk: int, id: str, name: str,
-        user: str | None, config: dict[str, Any], tags: list[str], step: int, system_step: int,
+        self, session: sessions.Session, opening: _Opening, stream: Stream, *, project: str, user: str | None,
+        strict: bool,
     ):
         self.project = project
-        self.project_id = project_id
-        self.pk = pk  # runs.id ("run_pk" in the schema)
-        self.id = id
-        self.name = name
         self.user = user
-        self.config = config
-        self.tags = tags
         self.state = "running"
+        self._opening = opening
         self._session = session
         self._writer = session.writer
-        self._stream = Stream(pk, f"{project}/{id}", step=step, system_step=system_step)
+        self._stream = stream
+        self._strict = strict
+        self._dropped: set[str] = set()  # keys whose value was not a number (warned once)
         self._keys: set[str] = set()  # keys validated by this run
         self._last_keys: tuple[str, ...] | None = None  # the keys of the last log() call
         self._sampler: SamplerThread | None = None
@@ -170,6 +212,33 @@ class Run:
     def __repr__(self) -> str:
         return f"<Run {self.project}/{self.id} name={self.name!r} state={self.state}>"
 
+    # What the database stored; until a run started during an outage is created: what
+    # engine.init was given (pk and project_id None).
+    @property
+    def id(self) -> str:
+        return self._opening.run_id
+
+    @property
+    def pk(self) -> int | None:
+        """The `runs.id` ("run_pk" in the schema)."""
+        return self._opening.pk
+
+    @property
+    def project_id(self) -> int | None:
+        return self._opening.project_id
+
+    @property
+    def name(self) -> str:
+        return self._opening.stored[0]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._opening.stored[1]
+
+    @property
+    def tags(self) -> list[str]:
+        return self._opening.stored[2]
+
     @property
     def step(self) -> int:
         """The run's current step (-1 before anything was logged)."""
@@ -179,9 +248,12 @@ class Run:
     def log(self, data: Mapping[str, Any], step: int | None = None, time: datetime | None = None) -> None:
         """Log numbers at a step (default: the current step + 1; the first call is step 0).
 
-        Values: int, float, bool (0/1), numpy scalars; anything else is a TypeError naming
-        the key, and nothing of the call is logged. A step lower than the current one drops
-        the whole call with a StepWarning. `time`: a timezone-aware datetime (default now).
+        Values: anything `float()` converts (int, bool as 0/1, numpy scalars and 0-d arrays,
+        scalar tensors, Decimal), except text. Any other value is dropped with a ValueWarning
+        naming its key (once per key and run) and the rest of the call is logged; with
+        ENGINE_STRICT=1 it is a TypeError and nothing of the call is logged. A step lower than
+        the current one drops the whole call with a StepWarning. `time`: a timezone-aware
+        datetime (default now).
         """
         # The hot path (benchmarked): the same keys as the previous call and float values
         # cost one tuple comparison and one type check per value, and buffer two tuples.
@@ -194,7 +266,7 @@ class Run:
             raise TypeError(f"run.log takes a dict of metric values, not {type(data).__name__}") from None
         for value in values:
             if type(value) is not _FLOAT:
-                values = tuple(v if type(v) is _FLOAT else to_float(k, v) for k, v in zip(keys, values))
+                keys, values = self._numbers(keys, values)
                 break
         last = self._last_keys
         if keys == last:
@@ -213,6 +285,30 @@ class Run:
                 ),
                 stacklevel=2,
             )
+
+    def _numbers(self, keys: tuple[str, ...], values: tuple[Any, ...]) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """The call's values as floats, without those that are not numbers (a ValueWarning
+        per key and run; ENGINE_STRICT=1: the TypeError)."""
+        kept: list[tuple[str, float]] = []
+        for key, value in zip(keys, values):
+            try:
+                kept.append((key, value if type(value) is _FLOAT else to_float(key, value)))
+            except (TypeError, ValueError) as exc:
+                check_key(key)  # a bad key is refused as ever, whatever its value
+                if self._strict:
+                    raise
+                if key not in self._dropped:
+                    self._dropped.add(key)
+                    warnings.warn(
+                        ValueWarning(
+                            f"run {self.project}/{self.id}: {exc}; dropped, the rest of the call is logged "
+                            "(warned once per key; ENGINE_STRICT=1 makes it an error)"
+                        ),
+                        stacklevel=3,
+                    )
+        if len(kept) == len(keys):
+            return keys, tuple(v for _, v in kept)
+        return tuple(k for k, _ in kept), tuple(v for _, v in kept)
 
     def _check_keys(self, keys: tuple[str, ...], *, system: bool = False) -> None:
         """Validate keys this run has not seen yet (the writer interns them at its next flush)."""
@@ -255,7 +351,7 @@ class Run:
         _active.discard(self)
         deadline = _time.monotonic() + timeout
         to_state = "finished" if exit_code == 0 else "failed"
-        transition = _transition_params(self.pk, ("running",), to_state, exit_code, self.user)
+        transition = _transition_params(None, ("running",), to_state, exit_code, self.user)  # run_pk: once known
         try:
             if self._sampler is not None:
                 self._sampler.stop()
@@ -266,6 +362,8 @@ class Run:
                 done, changed = self._writer.finish(self._stream, query("transition_run"), transition, timeout=timeout)
             except IngestError as exc:
                 self._writer.discard(self._stream)
+                if self.pk is None:  # the run was never created: no state to change
+                    raise
                 error = exc
             try:
                 if done:
@@ -284,6 +382,7 @@ class Run:
     def _change_state(self, transition: dict[str, Any], deadline: float) -> None:
         """The state change on its own, retried while the database is unreachable."""
         backoff = 0.1
+        transition["run_pk"] = self.pk
         while True:
             try:
                 changed = self._session.execute(query("transition_run"), transition)
@@ -324,6 +423,7 @@ class Run:
     ) -> artifacts.ArtifactVersion:
         """A new version of the artifact collection `name` (created with `type` if new),
         produced by this run; `latest` and `aliases` point to it, `tags` are added."""
+        self._writer.ensure_open(self._stream)  # a run started during an outage: created first
         with self._session.transaction() as conn:
             return artifacts.create_version(
                 conn, project_id=self.project_id, project=self.project, name=name, type=type, metadata=metadata,
@@ -351,7 +451,7 @@ def _transition(
 
 
 def _transition_params(
-    run_pk: int, from_states: Iterable[str], to_state: str, exit_code: int | None, author: str | None,
+    run_pk: int | None, from_states: Iterable[str], to_state: str, exit_code: int | None, author: str | None,
     at: datetime | None = None,
 ) -> dict[str, Any]:
     return {

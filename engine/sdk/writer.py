@@ -16,23 +16,31 @@ Flushes run one at a time (a lock), so batches of a run commit in logging order 
 follows it. When the database cannot be reached the points stay buffered (in order) and the
 flush is retried with backoff; the buffer is bounded by `buffer_max_points`, after which
 `append` blocks until there is room instead of dropping anything.
+
+A run may exist before the database has it: when `engine.init` cannot reach the database,
+the run's creation (its `Opening`) waits in its stream, the run's points are buffered as
+usual, and the first flush that reaches the database creates the run (one transaction)
+before it stores any of its points. A resumed run's stored steps are only known then: the
+points it logged meanwhile keep the steps they were given (`None` for "the next one") and
+are numbered when it opens, as if they had been logged after it.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import struct
 import threading
 import time as _time
-from typing import TYPE_CHECKING
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from engine.db import boundary, query
+from engine.db import boundary, describe_url, is_transient, query
 from engine.exceptions import DatabaseUnavailable, EngineError, IngestError
 from engine.settings import Settings
 
@@ -42,9 +50,19 @@ if TYPE_CHECKING:
     class Transport(Protocol):
         """What the writer needs of the session's connection (session.Transport)."""
 
+        url: str
+
         def connection(self) -> AbstractContextManager[psycopg.Connection]: ...
         def close_if_idle(self) -> float | None: ...
         def drop(self) -> None: ...
+
+    class Opening(Protocol):
+        """A run's creation (run.py): `open` runs it in the given transaction and returns
+        (run pk, last stored step, last stored system sample), -1 when there is none."""
+
+        resume: bool  # the run may have stored points: its steps continue after them
+
+        def open(self, conn: psycopg.Connection) -> tuple[int, int, int]: ...
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +74,6 @@ COPY_TYPES = ("timestamptz", "int8", "int4", "int8", "int8", "float8")
 _BEGIN, _COMMIT, _ROLLBACK = "BEGIN", "COMMIT", "ROLLBACK"
 BACKOFF_START = 0.1
 BACKOFF_MAX = 10.0
-WARN_EVERY = 30.0  # seconds between warnings while the database stays unreachable
 
 Record = tuple[datetime, int, tuple[str, ...], tuple[float, ...]]
 
@@ -65,10 +82,17 @@ class Stream:
     """One run's buffered points. Only the Writer touches these fields, under its lock."""
 
     __slots__ = ("run_pk", "label", "records", "system", "queued", "inflight", "step", "system_step", "closing",
-                 "closed")
+                 "closed", "opening", "failed", "lost")
 
-    def __init__(self, run_pk: int, label: str, *, step: int = -1, system_step: int = -1):
-        self.run_pk = run_pk
+    def __init__(
+        self, run_pk: int | None, label: str, *, step: int = -1, system_step: int = -1, opening: Opening | None = None
+    ):
+        self.run_pk = run_pk  # None until the run is in the database
+        # The run's creation until the database did it: no flush takes the stream's points
+        # before (see the module docstring).
+        self.opening = opening
+        self.failed: IngestError | None = None  # the run could not be created: its points are dropped
+        self.lost = 0  # points dropped since
         self.label = label
         self.step = step  # the run's current step: a call without step logs at step + 1
         self.system_step = system_step  # index of the last system sample
@@ -100,7 +124,8 @@ class Writer:
         self._wake = threading.Condition(self._lock)  # writer thread: something to flush
         self._room = threading.Condition(self._lock)  # appenders: the buffer has room again
         self._flush_lock = threading.Lock()  # one flush at a time (seq order, one connection)
-        self._dirty: dict[Stream, None] = {}  # streams with queued points, in order
+        self._dirty: dict[Stream, None] = {}  # streams with queued points (or to open), in order
+        self._pending: dict[Stream, None] = {}  # streams whose run the database has not created yet
         self._queued = 0
         self._inflight = 0
         self._blocked = 0  # appenders waiting for room
@@ -109,7 +134,8 @@ class Writer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.last_error: EngineError | None = None  # of the last flush; None once one succeeds
-        self._last_warning = 0.0
+        self._warned = False  # about the current outage (one warning per outage)
+        self.where = describe_url(transport.url)
 
         self._q_copy = {False: query("copy_metric_points"), True: query("copy_system_metrics")}
         self._q_batch = query("next_ingest_batch")
@@ -158,12 +184,15 @@ class Writer:
             if self._queued + self._inflight + n > self.buffer_points and (self._queued or self._inflight):
                 self._wait_for_room(n)
             current = stream.step
+            given = step
             if step is None:
                 step = current + 1
             elif step < current:
                 return current
             stream.step = step
-            if n:
+            if stream.opening is not None:  # rare: the database has not created the run yet
+                self._append_early(stream, (time, given if stream.opening.resume else step, keys, values))
+            elif n:
                 stream.records.append((time, step, keys, values))
                 if not stream.queued:
                     self._dirty[stream] = None
@@ -173,6 +202,17 @@ class Writer:
                     self._wake.notify()
         return None
 
+    def _append_early(self, stream: Stream, record: tuple) -> None:
+        """A record of a run not created yet (a resumed run's record keeps the step it was
+        given, None for "the next one", until its stored steps are known)."""
+        n = len(record[3])
+        if stream.failed is not None:
+            stream.lost += n
+            return
+        stream.records.append(record)
+        stream.queued += n
+        self._queued += n
+
     def append_system(self, stream: Stream, time: datetime, keys: tuple[str, ...], values: tuple[float, ...]) -> None:
         """Buffer one system sample; its step is its index among the run's samples."""
         n = len(values)
@@ -180,6 +220,9 @@ class Writer:
             if self._queued + self._inflight + n > self.buffer_points and (self._queued or self._inflight):
                 self._wait_for_room(n)
             stream.system_step += 1
+            if stream.failed is not None:
+                stream.lost += n
+                return
             stream.system.append((time, stream.system_step, keys, values))
             if not stream.queued:
                 self._dirty[stream] = None
@@ -195,6 +238,96 @@ class Writer:
         finally:
             self._blocked -= 1
 
+    # -- runs the database has not created yet -------------------------------------------
+    def open(self, stream: Stream) -> None:
+        """Create the stream's run now (one transaction); raises what the database raised.
+        Once it is in the database its points are flushed like any other's."""
+        assert stream.opening is not None
+        with self._transport.connection() as conn, boundary(), conn.transaction():
+            run_pk, step, system_step = stream.opening.open(conn)
+        with self._lock:
+            stream.run_pk = run_pk
+            if stream.opening.resume:
+                self._renumber(stream, step, system_step)
+            stream.opening = None
+            self._pending.pop(stream, None)
+            if not stream.queued:
+                self._dirty.pop(stream, None)
+        self._recovered()
+
+    def defer(self, stream: Stream, error: EngineError) -> None:
+        """The database cannot create the run now (`error`): the flushes create it once it
+        answers; meanwhile its points are buffered."""
+        with self._lock:
+            self._pending[stream] = None
+            self._dirty[stream] = None
+            self.last_error = error
+        self._warn(error)
+
+    def ensure_open(self, stream: Stream) -> None:
+        """Make sure the stream's run is in the database (before a change that refers to it)."""
+        with self._flush_lock:
+            if stream.failed is not None:
+                raise self._lost(stream)
+            if stream.opening is not None:
+                self.open(stream)
+
+    @property
+    def unreachable(self) -> bool:
+        """The last attempt to reach the database failed in a way that may pass."""
+        error = self.last_error
+        return error is not None and is_transient(error)
+
+    def _open_pending(self) -> None:
+        with self._lock:
+            pending = list(self._pending)
+        for stream in pending:
+            try:
+                self.open(stream)
+            except ValueError as exc:  # its id belongs to another run: it can never be created
+                self._fail(stream, exc)
+
+    def _renumber(self, stream: Stream, step: int, system_step: int) -> None:
+        """Give a resumed run's early records their steps, after the stored ones (`step`,
+        `system_step`), as `append` would have had it known them."""
+        records, dropped, current = [], 0, step
+        for t, given, keys, values in stream.records:
+            if given is None:
+                given = current + 1
+            elif given < current:
+                dropped += len(values)
+                continue
+            current = given
+            if values:
+                records.append((t, given, keys, values))
+        stream.records, stream.step = records, current
+        stream.system = [(t, system_step + 1 + i, keys, values) for t, i, keys, values in stream.system]
+        stream.system_step += system_step + 1
+        if dropped:
+            stream.queued -= dropped
+            self._queued -= dropped
+            self._room.notify_all()
+            log.warning(
+                "run %s continues after step %d: %d points logged at lower steps before the database answered "
+                "were dropped", stream.label, step, dropped,
+            )
+
+    def _fail(self, stream: Stream, error: Exception) -> None:
+        with self._lock:
+            stream.failed = IngestError(f"run {stream.label} could not be created: {error}")
+            stream.lost += stream.queued
+            self._queued -= stream.queued
+            stream.queued = 0
+            stream.records, stream.system = [], []
+            self._pending.pop(stream, None)
+            self._dirty.pop(stream, None)
+            self._room.notify_all()
+        log.error("%s; what it logs is dropped", stream.failed)
+
+    @staticmethod
+    def _lost(stream: Stream) -> IngestError:
+        return IngestError(f"{stream.failed}; {stream.lost} logged points were not stored")
+
     # -- flushing ---------------------------------------------------------------------
     def flush(self, stream: Stream | None = None, *, timeout: float | None = None) -> None:
         """Store what is buffered now (for `stream`: until none of its points is left).
@@ -207,7 +340,9 @@ class Writer:
         backoff = BACKOFF_START
         while True:
             with self._lock:
-                left = stream.unstored if stream is not None else self._queued + self._inflight
+                if stream is not None and stream.failed is not None:
+                    raise self._lost(stream)
+                left = self._left(stream)
             if not left:
                 return
             try:
@@ -220,14 +355,23 @@ class Writer:
             if remaining is not None and remaining <= 0:
                 with self._lock:
                     left = stream.unstored if stream is not None else self._queued + self._inflight
+                    never = stream is not None and stream.opening is not None
                 what = f"of run {stream.label} " if stream is not None else ""
+                if never:
+                    what += "(the run itself is not in the database) "
                 raise IngestError(
-                    f"{left} points {what}were not stored: {error}. Check that the database is reachable "
-                    "(`engine db status`, ENGINE_DATABASE_URL)."
+                    f"{left} points {what}were not stored: {str(error).rstrip('.')}. Check that the database is "
+                    "reachable (`engine db status`, ENGINE_DATABASE_URL)."
                 ) from error
             self._warn(error)
-            _time.sleep(backoff if remaining is None else min(backoff, remaining))
+            _time.sleep(_jitter(backoff) if remaining is None else min(_jitter(backoff), remaining))
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _left(self, stream: Stream | None) -> int:
+        """Points (and runs to create) still to store, of `stream` or of every stream."""
+        if stream is None:
+            return self._queued + self._inflight + len(self._pending)
+        return stream.unstored + (stream.opening is not None)
 
     def finish(
         self, stream: Stream, statement: str, params: dict, *, timeout: float | None = None
@@ -239,7 +383,9 @@ class Writer:
         was buffered): the caller runs it on its own. Raises like `flush`.
         """
         with self._lock:
-            if not stream.unstored:
+            if stream.failed is not None:
+                raise self._lost(stream)
+            if not self._left(stream):
                 return False, None
             stream.closing, stream.closed = (statement, params), None
         try:
@@ -258,16 +404,25 @@ class Writer:
             stream.queued = 0
             stream.records, stream.system = [], []
             self._dirty.pop(stream, None)
+            self._pending.pop(stream, None)  # given up: a run created now would never finish
             self._room.notify_all()
         return dropped
 
     def flush_once(self) -> int:
         """Take up to 2^20 buffered points and store them in one transaction; returns how many."""
         with self._flush_lock:
+            try:
+                self._open_pending()
+            except EngineError as exc:
+                self.last_error = exc
+                raise
             with self._lock:
                 batch, unknown = self._take(MAX_BATCH_POINTS)
                 # streams whose last points are in this batch carry their closing statement
-                closing = [(s, *s.closing) for s, _, _, _ in batch if s.closing is not None and not s.queued]
+                closing = [
+                    (s, s.closing[0], {**s.closing[1], "run_pk": s.run_pk})
+                    for s, _, _, _ in batch if s.closing is not None and not s.queued
+                ]
             if not batch:
                 return 0
             try:
@@ -278,8 +433,7 @@ class Writer:
                 if isinstance(exc, EngineError):
                     self.last_error = exc
                 raise
-            if self.last_error is not None:
-                log.warning("the database is reachable again: buffered points are being stored")
+            self._recovered()
             with self._lock:
                 self._key_ids.update(new_ids)
                 self._unknown.difference_update(new_ids)
@@ -291,7 +445,6 @@ class Writer:
                     total += n
                 self._inflight -= total
                 self._room.notify_all()
-            self.last_error = None
             return total
 
     def _take(self, cap: int) -> tuple[list[tuple[Stream, list[Record], list[Record], int]], list[str]]:
@@ -300,6 +453,8 @@ class Writer:
         for stream in list(self._dirty):
             if taken >= cap:
                 break
+            if stream.opening is not None:
+                continue  # its run first (see _open_pending)
             if taken + stream.queued <= cap:
                 records, system, n = stream.records, stream.system, stream.queued
                 stream.records, stream.system = [], []
@@ -452,13 +607,22 @@ class Writer:
         return {kid: tuple(list(column) for column in zip(*reversed(got))) for kid, got in found.items()}
 
     def _warn(self, error: EngineError) -> None:
-        # one warning per WARN_EVERY seconds of an outage, whoever retries (thread or finish)
-        now = _time.monotonic()
-        if now - self._last_warning >= WARN_EVERY:
-            self._last_warning = now
-            with self._lock:
-                waiting = self._queued + self._inflight
-            log.warning("could not store %d logged points (%s); they stay buffered and are retried", waiting, error)
+        # one warning per outage, whoever retries (thread, init, finish); its end is said too
+        if self._warned:
+            return
+        self._warned = True
+        cause = str(error.__cause__ or error).strip()
+        log.warning(
+            "cannot write to the database %s (%s); training goes on: runs and logged points are kept in memory "
+            "(up to ENGINE_BUFFER_MAX_POINTS points) and stored as soon as it answers",
+            self.where, cause.splitlines()[0] if cause else type(error).__name__,
+        )
+
+    def _recovered(self) -> None:
+        if self._warned:
+            log.warning("the database %s answers again: buffered runs and points are being stored", self.where)
+        self._warned = False
+        self.last_error = None
 
     # -- the background thread ----------------------------------------------------------
     def _loop(self) -> None:
@@ -468,7 +632,7 @@ class Writer:
             idle = self._transport.close_if_idle()
             with self._lock:
                 if failures:
-                    self._wake.wait_for(lambda: self._stopping, timeout=min(BACKOFF_START * 2**failures, BACKOFF_MAX))
+                    self._wake.wait_for(lambda: self._stopping, timeout=_jitter(min(BACKOFF_START * 2**failures, BACKOFF_MAX)))
                 else:
                     self._wake.wait_for(
                         lambda: self._stopping or self._queued >= self.flush_points or self._blocked,
@@ -476,7 +640,7 @@ class Writer:
                     )
                 if self._stopping:
                     return
-                if not self._queued:
+                if not self._queued and not self._pending:
                     continue
             try:
                 self.flush_once()
@@ -487,6 +651,12 @@ class Writer:
             except Exception:  # never let the writer die: runs would block forever
                 failures += 1
                 log.exception("unexpected error while storing logged points; retrying")
+
+
+def _jitter(delay: float) -> float:
+    """Between half and all of `delay`: processes that lost the database together (a restart,
+    a full server) do not all come back in the same instant."""
+    return delay * random.uniform(0.5, 1.0)
 
 
 # -- the tails of upsert_series, as binary arrays --------------------------------------------

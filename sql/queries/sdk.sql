@@ -31,6 +31,14 @@ SELECT %(at)s, 'run_state', %(user)s, project_id, id, jsonb_build_object('from',
 FROM r
 RETURNING run_pk, project_id;
 
+-- name: find_created_run
+-- The run an SDK process created when the answer to its creation was lost and it tries
+-- again: same project and id, same creation time (to the microsecond) and author.
+SELECT r.id, r.project_id
+FROM runs r JOIN projects p ON p.id = r.project_id
+WHERE p.entity = %(entity)s AND p.name = %(project)s AND r.run_id = %(run_id)s
+  AND r.created_at = %(at)s AND r.user_name IS NOT DISTINCT FROM %(user)s;
+
 -- name: lock_run
 -- The run of a project by its id, locked for a state change.
 SELECT r.id, r.state

@@ -35,8 +35,11 @@ def test_a_cli_command_connects_as_engine_cli(conn, database_url):
 def test_the_service_connects_as_engine_serve(conn, database_url, tmp_path):
     service = ServeProcess(database_url, tmp_path / "serve.log").start()
     try:
-        assert wait_until(lambda: any(name == "engine-serve" for name, _ in conn.execute(OTHERS)), timeout=60)
-        assert {name for name, _ in conn.execute(OTHERS)} == {"engine-serve"}
-        assert service.terminate() == 0
+        # running: its LISTEN connection is up (SIGTERM before that would find no handler yet)
+        listening = OTHERS + " AND application_name = 'engine-serve' AND query LIKE 'LISTEN%'"
+        assert wait_until(lambda: conn.execute(listening).fetchall(), timeout=60)
+        names = conn.execute(OTHERS).fetchall()
+        assert {name for name, _ in names} == {"engine-serve"}, names
+        assert service.terminate() == 0, (tmp_path / "serve.log").read_text()
     finally:
         service.stop_quietly()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import select
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import numpy as np
 import psycopg
@@ -77,17 +78,53 @@ def test_a_lower_step_is_dropped_with_a_warning(conn, database_url):
     assert stored == [("loss", 5, 1.0), ("loss", 5, 0.5), ("loss", 6, 0.4)]
 
 
-def test_a_non_numeric_value_refuses_the_whole_call(conn, database_url):
+def test_a_value_that_is_not_a_number_is_dropped_and_the_rest_of_the_call_logged(conn, database_url):
     with _init() as run:
-        with pytest.raises(TypeError, match="'name'"):
+        with pytest.warns(engine.ValueWarning) as warned:
             run.log({"loss": 1.0, "name": "resnet"})
-        with pytest.raises(TypeError, match="'weights'"):
-            run.log({"weights": [1.0, 2.0]})
+            run.log({"loss": 0.5, "name": "resnet-2"})  # the same key again: no second warning
+            run.log({"weights": [1.0, 2.0], "acc": np.float32(0.25)})
+            run.log({"grad": np.ones(3)})  # nothing left of this call: its step passes, like run.log({})
+        assert [str(w.message).split(": ", 2)[1] for w in warned] == [
+            "metric 'name'", "metric 'weights'", "metric 'grad'",
+        ]
+        assert "value 'resnet' of type str is not a number" in str(warned[0].message)
+        assert all(f"run acme/vision/{run.id}" in str(w.message) for w in warned)
         with pytest.raises(TypeError, match="dict"):
             run.log([("loss", 1.0)])
-        assert run.step == -1  # nothing of the refused calls counted
+        with pytest.raises(ValueError, match="reserved"):  # a bad key is refused whatever its value
+            run.log({"system/x": "text"})
         run.log({"loss": 2.0})
-    assert [(k, s, v) for k, s, v, _, _ in _points(conn, run.pk)] == [("loss", 0, 2.0)]
+    assert [(k, s, v) for k, s, v, _, _ in _points(conn, run.pk)] == [
+        ("loss", 0, 1.0), ("loss", 1, 0.5), ("acc", 2, 0.25), ("loss", 4, 2.0),
+    ]
+    assert conn.execute("SELECT state FROM runs WHERE id = %s", (run.pk,)).fetchone() == ("finished",)
+
+
+def test_strict_mode_makes_a_value_that_is_not_a_number_an_error(conn, database_url, monkeypatch):
+    set_env(monkeypatch, strict=1)
+    with _init() as run:
+        with pytest.raises(TypeError, match="'name'.*not a number"):
+            run.log({"loss": 1.0, "name": "resnet"})
+        assert run.step == -1  # nothing of the refused call counted
+        run.log({"loss": 2.0, "lr": Decimal("0.1")})
+    assert [(k, s, v) for k, s, v, _, _ in _points(conn, run.pk)] == [("loss", 0, 2.0), ("lr", 0, 0.1)]
+
+
+class FakeScalarTensor:
+    """Stands in for a scalar torch tensor (torch is not a dependency): it converts with float()."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def __float__(self) -> float:
+        return self.value
+
+
+def test_anything_float_converts_is_a_number(conn, database_url):
+    with _init() as run:
+        run.log({"lr": Decimal("0.1"), "zero_d": np.array(0.5), "tensor": FakeScalarTensor(0.25), "half": np.float16(2)})
+    assert {k: v for k, _, v, _, _ in _points(conn, run.pk)} == {"lr": 0.1, "zero_d": 0.5, "tensor": 0.25, "half": 2.0}
 
 
 @pytest.mark.parametrize(

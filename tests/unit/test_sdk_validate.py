@@ -22,6 +22,19 @@ from engine.sdk.validate import (
 from engine.sdk.writer import Float8Array, Int8Array, TimestamptzArray
 
 
+class FakeScalarTensor:
+    """Stands in for a torch tensor (torch is not a dependency): a value whose `__float__`
+    converts a one-element tensor and raises for any other, as torch's does."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __float__(self) -> float:
+        if isinstance(self.value, Exception):
+            raise self.value
+        return float(self.value)
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -36,9 +49,13 @@ from engine.sdk.writer import Float8Array, Int8Array, TimestamptzArray
         (np.bool_(True), 1.0),
         (np.bool_(False), 0.0),
         (Fraction(1, 4), 0.25),
+        (Decimal("0.1"), 0.1),
+        (np.array(0.75), 0.75),  # a 0-d array
+        (np.array(3, dtype=np.int32), 3.0),
+        (FakeScalarTensor(0.125), 0.125),
     ],
 )
-def test_numbers_become_floats(value, expected):
+def test_anything_float_converts_is_a_number(value, expected):
     result = to_float("acc", value)
     assert type(result) is float and result == expected
 
@@ -49,10 +66,26 @@ def test_nan_and_infinities_are_values():
     assert to_float("x", float("nan")) != to_float("x", float("nan"))  # NaN stays NaN
 
 
-@pytest.mark.parametrize("value", ["0.5", None, [1.0], {"a": 1}, 1 + 2j, Decimal("1.5"), np.array([1.0]), object()])
-def test_non_numbers_are_refused_naming_the_key(value):
-    with pytest.raises(TypeError, match="'train/acc'"):
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("0.5", "text is not a number"),  # float() would parse it: text is never a number
+        (b"1", "text is not a number"),
+        (None, "float\\(\\) cannot convert it"),
+        ([1.0], "float\\(\\) cannot convert it"),
+        ({"a": 1}, "float\\(\\) cannot convert it"),
+        (1 + 2j, "float\\(\\) cannot convert it"),
+        (Decimal("sNaN"), "float\\(\\) cannot convert it"),
+        (np.array([1.0]), "shape \\(1,\\) is not a single number"),
+        (np.zeros((1000, 1000)), "shape \\(1000, 1000\\) is not a single number"),
+        (FakeScalarTensor(RuntimeError("a tensor with 2 elements cannot be converted to Scalar")), "2 elements"),
+        (object(), "float\\(\\) cannot convert it"),
+    ],
+)
+def test_non_numbers_are_refused_naming_the_key_and_why(value, reason):
+    with pytest.raises(TypeError, match=f"'train/acc'.*not a number.*{reason}") as refused:
         to_float("train/acc", value)
+    assert len(str(refused.value)) < 300  # a huge value is not copied into the message
 
 
 def test_int_too_large_for_a_double():
