@@ -10,8 +10,9 @@ engine_service (directly: it LISTENs), and the jobs as a member of engine_ingest
 
 1. one job alone: the most server connections it holds at once (sampled every 0.1 s);
 2. `engine serve` idle, then while it evaluates and delivers: its server connections;
-3. `--runs` jobs at once, directly: how many failed, the peak of server connections;
-4. the same through PgBouncer (pool of 20 server connections): how many failed, the peaks.
+3. `--runs` jobs at once, directly: how many failed, how many had to wait for a connection
+   (the SDK retries while the server is full), how many points were stored, the peaks;
+4. the same through PgBouncer (pool of 20 server connections).
 
 "Fit" is computed as (max_connections - superuser_reserved_connections - serve) / per job.
 The last line is JSON.
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.scheduler import connection_budget  # noqa: E402
 from engine.settings import Settings  # noqa: E402
-from tests.team_deployment import PgBouncer, TeamDatabase, run_fleet  # noqa: E402
+from tests.team_deployment import PgBouncer, TeamDatabase, run_fleet, stored_series  # noqa: E402
 
 ENGINE = str(Path(sys.executable).with_name("engine"))
 RULE = """\
@@ -67,6 +68,11 @@ def start_serve(database: TeamDatabase, url: str, folder: Path) -> tuple[subproc
         peak = max(peak, database.backends().get("service", 0))
         pause.wait(0.1)
     return proc, peak
+
+
+def points(database: TeamDatabase, project: str) -> int:
+    with database.admin() as conn:
+        return sum(len(steps) for metrics in stored_series(conn, project).values() for steps in metrics.values())
 
 
 def main() -> None:
@@ -105,10 +111,15 @@ def main() -> None:
             direct = run_fleet(trainer, jobs=args.runs, steps=args.steps, step_seconds=0.01, project="acme/bench",
                                monitor=all_backends)
             serve_figures["busy"] = direct.peaks.get("engine serve", 0)
+            expected_points = args.runs * args.steps * 2
             print(f"engine serve: {serve_figures['idle']} connections idle, at most {serve_figures['busy']} while busy")
-            print(f"{args.runs} jobs directly: {len(direct.failed)} failed; peaks {direct.peaks} ({direct.seconds:.1f} s)")
+            stored = points(database, "acme/bench")
+            print(f"{args.runs} jobs directly: {len(direct.failed)} failed, {direct.waited} waited for the database; "
+                  f"{stored} of {expected_points} points stored; peaks {direct.peaks} ({direct.seconds:.1f} s)")
             figures["serve_connections"] = serve_figures
-            figures["direct"] = {"failed": len(direct.failed), "peaks": direct.peaks, "seconds": round(direct.seconds, 1)}
+            figures["direct"] = {"failed": len(direct.failed), "waited": direct.waited, "points": stored,
+                                 "expected_points": expected_points, "peaks": direct.peaks,
+                                 "seconds": round(direct.seconds, 1)}
             # what serve may hold (its budget), or what it was seen holding when that is more
             serve_most = max(sum(connection_budget(Settings()).values()), serve_figures["busy"])
             fit = (args.max_connections - reserved - serve_most) // max(per_job, 1)
@@ -127,10 +138,12 @@ def main() -> None:
 
                 pooled = run_fleet(bouncer.url("trainer"), jobs=args.runs, steps=args.steps, step_seconds=0.01,
                                    project="acme/bench-pooled", monitor=through_bouncer)
-            print(f"{args.runs} jobs through PgBouncer (pool {args.pool}): {len(pooled.failed)} failed; "
-                  f"peaks {pooled.peaks} ({pooled.seconds:.1f} s)")
-            figures["pgbouncer"] = {"pool": args.pool, "failed": len(pooled.failed), "peaks": pooled.peaks,
-                                    "seconds": round(pooled.seconds, 1)}
+            stored = points(database, "acme/bench-pooled")
+            print(f"{args.runs} jobs through PgBouncer (pool {args.pool}): {len(pooled.failed)} failed, "
+                  f"{pooled.waited} waited; {stored} of {expected_points} points stored; peaks {pooled.peaks} "
+                  f"({pooled.seconds:.1f} s)")
+            figures["pgbouncer"] = {"pool": args.pool, "failed": len(pooled.failed), "waited": pooled.waited,
+                                    "points": stored, "peaks": pooled.peaks, "seconds": round(pooled.seconds, 1)}
             for reason, count in pooled.reasons().items():
                 print(f"  {count} x {reason}")
         finally:

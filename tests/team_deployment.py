@@ -299,6 +299,11 @@ class Fleet:
     def failed(self) -> list[str]:
         return sorted(job for job, code in self.codes.items() if code != 0)
 
+    @property
+    def waited(self) -> int:
+        """Jobs that found the database refusing them for a while (the SDK warns once per outage)."""
+        return len(re.findall(r"cannot write to the database .*; training goes on", self.stderr))
+
     def reasons(self) -> dict[str, int]:
         """Each error that made jobs fail, with how many jobs it did."""
         found: dict[str, int] = {}
