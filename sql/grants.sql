@@ -31,9 +31,9 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO engine_reader;
 
 -- engine_service
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO engine_service;
-GRANT INSERT, UPDATE, DELETE ON automations TO engine_service;
+GRANT INSERT, UPDATE ON automations TO engine_service;  -- deleting one marks it deleted: its history stays
 GRANT INSERT ON automation_versions TO engine_service;
-GRANT INSERT, UPDATE ON automation_state TO engine_service;
+GRANT INSERT, UPDATE, DELETE ON automation_state TO engine_service;
 GRANT INSERT ON triggers, delivery_attempts TO engine_service;
 GRANT INSERT, UPDATE ON deliveries TO engine_service;
 GRANT DELETE ON series_batches TO engine_service;  -- watermark rows every automation has passed

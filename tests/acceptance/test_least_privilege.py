@@ -173,6 +173,7 @@ def test_the_service_role_evaluates_and_delivers_but_cannot_erase_history_or_dat
     url = deployment.urls["engine_service"]
     for statement, table in (
         ("DELETE FROM triggers", "triggers"),
+        ("DELETE FROM automations", "automations"),  # `rules delete` marks it deleted instead
         ("DELETE FROM delivery_attempts", "delivery_attempts"),
         ("DELETE FROM metric_points", "metric_points"),
         ("INSERT INTO runs (project_id, run_id, name, state) VALUES (1, 'x', 'x', 'running')", "runs"),
