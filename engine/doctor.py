@@ -85,7 +85,7 @@ def run_checks(settings: Settings | None = None, *, timeout: float = 3.0) -> lis
         checks.append(Check("deliveries", "skip", skipped))
         return checks
     with conn:
-        role = conn.execute("SELECT quote_ident(current_user)").fetchone()[0]  # as a GRANT names it
+        role = _role(conn)
         checks.append(_timescaledb(conn, role))
         migrated = _migrations(conn, role)
         checks.append(migrated)
@@ -130,6 +130,11 @@ def _not_permitted(name: str, role: str, refused: BaseException, grant: str) -> 
         name, "skip", f"not checked: the role {role} may not read what it needs ({_refusal(refused) or refused})",
         f"to check it, `{grant}` (see sql/grants.sql), or run `engine doctor` as the service's role",
     )
+
+
+def _role(conn: psycopg.Connection) -> str:
+    """The connected role, quoted as a GRANT names it."""
+    return conn.execute("SELECT quote_ident(current_user)").fetchone()[0]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -177,7 +182,7 @@ def redact_url(url: str) -> str:
 
 
 # -- 2. TimescaleDB ----------------------------------------------------------------------------
-def _timescaledb(conn: psycopg.Connection, role: str) -> Check:
+def _timescaledb(conn: psycopg.Connection, role: str | None = None) -> Check:
     name = "TimescaleDB installed and preloaded"
     row = _dicts(conn, "doctor_server")[0]
     preloaded = "timescaledb" in [p.strip().strip('"') for p in (row["preload"] or "").split(",")]
@@ -187,7 +192,7 @@ def _timescaledb(conn: psycopg.Connection, role: str) -> Check:
             "install it (`scripts/setup`, or use a timescale/timescaledb image)",
         )
     if row["preload"] is None and not row["may_read_settings"]:
-        return _timescaledb_unprivileged(conn, role, row)
+        return _timescaledb_unprivileged(conn, role or _role(conn), row)
     if not preloaded:
         return Check(
             name, "fail", "TimescaleDB is installed but not in shared_preload_libraries, so it cannot run",
@@ -228,12 +233,13 @@ def _timescaledb_unprivileged(conn: psycopg.Connection, role: str, row: dict[str
 
 
 # -- 3. migrations -----------------------------------------------------------------------------
-def _migrations(conn: psycopg.Connection, role: str) -> Check:
+def _migrations(conn: psycopg.Connection, role: str | None = None) -> Check:
     name = "migrations applied"
     try:
         pending = pending_migrations(conn)
     except EngineError as exc:
         if _refusal(exc):
+            role = role or _role(conn)
             return _not_permitted(name, role, exc, f"GRANT SELECT ON schema_migrations TO {role}")
         return Check(name, "fail", f"cannot read schema_migrations: {exc}", "run `engine db migrate`")
     files = migrations()
