@@ -103,11 +103,15 @@ class TeamDatabase:
         )
 
     def start(self) -> TeamDatabase:
-        with _pgport(self.port):
-            self.cluster.up()
-        with self.admin() as conn:
-            enginedb.migrate(conn)
-            conn.execute(GRANTS.read_text())
+        try:
+            with _pgport(self.port):
+                self.cluster.up()
+            with self.admin() as conn:
+                enginedb.migrate(conn)
+                conn.execute(GRANTS.read_text())
+        except BaseException:
+            self.stop()  # no cluster left running behind a failed start
+            raise
         return self
 
     def stop(self) -> None:
