@@ -18,6 +18,11 @@ Checks, in order (a check that needs the database is skipped, and says so, witho
    sent); the environment variables of `{env: NAME}` secrets are set *in this shell*;
 7. no delivery failed in the last 24 hours.
 
+A check the connected role has no privilege for (a training node's ingest-only role cannot
+read the automations; only a superuser or pg_read_all_settings may read
+`shared_preload_libraries`) is not a failure: it says "not checked", the privilege it needs,
+and the doctor goes on with the next check (see the roles of sql/grants.sql).
+
 `run_checks()` returns the results; the exit code of the command is 1 when one failed.
 """
 
@@ -39,6 +44,7 @@ from engine import clock
 from engine.actions import ssrf
 from engine.actions.secrets import read_env
 from engine.db import connect, migrations, pending_migrations, query, translate
+from engine.demo.rules import PREFIX as DEMO_PREFIX
 from engine.exceptions import DeliveryError, EngineError, PermanentDeliveryError, RuleValidationError
 from engine.localdb import LocalDatabase
 from engine.rules import Automation, load_rules
@@ -79,25 +85,61 @@ def run_checks(settings: Settings | None = None, *, timeout: float = 3.0) -> lis
         checks.append(Check("deliveries", "skip", skipped))
         return checks
     with conn:
-        checks.append(_timescaledb(conn))
-        migrated = _migrations(conn)
+        role = _role(conn)
+        checks.append(_timescaledb(conn, role))
+        migrated = _migrations(conn, role)
         checks.append(migrated)
         if migrated.status == "fail" and "not applied" in migrated.detail:
-            stored: list[dict[str, Any]] | None = None
-        else:
-            stored = _dicts(conn, "doctor_automations")
-        rules_check, from_files = _rules(settings, conn, stored or [])
-        checks.append(rules_check)
-        if stored is None:
+            rules_check, from_files = _rules(settings, conn, [])
+            checks.append(rules_check)
             checks.append(Check("stored automations", "skip", "not checked: migrations not applied"))
             checks += _targets(settings, from_files, timeout, source="rule files")
             checks.append(Check("deliveries", "skip", "not checked: migrations not applied"))
             return checks
-        automations_check, loaded = _stored_automations(stored)
-        checks.append(automations_check)
-        checks += _targets(settings, loaded, timeout, source="stored automations")
-        checks.append(_deliveries(conn))
+        try:
+            stored = _dicts(conn, "doctor_automations")
+        except _NotPermitted as refused:  # an ingest-only role: the rule files stand in for them
+            rules_check, from_files = _rules(settings, conn, None)
+            checks.append(rules_check)
+            checks.append(_not_permitted("stored automations load and run", role, refused, f"GRANT engine_reader TO {role}"))
+            checks += _targets(settings, from_files, timeout, source="rule files")
+        else:
+            rules_check, _ = _rules(settings, conn, stored)
+            checks.append(rules_check)
+            automations_check, loaded = _stored_automations(stored)
+            checks.append(automations_check)
+            checks += _targets(settings, loaded, timeout, source="enabled automations")
+        checks.append(_deliveries(conn, role))
     return checks
+
+
+class _NotPermitted(Exception):
+    """A check's query was refused: the connected role lacks a privilege (SQLSTATE 42501)."""
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """The server's words when `exc` (or what caused it) is a privilege refusal."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, psycopg.errors.InsufficientPrivilege):
+            return _first_line(error)
+    return None
+
+
+def _not_permitted(name: str, role: str, refused: BaseException, grant: str) -> Check:
+    return Check(
+        name, "skip", f"not checked: the role {role} may not read what it needs ({_refusal(refused) or refused})",
+        f"to check it, `{grant}` (see sql/grants.sql), or run `engine doctor` as the service's role",
+    )
+
+
+def _role(conn: psycopg.Connection) -> str:
+    """The connected role, quoted as a GRANT names it."""
+    return conn.execute("SELECT quote_ident(current_user)").fetchone()[0]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # -- 1. database -------------------------------------------------------------------------------
@@ -164,7 +206,7 @@ def _pair_as(placeholder: str | None) -> str:
 
 
 # -- 2. TimescaleDB ----------------------------------------------------------------------------
-def _timescaledb(conn: psycopg.Connection) -> Check:
+def _timescaledb(conn: psycopg.Connection, role: str | None = None) -> Check:
     name = "TimescaleDB installed and preloaded"
     row = _dicts(conn, "doctor_server")[0]
     preloaded = "timescaledb" in [p.strip().strip('"') for p in (row["preload"] or "").split(",")]
@@ -173,6 +215,8 @@ def _timescaledb(conn: psycopg.Connection) -> Check:
             name, "fail", f"the TimescaleDB extension is not installed for PostgreSQL {row['server_version']}",
             "install it (`scripts/setup`, or use a timescale/timescaledb image)",
         )
+    if row["preload"] is None and not row["may_read_settings"]:
+        return _timescaledb_unprivileged(conn, role or _role(conn), row)
     if not preloaded:
         return Check(
             name, "fail", "TimescaleDB is installed but not in shared_preload_libraries, so it cannot run",
@@ -186,12 +230,41 @@ def _timescaledb(conn: psycopg.Connection) -> Check:
     return Check(name, "ok", f"TimescaleDB {row['timescaledb']}, preloaded")
 
 
+def _timescaledb_unprivileged(conn: psycopg.Connection, role: str, row: dict[str, Any]) -> Check:
+    """Without pg_read_all_settings, shared_preload_libraries cannot be read; but a library
+    that is not preloaded refuses to run, so one call into it says as much."""
+    name = "TimescaleDB installed and preloaded"
+    grant = f"GRANT pg_read_all_settings TO {role}"
+    if row["timescaledb"] is None:
+        return Check(
+            name, "skip", "TimescaleDB is installed but not created in this database; whether it is preloaded was not "
+            f"checked: only a superuser or a member of pg_read_all_settings may read shared_preload_libraries",
+            f"run `engine db migrate` (as the role that owns the schema); to check the preload, `{grant}`",
+        )
+    try:
+        _dicts(conn, "doctor_timescaledb_loads")
+    except (_NotPermitted, EngineError) as exc:
+        return Check(
+            name, "skip", f"TimescaleDB {row['timescaledb']} is created; whether it is preloaded was not checked: the "
+            f"role {role} may not read shared_preload_libraries, and calling into TimescaleDB failed "
+            f"({_first_line(exc.__cause__ or exc)})",
+            f"`{grant}`, or run `engine doctor` as a superuser",
+        )
+    return Check(
+        name, "ok", f"TimescaleDB {row['timescaledb']}, loaded (so preloaded; the role {role} may not read "
+        "shared_preload_libraries itself, which needs pg_read_all_settings)",
+    )
+
+
 # -- 3. migrations -----------------------------------------------------------------------------
-def _migrations(conn: psycopg.Connection) -> Check:
+def _migrations(conn: psycopg.Connection, role: str | None = None) -> Check:
     name = "migrations applied"
     try:
         pending = pending_migrations(conn)
     except EngineError as exc:
+        if _refusal(exc):
+            role = role or _role(conn)
+            return _not_permitted(name, role, exc, f"GRANT SELECT ON schema_migrations TO {role}")
         return Check(name, "fail", f"cannot read schema_migrations: {exc}", "run `engine db migrate`")
     files = migrations()
     if pending:
@@ -225,7 +298,10 @@ def database_checks(settings: Settings | None = None, *, timeout: float = 3.0) -
 
 
 # -- 4. rule files -----------------------------------------------------------------------------
-def _rules(settings: Settings, conn: psycopg.Connection | None, stored: list[dict[str, Any]]) -> tuple[Check, list[Automation]]:
+def _rules(
+    settings: Settings, conn: psycopg.Connection | None, stored: list[dict[str, Any]] | None
+) -> tuple[Check, list[Automation]]:
+    """`stored`: the automations in the database (None: unreadable, so not compared)."""
     name = "rule files valid"
     path = settings.rules_path
     if not path.exists():
@@ -245,13 +321,28 @@ def _rules(settings: Settings, conn: psycopg.Connection | None, stored: list[dic
     detail = f"{_count(len(rules), 'rule')} in {_count(files, 'file')} under {path}"
     if conn is None:
         return Check(name, "ok", detail), rules
+    if stored is None:
+        return Check(name, "ok", f"{detail} (whether they are applied was not checked: see below)"), rules
     applied = {row["name"]: row["rule"] for row in stored}
     stale = [r.name for r in rules if r.name not in applied or _hash(applied[r.name]) != r.rule_hash()]
-    if stale:
+    # `engine demo` applies copies of the example rules (demo.<name>, in projects of its own):
+    # applying the files themselves would run them on the example's real project.
+    demo = [n for n in stale if DEMO_PREFIX + n in applied]
+    others = [n for n in stale if n not in demo]
+    note = (
+        f"; {_count(len(demo), 'rule')} not applied as such because `engine demo` ran {'them' if len(demo) > 1 else 'it'} "
+        f"as {DEMO_PREFIX}<name> in its own projects ({', '.join(demo)}): to use one for real, set its scope and action "
+        "to yours first, then `engine rules apply`"
+        if demo else ""
+    )
+    if others:
         return Check(
-            name, "warn", f"{detail}; not applied (or changed since): {', '.join(stale)}",
-            "run `engine rules apply` when they are ready to run",
+            name, "warn", f"{detail}; not applied (or changed since): {', '.join(others)}{note}",
+            f"run `engine rules apply {path}/<file>` for {'them' if len(others) > 1 else 'it'} when ready to run"
+            if demo else "run `engine rules apply` when they are ready to run",
         ), rules
+    if demo:
+        return Check(name, "ok", f"{detail}{note}"), rules
     return Check(name, "ok", f"{detail}, all applied"), rules
 
 
@@ -292,7 +383,9 @@ def _stored_automations(rows: list[dict[str, Any]]) -> tuple[Check, list[Automat
         ), loaded
     if not rows:
         return Check(name, "ok", "no automations stored (apply some with `engine rules apply`)"), loaded
-    return Check(name, "ok", f"{_count(len(rows), 'automation')} ({len(loaded)} enabled) load; none is failing"), loaded
+    demo = sum(1 for row in rows if row["name"].startswith(DEMO_PREFIX))
+    of_demo = f", {demo} of them from `engine demo`" if demo else ""
+    return Check(name, "ok", f"{_count(len(rows), 'automation')} ({len(loaded)} enabled{of_demo}) load; none is failing"), loaded
 
 
 # -- 6. action targets -------------------------------------------------------------------------
@@ -362,9 +455,12 @@ def _secret(env: str, users: list[str]) -> Check:
 
 
 # -- 7. deliveries -----------------------------------------------------------------------------
-def _deliveries(conn: psycopg.Connection) -> Check:
+def _deliveries(conn: psycopg.Connection, role: str) -> Check:
     name = "deliveries succeeding"
-    rows = _dicts(conn, "doctor_failed_deliveries", {"since": clock.now() - FAILED_DELIVERY_WINDOW})
+    try:
+        rows = _dicts(conn, "doctor_failed_deliveries", {"since": clock.now() - FAILED_DELIVERY_WINDOW})
+    except _NotPermitted as exc:
+        return _not_permitted(name, role, exc, f"GRANT engine_reader TO {role}")
     if not rows:
         return Check(name, "ok", "no delivery failed in the last 24 h")
     total = sum(r["failed"] for r in rows)
@@ -383,5 +479,7 @@ def _dicts(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = 
     try:
         with conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(query(name), params).fetchall()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise _NotPermitted(_first_line(exc)) from exc
     except psycopg.Error as exc:
         raise translate(exc) from exc

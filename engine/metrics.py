@@ -140,7 +140,7 @@ class ServiceMetrics:
         self.registry.register(self.database)
         self._server: Any = None
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> int:
+    def serve(self, port: int, address: str = "127.0.0.1") -> int:
         """Serve /metrics on `address:port` in a daemon thread; returns the port bound
         (useful with port 0)."""
         self._server, _thread = start_http_server(port, addr=address, registry=self.registry)
@@ -168,7 +168,7 @@ class ServiceMetrics:
 class _NoMetrics:
     """Metrics off: the same calls, doing nothing."""
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> int:
+    def serve(self, port: int, address: str = "127.0.0.1") -> int:
         return 0
 
     def record_tick(self, result: TickResult | None, seconds: float, *, outcome: str | None = None) -> None:
@@ -179,6 +179,22 @@ class _NoMetrics:
 
 
 NO_METRICS = _NoMetrics()
+
+
+def listen_address(text: str) -> tuple[str | None, int]:
+    """`PORT`, `HOST:PORT` or `[IPv6]:PORT` (`engine serve --metrics-port`): the host (None when
+    not given) and the port. ValueError, with examples, when it is neither."""
+    host: str | None
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host = None
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # an IPv6 address without brackets: where would the port start?
+        host = ""
+    if port.isdigit() and int(port) <= 65535 and host != "":
+        return host, int(port)
+    raise ValueError(f"{text!r} is not a port or HOST:PORT (examples: 9108, 0.0.0.0:9108, [::]:9108)")
 
 
 def for_service(url: str, port: int | None) -> ServiceMetrics | _NoMetrics:

@@ -7,6 +7,13 @@ through the database only (row locks on automation state and deliveries).
 
 Besides the periodic tick, a LISTEN connection on `engine_ingest` (one NOTIFY per SDK
 flush) wakes the evaluation early, so a trigger follows its data within milliseconds.
+
+Its database connections are bounded by the settings (`connection_budget`): the evaluator's
+own (ENGINE_EVALUATION_CONNECTIONS, kept open: they hold session settings and prepared
+statements), the dispatcher's pool (ENGINE_DELIVERY_CONNECTIONS, shared by its workers), the
+LISTEN connection, and the metrics scrape's when --metrics-port is on. Two pools, not one: a
+long tick holds its connections for its whole transaction, and must never starve the
+deliveries of theirs (nor a burst of deliveries a tick).
 """
 
 from __future__ import annotations
@@ -32,6 +39,16 @@ from engine.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 EVALUATE_JOB = "evaluate"
+
+
+def connection_budget(settings: Settings) -> dict[str, int]:
+    """The most database connections one `engine serve` opens, by part (docs/production.md)."""
+    return {
+        "evaluation": settings.evaluation_connections,
+        "deliveries": settings.delivery_connections,
+        "listen": 1,
+        "metrics": 0 if settings.metrics_port is None else 1,
+    }
 
 
 class _SkippedWakeFilter(logging.Filter):
@@ -88,7 +105,12 @@ class Service:
         self.scheduler.start()
         self._listener = threading.Thread(target=self._listen, name="engine-listen", daemon=True)
         self._listener.start()
-        log.info("engine serve: evaluating every %.1fs, woken by NOTIFY %s", self.interval, NOTIFY_CHANNEL)
+        budget = connection_budget(self.settings)
+        log.info(
+            "engine serve: evaluating every %.1fs, woken by NOTIFY %s; at most %d database connections (%s)",
+            self.interval, NOTIFY_CHANNEL, sum(budget.values()),
+            ", ".join(f"{n} {part}" for part, n in budget.items() if n),
+        )
 
     def stop(self) -> None:
         """Finish the current tick (its transaction either commits or rolls back), then stop."""

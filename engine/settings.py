@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         "", description="Comma-separated hosts, addresses or CIDR ranges that webhooks may reach although private."
     )
     delivery_workers: int = Field(8, ge=1, le=256, description="Concurrent deliveries per `engine serve`.")
+    delivery_connections: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Database connections the deliveries of one `engine serve` share (a worker holds one only to "
+        "claim, read a trigger or record an outcome, never during a request).",
+    )
     delivery_lease_margin: float = Field(
         30.0,
         ge=0,
@@ -87,7 +94,10 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint of `engine serve` (unset: off)."
     )
-    metrics_address: str = Field("0.0.0.0", description="Address the metrics endpoint listens on.")
+    metrics_address: str = Field(
+        "127.0.0.1",
+        description="Address the metrics endpoint listens on: this machine only, unless set (0.0.0.0: every interface).",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -82,7 +82,7 @@ class Dispatcher:
         self._pool = ConnectionPool(
             db.conninfo(url, settings=settings),
             min_size=1,
-            max_size=settings.delivery_workers + 2,
+            max_size=settings.delivery_connections,  # shared by the workers: part of the service's budget
             kwargs={"autocommit": True, "prepare_threshold": None},  # as db.connect: PgBouncer-safe
             open=False,
             check=ConnectionPool.check_connection,

@@ -12,8 +12,8 @@ def doctor(
 ) -> None:
     """Check the database, TimescaleDB, migrations, rules, action targets and deliveries.
 
-    Each check prints ✓ (fine), ! (worth a look), ✗ (wrong, with the fix) or – (not checked).
-    Exit code 1 when a check failed.
+    Each check prints ✓ (fine), ! (worth a look), ✗ (wrong, with the fix) or – (not checked: no
+    database, or a privilege this role lacks, named with the grant). Exit code 1 when a check failed.
     """
     from engine.doctor import run_checks
 
@@ -21,10 +21,15 @@ def doctor(
     for check in checks:
         typer.echo(check.render())
     failed = [c for c in checks if c.status == "fail"]
+    skipped = [c for c in checks if c.status == "skip"]
+    not_checked = f", {len(skipped)} not checked (–)" if skipped else ""
     if failed:
-        typer.echo(f"\n{len(failed)} of {len(checks)} checks failed.")
+        typer.echo(f"\n{len(failed)} of {len(checks)} checks failed{not_checked}.")
         raise typer.Exit(1)
-    typer.echo(f"\nall {len(checks)} checks passed.")
+    if skipped:
+        typer.echo(f"\n{len(checks) - len(skipped)} of {len(checks)} checks passed{not_checked}.")
+    else:
+        typer.echo(f"\nall {len(checks)} checks passed.")
 
 
 def register(app: typer.Typer) -> None:

@@ -47,19 +47,24 @@ def serve(
     interval: Optional[float] = typer.Option(
         None, "--interval", help="Seconds between ticks (env ENGINE_INTERVAL, default 5)."
     ),
-    metrics_port: Optional[int] = typer.Option(
-        None, "--metrics-port", min=0, max=65535,
-        help="Serve Prometheus metrics at /metrics on this port (env ENGINE_METRICS_PORT, default off; "
-        "listening on ENGINE_METRICS_ADDRESS, default 0.0.0.0).",
+    metrics_port: Optional[str] = typer.Option(
+        None, "--metrics-port", metavar="[HOST:]PORT",
+        help="Serve Prometheus metrics at /metrics on this port (env ENGINE_METRICS_PORT, default off), on "
+        "127.0.0.1 unless a host is given: 0.0.0.0:9108 listens on every interface (env ENGINE_METRICS_ADDRESS).",
     ),
 ) -> None:
     """Run the evaluation service until SIGINT/SIGTERM."""
+    from engine.metrics import listen_address
     from engine.scheduler import Service
 
     enginedb.set_application_name("engine-serve")
     settings = get_settings()
     if metrics_port is not None:
-        settings = settings.model_copy(update={"metrics_port": metrics_port})
+        try:
+            host, port = listen_address(metrics_port)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--metrics-port") from None
+        settings = settings.model_copy(update={"metrics_port": port} | ({"metrics_address": host} if host else {}))
     logging.getLogger().setLevel(settings.log_level.upper())
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one INFO line per job run is noise
     with enginedb.connect() as conn:

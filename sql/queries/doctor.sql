@@ -1,10 +1,17 @@
 -- `engine doctor` (engine/doctor.py): read-only questions about the installation.
 
 -- name: doctor_server
+-- shared_preload_libraries is readable only by superusers and pg_read_all_settings (NULL otherwise).
 SELECT current_setting('server_version') AS server_version,
-       current_setting('shared_preload_libraries') AS preload,
+       pg_has_role('pg_read_all_settings', 'USAGE') AS may_read_settings,
+       CASE WHEN pg_has_role('pg_read_all_settings', 'USAGE') THEN current_setting('shared_preload_libraries') END AS preload,
        (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb') AS timescaledb,
        (SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb') AS available;
+
+-- name: doctor_timescaledb_loads
+-- A call into TimescaleDB's library, which refuses to run unless it was preloaded (for a role
+-- that may not read shared_preload_libraries).
+SELECT _timescaledb_functions.get_git_commit();
 
 -- name: doctor_migration_checksums
 -- Applied migrations as recorded (to find files changed after they were applied).

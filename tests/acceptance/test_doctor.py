@@ -134,3 +134,31 @@ def test_no_database_is_said_once_and_the_rest_is_not_checked(rules):
     assert "fix: start the server, or correct ENGINE_DATABASE_URL" in out
     assert "– migrations applied: not checked: no database" in out
     assert "✓ rule files valid: 1 rule in 1 file" in out  # the files are checked without it
+
+
+def test_after_the_demo_the_example_rules_are_not_suggested_for_applying(conn, database_url, rules):
+    # What `engine demo` leaves behind, made with its own code: the example rules applied as
+    # demo.<name> in a project of the demo's, then disabled.
+    from engine.demo.rules import EXAMPLES, demo_rules
+    from engine.rules import store
+
+    demo = [automation for automation, _ in demo_rules(EXAMPLES, "acme/vision-demo-20261203-101010", "http://127.0.0.1:9")]
+    apply_rules(conn, demo)
+    for automation in demo:
+        store.disable(conn, automation.name)
+    result = doctor(EXAMPLES)
+    out = result.stdout
+    assert result.returncode == 0, out
+    assert "fix: run `engine rules apply`" not in out
+    assert f"✓ rule files valid: 8 rules in 8 files under {EXAMPLES}; 8 rules not applied as such because " \
+           "`engine demo` ran them as demo.<name> in its own projects (" in out
+    assert "to use one for real, set its scope and action to yours first, then `engine rules apply`" in out
+    assert "✓ stored automations load and run: 8 automations (0 enabled, 8 of them from `engine demo`) load" in out
+
+    # a rule of your own beside the examples is still named, with a command that applies it alone
+    for path in EXAMPLES.glob("*.yaml"):
+        (rules / path.name).write_text(path.read_text())
+    (rules / "mine.yaml").write_text(rule("mine", "http://127.0.0.1:9/x"))
+    out = doctor(rules).stdout
+    assert f"! rule files valid: 9 rules in 9 files under {rules}; not applied (or changed since): mine; 8 rules " in out
+    assert f"    fix: run `engine rules apply {rules}/<file>` for it when ready to run" in out
