@@ -61,6 +61,8 @@ def translate(exc: BaseException) -> EngineError:
         return DatabaseBusy(f"the database is out of capacity ({text}). {_CAPACITY_FIX}")
     if isinstance(exc, psycopg.OperationalError) and not state or state.startswith("08") or state in _SHUTTING_DOWN:
         return DatabaseUnavailable(f"no database reachable ({text}). {_where_hint()}")
+    if state == "42501":
+        return DatabaseError(f"{text}: {_PRIVILEGE_FIX}")
     if state == "57014":
         return QueryTimeout(f"query cancelled by statement_timeout ({text})")
     if state in ("42P01", "42883", "3F000") and "timescaledb" not in text:
@@ -121,6 +123,10 @@ _AUTH_FIX = (
 _DATABASE_MISSING_FIX = (
     "Create it (`createdb NAME` as an administrator) and run `engine db migrate`, "
     "or correct the database name in ENGINE_DATABASE_URL."
+)
+_PRIVILEGE_FIX = (
+    "the database role of ENGINE_DATABASE_URL may not do this; sql/grants.sql says what the service, "
+    "ingest and reader roles are granted (docs/production.md, \"Least-privilege roles\")"
 )
 _CAPACITY_FIX = (
     "The server allows no more connections (or is out of disk or memory): wait and retry, raise "

@@ -162,6 +162,7 @@ def test_the_ingest_role_cannot_touch_automations_history_or_data(deployment):
     result = engine_cli(url, "rules", "apply", str(deployment.rules))
     assert result.returncode == 1
     assert "error: permission denied for table automations" in result.stderr
+    assert "sql/grants.sql" in result.stderr  # the refusal says where the roles' grants are
     assert "Traceback" not in result.stderr
 
 
