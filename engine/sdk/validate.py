@@ -65,32 +65,27 @@ def check_key(key: Any, *, system: bool = False) -> str:
 
 def to_float(key: str, value: Any) -> float:
     """A logged value as a float: anything `float()` converts — int, bool (0/1), numpy scalars
-    and 0-d arrays, scalar tensors, Decimal, Fraction — except text (`"0.5"` is not a number)
-    and arrays with dimensions (`np.array([0.5])` is not a scalar). Otherwise a TypeError
-    naming the key (a ValueError when the number does not fit in a double).
+    and 0-d arrays, scalar tensors, Decimal, Fraction, numeric text (`"0.5"`) — except arrays
+    with dimensions (`np.array([0.5])` is not a scalar; numpy deprecates converting it).
+    Otherwise a TypeError naming the key (a ValueError when the number does not fit in a double).
 
     >>> to_float("acc", True)
     1.0
     """
     if type(value) is float:
         return value
-    reason = "text is not a number"
-    if not isinstance(value, _TEXT):
-        if getattr(value, "ndim", 0):
-            reason = f"an array of shape {getattr(value, 'shape', '?')} is not a single number"
-        else:
-            try:
-                return float(value)
-            except OverflowError:
-                raise ValueError(f"metric {key!r}: value {_show(value)} is too large for a double") from None
-            except TypeError:  # no __float__ (float()'s own words add nothing)
-                reason = "float() cannot convert it"
-            except Exception as exc:  # noqa: BLE001 - what a __float__ raised (a tensor of several elements, ...)
-                reason = f"float() cannot convert it: {exc}" if str(exc) else "float() cannot convert it"
+    if getattr(value, "ndim", 0):
+        reason = f"an array of shape {getattr(value, 'shape', '?')} is not a single number"
+    else:
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"metric {key!r}: value {_show(value)} is too large for a double") from None
+        except TypeError:  # no __float__ (float()'s own words add nothing)
+            reason = "float() cannot convert it"
+        except Exception as exc:  # noqa: BLE001 - what a __float__ raised (a tensor of several elements, ...)
+            reason = f"float() cannot convert it: {exc}" if str(exc) else "float() cannot convert it"
     raise TypeError(f"metric {key!r}: value {_show(value)} of type {type(value).__name__} is not a number ({reason})")
-
-
-_TEXT = (str, bytes, bytearray)
 
 
 def _show(value: Any, limit: int = 60) -> str:
