@@ -2,19 +2,16 @@
 # `db` service. The embedded database is not used in the image (ENGINE_DATABASE_URL is set).
 FROM python:3.11-slim
 
-# `pip install .` installs the Python package only: engine/db.py finds the SQL files
-# (migrations, views, named queries) through ENGINE_SQL_DIR.
+# `pip install .` installs the package with its SQL (migrations, views, named queries).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    ENGINE_SQL_DIR=/app/sql \
     ENGINE_RULES_PATH=/app/rules
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY engine ./engine
-COPY sql ./sql
 # Rules come from a volume: docker-compose.yml mounts ./rules here.
 RUN pip install . \
     && mkdir -p /app/rules \

@@ -4,7 +4,7 @@ and through PgBouncer (transaction pooling), next to a running `engine serve`.
     python bench/connections.py                      # 120 jobs x 300 steps (2 metrics)
     python bench/connections.py --runs 200 --steps 100
 
-A cluster of its own (TCP on 127.0.0.1, SCRAM passwords, the roles of sql/grants.sql, the
+A cluster of its own (TCP on 127.0.0.1, SCRAM passwords, the roles of engine/sql/grants.sql, the
 same harness as tests/acceptance/test_pgbouncer.py), `engine serve` logged in as a member of
 engine_service (directly: it LISTENs), and the jobs as a member of engine_ingest:
 

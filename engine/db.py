@@ -1,8 +1,9 @@
 """Connections, the one boundary where psycopg errors become EngineErrors, and migrations.
 
-SQL written by hand lives in `sql/queries/*.sql`, in blocks named `-- name: <name>`,
-loaded with `query("<name>")`. Migrations are `sql/migrations/NNNN_*.sql`, views
-`sql/views/*.sql` (recreated after every migrate).
+SQL written by hand lives in `engine/sql/queries/*.sql`, in blocks named `-- name: <name>`,
+loaded with `query("<name>")`. Migrations are `engine/sql/migrations/NNNN_*.sql`, views
+`engine/sql/views/*.sql` (recreated after every migrate). The SQL is package data: an
+installed engine (a wheel, the Docker image) carries its own.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(os.environ.get("ENGINE_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
+# ENGINE_SQL_DIR points at another copy of the SQL (a test of an edited migration uses it).
+SQL_DIR = Path(os.environ.get("ENGINE_SQL_DIR") or Path(__file__).resolve().parent / "sql")
 NOTIFY_CHANNEL = "engine_ingest"
 _MIGRATION_LOCK = 0x656E67696E65  # "engine": serialises concurrent `db migrate`
 
@@ -125,7 +127,7 @@ _DATABASE_MISSING_FIX = (
     "or correct the database name in ENGINE_DATABASE_URL."
 )
 _PRIVILEGE_FIX = (
-    "the database role of ENGINE_DATABASE_URL may not do this; sql/grants.sql says what the service, "
+    "the database role of ENGINE_DATABASE_URL may not do this; engine/sql/grants.sql says what the service, "
     "ingest and reader roles are granted (docs/production.md, \"Least-privilege roles\")"
 )
 _CAPACITY_FIX = (
@@ -246,17 +248,19 @@ _BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 @lru_cache(maxsize=None)
 def _queries() -> dict[str, str]:
     found: dict[str, str] = {}
+    where: dict[str, str] = {}
     for path in sorted((SQL_DIR / "queries").glob("*.sql")):
         parts = _BLOCK.split(path.read_text())
         for name, body in zip(parts[1::2], parts[2::2]):
             if name in found:
-                raise RuntimeError(f"query {name!r} defined twice ({path})")
+                raise RuntimeError(f"query {name!r} defined twice ({where[name]} and {path.name})")
             found[name] = body.strip()
+            where[name] = path.name
     return found
 
 
 def query(name: str) -> str:
-    """A named block from sql/queries/*.sql."""
+    """A named block from engine/sql/queries/*.sql."""
     try:
         return _queries()[name]
     except KeyError:
@@ -270,6 +274,18 @@ def query_names() -> set[str]:
 # -- migrations ----------------------------------------------------------------------------
 def migrations() -> list[tuple[str, Path]]:
     return [(p.name.split("_", 1)[0], p) for p in sorted((SQL_DIR / "migrations").glob("[0-9]*.sql"))]
+
+
+def checksum(text: str) -> str:
+    """What `schema_migrations.checksum` records of a migration: sha256 of its text."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def edited_migrations(conn: psycopg.Connection) -> list[str]:
+    """The applied migrations whose file no longer has the text that was applied."""
+    with boundary():
+        recorded = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+    return [p.name for v, p in migrations() if v in recorded and recorded[v] != checksum(p.read_text())]
 
 
 def migrate(conn: psycopg.Connection) -> list[str]:
@@ -289,8 +305,18 @@ def migrate(conn: psycopg.Connection) -> list[str]:
             )
             done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
             if not migrations():
+                fix = (
+                    "ENGINE_SQL_DIR names a folder without them; unset it to use the SQL inside the package"
+                    if os.environ.get("ENGINE_SQL_DIR") else "the engine is installed without its SQL: reinstall it"
+                )
+                raise SchemaNotReady(f"no migration files in {SQL_DIR / 'migrations'}: {fix}.")
+            # Applying on top of an edited migration would leave a schema that no file describes.
+            edited = edited_migrations(conn)
+            if edited:
                 raise SchemaNotReady(
-                    f"no migration files in {SQL_DIR / 'migrations'}: set ENGINE_SQL_DIR to the project's sql/ folder."
+                    f"{', '.join(edited)} in {SQL_DIR / 'migrations'} changed after it was applied to this database "
+                    "(its sha256 differs from the one recorded in schema_migrations): restore the file as it was; "
+                    "a schema change goes in a new migration."
                 )
             for version, path in migrations():
                 if version in done:
@@ -300,7 +326,7 @@ def migrate(conn: psycopg.Connection) -> list[str]:
                     conn.execute(text)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                        (version, path.name, hashlib.sha256(text.encode()).hexdigest()),
+                        (version, path.name, checksum(text)),
                     )
                 applied_now.append(path.name)
                 log.info("applied migration %s", path.name)

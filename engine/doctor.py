@@ -21,14 +21,13 @@ Checks, in order (a check that needs the database is skipped, and says so, witho
 A check the connected role has no privilege for (a training node's ingest-only role cannot
 read the automations; only a superuser or pg_read_all_settings may read
 `shared_preload_libraries`) is not a failure: it says "not checked", the privilege it needs,
-and the doctor goes on with the next check (see the roles of sql/grants.sql).
+and the doctor goes on with the next check (see the roles of engine/sql/grants.sql).
 
 `run_checks()` returns the results; the exit code of the command is 1 when one failed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import socket
 from collections.abc import Iterable, Iterator
@@ -43,7 +42,7 @@ from psycopg.rows import dict_row
 from engine import clock
 from engine.actions import ssrf
 from engine.actions.secrets import read_env
-from engine.db import connect, migrations, pending_migrations, query, translate
+from engine.db import connect, edited_migrations, migrations, pending_migrations, query, translate
 from engine.demo.rules import PREFIX as DEMO_PREFIX
 from engine.exceptions import DeliveryError, EngineError, PermanentDeliveryError, RuleValidationError
 from engine.localdb import LocalDatabase
@@ -128,7 +127,7 @@ def _refusal(exc: BaseException) -> str | None:
 def _not_permitted(name: str, role: str, refused: BaseException, grant: str) -> Check:
     return Check(
         name, "skip", f"not checked: the role {role} may not read what it needs ({_refusal(refused) or refused})",
-        f"to check it, `{grant}` (see sql/grants.sql), or run `engine doctor` as the service's role",
+        f"to check it, `{grant}` (see engine/sql/grants.sql), or run `engine doctor` as the service's role",
     )
 
 
@@ -272,12 +271,7 @@ def _migrations(conn: psycopg.Connection, role: str | None = None) -> Check:
             name, "fail", f"{len(pending)} of {len(files)} migrations not applied: {', '.join(pending)}",
             "run `engine db migrate`",
         )
-    changed = []
-    recorded = {r["version"]: r for r in _dicts(conn, "doctor_migration_checksums")}
-    for version, path in files:
-        digest = hashlib.sha256(path.read_text().encode()).hexdigest()
-        if version in recorded and recorded[version]["checksum"] != digest:
-            changed.append(path.name)
+    changed = edited_migrations(conn)
     if changed:
         return Check(
             name, "fail",

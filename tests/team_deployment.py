@@ -2,7 +2,7 @@
 
 * `TeamDatabase`: its own PostgreSQL + TimescaleDB cluster (the code of `engine db up`) that
   listens on TCP 127.0.0.1 with password (SCRAM) logins, migrated, with the least-privilege
-  roles of `sql/grants.sql`; `login()` makes a login role in one of them and gives its URL.
+  roles of `engine/sql/grants.sql`; `login()` makes a login role in one of them and gives its URL.
 * `PgBouncer`: Debian's pgbouncer in front of it, in transaction pooling mode, as a subprocess.
 * `run_fleet()`: N training processes that start together and log through the SDK.
 
@@ -133,7 +133,7 @@ class TeamDatabase:
         return psycopg.connect(self.superuser_url, autocommit=True)
 
     def login(self, name: str, password: str, member_of: str | None = None) -> str:
-        """A login role (in one of the group roles of sql/grants.sql); its TCP URL."""
+        """A login role (in one of the group roles of engine/sql/grants.sql); its TCP URL."""
         with self.admin() as conn:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(password)))
             if member_of:

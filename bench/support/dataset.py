@@ -37,7 +37,7 @@ from engine.settings import Settings
 METRICS = ("loss", "accuracy", "lr", "grad_norm", "throughput")  # m = 0..4 in bench_value()
 PROJECT = ("bench", "eval")
 CHECK_PROJECT = ("bench", "check")
-_BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)  # the format of sql/queries/*.sql
+_BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)  # the format of engine/sql/queries/*.sql
 
 
 @lru_cache(maxsize=None)

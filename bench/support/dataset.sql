@@ -1,5 +1,5 @@
 -- The synthetic dataset of the evaluation benchmarks (bench/support/dataset.py).
--- Blocks are loaded by name, like sql/queries/*.sql.
+-- Blocks are loaded by name, like engine/sql/queries/*.sql.
 
 -- name: create_noise_function
 -- A uniform number in [0, 1] from a key (an inlinable SQL expression: no FROM, no CTE).

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, StringConstraints
 from engine.rules.base import rule_error
 from engine.rules.regex import RegexError, check_regex
 
-# Keep in sync with the CHECK constraints of sql/migrations/0001_core.sql and 0002_automations.sql.
+# Keep in sync with the CHECK constraints of engine/sql/migrations/0001_core.sql and 0002_automations.sql.
 _AUTOMATION_NAME = re.compile(r"[A-Za-z0-9 ._-]{1,128}")
 _PART = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # PostgreSQL's [[:cntrl:]]

@@ -3,7 +3,7 @@
 Each function takes a connection inside the caller's transaction, so that a whole
 `log_artifact` (version, `latest`, extra aliases, tags) or `link_artifact` (link, registry
 `latest`, aliases) commits at once with all its events. Each change and its event are one
-statement in sql/queries/sdk.sql.
+statement in engine/sql/queries/sdk.sql.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
         v = run.log_artifact("mnist", type="dataset", metadata={"rows": 60000})
 
 Every state change writes `runs.state`, a `run_transitions` row and a `run_state` event in
-one statement (sql/queries/sdk.sql). Points go through the process's Writer (writer.py).
+one statement (engine/sql/queries/sdk.sql). Points go through the process's Writer (writer.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-# Same pattern as the `entity_part` domain and `registries.name` in sql/migrations/0001_core.sql.
+# Same pattern as the `entity_part` domain and `registries.name` in engine/sql/migrations/0001_core.sql.
 _NAME_PART = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_KEY_LENGTH = 256

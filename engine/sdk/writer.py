@@ -9,7 +9,7 @@ points, and stores it in ONE transaction:
 1. new metric keys interned into `metric_keys` (ids cached in the process after commit),
 2. `COPY metric_points|system_metrics (time, run_pk, key_id, step, seq, value) FROM STDIN
    (FORMAT BINARY)`, with `seq = (batch_id << 20) | ordinal` (`ingest_batch_seq`),
-3. `upsert_series` (sql/queries/ingest.sql) for every series with a finite value in the batch,
+3. `upsert_series` (engine/sql/queries/ingest.sql) for every series with a finite value in the batch,
 4. one `notify_ingest`.
 
 Flushes run one at a time (a lock), so batches of a run commit in logging order and `seq`
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 ORDINAL_BITS = 20
 MAX_BATCH_POINTS = 1 << ORDINAL_BITS  # ordinals of one flush must fit in the low 20 bits of seq
-# Binary COPY types, in the column order of the copy_* blocks in sql/queries/sdk.sql.
+# Binary COPY types, in the column order of the copy_* blocks in engine/sql/queries/sdk.sql.
 COPY_TYPES = ("timestamptz", "int8", "int4", "int8", "int8", "float8")
 # Transaction control of a flush (see Writer._write).
 _BEGIN, _COMMIT, _ROLLBACK = "BEGIN", "COMMIT", "ROLLBACK"

@@ -1,4 +1,4 @@
-"""The least-privilege roles of sql/grants.sql, as a team uses them (docs/production.md): a
+"""The least-privilege roles of engine/sql/grants.sql, as a team uses them (docs/production.md): a
 training node logs as a member of engine_ingest, `engine serve` runs as a member of
 engine_service, an analyst reads as a member of engine_reader, each over TCP with a password,
 against a server of its own. Each can do its job, and nothing more; `engine doctor` runs as
@@ -162,7 +162,7 @@ def test_the_ingest_role_cannot_touch_automations_history_or_data(deployment):
     result = engine_cli(url, "rules", "apply", str(deployment.rules))
     assert result.returncode == 1
     assert "error: permission denied for table automations" in result.stderr
-    assert "sql/grants.sql" in result.stderr  # the refusal says where the roles' grants are
+    assert "engine/sql/grants.sql" in result.stderr  # the refusal says where the roles' grants are
     assert "Traceback" not in result.stderr
 
 
@@ -220,7 +220,7 @@ def test_doctor_runs_as_each_role_and_says_what_it_could_not_check(deployment, r
         for check, table in (("stored automations load and run", "automations"), ("deliveries succeeding", "deliveries")):
             assert (f"– {check}: not checked: the role trainer may not read what it needs "
                     f"(permission denied for table {table})\n"
-                    "    fix: to check it, `GRANT engine_reader TO trainer` (see sql/grants.sql)") in out, out
+                    "    fix: to check it, `GRANT engine_reader TO trainer` (see engine/sql/grants.sql)") in out, out
         assert "5 of 7 checks passed, 2 not checked (–)." in out
     else:
         assert "✓ rule files valid: 1 rule in 1 file" in out and "all applied" in out

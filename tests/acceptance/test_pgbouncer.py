@@ -2,7 +2,7 @@
 max_connections = 100: none crashes, every point is stored, in order.
 
 The server is a cluster of its own (TCP on 127.0.0.1, SCRAM passwords, the roles of
-sql/grants.sql), and the jobs log in as a member of `engine_ingest`. PgBouncer 1.18 (Debian
+engine/sql/grants.sql), and the jobs log in as a member of `engine_ingest`. PgBouncer 1.18 (Debian
 12) keeps no prepared statement across transactions and hands each transaction any server
 connection: the SDK must hold no session state between transactions.
 """

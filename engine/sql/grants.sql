@@ -1,7 +1,7 @@
 -- Least-privilege roles of a team deployment: three group roles (NOLOGIN) that your login
 -- roles join. Run this file as the role that ran `engine db migrate` (it owns the tables),
 -- once, then again after every `engine db migrate` that adds tables. It is idempotent.
---   psql "$OWNER_URL" -v ON_ERROR_STOP=1 -f sql/grants.sql
+--   psql "$OWNER_URL" -v ON_ERROR_STOP=1 -f engine/sql/grants.sql
 -- Creating the roles needs CREATEROLE; without it, have them created first (same names).
 --
 --   engine_service  `engine serve` (evaluation and deliveries), `engine rules apply|enable|

@@ -13,10 +13,6 @@ SELECT current_setting('server_version') AS server_version,
 -- that may not read shared_preload_libraries).
 SELECT _timescaledb_functions.get_git_commit();
 
--- name: doctor_migration_checksums
--- Applied migrations as recorded (to find files changed after they were applied).
-SELECT version, name, checksum FROM schema_migrations ORDER BY version;
-
 -- name: doctor_automations
 -- Every stored automation with its evaluation state (the evaluator records failures here).
 SELECT a.name, a.enabled, a.rule, s.last_error, s.last_error_at, s.failures, s.evaluated_at
