@@ -64,6 +64,17 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
         yield c
 
 
+@pytest.fixture
+def empty_database_url(pg_cluster: LocalDatabase) -> Iterator[str]:
+    """A database with nothing in it (not even TimescaleDB): for tests that migrate from zero."""
+    name = "e_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield pg_cluster.url(name)
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No test reads the developer's ENGINE_* environment or writes into the work tree."""
