@@ -186,17 +186,3 @@ def test_series_tails_are_packed_as_binary_arrays():
     t = datetime(2000, 1, 1, 0, 0, 1, 5, tzinfo=timezone.utc)
     assert _decode_array(TimestamptzArray.of([t]), "q") == (1184, [1_000_005])
     assert _decode_array(Int8Array.of([]), "q") == (20, [])
-
-
-def test_every_query_the_sdk_names_exists():
-    import re
-    from pathlib import Path
-
-    import engine.sdk
-    from engine.db import query_names
-
-    used = set()
-    for path in Path(engine.sdk.__file__).parent.glob("*.py"):
-        used |= set(re.findall(r'query\("(\w+)"\)', path.read_text()))
-    assert {"create_run", "transition_run", "upsert_series", "notify_ingest", "set_artifact_alias"} <= used
-    assert used <= query_names()

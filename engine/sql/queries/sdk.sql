@@ -251,13 +251,6 @@ SELECT %(at)s, 'registry_version_linked', %(author)s, %(project_id)s, %(collecti
 FROM l
 RETURNING link_id;
 
--- name: link_by_id
-SELECT l.id, g.name, rc.name, l.version_index, l.version_id, rc.registry_id, rc.id
-FROM registry_links l
-JOIN registry_collections rc ON rc.id = l.registry_collection_id
-JOIN registries g ON g.id = rc.registry_id
-WHERE l.id = %(link_id)s;
-
 -- name: lock_link_collection
 -- As lock_version_collection, for aliases inside a registry collection.
 SELECT rc.id FROM registry_collections rc JOIN registry_links l ON l.registry_collection_id = rc.id
