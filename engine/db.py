@@ -284,7 +284,7 @@ def checksum(text: str) -> str:
 def edited_migrations(conn: psycopg.Connection) -> list[str]:
     """The applied migrations whose file no longer has the text that was applied."""
     with boundary():
-        recorded = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+        recorded: dict[str, str] = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
     return [p.name for v, p in migrations() if v in recorded and recorded[v] != checksum(p.read_text())]
 
 
