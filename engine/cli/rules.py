@@ -20,10 +20,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine import db as enginedb
+from engine.actions.ssrf import address_warnings
 from engine.cli.output import Format, FormatOption, is_terminal, print_rows, print_table
 from engine.exceptions import ConfigurationError, RuleValidationError
 from engine.rules import lint, load_rules, store
-from engine.rules.actions import address_warnings
 from engine.rules.loader import LoadedRule
 from engine.settings import get_settings
 
