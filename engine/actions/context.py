@@ -27,7 +27,6 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-
 from pydantic import TypeAdapter, ValidationError
 
 from engine import clock, db

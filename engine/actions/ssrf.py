@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from engine.rules.actions import ActionModel, SlackAction, WebhookAction
-
 from engine.exceptions import DeliveryError, PermanentDeliveryError
+from engine.rules.actions import ActionModel, SlackAction, WebhookAction
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -42,7 +42,7 @@ def parse_duration(value: str | int | timedelta) -> timedelta:
         if not text or not match:
             raise ValueError(f"{value!r} is not a duration: write e.g. 90s, 1m, 24h, 7d or 1h30m")
         # Exact decimal arithmetic, bounded before timedelta sees it (which would overflow).
-        seconds = sum(Decimal(n) * unit for n, unit in zip(match.groups(), _PARSED_UNITS) if n)
+        seconds = sum(Decimal(n) * unit for n, unit in zip(match.groups(), _PARSED_UNITS, strict=True) if n)
         if seconds > Decimal(MAX_DURATION.total_seconds()):
             raise ValueError("is too long (at most 3650d)")
         result = timedelta(seconds=float(seconds))

@@ -66,7 +66,7 @@ APPLIES: dict[str, tuple[str, ...]] = {
 }
 
 # Our event kinds (rules, triggers.event_type) -> W&B names (`${event_type}`).
-WANDB_EVENT_TYPES: dict[str, str] = {kind: cls.wandb_name for kind, cls in zip(EVENT_TYPES, EVENT_CLASSES)}
+WANDB_EVENT_TYPES: dict[str, str] = {kind: cls.wandb_name for kind, cls in zip(EVENT_TYPES, EVENT_CLASSES, strict=True)}
 
 
 def wandb_event_type(kind: str) -> str:
