@@ -48,10 +48,10 @@ from engine.rules import (
     RunMetricThreshold,
     RunState,
 )
+from engine.names import is_system_metric
 
 Mode = Literal["live", "history"]
 DIALECT = "postgres"
-SYSTEM_PREFIX = "system/"
 
 @dataclass(frozen=True)
 class CompiledQuery:
@@ -94,7 +94,7 @@ def _frag(sql: str) -> exp.Expression:
 
 def metric_table(metric: str) -> str:
     """`system/<key>` metrics live in system_metrics, everything else in metric_points."""
-    return "system_metrics" if metric.startswith(SYSTEM_PREFIX) else "metric_points"
+    return "system_metrics" if is_system_metric(metric) else "metric_points"
 
 
 # --------------------------------------------------------------------------------------

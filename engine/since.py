@@ -17,15 +17,14 @@ import re
 from datetime import datetime, time, timedelta, timezone
 
 from engine import clock
-from engine.rules.duration import MAX_DURATION, parse_duration
+from engine.rules.duration import parse_duration
 
 HELP = (
     "How far back: a duration (7d, 24h, 30m), today, yesterday, or an ISO date or time "
     "(2026-12-02, 2026-12-02T09:30, 2026-12-02T09:30+01:00); without a zone, times are UTC."
 )
 
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
-_ONE_UNIT = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)([smhdw])")
+_UNIT_LETTERS = "smhdw"
 # How people also write durations, for the suggestion: "7 days", "3hrs ago", "90 sec".
 _WORDY = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)\s*([a-z]+)(?:\s+ago)?")
 _UNIT_WORDS = {
@@ -66,16 +65,12 @@ def _parse(value: str, now: datetime) -> datetime | str:
     if value in ("today", "yesterday"):
         midnight = datetime.combine(now.astimezone(timezone.utc).date(), time(), tzinfo=timezone.utc)
         return midnight - timedelta(days=1 if value == "yesterday" else 0)
-    if value[:1].isdigit() and value[-1:] in _UNIT_SECONDS:
-        # `1.5h` and `2w` (one unit, decimals allowed), or a compound `1h30m` as rules write it
-        one = _ONE_UNIT.fullmatch(value)
+    if value[:1].isdigit() and value[-1:] in _UNIT_LETTERS:
+        # `1.5h`, `2w`, `1h30m`: written as a rule's cooldown is
         try:
-            seconds = float(one.group(1)) * _UNIT_SECONDS[one.group(2)] if one else parse_duration(value).total_seconds()
+            return now - parse_duration(value)
         except ValueError as exc:
             return str(exc) if "too long" in str(exc) else "not a duration"
-        if seconds > MAX_DURATION.total_seconds():
-            return "is too long (at most 3650d)"
-        return now - timedelta(seconds=seconds)
     try:
         parsed = datetime.fromisoformat(value.upper())  # 't' and 'z' come lower-cased
     except ValueError as exc:

@@ -3,15 +3,17 @@
 `build_context(conn, trigger_id)` reads the trigger and what it points at (automation, run,
 project, event, artifact version and collection, registry) in one query
 (`delivery_trigger_context`) and turns the row into `{variable: text}`. Every variable of
-`templates.VARIABLES` except the secret `ACCESS_TOKEN` is present; one that does not apply
-is "". `artifact_metadata.<KEY>` entries are added for the version's top-level metadata keys.
+`VARIABLES` (engine/rules/variables.py) except the secret `ACCESS_TOKEN` is present; one that
+does not apply is "". `artifact_metadata.<KEY>` entries are added for the version's top-level
+metadata keys.
 
 `triggers.details` may carry any variable by name (the evaluator writes `metric_filter`,
 `registry_name`, `event_author`, ... when it knows them); such a value wins over the one
 computed from the joins. Values are text: numbers as Python writes them (`0.62`, `5`),
-`metric_values` as a JSON list, times in ISO 8601 UTC.
+`metric_values` as a JSON list, times in ISO 8601 UTC. `metric_filter` is the rule's event
+in words, from its model (`describe()`), the function the evaluator records it with.
 
-`sample_context(rule)` builds the same dictionary from the rule alone, for
+`sample_context(automation)` builds the same dictionary from the rule alone, for
 `engine actions test`, through the same `compose` function.
 """
 
@@ -25,23 +27,16 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from pydantic import TypeAdapter, ValidationError
 
 from engine import clock, db
-from engine.actions.templates import METADATA_PREFIX, SECRET_VARIABLES, VARIABLES
 from engine.exceptions import NotFound
+from engine.rules.automation import Automation
+from engine.rules.events import METRIC_EVENT_TYPES, Event, RunMetricChange, RunMetricThreshold, RunState
+from engine.rules.variables import METADATA_PREFIX, SECRET_VARIABLES, VARIABLES, wandb_event_type
 from engine.settings import Settings, get_settings
 
-# Our event kinds (rules, triggers.event_type) -> W&B names (`${event_type}`); SPEC section 2.
-WANDB_EVENT_TYPES: dict[str, str] = {
-    "run_metric_threshold": "RUN_METRIC",
-    "run_metric_change": "RUN_METRIC_CHANGE",
-    "run_state": "RUN_STATE",
-    "artifact_version_created": "CREATE_ARTIFACT",
-    "artifact_alias_added": "ADD_ARTIFACT_ALIAS",
-    "artifact_tag_added": "ADD_ARTIFACT_TAG",
-    "registry_version_linked": "LINK_ARTIFACT",
-}
-METRIC_KINDS = frozenset({"run_metric_threshold", "run_metric_change"})
+_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 def number_text(value: Any) -> str:
@@ -66,21 +61,14 @@ def time_text(value: datetime | None) -> str:
     return value.astimezone(timezone.utc).isoformat() if value else ""
 
 
-def describe_condition(event: Mapping[str, Any]) -> str:
-    """A metric rule's condition in words: `avg(accuracy) over 5 > 0.6`."""
-    kind = event.get("type")
-    metric, agg = event.get("metric", ""), event.get("aggregation") or "avg"
-    if kind == "run_metric_threshold":
-        window = event.get("window") or 5
-        return f"{agg}({metric}) over {window} {event.get('operator', '>')} {number_text(event.get('threshold'))}"
-    if kind == "run_metric_change":
-        current, prior = event.get("current_window") or 10, event.get("prior_window") or 50
-        change, direction = event.get("change") or "relative", event.get("direction") or "any"
-        return (
-            f"{agg}({metric}) over last {current} vs prior {prior}: "
-            f"{change} {direction} >= {number_text(event.get('amount'))}"
-        )
-    return ""
+def condition_text(rule: Automation | Mapping[str, Any] | None) -> str:
+    """`${metric_filter}` of a rule (a model, or its stored JSON): its event in words."""
+    if isinstance(rule, Automation):
+        return rule.event.describe()
+    try:
+        return _EVENT.validate_python((rule or {}).get("event")).describe()
+    except ValidationError:  # a stored rule another version of the engine wrote
+        return ""
 
 
 def _text(value: Any) -> str:
@@ -118,7 +106,7 @@ def compose(row: Mapping[str, Any], settings: Settings | None = None) -> dict[st
     event_details = row.get("event_details") or {}
 
     ctx["automation_name"] = row.get("automation_name") or ""
-    ctx["event_type"] = WANDB_EVENT_TYPES.get(kind, kind.upper())
+    ctx["event_type"] = wandb_event_type(kind)
     ctx["entity_name"] = row.get("entity") or ""
     ctx["project_name"] = row.get("project") or ""
     ctx["trigger_id"] = _text(row.get("trigger_id"))
@@ -130,12 +118,15 @@ def compose(row: Mapping[str, Any], settings: Settings | None = None) -> dict[st
         ctx["run_status"] = _run_status(row)
         ctx["run_url"] = run_url(ctx["entity_name"], ctx["project_name"], row["run_id"], settings)
 
-    if kind in METRIC_KINDS or row.get("metric"):
+    if kind in METRIC_EVENT_TYPES or row.get("metric"):
         ctx["metric_name"] = row.get("metric") or ""
         ctx["metric_value"] = number_text(row.get("value"))
         ctx["metric_values"] = values_text(row.get("window_values"))
         ctx["metric_step"] = number_text(row.get("step"))
-        ctx["metric_filter"] = describe_condition(rule.get("event") or {})
+    # The evaluator records it with every trigger (in `details`, which wins below); the rule
+    # is only read for a sample, or for a trigger recorded without it.
+    if "metric_filter" not in details:
+        ctx["metric_filter"] = condition_text(rule)
 
     ctx["alias"] = row.get("alias") or _text(event_details.get("alias"))
     ctx["tag"] = row.get("tag") or _text(event_details.get("tag"))
@@ -177,54 +168,39 @@ def build_context(conn: psycopg.Connection, trigger_id: int, settings: Settings 
     return compose(row, settings)
 
 
-def rule_of(automation: Any) -> dict[str, Any]:
-    """The rule as JSON from a rule model, a rule dict, or an `automations` row."""
-    if hasattr(automation, "model_dump"):
-        return automation.model_dump(mode="json")
-    if isinstance(automation, Mapping) and isinstance(automation.get("rule"), Mapping):
-        return dict(automation["rule"])
-    return dict(automation)
-
-
-def sample_context(automation: Any, settings: Settings | None = None) -> dict[str, str]:
+def sample_context(automation: Automation, settings: Settings | None = None) -> dict[str, str]:
     """A plausible context for the automation's event kind, built from its rule alone.
 
     Names come from the rule's scope where it has them (`acme/vision`, the collection,
     the registry) and are `sample-…` otherwise; metric values sit on the threshold.
     """
-    rule = rule_of(automation)
-    event = rule.get("event") or {}
-    scope = rule.get("scope") or {}
-    kind = str(event.get("type") or "")
-    entity, _, project = str(scope.get("project") or "sample-entity/sample-project").partition("/")
+    event, scope = automation.event, automation.scope
+    entity, _, project = (scope.project or "sample-entity/sample-project").partition("/")
     row: dict[str, Any] = {
         "trigger_id": 0,
         "fired_at": clock.now(),
-        "kind": kind,
-        "automation_name": rule.get("name") or "",
-        "rule": rule,
+        "kind": event.type,
+        "automation_name": automation.name,
+        "rule": automation,
         "entity": entity,
         "project": project or "sample-project",
         "event_author": "sample-user",
     }
-    if kind.startswith("run_"):
-        states = event.get("states") or ["running"]
-        row |= {"run_id": "sample-run", "run_name": "sample-run", "run_state": states[0], "run_user": "sample-user"}
-    if kind == "run_metric_threshold":
-        threshold = float(event.get("threshold") or 0.0)
-        window = int(event.get("window") or 5)
-        row |= {"metric": event.get("metric"), "step": 100, "value": threshold, "window_values": [threshold] * window}
-    elif kind == "run_metric_change":
-        amount = float(event.get("amount") or 0.0)
-        window = int(event.get("current_window") or 10)
-        row |= {"metric": event.get("metric"), "step": 100, "value": amount, "window_values": [1.0 + amount] * window}
-    elif not kind.startswith("run_"):
-        collection = scope.get("collection") or "sample-collection"
+    if event.is_run_event:
+        state = event.states[0] if isinstance(event, RunState) else "running"
+        row |= {"run_id": "sample-run", "run_name": "sample-run", "run_state": state, "run_user": "sample-user"}
+    if isinstance(event, RunMetricThreshold):
+        row |= {"metric": event.metric, "step": 100, "value": event.threshold, "window_values": [event.threshold] * event.window}
+    elif isinstance(event, RunMetricChange):
+        values = [1.0 + event.amount] * event.current_window
+        row |= {"metric": event.metric, "step": 100, "value": event.amount, "window_values": values}
+    elif not event.is_run_event:
+        collection = scope.collection or "sample-collection"
         row |= {"version_id": 0, "version_index": 0, "collection_name": collection, "metadata": {}}
-        if scope.get("registry"):
-            row |= {"registry_name": scope["registry"], "registry_collection_name": collection, "link_index": 0}
-        if kind == "artifact_alias_added":
+        if scope.registry:
+            row |= {"registry_name": scope.registry, "registry_collection_name": collection, "link_index": 0}
+        if event.type == "artifact_alias_added":
             row["alias"] = "sample-alias"
-        if kind == "artifact_tag_added":
+        if event.type == "artifact_tag_added":
             row["tag"] = "sample-tag"
     return compose(row, settings)

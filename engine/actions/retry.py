@@ -11,15 +11,14 @@ import email.utils
 import random
 from datetime import datetime, timezone
 
+# An action's `max_attempts` default, chosen with this schedule (see there).
+from engine.rules.actions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
+
 BACKOFF_CAP_SECONDS = 600.0
 # A receiver may ask for a pause, but not park a delivery for days.
 RETRY_AFTER_CAP_SECONDS = 3600.0
 # Each delay is drawn between its nominal value and this much more (a fraction of it).
 JITTER = 0.2
-# With the default ENGINE_RETRY_BASE_SECONDS (1 s), 16 attempts span 67 minutes of receiver
-# outage (`schedule`): a receiver down for an hour still gets the delivery. An action's
-# `max_attempts` overrides it. docs/actions.md lists the attempt times: keep it in sync.
-DEFAULT_MAX_ATTEMPTS = 16
 
 
 def nominal_backoff(attempt: int, base: float) -> float:

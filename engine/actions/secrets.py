@@ -15,19 +15,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.exceptions import PermanentDeliveryError
+from engine.rules.actions import ActionModel, EnvSecret
 
 REDACTED = "[redacted]"
-# Fields of an action that hold `{env: NAME}` references (engine/rules/actions.py).
+# Fields of an action that hold `{env: NAME}` references (`EnvSecret` in engine/rules/actions.py).
 SECRET_FIELDS = ("access_token", "secret", "webhook_url", "token")
-
-
-def env_name(ref: Any) -> str | None:
-    """NAME of a `{env: NAME}` reference, or None when the field is unset."""
-    if ref is None:
-        return None
-    if isinstance(ref, Mapping) and isinstance(ref.get("env"), str):
-        return ref["env"]
-    raise PermanentDeliveryError(f"a secret must be written {{env: NAME}}, not {type(ref).__name__}")
 
 
 def read_env(name: str) -> str:
@@ -68,16 +60,16 @@ class Secrets:
         return value
 
 
-def resolve(action: Mapping[str, Any]) -> Secrets:
+def resolve(action: ActionModel) -> Secrets:
     """Read every secret the action names. Raises PermanentDeliveryError if one is missing."""
     values: dict[str, str] = {}
     by_field: dict[str, str] = {}
     for field_name in SECRET_FIELDS:
-        name = env_name(action.get(field_name))
-        if name is None:
+        ref: EnvSecret | None = getattr(action, field_name, None)
+        if ref is None:
             continue
-        value = read_env(name)
-        values[name] = value
+        value = read_env(ref.env)
+        values[ref.env] = value
         by_field[field_name] = value
     if "access_token" in by_field:
         values["ACCESS_TOKEN"] = by_field["access_token"]

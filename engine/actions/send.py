@@ -1,9 +1,11 @@
 """`send_action`: one try of one action, the single entry point of every sender.
 
 Used by the dispatcher (for deliveries) and by `engine actions test` (for a sample event),
-so a test request goes through exactly the code a real one does. It never raises for a
-delivery problem: a missing secret, a refused address or a bug in a sender all become an
-`Attempt` with an error, already scrubbed of every secret value.
+so a test request goes through exactly the code a real one does. Senders work on the rule's
+action models; the JSON stored with a delivery becomes one here (`stored_action`). It never
+raises for a delivery problem: a stored action that is not valid, a missing secret, a
+refused address or a bug in a sender all become an `Attempt` with an error, already
+scrubbed of every secret value.
 """
 
 from __future__ import annotations
@@ -19,28 +21,38 @@ from engine.actions import secrets as secretsmod
 from engine.actions import slack, webhook
 from engine.actions.http import Attempt
 from engine.exceptions import DeliveryError, PermanentDeliveryError
+from engine.rules.actions import ActionModel, SlackAction, WebhookAction, stored_action
 from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-SENDERS = {"webhook": webhook.send, "slack": slack.send}
-
 
 def send_action(
-    delivery_id: str, action: Mapping[str, Any], ctx: Mapping[str, str], settings: Settings | None = None
+    delivery_id: str, action: ActionModel | Mapping[str, Any], ctx: Mapping[str, str], settings: Settings | None = None
 ) -> Attempt:
-    """Send `action` once for the event described by `ctx`; the outcome as an Attempt."""
+    """Send `action` (a model, or the JSON stored with a delivery) once for the event
+    described by `ctx`; the outcome as an Attempt."""
     settings = settings or get_settings()
     started_at, t0 = clock.now(), time.monotonic()
     resolved = secretsmod.Secrets()
-    action_type = action.get("type")
-    request: dict[str, Any] = {"url": action.get("url")} if action_type == "webhook" else {}
+    if isinstance(action, Mapping):
+        action_type, url = action.get("type"), action.get("url")
+    else:
+        action_type, url = action.type, getattr(action, "url", None)
+    request: dict[str, Any] = {"url": url} if action_type == "webhook" else {}
     try:
-        sender = SENDERS.get(str(action_type))
-        if sender is None:
-            raise PermanentDeliveryError(f"action type {action_type!r} sends nothing")
+        if isinstance(action, Mapping):
+            try:
+                action = stored_action(action)
+            except ValueError as exc:
+                raise PermanentDeliveryError(str(exc)) from None
         resolved = secretsmod.resolve(action)
-        attempt = sender(delivery_id, action, ctx, resolved, settings)
+        if isinstance(action, WebhookAction):
+            attempt = webhook.send(delivery_id, action, ctx, resolved, settings)
+        elif isinstance(action, SlackAction):
+            attempt = slack.send(delivery_id, action, ctx, resolved, settings)
+        else:
+            raise PermanentDeliveryError(f"action type {action_type!r} sends nothing")
     except PermanentDeliveryError as exc:
         attempt = Attempt(request, error=str(exc), retryable=False)
     except DeliveryError as exc:

@@ -29,9 +29,10 @@ from slack_sdk.errors import SlackApiError
 from engine import clock
 from engine.actions.http import RESPONSE_BODY_LIMIT, Attempt, post_json
 from engine.actions.retry import is_retryable_status, parse_retry_after
-from engine.actions.secrets import REDACTED, Secrets, env_name
+from engine.actions.secrets import REDACTED, Secrets
 from engine.actions.templates import render_text
 from engine.exceptions import PermanentDeliveryError
+from engine.rules.actions import SlackAction
 from engine.settings import Settings
 
 TIMEOUT = 10.0
@@ -67,12 +68,11 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def build_message(action: Mapping[str, Any], ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> dict[str, Any]:
+def build_message(action: SlackAction, ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The chat.postMessage / incoming-webhook body: {"text": fallback, "blocks": [...]}."""
-    severity = action.get("severity") or "info"
-    emoji = SEVERITY_EMOJI.get(severity, SEVERITY_EMOJI["info"])
-    title = render_text(action.get("title") or DEFAULT_TITLE, ctx, secrets).strip() or "automation fired"
-    template = action.get("message") or DEFAULT_MESSAGES.get(ctx.get("event_type", ""), "${event_type}")
+    emoji = SEVERITY_EMOJI[action.severity]
+    title = render_text(action.title or DEFAULT_TITLE, ctx, secrets).strip() or "automation fired"
+    template = action.message or DEFAULT_MESSAGES.get(ctx.get("event_type", ""), "${event_type}")
     message = render_text(template, ctx, secrets, escape=escape_mrkdwn).strip()
 
     run = ctx.get("run_name") or ctx.get("run_id") or ""
@@ -122,21 +122,21 @@ def build_message(action: Mapping[str, Any], ctx: Mapping[str, str], secrets: Ma
     return {"text": _cut(fallback, _TEXT_MAX), "blocks": blocks}
 
 
-def send(delivery_id: str, action: Mapping[str, Any], ctx: Mapping[str, str], secrets: Secrets, settings: Settings) -> Attempt:
+def send(delivery_id: str, action: SlackAction, ctx: Mapping[str, str], secrets: Secrets, settings: Settings) -> Attempt:
     message = build_message(action, ctx, secrets.values)
-    if "webhook_url" in secrets.by_field:
+    if action.webhook_url is not None and "webhook_url" in secrets.by_field:
         return post_json(
             secrets.by_field["webhook_url"],
             json.dumps(message, ensure_ascii=False).encode("utf-8"),
             {"Content-Type": "application/json", "X-Automation-Delivery": delivery_id},
             timeout=TIMEOUT,
             allow_hosts=settings.webhook_allow_hosts,
-            log_url=f"${env_name(action.get('webhook_url'))} {REDACTED}",
+            log_url=f"${action.webhook_url.env} {REDACTED}",
         )
     if "token" in secrets.by_field:
-        if not action.get("channel"):
+        if not action.channel:
             raise PermanentDeliveryError("a Slack action with a token needs a channel")
-        return _post_message(secrets.by_field["token"], str(action["channel"]), message, settings)
+        return _post_message(secrets.by_field["token"], action.channel, message, settings)
     raise PermanentDeliveryError("a Slack action needs webhook_url or token + channel")
 
 

@@ -20,15 +20,17 @@ resolver layouts, e.g. `localhost` as `::1` then `127.0.0.1`).
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
 from engine.exceptions import DeliveryError, PermanentDeliveryError
+from engine.rules.actions import ActionModel, SlackAction, WebhookAction
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -226,3 +228,27 @@ def _resolve_all(targets: set[tuple[str, int]], timeout: float) -> dict[tuple[st
         thread.join(max(0.0, deadline - time.monotonic()))
     with lock:  # a late answer may still arrive: copy under the lock
         return dict(found)
+
+
+def address_warnings(actions: Sequence[ActionModel], allow_hosts: str) -> list[list[str]]:
+    """For each action, a warning when the address policy will refuse its target when it is
+    sent with `allow_hosts` (this shell's ENGINE_WEBHOOK_ALLOW_HOSTS; the service may differ).
+
+    Checked: a webhook's `url`, and a Slack incoming webhook's URL when its variable is set
+    here (the warning names the variable, never the URL: it is a secret). Names are resolved
+    now; one that does not resolve is left to the check at send time (`refused_urls`).
+    """
+    targets: list[tuple[str, str] | None] = []  # (field, url) per action
+    for action in actions:
+        if isinstance(action, WebhookAction):
+            targets.append(("action.url", action.url))
+        elif isinstance(action, SlackAction) and action.webhook_url is not None and os.environ.get(action.webhook_url.env):
+            targets.append((f"action.webhook_url (${action.webhook_url.env})", os.environ[action.webhook_url.env]))
+        else:
+            targets.append(None)
+    refused = refused_urls([t[1] for t in targets if t], allow_hosts)
+    here = f"ENGINE_WEBHOOK_ALLOW_HOSTS={allow_hosts}" if allow_hosts.strip() else "ENGINE_WEBHOOK_ALLOW_HOSTS unset"
+    return [
+        [f"{t[0]}: sending will be refused (with {here}, as in this shell): {refused[t[1]]}"] if t and t[1] in refused else []
+        for t in targets
+    ]

@@ -1,6 +1,6 @@
-"""Template variables of actions (SPEC section 3): `${name}` inside payload, title, message
-and header strings. The rule loader checks names against `is_known_variable`; rendering
-lives here too so the two cannot drift apart.
+"""Rendering the template variables of actions: `${name}` inside payload, title, message
+and header strings. The names, and which apply to each event, belong to the rule language
+(`engine.rules.variables`), whose loader checks every template against them.
 
 Rendering rules (documented in the README's variable table):
 
@@ -27,65 +27,15 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-# Keep in sync with SPEC section 3 and the README's variable table.
-VARIABLES: tuple[str, ...] = (
-    "automation_name",
-    "event_type",
-    "event_author",
-    "entity_name",
-    "project_name",
-    "run_id",
-    "run_name",
-    "run_status",
-    "run_url",
-    "metric_name",
-    "metric_value",
-    "metric_values",
-    "metric_step",
-    "metric_filter",
-    "alias",
-    "tag",
-    "artifact_collection_name",
-    "artifact_version",
-    "artifact_version_string",
-    "artifact_version_index",
-    "registry_name",
-    "trigger_id",
-    "fired_at",
-    "ACCESS_TOKEN",
+from engine.rules.variables import (
+    APPLIES,
+    COMMON,
+    METADATA_PREFIX,
+    PLACEHOLDER,
+    SECRET_VARIABLES,
+    VARIABLES,
+    variables_in,
 )
-METADATA_PREFIX = "artifact_metadata."
-PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
-SECRET_VARIABLES = frozenset({"ACCESS_TOKEN"})
-
-_COMMON = ("automation_name", "event_type", "event_author", "entity_name", "project_name", "trigger_id", "fired_at")
-_RUN = ("run_id", "run_name", "run_status", "run_url")
-_METRIC = ("metric_name", "metric_value", "metric_values", "metric_step", "metric_filter")
-_ARTIFACT = ("artifact_collection_name", "artifact_version", "artifact_version_string", "artifact_version_index")
-
-# Which variables apply to each event (keyed by the W&B name, i.e. `${event_type}`): they are
-# always present in the default payload, even when empty, so that receivers see one shape.
-APPLIES: dict[str, tuple[str, ...]] = {
-    "RUN_METRIC": _COMMON + _RUN + _METRIC,
-    "RUN_METRIC_CHANGE": _COMMON + _RUN + _METRIC,
-    "RUN_STATE": _COMMON + _RUN,
-    "CREATE_ARTIFACT": _COMMON + _ARTIFACT,
-    "ADD_ARTIFACT_ALIAS": _COMMON + _ARTIFACT + ("alias",),
-    "ADD_ARTIFACT_TAG": _COMMON + _ARTIFACT + ("tag",),
-    "LINK_ARTIFACT": _COMMON + _ARTIFACT + ("registry_name",),
-}
-
-
-def is_known_variable(name: str, secret_names: frozenset[str] = frozenset()) -> bool:
-    """True for the SPEC's variables, `artifact_metadata.<KEY>`, and the action's secret names."""
-    if name in VARIABLES or name in secret_names:
-        return True
-    return name.startswith(METADATA_PREFIX) and len(name) > len(METADATA_PREFIX)
-
-
-def variables_in(text: str) -> list[str]:
-    """The `${...}` names used in a string, in order."""
-    return PLACEHOLDER.findall(text)
 
 
 def lookup(name: str, ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> str:
@@ -137,7 +87,7 @@ def render_value(value: Any, ctx: Mapping[str, str], secrets: Mapping[str, str] 
 
 def default_payload(ctx: Mapping[str, str]) -> dict[str, Any]:
     """Every variable that applies to the event (secrets excluded)."""
-    applies = APPLIES.get(ctx.get("event_type", ""), _COMMON)
+    applies = APPLIES.get(ctx.get("event_type", ""), COMMON)
     out: dict[str, Any] = {}
     for name in VARIABLES:
         if name in SECRET_VARIABLES or (name not in applies and not ctx.get(name)):

@@ -20,14 +20,14 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from engine.actions.http import Attempt, post_json
 from engine.actions.secrets import Secrets
 from engine.actions.templates import render_payload, render_text, uses_secret
+from engine.rules.actions import WebhookAction
 from engine.settings import Settings
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT: float = WebhookAction.model_fields["timeout"].default
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -42,15 +42,15 @@ def header_value(text: str) -> str:
 
 
 def build_request(
-    delivery_id: str, action: Mapping[str, Any], ctx: Mapping[str, str], secrets: Secrets
+    delivery_id: str, action: WebhookAction, ctx: Mapping[str, str], secrets: Secrets
 ) -> tuple[bytes, dict[str, str], set[str]]:
     """(body, headers, names of headers that carry a secret) of one webhook request."""
-    body = render_payload(action.get("payload"), ctx, secrets.values)
+    body = render_payload(action.payload, ctx, secrets.values)
     headers: dict[str, str] = {}
     secret_headers: set[str] = set()
-    for name, template in (action.get("headers") or {}).items():
-        headers[name] = header_value(render_text(str(template), ctx, secrets.values))
-        if uses_secret(str(template), secrets.values):
+    for name, template in action.headers.items():
+        headers[name] = header_value(render_text(template, ctx, secrets.values))
+        if uses_secret(template, secrets.values):
             secret_headers.add(name)
     # Ours replace a custom header of the same name, whatever its case.
     fixed = {"Content-Type": "application/json", "X-Automation-Delivery": delivery_id}
@@ -65,13 +65,13 @@ def build_request(
     return body, headers, secret_headers
 
 
-def send(delivery_id: str, action: Mapping[str, Any], ctx: Mapping[str, str], secrets: Secrets, settings: Settings) -> Attempt:
+def send(delivery_id: str, action: WebhookAction, ctx: Mapping[str, str], secrets: Secrets, settings: Settings) -> Attempt:
     body, headers, secret_headers = build_request(delivery_id, action, ctx, secrets)
     return post_json(
-        str(action["url"]),
+        action.url,
         body,
         headers,
-        timeout=float(action.get("timeout") or DEFAULT_TIMEOUT),
+        timeout=action.timeout,
         allow_hosts=settings.webhook_allow_hosts,
         secret_headers=secret_headers,
     )

@@ -8,7 +8,7 @@ the scrubbed request record (headers carrying secrets show as [redacted]).
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +23,7 @@ from engine.actions.http import Attempt
 from engine.actions.send import send_action
 from engine.cli.output import Format, FormatOption, cell, is_terminal, print_rows, print_table
 from engine.exceptions import NotFound
+from engine.rules.automation import Automation
 from engine.settings import get_settings
 
 console = Console()
@@ -146,21 +147,21 @@ def test(
         found = conn.execute(enginedb.query("delivery_automation_rule"), {"name": name}).fetchone()
     if found is None:
         raise NotFound(f"no automation named {name!r} (see `engine rules list`)")
-    rule: dict[str, Any] = found[2]
-    actions = outbox.actions_of(rule)
-    ctx = sample_context(rule, settings)
+    automation = Automation.model_validate(found[2])
+    actions = [automation.action]
+    ctx = sample_context(automation, settings)
     chosen = list(enumerate(actions)) if action is None else [(action, actions[action])] if action < len(actions) else []
     if not chosen:
         raise typer.BadParameter(f"the automation has {len(actions)} action(s)", param_hint="--action")
     failed = False
     for index, spec in chosen:
-        if spec.get("type") == "no_op":
+        if spec.type == "no_op":
             say(f"action {index} (no_op): nothing to send")
             continue
         delivery_id = str(uuid.uuid4())
         attempt = send_action(delivery_id, spec, ctx, settings)
         failed |= not attempt.succeeded
-        _print_attempt(index, spec["type"], delivery_id, attempt)
+        _print_attempt(index, spec.type, delivery_id, attempt)
     if failed:
         raise typer.Exit(1)
 

@@ -20,10 +20,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine import db as enginedb
+from engine.actions.ssrf import address_warnings
 from engine.cli.output import Format, FormatOption, is_terminal, print_rows, print_table
 from engine.exceptions import ConfigurationError, RuleValidationError
 from engine.rules import lint, load_rules, store
-from engine.rules.actions import address_warnings
 from engine.rules.loader import LoadedRule
 from engine.settings import get_settings
 
@@ -176,7 +176,7 @@ def list_(fmt: FormatOption = Format.table) -> None:
 
 @rules_app.command()
 def show(name: NameArg) -> None:
-    """The stored rule as YAML, with its version and evaluation state."""
+    """The stored rule as YAML, its condition in words, its version and evaluation state."""
     with _connection() as conn:
         stored = store.get(conn, name)
     state = stored.state
@@ -199,6 +199,7 @@ def show(name: NameArg) -> None:
         }
     rule = stored.automation.model_dump(mode="json", exclude_none=True)
     print(yaml.safe_dump(rule, sort_keys=False, allow_unicode=True).rstrip())
+    print(f"# condition: {stored.automation.event.describe()}")  # as ${metric_filter} and `engine explain` say it
     print("# ---- stored state")
     for line in yaml.safe_dump(header, sort_keys=False, allow_unicode=True).splitlines():
         print(f"# {line}")

@@ -1,30 +1,31 @@
 """What a rule does when it fires: a webhook, a Slack message, or nothing (records the trigger).
 
-The actions engineer renders and sends these from the JSON stored with the automation;
-secrets stay `{env: NAME}` references all the way to delivery time.
+The actions package (`engine.actions`) sends these models: the dispatcher turns the JSON
+stored with each delivery back into one (`stored_action`). Secrets stay `{env: NAME}`
+references all the way to delivery time.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
-from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, JsonValue, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, JsonValue, StringConstraints, TypeAdapter, ValidationError, model_validator
 
-from engine.actions import ssrf
-from engine.actions.retry import DEFAULT_MAX_ATTEMPTS
-from engine.actions.templates import VARIABLES, is_known_variable, variables_in
 from engine.rules.base import Loc, RuleModel, fail, rule_error
 from engine.rules.fields import EnvName, Label, Text
+from engine.rules.variables import VARIABLES, is_known_variable, variables_in
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 # Set by the engine itself on every request (SPEC section 3).
 RESERVED_HEADERS = frozenset({"x-automation-delivery", "x-automation-signature", "content-length", "host"})
+# With the default ENGINE_RETRY_BASE_SECONDS (1 s), 16 attempts span 67 minutes of receiver
+# outage (`engine.actions.retry.schedule`): a receiver down for an hour still gets the
+# delivery. docs/actions.md lists the attempt times: keep it in sync.
+DEFAULT_MAX_ATTEMPTS = 16
 
 
 class EnvSecret(RuleModel):
@@ -189,25 +190,20 @@ ACTION_CLASSES = (WebhookAction, SlackAction, NoOpAction)
 Action = Annotated[Union[ACTION_CLASSES], Field(discriminator="type")]  # noqa: UP007
 
 
-def address_warnings(actions: Sequence[WebhookAction | SlackAction | NoOpAction], allow_hosts: str) -> list[list[str]]:
-    """For each action, a warning when the address policy will refuse its target when it is
-    sent with `allow_hosts` (this shell's ENGINE_WEBHOOK_ALLOW_HOSTS; the service may differ).
+ActionModel = WebhookAction | SlackAction | NoOpAction
+_ACTION = TypeAdapter(Action)
 
-    Checked: a webhook's `url`, and a Slack incoming webhook's URL when its variable is set
-    here (the warning names the variable, never the URL: it is a secret). Names are resolved
-    now; one that does not resolve is left to the check at send time (`ssrf.refused_urls`).
+
+def stored_action(data: Any) -> ActionModel:
+    """An action as stored with a delivery (its rule's JSON) back as its model.
+
+    Raises ValueError naming the problems when the stored JSON is not a valid action (a
+    hand-edited row, or one written by another version of the engine).
     """
-    targets: list[tuple[str, str] | None] = []  # (field, url) per action
-    for action in actions:
-        if isinstance(action, WebhookAction):
-            targets.append(("action.url", action.url))
-        elif isinstance(action, SlackAction) and action.webhook_url is not None and os.environ.get(action.webhook_url.env):
-            targets.append((f"action.webhook_url (${action.webhook_url.env})", os.environ[action.webhook_url.env]))
-        else:
-            targets.append(None)
-    refused = ssrf.refused_urls([t[1] for t in targets if t], allow_hosts)
-    here = f"ENGINE_WEBHOOK_ALLOW_HOSTS={allow_hosts}" if allow_hosts.strip() else "ENGINE_WEBHOOK_ALLOW_HOSTS unset"
-    return [
-        [f"{t[0]}: sending will be refused (with {here}, as in this shell): {refused[t[1]]}"] if t and t[1] in refused else []
-        for t in targets
-    ]
+    try:
+        return _ACTION.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'action'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ValueError(f"the stored action is not valid: {problems}") from None

@@ -1,29 +1,34 @@
-"""Durations written like `90s`, `1m`, `24h`, `7d`, `1h30m` (or a number of seconds).
+"""Durations written like `90s`, `1m`, `24h`, `7d`, `2w`, `1h30m`, `1.5h` (or a number of
+seconds): the one parser for a rule's `cooldown` and a command's `--since 7d`.
 
-Stored as `timedelta`; written back in the same short form, so a rule dumped to JSON
-loads again unchanged.
+Terms are a number and a unit, largest unit first (w, d, h, m, s), each at most once;
+spaces between them are ignored. Stored as `timedelta`; written back in the short form
+(`format_duration`, in days at most), so a rule dumped to JSON loads again unchanged.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer
 
 from engine.rules.base import rule_error
 
-_UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
-_DURATION = re.compile(r"(?:(\d{1,7})d)?(?:(\d{1,8})h)?(?:(\d{1,9})m)?(?:(\d{1,10})s)?")
+_UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))  # as written back
+_PARSED_UNITS = (604_800, 86_400, 3_600, 60, 1)  # w, d, h, m, s
+_NUMBER = r"(\d{1,12}(?:\.\d{1,9})?)"
+_DURATION = re.compile("".join(f"(?:{_NUMBER}{unit})?" for unit in "wdhms"))
 MAX_DURATION = timedelta(days=3650)
 
 
 def parse_duration(value: str | int | timedelta) -> timedelta:
     """`"1h30m"` → timedelta(seconds=5400); an int is seconds.
 
-    >>> parse_duration("1h30m")
-    datetime.timedelta(seconds=5400)
+    >>> parse_duration("1h30m"), parse_duration("1.5h"), parse_duration("2w")
+    (datetime.timedelta(seconds=5400), datetime.timedelta(seconds=5400), datetime.timedelta(days=14))
     """
     if isinstance(value, timedelta):
         result = value
@@ -36,7 +41,11 @@ def parse_duration(value: str | int | timedelta) -> timedelta:
         match = _DURATION.fullmatch(text)
         if not text or not match:
             raise ValueError(f"{value!r} is not a duration: write e.g. 90s, 1m, 24h, 7d or 1h30m")
-        result = timedelta(seconds=sum(int(n) * unit for n, (_, unit) in zip(match.groups(), _UNITS) if n))
+        # Exact decimal arithmetic, bounded before timedelta sees it (which would overflow).
+        seconds = sum(Decimal(n) * unit for n, unit in zip(match.groups(), _PARSED_UNITS, strict=True) if n)
+        if seconds > Decimal(MAX_DURATION.total_seconds()):
+            raise ValueError("is too long (at most 3650d)")
+        result = timedelta(seconds=float(seconds))
     else:
         raise ValueError("must be a duration such as 90s, 1m, 24h, 7d or 1h30m")
     if result > MAX_DURATION:

@@ -7,15 +7,13 @@ from typing import Annotated
 
 from pydantic import AfterValidator, StringConstraints
 
+from engine.names import CONTROL, MAX_KEY_LENGTH, NAME_PART, SYSTEM_PREFIX, SYSTEM_SYNONYM, canonical_metric
 from engine.rules.base import rule_error
 from engine.rules.regex import RegexError, check_regex
 
-# Keep in sync with the CHECK constraints of engine/sql/migrations/0001_core.sql and 0002_automations.sql.
+# Keep in sync with the CHECK constraint of engine/sql/migrations/0002_automations.sql.
 _AUTOMATION_NAME = re.compile(r"[A-Za-z0-9 ._-]{1,128}")
-_PART = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # PostgreSQL's [[:cntrl:]]
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
-SYSTEM_PREFIX = "system/"
 
 
 def _automation_name(value: str) -> str:
@@ -26,19 +24,19 @@ def _automation_name(value: str) -> str:
 
 def _project(value: str) -> str:
     entity, slash, project = value.partition("/")
-    if not slash or not _PART.fullmatch(entity) or not _PART.fullmatch(project):
+    if not slash or not NAME_PART.fullmatch(entity) or not NAME_PART.fullmatch(project):
         raise rule_error("must be entity/project, each part 1–128 characters: letters, digits, - _ .")
     return value
 
 
 def _registry(value: str) -> str:
-    if not _PART.fullmatch(value):
+    if not NAME_PART.fullmatch(value):
         raise rule_error("must be 1–128 characters: letters, digits, - _ .")
     return value
 
 
 def _no_control(value: str) -> str:
-    if _CONTROL.search(value):
+    if CONTROL.search(value):
         raise rule_error("must not contain control characters")
     return value
 
@@ -51,11 +49,9 @@ def _no_nul(value: str) -> str:
 
 def _metric(value: str) -> str:
     _no_control(value)
-    # SPEC: `system.<key>` is a synonym of `system/<key>`.
-    if value.startswith("system."):
-        value = SYSTEM_PREFIX + value[len("system.") :]
+    value = canonical_metric(value)  # `system.<key>` is a synonym of `system/<key>`
     if value == SYSTEM_PREFIX:
-        raise rule_error("names no system metric: write system/<key>, e.g. system/cpu")
+        raise rule_error(f"names no system metric: write {SYSTEM_PREFIX}<key> (or {SYSTEM_SYNONYM}<key>), e.g. system/cpu")
     return value
 
 
@@ -77,7 +73,7 @@ AutomationName = Annotated[str, AfterValidator(_automation_name)]
 ProjectPath = Annotated[str, AfterValidator(_project)]
 RegistryName = Annotated[str, AfterValidator(_registry)]
 CollectionName = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_control)]
-MetricName = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_metric)]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH), AfterValidator(_metric)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_control)]
 Regex = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_regex)]
 EnvName = Annotated[str, AfterValidator(_env_name)]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import psutil
 
-from engine.sdk.validate import SYSTEM_PREFIX
+from engine.names import SYSTEM_PREFIX
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024

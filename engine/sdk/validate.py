@@ -9,17 +9,10 @@ from __future__ import annotations
 
 import json
 import numbers
-import re
 from datetime import datetime
 from typing import Any
 
-# Same pattern as the `entity_part` domain and `registries.name` in engine/sql/migrations/0001_core.sql.
-_NAME_PART = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-MAX_KEY_LENGTH = 256
-# `system/<name>` is what the sampler writes; `system.<name>` is the rules' synonym for it.
-SYSTEM_PREFIXES = ("system/", "system.")
-SYSTEM_PREFIX = "system/"
+from engine.names import CONTROL, MAX_KEY_LENGTH, NAME_PART, is_reserved_key
 
 
 def parse_project(project: str) -> tuple[str, str]:
@@ -27,7 +20,7 @@ def parse_project(project: str) -> tuple[str, str]:
     if not isinstance(project, str):
         raise TypeError(f"project must be a string like 'acme/vision', not {type(project).__name__}")
     parts = project.split("/")
-    if len(parts) != 2 or not all(_NAME_PART.fullmatch(p) for p in parts):
+    if len(parts) != 2 or not all(NAME_PART.fullmatch(p) for p in parts):
         raise ValueError(
             f"project {project!r} must be 'entity/project', each part 1-128 letters, digits, '.', '_' or '-'"
         )
@@ -40,9 +33,9 @@ def check_name(what: str, value: str, *, pattern: bool = False) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a string, not {type(value).__name__}")
     if pattern:
-        if not _NAME_PART.fullmatch(value):
+        if not NAME_PART.fullmatch(value):
             raise ValueError(f"{what} {value!r} must be 1-128 letters, digits, '.', '_' or '-'")
-    elif not 1 <= len(value) <= MAX_KEY_LENGTH or _CONTROL.search(value):
+    elif not 1 <= len(value) <= MAX_KEY_LENGTH or CONTROL.search(value):
         raise ValueError(f"{what} {value!r} must be 1-{MAX_KEY_LENGTH} characters without control characters")
     return value
 
@@ -54,9 +47,9 @@ def check_key(key: Any, *, system: bool = False) -> str:
         raise TypeError(f"metric key {key!r} must be a string, not {type(key).__name__}")
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise ValueError(f"metric key {key[:40]!r} must be 1-{MAX_KEY_LENGTH} characters long (it has {len(key)})")
-    if _CONTROL.search(key):
+    if CONTROL.search(key):
         raise ValueError(f"metric key {key!r} must not contain control characters")
-    if not system and key.startswith(SYSTEM_PREFIXES):
+    if not system and is_reserved_key(key):
         raise ValueError(
             f"metric key {key!r}: keys starting with 'system/' or 'system.' are reserved for system metrics"
         )

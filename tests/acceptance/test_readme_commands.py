@@ -165,7 +165,7 @@ def test_rule_examples_are_valid_rules(path: Path) -> None:
 
 
 def test_readme_lists_every_template_variable() -> None:
-    from engine.actions.templates import VARIABLES
+    from engine.rules.variables import VARIABLES
 
     section = README.read_text().split("\n## Actions\n", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"`([A-Za-z_]+)`", section.split("The variables:", 1)[1].split("A variable that", 1)[0]))

@@ -32,7 +32,8 @@ def make_automation(conn: psycopg.Connection, name: str, actions: list[dict], ev
         "scope": scope or {"project": "acme/vision"},
         "event": event
         or {"type": "run_metric_threshold", "metric": "accuracy", "window": 3, "aggregation": "avg", "operator": ">", "threshold": 0.6},
-        "actions": actions,
+        # A rule holds one action; a trigger's deliveries come from the list given to `fire`.
+        "action": actions[0] if actions else {"type": "no_op"},
     }
     digest = hashlib.sha256(json.dumps(rule, sort_keys=True).encode()).hexdigest()
     return conn.execute(

@@ -82,12 +82,15 @@ def test_actions_test_sends_a_sample_and_writes_nothing(conn, monkeypatch):
     monkeypatch.setenv("CLI_TOKEN", "tok-cli-secret")
     with Receiver(Reply(202, b'{"queued": true}')) as rx:
         action = webhook(rx.url(), access_token={"env": "CLI_TOKEN"}, payload={"run": "${run_name}", "why": "${metric_filter}"})
-        make_automation(conn, "cli-test", [action, {"type": "no_op"}])
+        make_automation(conn, "cli-test", [action])
+        make_automation(conn, "cli-noop", [{"type": "no_op"}])
         make_run(conn)
         result = runner.invoke(app, ["actions", "test", "cli-test"])
+        no_op = runner.invoke(app, ["actions", "test", "cli-noop"])
     assert result.exit_code == 0, result.output
     assert "HTTP 202" in result.output and '{"queued": true}' in result.output
-    assert "no_op" in result.output and "Authorization: [redacted]" in result.output
+    assert "Authorization: [redacted]" in result.output
+    assert no_op.exit_code == 0 and "action 0 (no_op): nothing to send" in no_op.output
     assert "tok-cli-secret" not in result.output
     (request,) = rx.requests
     assert request.headers["Authorization"] == "Bearer tok-cli-secret"

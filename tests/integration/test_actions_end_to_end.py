@@ -98,3 +98,42 @@ def test_every_event_kind_arrives_signed_with_its_values(conn, database_url, mon
 
     history = conn.execute("SELECT automation, delivery_status, attempts, last_http_status FROM automation_history").fetchall()
     assert sorted(history) == sorted((name, "succeeded", 1, 200) for name in got)
+
+
+def test_the_preview_and_a_delivery_word_the_condition_alike(conn, database_url):
+    """`engine actions test` and a real delivery render one `${metric_filter}` (the rule's
+    event in words), for a threshold rule and a change rule; `engine rules show` words it alike."""
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    action = 'action: {type: webhook, url: "%s/%s", payload: {why: "${metric_filter}"}}\n'
+    settings = Settings(database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05)
+    with Receiver(Reply(200)) as rx, Dispatcher(database_url, settings) as dispatcher:
+        apply_yaml(conn, "---\n".join([
+            "name: high\nscope: {project: acme/vision}\n"
+            'event: {type: run_metric_threshold, metric: accuracy, window: 2, operator: ">=", threshold: 0.75}\n'
+            + action % (rx.url(""), "high"),
+            "name: drop\nscope: {project: acme/vision}\n"
+            "event: {type: run_metric_change, metric: loss, current_window: 2, prior_window: 2, direction: decrease, amount: 0.25}\n"
+            + action % (rx.url(""), "drop"),
+        ]))
+        run = engine.init(project="acme/vision", name="r", user="alice", system_metrics_interval=0)
+        for step, (accuracy, loss) in enumerate([(0.5, 1.0), (0.6, 1.0), (0.8, 0.5), (0.9, 0.4)]):
+            run.log({"accuracy": accuracy, "loss": loss}, step=step)
+        run.flush()
+        tick(database_url)
+        settle(dispatcher, conn, [r[0] for r in conn.execute("SELECT id FROM deliveries")])
+        delivered = {r.path.strip("/"): r.json()["why"] for r in rx.requests}
+        for name in ("high", "drop"):
+            result = CliRunner().invoke(app, ["actions", "test", name])
+            assert result.exit_code == 0, result.output
+        previewed = {r.path.strip("/"): r.json()["why"] for r in rx.requests[len(delivered):]}
+        shown = CliRunner().invoke(app, ["rules", "show", "drop"])
+        run.finish()
+
+    assert delivered == previewed == {
+        "high": "avg(accuracy) over 2 >= 0.75",
+        "drop": "avg(loss) over 2 vs prior 2 decreased by ≥ 25%",
+    }
+    assert "# condition: avg(loss) over 2 vs prior 2 decreased by ≥ 25%" in shown.output

@@ -76,7 +76,7 @@ def dispatcher(database_url, settings) -> Iterator[Dispatcher]:
 
 
 def webhook(url: str, **fields) -> dict:
-    return {"type": "webhook", "url": url, "headers": None, "access_token": None, "secret": None,
+    return {"type": "webhook", "url": url, "headers": {}, "access_token": None, "secret": None,
             "payload": None, "timeout": 2.0, "max_attempts": 5} | fields
 
 

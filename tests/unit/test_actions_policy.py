@@ -19,7 +19,7 @@ from engine.actions.secrets import Secrets, resolve
 from engine.actions.slack import build_message
 from engine.actions.webhook import build_request, signature
 from engine.exceptions import DeliveryError, PermanentDeliveryError
-from engine.rules import parse_rules_text
+from engine.rules import SlackAction, WebhookAction, parse_rules_text
 from engine.settings import Settings
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -117,7 +117,7 @@ def test_retryable_statuses(status, retryable):
 def test_missing_secret_names_the_variable(monkeypatch):
     monkeypatch.delenv("CI_TOKEN_X", raising=False)
     with pytest.raises(PermanentDeliveryError, match="environment variable CI_TOKEN_X is not set"):
-        resolve({"type": "webhook", "url": "http://x", "access_token": {"env": "CI_TOKEN_X"}})
+        resolve(WebhookAction(type="webhook", url="http://x", access_token={"env": "CI_TOKEN_X"}))
 
 
 def test_scrub_removes_every_secret_value():
@@ -128,14 +128,14 @@ def test_scrub_removes_every_secret_value():
 
 def test_webhook_request_headers_signature_and_header_injection():
     secrets = Secrets({"ACCESS_TOKEN": "tok", "CI_TOKEN": "tok", "CI_HMAC": "key"}, {"access_token": "tok", "secret": "key"})
-    action = {
+    action = WebhookAction.model_validate({
         "type": "webhook",
         "url": "http://127.0.0.1/",
         "headers": {"X-Run": "${run_name}", "X-Key": "k=${CI_HMAC}", "content-type": "text/plain"},
         "access_token": {"env": "CI_TOKEN"},
         "secret": {"env": "CI_HMAC"},
         "payload": {"run": "${run_name}"},
-    }
+    })
     body, headers, secret_headers = build_request("d-1", action, {"run_name": "a\r\nX-Evil: 1"}, secrets)
     assert headers["X-Run"] == "a X-Evil: 1"
     assert headers["Content-Type"] == "application/json" and "content-type" not in headers
@@ -154,7 +154,8 @@ def test_slack_message_shows_what_fired_and_why():
         "metric_values": "[0.5, 0.66, 0.7]", "metric_filter": "avg(accuracy) over 3 > 0.6", "trigger_id": "42",
         "fired_at": "2024-05-01T12:00:00+00:00", "run_status": "running",
     }
-    message = build_message({"type": "slack", "severity": "error", "title": "${automation_name} fired"}, ctx)
+    action = SlackAction(type="slack", webhook_url={"env": "SLACK_URL"}, severity="error", title="${automation_name} fired")
+    message = build_message(action, ctx)
     header, text, fields, context = message["blocks"]
     assert header["type"] == "header" and header["text"]["text"] == ":rotating_light: acc <high> fired"
     assert "avg(accuracy) over 3 &gt; 0.6" in text["text"]["text"] and "r&amp;1" in text["text"]["text"]

@@ -98,6 +98,19 @@ def test_system_dot_metric_becomes_system_slash():
     assert rule().event.is_system_metric is False
 
 
+@pytest.mark.parametrize("written", ["system/gpu.0.temp", "system.gpu.0.temp"])
+def test_the_sdk_the_rules_and_the_compiler_agree_on_system_metrics(written):
+    from engine.compiler import metric_table
+    from engine.sdk.validate import check_key
+
+    # What a rule reads from system_metrics is exactly what a user's run.log may not write.
+    metric = rule(event={"type": "run_metric_threshold", "metric": written, "operator": ">", "threshold": 90}).event.metric
+    assert metric_table(metric) == "system_metrics"
+    with pytest.raises(ValueError, match="reserved for system metrics"):
+        check_key(written)
+    assert check_key(metric, system=True) == metric
+
+
 def test_metric_name_limits():
     for bad in ("", "a" * 257, "loss\nx", "system."):
         with pytest.raises(ValidationError):
@@ -106,7 +119,11 @@ def test_metric_name_limits():
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("1m", 60), ("24h", 86_400), ("7d", 604_800), ("1h30m", 5_400), ("1d2h3m4s", 93_784), (120, 120)],
+    [
+        ("90s", 90), ("1m", 60), ("24h", 86_400), ("7d", 604_800), ("1h30m", 5_400), ("1d2h3m4s", 93_784), (120, 120),
+        # the grammar of `--since` too: weeks, and a decimal number of a unit
+        ("2w", 1_209_600), ("1w1d", 691_200), ("1.5h", 5_400), ("1h 30m", 5_400),
+    ],
 )
 def test_cooldown_parsing(text, seconds):
     assert rule(cooldown=text).cooldown == timedelta(seconds=seconds)
@@ -121,6 +138,8 @@ def test_cooldown_parsing(text, seconds):
         ("30m1h", "'30m1h' is not a duration: write e.g. 90s, 1m, 24h, 7d or 1h30m"),
         ("", "'' is not a duration: write e.g. 90s, 1m, 24h, 7d or 1h30m"),
         (10**12, "is too long (at most 3650d)"),
+        ("999999999999w", "is too long (at most 3650d)"),
+        ("1.0000005m", "must be a whole number of seconds"),
         (True, "must be a duration such as 90s, 1m, 24h, 7d or 1h30m"),
     ],
 )
@@ -131,7 +150,7 @@ def test_bad_cooldowns(value, message):
 
 
 def test_duration_format_is_the_inverse_of_parse():
-    for text in ("1m", "90s", "1h30m", "1d", "7d", "1d2h3m4s"):
+    for text in ("1m", "90s", "1h30m", "1d", "7d", "1d2h3m4s", "2w", "1.5h"):
         assert parse_duration(format_duration(parse_duration(text))) == parse_duration(text)
     assert format_duration(timedelta(seconds=90)) == "1m30s"
 

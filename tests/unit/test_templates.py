@@ -7,16 +7,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from engine.actions.context import WANDB_EVENT_TYPES, compose, describe_condition, sample_context
-from engine.actions.templates import (
-    APPLIES,
-    VARIABLES,
-    default_payload,
-    is_known_variable,
-    render_payload,
-    render_text,
-    variables_in,
-)
+from engine.actions.context import compose, sample_context
+from engine.actions.templates import default_payload, render_payload, render_text
+from engine.rules import Automation
+from engine.rules.events import EVENT_TYPES
+from engine.rules.variables import APPLIES, VARIABLES, WANDB_EVENT_TYPES, is_known_variable, variables_in
 from engine.settings import Settings
 
 FIRED = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -156,13 +151,14 @@ def test_run_metric_threshold_values():
 def test_run_metric_change_values():
     ctx = ctx_for("run_metric_change")
     assert ctx["metric_value"] == "-0.4"  # the change d
-    assert ctx["metric_filter"] == "avg(loss) over last 2 vs prior 3: relative decrease >= 0.25"
+    assert ctx["metric_filter"] == "avg(loss) over 2 vs prior 3 decreased by ≥ 25%"
 
 
 def test_run_state_reports_the_state_entered():
     ctx = ctx_for("run_state", run_state="running")  # resumed since: the trigger still says failed
     assert ctx["run_status"] == "failed"
-    assert ctx["metric_name"] == ctx["metric_filter"] == ""
+    assert ctx["metric_name"] == ""
+    assert ctx["metric_filter"] == "run state in (failed)"  # the rule's event in words, as the evaluator records it
 
 
 def test_artifact_values():
@@ -215,15 +211,27 @@ def test_default_payload_includes_extra_values_that_exist():
     assert default_payload(ctx)["run_name"] == "maker"
 
 
-def test_describe_condition_formats_numbers_like_the_rule():
-    assert describe_condition({"type": "run_metric_threshold", "metric": "loss", "window": 1, "aggregation": "min", "operator": "<=", "threshold": 2}) == "min(loss) over 1 <= 2"
-    assert describe_condition({"type": "run_state", "states": ["failed"]}) == ""
+def test_the_condition_comes_from_the_rule_when_the_trigger_has_none():
+    threshold = {"type": "run_metric_threshold", "metric": "loss", "window": 1, "aggregation": "min", "operator": "<=", "threshold": 2}
+    ctx = ctx_for("run_metric_threshold", rule={"name": "low", "event": threshold})
+    assert ctx["metric_filter"] == "min(loss) over 1 <= 2"
+    # A stored rule this version cannot read leaves it empty rather than failing the delivery.
+    assert ctx_for("run_metric_threshold", rule={"event": {"type": "gone"}})["metric_filter"] == ""
+
+
+def test_every_event_kind_has_its_variable_list():
+    assert set(WANDB_EVENT_TYPES) == set(EVENT_TYPES)
+    assert set(WANDB_EVENT_TYPES.values()) == set(APPLIES)
+
+
+def sample_rule(kind: str) -> Automation:
+    scope = {"project": "acme/vision"} if kind != "registry_version_linked" else {"registry": "model"}
+    return Automation.model_validate(RULES[kind] | {"scope": scope, "action": {"type": "no_op"}})
 
 
 @pytest.mark.parametrize("kind", sorted(RULES))
 def test_sample_context_applies_to_the_kind(kind):
-    rule = RULES[kind] | {"scope": {"project": "acme/vision"} if kind != "registry_version_linked" else {"registry": "model"}}
-    ctx = sample_context(rule, Settings())
+    ctx = sample_context(sample_rule(kind), Settings())
     assert ctx["event_type"] == WANDB_EVENT_TYPES[kind]
     for name in APPLIES[ctx["event_type"]]:
         assert ctx[name] != "", name

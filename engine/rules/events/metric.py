@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from engine.rules.fields import SYSTEM_PREFIX
+from engine.names import SYSTEM_PREFIX, is_system_metric
 
 Aggregation = Literal["avg", "min", "max"]
 MAX_WINDOW = 100_000  # windows are read per series; a larger one is surely a typo
@@ -17,7 +17,7 @@ class MetricEventMixin:
     @property
     def is_system_metric(self) -> bool:
         """True when the metric is read from `system_metrics` (`system/<key>`)."""
-        return self.metric.startswith(SYSTEM_PREFIX)
+        return is_system_metric(self.metric)
 
     @property
     def metric_key(self) -> str:
