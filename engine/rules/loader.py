@@ -25,7 +25,6 @@ from engine.exceptions import RuleIssue, RuleValidationError
 from engine.rules.actions import ACTION_CLASSES
 from engine.rules.automation import Automation
 from engine.rules.events import EVENT_CLASSES, EVENT_TYPES
-from engine.rules.regex import check_regexes_in_db
 
 if TYPE_CHECKING:
     import psycopg
@@ -197,6 +196,9 @@ class _Loader:
             else:
                 first[name] = (rule.file, line)
         if conn is not None:
+            # PostgreSQL is the judge of the regexes it runs; asking it is storage's business.
+            from engine.automations import check_regexes_in_db
+
             for rule, root in self.loaded:
                 for found in check_regexes_in_db(conn, rule.automation, file=rule.file):
                     line, _ = locate(root, tuple(found.field.split(".")))

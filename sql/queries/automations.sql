@@ -1,4 +1,4 @@
--- Rule storage and management (engine/rules/store.py).
+-- Automation storage and management (engine/automations.py).
 
 -- name: check_regex
 -- Compiles a rule's regex exactly as evaluation will run it; SQLSTATE 2201B when invalid.
