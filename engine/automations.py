@@ -84,7 +84,7 @@ class AutomationRow:
     name: str
     enabled: bool
     version: int
-    event_type: str
+    rule_type: str  # the rule's event.type
     scope: str
     updated_at: datetime
     last_error: str | None
@@ -306,7 +306,7 @@ def list_automations(conn: psycopg.Connection) -> list[AutomationRow]:
             name=r["name"],
             enabled=r["enabled"],
             version=r["version"],
-            event_type=r["event_type"],
+            rule_type=r["rule_type"],
             scope=Scope.model_validate(r["scope"]).describe(),
             updated_at=r["updated_at"],
             last_error=r["last_error"],

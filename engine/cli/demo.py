@@ -285,7 +285,7 @@ def _number(value: float | None) -> str:
 # -- at the end ----------------------------------------------------------------------------------
 def _what(row: dict[str, Any]) -> str:
     """One trigger in a few words: `avg(accuracy) over 5 > 0.6: 0.615 at step 12`, `alias latest`, ..."""
-    kind = row["event_type"]
+    kind = row["rule_type"]
     if kind in ("run_metric_threshold", "run_metric_change"):
         return f"{row['condition'] or row['metric']}: {row['value']:.3g} at step {row['step']}"
     if kind == "run_state":

@@ -26,7 +26,7 @@ from engine.compiler import compile_rule
 from engine.evaluator import backtest
 from engine.exceptions import ConfigurationError, RuleValidationError
 from engine.rules import lint, load_rules
-from engine.rules.actions import address_warnings
+from engine.rules.actions import WebhookAction, address_warnings
 from engine.rules.loader import LoadedRule
 from engine.settings import get_settings
 from engine.since import HELP as since_help
@@ -74,11 +74,16 @@ def _report_issues(error: RuleValidationError) -> None:
 
 
 def _report_lint(rules: list[LoadedRule]) -> None:
+    """Each warning at its field's line: `rules/x.yaml:9: warning: event.operator: ...`."""
     refused = address_warnings([r.automation.action for r in rules], get_settings().webhook_allow_hosts)
     for rule, more in zip(rules, refused, strict=True):
-        for warning in [*lint(rule.automation), *more]:
+        # the address warnings are about the action's target: `url`, or a Slack `webhook_url`
+        target = "action.url" if isinstance(rule.automation.action, WebhookAction) else "action.webhook_url"
+        found = [(w.field, str(w)) for w in lint(rule.automation)] + [(target, text) for text in more]
+        for field_path, warning in found:
             err_console.print(
-                f"{rule.file}:{rule.line}: warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True
+                f"{rule.file}:{rule.line_of(field_path)}: warning: {warning}",
+                style="yellow", markup=False, highlight=False, soft_wrap=True,
             )
 
 
@@ -139,7 +144,7 @@ def apply(
 
 
 # The keys of `engine rules list --format json|tsv` (the fields of automations.AutomationRow).
-LIST_KEYS = ("name", "enabled", "version", "event_type", "scope", "triggers", "updated_at", "last_error")
+LIST_KEYS = ("name", "enabled", "version", "rule_type", "scope", "triggers", "updated_at", "last_error")
 
 
 @rules_app.command("list")
@@ -168,7 +173,7 @@ def list_(fmt: FormatOption = Format.table) -> None:
             escape(row.name),
             "yes" if row.enabled else "[dim]no[/dim]",
             str(row.version),
-            escape(row.event_type),
+            escape(row.rule_type),
             escape(row.scope),
             str(row.triggers),
         ]

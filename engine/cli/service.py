@@ -22,7 +22,7 @@ console = Console()
 HISTORY_KEYS = (
     "trigger_id", "fired_at", "automation", "event_type", "entity", "project", "run_id", "run_name", "metric",
     "value", "step", "alias", "tag", "artifact_version", "action_type", "delivery_status", "attempts",
-    "last_http_status", "last_error", "automation_deleted_at",
+    "last_http_status", "last_error", "automation_deleted_at", "rule_type",
 )
 
 

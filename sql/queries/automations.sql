@@ -94,7 +94,7 @@ SELECT max(deleted_at) FROM automations WHERE name = %(name)s AND deleted_at IS 
 SELECT a.name,
        a.enabled,
        a.version,
-       a.rule -> 'event' ->> 'type' AS event_type,
+       a.rule -> 'event' ->> 'type' AS rule_type,
        a.rule -> 'scope'            AS scope,
        a.updated_at,
        s.last_error,

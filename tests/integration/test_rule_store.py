@@ -296,7 +296,7 @@ def test_get_list_and_load_enabled(conn):
     )
     conn.execute("UPDATE automation_state SET last_error = 'compile failed' WHERE automation_id = (SELECT id FROM automations WHERE name = 'acc')")
     rows = {r.name: r for r in automations.list_automations(conn)}
-    assert (rows["acc"].enabled, rows["acc"].version, rows["acc"].event_type, rows["acc"].scope) == (
+    assert (rows["acc"].enabled, rows["acc"].version, rows["acc"].rule_type, rows["acc"].scope) == (
         True, 1, "run_metric_threshold", "acme/vision",
     )  # fmt: skip
     assert rows["acc"].last_error == "compile failed" and rows["acc"].triggers == 0
