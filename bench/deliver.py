@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.support.dataset import fresh_database  # noqa: E402
 from engine import clock  # noqa: E402
 from engine.rules import parse_rules_text  # noqa: E402
-from engine.rules.store import apply_rules  # noqa: E402
+from engine.automations import apply_rules  # noqa: E402
 from engine.settings import Settings, get_settings  # noqa: E402
 
 

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine.compiler import span_of  # noqa: E402
 from engine.evaluator import Evaluator, TickResult  # noqa: E402
 from engine.rules import RunMetricChange, RunMetricThreshold  # noqa: E402
-from engine.rules.store import apply_rules, load_enabled  # noqa: E402
+from engine.automations import apply_rules, load_enabled  # noqa: E402
 from support.dataset import (  # noqa: E402
     METRICS,
     PROBE_METRIC,

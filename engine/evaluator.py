@@ -32,11 +32,11 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from engine import clock
+from engine.automations import StoredAutomation, load_enabled
 from engine.compiler import CompiledQuery, compile_metrics, compile_rule, span_of
 from engine.db import boundary, connect, query, translate
 from engine.exceptions import DatabaseUnavailable, EngineError
 from engine.rules import Automation, RunMetricChange, RunMetricThreshold, RunState
-from engine.rules.store import StoredAutomation, load_enabled
 from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -125,7 +125,7 @@ class Explanation:
     automation: str
     automation_version: int
     rule: Automation | None  # None only if the stored rule no longer loads
-    event_type: str
+    rule_type: str  # the rule's event.type when it fired
     condition: str  # the trigger's details.metric_filter (the rule's describe())
     run: RunInfo | None
     delivery: str | None
@@ -152,7 +152,7 @@ class Explanation:
 
     @property
     def is_change(self) -> bool:
-        return self.event_type == "run_metric_change"
+        return self.rule_type == "run_metric_change"
 
     @property
     def fired_point(self) -> Point | None:
@@ -288,7 +288,7 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
             "automation": row["automation"],
             "automation_version": row["automation_version"],
             "rule": rule,
-            "event_type": row["event_type"],
+            "rule_type": row["event_type"],
             "condition": details.get("metric_filter") or (rule.event.describe() if rule else row["event_type"]),
             "run": run,
             "delivery": _delivery(row),
@@ -512,7 +512,7 @@ _WINDOW_COLORS = {"window": "tab:orange", "current window": "tab:orange", "prior
 def render_png(expl: Explanation, path: str | Path) -> Path:
     """Write the picture as a PNG (matplotlib, Agg: no display needed). Metric triggers only."""
     if not expl.is_metric:
-        raise ValueError(f"trigger {expl.trigger_id} fired on an event ({expl.event_type}): there is no series to draw")
+        raise ValueError(f"trigger {expl.trigger_id} fired on an event ({expl.rule_type}): there is no series to draw")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -33,7 +33,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from engine.db import NOTIFY_CHANNEL, connect, database_url
 from engine.evaluator import Evaluator
 from engine.exceptions import DatabaseUnavailable, EngineError
-from engine.metrics import for_service as metrics_for_service
+from engine.prometheus import for_service as metrics_for_service
 from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ import engine
 from bench.support.dataset import bench_query
 from engine.evaluator import backtest, is_metric_rule
 from engine.rules import Automation
-from engine.rules.store import apply_rules
+from engine.automations import apply_rules
 from tests.acceptance.service_helpers import ServeProcess
 
 SQL = "soak.sql"  # the named queries of this module, next to it

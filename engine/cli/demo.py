@@ -30,7 +30,7 @@ from engine import clock
 from engine import db as enginedb
 from engine.demo.rules import EXAMPLES, EXPECTED, HMAC_ENV, SLACK_ENV, demo_rules, example_name
 from engine.exceptions import EngineError
-from engine.rules import store
+from engine import automations
 from engine.settings import get_settings
 
 if TYPE_CHECKING:  # imported when the demo runs: other commands need not load the SDK for it
@@ -118,21 +118,21 @@ def demo(
     try:
         project = f"acme/vision-demo-{clock.now():%Y%m%d-%H%M%S}"
         loaded = demo_rules(folder, project, receiver.base_url)
-        automations = [a for a, _ in loaded]
+        wanted = [a for a, _ in loaded]
         sources = {a.name: file for a, file in loaded}
         cpu_note = ""
         if cpu_seen < 95:
             # A machine whose CPUs the demo cannot fill (a container's CPU quota): the demo's copy
             # of the rule asks for less, and says so.
             lowered = max(1, int(cpu_seen * 0.7))
-            automations = [_with_threshold(a, lowered) if example_name(a.name) == CPU_RULE else a for a in automations]
+            wanted = [_with_threshold(a, lowered) if example_name(a.name) == CPU_RULE else a for a in wanted]
             cpu_note = (f"this machine's CPU reached only {cpu_seen:.0f} % with every core busy, so the demo's copy "
                         f"of {CPU_RULE} uses a threshold of {lowered} instead of 90")
-        names = [a.name for a in automations]
+        names = [a.name for a in wanted]
         watched = [n for n in names if example_name(n) in EXPECTED]
 
         with enginedb.connect(url) as conn, enginedb.boundary():
-            results = store.apply_rules(conn, automations, source=sources)
+            results = automations.apply_rules(conn, wanted, source=sources)
             conn.commit()
             after = conn.execute(enginedb.query("demo_last_trigger")).fetchone()[0]
             others = [r[0] for r in conn.execute(enginedb.query("demo_other_enabled"), {"names": names})]
@@ -201,7 +201,7 @@ def _disable(url: str, names: list[str]) -> None:
     try:
         with enginedb.connect(url) as conn, enginedb.boundary():
             for name in names:
-                store.disable(conn, name)
+                automations.disable(conn, name)
             conn.commit()
     except EngineError as exc:  # the database went away: say so, without hiding the first error
         console.print(f"[yellow]could not disable the demo's automations: {escape(str(exc))}[/]", soft_wrap=True)
@@ -285,7 +285,7 @@ def _number(value: float | None) -> str:
 # -- at the end ----------------------------------------------------------------------------------
 def _what(row: dict[str, Any]) -> str:
     """One trigger in a few words: `avg(accuracy) over 5 > 0.6: 0.615 at step 12`, `alias latest`, ..."""
-    kind = row["event_type"]
+    kind = row["rule_type"]
     if kind in ("run_metric_threshold", "run_metric_change"):
         return f"{row['condition'] or row['metric']}: {row['value']:.3g} at step {row['step']}"
     if kind == "run_state":

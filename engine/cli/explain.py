@@ -47,7 +47,7 @@ def explain(
         return
     if not expl.is_metric:
         typer.secho(
-            f"error: no PNG: trigger {trigger_id} fired on an event ({expl.event_type}), which has no metric series to draw",
+            f"error: no PNG: trigger {trigger_id} fired on an event ({expl.rule_type}), which has no metric series to draw",
             fg=typer.colors.RED, err=True,
         )
         raise typer.Exit(1)

@@ -49,6 +49,18 @@ FormatOption = Annotated[
     ),
 ]
 
+
+
+def parse_when(text: str) -> datetime:
+    """A `--since WHEN` value, or a usage error (not a traceback) when it cannot be read."""
+    from engine.since import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 _TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 

@@ -1,13 +1,12 @@
-"""`engine rules validate | apply | list | show | enable | disable | delete`.
-
-The typer group is `rules_app`; the compiler adds `compile` and `test` to it.
-"""
+"""`engine rules validate | compile | apply | test | list | show | enable | disable | delete`."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -17,17 +16,25 @@ import yaml
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.syntax import Syntax
 from rich.table import Table
 
+from engine import automations
 from engine import db as enginedb
 from engine.actions.ssrf import address_warnings
-from engine.cli.output import Format, FormatOption, is_terminal, print_rows, print_table
+from engine.cli.output import Format, FormatOption, is_terminal, parse_when, print_rows, print_table
+from engine.compiler import compile_rule
+from engine.evaluator import backtest
 from engine.exceptions import ConfigurationError, RuleValidationError
-from engine.rules import lint, load_rules, store
+from engine.rules import lint, load_rules
+from engine.rules.actions import WebhookAction
 from engine.rules.loader import LoadedRule
 from engine.settings import get_settings
+from engine.since import HELP as since_help
 
 console = Console()
+# Piped output of `rules compile` (scripts, tests) gets 200 columns instead of rich's 80.
+sql_console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 rules_app = typer.Typer(help="Automation rules: validate, apply and manage them.", no_args_is_help=True)
 
@@ -68,11 +75,16 @@ def _report_issues(error: RuleValidationError) -> None:
 
 
 def _report_lint(rules: list[LoadedRule]) -> None:
+    """Each warning at its field's line: `rules/x.yaml:9: warning: event.operator: ...`."""
     refused = address_warnings([r.automation.action for r in rules], get_settings().webhook_allow_hosts)
     for rule, more in zip(rules, refused, strict=True):
-        for warning in [*lint(rule.automation), *more]:
+        # the address warnings are about the action's target: `url`, or a Slack `webhook_url`
+        target = "action.url" if isinstance(rule.automation.action, WebhookAction) else "action.webhook_url"
+        found = [(w.field, str(w)) for w in lint(rule.automation)] + [(target, text) for text in more]
+        for field_path, warning in found:
             err_console.print(
-                f"{rule.file}:{rule.line}: warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True
+                f"{rule.file}:{rule.line_of(field_path)}: warning: {warning}",
+                style="yellow", markup=False, highlight=False, soft_wrap=True,
             )
 
 
@@ -118,7 +130,7 @@ def apply(
         rules = _load(rule_paths(paths), conn)
         _report_lint(rules)
         try:
-            results = store.apply_rules(
+            results = automations.apply_rules(
                 conn, [r.automation for r in rules], source={r.automation.name: r.file for r in rules}, prune=prune,
                 dry_run=dry_run,
             )
@@ -132,15 +144,15 @@ def apply(
         console.print(f"{outcome:<9} {name}", markup=False, highlight=False)
 
 
-# The keys of `engine rules list --format json|tsv` (the fields of store.AutomationRow).
-LIST_KEYS = ("name", "enabled", "version", "event_type", "scope", "triggers", "updated_at", "last_error")
+# The keys of `engine rules list --format json|tsv` (the fields of automations.AutomationRow).
+LIST_KEYS = ("name", "enabled", "version", "rule_type", "scope", "triggers", "updated_at", "last_error")
 
 
 @rules_app.command("list")
 def list_(fmt: FormatOption = Format.table) -> None:
     """Stored automations: enabled, version, event, scope, triggers fired; then any last errors."""
     with _connection() as conn:
-        rows = store.list_automations(conn)
+        rows = automations.list_automations(conn)
     if fmt is not Format.table:
         print_rows([dataclasses.asdict(row) for row in rows], LIST_KEYS, fmt)
         return
@@ -162,7 +174,7 @@ def list_(fmt: FormatOption = Format.table) -> None:
             escape(row.name),
             "yes" if row.enabled else "[dim]no[/dim]",
             str(row.version),
-            escape(row.event_type),
+            escape(row.rule_type),
             escape(row.scope),
             str(row.triggers),
         ]
@@ -178,7 +190,7 @@ def list_(fmt: FormatOption = Format.table) -> None:
 def show(name: NameArg) -> None:
     """The stored rule as YAML, its condition in words, its version and evaluation state."""
     with _connection() as conn:
-        stored = store.get(conn, name)
+        stored = automations.get(conn, name)
     state = stored.state
     header = {
         "version": stored.version,
@@ -209,7 +221,7 @@ def show(name: NameArg) -> None:
 def enable(name: NameArg) -> None:
     """Enable an automation; it reacts to what is logged from now on."""
     with _connection() as conn:
-        changed = store.enable(conn, name)
+        changed = automations.enable(conn, name)
         conn.commit()
     console.print(f"enabled {name}" if changed else f"{name} was already enabled", markup=False, highlight=False)
 
@@ -218,7 +230,7 @@ def enable(name: NameArg) -> None:
 def disable(name: NameArg) -> None:
     """Disable an automation (kept, with its history)."""
     with _connection() as conn:
-        changed = store.disable(conn, name)
+        changed = automations.disable(conn, name)
         conn.commit()
     console.print(f"disabled {name}" if changed else f"{name} was already disabled", markup=False, highlight=False)
 
@@ -231,12 +243,52 @@ def delete(
     """Delete an automation: it stops being evaluated and its name is free again. Its trigger
     history is kept (engine history --automation NAME) and deliveries still pending are sent."""
     with _connection() as conn:
-        store.get(conn, name)  # NotFound (with suggestions) before asking anything
+        automations.get(conn, name)  # NotFound (with suggestions) before asking anything
         if not yes and not typer.confirm(f"delete {name!r}? (its trigger history is kept)"):
             raise typer.Exit(1)
-        store.delete(conn, name)
+        automations.delete(conn, name)
         conn.commit()
     console.print(f"deleted {name}", markup=False, highlight=False)
+
+
+@rules_app.command("compile")
+def compile_command(
+    paths: list[Path] = typer.Argument(None, help="Rule files or folders (default: ENGINE_RULES_PATH)."),
+    mode: str = typer.Option("live", "--mode", help="live (incremental) or history (backtest)."),
+) -> None:
+    """Print the SQL each rule compiles to, with its bound parameters."""
+    for loaded in load_rules(rule_paths(paths)):
+        compiled = compile_rule(loaded.automation, "history" if mode == "history" else "live")
+        sql_console.rule(f"{compiled.automation} ({compiled.kind}, {compiled.mode})")
+        sql_console.print(Syntax(compiled.pretty(), "sql", word_wrap=True))
+        sql_console.print({k: v for k, v in compiled.params.items()})
+
+
+@rules_app.command("test")
+def test_command(
+    paths: list[Path] = typer.Argument(None, help="Rule files or folders (default: ENGINE_RULES_PATH)."),
+    start: datetime = typer.Option("7d", "--since", parser=parse_when, metavar="WHEN", help=since_help),
+) -> None:
+    """Backtest: what the rules would have fired over stored history. Sends and writes nothing."""
+    with enginedb.connect() as conn:
+        enginedb.ensure_schema(conn)
+        loaded = load_rules(rule_paths(paths), conn=conn)
+        for item in loaded:
+            firings = backtest(conn, item.automation, start)
+            labels = {}
+            run_pks = [f.run_pk for f in firings if f.run_pk is not None]
+            if run_pks:
+                labels = {r[0]: r[2] or r[1] for r in conn.execute(enginedb.query("run_labels"), {"run_pks": run_pks})}
+            table = Table("time", "run", "step", "value", "alias/tag", title=f"{item.automation.name}: {len(firings)} would fire")
+            for f in firings:
+                table.add_row(
+                    f.time.strftime("%Y-%m-%d %H:%M:%S"),
+                    labels.get(f.run_pk, "") if f.run_pk else "",
+                    "" if f.step is None else str(f.step),
+                    "" if f.value is None else f"{f.value:.6g}",
+                    f.alias or f.tag or "",
+                )
+            print_table(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""The automation rule language: models, the YAML loader, the linter and rule storage.
+"""The automation rule language: models, the YAML loader and the linter (storage: engine.automations).
 
     from engine.rules import load_rules, parse_rules_text, Automation
 """
@@ -18,7 +18,6 @@ from engine.rules.events import (
 )
 from engine.rules.lint import lint
 from engine.rules.loader import LoadedRule, load_rules, parse_rules_text
-from engine.rules.regex import check_regexes_in_db
 from engine.rules.run_filter import RunFilter
 from engine.rules.scope import Scope
 
@@ -40,7 +39,6 @@ __all__ = [
     "Scope",
     "SlackAction",
     "WebhookAction",
-    "check_regexes_in_db",
     "format_duration",
     "lint",
     "load_rules",

@@ -1,9 +1,11 @@
 """Probable mistakes in valid rules (warnings, never errors): kept apart from validation,
-which refuses impossible rules."""
+which refuses impossible rules. Each warning names its field, so that the command line can
+point at the field's line (`LoadedRule.line_of`)."""
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from engine.rules.actions import WebhookAction
@@ -14,7 +16,18 @@ from engine.rules.regex import regexes_of
 _LOCAL_NAMES = {"localhost", "localhost.localdomain"}
 
 
-def lint(automation: Automation) -> list[str]:
+@dataclass(frozen=True)
+class LintWarning:
+    """One warning about a field of a rule: `event.operator: == compares ...`."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def lint(automation: Automation) -> list[LintWarning]:
     """Warnings about a rule that loads but probably does not do what its author wants.
 
     >>> from engine.rules import parse_rules_text
@@ -24,45 +37,49 @@ def lint(automation: Automation) -> list[str]:
     ... event: {type: run_metric_threshold, metric: loss, window: 1, operator: "==", threshold: 0.1}
     ... action: {type: no_op}
     ... ''')[0].automation
-    >>> lint(rule)  # doctest: +ELLIPSIS
+    >>> [str(warning) for warning in lint(rule)]  # doctest: +ELLIPSIS
     ['event.operator: == compares floating-point values exactly...']
     """
-    warnings: list[str] = []
+    warnings: list[LintWarning] = []
+
+    def warn(field: str, message: str) -> None:
+        warnings.append(LintWarning(field, message))
+
     event = automation.event
     if isinstance(event, RunMetricThreshold) and event.operator in ("==", "!=") and event.window == 1:
-        warnings.append(
-            f"event.operator: {event.operator} compares floating-point values exactly; "
-            "a logged 0.1 + 0.2 is not 0.3 (use >= or <=)"
+        warn(
+            "event.operator",
+            f"{event.operator} compares floating-point values exactly; a logged 0.1 + 0.2 is not 0.3 (use >= or <=)",
         )
     if isinstance(event, RunMetricChange):
         if event.prior_window < event.current_window:
-            warnings.append(
-                f"event.prior_window: the prior window ({event.prior_window}) is shorter than the current one "
-                f"({event.current_window}); usually it is the longer, steadier baseline"
+            warn(
+                "event.prior_window",
+                f"the prior window ({event.prior_window}) is shorter than the current one "
+                f"({event.current_window}); usually it is the longer, steadier baseline",
             )
         if event.change == "relative" and event.direction == "decrease" and event.amount >= 1:
-            warnings.append(
-                f"event.amount: a relative decrease of {event.amount:g} (≥ 100 %) needs the metric to reach "
-                "zero or change sign; relative amounts are fractions (0.25 = 25 %)"
+            warn(
+                "event.amount",
+                f"a relative decrease of {event.amount:g} (≥ 100 %) needs the metric to reach "
+                "zero or change sign; relative amounts are fractions (0.25 = 25 %)",
             )
     if isinstance(event, (ArtifactAliasAdded, ArtifactTagAdded)):
         field = "alias_regex" if isinstance(event, ArtifactAliasAdded) else "tag_regex"
         pattern = getattr(event, field)
         if not pattern.startswith("^") and not pattern.endswith("$") and pattern.replace("-", "").replace("_", "").isalnum():
-            warnings.append(
-                f"event.{field}: {pattern!r} matches anywhere (e.g. also 'pre{pattern}'); "
-                f"write '^{pattern}$' for exactly this name"
+            warn(
+                f"event.{field}",
+                f"{pattern!r} matches anywhere (e.g. also 'pre{pattern}'); write '^{pattern}$' for exactly this name",
             )
     for loc, pattern in regexes_of(automation):
         if _has_backslash_b(pattern):
-            warnings.append(
-                f"{'.'.join(loc)}: in PostgreSQL \\b is a backspace, not a word boundary (use \\y)"
-            )
+            warn(".".join(loc), "in PostgreSQL \\b is a backspace, not a word boundary (use \\y)")
     action = automation.action
     if isinstance(action, WebhookAction):
         parts = urlsplit(action.url)
         if parts.scheme == "http" and not _is_local(parts.hostname or ""):
-            warnings.append("action.url: plain http:// to a remote host sends the payload unencrypted (use https://)")
+            warn("action.url", "plain http:// to a remote host sends the payload unencrypted (use https://)")
     return warnings
 
 

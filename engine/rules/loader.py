@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,6 @@ from engine.exceptions import RuleIssue, RuleValidationError
 from engine.rules.actions import ACTION_CLASSES
 from engine.rules.automation import Automation
 from engine.rules.events import EVENT_CLASSES, EVENT_TYPES
-from engine.rules.regex import check_regexes_in_db
 
 if TYPE_CHECKING:
     import psycopg
@@ -44,6 +43,14 @@ class LoadedRule:
     automation: Automation
     file: str
     line: int
+    root: Node | None = field(default=None, repr=False, compare=False)  # the YAML document, for line_of
+
+    def line_of(self, path: str) -> int:
+        """The line of a field such as `event.operator` (of its parent when it is not written)."""
+        if self.root is None:
+            return self.line
+        line, _ = locate(self.root, tuple(path.split(".")))
+        return line or self.line
 
 
 def load_rules(paths: Iterable[str | Path], conn: psycopg.Connection | None = None) -> list[LoadedRule]:
@@ -183,7 +190,7 @@ class _Loader:
         except Exception as exc:  # noqa: BLE001 - the loader's promise: bad input only ever gives issues
             self.issue(file, line, "", f"cannot validate this rule ({type(exc).__name__}: {exc})")
             return
-        self.loaded.append((LoadedRule(automation, file, line), root))
+        self.loaded.append((LoadedRule(automation, file, line, root), root))
 
     # -- across files ------------------------------------------------------------------
     def finish(self, conn: psycopg.Connection | None) -> list[LoadedRule]:
@@ -197,6 +204,9 @@ class _Loader:
             else:
                 first[name] = (rule.file, line)
         if conn is not None:
+            # PostgreSQL is the judge of the regexes it runs; asking it is storage's business.
+            from engine.automations import check_regexes_in_db
+
             for rule, root in self.loaded:
                 for found in check_regexes_in_db(conn, rule.automation, file=rule.file):
                     line, _ = locate(root, tuple(found.field.split(".")))

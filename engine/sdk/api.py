@@ -90,7 +90,7 @@ class Api:
 
     # -- automations ----------------------------------------------------------------------
     def apply(self, *rules: Any, prune: bool = False) -> Any:
-        """Create or update automation rules by name (see `engine.rules.api.apply`)."""
-        from engine.rules import api as rules_api  # the rules package is optional at import time
+        """Create or update automation rules by name (see `engine.automations.apply`)."""
+        from engine import automations  # the rule language is not loaded until it is used
 
-        return rules_api.apply(*rules, prune=prune)
+        return automations.apply(*rules, prune=prune)

@@ -12,7 +12,7 @@ import pytest
 
 from engine.db import migrations
 from engine.rules import parse_rules_text
-from engine.rules.store import apply_rules
+from engine.automations import apply_rules
 from tests.integration.actions_helpers import Receiver, fire, free_port, make_run
 
 ENGINE = Path(sys.executable).parent / "engine"
@@ -140,12 +140,12 @@ def test_after_the_demo_the_example_rules_are_not_suggested_for_applying(conn, d
     # What `engine demo` leaves behind, made with its own code: the example rules applied as
     # demo.<name> in a project of the demo's, then disabled.
     from engine.demo.rules import EXAMPLES, demo_rules
-    from engine.rules import store
+    from engine import automations
 
     demo = [automation for automation, _ in demo_rules(EXAMPLES, "acme/vision-demo-20261203-101010", "http://127.0.0.1:9")]
     apply_rules(conn, demo)
     for automation in demo:
-        store.disable(conn, automation.name)
+        automations.disable(conn, automation.name)
     result = doctor(EXAMPLES)
     out = result.stdout
     assert result.returncode == 0, out

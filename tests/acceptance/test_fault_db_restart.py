@@ -33,7 +33,7 @@ from engine.evaluator import backtest
 from engine.exceptions import IngestError
 from engine.localdb import LocalDatabase
 from engine.rules import parse_rules_text
-from engine.rules.store import apply_rules
+from engine.automations import apply_rules
 from engine.sdk import session as sdk_session
 from engine.settings import get_settings
 from tests.acceptance.service_helpers import ServeProcess, wait_until

@@ -77,10 +77,10 @@ def _delivery_ids(fired: list[dict]) -> list[tuple]:
 def test_json_has_stable_keys_and_every_value(fired):
     listed = json.loads(engine_cli("rules", "list", "--format", "json").stdout)
     assert [item["name"] for item in listed] == sorted([LONG, "finished"])
-    assert list(listed[0]) == ["name", "enabled", "version", "event_type", "scope", "triggers", "updated_at", "last_error"]
+    assert list(listed[0]) == ["name", "enabled", "version", "rule_type", "scope", "triggers", "updated_at", "last_error"]
     by_name = {item["name"]: item for item in listed}
     assert by_name[LONG] | {"updated_at": None} == {
-        "name": LONG, "enabled": True, "version": 1, "event_type": "run_metric_threshold", "scope": PROJECT,
+        "name": LONG, "enabled": True, "version": 1, "rule_type": "run_metric_threshold", "scope": PROJECT,
         "triggers": 1, "updated_at": None, "last_error": None,
     }  # fmt: skip
     datetime.fromisoformat(by_name[LONG]["updated_at"])
@@ -90,9 +90,10 @@ def test_json_has_stable_keys_and_every_value(fired):
     assert list(history[0]) == [
         "trigger_id", "fired_at", "automation", "event_type", "entity", "project", "run_id", "run_name", "metric",
         "value", "step", "alias", "tag", "artifact_version", "action_type", "delivery_status", "attempts",
-        "last_http_status", "last_error", "automation_deleted_at",
+        "last_http_status", "last_error", "automation_deleted_at", "rule_type",
     ]  # fmt: skip
     (metric,) = [item for item in history if item["automation"] == LONG]
+    assert (metric["event_type"], metric["rule_type"]) == ("RUN_METRIC", "run_metric_threshold")
     assert (metric["value"], metric["step"], metric["metric"], metric["delivery_status"]) == (0.9, 0, "accuracy", "failed")
     assert metric["last_error"] == ERROR and metric["automation_deleted_at"] is None
 

@@ -37,7 +37,7 @@ def warnings(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
     found = {}
     for line in result.stderr.splitlines():
         if "sending will be refused" in line:
-            file, _, text = line.partition(":1: warning: ")
+            file, _, text = line.partition(":4: warning: ")  # the line of `action:`
             found[file] = text
     return found
 

@@ -79,13 +79,14 @@ def test_validate_reports_every_error_with_file_and_line(tmp_path):
 
 def test_validate_prints_warnings_but_succeeds(tmp_path):
     (tmp_path / "warn.yaml").write_text(
-        "name: w\nscope: {project: acme/vision}\nevent: {type: artifact_alias_added, alias_regex: production}\n"
+        "name: w\nscope: {project: acme/vision}\nevent:\n  type: artifact_alias_added\n  alias_regex: production\n"
         "action: {type: no_op}\n"
     )
     result = engine("validate", "warn.yaml", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.strip() == "ok: 1 rule in 1 file"
-    assert "warn.yaml:1: warning: event.alias_regex: 'production' matches anywhere" in result.stderr
+    # at the field's line, as errors are
+    assert "warn.yaml:5: warning: event.alias_regex: 'production' matches anywhere" in result.stderr
 
 
 def test_missing_file(tmp_path):

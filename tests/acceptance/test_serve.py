@@ -13,7 +13,7 @@ import pytest
 import engine
 from engine.evaluator import backtest
 from engine.rules import parse_rules_text
-from engine.rules.store import apply_rules
+from engine.automations import apply_rules
 from tests.acceptance.service_helpers import ServeProcess, wait_until
 
 RULES = """

@@ -12,7 +12,7 @@ import pytest
 
 import engine
 from engine.rules import parse_rules_text
-from engine.rules.store import apply_rules
+from engine.automations import apply_rules
 from tests.acceptance.service_helpers import ServeProcess, wait_until
 
 

@@ -57,6 +57,6 @@ def test_serve_exports_metrics_and_logs_json(conn, database_url, tmp_path):
     entries = [json.loads(line) for line in lines]  # every line is JSON (raises otherwise)
     assert entries and all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     messages = [(e["logger"], e["message"]) for e in entries]
-    assert any(logger == "engine.metrics" and f":{port}/metrics" in m for logger, m in messages)
+    assert any(logger == "engine.prometheus" and f":{port}/metrics" in m for logger, m in messages)
     assert any(logger == "engine.scheduler" and "1 fired" in m for logger, m in messages)
     assert any(logger == "engine.scheduler" and m.startswith("engine serve: received SIGTERM") for logger, m in messages)

@@ -99,6 +99,11 @@ def test_every_event_kind_arrives_signed_with_its_values(conn, database_url, mon
     history = conn.execute("SELECT automation, delivery_status, attempts, last_http_status FROM automation_history").fetchall()
     assert sorted(history) == sorted((name, "succeeded", 1, 200) for name in got)
 
+    # one vocabulary: the view's event_type is the delivered ${event_type}; rule_type the rule's kind
+    kinds = {name: (event_type, rule_type) for name, event_type, rule_type in conn.execute(
+        "SELECT automation, event_type, rule_type FROM automation_history")}
+    assert {name: event_type for name, (event_type, _) in kinds.items()} == {n: p["event_type"] for n, p in body.items()}
+    assert kinds["acc"][1] == "run_metric_threshold" and kinds["staging"][1] == "artifact_alias_added"
 
 def test_the_preview_and_a_delivery_word_the_condition_alike(conn, database_url):
     """`engine actions test` and a real delivery render one `${metric_filter}` (the rule's

@@ -8,7 +8,7 @@ import time
 
 import engine
 from engine.evaluator import Evaluator
-from engine.rules.store import list_automations
+from engine.automations import list_automations
 from engine.settings import get_settings
 from tests.integration.evaluation_helpers import apply_yaml, break_automation, rule, triggers
 

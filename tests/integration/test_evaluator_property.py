@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import engine
 from engine.evaluator import Evaluator, backtest
 from engine.rules import parse_rules_text
-from engine.rules.store import apply_rules
+from engine.automations import apply_rules
 from engine.settings import get_settings
 from tests import reference
 

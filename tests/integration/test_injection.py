@@ -11,16 +11,16 @@ from __future__ import annotations
 import string
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 import engine
 from engine.actions.dispatcher import Dispatcher
+from engine.automations import apply_rules
 from engine.cli import app
 from engine.rules import parse_rules_text
-from engine.rules.regex import RegexError, check_regex
-from engine.rules.store import apply_rules
 from engine.settings import Settings
 from tests.integration.actions_helpers import Receiver, Reply, settle
 from tests.integration.evaluation_helpers import tick, triggers
@@ -56,10 +56,12 @@ def pg_literal_regex(text: str) -> str:
     return "^" + "".join("\\" + c if c in string.punctuation or c == " " else c for c in text) + "$"
 
 
-def valid_raw_regex(text: str) -> bool:
+def valid_raw_regex(conn, text: str) -> bool:
+    """PostgreSQL, which runs the rules' regexes, accepts `text` as one."""
     try:
-        check_regex(text)
-    except RegexError:
+        with conn.transaction():
+            conn.execute("SELECT '' ~ %s", (text,))
+    except psycopg.errors.InvalidRegularExpression:
         return False
     return True
 
@@ -85,7 +87,7 @@ def schema(conn) -> dict[str, list[tuple]]:
     return {name: conn.execute(sql, NOT_SCHEMA if "%(skip)s" in sql else None).fetchall() for name, sql in queries.items()}
 
 
-def rules_for(i: int, text: str, url: str) -> list[dict[str, Any]]:
+def rules_for(i: int, text: str, url: str, raw: bool) -> list[dict[str, Any]]:
     literal = pg_literal_regex(text)
     webhook: dict[str, Any] = {"type": "webhook", "url": f"{url}/inj-{i}", "access_token": {"env": "INJ_TOKEN"}}
     if "${" not in text:  # as template text; the corpus' template syntax is tested as data
@@ -120,7 +122,7 @@ def rules_for(i: int, text: str, url: str) -> list[dict[str, Any]]:
             "action": {"type": "no_op"},
         },
     ]
-    if valid_raw_regex(text):
+    if raw:
         rules.append(
             {
                 "name": f"inj-{i}-raw",
@@ -137,7 +139,7 @@ def test_the_corpus_is_stored_and_matched_literally_and_the_schema_is_unchanged(
     monkeypatch.setenv("INJ_TOKEN", SECRET)
     before = schema(conn)
     with Receiver(Reply(200)) as rx:
-        documents = [rule for i, text in enumerate(CORPUS) for rule in rules_for(i, text, rx.url(""))]
+        documents = [rule for i, text in enumerate(CORPUS) for rule in rules_for(i, text, rx.url(""), valid_raw_regex(conn, text))]
         # through the YAML loader, as a user writes them
         loaded = parse_rules_text(yaml.safe_dump_all(documents, allow_unicode=True), "inj.yaml", conn=conn)
         assert [r.automation.name for r in loaded] == [d["name"] for d in documents]
@@ -181,7 +183,7 @@ def test_the_corpus_is_stored_and_matched_literally_and_the_schema_is_unchanged(
         assert [t["alias"] for t in triggers(conn, f"inj-{i}-alias")] == [text]
         assert [t["tag"] for t in triggers(conn, f"inj-{i}-tag")] == [text]
         assert len(triggers(conn, f"inj-{i}-link")) == 1
-        if valid_raw_regex(text):
+        if valid_raw_regex(conn, text):
             # raw: exactly the runs PostgreSQL's own `~` matches (bound, never spliced)
             expected = {pk for (pk,) in conn.execute("SELECT id FROM runs WHERE name ~ %s", (text,))}
             assert {t["run_pk"] for t in triggers(conn, f"inj-{i}-raw")} == expected, text

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import engine
-from engine.metrics import NO_METRICS, DatabaseCollector, for_service
+from engine.prometheus import NO_METRICS, DatabaseCollector, for_service
 from engine.scheduler import Service
 from engine.settings import Settings
 from tests.integration.actions_helpers import Receiver, fire, free_port, make_automation

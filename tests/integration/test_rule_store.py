@@ -9,8 +9,8 @@ import pytest
 from engine import clock
 from engine import db as enginedb
 from engine.exceptions import NotFound, RuleValidationError
+from engine import automations
 from engine.rules import Automation, load_rules
-from engine.rules import store
 from engine.rules.api import apply as api_apply
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -57,7 +57,7 @@ def versions(conn, name: str) -> list[tuple[int, bool]]:
 
 def test_apply_creates_then_is_unchanged(conn):
     with clock.frozen(T0):
-        assert store.apply_rules(conn, [rule()], source={"acc": "rules/acc.yaml"}) == [("acc", "created")]
+        assert automations.apply_rules(conn, [rule()], source={"acc": "rules/acc.yaml"}) == [("acc", "created")]
     version, enabled, evaluate_from, data = stored(conn, "acc")
     assert (version, enabled, evaluate_from) == (1, True, T0)
     assert Automation.model_validate(data) == rule()
@@ -65,7 +65,7 @@ def test_apply_creates_then_is_unchanged(conn):
     before = frontier(conn, "acc")
     assert before > 0
     burn_xids(conn)
-    assert store.apply_rules(conn, [rule()]) == [("acc", "unchanged")]
+    assert automations.apply_rules(conn, [rule()]) == [("acc", "unchanged")]
     assert stored(conn, "acc")[0] == 1 and versions(conn, "acc") == [(1, True)]
     assert frontier(conn, "acc") == before
     source = conn.execute("SELECT source FROM automations WHERE name = 'acc'").fetchone()[0]
@@ -74,11 +74,11 @@ def test_apply_creates_then_is_unchanged(conn):
 
 def test_description_change_keeps_the_frontier(conn):
     with clock.frozen(T0):
-        store.apply_rules(conn, [rule()])
+        automations.apply_rules(conn, [rule()])
     start = frontier(conn, "acc")
     burn_xids(conn)
     with clock.frozen(T1):
-        assert store.apply_rules(conn, [rule(description="now with words", cooldown="1h")]) == [("acc", "updated")]
+        assert automations.apply_rules(conn, [rule(description="now with words", cooldown="1h")]) == [("acc", "updated")]
     version, _, evaluate_from, data = stored(conn, "acc")
     assert (version, evaluate_from, data["description"]) == (2, T0, "now with words")
     assert versions(conn, "acc") == [(1, True), (2, True)]
@@ -87,27 +87,27 @@ def test_description_change_keeps_the_frontier(conn):
 
 def test_condition_change_restarts_evaluation(conn):
     with clock.frozen(T0):
-        store.apply_rules(conn, [rule()])
+        automations.apply_rules(conn, [rule()])
     start = frontier(conn, "acc")
     conn.execute("UPDATE automation_state SET last_error = 'boom', failures = 3")
     burn_xids(conn)
     changed = rule(event={"type": "run_metric_threshold", "metric": "accuracy", "operator": ">", "threshold": 0.7})
     with clock.frozen(T1):
-        assert store.apply_rules(conn, [changed]) == [("acc", "updated")]
+        assert automations.apply_rules(conn, [changed]) == [("acc", "updated")]
     assert frontier(conn, "acc") > start
     assert stored(conn, "acc")[2] == T1
     assert conn.execute("SELECT last_error, failures FROM automation_state").fetchone() == (None, 0)
 
 
 def test_update_keeps_triggers_and_all_versions(conn):
-    store.apply_rules(conn, [rule()])
+    automations.apply_rules(conn, [rule()])
     automation_id = conn.execute("SELECT id FROM automations WHERE name = 'acc'").fetchone()[0]
     conn.execute(
         "INSERT INTO triggers (automation_id, automation_version, event_type, cause) VALUES (%s, 1, 'run_metric_threshold', 'x')",
         (automation_id,),
     )
-    store.apply_rules(conn, [rule(run_filter={"user": "alice"})])
-    store.apply_rules(conn, [rule(run_filter={"user": "bob"})])
+    automations.apply_rules(conn, [rule(run_filter={"user": "alice"})])
+    automations.apply_rules(conn, [rule(run_filter={"user": "bob"})])
     assert conn.execute("SELECT count(*) FROM triggers").fetchone()[0] == 1
     assert [v for v, _ in versions(conn, "acc")] == [1, 2, 3]
     rules = conn.execute(
@@ -118,17 +118,17 @@ def test_update_keeps_triggers_and_all_versions(conn):
 
 
 def test_enable_moves_the_frontier_disable_does_not(conn):
-    store.apply_rules(conn, [rule()])
+    automations.apply_rules(conn, [rule()])
     start = frontier(conn, "acc")
     burn_xids(conn)
-    assert store.disable(conn, "acc") is True
-    assert store.disable(conn, "acc") is False
+    assert automations.disable(conn, "acc") is True
+    assert automations.disable(conn, "acc") is False
     version, enabled, _, data = stored(conn, "acc")
     assert (version, enabled, data["enabled"]) == (2, False, False)
     assert frontier(conn, "acc") == start
     burn_xids(conn)
     with clock.frozen(T1):
-        assert store.enable(conn, "acc") is True
+        assert automations.enable(conn, "acc") is True
     version, enabled, evaluate_from, data = stored(conn, "acc")
     assert (version, enabled, evaluate_from, data["enabled"]) == (3, True, T1, True)
     assert frontier(conn, "acc") > start
@@ -136,26 +136,26 @@ def test_enable_moves_the_frontier_disable_does_not(conn):
 
 
 def test_applying_enabled_true_after_disabled_restarts(conn):
-    store.apply_rules(conn, [rule(enabled=False)])
+    automations.apply_rules(conn, [rule(enabled=False)])
     start = frontier(conn, "acc")
     burn_xids(conn)
-    assert store.apply_rules(conn, [rule()]) == [("acc", "updated")]
+    assert automations.apply_rules(conn, [rule()]) == [("acc", "updated")]
     assert frontier(conn, "acc") > start
 
 
 def test_prune_deletes_what_is_not_applied(conn):
-    store.apply_rules(conn, [rule("a"), rule("b"), rule("c")])
-    assert store.apply_rules(conn, [rule("a")], prune=True) == [("a", "unchanged"), ("b", "deleted"), ("c", "deleted")]
-    assert [r.name for r in store.list_automations(conn)] == ["a"]
-    assert [s.name for s in store.load_enabled(conn)] == ["a"]
+    automations.apply_rules(conn, [rule("a"), rule("b"), rule("c")])
+    assert automations.apply_rules(conn, [rule("a")], prune=True) == [("a", "unchanged"), ("b", "deleted"), ("c", "deleted")]
+    assert [r.name for r in automations.list_automations(conn)] == ["a"]
+    assert [s.name for s in automations.load_enabled(conn)] == ["a"]
     # kept as history: disabled, marked deleted, without evaluation state
     kept = conn.execute(
         "SELECT a.name, a.enabled, a.deleted_at IS NOT NULL, s.automation_id IS NULL FROM automations a"
         " LEFT JOIN automation_state s ON s.automation_id = a.id WHERE a.name <> 'a' ORDER BY a.name"
     ).fetchall()
     assert kept == [("b", False, True, True), ("c", False, True, True)]
-    assert store.apply_rules(conn, [rule("a"), rule("d")]) == [("a", "unchanged"), ("d", "created")]
-    assert store.apply_rules(conn, [rule("a"), rule("d")], prune=True) == [("a", "unchanged"), ("d", "unchanged")]
+    assert automations.apply_rules(conn, [rule("a"), rule("d")]) == [("a", "unchanged"), ("d", "created")]
+    assert automations.apply_rules(conn, [rule("a"), rule("d")], prune=True) == [("a", "unchanged"), ("d", "unchanged")]
 
 
 def fake_firing(conn, name: str, cause: str = "x") -> int:
@@ -192,8 +192,8 @@ def audit(conn) -> list[tuple]:
 
 @pytest.mark.parametrize("how", ["delete", "prune"])
 def test_deleting_keeps_the_history_under_the_name_it_had(conn, how):
-    store.apply_rules(conn, [rule("acc"), rule("other")])
-    store.apply_rules(conn, [rule("acc", description="second version"), rule("other")])
+    automations.apply_rules(conn, [rule("acc"), rule("other")])
+    automations.apply_rules(conn, [rule("acc", description="second version"), rule("other")])
     fired = [fake_firing(conn, "acc", "one"), fake_firing(conn, "acc", "two"), fake_firing(conn, "other")]
     before = audit(conn)
     assert [row[1] for row in before] == ["acc", "acc", "other"]
@@ -201,9 +201,9 @@ def test_deleting_keeps_the_history_under_the_name_it_had(conn, how):
 
     with clock.frozen(T1):
         if how == "delete":
-            store.delete(conn, "acc")
+            automations.delete(conn, "acc")
         else:
-            assert store.apply_rules(conn, [rule("other")], prune=True) == [("other", "unchanged"), ("acc", "deleted")]
+            assert automations.apply_rules(conn, [rule("other")], prune=True) == [("other", "unchanged"), ("acc", "deleted")]
     assert audit(conn) == before
     deleted_at = conn.execute(
         "SELECT DISTINCT automation_deleted_at FROM automation_history WHERE automation = 'acc'"
@@ -216,13 +216,13 @@ def test_deleting_keeps_the_history_under_the_name_it_had(conn, how):
     assert sorted(r[0] for r in history) == fired[:2]
     with pytest.raises(NotFound, match=r"no automation named 'acc': it was deleted on 2024-05-02 12:00 UTC "
                                        r"\(its history: engine history --automation acc\)"):
-        store.get(conn, "acc")
+        automations.get(conn, "acc")
     with pytest.raises(NotFound, match="it was deleted on"):
-        store.delete(conn, "acc")
+        automations.delete(conn, "acc")
 
     # The name is free again; the new automation's history is its own.
-    assert store.apply_rules(conn, [rule("acc"), rule("other")]) == [("acc", "created"), ("other", "unchanged")]
-    assert {r.name: r.triggers for r in store.list_automations(conn)} == {"acc": 0, "other": 1}
+    assert automations.apply_rules(conn, [rule("acc"), rule("other")]) == [("acc", "created"), ("other", "unchanged")]
+    assert {r.name: r.triggers for r in automations.list_automations(conn)} == {"acc": 0, "other": 1}
     new = fake_firing(conn, "acc", "one")  # the same cause: a different automation
     rows = conn.execute(
         "SELECT trigger_id, automation_deleted_at IS NULL FROM automation_history WHERE automation = 'acc' ORDER BY trigger_id"
@@ -233,7 +233,7 @@ def test_deleting_keeps_the_history_under_the_name_it_had(conn, how):
 def test_an_automation_deleted_by_hand_is_refused(conn):
     import psycopg
 
-    store.apply_rules(conn, [rule("acc")])
+    automations.apply_rules(conn, [rule("acc")])
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         conn.execute("DELETE FROM automations WHERE name = 'acc'")
 
@@ -251,42 +251,42 @@ def row_counts(conn) -> dict[str, int]:
 
 
 def test_dry_run_says_what_apply_would_do_and_changes_nothing(conn):
-    store.apply_rules(conn, [rule("keep"), rule("edit"), rule("gone")])
+    automations.apply_rules(conn, [rule("keep"), rule("edit"), rule("gone")])
     fake_firing(conn, "gone")
     snapshot = row_counts(conn)
-    automations = conn.execute("SELECT * FROM automations ORDER BY id").fetchall()
+    rows = conn.execute("SELECT * FROM automations ORDER BY id").fetchall()
     assert {"automations", "triggers", "deliveries", "automation_versions", "metric_points"} <= set(snapshot)
 
     wanted = [rule("keep"), rule("edit", description="changed"), rule("new")]
     expected = [("keep", "unchanged"), ("edit", "updated"), ("new", "created"), ("gone", "deleted")]
-    assert store.apply_rules(conn, wanted, prune=True, dry_run=True) == expected
-    assert store.apply_rules(conn, wanted, dry_run=True) == expected[:3]
+    assert automations.apply_rules(conn, wanted, prune=True, dry_run=True) == expected
+    assert automations.apply_rules(conn, wanted, dry_run=True) == expected[:3]
     assert row_counts(conn) == snapshot
-    assert conn.execute("SELECT * FROM automations ORDER BY id").fetchall() == automations
+    assert conn.execute("SELECT * FROM automations ORDER BY id").fetchall() == rows
 
-    assert store.apply_rules(conn, wanted, prune=True) == expected
+    assert automations.apply_rules(conn, wanted, prune=True) == expected
     assert row_counts(conn) != snapshot
 
 
 def test_dry_run_refuses_what_apply_refuses(conn):
     bad = rule("bad", event={"type": "artifact_alias_added", "alias_regex": "[[.ab.]]"})
     with pytest.raises(RuleValidationError, match="PostgreSQL refuses this regex"):
-        store.apply_rules(conn, [bad], dry_run=True)
+        automations.apply_rules(conn, [bad], dry_run=True)
 
 
 def test_delete_and_not_found(conn):
-    store.apply_rules(conn, [rule("accuracy-above-0.6"), rule("loss-down")])
-    store.delete(conn, "loss-down")
-    assert [r.name for r in store.list_automations(conn)] == ["accuracy-above-0.6"]
+    automations.apply_rules(conn, [rule("accuracy-above-0.6"), rule("loss-down")])
+    automations.delete(conn, "loss-down")
+    assert [r.name for r in automations.list_automations(conn)] == ["accuracy-above-0.6"]
     with pytest.raises(NotFound, match=r"no automation named 'accuracy-above-0.7'; did you mean 'accuracy-above-0.6'\?"):
-        store.get(conn, "accuracy-above-0.7")
-    for action in (store.delete, store.enable, store.disable):
+        automations.get(conn, "accuracy-above-0.7")
+    for action in (automations.delete, automations.enable, automations.disable):
         with pytest.raises(NotFound, match="no automation named 'zzz'$"):
             action(conn, "zzz")
 
 
 def test_get_list_and_load_enabled(conn):
-    store.apply_rules(
+    automations.apply_rules(
         conn,
         [
             rule("acc"),
@@ -295,19 +295,19 @@ def test_get_list_and_load_enabled(conn):
         ],
     )
     conn.execute("UPDATE automation_state SET last_error = 'compile failed' WHERE automation_id = (SELECT id FROM automations WHERE name = 'acc')")
-    rows = {r.name: r for r in store.list_automations(conn)}
-    assert (rows["acc"].enabled, rows["acc"].version, rows["acc"].event_type, rows["acc"].scope) == (
+    rows = {r.name: r for r in automations.list_automations(conn)}
+    assert (rows["acc"].enabled, rows["acc"].version, rows["acc"].rule_type, rows["acc"].scope) == (
         True, 1, "run_metric_threshold", "acme/vision",
     )  # fmt: skip
     assert rows["acc"].last_error == "compile failed" and rows["acc"].triggers == 0
     assert rows["link"].scope == "registry:model/resnet"
     assert rows["off"].enabled is False
 
-    got = store.get(conn, "acc")
+    got = automations.get(conn, "acc")
     assert got.automation == rule("acc") and got.version == 1 and got.state is not None
     assert got.state.last_error == "compile failed" and int(got.state.frontier) == frontier(conn, "acc")
 
-    enabled = store.load_enabled(conn)
+    enabled = automations.load_enabled(conn)
     assert sorted(s.name for s in enabled) == ["acc", "link"]
     assert all(isinstance(s.automation, Automation) and s.id > 0 for s in enabled)
 
@@ -316,7 +316,7 @@ def test_regex_refused_by_postgres_writes_nothing(conn):
     # A named collating element Python's check lets through, which PostgreSQL does not know.
     bad = rule("bad", event={"type": "artifact_alias_added", "alias_regex": "[[.ab.]]"})
     with pytest.raises(RuleValidationError) as exc:
-        store.apply_rules(conn, [rule("good"), bad], source={"bad": "rules/bad.yaml"})
+        automations.apply_rules(conn, [rule("good"), bad], source={"bad": "rules/bad.yaml"})
     assert [str(i) for i in exc.value.issues] == [
         "rules/bad.yaml: event.alias_regex: PostgreSQL refuses this regex: invalid regular expression: invalid collating element"
     ]
@@ -338,7 +338,7 @@ def test_loader_with_a_connection_reports_the_postgres_error_with_its_line(conn,
 
 def test_duplicate_names_in_one_apply_are_refused(conn):
     with pytest.raises(RuleValidationError, match="duplicate automation name 'a'"):
-        store.apply_rules(conn, [rule("a"), rule("a", description="x")])
+        automations.apply_rules(conn, [rule("a"), rule("a", description="x")])
 
 
 def test_injection_looking_values_are_stored_literally(conn):
@@ -348,8 +348,8 @@ def test_injection_looking_values_are_stored_literally(conn):
         event={"type": "run_metric_threshold", "metric": nasty, "operator": ">", "threshold": 1},
         run_filter={"user": nasty, "name_regex": "'; DROP TABLE runs; --"},
     )
-    store.apply_rules(conn, [automation])
-    assert store.get(conn, "nasty").automation == automation
+    automations.apply_rules(conn, [automation])
+    assert automations.get(conn, "nasty").automation == automation
     assert conn.execute("SELECT to_regclass('runs') IS NOT NULL").fetchone()[0]
 
 
@@ -371,7 +371,7 @@ def test_every_query_the_rules_use_exists():
     from engine.db import query_names
 
     used = set()
-    for path in Path(store.__file__).parent.glob("*.py"):
+    for path in [Path(automations.__file__), *Path(automations.__file__).parent.joinpath("rules").glob("*.py")]:
         used |= set(re.findall(r'query\("(\w+)"\)', path.read_text()))
     assert used and used <= query_names()
 
@@ -393,7 +393,7 @@ def test_a_deleted_automation_stops_firing_and_its_pending_deliveries_are_sent(c
             'event: {type: run_metric_threshold, metric: accuracy, window: 1, operator: ">", threshold: 0.6}\n'
             f"action: {{type: webhook, url: {rx.url()}}}\n"
         )
-        store.apply_rules(conn, [r.automation for r in parse_rules_text(text)])
+        automations.apply_rules(conn, [r.automation for r in parse_rules_text(text)])
         run = engine.init(project="acme/vision", name="r", system_metrics_interval=0)
         run.log({"accuracy": 0.7}, step=0)
         run.flush()
@@ -401,7 +401,7 @@ def test_a_deleted_automation_stops_firing_and_its_pending_deliveries_are_sent(c
         (first,) = triggers(conn, "acc")
         assert conn.execute("SELECT status FROM deliveries").fetchall() == [("pending",)]
 
-        store.delete(conn, "acc")
+        automations.delete(conn, "acc")
         # Another run (no cooldown between runs) logs after the delete: never evaluated.
         later = engine.init(project="acme/vision", name="later", system_metrics_interval=0)
         later.log({"accuracy": 0.9}, step=0)

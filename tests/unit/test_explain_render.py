@@ -30,7 +30,7 @@ def _threshold_explanation(series: tuple[Point, ...], position: int, window: int
     aggregate = min(p.value for p in points)
     return Explanation(
         trigger_id=7, fired_at=T, automation="loss-low", automation_version=1, rule=rule,
-        event_type="run_metric_threshold", condition=rule.event.describe(), run=None, delivery=None,
+        rule_type="run_metric_threshold", condition=rule.event.describe(), run=None, delivery=None,
         metric="loss", position=position, step=points[-1].step, value_time=T, value=aggregate, series=series,
         windows=(Window("window", position - window + 1, position, points, aggregate, tuple(p.value for p in points)),),
     )

@@ -100,9 +100,12 @@ def test_bad_operator_and_unknown_event_type():
     ]
 
 
-def test_bad_regex():
-    text = with_event("type: artifact_alias_added\nalias_regex: '(prod'\n")
-    assert issues_of(text) == ["rules/x.yaml:6: event.alias_regex: invalid regular expression: parentheses () not balanced"]
+def test_a_regex_is_judged_by_postgres_not_here():
+    # PostgreSQL refuses it on apply and `validate --check-db` (tests/integration/test_rule_regex.py)
+    (loaded,) = parse_rules_text(with_event("type: artifact_alias_added\nalias_regex: '(prod'\n"))
+    assert loaded.automation.event.alias_regex == "(prod"
+    text = with_event('type: artifact_alias_added\nalias_regex: "a\\0b"\n')
+    assert issues_of(text) == ["rules/x.yaml:6: event.alias_regex: invalid regular expression: NUL characters are not allowed"]
 
 
 def test_killed_is_refused_at_its_list_item():
@@ -290,23 +293,26 @@ def test_dates_stay_text():
 # -- linter ----------------------------------------------------------------------------------------
 def test_lint_warnings():
     exact = parse_rules_text(with_event('type: run_metric_threshold\nmetric: m\nwindow: 1\noperator: "=="\nthreshold: 0.3\n'))
-    assert lint(exact[0].automation) == [
+    assert [str(w) for w in lint(exact[0].automation)] == [
         "event.operator: == compares floating-point values exactly; a logged 0.1 + 0.2 is not 0.3 (use >= or <=)"
     ]
     change = parse_rules_text(with_event("type: run_metric_change\nmetric: m\nprior_window: 5\ndirection: any\namount: 1\n"))
-    assert lint(change[0].automation) == [
+    assert [str(w) for w in lint(change[0].automation)] == [
         "event.prior_window: the prior window (5) is shorter than the current one (10); usually it is the longer, steadier baseline"
     ]
     remote = parse_rules_text(
         "name: r\nscope: {project: a/b}\nevent: {type: artifact_alias_added, alias_regex: '\\bprod'}\n"
         "action: {type: webhook, url: 'http://ci.example.com/x'}\n"
     )
-    assert lint(remote[0].automation) == [
+    assert [str(w) for w in lint(remote[0].automation)] == [
         "event.alias_regex: in PostgreSQL \\b is a backspace, not a word boundary (use \\y)",
         "action.url: plain http:// to a remote host sends the payload unencrypted (use https://)",
     ]
+    assert [(w.field, remote[0].line_of(w.field)) for w in lint(remote[0].automation)] == [
+        ("event.alias_regex", 3), ("action.url", 4)
+    ]
     unanchored = parse_rules_text("name: r\nscope: {project: a/b}\nevent: {type: artifact_alias_added, alias_regex: production}\naction: {type: no_op}\n")
-    assert lint(unanchored[0].automation) == [
+    assert [str(w) for w in lint(unanchored[0].automation)] == [
         "event.alias_regex: 'production' matches anywhere (e.g. also 'preproduction'); write '^production$' for exactly this name"
     ]
 

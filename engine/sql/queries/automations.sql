@@ -1,4 +1,4 @@
--- Rule storage and management (engine/rules/store.py).
+-- Automation storage and management (engine/automations.py).
 
 -- name: check_regex
 -- Compiles a rule's regex exactly as evaluation will run it; SQLSTATE 2201B when invalid.
@@ -94,7 +94,7 @@ SELECT max(deleted_at) FROM automations WHERE name = %(name)s AND deleted_at IS 
 SELECT a.name,
        a.enabled,
        a.version,
-       a.rule -> 'event' ->> 'type' AS event_type,
+       a.rule -> 'event' ->> 'type' AS rule_type,
        a.rule -> 'scope'            AS scope,
        a.updated_at,
        s.last_error,

@@ -25,7 +25,7 @@ GROUP BY a.name;
 
 -- name: demo_history
 -- The view's columns, plus the condition in words and the state change from the trigger's details.
-SELECT h.trigger_id, h.fired_at, h.automation, h.event_type, h.run_name, h.metric, h.value, h.step,
+SELECT h.trigger_id, h.fired_at, h.automation, h.rule_type, h.run_name, h.metric, h.value, h.step,
        coalesce(h.alias, h.tag, '') AS alias_or_tag, h.artifact_version, h.delivery_status, h.last_error,
        t.details->>'metric_filter' AS condition, t.details->>'from' AS from_state, t.details->>'to' AS to_state,
        t.details->>'registry' || '/' || (t.details->>'collection') || ':v' || (t.details->>'version_index') AS linked_as

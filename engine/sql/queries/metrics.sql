@@ -1,4 +1,4 @@
--- Operational metrics read at each Prometheus scrape (engine/metrics.py). Each is an
+-- Operational metrics read at each Prometheus scrape (engine/prometheus.py). Each is an
 -- index-only count or a min over a small set; the scrape never writes.
 
 -- name: metrics_triggers_by_automation

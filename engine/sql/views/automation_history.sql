@@ -1,13 +1,32 @@
--- One row per trigger (SPEC section 4). Recreated by `engine db migrate` after the migrations.
+-- One row per trigger. Recreated by `engine db migrate` after the migrations.
 -- Delivery columns describe the trigger's first action; `engine deliveries` shows them all.
 -- An audit log: deleting an automation keeps its rows (automations.deleted_at).
+-- event_type is the W&B name, as `${event_type}` in an action (RUN_METRIC, LINK_ARTIFACT, ...);
+-- rule_type is the rule's `event.type` (run_metric_threshold, ...), as stored in triggers.event_type.
 DROP VIEW IF EXISTS automation_history;
+
+-- The W&B name of a rule's event type. The rule package defines these names (each event
+-- class's `wandb_name`); tests/integration/test_history_vocabulary.py keeps this copy equal.
+CREATE OR REPLACE FUNCTION wandb_event_type(rule_type text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE rule_type
+    WHEN 'run_metric_threshold' THEN 'RUN_METRIC'
+    WHEN 'run_metric_change' THEN 'RUN_METRIC_CHANGE'
+    WHEN 'run_state' THEN 'RUN_STATE'
+    WHEN 'artifact_version_created' THEN 'CREATE_ARTIFACT'
+    WHEN 'artifact_alias_added' THEN 'ADD_ARTIFACT_ALIAS'
+    WHEN 'artifact_tag_added' THEN 'ADD_ARTIFACT_TAG'
+    WHEN 'registry_version_linked' THEN 'LINK_ARTIFACT'
+    ELSE upper(rule_type)
+END
+$$;
+
 CREATE VIEW automation_history AS
 SELECT
     t.id                                   AS trigger_id,
     t.fired_at,
     a.name                                 AS automation,
-    t.event_type,
+    wandb_event_type(t.event_type)         AS event_type,
     p.entity,
     p.name                                 AS project,
     r.run_id,
@@ -25,10 +44,12 @@ SELECT
     coalesce(d.attempts, 0)                AS attempts,
     d.last_http_status,
     d.last_error,
-    -- Added after the columns above (keep them first, in this order): when the automation
-    -- was deleted, NULL while it exists. Its triggers stay here under the name it had; a
-    -- later automation of the same name has its own rows, with NULL here.
-    a.deleted_at                           AS automation_deleted_at
+    -- Added after the columns above (keep them first, in this order; new ones go last).
+    -- automation_deleted_at: when the automation was deleted, NULL while it exists. Its
+    -- triggers stay here under the name it had; a later automation of the same name has its
+    -- own rows, with NULL here.
+    a.deleted_at                           AS automation_deleted_at,
+    t.event_type                           AS rule_type
 FROM triggers t
 JOIN automations a ON a.id = t.automation_id
 LEFT JOIN runs r ON r.id = t.run_pk

@@ -1,5 +1,11 @@
 """Automations in the database: apply (create/update by name), enable, disable, delete, read.
 
+The rule language (models, loader, linter) is `engine.rules`; this module stores what it
+validated, and the evaluator reads the enabled automations back from here:
+
+    from engine.automations import apply
+    apply(Automation.model_validate({...}))        # or apply(yaml_text)
+
 How "never fires retroactively" works: each automation has a frontier in
 `automation_state`; the evaluator only reads values and events written by transactions
 whose xid is at or above it. Creating an automation, enabling it, or changing its
@@ -24,15 +30,18 @@ from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
+from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
 from engine import clock
-from engine.db import boundary, query
+from engine import db as enginedb
+from engine.db import boundary, query, translate
 from engine.exceptions import NotFound, RuleIssue, RuleValidationError
 from engine.rules.automation import Automation
-from engine.rules.regex import check_regexes_in_db
+from engine.rules.loader import parse_rules_text
+from engine.rules.regex import postgres_hint, regexes_of
 from engine.rules.scope import Scope
 
 log = logging.getLogger(__name__)
@@ -75,7 +84,7 @@ class AutomationRow:
     name: str
     enabled: bool
     version: int
-    event_type: str
+    rule_type: str  # the rule's event.type
     scope: str
     updated_at: datetime
     last_error: str | None
@@ -83,6 +92,52 @@ class AutomationRow:
 
 
 # -- apply ---------------------------------------------------------------------------------
+def apply(*rules: Automation | str, prune: bool = False, dry_run: bool = False) -> list[tuple[str, Outcome]]:
+    """Create or update automations by name (YAML text may hold several rules).
+
+    Connects like the rest of the engine (ENGINE_DATABASE_URL or the embedded database).
+    Returns (name, created|updated|unchanged|deleted) for each; with `dry_run`, what it would
+    return, and nothing is changed. Deleted automations keep their trigger history.
+    """
+    automations: list[Automation] = []
+    for rule in rules:
+        if isinstance(rule, str):
+            automations += [loaded.automation for loaded in parse_rules_text(rule, file="<python>")]
+        elif isinstance(rule, Automation):
+            automations.append(rule)
+        else:
+            raise TypeError(f"apply() takes Automation models or YAML text, not {type(rule).__name__}")
+    with enginedb.connect() as conn:
+        enginedb.ensure_schema(conn)
+        results = apply_rules(conn, automations, prune=prune, dry_run=dry_run)
+        conn.commit()
+    return results
+
+
+def check_regexes_in_db(
+    conn: psycopg.Connection, automation: Automation, *, file: str = "<rule>", line: int | None = None
+) -> list[RuleIssue]:
+    """Compile each regex of the rule in PostgreSQL (`SELECT '' ~ pattern`), which runs them;
+    one issue per refusal, in PostgreSQL's words (plus a hint for a Python-only construct).
+
+    Each check runs in its own savepoint, so a refusal never aborts the caller's transaction.
+    """
+    issues = []
+    for loc, pattern in regexes_of(automation):
+        try:
+            with conn.transaction():
+                conn.execute(query("check_regex"), {"pattern": pattern})
+        except pgerrors.InvalidRegularExpression as exc:  # SQLSTATE 2201B
+            message = str(exc).strip().splitlines()[0]
+            hint = postgres_hint(pattern)
+            issues.append(
+                RuleIssue(file, line, ".".join(loc), f"PostgreSQL refuses this regex: {message}" + (f" ({hint})" if hint else ""))
+            )
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+    return issues
+
+
 def apply_rules(
     conn: psycopg.Connection,
     rules: Sequence[Automation],
@@ -251,7 +306,7 @@ def list_automations(conn: psycopg.Connection) -> list[AutomationRow]:
             name=r["name"],
             enabled=r["enabled"],
             version=r["version"],
-            event_type=r["event_type"],
+            rule_type=r["rule_type"],
             scope=Scope.model_validate(r["scope"]).describe(),
             updated_at=r["updated_at"],
             last_error=r["last_error"],
