@@ -13,6 +13,21 @@ BEGIN
     RAISE EXCEPTION 'events are append-only' USING ERRCODE = 'restrict_violation';
 END $$;
 
+CREATE FUNCTION public.wandb_event_type(rule_type text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+SELECT CASE rule_type
+    WHEN 'run_metric_threshold' THEN 'RUN_METRIC'
+    WHEN 'run_metric_change' THEN 'RUN_METRIC_CHANGE'
+    WHEN 'run_state' THEN 'RUN_STATE'
+    WHEN 'artifact_version_created' THEN 'CREATE_ARTIFACT'
+    WHEN 'artifact_alias_added' THEN 'ADD_ARTIFACT_ALIAS'
+    WHEN 'artifact_tag_added' THEN 'ADD_ARTIFACT_TAG'
+    WHEN 'registry_version_linked' THEN 'LINK_ARTIFACT'
+    ELSE upper(rule_type)
+END
+$$;
+
 CREATE TABLE public.artifact_aliases (
     collection_id bigint NOT NULL,
     alias text NOT NULL,
@@ -155,7 +170,7 @@ CREATE VIEW public.automation_history AS
  SELECT t.id AS trigger_id,
     t.fired_at,
     a.name AS automation,
-    t.event_type,
+    public.wandb_event_type(t.event_type) AS event_type,
     p.entity,
     p.name AS project,
     r.run_id,
@@ -177,7 +192,8 @@ CREATE VIEW public.automation_history AS
     COALESCE(d.attempts, 0) AS attempts,
     d.last_http_status,
     d.last_error,
-    a.deleted_at AS automation_deleted_at
+    a.deleted_at AS automation_deleted_at,
+    t.event_type AS rule_type
    FROM (((((((public.triggers t
      JOIN public.automations a ON ((a.id = t.automation_id)))
      LEFT JOIN public.runs r ON ((r.id = t.run_pk)))
