@@ -23,7 +23,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from actions_helpers import attempts, delivery, fire, make_automation, settle
 from engine.actions.dispatcher import Dispatcher
@@ -167,14 +166,12 @@ def test_misbehaving_receivers_block_nothing_and_memory_stays_bounded(conn, data
             rss.append(process.memory_info().rss)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    scheduler = BackgroundScheduler()
     dispatcher = Dispatcher(database_url, settings)  # 8 workers, as by default
     tracemalloc.start()
     try:
         baseline, _ = tracemalloc.get_traced_memory()
         sampler.start()
-        scheduler.start()
-        dispatcher.start(scheduler)
+        dispatcher.start()
         bad_ids: dict[str, list] = {name: [] for name in bad}
         for _ in range(3):
             for name, action in bad.items():
@@ -194,7 +191,6 @@ def test_misbehaving_receivers_block_nothing_and_memory_stays_bounded(conn, data
         tracemalloc.stop()
         sampling.set()
         dispatcher.stop(timeout=5)
-        scheduler.shutdown()
 
     # the well-behaved automation: every delivery succeeded, soon after its trigger
     latencies = []
