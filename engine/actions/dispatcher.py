@@ -53,7 +53,6 @@ from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LEASE_MARGIN_SECONDS = Settings.model_fields["delivery_lease_margin"].default  # the default lease margin
 POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
 CONNECT_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection longer means the database is down
 

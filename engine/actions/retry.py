@@ -17,8 +17,9 @@ RETRY_AFTER_CAP_SECONDS = 3600.0
 # Each delay is drawn between its nominal value and this much more (a fraction of it).
 JITTER = 0.2
 # With the default ENGINE_RETRY_BASE_SECONDS (1 s), 16 attempts span 67 minutes of receiver
-# outage (`schedule`): a receiver down for an hour still gets the delivery. An action's
-# `max_attempts` overrides it. docs/actions.md lists the attempt times: keep it in sync.
+# outage (the sum of the nominal backoffs): a receiver down for an hour still gets the
+# delivery. An action's `max_attempts` overrides it. docs/actions.md lists the attempt times
+# (tests/unit/test_actions_policy.py checks both).
 DEFAULT_MAX_ATTEMPTS = 16
 
 
@@ -33,22 +34,6 @@ def backoff(attempt: int, base: float, rng: random.Random | None = None) -> floa
     do not come back together. Never less than the nominal delay, so the schedule's span is a
     lower bound of the time a delivery keeps trying."""
     return nominal_backoff(attempt, base) * (1 + JITTER * (rng or random).random())
-
-
-def schedule(max_attempts: int, base: float) -> list[float]:
-    """When each attempt is made, in seconds after the first, at the earliest (jitter adds
-    up to 20 % to each wait, a `Retry-After` may add more). The last one is how long a
-    receiver may be down before the delivery is `failed`.
-
-    >>> [round(t) for t in schedule(6, 1.0)]
-    [0, 1, 3, 7, 15, 31]
-    >>> schedule(DEFAULT_MAX_ATTEMPTS, 1.0)[-1] / 60
-    67.05
-    """
-    times = [0.0]
-    for attempt in range(1, max_attempts):
-        times.append(times[-1] + nominal_backoff(attempt, base))
-    return times
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

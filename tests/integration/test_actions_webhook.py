@@ -12,24 +12,15 @@ from datetime import timedelta
 import pytest
 
 from engine import clock
-from engine.actions.dispatcher import LEASE_MARGIN_SECONDS, Dispatcher
+from engine.actions.dispatcher import Dispatcher
 from engine.actions.send import send_action
 from engine.actions.context import build_context
 from engine.settings import Settings, get_settings
 
-from actions_helpers import (
-    Receiver,
-    Reply,
-    attempts,
-    delivery,
-    fire,
-    free_port,
-    history,
-    make_automation,
-    make_run,
-    settle,
-)
+from actions_helpers import attempts, delivery, fire, history, make_automation, make_run, settle
+from tests.receiver import Receiver, Reply, free_port
 
+LEASE_MARGIN_SECONDS = Settings.model_fields["delivery_lease_margin"].default  # the default lease margin
 
 @pytest.fixture
 def settings(database_url) -> Settings:

@@ -3,7 +3,7 @@ longer than the timeout, 500 then 200, 429 with Retry-After, a 10 MB body trunca
 redirect to a private address, a hanging endpoint next to a fast one): connection resets,
 500s for a while, a receiver that drips its answer, and all of them at once next to a
 well-behaved automation — which must not wait for them — with the dispatcher's memory
-measured. The receivers run in a process of their own (misbehaving_receiver.py).
+measured. The receivers run in a process of their own (tests/receiver.py's `Misbehaving`).
 
 "500s for a minute" is scaled down 20 times: 3 s of 500s with ENGINE_RETRY_BASE_SECONDS=0.05
 instead of the default 1 s (the backoff doubles per attempt, so the proportions are kept).
@@ -36,7 +36,7 @@ class Receivers:
     """The misbehaving receiver process: URLs by behaviour, and what it saw."""
 
     def __init__(self) -> None:
-        script = Path(__file__).with_name("misbehaving_receiver.py")
+        script = Path(__file__).parents[1] / "receiver.py"
         self.proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
         self.port = int(self.proc.stdout.readline())
 

@@ -379,7 +379,8 @@ def test_every_query_the_rules_use_exists():
 def test_a_deleted_automation_stops_firing_and_its_pending_deliveries_are_sent(conn, database_url, monkeypatch):
     """SDK -> evaluator -> delete -> dispatcher: what fired before the delete still arrives."""
     import engine
-    from actions_helpers import Receiver, Reply, settle
+    from actions_helpers import settle
+    from tests.receiver import Receiver, Reply
     from evaluation_helpers import tick, triggers
 
     from engine.actions.dispatcher import Dispatcher

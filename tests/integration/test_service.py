@@ -8,7 +8,7 @@ import threading
 
 from engine.scheduler import EVALUATE_JOB, Service
 from engine.settings import Settings
-from tests.integration.actions_helpers import free_port
+from tests.receiver import free_port
 from tests.integration.test_metrics import scrape, value, wait_for_scrape
 
 
