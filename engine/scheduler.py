@@ -26,18 +26,17 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import psycopg
-from psycopg import sql
 from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
     EVENT_JOB_MAX_INSTANCES,
     EVENT_JOB_MISSED,
     JobEvent,
-    JobExecutionEvent,
 )
-from apscheduler.jobstores.base import JobLookupError
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from psycopg import sql
 
 from engine.db import NOTIFY_CHANNEL, connect, database_url
 from engine.evaluator import Evaluator
@@ -161,14 +160,14 @@ class Service:
         if event.job_id != EVALUATE_JOB:
             return
         if event.code == EVENT_JOB_ERROR:
-            assert isinstance(event, JobExecutionEvent)
-            log.error("job %s raised: %r", event.job_id, event.exception)
+            log.error("job %s raised: %r", event.job_id, getattr(event, "exception", None))
         elif event.code == EVENT_JOB_MISSED:
             log.warning("job %s missed its run time", event.job_id)
         elif event.code == EVENT_JOB_MAX_INSTANCES:
             log.warning("job %s skipped: the previous run was still going", event.job_id)
-        if event.code != EVENT_JOB_MAX_INSTANCES:  # that run is over (or never ran): the next one
-            # Dispatched after the executor has let go of the run: the next one may start at once.
+        if event.code != EVENT_JOB_MAX_INSTANCES:
+            # The run is over (or was dropped), and these events are dispatched after the
+            # executor has let go of it: the next run may be due at once without a clash.
             self.loop.finished()
 
     # -- LISTEN ------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def _handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 with receiver._lock:
                     receiver.answered.append((request, reply.status))
 
-        do_POST = do_GET = _handle  # noqa: N815 (http.server's naming)
+        do_POST = do_GET = _handle
 
         def _answer(self, reply: Reply) -> bool:
             try:

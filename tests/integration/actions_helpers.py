@@ -64,10 +64,11 @@ def fire(
     values: Iterable[float] = (0.5, 0.66, 0.7),
     step: int = 7,
     details: dict | None = None,
+    cause: str | None = None,
 ) -> tuple[int, list[uuid.UUID]]:
     """A metric trigger and its deliveries, written by the evaluator's statement."""
     values = list(values)
-    cause = f"test:{uuid.uuid4()}"
+    cause = cause or f"test:{uuid.uuid4()}"
     name, version = conn.execute("SELECT name, version FROM automations WHERE id = %s", (automation_id,)).fetchone()
     # trigger_row reads only these two of the stored automation (whose rule may not parse: see above)
     automation = SimpleNamespace(id=automation_id, version=version)

@@ -8,8 +8,8 @@ import threading
 
 from engine.scheduler import EVALUATE_JOB, Service
 from engine.settings import Settings
-from tests.receiver import free_port
 from tests.integration.test_metrics import scrape, value, wait_for_scrape
+from tests.receiver import free_port
 
 
 def test_wakes_from_many_threads_never_make_apscheduler_skip_or_miss_a_run(database_url, caplog):
