@@ -2,7 +2,7 @@
 
 Two kinds, on one registry per service:
 
-* **this process** (counters and a histogram updated by `Service.evaluate` after each tick):
+* **this process** (counters and a histogram updated by `EvaluationLoop.run` after each tick):
   `engine_ticks_total{outcome}` (ok | database_unavailable | error),
   `engine_tick_duration_seconds`, `engine_tick_triggers_fired_total`,
   `engine_automation_evaluation_failures_total{automation}`;

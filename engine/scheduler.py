@@ -1,7 +1,9 @@
 """`engine serve`: the APScheduler 3 loop around the evaluator and the delivery dispatcher.
 
-Thin on purpose: the job bodies are one-line calls into `Evaluator.tick()` and the
-dispatcher, which are tested without a scheduler. Each service keeps its own in-memory
+Thin on purpose: the one job's body is `EvaluationLoop.run()` (engine/service_loop.py: one
+`Evaluator.tick()`, outage backoff, wake-ups, metrics), which is tested without a scheduler;
+the job is added again after each run, at the time the loop asks for. The dispatcher has its
+own wake thread (engine/actions/dispatcher.py). Each service keeps its own in-memory
 scheduler (APScheduler job stores must never be shared); several services coordinate
 through the database only (row locks on automation state and deliveries).
 
@@ -21,19 +23,26 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg
-from psycopg import sql
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+)
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from psycopg import sql
 
 from engine.db import NOTIFY_CHANNEL, connect, database_url
 from engine.evaluator import Evaluator
-from engine.exceptions import DatabaseUnavailable, EngineError
+from engine.exceptions import DatabaseUnavailable
 from engine.prometheus import for_service as metrics_for_service
+from engine.service_loop import EvaluationLoop
 from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -51,18 +60,6 @@ def connection_budget(settings: Settings) -> dict[str, int]:
     }
 
 
-class _SkippedWakeFilter(logging.Filter):
-    """A wake that lands while a tick is queued or running makes APScheduler warn that the
-    job was skipped (max_instances=1). That tick sees the new data anyway (and a wake during
-    a tick re-runs it), so the warning is noise for our job; other jobs' warnings stay."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (EVALUATE_JOB in str(record.args) and "maximum number of running instances" in record.getMessage())
-
-
-logging.getLogger("apscheduler.scheduler").addFilter(_SkippedWakeFilter())
-
-
 class Service:
     """One evaluation service: `start()`, then `stop()` (or `run_forever()` for the CLI)."""
 
@@ -76,33 +73,25 @@ class Service:
         self.evaluator = Evaluator(self.url, self.settings, on_fired=lambda _n: self.dispatcher.wake())
         self.metrics = metrics_for_service(self.url, self.settings.metrics_port)  # does nothing when off
         self.scheduler = BackgroundScheduler(
-            timezone=timezone.utc, executors={"default": ThreadPoolExecutor(max_workers=4)}
+            timezone=timezone.utc, executors={"default": ThreadPoolExecutor(max_workers=1)}
+        )
+        self.loop = EvaluationLoop(
+            self.evaluator.tick,
+            interval=self.interval,
+            metrics=self.metrics,
+            reschedule=self._schedule_evaluation,
+            hurry=self._hurry_evaluation,
         )
         self._stopping = threading.Event()
-        self._dirty = threading.Event()
-        self._running = threading.Event()
-        self._retry_at = 0.0
-        self._outage_backoff = 0.5
         self._listener: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        self.scheduler.add_job(
-            self.evaluate,
-            "interval",
-            seconds=self.interval,
-            id=EVALUATE_JOB,
-            name="evaluate automations",
-            replace_existing=True,
-            coalesce=True,  # ticks missed while one was slow run once, not N times
-            max_instances=1,  # never two ticks of one service at once
-            misfire_grace_time=max(1, int(self.interval * 2)),
-            next_run_time=datetime.now(timezone.utc),
-        )
-        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         self.metrics.serve(self.settings.metrics_port or 0, self.settings.metrics_address)
-        self.dispatcher.start(self.scheduler)
+        self.dispatcher.start()
         self.scheduler.start()
+        self.loop.start()
         self._listener = threading.Thread(target=self._listen, name="engine-listen", daemon=True)
         self._listener.start()
         budget = connection_budget(self.settings)
@@ -115,6 +104,7 @@ class Service:
     def stop(self) -> None:
         """Finish the current tick (its transaction either commits or rolls back), then stop."""
         self._stopping.set()
+        self.loop.stop()
         self.scheduler.shutdown(wait=True)
         self.dispatcher.stop()
         self.evaluator.close()
@@ -140,53 +130,45 @@ class Service:
         finally:
             self.stop()
 
-    # -- jobs --------------------------------------------------------------------------
-    def evaluate(self) -> None:
-        """The evaluation job: one tick, with outage handling."""
-        if self._stopping.is_set() or time.monotonic() < self._retry_at:
-            return
-        self._running.set()
-        self._dirty.clear()
-        started, result, outcome = time.perf_counter(), None, "error"
-        try:
-            result = self.evaluator.tick()
-            outcome = "ok"
-            if self._outage_backoff > 0.5:
-                log.warning("database reachable again: catching up")
-            self._outage_backoff = 0.5
-            if result.fired or result.failed:
-                log.info(
-                    "tick: %d evaluated, %d fired, %d failed (%s) in %.1f ms",
-                    result.evaluated, result.fired, len(result.failed), ", ".join(result.failed), result.duration_ms,
-                )
-        except DatabaseUnavailable as exc:
-            outcome = "database_unavailable"
-            log.warning("database unavailable, retrying in %.1fs: %s", self._outage_backoff, exc)
-            self._retry_at = time.monotonic() + self._outage_backoff
-            self._outage_backoff = min(self._outage_backoff * 2, 30.0)
-        except EngineError as exc:
-            log.error("tick failed: %s", exc)
-        finally:
-            self._running.clear()
-            self.metrics.record_tick(result, time.perf_counter() - started, outcome=outcome)
-        if self._dirty.is_set() and not self._stopping.is_set():
-            self.wake()
-
+    # -- the evaluation job -----------------------------------------------------------
     def wake(self) -> None:
         """Evaluate now instead of at the next interval (new data arrived)."""
-        self._dirty.set()
-        if self._running.is_set() or self._stopping.is_set():
-            return  # the running tick re-wakes itself when it ends
+        self.loop.wake()
+
+    def _schedule_evaluation(self, delay: float) -> None:
+        # One run at a time, each added when the previous one has ended (its job is gone from
+        # the store once taken): never due while running, so never skipped nor late.
+        self.scheduler.add_job(
+            self.loop.run,
+            "date",
+            run_date=datetime.now(timezone.utc) + timedelta(seconds=delay),
+            id=EVALUATE_JOB,
+            name="evaluate automations",
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,  # never two ticks of one service at once
+            misfire_grace_time=None,  # a late tick still runs: evaluating late beats not evaluating
+        )
+
+    def _hurry_evaluation(self) -> None:
         try:
             self.scheduler.modify_job(EVALUATE_JOB, next_run_time=datetime.now(timezone.utc))
-        except Exception:  # scheduler shutting down
-            log.debug("could not wake the evaluation job", exc_info=True)
+        except JobLookupError:
+            pass  # already taken by the executor: that run reads the new data
 
-    def _on_job_event(self, event: JobExecutionEvent) -> None:
+    def _on_job_event(self, event: JobEvent) -> None:
+        if event.job_id != EVALUATE_JOB:
+            return
         if event.code == EVENT_JOB_ERROR:
-            log.error("job %s raised: %r", event.job_id, event.exception)
+            log.error("job %s raised: %r", event.job_id, getattr(event, "exception", None))
         elif event.code == EVENT_JOB_MISSED:
-            log.warning("job %s missed its run time (the previous run was too slow)", event.job_id)
+            log.warning("job %s missed its run time", event.job_id)
+        elif event.code == EVENT_JOB_MAX_INSTANCES:
+            log.warning("job %s skipped: the previous run was still going", event.job_id)
+        if event.code != EVENT_JOB_MAX_INSTANCES:
+            # The run is over (or was dropped), and these events are dispatched after the
+            # executor has let go of it: the next run may be due at once without a clash.
+            self.loop.finished()
 
     # -- LISTEN ------------------------------------------------------------------------
     def _listen(self) -> None:

@@ -19,6 +19,7 @@ from engine import db as enginedb
 from engine.actions import ssrf
 from engine.actions.ssrf import IPAddress
 from engine.localdb import LocalDatabase
+from engine.sdk import session as sdk_session
 from engine.settings import get_settings
 
 TEMPLATE = "engine_template"
@@ -85,6 +86,13 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_sessions() -> Iterator[None]:
+    """Each test's SDK connections are closed when it ends (not LINGER_SECONDS later)."""
+    yield
+    sdk_session.close_all()
 
 
 # Resolver layouts of `localhost`: this machine's /etc/hosts (and many CI images) give only

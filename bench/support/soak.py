@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from engine.evaluator import backtest, is_metric_rule
 from engine.rules import Automation
 from engine.automations import apply_rules
 from tests.acceptance.service_helpers import ServeProcess
+from tests.receiver import Received, Receiver, Reply
 
 SQL = "soak.sql"  # the named queries of this module, next to it
 PROJECT = "soak/burst"
@@ -62,53 +62,33 @@ SERVICE_ENV = {
 
 
 # -- the receiver ----------------------------------------------------------------------------
-class DeliveryReceiver:
-    """A webhook receiver on 127.0.0.1 that counts requests and 2xx answers per delivery id."""
+class DeliveryReceiver(Receiver):
+    """The shared test receiver on 127.0.0.1, answering 500 to a share of requests after a
+    random delay; counts requests and 2xx answers per delivery id."""
 
     def __init__(self, fail_ratio: float = 0.05, max_delay: float = 0.05, seed: int = 0):
-        self.requests: collections.Counter[str] = collections.Counter()
-        self.succeeded: collections.Counter[str] = collections.Counter()
-        self.fail_ratio, self.max_delay = fail_ratio, max_delay
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-        receiver = self
+        rng, lock = random.Random(seed), threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                delivery = self.headers.get("X-Automation-Delivery", "")
-                with receiver._lock:
-                    fail = receiver._rng.random() < receiver.fail_ratio
-                    delay = receiver._rng.uniform(0, receiver.max_delay)
-                    receiver.requests[delivery] += 1
-                time.sleep(delay)
-                status = 500 if fail else 200
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", "2")
-                    self.end_headers()
-                    self.wfile.write(b"ok")
-                except OSError:  # the sender died meanwhile: it did not get the answer
-                    return
-                if not fail:
-                    with receiver._lock:
-                        receiver.succeeded[delivery] += 1
+        def answer(_request: Received) -> Reply:
+            with lock:
+                fail = rng.random() < fail_ratio
+                delay = rng.uniform(0, max_delay)
+            return Reply(500 if fail else 200, hang=delay)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
-        threading.Thread(target=self._server.serve_forever, name="soak-receiver", daemon=True).start()
+        super().__init__(answer)
+        self.start()
 
     def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Requests, and answers 2xx the sender got, per delivery id."""
         with self._lock:
-            return dict(self.requests), dict(self.succeeded)
+            requests = collections.Counter(r.headers.get("X-Automation-Delivery", "") for r in self.requests)
+            succeeded = collections.Counter(
+                r.headers.get("X-Automation-Delivery", "") for r, status in self.answered if 200 <= status < 300
+            )
+        return dict(requests), dict(succeeded)
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.stop()
 
 
 # -- the automations ------------------------------------------------------------------------
@@ -311,7 +291,7 @@ class Soak:
         self.rng = random.Random(seed)
         self.receiver = DeliveryReceiver(fail_ratio=fail_ratio, seed=seed)
         self.conn = psycopg.connect(url, autocommit=True)
-        self.rules = soak_rules(self.receiver.url)
+        self.rules = soak_rules(self.receiver.url())
         apply_rules(self.conn, self.rules)
         self.services = [self._start(i) for i in range(services)]
         self.stopped: list[ServeProcess] = []  # killed and not restarted

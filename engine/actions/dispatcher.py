@@ -18,9 +18,9 @@ and sent with the same id (X-Automation-Delivery): a crash can repeat a delivery
 lose it. The attempt counter is the claim's fencing token: an old claimant whose lease was
 taken over keeps its attempt row but cannot overwrite the newer claimant's status.
 
-In `engine serve`, `start(scheduler)` adds an APScheduler job (`id="dispatch"`, a heartbeat)
-and a thread that sleeps until the next delivery is due or until `wake()` is called — the
-evaluator calls it after committing new triggers, so they leave without waiting for a tick.
+In `engine serve`, `start()` runs a thread that sleeps until the next delivery is due (at most
+POLL_SECONDS) or until `wake()` is called — the evaluator calls it after committing new
+triggers, so they leave without waiting for a tick.
 Anywhere else (tests, a subprocess, the CLI), `run_once()` does one claim-send-record round.
 """
 
@@ -38,8 +38,6 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-
-from apscheduler.jobstores.base import JobLookupError
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -55,10 +53,8 @@ from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LEASE_MARGIN_SECONDS = Settings.model_fields["delivery_lease_margin"].default  # the default lease margin
 POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
 CONNECT_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection longer means the database is down
-JOB_ID = "dispatch"
 
 
 @dataclass(frozen=True)
@@ -99,7 +95,6 @@ class Dispatcher:
         self._stopped = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._scheduler: Any = None
         self._rng = random.Random()
 
     # -- one round -------------------------------------------------------------------------
@@ -127,24 +122,11 @@ class Dispatcher:
         self._wake.set()
 
     # -- service ---------------------------------------------------------------------------
-    def start(self, scheduler: Any) -> None:
-        """Run inside `engine serve`: a heartbeat job on `scheduler` plus the wake thread.
+    def start(self) -> None:
+        """Run inside `engine serve`: the wake thread.
 
         Does not need the database yet: while it is unreachable, the thread retries quietly.
         """
-        self._scheduler = scheduler
-        scheduler.add_job(
-            self.run_once,
-            trigger="interval",
-            seconds=self.settings.interval,
-            kwargs={"wait": False},
-            id=JOB_ID,
-            name="deliver due actions",
-            replace_existing=True,
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=max(1, int(self.settings.interval * 2)),
-        )
         self._thread = threading.Thread(target=self._wake_loop, name="dispatch-wake", daemon=True)
         self._thread.start()
 
@@ -158,11 +140,6 @@ class Dispatcher:
         with self._lock:
             self._stopped = True
         self._wake.set()
-        if self._scheduler is not None:
-            try:
-                self._scheduler.remove_job(JOB_ID)
-            except JobLookupError:
-                pass
         if self._thread is not None:
             self._thread.join(timeout)
         with self._lock:

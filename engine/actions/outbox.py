@@ -12,13 +12,11 @@ Lifecycle of a delivery (the `status` column):
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from engine import clock, db
 from engine.actions.retry import DEFAULT_MAX_ATTEMPTS
@@ -43,7 +41,8 @@ def actions_of(rule: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def delivery_rows(automation_id: int, actions: Sequence[Mapping[str, Any] | Any]) -> list[dict[str, Any]]:
     """The delivery of each action of a trigger, as the outbox stores it (action_index =
-    position; no_op actions are 'skipped' at once: nothing to send)."""
+    position; no_op actions are 'skipped' at once: nothing to send). The evaluator inserts
+    them with the triggers, in one statement (`insert_triggers`)."""
     rows = []
     for index, raw in enumerate(actions):
         action = action_json(raw)
@@ -60,30 +59,6 @@ def delivery_rows(automation_id: int, actions: Sequence[Mapping[str, Any] | Any]
             "max_attempts": 1 if skipped else int(action.get("max_attempts") or DEFAULT_MAX_ATTEMPTS),
         })
     return rows
-
-
-def enqueue(
-    conn: psycopg.Connection, *, trigger_id: int, automation_id: int, actions: Sequence[Mapping[str, Any] | Any]
-) -> list[uuid.UUID]:
-    """One delivery per action (action_index = position), in the caller's transaction.
-
-    Call it in the transaction that inserted the trigger: the trigger and its deliveries
-    commit together or not at all. (The evaluator inserts triggers and deliveries in bulk,
-    with the same `delivery_rows`.) Returns the delivery ids, in action order.
-    """
-    now = clock.now()
-    ids: list[uuid.UUID] = []
-    with db.boundary():
-        for row in delivery_rows(automation_id, actions):
-            skipped = row["status"] == "skipped"
-            inserted = conn.execute(
-                db.query("delivery_insert"),
-                row | {"trigger_id": trigger_id, "action": Jsonb(row["action"]), "now": now,
-                       "finished_at": now if skipped else None},
-            ).fetchone()
-            assert inserted is not None
-            ids.append(inserted[0])
-    return ids
 
 
 def find(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:

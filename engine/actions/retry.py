@@ -34,22 +34,6 @@ def backoff(attempt: int, base: float, rng: random.Random | None = None) -> floa
     return nominal_backoff(attempt, base) * (1 + JITTER * (rng or random).random())
 
 
-def schedule(max_attempts: int, base: float) -> list[float]:
-    """When each attempt is made, in seconds after the first, at the earliest (jitter adds
-    up to 20 % to each wait, a `Retry-After` may add more). The last one is how long a
-    receiver may be down before the delivery is `failed`.
-
-    >>> [round(t) for t in schedule(6, 1.0)]
-    [0, 1, 3, 7, 15, 31]
-    >>> schedule(DEFAULT_MAX_ATTEMPTS, 1.0)[-1] / 60
-    67.05
-    """
-    times = [0.0]
-    for attempt in range(1, max_attempts):
-        times.append(times[-1] + nominal_backoff(attempt, base))
-    return times
-
-
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds asked for by a `Retry-After` header (delta-seconds or an HTTP date), or None."""
     if value is None:

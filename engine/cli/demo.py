@@ -6,7 +6,6 @@ look at it yourself. The parts live in engine/demo/ (receiver, rules, scenario).
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import shutil
@@ -150,10 +149,6 @@ def demo(
                           f"automation(s) while it runs, as `engine serve` would: {escape(', '.join(others))}", soft_wrap=True)
 
         from engine.scheduler import Service  # imported late: APScheduler is not needed by other commands
-
-        # With a 0.5 s interval and a wake-up per SDK flush, APScheduler often finds the
-        # previous tick still running and says so at WARNING: benign, and noise over the table.
-        logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
         service = Service(settings, interval=EVALUATE_EVERY, url=url)
         service.start()

@@ -13,7 +13,8 @@ import pytest
 from engine.db import migrations
 from engine.rules import parse_rules_text
 from engine.automations import apply_rules
-from tests.integration.actions_helpers import Receiver, fire, free_port, make_run
+from tests.integration.actions_helpers import fire, make_run
+from tests.receiver import Receiver, free_port
 
 ENGINE = Path(sys.executable).parent / "engine"
 

@@ -13,7 +13,6 @@ import pytest
 
 import engine
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
-from tests.integration.sdk_helpers import close_sdk_sessions  # noqa: F401
 
 ENGINE = Path(sys.executable).parent / "engine"
 REPO = Path(__file__).resolve().parents[2]

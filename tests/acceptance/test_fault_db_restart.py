@@ -117,7 +117,7 @@ def _triggers(conn: psycopg.Connection) -> list[tuple[str, str]]:
 def test_service_and_sdk_ride_out_a_database_restart(cluster, url, tmp_path, mode):
     receiver = DeliveryReceiver(fail_ratio=0.0)
     with psycopg.connect(url, autocommit=True) as conn:
-        rules = [r.automation for r in parse_rules_text(RULES.format(url=receiver.url))]
+        rules = [r.automation for r in parse_rules_text(RULES.format(url=receiver.url()))]
         apply_rules(conn, rules)
     log_path = tmp_path / "serve.log"
     service = ServeProcess(url, log_path, interval=0.3, extra_env={"ENGINE_DELIVERY_LEASE_MARGIN": "2"}).start()

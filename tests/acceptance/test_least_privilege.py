@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tests.acceptance.service_helpers import ServeProcess, wait_until
-from tests.integration.actions_helpers import Receiver
+from tests.receiver import Receiver
 from tests.team_deployment import GRANTS, ROLES, TeamDatabase
 
 ENGINE = Path(sys.executable).parent / "engine"

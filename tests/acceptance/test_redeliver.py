@@ -8,7 +8,8 @@ import os
 import subprocess
 
 from tests.acceptance.service_helpers import ENGINE, ServeProcess, wait_until
-from tests.integration.actions_helpers import Receiver, Reply, delivery, fire, make_automation
+from tests.integration.actions_helpers import delivery, fire, make_automation
+from tests.receiver import Receiver, Reply
 
 SERVICE_ENV = {"ENGINE_WEBHOOK_ALLOW_HOSTS": "127.0.0.1", "REDELIVER_TOKEN": "tok-of-the-service"}
 

@@ -12,7 +12,6 @@ import pytest
 
 import engine as engine_sdk
 from tests.integration.evaluation_helpers import tick
-from tests.integration.sdk_helpers import close_sdk_sessions  # noqa: F401
 from tests.integration.test_rule_store import row_counts
 
 ENGINE = Path(sys.executable).parent / "engine"

@@ -18,9 +18,8 @@ import engine
 from engine.scheduler import connection_budget
 from engine.settings import Settings
 from tests.acceptance.service_helpers import ServeProcess, wait_until
-from tests.integration.actions_helpers import Receiver, Reply, free_port
+from tests.receiver import Receiver, Reply, free_port
 from tests.integration.evaluation_helpers import apply_yaml, rule
-from tests.integration.sdk_helpers import close_sdk_sessions  # noqa: F401
 
 ENGINE = Path(sys.executable).parent / "engine"
 

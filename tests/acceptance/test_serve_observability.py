@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 
 import engine
-from tests.integration.actions_helpers import free_port
+from tests.receiver import free_port
 from tests.integration.evaluation_helpers import apply_yaml, rule
-from tests.integration.sdk_helpers import close_sdk_sessions  # noqa: F401
 
 ENGINE = Path(sys.executable).parent / "engine"
 

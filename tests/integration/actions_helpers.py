@@ -1,31 +1,33 @@
-"""Helpers of the actions tests: automations and triggers written with SQL (as the evaluator
-would), a real HTTP receiver on 127.0.0.1, and a loop that runs the dispatcher until the
-deliveries settle."""
+"""Helpers of the actions tests: automations, runs, triggers and their deliveries (the last two
+by the evaluator's own insert statement), and a loop that runs the dispatcher until
+the deliveries settle. The HTTP receiver is tests/receiver.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from engine import clock, db
 from engine.actions.dispatcher import Dispatcher
-from engine.actions.outbox import enqueue
+from engine.actions.outbox import delivery_rows
+from engine.evaluator import Firing, trigger_row
 
 FINAL = ("succeeded", "failed", "skipped")
 
 
 # -- database ------------------------------------------------------------------------------
 def make_automation(conn: psycopg.Connection, name: str, actions: list[dict], event: dict | None = None, scope: dict | None = None) -> int:
+    """An enabled automation, written with SQL rather than by the rule store: these tests give
+    one automation several actions, which the outbox handles (one delivery per action) but the
+    rule language cannot express."""
     rule = {
         "name": name,
         "enabled": True,
@@ -43,6 +45,8 @@ def make_automation(conn: psycopg.Connection, name: str, actions: list[dict], ev
 
 
 def make_run(conn: psycopg.Connection, run_id: str = "r1", name: str = "resnet-50", user: str = "alice") -> int:
+    """A running run, written with SQL rather than by `engine.init`: tests store names the SDK
+    refuses (a newline) to prove that templates escape whatever the database holds."""
     project = conn.execute(
         "INSERT INTO projects (entity, name) VALUES ('acme', 'vision') ON CONFLICT (entity, name) DO UPDATE SET name = EXCLUDED.name RETURNING id"
     ).fetchone()[0]
@@ -61,17 +65,30 @@ def fire(
     values: Iterable[float] = (0.5, 0.66, 0.7),
     step: int = 7,
     details: dict | None = None,
+    cause: str | None = None,
 ) -> tuple[int, list[uuid.UUID]]:
-    """A metric trigger and its deliveries, in one transaction, as the evaluator writes them."""
+    """A metric trigger and its deliveries, written by the evaluator's statement."""
     values = list(values)
+    cause = cause or f"test:{uuid.uuid4()}"
+    name, version = conn.execute("SELECT name, version FROM automations WHERE id = %s", (automation_id,)).fetchone()
+    # trigger_row reads only these two of the stored automation (whose rule may not parse: see above)
+    automation = SimpleNamespace(id=automation_id, version=version)
+    firing = Firing(
+        automation=name, event_type="run_metric_threshold", cause=cause, time=clock.now(), run_pk=run_pk,
+        metric="accuracy", step=step, value=sum(values) / len(values), window_values=values, details=details or {},
+    )
     with conn.transaction():
-        trigger_id = conn.execute(
-            """INSERT INTO triggers (automation_id, automation_version, event_type, cause, run_pk, metric, step,
-                                     value_time, value, window_values, details)
-               VALUES (%s, 1, 'run_metric_threshold', %s, %s, 'accuracy', %s, now(), %s, %s, %s) RETURNING id""",
-            (automation_id, f"test:{uuid.uuid4()}", run_pk, step, sum(values) / len(values), values, Jsonb(details or {})),
-        ).fetchone()[0]
-        ids = enqueue(conn, trigger_id=trigger_id, automation_id=automation_id, actions=actions)
+        conn.execute(db.query("insert_triggers"), {
+            "triggers": Jsonb([trigger_row(automation, firing) | {"n": 0}]),
+            "actions": Jsonb(delivery_rows(automation_id, actions)),
+            "now": clock.now(),
+        })
+        (trigger_id,) = conn.execute(
+            "SELECT id FROM triggers WHERE automation_id = %s AND cause = %s", (automation_id, cause)
+        ).fetchone()
+        ids = [i for (i,) in conn.execute(
+            "SELECT id FROM deliveries WHERE trigger_id = %s ORDER BY action_index", (trigger_id,)
+        ).fetchall()]
     return trigger_id, ids
 
 
@@ -105,111 +122,3 @@ def settle(dispatcher: Dispatcher, conn: psycopg.Connection, ids: Iterable[uuid.
             raise AssertionError(f"deliveries not settled after {timeout} s: {statuses}")
         if not dispatcher.run_once():
             time.sleep(0.02)
-
-
-# -- HTTP receiver -------------------------------------------------------------------------
-@dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float = field(default_factory=time.monotonic)
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b"ok"
-    headers: dict[str, str] = field(default_factory=dict)
-    hang: float = 0.0  # seconds to wait before answering (released early by Receiver.stop)
-
-
-Responder = Callable[[Received], Reply]
-
-
-class Receiver:
-    """A real HTTP server on 127.0.0.1 (or `host`, e.g. ::1) that records requests and answers
-    from a script: the replies given are used in order, the last one repeats. Or give a function."""
-
-    def __init__(self, *replies: Reply | Responder, port: int = 0, host: str = "127.0.0.1"):
-        self.requests: list[Received] = []
-        self._replies = list(replies) or [Reply()]
-        self._lock = threading.Lock()
-        self.release = threading.Event()
-        self.arrived = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # keep test output clean
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                request = Received(self.command, self.path, dict(self.headers.items()), self.rfile.read(length))
-                reply = receiver._next(request)
-                if reply.hang:
-                    receiver.release.wait(reply.hang)
-                try:
-                    self.send_response(reply.status)
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(reply.body)))
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(reply.body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-                self.close_connection = True
-
-            do_POST = do_GET = _handle
-
-        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
-        self._server = server_class((host, port), Handler)
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def _next(self, request: Received) -> Reply:
-        with self._lock:
-            self.requests.append(request)
-            item = self._replies.pop(0) if len(self._replies) > 1 else self._replies[0]
-        with self.arrived:
-            self.arrived.notify_all()
-        return item(request) if callable(item) else item
-
-    def url(self, path: str = "/hook") -> str:
-        host = self._server.server_address[0]
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
-        with self.arrived:
-            if not self.arrived.wait_for(lambda: len(self.requests) >= count, timeout):
-                raise AssertionError(f"expected {count} requests, got {len(self.requests)}")
-        return self.requests
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-
-class _IPv6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-def free_port() -> int:
-    """A port nothing listens on (for "endpoint down")."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from psycopg import sql
 
-from engine.sdk import session as sdk_session
 from engine.settings import get_settings
-
-
-@pytest.fixture(autouse=True)
-def close_sdk_sessions() -> Iterator[None]:
-    """Each test's SDK connections are closed when it ends (not LINGER_SECONDS later)."""
-    yield
-    sdk_session.close_all()
 
 
 def set_env(monkeypatch: pytest.MonkeyPatch, **values: Any) -> None:

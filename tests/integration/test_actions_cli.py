@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from actions_helpers import Receiver, Reply, delivery, fire, make_automation, make_run, settle
+from actions_helpers import delivery, fire, make_automation, make_run, settle
+from tests.receiver import Receiver, Reply
 from typer.testing import CliRunner
 
 from engine.actions.dispatcher import Dispatcher

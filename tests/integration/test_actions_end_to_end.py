@@ -7,7 +7,8 @@ import base64
 import hashlib
 import hmac
 
-from actions_helpers import Receiver, Reply, settle
+from actions_helpers import settle
+from tests.receiver import Receiver, Reply
 from evaluation_helpers import apply_yaml, tick
 
 import engine

@@ -10,7 +10,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from actions_helpers import Receiver, Received, Reply, fire, make_automation, make_run, settle
+from actions_helpers import fire, make_automation, make_run, settle
+from tests.receiver import Received, Receiver, Reply
 from typer.testing import CliRunner
 
 from engine.actions.dispatcher import Dispatcher

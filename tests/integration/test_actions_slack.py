@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from actions_helpers import Receiver, Received, Reply, attempts, delivery, fire, history, make_automation, make_run, settle
+from actions_helpers import attempts, delivery, fire, history, make_automation, make_run, settle
+from tests.receiver import Received, Receiver, Reply
 
 from engine.actions.dispatcher import Dispatcher
 from engine.settings import Settings
@@ -143,7 +144,7 @@ def test_unknown_channel_is_final(conn, database_url, fake_slack, monkeypatch):
 
 
 def test_slack_api_down_is_retried(conn, database_url, monkeypatch):
-    from actions_helpers import free_port
+    from tests.receiver import free_port
 
     monkeypatch.setenv("SLACK_BOT", BOT_TOKEN)
     settings = Settings(database_url=database_url, retry_base_seconds=0.05, slack_api_url=f"http://127.0.0.1:{free_port()}/api/")

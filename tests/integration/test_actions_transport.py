@@ -3,20 +3,18 @@
 
 from __future__ import annotations
 
-import http.server
 import ipaddress
 import shutil
 import socket
 import ssl
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
-from actions_helpers import Receiver
 
 from engine.actions import ssrf
 from engine.actions.http import post_json
+from tests.receiver import Receiver, Reply
 
 
 def test_the_checked_address_is_the_one_connected_to(monkeypatch):
@@ -49,26 +47,10 @@ def tls_server(tmp_path: Path):
         check=True, capture_output=True,
     )
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = f"host={self.headers.get('Host')}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1], cert
-    server.shutdown()
-    server.server_close()
+    with Receiver(lambda r: Reply(200, f"host={r.headers.get('Host')}".encode()), tls=context) as rx:
+        yield rx.port, cert
 
 
 def test_tls_is_verified_against_the_host_name_not_the_pinned_address(tls_server, monkeypatch, localhost_layout):

@@ -12,24 +12,15 @@ from datetime import timedelta
 import pytest
 
 from engine import clock
-from engine.actions.dispatcher import LEASE_MARGIN_SECONDS, Dispatcher
+from engine.actions.dispatcher import Dispatcher
 from engine.actions.send import send_action
 from engine.actions.context import build_context
 from engine.settings import Settings, get_settings
 
-from actions_helpers import (
-    Receiver,
-    Reply,
-    attempts,
-    delivery,
-    fire,
-    free_port,
-    history,
-    make_automation,
-    make_run,
-    settle,
-)
+from actions_helpers import attempts, delivery, fire, history, make_automation, make_run, settle
+from tests.receiver import Receiver, Reply, free_port
 
+LEASE_MARGIN_SECONDS = Settings.model_fields["delivery_lease_margin"].default  # the default lease margin
 
 @pytest.fixture
 def settings(database_url) -> Settings:
@@ -210,17 +201,13 @@ def test_redeliver_sends_again_with_the_same_id(conn, dispatcher):
 
 
 def test_a_hanging_endpoint_does_not_delay_another_automation(conn, database_url, settings):
-    from apscheduler.schedulers.background import BackgroundScheduler
-
     with Receiver(Reply(200, hang=30.0)) as slow, Receiver() as fast:
         slow_action, fast_action = webhook(slow.url(), timeout=20.0), webhook(fast.url())
         a_slow = make_automation(conn, "slow-endpoint", [slow_action])
         a_fast = make_automation(conn, "fast-endpoint", [fast_action])
-        scheduler = BackgroundScheduler()
-        scheduler.start()
         dispatcher = Dispatcher(database_url, settings)
         try:
-            dispatcher.start(scheduler)
+            dispatcher.start()
             fire(conn, a_slow, [slow_action])
             dispatcher.wake()
             slow.wait_for(1)  # the slow one is in flight and hangs
@@ -237,23 +224,6 @@ def test_a_hanging_endpoint_does_not_delay_another_automation(conn, database_url
             slow.release.set()
         finally:
             dispatcher.stop()
-            scheduler.shutdown()
-    assert scheduler.get_job("dispatch") is None
-
-
-def test_the_scheduler_job_is_thin_and_unique(database_url, settings):
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    scheduler = BackgroundScheduler()
-    scheduler.start()
-    dispatcher = Dispatcher(database_url, settings)
-    try:
-        dispatcher.start(scheduler)
-        job = scheduler.get_job("dispatch")
-        assert job.coalesce is True and job.max_instances == 1 and job.misfire_grace_time >= 1
-    finally:
-        dispatcher.stop()
-        scheduler.shutdown()
 
 
 def test_redirects_are_followed_and_checked(conn, dispatcher, monkeypatch):
@@ -413,8 +383,6 @@ def test_deliveries_are_claimed_once_by_concurrent_dispatchers(conn, database_ur
 
 
 def test_database_down_is_an_error_for_run_once_and_quietly_retried_by_the_service(monkeypatch, caplog, settings):
-    from apscheduler.schedulers.background import BackgroundScheduler
-
     from engine.actions import dispatcher as dispatcher_module
     from engine.exceptions import DatabaseUnavailable
 
@@ -422,15 +390,12 @@ def test_database_down_is_an_error_for_run_once_and_quietly_retried_by_the_servi
     down = f"postgresql://127.0.0.1:{free_port()}/nothing?connect_timeout=1"
     with Dispatcher(down, settings) as d, pytest.raises(DatabaseUnavailable, match="no database connection"):
         d.run_once()
-    scheduler = BackgroundScheduler()
-    scheduler.start()
     d = Dispatcher(down, settings)
     try:
-        d.start(scheduler)  # starts although the database is unreachable
+        d.start()  # starts although the database is unreachable
         time.sleep(1.0)
     finally:
         d.stop()
-        scheduler.shutdown()
     said = [r.getMessage() for r in caplog.records if r.name == "engine.actions.dispatcher"]
     assert len([m for m in said if m.startswith("dispatcher: cannot claim deliveries")]) == 1  # said once
 

@@ -28,9 +28,9 @@ from engine.evaluator import Evaluator
 from engine.exceptions import RuleValidationError
 from engine.rules import parse_rules_text
 from engine.settings import Settings
-from tests.integration.actions_helpers import Receiver, Reply, settle
+from tests.integration.actions_helpers import settle
+from tests.receiver import Receiver, Reply
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
-from tests.integration.sdk_helpers import close_sdk_sessions  # noqa: F401
 
 UTC = timezone.utc
 

@@ -16,7 +16,7 @@ import engine
 from engine.explain import explain_data, render_png, render_terminal
 from engine.exceptions import NotFound
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
-from tests.integration.sdk_helpers import close_sdk_sessions, wait_for  # noqa: F401
+from tests.integration.sdk_helpers import wait_for
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -3,7 +3,7 @@ longer than the timeout, 500 then 200, 429 with Retry-After, a 10 MB body trunca
 redirect to a private address, a hanging endpoint next to a fast one): connection resets,
 500s for a while, a receiver that drips its answer, and all of them at once next to a
 well-behaved automation — which must not wait for them — with the dispatcher's memory
-measured. The receivers run in a process of their own (misbehaving_receiver.py).
+measured. The receivers run in a process of their own (tests/receiver.py's `Misbehaving`).
 
 "500s for a minute" is scaled down 20 times: 3 s of 500s with ENGINE_RETRY_BASE_SECONDS=0.05
 instead of the default 1 s (the backoff doubles per attempt, so the proportions are kept).
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from actions_helpers import attempts, delivery, fire, make_automation, settle
 from engine.actions.dispatcher import Dispatcher
@@ -37,7 +36,7 @@ class Receivers:
     """The misbehaving receiver process: URLs by behaviour, and what it saw."""
 
     def __init__(self) -> None:
-        script = Path(__file__).with_name("misbehaving_receiver.py")
+        script = Path(__file__).parents[1] / "receiver.py"
         self.proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
         self.port = int(self.proc.stdout.readline())
 
@@ -167,14 +166,12 @@ def test_misbehaving_receivers_block_nothing_and_memory_stays_bounded(conn, data
             rss.append(process.memory_info().rss)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    scheduler = BackgroundScheduler()
     dispatcher = Dispatcher(database_url, settings)  # 8 workers, as by default
     tracemalloc.start()
     try:
         baseline, _ = tracemalloc.get_traced_memory()
         sampler.start()
-        scheduler.start()
-        dispatcher.start(scheduler)
+        dispatcher.start()
         bad_ids: dict[str, list] = {name: [] for name in bad}
         for _ in range(3):
             for name, action in bad.items():
@@ -194,7 +191,6 @@ def test_misbehaving_receivers_block_nothing_and_memory_stays_bounded(conn, data
         tracemalloc.stop()
         sampling.set()
         dispatcher.stop(timeout=5)
-        scheduler.shutdown()
 
     # the well-behaved automation: every delivery succeeded, soon after its trigger
     latencies = []

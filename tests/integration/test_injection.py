@@ -22,9 +22,9 @@ from engine.automations import apply_rules
 from engine.cli import app
 from engine.rules import parse_rules_text
 from engine.settings import Settings
-from tests.integration.actions_helpers import Receiver, Reply, settle
+from tests.integration.actions_helpers import settle
+from tests.receiver import Receiver, Reply
 from tests.integration.evaluation_helpers import tick, triggers
-from tests.integration.sdk_helpers import close_sdk_sessions  # noqa: F401
 
 CORPUS = [
     "'; DROP TABLE runs; --",

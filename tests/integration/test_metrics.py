@@ -13,9 +13,9 @@ import engine
 from engine.prometheus import NO_METRICS, DatabaseCollector, for_service
 from engine.scheduler import Service
 from engine.settings import Settings
-from tests.integration.actions_helpers import Receiver, fire, free_port, make_automation
+from tests.integration.actions_helpers import fire, make_automation
+from tests.receiver import Receiver, free_port
 from tests.integration.evaluation_helpers import apply_yaml, break_automation, rule
-from tests.integration.sdk_helpers import close_sdk_sessions  # noqa: F401
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -6,12 +6,16 @@ from datetime import datetime, timezone
 
 import pytest
 
+from actions_helpers import fire, settle
 from engine import clock
 from engine import db as enginedb
+from engine.actions.dispatcher import Dispatcher
 from engine.exceptions import NotFound, RuleValidationError
 from engine import automations
 from engine.rules import Automation, load_rules
 from engine.rules.api import apply as api_apply
+from engine.settings import get_settings
+from tests.receiver import Receiver, Reply
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 T1 = datetime(2024, 5, 2, 12, 0, tzinfo=timezone.utc)
@@ -102,10 +106,7 @@ def test_condition_change_restarts_evaluation(conn):
 def test_update_keeps_triggers_and_all_versions(conn):
     automations.apply_rules(conn, [rule()])
     automation_id = conn.execute("SELECT id FROM automations WHERE name = 'acc'").fetchone()[0]
-    conn.execute(
-        "INSERT INTO triggers (automation_id, automation_version, event_type, cause) VALUES (%s, 1, 'run_metric_threshold', 'x')",
-        (automation_id,),
-    )
+    fire(conn, automation_id, [])
     automations.apply_rules(conn, [rule(run_filter={"user": "alice"})])
     automations.apply_rules(conn, [rule(run_filter={"user": "bob"})])
     assert conn.execute("SELECT count(*) FROM triggers").fetchone()[0] == 1
@@ -159,22 +160,14 @@ def test_prune_deletes_what_is_not_applied(conn):
 
 
 def fake_firing(conn, name: str, cause: str = "x") -> int:
-    """A trigger with a delivery and one attempt, as the evaluator and dispatcher write them."""
+    """A trigger whose one webhook delivery failed at its only attempt with a 500, written by
+    the evaluator's and the dispatcher's own code."""
     automation_id = conn.execute("SELECT id FROM automations WHERE name = %s AND deleted_at IS NULL", (name,)).fetchone()[0]
-    trigger_id = conn.execute(
-        "INSERT INTO triggers (automation_id, automation_version, event_type, cause, metric, value)"
-        " VALUES (%s, 1, 'run_metric_threshold', %s, 'accuracy', 0.7) RETURNING id",
-        (automation_id, cause),
-    ).fetchone()[0]
-    delivery_id = conn.execute(
-        "INSERT INTO deliveries (trigger_id, automation_id, action_type, action, status, attempts, last_http_status)"
-        " VALUES (%s, %s, 'webhook', '{}', 'failed', 1, 500) RETURNING id",
-        (trigger_id, automation_id),
-    ).fetchone()[0]
-    conn.execute(
-        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, http_status) VALUES (%s, 1, now(), 500)",
-        (delivery_id,),
-    )
+    with Receiver(Reply(500)) as rx:
+        action = {"type": "webhook", "url": rx.url(), "max_attempts": 1}
+        trigger_id, ids = fire(conn, automation_id, [action], cause=cause)
+        with Dispatcher(enginedb.database_url(get_settings()), get_settings()) as dispatcher:
+            settle(dispatcher, conn, ids)
     return trigger_id
 
 
@@ -379,10 +372,8 @@ def test_every_query_the_rules_use_exists():
 def test_a_deleted_automation_stops_firing_and_its_pending_deliveries_are_sent(conn, database_url, monkeypatch):
     """SDK -> evaluator -> delete -> dispatcher: what fired before the delete still arrives."""
     import engine
-    from actions_helpers import Receiver, Reply, settle
     from evaluation_helpers import tick, triggers
 
-    from engine.actions.dispatcher import Dispatcher
     from engine.rules import parse_rules_text
     from engine.settings import Settings
 

@@ -7,7 +7,7 @@ import pytest
 import engine
 from engine.exceptions import NotFound
 from engine.sdk.artifacts import default_digest
-from tests.integration.sdk_helpers import close_sdk_sessions, events, same_transaction  # noqa: F401
+from tests.integration.sdk_helpers import events, same_transaction
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import sys
 import threading
 
 import engine
-from tests.integration.sdk_helpers import close_sdk_sessions, set_env, wait_for  # noqa: F401
+from tests.integration.sdk_helpers import set_env, wait_for
 
 # Three runs (one with system metrics every 0.1 s), artifacts and Api calls, all logging at
 # once; then the sampled run finishes and the process goes quiet with two runs still open.

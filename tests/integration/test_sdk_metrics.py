@@ -13,7 +13,7 @@ import pytest
 
 import engine
 from engine.sdk import writer as sdk_writer
-from tests.integration.sdk_helpers import close_sdk_sessions, set_env, wait_for  # noqa: F401
+from tests.integration.sdk_helpers import set_env, wait_for
 
 T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
 

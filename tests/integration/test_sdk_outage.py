@@ -25,7 +25,7 @@ from engine.db import is_transient
 from engine.exceptions import EngineError, IngestError, SchemaNotReady
 from tests.acceptance.service_helpers import ENGINE
 from tests.integration.db_proxy import BlackHole, Proxy
-from tests.integration.sdk_helpers import close_sdk_sessions, set_env  # noqa: F401
+from tests.integration.sdk_helpers import set_env
 
 WARNING = "cannot write to the database"
 

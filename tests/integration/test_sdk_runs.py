@@ -17,7 +17,7 @@ import engine
 from engine import clock
 from engine.exceptions import IngestError, NotFound
 from engine.localdb import LocalDatabase
-from tests.integration.sdk_helpers import close_sdk_sessions, events, same_transaction, set_env  # noqa: F401
+from tests.integration.sdk_helpers import events, same_transaction, set_env
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -7,7 +7,7 @@ import time
 
 import engine
 from engine.sdk.system import SystemSampler
-from tests.integration.sdk_helpers import close_sdk_sessions, set_env, wait_for  # noqa: F401
+from tests.integration.sdk_helpers import set_env, wait_for
 
 EXPECTED = {
     "system/cpu", "system/memory_percent", "system/proc.memory.rssMB", "system/proc.memory.percent",

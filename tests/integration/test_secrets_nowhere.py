@@ -32,9 +32,9 @@ from engine.cli import app
 from engine.logs import JsonFormatter
 from engine.scheduler import Service
 from engine.settings import Settings
-from tests.integration.actions_helpers import FINAL, Receiver, Received, Reply, free_port
+from tests.integration.actions_helpers import FINAL
+from tests.receiver import Received, Receiver, Reply, free_port
 from tests.integration.evaluation_helpers import apply_yaml
-from tests.integration.sdk_helpers import close_sdk_sessions  # noqa: F401
 
 ENGINE = Path(sys.executable).parent / "engine"
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from engine.actions.http import post_json
-from tests.integration.actions_helpers import Receiver, Reply
+from tests.receiver import Receiver, Reply
 
 REFUSED_TARGETS = {
     "http://169.254.169.254/latest/meta-data/": "169.254.169.254 (cloud metadata)",

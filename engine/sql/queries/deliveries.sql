@@ -1,15 +1,6 @@
 -- The outbox of actions (engine/actions/): deliveries, their attempts, template context.
 -- Names start with `delivery_` so they cannot clash with other query files.
 
--- name: delivery_insert
--- One action of a new trigger, inside the trigger's transaction. no_op actions are written
--- directly as 'skipped' (nothing to send, so the dispatcher never sees them).
-INSERT INTO deliveries (trigger_id, automation_id, action_index, action_type, action, status,
-                        max_attempts, next_attempt_at, finished_at)
-VALUES (%(trigger_id)s, %(automation_id)s, %(action_index)s, %(action_type)s, %(action)s, %(status)s,
-        %(max_attempts)s, %(now)s, %(finished_at)s)
-RETURNING id;
-
 -- name: delivery_trigger_context
 -- Everything a template variable may need about one trigger. Artifact and registry facts
 -- come from the trigger's own columns first, then from the event that caused it.
