@@ -164,6 +164,9 @@ class Dispatcher:
     def _start(self, claims: list[Claim], reserved: int) -> list[concurrent.futures.Future[None]]:
         """Hand claimed deliveries to the workers `_reserve` counted; gives back the rest."""
         with self._lock:
+            if self._stopped and claims:  # claimed as the dispatcher stopped: as if in flight at stop
+                log.warning("dispatcher: %d deliveries claimed while stopping; they will be sent again", len(claims))
+                claims = []
             self._in_flight -= reserved - len(claims)
             futures = [self._executor.submit(self._deliver, claim) for claim in claims]
             self._futures.update(futures)
@@ -462,8 +465,13 @@ class Dispatcher:
                             claimed.execute(db.query("delivery_claim_due"), self._claim_params(free, None))
                     written = set(recorded.fetchall())
                     rows = claimed.fetchall() if free else []
+                try:
+                    claims = self._claims(conn, rows)
+                except Exception:  # sent again once their lease expires
+                    log.exception("dispatcher: could not prepare %d claimed deliveries", len(rows))
+                    claims = []
                 started = True
-                refill = len(self._start(self._claims(conn, rows), free)) == free > 0
+                refill = len(self._start(claims, free)) == free > 0
         except Exception as exc:
             if not started:
                 self._start([], free)  # give the reserved workers back
