@@ -7,11 +7,16 @@ a request is in flight:
    `FOR UPDATE SKIP LOCKED` (so several dispatchers never take the same one), set to
    'sending' with a lease, and their attempt counter is increased. Only as many as there are
    idle workers are claimed, so a claimed delivery starts at once and its lease measures the
-   send, not a wait in a queue.
+   send, not a wait in a queue. The template variables of the claimed triggers are read
+   right after, in one query for the whole claim.
 2. **send** (`send.send_action`) in a worker thread: `Settings.delivery_workers` of them,
    so an endpoint that hangs holds one worker until its timeout, never the others.
-3. **record**, in one transaction: the `delivery_attempts` row and the new status
-   (succeeded, failed, or pending again at the backoff time).
+3. **record**, in one statement (`delivery_record_outcomes`): the `delivery_attempts` row
+   and the new status (succeeded, failed, or pending again at the backoff time). Workers
+   that finish while an outcome is being written wait and have theirs written together by
+   the next statement (a group commit): the service has few database connections, so a
+   round trip per delivery would bound the throughput. A worker returns only once its
+   outcome is committed.
 
 If the process dies between 1 and 3, the lease expires and the delivery is claimed again
 and sent with the same id (X-Automation-Delivery): a crash can repeat a delivery, never
@@ -31,9 +36,11 @@ import contextlib
 import logging
 import random
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -43,18 +50,19 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine import clock, db
-from engine.actions.context import build_context
+from engine.actions.context import build_contexts
 from engine.actions.http import MAX_REDIRECTS, Attempt
 from engine.actions.retry import next_delay
 from engine.actions.send import send_action
 from engine.actions.webhook import DEFAULT_TIMEOUT
-from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, NotFound
+from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
 CONNECT_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection longer means the database is down
+FRESH_SECONDS = 1.0  # a pooled connection given back more recently than this is not pinged
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,21 @@ class Claim:
     attempt: int  # this attempt's number, and the claim's fencing token
     max_attempts: int
     reclaimed: bool  # taken from an expired lease
+    # the trigger's template variables, read with the claim; None: the trigger is gone
+    context: dict[str, str] | None = None
+    context_error: str | None = None  # they could not be read (the attempt fails, retryably)
+
+
+@dataclass
+class _Outcome:
+    """One attempt's outcome, waiting to be written with the others (see `_commit`)."""
+
+    claim: Claim
+    row: dict[str, Any]  # one element of delivery_record_outcomes' JSON array
+    done: threading.Event = field(default_factory=threading.Event)
+    updated: bool = False  # the delivery's status was written (its claim still held)
+    refilled: bool = False  # its worker's next delivery was claimed with it (no need to wake)
+    error: BaseException | None = None
 
 
 class Dispatcher:
@@ -81,11 +104,14 @@ class Dispatcher:
             max_size=settings.delivery_connections,  # shared by the workers: part of the service's budget
             kwargs={"autocommit": True, "prepare_threshold": None},  # as db.connect: PgBouncer-safe
             open=False,
-            check=ConnectionPool.check_connection,
+            check=self._check,
+            reset=self._returned,
             timeout=CONNECT_TIMEOUT_SECONDS,
             name="dispatcher",
         )
         self._pool_open = False
+        # when each pooled connection was last given back (see _check)
+        self._last_used: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
         self._pool_lock = threading.Lock()
         self._outage: str | None = None  # the database error being reported, if any
         self._executor = concurrent.futures.ThreadPoolExecutor(settings.delivery_workers, thread_name_prefix="deliver")
@@ -96,6 +122,9 @@ class Dispatcher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
+        self._outcomes: list[_Outcome] = []  # finished attempts waiting for the writer
+        self._outcomes_lock = threading.Lock()
+        self._writers = 0  # workers writing outcomes (the others queue theirs)
 
     # -- one round -------------------------------------------------------------------------
     def run_once(self, limit: int = 100, *, wait: bool = True, only: uuid.UUID | str | None = None) -> int:
@@ -105,17 +134,38 @@ class Dispatcher:
         once (the service). `only` restricts the claim to one delivery id. Returns how many
         deliveries were claimed.
         """
-        with self._lock:
-            free = self.settings.delivery_workers - self._in_flight
-            if self._stopped or free <= 0 or limit <= 0:
-                return 0
-            claims = self._claim(min(limit, free), only)
-            self._in_flight += len(claims)
-            futures = [self._executor.submit(self._deliver, claim) for claim in claims]
-            self._futures.update(futures)
+        wanted = self._reserve(limit)
+        if not wanted:
+            return 0
+        claims: list[Claim] = []
+        try:
+            claims = self._claim(wanted, only)
+        finally:
+            futures = self._start(claims, wanted)
         if wait:
             concurrent.futures.wait(futures)
         return len(claims)
+
+    def _reserve(self, limit: int, freed: int = 0) -> int:
+        """Count up to `limit` idle workers (and `freed` ones about to be) in flight before
+        claiming for them, so that claims made at the same time never exceed the workers."""
+        with self._lock:
+            free = min(limit, self.settings.delivery_workers - self._in_flight + freed)
+            if self._stopped or free <= 0:
+                return 0
+            self._in_flight += free
+            return free
+
+    def _start(self, claims: list[Claim], reserved: int) -> list[concurrent.futures.Future[None]]:
+        """Hand claimed deliveries to the workers `_reserve` counted; gives back the rest."""
+        with self._lock:
+            if self._stopped and claims:  # claimed as the dispatcher stopped: as if in flight at stop
+                log.warning("dispatcher: %d deliveries claimed while stopping; they will be sent again", len(claims))
+                claims = []
+            self._in_flight -= reserved - len(claims)
+            futures = [self._executor.submit(self._deliver, claim) for claim in claims]
+            self._futures.update(futures)
+        return futures
 
     def wake(self) -> None:
         """Look for due deliveries now (call after committing new triggers)."""
@@ -203,8 +253,25 @@ class Dispatcher:
                 f"the dispatcher got no database connection in {CONNECT_TIMEOUT_SECONDS:g} s ({exc})"
             ) from exc
 
+    def _returned(self, conn: psycopg.Connection) -> None:
+        self._last_used[conn] = time.monotonic()
+
+    def _check(self, conn: psycopg.Connection) -> None:
+        """Ping a pooled connection before use (one broken while idle, by a database restart,
+        is replaced instead of failing a claim or an outcome), unless it was in use a moment
+        ago: a busy outbox would otherwise pay a round trip for every checkout."""
+        if time.monotonic() - self._last_used.get(conn, float("-inf")) > FRESH_SECONDS:
+            ConnectionPool.check_connection(conn)
+
     def _claim(self, limit: int, only: uuid.UUID | str | None) -> list[Claim]:
-        params = {
+        """Claim up to `limit` due deliveries and read their triggers' template variables."""
+        with self._connection() as conn:
+            with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
+                rows = cur.execute(db.query("delivery_claim_due"), self._claim_params(limit, only)).fetchall()
+            return self._claims(conn, rows)
+
+    def _claim_params(self, limit: int, only: uuid.UUID | str | None) -> dict[str, Any]:
+        return {
             "now": clock.now(),
             "limit": limit,
             "only_id": str(only) if only else None,
@@ -212,8 +279,16 @@ class Dispatcher:
             "lease_hops": float(MAX_REDIRECTS + 1),
             "default_timeout": DEFAULT_TIMEOUT,
         }
-        with self._connection() as conn, db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(db.query("delivery_claim_due"), params).fetchall()
+
+    def _claims(self, conn: psycopg.Connection, rows: list[dict[str, Any]]) -> list[Claim]:
+        """Claims from `delivery_claim_due` rows, with their triggers' template variables."""
+        contexts: dict[int, dict[str, str]] = {}
+        context_error = None
+        if rows:
+            try:
+                contexts = build_contexts(conn, [r["trigger_id"] for r in rows], self.settings)
+            except EngineError as exc:  # claimed already: each attempt fails with it
+                context_error = f"could not read the trigger: {exc}"
         return [
             Claim(
                 id=r["id"],
@@ -224,24 +299,24 @@ class Dispatcher:
                 attempt=r["attempts"],
                 max_attempts=r["max_attempts"],
                 reclaimed=r["was_status"] == "sending",
+                context=contexts.get(r["trigger_id"]),
+                context_error=context_error,
             )
             for r in rows
         ]
 
     def _deliver(self, claim: Claim) -> None:
+        refilled = False
         try:
             if claim.reclaimed:
                 log.warning("delivery %s: its lease expired before an outcome was recorded; sending it again", claim.id)
-            try:
-                with self._connection() as conn:
-                    ctx = build_context(conn, claim.trigger_id, self.settings)
-            except NotFound:
+            if claim.context_error is not None:
+                attempt = Attempt({}, error=claim.context_error, retryable=True, started_at=clock.now())
+            elif claim.context is None:
                 return  # the trigger was deleted, and its deliveries with it
-            except EngineError as exc:
-                attempt = Attempt({}, error=f"could not read the trigger: {exc}", retryable=True, started_at=clock.now())
             else:
-                attempt = send_action(str(claim.id), claim.action, ctx, self.settings)
-            self._record(claim, attempt)
+                attempt = send_action(str(claim.id), claim.action, claim.context, self.settings)
+            refilled = self._settle(claim, attempt).refilled
         except DatabaseUnavailable as exc:  # an outage: expected, and said once per delivery
             log.warning(
                 "delivery %s: the outcome of attempt %d could not be recorded (%s); it will be sent again when its "
@@ -257,9 +332,14 @@ class Dispatcher:
             with self._lock:
                 self._in_flight -= 1
                 self._futures = {f for f in self._futures if not f.done()}
-            self._wake.set()  # a worker is free: take the next due delivery
+            if not refilled:
+                self._wake.set()  # a worker is free: take the next due delivery
 
     def _record(self, claim: Claim, attempt: Attempt) -> str:
+        """Record the attempt's outcome; returns the delivery's new status."""
+        return self._settle(claim, attempt).row["status"]
+
+    def _settle(self, claim: Claim, attempt: Attempt) -> _Outcome:
         now = clock.now()
         error, next_at, finished_at = attempt.error, now, now
         if attempt.succeeded:
@@ -273,33 +353,23 @@ class Dispatcher:
             status = "failed"
             if attempt.retryable:
                 error = f"{error} (gave up after {claim.attempt} attempts)"
-        with self._connection() as conn, db.boundary(), conn.transaction():
-            conn.execute(
-                db.query("delivery_insert_attempt"),
-                {
-                    "delivery_id": claim.id,
-                    "attempt": claim.attempt,
-                    "started_at": attempt.started_at or now,
-                    "duration_ms": attempt.duration_ms,
-                    "http_status": attempt.http_status,
-                    "response_body": _storable(attempt.response_body),
-                    "error": _storable(attempt.error),
-                    "request": Jsonb(attempt.request),
-                },
-            )
-            updated = conn.execute(
-                db.query("delivery_record_outcome"),
-                {
-                    "id": claim.id,
-                    "attempt": claim.attempt,
-                    "status": status,
-                    "http_status": attempt.http_status,
-                    "error": _storable(error),
-                    "next_attempt_at": next_at,
-                    "finished_at": finished_at,
-                    "now": now,
-                },
-            ).rowcount
+        outcome = _Outcome(claim, {
+            "id": str(claim.id),
+            "attempt": claim.attempt,
+            "status": status,
+            "started_at": (attempt.started_at or now).isoformat(),
+            "duration_ms": attempt.duration_ms,
+            "http_status": attempt.http_status,
+            "response_body": _storable(attempt.response_body),
+            "error": _storable(attempt.error),
+            "last_error": _storable(error),
+            "request": attempt.request,
+            "next_attempt_at": next_at.isoformat(),
+            "finished_at": finished_at.isoformat() if finished_at else None,
+            "updated_at": now.isoformat(),
+        })
+        self._commit(outcome)
+        updated = outcome.updated
         if not updated:
             log.warning("delivery %s: attempt %d finished after its lease was taken over; kept in the log only", claim.id, claim.attempt)
         level = logging.INFO if status == "succeeded" else logging.WARNING
@@ -313,7 +383,88 @@ class Dispatcher:
             status,
             f" ({error})" if error else "",
         )
-        return status
+        return outcome
+
+    # -- outcomes, written together ----------------------------------------------------------
+    def _commit(self, outcome: _Outcome) -> None:
+        """Write `outcome`, with those of other workers that finish meanwhile; raises what the
+        write raised. The first worker to arrive writes, in rounds, until no outcome waits;
+        the others wait for theirs."""
+        with self._outcomes_lock:
+            self._outcomes.append(outcome)
+            # one writer: commits are what a busy outbox waits for, so fewer and bigger ones
+            # beat several at once (measured with two: slower)
+            lead = not self._writers
+            self._writers += lead
+        if lead:
+            batch: list[_Outcome] = []
+            try:
+                while True:
+                    with self._outcomes_lock:
+                        batch, self._outcomes = self._outcomes, []
+                        if not batch:
+                            self._writers -= 1
+                            break
+                    self._write(batch)
+            except BaseException as exc:  # never leave a waiting worker behind
+                with self._outcomes_lock:
+                    self._writers -= 1
+                    if not self._writers:
+                        batch, self._outcomes = batch + self._outcomes, []
+                for waiting in batch:
+                    if not waiting.done.is_set():
+                        waiting.error = exc
+                        waiting.done.set()
+                raise
+        outcome.done.wait()
+        if outcome.error is not None:
+            raise outcome.error
+
+    def _write(self, batch: list[_Outcome]) -> None:
+        """One statement for the batch; sets each outcome's result and marks it done.
+
+        In the service, the same transaction (one round trip, one commit) also claims the
+        next deliveries for the workers these outcomes free — they are waiting for their
+        outcomes, so they still count in flight — and for idle ones: a busy outbox costs a
+        claim per batch rather than per delivery. They start once their workers return."""
+        free = self._reserve(len(batch) + self.settings.delivery_workers, len(batch)) if self._thread is not None else 0
+        started = not free
+        try:
+            with self._connection() as conn:
+                with db.boundary():
+                    recorded, claimed = conn.cursor(), conn.cursor(row_factory=dict_row)
+                    with conn.pipeline(), conn.transaction():
+                        recorded.execute(
+                            db.query("delivery_record_outcomes"),
+                            {"outcomes": Jsonb([o.row for o in batch])},
+                        )
+                        if free:
+                            claimed.execute(db.query("delivery_claim_due"), self._claim_params(free, None))
+                    written = set(recorded.fetchall())
+                    rows = claimed.fetchall() if free else []
+                try:
+                    claims = self._claims(conn, rows)
+                except Exception:  # sent again once their lease expires
+                    log.exception("dispatcher: could not prepare %d claimed deliveries", len(rows))
+                    claims = []
+                started = True
+                refill = len(self._start(claims, free)) == free > 0
+        except Exception as exc:
+            if not started:
+                self._start([], free)  # give the reserved workers back
+            if len(batch) > 1 and not isinstance(exc, DatabaseUnavailable):
+                # something in one outcome: write each alone, so the others are not held by it
+                for outcome in batch:
+                    self._write([outcome])
+                return
+            for outcome in batch:
+                outcome.error = exc
+                outcome.done.set()
+            return
+        for outcome in batch:
+            outcome.updated = (outcome.claim.id, outcome.claim.attempt) in written
+            outcome.refilled = refill  # every free worker has its next delivery: no need to wake
+            outcome.done.set()
 
 
 def _storable(text: str | None) -> str | None:

@@ -135,21 +135,35 @@ class _Opening:
         self.stored: tuple[str, dict[str, Any], list[str]] = (name or run_id, config or {}, tags or [])
 
     def open(self, conn: psycopg.Connection) -> tuple[int, int, int]:
-        """Create (or resume) the run; (its pk, its last stored step and system sample)."""
+        """Create (or resume) the run, atomically, on an autocommit connection; (its pk, its
+        last stored step and system sample)."""
+        # the common case, a new run: one statement, a transaction of its own (one round trip)
+        if (created := self._create(conn)) is not None:
+            return created
+        with conn.transaction():
+            return self._open(conn)
+
+    def _create(self, conn: psycopg.Connection) -> tuple[int, int, int] | None:
+        created = conn.execute(
+            query("create_run"),
+            {
+                "entity": self.entity, "project": self.project, "run_id": self.run_id,
+                "name": self.name or self.run_id, "user": self.user, "config": self.config_json or Jsonb({}),
+                "tags": self.tags or [], "at": self.at,
+            },
+        ).fetchone()
+        if created is None:
+            return None
+        self.pk, self.project_id = created
+        self.stored = (self.name or self.run_id, *self.stored[1:])
+        return self.pk, -1, -1
+
+    def _open(self, conn: psycopg.Connection) -> tuple[int, int, int]:
+        """The run id exists (or did a moment ago): resume it, recognise our own creation
+        whose answer was lost, or draw another generated id."""
         while True:
-            # the common case, a new run: one statement
-            created = conn.execute(
-                query("create_run"),
-                {
-                    "entity": self.entity, "project": self.project, "run_id": self.run_id,
-                    "name": self.name or self.run_id, "user": self.user, "config": self.config_json or Jsonb({}),
-                    "tags": self.tags or [], "at": self.at,
-                },
-            ).fetchone()
-            if created is not None:
-                self.pk, self.project_id = created
-                self.stored = (self.name or self.run_id, *self.stored[1:])
-                return self.pk, -1, -1
+            if (created := self._create(conn)) is not None:
+                return created
             if self.resume:
                 return self._resume(conn)
             mine = conn.execute(

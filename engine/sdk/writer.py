@@ -9,7 +9,8 @@ points, and stores it in ONE transaction:
 1. new metric keys interned into `metric_keys` (ids cached in the process after commit),
 2. `COPY metric_points|system_metrics (time, run_pk, key_id, step, seq, value) FROM STDIN
    (FORMAT BINARY)`, with `seq = (batch_id << 20) | ordinal` (`ingest_batch_seq`),
-3. `upsert_series` (engine/sql/queries/ingest.sql) for every series with a finite value in the batch,
+3. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
+   value in the batch,
 4. one `notify_ingest`.
 
 Flushes run one at a time (a lock), so batches of a run commit in logging order and `seq`
@@ -57,8 +58,9 @@ if TYPE_CHECKING:
         def drop(self) -> None: ...
 
     class Opening(Protocol):
-        """A run's creation (run.py): `open` runs it in the given transaction and returns
-        (run pk, last stored step, last stored system sample), -1 when there is none."""
+        """A run's creation (run.py): `open` runs it atomically on the given autocommit
+        connection and returns (run pk, last stored step, last stored system sample), -1 when
+        there is none."""
 
         resume: bool  # the run may have stored points: its steps continue after them
 
@@ -240,10 +242,10 @@ class Writer:
 
     # -- runs the database has not created yet -------------------------------------------
     def open(self, stream: Stream) -> None:
-        """Create the stream's run now (one transaction); raises what the database raised.
+        """Create the stream's run now (atomically); raises what the database raised.
         Once it is in the database its points are flushed like any other's."""
         assert stream.opening is not None
-        with self._transport.connection() as conn, boundary(), conn.transaction():
+        with self._transport.connection() as conn, boundary():
             run_pk, step, system_step = stream.opening.open(conn)
         with self._lock:
             stream.run_pk = run_pk
@@ -521,7 +523,7 @@ class Writer:
                     new_ids = dict(keys_cur.fetchall())
                     ids = {**ids, **new_ids}
                 seq = batch_id << ORDINAL_BITS
-                series: list[dict] = []
+                series = _Series()
                 for system in (False, True):
                     parts = [(s.run_pk, b) for s, r, y, _ in batch if (b := y if system else r)]
                     if parts:
@@ -529,12 +531,10 @@ class Writer:
                             copy.set_types(COPY_TYPES)
                             for run_pk, records in parts:
                                 seq = self._copy_run(copy.write_row, run_pk, records, ids, seq, series)
-                for row in series:  # every point of this flush has a seq below `seq`
-                    row["seq_bound"] = seq - 1
                 closing_curs = [conn.cursor() for _ in closing]
                 with conn.pipeline():
-                    if series:
-                        cur.executemany(self._q_upsert, series)
+                    if series.key_ids:  # every point of this flush has a seq below `seq`
+                        cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
                     cur.execute(self._q_notify, {"payload": ""})
                     for c, (_, statement, params) in zip(closing_curs, closing):
                         c.execute(statement, params)
@@ -554,7 +554,9 @@ class Writer:
         except psycopg.Error:
             self._transport.drop()
 
-    def _copy_run(self, write, run_pk: int, records: list[Record], ids: dict[str, int], seq: int, series: list) -> int:
+    def _copy_run(
+        self, write, run_pk: int, records: list[Record], ids: dict[str, int], seq: int, series: _Series
+    ) -> int:
         """COPY one run's records (the hot loop of a flush: one tuple and one write_row per
         point); then add the run's series (finite counts and tails) to `series`."""
         slots: dict[tuple[str, ...], list] = {}  # keys of a record -> [their key ids, records with them]
@@ -581,10 +583,7 @@ class Writer:
                 if value - value != 0.0:  # NaN or an infinity
                     n_finite[kid] -= 1
         for kid, (steps, times, values) in self._tails(records, slots, n_finite).items():
-            series.append({
-                "key_id": kid, "run_pk": run_pk, "n_new": n_finite[kid], "tail": self.tail,
-                "steps": Int8Array.of(steps), "times": TimestamptzArray.of(times), "values": Float8Array.of(values),
-            })
+            series.add(kid, run_pk, n_finite[kid], steps, times, values)
         return seq
 
     def _tails(
@@ -651,6 +650,38 @@ class Writer:
             except Exception:  # never let the writer die: runs would block forever
                 failures += 1
                 log.exception("unexpected error while storing logged points; retrying")
+
+
+class _Series:
+    """The series a flush touched, as the parameters of ONE upsert_series statement: one
+    element per series in key_ids/run_pks/n_new/lens, and their tails laid end to end."""
+
+    __slots__ = ("key_ids", "run_pks", "n_new", "lens", "steps", "times", "values")
+
+    def __init__(self) -> None:
+        self.key_ids: list[int] = []
+        self.run_pks: list[int] = []
+        self.n_new: list[int] = []
+        self.lens: list[int] = []
+        self.steps: list[int] = []
+        self.times: list[datetime] = []
+        self.values: list[float] = []
+
+    def add(self, key_id: int, run_pk: int, n_new: int, steps: list, times: list, values: list) -> None:
+        self.key_ids.append(key_id)
+        self.run_pks.append(run_pk)
+        self.n_new.append(n_new)
+        self.lens.append(len(steps))
+        self.steps += steps
+        self.times += times
+        self.values += values
+
+    def params(self, tail: int, seq_bound: int) -> dict:
+        return {
+            "key_ids": self.key_ids, "run_pks": self.run_pks, "n_new": self.n_new, "lens": self.lens,
+            "steps": Int8Array.of(self.steps), "times": TimestamptzArray.of(self.times),
+            "values": Float8Array.of(self.values), "tail": tail, "seq_bound": seq_bound,
+        }
 
 
 def _jitter(delay: float) -> float:

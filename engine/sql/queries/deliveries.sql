@@ -2,8 +2,9 @@
 -- Names start with `delivery_` so they cannot clash with other query files.
 
 -- name: delivery_trigger_context
--- Everything a template variable may need about one trigger. Artifact and registry facts
--- come from the trigger's own columns first, then from the event that caused it.
+-- Everything a template variable may need about some triggers (the dispatcher reads those of
+-- a whole claim at once). Artifact and registry facts come from the trigger's own columns
+-- first, then from the event that caused it.
 SELECT
     t.id                      AS trigger_id,
     t.fired_at,
@@ -45,7 +46,7 @@ LEFT JOIN registry_collections rc ON rc.id = e.registry_collection_id
 LEFT JOIN registries rg ON rg.id = coalesce(e.registry_id, rc.registry_id)
 LEFT JOIN registry_links rl ON rl.id = e.link_id
     OR (e.link_id IS NULL AND rl.registry_collection_id = rc.id AND rl.version_id = av.id)
-WHERE t.id = %(trigger_id)s;
+WHERE t.id = ANY(%(trigger_ids)s::bigint[]);
 
 -- name: delivery_claim_due
 -- Take up to %(limit)s due deliveries: pending ones whose time has come, and 'sending' ones
@@ -81,25 +82,34 @@ RETURNING d.id, d.trigger_id, d.automation_id, d.action_type, d.action, d.attemp
 -- When the earliest waiting delivery (or lease) is due, to sleep exactly until then.
 SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'sending');
 
--- name: delivery_insert_attempt
-INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status,
-                               response_body, error, request)
-VALUES (%(delivery_id)s, %(attempt)s, %(started_at)s, %(duration_ms)s, %(http_status)s,
-        %(response_body)s, %(error)s, %(request)s)
-ON CONFLICT (delivery_id, attempt) DO NOTHING;
-
--- name: delivery_record_outcome
--- The outcome of an attempt, fenced: a claimant whose lease expired and was taken over
--- (attempts moved on) changes nothing here; its attempt row is still kept.
-UPDATE deliveries SET
-    status           = %(status)s,
-    last_http_status = %(http_status)s,
-    last_error       = %(error)s,
-    next_attempt_at  = %(next_attempt_at)s,
+-- name: delivery_record_outcomes
+-- The outcomes of attempts, in one statement (the dispatcher records what its workers finished
+-- together): every attempt row, and each delivery's new status, fenced: a claimant whose lease
+-- expired and was taken over (attempts moved on) changes nothing here; its attempt row is
+-- still kept. %(outcomes)s is a JSON array of objects with the columns below. Returns the
+-- (delivery, attempt) whose status was written.
+WITH o AS (
+    SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
+        id uuid, attempt integer, status text, started_at timestamptz, duration_ms double precision,
+        http_status integer, response_body text, error text, last_error text, request jsonb,
+        next_attempt_at timestamptz, finished_at timestamptz, updated_at timestamptz)
+), attempt AS (
+    INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status,
+                                   response_body, error, request)
+    SELECT id, attempt, started_at, duration_ms, http_status, response_body, error, request FROM o
+    ON CONFLICT (delivery_id, attempt) DO NOTHING
+)
+UPDATE deliveries d SET
+    status           = o.status,
+    last_http_status = o.http_status,
+    last_error       = o.last_error,
+    next_attempt_at  = o.next_attempt_at,
     claimed_until    = NULL,
-    finished_at      = %(finished_at)s,
-    updated_at       = %(now)s
-WHERE id = %(id)s AND status = 'sending' AND attempts = %(attempt)s;
+    finished_at      = o.finished_at,
+    updated_at       = o.updated_at
+FROM o
+WHERE d.id = o.id AND d.status = 'sending' AND d.attempts = o.attempt
+RETURNING d.id, d.attempts;
 
 -- name: delivery_find
 -- A delivery by full id or by a unique prefix of its text form (as `engine deliveries` shows it).

@@ -1,14 +1,23 @@
 -- Written by the SDK's flush, all in one transaction with the COPY of the points.
 
 -- name: upsert_series
--- One touched series of a flush: append its new finite values to the tail (keeping the last
--- %(tail)s), count them, and stamp a series_batches row (the evaluators' watermark) with
--- the positions of the new values. %(steps)s/%(times)s/%(values)s are the *last* tail-many
--- new finite values; %(n_new)s is how many finite values the flush had for this series;
--- %(seq_bound)s the highest seq the flush wrote (migration 0006).
-WITH up AS (
+-- The series a flush touched, in one statement: append each one's new finite values to its
+-- tail (keeping the last %(tail)s), count them, and stamp a series_batches row (the
+-- evaluators' watermark) with the positions of the new values. Series i is
+-- (%(key_ids)s[i], %(run_pks)s[i]) with %(n_new)s[i] finite values in the flush, of which the
+-- *last* tail-many are the next %(lens)s[i] elements of %(steps)s/%(times)s/%(values)s (the
+-- tails laid end to end); %(seq_bound)s is the highest seq the flush wrote (migration 0006).
+WITH series AS (
+    SELECT key_id, run_pk, n_new,
+           sum(len) OVER (ORDER BY i) - len + 1 AS first,
+           sum(len) OVER (ORDER BY i) AS last
+    FROM unnest(%(key_ids)s::integer[], %(run_pks)s::bigint[], %(n_new)s::bigint[], %(lens)s::integer[])
+         WITH ORDINALITY AS s(key_id, run_pk, n_new, len, i)
+), up AS (
     INSERT INTO series_state AS s (key_id, run_pk, n_finite, tail_step, tail_time, tail_value)
-    VALUES (%(key_id)s, %(run_pk)s, %(n_new)s, %(steps)s, %(times)s, %(values)s)
+    SELECT key_id, run_pk, n_new, (%(steps)s::bigint[])[first:last], (%(times)s::timestamptz[])[first:last],
+           (%(values)s::double precision[])[first:last]
+    FROM series
     ON CONFLICT (key_id, run_pk) DO UPDATE SET
         n_finite   = s.n_finite + EXCLUDED.n_finite,
         tail_step  = (s.tail_step || EXCLUDED.tail_step)
@@ -21,7 +30,8 @@ WITH up AS (
     RETURNING key_id, run_pk, n_finite
 )
 INSERT INTO series_batches (key_id, run_pk, first_pos, last_pos, seq_bound)
-SELECT key_id, run_pk, n_finite - %(n_new)s + 1, n_finite, %(seq_bound)s FROM up;
+SELECT up.key_id, up.run_pk, up.n_finite - series.n_new + 1, up.n_finite, %(seq_bound)s
+FROM up JOIN series USING (key_id, run_pk);
 
 -- name: notify_ingest
 -- One NOTIFY per flushed batch (NOTIFY takes a global lock at commit: never one per point).
