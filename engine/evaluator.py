@@ -247,6 +247,7 @@ class Evaluator:
         self._automations: list[StoredAutomation] = []
         self._by_activity: dict[tuple[str, str], list[tuple[StoredAutomation, tuple[str, str] | None]]] = {}
         self._in_tails: set[int] = set()  # the ids of the metric rules whose windows fit the tails
+        self._idle_refreshed = -math.inf  # when idle frontiers were last moved with nothing written
         self._compiled: dict[tuple[Any, ...], CompiledQuery] = {}  # (tails_only, (id, version)...)
         self._lock = threading.Lock()
         self._ticks = 0
@@ -361,9 +362,13 @@ class Evaluator:
         # cut shorter with each failure (a backlog too long for one statement, in parts)
         for stored in catching_up:
             self._run(conn, [[stored]], to_xid, result, catch_up=True)
-        if idle:
+        # Idle automations' frontiers move past what others were written. When nothing was
+        # written at all, moving them (a write, whose xid moves the xmin: the next tick would
+        # do it again) only refreshes evaluated_at: done at most once per interval.
+        if idle and (activity or time.monotonic() - self._idle_refreshed >= self.settings.interval):
             _dicts(conn).execute(query("advance_idle_frontiers"), {"ids": idle, "to_xid": str(to_xid)})
-            result.idle = len(idle)
+            self._idle_refreshed = time.monotonic()
+        result.idle = len(idle)
         self._ticks += 1
         if self._ticks % 20 == 1:
             _dicts(conn).execute(query("prune_series_batches"))
