@@ -485,10 +485,13 @@ ORDER BY tr.value_time DESC LIMIT 1
 # (several values of a run in one tick), starting from `last_fired`.
 _COOLED = "ru.cooldown_us IS NULL OR lf.value_time IS NULL OR c.times[c.i] >= lf.value_time + ru.cooldown_us * INTERVAL '1 microsecond'"
 
+# {window} and {prior} are the window slices, or (live) their text: the evaluator passes
+# them on to the trigger rows as they are (converting them to Python floats and back to
+# JSON cost ~0.2 ms per trigger).
 _OUTPUT = """
 SELECT c.run_pk, c.key_id, c.pos, c.steps[c.i] AS step, c.times[c.i] AS time, c.vals[c.i] AS value,
-       o.d AS aggregate, c.vals[c.i - ru.size + 1:c.i] AS window_values, o.prior_aggregate,
-       CASE WHEN ru.prior_segment IS NOT NULL THEN c.vals[c.i - ru.span + 1:c.i - ru.size] END AS prior_values,
+       o.d AS aggregate, {window} AS window_values, o.prior_aggregate,
+       CASE WHEN ru.prior_segment IS NOT NULL THEN {prior} END AS prior_values,
        o.current_aggregate, ru.rule
 FROM candidates AS c
 CROSS JOIN scopes AS sc
@@ -581,8 +584,11 @@ def compile_metrics(
     match = exp.Lateral(this=exp.paren(_frag(_MATCH)), alias=exp.TableAlias(this=exp.to_identifier("o")))
     tested = exp.Lateral(this=exp.paren(_frag(_TESTED)), alias=exp.TableAlias(this=exp.to_identifier("t")))
     rule = exp.Lateral(this=exp.paren(_frag(_RULE)), alias=exp.TableAlias(this=exp.to_identifier("ru")))
+    window, prior = "c.vals[c.i - ru.size + 1:c.i]", "c.vals[c.i - ru.span + 1:c.i - ru.size]"
+    if mode == "live":
+        window, prior = f"CAST({window} AS TEXT)", f"CAST({prior} AS TEXT)"
     final: exp.Select = (
-        _frag(_OUTPUT)
+        _frag(_OUTPUT.format(window=window, prior=prior))
         .join(rule, join_type="CROSS")
         .join(match, join_type="CROSS")
         .join(tested, join_type="CROSS")

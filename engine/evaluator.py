@@ -126,8 +126,10 @@ class Firing:
     metric: str | None = None
     step: int | None = None
     value: float | None = None
-    window_values: list[float] | None = None
-    prior_values: list[float] | None = None
+    # live evaluation keeps PostgreSQL's text form of the windows: they go straight back
+    # into the trigger row
+    window_values: list[float] | str | None = None
+    prior_values: list[float] | str | None = None
     current_aggregate: float | None = None
     prior_aggregate: float | None = None
     event_id: int | None = None
@@ -166,8 +168,8 @@ def apply_cooldown(
             yield firing
 
 
-def _finite_list(values: list[float] | None) -> list[float] | None:
-    return None if values is None else [float(v) for v in values]
+def _finite_list(values: list[float] | str | None) -> list[float] | str | None:
+    return values if values is None or isinstance(values, str) else [float(v) for v in values]
 
 
 def metric_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Iterator[Firing]:
@@ -669,8 +671,8 @@ def _json_float(value: float | None) -> float | str | None:
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
-def _json_floats(values: list[float] | None) -> list[float | str | None] | None:
-    return None if values is None else [_json_float(v) for v in values]
+def _json_floats(values: list[float] | str | None) -> list[float | str | None] | str | None:
+    return values if values is None or isinstance(values, str) else [_json_float(v) for v in values]
 
 
 def trigger_row(stored: StoredAutomation, firing: Firing) -> dict[str, Any]:

@@ -134,11 +134,11 @@ SELECT
   c.times[c.i] AS time,
   c.vals[c.i] AS value,
   o.d AS aggregate,
-  c.vals[c.i - ru.size + 1:c.i] AS window_values,
+  CAST(c.vals[c.i - ru.size + 1:c.i] AS TEXT) AS window_values,
   o.prior_aggregate,
   CASE
     WHEN ru.prior_segment IS NOT NULL
-    THEN c.vals[c.i - ru.span + 1:c.i - ru.size]
+    THEN CAST(c.vals[c.i - ru.span + 1:c.i - ru.size] AS TEXT)
   END AS prior_values,
   o.current_aggregate,
   ru.rule,
