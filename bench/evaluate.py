@@ -2,24 +2,28 @@
 
     python bench/evaluate.py                       # 10,000 runs x 5 metrics, 3M -> 10M points
     python bench/evaluate.py --runs 1000 --points 300000 --grow-to 1000000 --probes 30
-    python bench/evaluate.py --skip-growth --skip-latency
+    python bench/evaluate.py --skip-growth --skip-latency --rules 1000
 
 A fresh database (an embedded cluster in a temporary folder, durable settings; or a new
 database next to ENGINE_DATABASE_URL) gets `--runs` runs x 5 metrics with `--points` points
 bulk-loaded with SQL into 1-day chunks over 35 days, the series_state the SDK would have
 built for them (checked against the SDK itself on a few series), and `--rules` automations
-(threshold and 10-vs-50 change rules, no_op actions) applied with apply_rules. New points
+(threshold and 10-vs-50 change rules, no_op actions) applied with apply_rules; `--rules` is a
+sweep (100,300,1000 by default): (a)-(c) are measured for each number of automations (the
+others pruned, a fresh evaluator), (d) and (e) with the last. New points
 go through the SDK's Writer (binary COPY + upsert_series + NOTIFY in one transaction);
 ticks are `Evaluator.tick()`. Measured:
 
 (a) a tick after 1 % of the series got a new point (p50, p99), (b) a tick after every
 series got one (median), with the best hand-written SQL of the same evaluation I know
-(bench/support/baseline.sql: one statement per metric, run one after another on one
-connection) timed on the same state; the tick uses ENGINE_EVALUATION_CONNECTIONS (2)
+(bench/support/baseline.sql `baseline_classes`: one statement per metric, run one after
+another on one connection, its rules matched by class; the per-rule `baseline` is timed too
+and must return the same rows) timed on the same state; the tick uses ENGINE_EVALUATION_CONNECTIONS (2)
 connections, so (b) is also measured with one connection (`ratio_vs_sql_one_connection`), (c) a tick with nothing new
 (median), (d) (b) again after the history grew to `--grow-to` points in older chunks,
 (e) run.log + flush -> trigger row latency through `engine serve`'s Service, while other
-runs keep logging. The last line is JSON.
+runs keep logging. A table of the figures per number of automations follows; the last line
+is JSON: the figures of the last number of automations (`rules`).
 """
 
 from __future__ import annotations
@@ -93,13 +97,15 @@ class Baseline:
             per_key.setdefault(key_ids[s.automation.event.metric], []).append(s)
             self.key_of[s.id] = key_ids[s.automation.event.metric]
         self.statements = [self._statement(key_id, group) for key_id, group in sorted(per_key.items())]
+        self.by_class = [self._statement(key_id, group, by_class=True) for key_id, group in sorted(per_key.items())]
         spans = [(self.key_of[s.id], span_of(s.automation)) for s in stored]
         self.spans = {"key_id": [k for k, _ in spans], "span": [n for _, n in spans]}
 
     @staticmethod
-    def _statement(key_id: int, group: list) -> tuple[sql.Composed, dict]:
+    def _statement(key_id: int, group: list, by_class: bool = False) -> tuple[sql.Composed, dict]:
         """The statement of one metric: its distinct segments (aggregation, stretch back from
-        the value) as FILTERed aggregates, its rules as rows pointing at them."""
+        the value) as FILTERed aggregates, its rules as rows pointing at them; `by_class`:
+        the rules matched by class (baseline_classes)."""
         segments: list[tuple[str, int, int]] = []
 
         def segment(agg: str, back_from: int, back_to: int) -> int:
@@ -126,16 +132,50 @@ class Baseline:
             sql.SQL("{}(u.v) FILTER (WHERE u.back BETWEEN {} AND {})").format(
                 sql.Identifier(agg), sql.Literal(lo), sql.Literal(hi))
             for agg, lo, hi in segments)
-        statement = sql.SQL(bench_query("baseline", "baseline.sql")).format(aggregates=aggregates)
+        if by_class:
+            statement = sql.SQL(bench_query("baseline_classes", "baseline.sql")).format(
+                aggregates=aggregates, **Baseline._classes(group, columns))
+        else:
+            statement = sql.SQL(bench_query("baseline", "baseline.sql")).format(aggregates=aggregates)
         params = columns | {"key_id": key_id, "entity": PROJECT[0], "project": PROJECT[1],
                             "span_max": max(columns["span"]), "span_min": min(columns["span"])}
         return statement, params
 
-    def run(self, conn: psycopg.Connection, span: tuple[str, str]) -> tuple[float, list[tuple]]:
+    @staticmethod
+    def _classes(group: list, columns: dict) -> dict[str, sql.Composable]:
+        """`can_fire` and `prefixes` of baseline_classes: per class (the value its rules
+        compare, as SQL over the aggregates `ag.a`), its rule numbers sorted by bound."""
+        classes: dict[str, list[tuple[float, int]]] = {}
+        for n, s in enumerate(group, start=1):
+            e, cur, prior = s.automation.event, columns["cur"][n - 1], columns["prior"][n - 1]
+            if isinstance(e, RunMetricThreshold):
+                test, key = f"ag.a[{cur}]", e.threshold
+                if e.operator in ("<", "<="):
+                    test, key = f"-ag.a[{cur}]", -e.threshold
+                elif e.operator == "!=":
+                    key = float("-inf")
+            else:
+                d = f"ag.a[{cur}] - ag.a[{prior}]"
+                if e.change == "relative":
+                    d = f"({d}) / nullif(abs(ag.a[{prior}]), 0)"
+                test, key = {"increase": f"({d})", "decrease": f"-({d})", "any": f"abs({d})"}[e.direction], e.amount
+            classes.setdefault(test, []).append((key, n))
+        for members in classes.values():
+            members.sort()
+        return {
+            "can_fire": sql.SQL(" OR ").join(
+                sql.SQL("{} >= {}").format(sql.SQL(test), sql.Literal(members[0][0])) for test, members in classes.items()),
+            "prefixes": sql.SQL(" || ").join(
+                sql.SQL("({})[1:width_bucket({}, {})]").format(
+                    sql.Literal([n for _, n in members]), sql.SQL(test), sql.Literal([k for k, _ in members]))
+                for test, members in classes.items()),
+        }
+
+    def run(self, conn: psycopg.Connection, span: tuple[str, str], by_class: bool = False) -> tuple[float, list[tuple]]:
         runtime = {"from_xid": span[0], "to_xid": span[1]}
         rows: list[tuple] = []
         ms = 0.0
-        for statement, params in self.statements:
+        for statement, params in (self.by_class if by_class else self.statements):
             took, out = timed(lambda: conn.execute(statement, params | runtime).fetchall())
             ms += took
             rows.extend(out)
@@ -184,25 +224,30 @@ def tick(evaluator: Evaluator) -> tuple[float, TickResult]:
 # -- phases -----------------------------------------------------------------------------------------
 def every_series_tick(conn, data: Dataset, logger: Logger, evaluator: Evaluator, baseline: Baseline,
                       reps: int, label: str) -> dict[str, float]:
-    """(b)/(d): one point on every series, then the baseline and one tick on that state."""
-    ticks, sqls, evals = [], [], 0
+    """(b)/(d): one point on every series, then the two baselines (which must agree) and one
+    tick on that state."""
+    ticks, sqls, per_rule, evals = [], [], [], 0
     for rep in range(reps):
         ms_log, n = timed(lambda: logger.log(conn, all_series(data)))
         span = current_span(conn)
         if baseline.cut(conn, span):
             raise SystemExit("some windows reach before the tails: the baseline would be incomplete")
         evals = baseline.evaluations(conn, span)
-        sql_ms, expected = baseline.run(conn, span)
+        rule_ms, by_rule = baseline.run(conn, span)
+        sql_ms, expected = baseline.run(conn, span, by_class=True)
+        if sorted(by_rule) != sorted(expected):
+            raise SystemExit(f"the two baselines disagree: {len(by_rule)} rows per rule, {len(expected)} by class")
         before = max_trigger(conn)
         ms, result = tick(evaluator)
         check = check_against_baseline(conn, expected, before)
         ticks.append(ms)
         sqls.append(sql_ms)
+        per_rule.append(rule_ms)
         say(f"  {label} rep {rep + 1}: logged {n:,} points in {ms_log:,.0f} ms; tick {ms:,.0f} ms "
             f"({result.evaluated} evaluated, {result.fired} fired: {check}); baseline SQL {sql_ms:,.0f} ms "
-            f"({len(expected)} rows); {evals:,} rule-series evaluations")
-    tick_ms, sql_ms = statistics.median(ticks), statistics.median(sqls)
-    return {"tick_ms": tick_ms, "sql_ms": sql_ms, "evals": evals}
+            f"by class, {rule_ms:,.0f} ms per rule ({len(expected)} rows); {evals:,} rule-series evaluations")
+    return {"tick_ms": statistics.median(ticks), "sql_ms": statistics.median(sqls),
+            "per_rule_ms": statistics.median(per_rule), "evals": evals}
 
 
 def latency(url: str, data: Dataset, probes: int, background_runs: int, background_hz: float) -> list[float]:
@@ -294,6 +339,93 @@ def latency(url: str, data: Dataset, probes: int, background_runs: int, backgrou
 
 
 # -- main ---------------------------------------------------------------------------------------------
+def ticks_for(conn, data: Dataset, url: str, settings, logger: Logger, args, rules: int) -> dict[str, float]:
+    """(a), (c), (b) and (b) on one connection with `rules` automations (the others pruned),
+    for a fresh evaluator (as a service started with them)."""
+    rng = random.Random(11)
+    every = all_series(data)
+    with psycopg.connect(url) as admin:
+        made = make_rules(admin, data, rules)
+        apply_rules(admin, made, prune=True)
+        kinds = {k: sum(1 for r in made if r.event.type == k) for k in ("run_metric_threshold", "run_metric_change")}
+        baseline = Baseline(admin, data.key_ids)
+    say(f"-- {len(made)} automations applied: {kinds}")
+    out: dict[str, float] = {"rules": len(made)}
+    evaluator = Evaluator(url, settings)
+    try:
+        tick(evaluator)  # loads and compiles the automations
+        # A service runs for days: psycopg prepares a query shape after 5 runs, and the
+        # evaluator's session plans it once (engine/evaluator.py). Warm up like that.
+        warm = []
+        for _ in range(args.warmup):
+            logger.log(conn, rng.sample(every, max(1, len(every) // 100)))
+            warm.append(tick(evaluator)[0])
+        say(f"warm-up: {len(warm)} ticks after 1 % of the series got a point: "
+            + ", ".join(f"{ms:,.0f}" for ms in warm) + " ms")
+
+        # (a) 1 % of the series get a point
+        one_pct, fired = [], 0
+        for _ in range(args.reps_1pct):
+            logger.log(conn, rng.sample(every, max(1, len(every) // 100)))
+            ms, result = tick(evaluator)
+            one_pct.append(ms)
+            fired += result.fired
+        say(f"(a) 1 % of the series ({len(every) // 100:,}) got a point: tick p50 {pct(one_pct, 0.5):.1f} ms, "
+            f"p99 {pct(one_pct, 0.99):.1f} ms over {len(one_pct)} ticks ({fired} triggers)")
+        out["tick_1pct_p50_ms"], out["tick_1pct_p99_ms"] = pct(one_pct, 0.5), pct(one_pct, 0.99)
+
+        # (c) nothing new
+        idle = [tick(evaluator)[0] for _ in range(args.reps_idle)]
+        say(f"(c) nothing new: tick median {statistics.median(idle):.1f} ms, max {max(idle):.1f} ms")
+        out["idle_tick_ms"] = statistics.median(idle)
+
+        # (b) every series gets a point
+        say("(b) every series gets a point:")
+        b = every_series_tick(conn, data, logger, evaluator, baseline, args.reps_all, "(b)")
+        out["tick_ms"], out["sql_baseline_ms"], out["sql_per_rule_baseline_ms"] = b["tick_ms"], b["sql_ms"], b["per_rule_ms"]
+        out["ratio_vs_sql"] = b["tick_ms"] / b["sql_ms"]
+        out["ratio_vs_per_rule_sql"] = b["tick_ms"] / b["per_rule_ms"]
+        out["evals_per_s"] = b["evals"] / (b["tick_ms"] / 1000)
+        say(f"(b) tick median {b['tick_ms']:,.0f} ms, baseline SQL {b['sql_ms']:,.0f} ms (per rule {b['per_rule_ms']:,.0f}), "
+            f"ratio {out['ratio_vs_sql']:.2f} ({out['ratio_vs_per_rule_sql']:.2f} per rule), "
+            f"{out['evals_per_s']:,.0f} rule-series evaluations/s")
+    finally:
+        evaluator.close()
+
+    # (b) on one connection, as the baseline runs: what the parallel tick owes to the second core
+    serial = Evaluator(url, settings.model_copy(update={"evaluation_connections": 1}))
+    try:
+        for _ in range(args.warmup):  # compiled and planned, as the other one was
+            logger.log(conn, rng.sample(every, max(1, len(every) // 100)))
+            tick(serial)
+        say("(b) again, the tick on one connection:")
+        b1 = every_series_tick(conn, data, logger, serial, baseline, args.reps_all, "(b1)")
+    finally:
+        serial.close()
+    out["tick_one_connection_ms"] = b1["tick_ms"]
+    out["ratio_vs_sql_one_connection"] = b1["tick_ms"] / b1["sql_ms"]
+    out["ratio_vs_per_rule_sql_one_connection"] = b1["tick_ms"] / b1["per_rule_ms"]
+    out["evals_per_s_one_connection"] = b1["evals"] / (b1["tick_ms"] / 1000)
+    say(f"(b) on one connection: tick median {b1['tick_ms']:,.0f} ms, baseline SQL {b1['sql_ms']:,.0f} ms "
+        f"(per rule {b1['per_rule_ms']:,.0f}), ratio {out['ratio_vs_sql_one_connection']:.2f} "
+        f"({out['ratio_vs_per_rule_sql_one_connection']:.2f} per rule), "
+        f"{out['evals_per_s_one_connection']:,.0f} rule-series evaluations/s")
+    return out
+
+
+def sweep_table(rows: list[dict[str, float]]) -> str:
+    """The figures per number of automations, one line each (the growth is what to look at)."""
+    columns = [("rules", "rules", "{:.0f}"), ("(a) p50 ms", "tick_1pct_p50_ms", "{:.1f}"),
+               ("(a) p99 ms", "tick_1pct_p99_ms", "{:.1f}"), ("(c) ms", "idle_tick_ms", "{:.1f}"),
+               ("(b) ms", "tick_ms", "{:,.0f}"), ("(b) 1 conn ms", "tick_one_connection_ms", "{:,.0f}"),
+               ("SQL ms", "sql_baseline_ms", "{:,.0f}"), ("per-rule SQL ms", "sql_per_rule_baseline_ms", "{:,.0f}"),
+               ("ratio", "ratio_vs_sql", "{:.2f}"), ("ratio 1 conn", "ratio_vs_sql_one_connection", "{:.2f}"),
+               ("evals/s", "evals_per_s", "{:,.0f}")]
+    cells = [[title for title, _, _ in columns]] + [[fmt.format(r[key]) for _, key, fmt in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10_000)
@@ -303,7 +435,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="points per series (overrides --points)")
     parser.add_argument("--grow-to", type=int, default=None,
                         help="stored points for (d) (default: 10/3 of the initial ones, 10M by default)")
-    parser.add_argument("--rules", type=int, default=100)
+    parser.add_argument("--rules", default="100,300,1000",
+                        help="automations, or a comma-separated sweep: (a)-(c) are measured for each, "
+                        "(d) and (e) with the last")
     parser.add_argument("--warmup", type=int, default=6, help="ticks before the measurements")
     parser.add_argument("--reps-1pct", type=int, default=25)
     parser.add_argument("--reps-all", type=int, default=3)
@@ -315,6 +449,7 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    counts = [int(n) for n in str(args.rules).split(",") if n.strip()]
 
     steps = args.steps or max(1, args.points // (args.runs * len(METRICS)))
     grow_to = args.grow_to or steps * args.runs * len(METRICS) * 10 // 3
@@ -322,7 +457,7 @@ def main() -> None:
     data = Dataset(runs=args.runs, steps=steps, total=total)
     started = time.perf_counter()
     say(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
-    out: dict[str, float | None] = {}
+    rows: list[dict[str, float]] = []
     with fresh_database("bench_eval") as url:
         with psycopg.connect(url) as conn:
             data.setup(conn)
@@ -335,88 +470,46 @@ def main() -> None:
             say(f"series_state built with SQL = what the SDK stores ({compared} series logged through the SDK)")
             ms, _ = timed(lambda: data.store_state(conn))
             say(f"series_state of {data.series:,} series built in {ms / 1000:.1f} s")
-            rules = make_rules(conn, data, args.rules)
-            apply_rules(conn, rules)
-            kinds = {k: sum(1 for r in rules if r.event.type == k) for k in ("run_metric_threshold", "run_metric_change")}
-            say(f"{len(rules)} automations applied: {kinds}")
-            baseline = Baseline(conn, data.key_ids)
         settings = settings_for(url)
-        evaluator = Evaluator(url, settings)
         logger = Logger(url, data)
         try:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("SET jit = off")  # for the baseline, as the evaluator's session does
-                tick(evaluator)  # loads and compiles the automations
-                rng = random.Random(11)
-                every = all_series(data)
-                # A service runs for days: psycopg prepares a query shape after 5 runs, and the
-                # evaluator's session plans it once (engine/evaluator.py). Warm up like that.
-                warm = []
-                for _ in range(args.warmup):
-                    logger.log(conn, rng.sample(every, max(1, len(every) // 100)))
-                    warm.append(tick(evaluator)[0])
-                say(f"warm-up: {len(warm)} ticks after 1 % of the series got a point: "
-                    + ", ".join(f"{ms:,.0f}" for ms in warm) + " ms")
-
-                # (a) 1 % of the series get a point
-                one_pct, fired = [], 0
-                for _ in range(args.reps_1pct):
-                    logger.log(conn, rng.sample(every, max(1, len(every) // 100)))
-                    ms, result = tick(evaluator)
-                    one_pct.append(ms)
-                    fired += result.fired
-                say(f"(a) 1 % of the series ({len(every) // 100:,}) got a point: tick p50 {pct(one_pct, 0.5):.1f} ms, "
-                    f"p99 {pct(one_pct, 0.99):.1f} ms over {len(one_pct)} ticks ({fired} triggers)")
-                out["tick_1pct_p99_ms"] = pct(one_pct, 0.99)
-
-                # (c) nothing new
-                idle = [tick(evaluator)[0] for _ in range(args.reps_idle)]
-                say(f"(c) nothing new: tick median {statistics.median(idle):.1f} ms, max {max(idle):.1f} ms")
-                out["idle_tick_ms"] = statistics.median(idle)
-
-                # (b) every series gets a point
-                say("(b) every series gets a point:")
-                b = every_series_tick(conn, data, logger, evaluator, baseline, args.reps_all, "(b)")
-                out["tick_ms"], out["sql_baseline_ms"] = b["tick_ms"], b["sql_ms"]
-                out["ratio_vs_sql"] = b["tick_ms"] / b["sql_ms"]
-                out["evals_per_s"] = b["evals"] / (b["tick_ms"] / 1000)
-                say(f"(b) tick median {b['tick_ms']:,.0f} ms, baseline SQL {b['sql_ms']:,.0f} ms, "
-                    f"ratio {out['ratio_vs_sql']:.2f}, {out['evals_per_s']:,.0f} rule-series evaluations/s")
-
-                # (b) on one connection, as the baseline runs: what the parallel tick owes to the second core
-                serial = Evaluator(url, settings.model_copy(update={"evaluation_connections": 1}))
-                try:
-                    say("(b) again, the tick on one connection:")
-                    b1 = every_series_tick(conn, data, logger, serial, baseline, args.reps_all, "(b1)")
-                finally:
-                    serial.close()
-                out["tick_one_connection_ms"] = b1["tick_ms"]
-                out["ratio_vs_sql_one_connection"] = b1["tick_ms"] / b1["sql_ms"]
-                say(f"(b) on one connection: tick median {b1['tick_ms']:,.0f} ms, baseline SQL {b1['sql_ms']:,.0f} ms, "
-                    f"ratio {out['ratio_vs_sql_one_connection']:.2f}, "
-                    f"{b1['evals'] / (b1['tick_ms'] / 1000):,.0f} rule-series evaluations/s")
+                for count in counts:
+                    rows.append(ticks_for(conn, data, url, settings, logger, args, count))
+                    say(f"   (load average {os.getloadavg()[0]:.2f})")
+                out: dict[str, float | None] = dict(rows[-1])
 
                 # (d) the same after the history grew
                 out["growth_ratio"] = None
                 if not args.skip_growth and total > steps:
-                    tick(evaluator)  # nothing pending while the indexes are rebuilt
-                    with psycopg.connect(url) as load:
-                        ms, n = timed(lambda: data.grow(load))
-                        chunks = load.execute("SELECT count(*) FROM timescaledb_information.chunks "
-                                              "WHERE hypertable_name = 'metric_points'").fetchone()[0]
-                        stored = load.execute("SELECT count(*) FROM metric_points").fetchone()[0]
-                        say(f"history grown by {n:,} points in {ms / 1000:.1f} s: {stored:,} points in {chunks} chunks")
-                        ms, _ = timed(lambda: data.store_state(load))
-                        say(f"series_state rebuilt in {ms / 1000:.1f} s")
-                    tick(evaluator)
-                    say("(d) every series gets a point, after the growth:")
-                    d = every_series_tick(conn, data, logger, evaluator, baseline, args.reps_all, "(d)")
-                    out["growth_ratio"] = d["tick_ms"] / b["tick_ms"]
+                    evaluator = Evaluator(url, settings)
+                    with psycopg.connect(url) as admin:
+                        baseline = Baseline(admin, data.key_ids)
+                    try:
+                        tick(evaluator)  # nothing pending while the indexes are rebuilt
+                        with psycopg.connect(url) as load:
+                            ms, n = timed(lambda: data.grow(load))
+                            chunks = load.execute("SELECT count(*) FROM timescaledb_information.chunks "
+                                                  "WHERE hypertable_name = 'metric_points'").fetchone()[0]
+                            stored = load.execute("SELECT count(*) FROM metric_points").fetchone()[0]
+                            say(f"history grown by {n:,} points in {ms / 1000:.1f} s: {stored:,} points in {chunks} chunks")
+                            ms, _ = timed(lambda: data.store_state(load))
+                            say(f"series_state rebuilt in {ms / 1000:.1f} s")
+                        tick(evaluator)
+                        # as (b): after a warm-up, since the restart of the indexes
+                        for _ in range(args.warmup):
+                            logger.log(conn, random.Random(5).sample(all_series(data), max(1, data.series // 100)))
+                            tick(evaluator)
+                        say("(d) every series gets a point, after the growth:")
+                        d = every_series_tick(conn, data, logger, evaluator, baseline, args.reps_all, "(d)")
+                    finally:
+                        evaluator.close()
+                    out["growth_ratio"] = d["tick_ms"] / out["tick_ms"]
                     say(f"(d) tick median {d['tick_ms']:,.0f} ms (baseline SQL {d['sql_ms']:,.0f} ms); "
                         f"growth ratio d/b {out['growth_ratio']:.2f}")
         finally:
             logger.close()
-            evaluator.close()
 
         # (e) end-to-end latency
         out["latency_p50_ms"] = out["latency_p99_ms"] = None
@@ -424,12 +517,15 @@ def main() -> None:
             lat = latency(url, data, args.probes, args.background_runs, args.background_hz)
             out["latency_p50_ms"], out["latency_p99_ms"] = pct(lat, 0.5), pct(lat, 0.99)
             say(f"(e) run.log + flush -> trigger row, {len(lat)} probes while {args.background_runs} runs log "
-                f"{len(METRICS)} metrics at {args.background_hz:g} Hz: p50 {out['latency_p50_ms']:.1f} ms, "
-                f"p99 {out['latency_p99_ms']:.1f} ms")
+                f"{len(METRICS)} metrics at {args.background_hz:g} Hz, {counts[-1]} automations: "
+                f"p50 {out['latency_p50_ms']:.1f} ms, p99 {out['latency_p99_ms']:.1f} ms")
     say(f"total {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.2f}")
+    say("figures per number of automations:\n" + sweep_table(rows))
     print(json.dumps({k: (None if out.get(k) is None else round(out[k], 3)) for k in (
-        "tick_ms", "sql_baseline_ms", "ratio_vs_sql", "evals_per_s", "tick_1pct_p99_ms", "idle_tick_ms",
-        "growth_ratio", "latency_p50_ms", "latency_p99_ms", "tick_one_connection_ms", "ratio_vs_sql_one_connection")}))
+        "rules", "tick_ms", "sql_baseline_ms", "ratio_vs_sql", "evals_per_s", "tick_1pct_p99_ms", "idle_tick_ms",
+        "growth_ratio", "latency_p50_ms", "latency_p99_ms", "tick_one_connection_ms", "ratio_vs_sql_one_connection",
+        "sql_per_rule_baseline_ms", "ratio_vs_per_rule_sql", "ratio_vs_per_rule_sql_one_connection",
+        "evals_per_s_one_connection")}))
 
 
 if __name__ == "__main__":

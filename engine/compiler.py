@@ -31,8 +31,10 @@ Run-state, artifact and registry rules select rows of the append-only `events` t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
 import sqlglot
@@ -197,19 +199,12 @@ def span_of(automation: Automation) -> int:
     return event.current_window + event.prior_window
 
 
-# The rules of a group, one row each (`rule` is the rule's 1-based position in the group).
-# MATERIALIZED: read once per evaluated value by the `o` lateral below, never re-planned
-# into a join that would reduce the windows once per rule.
-_RULES = """
-SELECT r.*, pr.id AS project_id
-FROM UNNEST(CAST(%(rule)s AS INT[]), CAST(%(entity)s AS TEXT[]), CAST(%(project)s AS TEXT[]),
-            CAST(%(run_user)s AS TEXT[]), CAST(%(run_name_regex)s AS TEXT[]), CAST(%(span)s AS INT[]),
-            CAST(%(size)s AS INT[]), CAST(%(current_segment)s AS INT[]), CAST(%(prior_segment)s AS INT[]),
-            CAST(%(relative)s AS BOOLEAN[]), CAST(%(direction)s AS TEXT[]), CAST(%(operator)s AS TEXT[]),
-            CAST(%(bound)s AS DOUBLE PRECISION[]))
-     AS r(rule, entity, project, run_user, run_name_regex, span, size, current_segment, prior_segment,
-          relative, direction, operator, bound)
-JOIN projects AS pr ON pr.entity = r.entity AND pr.name = r.project
+# The project of each rule of a group, in rule order (NULL: no such project): an array the
+# final select indexes by rule number, like the rules' other parameters.
+_SCOPES = """
+SELECT ARRAY_AGG(pr.id ORDER BY r.rule) AS project_ids
+FROM UNNEST(CAST(%(entity)s AS TEXT[]), CAST(%(project)s AS TEXT[])) WITH ORDINALITY AS r(entity, project, rule)
+LEFT JOIN projects AS pr ON pr.entity = r.entity AND pr.name = r.project
 """
 
 
@@ -238,7 +233,7 @@ def _series() -> exp.Select:
         .from_(exp.to_table("pending").as_("p"))
         .join(exp.to_table("series_state").as_("s"), on=_frag("s.key_id = p.key_id AND s.run_pk = p.run_pk"))
         .join(exp.to_table("runs").as_("r"), on=_frag("r.id = p.run_pk"))
-        .where(_frag("r.project_id IN (SELECT ru.project_id FROM rules AS ru)"))
+        .where(_frag("r.project_id IN (SELECT UNNEST(sc.project_ids) FROM scopes AS sc)"))
     )
 
 
@@ -264,9 +259,9 @@ def _tail_values() -> exp.Select:
 def _short_tails() -> exp.Select:
     """One row, `rule` 0, when some pending series' tail does not reach back far enough for
     the group's windows: the evaluator then runs the query that reads the hypertable."""
-    nulls = [exp.Null().as_(name) for name in _OUTPUT_COLUMNS if name != "rule"]
+    columns = [(exp.Literal.number(0) if name == "rule" else exp.Null()).as_(name) for name in _OUTPUT_COLUMNS]
     return (
-        exp.select(*nulls, exp.Literal.number(0).as_("rule"))
+        exp.select(*columns)
         .from_(exp.to_table("series").as_("x"))
         .where(_frag("x.need_from <= x.base"))
         .limit(1)
@@ -335,6 +330,9 @@ def _values(table: str) -> exp.Select:
     )
 
 
+_POINTS_OUT = ("run_pk", "key_id", "project_id", "user_name", "run_name", "steps", "times", "vals", "pos", "i")
+
+
 def _points() -> exp.Expression:
     """The values to evaluate: every new position where the shortest span of the group is
     full, with its index `i` in the arrays of `vals`."""
@@ -367,62 +365,158 @@ def _reduce(segments: Sequence[_Segment], params: dict[str, Any]) -> exp.Lateral
     return exp.Lateral(this=exp.paren(reduce), alias=exp.TableAlias(this=exp.to_identifier("a")))
 
 
-# Per evaluated value, the rules whose scope, run filter and span it meets, with the
-# rule's d: the aggregate (threshold), or the change between its current and prior
-# aggregates (relative: no d when the prior is 0, and NULL never satisfies a condition).
-# OFFSET 0 keeps it a subquery run after the reduction: flattened, the planner joins the
-# rules first and reduces every window once per rule.
-_MATCH = """
-SELECT ru.*, a.aggregates[ru.current_segment] AS current_aggregate,
-       a.aggregates[ru.prior_segment] AS prior_aggregate,
-       CASE WHEN ru.prior_segment IS NULL THEN a.aggregates[ru.current_segment]
-            WHEN ru.relative THEN (a.aggregates[ru.current_segment] - a.aggregates[ru.prior_segment])
-                                  / NULLIF(ABS(a.aggregates[ru.prior_segment]), 0)
-            ELSE a.aggregates[ru.current_segment] - a.aggregates[ru.prior_segment] END AS d
-FROM rules AS ru
-WHERE ru.project_id = p.project_id AND p.pos >= ru.span
-  AND (ru.run_user IS NULL OR ru.run_user = p.user_name)
-  AND (ru.run_name_regex IS NULL OR p.run_name ~ ru.run_name_regex)
+@dataclass(frozen=True)
+class _Test:
+    """What a *class* of rules compares with their bounds at each evaluated value: `d` (a
+    threshold rule's aggregate, or a change rule's change between two segments), turned
+    (`turn`): `-d` for rules that fire below their bound, |d| for a change in any direction.
+    Every rule of a class fires only if test >= its key (the bound, or minus the bound),
+    so with the keys sorted, the rules that can fire at a value are a prefix of the class,
+    found by a binary search (WIDTH_BUCKET): the work per value follows the classes (at
+    most segments x 2 for thresholds) and the rules that can fire, not the rules."""
+
+    current: int  # segment (1-based)
+    prior: int | None
+    relative: bool
+    turn: Literal["", "-", "abs"]
+
+    def sql(self) -> str:
+        current = f"a.aggregates[{self.current}]"
+        d = current
+        if self.prior is not None:
+            prior = f"a.aggregates[{self.prior}]"
+            d = f"({current} - {prior}) / NULLIF(ABS({prior}), 0)" if self.relative else f"{current} - {prior}"
+        return {"": f"({d})", "-": f"-({d})", "abs": f"ABS({d})"}[self.turn]
+
+
+def _class_of(event: RunMetricThreshold | RunMetricChange, current: int, prior: int | None) -> tuple[_Test, float]:
+    """A rule's class and its key in it: the rule can fire at a value only if the class's
+    test is >= the key (a superset of its condition; the exact condition is checked after)."""
+    if isinstance(event, RunMetricThreshold):
+        if event.operator in ("<", "<="):
+            return _Test(current, None, False, "-"), -event.threshold
+        if event.operator == "!=":  # fires almost always: a candidate at every value
+            return _Test(current, None, False, ""), -math.inf
+        return _Test(current, None, False, ""), event.threshold  # >, >=, ==
+    turn: Literal["", "-", "abs"] = {"increase": "", "decrease": "-", "any": "abs"}[event.direction]  # type: ignore[assignment]
+    return _Test(current, prior, event.change == "relative", turn), event.amount
+
+
+def _candidates(tests: Sequence[_Test], params: dict[str, Any]) -> exp.Expression:
+    """Per evaluated value, the rule numbers that can fire there (NULL when none can, the
+    common case, decided by one comparison per class with its lowest key)."""
+    any_can = " OR ".join(f"{t.sql()} >= %(class_{n}_min)s" for n, t in enumerate(tests, start=1))
+    prefixes = " || ".join(
+        f"(CAST(%(class_{n}_rules)s AS INT[]))"
+        f"[1:WIDTH_BUCKET({t.sql()}, CAST(%(class_{n}_keys)s AS DOUBLE PRECISION[]))]"
+        for n, t in enumerate(tests, start=1))
+    return _frag(f"CASE WHEN {any_can} THEN {prefixes} END")
+
+
+def _class_params(events: Sequence[RunMetricThreshold | RunMetricChange],
+                  per_rule: Sequence[tuple[int, int | None]]) -> tuple[list[_Test], dict[str, Any]]:
+    """The classes of a group's rules and, per class, its keys in ascending order with the
+    rule numbers in the same order, and the lowest key."""
+    members: dict[_Test, list[tuple[float, int]]] = {}
+    for n, (event, (current, prior)) in enumerate(zip(events, per_rule), start=1):
+        test, key = _class_of(event, current, prior)
+        members.setdefault(test, []).append((key, n))
+    params: dict[str, Any] = {}
+    for c, rules in enumerate(members.values(), start=1):
+        rules.sort()
+        params[f"class_{c}_keys"] = [key for key, _ in rules]
+        params[f"class_{c}_rules"] = [n for _, n in rules]
+        params[f"class_{c}_min"] = rules[0][0]
+    return list(members), params
+
+
+# A candidate rule's parameters, picked from the group's arrays by its number (no join: the
+# planner would be free to put the rules outside the values and reduce every window once per
+# rule). OFFSET 0: picked once per candidate, not once per use.
+_RULE = """
+SELECT k.rule, sc.project_ids[k.rule] AS project_id, (CAST(%(run_user)s AS TEXT[]))[k.rule] AS run_user,
+       (CAST(%(run_name_regex)s AS TEXT[]))[k.rule] AS run_name_regex, (CAST(%(span)s AS INT[]))[k.rule] AS span,
+       (CAST(%(size)s AS INT[]))[k.rule] AS size, (CAST(%(current_segment)s AS INT[]))[k.rule] AS current_segment,
+       (CAST(%(prior_segment)s AS INT[]))[k.rule] AS prior_segment, (CAST(%(relative)s AS BOOLEAN[]))[k.rule] AS relative,
+       (CAST(%(direction)s AS TEXT[]))[k.rule] AS direction, (CAST(%(operator)s AS TEXT[]))[k.rule] AS operator,
+       (CAST(%(bound)s AS DOUBLE PRECISION[]))[k.rule] AS bound,
+       (CAST(%(automation_id)s AS BIGINT[]))[k.rule] AS automation_id,
+       (CAST(%(cooldown_us)s AS BIGINT[]))[k.rule] AS cooldown_us
 OFFSET 0
 """
 
-# The condition: thresholds compare d with the rule's operator; change rules test
-# d >= amount (increase), -d >= amount (decrease) or |d| >= amount (any).
-_CONDITION = """
-CASE o.operator
-    WHEN '>' THEN t.tested > o.bound WHEN '>=' THEN t.tested >= o.bound
-    WHEN '<' THEN t.tested < o.bound WHEN '<=' THEN t.tested <= o.bound
-    WHEN '==' THEN t.tested = o.bound ELSE t.tested <> o.bound END
+# Per candidate (value, rule): the rule's d, the aggregate (threshold) or the change
+# between its current and prior aggregates (relative: no d when the prior is 0, and NULL
+# never satisfies a condition).
+_MATCH = """
+SELECT c.aggregates[ru.current_segment] AS current_aggregate, c.aggregates[ru.prior_segment] AS prior_aggregate,
+       CASE WHEN ru.prior_segment IS NULL THEN c.aggregates[ru.current_segment]
+            WHEN ru.relative THEN (c.aggregates[ru.current_segment] - c.aggregates[ru.prior_segment])
+                                  / NULLIF(ABS(c.aggregates[ru.prior_segment]), 0)
+            ELSE c.aggregates[ru.current_segment] - c.aggregates[ru.prior_segment] END AS d
 """
 
+# The exact condition of a candidate: its scope, run filter and full windows, then
+# thresholds compare d with the rule's operator; change rules test d >= amount
+# (increase), -d >= amount (decrease) or |d| >= amount (any).
+_CONDITION = """
+ru.project_id = c.project_id AND c.pos >= ru.span
+AND (ru.run_user IS NULL OR ru.run_user = c.user_name)
+AND (ru.run_name_regex IS NULL OR c.run_name ~ ru.run_name_regex)
+AND CASE ru.operator
+    WHEN '>' THEN t.tested > ru.bound WHEN '>=' THEN t.tested >= ru.bound
+    WHEN '<' THEN t.tested < ru.bound WHEN '<=' THEN t.tested <= ru.bound
+    WHEN '==' THEN t.tested = ru.bound ELSE t.tested <> ru.bound END
+"""
+
+_TESTED = "SELECT CASE ru.direction WHEN 'decrease' THEN -o.d WHEN 'any' THEN ABS(o.d) ELSE o.d END AS tested"
+
+# Live: the time of the automation's last firing for the run (the cooldown's start). The
+# value times of an automation's firings in a run only increase (each is at least the
+# cooldown after the one before), so it is the highest one: found through the cooldown index.
+_LAST_FIRED = """
+SELECT tr.value_time FROM triggers AS tr
+WHERE tr.automation_id = ru.automation_id AND tr.run_pk = c.run_pk
+ORDER BY tr.value_time DESC LIMIT 1
+"""
+
+# A value within the cooldown of the last firing can never fire (the cooldown only moves
+# forward): it is not returned. The evaluator applies the cooldown itself to what remains
+# (several values of a run in one tick), starting from `last_fired`.
+_COOLED = "ru.cooldown_us IS NULL OR lf.value_time IS NULL OR c.times[c.i] >= lf.value_time + ru.cooldown_us * INTERVAL '1 microsecond'"
+
+# {window} and {prior} are the window slices, or (live) their text: the evaluator passes
+# them on to the trigger rows as they are (converting them to Python floats and back to
+# JSON cost ~0.2 ms per trigger).
 _OUTPUT = """
-SELECT p.run_pk, p.key_id, p.pos, p.steps[p.i] AS step, p.times[p.i] AS time, p.vals[p.i] AS value,
-       o.d AS aggregate, p.vals[p.i - o.size + 1:p.i] AS window_values, o.prior_aggregate,
-       CASE WHEN o.prior_segment IS NOT NULL THEN p.vals[p.i - o.span + 1:p.i - o.size] END AS prior_values,
-       o.current_aggregate, o.rule
-FROM points AS p
+SELECT c.run_pk, c.key_id, c.pos, c.steps[c.i] AS step, c.times[c.i] AS time, c.vals[c.i] AS value,
+       o.d AS aggregate, {window} AS window_values, o.prior_aggregate,
+       CASE WHEN ru.prior_segment IS NOT NULL THEN {prior} END AS prior_values,
+       o.current_aggregate, ru.rule
+FROM candidates AS c
+CROSS JOIN scopes AS sc
+CROSS JOIN LATERAL UNNEST(c.candidates) AS k(rule)
 """
 
 _OUTPUT_COLUMNS = (
     "run_pk", "key_id", "pos", "step", "time", "value", "aggregate", "window_values", "prior_aggregate",
-    "prior_values", "current_aggregate", "rule",
+    "prior_values", "current_aggregate", "rule", "last_fired",
 )
 
-_TESTED = "SELECT CASE o.direction WHEN 'decrease' THEN -o.d WHEN 'any' THEN ABS(o.d) ELSE o.d END AS tested"
 
-
-def _rule_params(automations: Sequence[Automation]) -> dict[str, Any]:
+def _rule_params(automations: Sequence[Automation], ids: Sequence[int | None]) -> dict[str, Any]:
     """The rules of a group as parallel arrays (one element per rule)."""
     columns: dict[str, list[Any]] = {name: [] for name in (
-        "rule", "entity", "project", "run_user", "run_name_regex", "span", "size", "relative", "direction",
-        "operator", "bound")}
-    for n, automation in enumerate(automations, start=1):
+        "entity", "project", "run_user", "run_name_regex", "span", "size", "relative", "direction",
+        "operator", "bound", "automation_id", "cooldown_us")}
+    for automation, automation_id in zip(automations, ids):
         event = automation.event
         entity, project = automation.scope.project.split("/", 1)
         run_filter = automation.run_filter
         threshold = isinstance(event, RunMetricThreshold)
+        cooldown = automation.cooldown
         row = {
-            "rule": n, "entity": entity, "project": project,
+            "entity": entity, "project": project,
             "run_user": run_filter.user if run_filter is not None else None,
             "run_name_regex": run_filter.name_regex if run_filter is not None else None,
             "span": span_of(automation),
@@ -431,19 +525,33 @@ def _rule_params(automations: Sequence[Automation]) -> dict[str, Any]:
             "direction": "value" if threshold else {"increase": "value", "decrease": "decrease", "any": "any"}[event.direction],
             "operator": event.operator if threshold else ">=",
             "bound": event.threshold if threshold else event.amount,
+            "automation_id": automation_id,
+            "cooldown_us": None if cooldown is None else cooldown // timedelta(microseconds=1),
         }
         for name, value in row.items():
             columns[name].append(value)
     return columns
 
 
-def compile_metrics(automations: Sequence[Automation], mode: Mode = "live", *, tails_only: bool = False) -> CompiledQuery:
+def compile_metrics(
+    automations: Sequence[Automation],
+    mode: Mode = "live",
+    *,
+    tails_only: bool = False,
+    automation_ids: Sequence[int] | None = None,
+) -> CompiledQuery:
     """One query evaluating every metric rule of `automations` (all on the same metric).
 
-    Each evaluated value's windows are reduced once for the whole group (`_reduce`), then
-    matched against each rule's scope, run filter and condition. Rows carry `rule`, the
-    rule's 1-based position in `automations`, and come ordered by rule, run and position
-    (the cooldown's order).
+    Each evaluated value's windows are reduced once for the whole group (`_reduce`); the
+    rules that can fire there are found per class of rules by a binary search on their
+    sorted bounds (`_Test`), and only those are matched against their scope, run filter
+    and exact condition. Rows carry `rule`, the rule's 1-based position in `automations`,
+    and come ordered by rule, run and position (the cooldown's order).
+
+    Live mode: `automation_ids` (the stored ids, in the same order) let the query look up
+    each automation's last firing per run; values within its cooldown are not returned,
+    and each row carries that firing's time as `last_fired` (where the evaluator's
+    cooldown starts). Without them (to show the query), nothing has fired yet.
 
     `tails_only` (live mode): the query reads the per-series tails only, and returns a row
     with `rule` 0 (first) instead of evaluating a series whose tail is too short. It has no
@@ -454,36 +562,60 @@ def compile_metrics(automations: Sequence[Automation], mode: Mode = "live", *, t
     assert mode == "live" or not tails_only
     metrics = {e.metric for e in events}
     assert len(metrics) == 1, f"one metric per group, not {sorted(metrics)}"
+    ids: Sequence[int | None] = automation_ids if automation_ids is not None else [None] * len(automations)
+    assert len(ids) == len(automations)
     segments, per_rule = _segments(events)
-    params: dict[str, Any] = {"metric": metrics.pop()} | _rule_params(automations)
+    params: dict[str, Any] = {"metric": metrics.pop()} | _rule_params(automations, ids)
     params["current_segment"] = [current for current, _ in per_rule]
     params["prior_segment"] = [prior for _, prior in per_rule]
     params["span_max"] = max(params["span"])
     params["span_min"] = min(params["span"])
+    tests, class_params = _class_params(events, per_rule)
+    params |= class_params
+    # per evaluated value: its segments' aggregates and the rules that can fire there.
+    # OFFSET 0: computed once per value, before the candidates are expanded.
+    candidates = (
+        exp.select(*(_c(name, "p") for name in _POINTS_OUT), _c("aggregates", "a"),
+                   _candidates(tests, params).as_("candidates"))
+        .from_(exp.to_table("points").as_("p"))
+        .join(_reduce(segments, params), join_type="CROSS")
+        .offset(0)
+    )
     match = exp.Lateral(this=exp.paren(_frag(_MATCH)), alias=exp.TableAlias(this=exp.to_identifier("o")))
     tested = exp.Lateral(this=exp.paren(_frag(_TESTED)), alias=exp.TableAlias(this=exp.to_identifier("t")))
-    final: exp.Query = (
-        _frag(_OUTPUT)
-        .join(_reduce(segments, params), join_type="CROSS")
+    rule = exp.Lateral(this=exp.paren(_frag(_RULE)), alias=exp.TableAlias(this=exp.to_identifier("ru")))
+    window, prior = "c.vals[c.i - ru.size + 1:c.i]", "c.vals[c.i - ru.span + 1:c.i - ru.size]"
+    if mode == "live":
+        window, prior = f"CAST({window} AS TEXT)", f"CAST({prior} AS TEXT)"
+    final: exp.Select = (
+        _frag(_OUTPUT.format(window=window, prior=prior))
+        .join(rule, join_type="CROSS")
         .join(match, join_type="CROSS")
         .join(tested, join_type="CROSS")
         .where(_frag(_CONDITION))
     )
-    if mode == "history":
-        final = final.where(exp.GTE(this=_frag("p.times[p.i]"), expression=exp.cast(_p("since"), "TIMESTAMPTZ")))
+    if mode == "live":
+        last = exp.Lateral(this=exp.paren(_frag(_LAST_FIRED)), alias=exp.TableAlias(this=exp.to_identifier("lf")))
+        final = final.join(last, join_type="LEFT", on=exp.true()).where(_frag(_COOLED))
+        final = final.select(_c("value_time", "lf").as_("last_fired"))
+    else:
+        final = final.where(exp.GTE(this=_frag("c.times[c.i]"), expression=exp.cast(_p("since"), "TIMESTAMPTZ")))
+        final = final.select(exp.cast(exp.Null(), "TIMESTAMPTZ").as_("last_fired"))
+    result: exp.Query
     if tails_only:
-        final = exp.union(final, _short_tails(), distinct=False).order_by("rule", "run_pk", "pos")
+        result = exp.union(final, _short_tails(), distinct=False).order_by("rule", "run_pk", "pos")
         values = _tail_values()
     else:
-        final = final.order_by(_c("rule", "o"), _c("run_pk", "p"), _c("pos", "p"))
+        result = final.order_by(_c("rule", "ru"), _c("run_pk", "c"), _c("pos", "c"))
         values = _values(metric_table(events[0].metric))
     query = (
-        final.with_("rules", as_=_frag(_RULES), materialized=True)
+        result.with_("scopes", as_=_frag(_SCOPES), materialized=True)
         .with_("pending", as_=_pending(mode))
         # NOT MATERIALIZED: read twice in tails_only mode, and a copy of its arrays is not wanted
         .with_("series", as_=_series(), materialized=False if tails_only else None)
         .with_("vals", as_=values)
         .with_("points", as_=_points())
+        .with_("candidates", as_=candidates)
     )
     names = tuple(a.name for a in automations)
     return CompiledQuery(", ".join(names), "metric", mode, query.sql(dialect=DIALECT), params, names)

@@ -63,6 +63,64 @@ WHERE CASE ru.op
       END
 ORDER BY ru.automation_id, pt.run_pk, pt.pos;
 
+-- name: baseline_classes
+-- The same evaluation, the rules matched by class instead of one by one: a class is the
+-- value some rules compare with their bounds (an aggregate, a change; negated for rules
+-- firing below their bound, absolute for `any`), its rules sorted by bound, so that the
+-- rules that can fire at a value are a prefix of the class, found by a binary search
+-- (width_bucket). {can_fire} (one `test >= lowest bound` per class, OR-ed) and {prefixes}
+-- (one `rules[1:width_bucket(test, bounds)]` per class, concatenated) are composed by the
+-- benchmark with psycopg.sql; only the candidates are matched exactly. The per-rule
+-- baseline above checks every rule at every value: ~2x slower with 200 rules per metric.
+WITH pending AS (
+    SELECT b.run_pk, min(b.first_pos) AS first_pos, max(b.last_pos) AS last_pos
+    FROM series_batches b
+    WHERE b.key_id = %(key_id)s AND b.xid >= %(from_xid)s::xid8 AND b.xid < %(to_xid)s::xid8
+    GROUP BY b.run_pk
+), points AS (
+    SELECT p.run_pk, e.pos, e.pos - (s.n_finite - cardinality(s.tail_value)) AS i, s.tail_step, s.tail_time,
+           s.tail_value
+    FROM pending p
+    JOIN series_state s ON s.key_id = %(key_id)s AND s.run_pk = p.run_pk
+    JOIN runs r ON r.id = p.run_pk
+    CROSS JOIN LATERAL generate_series(greatest(p.first_pos, %(span_min)s), p.last_pos) AS e(pos)
+    WHERE r.project_id = (SELECT pr.id FROM projects pr WHERE pr.entity = %(entity)s AND pr.name = %(project)s)
+), candidates AS (
+    SELECT pt.*, ag.a, CASE WHEN {can_fire} THEN {prefixes} END AS rules
+    FROM points pt
+    CROSS JOIN LATERAL (
+        SELECT ARRAY[{aggregates}] AS a
+        FROM (SELECT unnest(pt.tail_value[pt.i - %(span_max)s + 1:pt.i]) AS v,
+                     generate_series(least(pt.i, %(span_max)s) - 1, 0, -1) AS back) AS u
+    ) AS ag
+    OFFSET 0
+)
+SELECT ru.automation_id, c.run_pk, %(key_id)s::integer AS key_id, c.pos, c.tail_step[c.i] AS step,
+       c.tail_time[c.i] AS time, c.tail_value[c.i] AS value, ru.d AS aggregate,
+       c.tail_value[c.i - ru.w + 1:c.i] AS window_values, c.a[ru.prior] AS prior_aggregate,
+       CASE WHEN ru.prior IS NOT NULL THEN c.tail_value[c.i - ru.span + 1:c.i - ru.w] END AS prior_values
+FROM candidates c
+CROSS JOIN LATERAL unnest(c.rules) AS k(n)
+CROSS JOIN LATERAL (
+    SELECT x.*, CASE WHEN x.prior IS NULL THEN c.a[x.cur]
+                     WHEN x.relative THEN (c.a[x.cur] - c.a[x.prior]) / nullif(abs(c.a[x.prior]), 0)
+                     ELSE c.a[x.cur] - c.a[x.prior] END AS d
+    FROM (SELECT (%(automation_id)s::bigint[])[k.n] AS automation_id, (%(op)s::text[])[k.n] AS op,
+                 (%(bound)s::float8[])[k.n] AS bound, (%(relative)s::boolean[])[k.n] AS relative,
+                 (%(w)s::integer[])[k.n] AS w, (%(span)s::integer[])[k.n] AS span,
+                 (%(cur)s::integer[])[k.n] AS cur, (%(prior)s::integer[])[k.n] AS prior) AS x
+    OFFSET 0
+) AS ru
+WHERE c.pos >= ru.span
+  AND CASE ru.op
+          WHEN '>' THEN ru.d > ru.bound WHEN '>=' THEN ru.d >= ru.bound
+          WHEN '<' THEN ru.d < ru.bound WHEN '<=' THEN ru.d <= ru.bound
+          WHEN '==' THEN ru.d = ru.bound WHEN '!=' THEN ru.d <> ru.bound
+          WHEN 'increase' THEN ru.d >= ru.bound WHEN 'decrease' THEN -ru.d >= ru.bound
+          ELSE abs(ru.d) >= ru.bound
+      END
+ORDER BY ru.automation_id, c.run_pk, c.pos;
+
 -- name: cut_windows
 -- Evaluations whose windows would reach before the tail (the baseline skips them; the
 -- benchmark's tails are long enough for every window, which this checks).

@@ -3,15 +3,22 @@
 -- name: tick_state
 -- What a tick starts from, in one round trip: a cheap fingerprint of the automations (are
 -- they re-read?), the new frontier (every transaction with an xid below the snapshot's xmin
--- has finished: what it wrote is final) and the frontier and consecutive failures of each
--- enabled automation.
-SELECT
-    (SELECT coalesce(jsonb_agg(jsonb_build_array(id, version, enabled) ORDER BY id), '[]'::jsonb)::text
-     FROM automations) AS fingerprint,
-    pg_snapshot_xmin(pg_current_snapshot())::text AS to_xid,
-    (SELECT coalesce(jsonb_object_agg(s.automation_id, jsonb_build_array(s.frontier::text, s.failures)), '{}'::jsonb)
-     FROM automation_state s JOIN automations a ON a.id = s.automation_id
-     WHERE a.enabled) AS frontiers;
+-- has finished: what it wrote is final) and the enabled automations' ids per frontier and
+-- consecutive failures (one row each; usually a few: automations evaluated together share
+-- their frontier). With no enabled automation, one row without ids.
+WITH head AS (
+    SELECT (SELECT md5(coalesce(string_agg(id || ':' || version || ':' || enabled, ',' ORDER BY id), ''))
+            FROM automations) AS fingerprint,
+           pg_snapshot_xmin(pg_current_snapshot())::text AS to_xid
+)
+SELECT h.fingerprint, h.to_xid, f.frontier, f.failures, f.ids
+FROM head h
+LEFT JOIN (
+    SELECT s.frontier::text AS frontier, s.failures, array_agg(s.automation_id) AS ids
+    FROM automation_state s JOIN automations a ON a.id = s.automation_id
+    WHERE a.enabled
+    GROUP BY s.frontier, s.failures
+) f ON true;
 
 -- name: evaluator_session
 -- The evaluator runs the same few query shapes every tick (prepared at once). A generic

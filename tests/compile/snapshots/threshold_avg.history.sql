@@ -1,9 +1,8 @@
-WITH rules AS MATERIALIZED (
+WITH scopes AS MATERIALIZED (
   SELECT
-    r.*,
-    pr.id AS project_id
-  FROM UNNEST(CAST(%(rule)s AS INT[]), CAST(%(entity)s AS TEXT[]), CAST(%(project)s AS TEXT[]), CAST(%(run_user)s AS TEXT[]), CAST(%(run_name_regex)s AS TEXT[]), CAST(%(span)s AS INT[]), CAST(%(size)s AS INT[]), CAST(%(current_segment)s AS INT[]), CAST(%(prior_segment)s AS INT[]), CAST(%(relative)s AS BOOLEAN[]), CAST(%(direction)s AS TEXT[]), CAST(%(operator)s AS TEXT[]), CAST(%(bound)s AS DOUBLE PRECISION[])) AS r(rule, entity, project, run_user, run_name_regex, span, size, current_segment, prior_segment, relative, direction, operator, bound)
-  JOIN projects AS pr
+    ARRAY_AGG(pr.id ORDER BY r.rule) AS project_ids
+  FROM UNNEST(CAST(%(entity)s AS TEXT[]), CAST(%(project)s AS TEXT[])) WITH ORDINALITY AS r(entity, project, rule)
+  LEFT JOIN projects AS pr
     ON pr.entity = r.entity AND pr.name = r.project
 ), pending AS (
   SELECT
@@ -41,8 +40,8 @@ WITH rules AS MATERIALIZED (
   WHERE
     r.project_id IN (
       SELECT
-        ru.project_id
-      FROM rules AS ru
+        UNNEST(sc.project_ids)
+      FROM scopes AS sc
     )
 ), vals AS (
   SELECT
@@ -112,80 +111,148 @@ WITH rules AS MATERIALIZED (
     e.pos - v.off AS i
   FROM vals AS v
   CROSS JOIN LATERAL GENERATE_SERIES(GREATEST(v.first_pos, %(span_min)s), v.last_pos) AS e(pos)
+), candidates AS (
+  SELECT
+    p.run_pk,
+    p.key_id,
+    p.project_id,
+    p.user_name,
+    p.run_name,
+    p.steps,
+    p.times,
+    p.vals,
+    p.pos,
+    p.i,
+    a.aggregates,
+    CASE
+      WHEN (
+        a.aggregates[1]
+      ) >= %(class_1_min)s
+      THEN (
+        CAST(%(class_1_rules)s AS INT[])
+      )[1:WIDTH_BUCKET((
+        a.aggregates[1]
+      ), CAST(%(class_1_keys)s AS DOUBLE PRECISION[]))]
+    END AS candidates
+  FROM points AS p
+  CROSS JOIN LATERAL (
+    SELECT
+      ARRAY[AVG(w.v) FILTER(WHERE
+        w.back <= %(segment_1_to)s)] AS aggregates
+    FROM (
+      SELECT
+        UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v,
+        GENERATE_SERIES(LEAST(p.i, %(span_max)s) - 1, 0, -1) AS back
+    ) AS w
+  ) AS a
+  OFFSET 0
 )
 SELECT
-  p.run_pk,
-  p.key_id,
-  p.pos,
-  p.steps[p.i] AS step,
-  p.times[p.i] AS time,
-  p.vals[p.i] AS value,
+  c.run_pk,
+  c.key_id,
+  c.pos,
+  c.steps[c.i] AS step,
+  c.times[c.i] AS time,
+  c.vals[c.i] AS value,
   o.d AS aggregate,
-  p.vals[p.i - o.size + 1:p.i] AS window_values,
+  c.vals[c.i - ru.size + 1:c.i] AS window_values,
   o.prior_aggregate,
   CASE
-    WHEN o.prior_segment IS NOT NULL
-    THEN p.vals[p.i - o.span + 1:p.i - o.size]
+    WHEN ru.prior_segment IS NOT NULL
+    THEN c.vals[c.i - ru.span + 1:c.i - ru.size]
   END AS prior_values,
   o.current_aggregate,
-  o.rule
-FROM points AS p
+  ru.rule,
+  CAST(NULL AS TIMESTAMPTZ) AS last_fired
+FROM candidates AS c
+CROSS JOIN scopes AS sc
+CROSS JOIN LATERAL UNNEST(c.candidates) AS k(rule)
 CROSS JOIN LATERAL (
   SELECT
-    ARRAY[AVG(w.v) FILTER(WHERE
-      w.back <= %(segment_1_to)s)] AS aggregates
-  FROM (
-    SELECT
-      UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v,
-      GENERATE_SERIES(LEAST(p.i, %(span_max)s) - 1, 0, -1) AS back
-  ) AS w
-) AS a
+    k.rule,
+    sc.project_ids[k.rule] AS project_id,
+    (
+      CAST(%(run_user)s AS TEXT[])
+    )[k.rule] AS run_user,
+    (
+      CAST(%(run_name_regex)s AS TEXT[])
+    )[k.rule] AS run_name_regex,
+    (
+      CAST(%(span)s AS INT[])
+    )[k.rule] AS span,
+    (
+      CAST(%(size)s AS INT[])
+    )[k.rule] AS size,
+    (
+      CAST(%(current_segment)s AS INT[])
+    )[k.rule] AS current_segment,
+    (
+      CAST(%(prior_segment)s AS INT[])
+    )[k.rule] AS prior_segment,
+    (
+      CAST(%(relative)s AS BOOLEAN[])
+    )[k.rule] AS relative,
+    (
+      CAST(%(direction)s AS TEXT[])
+    )[k.rule] AS direction,
+    (
+      CAST(%(operator)s AS TEXT[])
+    )[k.rule] AS operator,
+    (
+      CAST(%(bound)s AS DOUBLE PRECISION[])
+    )[k.rule] AS bound,
+    (
+      CAST(%(automation_id)s AS BIGINT[])
+    )[k.rule] AS automation_id,
+    (
+      CAST(%(cooldown_us)s AS BIGINT[])
+    )[k.rule] AS cooldown_us
+  OFFSET 0
+) AS ru
 CROSS JOIN LATERAL (
   SELECT
-    ru.*,
-    a.aggregates[ru.current_segment] AS current_aggregate,
-    a.aggregates[ru.prior_segment] AS prior_aggregate,
+    c.aggregates[ru.current_segment] AS current_aggregate,
+    c.aggregates[ru.prior_segment] AS prior_aggregate,
     CASE
       WHEN ru.prior_segment IS NULL
-      THEN a.aggregates[ru.current_segment]
+      THEN c.aggregates[ru.current_segment]
       WHEN ru.relative
       THEN (
-        a.aggregates[ru.current_segment] - a.aggregates[ru.prior_segment]
-      ) / NULLIF(ABS(a.aggregates[ru.prior_segment]), 0)
-      ELSE a.aggregates[ru.current_segment] - a.aggregates[ru.prior_segment]
+        c.aggregates[ru.current_segment] - c.aggregates[ru.prior_segment]
+      ) / NULLIF(ABS(c.aggregates[ru.prior_segment]), 0)
+      ELSE c.aggregates[ru.current_segment] - c.aggregates[ru.prior_segment]
     END AS d
-  FROM rules AS ru
-  WHERE
-    ru.project_id = p.project_id
-    AND p.pos >= ru.span
-    AND (
-      ru.run_user IS NULL OR ru.run_user = p.user_name
-    )
-    AND (
-      ru.run_name_regex IS NULL OR p.run_name ~ ru.run_name_regex
-    )
-  OFFSET 0
 ) AS o
 CROSS JOIN LATERAL (
   SELECT
-    CASE o.direction WHEN 'decrease' THEN -o.d WHEN 'any' THEN ABS(o.d) ELSE o.d END AS tested
+    CASE ru.direction WHEN 'decrease' THEN -o.d WHEN 'any' THEN ABS(o.d) ELSE o.d END AS tested
 ) AS t
 WHERE
-  CASE o.operator
-    WHEN '>'
-    THEN t.tested > o.bound
-    WHEN '>='
-    THEN t.tested >= o.bound
-    WHEN '<'
-    THEN t.tested < o.bound
-    WHEN '<='
-    THEN t.tested <= o.bound
-    WHEN '=='
-    THEN t.tested = o.bound
-    ELSE t.tested <> o.bound
-  END
-  AND p.times[p.i] >= CAST(%(since)s AS TIMESTAMPTZ)
+  (
+    ru.project_id = c.project_id
+    AND c.pos >= ru.span
+    AND (
+      ru.run_user IS NULL OR ru.run_user = c.user_name
+    )
+    AND (
+      ru.run_name_regex IS NULL OR c.run_name ~ ru.run_name_regex
+    )
+    AND CASE ru.operator
+      WHEN '>'
+      THEN t.tested > ru.bound
+      WHEN '>='
+      THEN t.tested >= ru.bound
+      WHEN '<'
+      THEN t.tested < ru.bound
+      WHEN '<='
+      THEN t.tested <= ru.bound
+      WHEN '=='
+      THEN t.tested = ru.bound
+      ELSE t.tested <> ru.bound
+    END
+  )
+  AND c.times[c.i] >= CAST(%(since)s AS TIMESTAMPTZ)
 ORDER BY
-  o.rule,
-  p.run_pk,
-  p.pos
+  ru.rule,
+  c.run_pk,
+  c.pos
