@@ -106,3 +106,36 @@ def test_a_group_whose_tails_fall_short_reads_the_hypertable(conn, database_url,
         tick(database_url)
     assert [t["step"] for t in triggers(conn, "spike")] == [2, 20]
     assert [t["step"] for t in triggers(conn, "pair")] == [2, 3, 20, 21]
+
+
+def test_idle_frontiers_move_past_other_writes_and_rest_when_nothing_is_written(conn, database_url):
+    """An automation with nothing new is not evaluated: its frontier moves past what other
+    metrics wrote; with nothing written at all, ticks leave its state alone (moving it is a
+    write whose own xid would make every next tick move it again) until an interval passed."""
+    from engine.evaluator import Evaluator
+    from engine.settings import Settings
+
+    apply_yaml(conn, rule("loss-high", '{type: run_metric_threshold, metric: loss, window: 1, operator: ">", threshold: 10}'))
+    run = engine.init(project="acme/vision", name="other-metric", system_metrics_interval=0)
+    log_series(run, "accuracy", [0.5])
+    state = "SELECT s.frontier::text::bigint, s.evaluated_at FROM automation_state s JOIN automations a ON a.id = s.automation_id"
+    (written,) = conn.execute("SELECT max(xid)::text::bigint FROM series_batches").fetchone()
+    evaluator = Evaluator(database_url, Settings(database_url=database_url, interval=3600))
+    try:
+        assert evaluator.tick().idle == 1
+        frontier, evaluated_at = conn.execute(state).fetchone()
+        assert frontier > written and evaluated_at is not None
+        for _ in range(3):
+            evaluator.tick()
+        assert conn.execute(state).fetchone() == (frontier, evaluated_at)
+    finally:
+        evaluator.close()
+    eager = Evaluator(database_url, Settings(database_url=database_url, interval=0.001))
+    try:
+        eager.tick()
+        moved, refreshed = conn.execute(state).fetchone()
+        assert moved > frontier and refreshed > evaluated_at
+    finally:
+        eager.close()
+    assert triggers(conn) == []
+    run.finish()
