@@ -5,19 +5,17 @@ database without migrations, a server without TimescaleDB preloaded, ...), not s
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from engine.localdb import LocalDatabase
+from tests.team_deployment import TeamDatabase
 
 ENGINE = Path(sys.executable).parent / "engine"
 REPO = Path(__file__).resolve().parents[2]
@@ -52,49 +50,29 @@ def test_no_database_reachable(command: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def tcp_cluster() -> Iterator[tuple[int, LocalDatabase]]:
-    """A throwaway server as a team runs one: TCP with passwords, a role that is not a superuser,
-    and room for two of its connections only."""
-    folder = Path(tempfile.mkdtemp(prefix="engine-tcp-"))
-    folder.chmod(0o755)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    conf = {
-        "listen_addresses": "'127.0.0.1'", "port": str(port), "password_encryption": "'scram-sha-256'",
-        "max_connections": "3", "superuser_reserved_connections": "1", "timescaledb.max_background_workers": "0",
-    }
-    cluster = LocalDatabase(folder / "data", fast=True, extra_conf=conf)
-    cluster.url = lambda dbname="engine": f"postgresql://engine@/{dbname}?host={cluster.socket_dir}&port={port}"  # type: ignore[method-assign]
-    try:
-        cluster.up()
-        (cluster.pgdata / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
-        with psycopg.connect(cluster.url("postgres"), autocommit=True) as admin:
-            admin.execute("CREATE ROLE trainer LOGIN PASSWORD 'right-password'")
-            admin.execute("SELECT pg_reload_conf()")
-        yield port, cluster
-    finally:
-        cluster.destroy()
-        folder.rmdir()
+def team_db() -> Iterator[TeamDatabase]:
+    """A server as a team runs one: TCP with passwords, a role that is not a superuser, and
+    room for two of its connections (5 minus the 3 kept for superusers)."""
+    with TeamDatabase(max_connections=5) as database:
+        database.login("trainer", "right-password")
+        yield database
 
 
-def test_wrong_password_says_so_and_never_shows_it(tcp_cluster: tuple[int, LocalDatabase]) -> None:
-    port, _ = tcp_cluster
-    done = engine("history", env={"ENGINE_DATABASE_URL": f"postgresql://trainer:wrong-secret@127.0.0.1:{port}/engine"})
+def test_wrong_password_says_so_and_never_shows_it(team_db: TeamDatabase) -> None:
+    done = engine("history", env={"ENGINE_DATABASE_URL": team_db.url("trainer", "wrong-secret")})
     line = assert_one_line_error(done, "refused the credentials", "password authentication failed", "user name and password")
     assert "unset" not in line and "wrong-secret" not in done.stderr + done.stdout
 
 
-def test_missing_database_says_create_it(tcp_cluster: tuple[int, LocalDatabase]) -> None:
-    port, _ = tcp_cluster
-    done = engine("history", env={"ENGINE_DATABASE_URL": f"postgresql://trainer:right-password@127.0.0.1:{port}/nosuchdb"})
+def test_missing_database_says_create_it(team_db: TeamDatabase) -> None:
+    url = team_db.url("trainer", "right-password").rsplit("/", 1)[0] + "/nosuchdb"
+    done = engine("history", env={"ENGINE_DATABASE_URL": url})
     line = assert_one_line_error(done, "does not exist", "createdb", "engine db migrate")
     assert "unset" not in line
 
 
-def test_full_server_says_capacity(tcp_cluster: tuple[int, LocalDatabase]) -> None:
-    port, _ = tcp_cluster
-    url = f"postgresql://trainer:right-password@127.0.0.1:{port}/engine"
+def test_full_server_says_capacity(team_db: TeamDatabase) -> None:
+    url = team_db.url("trainer", "right-password")
     held = [psycopg.connect(url) for _ in range(2)]  # every slot a non-superuser may take
     try:
         done = engine("history", env={"ENGINE_DATABASE_URL": url})
@@ -106,14 +84,9 @@ def test_full_server_says_capacity(tcp_cluster: tuple[int, LocalDatabase]) -> No
 
 
 @pytest.fixture
-def unmigrated_url(pg_cluster: LocalDatabase) -> Iterator[str]:
+def unmigrated_url(empty_database_url: str) -> str:
     """A database of the test cluster on which `engine db migrate` never ran."""
-    name = "bare_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield pg_cluster.url(name)
-    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return empty_database_url
 
 
 @pytest.mark.parametrize(
