@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from actions_helpers import fire, settle
+from tests.integration.actions_helpers import fire, settle
 from engine import clock
 from engine import db as enginedb
 from engine.actions.dispatcher import Dispatcher
