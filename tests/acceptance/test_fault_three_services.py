@@ -41,7 +41,7 @@ def test_three_services_share_the_work_and_survive_losing_one(database_url, tmp_
 
     # Who did the work in the first round (no kill: a killed process may die between
     # recording an outcome and logging it): every delivery was recorded as succeeded by one
-    # of the processes, and deliveries and firings were spread over at least two of them.
+    # of the processes, and deliveries (claimed one by one) were spread over at least two of them.
     first_ids = set(shared.observation.deliveries)
     delivered_by = [set(DELIVERED.findall(text)) & first_ids for text in logs]
     assert set().union(*delivered_by) == first_ids
@@ -50,4 +50,7 @@ def test_three_services_share_the_work_and_survive_losing_one(database_url, tmp_
     assert sum(1 for n in counts.values() if n > 0) >= 2, counts
     fired_by = [sum(int(n) for n in FIRED.findall(text)) for text in logs]
     assert sum(fired_by) <= len(after_kill.observation.triggers)  # no trigger claimed by two
-    assert sum(1 for n in fired_by if n > 0) >= 2, fired_by
+    # Which service evaluates an automation is a race (its state row is locked with SKIP LOCKED
+    # by whichever tick gets there first, and a fast tick can take every automation each time):
+    # firings need not spread, only never be done twice (above) and go on after a kill.
+    assert sum(fired_by) > 0, fired_by
