@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.scheduler import connection_budget  # noqa: E402
-from engine.settings import Settings  # noqa: E402
-from tests.team_deployment import PgBouncer, TeamDatabase, run_fleet, stored_series  # noqa: E402
+from engine.scheduler import connection_budget
+from engine.settings import Settings
+from tests.team_deployment import PgBouncer, TeamDatabase, run_fleet, stored_series
 
 ENGINE = str(Path(sys.executable).with_name("engine"))
 RULE = """\
@@ -55,7 +55,9 @@ def start_serve(database: TeamDatabase, url: str, folder: Path) -> tuple[subproc
     subprocess.run([ENGINE, "rules", "apply", str(rules)], env=env, check=True, capture_output=True)
     log_path = folder / "serve.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([ENGINE, "serve", "--interval", "0.5"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [ENGINE, "serve", "--interval", "0.5"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     pause = threading.Event()
     for _ in range(300):  # up to 30 s for it to start
         if "evaluating every" in log_path.read_text(errors="replace") or proc.poll() is not None:
@@ -72,7 +74,9 @@ def start_serve(database: TeamDatabase, url: str, folder: Path) -> tuple[subproc
 
 def points(database: TeamDatabase, project: str) -> int:
     with database.admin() as conn:
-        return sum(len(steps) for metrics in stored_series(conn, project).values() for steps in metrics.values())
+        return sum(
+            len(steps) for metrics in stored_series(conn, project).values() for steps in metrics.values()
+        )
 
 
 def main() -> None:
@@ -95,7 +99,9 @@ def main() -> None:
         def trainer_backends() -> dict[str, int]:
             return {"server connections (trainer)": database.backends().get("trainer", 0)}
 
-        one = run_fleet(trainer, jobs=1, steps=args.steps, step_seconds=0.01, project="acme/one", monitor=trainer_backends)
+        one = run_fleet(
+            trainer, jobs=1, steps=args.steps, step_seconds=0.01, project="acme/one", monitor=trainer_backends
+        )
         per_job = one.peaks.get("server connections (trainer)", 0)
         figures["connections_per_job"] = per_job
         print(f"1 job alone: at most {per_job} server connection(s)")
@@ -106,44 +112,82 @@ def main() -> None:
 
             def all_backends() -> dict[str, int]:
                 now = database.backends()
-                return {"server connections (trainer)": now.get("trainer", 0), "engine serve": now.get("service", 0)}
+                return {
+                    "server connections (trainer)": now.get("trainer", 0),
+                    "engine serve": now.get("service", 0),
+                }
 
-            direct = run_fleet(trainer, jobs=args.runs, steps=args.steps, step_seconds=0.01, project="acme/bench",
-                               monitor=all_backends)
+            direct = run_fleet(
+                trainer,
+                jobs=args.runs,
+                steps=args.steps,
+                step_seconds=0.01,
+                project="acme/bench",
+                monitor=all_backends,
+            )
             serve_figures["busy"] = direct.peaks.get("engine serve", 0)
             expected_points = args.runs * args.steps * 2
-            print(f"engine serve: {serve_figures['idle']} connections idle, at most {serve_figures['busy']} while busy")
+            print(
+                f"engine serve: {serve_figures['idle']} connections idle, at most {serve_figures['busy']} while busy"
+            )
             stored = points(database, "acme/bench")
-            print(f"{args.runs} jobs directly: {len(direct.failed)} failed, {direct.waited} waited for the database; "
-                  f"{stored} of {expected_points} points stored; peaks {direct.peaks} ({direct.seconds:.1f} s)")
+            print(
+                f"{args.runs} jobs directly: {len(direct.failed)} failed, {direct.waited} waited for the database; "
+                f"{stored} of {expected_points} points stored; peaks {direct.peaks} ({direct.seconds:.1f} s)"
+            )
             figures["serve_connections"] = serve_figures
-            figures["direct"] = {"failed": len(direct.failed), "waited": direct.waited, "points": stored,
-                                 "expected_points": expected_points, "peaks": direct.peaks,
-                                 "seconds": round(direct.seconds, 1)}
+            figures["direct"] = {
+                "failed": len(direct.failed),
+                "waited": direct.waited,
+                "points": stored,
+                "expected_points": expected_points,
+                "peaks": direct.peaks,
+                "seconds": round(direct.seconds, 1),
+            }
             # what serve may hold (its budget), or what it was seen holding when that is more
             serve_most = max(sum(connection_budget(Settings()).values()), serve_figures["busy"])
             fit = (args.max_connections - reserved - serve_most) // max(per_job, 1)
             figures["direct_fit"] = fit
-            print(f"jobs that fit directly: ({args.max_connections} - {reserved} reserved - {serve_most} "
-                  f"serve) / {per_job} per job = {fit}")
+            print(
+                f"jobs that fit directly: ({args.max_connections} - {reserved} reserved - {serve_most} "
+                f"serve) / {per_job} per job = {fit}"
+            )
             for reason, count in direct.reasons().items():
                 print(f"  {count} x {reason}")
 
-            with PgBouncer(database, {"trainer": "trainer-secret"}, pool_size=args.pool,
-                           max_client_conn=args.runs + 30) as bouncer:
+            with PgBouncer(
+                database, {"trainer": "trainer-secret"}, pool_size=args.pool, max_client_conn=args.runs + 30
+            ) as bouncer:
 
                 def through_bouncer() -> dict[str, int]:
                     pools = [p for p in bouncer.pools() if p["database"] == "engine"]
-                    return {**all_backends(), "clients at PgBouncer": sum(p["cl_active"] + p["cl_waiting"] for p in pools)}
+                    return {
+                        **all_backends(),
+                        "clients at PgBouncer": sum(p["cl_active"] + p["cl_waiting"] for p in pools),
+                    }
 
-                pooled = run_fleet(bouncer.url("trainer"), jobs=args.runs, steps=args.steps, step_seconds=0.01,
-                                   project="acme/bench-pooled", monitor=through_bouncer)
+                pooled = run_fleet(
+                    bouncer.url("trainer"),
+                    jobs=args.runs,
+                    steps=args.steps,
+                    step_seconds=0.01,
+                    project="acme/bench-pooled",
+                    monitor=through_bouncer,
+                )
             stored = points(database, "acme/bench-pooled")
-            print(f"{args.runs} jobs through PgBouncer (pool {args.pool}): {len(pooled.failed)} failed, "
-                  f"{pooled.waited} waited; {stored} of {expected_points} points stored; peaks {pooled.peaks} "
-                  f"({pooled.seconds:.1f} s)")
-            figures["pgbouncer"] = {"pool": args.pool, "failed": len(pooled.failed), "waited": pooled.waited,
-                                    "points": stored, "peaks": pooled.peaks, "seconds": round(pooled.seconds, 1)}
+            print(
+                f"{args.runs} jobs through PgBouncer (pool {args.pool}): {len(pooled.failed)} failed, "
+                f"{pooled.waited} waited; {stored} of {expected_points} points stored; peaks {pooled.peaks} "
+                f"({pooled.seconds:.1f} s)"
+            )
+            figures["pgbouncer"] = {
+                "pool": args.pool,
+                "failed": len(pooled.failed),
+                "waited": pooled.waited,
+                "points": stored,
+                "peaks": pooled.peaks,
+                "seconds": round(pooled.seconds, 1),
+            }
             for reason, count in pooled.reasons().items():
                 print(f"  {count} x {reason}")
         finally:

@@ -38,11 +38,11 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.support.dataset import fresh_database  # noqa: E402
-from engine import clock  # noqa: E402
-from engine.rules import parse_rules_text  # noqa: E402
-from engine.automations import apply_rules  # noqa: E402
-from engine.settings import Settings, get_settings  # noqa: E402
+from bench.support.dataset import fresh_database
+from engine import clock
+from engine.automations import apply_rules
+from engine.rules import parse_rules_text
+from engine.settings import Settings, get_settings
 
 
 class Receiver:
@@ -57,7 +57,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 now = time.perf_counter()
                 key = json.loads(body).get("run", "") if body else ""
@@ -166,8 +166,10 @@ def main() -> None:
                     client.post(fast.url, json={"run": f"baseline-{i}"})
                     direct.append((time.perf_counter() - t) * 1000)
             p50, p99 = quantile(samples, 0.5), quantile(samples, 0.99)
-            print(f"latency run.log+flush -> webhook received: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-                  f"({len(samples)}/{args.samples} samples); direct POST p50 {quantile(direct, 0.5):.2f} ms")
+            print(
+                f"latency run.log+flush -> webhook received: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+                f"({len(samples)}/{args.samples} samples); direct POST p50 {quantile(direct, 0.5):.2f} ms"
+            )
 
             # -- 2. throughput with 10 % failures -------------------------------------------
             started = time.perf_counter()
@@ -193,9 +195,11 @@ def main() -> None:
                     "JOIN deliveries d ON d.trigger_id = t.id JOIN automations a ON a.id = t.automation_id "
                     "WHERE a.name = 'throughput'"
                 ).fetchone()
-                print(f"  triggers fired over {(spans[1] - spans[0]).total_seconds():.2f} s; "
-                      f"deliveries finished over {(spans[3] - spans[2]).total_seconds():.2f} s, "
-                      f"the last {(spans[3] - spans[1]).total_seconds():.2f} s after the last trigger")
+                print(
+                    f"  triggers fired over {(spans[1] - spans[0]).total_seconds():.2f} s; "
+                    f"deliveries finished over {(spans[3] - spans[2]).total_seconds():.2f} s, "
+                    f"the last {(spans[3] - spans[1]).total_seconds():.2f} s after the last trigger"
+                )
                 failed_attempts = conn.execute(
                     "SELECT count(*) FROM delivery_attempts WHERE http_status = 500"
                 ).fetchone()[0]
@@ -203,23 +207,29 @@ def main() -> None:
             rate = args.deliveries / elapsed
             baseline_s = direct_posts(fast.url, args.deliveries, settings.delivery_workers)
             baseline_rate = args.deliveries / baseline_s
-            print(f"throughput: {args.deliveries} deliveries ({failed_attempts} attempts answered 500) in {elapsed:.1f} s "
-                  f"= {rate:.0f}/s, from run.log to the last success; direct POSTs: {baseline_rate:.0f}/s "
-                  f"(ratio {rate / baseline_rate:.2f})")
+            print(
+                f"throughput: {args.deliveries} deliveries ({failed_attempts} attempts answered 500) in {elapsed:.1f} s "
+                f"= {rate:.0f}/s, from run.log to the last success; direct POSTs: {baseline_rate:.0f}/s "
+                f"(ratio {rate / baseline_rate:.2f})"
+            )
         finally:
             stop_noise.set()
             noisy.join(5)
             service.stop()
             fast.close()
             flaky.close()
-    print(json.dumps({
-        "latency_p50_ms": round(p50, 2),
-        "latency_p99_ms": round(p99, 2),
-        "deliveries_per_s": round(rate, 1),
-        "direct_post_p50_ms": round(quantile(direct, 0.5), 3),
-        "direct_posts_per_s": round(baseline_rate, 1),
-        "ratio_vs_direct": round(rate / baseline_rate, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "latency_p50_ms": round(p50, 2),
+                "latency_p99_ms": round(p99, 2),
+                "deliveries_per_s": round(rate, 1),
+                "direct_post_p50_ms": round(quantile(direct, 0.5), 3),
+                "direct_posts_per_s": round(baseline_rate, 1),
+                "ratio_vs_direct": round(rate / baseline_rate, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -46,11 +46,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine.compiler import span_of  # noqa: E402
-from engine.evaluator import Evaluator, TickResult  # noqa: E402
-from engine.rules import RunMetricChange, RunMetricThreshold  # noqa: E402
-from engine.automations import apply_rules, load_enabled  # noqa: E402
-from support.dataset import (  # noqa: E402
+from support.dataset import (
     METRICS,
     PROBE_METRIC,
     PROBE_RULE,
@@ -65,6 +61,11 @@ from support.dataset import (  # noqa: E402
     make_rules,
     settings_for,
 )
+
+from engine.automations import apply_rules, load_enabled
+from engine.compiler import span_of
+from engine.evaluator import Evaluator, TickResult
+from engine.rules import RunMetricChange, RunMetricThreshold
 
 
 def say(text: str) -> None:
@@ -89,7 +90,11 @@ class Baseline:
     one statement per metric, timed together."""
 
     def __init__(self, conn: psycopg.Connection, key_ids: dict[str, int]):
-        stored = [s for s in load_enabled(conn) if isinstance(s.automation.event, (RunMetricThreshold, RunMetricChange))]
+        stored = [
+            s
+            for s in load_enabled(conn)
+            if isinstance(s.automation.event, (RunMetricThreshold, RunMetricChange))
+        ]
         self.automations = stored
         self.key_of: dict[int, int] = {}
         per_key: dict[int, list] = {}
@@ -97,7 +102,9 @@ class Baseline:
             per_key.setdefault(key_ids[s.automation.event.metric], []).append(s)
             self.key_of[s.id] = key_ids[s.automation.event.metric]
         self.statements = [self._statement(key_id, group) for key_id, group in sorted(per_key.items())]
-        self.by_class = [self._statement(key_id, group, by_class=True) for key_id, group in sorted(per_key.items())]
+        self.by_class = [
+            self._statement(key_id, group, by_class=True) for key_id, group in sorted(per_key.items())
+        ]
         spans = [(self.key_of[s.id], span_of(s.automation)) for s in stored]
         self.spans = {"key_id": [k for k, _ in spans], "span": [n for _, n in spans]}
 
@@ -113,16 +120,20 @@ class Baseline:
                 segments.append((agg, back_from, back_to))
             return segments.index((agg, back_from, back_to)) + 1
 
-        columns: dict[str, list] = {k: [] for k in (
-            "automation_id", "op", "bound", "relative", "w", "span", "cur", "prior")}
+        columns: dict[str, list] = {
+            k: [] for k in ("automation_id", "op", "bound", "relative", "w", "span", "cur", "prior")
+        }
         for s in group:
             e = s.automation.event
             threshold = isinstance(e, RunMetricThreshold)
             w = e.window if threshold else e.current_window
             row = {
-                "automation_id": s.id, "op": e.operator if threshold else e.direction,
+                "automation_id": s.id,
+                "op": e.operator if threshold else e.direction,
                 "bound": e.threshold if threshold else e.amount,
-                "relative": (not threshold) and e.change == "relative", "w": w, "span": span_of(s.automation),
+                "relative": (not threshold) and e.change == "relative",
+                "w": w,
+                "span": span_of(s.automation),
                 "cur": segment(e.aggregation, 0, w - 1),
                 "prior": None if threshold else segment(e.aggregation, w, w + e.prior_window - 1),
             }
@@ -130,15 +141,23 @@ class Baseline:
                 columns[k].append(v)
         aggregates = sql.SQL(", ").join(
             sql.SQL("{}(u.v) FILTER (WHERE u.back BETWEEN {} AND {})").format(
-                sql.Identifier(agg), sql.Literal(lo), sql.Literal(hi))
-            for agg, lo, hi in segments)
+                sql.Identifier(agg), sql.Literal(lo), sql.Literal(hi)
+            )
+            for agg, lo, hi in segments
+        )
         if by_class:
             statement = sql.SQL(bench_query("baseline_classes", "baseline.sql")).format(
-                aggregates=aggregates, **Baseline._classes(group, columns))
+                aggregates=aggregates, **Baseline._classes(group, columns)
+            )
         else:
             statement = sql.SQL(bench_query("baseline", "baseline.sql")).format(aggregates=aggregates)
-        params = columns | {"key_id": key_id, "entity": PROJECT[0], "project": PROJECT[1],
-                            "span_max": max(columns["span"]), "span_min": min(columns["span"])}
+        params = columns | {
+            "key_id": key_id,
+            "entity": PROJECT[0],
+            "project": PROJECT[1],
+            "span_max": max(columns["span"]),
+            "span_min": min(columns["span"]),
+        }
         return statement, params
 
     @staticmethod
@@ -158,24 +177,33 @@ class Baseline:
                 d = f"ag.a[{cur}] - ag.a[{prior}]"
                 if e.change == "relative":
                     d = f"({d}) / nullif(abs(ag.a[{prior}]), 0)"
-                test, key = {"increase": f"({d})", "decrease": f"-({d})", "any": f"abs({d})"}[e.direction], e.amount
+                test, key = (
+                    {"increase": f"({d})", "decrease": f"-({d})", "any": f"abs({d})"}[e.direction],
+                    e.amount,
+                )
             classes.setdefault(test, []).append((key, n))
         for members in classes.values():
             members.sort()
         return {
             "can_fire": sql.SQL(" OR ").join(
-                sql.SQL("{} >= {}").format(sql.SQL(test), sql.Literal(members[0][0])) for test, members in classes.items()),
+                sql.SQL("{} >= {}").format(sql.SQL(test), sql.Literal(members[0][0]))
+                for test, members in classes.items()
+            ),
             "prefixes": sql.SQL(" || ").join(
                 sql.SQL("({})[1:width_bucket({}, {})]").format(
-                    sql.Literal([n for _, n in members]), sql.SQL(test), sql.Literal([k for k, _ in members]))
-                for test, members in classes.items()),
+                    sql.Literal([n for _, n in members]), sql.SQL(test), sql.Literal([k for k, _ in members])
+                )
+                for test, members in classes.items()
+            ),
         }
 
-    def run(self, conn: psycopg.Connection, span: tuple[str, str], by_class: bool = False) -> tuple[float, list[tuple]]:
+    def run(
+        self, conn: psycopg.Connection, span: tuple[str, str], by_class: bool = False
+    ) -> tuple[float, list[tuple]]:
         runtime = {"from_xid": span[0], "to_xid": span[1]}
         rows: list[tuple] = []
         ms = 0.0
-        for statement, params in (self.by_class if by_class else self.statements):
+        for statement, params in self.by_class if by_class else self.statements:
             took, out = timed(lambda: conn.execute(statement, params | runtime).fetchall())
             ms += took
             rows.extend(out)
@@ -187,8 +215,11 @@ class Baseline:
 
     def evaluations(self, conn: psycopg.Connection, span: tuple[str, str]) -> int:
         """Rule-series evaluations: each automation x each series of its metric with a new value."""
-        per_key = dict(conn.execute(bench_query("pending_series", "baseline.sql"),
-                                    {"from_xid": span[0], "to_xid": span[1]}).fetchall())
+        per_key = dict(
+            conn.execute(
+                bench_query("pending_series", "baseline.sql"), {"from_xid": span[0], "to_xid": span[1]}
+            ).fetchall()
+        )
         return sum(per_key.get(k, 0) for k in self.key_of.values())
 
 
@@ -200,13 +231,22 @@ def current_span(conn: psycopg.Connection) -> tuple[str, str]:
 def check_against_baseline(conn: psycopg.Connection, expected: list[tuple], before_id: int) -> str:
     """The tick's new triggers must be the baseline's rows minus those the cooldown (24 h,
     longer than the benchmark) silences: runs that already fired that automation."""
-    fired_before = set(conn.execute(
-        "SELECT automation_id, run_pk FROM triggers WHERE id <= %s AND run_pk IS NOT NULL", (before_id,)).fetchall())
+    fired_before = set(
+        conn.execute(
+            "SELECT automation_id, run_pk FROM triggers WHERE id <= %s AND run_pk IS NOT NULL", (before_id,)
+        ).fetchall()
+    )
     want = {(a, r, f"metric:{r}:{k}:{p}") for a, r, k, p, *_ in expected if (a, r) not in fired_before}
-    got = set(conn.execute("SELECT automation_id, run_pk, cause FROM triggers WHERE id > %s", (before_id,)).fetchall())
+    got = set(
+        conn.execute(
+            "SELECT automation_id, run_pk, cause FROM triggers WHERE id > %s", (before_id,)
+        ).fetchall()
+    )
     if want != got:
-        raise SystemExit(f"tick and baseline disagree: {len(want - got)} missing, {len(got - want)} extra "
-                         f"(e.g. {sorted(want - got)[:3]} / {sorted(got - want)[:3]})")
+        raise SystemExit(
+            f"tick and baseline disagree: {len(want - got)} missing, {len(got - want)} extra "
+            f"(e.g. {sorted(want - got)[:3]} / {sorted(got - want)[:3]})"
+        )
     return f"{len(got)} triggers = baseline"
 
 
@@ -222,8 +262,9 @@ def tick(evaluator: Evaluator) -> tuple[float, TickResult]:
 
 
 # -- phases -----------------------------------------------------------------------------------------
-def every_series_tick(conn, data: Dataset, logger: Logger, evaluator: Evaluator, baseline: Baseline,
-                      reps: int, label: str) -> dict[str, float]:
+def every_series_tick(
+    conn, data: Dataset, logger: Logger, evaluator: Evaluator, baseline: Baseline, reps: int, label: str
+) -> dict[str, float]:
     """(b)/(d): one point on every series, then the two baselines (which must agree) and one
     tick on that state."""
     ticks, sqls, per_rule, evals = [], [], [], 0
@@ -236,18 +277,26 @@ def every_series_tick(conn, data: Dataset, logger: Logger, evaluator: Evaluator,
         rule_ms, by_rule = baseline.run(conn, span)
         sql_ms, expected = baseline.run(conn, span, by_class=True)
         if sorted(by_rule) != sorted(expected):
-            raise SystemExit(f"the two baselines disagree: {len(by_rule)} rows per rule, {len(expected)} by class")
+            raise SystemExit(
+                f"the two baselines disagree: {len(by_rule)} rows per rule, {len(expected)} by class"
+            )
         before = max_trigger(conn)
         ms, result = tick(evaluator)
         check = check_against_baseline(conn, expected, before)
         ticks.append(ms)
         sqls.append(sql_ms)
         per_rule.append(rule_ms)
-        say(f"  {label} rep {rep + 1}: logged {n:,} points in {ms_log:,.0f} ms; tick {ms:,.0f} ms "
+        say(
+            f"  {label} rep {rep + 1}: logged {n:,} points in {ms_log:,.0f} ms; tick {ms:,.0f} ms "
             f"({result.evaluated} evaluated, {result.fired} fired: {check}); baseline SQL {sql_ms:,.0f} ms "
-            f"by class, {rule_ms:,.0f} ms per rule ({len(expected)} rows); {evals:,} rule-series evaluations")
-    return {"tick_ms": statistics.median(ticks), "sql_ms": statistics.median(sqls),
-            "per_rule_ms": statistics.median(per_rule), "evals": evals}
+            f"by class, {rule_ms:,.0f} ms per rule ({len(expected)} rows); {evals:,} rule-series evaluations"
+        )
+    return {
+        "tick_ms": statistics.median(ticks),
+        "sql_ms": statistics.median(sqls),
+        "per_rule_ms": statistics.median(per_rule),
+        "evals": evals,
+    }
 
 
 def latency(url: str, data: Dataset, probes: int, background_runs: int, background_hz: float) -> list[float]:
@@ -280,14 +329,23 @@ def latency(url: str, data: Dataset, probes: int, background_runs: int, backgrou
     rng = random.Random(3)
 
     def background() -> None:
-        runs = [engine.init(project=project, name=f"background-{i}", system_metrics_interval=0)
-                for i in range(background_runs)]
+        runs = [
+            engine.init(project=project, name=f"background-{i}", system_metrics_interval=0)
+            for i in range(background_runs)
+        ]
         period = 1.0 / background_hz
         next_at = time.monotonic()
         while not stop.is_set():
             for run in runs:
-                run.log({"loss": rng.uniform(0.3, 0.6), "accuracy": rng.uniform(0.6, 0.8), "lr": 3e-4,
-                         "grad_norm": rng.uniform(1.0, 1.5), "throughput": rng.uniform(950, 1050)})
+                run.log(
+                    {
+                        "loss": rng.uniform(0.3, 0.6),
+                        "accuracy": rng.uniform(0.6, 0.8),
+                        "lr": 3e-4,
+                        "grad_norm": rng.uniform(1.0, 1.5),
+                        "throughput": rng.uniform(950, 1050),
+                    }
+                )
             next_at += period
             stop.wait(max(0.0, next_at - time.monotonic()))
         for run in runs:
@@ -311,17 +369,22 @@ def latency(url: str, data: Dataset, probes: int, background_runs: int, backgrou
                 run.log({PROBE_METRIC: PROBE_VALUE})
                 run.flush()
                 deadline = start + 60
-                while not poll.execute("SELECT 1 FROM triggers WHERE automation_id = %s AND run_pk = %s",
-                                       (probe_id, run.pk)).fetchone():
+                while not poll.execute(
+                    "SELECT 1 FROM triggers WHERE automation_id = %s AND run_pk = %s", (probe_id, run.pk)
+                ).fetchone():
                     if time.perf_counter() > deadline:
                         state = poll.execute(
                             "SELECT s.frontier::text, s.last_error, pg_snapshot_xmin(pg_current_snapshot())::text, "
                             "(SELECT string_agg(b.xid::text || ':' || b.first_pos || '-' || b.last_pos, ',') "
                             " FROM series_batches b WHERE b.run_pk = %s) "
-                            "FROM automation_state s WHERE s.automation_id = %s", (run.pk, probe_id)).fetchone()
+                            "FROM automation_state s WHERE s.automation_id = %s",
+                            (run.pk, probe_id),
+                        ).fetchone()
                         recent = [(round(t0 - start, 2), round(ms), n) for t0, ms, n in ticks[-8:]]
-                        raise SystemExit(f"probe {i}: no trigger after 60 s (frontier, error, xmin, batches: {state}; "
-                                         f"last ticks (start, ms, evaluated): {recent})")
+                        raise SystemExit(
+                            f"probe {i}: no trigger after 60 s (frontier, error, xmin, batches: {state}; "
+                            f"last ticks (start, ms, evaluated): {recent})"
+                        )
                     time.sleep(0.001)
                 times.append((time.perf_counter() - start) * 1000)
                 run.finish()
@@ -333,8 +396,10 @@ def latency(url: str, data: Dataset, probes: int, background_runs: int, backgrou
         session.close_all()
     measured = [ms for _, ms, n in ticks[warm:] if n]
     if measured:
-        say(f"    service ticks during the probes: {len(measured)}, median {statistics.median(measured):,.0f} ms, "
-            f"max {max(measured):,.0f} ms")
+        say(
+            f"    service ticks during the probes: {len(measured)}, median {statistics.median(measured):,.0f} ms, "
+            f"max {max(measured):,.0f} ms"
+        )
     return times
 
 
@@ -347,7 +412,10 @@ def ticks_for(conn, data: Dataset, url: str, settings, logger: Logger, args, rul
     with psycopg.connect(url) as admin:
         made = make_rules(admin, data, rules)
         apply_rules(admin, made, prune=True)
-        kinds = {k: sum(1 for r in made if r.event.type == k) for k in ("run_metric_threshold", "run_metric_change")}
+        kinds = {
+            k: sum(1 for r in made if r.event.type == k)
+            for k in ("run_metric_threshold", "run_metric_change")
+        }
         baseline = Baseline(admin, data.key_ids)
     say(f"-- {len(made)} automations applied: {kinds}")
     out: dict[str, float] = {"rules": len(made)}
@@ -360,8 +428,11 @@ def ticks_for(conn, data: Dataset, url: str, settings, logger: Logger, args, rul
         for _ in range(args.warmup):
             logger.log(conn, rng.sample(every, max(1, len(every) // 100)))
             warm.append(tick(evaluator)[0])
-        say(f"warm-up: {len(warm)} ticks after 1 % of the series got a point: "
-            + ", ".join(f"{ms:,.0f}" for ms in warm) + " ms")
+        say(
+            f"warm-up: {len(warm)} ticks after 1 % of the series got a point: "
+            + ", ".join(f"{ms:,.0f}" for ms in warm)
+            + " ms"
+        )
 
         # (a) 1 % of the series get a point
         one_pct, fired = [], 0
@@ -370,8 +441,10 @@ def ticks_for(conn, data: Dataset, url: str, settings, logger: Logger, args, rul
             ms, result = tick(evaluator)
             one_pct.append(ms)
             fired += result.fired
-        say(f"(a) 1 % of the series ({len(every) // 100:,}) got a point: tick p50 {pct(one_pct, 0.5):.1f} ms, "
-            f"p99 {pct(one_pct, 0.99):.1f} ms over {len(one_pct)} ticks ({fired} triggers)")
+        say(
+            f"(a) 1 % of the series ({len(every) // 100:,}) got a point: tick p50 {pct(one_pct, 0.5):.1f} ms, "
+            f"p99 {pct(one_pct, 0.99):.1f} ms over {len(one_pct)} ticks ({fired} triggers)"
+        )
         out["tick_1pct_p50_ms"], out["tick_1pct_p99_ms"] = pct(one_pct, 0.5), pct(one_pct, 0.99)
 
         # (c) nothing new
@@ -382,13 +455,19 @@ def ticks_for(conn, data: Dataset, url: str, settings, logger: Logger, args, rul
         # (b) every series gets a point
         say("(b) every series gets a point:")
         b = every_series_tick(conn, data, logger, evaluator, baseline, args.reps_all, "(b)")
-        out["tick_ms"], out["sql_baseline_ms"], out["sql_per_rule_baseline_ms"] = b["tick_ms"], b["sql_ms"], b["per_rule_ms"]
+        out["tick_ms"], out["sql_baseline_ms"], out["sql_per_rule_baseline_ms"] = (
+            b["tick_ms"],
+            b["sql_ms"],
+            b["per_rule_ms"],
+        )
         out["ratio_vs_sql"] = b["tick_ms"] / b["sql_ms"]
         out["ratio_vs_per_rule_sql"] = b["tick_ms"] / b["per_rule_ms"]
         out["evals_per_s"] = b["evals"] / (b["tick_ms"] / 1000)
-        say(f"(b) tick median {b['tick_ms']:,.0f} ms, baseline SQL {b['sql_ms']:,.0f} ms (per rule {b['per_rule_ms']:,.0f}), "
+        say(
+            f"(b) tick median {b['tick_ms']:,.0f} ms, baseline SQL {b['sql_ms']:,.0f} ms (per rule {b['per_rule_ms']:,.0f}), "
             f"ratio {out['ratio_vs_sql']:.2f} ({out['ratio_vs_per_rule_sql']:.2f} per rule), "
-            f"{out['evals_per_s']:,.0f} rule-series evaluations/s")
+            f"{out['evals_per_s']:,.0f} rule-series evaluations/s"
+        )
     finally:
         evaluator.close()
 
@@ -406,22 +485,33 @@ def ticks_for(conn, data: Dataset, url: str, settings, logger: Logger, args, rul
     out["ratio_vs_sql_one_connection"] = b1["tick_ms"] / b1["sql_ms"]
     out["ratio_vs_per_rule_sql_one_connection"] = b1["tick_ms"] / b1["per_rule_ms"]
     out["evals_per_s_one_connection"] = b1["evals"] / (b1["tick_ms"] / 1000)
-    say(f"(b) on one connection: tick median {b1['tick_ms']:,.0f} ms, baseline SQL {b1['sql_ms']:,.0f} ms "
+    say(
+        f"(b) on one connection: tick median {b1['tick_ms']:,.0f} ms, baseline SQL {b1['sql_ms']:,.0f} ms "
         f"(per rule {b1['per_rule_ms']:,.0f}), ratio {out['ratio_vs_sql_one_connection']:.2f} "
         f"({out['ratio_vs_per_rule_sql_one_connection']:.2f} per rule), "
-        f"{out['evals_per_s_one_connection']:,.0f} rule-series evaluations/s")
+        f"{out['evals_per_s_one_connection']:,.0f} rule-series evaluations/s"
+    )
     return out
 
 
 def sweep_table(rows: list[dict[str, float]]) -> str:
     """The figures per number of automations, one line each (the growth is what to look at)."""
-    columns = [("rules", "rules", "{:.0f}"), ("(a) p50 ms", "tick_1pct_p50_ms", "{:.1f}"),
-               ("(a) p99 ms", "tick_1pct_p99_ms", "{:.1f}"), ("(c) ms", "idle_tick_ms", "{:.1f}"),
-               ("(b) ms", "tick_ms", "{:,.0f}"), ("(b) 1 conn ms", "tick_one_connection_ms", "{:,.0f}"),
-               ("SQL ms", "sql_baseline_ms", "{:,.0f}"), ("per-rule SQL ms", "sql_per_rule_baseline_ms", "{:,.0f}"),
-               ("ratio", "ratio_vs_sql", "{:.2f}"), ("ratio 1 conn", "ratio_vs_sql_one_connection", "{:.2f}"),
-               ("evals/s", "evals_per_s", "{:,.0f}")]
-    cells = [[title for title, _, _ in columns]] + [[fmt.format(r[key]) for _, key, fmt in columns] for r in rows]
+    columns = [
+        ("rules", "rules", "{:.0f}"),
+        ("(a) p50 ms", "tick_1pct_p50_ms", "{:.1f}"),
+        ("(a) p99 ms", "tick_1pct_p99_ms", "{:.1f}"),
+        ("(c) ms", "idle_tick_ms", "{:.1f}"),
+        ("(b) ms", "tick_ms", "{:,.0f}"),
+        ("(b) 1 conn ms", "tick_one_connection_ms", "{:,.0f}"),
+        ("SQL ms", "sql_baseline_ms", "{:,.0f}"),
+        ("per-rule SQL ms", "sql_per_rule_baseline_ms", "{:,.0f}"),
+        ("ratio", "ratio_vs_sql", "{:.2f}"),
+        ("ratio 1 conn", "ratio_vs_sql_one_connection", "{:.2f}"),
+        ("evals/s", "evals_per_s", "{:,.0f}"),
+    ]
+    cells = [[title for title, _, _ in columns]] + [
+        [fmt.format(r[key]) for _, key, fmt in columns] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
 
@@ -429,22 +519,35 @@ def sweep_table(rows: list[dict[str, float]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--points", type=int, default=3_000_000,
-                        help="stored points before the measurements (60 per series by default, so that "
-                        "10-vs-50 change rules have full windows)")
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=3_000_000,
+        help="stored points before the measurements (60 per series by default, so that "
+        "10-vs-50 change rules have full windows)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="points per series (overrides --points)")
-    parser.add_argument("--grow-to", type=int, default=None,
-                        help="stored points for (d) (default: 10/3 of the initial ones, 10M by default)")
-    parser.add_argument("--rules", default="100,300,1000",
-                        help="automations, or a comma-separated sweep: (a)-(c) are measured for each, "
-                        "(d) and (e) with the last")
+    parser.add_argument(
+        "--grow-to",
+        type=int,
+        default=None,
+        help="stored points for (d) (default: 10/3 of the initial ones, 10M by default)",
+    )
+    parser.add_argument(
+        "--rules",
+        default="100,300,1000",
+        help="automations, or a comma-separated sweep: (a)-(c) are measured for each, "
+        "(d) and (e) with the last",
+    )
     parser.add_argument("--warmup", type=int, default=6, help="ticks before the measurements")
     parser.add_argument("--reps-1pct", type=int, default=25)
     parser.add_argument("--reps-all", type=int, default=3)
     parser.add_argument("--reps-idle", type=int, default=25)
     parser.add_argument("--probes", type=int, default=100)
     parser.add_argument("--background-runs", type=int, default=20, help="runs logging during (e)")
-    parser.add_argument("--background-hz", type=float, default=2.0, help="steps per second of each background run")
+    parser.add_argument(
+        "--background-hz", type=float, default=2.0, help="steps per second of each background run"
+    )
     parser.add_argument("--skip-growth", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
@@ -462,12 +565,17 @@ def main() -> None:
         with psycopg.connect(url) as conn:
             data.setup(conn)
             ms, n = timed(lambda: data.load_initial(conn))
-            chunks = conn.execute("SELECT count(*) FROM timescaledb_information.chunks "
-                                  "WHERE hypertable_name = 'metric_points'").fetchone()[0]
-            say(f"loaded {n:,} points ({args.runs:,} runs x {len(METRICS)} metrics x {steps} steps) "
-                f"in {chunks} chunks in {ms / 1000:.1f} s")
+            chunks = conn.execute(
+                "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'metric_points'"
+            ).fetchone()[0]
+            say(
+                f"loaded {n:,} points ({args.runs:,} runs x {len(METRICS)} metrics x {steps} steps) "
+                f"in {chunks} chunks in {ms / 1000:.1f} s"
+            )
             compared = check_state_with_sdk(url, data.tail)
-            say(f"series_state built with SQL = what the SDK stores ({compared} series logged through the SDK)")
+            say(
+                f"series_state built with SQL = what the SDK stores ({compared} series logged through the SDK)"
+            )
             ms, _ = timed(lambda: data.store_state(conn))
             say(f"series_state of {data.series:,} series built in {ms / 1000:.1f} s")
         settings = settings_for(url)
@@ -490,24 +598,32 @@ def main() -> None:
                         tick(evaluator)  # nothing pending while the indexes are rebuilt
                         with psycopg.connect(url) as load:
                             ms, n = timed(lambda: data.grow(load))
-                            chunks = load.execute("SELECT count(*) FROM timescaledb_information.chunks "
-                                                  "WHERE hypertable_name = 'metric_points'").fetchone()[0]
+                            chunks = load.execute(
+                                "SELECT count(*) FROM timescaledb_information.chunks "
+                                "WHERE hypertable_name = 'metric_points'"
+                            ).fetchone()[0]
                             stored = load.execute("SELECT count(*) FROM metric_points").fetchone()[0]
-                            say(f"history grown by {n:,} points in {ms / 1000:.1f} s: {stored:,} points in {chunks} chunks")
+                            say(
+                                f"history grown by {n:,} points in {ms / 1000:.1f} s: {stored:,} points in {chunks} chunks"
+                            )
                             ms, _ = timed(lambda: data.store_state(load))
                             say(f"series_state rebuilt in {ms / 1000:.1f} s")
                         tick(evaluator)
                         # as (b): after a warm-up, since the restart of the indexes
                         for _ in range(args.warmup):
-                            logger.log(conn, random.Random(5).sample(all_series(data), max(1, data.series // 100)))
+                            logger.log(
+                                conn, random.Random(5).sample(all_series(data), max(1, data.series // 100))
+                            )
                             tick(evaluator)
                         say("(d) every series gets a point, after the growth:")
                         d = every_series_tick(conn, data, logger, evaluator, baseline, args.reps_all, "(d)")
                     finally:
                         evaluator.close()
                     out["growth_ratio"] = d["tick_ms"] / out["tick_ms"]
-                    say(f"(d) tick median {d['tick_ms']:,.0f} ms (baseline SQL {d['sql_ms']:,.0f} ms); "
-                        f"growth ratio d/b {out['growth_ratio']:.2f}")
+                    say(
+                        f"(d) tick median {d['tick_ms']:,.0f} ms (baseline SQL {d['sql_ms']:,.0f} ms); "
+                        f"growth ratio d/b {out['growth_ratio']:.2f}"
+                    )
         finally:
             logger.close()
 
@@ -516,16 +632,38 @@ def main() -> None:
         if not args.skip_latency:
             lat = latency(url, data, args.probes, args.background_runs, args.background_hz)
             out["latency_p50_ms"], out["latency_p99_ms"] = pct(lat, 0.5), pct(lat, 0.99)
-            say(f"(e) run.log + flush -> trigger row, {len(lat)} probes while {args.background_runs} runs log "
+            say(
+                f"(e) run.log + flush -> trigger row, {len(lat)} probes while {args.background_runs} runs log "
                 f"{len(METRICS)} metrics at {args.background_hz:g} Hz, {counts[-1]} automations: "
-                f"p50 {out['latency_p50_ms']:.1f} ms, p99 {out['latency_p99_ms']:.1f} ms")
+                f"p50 {out['latency_p50_ms']:.1f} ms, p99 {out['latency_p99_ms']:.1f} ms"
+            )
     say(f"total {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.2f}")
     say("figures per number of automations:\n" + sweep_table(rows))
-    print(json.dumps({k: (None if out.get(k) is None else round(out[k], 3)) for k in (
-        "rules", "tick_ms", "sql_baseline_ms", "ratio_vs_sql", "evals_per_s", "tick_1pct_p99_ms", "idle_tick_ms",
-        "growth_ratio", "latency_p50_ms", "latency_p99_ms", "tick_one_connection_ms", "ratio_vs_sql_one_connection",
-        "sql_per_rule_baseline_ms", "ratio_vs_per_rule_sql", "ratio_vs_per_rule_sql_one_connection",
-        "evals_per_s_one_connection")}))
+    print(
+        json.dumps(
+            {
+                k: (None if out.get(k) is None else round(out[k], 3))
+                for k in (
+                    "rules",
+                    "tick_ms",
+                    "sql_baseline_ms",
+                    "ratio_vs_sql",
+                    "evals_per_s",
+                    "tick_1pct_p99_ms",
+                    "idle_tick_ms",
+                    "growth_ratio",
+                    "latency_p50_ms",
+                    "latency_p99_ms",
+                    "tick_one_connection_ms",
+                    "ratio_vs_sql_one_connection",
+                    "sql_per_rule_baseline_ms",
+                    "ratio_vs_per_rule_sql",
+                    "ratio_vs_per_rule_sql_one_connection",
+                    "evals_per_s_one_connection",
+                )
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

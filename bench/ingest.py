@@ -40,9 +40,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import clock, db  # noqa: E402
-from engine.localdb import LocalDatabase  # noqa: E402
-from engine.sdk.writer import COPY_TYPES, ORDINAL_BITS  # noqa: E402
+from engine import clock, db
+from engine.localdb import LocalDatabase
+from engine.sdk.writer import COPY_TYPES, ORDINAL_BITS
 
 METRICS = ("loss", "accuracy", "lr", "grad_norm", "throughput")
 
@@ -110,7 +110,9 @@ class SdkPath:
 
     def run(self, r: int) -> float:
         start = time.perf_counter()
-        with self.engine.init(project="bench/ingest", id=f"run-{r}", user="bench", system_metrics_interval=0) as run:
+        with self.engine.init(
+            project="bench/ingest", id=f"run-{r}", user="bench", system_metrics_interval=0
+        ) as run:
             log = run.log
             for step, values in enumerate(self.data):
                 log(values, step=step)
@@ -161,7 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--points", type=int, default=None, help="total points (overrides --steps: points / runs / 5)")
+    parser.add_argument(
+        "--points", type=int, default=None, help="total points (overrides --steps: points / runs / 5)"
+    )
     parser.add_argument("--repetitions", type=int, default=3, help="the figures are the median repetition's")
     args = parser.parse_args()
     steps = args.points // (args.runs * len(METRICS)) if args.points else args.steps
@@ -184,21 +188,39 @@ def main() -> None:
                     timings[which] += paths[which].run(r)
                     cpu[which] += time.process_time() - before
             figures = {which: total / timings[which] for which in timings}
-            reps.append({"sdk": figures["sdk"], "copy": figures["copy"], "ratio": figures["sdk"] / figures["copy"]})
-            print(f"repetition {rep + 1}: " + "; ".join(
-                f"{which} {timings[which]:6.2f} s {figures[which]:10,.0f} rows/s (client CPU {cpu[which]:.2f} s)"
-                for which in ("sdk", "copy")) + f"; ratio {reps[-1]['ratio']:.3f}", flush=True)
+            reps.append(
+                {"sdk": figures["sdk"], "copy": figures["copy"], "ratio": figures["sdk"] / figures["copy"]}
+            )
+            print(
+                f"repetition {rep + 1}: "
+                + "; ".join(
+                    f"{which} {timings[which]:6.2f} s {figures[which]:10,.0f} rows/s (client CPU {cpu[which]:.2f} s)"
+                    for which in ("sdk", "copy")
+                )
+                + f"; ratio {reps[-1]['ratio']:.3f}",
+                flush=True,
+            )
         for which, path in paths.items():
             path.close()
             stored = count_points(urls[which])
             if stored != total * args.repetitions:
                 raise SystemExit(f"{which}: {stored} points stored, expected {total * args.repetitions}")
 
-    print("load average after:  {:.2f} {:.2f} {:.2f} (other processes slow both paths)".format(*os.getloadavg()))
+    print(
+        "load average after:  {:.2f} {:.2f} {:.2f} (other processes slow both paths)".format(*os.getloadavg())
+    )
     median = sorted(reps, key=lambda f: f["ratio"])[len(reps) // 2]
     print(f"ratio sdk/copy, median of {len(reps)} repetitions: {median['ratio']:.3f} (target >= 0.85)")
-    print(json.dumps({"sdk_rows_per_s": round(median["sdk"]), "copy_rows_per_s": round(median["copy"]),
-                      "ratio": round(median["ratio"], 3), "ratios": [round(f["ratio"], 3) for f in reps]}))
+    print(
+        json.dumps(
+            {
+                "sdk_rows_per_s": round(median["sdk"]),
+                "copy_rows_per_s": round(median["copy"]),
+                "ratio": round(median["ratio"], 3),
+                "ratios": [round(f["ratio"], 3) for f in reps],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine.compiler import compile_rule  # noqa: E402
-from engine.rules import Automation  # noqa: E402
-from support.dataset import PROJECT, Dataset, Logger, all_series, bench_query, fresh_database  # noqa: E402
+from support.dataset import PROJECT, Dataset, Logger, all_series, bench_query, fresh_database
+
+from engine.compiler import compile_rule
+from engine.rules import Automation
 
 
 def median_ms(conn: psycopg.Connection, sql: str, params: dict, repeat: int) -> tuple[float, list[tuple]]:
@@ -61,20 +62,34 @@ def main() -> None:
             data.setup(load)
             data.load_initial(load)
             data.store_state(load)
-        chunks = conn.execute("SELECT count(*) FROM timescaledb_information.chunks "
-                              "WHERE hypertable_name = 'metric_points'").fetchone()[0]
-        print(f"{args.runs * args.steps * 5:,} points ({args.runs:,} runs x 5 metrics x {args.steps} steps) "
-              f"in {chunks} chunks", flush=True)
+        chunks = conn.execute(
+            "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'metric_points'"
+        ).fetchone()[0]
+        print(
+            f"{args.runs * args.steps * 5:,} points ({args.runs:,} runs x 5 metrics x {args.steps} steps) "
+            f"in {chunks} chunks",
+            flush=True,
+        )
         # the threshold: the median of the current windows, so that about half the runs pass
         (threshold,) = conn.execute(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (SELECT avg(v) FROM unnest(s.tail_value[cardinality(s.tail_value) - %s + 1:]) v)) "
-            "FROM series_state s JOIN metric_keys k ON k.id = s.key_id WHERE k.key = 'loss'", (args.window,)
+            "FROM series_state s JOIN metric_keys k ON k.id = s.key_id WHERE k.key = 'loss'",
+            (args.window,),
         ).fetchone()
-        rule = Automation.model_validate({
-            "name": "shape", "scope": {"project": "/".join(PROJECT)}, "action": {"type": "no_op"},
-            "event": {"type": "run_metric_threshold", "metric": "loss", "window": args.window, "operator": ">",
-                      "threshold": float(threshold)},
-        })
+        rule = Automation.model_validate(
+            {
+                "name": "shape",
+                "scope": {"project": "/".join(PROJECT)},
+                "action": {"type": "no_op"},
+                "event": {
+                    "type": "run_metric_threshold",
+                    "metric": "loss",
+                    "window": args.window,
+                    "operator": ">",
+                    "threshold": float(threshold),
+                },
+            }
+        )
         compiled = compile_rule(rule, "live")
         (from_xid,) = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
         logger = Logger(url, data)
@@ -86,13 +101,21 @@ def main() -> None:
         conn.execute("SET jit = off")
         span = {"from_xid": from_xid, "to_xid": to_xid}
         params = compiled.bind(**span)
-        shape3 = span | {"metric": "loss", "window": args.window, "window_preceding": args.window - 1,
-                         "threshold": float(threshold)}
+        shape3 = span | {
+            "metric": "loss",
+            "window": args.window,
+            "window_preceding": args.window - 1,
+            "threshold": float(threshold),
+        }
 
         tail_ms, tail_rows = median_ms(conn, compiled.sql, params, args.repeat)
-        window_ms, window_rows = median_ms(conn, bench_query("window_functions", "shapes.sql"), shape3, args.repeat)
-        conn.execute(bench_query("empty_tails", "shapes.sql"),
-                     {"first_pk": data.first_pk, "last_pk": data.run_pk(data.runs - 1)})
+        window_ms, window_rows = median_ms(
+            conn, bench_query("window_functions", "shapes.sql"), shape3, args.repeat
+        )
+        conn.execute(
+            bench_query("empty_tails", "shapes.sql"),
+            {"first_pk": data.first_pk, "last_pk": data.run_pk(data.runs - 1)},
+        )
         conn.execute("ANALYZE series_state")
         index_ms, index_rows = median_ms(conn, compiled.sql, params, args.repeat)
 
@@ -103,12 +126,24 @@ def main() -> None:
         if not same:
             raise SystemExit("the three shapes disagree")
         n = len(tail_rows)
-        print(f"{args.runs * 5:,} series, one new loss value each; avg over {args.window} > median: {n:,} rows from each shape")
+        print(
+            f"{args.runs * 5:,} series, one new loss value each; avg over {args.window} > median: {n:,} rows from each shape"
+        )
         print(f"(1) tail (series_state, compiled query):           {tail_ms:9.1f} ms")
         print(f"(2) index (ORDER BY seq DESC LIMIT n per series):  {index_ms:9.1f} ms")
         print(f"(3) window functions over the hypertable:          {window_ms:9.1f} ms")
-        print(json.dumps({"tail_ms": round(tail_ms, 1), "index_ms": round(index_ms, 1), "window_ms": round(window_ms, 1),
-                          "runs": args.runs, "chunks": chunks, "rows": n}))
+        print(
+            json.dumps(
+                {
+                    "tail_ms": round(tail_ms, 1),
+                    "index_ms": round(index_ms, 1),
+                    "window_ms": round(window_ms, 1),
+                    "runs": args.runs,
+                    "chunks": chunks,
+                    "rows": n,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

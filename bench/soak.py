@@ -26,19 +26,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.support.dataset import fresh_database  # noqa: E402
-from bench.support.soak import Soak  # noqa: E402
-from engine.sdk import session as sdk_session  # noqa: E402
-from engine.settings import get_settings  # noqa: E402
+from bench.support.dataset import fresh_database
+from bench.support.soak import Soak
+from engine.sdk import session as sdk_session
+from engine.settings import get_settings
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="rounds (one kill each); default 20")
-    parser.add_argument("--max-minutes", type=float, default=10.0, help="start no new round after this; default 10")
+    parser.add_argument(
+        "--max-minutes", type=float, default=10.0, help="start no new round after this; default 10"
+    )
     parser.add_argument("--runs", type=int, default=100, help="runs per burst; default 100")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--logs", type=Path, default=None, help="folder for the services' logs (default: a temp dir)")
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="folder for the services' logs (default: a temp dir)"
+    )
     # accepted so that `make bench BENCH_ARGS=...` (passed to every script) does not break this one
     parser.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
@@ -51,7 +55,10 @@ def main() -> int:
         os.environ["ENGINE_DATABASE_URL"] = url  # the runs of the burst log through the SDK
         get_settings.cache_clear()
         with Soak(url, logs, seed=args.seed, runs=args.runs) as soak:
-            print(f"soak: {len(soak.rules)} automations, {args.runs} runs per round, services' logs in {logs}", flush=True)
+            print(
+                f"soak: {len(soak.rules)} automations, {args.runs} runs per round, services' logs in {logs}",
+                flush=True,
+            )
             for _ in range(args.rounds):
                 if time.monotonic() - started > args.max_minutes * 60:
                     print(f"soak: time limit of {args.max_minutes:g} min reached", flush=True)

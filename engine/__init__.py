@@ -1,8 +1,8 @@
 """Automation engine for ML experiment tracking on TimescaleDB.
 
-    import engine
-    with engine.init(project="acme/vision") as run:
-        run.log({"loss": 0.5})
+import engine
+with engine.init(project="acme/vision") as run:
+    run.log({"loss": 0.5})
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ Its name is free again; an automation created later under it starts a history of
 from __future__ import annotations
 
 import difflib
-import shlex
 import logging
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -131,7 +131,12 @@ def check_regexes_in_db(
             message = str(exc).strip().splitlines()[0]
             hint = postgres_hint(pattern)
             issues.append(
-                RuleIssue(file, line, ".".join(loc), f"PostgreSQL refuses this regex: {message}" + (f" ({hint})" if hint else ""))
+                RuleIssue(
+                    file,
+                    line,
+                    ".".join(loc),
+                    f"PostgreSQL refuses this regex: {message}" + (f" ({hint})" if hint else ""),
+                )
             )
         except psycopg.Error as exc:
             raise translate(exc) from exc
@@ -180,7 +185,9 @@ def apply_rules(
     return results
 
 
-def _plan(conn: psycopg.Connection, rules: Sequence[Automation], keep: list[str] | None) -> list[tuple[str, Outcome]]:
+def _plan(
+    conn: psycopg.Connection, rules: Sequence[Automation], keep: list[str] | None
+) -> list[tuple[str, Outcome]]:
     """What apply would answer, read in a READ ONLY transaction (the database refuses any write)."""
     results: list[tuple[str, Outcome]] = []
     with boundary(), conn.transaction():
@@ -189,7 +196,9 @@ def _plan(conn: psycopg.Connection, rules: Sequence[Automation], keep: list[str]
             row = conn.execute(query("automation_hash"), {"name": rule.name}).fetchone()
             results.append((rule.name, _outcome(row[0] if row else None, rule)))
         if keep is not None:
-            results += [(name, "deleted") for (name,) in conn.execute(query("pruned_automations"), {"keep": keep})]
+            results += [
+                (name, "deleted") for (name,) in conn.execute(query("pruned_automations"), {"keep": keep})
+            ]
     return results
 
 
@@ -213,7 +222,9 @@ def _apply_one(conn: psycopg.Connection, rule: Automation, source: str | None, n
     return outcome
 
 
-def _update(conn: psycopg.Connection, row: dict[str, Any], rule: Automation, source: str | None, now: datetime) -> None:
+def _update(
+    conn: psycopg.Connection, row: dict[str, Any], rule: Automation, source: str | None, now: datetime
+) -> None:
     """Store a new version; restart evaluation if the condition changed or it was just enabled."""
     restart = row["condition_hash"] != rule.condition_hash() or (not row["enabled"] and rule.enabled)
     params = _rule_params(rule) | {"id": row["id"], "source": source, "now": now, "restart": restart}

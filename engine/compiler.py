@@ -40,6 +40,7 @@ from typing import Any, Literal
 import sqlglot
 from sqlglot import exp
 
+from engine.names import is_system_metric
 from engine.rules import (
     ArtifactAliasAdded,
     ArtifactTagAdded,
@@ -50,10 +51,10 @@ from engine.rules import (
     RunMetricThreshold,
     RunState,
 )
-from engine.names import is_system_metric
 
 Mode = Literal["live", "history"]
 DIALECT = "postgres"
+
 
 @dataclass(frozen=True)
 class CompiledQuery:
@@ -135,7 +136,9 @@ def _pending(mode: Mode) -> exp.Select:
     )
 
 
-def _run_scope(select: exp.Select, automation: Automation, params: dict[str, Any], run_alias: str) -> exp.Select:
+def _run_scope(
+    select: exp.Select, automation: Automation, params: dict[str, Any], run_alias: str
+) -> exp.Select:
     """Join the run, and apply the scope and the run filter. The project is looked up once
     per query (a scalar subquery), not once per run."""
     entity, project = automation.scope.project.split("/", 1)
@@ -168,7 +171,9 @@ class _Segment:
     back_to: int
 
 
-def _segments(events: Sequence[RunMetricThreshold | RunMetricChange]) -> tuple[list[_Segment], list[tuple[int, int | None]]]:
+def _segments(
+    events: Sequence[RunMetricThreshold | RunMetricChange],
+) -> tuple[list[_Segment], list[tuple[int, int | None]]]:
     """The distinct segments of a group's windows, and per rule the (1-based) index of its
     current window's segment and of its prior window's (None for a threshold rule). Rules
     reducing the same stretch the same way share it."""
@@ -185,8 +190,12 @@ def _segments(events: Sequence[RunMetricThreshold | RunMetricChange]) -> tuple[l
             per_rule.append((index(_Segment(event.aggregation, 0, event.window - 1)), None))
         else:
             size, prior = event.current_window, event.prior_window
-            per_rule.append((index(_Segment(event.aggregation, 0, size - 1)),
-                             index(_Segment(event.aggregation, size, size + prior - 1))))
+            per_rule.append(
+                (
+                    index(_Segment(event.aggregation, 0, size - 1)),
+                    index(_Segment(event.aggregation, size, size + prior - 1)),
+                )
+            )
     return segments, per_rule
 
 
@@ -222,7 +231,9 @@ def _series() -> exp.Select:
             _c("seq_bound", "p"),
             _c("n_finite", "s"),
             _frag("s.n_finite - CARDINALITY(s.tail_value)").as_("base"),
-            exp.func("greatest", exp.Literal.number(1), _frag("p.first_pos - %(span_max)s + 1")).as_("need_from"),
+            exp.func("greatest", exp.Literal.number(1), _frag("p.first_pos - %(span_max)s + 1")).as_(
+                "need_from"
+            ),
             _c("tail_step", "s"),
             _c("tail_time", "s"),
             _c("tail_value", "s"),
@@ -259,7 +270,9 @@ def _tail_values() -> exp.Select:
 def _short_tails() -> exp.Select:
     """One row, `rule` 0, when some pending series' tail does not reach back far enough for
     the group's windows: the evaluator then runs the query that reads the hypertable."""
-    columns = [(exp.Literal.number(0) if name == "rule" else exp.Null()).as_(name) for name in _OUTPUT_COLUMNS]
+    columns = [
+        (exp.Literal.number(0) if name == "rule" else exp.Null()).as_(name) for name in _OUTPUT_COLUMNS
+    ]
     return (
         exp.select(*columns)
         .from_(exp.to_table("series").as_("x"))
@@ -284,15 +297,21 @@ def _values(table: str) -> exp.Select:
         .from_(exp.to_table(table).as_("m"))
         .where(_frag("m.run_pk = x.run_pk AND m.key_id = x.key_id"))
         .where(_frag("m.seq <= COALESCE(x.seq_bound, 9223372036854775807)"))
-        .where(_frag("m.value < CAST('Infinity' AS DOUBLE PRECISION) AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)"))
+        .where(
+            _frag(
+                "m.value < CAST('Infinity' AS DOUBLE PRECISION) AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)"
+            )
+        )
         # DESC NULLS FIRST is the index's order (sqlglot would write NULLS LAST otherwise)
         .order_by(exp.Ordered(this=_c("seq", "m"), desc=True, nulls_first=True))
         .limit(_frag("CASE WHEN x.seq_bound IS NULL THEN x.n_finite ELSE x.last_pos END - x.need_from + 1"))
     )
     # oldest first; array_agg without its own ORDER BY keeps this order (and needs no sort
     # state per call, which made the gated branch cost ~35 us per series)
-    oldest_first = exp.select(_c("step", "n"), _c("time", "n"), _c("value", "n")).from_(newest.subquery("n")).order_by(
-        _c("seq", "n")
+    oldest_first = (
+        exp.select(_c("step", "n"), _c("time", "n"), _c("value", "n"))
+        .from_(newest.subquery("n"))
+        .order_by(_c("seq", "n"))
     )
     read = (
         exp.select(
@@ -330,7 +349,18 @@ def _values(table: str) -> exp.Select:
     )
 
 
-_POINTS_OUT = ("run_pk", "key_id", "project_id", "user_name", "run_name", "steps", "times", "vals", "pos", "i")
+_POINTS_OUT = (
+    "run_pk",
+    "key_id",
+    "project_id",
+    "user_name",
+    "run_name",
+    "steps",
+    "times",
+    "vals",
+    "pos",
+    "i",
+)
 
 
 def _points() -> exp.Expression:
@@ -355,8 +385,12 @@ def _reduce(segments: Sequence[_Segment], params: dict[str, Any]) -> exp.Lateral
         within: exp.Expression = exp.LTE(this=_c("back", "w"), expression=_p(f"segment_{k}_to"))
         if segment.back_from > 0:  # back >= 0 always holds: one comparison less per value and segment (~25 %)
             params[f"segment_{k}_from"] = segment.back_from
-            within = exp.Between(this=_c("back", "w"), low=_p(f"segment_{k}_from"), high=_p(f"segment_{k}_to"))
-        aggregates.append(exp.Filter(this=exp.func(segment.aggregation, _c("v", "w")), expression=exp.Where(this=within)))
+            within = exp.Between(
+                this=_c("back", "w"), low=_p(f"segment_{k}_from"), high=_p(f"segment_{k}_to")
+            )
+        aggregates.append(
+            exp.Filter(this=exp.func(segment.aggregation, _c("v", "w")), expression=exp.Where(this=within))
+        )
     stretch = _frag(
         "SELECT UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v, "
         "GENERATE_SERIES(LEAST(p.i, %(span_max)s) - 1, 0, -1) AS back"
@@ -385,11 +419,17 @@ class _Test:
         d = current
         if self.prior is not None:
             prior = f"a.aggregates[{self.prior}]"
-            d = f"({current} - {prior}) / NULLIF(ABS({prior}), 0)" if self.relative else f"{current} - {prior}"
+            d = (
+                f"({current} - {prior}) / NULLIF(ABS({prior}), 0)"
+                if self.relative
+                else f"{current} - {prior}"
+            )
         return {"": f"({d})", "-": f"-({d})", "abs": f"ABS({d})"}[self.turn]
 
 
-def _class_of(event: RunMetricThreshold | RunMetricChange, current: int, prior: int | None) -> tuple[_Test, float]:
+def _class_of(
+    event: RunMetricThreshold | RunMetricChange, current: int, prior: int | None
+) -> tuple[_Test, float]:
     """A rule's class and its key in it: the rule can fire at a value only if the class's
     test is >= the key (a superset of its condition; the exact condition is checked after)."""
     if isinstance(event, RunMetricThreshold):
@@ -409,12 +449,14 @@ def _candidates(tests: Sequence[_Test], params: dict[str, Any]) -> exp.Expressio
     prefixes = " || ".join(
         f"(CAST(%(class_{n}_rules)s AS INT[]))"
         f"[1:WIDTH_BUCKET({t.sql()}, CAST(%(class_{n}_keys)s AS DOUBLE PRECISION[]))]"
-        for n, t in enumerate(tests, start=1))
+        for n, t in enumerate(tests, start=1)
+    )
     return _frag(f"CASE WHEN {any_can} THEN {prefixes} END")
 
 
-def _class_params(events: Sequence[RunMetricThreshold | RunMetricChange],
-                  per_rule: Sequence[tuple[int, int | None]]) -> tuple[list[_Test], dict[str, Any]]:
+def _class_params(
+    events: Sequence[RunMetricThreshold | RunMetricChange], per_rule: Sequence[tuple[int, int | None]]
+) -> tuple[list[_Test], dict[str, Any]]:
     """The classes of a group's rules and, per class, its keys in ascending order with the
     rule numbers in the same order, and the lowest key."""
     members: dict[_Test, list[tuple[float, int]]] = {}
@@ -499,16 +541,41 @@ CROSS JOIN LATERAL UNNEST(c.candidates) AS k(rule)
 """
 
 _OUTPUT_COLUMNS = (
-    "run_pk", "key_id", "pos", "step", "time", "value", "aggregate", "window_values", "prior_aggregate",
-    "prior_values", "current_aggregate", "rule", "last_fired",
+    "run_pk",
+    "key_id",
+    "pos",
+    "step",
+    "time",
+    "value",
+    "aggregate",
+    "window_values",
+    "prior_aggregate",
+    "prior_values",
+    "current_aggregate",
+    "rule",
+    "last_fired",
 )
 
 
 def _rule_params(automations: Sequence[Automation], ids: Sequence[int | None]) -> dict[str, Any]:
     """The rules of a group as parallel arrays (one element per rule)."""
-    columns: dict[str, list[Any]] = {name: [] for name in (
-        "entity", "project", "run_user", "run_name_regex", "span", "size", "relative", "direction",
-        "operator", "bound", "automation_id", "cooldown_us")}
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "entity",
+            "project",
+            "run_user",
+            "run_name_regex",
+            "span",
+            "size",
+            "relative",
+            "direction",
+            "operator",
+            "bound",
+            "automation_id",
+            "cooldown_us",
+        )
+    }
     for automation, automation_id in zip(automations, ids):
         event = automation.event
         entity, project = automation.scope.project.split("/", 1)
@@ -516,13 +583,16 @@ def _rule_params(automations: Sequence[Automation], ids: Sequence[int | None]) -
         threshold = isinstance(event, RunMetricThreshold)
         cooldown = automation.cooldown
         row = {
-            "entity": entity, "project": project,
+            "entity": entity,
+            "project": project,
             "run_user": run_filter.user if run_filter is not None else None,
             "run_name_regex": run_filter.name_regex if run_filter is not None else None,
             "span": span_of(automation),
             "size": event.window if threshold else event.current_window,
             "relative": (not threshold) and event.change == "relative",
-            "direction": "value" if threshold else {"increase": "value", "decrease": "decrease", "any": "any"}[event.direction],
+            "direction": "value"
+            if threshold
+            else {"increase": "value", "decrease": "decrease", "any": "any"}[event.direction],
             "operator": event.operator if threshold else ">=",
             "bound": event.threshold if threshold else event.amount,
             "automation_id": automation_id,
@@ -575,8 +645,11 @@ def compile_metrics(
     # per evaluated value: its segments' aggregates and the rules that can fire there.
     # OFFSET 0: computed once per value, before the candidates are expanded.
     candidates = (
-        exp.select(*(_c(name, "p") for name in _POINTS_OUT), _c("aggregates", "a"),
-                   _candidates(tests, params).as_("candidates"))
+        exp.select(
+            *(_c(name, "p") for name in _POINTS_OUT),
+            _c("aggregates", "a"),
+            _candidates(tests, params).as_("candidates"),
+        )
         .from_(exp.to_table("points").as_("p"))
         .join(_reduce(segments, params), join_type="CROSS")
         .offset(0)
@@ -595,11 +668,15 @@ def compile_metrics(
         .where(_frag(_CONDITION))
     )
     if mode == "live":
-        last = exp.Lateral(this=exp.paren(_frag(_LAST_FIRED)), alias=exp.TableAlias(this=exp.to_identifier("lf")))
+        last = exp.Lateral(
+            this=exp.paren(_frag(_LAST_FIRED)), alias=exp.TableAlias(this=exp.to_identifier("lf"))
+        )
         final = final.join(last, join_type="LEFT", on=exp.true()).where(_frag(_COOLED))
         final = final.select(_c("value_time", "lf").as_("last_fired"))
     else:
-        final = final.where(exp.GTE(this=_frag("c.times[c.i]"), expression=exp.cast(_p("since"), "TIMESTAMPTZ")))
+        final = final.where(
+            exp.GTE(this=_frag("c.times[c.i]"), expression=exp.cast(_p("since"), "TIMESTAMPTZ"))
+        )
         final = final.select(exp.cast(exp.Null(), "TIMESTAMPTZ").as_("last_fired"))
     result: exp.Query
     if tails_only:
@@ -625,8 +702,18 @@ def compile_metrics(
 # event rules
 # --------------------------------------------------------------------------------------
 _EVENT_OUTPUT = (
-    "id", "time", "type", "author", "project_id", "run_pk", "collection_id", "version_id",
-    "registry_id", "registry_collection_id", "link_id", "details",
+    "id",
+    "time",
+    "type",
+    "author",
+    "project_id",
+    "run_pk",
+    "collection_id",
+    "version_id",
+    "registry_id",
+    "registry_collection_id",
+    "link_id",
+    "details",
 )
 
 
@@ -643,7 +730,9 @@ def _collection_scope(select: exp.Select, automation: Automation, params: dict[s
             .where(_frag("e.registry_id IS NULL"))
         )
         if scope.collection is not None or scope.collection_regex is not None:
-            select = select.join(exp.to_table("artifact_collections").as_("ac"), on=_frag("ac.id = e.collection_id"))
+            select = select.join(
+                exp.to_table("artifact_collections").as_("ac"), on=_frag("ac.id = e.collection_id")
+            )
         if scope.collection is not None:
             params["collection"] = scope.collection
             select = select.where(exp.EQ(this=_c("name", "ac"), expression=_p("collection")))
@@ -679,7 +768,10 @@ def compile_event(automation: Automation, mode: Mode = "live") -> CompiledQuery:
         # `killed` can never be among the states (the model refuses it), so it never fires.
         params["states"] = list(event.states)
         select = select.where(
-            exp.EQ(this=_frag("e.details ->> 'to'"), expression=exp.Any(this=exp.paren(exp.cast(_p("states"), "TEXT[]"))))
+            exp.EQ(
+                this=_frag("e.details ->> 'to'"),
+                expression=exp.Any(this=exp.paren(exp.cast(_p("states"), "TEXT[]"))),
+            )
         )
         select = _run_scope(select, automation, params, "e")
     else:
@@ -691,10 +783,14 @@ def compile_event(automation: Automation, mode: Mode = "live") -> CompiledQuery:
             )
         elif isinstance(event, ArtifactAliasAdded):
             params["alias_regex"] = event.alias_regex
-            select = select.where(exp.RegexpLike(this=_frag("e.details ->> 'alias'"), expression=_p("alias_regex")))
+            select = select.where(
+                exp.RegexpLike(this=_frag("e.details ->> 'alias'"), expression=_p("alias_regex"))
+            )
         elif isinstance(event, ArtifactTagAdded):
             params["tag_regex"] = event.tag_regex
-            select = select.where(exp.RegexpLike(this=_frag("e.details ->> 'tag'"), expression=_p("tag_regex")))
+            select = select.where(
+                exp.RegexpLike(this=_frag("e.details ->> 'tag'"), expression=_p("tag_regex"))
+            )
         elif isinstance(event, RegistryVersionLinked) and event.alias_regex is not None:
             # the link matches when an alias of the linked version in that registry collection matches
             params["alias_regex"] = event.alias_regex

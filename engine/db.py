@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import psycopg
@@ -61,7 +61,11 @@ def translate(exc: BaseException) -> EngineError:
         return SchemaNotReady(f"the database does not exist ({text}). {_DATABASE_MISSING_FIX}")
     if state.startswith("53"):
         return DatabaseBusy(f"the database is out of capacity ({text}). {_CAPACITY_FIX}")
-    if isinstance(exc, psycopg.OperationalError) and not state or state.startswith("08") or state in _SHUTTING_DOWN:
+    if (
+        (isinstance(exc, psycopg.OperationalError) and not state)
+        or state.startswith("08")
+        or state in _SHUTTING_DOWN
+    ):
         return DatabaseUnavailable(f"no database reachable ({text}). {_where_hint()}")
     if state == "42501":
         return DatabaseError(f"{text}: {_PRIVILEGE_FIX}")
@@ -76,7 +80,9 @@ def translate(exc: BaseException) -> EngineError:
             "to postgresql.conf and restart PostgreSQL."
         )
     if "timescaledb" in lowered and ("not available" in lowered or state in ("0A000", "58P01")):
-        return ExtensionMissing(f"TimescaleDB is not installed in this PostgreSQL ({text}). {_NOT_INSTALLED_FIX}")
+        return ExtensionMissing(
+            f"TimescaleDB is not installed in this PostgreSQL ({text}). {_NOT_INSTALLED_FIX}"
+        )
     return DatabaseError(text)
 
 
@@ -128,11 +134,11 @@ _DATABASE_MISSING_FIX = (
 )
 _PRIVILEGE_FIX = (
     "the database role of ENGINE_DATABASE_URL may not do this; engine/sql/grants.sql says what the service, "
-    "ingest and reader roles are granted (docs/production.md, \"Least-privilege roles\")"
+    'ingest and reader roles are granted (docs/production.md, "Least-privilege roles")'
 )
 _CAPACITY_FIX = (
     "The server allows no more connections (or is out of disk or memory): wait and retry, raise "
-    "max_connections, or put PgBouncer in front of it (docs/production.md, \"Connection budget\")."
+    'max_connections, or put PgBouncer in front of it (docs/production.md, "Connection budget").'
 )
 
 
@@ -187,7 +193,10 @@ def set_application_name(name: str) -> None:
 
 
 def conninfo(
-    url: str | None = None, *, settings: Settings | None = None, application_name: str | None = None,
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    application_name: str | None = None,
     connect_timeout: int | None = None,
 ) -> str:
     """The connection string every connection of the engine uses (pools take it as it is):
@@ -203,16 +212,24 @@ def conninfo(
 
 
 def connect(
-    url: str | None = None, *, autocommit: bool = False, settings: Settings | None = None,
-    application_name: str | None = None, connect_timeout: int | None = None, prepare_threshold: int | None = None,
+    url: str | None = None,
+    *,
+    autocommit: bool = False,
+    settings: Settings | None = None,
+    application_name: str | None = None,
+    connect_timeout: int | None = None,
+    prepare_threshold: int | None = None,
 ) -> psycopg.Connection:
     """A connection, errors translated. No server-side prepared statements unless
     `prepare_threshold` asks for them: a PgBouncer in transaction pooling mode (1.18, as
     Debian ships it) does not keep them from one transaction to the next."""
     with boundary():
         return psycopg.connect(
-            conninfo(url, settings=settings, application_name=application_name, connect_timeout=connect_timeout),
-            autocommit=autocommit, prepare_threshold=prepare_threshold,
+            conninfo(
+                url, settings=settings, application_name=application_name, connect_timeout=connect_timeout
+            ),
+            autocommit=autocommit,
+            prepare_threshold=prepare_threshold,
         )
 
 
@@ -231,7 +248,9 @@ def is_transient(exc: BaseException) -> bool:
     """Whether the same call may succeed later (an outage, a full server, a lost serialisation
     race) rather than never (wrong password, missing database, schema or extension): the
     classes of `translate`, so that retrying and advice never disagree."""
-    cause = exc.__cause__ if isinstance(exc, EngineError) and isinstance(exc.__cause__, psycopg.Error) else exc
+    cause = (
+        exc.__cause__ if isinstance(exc, EngineError) and isinstance(exc.__cause__, psycopg.Error) else exc
+    )
     if isinstance(cause, psycopg.Error) and (cause.sqlstate or "") in _RACES:
         return True
     return isinstance(translate(cause), DatabaseUnavailable)
@@ -245,7 +264,7 @@ _RACES = ("40001", "40P01")
 _BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _queries() -> dict[str, str]:
     found: dict[str, str] = {}
     where: dict[str, str] = {}
@@ -284,7 +303,9 @@ def checksum(text: str) -> str:
 def edited_migrations(conn: psycopg.Connection) -> list[str]:
     """The applied migrations whose file no longer has the text that was applied."""
     with boundary():
-        recorded: dict[str, str] = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+        recorded: dict[str, str] = dict(
+            conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+        )
     return [p.name for v, p in migrations() if v in recorded and recorded[v] != checksum(p.read_text())]
 
 
@@ -307,7 +328,8 @@ def migrate(conn: psycopg.Connection) -> list[str]:
             if not migrations():
                 fix = (
                     "ENGINE_SQL_DIR names a folder without them; unset it to use the SQL inside the package"
-                    if os.environ.get("ENGINE_SQL_DIR") else "the engine is installed without its SQL: reinstall it"
+                    if os.environ.get("ENGINE_SQL_DIR")
+                    else "the engine is installed without its SQL: reinstall it"
                 )
                 raise SchemaNotReady(f"no migration files in {SQL_DIR / 'migrations'}: {fix}.")
             # Applying on top of an edited migration would leave a schema that no file describes.
@@ -334,7 +356,9 @@ def migrate(conn: psycopg.Connection) -> list[str]:
                 for view in sorted((SQL_DIR / "views").glob("*.sql")):
                     conn.execute(view.read_text())
         except pgerrors.UndefinedFile as exc:
-            raise ExtensionMissing(f"TimescaleDB is not installed in this PostgreSQL. {_NOT_INSTALLED_FIX}") from exc
+            raise ExtensionMissing(
+                f"TimescaleDB is not installed in this PostgreSQL. {_NOT_INSTALLED_FIX}"
+            ) from exc
         finally:
             # A FATAL error (TimescaleDB not preloaded ends the session) already released the
             # lock with the session; unlocking then would hide the real error.

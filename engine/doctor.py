@@ -77,7 +77,10 @@ def run_checks(settings: Settings | None = None, *, timeout: float = 3.0) -> lis
     checks = [reachable]
     if conn is None:
         skipped = "not checked: no database"
-        checks += [Check("TimescaleDB installed and preloaded", "skip", skipped), Check("migrations applied", "skip", skipped)]
+        checks += [
+            Check("TimescaleDB installed and preloaded", "skip", skipped),
+            Check("migrations applied", "skip", skipped),
+        ]
         rules_check, from_files = _rules(settings, None, [])
         checks += [rules_check, Check("stored automations", "skip", skipped)]
         checks += _targets(settings, from_files, timeout, source="rule files")
@@ -100,7 +103,11 @@ def run_checks(settings: Settings | None = None, *, timeout: float = 3.0) -> lis
         except _NotPermitted as refused:  # an ingest-only role: the rule files stand in for them
             rules_check, from_files = _rules(settings, conn, None)
             checks.append(rules_check)
-            checks.append(_not_permitted("stored automations load and run", role, refused, f"GRANT engine_reader TO {role}"))
+            checks.append(
+                _not_permitted(
+                    "stored automations load and run", role, refused, f"GRANT engine_reader TO {role}"
+                )
+            )
             checks += _targets(settings, from_files, timeout, source="rule files")
         else:
             rules_check, _ = _rules(settings, conn, stored)
@@ -126,7 +133,9 @@ def _refusal(exc: BaseException) -> str | None:
 
 def _not_permitted(name: str, role: str, refused: BaseException, grant: str) -> Check:
     return Check(
-        name, "skip", f"not checked: the role {role} may not read what it needs ({_refusal(refused) or refused})",
+        name,
+        "skip",
+        f"not checked: the role {role} may not read what it needs ({_refusal(refused) or refused})",
         f"to check it, `{grant}` (see engine/sql/grants.sql), or run `engine doctor` as the service's role",
     )
 
@@ -211,19 +220,25 @@ def _timescaledb(conn: psycopg.Connection, role: str | None = None) -> Check:
     preloaded = "timescaledb" in [p.strip().strip('"') for p in (row["preload"] or "").split(",")]
     if row["available"] is None and row["timescaledb"] is None:
         return Check(
-            name, "fail", f"the TimescaleDB extension is not installed for PostgreSQL {row['server_version']}",
+            name,
+            "fail",
+            f"the TimescaleDB extension is not installed for PostgreSQL {row['server_version']}",
             "install it (`scripts/setup`, or use a timescale/timescaledb image)",
         )
     if row["preload"] is None and not row["may_read_settings"]:
         return _timescaledb_unprivileged(conn, role or _role(conn), row)
     if not preloaded:
         return Check(
-            name, "fail", "TimescaleDB is installed but not in shared_preload_libraries, so it cannot run",
+            name,
+            "fail",
+            "TimescaleDB is installed but not in shared_preload_libraries, so it cannot run",
             "add shared_preload_libraries = 'timescaledb' to postgresql.conf, then restart PostgreSQL",
         )
     if row["timescaledb"] is None:
         return Check(
-            name, "fail", "TimescaleDB is installed and preloaded, but not created in this database",
+            name,
+            "fail",
+            "TimescaleDB is installed and preloaded, but not created in this database",
             "run `engine db migrate` (its first migration runs CREATE EXTENSION timescaledb)",
         )
     return Check(name, "ok", f"TimescaleDB {row['timescaledb']}, preloaded")
@@ -236,21 +251,27 @@ def _timescaledb_unprivileged(conn: psycopg.Connection, role: str, row: dict[str
     grant = f"GRANT pg_read_all_settings TO {role}"
     if row["timescaledb"] is None:
         return Check(
-            name, "skip", "TimescaleDB is installed but not created in this database; whether it is preloaded was not "
-            f"checked: only a superuser or a member of pg_read_all_settings may read shared_preload_libraries",
+            name,
+            "skip",
+            "TimescaleDB is installed but not created in this database; whether it is preloaded was not "
+            "checked: only a superuser or a member of pg_read_all_settings may read shared_preload_libraries",
             f"run `engine db migrate` (as the role that owns the schema); to check the preload, `{grant}`",
         )
     try:
         _dicts(conn, "doctor_timescaledb_loads")
     except (_NotPermitted, EngineError) as exc:
         return Check(
-            name, "skip", f"TimescaleDB {row['timescaledb']} is created; whether it is preloaded was not checked: the "
+            name,
+            "skip",
+            f"TimescaleDB {row['timescaledb']} is created; whether it is preloaded was not checked: the "
             f"role {role} may not read shared_preload_libraries, and calling into TimescaleDB failed "
             f"({_first_line(exc.__cause__ or exc)})",
             f"`{grant}`, or run `engine doctor` as a superuser",
         )
     return Check(
-        name, "ok", f"TimescaleDB {row['timescaledb']}, loaded (so preloaded; the role {role} may not read "
+        name,
+        "ok",
+        f"TimescaleDB {row['timescaledb']}, loaded (so preloaded; the role {role} may not read "
         "shared_preload_libraries itself, which needs pg_read_all_settings)",
     )
 
@@ -268,17 +289,26 @@ def _migrations(conn: psycopg.Connection, role: str | None = None) -> Check:
     files = migrations()
     if pending:
         return Check(
-            name, "fail", f"{len(pending)} of {len(files)} migrations not applied: {', '.join(pending)}",
+            name,
+            "fail",
+            f"{len(pending)} of {len(files)} migrations not applied: {', '.join(pending)}",
             "run `engine db migrate`",
         )
     changed = edited_migrations(conn)
     if changed:
         return Check(
-            name, "fail",
+            name,
+            "fail",
             f"{', '.join(changed)} changed after it was applied: the database may not match this engine's code",
             "restore the migration file as it was (migrations are never edited; add a new one instead)",
         )
-    return Check(name, "ok", f"all {len(files)} migrations applied (latest {files[-1][1].name})" if files else "no migration files")
+    return Check(
+        name,
+        "ok",
+        f"all {len(files)} migrations applied (latest {files[-1][1].name})"
+        if files
+        else "no migration files",
+    )
 
 
 def database_checks(settings: Settings | None = None, *, timeout: float = 3.0) -> list[Check]:
@@ -305,7 +335,9 @@ def _rules(
     except RuleValidationError as exc:
         lines = "\n".join(f"      {issue}" for issue in exc.issues)
         return Check(
-            name, "fail", f"{_count(len(exc.issues), 'problem')} in the rule files under {path}:\n{lines}",
+            name,
+            "fail",
+            f"{_count(len(exc.issues), 'problem')} in the rule files under {path}:\n{lines}",
             "correct the lines named above, then check again with `engine rules validate`",
         ), []
     except EngineError as exc:  # the regex check needs the database; it may fail midway
@@ -327,13 +359,17 @@ def _rules(
         f"; {_count(len(demo), 'rule')} not applied as such because `engine demo` ran {'them' if len(demo) > 1 else 'it'} "
         f"as {DEMO_PREFIX}<name> in its own projects ({', '.join(demo)}): to use one for real, set its scope and action "
         "to yours first, then `engine rules apply`"
-        if demo else ""
+        if demo
+        else ""
     )
     if others:
         return Check(
-            name, "warn", f"{detail}; not applied (or changed since): {', '.join(others)}{note}",
+            name,
+            "warn",
+            f"{detail}; not applied (or changed since): {', '.join(others)}{note}",
             f"run `engine rules apply {path}/<file>` for {'them' if len(others) > 1 else 'it'} when ready to run"
-            if demo else "run `engine rules apply` when they are ready to run",
+            if demo
+            else "run `engine rules apply` when they are ready to run",
         ), rules
     if demo:
         return Check(name, "ok", f"{detail}{note}"), rules
@@ -357,7 +393,9 @@ def _stored_automations(rows: list[dict[str, Any]]) -> tuple[Check, list[Automat
             automation = Automation.model_validate(row["rule"])
         except ValueError as exc:
             first = str(exc).splitlines()[1:3]
-            problems.append(f"{row['name']}: this engine cannot read the stored rule ({' '.join(p.strip() for p in first)})")
+            problems.append(
+                f"{row['name']}: this engine cannot read the stored rule ({' '.join(p.strip() for p in first)})"
+            )
             continue
         if not row["enabled"]:
             continue
@@ -371,7 +409,9 @@ def _stored_automations(rows: list[dict[str, Any]]) -> tuple[Check, list[Automat
     if problems:
         lines = "\n".join(f"      {p}" for p in problems)
         return Check(
-            name, "fail", f"{len(problems)} of {_count(len(rows), 'automation')} with a problem:\n{lines}",
+            name,
+            "fail",
+            f"{len(problems)} of {_count(len(rows), 'automation')} with a problem:\n{lines}",
             "see `engine rules list` / `engine rules show NAME`; a failing automation is skipped each tick until "
             "it evaluates without error (a rule this engine cannot read: apply it again from its file, or delete it)",
         ), loaded
@@ -379,11 +419,17 @@ def _stored_automations(rows: list[dict[str, Any]]) -> tuple[Check, list[Automat
         return Check(name, "ok", "no automations stored (apply some with `engine rules apply`)"), loaded
     demo = sum(1 for row in rows if row["name"].startswith(DEMO_PREFIX))
     of_demo = f", {demo} of them from `engine demo`" if demo else ""
-    return Check(name, "ok", f"{_count(len(rows), 'automation')} ({len(loaded)} enabled{of_demo}) load; none is failing"), loaded
+    return Check(
+        name,
+        "ok",
+        f"{_count(len(rows), 'automation')} ({len(loaded)} enabled{of_demo}) load; none is failing",
+    ), loaded
 
 
 # -- 6. action targets -------------------------------------------------------------------------
-def _targets(settings: Settings, automations: Iterable[Automation], timeout: float, *, source: str) -> list[Check]:
+def _targets(
+    settings: Settings, automations: Iterable[Automation], timeout: float, *, source: str
+) -> list[Check]:
     hosts: dict[tuple[str, str, int], list[str]] = {}
     secrets: dict[str, list[str]] = {}
     for automation in automations:
@@ -394,7 +440,10 @@ def _targets(settings: Settings, automations: Iterable[Automation], timeout: flo
             url = urlsplit(action.url)
             port = url.port or (443 if url.scheme == "https" else 80)
             hosts.setdefault((url.scheme, url.hostname or "", port), []).append(automation.name)
-    checks = [_reach(scheme, host, port, users, settings, timeout) for (scheme, host, port), users in sorted(hosts.items())]
+    checks = [
+        _reach(scheme, host, port, users, settings, timeout)
+        for (scheme, host, port), users in sorted(hosts.items())
+    ]
     checks += [_secret(name, users) for name, users in sorted(secrets.items())]
     if not checks:
         return [Check("action targets", "ok", f"no webhook or Slack actions in the {source}")]
@@ -428,9 +477,15 @@ def _reach(scheme: str, host: str, port: int, users: list[str], settings: Settin
         except OSError as error:
             failure = error
     else:
-        reason = "timed out" if isinstance(failure, TimeoutError) else (failure.strerror or type(failure).__name__).lower()
+        reason = (
+            "timed out"
+            if isinstance(failure, TimeoutError)
+            else (failure.strerror or type(failure).__name__).lower()
+        )
         return Check(
-            name, "fail", f"nothing accepts connections at {address} port {port} ({reason})",
+            name,
+            "fail",
+            f"nothing accepts connections at {address} port {port} ({reason})",
             "start the receiver, open the firewall, or correct the URL in the rule",
         )
     return Check(name, "ok", f"resolves to {address}, allowed, accepts connections (no request sent)")
@@ -442,7 +497,9 @@ def _secret(env: str, users: list[str]) -> Check:
         read_env(env)
     except PermanentDeliveryError as exc:
         return Check(
-            name, "fail", f"{exc} — in this shell; the service needs it in its own environment",
+            name,
+            "fail",
+            f"{exc} — in this shell; the service needs it in its own environment",
             f"export {env}=… where `engine serve` runs (systemd Environment=, docker -e, …)",
         )
     return Check(name, "ok", "set in this environment (its value is not shown)")
@@ -458,9 +515,13 @@ def _deliveries(conn: psycopg.Connection, role: str) -> Check:
     if not rows:
         return Check(name, "ok", "no delivery failed in the last 24 h")
     total = sum(r["failed"] for r in rows)
-    lines = "\n".join(f"      {r['automation']}: {r['failed']} failed, last error: {r['last_error']}" for r in rows)
+    lines = "\n".join(
+        f"      {r['automation']}: {r['failed']} failed, last error: {r['last_error']}" for r in rows
+    )
     return Check(
-        name, "fail", f"{total} deliver{'ies' if total != 1 else 'y'} failed in the last 24 h:\n{lines}",
+        name,
+        "fail",
+        f"{total} deliver{'ies' if total != 1 else 'y'} failed in the last 24 h:\n{lines}",
         "see them with `engine deliveries --status failed`; once the cause is fixed, `engine redeliver ID` sends one again",
     )
 

@@ -87,7 +87,9 @@ def _native(sql: str) -> tuple[bytes, tuple[str, ...]]:
     return _PLACEHOLDER.sub(number, sql).encode(), tuple(names)
 
 
-def _execute(conn: psycopg.Connection, compiled: CompiledQuery, runtime: dict[str, Any]) -> list[dict[str, Any]]:
+def _execute(
+    conn: psycopg.Connection, compiled: CompiledQuery, runtime: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Run a compiled query (prepared: planned once per connection) and return its rows."""
     sql, names = _native(compiled.sql)
     params = compiled.bind(**runtime)
@@ -98,8 +100,12 @@ def _execute(conn: psycopg.Connection, compiled: CompiledQuery, runtime: dict[st
 def _dumped_once(params: dict[str, Any]) -> dict[str, Any]:
     """`params` with its lists (the rules' arrays) converted once, for every execution."""
     transformer = Transformer()
-    return {name: _Dumped(bytes(transformer.get_dumper(value, PyFormat.TEXT).dump(value)))
-            if isinstance(value, list) else value for name, value in params.items()}
+    return {
+        name: _Dumped(bytes(transformer.get_dumper(value, PyFormat.TEXT).dump(value)))
+        if isinstance(value, list)
+        else value
+        for name, value in params.items()
+    }
 
 
 def is_metric_rule(automation: Automation) -> bool:
@@ -211,7 +217,11 @@ def event_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Ite
             details={
                 "metric_filter": automation.event.describe(),
                 "event_author": row["author"],
-                **{k: v for k, v in details.items() if k in ("from", "to", "registry", "collection", "version_index")},
+                **{
+                    k: v
+                    for k, v in details.items()
+                    if k in ("from", "to", "registry", "collection", "version_index")
+                },
             },
         )
 
@@ -357,7 +367,9 @@ class Evaluator:
                     catching_up.append(stored)
                 else:
                     # metric rules on one metric with the same frontier are evaluated together
-                    groups.setdefault((*group, frontier) if group else ("alone", stored.id), []).append(stored)
+                    groups.setdefault((*group, frontier) if group else ("alone", stored.id), []).append(
+                        stored
+                    )
         if groups:
             self._run_parallel(conn, list(groups.values()), series, to_xid, result)
         # automations that failed last time: alone, each in its own transaction, over a span
@@ -413,8 +425,9 @@ class Evaluator:
             parts[lightest].append(group)
             loads[lightest] += weight(group)
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.settings.evaluation_connections - 1,
-                                            thread_name_prefix="engine-evaluate")
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.settings.evaluation_connections - 1, thread_name_prefix="engine-evaluate"
+            )
         partials = [TickResult() for _ in parts]
 
         def run_share(n: int) -> None:
@@ -487,12 +500,20 @@ class Evaluator:
         result.fired += fired
 
     def _isolate(
-        self, conn: psycopg.Connection, members: list[StoredAutomation], error: Exception, to_xid: int, result: TickResult
+        self,
+        conn: psycopg.Connection,
+        members: list[StoredAutomation],
+        error: Exception,
+        to_xid: int,
+        result: TickResult,
     ) -> None:
         """A failed group: its members one by one; a failed automation: logged, recorded, skipped."""
         if len(members) > 1:
-            log.warning("%d automations on one metric failed together (%s); evaluating them one by one",
-                        len(members), error)
+            log.warning(
+                "%d automations on one metric failed together (%s); evaluating them one by one",
+                len(members),
+                error,
+            )
             for stored in members:
                 self._run(conn, [[stored]], to_xid, result)
             return
@@ -503,7 +524,9 @@ class Evaluator:
 
     def _record_failure(self, conn: psycopg.Connection, automation_id: int, error: str) -> None:
         try:
-            _dicts(conn).execute(query("record_failure"), {"automation_id": automation_id, "error": error[:2000]})
+            _dicts(conn).execute(
+                query("record_failure"), {"automation_id": automation_id, "error": error[:2000]}
+            )
         except psycopg.Error:  # the failure is already logged; never let it stop the tick
             log.exception("could not record the failure of automation %s", automation_id)
 
@@ -515,15 +538,21 @@ class Evaluator:
             if len(self._compiled) > 512:  # groups that no longer exist (rules changed, work shared)
                 self._compiled.clear()
             if is_metric_rule(members[0].automation):
-                compiled = compile_metrics([s.automation for s in members], "live", tails_only=tails_only,
-                                           automation_ids=[s.id for s in members])
+                compiled = compile_metrics(
+                    [s.automation for s in members],
+                    "live",
+                    tails_only=tails_only,
+                    automation_ids=[s.id for s in members],
+                )
                 self._compiled[key] = dataclasses.replace(compiled, params=_dumped_once(compiled.params))
             else:
                 (stored,) = members
                 self._compiled[key] = compile_rule(stored.automation, "live")
         return self._compiled[key]
 
-    def _rows(self, conn: psycopg.Connection, members: list[StoredAutomation], frontier: int, to_xid: int) -> list[dict[str, Any]]:
+    def _rows(
+        self, conn: psycopg.Connection, members: list[StoredAutomation], frontier: int, to_xid: int
+    ) -> list[dict[str, Any]]:
         """What a group's query returns over [frontier, to_xid). Metric groups whose windows
         fit the tails run the tails-only query first; the full one (which can read the
         hypertable) only when a series' tail fell short (a backlog)."""
@@ -537,7 +566,11 @@ class Evaluator:
         return _execute(conn, compiled, runtime)
 
     def _evaluate(
-        self, conn: psycopg.Connection, groups: list[list[StoredAutomation]], to_xid: int, catch_up: bool = False
+        self,
+        conn: psycopg.Connection,
+        groups: list[list[StoredAutomation]],
+        to_xid: int,
+        catch_up: bool = False,
     ) -> tuple[int, int, int]:
         """Evaluate groups in one transaction: lock the members' states (members another
         service holds are skipped), run each group's query over [frontier, to_xid) (a
@@ -548,7 +581,9 @@ class Evaluator:
         with conn.transaction():
             locked = {
                 r["automation_id"]: int(r["frontier"])
-                for r in _dicts(conn).execute(query("lock_states"), {"ids": [s.id for s in members]}).fetchall()
+                for r in _dicts(conn)
+                .execute(query("lock_states"), {"ids": [s.id for s in members]})
+                .fetchall()
             }
             candidates: list[tuple[StoredAutomation, list[Firing]]] = []
             last_fired: dict[int, dict[int, datetime]] = {}  # metric rules: from their rows
@@ -576,15 +611,21 @@ class Evaluator:
             self.on_fired(fired)
         return sum(len(ids) for ids in evaluated.values()), len(members) - len(locked), fired
 
-    def _catch_up_end(self, conn: psycopg.Connection, members: list[StoredAutomation], frontier: int, to_xid: int) -> int:
+    def _catch_up_end(
+        self, conn: psycopg.Connection, members: list[StoredAutomation], frontier: int, to_xid: int
+    ) -> int:
         """Where the try of an automation that failed last time stops: a metric rule's span
         is cut to the first 1/2^failures of its metric's flushes (event rules: not cut)."""
         automation = members[0].automation
         failures = max(self._failures.get(s.id, 0) for s in members)
         if not failures or not is_metric_rule(automation):
             return to_xid
-        bound = {"metric": automation.event.metric, "from_xid": str(frontier), "to_xid": str(to_xid),
-                 "failures": min(failures, 30)}
+        bound = {
+            "metric": automation.event.metric,
+            "from_xid": str(frontier),
+            "to_xid": str(to_xid),
+            "failures": min(failures, 30),
+        }
         end = _dicts(conn).execute(query("catch_up_end"), bound).fetchone()["end_xid"]
         return to_xid if end is None else int(end)
 
@@ -602,13 +643,26 @@ class Evaluator:
         if not candidates:
             return 0
         last_fired: dict[int, dict[int, datetime]] = {
-            stored.id: dict(metric_last_fired.get(stored.id, {})) for stored, _ in candidates}
-        cooled = [stored.id for stored, _ in candidates
-                  if cooldown_of(stored.automation) is not None and not is_metric_rule(stored.automation)]
+            stored.id: dict(metric_last_fired.get(stored.id, {})) for stored, _ in candidates
+        }
+        cooled = [
+            stored.id
+            for stored, _ in candidates
+            if cooldown_of(stored.automation) is not None and not is_metric_rule(stored.automation)
+        ]
         if cooled:
-            run_pks = sorted({f.run_pk for stored, firings in candidates if stored.id in cooled
-                              for f in firings if f.run_pk is not None})
-            for r in _dicts(conn).execute(query("last_fired"), {"ids": cooled, "run_pks": run_pks}).fetchall():
+            run_pks = sorted(
+                {
+                    f.run_pk
+                    for stored, firings in candidates
+                    if stored.id in cooled
+                    for f in firings
+                    if f.run_pk is not None
+                }
+            )
+            for r in (
+                _dicts(conn).execute(query("last_fired"), {"ids": cooled, "run_pks": run_pks}).fetchall()
+            ):
                 last_fired[r["automation_id"]][r["run_pk"]] = r["value_time"]
         from engine.actions.outbox import delivery_rows
 
@@ -623,7 +677,8 @@ class Evaluator:
         for n, row in enumerate(triggers):
             row["n"] = n
         row = conn.execute(
-            query("insert_triggers"), {"triggers": Jsonb(triggers), "actions": Jsonb(actions), "now": clock.now()}
+            query("insert_triggers"),
+            {"triggers": Jsonb(triggers), "actions": Jsonb(actions), "now": clock.now()},
         ).fetchone()
         return int(row[0])
 
@@ -709,4 +764,3 @@ def backtest(conn: psycopg.Connection, automation: Automation, since: datetime) 
         cur = conn.cursor(row_factory=dict_row)
         rows = cur.execute(compiled.sql, compiled.bind(since=since)).fetchall()
     return list(apply_cooldown(firings_from_rows(automation, rows), {}, cooldown_of(automation)))
-

@@ -76,7 +76,9 @@ class Window:
 
     def label(self) -> str:
         """`window #3–#7 (steps 2–6)`."""
-        where = f"#{self.first_pos}" if self.first_pos == self.last_pos else f"#{self.first_pos}–#{self.last_pos}"
+        where = (
+            f"#{self.first_pos}" if self.first_pos == self.last_pos else f"#{self.first_pos}–#{self.last_pos}"
+        )
         if self.points:
             first, last = self.points[0].step, self.points[-1].step
             where += f" (step {first})" if first == last else f" (steps {first}–{last})"
@@ -225,11 +227,15 @@ class Explanation:
         event = self.rule.event if self.rule else None
         if isinstance(event, RunMetricChange):
             cur, prior = self.current_aggregate, self.prior_aggregate
-            out.append(f"current {event.aggregation} = {_num(cur)}, prior {event.aggregation} = {_num(prior)}")
+            out.append(
+                f"current {event.aggregation} = {_num(cur)}, prior {event.aggregation} = {_num(prior)}"
+            )
             formula = "cur − prior" if event.change == "absolute" else "(cur − prior) / |prior|"
             out.append(f"d = {formula} = {_change(self.value, event.change)}; {_change_test(event)}  → fired")
         elif isinstance(event, RunMetricThreshold):
-            out.append(f"{event.aggregation} of the window = {_num(self.value)} {event.operator} {event.threshold:g}  → fired")
+            out.append(
+                f"{event.aggregation} of the window = {_num(self.value)} {event.operator} {event.threshold:g}  → fired"
+            )
         else:
             out.append(f"aggregate = {_num(self.value)}")
         return out
@@ -248,9 +254,10 @@ class Explanation:
         if self.artifact_version:
             out.append(f"artifact version: {self.artifact_version}")
         if d.get("registry"):
-            out.append(f"registry: {d['registry']}/{d.get('collection')}" + (
-                f" v{d['version_index']}" if d.get("version_index") is not None else ""
-            ))
+            out.append(
+                f"registry: {d['registry']}/{d.get('collection')}"
+                + (f" v{d['version_index']}" if d.get("version_index") is not None else "")
+            )
         if self.alias:
             out.append(f"alias: {self.alias}")
         if self.tag:
@@ -276,12 +283,22 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
             rule: Automation | None = Automation.model_validate(row["rule"])
         except ValidationError:
             rule = None
-            warnings.append(f"the rule of version {row['automation_version']} cannot be read by this engine version")
+            warnings.append(
+                f"the rule of version {row['automation_version']} cannot be read by this engine version"
+            )
         details = row["details"] or {}
         run = None
         if row["run_pk"] is not None or row["cause"].startswith("metric:"):
             run_pk = row["run_pk"] if row["run_pk"] is not None else int(row["cause"].split(":")[1])
-            run = RunInfo(run_pk, row["entity"], row["project"], row["run_id"], row["run_name"], row["user_name"], row["run_state"])
+            run = RunInfo(
+                run_pk,
+                row["entity"],
+                row["project"],
+                row["run_id"],
+                row["run_name"],
+                row["user_name"],
+                row["run_state"],
+            )
         common: dict[str, Any] = {
             "trigger_id": row["id"],
             "fired_at": row["fired_at"],
@@ -289,7 +306,8 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
             "automation_version": row["automation_version"],
             "rule": rule,
             "rule_type": row["event_type"],
-            "condition": details.get("metric_filter") or (rule.event.describe() if rule else row["event_type"]),
+            "condition": details.get("metric_filter")
+            or (rule.event.describe() if rule else row["event_type"]),
             "run": run,
             "delivery": _delivery(row),
         }
@@ -309,7 +327,9 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
         )
 
 
-def _metric_explanation(cur: psycopg.Cursor, row: dict[str, Any], common: dict[str, Any], warnings: list[str]) -> Explanation:
+def _metric_explanation(
+    cur: psycopg.Cursor, row: dict[str, Any], common: dict[str, Any], warnings: list[str]
+) -> Explanation:
     _, run_pk, key_id, pos = row["cause"].split(":")
     run_pk, key_id, position = int(run_pk), int(key_id), int(pos)
     metric = row["metric"]
@@ -333,8 +353,10 @@ def _metric_explanation(cur: psycopg.Cursor, row: dict[str, Any], common: dict[s
     if len(sizes) == 1:
         recorded = [("window", window_values, row["value"])]
     else:
-        recorded = [("prior window", prior_values, row["prior_aggregate"]),
-                    ("current window", window_values, row["current_aggregate"])]
+        recorded = [
+            ("prior window", prior_values, row["prior_aggregate"]),
+            ("current window", window_values, row["current_aggregate"]),
+        ]
     windows = []
     last = position - sum(sizes)  # the position just before the first window
     for size, (name, values, aggregate) in zip(sizes, recorded):
@@ -345,7 +367,9 @@ def _metric_explanation(cur: psycopg.Cursor, row: dict[str, Any], common: dict[s
     if not series:
         warnings.append(f"no finite value of {metric} is stored for this run any more")
     elif position > len(series):
-        warnings.append(f"the run has only {len(series)} finite values of {metric} stored now (fired at #{position})")
+        warnings.append(
+            f"the run has only {len(series)} finite values of {metric} stored now (fired at #{position})"
+        )
     elif any(tuple(w.values) != w.recorded for w in windows):
         warnings.append("the stored values differ from the window(s) the trigger recorded")
     return Explanation(
@@ -389,7 +413,9 @@ def _change(value: float | None, kind: str) -> str:
 
 def _change_test(event: RunMetricChange) -> str:
     amount = _change(event.amount, event.change).lstrip("+")
-    return {"increase": f"d ≥ {amount}", "decrease": f"−d ≥ {amount}", "any": f"|d| ≥ {amount}"}[event.direction]
+    return {"increase": f"d ≥ {amount}", "decrease": f"−d ≥ {amount}", "any": f"|d| ≥ {amount}"}[
+        event.direction
+    ]
 
 
 def _values(values: Sequence[float]) -> str:
@@ -424,10 +450,16 @@ def _step_pad(series: Sequence[Point]) -> float:
 _SERIES = (None, "blue")
 _THRESHOLD = ("─", "red")
 _FIRED = ("✖", "red")
-_TERMINAL_WINDOWS = {"window": ("●", "orange"), "current window": ("●", "orange"), "prior window": ("○", "magenta")}
+_TERMINAL_WINDOWS = {
+    "window": ("●", "orange"),
+    "current window": ("●", "orange"),
+    "prior window": ("○", "magenta"),
+}
 
 
-def render_terminal(expl: Explanation, width: int = 100, height: int | None = None, *, color: bool = False) -> str:
+def render_terminal(
+    expl: Explanation, width: int = 100, height: int | None = None, *, color: bool = False
+) -> str:
     """The picture as text (plotext), a key line, then `expl.lines()`; the text alone for
     event triggers. `color` adds ANSI colors (for a terminal)."""
     text = "\n".join(expl.lines())
@@ -477,7 +509,11 @@ def render_terminal(expl: Explanation, width: int = 100, height: int | None = No
     used = width
     for (symbol, colour), label in key:
         shown = symbol or "▚"
-        part = (plotext.colorize(shown, plotext.pixel(foreground=colour)).string() if color else shown) + " " + label
+        part = (
+            (plotext.colorize(shown, plotext.pixel(foreground=colour)).string() if color else shown)
+            + " "
+            + label
+        )
         size = len(shown) + 1 + len(label)
         if rows and used + 3 + size <= width:
             rows[-1] += "   " + part
@@ -512,7 +548,9 @@ _WINDOW_COLORS = {"window": "tab:orange", "current window": "tab:orange", "prior
 def render_png(expl: Explanation, path: str | Path) -> Path:
     """Write the picture as a PNG (matplotlib, Agg: no display needed). Metric triggers only."""
     if not expl.is_metric:
-        raise ValueError(f"trigger {expl.trigger_id} fired on an event ({expl.rule_type}): there is no series to draw")
+        raise ValueError(
+            f"trigger {expl.trigger_id} fired on an event ({expl.rule_type}): there is no series to draw"
+        )
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -521,28 +559,58 @@ def render_png(expl: Explanation, path: str | Path) -> Path:
     ax = fig.add_subplot()
     steps, values = [p.step for p in expl.series], [p.value for p in expl.series]
     run = expl.run.label() if expl.run else "run"
-    ax.plot(steps, values, color="tab:blue", lw=1.3, marker="." if len(steps) <= 200 else None, ms=4,
-            label=f"{expl.metric} ({len(steps)} finite values)", zorder=2)
+    ax.plot(
+        steps,
+        values,
+        color="tab:blue",
+        lw=1.3,
+        marker="." if len(steps) <= 200 else None,
+        ms=4,
+        label=f"{expl.metric} ({len(steps)} finite values)",
+        zorder=2,
+    )
     for window, (x0, x1) in expl.spans():
         colour = _WINDOW_COLORS[window.name]
         ax.axvspan(x0, x1, color=colour, alpha=0.15, lw=0, label=window.label())
-        ax.plot(window.steps, window.values, "o", color=colour, ms=5 if len(window.points) <= 30 else 3, zorder=3)
+        ax.plot(
+            window.steps, window.values, "o", color=colour, ms=5 if len(window.points) <= 30 else 3, zorder=3
+        )
         if window.aggregate is not None:
-            ax.hlines(window.aggregate, x0, x1, colors=colour, lw=2.5, zorder=4, label=expl.aggregate_label(window))
+            ax.hlines(
+                window.aggregate, x0, x1, colors=colour, lw=2.5, zorder=4, label=expl.aggregate_label(window)
+            )
     if expl.threshold is not None:
-        ax.axhline(expl.threshold, color="tab:red", ls="--", lw=1.2, label=f"threshold {_num(expl.threshold)}")
+        ax.axhline(
+            expl.threshold, color="tab:red", ls="--", lw=1.2, label=f"threshold {_num(expl.threshold)}"
+        )
     point = expl.fired_point
     if point is not None:
-        ax.plot([point.step], [point.value], ls="none", marker="*", ms=16, color="red", mec="black", zorder=5,
-                label=f"fired: step {point.step}, value {_num(point.value)}")
+        ax.plot(
+            [point.step],
+            [point.value],
+            ls="none",
+            marker="*",
+            ms=16,
+            color="red",
+            mec="black",
+            zorder=5,
+            label=f"fired: step {point.step}, value {_num(point.value)}",
+        )
     title = f"{expl.automation}: {expl.condition}\n{expl.headline()} · trigger {expl.trigger_id}"
     ax.set_title("\n".join(textwrap.fill(line, 90) for line in title.splitlines()), fontsize=11)
     ax.set_xlabel("step")
     ax.set_ylabel(expl.metric)
     ax.grid(True, alpha=0.3)
     # Outside the axes on the right: the legend never hides a value.
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False,
-              title=textwrap.fill(run, 40), title_fontsize=9, alignment="left")
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=9,
+        frameon=False,
+        title=textwrap.fill(run, 40),
+        title_fontsize=9,
+        alignment="left",
+    )
     path = Path(path)
     fig.savefig(path, format="png", dpi=PNG_DPI)
     return path

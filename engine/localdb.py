@@ -139,7 +139,11 @@ class LocalDatabase:
                 "restore it, or delete it to start a new cluster"
             )
         owner = _first_line(home / _OWNER)
-        if owner and Path(owner).resolve() != self.data_dir.resolve() and _first_line(Path(owner) / MARKER) == str(home):
+        if (
+            owner
+            and Path(owner).resolve() != self.data_dir.resolve()
+            and _first_line(Path(owner) / MARKER) == str(home)
+        ):
             # Both data dirs name the same files: one is a copy of the other, and sharing would
             # let `engine db destroy` in one delete the other's data.
             raise LocalDatabaseError(
@@ -210,7 +214,12 @@ class LocalDatabase:
         """Whether the server's user can enter `folder` (every folder above it must let it through)."""
         if self._server_user() is None:
             return True
-        return subprocess.run(self._cmd(["test", "-x", str(folder)]), capture_output=True, check=False).returncode == 0
+        return (
+            subprocess.run(
+                self._cmd(["test", "-x", str(folder)]), capture_output=True, check=False
+            ).returncode
+            == 0
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
     def status(self) -> Status:
@@ -218,7 +227,14 @@ class LocalDatabase:
         initialised = (home / "pgdata" / "PG_VERSION").exists()
         pid = self._live_pid() if initialised else None
         return Status(
-            pid is not None, initialised, pid, self.data_dir, home, self.socket_dir, self.url(), self._server_user()
+            pid is not None,
+            initialised,
+            pid,
+            self.data_dir,
+            home,
+            self.socket_dir,
+            self.url(),
+            self._server_user(),
         )
 
     def _live_pid(self, pidfile: Path | None = None) -> int | None:
@@ -272,7 +288,19 @@ class LocalDatabase:
             self._chown(self.logfile)
             bindir = _bindir()
             proc = subprocess.run(
-                self._cmd([str(bindir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.logfile), "-w", "-t", "60", "start"]),
+                self._cmd(
+                    [
+                        str(bindir / "pg_ctl"),
+                        "-D",
+                        str(self.pgdata),
+                        "-l",
+                        str(self.logfile),
+                        "-w",
+                        "-t",
+                        "60",
+                        "start",
+                    ]
+                ),
                 capture_output=True,
                 text=True,
                 check=False,
@@ -284,7 +312,9 @@ class LocalDatabase:
                     hint = " TimescaleDB is not installed for this PostgreSQL: run `scripts/setup`."
                 elif not self._server_can_enter(self.pgdata):
                     hint = f" {self._enter_hint(self.pgdata)}"
-                raise LocalDatabaseError(f"could not start the embedded PostgreSQL.{hint}\n{proc.stderr.strip()}\n{tail}")
+                raise LocalDatabaseError(
+                    f"could not start the embedded PostgreSQL.{hint}\n{proc.stderr.strip()}\n{tail}"
+                )
             self._ensure_database()
             return self.status()
 
@@ -297,7 +327,9 @@ class LocalDatabase:
                 self._clear_stale_pidfile()
                 return False
             subprocess.run(
-                self._cmd([str(_bindir() / "pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "-t", "60", "stop"]),
+                self._cmd(
+                    [str(_bindir() / "pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "-t", "60", "stop"]
+                ),
                 capture_output=True,
                 text=True,
                 check=False,
@@ -377,8 +409,18 @@ class LocalDatabase:
         self._chown(self.pgdata)
         proc = subprocess.run(
             self._cmd(
-                [str(_bindir() / "initdb"), "-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust",
-                 "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"]
+                [
+                    str(_bindir() / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-instructions",
+                ]
             ),
             capture_output=True,
             text=True,
@@ -438,13 +480,17 @@ class LocalDatabase:
         while True:
             try:
                 with db.connect(self.url("postgres"), autocommit=True) as conn:
-                    exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone()
+                    exists = conn.execute(
+                        "SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)
+                    ).fetchone()
                     if not exists:
                         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
                     return
             except (psycopg.OperationalError, DatabaseUnavailable):
                 if time.monotonic() > deadline:
-                    raise LocalDatabaseError(f"the embedded server started but does not answer:\n{self._log_tail()}")
+                    raise LocalDatabaseError(
+                        f"the embedded server started but does not answer:\n{self._log_tail()}"
+                    )
                 time.sleep(0.2)
 
     def _log_tail(self, lines: int = 15) -> str:

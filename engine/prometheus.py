@@ -61,7 +61,10 @@ class DatabaseCollector(Collector):
                 rows = self._read()
             except (psycopg.Error, DatabaseError) as exc:
                 # A raising collector turns the whole scrape into an error: report it instead.
-                log.warning("metrics: cannot read the database: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                log.warning(
+                    "metrics: cannot read the database: %s",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+                )
                 self.close()
                 up.add_metric([], 0)
                 yield up
@@ -76,7 +79,9 @@ class DatabaseCollector(Collector):
             triggers.add_metric([r["automation"]], r["fired"])
         yield triggers
         automations = rows["automations"][0]
-        yield GaugeMetricFamily("engine_automations_enabled", "Enabled automations.", value=automations["enabled"])
+        yield GaugeMetricFamily(
+            "engine_automations_enabled", "Enabled automations.", value=automations["enabled"]
+        )
         yield GaugeMetricFamily(
             "engine_automations_failing",
             "Enabled automations whose last evaluation failed (automation_state.last_error).",
@@ -88,7 +93,9 @@ class DatabaseCollector(Collector):
             deliveries.add_metric([status], counts.get(status, 0))
         yield deliveries
         queue = rows["queue"][0]
-        yield GaugeMetricFamily("engine_delivery_queue_depth", "Deliveries waiting to be sent (pending).", value=queue["pending"])
+        yield GaugeMetricFamily(
+            "engine_delivery_queue_depth", "Deliveries waiting to be sent (pending).", value=queue["pending"]
+        )
         yield GaugeMetricFamily(
             "engine_delivery_oldest_pending_age_seconds",
             "Age of the oldest delivery not yet final (pending or sending); 0 when there is none.",
@@ -98,7 +105,9 @@ class DatabaseCollector(Collector):
     def _read(self) -> dict[str, list[dict[str, Any]]]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = connect(self.url, autocommit=True)
-            self._conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(SCRAPE_STATEMENT_TIMEOUT_MS),))
+            self._conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)", (str(SCRAPE_STATEMENT_TIMEOUT_MS),)
+            )
         with self._conn.cursor(row_factory=dict_row) as cur:
             return {
                 "triggers": cur.execute(query("metrics_triggers_by_automation")).fetchall(),
@@ -123,7 +132,10 @@ class ServiceMetrics:
             "engine_ticks", "Evaluation ticks by outcome.", ["outcome"], registry=self.registry
         )
         self.tick_duration = Histogram(
-            "engine_tick_duration_seconds", "Duration of evaluation ticks.", buckets=TICK_BUCKETS, registry=self.registry
+            "engine_tick_duration_seconds",
+            "Duration of evaluation ticks.",
+            buckets=TICK_BUCKETS,
+            registry=self.registry,
         )
         self.fired = Counter(
             "engine_tick_triggers_fired", "Triggers fired by this process's ticks.", registry=self.registry

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from apscheduler.events import (
@@ -63,7 +63,9 @@ def connection_budget(settings: Settings) -> dict[str, int]:
 class Service:
     """One evaluation service: `start()`, then `stop()` (or `run_forever()` for the CLI)."""
 
-    def __init__(self, settings: Settings | None = None, *, interval: float | None = None, url: str | None = None):
+    def __init__(
+        self, settings: Settings | None = None, *, interval: float | None = None, url: str | None = None
+    ):
         from engine.actions.dispatcher import Dispatcher
 
         self.settings = settings or get_settings()
@@ -73,7 +75,7 @@ class Service:
         self.evaluator = Evaluator(self.url, self.settings, on_fired=lambda _n: self.dispatcher.wake())
         self.metrics = metrics_for_service(self.url, self.settings.metrics_port)  # does nothing when off
         self.scheduler = BackgroundScheduler(
-            timezone=timezone.utc, executors={"default": ThreadPoolExecutor(max_workers=1)}
+            timezone=UTC, executors={"default": ThreadPoolExecutor(max_workers=1)}
         )
         self.loop = EvaluationLoop(
             self.evaluator.tick,
@@ -87,7 +89,10 @@ class Service:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        self.scheduler.add_listener(
+            self._on_job_event,
+            EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
+        )
         self.metrics.serve(self.settings.metrics_port or 0, self.settings.metrics_address)
         self.dispatcher.start()
         self.scheduler.start()
@@ -97,7 +102,9 @@ class Service:
         budget = connection_budget(self.settings)
         log.info(
             "engine serve: evaluating every %.1fs, woken by NOTIFY %s; at most %d database connections (%s)",
-            self.interval, NOTIFY_CHANNEL, sum(budget.values()),
+            self.interval,
+            NOTIFY_CHANNEL,
+            sum(budget.values()),
             ", ".join(f"{n} {part}" for part, n in budget.items() if n),
         )
 
@@ -141,7 +148,7 @@ class Service:
         self.scheduler.add_job(
             self.loop.run,
             "date",
-            run_date=datetime.now(timezone.utc) + timedelta(seconds=delay),
+            run_date=datetime.now(UTC) + timedelta(seconds=delay),
             id=EVALUATE_JOB,
             name="evaluate automations",
             replace_existing=True,
@@ -152,7 +159,7 @@ class Service:
 
     def _hurry_evaluation(self) -> None:
         try:
-            self.scheduler.modify_job(EVALUATE_JOB, next_run_time=datetime.now(timezone.utc))
+            self.scheduler.modify_job(EVALUATE_JOB, next_run_time=datetime.now(UTC))
         except JobLookupError:
             pass  # already taken by the executor: that run reads the new data
 

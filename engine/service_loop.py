@@ -36,7 +36,9 @@ MAX_RETRY_SECONDS = 30.0
 
 
 class TickRecorder(Protocol):
-    def record_tick(self, result: TickResult | None, seconds: float, *, outcome: str | None = None) -> None: ...
+    def record_tick(
+        self, result: TickResult | None, seconds: float, *, outcome: str | None = None
+    ) -> None: ...
 
 
 class EvaluationLoop:
@@ -89,7 +91,11 @@ class EvaluationLoop:
             if result.fired or result.failed:
                 log.info(
                     "tick: %d evaluated, %d fired, %d failed (%s) in %.1f ms",
-                    result.evaluated, result.fired, len(result.failed), ", ".join(result.failed), result.duration_ms,
+                    result.evaluated,
+                    result.fired,
+                    len(result.failed),
+                    ", ".join(result.failed),
+                    result.duration_ms,
                 )
         except DatabaseUnavailable as exc:
             outcome = "database_unavailable"

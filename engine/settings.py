@@ -28,11 +28,17 @@ class Settings(BaseSettings):
 
     # SDK
     flush_interval: float = Field(1.0, gt=0, description="Seconds between SDK flushes at most.")
-    flush_max_points: int = Field(20_000, ge=1, description="An SDK flush happens once this many points are buffered.")
-    buffer_max_points: int = Field(
-        5_000_000, ge=1, description="Points the SDK keeps in memory while the database is unreachable before run.log blocks."
+    flush_max_points: int = Field(
+        20_000, ge=1, description="An SDK flush happens once this many points are buffered."
     )
-    system_metrics_interval: float = Field(15.0, ge=0, description="Seconds between system metric samples (0 disables).")
+    buffer_max_points: int = Field(
+        5_000_000,
+        ge=1,
+        description="Points the SDK keeps in memory while the database is unreachable before run.log blocks.",
+    )
+    system_metrics_interval: float = Field(
+        15.0, ge=0, description="Seconds between system metric samples (0 disables)."
+    )
     sdk_idle_timeout: float = Field(
         5.0,
         ge=0,
@@ -45,12 +51,17 @@ class Settings(BaseSettings):
         "with a warning naming the key and the rest of the call is logged.",
     )
     series_tail: int = Field(
-        128, ge=8, le=100_000, description="Finite values kept per series for live evaluation; longer windows read the hypertable."
+        128,
+        ge=8,
+        le=100_000,
+        description="Finite values kept per series for live evaluation; longer windows read the hypertable.",
     )
 
     # evaluation service
     interval: float = Field(5.0, gt=0, description="Seconds between evaluation ticks of `engine serve`.")
-    statement_timeout_ms: int = Field(30_000, ge=100, description="Statement timeout of every statement of an evaluation tick.")
+    statement_timeout_ms: int = Field(
+        30_000, ge=100, description="Statement timeout of every statement of an evaluation tick."
+    )
     evaluation_connections: int = Field(
         2,
         ge=1,
@@ -61,7 +72,8 @@ class Settings(BaseSettings):
 
     # actions
     webhook_allow_hosts: str = Field(
-        "", description="Comma-separated hosts, addresses or CIDR ranges that webhooks may reach although private."
+        "",
+        description="Comma-separated hosts, addresses or CIDR ranges that webhooks may reach although private.",
     )
     delivery_workers: int = Field(8, ge=1, le=256, description="Concurrent deliveries per `engine serve`.")
     delivery_connections: int = Field(
@@ -78,21 +90,29 @@ class Settings(BaseSettings):
         "mid-request is sent again once the lease expires.",
     )
     retry_base_seconds: float = Field(
-        1.0, gt=0, description="First retry delay of a failed delivery; it doubles per attempt (with jitter) up to 10 minutes."
+        1.0,
+        gt=0,
+        description="First retry delay of a failed delivery; it doubles per attempt (with jitter) up to 10 minutes.",
     )
     slack_api_url: str = Field(
-        "https://slack.com/api/", description="Base URL of the Slack Web API used by `token` + `channel` Slack actions."
+        "https://slack.com/api/",
+        description="Base URL of the Slack Web API used by `token` + `channel` Slack actions.",
     )
     base_url: str = Field(
-        "", description="Public URL of this engine, used to build ${run_url}; unset: engine://entity/project/runs/ID."
+        "",
+        description="Public URL of this engine, used to build ${run_url}; unset: engine://entity/project/runs/ID.",
     )
 
     log_level: str = Field("INFO", description="Logging level of the service.")
     log_format: Literal["text", "json"] = Field(
-        "text", description="`json`: one JSON object per log line (time, level, logger, message, extra fields)."
+        "text",
+        description="`json`: one JSON object per log line (time, level, logger, message, extra fields).",
     )
     metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint of `engine serve` (unset: off)."
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint of `engine serve` (unset: off).",
     )
     metrics_address: str = Field(
         "127.0.0.1",

@@ -14,7 +14,7 @@ parser accepts, close to what was written when we can tell (`7 days` → `7d`).
 from __future__ import annotations
 
 import re
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 
 from engine import clock
 from engine.rules.duration import parse_duration
@@ -63,7 +63,7 @@ def parse_since(text: str) -> datetime:
 def _parse(value: str, now: datetime) -> datetime | str:
     """The moment, or why `value` (stripped, lower case) names none."""
     if value in ("today", "yesterday"):
-        midnight = datetime.combine(now.astimezone(timezone.utc).date(), time(), tzinfo=timezone.utc)
+        midnight = datetime.combine(now.astimezone(UTC).date(), time(), tzinfo=UTC)
         return midnight - timedelta(days=1 if value == "yesterday" else 0)
     if value[:1].isdigit() and value[-1:] in _UNIT_LETTERS:
         # `1.5h`, `2w`, `1h30m`: written as a rule's cooldown is
@@ -75,7 +75,7 @@ def _parse(value: str, now: datetime) -> datetime | str:
         parsed = datetime.fromisoformat(value.upper())  # 't' and 'z' come lower-cased
     except ValueError as exc:
         return _reason(value, exc)
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _reason(value: str, exc: ValueError) -> str:
@@ -96,7 +96,7 @@ def _meant(value: str) -> list[str]:
 
 
 def _usual(now: datetime) -> list[str]:
-    day = now.astimezone(timezone.utc).date().isoformat()
+    day = now.astimezone(UTC).date().isoformat()
     return ["7d", "24h", "today", "yesterday", day, f"{day}T09:30", f"{day}T09:30+01:00"]
 
 

@@ -48,7 +48,9 @@ def database_url(pg_cluster: LocalDatabase, monkeypatch: pytest.MonkeyPatch) -> 
     """A fresh, migrated database; ENGINE_DATABASE_URL points at it for the test."""
     name = "t_" + uuid.uuid4().hex[:12]
     with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE))
+        )
     url = pg_cluster.url(name)
     monkeypatch.setenv("ENGINE_DATABASE_URL", url)
     monkeypatch.setenv("ENGINE_WEBHOOK_ALLOW_HOSTS", "127.0.0.1,localhost,::1")
@@ -98,7 +100,11 @@ def _close_sdk_sessions() -> Iterator[None]:
 # Resolver layouts of `localhost`: this machine's /etc/hosts (and many CI images) give only
 # 127.0.0.1, Debian's gives ::1 and 127.0.0.1. Webhook targets are looked up only through
 # `ssrf.resolve`, so a test that uses `localhost` takes this fixture and holds under each.
-LOCALHOST_LAYOUTS = {"v4-only": ["127.0.0.1"], "v6-first": ["::1", "127.0.0.1"], "v4-first": ["127.0.0.1", "::1"]}
+LOCALHOST_LAYOUTS = {
+    "v4-only": ["127.0.0.1"],
+    "v6-first": ["::1", "127.0.0.1"],
+    "v4-first": ["127.0.0.1", "::1"],
+}
 
 
 @pytest.fixture(params=list(LOCALHOST_LAYOUTS.values()), ids=list(LOCALHOST_LAYOUTS))

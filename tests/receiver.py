@@ -61,7 +61,11 @@ class Receiver:
     repeats. Or give a function of the request."""
 
     def __init__(
-        self, *replies: Reply | Responder, port: int = 0, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+        self,
+        *replies: Reply | Responder,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
     ):
         self.requests: list[Received] = []
         self.answered: list[tuple[Received, int]] = []  # (request, status) of each answer fully written

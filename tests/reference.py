@@ -8,7 +8,14 @@ import operator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne}
+OPERATORS = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,9 @@ def aggregate(kind: str, values: list[float]) -> float:
     return min(values) if kind == "min" else max(values)
 
 
-def threshold_holds(finite: list[Point], i: int, window: int, aggregation: str, op: str, threshold: float) -> bool:
+def threshold_holds(
+    finite: list[Point], i: int, window: int, aggregation: str, op: str, threshold: float
+) -> bool:
     if i + 1 < window:
         return False
     values = [p.value for p in finite[i - window + 1 : i + 1]]
@@ -32,7 +41,14 @@ def threshold_holds(finite: list[Point], i: int, window: int, aggregation: str, 
 
 
 def change_holds(
-    finite: list[Point], i: int, current: int, prior: int, aggregation: str, change: str, direction: str, amount: float
+    finite: list[Point],
+    i: int,
+    current: int,
+    prior: int,
+    aggregation: str,
+    change: str,
+    direction: str,
+    amount: float,
 ) -> bool:
     if i + 1 < current + prior:
         return False

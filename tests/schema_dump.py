@@ -46,7 +46,9 @@ def schema_text(url: str) -> str:
     """The normalised schema of the database at `url`, as schema.sql holds it."""
     dumped = subprocess.run(
         [str(_bindir() / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges", "--dbname", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     lines = [line.rstrip() for line in dumped.splitlines() if not _NOISE.match(line)]
     body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()

@@ -135,9 +135,15 @@ class TeamDatabase:
     def login(self, name: str, password: str, member_of: str | None = None) -> str:
         """A login role (in one of the group roles of engine/sql/grants.sql); its TCP URL."""
         with self.admin() as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(password)))
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(password)
+                )
+            )
             if member_of:
-                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), sql.Identifier(name)))
+                conn.execute(
+                    sql.SQL("GRANT {} TO {}").format(sql.Identifier(member_of), sql.Identifier(name))
+                )
         return self.url(name, password)
 
     def url(self, user: str, password: str, port: int | None = None) -> str:
@@ -158,7 +164,14 @@ class PgBouncer:
     `users` are the logins it accepts (name -> password: it authenticates them with SCRAM and
     logs in to the server as them); the first one is also its admin (SHOW POOLS)."""
 
-    def __init__(self, database: TeamDatabase, users: dict[str, str], *, pool_size: int = 20, max_client_conn: int = 200):
+    def __init__(
+        self,
+        database: TeamDatabase,
+        users: dict[str, str],
+        *,
+        pool_size: int = 20,
+        max_client_conn: int = 200,
+    ):
         self.database = database
         self.users = users
         self.pool_size = pool_size
@@ -171,7 +184,9 @@ class PgBouncer:
     def start(self, timeout: float = 20) -> PgBouncer:
         binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         if not Path(binary).exists():
-            raise RuntimeError("pgbouncer is not installed: run scripts/setup (it installs Debian's pgbouncer)")
+            raise RuntimeError(
+                "pgbouncer is not installed: run scripts/setup (it installs Debian's pgbouncer)"
+            )
         auth = self.folder / "userlist.txt"
         auth.write_text("".join(f'"{user}" "{password}"\n' for user, password in self.users.items()))
         ini = self.folder / "pgbouncer.ini"
@@ -196,8 +211,11 @@ class PgBouncer:
         for path in (auth, ini):
             path.chmod(0o644)
         self.proc = subprocess.Popen(
-            [*_run_as(), binary, str(ini)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
+            [*_run_as(), binary, str(ini)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         listening = threading.Event()
 
@@ -238,7 +256,9 @@ class PgBouncer:
         """SHOW POOLS on the admin console (simple query protocol only, hence ClientCursor)."""
         admin = next(iter(self.users))
         url = f"postgresql://{admin}:{self.users[admin]}@127.0.0.1:{self.port}/pgbouncer"
-        with psycopg.connect(url, autocommit=True, prepare_threshold=None, cursor_factory=psycopg.ClientCursor) as conn:
+        with psycopg.connect(
+            url, autocommit=True, prepare_threshold=None, cursor_factory=psycopg.ClientCursor
+        ) as conn:
             cur = conn.execute("SHOW POOLS")
             names = [c.name for c in cur.description or []]
             return [dict(zip(names, row)) for row in cur.fetchall()]
@@ -317,8 +337,15 @@ class Fleet:
 
 
 def run_fleet(
-    url: str, *, jobs: int, steps: int, step_seconds: float, project: str, monitor: Any = None,
-    timeout: float = 300, env: dict[str, str] | None = None,
+    url: str,
+    *,
+    jobs: int,
+    steps: int,
+    step_seconds: float,
+    project: str,
+    monitor: Any = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
 ) -> Fleet:
     """Run `jobs` training processes against `url` (ENGINE_DATABASE_URL). `monitor()`, if given,
     is called about ten times a second while they run and returns {name: value}: the peaks of
@@ -344,8 +371,12 @@ def run_fleet(
 
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-c", _LAUNCHER, json.dumps(spec)], env=full_env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [sys.executable, "-c", _LAUNCHER, json.dumps(spec)],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     watcher = threading.Thread(target=watch, name="fleet-monitor", daemon=True) if monitor else None
     if watcher:

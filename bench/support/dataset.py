@@ -19,8 +19,8 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 
 import psycopg
@@ -40,7 +40,7 @@ CHECK_PROJECT = ("bench", "check")
 _BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)  # the format of engine/sql/queries/*.sql
 
 
-@lru_cache(maxsize=None)
+@cache
 def _blocks(path: Path) -> dict[str, str]:
     parts = _BLOCK.split(path.read_text())
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
@@ -99,7 +99,9 @@ class Dataset:
     first_pk: int = 0
     key_ids: dict[str, int] = field(default_factory=dict)
     loaded_from: int = 0  # first step stored so far
-    end: datetime = field(default_factory=lambda: clock.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=1))
+    end: datetime = field(
+        default_factory=lambda: clock.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    )
 
     @property
     def series(self) -> int:
@@ -121,13 +123,16 @@ class Dataset:
         conn.execute(db.query("intern_keys"), {"keys": list(METRICS)})
         self.key_ids = dict(conn.execute(db.query("key_ids"), {"keys": list(METRICS)}).fetchall())
         first, last, n = conn.execute(
-            bench_query("create_runs"), {"project_id": self.project_id, "n": self.runs, "at": self.end - timedelta(days=2 * self.days)}
+            bench_query("create_runs"),
+            {"project_id": self.project_id, "n": self.runs, "at": self.end - timedelta(days=2 * self.days)},
         ).fetchone()
         assert n == self.runs and last - first + 1 == n, "run ids are not consecutive"
         self.first_pk = first
         conn.commit()
 
-    def _load(self, conn: psycopg.Connection, s_lo: int, s_hi: int, t0: datetime, slot_s: float, progress) -> int:
+    def _load(
+        self, conn: psycopg.Connection, s_lo: int, s_hi: int, t0: datetime, slot_s: float, progress
+    ) -> int:
         """Steps [s_lo, s_hi] in statements of ~500k rows, with the indexes of metric_points
         dropped meanwhile and rebuilt at the end (the same definitions, read from pg_indexes)."""
         indexes = conn.execute(bench_query("point_indexes")).fetchall()
@@ -140,8 +145,16 @@ class Dataset:
             hi = min(s_hi, lo + per - 1)
             conn.execute(
                 bench_query("load_points"),
-                {"t0": t0 + timedelta(seconds=(lo - s_lo) * slot_s), "s_lo": lo, "s_hi": hi, "slot_s": slot_s,
-                 "runs": self.runs, "first_pk": self.first_pk, "metrics": list(METRICS), "total": self.total},
+                {
+                    "t0": t0 + timedelta(seconds=(lo - s_lo) * slot_s),
+                    "s_lo": lo,
+                    "s_hi": hi,
+                    "slot_s": slot_s,
+                    "runs": self.runs,
+                    "first_pk": self.first_pk,
+                    "metrics": list(METRICS),
+                    "total": self.total,
+                },
             )
             conn.commit()
             done += (hi - lo + 1) * self.series
@@ -165,7 +178,9 @@ class Dataset:
         if self.loaded_from == 0:
             return 0
         slot = self.days * 86400 / self.loaded_from
-        n = self._load(conn, 0, self.loaded_from - 1, self.end - timedelta(days=2 * self.days), slot, progress)
+        n = self._load(
+            conn, 0, self.loaded_from - 1, self.end - timedelta(days=2 * self.days), slot, progress
+        )
         self.loaded_from = 0
         return n
 
@@ -186,7 +201,12 @@ class Dataset:
         rows = conn.execute(
             "SELECT bench_value(r, s, m, %(total)s) FROM unnest(%(r)s::int[], %(s)s::int[], %(m)s::int[]) "
             "WITH ORDINALITY AS x(r, s, m, i) ORDER BY i",
-            {"total": self.total, "r": [x[0] for x in series], "s": [x[1] for x in series], "m": [x[2] for x in series]},
+            {
+                "total": self.total,
+                "r": [x[0] for x in series],
+                "s": [x[1] for x in series],
+                "m": [x[2] for x in series],
+            },
         ).fetchall()
         return [v for (v,) in rows]
 
@@ -203,20 +223,31 @@ def check_state_with_sdk(url: str, tail: int) -> int:
 
     get_settings.cache_clear()
     rng = random.Random(7)
-    t = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    t = datetime(2025, 1, 1, tzinfo=UTC)
     for name in ("a", "b"):
         with engine.init(project="/".join(CHECK_PROJECT), name=name, system_metrics_interval=0) as run:
             for part in range(3):
                 for step in range(part * 70, (part + 1) * 70):
                     roll = rng.random()
-                    value = math.nan if roll < 0.05 else math.inf if roll < 0.08 else -math.inf if roll < 0.1 else rng.gauss(0, 1)
-                    run.log({"loss": value, "accuracy": rng.random()}, step=step, time=t + timedelta(seconds=step))
+                    value = (
+                        math.nan
+                        if roll < 0.05
+                        else math.inf
+                        if roll < 0.08
+                        else -math.inf
+                        if roll < 0.1
+                        else rng.gauss(0, 1)
+                    )
+                    run.log(
+                        {"loss": value, "accuracy": rng.random()}, step=step, time=t + timedelta(seconds=step)
+                    )
                 run.flush()
     session.close_all()
     with psycopg.connect(url) as conn:
         first_pk, last_pk = conn.execute(
             "SELECT min(r.id), max(r.id) FROM runs r JOIN projects p ON p.id = r.project_id "
-            "WHERE p.entity = %s AND p.name = %s", CHECK_PROJECT
+            "WHERE p.entity = %s AND p.name = %s",
+            CHECK_PROJECT,
         ).fetchone()
         span = {"first_pk": first_pk, "last_pk": last_pk, "tail": tail}
         ours = conn.execute(bench_query("series_state_from_points"), span).fetchall()
@@ -236,7 +267,9 @@ class Logger:
         settings = settings_for(url)
         self.transport = Transport(url, settings, on_open=Writer.prepare_connection)
         self.writer = Writer(self.transport, settings)
-        self.streams = [Stream(data.run_pk(r), f"bench/eval/run-{r}", step=data.total - 1) for r in range(data.runs)]
+        self.streams = [
+            Stream(data.run_pk(r), f"bench/eval/run-{r}", step=data.total - 1) for r in range(data.runs)
+        ]
         self.writer.note_keys(list(METRICS))
 
     def plan(self, series: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
@@ -301,12 +334,21 @@ def make_rules(conn: psycopg.Connection, data: Dataset, count: int = 100, seed: 
     agg = {"avg": lambda v: sum(v) / len(v), "min": min, "max": max}
     fractions = (0.0, 0.0, 0.0005, 0.002, 0.01, 0.03)
     project = "/".join(PROJECT)
-    rules = [{
-        "name": PROBE_RULE, "scope": {"project": project},
-        "event": {"type": "run_metric_threshold", "metric": PROBE_METRIC, "window": 1, "aggregation": "max",
-                  "operator": ">", "threshold": PROBE_VALUE / 10},
-        "action": {"type": "no_op"},
-    }]
+    rules = [
+        {
+            "name": PROBE_RULE,
+            "scope": {"project": project},
+            "event": {
+                "type": "run_metric_threshold",
+                "metric": PROBE_METRIC,
+                "window": 1,
+                "aggregation": "max",
+                "operator": ">",
+                "threshold": PROBE_VALUE / 10,
+            },
+            "action": {"type": "no_op"},
+        }
+    ]
     n_change = count // 3
     for i in range(count - 1 - n_change):
         metric = METRICS[i % len(METRICS)]
@@ -316,15 +358,26 @@ def make_rules(conn: psycopg.Connection, data: Dataset, count: int = 100, seed: 
         f = rng.choice(fractions)
         got = [agg[aggregation](t[-window:]) for t in tails[metric] if len(t) >= window]
         if f == 0:  # never fires: beyond anything stored
-            threshold = (max(got) + abs(max(got)) + 1) if operator[0] == ">" else (min(got) - abs(min(got)) - 1)
+            threshold = (
+                (max(got) + abs(max(got)) + 1) if operator[0] == ">" else (min(got) - abs(min(got)) - 1)
+            )
         else:
             threshold = _quantile(got, 1 - f) if operator[0] == ">" else _quantile(got, f)
-        rules.append({
-            "name": f"threshold-{i:02d}-{metric}-{aggregation}{window}", "scope": {"project": project},
-            "event": {"type": "run_metric_threshold", "metric": metric, "window": window, "aggregation": aggregation,
-                      "operator": operator, "threshold": float(threshold)},
-            "action": {"type": "no_op"},
-        })
+        rules.append(
+            {
+                "name": f"threshold-{i:02d}-{metric}-{aggregation}{window}",
+                "scope": {"project": project},
+                "event": {
+                    "type": "run_metric_threshold",
+                    "metric": metric,
+                    "window": window,
+                    "aggregation": aggregation,
+                    "operator": operator,
+                    "threshold": float(threshold),
+                },
+                "action": {"type": "no_op"},
+            }
+        )
     for i in range(n_change):
         metric = METRICS[i % len(METRICS)]
         aggregation = rng.choice(("avg", "avg", "avg", "min", "max"))
@@ -344,10 +397,21 @@ def make_rules(conn: psycopg.Connection, data: Dataset, count: int = 100, seed: 
         amount = top * 2 + 1 if f == 0 or not signed else _quantile(signed, 1 - f)
         if amount <= 0:  # the change goes the other way in almost every run
             amount = abs(top) * 2 + 1e-9 if top > 0 else 1e-6
-        rules.append({
-            "name": f"change-{i:02d}-{metric}-{aggregation}-{change}-{direction}", "scope": {"project": project},
-            "event": {"type": "run_metric_change", "metric": metric, "current_window": 10, "prior_window": 50,
-                      "aggregation": aggregation, "change": change, "direction": direction, "amount": float(amount)},
-            "action": {"type": "no_op"},
-        })
+        rules.append(
+            {
+                "name": f"change-{i:02d}-{metric}-{aggregation}-{change}-{direction}",
+                "scope": {"project": project},
+                "event": {
+                    "type": "run_metric_change",
+                    "metric": metric,
+                    "current_window": 10,
+                    "prior_window": 50,
+                    "aggregation": aggregation,
+                    "change": change,
+                    "direction": direction,
+                    "amount": float(amount),
+                },
+                "action": {"type": "no_op"},
+            }
+        )
     return [Automation.model_validate(r) for r in rules]

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +40,16 @@ import psycopg
 
 import engine
 from bench.support.dataset import bench_query
+from engine.automations import apply_rules
 from engine.evaluator import backtest, is_metric_rule
 from engine.rules import Automation
-from engine.automations import apply_rules
 from tests.acceptance.service_helpers import ServeProcess
 from tests.receiver import Received, Receiver, Reply
 
 SQL = "soak.sql"  # the named queries of this module, next to it
 PROJECT = "soak/burst"
 REGISTRY = "soak-models"
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STEPS = 15
 STEP_SPACING = timedelta(minutes=2)  # the values' own times: cooldowns are measured on them
 WEBHOOK_TIMEOUT = 1.0
@@ -83,7 +83,9 @@ class DeliveryReceiver(Receiver):
         with self._lock:
             requests = collections.Counter(r.headers.get("X-Automation-Delivery", "") for r in self.requests)
             succeeded = collections.Counter(
-                r.headers.get("X-Automation-Delivery", "") for r, status in self.answered if 200 <= status < 300
+                r.headers.get("X-Automation-Delivery", "")
+                for r, status in self.answered
+                if 200 <= status < 300
             )
         return dict(requests), dict(succeeded)
 
@@ -94,27 +96,181 @@ class DeliveryReceiver(Receiver):
 # -- the automations ------------------------------------------------------------------------
 def soak_rules(url: str) -> list[Automation]:
     """20 automations: 7 threshold, 5 change, 4 run state, 4 artifact/registry; all webhooks."""
-    action = {"type": "webhook", "url": url, "timeout": WEBHOOK_TIMEOUT, "max_attempts": 10,
-              "payload": {"automation": "${automation_name}", "trigger": "${trigger_id}", "run": "${run_name}"}}
+    action = {
+        "type": "webhook",
+        "url": url,
+        "timeout": WEBHOOK_TIMEOUT,
+        "max_attempts": 10,
+        "payload": {"automation": "${automation_name}", "trigger": "${trigger_id}", "run": "${run_name}"},
+    }
     project = {"project": PROJECT}
     events: list[tuple[str, dict, dict, str | None]] = [
-        ("acc-avg3-above", project, {"type": "run_metric_threshold", "metric": "acc", "window": 3, "operator": ">", "threshold": 0.85}, "5m"),
-        ("acc-max1-above", project, {"type": "run_metric_threshold", "metric": "acc", "window": 1, "aggregation": "max", "operator": ">=", "threshold": 0.97}, "10m"),
-        ("acc-min5-below", project, {"type": "run_metric_threshold", "metric": "acc", "window": 5, "aggregation": "min", "operator": "<", "threshold": 0.05}, "1h"),
-        ("loss-avg5-low", project, {"type": "run_metric_threshold", "metric": "loss", "window": 5, "operator": "<=", "threshold": 0.5}, "1h"),
-        ("loss-max2-high", project, {"type": "run_metric_threshold", "metric": "loss", "window": 2, "aggregation": "max", "operator": ">", "threshold": 2.2}, "10m"),
-        ("lr-avg4-low", project, {"type": "run_metric_threshold", "metric": "lr", "window": 4, "operator": "<", "threshold": 0.002}, "24h"),
-        ("gn-avg10-high", project, {"type": "run_metric_threshold", "metric": "grad_norm", "window": 10, "operator": ">", "threshold": 1.3}, "1h"),
-        ("loss-drop", project, {"type": "run_metric_change", "metric": "loss", "current_window": 3, "prior_window": 5, "direction": "decrease", "amount": 0.6}, "1h"),
-        ("acc-jump", project, {"type": "run_metric_change", "metric": "acc", "current_window": 2, "prior_window": 4, "change": "absolute", "direction": "increase", "amount": 0.35}, "1h"),
-        ("gn-swing", project, {"type": "run_metric_change", "metric": "grad_norm", "current_window": 3, "prior_window": 3, "aggregation": "max", "direction": "any", "amount": 0.5}, "5m"),
-        ("lr-cut", project, {"type": "run_metric_change", "metric": "lr", "current_window": 1, "prior_window": 3, "direction": "decrease", "amount": 0.4}, "1h"),
-        ("acc-min-rise", project, {"type": "run_metric_change", "metric": "acc", "current_window": 5, "prior_window": 5, "aggregation": "min", "change": "absolute", "direction": "increase", "amount": 0.5}, "30m"),
+        (
+            "acc-avg3-above",
+            project,
+            {
+                "type": "run_metric_threshold",
+                "metric": "acc",
+                "window": 3,
+                "operator": ">",
+                "threshold": 0.85,
+            },
+            "5m",
+        ),
+        (
+            "acc-max1-above",
+            project,
+            {
+                "type": "run_metric_threshold",
+                "metric": "acc",
+                "window": 1,
+                "aggregation": "max",
+                "operator": ">=",
+                "threshold": 0.97,
+            },
+            "10m",
+        ),
+        (
+            "acc-min5-below",
+            project,
+            {
+                "type": "run_metric_threshold",
+                "metric": "acc",
+                "window": 5,
+                "aggregation": "min",
+                "operator": "<",
+                "threshold": 0.05,
+            },
+            "1h",
+        ),
+        (
+            "loss-avg5-low",
+            project,
+            {
+                "type": "run_metric_threshold",
+                "metric": "loss",
+                "window": 5,
+                "operator": "<=",
+                "threshold": 0.5,
+            },
+            "1h",
+        ),
+        (
+            "loss-max2-high",
+            project,
+            {
+                "type": "run_metric_threshold",
+                "metric": "loss",
+                "window": 2,
+                "aggregation": "max",
+                "operator": ">",
+                "threshold": 2.2,
+            },
+            "10m",
+        ),
+        (
+            "lr-avg4-low",
+            project,
+            {
+                "type": "run_metric_threshold",
+                "metric": "lr",
+                "window": 4,
+                "operator": "<",
+                "threshold": 0.002,
+            },
+            "24h",
+        ),
+        (
+            "gn-avg10-high",
+            project,
+            {
+                "type": "run_metric_threshold",
+                "metric": "grad_norm",
+                "window": 10,
+                "operator": ">",
+                "threshold": 1.3,
+            },
+            "1h",
+        ),
+        (
+            "loss-drop",
+            project,
+            {
+                "type": "run_metric_change",
+                "metric": "loss",
+                "current_window": 3,
+                "prior_window": 5,
+                "direction": "decrease",
+                "amount": 0.6,
+            },
+            "1h",
+        ),
+        (
+            "acc-jump",
+            project,
+            {
+                "type": "run_metric_change",
+                "metric": "acc",
+                "current_window": 2,
+                "prior_window": 4,
+                "change": "absolute",
+                "direction": "increase",
+                "amount": 0.35,
+            },
+            "1h",
+        ),
+        (
+            "gn-swing",
+            project,
+            {
+                "type": "run_metric_change",
+                "metric": "grad_norm",
+                "current_window": 3,
+                "prior_window": 3,
+                "aggregation": "max",
+                "direction": "any",
+                "amount": 0.5,
+            },
+            "5m",
+        ),
+        (
+            "lr-cut",
+            project,
+            {
+                "type": "run_metric_change",
+                "metric": "lr",
+                "current_window": 1,
+                "prior_window": 3,
+                "direction": "decrease",
+                "amount": 0.4,
+            },
+            "1h",
+        ),
+        (
+            "acc-min-rise",
+            project,
+            {
+                "type": "run_metric_change",
+                "metric": "acc",
+                "current_window": 5,
+                "prior_window": 5,
+                "aggregation": "min",
+                "change": "absolute",
+                "direction": "increase",
+                "amount": 0.5,
+            },
+            "30m",
+        ),
         ("run-started", project, {"type": "run_state", "states": ["running"]}, None),
         ("run-finished", project, {"type": "run_state", "states": ["finished"]}, None),
         ("run-failed", project, {"type": "run_state", "states": ["crashed"]}, None),
         ("run-any", project, {"type": "run_state", "states": ["running", "finished", "failed"]}, "1m"),
-        ("artifact-created", project, {"type": "artifact_version_created", "collection_type": "dataset"}, None),
+        (
+            "artifact-created",
+            project,
+            {"type": "artifact_version_created", "collection_type": "dataset"},
+            None,
+        ),
         ("alias-prod", project, {"type": "artifact_alias_added", "alias_regex": "^prod"}, None),
         ("tag-any", project, {"type": "artifact_tag_added", "tag_regex": "."}, None),
         ("registry-linked", {"registry": REGISTRY}, {"type": "registry_version_linked"}, None),
@@ -145,7 +301,9 @@ def log_run(round_no: int, index: int, seed: int) -> None:
     """One run of a burst (deterministic for its (seed, round, index))."""
     rng = random.Random(f"{seed}:{round_no}:{index}")
     t0 = round_start(round_no)
-    run = engine.init(project=PROJECT, name=f"r{round_no}-{index}", user=f"user{index % 3}", system_metrics_interval=0)
+    run = engine.init(
+        project=PROJECT, name=f"r{round_no}-{index}", user=f"user{index % 3}", system_metrics_interval=0
+    )
     lr = 0.01
     for step in range(STEPS):
         if step in (5, 10) and rng.random() < 0.5:
@@ -182,7 +340,10 @@ def burst(round_no: int, runs: int, seed: int, threads: int = 4) -> None:
         for index in range(part, runs, threads):
             log_run(round_no, index, seed)
 
-    workers = [threading.Thread(target=_capturing(work, errors), args=(p,), name=f"soak-burst-{p}") for p in range(threads)]
+    workers = [
+        threading.Thread(target=_capturing(work, errors), args=(p,), name=f"soak-burst-{p}")
+        for p in range(threads)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -233,12 +394,17 @@ class Observation:
 
     @property
     def settled(self) -> bool:
-        return (set(self.triggers) == self.expected and not self.unfinished and not self.unseen
-                and not self.duplicates)
+        return (
+            set(self.triggers) == self.expected
+            and not self.unfinished
+            and not self.unseen
+            and not self.duplicates
+        )
 
 
-def reference(conn: psycopg.Connection, rules: list[Automation], values_since: datetime, events_since: datetime
-              ) -> set[tuple[str, str]]:
+def reference(
+    conn: psycopg.Connection, rules: list[Automation], values_since: datetime, events_since: datetime
+) -> set[tuple[str, str]]:
     """What the automations must fire for the data since then: the backtest, per automation.
     Metric rules look at the values' own times, event rules at the events' (wall clock) times."""
     return {
@@ -248,7 +414,9 @@ def reference(conn: psycopg.Connection, rules: list[Automation], values_since: d
     }
 
 
-def observe(conn: psycopg.Connection, expected: set[tuple[str, str]], receiver: DeliveryReceiver) -> Observation:
+def observe(
+    conn: psycopg.Connection, expected: set[tuple[str, str]], receiver: DeliveryReceiver
+) -> Observation:
     """The triggers and deliveries stored, and what the receiver got, against `expected`."""
     triggers = [(n, c) for n, c in conn.execute(bench_query("soak_triggers", SQL))]
     deliveries = {str(i): s for i, s in conn.execute(bench_query("soak_webhook_deliveries", SQL))}
@@ -273,19 +441,33 @@ class RoundResult:
     def line(self) -> str:
         obs = self.observation
         settle = f"{self.settle_s:.1f}s" if self.settle_s is not None else "NOT SETTLED"
-        kill = (f"killed at {self.killed_after_s:4.1f}s ({self.in_flight_at_kill} in flight)"
-                if self.killed_after_s is not None else "no kill")
-        return (f"round {self.round:3d}: burst {self.burst_s:4.1f}s, {kill}, settled in {settle}; +{self.triggers} triggers, "
-                f"+{self.deliveries} deliveries; totals: missing {obs.missing}, extra {obs.extra}, "
-                f"duplicates {obs.duplicates}, unfinished {obs.unfinished}, unseen {obs.unseen}, "
-                f"repeated ids {obs.redelivered_same_id}")
+        kill = (
+            f"killed at {self.killed_after_s:4.1f}s ({self.in_flight_at_kill} in flight)"
+            if self.killed_after_s is not None
+            else "no kill"
+        )
+        return (
+            f"round {self.round:3d}: burst {self.burst_s:4.1f}s, {kill}, settled in {settle}; +{self.triggers} triggers, "
+            f"+{self.deliveries} deliveries; totals: missing {obs.missing}, extra {obs.extra}, "
+            f"duplicates {obs.duplicates}, unfinished {obs.unfinished}, unseen {obs.unseen}, "
+            f"repeated ids {obs.redelivered_same_id}"
+        )
 
 
 class Soak:
     """A database, the receiver, the 20 automations and `services` `engine serve` processes."""
 
-    def __init__(self, url: str, log_dir: Path, *, services: int = 1, seed: int = 1, runs: int = 100,
-                 settle_timeout: float = 120.0, fail_ratio: float = 0.05):
+    def __init__(
+        self,
+        url: str,
+        log_dir: Path,
+        *,
+        services: int = 1,
+        seed: int = 1,
+        runs: int = 100,
+        settle_timeout: float = 120.0,
+        fail_ratio: float = 0.05,
+    ):
         self.url, self.log_dir, self.seed, self.runs = url, log_dir, seed, runs
         self.settle_timeout = settle_timeout
         self.rng = random.Random(seed)
@@ -306,13 +488,14 @@ class Soak:
     def _start(self, index: int) -> ServeProcess:
         return ServeProcess(self.url, self.log_path(index), interval=0.5, extra_env=SERVICE_ENV).start()
 
-    def round(self, *, kill: bool = True, restart: bool = True,
-              on_progress: Callable[[str], None] = lambda _: None) -> RoundResult:
+    def round(
+        self, *, kill: bool = True, restart: bool = True, on_progress: Callable[[str], None] = lambda _: None
+    ) -> RoundResult:
         """One burst, with one SIGKILL of a random service at a random moment (restarted
         unless `restart` is False), then wait until settled."""
         number = len(self.results)
         before = self.results[-1].observation if self.results else None
-        values_since, events_since = round_start(number), datetime.now(timezone.utc)
+        values_since, events_since = round_start(number), datetime.now(UTC)
         errors: list[BaseException] = []
         done: list[tuple[float, datetime]] = []  # when the burst's last run finished
 
@@ -320,7 +503,7 @@ class Soak:
             try:
                 burst(number, self.runs, self.seed)
             finally:
-                done.append((time.monotonic(), datetime.now(timezone.utc)))
+                done.append((time.monotonic(), datetime.now(UTC)))
 
         writer = threading.Thread(target=_capturing(run_burst, errors), name="soak-burst")
         started = time.monotonic()
@@ -361,7 +544,11 @@ class Soak:
                 break
             time.sleep(0.25)
         result = RoundResult(
-            number, burst_s, killed_after, in_flight, settle_s,
+            number,
+            burst_s,
+            killed_after,
+            in_flight,
+            settle_s,
             triggers=len(obs.triggers) - (len(before.triggers) if before else 0),
             deliveries=len(obs.deliveries) - (len(before.deliveries) if before else 0),
             observation=obs,
@@ -374,7 +561,9 @@ class Soak:
 
     def summary(self) -> dict[str, Any]:
         """The figures of every round so far (totals over the whole database)."""
-        last = self.results[-1].observation if self.results else observe(self.conn, self.expected, self.receiver)
+        last = (
+            self.results[-1].observation if self.results else observe(self.conn, self.expected, self.receiver)
+        )
         settles = [r.settle_s for r in self.results if r.settle_s is not None]
         return {
             "rounds": len(self.results),

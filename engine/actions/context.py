@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -58,7 +58,7 @@ def values_text(values: Any) -> str:
 
 
 def time_text(value: datetime | None) -> str:
-    return value.astimezone(timezone.utc).isoformat() if value else ""
+    return value.astimezone(UTC).isoformat() if value else ""
 
 
 def condition_text(rule: Automation | Mapping[str, Any] | None) -> str:
@@ -137,7 +137,9 @@ def compose(row: Mapping[str, Any], settings: Settings | None = None) -> dict[st
         if in_registry and row.get("link_index") is not None:
             index = row["link_index"]
             ctx["artifact_collection_name"] = row["registry_collection_name"]
-            ctx["artifact_version_string"] = f"{row.get('registry_name') or ''}/{row['registry_collection_name']}:v{index}"
+            ctx["artifact_version_string"] = (
+                f"{row.get('registry_name') or ''}/{row['registry_collection_name']}:v{index}"
+            )
         else:
             index = row.get("version_index")
             ctx["artifact_collection_name"] = row.get("collection_name") or ""
@@ -149,7 +151,12 @@ def compose(row: Mapping[str, Any], settings: Settings | None = None) -> dict[st
             ctx[METADATA_PREFIX + str(key)] = _text(value)
     ctx["registry_name"] = row.get("registry_name") or ""
 
-    authors = (row.get("event_author"), row.get("link_author") if in_registry else None, row.get("version_author"), row.get("run_user"))
+    authors = (
+        row.get("event_author"),
+        row.get("link_author") if in_registry else None,
+        row.get("version_author"),
+        row.get("run_user"),
+    )
     ctx["event_author"] = next((a for a in authors if a), "")
 
     # What the evaluator recorded wins over what the joins say (it knew the event first-hand).
@@ -159,7 +166,9 @@ def compose(row: Mapping[str, Any], settings: Settings | None = None) -> dict[st
     return ctx
 
 
-def build_context(conn: psycopg.Connection, trigger_id: int, settings: Settings | None = None) -> dict[str, str]:
+def build_context(
+    conn: psycopg.Connection, trigger_id: int, settings: Settings | None = None
+) -> dict[str, str]:
     """Every template variable of SPEC section 3 for that trigger (see module docstring)."""
     found = build_contexts(conn, [trigger_id], settings)
     if trigger_id not in found:
@@ -172,7 +181,9 @@ def build_contexts(
 ) -> dict[int, dict[str, str]]:
     """`build_context` of several triggers in one query, by trigger id (a deleted one is absent)."""
     with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(db.query("delivery_trigger_context"), {"trigger_ids": list(set(trigger_ids))}).fetchall()
+        rows = cur.execute(
+            db.query("delivery_trigger_context"), {"trigger_ids": list(set(trigger_ids))}
+        ).fetchall()
     return {row["trigger_id"]: compose(row, settings) for row in rows}
 
 
@@ -196,9 +207,19 @@ def sample_context(automation: Automation, settings: Settings | None = None) -> 
     }
     if event.is_run_event:
         state = event.states[0] if isinstance(event, RunState) else "running"
-        row |= {"run_id": "sample-run", "run_name": "sample-run", "run_state": state, "run_user": "sample-user"}
+        row |= {
+            "run_id": "sample-run",
+            "run_name": "sample-run",
+            "run_state": state,
+            "run_user": "sample-user",
+        }
     if isinstance(event, RunMetricThreshold):
-        row |= {"metric": event.metric, "step": 100, "value": event.threshold, "window_values": [event.threshold] * event.window}
+        row |= {
+            "metric": event.metric,
+            "step": 100,
+            "value": event.threshold,
+            "window_values": [event.threshold] * event.window,
+        }
     elif isinstance(event, RunMetricChange):
         values = [1.0 + event.amount] * event.current_window
         row |= {"metric": event.metric, "step": 100, "value": event.amount, "window_values": values}

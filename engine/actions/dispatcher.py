@@ -114,7 +114,9 @@ class Dispatcher:
         self._last_used: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
         self._pool_lock = threading.Lock()
         self._outage: str | None = None  # the database error being reported, if any
-        self._executor = concurrent.futures.ThreadPoolExecutor(settings.delivery_workers, thread_name_prefix="deliver")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            settings.delivery_workers, thread_name_prefix="deliver"
+        )
         self._lock = threading.Lock()  # guards claims, _in_flight, _stopped
         self._in_flight = 0
         self._futures: set[concurrent.futures.Future[None]] = set()
@@ -160,7 +162,9 @@ class Dispatcher:
         """Hand claimed deliveries to the workers `_reserve` counted; gives back the rest."""
         with self._lock:
             if self._stopped and claims:  # claimed as the dispatcher stopped: as if in flight at stop
-                log.warning("dispatcher: %d deliveries claimed while stopping; they will be sent again", len(claims))
+                log.warning(
+                    "dispatcher: %d deliveries claimed while stopping; they will be sent again", len(claims)
+                )
                 claims = []
             self._in_flight -= reserved - len(claims)
             futures = [self._executor.submit(self._deliver, claim) for claim in claims]
@@ -196,7 +200,9 @@ class Dispatcher:
             pending = set(self._futures)
         _, unfinished = concurrent.futures.wait(pending, timeout=timeout)
         if unfinished:
-            log.warning("dispatcher: %d deliveries still in flight at stop; they will be sent again", len(unfinished))
+            log.warning(
+                "dispatcher: %d deliveries still in flight at stop; they will be sent again", len(unfinished)
+            )
         self._executor.shutdown(wait=not unfinished)
         self._pool.close()
 
@@ -309,7 +315,10 @@ class Dispatcher:
         refilled = False
         try:
             if claim.reclaimed:
-                log.warning("delivery %s: its lease expired before an outcome was recorded; sending it again", claim.id)
+                log.warning(
+                    "delivery %s: its lease expired before an outcome was recorded; sending it again",
+                    claim.id,
+                )
             if claim.context_error is not None:
                 attempt = Attempt({}, error=claim.context_error, retryable=True, started_at=clock.now())
             elif claim.context is None:
@@ -320,7 +329,10 @@ class Dispatcher:
         except DatabaseUnavailable as exc:  # an outage: expected, and said once per delivery
             log.warning(
                 "delivery %s: the outcome of attempt %d could not be recorded (%s); it will be sent again when its "
-                "lease expires", claim.id, claim.attempt, exc,
+                "lease expires",
+                claim.id,
+                claim.attempt,
+                exc,
             )
         except Exception:
             log.exception(
@@ -347,31 +359,40 @@ class Dispatcher:
         elif attempt.retryable and claim.attempt < claim.max_attempts:
             status, finished_at = "pending", None
             next_at = now + timedelta(
-                seconds=next_delay(claim.attempt, self.settings.retry_base_seconds, attempt.retry_after, self._rng)
+                seconds=next_delay(
+                    claim.attempt, self.settings.retry_base_seconds, attempt.retry_after, self._rng
+                )
             )
         else:
             status = "failed"
             if attempt.retryable:
                 error = f"{error} (gave up after {claim.attempt} attempts)"
-        outcome = _Outcome(claim, {
-            "id": str(claim.id),
-            "attempt": claim.attempt,
-            "status": status,
-            "started_at": (attempt.started_at or now).isoformat(),
-            "duration_ms": attempt.duration_ms,
-            "http_status": attempt.http_status,
-            "response_body": _storable(attempt.response_body),
-            "error": _storable(attempt.error),
-            "last_error": _storable(error),
-            "request": attempt.request,
-            "next_attempt_at": next_at.isoformat(),
-            "finished_at": finished_at.isoformat() if finished_at else None,
-            "updated_at": now.isoformat(),
-        })
+        outcome = _Outcome(
+            claim,
+            {
+                "id": str(claim.id),
+                "attempt": claim.attempt,
+                "status": status,
+                "started_at": (attempt.started_at or now).isoformat(),
+                "duration_ms": attempt.duration_ms,
+                "http_status": attempt.http_status,
+                "response_body": _storable(attempt.response_body),
+                "error": _storable(attempt.error),
+                "last_error": _storable(error),
+                "request": attempt.request,
+                "next_attempt_at": next_at.isoformat(),
+                "finished_at": finished_at.isoformat() if finished_at else None,
+                "updated_at": now.isoformat(),
+            },
+        )
         self._commit(outcome)
         updated = outcome.updated
         if not updated:
-            log.warning("delivery %s: attempt %d finished after its lease was taken over; kept in the log only", claim.id, claim.attempt)
+            log.warning(
+                "delivery %s: attempt %d finished after its lease was taken over; kept in the log only",
+                claim.id,
+                claim.attempt,
+            )
         level = logging.INFO if status == "succeeded" else logging.WARNING
         log.log(
             level,
@@ -427,7 +448,11 @@ class Dispatcher:
         next deliveries for the workers these outcomes free — they are waiting for their
         outcomes, so they still count in flight — and for idle ones: a busy outbox costs a
         claim per batch rather than per delivery. They start once their workers return."""
-        free = self._reserve(len(batch) + self.settings.delivery_workers, len(batch)) if self._thread is not None else 0
+        free = (
+            self._reserve(len(batch) + self.settings.delivery_workers, len(batch))
+            if self._thread is not None
+            else 0
+        )
         started = not free
         try:
             with self._connection() as conn:

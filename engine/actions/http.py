@@ -111,11 +111,15 @@ def post_json(
     try:
         hop = _Hop("POST", httpx.URL(url), sent, body)
         if hop.url.scheme not in ("http", "https"):
-            raise PermanentDeliveryError(f"webhook URL must be http or https, not {hop.url.scheme or 'empty'}")
+            raise PermanentDeliveryError(
+                f"webhook URL must be http or https, not {hop.url.scheme or 'empty'}"
+            )
         deadline = time.monotonic() + timeout  # for the whole attempt, redirects included
         pins: Pins = {}
         transport = attempt_transport(deadline, _tls_context(), pins)
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, transport=transport) as client:
+        with httpx.Client(
+            timeout=timeout, follow_redirects=False, trust_env=False, transport=transport
+        ) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 outcome = _send_hop(client, hop, allow_hosts, deadline, secret_headers, pins)
                 if isinstance(outcome, Attempt):
@@ -137,7 +141,12 @@ def post_json(
 
 
 def _send_hop(
-    client: httpx.Client, hop: _Hop, allow_hosts: str, deadline: float, secret_headers: Collection[str], pins: Pins
+    client: httpx.Client,
+    hop: _Hop,
+    allow_hosts: str,
+    deadline: float,
+    secret_headers: Collection[str],
+    pins: Pins,
 ) -> Attempt | _Hop:
     """Send one hop to the checked addresses; an Attempt when done, the next hop on a redirect."""
     url = hop.url

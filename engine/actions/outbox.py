@@ -48,16 +48,20 @@ def delivery_rows(automation_id: int, actions: Sequence[Mapping[str, Any] | Any]
         action = action_json(raw)
         action_type = action.get("type")
         if action_type not in ACTION_TYPES:
-            raise EngineError(f"unknown action type {action_type!r} (expected one of {', '.join(ACTION_TYPES)})")
+            raise EngineError(
+                f"unknown action type {action_type!r} (expected one of {', '.join(ACTION_TYPES)})"
+            )
         skipped = action_type == "no_op"
-        rows.append({
-            "automation_id": automation_id,
-            "action_index": index,
-            "action_type": action_type,
-            "action": action,
-            "status": "skipped" if skipped else "pending",
-            "max_attempts": 1 if skipped else int(action.get("max_attempts") or DEFAULT_MAX_ATTEMPTS),
-        })
+        rows.append(
+            {
+                "automation_id": automation_id,
+                "action_index": index,
+                "action_type": action_type,
+                "action": action,
+                "status": "skipped" if skipped else "pending",
+                "max_attempts": 1 if skipped else int(action.get("max_attempts") or DEFAULT_MAX_ATTEMPTS),
+            }
+        )
     return rows
 
 
@@ -87,7 +91,9 @@ def redeliver(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:
         raise EngineError(f"delivery {found['id']} is being sent right now; wait for its outcome")
     budget = int(found["action"].get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
     with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(db.query("delivery_redeliver"), {"id": found["id"], "budget": budget, "now": clock.now()}).fetchone()
+        row = cur.execute(
+            db.query("delivery_redeliver"), {"id": found["id"], "budget": budget, "now": clock.now()}
+        ).fetchone()
     if row is None:  # it changed state between the two statements
         raise EngineError(f"delivery {found['id']} is being sent right now; wait for its outcome")
     return row | {"automation": found["automation"], "action_type": found["action_type"]}

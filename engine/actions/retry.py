@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 # An action's `max_attempts` default, chosen with this schedule (see there).
 from engine.rules.actions import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
@@ -47,14 +47,16 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         seconds = (when - now).total_seconds()
     if seconds != seconds:  # NaN
         return None
     return max(0.0, seconds)
 
 
-def next_delay(attempt: int, base: float, retry_after: float | None, rng: random.Random | None = None) -> float:
+def next_delay(
+    attempt: int, base: float, retry_after: float | None, rng: random.Random | None = None
+) -> float:
     """Backoff, but never sooner than the receiver's Retry-After (itself capped at an hour)."""
     delay = backoff(attempt, base, rng)
     if retry_after is not None:

@@ -26,7 +26,9 @@ def read_env(name: str) -> str:
     """The value of an environment variable holding a secret, or a delivery error saying so."""
     value = os.environ.get(name)
     if value is None:
-        raise PermanentDeliveryError(f"environment variable {name} is not set (needed by this action's secret)")
+        raise PermanentDeliveryError(
+            f"environment variable {name} is not set (needed by this action's secret)"
+        )
     if value == "":
         raise PermanentDeliveryError(f"environment variable {name} is empty (needed by this action's secret)")
     return value
@@ -46,7 +48,11 @@ class Secrets:
         if not text:
             return text
         # Longest first, so a secret containing another is replaced whole.
-        for value in sorted(set(self.values.values()) | set(self.by_field.values()) | set(self.fragments), key=len, reverse=True):
+        for value in sorted(
+            set(self.values.values()) | set(self.by_field.values()) | set(self.fragments),
+            key=len,
+            reverse=True,
+        ):
             text = text.replace(value, REDACTED)
         return text
 
@@ -76,5 +82,7 @@ def resolve(action: ActionModel) -> Secrets:
     fragments: list[str] = []
     if "webhook_url" in by_field:
         parts = urlsplit(by_field["webhook_url"])
-        fragments += [p for p in (parts.path + (f"?{parts.query}" if parts.query else ""), parts.path) if len(p) > 1]
+        fragments += [
+            p for p in (parts.path + (f"?{parts.query}" if parts.query else ""), parts.path) if len(p) > 1
+        ]
     return Secrets(values, by_field, tuple(fragments))

@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def send_action(
-    delivery_id: str, action: ActionModel | Mapping[str, Any], ctx: Mapping[str, str], settings: Settings | None = None
+    delivery_id: str,
+    action: ActionModel | Mapping[str, Any],
+    ctx: Mapping[str, str],
+    settings: Settings | None = None,
 ) -> Attempt:
     """Send `action` (a model, or the JSON stored with a delivery) once for the event
     described by `ctx`; the outcome as an Attempt."""
@@ -61,7 +64,10 @@ def send_action(
         # The frames, and the message scrubbed: an exception's text may quote a secret.
         log.error(
             "delivery %s: unexpected error in the %s sender: %s: %s\n%s",
-            delivery_id, action_type, type(exc).__name__, resolved.scrub(str(exc)),
+            delivery_id,
+            action_type,
+            type(exc).__name__,
+            resolved.scrub(str(exc)),
             "".join(traceback.format_tb(exc.__traceback__)),
         )
         attempt = Attempt(request, error=f"internal error: {type(exc).__name__}: {exc}", retryable=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import urllib.error
 from collections.abc import Mapping
 from typing import Any
@@ -57,7 +56,9 @@ DEFAULT_MESSAGES = {
 _HEADER_MAX, _TEXT_MAX, _FIELD_MAX, _FIELDS_MAX = 150, 3000, 2000, 10
 # Error codes of chat.postMessage that a later try may fix; any other `ok: false` is final
 # (channel_not_found, invalid_auth, not_in_channel, ...).
-_TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+_TRANSIENT_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
 
 
 def escape_mrkdwn(text: str) -> str:
@@ -68,7 +69,9 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def build_message(action: SlackAction, ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> dict[str, Any]:
+def build_message(
+    action: SlackAction, ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The chat.postMessage / incoming-webhook body: {"text": fallback, "blocks": [...]}."""
     emoji = SEVERITY_EMOJI[action.severity]
     title = render_text(action.title or DEFAULT_TITLE, ctx, secrets).strip() or "automation fired"
@@ -97,11 +100,16 @@ def build_message(action: SlackAction, ctx: Mapping[str, str], secrets: Mapping[
         ("Registry", escape_mrkdwn(ctx.get("registry_name", ""))),
     ]
     shown = [
-        {"type": "mrkdwn", "text": _cut(f"*{label}*\n{value}", _FIELD_MAX)} for label, value in fields if value
+        {"type": "mrkdwn", "text": _cut(f"*{label}*\n{value}", _FIELD_MAX)}
+        for label, value in fields
+        if value
     ][:_FIELDS_MAX]
 
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _cut(f"{emoji} {title}", _HEADER_MAX), "emoji": True}}
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": _cut(f"{emoji} {title}", _HEADER_MAX), "emoji": True},
+        }
     ]
     if message:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(message, _TEXT_MAX)}})
@@ -122,7 +130,9 @@ def build_message(action: SlackAction, ctx: Mapping[str, str], secrets: Mapping[
     return {"text": _cut(fallback, _TEXT_MAX), "blocks": blocks}
 
 
-def send(delivery_id: str, action: SlackAction, ctx: Mapping[str, str], secrets: Secrets, settings: Settings) -> Attempt:
+def send(
+    delivery_id: str, action: SlackAction, ctx: Mapping[str, str], secrets: Secrets, settings: Settings
+) -> Attempt:
     message = build_message(action, ctx, secrets.values)
     if action.webhook_url is not None and "webhook_url" in secrets.by_field:
         return post_json(
@@ -143,7 +153,9 @@ def send(delivery_id: str, action: SlackAction, ctx: Mapping[str, str], secrets:
 def _post_message(token: str, channel: str, message: dict[str, Any], settings: Settings) -> Attempt:
     api_url = settings.slack_api_url.rstrip("/") + "/"
     record = {"url": api_url + "chat.postMessage", "channel": channel, "headers": {"Authorization": REDACTED}}
-    client = WebClient(token=token, base_url=api_url, timeout=int(TIMEOUT), retry_handlers=[], logger=_SDK_LOG)
+    client = WebClient(
+        token=token, base_url=api_url, timeout=int(TIMEOUT), retry_handlers=[], logger=_SDK_LOG
+    )
     try:
         response = client.chat_postMessage(channel=channel, text=message["text"], blocks=message["blocks"])
     except SlackApiError as exc:
@@ -159,7 +171,7 @@ def _post_message(token: str, channel: str, message: dict[str, Any], settings: S
             retryable=is_retryable_status(status) or code in _TRANSIENT_ERRORS,
             retry_after=parse_retry_after(headers.get("retry-after"), clock.now()),
         )
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return Attempt(record, error=f"connection to the Slack API failed: {reason}", retryable=True)
     return Attempt(record, http_status=response.status_code, response_body=_body(response.data))

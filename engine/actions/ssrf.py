@@ -57,7 +57,9 @@ class AllowList:
 
     def lists_address(self, addr: IPAddress) -> bool:
         """Listed as a single address (`169.254.169.254`, or `/32`), not merely inside a range."""
-        return any(n.num_addresses == 1 and a == n.network_address for a in _spellings(addr) for n in self.networks)
+        return any(
+            n.num_addresses == 1 and a == n.network_address for a in _spellings(addr) for n in self.networks
+        )
 
 
 @lru_cache(maxsize=16)
@@ -180,7 +182,9 @@ def refusal(host: str, addresses: list[IPAddress], allow_hosts: str) -> str | No
     return None
 
 
-def refused_urls(urls: Iterable[str], allow_hosts: str, timeout: float = RESOLVE_BUDGET_SECONDS) -> dict[str, str]:
+def refused_urls(
+    urls: Iterable[str], allow_hosts: str, timeout: float = RESOLVE_BUDGET_SECONDS
+) -> dict[str, str]:
     """The URLs among `urls` that the policy would refuse if they were sent now, with why.
 
     For warnings before anything is sent (`engine rules validate`). Host names are resolved
@@ -242,13 +246,25 @@ def address_warnings(actions: Sequence[ActionModel], allow_hosts: str) -> list[l
     for action in actions:
         if isinstance(action, WebhookAction):
             targets.append(("action.url", action.url))
-        elif isinstance(action, SlackAction) and action.webhook_url is not None and os.environ.get(action.webhook_url.env):
-            targets.append((f"action.webhook_url (${action.webhook_url.env})", os.environ[action.webhook_url.env]))
+        elif (
+            isinstance(action, SlackAction)
+            and action.webhook_url is not None
+            and os.environ.get(action.webhook_url.env)
+        ):
+            targets.append(
+                (f"action.webhook_url (${action.webhook_url.env})", os.environ[action.webhook_url.env])
+            )
         else:
             targets.append(None)
     refused = refused_urls([t[1] for t in targets if t], allow_hosts)
-    here = f"ENGINE_WEBHOOK_ALLOW_HOSTS={allow_hosts}" if allow_hosts.strip() else "ENGINE_WEBHOOK_ALLOW_HOSTS unset"
+    here = (
+        f"ENGINE_WEBHOOK_ALLOW_HOSTS={allow_hosts}"
+        if allow_hosts.strip()
+        else "ENGINE_WEBHOOK_ALLOW_HOSTS unset"
+    )
     return [
-        [f"{t[0]}: sending will be refused (with {here}, as in this shell): {refused[t[1]]}"] if t and t[1] in refused else []
+        [f"{t[0]}: sending will be refused (with {here}, as in this shell): {refused[t[1]]}"]
+        if t and t[1] in refused
+        else []
         for t in targets
     ]

@@ -99,7 +99,9 @@ def default_payload(ctx: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def render_payload(payload_template: Any | None, ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> bytes:
+def render_payload(
+    payload_template: Any | None, ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None
+) -> bytes:
     """The request body of a webhook: the rendered payload (or the default one) as UTF-8 JSON.
 
     >>> render_payload({"run": "${run_name}"}, {"run_name": 'say "hi"'})

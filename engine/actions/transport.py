@@ -89,7 +89,9 @@ class _DeadlineStream(httpcore.NetworkStream):
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.NetworkStream:
-        stream = self._stream.start_tls(ssl_context, server_hostname, self._backend.left(timeout, httpcore.ConnectTimeout))
+        stream = self._stream.start_tls(
+            ssl_context, server_hostname, self._backend.left(timeout, httpcore.ConnectTimeout)
+        )
         return _DeadlineStream(stream, self._backend)
 
     def get_extra_info(self, info: str) -> typing.Any:
@@ -100,5 +102,7 @@ def attempt_transport(deadline: float, ssl_context: ssl.SSLContext, pins: Pins) 
     """A transport for one attempt: connects only to `pins` (filled in by the caller per hop),
     and every socket operation ends by `deadline` (monotonic)."""
     transport = httpx.HTTPTransport(verify=ssl_context, trust_env=False)
-    transport._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=_AttemptBackend(deadline, pins))
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=ssl_context, network_backend=_AttemptBackend(deadline, pins)
+    )
     return transport

@@ -65,7 +65,9 @@ def build_request(
     return body, headers, secret_headers
 
 
-def send(delivery_id: str, action: WebhookAction, ctx: Mapping[str, str], secrets: Secrets, settings: Settings) -> Attempt:
+def send(
+    delivery_id: str, action: WebhookAction, ctx: Mapping[str, str], secrets: Secrets, settings: Settings
+) -> Attempt:
     body, headers, secret_headers = build_request(delivery_id, action, ctx, secrets)
     return post_json(
         action.url,

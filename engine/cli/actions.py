@@ -33,12 +33,24 @@ def say(text: str) -> None:
     """Print a message unwrapped: ids and URLs in it are copied from."""
     console.print(text, soft_wrap=True)
 
+
 actions_app = typer.Typer(help="Try an automation's actions.", no_args_is_help=True)
 STATUSES = ("pending", "sending", "succeeded", "failed", "skipped")
 # The keys of `engine deliveries --format json|tsv` (the columns of the delivery_list query).
 DELIVERY_KEYS = (
-    "id", "trigger_id", "automation", "action_type", "status", "attempts", "max_attempts", "last_http_status",
-    "last_error", "next_attempt_at", "created_at", "updated_at", "finished_at",
+    "id",
+    "trigger_id",
+    "automation",
+    "action_type",
+    "status",
+    "attempts",
+    "max_attempts",
+    "last_http_status",
+    "last_error",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+    "finished_at",
 )
 _STYLE = {"succeeded": "green", "failed": "red", "pending": "yellow", "sending": "yellow", "skipped": "dim"}
 
@@ -50,7 +62,10 @@ def _short(text: str | None, width: int) -> str:
 
 def deliveries(
     status: Annotated[
-        str | None, typer.Option(help=f"Only deliveries in this state ({', '.join(STATUSES)}); pending includes sending.")
+        str | None,
+        typer.Option(
+            help=f"Only deliveries in this state ({', '.join(STATUSES)}); pending includes sending."
+        ),
     ] = None,
     automation: Annotated[str | None, typer.Option(help="Only this automation's deliveries.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many rows, newest first.")] = 50,
@@ -68,9 +83,24 @@ def deliveries(
     # Short columns never wrap (ids are copied from here); the long ones fold. Ids and
     # errors are shortened for a terminal only (cell()): piped, every cell is whole.
     terminal = is_terminal()
-    for column in ("id", "trigger", "automation", "action", "status", "attempts", "http", "last error", "updated"):
+    for column in (
+        "id",
+        "trigger",
+        "automation",
+        "action",
+        "status",
+        "attempts",
+        "http",
+        "last error",
+        "updated",
+    ):
         short = column not in ("automation", "last error", "updated")
-        table.add_column(column, no_wrap=short, overflow="ellipsis" if short else "fold", min_width=8 if column == "id" else None)
+        table.add_column(
+            column,
+            no_wrap=short,
+            overflow="ellipsis" if short else "fold",
+            min_width=8 if column == "id" else None,
+        )
     for r in rows:
         table.add_row(
             str(r["id"])[:8] if terminal else str(r["id"]),
@@ -89,7 +119,9 @@ def deliveries(
 
 
 def redeliver(
-    delivery_id: Annotated[str, typer.Argument(help="Delivery id, or a unique prefix of it (see `engine deliveries`).")],
+    delivery_id: Annotated[
+        str, typer.Argument(help="Delivery id, or a unique prefix of it (see `engine deliveries`).")
+    ],
     here: Annotated[
         bool,
         typer.Option(
@@ -124,7 +156,9 @@ def redeliver(
             return
         after = outbox.find(conn, str(row["id"]))
     style = _STYLE.get(after["status"], "")
-    line = f"[{style}]{after['status']}[/]" + (f" (HTTP {after['last_http_status']})" if after["last_http_status"] else "")
+    line = f"[{style}]{after['status']}[/]" + (
+        f" (HTTP {after['last_http_status']})" if after["last_http_status"] else ""
+    )
     if after["status"] == "pending":
         line += f", next attempt at {after['next_attempt_at']:%H:%M:%S}"
     say(line + (f": {escape(after['last_error'])}" if after["last_error"] else ""))
@@ -135,7 +169,9 @@ def redeliver(
 @actions_app.command("test")
 def test(
     name: Annotated[str, typer.Argument(help="Automation name.")],
-    action: Annotated[int | None, typer.Option(min=0, help="Only the action at this position (0-based).")] = None,
+    action: Annotated[
+        int | None, typer.Option(min=0, help="Only the action at this position (0-based).")
+    ] = None,
 ) -> None:
     """Send the automation's actions once, now, for a sample event; print the responses.
 
@@ -150,7 +186,13 @@ def test(
     automation = Automation.model_validate(found[2])
     actions = [automation.action]
     ctx = sample_context(automation, settings)
-    chosen = list(enumerate(actions)) if action is None else [(action, actions[action])] if action < len(actions) else []
+    chosen = (
+        list(enumerate(actions))
+        if action is None
+        else [(action, actions[action])]
+        if action < len(actions)
+        else []
+    )
     if not chosen:
         raise typer.BadParameter(f"the automation has {len(actions)} action(s)", param_hint="--action")
     failed = False
@@ -178,7 +220,9 @@ def _print_attempt(index: int, action_type: str, delivery_id: str, attempt: Atte
     if attempt.response_body:
         say("  response: " + escape(_short(attempt.response_body, 2000)))
     if attempt.error:
-        say(f"  [red]error:[/] {escape(attempt.error)}" + (" (would be retried)" if attempt.retryable else ""))
+        say(
+            f"  [red]error:[/] {escape(attempt.error)}" + (" (would be retried)" if attempt.retryable else "")
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,9 @@ from engine.exceptions import LocalDatabaseError
 from engine.localdb import LocalDatabase, Status
 from engine.settings import get_settings
 
-db_app = typer.Typer(help="The embedded TimescaleDB (under ENGINE_DATA_DIR) and migrations.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The embedded TimescaleDB (under ENGINE_DATA_DIR) and migrations.", no_args_is_help=True
+)
 
 # `engine db status` exit codes (documented in its --help and the README).
 USABLE, NOT_USABLE, NOT_RUNNING = 0, 1, 3
@@ -69,7 +71,9 @@ def status() -> None:
             embedded = None  # not the database in use: its own problems are for `engine db up` to report
         if embedded is not None and embedded.initialised:
             state = "runs" if embedded.running else "is stopped"
-            _say(f"  (the embedded database under {local.data_dir} {state}; it is not used while ENGINE_DATABASE_URL is set)")
+            _say(
+                f"  (the embedded database under {local.data_dir} {state}; it is not used while ENGINE_DATABASE_URL is set)"
+            )
     else:
         embedded = local.status()
         _report(embedded)
@@ -87,7 +91,9 @@ def status() -> None:
 @db_app.command()
 def url(
     show_password: bool = typer.Option(
-        False, "--show-password", help="Print the URL with its password (by default the password is left out)."
+        False,
+        "--show-password",
+        help="Print the URL with its password (by default the password is left out).",
     ),
 ) -> None:
     """Print the database URL the engine uses (for psql: psql "$(engine db url)").

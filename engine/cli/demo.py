@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
-from psycopg.rows import dict_row
 import typer
+from psycopg.rows import dict_row
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
@@ -25,11 +25,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from engine import clock
+from engine import automations, clock
 from engine import db as enginedb
 from engine.demo.rules import EXAMPLES, EXPECTED, HMAC_ENV, SLACK_ENV, demo_rules, example_name
 from engine.exceptions import EngineError
-from engine import automations
 from engine.settings import get_settings
 
 if TYPE_CHECKING:  # imported when the demo runs: other commands need not load the SDK for it
@@ -76,10 +75,20 @@ HELP = (
 def demo(
     rules: Annotated[
         Path | None,
-        typer.Option("--rules", metavar="PATH", help="Folder of example rules (default: the repository's rules/, else ENGINE_RULES_PATH)."),
+        typer.Option(
+            "--rules",
+            metavar="PATH",
+            help="Folder of example rules (default: the repository's rules/, else ENGINE_RULES_PATH).",
+        ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=5, metavar="SECONDS", help="Give up waiting for the expected triggers after this long.")
+        float,
+        typer.Option(
+            "--timeout",
+            min=5,
+            metavar="SECONDS",
+            help="Give up waiting for the expected triggers after this long.",
+        ),
     ] = 60.0,
 ) -> None:
     """A self-contained end-to-end demonstration (help text: HELP)."""
@@ -91,7 +100,9 @@ def demo(
         console.width = 120  # a log or a pipe: wide enough for the tables, not 80
     folder = rules or (EXAMPLES if EXAMPLES.is_dir() else get_settings().rules_path)
     if not folder.is_dir():
-        raise EngineError(f"no example rules in {folder}: run the demo from the project folder, or pass --rules PATH")
+        raise EngineError(
+            f"no example rules in {folder}: run the demo from the project folder, or pass --rules PATH"
+        )
 
     # The demo's own process settings: webhooks may reach the local receiver, and SDK flushes
     # come sooner than the 1 s default so that the story fits in seconds.
@@ -102,7 +113,9 @@ def demo(
     get_settings.cache_clear()
     settings = get_settings()
 
-    where = "ENGINE_DATABASE_URL" if settings.database_url else f"the embedded database under {settings.data_dir}"
+    where = (
+        "ENGINE_DATABASE_URL" if settings.database_url else f"the embedded database under {settings.data_dir}"
+    )
     console.print(f"[bold]engine demo[/] on {escape(where)}", soft_wrap=True)
     url = enginedb.database_url(settings)
     with enginedb.connect(url) as conn:
@@ -125,8 +138,10 @@ def demo(
             # of the rule asks for less, and says so.
             lowered = max(1, int(cpu_seen * 0.7))
             wanted = [_with_threshold(a, lowered) if example_name(a.name) == CPU_RULE else a for a in wanted]
-            cpu_note = (f"this machine's CPU reached only {cpu_seen:.0f} % with every core busy, so the demo's copy "
-                        f"of {CPU_RULE} uses a threshold of {lowered} instead of 90")
+            cpu_note = (
+                f"this machine's CPU reached only {cpu_seen:.0f} % with every core busy, so the demo's copy "
+                f"of {CPU_RULE} uses a threshold of {lowered} instead of 90"
+            )
         names = [a.name for a in wanted]
         watched = [n for n in names if example_name(n) in EXPECTED]
 
@@ -135,18 +150,30 @@ def demo(
             conn.commit()
             after = conn.execute(enginedb.query("demo_last_trigger")).fetchone()[0]
             others = [r[0] for r in conn.execute(enginedb.query("demo_other_enabled"), {"names": names})]
-        console.print(f"  rules: {len(results)} example rules from {escape(str(folder))} applied as demo.<name> "
-                      f"({', '.join(sorted({o for _, o in results}))}), scoped to project {project}", soft_wrap=True)
-        console.print(f"  webhook receiver: {receiver.base_url} (checks X-Automation-Signature with {HMAC_ENV}); "
-                      f"Slack incoming webhook: {SLACK_ENV}={receiver.base_url}/slack", soft_wrap=True)
-        console.print(f"  this process: ENGINE_WEBHOOK_ALLOW_HOSTS={os.environ['ENGINE_WEBHOOK_ALLOW_HOSTS']}, "
-                      f"ENGINE_FLUSH_INTERVAL={FLUSH_EVERY}, system metrics every {SAMPLE_INTERVAL} s, "
-                      f"evaluation every {EVALUATE_EVERY} s (and on every flush)", soft_wrap=True)
+        console.print(
+            f"  rules: {len(results)} example rules from {escape(str(folder))} applied as demo.<name> "
+            f"({', '.join(sorted({o for _, o in results}))}), scoped to project {project}",
+            soft_wrap=True,
+        )
+        console.print(
+            f"  webhook receiver: {receiver.base_url} (checks X-Automation-Signature with {HMAC_ENV}); "
+            f"Slack incoming webhook: {SLACK_ENV}={receiver.base_url}/slack",
+            soft_wrap=True,
+        )
+        console.print(
+            f"  this process: ENGINE_WEBHOOK_ALLOW_HOSTS={os.environ['ENGINE_WEBHOOK_ALLOW_HOSTS']}, "
+            f"ENGINE_FLUSH_INTERVAL={FLUSH_EVERY}, system metrics every {SAMPLE_INTERVAL} s, "
+            f"evaluation every {EVALUATE_EVERY} s (and on every flush)",
+            soft_wrap=True,
+        )
         if cpu_note:
             console.print(f"  [yellow]note:[/] {escape(cpu_note)}", soft_wrap=True)
         if others:
-            console.print(f"  [yellow]note:[/] the demo's service also evaluates your {len(others)} other enabled "
-                          f"automation(s) while it runs, as `engine serve` would: {escape(', '.join(others))}", soft_wrap=True)
+            console.print(
+                f"  [yellow]note:[/] the demo's service also evaluates your {len(others)} other enabled "
+                f"automation(s) while it runs, as `engine serve` would: {escape(', '.join(others))}",
+                soft_wrap=True,
+            )
 
         from engine.scheduler import Service  # imported late: APScheduler is not needed by other commands
 
@@ -177,7 +204,9 @@ def demo(
         problem = f"{name} fired {progress.fired.get(name, 0)} time(s), expected at least {expected.at_least} ({expected.because})"
         if example_name(name) == CPU_RULE:
             with enginedb.connect(url) as conn:
-                peak = conn.execute(enginedb.query("demo_cpu_peak"), dict(zip(("entity", "project"), project.split("/")))).fetchone()[0]
+                peak = conn.execute(
+                    enginedb.query("demo_cpu_peak"), dict(zip(("entity", "project"), project.split("/")))
+                ).fetchone()[0]
             problem += f"; the highest system/cpu sample was {peak if peak is not None else 'none'}"
         problems.append(problem)
     if progress.failed:
@@ -199,13 +228,17 @@ def _disable(url: str, names: list[str]) -> None:
                 automations.disable(conn, name)
             conn.commit()
     except EngineError as exc:  # the database went away: say so, without hiding the first error
-        console.print(f"[yellow]could not disable the demo's automations: {escape(str(exc))}[/]", soft_wrap=True)
+        console.print(
+            f"[yellow]could not disable the demo's automations: {escape(str(exc))}[/]", soft_wrap=True
+        )
 
 
 def _with_threshold(automation: Any, threshold: float) -> Any:
     data = automation.to_json()
     data["event"]["threshold"] = threshold
-    data["description"] = f"{data.get('description', '')} (demo copy: threshold lowered to {threshold})".strip()
+    data["description"] = (
+        f"{data.get('description', '')} (demo copy: threshold lowered to {threshold})".strip()
+    )
     return type(automation).model_validate(data)
 
 
@@ -220,8 +253,15 @@ def _progress(conn: psycopg.Connection, names: list[str], after: int) -> Progres
     )
 
 
-def _watch(url: str, scenario: Scenario, receiver: demo_receiver.Receiver, names: list[str], after: int,
-           started: float, timeout: float) -> Progress:
+def _watch(
+    url: str,
+    scenario: Scenario,
+    receiver: demo_receiver.Receiver,
+    names: list[str],
+    after: int,
+    started: float,
+    timeout: float,
+) -> Progress:
     """Show the live table until every expected trigger exists and its delivery is settled."""
     deadline = time.monotonic() + timeout
     settled_since: float | None = None
@@ -245,21 +285,41 @@ def _watch(url: str, scenario: Scenario, receiver: demo_receiver.Receiver, names
             time.sleep(0.25)
 
 
-def _live_view(scenario: Scenario, progress: Progress, received: list[demo_receiver.Received],
-               names: list[str], started: float) -> Group:
-    runs = Table(box=box.SIMPLE_HEAD, title=f"runs of {scenario.project}", title_justify="left", pad_edge=False)
+def _live_view(
+    scenario: Scenario,
+    progress: Progress,
+    received: list[demo_receiver.Received],
+    names: list[str],
+    started: float,
+) -> Group:
+    runs = Table(
+        box=box.SIMPLE_HEAD, title=f"runs of {scenario.project}", title_justify="left", pad_edge=False
+    )
     for column in ("run", "state", "step", "accuracy", "loss", "note"):
         numeric = column in ("step", "accuracy", "loss")
         runs.add_column(column, no_wrap=True, overflow="ellipsis", justify="right" if numeric else "left")
     for view in scenario.views.values():
-        style = {"finished": "green", "failed": "red", "killed": "magenta", "running": "yellow"}.get(view.state, "dim")
-        runs.add_row(
-            view.name, f"[{style}]{view.state}[/]", "" if view.step < 0 else str(view.step),
-            _number(view.metrics.get("accuracy")), _number(view.metrics.get("loss")), escape(view.note),
+        style = {"finished": "green", "failed": "red", "killed": "magenta", "running": "yellow"}.get(
+            view.state, "dim"
         )
-    rules = Table(box=box.SIMPLE_HEAD, title="automations (demo.<example rule>)", title_justify="left", pad_edge=False)
+        runs.add_row(
+            view.name,
+            f"[{style}]{view.state}[/]",
+            "" if view.step < 0 else str(view.step),
+            _number(view.metrics.get("accuracy")),
+            _number(view.metrics.get("loss")),
+            escape(view.note),
+        )
+    rules = Table(
+        box=box.SIMPLE_HEAD, title="automations (demo.<example rule>)", title_justify="left", pad_edge=False
+    )
     for column in ("rule", "fired", "expected", "because"):
-        rules.add_column(column, no_wrap=True, overflow="ellipsis", justify="right" if column in ("fired", "expected") else "left")
+        rules.add_column(
+            column,
+            no_wrap=True,
+            overflow="ellipsis",
+            justify="right" if column in ("fired", "expected") else "left",
+        )
     for name in names:
         expected = EXPECTED[example_name(name)]
         fired = progress.fired.get(name, 0)
@@ -294,11 +354,22 @@ def _what(row: dict[str, Any]) -> str:
     return kind.replace("_", " ")
 
 
-def _report(conn: psycopg.Connection, names: list[str], after: int, receiver: demo_receiver.Receiver,
-            project: str, started: float) -> None:
+def _report(
+    conn: psycopg.Connection,
+    names: list[str],
+    after: int,
+    receiver: demo_receiver.Receiver,
+    project: str,
+    started: float,
+) -> None:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(enginedb.query("demo_history"), {"names": names, "after": after}).fetchall()
-    history = Table(title="trigger history (automation_history)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    history = Table(
+        title="trigger history (automation_history)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for column in ("id", "fired at", "automation", "run / artifact", "what", "delivery"):
         history.add_column(column, no_wrap=column not in ("what", "delivery"), overflow="fold")
     for row in rows:
@@ -308,22 +379,38 @@ def _report(conn: psycopg.Connection, names: list[str], after: int, receiver: de
         # collection:vN is enough: the project is the demo's
         subject = row["run_name"] or (row["artifact_version"] or "").rsplit("/", 1)[-1]
         history.add_row(
-            str(row["trigger_id"]), row["fired_at"].astimezone().strftime("%H:%M:%S"), escape(row["automation"]),
-            escape(subject), escape(_what(row)), delivery,
+            str(row["trigger_id"]),
+            row["fired_at"].astimezone().strftime("%H:%M:%S"),
+            escape(row["automation"]),
+            escape(subject),
+            escape(_what(row)),
+            delivery,
         )
     console.print(history)
 
-    owners = {r[0]: (r[1], r[2]) for r in conn.execute(enginedb.query("demo_delivery_owners"), {"names": names, "after": after})}
+    owners = {
+        r[0]: (r[1], r[2])
+        for r in conn.execute(enginedb.query("demo_delivery_owners"), {"names": names, "after": after})
+    }
     received = receiver.snapshot()
-    table = Table(title=f"deliveries received by the local receiver ({receiver.base_url})", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"deliveries received by the local receiver ({receiver.base_url})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for column in ("trigger", "automation", "path", "signature", "body"):
         table.add_column(column, no_wrap=True, overflow="ellipsis" if column == "body" else "fold")
     body_width = max(24, console.width - 75)  # the other columns take about 75
     for item in received:
         trigger_id, automation = owners.get(item.delivery_id, ("?", "?"))
-        table.add_row(str(trigger_id), escape(automation), escape(item.path), _SIGNATURE[item.signature],
-                      escape(_cut(_body(item), body_width)))
+        table.add_row(
+            str(trigger_id),
+            escape(automation),
+            escape(item.path),
+            _SIGNATURE[item.signature],
+            escape(_cut(_body(item), body_width)),
+        )
     console.print(table)
     console.print(
         f"[dim]signature ✓: the receiver recomputed X-Automation-Signature = base64(HMAC-SHA256({HMAC_ENV}, body)) "
@@ -339,7 +426,9 @@ def _report(conn: psycopg.Connection, names: list[str], after: int, receiver: de
         f"artifact_version, delivery_status FROM automation_history WHERE entity = '{entity}' AND project = '{name}' "
         "ORDER BY trigger_id"
     )
-    console.print("\n[bold]Look for yourself[/] (the demo's automations are disabled now; their history stays):")
+    console.print(
+        "\n[bold]Look for yourself[/] (the demo's automations are disabled now; their history stays):"
+    )
     # soft_wrap: a command broken over two lines could not be pasted
     for line in (
         f'psql "$({engine_cmd} db url)" -c "{sql}"',
@@ -349,7 +438,11 @@ def _report(conn: psycopg.Connection, names: list[str], after: int, receiver: de
     ):
         console.print(f"  {line}", soft_wrap=True, markup=False, highlight=False)
     if not get_settings().database_url:
-        console.print(f"The embedded database keeps running; stop it with `{engine_cmd} db down`.", soft_wrap=True, markup=False)
+        console.print(
+            f"The embedded database keeps running; stop it with `{engine_cmd} db down`.",
+            soft_wrap=True,
+            markup=False,
+        )
     console.print(f"done in {time.monotonic() - started:.1f} s", soft_wrap=True)
 
 

@@ -8,7 +8,9 @@ from engine.settings import get_settings
 
 
 def doctor(
-    timeout: float = typer.Option(3.0, "--timeout", min=0.1, help="Seconds for each connection attempt (database, webhook targets)."),
+    timeout: float = typer.Option(
+        3.0, "--timeout", min=0.1, help="Seconds for each connection attempt (database, webhook targets)."
+    ),
 ) -> None:
     """Check the database, TimescaleDB, migrations, rules, action targets and deliveries.
 

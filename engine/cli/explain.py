@@ -26,14 +26,28 @@ HELP = (
 
 
 def explain(
-    trigger_id: Annotated[int, typer.Argument(min=1, metavar="TRIGGER_ID", help="Trigger id: the `id` column of `engine history`.")],
+    trigger_id: Annotated[
+        int,
+        typer.Argument(min=1, metavar="TRIGGER_ID", help="Trigger id: the `id` column of `engine history`."),
+    ],
     png: Annotated[
         Path | None,
-        typer.Option("--png", metavar="FILE", dir_okay=False, help="Also write the picture to FILE as a PNG (1000×500 px)."),
+        typer.Option(
+            "--png",
+            metavar="FILE",
+            dir_okay=False,
+            help="Also write the picture to FILE as a PNG (1000×500 px).",
+        ),
     ] = None,
     width: Annotated[
         int | None,
-        typer.Option("--width", metavar="N", min=40, max=500, help="Width of the terminal plot in characters (default: the terminal's width, at most 160)."),
+        typer.Option(
+            "--width",
+            metavar="N",
+            min=40,
+            max=500,
+            help="Width of the terminal plot in characters (default: the terminal's width, at most 160).",
+        ),
     ] = None,
 ) -> None:
     """Show why a rule fired (help text: HELP)."""
@@ -48,7 +62,8 @@ def explain(
     if not expl.is_metric:
         typer.secho(
             f"error: no PNG: trigger {trigger_id} fired on an event ({expl.rule_type}), which has no metric series to draw",
-            fg=typer.colors.RED, err=True,
+            fg=typer.colors.RED,
+            err=True,
         )
         raise typer.Exit(1)
     render_png(expl, png)

@@ -50,7 +50,6 @@ FormatOption = Annotated[
 ]
 
 
-
 def parse_when(text: str) -> datetime:
     """A `--since WHEN` value, or a usage error (not a traceback) when it cannot be read."""
     from engine.since import parse_since
@@ -117,5 +116,11 @@ def _tsv_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     value = _json_value(value)
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else str(value)
+    text = (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, ensure_ascii=False)
+        if isinstance(value, (list, dict))
+        else str(value)
+    )
     return text.translate(_TSV_ESCAPES)

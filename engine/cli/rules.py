@@ -40,7 +40,9 @@ rules_app = typer.Typer(help="Automation rules: validate, apply and manage them.
 
 PathsArg = Annotated[
     list[Path] | None,
-    typer.Argument(help="Rule files or folders (*.yaml, *.yml). Default: ENGINE_RULES_PATH (rules/).", show_default=False),
+    typer.Argument(
+        help="Rule files or folders (*.yaml, *.yml). Default: ENGINE_RULES_PATH (rules/).", show_default=False
+    ),
 ]
 NameArg = Annotated[str, typer.Argument(help="Automation name.")]
 
@@ -84,7 +86,10 @@ def _report_lint(rules: list[LoadedRule]) -> None:
         for field_path, warning in found:
             err_console.print(
                 f"{rule.file}:{rule.line_of(field_path)}: warning: {warning}",
-                style="yellow", markup=False, highlight=False, soft_wrap=True,
+                style="yellow",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
             )
 
 
@@ -111,7 +116,9 @@ def validate(
         rules = _load(rule_paths(paths))
     _report_lint(rules)
     files = len({rule.file for rule in rules})
-    console.print(f"ok: {len(rules)} rule{'s' if len(rules) != 1 else ''} in {files} file{'s' if files != 1 else ''}")
+    console.print(
+        f"ok: {len(rules)} rule{'s' if len(rules) != 1 else ''} in {files} file{'s' if files != 1 else ''}"
+    )
 
 
 @rules_app.command()
@@ -119,10 +126,17 @@ def apply(
     paths: PathsArg = None,
     prune: Annotated[
         bool,
-        typer.Option("--prune", help="Delete stored automations that are not in these files (their trigger history is kept)."),
+        typer.Option(
+            "--prune",
+            help="Delete stored automations that are not in these files (their trigger history is kept).",
+        ),
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only say what would be created, updated, unchanged and deleted; change nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Only say what would be created, updated, unchanged and deleted; change nothing.",
+        ),
     ] = False,
 ) -> None:
     """Create or update automations by name (says created / updated / unchanged / deleted)."""
@@ -131,7 +145,10 @@ def apply(
         _report_lint(rules)
         try:
             results = automations.apply_rules(
-                conn, [r.automation for r in rules], source={r.automation.name: r.file for r in rules}, prune=prune,
+                conn,
+                [r.automation for r in rules],
+                source={r.automation.name: r.file for r in rules},
+                prune=prune,
                 dry_run=dry_run,
             )
         except RuleValidationError as exc:
@@ -211,7 +228,9 @@ def show(name: NameArg) -> None:
         }
     rule = stored.automation.model_dump(mode="json", exclude_none=True)
     print(yaml.safe_dump(rule, sort_keys=False, allow_unicode=True).rstrip())
-    print(f"# condition: {stored.automation.event.describe()}")  # as ${metric_filter} and `engine explain` say it
+    print(
+        f"# condition: {stored.automation.event.describe()}"
+    )  # as ${metric_filter} and `engine explain` say it
     print("# ---- stored state")
     for line in yaml.safe_dump(header, sort_keys=False, allow_unicode=True).splitlines():
         print(f"# {line}")
@@ -223,7 +242,9 @@ def enable(name: NameArg) -> None:
     with _connection() as conn:
         changed = automations.enable(conn, name)
         conn.commit()
-    console.print(f"enabled {name}" if changed else f"{name} was already enabled", markup=False, highlight=False)
+    console.print(
+        f"enabled {name}" if changed else f"{name} was already enabled", markup=False, highlight=False
+    )
 
 
 @rules_app.command()
@@ -232,7 +253,9 @@ def disable(name: NameArg) -> None:
     with _connection() as conn:
         changed = automations.disable(conn, name)
         conn.commit()
-    console.print(f"disabled {name}" if changed else f"{name} was already disabled", markup=False, highlight=False)
+    console.print(
+        f"disabled {name}" if changed else f"{name} was already disabled", markup=False, highlight=False
+    )
 
 
 @rules_app.command()
@@ -278,8 +301,18 @@ def test_command(
             labels = {}
             run_pks = [f.run_pk for f in firings if f.run_pk is not None]
             if run_pks:
-                labels = {r[0]: r[2] or r[1] for r in conn.execute(enginedb.query("run_labels"), {"run_pks": run_pks})}
-            table = Table("time", "run", "step", "value", "alias/tag", title=f"{item.automation.name}: {len(firings)} would fire")
+                labels = {
+                    r[0]: r[2] or r[1]
+                    for r in conn.execute(enginedb.query("run_labels"), {"run_pks": run_pks})
+                }
+            table = Table(
+                "time",
+                "run",
+                "step",
+                "value",
+                "alias/tag",
+                title=f"{item.automation.name}: {len(firings)} would fire",
+            )
             for f in firings:
                 table.add_row(
                     f.time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -14,7 +14,7 @@ import hmac
 import json
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -94,7 +94,7 @@ def _handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(min(length, MAX_BODY))
             sent = self.headers.get("X-Automation-Signature")
@@ -102,20 +102,27 @@ def _handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 signature: Signature = "unsigned"
             else:
                 signature = "verified" if is_from_engine(receiver.secret, body, sent) else "bad"
-            receiver._record(Received(
-                at=datetime.now(timezone.utc), path=self.path, delivery_id=self.headers.get("X-Automation-Delivery", ""),
-                signature=signature, body=body,
-            ))
+            receiver._record(
+                Received(
+                    at=datetime.now(UTC),
+                    path=self.path,
+                    delivery_id=self.headers.get("X-Automation-Delivery", ""),
+                    signature=signature,
+                    body=body,
+                )
+            )
             # A real receiver refuses a bad signature; the engine then records a failed delivery.
             status = 401 if signature == "bad" else 200
-            answer = b"ok" if self.path.startswith("/slack") else b'{"ok": true}'  # Slack webhooks answer "ok"
+            answer = (
+                b"ok" if self.path.startswith("/slack") else b'{"ok": true}'
+            )  # Slack webhooks answer "ok"
             self.send_response(status)
             self.send_header("Content-Type", "text/plain" if answer == b"ok" else "application/json")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             self.wfile.write(answer)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # the demo shows what arrived in its own table
 
     return Handler

@@ -51,7 +51,9 @@ def example_name(demo_name: str) -> str:
 def demo_rules(folder: Path, project: str, receiver_url: str) -> list[tuple[Automation, str]]:
     """The rules of `folder`, rewritten for a demo in `project` sending to `receiver_url`,
     each with the file it came from."""
-    return [(rewrite(loaded.automation, project, receiver_url), loaded.file) for loaded in load_rules([folder])]
+    return [
+        (rewrite(loaded.automation, project, receiver_url), loaded.file) for loaded in load_rules([folder])
+    ]
 
 
 def rewrite(rule: Automation, project: str, receiver_url: str) -> Automation:

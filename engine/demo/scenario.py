@@ -132,7 +132,9 @@ class Scenario:
         try:
             self.phase = "1/4 logging the dataset mnist (v0 becomes latest)"
             self._dataset("prepare-mnist", rows=60_000)
-            self.phase = f"2/4 sweep: 3 runs training; a data-loading burst keeps {self._burst.cpus} CPU(s) busy"
+            self.phase = (
+                f"2/4 sweep: 3 runs training; a data-loading burst keeps {self._burst.cpus} CPU(s) busy"
+            )
             best = self._sweep()
             self.phase = "3/4 finetune-plateau trains; resnet-bad-aug fails; resnet-long gets killed"
             self._together(self._finetune_plateau, self._bad_augmentation, self._long_and_killed)
@@ -183,8 +185,13 @@ class Scenario:
     def _dataset(self, name: str, rows: int) -> ArtifactVersion:
         view = self.views[name]
         view.state = "running"
-        with engine.init(project=self.project, name=name, user="bob", config={"source": "mnist", "rows": rows},
-                         system_metrics_interval=0) as run:
+        with engine.init(
+            project=self.project,
+            name=name,
+            user="bob",
+            config={"source": "mnist", "rows": rows},
+            system_metrics_interval=0,
+        ) as run:
             version = run.log_artifact("mnist", type="dataset", metadata={"rows": rows, "format": "parquet"})
         view.state = run.state
         view.note = f"mnist:v{version.version_index} ({rows} rows)"
@@ -207,15 +214,23 @@ class Scenario:
         view = self.views[f"sweep-lr-{lr}"]
         view.state = "running"
         config = {"lr": lr, "batch_size": 128, "optimizer": "adamw", "epochs": 40}
-        with engine.init(project=self.project, name=view.name, user="alice", config=config,
-                         system_metrics_interval=SAMPLE_INTERVAL) as run:
+        with engine.init(
+            project=self.project,
+            name=view.name,
+            user="alice",
+            config=config,
+            system_metrics_interval=SAMPLE_INTERVAL,
+        ) as run:
             for step in range(40):
                 accuracy = 0.1 + (top - 0.1) * (1 - math.exp(-step / speed)) + self._noise(0.008)
                 loss = 0.25 + 2.05 * math.exp(-step / speed) + abs(self._noise(0.015))
                 self._log(run, view, {"accuracy": accuracy, "loss": loss}, step)
                 time.sleep(0.1)
             model = run.log_artifact(
-                "resnet", type="model", metadata={"accuracy": round(accuracy, 4), "lr": lr}, aliases=["candidate"]
+                "resnet",
+                type="model",
+                metadata={"accuracy": round(accuracy, 4), "lr": lr},
+                aliases=["candidate"],
             )
         view.state = run.state
         view.note = f"resnet:v{model.version_index} (accuracy {accuracy:.2f})"
@@ -224,8 +239,13 @@ class Scenario:
     def _finetune_plateau(self) -> None:
         view = self.views["finetune-plateau"]
         view.state = "running"
-        with engine.init(project=self.project, name=view.name, user="alice", config={"lr": 1e-4, "schedule": "step"},
-                         system_metrics_interval=SAMPLE_INTERVAL) as run:
+        with engine.init(
+            project=self.project,
+            name=view.name,
+            user="alice",
+            config={"lr": 1e-4, "schedule": "step"},
+            system_metrics_interval=SAMPLE_INTERVAL,
+        ) as run:
             for step in range(85):
                 lr = 1e-4 if step < 65 else 1e-5
                 # fine-tuning from a checkpoint: flat at ~0.92, until the learning rate drops at step 65
@@ -239,8 +259,13 @@ class Scenario:
         view = self.views["resnet-bad-aug"]
         view.state = "running"
         try:
-            with engine.init(project=self.project, name=view.name, user="dave", config={"augment": "mixup+cutmix"},
-                             system_metrics_interval=SAMPLE_INTERVAL) as run:
+            with engine.init(
+                project=self.project,
+                name=view.name,
+                user="dave",
+                config={"augment": "mixup+cutmix"},
+                system_metrics_interval=SAMPLE_INTERVAL,
+            ) as run:
                 for step in range(40):
                     loss = 2.3 - 0.03 * step + abs(self._noise(0.02)) if step < 14 else float("nan")
                     self._log(run, view, {"loss": loss, "accuracy": 0.1 + 0.01 * step}, step)
@@ -255,8 +280,14 @@ class Scenario:
         view = self.views["resnet-long"]
         view.state = "running"
         killed = threading.Event()
-        with engine.init(project=self.project, name=view.name, user="erin", config={"epochs": 300},
-                         system_metrics_interval=SAMPLE_INTERVAL) as run:
+        with engine.init(
+            project=self.project,
+            name=view.name,
+            user="erin",
+            config={"epochs": 300},
+            system_metrics_interval=SAMPLE_INTERVAL,
+        ) as run:
+
             def kill() -> None:
                 engine.Api(user="admin").kill_run(self.project, run.id)
                 killed.set()
@@ -264,7 +295,9 @@ class Scenario:
             threading.Timer(1.8, kill).start()
             step = 0
             while not killed.is_set():
-                self._log(run, view, {"loss": 2.3 * math.exp(-step / 60), "accuracy": 0.1 + 0.004 * step}, step)
+                self._log(
+                    run, view, {"loss": 2.3 * math.exp(-step / 60), "accuracy": 0.1 + 0.004 * step}, step
+                )
                 step += 1
                 time.sleep(0.1)
         view.state = run.state  # the run was killed meanwhile, so finishing it leaves it killed

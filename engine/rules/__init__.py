@@ -1,6 +1,6 @@
 """The automation rule language: models, the YAML loader and the linter (storage: engine.automations).
 
-    from engine.rules import load_rules, parse_rules_text, Automation
+from engine.rules import load_rules, parse_rules_text, Automation
 """
 
 from engine.rules.actions import Action, EnvSecret, NoOpAction, SlackAction, WebhookAction

@@ -13,7 +13,15 @@ import re
 from typing import Annotated, Any, ClassVar, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, JsonValue, StringConstraints, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    JsonValue,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from engine.rules.base import Loc, RuleModel, fail, rule_error
 from engine.rules.fields import EnvName, Label, Text
@@ -114,14 +122,20 @@ class WebhookAction(RuleModel):
     headers: dict[HeaderName, HeaderValue] = Field(
         default_factory=dict, description="Extra request headers; values may use ${variables}."
     )
-    access_token: EnvSecret | None = Field(None, description="Sent as `Authorization: Bearer …`; {env: NAME}.")
+    access_token: EnvSecret | None = Field(
+        None, description="Sent as `Authorization: Bearer …`; {env: NAME}."
+    )
     secret: EnvSecret | None = Field(
-        None, description="Signs the body: X-Automation-Signature = base64(HMAC-SHA256(secret, body)); {env: NAME}."
+        None,
+        description="Signs the body: X-Automation-Signature = base64(HMAC-SHA256(secret, body)); {env: NAME}.",
     )
     payload: JsonValue | None = Field(
-        None, description="Body (any JSON; strings may use ${variables}). Default: every variable that applies."
+        None,
+        description="Body (any JSON; strings may use ${variables}). Default: every variable that applies.",
     )
-    timeout: float = Field(10.0, gt=0, le=300, allow_inf_nan=False, strict=True, description="Seconds per attempt.")
+    timeout: float = Field(
+        10.0, gt=0, le=300, allow_inf_nan=False, strict=True, description="Seconds per attempt."
+    )
     max_attempts: int = Field(
         DEFAULT_MAX_ATTEMPTS,
         ge=1,
@@ -152,7 +166,9 @@ class SlackAction(RuleModel):
 
     type: Literal["slack"] = Field(description="Action kind.")
     webhook_url: EnvSecret | None = Field(None, description="Incoming-webhook URL, {env: NAME}.")
-    token: EnvSecret | None = Field(None, description="Bot token for chat.postMessage, {env: NAME}; needs `channel`.")
+    token: EnvSecret | None = Field(
+        None, description="Bot token for chat.postMessage, {env: NAME}; needs `channel`."
+    )
     channel: Label | None = Field(None, description="Channel for `token` (e.g. #ml-alerts or its id).")
     title: Text | None = Field(None, description="Message title; may use ${variables}.")
     message: Text | None = Field(None, description="Message text; may use ${variables}.")
@@ -167,11 +183,15 @@ class SlackAction(RuleModel):
         problems: list[tuple[Loc, str]] = []
         if (self.webhook_url is None) == (self.token is None):
             where: Loc = ("token",) if self.webhook_url is not None else ()
-            problems.append((where, "give exactly one of webhook_url ({env: NAME}) or token ({env: NAME}) with channel"))
+            problems.append(
+                (where, "give exactly one of webhook_url ({env: NAME}) or token ({env: NAME}) with channel")
+            )
         elif self.token is not None and self.channel is None:
             problems.append((("channel",), "a token needs a channel"))
         elif self.webhook_url is not None and self.channel is not None:
-            problems.append((("channel",), "an incoming webhook posts to its own channel: remove channel, or use token"))
+            problems.append(
+                (("channel",), "an incoming webhook posts to its own channel: remove channel, or use token")
+            )
         problems += template_problems(self.title, ("title",), self.secret_names)
         problems += template_problems(self.message, ("message",), self.secret_names)
         fail("SlackAction", problems)
@@ -204,6 +224,7 @@ def stored_action(data: Any) -> ActionModel:
         return _ACTION.validate_python(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'action'}: {e['msg']}" for e in exc.errors(include_url=False)
+            f"{'.'.join(str(p) for p in e['loc']) or 'action'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
         )
         raise ValueError(f"the stored action is not valid: {problems}") from None

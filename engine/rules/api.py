@@ -1,8 +1,8 @@
 """`engine.rules.api.apply`, the documented import path of `engine.automations.apply`:
 
-    from engine.rules import Automation
-    from engine.rules.api import apply
-    apply(Automation.model_validate({...}))        # or apply(yaml_text)
+from engine.rules import Automation
+from engine.rules.api import apply
+apply(Automation.model_validate({...}))        # or apply(yaml_text)
 """
 
 from engine.automations import apply

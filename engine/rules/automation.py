@@ -47,15 +47,35 @@ class Automation(RuleModel):
         kind = self.event.type
         if self.event.is_run_event:
             if self.scope.project is None:
-                problems.append((("scope", "registry"), f"{kind} events need a project scope (scope: {{project: entity/project}})"))
+                problems.append(
+                    (
+                        ("scope", "registry"),
+                        f"{kind} events need a project scope (scope: {{project: entity/project}})",
+                    )
+                )
         else:
             if kind == "registry_version_linked" and self.scope.registry is None:
-                problems.append((("scope", "project"), "registry_version_linked needs a registry scope (scope: {registry: NAME})"))
+                problems.append(
+                    (
+                        ("scope", "project"),
+                        "registry_version_linked needs a registry scope (scope: {registry: NAME})",
+                    )
+                )
             if kind in ("artifact_version_created", "artifact_tag_added") and self.scope.registry is not None:
                 # versions are created and tagged in projects; a registry only links them
-                problems.append((("scope", "registry"), f"{kind} events happen in projects: use a project scope (scope: {{project: entity/project}})"))
+                problems.append(
+                    (
+                        ("scope", "registry"),
+                        f"{kind} events happen in projects: use a project scope (scope: {{project: entity/project}})",
+                    )
+                )
             if self.run_filter is not None:
-                problems.append((("run_filter",), "run_filter applies to run events only (run_metric_threshold, run_metric_change, run_state)"))
+                problems.append(
+                    (
+                        ("run_filter",),
+                        "run_filter applies to run events only (run_metric_threshold, run_metric_change, run_state)",
+                    )
+                )
             if "cooldown" in self.model_fields_set:
                 problems.append((("cooldown",), "cooldown applies to run events only"))
         if kind not in ARTIFACT_EVENT_TYPES:

@@ -51,7 +51,9 @@ def _metric(value: str) -> str:
     _no_control(value)
     value = canonical_metric(value)  # `system.<key>` is a synonym of `system/<key>`
     if value == SYSTEM_PREFIX:
-        raise rule_error(f"names no system metric: write {SYSTEM_PREFIX}<key> (or {SYSTEM_SYNONYM}<key>), e.g. system/cpu")
+        raise rule_error(
+            f"names no system metric: write {SYSTEM_PREFIX}<key> (or {SYSTEM_SYNONYM}<key>), e.g. system/cpu"
+        )
     return value
 
 
@@ -65,7 +67,9 @@ def _regex(value: str) -> str:
 
 def _env_name(value: str) -> str:
     if not _ENV_NAME.fullmatch(value):
-        raise rule_error("must be an environment variable name (letters, digits, _; not starting with a digit)")
+        raise rule_error(
+            "must be an environment variable name (letters, digits, _; not starting with a digit)"
+        )
     return value
 
 
@@ -73,7 +77,9 @@ AutomationName = Annotated[str, AfterValidator(_automation_name)]
 ProjectPath = Annotated[str, AfterValidator(_project)]
 RegistryName = Annotated[str, AfterValidator(_registry)]
 CollectionName = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_control)]
-MetricName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH), AfterValidator(_metric)]
+MetricName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH), AfterValidator(_metric)
+]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_control)]
 Regex = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_regex)]
 EnvName = Annotated[str, AfterValidator(_env_name)]

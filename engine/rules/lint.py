@@ -67,7 +67,11 @@ def lint(automation: Automation) -> list[LintWarning]:
     if isinstance(event, (ArtifactAliasAdded, ArtifactTagAdded)):
         field = "alias_regex" if isinstance(event, ArtifactAliasAdded) else "tag_regex"
         pattern = getattr(event, field)
-        if not pattern.startswith("^") and not pattern.endswith("$") and pattern.replace("-", "").replace("_", "").isalnum():
+        if (
+            not pattern.startswith("^")
+            and not pattern.endswith("$")
+            and pattern.replace("-", "").replace("_", "").isalnum()
+        ):
             warn(
                 f"event.{field}",
                 f"{pattern!r} matches anywhere (e.g. also 'pre{pattern}'); write '^{pattern}$' for exactly this name",

@@ -79,7 +79,9 @@ def load_rules(paths: Iterable[str | Path], conn: psycopg.Connection | None = No
     return loader.finish(conn)
 
 
-def parse_rules_text(text: str, file: str = "<string>", conn: psycopg.Connection | None = None) -> list[LoadedRule]:
+def parse_rules_text(
+    text: str, file: str = "<string>", conn: psycopg.Connection | None = None
+) -> list[LoadedRule]:
     """Load the rules of one YAML text (several separated by `---`); see load_rules.
 
     >>> parse_rules_text('''
@@ -187,7 +189,7 @@ class _Loader:
                 where, field = locate(root, loc)
                 self.issue(file, where, field, message)
             return
-        except Exception as exc:  # noqa: BLE001 - the loader's promise: bad input only ever gives issues
+        except Exception as exc:
             self.issue(file, line, "", f"cannot validate this rule ({type(exc).__name__}: {exc})")
             return
         self.loaded.append((LoadedRule(automation, file, line, root), root))
@@ -200,7 +202,12 @@ class _Loader:
             line, _ = locate(root, ("name",))
             if name in first:
                 other_file, other_line = first[name]
-                self.issue(rule.file, line, "name", f"duplicate automation name {name!r} (also at {other_file}:{other_line})")
+                self.issue(
+                    rule.file,
+                    line,
+                    "name",
+                    f"duplicate automation name {name!r} (also at {other_file}:{other_line})",
+                )
             else:
                 first[name] = (rule.file, line)
         if conn is not None:
@@ -385,11 +392,7 @@ def locate(root: Node, loc: tuple[Any, ...]) -> tuple[int | None, str]:
             continue
         if isinstance(node, MappingNode):
             pair = next(
-                (
-                    (k, v)
-                    for k, v in node.value
-                    if isinstance(k, ScalarNode) and k.value == str(element)
-                ),
+                ((k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value == str(element)),
                 None,
             )
             if pair is not None:
@@ -418,7 +421,9 @@ def locate(root: Node, loc: tuple[Any, ...]) -> tuple[int | None, str]:
 
 
 def _has_key(node: Node, key: str) -> bool:
-    return isinstance(node, MappingNode) and any(isinstance(k, ScalarNode) and k.value == key for k, _ in node.value)
+    return isinstance(node, MappingNode) and any(
+        isinstance(k, ScalarNode) and k.value == key for k, _ in node.value
+    )
 
 
 def _type_of(node: MappingNode) -> str | None:
@@ -466,10 +471,18 @@ def _explain(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
         expected = _EXPECTED_TYPES.get(str(loc[-1]) if loc else "", ())
         return (*loc, "type"), "field required" + (f": one of {', '.join(expected)}" if expected else "")
     if kind == "union_tag_invalid":
-        return (*loc, "type"), f"unknown type {_shorten(str(ctx.get('tag')))!r}: must be one of {ctx.get('expected_tags')}"
+        return (
+            *loc,
+            "type",
+        ), f"unknown type {_shorten(str(ctx.get('tag')))!r}: must be one of {ctx.get('expected_tags')}"
     if kind == "literal_error":
         return loc, f"must be {ctx.get('expected')}"
-    bounds = {"greater_than_equal": "≥ {ge}", "greater_than": "> {gt}", "less_than_equal": "≤ {le}", "less_than": "< {lt}"}
+    bounds = {
+        "greater_than_equal": "≥ {ge}",
+        "greater_than": "> {gt}",
+        "less_than_equal": "≤ {le}",
+        "less_than": "< {lt}",
+    }
     if kind in bounds:
         shown = {k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()}
         return loc, "must be " + bounds[kind].format(**shown)
@@ -478,7 +491,11 @@ def _explain(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
         return loc, "must not be empty" if minimum == 1 else f"must have at least {minimum} characters"
     if kind in ("string_too_long", "too_long"):
         return loc, f"is too long (at most {ctx.get('max_length')})"
-    if kind == "float_type" and isinstance(error.get("input"), int) and not isinstance(error.get("input"), bool):
+    if (
+        kind == "float_type"
+        and isinstance(error.get("input"), int)
+        and not isinstance(error.get("input"), bool)
+    ):
         return loc, "is too large for a number (at most about 1.8e308)"
     plain = {
         "int_type": "must be a whole number",

@@ -9,11 +9,18 @@ from engine.rules.fields import CollectionName, ProjectPath, Regex, RegistryName
 
 
 class Scope(RuleModel):
-    project: ProjectPath | None = Field(None, description="`entity/project`: everything in it, now and later.")
-    registry: RegistryName | None = Field(None, description="A registry name: every collection in it, now and later.")
-    collection: CollectionName | None = Field(None, description="Narrow artifact events to this one collection.")
+    project: ProjectPath | None = Field(
+        None, description="`entity/project`: everything in it, now and later."
+    )
+    registry: RegistryName | None = Field(
+        None, description="A registry name: every collection in it, now and later."
+    )
+    collection: CollectionName | None = Field(
+        None, description="Narrow artifact events to this one collection."
+    )
     collection_regex: Regex | None = Field(
-        None, description="Narrow artifact events of a project to collections whose name matches (PostgreSQL regex)."
+        None,
+        description="Narrow artifact events of a project to collections whose name matches (PostgreSQL regex).",
     )
 
     @model_validator(mode="after")
@@ -25,7 +32,12 @@ class Scope(RuleModel):
         if self.collection is not None and self.collection_regex is not None:
             problems.append((("collection_regex",), "give collection or collection_regex, not both"))
         if self.registry is not None and self.collection_regex is not None:
-            problems.append((("collection_regex",), "collection_regex narrows a project scope only; a registry uses collection"))
+            problems.append(
+                (
+                    ("collection_regex",),
+                    "collection_regex narrows a project scope only; a registry uses collection",
+                )
+            )
         fail("Scope", problems)
         return self
 

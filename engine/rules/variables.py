@@ -47,11 +47,23 @@ SECRET_VARIABLES = frozenset({"ACCESS_TOKEN"})
 # `metric_filter` is every rule's event in words (`alias ~ ^production$` for an alias rule),
 # the text the evaluator records with each trigger.
 COMMON = (
-    "automation_name", "event_type", "event_author", "entity_name", "project_name", "metric_filter", "trigger_id", "fired_at"
+    "automation_name",
+    "event_type",
+    "event_author",
+    "entity_name",
+    "project_name",
+    "metric_filter",
+    "trigger_id",
+    "fired_at",
 )
 _RUN = ("run_id", "run_name", "run_status", "run_url")
 _METRIC = ("metric_name", "metric_value", "metric_values", "metric_step")
-_ARTIFACT = ("artifact_collection_name", "artifact_version", "artifact_version_string", "artifact_version_index")
+_ARTIFACT = (
+    "artifact_collection_name",
+    "artifact_version",
+    "artifact_version_string",
+    "artifact_version_index",
+)
 
 # Which variables apply to each event (keyed by the W&B name, i.e. `${event_type}`): they are
 # always present in the default payload, even when empty, so that receivers see one shape.
@@ -66,7 +78,9 @@ APPLIES: dict[str, tuple[str, ...]] = {
 }
 
 # Our event kinds (rules, triggers.event_type) -> W&B names (`${event_type}`).
-WANDB_EVENT_TYPES: dict[str, str] = {kind: cls.wandb_name for kind, cls in zip(EVENT_TYPES, EVENT_CLASSES, strict=True)}
+WANDB_EVENT_TYPES: dict[str, str] = {
+    kind: cls.wandb_name for kind, cls in zip(EVENT_TYPES, EVENT_CLASSES, strict=True)
+}
 
 
 def wandb_event_type(kind: str) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 from engine import clock
 from engine.db import query
 from engine.exceptions import NotFound
-from engine.sdk import artifacts, session as sessions
+from engine.sdk import artifacts
+from engine.sdk import session as sessions
 from engine.sdk.artifacts import ArtifactVersion, RegistryLink
 from engine.sdk.run import _login_name, _transition
 from engine.sdk.validate import check_name, parse_project
@@ -60,7 +61,13 @@ class Api:
         with sessions.using() as s, s.transaction() as conn:
             v = version.version if isinstance(version, RegistryLink) else self._resolve(conn, version)
             return artifacts.link(
-                conn, v, registry=registry, collection=collection, aliases=aliases, author=self.user, at=clock.now()
+                conn,
+                v,
+                registry=registry,
+                collection=collection,
+                aliases=aliases,
+                author=self.user,
+                at=clock.now(),
             )
 
     @staticmethod
@@ -72,9 +79,13 @@ class Api:
             path, _, which = version.rpartition(":")
             parts = path.split("/")
             if len(parts) != 3 or not all(parts) or not which:
-                raise ValueError(f"artifact version {version!r} must look like 'entity/project/collection:v3'")
+                raise ValueError(
+                    f"artifact version {version!r} must look like 'entity/project/collection:v3'"
+                )
             return artifacts.find_version(conn, f"{parts[0]}/{parts[1]}", parts[2], which)
-        raise TypeError(f"expected an ArtifactVersion or 'entity/project/collection:vN', not {type(version).__name__}")
+        raise TypeError(
+            f"expected an ArtifactVersion or 'entity/project/collection:vN', not {type(version).__name__}"
+        )
 
     # -- runs -----------------------------------------------------------------------------
     def kill_run(self, project: str, run_id: str) -> bool:
@@ -83,7 +94,9 @@ class Api:
         entity, name = parse_project(project)
         check_name("run id", run_id)
         with sessions.using() as s, s.transaction() as conn:
-            row = conn.execute(query("find_run"), {"entity": entity, "project": name, "run_id": run_id}).fetchone()
+            row = conn.execute(
+                query("find_run"), {"entity": entity, "project": name, "run_id": run_id}
+            ).fetchone()
             if row is None:
                 raise NotFound(f"no run {run_id!r} in project {project}")
             return _transition(conn, row[0], ("running",), "killed", None, self.user, clock.now())

@@ -123,8 +123,16 @@ def create_version(
     (version_id,) = conn.execute(
         query("create_version"),
         {
-            "collection_id": collection_id, "version_index": index, "digest": digest, "metadata": Jsonb(metadata),
-            "run_pk": run_pk, "author": author, "at": at, "project_id": project_id, "collection": name, "type": type,
+            "collection_id": collection_id,
+            "version_index": index,
+            "digest": digest,
+            "metadata": Jsonb(metadata),
+            "run_pk": run_pk,
+            "author": author,
+            "at": at,
+            "project_id": project_id,
+            "collection": name,
+            "type": type,
         },
     ).fetchone()
     for alias in [LATEST, *aliases]:
@@ -135,7 +143,12 @@ def create_version(
 
 
 def set_alias(
-    conn: psycopg.Connection, version_id: int, alias: str, *, author: str | None, at: datetime,
+    conn: psycopg.Connection,
+    version_id: int,
+    alias: str,
+    *,
+    author: str | None,
+    at: datetime,
     run_pk: int | None = None,
 ) -> bool:
     """Give `alias` to the version (moving it from another version). False: it had it already."""
@@ -150,12 +163,19 @@ def set_alias(
 
 
 def add_tag(
-    conn: psycopg.Connection, version_id: int, tag: str, *, author: str | None, at: datetime, run_pk: int | None = None
+    conn: psycopg.Connection,
+    version_id: int,
+    tag: str,
+    *,
+    author: str | None,
+    at: datetime,
+    run_pk: int | None = None,
 ) -> bool:
     """Tag the version. False: it had the tag already."""
     check_name("tag", tag)
     row = conn.execute(
-        query("add_artifact_tag"), {"version_id": version_id, "tag": tag, "author": author, "at": at, "run_pk": run_pk}
+        query("add_artifact_tag"),
+        {"version_id": version_id, "tag": tag, "author": author, "at": at, "run_pk": run_pk},
     ).fetchone()
     return row is not None
 
@@ -180,9 +200,12 @@ def link(
     stored, (project_id, collection_id) = _handle(row), row[8:10]
     (registry_id,) = conn.execute(query("upsert_registry"), {"registry": registry}).fetchone()
     (rc_id,) = conn.execute(
-        query("upsert_registry_collection"), {"registry_id": registry_id, "collection": collection, "type": stored.type}
+        query("upsert_registry_collection"),
+        {"registry_id": registry_id, "collection": collection, "type": stored.type},
     ).fetchone()
-    existing = conn.execute(query("find_link"), {"registry_collection_id": rc_id, "version_id": stored.id}).fetchone()
+    existing = conn.execute(
+        query("find_link"), {"registry_collection_id": rc_id, "version_id": stored.id}
+    ).fetchone()
     if existing is not None:
         link_id, index = existing
         new_aliases = aliases
@@ -191,10 +214,19 @@ def link(
         (link_id,) = conn.execute(
             query("create_link"),
             {
-                "registry_collection_id": rc_id, "version_id": stored.id, "version_index": index, "author": author,
-                "at": at, "project_id": project_id, "collection_id": collection_id, "registry_id": registry_id,
-                "registry": registry, "collection": collection, "artifact_collection": stored.collection,
-                "artifact_version_index": stored.version_index, "type": stored.type,
+                "registry_collection_id": rc_id,
+                "version_id": stored.id,
+                "version_index": index,
+                "author": author,
+                "at": at,
+                "project_id": project_id,
+                "collection_id": collection_id,
+                "registry_id": registry_id,
+                "registry": registry,
+                "collection": collection,
+                "artifact_collection": stored.collection,
+                "artifact_version_index": stored.version_index,
+                "type": stored.type,
             },
         ).fetchone()
         new_aliases = [LATEST, *aliases]
@@ -203,7 +235,9 @@ def link(
     return RegistryLink(link_id, registry, collection, index, stored)
 
 
-def set_registry_alias(conn: psycopg.Connection, link_id: int, alias: str, *, author: str | None, at: datetime) -> bool:
+def set_registry_alias(
+    conn: psycopg.Connection, link_id: int, alias: str, *, author: str | None, at: datetime
+) -> bool:
     """Give `alias` to a link inside its registry collection (moving it). False: it had it."""
     check_alias(alias)
     if conn.execute(query("lock_link_collection"), {"link_id": link_id}).fetchone() is None:
@@ -231,7 +265,9 @@ def version_by_id(conn: psycopg.Connection, version_id: int) -> ArtifactVersion:
     return _handle(_version_row(conn, version_id))
 
 
-def find_version(conn: psycopg.Connection, project: str, collection: str, index_or_alias: int | str) -> ArtifactVersion:
+def find_version(
+    conn: psycopg.Connection, project: str, collection: str, index_or_alias: int | str
+) -> ArtifactVersion:
     """A version by index (`3` or `"v3"`) or by alias (`"latest"`, `"production"`)."""
     entity, name = parse_project(project)
     params: dict[str, Any] = {"entity": entity, "project": name, "collection": collection}

@@ -32,9 +32,18 @@ from psycopg.types.json import Jsonb
 from engine import clock
 from engine.db import is_transient, query
 from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, IngestError
-from engine.sdk import artifacts, session as sessions
+from engine.sdk import artifacts
+from engine.sdk import session as sessions
 from engine.sdk.system import SamplerThread
-from engine.sdk.validate import check_json_object, check_key, check_name, check_step, check_time, parse_project, to_float
+from engine.sdk.validate import (
+    check_json_object,
+    check_key,
+    check_name,
+    check_step,
+    check_time,
+    parse_project,
+    to_float,
+)
 from engine.sdk.writer import MAX_BATCH_POINTS, Stream
 from engine.settings import get_settings
 
@@ -83,15 +92,28 @@ def init(
     config_json = None if config is None else Jsonb(_check_config(config))
     tag_list = None if tags is None else _check_tags(tags)
     settings = get_settings()
-    interval = settings.system_metrics_interval if system_metrics_interval is None else float(system_metrics_interval)
+    interval = (
+        settings.system_metrics_interval
+        if system_metrics_interval is None
+        else float(system_metrics_interval)
+    )
     if interval < 0:
         raise ValueError("system_metrics_interval must be >= 0 (0 disables system metrics)")
 
     session = sessions.acquire(settings)
     try:
         opening = _Opening(
-            entity, project_name, id or _new_run_id(), name, user, config, config_json, tag_list, clock.now(),
-            resume=resume, redraw=id is None,
+            entity,
+            project_name,
+            id or _new_run_id(),
+            name,
+            user,
+            config,
+            config_json,
+            tag_list,
+            clock.now(),
+            resume=resume,
+            redraw=id is None,
         )
         stream = Stream(None, f"{project}/{opening.run_id}", opening=opening)
         writer = session.writer
@@ -122,8 +144,19 @@ class _Opening:
     (writer.py). Holds what the database answered (pk, stored name/config/tags)."""
 
     def __init__(
-        self, entity: str, project: str, run_id: str, name: str | None, user: str | None, config: dict | None,
-        config_json: Jsonb | None, tags: list[str] | None, at: datetime, *, resume: bool, redraw: bool,
+        self,
+        entity: str,
+        project: str,
+        run_id: str,
+        name: str | None,
+        user: str | None,
+        config: dict | None,
+        config_json: Jsonb | None,
+        tags: list[str] | None,
+        at: datetime,
+        *,
+        resume: bool,
+        redraw: bool,
     ):
         self.entity, self.project, self.run_id, self.name, self.user = entity, project, run_id, name, user
         self.config_json, self.tags, self.at = config_json, tags, at
@@ -147,9 +180,14 @@ class _Opening:
         created = conn.execute(
             query("create_run"),
             {
-                "entity": self.entity, "project": self.project, "run_id": self.run_id,
-                "name": self.name or self.run_id, "user": self.user, "config": self.config_json or Jsonb({}),
-                "tags": self.tags or [], "at": self.at,
+                "entity": self.entity,
+                "project": self.project,
+                "run_id": self.run_id,
+                "name": self.name or self.run_id,
+                "user": self.user,
+                "config": self.config_json or Jsonb({}),
+                "tags": self.tags or [],
+                "at": self.at,
             },
         ).fetchone()
         if created is None:
@@ -168,7 +206,13 @@ class _Opening:
                 return self._resume(conn)
             mine = conn.execute(
                 query("find_created_run"),
-                {"entity": self.entity, "project": self.project, "run_id": self.run_id, "at": self.at, "user": self.user},
+                {
+                    "entity": self.entity,
+                    "project": self.project,
+                    "run_id": self.run_id,
+                    "at": self.at,
+                    "user": self.user,
+                },
             ).fetchone()
             if mine is not None:  # created by an earlier attempt whose answer was lost
                 self.pk, self.project_id = mine
@@ -203,7 +247,13 @@ class Run:
     """A run being logged. Made by `engine.init()`; not constructed directly."""
 
     def __init__(
-        self, session: sessions.Session, opening: _Opening, stream: Stream, *, project: str, user: str | None,
+        self,
+        session: sessions.Session,
+        opening: _Opening,
+        stream: Stream,
+        *,
+        project: str,
+        user: str | None,
         strict: bool,
     ):
         self.project = project
@@ -272,7 +322,9 @@ class Run:
         # The hot path (benchmarked): the same keys as the previous call and float values
         # cost one tuple comparison and one type check per value, and buffer two tuples.
         if self._finished:
-            raise IngestError(f"run {self.project}/{self.id} is finished; resume it with engine.init(..., resume=True)")
+            raise IngestError(
+                f"run {self.project}/{self.id} is finished; resume it with engine.init(..., resume=True)"
+            )
         try:
             keys = tuple(data)
             values = tuple(data.values())
@@ -300,7 +352,9 @@ class Run:
                 stacklevel=2,
             )
 
-    def _numbers(self, keys: tuple[str, ...], values: tuple[Any, ...]) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    def _numbers(
+        self, keys: tuple[str, ...], values: tuple[Any, ...]
+    ) -> tuple[tuple[str, ...], tuple[float, ...]]:
         """The call's values as floats, without those that are not numbers (a ValueWarning
         per key and run; ENGINE_STRICT=1: the TypeError)."""
         kept: list[tuple[str, float]] = []
@@ -365,7 +419,9 @@ class Run:
         _active.discard(self)
         deadline = _time.monotonic() + timeout
         to_state = "finished" if exit_code == 0 else "failed"
-        transition = _transition_params(None, ("running",), to_state, exit_code, self.user)  # run_pk: once known
+        transition = _transition_params(
+            None, ("running",), to_state, exit_code, self.user
+        )  # run_pk: once known
         try:
             if self._sampler is not None:
                 self._sampler.stop()
@@ -373,7 +429,9 @@ class Run:
             done = False
             try:
                 # the state change commits with the run's last points, when there are any
-                done, changed = self._writer.finish(self._stream, query("transition_run"), transition, timeout=timeout)
+                done, changed = self._writer.finish(
+                    self._stream, query("transition_run"), transition, timeout=timeout
+                )
             except IngestError as exc:
                 self._writer.discard(self._stream)
                 if self.pk is None:  # the run was never created: no state to change
@@ -440,8 +498,18 @@ class Run:
         self._writer.ensure_open(self._stream)  # a run started during an outage: created first
         with self._session.transaction() as conn:
             return artifacts.create_version(
-                conn, project_id=self.project_id, project=self.project, name=name, type=type, metadata=metadata,
-                aliases=aliases, tags=tags, digest=digest, run_pk=self.pk, author=self.user, at=clock.now(),
+                conn,
+                project_id=self.project_id,
+                project=self.project,
+                name=name,
+                type=type,
+                metadata=metadata,
+                aliases=aliases,
+                tags=tags,
+                digest=digest,
+                run_pk=self.pk,
+                author=self.user,
+                at=clock.now(),
             )
 
     # -- system metrics -------------------------------------------------------------------
@@ -455,8 +523,13 @@ class Run:
 
 
 def _transition(
-    conn: psycopg.Connection, run_pk: int, from_states: Iterable[str], to_state: str, exit_code: int | None,
-    author: str | None, at: datetime,
+    conn: psycopg.Connection,
+    run_pk: int,
+    from_states: Iterable[str],
+    to_state: str,
+    exit_code: int | None,
+    author: str | None,
+    at: datetime,
 ) -> bool:
     """One state change with its transition row and event; False when the run was not in
     one of `from_states` (nothing written)."""
@@ -465,12 +538,20 @@ def _transition(
 
 
 def _transition_params(
-    run_pk: int | None, from_states: Iterable[str], to_state: str, exit_code: int | None, author: str | None,
+    run_pk: int | None,
+    from_states: Iterable[str],
+    to_state: str,
+    exit_code: int | None,
+    author: str | None,
     at: datetime | None = None,
 ) -> dict[str, Any]:
     return {
-        "run_pk": run_pk, "from_states": list(from_states), "to_state": to_state, "exit_code": exit_code,
-        "author": author, "at": at or clock.now(),
+        "run_pk": run_pk,
+        "from_states": list(from_states),
+        "to_state": to_state,
+        "exit_code": exit_code,
+        "author": author,
+        "at": at or clock.now(),
     }
 
 

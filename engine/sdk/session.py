@@ -72,7 +72,9 @@ class Transport:
                     self.drop()
 
     def _open(self) -> psycopg.Connection:
-        conn = db.connect(self.url, autocommit=True, settings=self.settings, application_name=APPLICATION_NAME)
+        conn = db.connect(
+            self.url, autocommit=True, settings=self.settings, application_name=APPLICATION_NAME
+        )
         try:
             if not self._schema_checked:
                 if self.settings.database_url is None:

@@ -46,7 +46,9 @@ def check_key(key: Any, *, system: bool = False) -> str:
     if not isinstance(key, str):
         raise TypeError(f"metric key {key!r} must be a string, not {type(key).__name__}")
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
-        raise ValueError(f"metric key {key[:40]!r} must be 1-{MAX_KEY_LENGTH} characters long (it has {len(key)})")
+        raise ValueError(
+            f"metric key {key[:40]!r} must be 1-{MAX_KEY_LENGTH} characters long (it has {len(key)})"
+        )
     if CONTROL.search(key):
         raise ValueError(f"metric key {key!r} must not contain control characters")
     if not system and is_reserved_key(key):
@@ -76,16 +78,18 @@ def to_float(key: str, value: Any) -> float:
             raise ValueError(f"metric {key!r}: value {_show(value)} is too large for a double") from None
         except TypeError:  # no __float__ (float()'s own words add nothing)
             reason = "float() cannot convert it"
-        except Exception as exc:  # noqa: BLE001 - what a __float__ raised (a tensor of several elements, ...)
+        except Exception as exc:
             reason = f"float() cannot convert it: {exc}" if str(exc) else "float() cannot convert it"
-    raise TypeError(f"metric {key!r}: value {_show(value)} of type {type(value).__name__} is not a number ({reason})")
+    raise TypeError(
+        f"metric {key!r}: value {_show(value)} of type {type(value).__name__} is not a number ({reason})"
+    )
 
 
 def _show(value: Any, limit: int = 60) -> str:
     """A value's repr for a one-line message, cut short (a logged tensor can be huge)."""
     try:
         text = " ".join(repr(value).split())
-    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real message
+    except Exception:
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -95,7 +99,9 @@ def check_time(time: Any) -> datetime:
     if not isinstance(time, datetime):
         raise TypeError(f"time must be a timezone-aware datetime, not {type(time).__name__}")
     if time.tzinfo is None or time.utcoffset() is None:
-        raise ValueError(f"time {time.isoformat()} is naive: give a timezone-aware datetime (e.g. tzinfo=timezone.utc)")
+        raise ValueError(
+            f"time {time.isoformat()} is naive: give a timezone-aware datetime (e.g. tzinfo=timezone.utc)"
+        )
     return time
 
 

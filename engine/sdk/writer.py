@@ -34,7 +34,7 @@ import struct
 import threading
 import time as _time
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
         def open(self, conn: psycopg.Connection) -> tuple[int, int, int]: ...
 
+
 log = logging.getLogger(__name__)
 
 ORDINAL_BITS = 20
@@ -83,11 +84,30 @@ Record = tuple[datetime, int, tuple[str, ...], tuple[float, ...]]
 class Stream:
     """One run's buffered points. Only the Writer touches these fields, under its lock."""
 
-    __slots__ = ("run_pk", "label", "records", "system", "queued", "inflight", "step", "system_step", "closing",
-                 "closed", "opening", "failed", "lost")
+    __slots__ = (
+        "closed",
+        "closing",
+        "failed",
+        "inflight",
+        "label",
+        "lost",
+        "opening",
+        "queued",
+        "records",
+        "run_pk",
+        "step",
+        "system",
+        "system_step",
+    )
 
     def __init__(
-        self, run_pk: int | None, label: str, *, step: int = -1, system_step: int = -1, opening: Opening | None = None
+        self,
+        run_pk: int | None,
+        label: str,
+        *,
+        step: int = -1,
+        system_step: int = -1,
+        opening: Opening | None = None,
     ):
         self.run_pk = run_pk  # None until the run is in the database
         # The run's creation until the database did it: no flush takes the stream's points
@@ -173,7 +193,12 @@ class Writer:
             self._unknown.update(k for k in keys if k not in self._key_ids)
 
     def append(
-        self, stream: Stream, time: datetime, step: int | None, keys: tuple[str, ...], values: tuple[float, ...]
+        self,
+        stream: Stream,
+        time: datetime,
+        step: int | None,
+        keys: tuple[str, ...],
+        values: tuple[float, ...],
     ) -> int | None:
         """Buffer one `run.log` call at `step` (None: the stream's step + 1); blocks while the
         buffer is full. Returns None, or the current step when `step` is lower (dropped).
@@ -215,7 +240,9 @@ class Writer:
         stream.queued += n
         self._queued += n
 
-    def append_system(self, stream: Stream, time: datetime, keys: tuple[str, ...], values: tuple[float, ...]) -> None:
+    def append_system(
+        self, stream: Stream, time: datetime, keys: tuple[str, ...], values: tuple[float, ...]
+    ) -> None:
         """Buffer one system sample; its step is its index among the run's samples."""
         n = len(values)
         with self._lock:
@@ -311,7 +338,10 @@ class Writer:
             self._room.notify_all()
             log.warning(
                 "run %s continues after step %d: %d points logged at lower steps before the database answered "
-                "were dropped", stream.label, step, dropped,
+                "were dropped",
+                stream.label,
+                step,
+                dropped,
             )
 
     def _fail(self, stream: Stream, error: Exception) -> None:
@@ -423,7 +453,8 @@ class Writer:
                 # streams whose last points are in this batch carry their closing statement
                 closing = [
                     (s, s.closing[0], {**s.closing[1], "run_pk": s.run_pk})
-                    for s, _, _, _ in batch if s.closing is not None and not s.queued
+                    for s, _, _, _ in batch
+                    if s.closing is not None and not s.queued
                 ]
             if not batch:
                 return 0
@@ -492,7 +523,9 @@ class Writer:
         self._queued += total
 
     def _write(
-        self, batch: list[tuple[Stream, list[Record], list[Record], int]], unknown: list[str],
+        self,
+        batch: list[tuple[Stream, list[Record], list[Record], int]],
+        unknown: list[str],
         closing: list[tuple[Stream, str, dict]],
     ) -> tuple[dict[str, int], list[tuple[Stream, tuple | None]]]:
         """One transaction, in four round trips: BEGIN with the batch id (and new keys),
@@ -503,7 +536,10 @@ class Writer:
             return self._write_on(conn, batch, unknown, closing)
 
     def _write_on(
-        self, conn: psycopg.Connection, batch: list[tuple[Stream, list[Record], list[Record], int]], unknown: list[str],
+        self,
+        conn: psycopg.Connection,
+        batch: list[tuple[Stream, list[Record], list[Record], int]],
+        unknown: list[str],
         closing: list[tuple[Stream, str, dict]],
     ) -> tuple[dict[str, int], list[tuple[Stream, tuple | None]]]:
         new_ids: dict[str, int] = {}
@@ -614,12 +650,15 @@ class Writer:
         log.warning(
             "cannot write to the database %s (%s); training goes on: runs and logged points are kept in memory "
             "(up to ENGINE_BUFFER_MAX_POINTS points) and stored as soon as it answers",
-            self.where, cause.splitlines()[0] if cause else type(error).__name__,
+            self.where,
+            cause.splitlines()[0] if cause else type(error).__name__,
         )
 
     def _recovered(self) -> None:
         if self._warned:
-            log.warning("the database %s answers again: buffered runs and points are being stored", self.where)
+            log.warning(
+                "the database %s answers again: buffered runs and points are being stored", self.where
+            )
         self._warned = False
         self.last_error = None
 
@@ -631,7 +670,9 @@ class Writer:
             idle = self._transport.close_if_idle()
             with self._lock:
                 if failures:
-                    self._wake.wait_for(lambda: self._stopping, timeout=_jitter(min(BACKOFF_START * 2**failures, BACKOFF_MAX)))
+                    self._wake.wait_for(
+                        lambda: self._stopping, timeout=_jitter(min(BACKOFF_START * 2**failures, BACKOFF_MAX))
+                    )
                 else:
                     self._wake.wait_for(
                         lambda: self._stopping or self._queued >= self.flush_points or self._blocked,
@@ -656,7 +697,7 @@ class _Series:
     """The series a flush touched, as the parameters of ONE upsert_series statement: one
     element per series in key_ids/run_pks/n_new/lens, and their tails laid end to end."""
 
-    __slots__ = ("key_ids", "run_pks", "n_new", "lens", "steps", "times", "values")
+    __slots__ = ("key_ids", "lens", "n_new", "run_pks", "steps", "times", "values")
 
     def __init__(self) -> None:
         self.key_ids: list[int] = []
@@ -678,9 +719,15 @@ class _Series:
 
     def params(self, tail: int, seq_bound: int) -> dict:
         return {
-            "key_ids": self.key_ids, "run_pks": self.run_pks, "n_new": self.n_new, "lens": self.lens,
-            "steps": Int8Array.of(self.steps), "times": TimestamptzArray.of(self.times),
-            "values": Float8Array.of(self.values), "tail": tail, "seq_bound": seq_bound,
+            "key_ids": self.key_ids,
+            "run_pks": self.run_pks,
+            "n_new": self.n_new,
+            "lens": self.lens,
+            "steps": Int8Array.of(self.steps),
+            "times": TimestamptzArray.of(self.times),
+            "values": Float8Array.of(self.values),
+            "tail": tail,
+            "seq_bound": seq_bound,
         }
 
 
@@ -694,7 +741,7 @@ def _jitter(delay: float) -> float:
 # psycopg dumps a list element by element in Python (~1 us each); a flush sends up to three
 # arrays of ENGINE_SERIES_TAIL elements per series, so they are packed here with struct.
 _ARRAY_HEADER = struct.Struct(">iiiii")  # dimensions, has nulls, element oid, length, lower bound
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -718,7 +765,10 @@ class _Array8(bytes):
     def of(cls, values: list) -> _Array8:
         n = len(values)
         head = _ARRAY_HEADER.pack(1, 0, cls.element_oid, n, 1)
-        return cls(head + struct.pack(">" + ("i" + cls.code) * n, *[x for v in cls._elements(values) for x in (8, v)]))
+        return cls(
+            head
+            + struct.pack(">" + ("i" + cls.code) * n, *[x for v in cls._elements(values) for x in (8, v)])
+        )
 
     @staticmethod
     def _elements(values: list) -> list:

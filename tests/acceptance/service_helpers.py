@@ -14,7 +14,9 @@ ENGINE = str(Path(sys.executable).with_name("engine"))
 
 
 class ServeProcess:
-    def __init__(self, url: str, log_path: Path, interval: float = 0.5, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self, url: str, log_path: Path, interval: float = 0.5, extra_env: dict[str, str] | None = None
+    ):
         self.url, self.log_path, self.interval = url, log_path, interval
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
@@ -23,7 +25,10 @@ class ServeProcess:
         env = {**os.environ, "ENGINE_DATABASE_URL": self.url, "ENGINE_LOG_LEVEL": "INFO", **self.extra_env}
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [ENGINE, "serve", "--interval", str(self.interval)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                [ENGINE, "serve", "--interval", str(self.interval)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         return self

@@ -19,8 +19,11 @@ OTHERS = (
 
 def test_a_cli_command_connects_as_engine_cli(conn, database_url):
     with subprocess.Popen(
-        [ENGINE, "history"], env={**os.environ, "ENGINE_DATABASE_URL": database_url},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [ENGINE, "history"],
+        env={**os.environ, "ENGINE_DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as proc:
         # the test holds a lock that `engine history` waits for, so that its connection is seen
         # (pg_stat_activity is read on another connection: a transaction sees one snapshot of it)

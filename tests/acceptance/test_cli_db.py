@@ -56,7 +56,9 @@ def engine(data_dir: Path, *args: str, database_url: str | None = None) -> subpr
     env.pop("ENGINE_DATABASE_URL", None)
     if database_url:
         env["ENGINE_DATABASE_URL"] = database_url
-    return subprocess.run([str(ENGINE), *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [str(ENGINE), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def _pid(out: str) -> int:
@@ -98,7 +100,9 @@ def test_db_commands_as_a_user_runs_them(data_dir: Path) -> None:
     with psycopg.connect(url_text) as conn:
         recorded = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY version")]
         assert recorded == names
-        assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone() == (
+            1,
+        )
 
     again = engine(data_dir, "db", "migrate")
     assert again.returncode == 0, again.stderr
@@ -140,8 +144,13 @@ def test_db_commands_from_a_home_folder_only_its_owner_may_enter(home: Path) -> 
 
     # several processes starting it at once (training jobs do) get one cluster
     starting = [
-        subprocess.Popen([str(ENGINE), "db", "up"], env={**os.environ, "ENGINE_DATA_DIR": str(data_dir)},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [str(ENGINE), "db", "up"],
+            env={**os.environ, "ENGINE_DATA_DIR": str(data_dir)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(3)
     ]
     outputs = [proc.communicate(timeout=120) for proc in starting]
@@ -185,7 +194,11 @@ def test_db_commands_from_a_home_folder_only_its_owner_may_enter(home: Path) -> 
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT note FROM notes").fetchone() == ("written before down",)
 
-    assert (home.stat().st_mode, home.stat().st_uid, home.stat().st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+    assert (home.stat().st_mode, home.stat().st_uid, home.stat().st_gid) == (
+        before.st_mode,
+        before.st_uid,
+        before.st_gid,
+    )
 
     # destroy asks first (no terminal to answer: nothing is deleted), then deletes both places
     asked = engine(data_dir, "db", "destroy")
@@ -204,7 +217,9 @@ def _with_password(url: str) -> str:
     return url.replace("postgresql://engine@", f"postgresql://engine:{PASSWORD}@", 1)
 
 
-def test_status_checks_the_database_of_the_url_and_never_shows_its_password(database_url: str, data_dir: Path) -> None:
+def test_status_checks_the_database_of_the_url_and_never_shows_its_password(
+    database_url: str, data_dir: Path
+) -> None:
     url = _with_password(database_url)
     st = engine(data_dir, "db", "status", database_url=url)
     assert st.returncode == 0, st
@@ -234,13 +249,21 @@ def test_status_of_a_url_that_does_not_answer_exits_3_without_the_password(data_
     st = engine(data_dir, "db", "status", database_url=url)
     assert st.returncode == 3, st
     assert PASSWORD not in st.stdout + st.stderr
-    assert f"using ENGINE_DATABASE_URL=postgresql://engine:***@127.0.0.1:{port}/engine?sslmode=disable&sslpassword=***" in st.stdout
+    assert (
+        f"using ENGINE_DATABASE_URL=postgresql://engine:***@127.0.0.1:{port}/engine?sslmode=disable&sslpassword=***"
+        in st.stdout
+    )
     assert "✗ database reachable: cannot connect to postgresql://engine:***@" in st.stdout
     assert "fix: start the server, or correct ENGINE_DATABASE_URL" in st.stdout
-    assert f"(the embedded database under {data_dir} runs; it is not used while ENGINE_DATABASE_URL is set)" in st.stdout
+    assert (
+        f"(the embedded database under {data_dir} runs; it is not used while ENGINE_DATABASE_URL is set)"
+        in st.stdout
+    )
 
 
-def test_status_of_a_url_whose_schema_is_not_migrated_exits_1_with_the_fix(pg_cluster: LocalDatabase, data_dir: Path) -> None:
+def test_status_of_a_url_whose_schema_is_not_migrated_exits_1_with_the_fix(
+    pg_cluster: LocalDatabase, data_dir: Path
+) -> None:
     name = "t_status_unmigrated"
     with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))

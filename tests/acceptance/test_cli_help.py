@@ -40,9 +40,29 @@ def test_every_command_and_parameter_has_help() -> None:
     assert missing == []
     # SPEC section 4: the public commands
     names = {" ".join(path[1:]) for path, _ in commands}
-    assert {"db up", "db down", "db status", "db url", "db migrate", "rules validate", "rules compile", "rules apply",
-            "rules list", "rules show", "rules enable", "rules disable", "rules delete", "rules test", "serve",
-            "history", "deliveries", "redeliver", "actions test", "explain", "demo"} <= names
+    assert {
+        "db up",
+        "db down",
+        "db status",
+        "db url",
+        "db migrate",
+        "rules validate",
+        "rules compile",
+        "rules apply",
+        "rules list",
+        "rules show",
+        "rules enable",
+        "rules disable",
+        "rules delete",
+        "rules test",
+        "serve",
+        "history",
+        "deliveries",
+        "redeliver",
+        "actions test",
+        "explain",
+        "demo",
+    } <= names
 
 
 def test_help_of_every_command_runs() -> None:
@@ -66,7 +86,11 @@ def test_shell_completion() -> None:
     # what bash asks the script for when the user presses TAB after `engine ru` and `engine rules ap`
     words = _run(env={"_ENGINE_COMPLETE": "complete_bash", "COMP_WORDS": "engine ru", "COMP_CWORD": "1"})
     assert words.stdout.split() == ["rules"]
-    words = _run(env={"_ENGINE_COMPLETE": "complete_bash", "COMP_WORDS": "engine rules ap", "COMP_CWORD": "2"})
+    words = _run(
+        env={"_ENGINE_COMPLETE": "complete_bash", "COMP_WORDS": "engine rules ap", "COMP_CWORD": "2"}
+    )
     assert words.stdout.split() == ["apply"]
-    words = _run(env={"_ENGINE_COMPLETE": "complete_bash", "COMP_WORDS": "engine history --", "COMP_CWORD": "2"})
+    words = _run(
+        env={"_ENGINE_COMPLETE": "complete_bash", "COMP_WORDS": "engine history --", "COMP_CWORD": "2"}
+    )
     assert {"--automation", "--since", "--limit"} <= set(words.stdout.split())

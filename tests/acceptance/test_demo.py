@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _demo(database_url: str) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {**os.environ, "ENGINE_DATABASE_URL": database_url, "COLUMNS": "160"}
     started = time.monotonic()
-    done = subprocess.run([str(ENGINE), "demo"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [str(ENGINE), "demo"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     return done, time.monotonic() - started
 
 
@@ -48,8 +50,12 @@ def test_demo_tells_the_whole_story_twice(database_url: str, conn: psycopg.Conne
         assert "apscheduler" not in done.stderr  # its job is never skipped nor late, so it has nothing to say
         project = re.search(r"scoped to project acme/(vision-demo-[0-9-]+)", done.stdout).group(1)
         projects.append(project)
-        for section in ("trigger history (automation_history)", "deliveries received by the local receiver",
-                        "Look for yourself", "FROM automation_history"):
+        for section in (
+            "trigger history (automation_history)",
+            "deliveries received by the local receiver",
+            "Look for yourself",
+            "FROM automation_history",
+        ):
             assert section in done.stdout
         assert "✓ valid" in done.stdout  # the signed accuracy webhooks were verified by the receiver
         assert "✗ invalid" not in done.stdout
@@ -72,9 +78,12 @@ def test_demo_tells_the_whole_story_twice(database_url: str, conn: psycopg.Conne
     }
 
     # the story itself: states of the runs, and what never fires
-    states = dict(conn.execute(
-        "SELECT r.name, r.state FROM runs r JOIN projects p ON p.id = r.project_id WHERE p.name = %s", (projects[1],)
-    ).fetchall())
+    states = dict(
+        conn.execute(
+            "SELECT r.name, r.state FROM runs r JOIN projects p ON p.id = r.project_id WHERE p.name = %s",
+            (projects[1],),
+        ).fetchall()
+    )
     assert states["resnet-bad-aug"] == "failed" and states["resnet-long"] == "killed"
     assert sum(1 for s in states.values() if s == "finished") == 6
     killed_triggers = conn.execute(

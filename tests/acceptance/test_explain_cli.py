@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import matplotlib.image
@@ -16,20 +16,34 @@ from tests.integration.evaluation_helpers import apply_yaml, rule, tick, trigger
 
 ENGINE = Path(sys.executable).parent / "engine"
 REPO = Path(__file__).resolve().parents[2]
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def engine_cli(*args: str) -> subprocess.CompletedProcess[str]:
     # ENGINE_DATABASE_URL comes from the database_url fixture; stdout is a pipe: no colors.
-    return subprocess.run([str(ENGINE), *args], env=dict(os.environ), cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(ENGINE), *args], env=dict(os.environ), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture
 def fired(conn, database_url) -> dict[str, int]:
     """Trigger ids of a threshold, a change and a run-state automation."""
-    apply_yaml(conn, rule("acc-high", '{type: run_metric_threshold, metric: accuracy, window: 2, operator: ">=", threshold: 0.5}'))
-    apply_yaml(conn, rule("loss-up", "{type: run_metric_change, metric: loss, current_window: 2, prior_window: 3,"
-                                     " change: absolute, direction: increase, amount: 0.5}"))
+    apply_yaml(
+        conn,
+        rule(
+            "acc-high",
+            '{type: run_metric_threshold, metric: accuracy, window: 2, operator: ">=", threshold: 0.5}',
+        ),
+    )
+    apply_yaml(
+        conn,
+        rule(
+            "loss-up",
+            "{type: run_metric_change, metric: loss, current_window: 2, prior_window: 3,"
+            " change: absolute, direction: increase, amount: 0.5}",
+        ),
+    )
     apply_yaml(conn, rule("finished", "{type: run_state, states: [finished]}"))
     with engine.init(project="acme/vision", name="cli-run", system_metrics_interval=0) as run:
         for i, (acc, loss) in enumerate([(0.1, 1.0), (0.3, 1.0), (0.6, 1.0), (0.7, 2.0), (0.8, 2.0)]):
@@ -39,7 +53,10 @@ def fired(conn, database_url) -> dict[str, int]:
 
 
 def test_explain_threshold_and_change_write_pngs(fired, tmp_path):
-    for name, words in (("acc-high", "avg of the window = 0.65 >= 0.5"), ("loss-up", "d = cur − prior = +1; d ≥ 0.5")):
+    for name, words in (
+        ("acc-high", "avg of the window = 0.65 >= 0.5"),
+        ("loss-up", "d = cur − prior = +1; d ≥ 0.5"),
+    ):
         png = tmp_path / f"{name}.png"
         result = engine_cli("explain", str(fired[name]), "--png", str(png), "--width", "80")
         assert result.returncode == 0, result.stderr

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -29,16 +29,16 @@ from psycopg import sql
 import engine
 from bench.support.soak import DeliveryReceiver
 from engine import db as enginedb
+from engine.automations import apply_rules
 from engine.evaluator import backtest
 from engine.exceptions import IngestError
 from engine.localdb import LocalDatabase
 from engine.rules import parse_rules_text
-from engine.automations import apply_rules
 from engine.sdk import session as sdk_session
 from engine.settings import get_settings
 from tests.acceptance.service_helpers import ServeProcess, wait_until
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 RULES = """
 name: acc-high
 scope: {{project: acme/outage}}
@@ -109,7 +109,9 @@ def _expected(conn: psycopg.Connection, rules) -> set[tuple[str, str]]:
 
 
 def _triggers(conn: psycopg.Connection) -> list[tuple[str, str]]:
-    return list(conn.execute("SELECT a.name, t.cause FROM triggers t JOIN automations a ON a.id = t.automation_id"))
+    return list(
+        conn.execute("SELECT a.name, t.cause FROM triggers t JOIN automations a ON a.id = t.automation_id")
+    )
 
 
 @pytest.mark.slow
@@ -120,11 +122,13 @@ def test_service_and_sdk_ride_out_a_database_restart(cluster, url, tmp_path, mod
         rules = [r.automation for r in parse_rules_text(RULES.format(url=receiver.url()))]
         apply_rules(conn, rules)
     log_path = tmp_path / "serve.log"
-    service = ServeProcess(url, log_path, interval=0.3, extra_env={"ENGINE_DELIVERY_LEASE_MARGIN": "2"}).start()
+    service = ServeProcess(
+        url, log_path, interval=0.3, extra_env={"ENGINE_DELIVERY_LEASE_MARGIN": "2"}
+    ).start()
     logged: list[tuple[int, str, float]] = []
     try:
         run = engine.init(project="acme/outage", name="through-the-outage", system_metrics_interval=0)
-        _log(run, range(0, 20), logged)
+        _log(run, range(20), logged)
         run.flush()
         with psycopg.connect(url, autocommit=True) as conn:
             assert wait_until(lambda: len(_triggers(conn)) > 0, timeout=30), log_path.read_text()[-3000:]
@@ -142,12 +146,18 @@ def test_service_and_sdk_ride_out_a_database_restart(cluster, url, tmp_path, mod
             assert _points(conn, run.pk) == logged  # every point, once, in logging order
             expected = _expected(conn, rules)
             assert {t[0] for t in expected} == {"acc-high", "loss-drop", "finished"}
-            assert any(int(c.rsplit(":", 1)[1]) >= 40 for n, c in expected if n == "acc-high"), \
+            assert any(int(c.rsplit(":", 1)[1]) >= 40 for n, c in expected if n == "acc-high"), (
                 "some firings must come from points logged during the outage"
+            )
 
             def settled() -> bool:
-                return set(_triggers(conn)) == expected and conn.execute(
-                    "SELECT count(*) FROM deliveries WHERE status <> 'succeeded'").fetchone()[0] == 0
+                return (
+                    set(_triggers(conn)) == expected
+                    and conn.execute(
+                        "SELECT count(*) FROM deliveries WHERE status <> 'succeeded'"
+                    ).fetchone()[0]
+                    == 0
+                )
 
             assert wait_until(settled, timeout=60), log_path.read_text()[-3000:]
             triggers = _triggers(conn)
@@ -175,7 +185,7 @@ def test_sdk_buffer_is_bounded_while_the_database_is_down(cluster, url, monkeypa
     get_settings.cache_clear()
     run = engine.init(project="acme/outage", name="bounded", system_metrics_interval=0)
     logged: list[tuple[int, str, float]] = []
-    _log(run, range(0, 5), logged)
+    _log(run, range(5), logged)
     run.flush()
     cluster.down("fast")
     writer = threading.Thread(target=_log, args=(run, range(5, 205), logged))  # 400 points > 100
@@ -206,7 +216,9 @@ def test_finish_raises_ingest_error_naming_the_points_when_the_database_never_re
         run.finish(timeout=2)
     assert time.monotonic() - started < 10
     message = str(raised.value)
-    assert message.startswith(f"50 points of run acme/outage/{run.id} were not stored: no database reachable"), message
+    assert message.startswith(
+        f"50 points of run acme/outage/{run.id} were not stored: no database reachable"
+    ), message
     assert "ENGINE_DATABASE_URL" in message  # and what to check
 
 
@@ -241,5 +253,10 @@ def test_points_logged_through_repeated_crashes_are_stored_once_in_order(cluster
         writer.join()
     run.finish()
     with psycopg.connect(url) as conn:
-        steps = [s for (s,) in conn.execute("SELECT step FROM metric_points WHERE run_pk = %s ORDER BY seq", (run.pk,))]
+        steps = [
+            s
+            for (s,) in conn.execute(
+                "SELECT step FROM metric_points WHERE run_pk = %s ORDER BY seq", (run.pk,)
+            )
+        ]
     assert logged[0] > 10_000 and steps == list(range(logged[0]))

@@ -20,8 +20,14 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(database_url, tm
                 result = soak.round(on_progress=lines.append)
                 obs = result.observation
                 assert result.settle_s is not None, "\n".join(lines)
-                assert (obs.missing, obs.extra, obs.duplicates, obs.unfinished, obs.unseen, obs.unknown_ids) == (
-                    0, 0, 0, 0, 0, 0), "\n".join(lines)
+                assert (
+                    obs.missing,
+                    obs.extra,
+                    obs.duplicates,
+                    obs.unfinished,
+                    obs.unseen,
+                    obs.unknown_ids,
+                ) == (0, 0, 0, 0, 0, 0), "\n".join(lines)
                 assert result.triggers > 100 and result.deliveries == result.triggers
             summary = soak.summary()
         finally:

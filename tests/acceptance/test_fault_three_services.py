@@ -35,7 +35,13 @@ def test_three_services_share_the_work_and_survive_losing_one(database_url, tmp_
         obs = result.observation
         assert result.settle_s is not None, "\n".join(lines)
         assert (obs.missing, obs.extra, obs.duplicates, obs.unfinished, obs.unseen, obs.unknown_ids) == (
-            0, 0, 0, 0, 0, 0), "\n".join(lines)
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ), "\n".join(lines)
         assert result.triggers > 100
     assert all(alive)
 

@@ -80,7 +80,9 @@ def env_for(url: str, rules: Path | None = None) -> dict[str, str]:
 
 
 def engine_cli(url: str, *args: str, rules: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ENGINE), *args], env=env_for(url, rules), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(ENGINE), *args], env=env_for(url, rules), capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,26 +101,49 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         (rules / "accuracy.yaml").write_text(RULE.format(url=receiver.url("/ci")))
         applied = engine_cli(urls["engine_service"], "rules", "apply", str(rules))
         assert applied.returncode == 0, applied.stderr
-        serve = ServeProcess(urls["engine_service"], folder / "serve.log", interval=0.5,
-                             extra_env={"ENGINE_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}).start()
+        serve = ServeProcess(
+            urls["engine_service"],
+            folder / "serve.log",
+            interval=0.5,
+            extra_env={"ENGINE_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"},
+        ).start()
         try:
             assert wait_until(lambda: "evaluating every" in (folder / "serve.log").read_text())
-            ingest = subprocess.run([sys.executable, "-c", INGEST_SCRIPT], env=env_for(urls["engine_ingest"]),
-                                    capture_output=True, text=True, timeout=120)
+            ingest = subprocess.run(
+                [sys.executable, "-c", INGEST_SCRIPT],
+                env=env_for(urls["engine_ingest"]),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert ingest.returncode == 0, ingest.stderr
             receiver.wait_for(1, timeout=30)
             with database.admin() as conn:
-                assert wait_until(lambda: conn.execute(
-                    "SELECT delivery_status FROM automation_history").fetchall() == [("succeeded",)], timeout=30)
+                assert wait_until(
+                    lambda: (
+                        conn.execute("SELECT delivery_status FROM automation_history").fetchall()
+                        == [("succeeded",)]
+                    ),
+                    timeout=30,
+                )
             assert serve.terminate() == 0
         finally:
             serve.stop_quietly()
-        yield Deployment(database, urls, rules, receiver, json.loads(ingest.stdout.strip().splitlines()[-1]),
-                         (folder / "serve.log").read_text())
+        yield Deployment(
+            database,
+            urls,
+            rules,
+            receiver,
+            json.loads(ingest.stdout.strip().splitlines()[-1]),
+            (folder / "serve.log").read_text(),
+        )
 
 
 def refused(url: str, statement: str) -> str:
-    with psycopg.connect(url, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege) as caught,
+    ):
         conn.execute(statement)
     return str(caught.value)
 
@@ -126,7 +151,11 @@ def refused(url: str, statement: str) -> str:
 def test_the_grants_are_group_roles_and_applying_them_again_changes_nothing(deployment):
     with deployment.database.admin() as conn:
         conn.execute(GRANTS.read_text())
-        roles = dict(conn.execute("SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY(%s)", (list(ROLES),)).fetchall())
+        roles = dict(
+            conn.execute(
+                "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY(%s)", (list(ROLES),)
+            ).fetchall()
+        )
     assert roles == {role: False for role in ROLES}
 
 
@@ -140,14 +169,23 @@ def test_a_training_node_stores_everything_it_logs_as_the_ingest_role(deployment
             " (SELECT array_agg(alias) FROM registry_aliases),"
             " (SELECT count(*) FROM registry_links)"
         ).fetchone()
-    assert counts == (21, True, ["finished", "killed"], ["candidate", "latest", "production"], ["checked", "eu"],
-                      ["latest", "staging"], 1)
+    assert counts == (
+        21,
+        True,
+        ["finished", "killed"],
+        ["candidate", "latest", "production"],
+        ["checked", "eu"],
+        ["latest", "staging"],
+        1,
+    )
     assert deployment.ingest_output["killed"] is True
 
 
 def test_the_ingest_role_cannot_touch_automations_history_or_data(deployment):
     url = deployment.urls["engine_ingest"]
-    assert "permission denied for table automations" in deployment.ingest_output["apply"]  # engine.Api().apply
+    assert (
+        "permission denied for table automations" in deployment.ingest_output["apply"]
+    )  # engine.Api().apply
     for statement, table in (
         ("DELETE FROM triggers", "triggers"),
         ("DELETE FROM deliveries", "deliveries"),
@@ -198,29 +236,43 @@ def test_an_analyst_reads_everything_and_changes_nothing(deployment):
     assert applied.returncode == 1
     assert "error: permission denied for table automations" in applied.stderr
     assert "Traceback" not in applied.stderr
-    for statement, table in (("DELETE FROM triggers", "triggers"), ("INSERT INTO metric_keys (key) VALUES ('x')", "metric_keys")):
+    for statement, table in (
+        ("DELETE FROM triggers", "triggers"),
+        ("INSERT INTO metric_keys (key) VALUES ('x')", "metric_keys"),
+    ):
         assert f"permission denied for table {table}" in refused(url, statement), statement
 
 
-@pytest.mark.parametrize("role, login", [("engine_service", "svc"), ("engine_ingest", "trainer"), ("engine_reader", "analyst")])
+@pytest.mark.parametrize(
+    "role, login", [("engine_service", "svc"), ("engine_ingest", "trainer"), ("engine_reader", "analyst")]
+)
 def test_doctor_runs_as_each_role_and_says_what_it_could_not_check(deployment, role, login):
     result = engine_cli(deployment.urls[role], "doctor", "--timeout", "2", rules=deployment.rules)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "Traceback" not in result.stderr and f"{login}-secret" not in out + result.stderr  # the password
     assert (
-        f"✓ TimescaleDB installed and preloaded: TimescaleDB " in out
+        "✓ TimescaleDB installed and preloaded: TimescaleDB " in out
         and f"loaded (so preloaded; the role {login} may not read shared_preload_libraries itself, which needs "
-        "pg_read_all_settings)" in out
+        "pg_read_all_settings)"
+        in out
     ), out
     assert "✓ migrations applied" in out
     assert f"✓ webhook target http://127.0.0.1:{deployment.receiver.port}" in out
     if role == "engine_ingest":
-        assert "✓ rule files valid: 1 rule in 1 file" in out and "whether they are applied was not checked" in out
-        for check, table in (("stored automations load and run", "automations"), ("deliveries succeeding", "deliveries")):
-            assert (f"– {check}: not checked: the role trainer may not read what it needs "
-                    f"(permission denied for table {table})\n"
-                    "    fix: to check it, `GRANT engine_reader TO trainer` (see engine/sql/grants.sql)") in out, out
+        assert (
+            "✓ rule files valid: 1 rule in 1 file" in out
+            and "whether they are applied was not checked" in out
+        )
+        for check, table in (
+            ("stored automations load and run", "automations"),
+            ("deliveries succeeding", "deliveries"),
+        ):
+            assert (
+                f"– {check}: not checked: the role trainer may not read what it needs "
+                f"(permission denied for table {table})\n"
+                "    fix: to check it, `GRANT engine_reader TO trainer` (see engine/sql/grants.sql)"
+            ) in out, out
         assert "5 of 7 checks passed, 2 not checked (–)." in out
     else:
         assert "✓ rule files valid: 1 rule in 1 file" in out and "all applied" in out

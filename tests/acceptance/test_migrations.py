@@ -17,7 +17,9 @@ ENGINE = Path(sys.executable).parent / "engine"
 
 def engine(*args: str, sql_dir: Path, database_url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ENGINE_SQL_DIR": str(sql_dir), "ENGINE_DATABASE_URL": database_url}
-    return subprocess.run([str(ENGINE), *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [str(ENGINE), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def test_migrate_refuses_an_applied_migration_that_was_edited(database_url: str, tmp_path: Path) -> None:
@@ -31,7 +33,9 @@ def test_migrate_refuses_an_applied_migration_that_was_edited(database_url: str,
     refused = engine("db", "migrate", sql_dir=sql_dir, database_url=database_url)
     assert refused.returncode == 1, refused
     lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1 and "0002_automations.sql" in lines[0] and "changed after it was applied" in lines[0], lines
+    assert (
+        len(lines) == 1 and "0002_automations.sql" in lines[0] and "changed after it was applied" in lines[0]
+    ), lines
     assert "Traceback" not in refused.stderr
 
     doctor = engine("doctor", sql_dir=sql_dir, database_url=database_url)
@@ -41,4 +45,7 @@ def test_migrate_refuses_an_applied_migration_that_was_edited(database_url: str,
 def test_migrate_from_a_folder_without_migrations_says_so(database_url: str, tmp_path: Path) -> None:
     result = engine("db", "migrate", sql_dir=tmp_path, database_url=database_url)
     assert result.returncode == 1
-    assert f"no migration files in {tmp_path / 'migrations'}: ENGINE_SQL_DIR names a folder without them" in result.stderr
+    assert (
+        f"no migration files in {tmp_path / 'migrations'}: ENGINE_SQL_DIR names a folder without them"
+        in result.stderr
+    )

@@ -22,9 +22,13 @@ REPO = Path(__file__).resolve().parents[2]
 NOWHERE = "postgresql://engine@127.0.0.1:1/engine"  # port 1: nothing listens, refused at once
 
 
-def engine(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def engine(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "COLUMNS": "200", **(env or {})}
-    return subprocess.run([str(ENGINE), *args], env=full, cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(ENGINE), *args], env=full, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -45,7 +49,9 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str)
 )
 def test_no_database_reachable(command: list[str]) -> None:
     done = engine(*command, env={"ENGINE_DATABASE_URL": NOWHERE})
-    line = assert_one_line_error(done, "no database reachable", "Connection refused", "ENGINE_DATABASE_URL is set", "engine doctor")
+    line = assert_one_line_error(
+        done, "no database reachable", "Connection refused", "ENGINE_DATABASE_URL is set", "engine doctor"
+    )
     assert "unset" not in line  # on a training node that would split the data into a private database
 
 
@@ -60,7 +66,9 @@ def team_db() -> Iterator[TeamDatabase]:
 
 def test_wrong_password_says_so_and_never_shows_it(team_db: TeamDatabase) -> None:
     done = engine("history", env={"ENGINE_DATABASE_URL": team_db.url("trainer", "wrong-secret")})
-    line = assert_one_line_error(done, "refused the credentials", "password authentication failed", "user name and password")
+    line = assert_one_line_error(
+        done, "refused the credentials", "password authentication failed", "user name and password"
+    )
     assert "unset" not in line and "wrong-secret" not in done.stderr + done.stdout
 
 
@@ -91,7 +99,14 @@ def unmigrated_url(empty_database_url: str) -> str:
 
 @pytest.mark.parametrize(
     "command",
-    [["rules", "apply", "rules"], ["history"], ["deliveries"], ["serve"], ["explain", "1"], ["actions", "test", "x"]],
+    [
+        ["rules", "apply", "rules"],
+        ["history"],
+        ["deliveries"],
+        ["serve"],
+        ["explain", "1"],
+        ["actions", "test", "x"],
+    ],
     ids=" ".join,
 )
 def test_migrations_not_applied(unmigrated_url: str, command: list[str]) -> None:
@@ -124,7 +139,12 @@ def unpreloaded_url() -> Iterator[str]:
 
 def test_timescaledb_not_preloaded(unpreloaded_url: str) -> None:
     done = engine("db", "migrate", env={"ENGINE_DATABASE_URL": unpreloaded_url})
-    assert_one_line_error(done, "TimescaleDB is installed but not preloaded", "shared_preload_libraries = 'timescaledb'", "restart PostgreSQL")
+    assert_one_line_error(
+        done,
+        "TimescaleDB is installed but not preloaded",
+        "shared_preload_libraries = 'timescaledb'",
+        "restart PostgreSQL",
+    )
 
 
 def test_rule_file_not_found(tmp_path: Path) -> None:
@@ -133,7 +153,9 @@ def test_rule_file_not_found(tmp_path: Path) -> None:
     assert "rules/no-such-rule.yaml: rule file not found" in done.stderr
     # no path, run from a folder without rules/: the default folder is relative to where you are
     elsewhere = engine("rules", "validate", cwd=tmp_path)
-    assert_one_line_error(elsewhere, "default folder rules/ does not exist", str(tmp_path), "ENGINE_RULES_PATH")
+    assert_one_line_error(
+        elsewhere, "default folder rules/ does not exist", str(tmp_path), "ENGINE_RULES_PATH"
+    )
     assert_one_line_error(engine("rules", "compile", cwd=tmp_path), "ENGINE_RULES_PATH")
 
 
@@ -150,24 +172,38 @@ def test_webhook_refused_as_private(database_url: str, tmp_path: Path) -> None:
     rule.write_text(PRIVATE_RULE)
     env = {**os.environ, "ENGINE_DATABASE_URL": database_url}
     env.pop("ENGINE_WEBHOOK_ALLOW_HOSTS", None)  # the fixture allows 127.0.0.1; a newcomer has not
-    applied = subprocess.run([str(ENGINE), "rules", "apply", str(rule)], env=env, capture_output=True, text=True, timeout=120)
+    applied = subprocess.run(
+        [str(ENGINE), "rules", "apply", str(rule)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert applied.returncode == 0, applied.stderr
     done = subprocess.run(
-        [str(ENGINE), "actions", "test", "private-hook"], env={**env, "COLUMNS": "300"}, capture_output=True, text=True, timeout=120
+        [str(ENGINE), "actions", "test", "private-hook"],
+        env={**env, "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
     line = next(line for line in done.stdout.splitlines() if "error:" in line)
     assert "127.0.0.1" in line and "private address" in line and "ENGINE_WEBHOOK_ALLOW_HOSTS" in line
     # with the host allowed, the same request goes out (and finds nothing listening on port 9)
     allowed = subprocess.run(
-        [str(ENGINE), "actions", "test", "private-hook"], env={**env, "COLUMNS": "300", "ENGINE_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"},
-        capture_output=True, text=True, timeout=120,
+        [str(ENGINE), "actions", "test", "private-hook"],
+        env={**env, "COLUMNS": "300", "ENGINE_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert "private address" not in allowed.stdout and "Traceback" not in allowed.stderr
 
 
 def test_unreadable_since_is_a_usage_error(database_url: str) -> None:
-    for command in (["history", "--since", "last tuesday"], ["rules", "test", "rules", "--since", "2024-13-01"]):
+    for command in (
+        ["history", "--since", "last tuesday"],
+        ["rules", "test", "rules", "--since", "2024-13-01"],
+    ):
         done = engine(*command, env={"ENGINE_DATABASE_URL": database_url})
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-        assert "--since" in done.stderr and "try one of: 7d, 24h, today, yesterday" in " ".join(done.stderr.split())
+        assert "--since" in done.stderr and "try one of: 7d, 24h, today, yesterday" in " ".join(
+            done.stderr.split()
+        )

@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,21 +27,36 @@ ERROR = "HTTP 503 from receiver:\n\tline two\\with a backslash"
 def engine_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """As a script runs it: stdout is a pipe, and no COLUMNS tells rich a width."""
     full = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | env
-    return subprocess.run([str(ENGINE), *args], env=full, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(ENGINE), *args], env=full, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture
 def fired(conn, database_url) -> list[dict]:
     """Two automations that fired on one run (a long name, a long scope), and a delivery
     whose error holds a newline, a tab and a backslash."""
-    apply_yaml(conn, rule(LONG, '{type: run_metric_threshold, metric: accuracy, window: 1, operator: ">", threshold: 0.5}',
-                          scope=f"{{project: {PROJECT}}}"))
-    apply_yaml(conn, rule("finished", "{type: run_state, states: [finished]}", scope=f"{{project: {PROJECT}}}"))
-    with engine.init(project=PROJECT, name="resnet-50-sweep-with-a-long-display-name", system_metrics_interval=0) as run:
+    apply_yaml(
+        conn,
+        rule(
+            LONG,
+            '{type: run_metric_threshold, metric: accuracy, window: 1, operator: ">", threshold: 0.5}',
+            scope=f"{{project: {PROJECT}}}",
+        ),
+    )
+    apply_yaml(
+        conn, rule("finished", "{type: run_state, states: [finished]}", scope=f"{{project: {PROJECT}}}")
+    )
+    with engine.init(
+        project=PROJECT, name="resnet-50-sweep-with-a-long-display-name", system_metrics_interval=0
+    ) as run:
         run.log({"accuracy": 0.9}, step=0)
     tick(database_url)
-    conn.execute("UPDATE deliveries SET status = 'failed', last_error = %s WHERE automation_id = "
-                 "(SELECT id FROM automations WHERE name = %s)", (ERROR, LONG))
+    conn.execute(
+        "UPDATE deliveries SET status = 'failed', last_error = %s WHERE automation_id = "
+        "(SELECT id FROM automations WHERE name = %s)",
+        (ERROR, LONG),
+    )
     return triggers(conn)
 
 
@@ -63,7 +78,9 @@ def test_piped_tables_keep_every_cell_whole(fired):
     (row,) = [line for line in deliveries.stdout.splitlines() if LONG in line]
     ids = {str(d) for (d,) in _delivery_ids(fired)}
     assert any(delivery_id in row for delivery_id in ids)  # the whole id, not its first 8 characters
-    assert "HTTP 503 from receiver: line two\\with a backslash" in row  # whole (blanks folded), on the row's line
+    assert (
+        "HTTP 503 from receiver: line two\\with a backslash" in row
+    )  # whole (blanks folded), on the row's line
 
 
 def _delivery_ids(fired: list[dict]) -> list[tuple]:
@@ -76,7 +93,16 @@ def _delivery_ids(fired: list[dict]) -> list[tuple]:
 def test_json_has_stable_keys_and_every_value(fired):
     listed = json.loads(engine_cli("rules", "list", "--format", "json").stdout)
     assert [item["name"] for item in listed] == sorted([LONG, "finished"])
-    assert list(listed[0]) == ["name", "enabled", "version", "rule_type", "scope", "triggers", "updated_at", "last_error"]
+    assert list(listed[0]) == [
+        "name",
+        "enabled",
+        "version",
+        "rule_type",
+        "scope",
+        "triggers",
+        "updated_at",
+        "last_error",
+    ]
     by_name = {item["name"]: item for item in listed}
     assert by_name[LONG] | {"updated_at": None} == {
         "name": LONG, "enabled": True, "version": 1, "rule_type": "run_metric_threshold", "scope": PROJECT,
@@ -93,12 +119,20 @@ def test_json_has_stable_keys_and_every_value(fired):
     ]  # fmt: skip
     (metric,) = [item for item in history if item["automation"] == LONG]
     assert (metric["event_type"], metric["rule_type"]) == ("RUN_METRIC", "run_metric_threshold")
-    assert (metric["value"], metric["step"], metric["metric"], metric["delivery_status"]) == (0.9, 0, "accuracy", "failed")
+    assert (metric["value"], metric["step"], metric["metric"], metric["delivery_status"]) == (
+        0.9,
+        0,
+        "accuracy",
+        "failed",
+    )
     assert metric["last_error"] == ERROR and metric["automation_deleted_at"] is None
 
     deliveries = json.loads(engine_cli("deliveries", "--format", "json").stdout)
     assert sorted(item["id"] for item in deliveries) == sorted(str(d) for (d,) in _delivery_ids(fired))
-    assert {item["automation"]: item["status"] for item in deliveries} == {LONG: "failed", "finished": "skipped"}
+    assert {item["automation"]: item["status"] for item in deliveries} == {
+        LONG: "failed",
+        "finished": "skipped",
+    }
 
     empty = engine_cli("deliveries", "--status", "pending", "--format", "json")
     assert empty.returncode == 0 and json.loads(empty.stdout) == []
@@ -123,9 +157,16 @@ def test_tsv_is_one_line_per_row_with_escaped_values(fired):
 
 
 def test_since_reads_dates_without_a_zone_and_day_names(fired):
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     every = {t["id"] for t in fired}
-    for since in ("today", "yesterday", "1h", str(today), f"{today}T00:00", f"{today - timedelta(days=1)}T23:00+00:00"):
+    for since in (
+        "today",
+        "yesterday",
+        "1h",
+        str(today),
+        f"{today}T00:00",
+        f"{today - timedelta(days=1)}T23:00+00:00",
+    ):
         result = engine_cli("history", "--since", since, "--format", "json")
         assert result.returncode == 0, (since, result.stderr)
         assert {item["trigger_id"] for item in json.loads(result.stdout)} == every, since
@@ -137,7 +178,9 @@ def since_error(*command: str) -> tuple[str, list[str]]:
     """The message of a --since the command cannot read, and the values it suggests."""
     result = engine_cli(*command, "--since", "7 days", COLUMNS="400")
     assert result.returncode == 2  # a usage error, not a traceback
-    found = re.search(r"(Invalid value for '--since': .*?try one of: (.*?)) │ ╰", " ".join(result.stderr.split()))
+    found = re.search(
+        r"(Invalid value for '--since': .*?try one of: (.*?)) │ ╰", " ".join(result.stderr.split())
+    )
     assert found, result.stderr
     return found.group(1), found.group(2).split(", ")
 

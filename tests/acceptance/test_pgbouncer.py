@@ -22,7 +22,9 @@ POOL = 20  # server connections PgBouncer may open: well under max_connections
 def test_120_training_jobs_through_pgbouncer_all_store_every_point() -> None:
     with TeamDatabase(max_connections=100) as database:
         database.login("trainer", "trainer-secret", member_of="engine_ingest")
-        with PgBouncer(database, {"trainer": "trainer-secret"}, pool_size=POOL, max_client_conn=JOBS + 30) as bouncer:
+        with PgBouncer(
+            database, {"trainer": "trainer-secret"}, pool_size=POOL, max_client_conn=JOBS + 30
+        ) as bouncer:
 
             def monitor() -> dict[str, int]:
                 pools = [p for p in bouncer.pools() if p["database"] == "engine"]
@@ -32,20 +34,29 @@ def test_120_training_jobs_through_pgbouncer_all_store_every_point() -> None:
                 }
 
             fleet = run_fleet(
-                bouncer.url("trainer"), jobs=JOBS, steps=STEPS, step_seconds=0.01, project="acme/bouncer",
+                bouncer.url("trainer"),
+                jobs=JOBS,
+                steps=STEPS,
+                step_seconds=0.01,
+                project="acme/bouncer",
                 monitor=monitor,
             )
             pool_log = [line for line in bouncer.log if "ERROR" in line or "WARNING" in line]
 
-        assert fleet.failed == [], f"{len(fleet.failed)} jobs failed: {fleet.reasons()}\n{fleet.stderr[-4000:]}"
+        assert fleet.failed == [], (
+            f"{len(fleet.failed)} jobs failed: {fleet.reasons()}\n{fleet.stderr[-4000:]}"
+        )
         assert "Traceback" not in fleet.stderr, fleet.stderr[-6000:]
         with database.admin() as conn:
             series = stored_series(conn, "acme/bouncer")
             states = dict(conn.execute("SELECT state, count(*) FROM runs GROUP BY state").fetchall())
         expected = list(range(STEPS))
         assert sorted(series) == sorted(fleet.codes)
-        wrong = {run: {k: len(v) for k, v in metrics.items()} for run, metrics in series.items()
-                 if metrics != {"loss": expected, "acc": expected}}
+        wrong = {
+            run: {k: len(v) for k, v in metrics.items()}
+            for run, metrics in series.items()
+            if metrics != {"loss": expected, "acc": expected}
+        }
         assert wrong == {}, f"runs with missing, extra or reordered points: {wrong}"
         assert states == {"finished": JOBS}
         assert fleet.peaks.get("server connections (trainer)", 0) <= POOL

@@ -62,24 +62,32 @@ def blocks(path: Path) -> list[Block]:
         lang = words[0] if words else ""
         attrs = dict(w.split("=", 1) for w in words[1:] if "=" in w)
         flags = frozenset(w for w in words[1:] if "=" not in w)
-        found.append(Block(text.count("\n", 0, match.start()) + 1, lang, flags, attrs.get("file"), match.group("body")))
+        found.append(
+            Block(text.count("\n", 0, match.start()) + 1, lang, flags, attrs.get("file"), match.group("body"))
+        )
     return found
 
 
 def script_of(runnable: list[Block], port: int) -> str:
     lines = ["set -euo pipefail", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT"]
     for block in runnable:
-        body = block.body.replace("127.0.0.1:8765", f"127.0.0.1:{port}").replace('"127.0.0.1", 8765', f'"127.0.0.1", {port}')
+        body = block.body.replace("127.0.0.1:8765", f"127.0.0.1:{port}").replace(
+            '"127.0.0.1", 8765', f'"127.0.0.1", {port}'
+        )
         assert EOF_MARK not in body
         lines.append(f"echo '### README.md:{block.line} ({block.lang})'")
         if block.file:
-            lines += [f'mkdir -p "$(dirname {block.file})"', f"cat > {block.file} <<'{EOF_MARK}'", body + EOF_MARK]
+            lines += [
+                f'mkdir -p "$(dirname {block.file})"',
+                f"cat > {block.file} <<'{EOF_MARK}'",
+                body + EOF_MARK,
+            ]
         elif block.lang in ("bash", "sh"):
             lines.append(body)
         elif block.lang == "python":
             lines += [f"python - <<'{EOF_MARK}'", body + EOF_MARK]
         elif block.lang == "sql":
-            lines += [f'psql "$(engine db url)" -X -q -v ON_ERROR_STOP=1 <<\'{EOF_MARK}\'', body + EOF_MARK]
+            lines += [f"psql \"$(engine db url)\" -X -q -v ON_ERROR_STOP=1 <<'{EOF_MARK}'", body + EOF_MARK]
         else:
             pytest.fail(f"README.md:{block.line}: no way to run a runnable {block.lang!r} block")
     return "\n".join(lines) + "\n"
@@ -99,7 +107,9 @@ def test_readme_blocks_are_marked_as_the_test_expects() -> None:
     assert {("bash", False), ("yaml", True), ("python", True), ("python", False), ("sql", False)} <= kinds
     assert len(runnable) >= 10
     # the signature check shown in "Verifying the signature" is the one the tour's receiver runs
-    snippet = next(b for b in found if b.lang == "python" and "def is_from_engine" in b.body and not b.runnable)
+    snippet = next(
+        b for b in found if b.lang == "python" and "def is_from_engine" in b.body and not b.runnable
+    )
     receiver = next(b for b in runnable if b.file == "receiver.py")
     assert snippet.body.split("\n\n", 1)[1].strip() in receiver.body
     # the two set-up commands stay the only ```sh block of their section and are not runnable
@@ -112,10 +122,16 @@ def test_readme_tour_runs_as_written(database_url: str, conn: psycopg.Connection
     script.write_text(script_of(runnable, _free_port()))
     work = tmp_path / "work"
     work.mkdir()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "ENGINE_DATABASE_URL": database_url,
-           "COLUMNS": "160"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "ENGINE_DATABASE_URL": database_url,
+        "COLUMNS": "160",
+    }
     env.pop("ENGINE_WEBHOOK_ALLOW_HOSTS", None)  # the tour sets what it needs
-    done = subprocess.run(["bash", str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, f"{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
     assert "Traceback" not in done.stderr
 
@@ -132,7 +148,9 @@ def test_readme_tour_runs_as_written(database_url: str, conn: psycopg.Connection
     ).fetchall()
     # the tour's run fires once (cooldown 24h); the SDK example's run climbs past 0.6 too, later,
     # after the tour stopped the service: it stays unevaluated, as it should
-    assert [(r[0], r[1], r[3]) for r in fired] == [("resnet-50", "accuracy", "succeeded")] and fired[0][2] > 0.6
+    assert [(r[0], r[1], r[3]) for r in fired] == [("resnet-50", "accuracy", "succeeded")] and fired[0][
+        2
+    ] > 0.6
     # the SDK example ran: its dataset version holds `production` and is linked into `model`
     holder = conn.execute(
         "SELECT c.name, v.version_index FROM artifact_aliases a JOIN artifact_versions v ON v.id = a.version_id"
@@ -149,8 +167,11 @@ def test_sql_blocks_of_the_docs_run(database_url: str, tmp_path: Path) -> None:
     assert {b.lang for b in runnable} == {"sql"}
     for block in runnable:
         done = subprocess.run(
-            ["psql", database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1"], input=block.body, capture_output=True,
-            text=True, timeout=60,
+            ["psql", database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1"],
+            input=block.body,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == 0, (block.line, done.stderr)
 
@@ -168,5 +189,7 @@ def test_readme_lists_every_template_variable() -> None:
     from engine.rules.variables import VARIABLES
 
     section = README.read_text().split("\n## Actions\n", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"`([A-Za-z_]+)`", section.split("The variables:", 1)[1].split("A variable that", 1)[0]))
+    listed = set(
+        re.findall(r"`([A-Za-z_]+)`", section.split("The variables:", 1)[1].split("A variable that", 1)[0])
+    )
     assert set(VARIABLES) <= listed

@@ -22,7 +22,9 @@ def webhook(url: str) -> dict:
 def operator(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`engine …` from a shell with only the database URL (and `env`)."""
     clean = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV} | env
-    return subprocess.run([ENGINE, *args], env=clean, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [ENGINE, *args], env=clean, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def failed_delivery(conn, rx: Receiver, name: str):
@@ -38,11 +40,15 @@ def test_redeliver_hands_the_delivery_to_the_service(conn, database_url, tmp_pat
         service = ServeProcess(database_url, tmp_path / "serve.log", extra_env=SERVICE_ENV).start()
         try:
             delivery_id = failed_delivery(conn, rx, "redo-by-service")
-            assert wait_until(lambda: delivery(conn, delivery_id)["status"] == "failed"), (tmp_path / "serve.log").read_text()
+            assert wait_until(lambda: delivery(conn, delivery_id)["status"] == "failed"), (
+                tmp_path / "serve.log"
+            ).read_text()
             result = operator("redeliver", str(delivery_id)[:8])
             assert result.returncode == 0, result.stderr
             assert "queued: a running `engine serve` sends it within about 1 s" in result.stdout
-            assert wait_until(lambda: delivery(conn, delivery_id)["status"] == "succeeded"), (tmp_path / "serve.log").read_text()
+            assert wait_until(lambda: delivery(conn, delivery_id)["status"] == "succeeded"), (
+                tmp_path / "serve.log"
+            ).read_text()
         finally:
             service.stop_quietly()
     assert [r.headers["X-Automation-Delivery"] for r in rx.requests] == [str(delivery_id)] * 2

@@ -27,9 +27,21 @@ RULES = {
 
 
 def engine(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "COLUMNS": "200", "TEAM_SLACK_URL": "http://10.1.2.3/services/T0/B0/s3cr3t-path"} | env
+    full = {
+        **os.environ,
+        "COLUMNS": "200",
+        "TEAM_SLACK_URL": "http://10.1.2.3/services/T0/B0/s3cr3t-path",
+    } | env
     full.pop("UNSET_SLACK_URL", None)
-    return subprocess.run([str(ENGINE), "rules", *args], env=full, cwd=folder, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [str(ENGINE), "rules", *args],
+        env=full,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def warnings(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -59,7 +71,10 @@ def test_validate_warns_about_targets_the_policy_will_refuse(tmp_path, monkeypat
         "action.url: sending will be refused (with ENGINE_WEBHOOK_ALLOW_HOSTS unset, as in this shell): webhook target "
         "10.0.0.5 resolves to a private address 10.0.0.5 (private); allow it with ENGINE_WEBHOOK_ALLOW_HOSTS"
     )
-    assert "169.254.169.254 (cloud metadata)" in found["metadata.yaml"] and "allow it" not in found["metadata.yaml"]
+    assert (
+        "169.254.169.254 (cloud metadata)" in found["metadata.yaml"]
+        and "allow it" not in found["metadata.yaml"]
+    )
     assert "webhook target localhost resolves to a private address" in found["local.yaml"]
     # The Slack URL is a secret: the warning names its variable and host, never the URL.
     assert found["slack.yaml"].startswith("action.webhook_url ($TEAM_SLACK_URL): sending will be refused")
@@ -75,7 +90,9 @@ def test_the_allow_list_of_this_shell_is_the_one_judged(tmp_path):
     found = warnings(result)
     assert set(found) == {"metadata.yaml"}, result.stderr  # a range never opens the metadata address
     assert "(with ENGINE_WEBHOOK_ALLOW_HOSTS=0.0.0.0/0,::/0, as in this shell)" in found["metadata.yaml"]
-    assert "a range, or a name that also resolves to other addresses, does not open it" in found["metadata.yaml"]
+    assert (
+        "a range, or a name that also resolves to other addresses, does not open it" in found["metadata.yaml"]
+    )
     exact = engine(tmp_path, "validate", ".", ENGINE_WEBHOOK_ALLOW_HOSTS="0.0.0.0/0,::/0,169.254.169.254")
     assert warnings(exact) == {}, exact.stderr
 
@@ -85,5 +102,7 @@ def test_apply_warns_too_and_stores_the_rules(tmp_path, database_url, monkeypatc
     write(tmp_path)
     result = engine(tmp_path, "apply", ".")
     assert result.returncode == 0, result.stderr
-    assert set(warnings(result)) == {"private.yaml", "metadata.yaml", "local.yaml", "slack.yaml"}, result.stderr
+    assert set(warnings(result)) == {"private.yaml", "metadata.yaml", "local.yaml", "slack.yaml"}, (
+        result.stderr
+    )
     assert result.stdout.count("created") == 7

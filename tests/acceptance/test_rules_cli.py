@@ -43,7 +43,13 @@ def engine(
     # ENGINE_DATABASE_URL and ENGINE_DATA_DIR come from the fixtures (or are absent).
     env = {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run(
-        [str(ENGINE), "rules", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, input=stdin
+        [str(ENGINE), "rules", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=stdin,
     )
 
 
@@ -166,8 +172,12 @@ def test_unmigrated_database_says_what_to_do(database_url, command):
 
 def history_json(*args: str) -> list[dict]:
     result = subprocess.run(
-        [str(ENGINE), "history", "--format", "json", *args], env=dict(os.environ), cwd=REPO,
-        capture_output=True, text=True, timeout=120,
+        [str(ENGINE), "history", "--format", "json", *args],
+        env=dict(os.environ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -205,12 +215,19 @@ def test_prune_and_delete_keep_the_history_and_dry_run_changes_nothing(conn, dat
     for trigger_id, item in after.items():
         assert item["automation_deleted_at"] is not None
         assert item | {"automation_deleted_at": None} == before[trigger_id]  # the same rows, the name it had
-    assert [item["automation"] for item in history_json("--automation", "accuracy-above-0.6")] == ["accuracy-above-0.6"]
-    table = subprocess.run([str(ENGINE), "history"], env=dict(os.environ), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert [item["automation"] for item in history_json("--automation", "accuracy-above-0.6")] == [
+        "accuracy-above-0.6"
+    ]
+    table = subprocess.run(
+        [str(ENGINE), "history"], env=dict(os.environ), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert table.stdout.count("(deleted)") == 2
 
     # the name is free again, with a history of its own
-    assert engine("apply", "rules/accuracy-above-0.6.yaml").stdout.split() == ["created", "accuracy-above-0.6"]
+    assert engine("apply", "rules/accuracy-above-0.6.yaml").stdout.split() == [
+        "created",
+        "accuracy-above-0.6",
+    ]
     listed = json.loads(engine("list", "--format", "json").stdout)
     assert [(item["name"], item["triggers"]) for item in listed] == [("accuracy-above-0.6", 0)]
     assert len(history_json("--automation", "accuracy-above-0.6")) == 1

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 import engine
+from engine.automations import apply_rules
 from engine.evaluator import backtest
 from engine.rules import parse_rules_text
-from engine.automations import apply_rules
 from tests.acceptance.service_helpers import ServeProcess, wait_until
 
 RULES = """
@@ -34,7 +34,7 @@ scope: {project: acme/serve}
 event: {type: run_state, states: [finished]}
 action: {type: no_op}
 """
-T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 
 def _apply(conn, text: str) -> list:
@@ -48,7 +48,11 @@ def _workload(runs: int, seed: int) -> None:
     for r in range(runs):
         with engine.init(project="acme/serve", name=f"w{seed}-{r}", system_metrics_interval=0) as run:
             for step in range(30):
-                run.log({"acc": rng.random(), "loss": rng.random() * 2}, step=step, time=T0 + timedelta(minutes=3 * step))
+                run.log(
+                    {"acc": rng.random(), "loss": rng.random() * 2},
+                    step=step,
+                    time=T0 + timedelta(minutes=3 * step),
+                )
                 if step % 7 == 0:
                     run.flush()
 
@@ -58,13 +62,19 @@ def _expected(conn, rules) -> set[tuple[str, str]]:
 
 
 def _actual(conn) -> list[tuple[str, str]]:
-    return list(conn.execute("SELECT a.name, t.cause FROM triggers t JOIN automations a ON a.id = t.automation_id"))
+    return list(
+        conn.execute("SELECT a.name, t.cause FROM triggers t JOIN automations a ON a.id = t.automation_id")
+    )
 
 
 def _settled(conn, expected: set) -> bool:
-    return set(_actual(conn)) == expected and conn.execute(
-        "SELECT count(*) FROM deliveries WHERE status NOT IN ('succeeded', 'skipped')"
-    ).fetchone()[0] == 0
+    return (
+        set(_actual(conn)) == expected
+        and conn.execute(
+            "SELECT count(*) FROM deliveries WHERE status NOT IN ('succeeded', 'skipped')"
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_serve_fires_and_stops_cleanly_on_sigterm(conn, database_url, tmp_path):
@@ -74,7 +84,9 @@ def test_serve_fires_and_stops_cleanly_on_sigterm(conn, database_url, tmp_path):
         _workload(3, seed=1)
         expected = _expected(conn, rules)
         assert expected, "the workload should fire something"
-        assert wait_until(lambda: _settled(conn, expected), timeout=30), (tmp_path / "serve.log").read_text()[-3000:]
+        assert wait_until(lambda: _settled(conn, expected), timeout=30), (tmp_path / "serve.log").read_text()[
+            -3000:
+        ]
         assert service.terminate() == 0
     finally:
         service.stop_quietly()
@@ -107,7 +119,9 @@ def test_sigkill_during_a_busy_period_loses_nothing_and_duplicates_nothing(conn,
 @pytest.mark.slow
 def test_two_services_share_the_work_without_duplicates(conn, database_url, tmp_path):
     rules = _apply(conn, RULES)
-    services = [ServeProcess(database_url, tmp_path / f"serve{i}.log", interval=0.3).start() for i in range(2)]
+    services = [
+        ServeProcess(database_url, tmp_path / f"serve{i}.log", interval=0.3).start() for i in range(2)
+    ]
     try:
         _workload(10, seed=3)
         expected = _expected(conn, rules)

@@ -18,8 +18,8 @@ import engine
 from engine.scheduler import connection_budget
 from engine.settings import Settings
 from tests.acceptance.service_helpers import ServeProcess, wait_until
-from tests.receiver import Receiver, Reply, free_port
 from tests.integration.evaluation_helpers import apply_yaml, rule
+from tests.receiver import Receiver, Reply, free_port
 
 ENGINE = Path(sys.executable).parent / "engine"
 
@@ -33,14 +33,28 @@ def serve_connections(conn: psycopg.Connection) -> int:
 def test_serve_holds_no_more_connections_than_its_budget_under_load(conn, database_url, tmp_path):
     runs = 32
     with Receiver(Reply(hang=0.3)) as receiver:  # slow answers: every delivery worker is busy at once
-        apply_yaml(conn, "---\n".join([
-            rule("acc", '{type: run_metric_threshold, metric: acc, window: 1, operator: ">", threshold: 0.5}')
-            .replace("action: {type: no_op}", f"action: {{type: webhook, url: '{receiver.url()}'}}"),
-            *(rule(f"m{i}", f'{{type: run_metric_threshold, metric: m{i}, window: 2, operator: ">", threshold: 0.5}}')
-              for i in range(6)),  # several metrics: a tick shares them out among its connections
-        ]))
+        apply_yaml(
+            conn,
+            "---\n".join(
+                [
+                    rule(
+                        "acc",
+                        '{type: run_metric_threshold, metric: acc, window: 1, operator: ">", threshold: 0.5}',
+                    ).replace("action: {type: no_op}", f"action: {{type: webhook, url: '{receiver.url()}'}}"),
+                    *(
+                        rule(
+                            f"m{i}",
+                            f'{{type: run_metric_threshold, metric: m{i}, window: 2, operator: ">", threshold: 0.5}}',
+                        )
+                        for i in range(6)
+                    ),  # several metrics: a tick shares them out among its connections
+                ]
+            ),
+        )
         env = {
-            "ENGINE_DELIVERY_WORKERS": "16", "ENGINE_DELIVERY_CONNECTIONS": "2", "ENGINE_EVALUATION_CONNECTIONS": "2",
+            "ENGINE_DELIVERY_WORKERS": "16",
+            "ENGINE_DELIVERY_CONNECTIONS": "2",
+            "ENGINE_EVALUATION_CONNECTIONS": "2",
             "ENGINE_METRICS_PORT": str(free_port()),
         }
         budget = connection_budget(Settings(delivery_connections=2, evaluation_connections=2, metrics_port=1))
@@ -57,14 +71,21 @@ def test_serve_holds_no_more_connections_than_its_budget_under_load(conn, databa
         monitor.start()
         try:
             assert wait_until(lambda: "evaluating every" in (tmp_path / "serve.log").read_text())
-            httpx.get(f"http://127.0.0.1:{env['ENGINE_METRICS_PORT']}/metrics", timeout=5)  # opens its connection
+            httpx.get(
+                f"http://127.0.0.1:{env['ENGINE_METRICS_PORT']}/metrics", timeout=5
+            )  # opens its connection
             for r in range(runs):  # each rule fires once per run (its cooldown)
                 with engine.init(project="acme/vision", name=f"busy-{r}", system_metrics_interval=0) as run:
                     for step in range(3):
                         run.log({"acc": 0.9, **{f"m{i}": 0.9 for i in range(6)}}, step=step)
             receiver.wait_for(runs, timeout=60)
-            assert wait_until(lambda: conn.execute(
-                "SELECT count(*) FROM deliveries WHERE status = 'succeeded'").fetchone()[0] == runs, timeout=30)
+            assert wait_until(
+                lambda: (
+                    conn.execute("SELECT count(*) FROM deliveries WHERE status = 'succeeded'").fetchone()[0]
+                    == runs
+                ),
+                timeout=30,
+            )
             assert serve.terminate() == 0
         finally:
             done.set()
@@ -72,13 +93,20 @@ def test_serve_holds_no_more_connections_than_its_budget_under_load(conn, databa
             serve.stop_quietly()
 
     log = (tmp_path / "serve.log").read_text()
-    assert "at most 6 database connections (2 evaluation, 2 deliveries, 1 listen, 1 metrics)" in log, log[-3000:]
+    assert "at most 6 database connections (2 evaluation, 2 deliveries, 1 listen, 1 metrics)" in log, log[
+        -3000:
+    ]
     assert sum(budget.values()) == 6
     # 16 workers busy at once, yet no more connections than the budget (the pool grew to
     # delivery_workers + 2 = 18 before it was bounded)
     assert 0 < peak <= 6, peak
-    assert conn.execute("SELECT count(*) FROM triggers t JOIN automations a ON a.id = t.automation_id "
-                        "WHERE a.name LIKE 'm%'").fetchone()[0] == 6 * runs
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM triggers t JOIN automations a ON a.id = t.automation_id "
+            "WHERE a.name LIKE 'm%'"
+        ).fetchone()[0]
+        == 6 * runs
+    )
 
 
 def reachable(host: str, port: int) -> bool:
@@ -98,7 +126,9 @@ def test_the_metrics_endpoint_listens_on_localhost_unless_a_host_is_given(databa
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [str(ENGINE), "serve", "--interval", "1", "--metrics-port", given.format(port=port)],
-                env={**os.environ, "ENGINE_DATABASE_URL": database_url}, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, "ENGINE_DATABASE_URL": database_url},
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         try:
@@ -113,7 +143,10 @@ def test_the_metrics_endpoint_listens_on_localhost_unless_a_host_is_given(databa
 
 def test_a_metrics_port_that_is_not_one_is_a_usage_error(database_url):
     result = subprocess.run(
-        [str(ENGINE), "serve", "--metrics-port", "::1:9108"], capture_output=True, text=True, timeout=60,
+        [str(ENGINE), "serve", "--metrics-port", "::1:9108"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "ENGINE_DATABASE_URL": database_url},
     )
     assert result.returncode == 2

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 import engine
-from engine.rules import parse_rules_text
 from engine.automations import apply_rules
+from engine.rules import parse_rules_text
 from tests.acceptance.service_helpers import ServeProcess, wait_until
 from tests.receiver import Receiver, Reply
 

@@ -14,21 +14,32 @@ from pathlib import Path
 import httpx
 
 import engine
-from tests.receiver import free_port
 from tests.integration.evaluation_helpers import apply_yaml, rule
+from tests.receiver import free_port
 
 ENGINE = Path(sys.executable).parent / "engine"
 
 
 def test_serve_exports_metrics_and_logs_json(conn, database_url, tmp_path):
-    apply_yaml(conn, rule("acc", '{type: run_metric_threshold, metric: acc, window: 1, operator: ">", threshold: 0.5}'))
+    apply_yaml(
+        conn,
+        rule("acc", '{type: run_metric_threshold, metric: acc, window: 1, operator: ">", threshold: 0.5}'),
+    )
     port = free_port()
-    env = {**os.environ, "ENGINE_LOG_FORMAT": "json", "ENGINE_LOG_LEVEL": "INFO", "ENGINE_METRICS_ADDRESS": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "ENGINE_LOG_FORMAT": "json",
+        "ENGINE_LOG_LEVEL": "INFO",
+        "ENGINE_METRICS_ADDRESS": "127.0.0.1",
+    }
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [str(ENGINE), "serve", "--interval", "0.5", "--metrics-port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     try:
         with engine.init(project="acme/vision", name="r", system_metrics_interval=0) as run:
@@ -58,4 +69,7 @@ def test_serve_exports_metrics_and_logs_json(conn, database_url, tmp_path):
     messages = [(e["logger"], e["message"]) for e in entries]
     assert any(logger == "engine.prometheus" and f":{port}/metrics" in m for logger, m in messages)
     assert any(logger == "engine.scheduler" and "1 fired" in m for logger, m in messages)
-    assert any(logger == "engine.scheduler" and m.startswith("engine serve: received SIGTERM") for logger, m in messages)
+    assert any(
+        logger == "engine.scheduler" and m.startswith("engine serve: received SIGTERM")
+        for logger, m in messages
+    )

@@ -126,5 +126,7 @@ def test_tails_only_variant_matches_snapshot(name: str) -> None:
     """The live variant the evaluator runs first: tails only, a `rule` 0 row for a series
     whose tail falls short."""
     automation = parse_rules_text(RULES[name])[0].automation
-    _assert_snapshot(compile_metrics([automation], "live", tails_only=True).pretty() + "\n",
-                     SNAPSHOTS / f"{name}.live_tails.sql")
+    _assert_snapshot(
+        compile_metrics([automation], "live", tails_only=True).pretty() + "\n",
+        SNAPSHOTS / f"{name}.live_tails.sql",
+    )

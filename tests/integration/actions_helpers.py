@@ -24,7 +24,13 @@ FINAL = ("succeeded", "failed", "skipped")
 
 
 # -- database ------------------------------------------------------------------------------
-def make_automation(conn: psycopg.Connection, name: str, actions: list[dict], event: dict | None = None, scope: dict | None = None) -> int:
+def make_automation(
+    conn: psycopg.Connection,
+    name: str,
+    actions: list[dict],
+    event: dict | None = None,
+    scope: dict | None = None,
+) -> int:
     """An enabled automation, written with SQL rather than by the rule store: these tests give
     one automation several actions, which the outbox handles (one delivery per action) but the
     rule language cannot express."""
@@ -33,7 +39,14 @@ def make_automation(conn: psycopg.Connection, name: str, actions: list[dict], ev
         "enabled": True,
         "scope": scope or {"project": "acme/vision"},
         "event": event
-        or {"type": "run_metric_threshold", "metric": "accuracy", "window": 3, "aggregation": "avg", "operator": ">", "threshold": 0.6},
+        or {
+            "type": "run_metric_threshold",
+            "metric": "accuracy",
+            "window": 3,
+            "aggregation": "avg",
+            "operator": ">",
+            "threshold": 0.6,
+        },
         # A rule holds one action; a trigger's deliveries come from the list given to `fire`.
         "action": actions[0] if actions else {"type": "no_op"},
     }
@@ -44,7 +57,9 @@ def make_automation(conn: psycopg.Connection, name: str, actions: list[dict], ev
     ).fetchone()[0]
 
 
-def make_run(conn: psycopg.Connection, run_id: str = "r1", name: str = "resnet-50", user: str = "alice") -> int:
+def make_run(
+    conn: psycopg.Connection, run_id: str = "r1", name: str = "resnet-50", user: str = "alice"
+) -> int:
     """A running run, written with SQL rather than by `engine.init`: tests store names the SDK
     refuses (a newline) to prove that templates escape whatever the database holds."""
     project = conn.execute(
@@ -70,25 +85,41 @@ def fire(
     """A metric trigger and its deliveries, written by the evaluator's statement."""
     values = list(values)
     cause = cause or f"test:{uuid.uuid4()}"
-    name, version = conn.execute("SELECT name, version FROM automations WHERE id = %s", (automation_id,)).fetchone()
+    name, version = conn.execute(
+        "SELECT name, version FROM automations WHERE id = %s", (automation_id,)
+    ).fetchone()
     # trigger_row reads only these two of the stored automation (whose rule may not parse: see above)
     automation = SimpleNamespace(id=automation_id, version=version)
     firing = Firing(
-        automation=name, event_type="run_metric_threshold", cause=cause, time=clock.now(), run_pk=run_pk,
-        metric="accuracy", step=step, value=sum(values) / len(values), window_values=values, details=details or {},
+        automation=name,
+        event_type="run_metric_threshold",
+        cause=cause,
+        time=clock.now(),
+        run_pk=run_pk,
+        metric="accuracy",
+        step=step,
+        value=sum(values) / len(values),
+        window_values=values,
+        details=details or {},
     )
     with conn.transaction():
-        conn.execute(db.query("insert_triggers"), {
-            "triggers": Jsonb([trigger_row(automation, firing) | {"n": 0}]),
-            "actions": Jsonb(delivery_rows(automation_id, actions)),
-            "now": clock.now(),
-        })
+        conn.execute(
+            db.query("insert_triggers"),
+            {
+                "triggers": Jsonb([trigger_row(automation, firing) | {"n": 0}]),
+                "actions": Jsonb(delivery_rows(automation_id, actions)),
+                "now": clock.now(),
+            },
+        )
         (trigger_id,) = conn.execute(
             "SELECT id FROM triggers WHERE automation_id = %s AND cause = %s", (automation_id, cause)
         ).fetchone()
-        ids = [i for (i,) in conn.execute(
-            "SELECT id FROM deliveries WHERE trigger_id = %s ORDER BY action_index", (trigger_id,)
-        ).fetchall()]
+        ids = [
+            i
+            for (i,) in conn.execute(
+                "SELECT id FROM deliveries WHERE trigger_id = %s ORDER BY action_index", (trigger_id,)
+            ).fetchall()
+        ]
     return trigger_id, ids
 
 
@@ -99,7 +130,9 @@ def delivery(conn: psycopg.Connection, delivery_id: uuid.UUID) -> dict[str, Any]
 
 
 def attempts(conn: psycopg.Connection, delivery_id: uuid.UUID) -> list[dict[str, Any]]:
-    cur = conn.execute("SELECT * FROM delivery_attempts WHERE delivery_id = %s ORDER BY attempt", (delivery_id,))
+    cur = conn.execute(
+        "SELECT * FROM delivery_attempts WHERE delivery_id = %s ORDER BY attempt", (delivery_id,)
+    )
     names = [c.name for c in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
 
@@ -110,7 +143,9 @@ def history(conn: psycopg.Connection, trigger_id: int) -> dict[str, Any]:
     return dict(zip(names, cur.fetchone()))
 
 
-def settle(dispatcher: Dispatcher, conn: psycopg.Connection, ids: Iterable[uuid.UUID], timeout: float = 20.0) -> None:
+def settle(
+    dispatcher: Dispatcher, conn: psycopg.Connection, ids: Iterable[uuid.UUID], timeout: float = 20.0
+) -> None:
     """Run the dispatcher until every delivery in `ids` is final (retries included)."""
     ids = list(ids)
     deadline = time.monotonic() + timeout

@@ -7,9 +7,9 @@ from typing import Any
 
 import psycopg
 
+from engine.automations import apply_rules
 from engine.evaluator import Evaluator
 from engine.rules import parse_rules_text
-from engine.automations import apply_rules
 
 
 def break_automation(evaluator: Evaluator, name: str, sql: str) -> None:

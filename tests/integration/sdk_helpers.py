@@ -26,8 +26,20 @@ def events(conn, type_: str | None = None) -> list[dict]:
         " FROM events WHERE %(type)s::text IS NULL OR type = %(type)s ORDER BY id",
         {"type": type_},
     ).fetchall()
-    names = ("id", "type", "author", "project_id", "run_pk", "collection_id", "version_id", "registry_id",
-             "registry_collection_id", "link_id", "details", "time")
+    names = (
+        "id",
+        "type",
+        "author",
+        "project_id",
+        "run_pk",
+        "collection_id",
+        "version_id",
+        "registry_id",
+        "registry_collection_id",
+        "link_id",
+        "details",
+        "time",
+    )
     return [dict(zip(names, r)) for r in rows]
 
 

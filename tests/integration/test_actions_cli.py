@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import pytest
 from actions_helpers import delivery, fire, make_automation, make_run, settle
-from tests.receiver import Receiver, Reply
 from typer.testing import CliRunner
 
 from engine.actions.dispatcher import Dispatcher
 from engine.cli import app
 from engine.exceptions import NotFound
 from engine.settings import Settings
+from tests.receiver import Receiver, Reply
 
 runner = CliRunner()
 
 
 def webhook(url: str, **fields) -> dict:
-    return {"type": "webhook", "url": url, "headers": {}, "access_token": None, "secret": None,
-            "payload": None, "timeout": 5.0, "max_attempts": 1} | fields
+    return {
+        "type": "webhook",
+        "url": url,
+        "headers": {},
+        "access_token": None,
+        "secret": None,
+        "payload": None,
+        "timeout": 5.0,
+        "max_attempts": 1,
+    } | fields
 
 
 @pytest.fixture
@@ -57,7 +65,10 @@ def test_redeliver_here_by_prefix_sends_now(conn, database_url, settings):
         assert delivery(conn, delivery_id)["status"] == "failed"
         result = runner.invoke(app, ["redeliver", str(delivery_id)[:8], "--here"])
     assert result.exit_code == 0, result.output
-    assert "pending again; sending it from this shell" in result.output and "succeeded (HTTP 200)" in result.output
+    assert (
+        "pending again; sending it from this shell" in result.output
+        and "succeeded (HTTP 200)" in result.output
+    )
     assert [r.headers["X-Automation-Delivery"] for r in rx.requests] == [str(delivery_id)] * 2
     assert delivery(conn, delivery_id)["status"] == "succeeded"
 
@@ -71,7 +82,10 @@ def test_redeliver_queues_for_the_service_by_default_and_unknown_ids(conn, datab
             settle(d, conn, [delivery_id])
         queued = runner.invoke(app, ["redeliver", str(delivery_id)])
     assert queued.exit_code == 0 and len(rx.requests) == 1  # nothing sent from here
-    assert f"delivery {delivery_id} (cli-queue, webhook) queued: a running `engine serve` sends it within" in queued.output
+    assert (
+        f"delivery {delivery_id} (cli-queue, webhook) queued: a running `engine serve` sends it within"
+        in queued.output
+    )
     row = delivery(conn, delivery_id)
     assert (row["status"], row["attempts"], row["max_attempts"]) == ("pending", 1, 2)  # a fresh budget
     assert row["next_attempt_at"] <= conn.execute("SELECT now()").fetchone()[0]  # due now
@@ -82,7 +96,11 @@ def test_redeliver_queues_for_the_service_by_default_and_unknown_ids(conn, datab
 def test_actions_test_sends_a_sample_and_writes_nothing(conn, monkeypatch):
     monkeypatch.setenv("CLI_TOKEN", "tok-cli-secret")
     with Receiver(Reply(202, b'{"queued": true}')) as rx:
-        action = webhook(rx.url(), access_token={"env": "CLI_TOKEN"}, payload={"run": "${run_name}", "why": "${metric_filter}"})
+        action = webhook(
+            rx.url(),
+            access_token={"env": "CLI_TOKEN"},
+            payload={"run": "${run_name}", "why": "${metric_filter}"},
+        )
         make_automation(conn, "cli-test", [action])
         make_automation(conn, "cli-noop", [{"type": "no_op"}])
         make_run(conn)
@@ -102,7 +120,9 @@ def test_actions_test_sends_a_sample_and_writes_nothing(conn, monkeypatch):
 
 def test_actions_test_reports_a_failure(conn, monkeypatch):
     monkeypatch.delenv("ABSENT_TOKEN", raising=False)
-    make_automation(conn, "cli-broken", [webhook("http://127.0.0.1:9/", access_token={"env": "ABSENT_TOKEN"})])
+    make_automation(
+        conn, "cli-broken", [webhook("http://127.0.0.1:9/", access_token={"env": "ABSENT_TOKEN"})]
+    )
     result = runner.invoke(app, ["actions", "test", "cli-broken"])
     assert result.exit_code == 1
     assert "environment variable ABSENT_TOKEN is not set" in result.output

@@ -8,12 +8,12 @@ import hashlib
 import hmac
 
 from actions_helpers import settle
-from tests.receiver import Receiver, Reply
 from evaluation_helpers import apply_yaml, tick
 
 import engine
 from engine.actions.dispatcher import Dispatcher
 from engine.settings import Settings
+from tests.receiver import Receiver, Reply
 
 SECRET = "e2e-signing-key"
 
@@ -21,7 +21,11 @@ SECRET = "e2e-signing-key"
 def rules(url: str) -> str:
     action = "action: {type: webhook, url: %s/%s, secret: {env: E2E_HMAC}}\n"
     parts = [
-        ("acc", "{project: acme/vision}", '{type: run_metric_threshold, metric: accuracy, window: 3, operator: ">", threshold: 0.6}'),
+        (
+            "acc",
+            "{project: acme/vision}",
+            '{type: run_metric_threshold, metric: accuracy, window: 3, operator: ">", threshold: 0.6}',
+        ),
         ("failed", "{project: acme/vision}", "{type: run_state, states: [failed]}"),
         ("created", "{project: acme/vision}", "{type: artifact_version_created}"),
         ("prod", "{project: acme/vision}", '{type: artifact_alias_added, alias_regex: "^production$"}'),
@@ -42,11 +46,15 @@ def test_every_event_kind_arrives_signed_with_its_values(conn, database_url, mon
     settings = Settings(database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05)
     with Receiver(Reply(200)) as rx, Dispatcher(database_url, settings) as dispatcher:
         apply_yaml(conn, rules(rx.url("")))
-        run = engine.init(project="acme/vision", name='resnet "50" \\ wide', user="alice", system_metrics_interval=0)
+        run = engine.init(
+            project="acme/vision", name='resnet "50" \\ wide', user="alice", system_metrics_interval=0
+        )
         for step, value in enumerate([0.5, 0.7, 0.8, 0.9]):
             run.log({"accuracy": value}, step=step)
         run.flush()
-        version = run.log_artifact("mnist", type="dataset", metadata={"rows": 60000, "split": "train"}, aliases=["production"])
+        version = run.log_artifact(
+            "mnist", type="dataset", metadata={"rows": 60000, "split": "train"}, aliases=["production"]
+        )
         api = engine.Api(user="bob")
         api.add_tag(version, "europe")
         link = api.link_artifact(version, registry="model", collection="resnet")
@@ -74,7 +82,11 @@ def test_every_event_kind_arrives_signed_with_its_values(conn, database_url, mon
     assert acc["event_author"] == "alice" and acc["run_url"] == f"engine://acme/vision/runs/{run.id}"
 
     failed = body["failed"]
-    assert failed["event_type"] == "RUN_STATE" and failed["run_status"] == "failed" and failed["run_id"] == run.id
+    assert (
+        failed["event_type"] == "RUN_STATE"
+        and failed["run_status"] == "failed"
+        and failed["run_id"] == run.id
+    )
 
     created = body["created"]
     assert created["event_type"] == "CREATE_ARTIFACT"
@@ -90,21 +102,33 @@ def test_every_event_kind_arrives_signed_with_its_values(conn, database_url, mon
 
     linked = body["linked"]
     assert linked["event_type"] == "LINK_ARTIFACT" and linked["registry_name"] == "model"
-    assert linked["artifact_version_string"] == "model/resnet:v0" and linked["artifact_collection_name"] == "resnet"
+    assert (
+        linked["artifact_version_string"] == "model/resnet:v0"
+        and linked["artifact_collection_name"] == "resnet"
+    )
     assert linked["artifact_version"] == f"artifact://{version.id}" and linked["event_author"] == "bob"
 
     staging = body["staging"]
     assert staging["event_type"] == "ADD_ARTIFACT_ALIAS" and staging["alias"] == "staging"
     assert staging["artifact_version_string"] == "model/resnet:v0" and staging["registry_name"] == "model"
 
-    history = conn.execute("SELECT automation, delivery_status, attempts, last_http_status FROM automation_history").fetchall()
+    history = conn.execute(
+        "SELECT automation, delivery_status, attempts, last_http_status FROM automation_history"
+    ).fetchall()
     assert sorted(history) == sorted((name, "succeeded", 1, 200) for name in got)
 
     # one vocabulary: the view's event_type is the delivered ${event_type}; rule_type the rule's kind
-    kinds = {name: (event_type, rule_type) for name, event_type, rule_type in conn.execute(
-        "SELECT automation, event_type, rule_type FROM automation_history")}
-    assert {name: event_type for name, (event_type, _) in kinds.items()} == {n: p["event_type"] for n, p in body.items()}
+    kinds = {
+        name: (event_type, rule_type)
+        for name, event_type, rule_type in conn.execute(
+            "SELECT automation, event_type, rule_type FROM automation_history"
+        )
+    }
+    assert {name: event_type for name, (event_type, _) in kinds.items()} == {
+        n: p["event_type"] for n, p in body.items()
+    }
     assert kinds["acc"][1] == "run_metric_threshold" and kinds["staging"][1] == "artifact_alias_added"
+
 
 def test_the_preview_and_a_delivery_word_the_condition_alike(conn, database_url):
     """`engine actions test` and a real delivery render one `${metric_filter}` (the rule's
@@ -116,14 +140,21 @@ def test_the_preview_and_a_delivery_word_the_condition_alike(conn, database_url)
     action = 'action: {type: webhook, url: "%s/%s", payload: {why: "${metric_filter}"}}\n'
     settings = Settings(database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05)
     with Receiver(Reply(200)) as rx, Dispatcher(database_url, settings) as dispatcher:
-        apply_yaml(conn, "---\n".join([
-            "name: high\nscope: {project: acme/vision}\n"
-            'event: {type: run_metric_threshold, metric: accuracy, window: 2, operator: ">=", threshold: 0.75}\n'
-            + action % (rx.url(""), "high"),
-            "name: drop\nscope: {project: acme/vision}\n"
-            "event: {type: run_metric_change, metric: loss, current_window: 2, prior_window: 2, direction: decrease, amount: 0.25}\n"
-            + action % (rx.url(""), "drop"),
-        ]))
+        apply_yaml(
+            conn,
+            "---\n".join(
+                [
+                    "name: high\nscope: {project: acme/vision}\n"
+                    'event: {type: run_metric_threshold, metric: accuracy, window: 2, operator: ">=", threshold: 0.75}\n'
+                    + action
+                    % (rx.url(""), "high"),
+                    "name: drop\nscope: {project: acme/vision}\n"
+                    "event: {type: run_metric_change, metric: loss, current_window: 2, prior_window: 2, direction: decrease, amount: 0.25}\n"
+                    + action
+                    % (rx.url(""), "drop"),
+                ]
+            ),
+        )
         run = engine.init(project="acme/vision", name="r", user="alice", system_metrics_interval=0)
         for step, (accuracy, loss) in enumerate([(0.5, 1.0), (0.6, 1.0), (0.8, 0.5), (0.9, 0.4)]):
             run.log({"accuracy": accuracy, "loss": loss}, step=step)
@@ -134,12 +165,16 @@ def test_the_preview_and_a_delivery_word_the_condition_alike(conn, database_url)
         for name in ("high", "drop"):
             result = CliRunner().invoke(app, ["actions", "test", name])
             assert result.exit_code == 0, result.output
-        previewed = {r.path.strip("/"): r.json()["why"] for r in rx.requests[len(delivered):]}
+        previewed = {r.path.strip("/"): r.json()["why"] for r in rx.requests[len(delivered) :]}
         shown = CliRunner().invoke(app, ["rules", "show", "drop"])
         run.finish()
 
-    assert delivered == previewed == {
-        "high": "avg(accuracy) over 2 >= 0.75",
-        "drop": "avg(loss) over 2 vs prior 2 decreased by ≥ 25%",
-    }
+    assert (
+        delivered
+        == previewed
+        == {
+            "high": "avg(accuracy) over 2 >= 0.75",
+            "drop": "avg(loss) over 2 vs prior 2 decreased by ≥ 25%",
+        }
+    )
     assert "# condition: avg(loss) over 2 vs prior 2 decreased by ≥ 25%" in shown.output

@@ -11,12 +11,12 @@ import uuid
 from pathlib import Path
 
 from actions_helpers import fire, make_automation, make_run, settle
-from tests.receiver import Received, Receiver, Reply
 from typer.testing import CliRunner
 
 from engine.actions.dispatcher import Dispatcher
 from engine.cli import app
 from engine.settings import Settings, get_settings
+from tests.receiver import Received, Receiver, Reply
 
 PG_DUMP = "/usr/lib/postgresql/15/bin/pg_dump"
 
@@ -26,7 +26,9 @@ def echo(status: int):
 
     def reply(request: Received) -> Reply:
         # "ok": Slack's chat.postMessage answer must say so.
-        return Reply(status, json.dumps({"ok": True, "you_sent": request.headers, "path": request.path}).encode())
+        return Reply(
+            status, json.dumps({"ok": True, "you_sent": request.headers, "path": request.path}).encode()
+        )
 
     return reply
 
@@ -45,17 +47,39 @@ def test_secrets_are_absent_from_every_table_log_line_and_cli_output(conn, datab
     with Receiver(echo(500), echo(200)) as rx, Receiver(echo(200)) as slack:
         monkeypatch.setenv("SLACK_HOOK", slack.url(f"/services/T/B/{hook_secret}"))
         settings = Settings(
-            database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05, slack_api_url=slack.url("/api/")
+            database_url=database_url,
+            webhook_allow_hosts="127.0.0.1",
+            retry_base_seconds=0.05,
+            slack_api_url=slack.url("/api/"),
         )
         hook = {
-            "type": "webhook", "url": rx.url(), "access_token": {"env": "CI_TOKEN"}, "secret": {"env": "CI_HMAC"},
+            "type": "webhook",
+            "url": rx.url(),
+            "access_token": {"env": "CI_TOKEN"},
+            "secret": {"env": "CI_HMAC"},
             "headers": {"X-Copy": "k=${CI_HMAC}", "X-Token": "${ACCESS_TOKEN}"},
-            "payload": {"token": "${ACCESS_TOKEN}", "run": "${run_name}"}, "timeout": 5.0, "max_attempts": 3,
+            "payload": {"token": "${ACCESS_TOKEN}", "run": "${run_name}"},
+            "timeout": 5.0,
+            "max_attempts": 3,
         }
-        by_url = {"type": "slack", "webhook_url": {"env": "SLACK_HOOK"}, "token": None, "channel": None,
-                  "title": None, "message": None, "severity": "info"}
-        by_token = {"type": "slack", "webhook_url": None, "token": {"env": "SLACK_BOT"}, "channel": "C1",
-                    "title": None, "message": None, "severity": "info"}
+        by_url = {
+            "type": "slack",
+            "webhook_url": {"env": "SLACK_HOOK"},
+            "token": None,
+            "channel": None,
+            "title": None,
+            "message": None,
+            "severity": "info",
+        }
+        by_token = {
+            "type": "slack",
+            "webhook_url": None,
+            "token": {"env": "SLACK_BOT"},
+            "channel": "C1",
+            "title": None,
+            "message": None,
+            "severity": "info",
+        }
         actions = [hook, by_url, by_token]
         automation = make_automation(conn, "secretive", actions)
         _, ids = fire(conn, automation, actions, run_pk=make_run(conn))
@@ -81,7 +105,9 @@ def test_secrets_are_absent_from_every_table_log_line_and_cli_output(conn, datab
 
     dump = subprocess.run(
         [PG_DUMP if Path(PG_DUMP).exists() else shutil.which("pg_dump"), "--dbname", database_url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert str(ids[0]) in dump and "delivery_attempts" in dump  # the dump has the data
     assert "[redacted]" in dump  # echoed headers were scrubbed, not dropped

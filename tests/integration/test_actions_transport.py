@@ -31,7 +31,9 @@ def test_the_checked_address_is_the_one_connected_to(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
     with Receiver() as rx:
-        attempt = post_json(f"http://rebind.test:{rx.port}/hook", b"{}", {}, timeout=2, allow_hosts="127.0.0.1")
+        attempt = post_json(
+            f"http://rebind.test:{rx.port}/hook", b"{}", {}, timeout=2, allow_hosts="127.0.0.1"
+        )
     assert attempt.succeeded, attempt.error
     assert rx.requests[0].headers["Host"] == f"rebind.test:{rx.port}"
 
@@ -42,9 +44,26 @@ def tls_server(tmp_path: Path):
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
     )
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -53,7 +72,9 @@ def tls_server(tmp_path: Path):
         yield rx.port, cert
 
 
-def test_tls_is_verified_against_the_host_name_not_the_pinned_address(tls_server, monkeypatch, localhost_layout):
+def test_tls_is_verified_against_the_host_name_not_the_pinned_address(
+    tls_server, monkeypatch, localhost_layout
+):
     port, cert = tls_server
     # The public CAs do not know our test certificate: refused, as it must be.
     refused = post_json(f"https://localhost:{port}/x", b"{}", {}, timeout=3, allow_hosts="localhost")
@@ -110,7 +131,14 @@ def test_when_every_address_fails_each_is_named(monkeypatch, other_family_refuse
         v4.bind(("127.0.0.1", 0))  # bound, not listening: refused
         port = v4.getsockname()[1]
         other_family_refuses(socket.AF_INET6, "::1", port)
-        monkeypatch.setattr(ssrf, "resolve", lambda host, p: [ipaddress.ip_address("::1"), ipaddress.ip_address("127.0.0.1")])
-        attempt = post_json(f"http://two.test:{port}/hook", b"{}", {}, timeout=5, allow_hosts="127.0.0.1, ::1")
+        monkeypatch.setattr(
+            ssrf, "resolve", lambda host, p: [ipaddress.ip_address("::1"), ipaddress.ip_address("127.0.0.1")]
+        )
+        attempt = post_json(
+            f"http://two.test:{port}/hook", b"{}", {}, timeout=5, allow_hosts="127.0.0.1, ::1"
+        )
     assert attempt.retryable
-    assert attempt.error == "connection failed: ::1: [Errno 111] Connection refused; 127.0.0.1: [Errno 111] Connection refused"
+    assert (
+        attempt.error
+        == "connection failed: ::1: [Errno 111] Connection refused; 127.0.0.1: [Errno 111] Connection refused"
+    )

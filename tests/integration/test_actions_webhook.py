@@ -10,21 +10,26 @@ import time
 from datetime import timedelta
 
 import pytest
+from actions_helpers import attempts, delivery, fire, history, make_automation, make_run, settle
 
 from engine import clock
+from engine.actions.context import build_context
 from engine.actions.dispatcher import Dispatcher
 from engine.actions.send import send_action
-from engine.actions.context import build_context
 from engine.settings import Settings, get_settings
-
-from actions_helpers import attempts, delivery, fire, history, make_automation, make_run, settle
 from tests.receiver import Receiver, Reply, free_port
 
 LEASE_MARGIN_SECONDS = Settings.model_fields["delivery_lease_margin"].default  # the default lease margin
 
+
 @pytest.fixture
 def settings(database_url) -> Settings:
-    return Settings(database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05, delivery_workers=4)
+    return Settings(
+        database_url=database_url,
+        webhook_allow_hosts="127.0.0.1",
+        retry_base_seconds=0.05,
+        delivery_workers=4,
+    )
 
 
 @pytest.fixture
@@ -35,8 +40,16 @@ def dispatcher(database_url, settings):
 
 
 def webhook(url: str, **fields) -> dict:
-    return {"type": "webhook", "url": url, "headers": {}, "access_token": None, "secret": None,
-            "payload": None, "timeout": 10.0, "max_attempts": 5} | fields
+    return {
+        "type": "webhook",
+        "url": url,
+        "headers": {},
+        "access_token": None,
+        "secret": None,
+        "payload": None,
+        "timeout": 10.0,
+        "max_attempts": 5,
+    } | fields
 
 
 def verify(secret: str, body: bytes, header: str) -> bool:
@@ -54,8 +67,13 @@ def test_signed_webhook_with_bearer_token_carries_the_values_that_fired(conn, di
             access_token={"env": "CI_TOKEN"},
             secret={"env": "CI_HMAC"},
             headers={"X-Run": "${run_name}"},
-            payload={"event_type": "${event_type}", "run": "${run_name}", "value": "${metric_value}",
-                     "window": "${metric_values}", "why": "${metric_filter}"},
+            payload={
+                "event_type": "${event_type}",
+                "run": "${run_name}",
+                "value": "${metric_value}",
+                "window": "${metric_values}",
+                "why": "${metric_filter}",
+            },
         )
         automation = make_automation(conn, "acc-high", [action])
         run_pk = make_run(conn, name='resnet "50"\nbig')
@@ -71,17 +89,33 @@ def test_signed_webhook_with_bearer_token_carries_the_values_that_fired(conn, di
     assert not verify("wrong", request.body, request.headers["X-Automation-Signature"])
     assert request.headers["X-Run"] == 'resnet "50" big'
     assert request.json() == {
-        "event_type": "RUN_METRIC", "run": 'resnet "50"\nbig', "value": repr((0.5 + 0.66 + 0.7) / 3),
-        "window": [0.5, 0.66, 0.7], "why": "avg(accuracy) over 3 > 0.6",
+        "event_type": "RUN_METRIC",
+        "run": 'resnet "50"\nbig',
+        "value": repr((0.5 + 0.66 + 0.7) / 3),
+        "window": [0.5, 0.66, 0.7],
+        "why": "avg(accuracy) over 3 > 0.6",
     }
     row = delivery(conn, delivery_id)
-    assert (row["status"], row["attempts"], row["last_http_status"], row["last_error"]) == ("succeeded", 1, 200, None)
+    assert (row["status"], row["attempts"], row["last_http_status"], row["last_error"]) == (
+        "succeeded",
+        1,
+        200,
+        None,
+    )
     (attempt,) = attempts(conn, delivery_id)
     assert attempt["http_status"] == 200 and attempt["response_body"] == "ok" and attempt["duration_ms"] > 0
     assert attempt["request"]["url"] == rx.url()
     assert attempt["request"]["headers"]["Authorization"] == "[redacted]"
     assert attempt["request"]["headers"]["X-Automation-Signature"] == "[redacted]"
-    assert history(conn, trigger_id).items() >= {"delivery_status": "succeeded", "attempts": 1, "last_http_status": 200, "action_type": "webhook"}.items()
+    assert (
+        history(conn, trigger_id).items()
+        >= {
+            "delivery_status": "succeeded",
+            "attempts": 1,
+            "last_http_status": 200,
+            "action_type": "webhook",
+        }.items()
+    )
 
 
 def test_default_payload_when_none_is_given(conn, dispatcher):
@@ -228,9 +262,12 @@ def test_a_hanging_endpoint_does_not_delay_another_automation(conn, database_url
 
 def test_redirects_are_followed_and_checked(conn, dispatcher, monkeypatch):
     # 307 to a path of the same host, then 308 to another receiver: both followed, body kept.
-    with Receiver() as target, Receiver(
-        Reply(307, b"", {"Location": "/moved"}), Reply(308, b"", {"Location": target.url("/final")})
-    ) as first:
+    with (
+        Receiver() as target,
+        Receiver(
+            Reply(307, b"", {"Location": "/moved"}), Reply(308, b"", {"Location": target.url("/final")})
+        ) as first,
+    ):
         action = webhook(first.url(), payload={"x": 1})
         automation = make_automation(conn, "moved", [action])
         _, (delivery_id,) = fire(conn, automation, [action])
@@ -244,7 +281,10 @@ def test_redirects_are_followed_and_checked(conn, dispatcher, monkeypatch):
 def test_redirect_to_a_private_address_is_refused(conn, database_url):
     # Only 127.0.0.1 is allowed: a redirect to [::1] (loopback too) must be refused.
     settings = Settings(database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05)
-    with Receiver(Reply(302, b"", {"Location": "http://[::1]:9/x"})) as rx, Dispatcher(database_url, settings) as d:
+    with (
+        Receiver(Reply(302, b"", {"Location": "http://[::1]:9/x"})) as rx,
+        Dispatcher(database_url, settings) as d,
+    ):
         action = webhook(rx.url())
         automation = make_automation(conn, "bounce", [action])
         _, (delivery_id,) = fire(conn, automation, [action])
@@ -368,7 +408,9 @@ def test_deliveries_are_claimed_once_by_concurrent_dispatchers(conn, database_ur
         import threading
 
         dispatchers = [Dispatcher(database_url, settings) for _ in range(3)]
-        threads = [threading.Thread(target=lambda d=d: [d.run_once() for _ in range(10)]) for d in dispatchers]
+        threads = [
+            threading.Thread(target=lambda d=d: [d.run_once() for _ in range(10)]) for d in dispatchers
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -382,7 +424,9 @@ def test_deliveries_are_claimed_once_by_concurrent_dispatchers(conn, database_ur
     assert json.loads(rx.requests[0].body)["automation_name"] == "many"
 
 
-def test_database_down_is_an_error_for_run_once_and_quietly_retried_by_the_service(monkeypatch, caplog, settings):
+def test_database_down_is_an_error_for_run_once_and_quietly_retried_by_the_service(
+    monkeypatch, caplog, settings
+):
     from engine.actions import dispatcher as dispatcher_module
     from engine.exceptions import DatabaseUnavailable
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -29,13 +29,22 @@ from engine.exceptions import RuleValidationError
 from engine.rules import parse_rules_text
 from engine.settings import Settings
 from tests.integration.actions_helpers import settle
-from tests.receiver import Receiver, Reply
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
+from tests.receiver import Receiver, Reply
 
-UTC = timezone.utc
+UTC = UTC
 
 
-def threshold(name: str, metric: str, window: int, op: str, value: float, *, extra: str = "", project: str = "acme/vision") -> str:
+def threshold(
+    name: str,
+    metric: str,
+    window: int,
+    op: str,
+    value: float,
+    *,
+    extra: str = "",
+    project: str = "acme/vision",
+) -> str:
     quoted = metric.replace("\\", "\\\\").replace('"', '\\"')
     event = f'{{type: run_metric_threshold, metric: "{quoted}", window: {window}, operator: "{op}", threshold: {value}}}'
     return rule(name, event, scope=f"{{project: {project}}}", extra=extra)
@@ -55,7 +64,12 @@ def test_far_past_and_future_timestamps_are_stored_and_fire_on_ingest(conn, data
     # the last firing), but a value logged "now" after the 2200 one is inside that cooldown.
     apply_yaml(conn, threshold("any-time", "loss", 1, ">", 0.5, extra="cooldown: 1m\n"))
     now = datetime.now(UTC).replace(microsecond=0)
-    times = [datetime(1900, 1, 1, tzinfo=UTC), now, datetime(2200, 12, 31, 23, 59, 59, tzinfo=UTC), now + timedelta(minutes=5)]
+    times = [
+        datetime(1900, 1, 1, tzinfo=UTC),
+        now,
+        datetime(2200, 12, 31, 23, 59, 59, tzinfo=UTC),
+        now + timedelta(minutes=5),
+    ]
     with engine.init(project="acme/vision", name="time-traveller", system_metrics_interval=0) as run:
         for step, when in enumerate(times):
             run.log({"loss": 1.0}, step=step, time=when)
@@ -110,7 +124,12 @@ def test_steps_going_backwards_are_dropped_with_a_warning_and_never_evaluated(co
 
 
 def test_duplicate_steps_keep_both_values_in_logging_order(conn, database_url):
-    apply_yaml(conn, threshold("pair", "loss", 2, "<", 2.5, extra="cooldown: 1m\n") + "---\n" + threshold("second", "loss", 1, "==", 3))
+    apply_yaml(
+        conn,
+        threshold("pair", "loss", 2, "<", 2.5, extra="cooldown: 1m\n")
+        + "---\n"
+        + threshold("second", "loss", 1, "==", 3),
+    )
     with engine.init(project="acme/vision", name="dupes", system_metrics_interval=0) as run:
         run.log({"loss": 9.0}, step=4)
         run.log({"loss": 3.0}, step=4)
@@ -159,7 +178,9 @@ def test_a_run_of_a_million_points(conn, database_url, record_property):
     record_property("log_seconds", round(logged - started, 1))
     record_property("backlog_tick_seconds", round(evaluated - logged, 1))
     record_property("tail_tick_seconds", round(done - tail_started, 2))
-    print(f"million: log {logged - started:.1f}s, backlog tick {evaluated - logged:.1f}s, tail tick {done - tail_started:.2f}s")
+    print(
+        f"million: log {logged - started:.1f}s, backlog tick {evaluated - logged:.1f}s, tail tick {done - tail_started:.2f}s"
+    )
 
     assert backlog.failed == [] and backlog.fired == 0
     assert tail.failed == [] and tail.fired == 1
@@ -184,7 +205,12 @@ def test_a_backlog_longer_than_one_statement_timeout_is_evaluated_eventually(con
             run.log({"loss": 0.0 if step >= n - 5 else 1.0}, step=step)
             if step % 5_000 == 4_999:
                 run.flush()
-    assert conn.execute("SELECT count(DISTINCT xid) FROM series_batches WHERE run_pk = %s", (run.pk,)).fetchone()[0] >= 40
+    assert (
+        conn.execute(
+            "SELECT count(DISTINCT xid) FROM series_batches WHERE run_pk = %s", (run.pk,)
+        ).fetchone()[0]
+        >= 40
+    )
     evaluator = Evaluator(database_url, Settings(database_url=database_url, statement_timeout_ms=200))
     results = []
     try:
@@ -197,7 +223,9 @@ def test_a_backlog_longer_than_one_statement_timeout_is_evaluated_eventually(con
                 break
     finally:
         evaluator.close()
-    assert any(r.failed == ["late"] for r in results), "the whole backlog fit in one statement: nothing tested"
+    assert any(r.failed == ["late"] for r in results), (
+        "the whole backlog fit in one statement: nothing tested"
+    )
     assert (failures, frontier_behind) == (0, False), [r.failed for r in results]
     assert [t["step"] for t in triggers(conn, "late")] == [n - 1], [r.failed for r in results]
 
@@ -239,35 +267,48 @@ def test_unicode_everywhere_is_stored_matched_and_delivered_exactly(conn, databa
             "tag": '{tag: "${tag}", collection: "${artifact_collection_name}", emoji: "${artifact_metadata.emoji}"}',
         }
         text = (
-            f'name: metric\nscope: {{project: acme/vision}}\n'
+            f"name: metric\nscope: {{project: acme/vision}}\n"
             f'event: {{type: run_metric_threshold, metric: "{KEY}", window: 2, operator: ">", threshold: 0.5}}\n'
             f'run_filter: {{user: "{USER}", name_regex: "^训练 🚀 שלום e\u0301tude"}}\n'
-            + hook % (rx.url(""), "metric", payloads["metric"])
+            + hook
+            % (rx.url(""), "metric", payloads["metric"])
             + f'---\nname: alias\nscope: {{project: acme/vision, collection: "{COLLECTION}"}}\n'
             f'event: {{type: artifact_alias_added, alias_regex: "^生产-🚀$"}}\n'
-            + hook % (rx.url(""), "alias", payloads["alias"])
-            + f'---\nname: tag\nscope: {{project: acme/vision, collection_regex: "^données"}}\n'
-            f'event: {{type: artifact_tag_added, tag_regex: "^ευρώπη\u0301"}}\n'
-            + hook % (rx.url(""), "tag", payloads["tag"])
+            + hook
+            % (rx.url(""), "alias", payloads["alias"])
+            + '---\nname: tag\nscope: {project: acme/vision, collection_regex: "^données"}\n'
+            'event: {type: artifact_tag_added, tag_regex: "^ευρώπη\u0301"}\n'
+            + hook
+            % (rx.url(""), "tag", payloads["tag"])
         )
         apply_yaml(conn, text)
         # The same run under another user, and a near miss of the name (the accent written
         # precomposed, "é" instead of "e" + U+0301): neither may fire the metric rule.
         for name, user in [(RUN_NAME, "Zoe"), ("训练 🚀 שלום \u00e9tude", USER), (RUN_NAME, USER)]:
-            with engine.init(project="acme/vision", name=name, user=user, tags=[TAG, "🏷️"], system_metrics_interval=0) as run:
+            with engine.init(
+                project="acme/vision", name=name, user=user, tags=[TAG, "🏷️"], system_metrics_interval=0
+            ) as run:
                 run.log({KEY: 0.9, "ascii": 1.0}, step=0)
                 run.log({KEY: 0.8}, step=1)
                 if user == USER and name == RUN_NAME:
-                    version = run.log_artifact(COLLECTION, type="数据集", metadata=METADATA, aliases=[ALIAS], tags=[TAG])
+                    version = run.log_artifact(
+                        COLLECTION, type="数据集", metadata=METADATA, aliases=[ALIAS], tags=[TAG]
+                    )
         tick(database_url)
-        settings = Settings(database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05)
+        settings = Settings(
+            database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05
+        )
         with Dispatcher(database_url, settings) as dispatcher:
             settle(dispatcher, conn, [r[0] for r in conn.execute("SELECT id FROM deliveries")])
 
     got = {r.path.strip("/"): r.json() for r in rx.requests}
     assert sorted(got) == ["alias", "metric", "tag"]
     assert got["metric"] == {"run": RUN_NAME, "user": USER, "metric": KEY, "values": [0.9, 0.8]}
-    assert got["alias"] == {"alias": ALIAS, "version": f"acme/vision/{COLLECTION}:v0", "meta": METADATA["clé 🔑"]}
+    assert got["alias"] == {
+        "alias": ALIAS,
+        "version": f"acme/vision/{COLLECTION}:v0",
+        "meta": METADATA["clé 🔑"],
+    }
     assert got["tag"] == {"tag": TAG, "collection": COLLECTION, "emoji": METADATA["emoji"]}
     (row,) = conn.execute(
         "SELECT run_name, metric, delivery_status FROM automation_history WHERE automation = 'metric'"
@@ -275,7 +316,10 @@ def test_unicode_everywhere_is_stored_matched_and_delivered_exactly(conn, databa
     assert row == (RUN_NAME, KEY, "succeeded")
     stored_run = conn.execute("SELECT name, user_name, tags FROM runs WHERE id = %s", (run.pk,)).fetchone()
     assert stored_run == (RUN_NAME, USER, [TAG, "🏷️"])
-    assert conn.execute("SELECT metadata FROM artifact_versions WHERE id = %s", (version.id,)).fetchone()[0] == METADATA
+    assert (
+        conn.execute("SELECT metadata FROM artifact_versions WHERE id = %s", (version.id,)).fetchone()[0]
+        == METADATA
+    )
 
 
 @pytest.mark.xfail(
@@ -285,9 +329,16 @@ def test_unicode_everywhere_is_stored_matched_and_delivered_exactly(conn, databa
 )
 def test_a_unicode_run_name_in_a_header_template_is_delivered(conn, database_url):
     with Receiver(Reply(200)) as rx:
-        apply_yaml(conn, rule("hdr", "{type: run_state, states: [finished]}", extra=(
-            f'action: {{type: webhook, url: "{rx.url()}", headers: {{X-Run: "${{run_name}}"}}, max_attempts: 1}}\n'
-        )).replace("action: {type: no_op}\n", ""))
+        apply_yaml(
+            conn,
+            rule(
+                "hdr",
+                "{type: run_state, states: [finished]}",
+                extra=(
+                    f'action: {{type: webhook, url: "{rx.url()}", headers: {{X-Run: "${{run_name}}"}}, max_attempts: 1}}\n'
+                ),
+            ).replace("action: {type: no_op}\n", ""),
+        )
         with engine.init(project="acme/vision", name=RUN_NAME, system_metrics_interval=0):
             pass
         tick(database_url)
@@ -311,8 +362,11 @@ def test_nan_and_infinities_are_stored_and_rules_skip_them(conn, database_url):
         conn,
         threshold("finite", "acc", 3, ">", 0.8, extra="cooldown: 1m\n")
         + "---\n"
-        + rule("drop", '{type: run_metric_change, metric: acc, current_window: 1, prior_window: 1, change: absolute, direction: any, amount: 0.05}',
-               extra="cooldown: 1m\n"),
+        + rule(
+            "drop",
+            "{type: run_metric_change, metric: acc, current_window: 1, prior_window: 1, change: absolute, direction: any, amount: 0.05}",
+            extra="cooldown: 1m\n",
+        ),
     )
     values = [0.9, math.nan, math.inf, 0.9, -math.inf, 0.9, float("nan"), 0.7]
     with engine.init(project="acme/vision", name="nan", system_metrics_interval=0) as run:
@@ -323,7 +377,9 @@ def test_nan_and_infinities_are_stored_and_rules_skip_them(conn, database_url):
     tick(database_url)
     kept = [v for _, _, v in stored(conn, run.pk, "acc")]
     assert len(kept) == len(values)
-    assert [("nan" if math.isnan(v) else v) for v in kept] == [("nan" if math.isnan(v) else v) for v in values]
+    assert [("nan" if math.isnan(v) else v) for v in kept] == [
+        ("nan" if math.isnan(v) else v) for v in values
+    ]
     # the 3rd finite value (step 5) completes the first window of three finite values
     assert [(t["step"], t["window_values"]) for t in triggers(conn, "finite")] == [(5, [0.9, 0.9, 0.9])]
     # change of finite neighbours only: 0.9 -> 0.9 -> 0.9 -> 0.7 gives one change, at step 7

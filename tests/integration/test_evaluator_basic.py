@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 import engine
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 ACCURACY = rule(
     "accuracy-above-0.6",
@@ -17,7 +17,15 @@ ACCURACY = rule(
 )
 
 
-def log_series(run, key: str, values: list[float], *, start_step: int = 0, start: datetime = T0, every=timedelta(minutes=1)):
+def log_series(
+    run,
+    key: str,
+    values: list[float],
+    *,
+    start_step: int = 0,
+    start: datetime = T0,
+    every=timedelta(minutes=1),
+):
     for i, v in enumerate(values):
         run.log({key: v}, step=start_step + i, time=start + i * every)
     run.flush()
@@ -54,8 +62,14 @@ def test_values_logged_before_the_automation_never_fire(conn, database_url):
 
 
 def test_value_between_ticks_still_fires_exactly_once(conn, database_url):
-    apply_yaml(conn, rule("spike", '{type: run_metric_threshold, metric: loss, window: 1, operator: ">", threshold: 10}',
-                          extra="cooldown: 1m\n"))
+    apply_yaml(
+        conn,
+        rule(
+            "spike",
+            '{type: run_metric_threshold, metric: loss, window: 1, operator: ">", threshold: 10}',
+            extra="cooldown: 1m\n",
+        ),
+    )
     run = engine.init(project="acme/vision", name="r", system_metrics_interval=0)
     # the spike is followed by normal values before any tick: it must still fire
     log_series(run, "loss", [1, 2, 50, 1, 1])
@@ -78,7 +92,9 @@ def test_run_state_rules(conn, database_url):
     engine.Api().kill_run("acme/vision", killed.id)
     killed.finish()  # the job itself ends after the kill: the run stays killed
     tick(database_url)
-    assert sorted(t["run_id"] for t in triggers(conn, "on-start")) == sorted([ok.id, killed.id, _run_id(conn, "boom")])
+    assert sorted(t["run_id"] for t in triggers(conn, "on-start")) == sorted(
+        [ok.id, killed.id, _run_id(conn, "boom")]
+    )
     ended = triggers(conn, "on-end")
     assert sorted(t["run_id"] for t in ended) == sorted([ok.id, _run_id(conn, "boom")])
 
@@ -95,10 +111,23 @@ def test_a_group_whose_tails_fall_short_reads_the_hypertable(conn, database_url,
 
     monkeypatch.setenv("ENGINE_SERIES_TAIL", "8")
     get_settings.cache_clear()
-    apply_yaml(conn, rule("spike", '{type: run_metric_threshold, metric: m, window: 1, aggregation: max, operator: ">", '
-                                   "threshold: 0.5}", extra="cooldown: 1m\n"))
-    apply_yaml(conn, rule("pair", '{type: run_metric_threshold, metric: m, window: 2, operator: ">=", threshold: 0.5}',
-                          extra="cooldown: 1m\n"))
+    apply_yaml(
+        conn,
+        rule(
+            "spike",
+            '{type: run_metric_threshold, metric: m, window: 1, aggregation: max, operator: ">", '
+            "threshold: 0.5}",
+            extra="cooldown: 1m\n",
+        ),
+    )
+    apply_yaml(
+        conn,
+        rule(
+            "pair",
+            '{type: run_metric_threshold, metric: m, window: 2, operator: ">=", threshold: 0.5}',
+            extra="cooldown: 1m\n",
+        ),
+    )
     values = [0.0] * 30
     values[2] = values[20] = 1.0
     with engine.init(project="acme/vision", name="backlog", system_metrics_interval=0) as run:
@@ -115,7 +144,12 @@ def test_idle_frontiers_move_past_other_writes_and_rest_when_nothing_is_written(
     from engine.evaluator import Evaluator
     from engine.settings import Settings
 
-    apply_yaml(conn, rule("loss-high", '{type: run_metric_threshold, metric: loss, window: 1, operator: ">", threshold: 10}'))
+    apply_yaml(
+        conn,
+        rule(
+            "loss-high", '{type: run_metric_threshold, metric: loss, window: 1, operator: ">", threshold: 10}'
+        ),
+    )
     run = engine.init(project="acme/vision", name="other-metric", system_metrics_interval=0)
     log_series(run, "accuracy", [0.5])
     state = "SELECT s.frontier::text::bigint, s.evaluated_at FROM automation_state s JOIN automations a ON a.id = s.automation_id"

@@ -12,8 +12,14 @@ def _fired(conn, name):
 
 
 def test_alias_rules_follow_latest_and_alias_moves(conn, database_url):
-    apply_yaml(conn, rule("latest-dataset", '{type: artifact_alias_added, alias_regex: "^latest$"}',
-                          scope="{project: acme/vision, collection: mnist}"))
+    apply_yaml(
+        conn,
+        rule(
+            "latest-dataset",
+            '{type: artifact_alias_added, alias_regex: "^latest$"}',
+            scope="{project: acme/vision, collection: mnist}",
+        ),
+    )
     apply_yaml(conn, rule("production", '{type: artifact_alias_added, alias_regex: "^production$"}'))
     api = engine.Api()
     with engine.init(project="acme/vision", name="data", system_metrics_interval=0) as run:
@@ -32,8 +38,14 @@ def test_alias_rules_follow_latest_and_alias_moves(conn, database_url):
 
 def test_tag_regex_and_collection_created_after_the_automation(conn, database_url):
     apply_yaml(conn, rule("europe", '{type: artifact_tag_added, tag_regex: "^europe"}'))
-    apply_yaml(conn, rule("new-model", "{type: artifact_version_created, collection_type: model}",
-                          scope='{project: acme/vision, collection_regex: "^res"}'))
+    apply_yaml(
+        conn,
+        rule(
+            "new-model",
+            "{type: artifact_version_created, collection_type: model}",
+            scope='{project: acme/vision, collection_regex: "^res"}',
+        ),
+    )
     with engine.init(project="acme/vision", name="train", system_metrics_interval=0) as run:
         m = run.log_artifact("resnet", type="model", tags=["europe-west", "asia"])
         run.log_artifact("resnet-data", type="dataset")  # matches the regex but not the type
@@ -46,10 +58,22 @@ def test_tag_regex_and_collection_created_after_the_automation(conn, database_ur
 
 def test_registry_links_in_registry_and_registry_collection_scopes(conn, database_url):
     apply_yaml(conn, rule("any-model-link", "{type: registry_version_linked}", scope="{registry: model}"))
-    apply_yaml(conn, rule("resnet-prod-link", '{type: registry_version_linked, alias_regex: "^prod"}',
-                          scope="{registry: model, collection: resnet}"))
-    apply_yaml(conn, rule("registry-staging", '{type: artifact_alias_added, alias_regex: "^staging$"}',
-                          scope="{registry: model}"))
+    apply_yaml(
+        conn,
+        rule(
+            "resnet-prod-link",
+            '{type: registry_version_linked, alias_regex: "^prod"}',
+            scope="{registry: model, collection: resnet}",
+        ),
+    )
+    apply_yaml(
+        conn,
+        rule(
+            "registry-staging",
+            '{type: artifact_alias_added, alias_regex: "^staging$"}',
+            scope="{registry: model}",
+        ),
+    )
     api = engine.Api()
     with engine.init(project="acme/vision", name="train", system_metrics_interval=0) as run:
         a = run.log_artifact("resnet-50", type="model")
@@ -68,7 +92,9 @@ def test_registry_links_in_registry_and_registry_collection_scopes(conn, databas
 def test_several_automations_fire_on_one_event_and_killed_never(conn, database_url):
     apply_yaml(conn, rule("a1", '{type: artifact_alias_added, alias_regex: "."}'))
     apply_yaml(conn, rule("a2", '{type: artifact_alias_added, alias_regex: "^lat"}'))
-    apply_yaml(conn, rule("states", "{type: run_state, states: [running, finished, failed]}", extra="cooldown: 1m\n"))
+    apply_yaml(
+        conn, rule("states", "{type: run_state, states: [running, finished, failed]}", extra="cooldown: 1m\n")
+    )
     with engine.init(project="acme/vision", name="x", system_metrics_interval=0) as run:
         run.log_artifact("d", type="dataset")
     victim = engine.init(project="acme/vision", name="victim", system_metrics_interval=0)

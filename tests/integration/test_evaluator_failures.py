@@ -7,8 +7,8 @@ import logging
 import time
 
 import engine
-from engine.evaluator import Evaluator
 from engine.automations import list_automations
+from engine.evaluator import Evaluator
 from engine.settings import get_settings
 from tests.integration.evaluation_helpers import apply_yaml, break_automation, rule, triggers
 
@@ -68,7 +68,9 @@ def test_a_failing_metric_group_does_not_hold_back_the_other_metrics(conn, datab
     """On one connection a tick evaluates every metric in one transaction; when one metric's
     query fails, the others are evaluated again without it and commit."""
     apply_yaml(conn, GOOD)
-    apply_yaml(conn, rule("other", '{type: run_metric_threshold, metric: n, window: 1, operator: ">", threshold: 0}'))
+    apply_yaml(
+        conn, rule("other", '{type: run_metric_threshold, metric: n, window: 1, operator: ">", threshold: 0}')
+    )
     with engine.init(project="acme/vision", name="r", system_metrics_interval=0) as run:
         run.log({"m": 1.0, "n": 1.0})
     evaluator = Evaluator(database_url, get_settings().model_copy(update={"evaluation_connections": 1}))

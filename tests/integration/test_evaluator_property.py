@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine
+from engine.automations import apply_rules
 from engine.evaluator import Evaluator, backtest
 from engine.rules import parse_rules_text
-from engine.automations import apply_rules
 from engine.settings import get_settings
 from tests import reference
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 VALUES = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, -1.0, math.nan, math.inf])
 _counter = itertools.count()
 
@@ -61,8 +61,14 @@ def _holds(event: dict):
             finite, i, event["window"], event["aggregation"], event["operator"], event["threshold"]
         )
     return lambda finite, i: reference.change_holds(
-        finite, i, event["current_window"], event["prior_window"], event["aggregation"], event["change"],
-        event["direction"], event["amount"],
+        finite,
+        i,
+        event["current_window"],
+        event["prior_window"],
+        event["aggregation"],
+        event["change"],
+        event["direction"],
+        event["amount"],
     )
 
 
@@ -74,22 +80,33 @@ def small_tail(monkeypatch, database_url):
     return database_url
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(events=st.lists(st.one_of(threshold_rules, change_rules), min_size=1, max_size=3),
-       series=st.lists(runs, min_size=1, max_size=3), cooldown=st.sampled_from(["1m", "10m", "24h"]))
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    events=st.lists(st.one_of(threshold_rules, change_rules), min_size=1, max_size=3),
+    series=st.lists(runs, min_size=1, max_size=3),
+    cooldown=st.sampled_from(["1m", "10m", "24h"]),
+)
 def test_live_equals_backtest_equals_reference(conn, small_tail, events, series, cooldown):
     """Several rules on one metric are evaluated live together (one query per metric and
     frontier, windows within the tail) and backtested one by one."""
     n = next(_counter)
     metric = f"m{n}"
     automations = [
-        parse_rules_text(_yaml(f"prop-{n}-{j}", metric, event, cooldown))[0].automation for j, event in enumerate(events)
+        parse_rules_text(_yaml(f"prop-{n}-{j}", metric, event, cooldown))[0].automation
+        for j, event in enumerate(events)
     ]
     apply_rules(conn, automations)
     evaluator = Evaluator(small_tail)
 
     expected: dict[str, set[tuple[str, int]]] = {a.name: set() for a in automations}
-    opened = [engine.init(project="acme/prop", name=f"r{n}-{i}", system_metrics_interval=0) for i in range(len(series))]
+    opened = [
+        engine.init(project="acme/prop", name=f"r{n}-{i}", system_metrics_interval=0)
+        for i in range(len(series))
+    ]
     try:
         # interleave the runs' values; flush and tick at the drawn points
         for i, run_values in enumerate(series):
@@ -119,7 +136,8 @@ def test_live_equals_backtest_equals_reference(conn, small_tail, events, series,
             (run_id, int(cause.rsplit(":", 1)[1]))
             for run_id, cause in conn.execute(
                 "SELECT r.run_id, t.cause FROM triggers t JOIN runs r ON r.id = t.run_pk "
-                "JOIN automations a ON a.id = t.automation_id WHERE a.name = %s", (automation.name,)
+                "JOIN automations a ON a.id = t.automation_id WHERE a.name = %s",
+                (automation.name,),
             )
         }
         replay = {

@@ -6,19 +6,19 @@ then explained; the windows shown must be exactly the ones the evaluator recorde
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 
 import engine
-from engine.explain import explain_data, render_png, render_terminal
 from engine.exceptions import NotFound
+from engine.explain import explain_data, render_png, render_terminal
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
 from tests.integration.sdk_helpers import wait_for
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 ACCURACY = rule(
@@ -59,7 +59,13 @@ def test_threshold_trigger(conn, database_url, tmp_path):
     assert expl.condition == "avg(accuracy) over 3 > 0.6" == fired["details"]["metric_filter"]
     assert expl.run is not None and expl.run.run_id == run.id and expl.run.user == "alice"
     assert [(p.pos, p.step, p.value) for p in expl.series] == [
-        (1, 0, 0.1), (2, 10, 0.3), (3, 30, 0.5), (4, 40, 0.6), (5, 60, 0.7), (6, 70, 0.8), (7, 80, 0.9),
+        (1, 0, 0.1),
+        (2, 10, 0.3),
+        (3, 30, 0.5),
+        (4, 40, 0.6),
+        (5, 60, 0.7),
+        (6, 70, 0.8),
+        (7, 80, 0.9),
     ]
     assert expl.position == 6 and expl.step == fired["step"] == 70
     assert expl.fired_point is not None and expl.fired_point.value == 0.8
@@ -145,8 +151,14 @@ def test_values_deleted_after_firing_are_reported_not_invented(conn, database_ur
 
 
 def test_system_metric_trigger(conn, database_url, tmp_path):
-    apply_yaml(conn, rule("threads", '{type: run_metric_threshold, metric: system/proc.cpu.threads, window: 2,'
-                                     ' operator: ">=", threshold: 1}'))
+    apply_yaml(
+        conn,
+        rule(
+            "threads",
+            "{type: run_metric_threshold, metric: system/proc.cpu.threads, window: 2,"
+            ' operator: ">=", threshold: 1}',
+        ),
+    )
     run = engine.init(project="acme/vision", name="sys", system_metrics_interval=0.2)
     count = "SELECT count(*) FROM system_metrics WHERE run_pk = %s"
     assert wait_for(lambda: conn.execute(count, (run.pk,)).fetchone()[0] >= 14, timeout=15)  # >= 2 samples

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from actions_helpers import attempts, delivery, fire, make_automation, settle
+
 from engine.actions.dispatcher import Dispatcher
 from engine.actions.outbox import redeliver
 from engine.settings import Settings
@@ -75,8 +75,16 @@ def dispatcher(database_url, settings) -> Iterator[Dispatcher]:
 
 
 def webhook(url: str, **fields) -> dict:
-    return {"type": "webhook", "url": url, "headers": {}, "access_token": None, "secret": None,
-            "payload": None, "timeout": 2.0, "max_attempts": 5} | fields
+    return {
+        "type": "webhook",
+        "url": url,
+        "headers": {},
+        "access_token": None,
+        "secret": None,
+        "payload": None,
+        "timeout": 2.0,
+        "max_attempts": 5,
+    } | fields
 
 
 @pytest.mark.parametrize("kind", ["reset", "reset-mid"])
@@ -205,8 +213,15 @@ def test_misbehaving_receivers_block_nothing_and_memory_stays_bounded(conn, data
 
     # each misbehaving one ended as it should, with its own id on every retry
     outcome = {name: {delivery(conn, i)["status"] for i in ids} for name, ids in bad_ids.items()}
-    assert outcome == {"hang": {"failed"}, "drip": {"failed"}, "reset": {"failed"}, "flaky": {"succeeded"},
-                       "limited": {"succeeded"}, "big": {"succeeded"}, "bounce": {"failed"}}
+    assert outcome == {
+        "hang": {"failed"},
+        "drip": {"failed"},
+        "reset": {"failed"},
+        "flaky": {"succeeded"},
+        "limited": {"succeeded"},
+        "big": {"succeeded"},
+        "bounce": {"failed"},
+    }
     for i in bad_ids["drip"] + bad_ids["hang"]:
         assert all(a["duration_ms"] < 2600 for a in attempts(conn, i))  # cut at the 2 s timeout
     for i in bad_ids["big"]:
@@ -214,7 +229,10 @@ def test_misbehaving_receivers_block_nothing_and_memory_stays_bounded(conn, data
     assert "private address ::1" in delivery(conn, bad_ids["bounce"][0])["last_error"]
     for i in bad_ids["limited"]:
         first, second = attempts(conn, i)
-        assert first["http_status"] == 429 and (second["started_at"] - first["started_at"]).total_seconds() >= 1.0
+        assert (
+            first["http_status"] == 429
+            and (second["started_at"] - first["started_at"]).total_seconds() >= 1.0
+        )
 
     # memory: three 10 MB answers went by; the dispatcher held none of them
     assert peak - baseline < 8 * 1024 * 1024, f"traced peak grew by {(peak - baseline) / 2**20:.1f} MB"

@@ -14,7 +14,11 @@ from engine.rules.events import EVENT_CLASSES, EVENT_TYPES
 
 def test_the_sql_function_names_every_kind_as_the_rule_package_does(conn):
     expected = {kind: cls.wandb_name for kind, cls in zip(EVENT_TYPES, EVENT_CLASSES, strict=True)}
-    got = dict(conn.execute("SELECT kind, wandb_event_type(kind) FROM unnest(%s::text[]) AS kind", (list(expected),)).fetchall())
+    got = dict(
+        conn.execute(
+            "SELECT kind, wandb_event_type(kind) FROM unnest(%s::text[]) AS kind", (list(expected),)
+        ).fetchall()
+    )
     assert got == expected
     assert len(set(got.values())) == len(got)  # no two kinds share a name
 

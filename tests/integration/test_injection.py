@@ -23,8 +23,8 @@ from engine.cli import app
 from engine.rules import parse_rules_text
 from engine.settings import Settings
 from tests.integration.actions_helpers import settle
-from tests.receiver import Receiver, Reply
 from tests.integration.evaluation_helpers import tick, triggers
+from tests.receiver import Receiver, Reply
 
 CORPUS = [
     "'; DROP TABLE runs; --",
@@ -84,12 +84,19 @@ def schema(conn) -> dict[str, list[tuple]]:
         " ORDER BY 1, 2, 3",
         "roles": "SELECT rolname, rolsuper FROM pg_roles ORDER BY 1",
     }
-    return {name: conn.execute(sql, NOT_SCHEMA if "%(skip)s" in sql else None).fetchall() for name, sql in queries.items()}
+    return {
+        name: conn.execute(sql, NOT_SCHEMA if "%(skip)s" in sql else None).fetchall()
+        for name, sql in queries.items()
+    }
 
 
 def rules_for(i: int, text: str, url: str, raw: bool) -> list[dict[str, Any]]:
     literal = pg_literal_regex(text)
-    webhook: dict[str, Any] = {"type": "webhook", "url": f"{url}/inj-{i}", "access_token": {"env": "INJ_TOKEN"}}
+    webhook: dict[str, Any] = {
+        "type": "webhook",
+        "url": f"{url}/inj-{i}",
+        "access_token": {"env": "INJ_TOKEN"},
+    }
     if "${" not in text:  # as template text; the corpus' template syntax is tested as data
         webhook["payload"] = {"text": text, "mixed": f"{text} / ${{run_name}}", text: "${metric_name}"}
         if text.isascii():  # a non-ASCII header value is a known failure: see test_data_oddities
@@ -98,7 +105,13 @@ def rules_for(i: int, text: str, url: str, raw: bool) -> list[dict[str, Any]]:
         {
             "name": f"inj-{i}-metric",
             "scope": {"project": "acme/vision"},
-            "event": {"type": "run_metric_threshold", "metric": text, "window": 1, "operator": ">", "threshold": 0},
+            "event": {
+                "type": "run_metric_threshold",
+                "metric": text,
+                "window": 1,
+                "operator": ">",
+                "threshold": 0,
+            },
             "run_filter": {"user": text, "name_regex": literal},
             "cooldown": "1m",
             "action": webhook,
@@ -135,11 +148,17 @@ def rules_for(i: int, text: str, url: str, raw: bool) -> list[dict[str, Any]]:
     return rules
 
 
-def test_the_corpus_is_stored_and_matched_literally_and_the_schema_is_unchanged(conn, database_url, monkeypatch):
+def test_the_corpus_is_stored_and_matched_literally_and_the_schema_is_unchanged(
+    conn, database_url, monkeypatch
+):
     monkeypatch.setenv("INJ_TOKEN", SECRET)
     before = schema(conn)
     with Receiver(Reply(200)) as rx:
-        documents = [rule for i, text in enumerate(CORPUS) for rule in rules_for(i, text, rx.url(""), valid_raw_regex(conn, text))]
+        documents = [
+            rule
+            for i, text in enumerate(CORPUS)
+            for rule in rules_for(i, text, rx.url(""), valid_raw_regex(conn, text))
+        ]
         # through the YAML loader, as a user writes them
         loaded = parse_rules_text(yaml.safe_dump_all(documents, allow_unicode=True), "inj.yaml", conn=conn)
         assert [r.automation.name for r in loaded] == [d["name"] for d in documents]
@@ -148,22 +167,36 @@ def test_the_corpus_is_stored_and_matched_literally_and_the_schema_is_unchanged(
         runs: dict[int, int] = {}
         api = engine.Api(user="admin")
         for i, text in enumerate(CORPUS):
-            with engine.init(project="acme/vision", name=text, user=text, tags=[text], system_metrics_interval=0) as run:
+            with engine.init(
+                project="acme/vision", name=text, user=text, tags=[text], system_metrics_interval=0
+            ) as run:
                 run.log({text: 1.0, "plain": 1.0}, step=0)
                 runs[i] = run.pk
-                version = run.log_artifact(text, type="dataset", metadata={text: text}, aliases=[text], tags=[text])
+                version = run.log_artifact(
+                    text, type="dataset", metadata={text: text}, aliases=[text], tags=[text]
+                )
             api.link_artifact(version, registry="model", collection=text, aliases=[text])
             # near misses, which must not fire the literal rules: the same user with another
             # name, and the name and user with another metric key
-            with engine.init(project="acme/vision", name=text + " ", user=text, system_metrics_interval=0) as near:
+            with engine.init(
+                project="acme/vision", name=text + " ", user=text, system_metrics_interval=0
+            ) as near:
                 near.log({text: 1.0}, step=0)
-            with engine.init(project="acme/vision", name=text, user=text + "x", system_metrics_interval=0) as near:
+            with engine.init(
+                project="acme/vision", name=text, user=text + "x", system_metrics_interval=0
+            ) as near:
                 near.log({text: 1.0}, step=0)
             api.add_tag(api.artifact_version("acme/vision", text, "latest"), text + "x")
         tick(database_url)
-        settings = Settings(database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05)
+        settings = Settings(
+            database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05
+        )
         with Dispatcher(database_url, settings) as dispatcher:
-            settle(dispatcher, conn, [r[0] for r in conn.execute("SELECT id FROM deliveries WHERE action_type = 'webhook'")])
+            settle(
+                dispatcher,
+                conn,
+                [r[0] for r in conn.execute("SELECT id FROM deliveries WHERE action_type = 'webhook'")],
+            )
 
     assert schema(conn) == before
     for i, text in enumerate(CORPUS):
@@ -196,7 +229,12 @@ def test_the_corpus_is_stored_and_matched_literally_and_the_schema_is_unchanged(
         else:
             assert body == {"text": text, "mixed": f"{text} / {text}", text: text}
             assert request.headers.get("X-Inj", text) == text
-    assert conn.execute("SELECT count(*) FROM deliveries WHERE status <> 'succeeded' AND action_type = 'webhook'").fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM deliveries WHERE status <> 'succeeded' AND action_type = 'webhook'"
+        ).fetchone()[0]
+        == 0
+    )
 
 
 @pytest.mark.parametrize("text", CORPUS)

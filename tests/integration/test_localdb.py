@@ -74,7 +74,10 @@ def test_up_twice_is_harmless(local: LocalDatabase) -> None:
     assert local.socket_dir == local.home / "run" == second.socket_dir
     assert second.home == local.home and second.url == local.url()
     with psycopg.connect(local.url()) as conn:
-        assert conn.execute("SELECT current_database(), current_setting('listen_addresses')").fetchone() == ("engine", "")
+        assert conn.execute("SELECT current_database(), current_setting('listen_addresses')").fetchone() == (
+            "engine",
+            "",
+        )
 
 
 def test_status_reports_running_then_stopped_and_down_twice_says_so(local: LocalDatabase) -> None:
@@ -110,7 +113,9 @@ def test_up_recovers_after_sigkill_and_keeps_the_data(local: LocalDatabase) -> N
     again = local.up()
     assert again.running and again.pid != pid
     with psycopg.connect(local.url()) as conn:
-        assert conn.execute("SELECT note FROM survivor WHERE id = 1").fetchone() == ("committed before the crash",)
+        assert conn.execute("SELECT note FROM survivor WHERE id = 1").fetchone() == (
+            "committed before the crash",
+        )
 
 
 def test_up_recovers_from_a_stale_pid_file(local: LocalDatabase) -> None:

@@ -14,8 +14,8 @@ from engine.prometheus import NO_METRICS, DatabaseCollector, for_service
 from engine.scheduler import Service
 from engine.settings import Settings
 from tests.integration.actions_helpers import fire, make_automation
-from tests.receiver import Receiver, free_port
 from tests.integration.evaluation_helpers import apply_yaml, break_automation, rule
+from tests.receiver import Receiver, free_port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -44,12 +44,18 @@ def wait_for_scrape(port: int, check, timeout: float = 20.0) -> dict:
 def test_ticks_triggers_failures_deliveries_and_queue_are_exported(conn, database_url):
     port = free_port()
     with Receiver() as rx:
-        apply_yaml(conn, rule("fires", "{type: run_state, states: [running]}").replace(
-            "action: {type: no_op}", f"action: {{type: webhook, url: '{rx.url()}'}}"
-        ))
+        apply_yaml(
+            conn,
+            rule("fires", "{type: run_state, states: [running]}").replace(
+                "action: {type: no_op}", f"action: {{type: webhook, url: '{rx.url()}'}}"
+            ),
+        )
         apply_yaml(conn, rule("broken", "{type: run_state, states: [running]}"))
         settings = Settings(
-            database_url=database_url, webhook_allow_hosts="127.0.0.1", metrics_port=port, metrics_address="127.0.0.1",
+            database_url=database_url,
+            webhook_allow_hosts="127.0.0.1",
+            metrics_port=port,
+            metrics_address="127.0.0.1",
             interval=3600,  # ticks come from the start and from NOTIFY only: the test decides when
         )
         service = Service(settings)
@@ -58,11 +64,17 @@ def test_ticks_triggers_failures_deliveries_and_queue_are_exported(conn, databas
         try:
             first = wait_for_scrape(port, lambda s: (value(s, "engine_ticks_total", outcome="ok") or 0) >= 1)
             assert value(first, "engine_tick_triggers_fired_total") == 0.0
-            with engine.init(project="acme/vision", name="r", system_metrics_interval=0):  # creation fires both
+            with engine.init(
+                project="acme/vision", name="r", system_metrics_interval=0
+            ):  # creation fires both
                 pass
             service.wake()  # a run's creation sends no NOTIFY (only logged points do)
             samples = wait_for_scrape(
-                port, lambda s: value(s, "engine_deliveries", status="succeeded") == 1 and value(s, "engine_tick_triggers_fired_total") == 1
+                port,
+                lambda s: (
+                    value(s, "engine_deliveries", status="succeeded") == 1
+                    and value(s, "engine_tick_triggers_fired_total") == 1
+                ),
             )
             # A delivery stuck for an hour (not due for a day): the queue and its age show it.
             stale = make_automation(conn, "stale", [{"type": "webhook", "url": rx.url()}])

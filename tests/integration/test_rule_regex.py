@@ -53,8 +53,12 @@ def python_refuses(pattern: str) -> bool:
 
 def tag_rule(pattern: str) -> str:
     return yaml.safe_dump(
-        {"name": "r", "scope": {"project": "acme/vision"}, "event": {"type": "artifact_tag_added", "tag_regex": pattern},
-         "action": {"type": "no_op"}},
+        {
+            "name": "r",
+            "scope": {"project": "acme/vision"},
+            "event": {"type": "artifact_tag_added", "tag_regex": pattern},
+            "action": {"type": "no_op"},
+        },
         sort_keys=False,
     )
 
@@ -75,7 +79,9 @@ def test_every_refusal_of_postgres_is_reported_at_its_file_line_and_field(conn, 
             load_rules([path], conn)
         (issue,) = exc.value.issues
         assert (issue.file, issue.line, issue.field) == (str(path), line, "event.tag_regex"), pattern
-        assert issue.message.startswith("PostgreSQL refuses this regex: invalid regular expression: "), pattern
+        assert issue.message.startswith("PostgreSQL refuses this regex: invalid regular expression: "), (
+            pattern
+        )
 
 
 @pytest.mark.parametrize(
@@ -98,7 +104,10 @@ def test_a_python_habit_gets_a_hint(conn, pattern, hint):
 def test_a_plain_refusal_has_no_hint(conn):
     (rule,) = parse_rules_text(tag_rule("(prod"))
     (issue,) = check_regexes_in_db(conn, rule.automation, file="r.yaml")
-    assert issue.message == "PostgreSQL refuses this regex: invalid regular expression: parentheses () not balanced"
+    assert (
+        issue.message
+        == "PostgreSQL refuses this regex: invalid regular expression: parentheses () not balanced"
+    )
 
 
 def test_the_corpus_reaches_postgres(conn):
@@ -106,7 +115,8 @@ def test_the_corpus_reaches_postgres(conn):
 
 
 PIECES = st.sampled_from(
-    list("a()[]{}^$\\*+?|.:=!<>#-,0129iybBdwxmqcuUPe ") + ["[:alpha:]", "[.", ".]", "(?", "(?:", "(?=", "(?<=", "\\1", "{1,2}", "***:"]
+    list("a()[]{}^$\\*+?|.:=!<>#-,0129iybBdwxmqcuUPe ")
+    + ["[:alpha:]", "[.", ".]", "(?", "(?:", "(?=", "(?<=", "\\1", "{1,2}", "***:"]
 )
 
 

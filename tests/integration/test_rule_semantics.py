@@ -4,7 +4,7 @@ through the compiled queries (live evaluation and the backtest)."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,7 +13,7 @@ from engine.evaluator import backtest
 from engine.rules import parse_rules_text
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
 
-T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
 NAN, INF = math.nan, math.inf
 
 
@@ -31,14 +31,21 @@ def _steps(conn, yaml: str) -> list[int]:
 
 
 def _threshold(window, agg, op, threshold, metric="m") -> str:
-    return rule("t", f'{{type: run_metric_threshold, metric: "{metric}", window: {window}, aggregation: {agg}, '
-                     f'operator: "{op}", threshold: {threshold}}}', extra="cooldown: 1m\n")
+    return rule(
+        "t",
+        f'{{type: run_metric_threshold, metric: "{metric}", window: {window}, aggregation: {agg}, '
+        f'operator: "{op}", threshold: {threshold}}}',
+        extra="cooldown: 1m\n",
+    )
 
 
 def _change(cur, prior, agg, change, direction, amount) -> str:
-    return rule("c", f"{{type: run_metric_change, metric: m, current_window: {cur}, prior_window: {prior}, "
-                     f"aggregation: {agg}, change: {change}, direction: {direction}, amount: {amount}}}",
-                extra="cooldown: 1m\n")
+    return rule(
+        "c",
+        f"{{type: run_metric_change, metric: m, current_window: {cur}, prior_window: {prior}, "
+        f"aggregation: {agg}, change: {change}, direction: {direction}, amount: {amount}}}",
+        extra="cooldown: 1m\n",
+    )
 
 
 def test_window_not_yet_full_gives_nothing(conn, database_url):
@@ -59,7 +66,10 @@ def test_exact_boundaries_for_every_operator(conn, database_url, op, expected):
 def test_min_max_avg(conn, database_url, agg, expected):
     # windows of 2 at steps 1..4: [1,2] [2,4] [4,5] [5,5]; avg 1.5 3 4.5 5; min 1 2 4 5; max 2 4 5 5
     _log([1, 2, 4, 5, 5])
-    assert _steps(conn, _threshold(2, agg, ">=", 4.5 if agg == "avg" else (5 if agg == "min" else 4))) == expected
+    assert (
+        _steps(conn, _threshold(2, agg, ">=", 4.5 if agg == "avg" else (5 if agg == "min" else 4)))
+        == expected
+    )
 
 
 def test_nan_in_the_middle_of_a_window_is_skipped(conn, database_url):
@@ -67,7 +77,9 @@ def test_nan_in_the_middle_of_a_window_is_skipped(conn, database_url):
     _log([1, NAN, 1, INF, 3])
     automation = parse_rules_text(_threshold(3, "avg", ">", 1.5))[0].automation
     (firing,) = backtest(conn, automation, T0 - timedelta(days=1))
-    assert firing.step == 4 and firing.window_values == [1.0, 1.0, 3.0] and firing.value == pytest.approx(5 / 3)
+    assert (
+        firing.step == 4 and firing.window_values == [1.0, 1.0, 3.0] and firing.value == pytest.approx(5 / 3)
+    )
 
 
 def test_relative_change_with_prior_zero_never_fires(conn, database_url):
@@ -87,18 +99,26 @@ def test_relative_change_directions(conn, database_url, direction, expected):
 
 
 def test_run_filter_by_user_and_name_regex(conn, database_url):
-    apply_yaml(conn, rule("f", '{type: run_metric_threshold, metric: m, window: 1, operator: ">", threshold: 0}',
-                          extra='run_filter: {user: alice, name_regex: "^sweep-"}\n'))
+    apply_yaml(
+        conn,
+        rule(
+            "f",
+            '{type: run_metric_threshold, metric: m, window: 1, operator: ">", threshold: 0}',
+            extra='run_filter: {user: alice, name_regex: "^sweep-"}\n',
+        ),
+    )
     _log([1], name="sweep-1", user="alice")
     _log([1], name="sweep-2", user="bob")
     _log([1], name="my-sweep-3", user="alice")  # unanchored search: "^" anchors it
     _log([1], name="sweep-4", user="alice")
     tick(database_url)
-    names = sorted(conn.execute("SELECT name FROM runs WHERE id = ANY(%s)", ([t["run_pk"] for t in triggers(conn)],)))
+    names = sorted(
+        conn.execute("SELECT name FROM runs WHERE id = ANY(%s)", ([t["run_pk"] for t in triggers(conn)],))
+    )
     assert names == [("sweep-1",), ("sweep-4",)]
 
 
-HOSTILE = ["x'); DROP TABLE runs; --", "a\"b\\c", "é🙂 '", "%(threshold)s", "$1"]
+HOSTILE = ["x'); DROP TABLE runs; --", 'a"b\\c', "é🙂 '", "%(threshold)s", "$1"]
 
 
 @pytest.mark.parametrize("text", HOSTILE)
@@ -108,8 +128,14 @@ def test_injection_strings_are_stored_and_matched_literally(conn, database_url, 
     run.log({text: 1.0}, step=0, time=T0)
     run.finish()
     quoted = text.replace("\\", "\\\\").replace('"', '\\"')  # a YAML double-quoted string
-    yaml = rule("inj", f'{{type: run_metric_threshold, metric: "{quoted}", window: 1, operator: ">", threshold: 0}}',
-                extra=f'cooldown: 1m\nrun_filter: {{user: "{quoted}"}}\n')
+    yaml = rule(
+        "inj",
+        f'{{type: run_metric_threshold, metric: "{quoted}", window: 1, operator: ">", threshold: 0}}',
+        extra=f'cooldown: 1m\nrun_filter: {{user: "{quoted}"}}\n',
+    )
     assert _steps(conn, yaml) == [0]
-    assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == tables_before
+    assert (
+        conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0]
+        == tables_before
+    )
     assert conn.execute("SELECT name FROM runs").fetchone()[0] == text

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from tests.integration.actions_helpers import fire, settle
-from engine import clock
+from engine import automations, clock
 from engine import db as enginedb
 from engine.actions.dispatcher import Dispatcher
 from engine.exceptions import NotFound, RuleValidationError
-from engine import automations
 from engine.rules import Automation, load_rules
 from engine.rules.api import apply as api_apply
 from engine.settings import get_settings
+from tests.integration.actions_helpers import fire, settle
 from tests.receiver import Receiver, Reply
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-T1 = datetime(2024, 5, 2, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+T1 = datetime(2024, 5, 2, 12, 0, tzinfo=UTC)
 
 
 def rule(name: str = "acc", **overrides) -> Automation:
@@ -61,7 +60,9 @@ def versions(conn, name: str) -> list[tuple[int, bool]]:
 
 def test_apply_creates_then_is_unchanged(conn):
     with clock.frozen(T0):
-        assert automations.apply_rules(conn, [rule()], source={"acc": "rules/acc.yaml"}) == [("acc", "created")]
+        assert automations.apply_rules(conn, [rule()], source={"acc": "rules/acc.yaml"}) == [
+            ("acc", "created")
+        ]
     version, enabled, evaluate_from, data = stored(conn, "acc")
     assert (version, enabled, evaluate_from) == (1, True, T0)
     assert Automation.model_validate(data) == rule()
@@ -82,7 +83,9 @@ def test_description_change_keeps_the_frontier(conn):
     start = frontier(conn, "acc")
     burn_xids(conn)
     with clock.frozen(T1):
-        assert automations.apply_rules(conn, [rule(description="now with words", cooldown="1h")]) == [("acc", "updated")]
+        assert automations.apply_rules(conn, [rule(description="now with words", cooldown="1h")]) == [
+            ("acc", "updated")
+        ]
     version, _, evaluate_from, data = stored(conn, "acc")
     assert (version, evaluate_from, data["description"]) == (2, T0, "now with words")
     assert versions(conn, "acc") == [(1, True), (2, True)]
@@ -95,7 +98,9 @@ def test_condition_change_restarts_evaluation(conn):
     start = frontier(conn, "acc")
     conn.execute("UPDATE automation_state SET last_error = 'boom', failures = 3")
     burn_xids(conn)
-    changed = rule(event={"type": "run_metric_threshold", "metric": "accuracy", "operator": ">", "threshold": 0.7})
+    changed = rule(
+        event={"type": "run_metric_threshold", "metric": "accuracy", "operator": ">", "threshold": 0.7}
+    )
     with clock.frozen(T1):
         assert automations.apply_rules(conn, [changed]) == [("acc", "updated")]
     assert frontier(conn, "acc") > start
@@ -146,7 +151,11 @@ def test_applying_enabled_true_after_disabled_restarts(conn):
 
 def test_prune_deletes_what_is_not_applied(conn):
     automations.apply_rules(conn, [rule("a"), rule("b"), rule("c")])
-    assert automations.apply_rules(conn, [rule("a")], prune=True) == [("a", "unchanged"), ("b", "deleted"), ("c", "deleted")]
+    assert automations.apply_rules(conn, [rule("a")], prune=True) == [
+        ("a", "unchanged"),
+        ("b", "deleted"),
+        ("c", "deleted"),
+    ]
     assert [r.name for r in automations.list_automations(conn)] == ["a"]
     assert [s.name for s in automations.load_enabled(conn)] == ["a"]
     # kept as history: disabled, marked deleted, without evaluation state
@@ -156,13 +165,18 @@ def test_prune_deletes_what_is_not_applied(conn):
     ).fetchall()
     assert kept == [("b", False, True, True), ("c", False, True, True)]
     assert automations.apply_rules(conn, [rule("a"), rule("d")]) == [("a", "unchanged"), ("d", "created")]
-    assert automations.apply_rules(conn, [rule("a"), rule("d")], prune=True) == [("a", "unchanged"), ("d", "unchanged")]
+    assert automations.apply_rules(conn, [rule("a"), rule("d")], prune=True) == [
+        ("a", "unchanged"),
+        ("d", "unchanged"),
+    ]
 
 
 def fake_firing(conn, name: str, cause: str = "x") -> int:
     """A trigger whose one webhook delivery failed at its only attempt with a 500, written by
     the evaluator's and the dispatcher's own code."""
-    automation_id = conn.execute("SELECT id FROM automations WHERE name = %s AND deleted_at IS NULL", (name,)).fetchone()[0]
+    automation_id = conn.execute(
+        "SELECT id FROM automations WHERE name = %s AND deleted_at IS NULL", (name,)
+    ).fetchone()[0]
     with Receiver(Reply(500)) as rx:
         action = {"type": "webhook", "url": rx.url(), "max_attempts": 1}
         trigger_id, ids = fire(conn, automation_id, [action], cause=cause)
@@ -196,25 +210,38 @@ def test_deleting_keeps_the_history_under_the_name_it_had(conn, how):
         if how == "delete":
             automations.delete(conn, "acc")
         else:
-            assert automations.apply_rules(conn, [rule("other")], prune=True) == [("other", "unchanged"), ("acc", "deleted")]
+            assert automations.apply_rules(conn, [rule("other")], prune=True) == [
+                ("other", "unchanged"),
+                ("acc", "deleted"),
+            ]
     assert audit(conn) == before
     deleted_at = conn.execute(
         "SELECT DISTINCT automation_deleted_at FROM automation_history WHERE automation = 'acc'"
     ).fetchall()
     assert deleted_at == [(T1,)]
-    assert conn.execute("SELECT automation_deleted_at FROM automation_history WHERE automation = 'other'").fetchone() == (None,)
+    assert conn.execute(
+        "SELECT automation_deleted_at FROM automation_history WHERE automation = 'other'"
+    ).fetchone() == (None,)
 
     # `engine history --automation acc` still finds it; `rules show acc` says where it went
-    history = conn.execute(enginedb.query("history"), {"automation": "acc", "since": None, "limit": 10}).fetchall()
+    history = conn.execute(
+        enginedb.query("history"), {"automation": "acc", "since": None, "limit": 10}
+    ).fetchall()
     assert sorted(r[0] for r in history) == fired[:2]
-    with pytest.raises(NotFound, match=r"no automation named 'acc': it was deleted on 2024-05-02 12:00 UTC "
-                                       r"\(its history: engine history --automation acc\)"):
+    with pytest.raises(
+        NotFound,
+        match=r"no automation named 'acc': it was deleted on 2024-05-02 12:00 UTC "
+        r"\(its history: engine history --automation acc\)",
+    ):
         automations.get(conn, "acc")
     with pytest.raises(NotFound, match="it was deleted on"):
         automations.delete(conn, "acc")
 
     # The name is free again; the new automation's history is its own.
-    assert automations.apply_rules(conn, [rule("acc"), rule("other")]) == [("acc", "created"), ("other", "unchanged")]
+    assert automations.apply_rules(conn, [rule("acc"), rule("other")]) == [
+        ("acc", "created"),
+        ("other", "unchanged"),
+    ]
     assert {r.name: r.triggers for r in automations.list_automations(conn)} == {"acc": 0, "other": 1}
     new = fake_firing(conn, "acc", "one")  # the same cause: a different automation
     rows = conn.execute(
@@ -235,11 +262,19 @@ def row_counts(conn) -> dict[str, int]:
     """Rows of every table of the schema, and where every sequence stands."""
     from psycopg import sql
 
-    tables = [r[0] for r in conn.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
-    )]
-    counts = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0] for t in tables}
-    sequences = conn.execute("SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'").fetchall()
+    tables = [
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+        )
+    ]
+    counts = {
+        t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0]
+        for t in tables
+    }
+    sequences = conn.execute(
+        "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'"
+    ).fetchall()
     return counts | {f"sequence {name}": value for name, value in sequences}
 
 
@@ -271,7 +306,9 @@ def test_delete_and_not_found(conn):
     automations.apply_rules(conn, [rule("accuracy-above-0.6"), rule("loss-down")])
     automations.delete(conn, "loss-down")
     assert [r.name for r in automations.list_automations(conn)] == ["accuracy-above-0.6"]
-    with pytest.raises(NotFound, match=r"no automation named 'accuracy-above-0.7'; did you mean 'accuracy-above-0.6'\?"):
+    with pytest.raises(
+        NotFound, match=r"no automation named 'accuracy-above-0.7'; did you mean 'accuracy-above-0.6'\?"
+    ):
         automations.get(conn, "accuracy-above-0.7")
     for action in (automations.delete, automations.enable, automations.disable):
         with pytest.raises(NotFound, match="no automation named 'zzz'$"):
@@ -284,10 +321,16 @@ def test_get_list_and_load_enabled(conn):
         [
             rule("acc"),
             rule("off", enabled=False),
-            rule("link", scope={"registry": "model", "collection": "resnet"}, event={"type": "registry_version_linked"}),
+            rule(
+                "link",
+                scope={"registry": "model", "collection": "resnet"},
+                event={"type": "registry_version_linked"},
+            ),
         ],
     )
-    conn.execute("UPDATE automation_state SET last_error = 'compile failed' WHERE automation_id = (SELECT id FROM automations WHERE name = 'acc')")
+    conn.execute(
+        "UPDATE automation_state SET last_error = 'compile failed' WHERE automation_id = (SELECT id FROM automations WHERE name = 'acc')"
+    )
     rows = {r.name: r for r in automations.list_automations(conn)}
     assert (rows["acc"].enabled, rows["acc"].version, rows["acc"].rule_type, rows["acc"].scope) == (
         True, 1, "run_metric_threshold", "acme/vision",
@@ -352,8 +395,14 @@ def test_python_api_apply(database_url):
         "name: from-yaml\nscope: {project: acme/vision}\nevent: {type: run_state, states: [failed]}\naction: {type: no_op}\n",
     )
     assert results == [("from-python", "created"), ("from-yaml", "created")]
-    assert api_apply(rule("from-python"), prune=True, dry_run=True) == [("from-python", "unchanged"), ("from-yaml", "deleted")]
-    assert api_apply(rule("from-python"), prune=True) == [("from-python", "unchanged"), ("from-yaml", "deleted")]
+    assert api_apply(rule("from-python"), prune=True, dry_run=True) == [
+        ("from-python", "unchanged"),
+        ("from-yaml", "deleted"),
+    ]
+    assert api_apply(rule("from-python"), prune=True) == [
+        ("from-python", "unchanged"),
+        ("from-yaml", "deleted"),
+    ]
     assert api_apply(rule("from-python"), prune=True) == [("from-python", "unchanged")]
 
 
@@ -364,16 +413,21 @@ def test_every_query_the_rules_use_exists():
     from engine.db import query_names
 
     used = set()
-    for path in [Path(automations.__file__), *Path(automations.__file__).parent.joinpath("rules").glob("*.py")]:
+    for path in [
+        Path(automations.__file__),
+        *Path(automations.__file__).parent.joinpath("rules").glob("*.py"),
+    ]:
         used |= set(re.findall(r'query\("(\w+)"\)', path.read_text()))
     assert used and used <= query_names()
 
 
-def test_a_deleted_automation_stops_firing_and_its_pending_deliveries_are_sent(conn, database_url, monkeypatch):
+def test_a_deleted_automation_stops_firing_and_its_pending_deliveries_are_sent(
+    conn, database_url, monkeypatch
+):
     """SDK -> evaluator -> delete -> dispatcher: what fired before the delete still arrives."""
-    import engine
     from evaluation_helpers import tick, triggers
 
+    import engine
     from engine.rules import parse_rules_text
     from engine.settings import Settings
 

@@ -75,12 +75,18 @@ def _lines(proc: subprocess.Popen) -> queue.Queue:
 
 def test_a_training_process_holds_at_most_one_connection_and_closes_it_when_idle(conn, database_url):
     env = {
-        **os.environ, "ENGINE_DATABASE_URL": database_url, "ENGINE_FLUSH_INTERVAL": "0.05",
+        **os.environ,
+        "ENGINE_DATABASE_URL": database_url,
+        "ENGINE_FLUSH_INTERVAL": "0.05",
         "ENGINE_SDK_IDLE_TIMEOUT": "6",
     }
     with subprocess.Popen(
-        [sys.executable, "-c", TRAINING], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", TRAINING],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as proc:
         lines = _lines(proc)
         assert lines.get(timeout=60) == "busy"
@@ -110,9 +116,11 @@ def test_a_training_process_holds_at_most_one_connection_and_closes_it_when_idle
         final = lines.get(timeout=60).split()
         assert proc.wait(60) == 0, proc.stderr.read()
     logged = [int(n) for n in final[1:]]
-    stored = dict(conn.execute(
-        "SELECT r.run_id, count(p.*) FROM runs r LEFT JOIN metric_points p ON p.run_pk = r.id GROUP BY r.run_id"
-    ).fetchall())
+    stored = dict(
+        conn.execute(
+            "SELECT r.run_id, count(p.*) FROM runs r LEFT JOIN metric_points p ON p.run_pk = r.id GROUP BY r.run_id"
+        ).fetchall()
+    )
     assert stored == {f"conn-{i}": logged[i] for i in range(3)}
     assert conn.execute("SELECT count(*) FROM runs WHERE state = 'finished'").fetchone()[0] == 3
     assert conn.execute("SELECT count(*) FROM artifact_versions").fetchone()[0] == 30

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import select
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import numpy as np
@@ -15,7 +15,7 @@ import engine
 from engine.sdk import writer as sdk_writer
 from tests.integration.sdk_helpers import set_env, wait_for
 
-T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
 
 
 def _init(**kwargs) -> engine.Run:
@@ -56,7 +56,11 @@ def test_points_are_stored_in_logging_order_with_default_steps(conn, database_ur
         run.log({"accuracy": 0.4})  # step 11
     rows = _points(conn, run.pk)
     assert [(k, s, v) for k, s, v, _, _ in rows] == [
-        ("loss", 0, 1.0), ("accuracy", 0, 0.1), ("loss", 1, 0.5), ("loss", 10, 0.25), ("accuracy", 10, 0.3),
+        ("loss", 0, 1.0),
+        ("accuracy", 0, 0.1),
+        ("loss", 1, 0.5),
+        ("loss", 10, 0.25),
+        ("accuracy", 10, 0.3),
         ("accuracy", 11, 0.4),
     ]
     seqs = [r[4] for r in rows]
@@ -86,7 +90,9 @@ def test_a_value_that_is_not_a_number_is_dropped_and_the_rest_of_the_call_logged
             run.log({"weights": [1.0, 2.0], "acc": np.float32(0.25)})
             run.log({"grad": np.ones(3)})  # nothing left of this call: its step passes, like run.log({})
         assert [str(w.message).split(": ", 2)[1] for w in warned] == [
-            "metric 'name'", "metric 'weights'", "metric 'grad'",
+            "metric 'name'",
+            "metric 'weights'",
+            "metric 'grad'",
         ]
         assert "value 'resnet' of type str is not a number" in str(warned[0].message)
         assert all(f"run acme/vision/{run.id}" in str(w.message) for w in warned)
@@ -96,7 +102,10 @@ def test_a_value_that_is_not_a_number_is_dropped_and_the_rest_of_the_call_logged
             run.log({"system/x": "text"})
         run.log({"loss": 2.0})
     assert [(k, s, v) for k, s, v, _, _ in _points(conn, run.pk)] == [
-        ("loss", 0, 1.0), ("loss", 1, 0.5), ("acc", 2, 0.25), ("loss", 4, 2.0),
+        ("loss", 0, 1.0),
+        ("loss", 1, 0.5),
+        ("acc", 2, 0.25),
+        ("loss", 4, 2.0),
     ]
     assert conn.execute("SELECT state FROM runs WHERE id = %s", (run.pk,)).fetchone() == ("finished",)
 
@@ -123,8 +132,20 @@ class FakeScalarTensor:
 
 def test_anything_float_converts_is_a_number(conn, database_url):
     with _init() as run:
-        run.log({"lr": Decimal("0.1"), "zero_d": np.array(0.5), "tensor": FakeScalarTensor(0.25), "half": np.float16(2)})
-    assert {k: v for k, _, v, _, _ in _points(conn, run.pk)} == {"lr": 0.1, "zero_d": 0.5, "tensor": 0.25, "half": 2.0}
+        run.log(
+            {
+                "lr": Decimal("0.1"),
+                "zero_d": np.array(0.5),
+                "tensor": FakeScalarTensor(0.25),
+                "half": np.float16(2),
+            }
+        )
+    assert {k: v for k, _, v, _, _ in _points(conn, run.pk)} == {
+        "lr": 0.1,
+        "zero_d": 0.5,
+        "tensor": 0.25,
+        "half": 2.0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -155,9 +176,16 @@ def test_time_must_be_aware_and_is_stored(conn, database_url):
 
 def test_numpy_scalars_and_bools_are_numbers(conn, database_url):
     with _init() as run:
-        run.log({"f32": np.float32(0.5), "i64": np.int64(3), "flag": True, "npflag": np.bool_(False), "int": 7})
-    assert {k: v for k, _, v, _, _ in _points(conn, run.pk)} == {"f32": 0.5, "i64": 3.0, "flag": 1.0, "npflag": 0.0,
-                                                                   "int": 7.0}
+        run.log(
+            {"f32": np.float32(0.5), "i64": np.int64(3), "flag": True, "npflag": np.bool_(False), "int": 7}
+        )
+    assert {k: v for k, _, v, _, _ in _points(conn, run.pk)} == {
+        "f32": 0.5,
+        "i64": 3.0,
+        "flag": 1.0,
+        "npflag": 0.0,
+        "int": 7.0,
+    }
 
 
 def test_nan_and_infinities_are_stored_but_not_in_series_state(conn, database_url):

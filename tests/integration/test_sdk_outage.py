@@ -74,8 +74,12 @@ def test_a_job_started_while_the_database_is_down_stores_everything_once_it_answ
     url = proxy.url(proxy.dbname, password="s3cret-pw")  # trust auth: the password is never asked for
     env = {**os.environ, "ENGINE_DATABASE_URL": url, "ENGINE_FLUSH_INTERVAL": "0.05"}
     with subprocess.Popen(
-        [sys.executable, "-c", TRAINING], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", TRAINING],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as job:
         assert job.stdout.readline().split() == ["started", "down", "down", "None"]  # id and name at once
         assert job.stdout.readline().split() == ["logged", "49"]
@@ -93,7 +97,9 @@ def test_a_job_started_while_the_database_is_down_stores_everything_once_it_answ
     assert "s3cret-pw" not in err
 
 
-def test_a_run_created_late_keeps_its_creation_time_and_gets_its_state_events(conn, proxy, monkeypatch, caplog):
+def test_a_run_created_late_keeps_its_creation_time_and_gets_its_state_events(
+    conn, proxy, monkeypatch, caplog
+):
     set_env(monkeypatch, database_url=proxy.url(proxy.dbname), system_metrics_interval=0)
     caplog.set_level(logging.WARNING, logger="engine.sdk.writer")
     run = engine.init(project="acme/outage", name="late", config={"lr": 0.1}, tags=["a"])
@@ -113,7 +119,9 @@ def test_a_run_created_late_keeps_its_creation_time_and_gets_its_state_events(co
     assert [r.getMessage().startswith(WARNING) for r in caplog.records].count(True) == 1
 
 
-def test_a_run_resumed_during_an_outage_continues_after_its_stored_steps(conn, database_url, proxy, monkeypatch):
+def test_a_run_resumed_during_an_outage_continues_after_its_stored_steps(
+    conn, database_url, proxy, monkeypatch
+):
     set_env(monkeypatch, system_metrics_interval=0)
     with engine.init(project="acme/outage", id="again") as run:
         for step in range(5):
@@ -130,14 +138,27 @@ def test_a_run_resumed_during_an_outage_continues_after_its_stored_steps(conn, d
     run.flush()
     assert run.step == 7 and run.name == "second"
     run.finish()
-    assert [(s, v) for _, s, v in _points(conn, "again")] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0),
-                                                              (5, 10.0), (6, 11.0), (7, 13.0)]
+    assert [(s, v) for _, s, v in _points(conn, "again")] == [
+        (0, 0.0),
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (4, 4.0),
+        (5, 10.0),
+        (6, 11.0),
+        (7, 13.0),
+    ]
     system = conn.execute("SELECT step, value FROM system_metrics ORDER BY seq").fetchall()
     assert system == [(0, 1.0), (1, 2.0)]
     transitions = conn.execute(
         "SELECT from_state, to_state FROM run_transitions WHERE run_pk = %s ORDER BY id", (run.pk,)
     ).fetchall()
-    assert transitions == [(None, "running"), ("running", "finished"), ("finished", "running"), ("running", "finished")]
+    assert transitions == [
+        (None, "running"),
+        ("running", "finished"),
+        ("finished", "running"),
+        ("running", "finished"),
+    ]
 
 
 def test_an_id_taken_by_another_run_is_reported_when_the_database_answers(conn, proxy, monkeypatch):
@@ -148,7 +169,9 @@ def test_an_id_taken_by_another_run_is_reported_when_the_database_answers(conn, 
     second = engine.init(project="acme/outage", id="taken")  # without resume=True
     second.log({"loss": 2.0})
     proxy.up()
-    with pytest.raises(IngestError, match="'taken' already exists.*pass resume=True.*1 logged points were not stored"):
+    with pytest.raises(
+        IngestError, match="'taken' already exists.*pass resume=True.*1 logged points were not stored"
+    ):
         second.finish()
     assert [v for _, _, v in _points(conn, "taken")] == [1.0]  # the other run is untouched
 
@@ -191,14 +214,18 @@ def test_a_port_that_never_answers_hangs_neither_init_nor_the_cli(black_hole):
         "    print('lost:', exc, flush=True)\n"
     )
     # generous guards: without a connect timeout each would wait for minutes
-    job = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=90, check=False)
+    job = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=90, check=False
+    )
     assert job.returncode == 0, job.stderr
     returned, lost = job.stdout.splitlines()
     assert returned == "returned hole"
     assert "1 points of run acme/outage/hole (the run itself is not in the database) were not stored" in lost
     assert job.stderr.count(WARNING) == 1 and "timeout" in job.stderr
 
-    cli = subprocess.run([ENGINE, "history"], env=env, capture_output=True, text=True, timeout=90, check=False)
+    cli = subprocess.run(
+        [ENGINE, "history"], env=env, capture_output=True, text=True, timeout=90, check=False
+    )
     assert cli.returncode == 1
     assert cli.stderr.startswith("error:") and "timeout" in cli.stderr
 
@@ -225,12 +252,20 @@ def test_a_problem_that_cannot_pass_fails_init_at_once(pg_cluster, conn, monkeyp
         conn.execute("SELECT pg_reload_conf()")
         cleanup.append(lambda: (hba.write_text(before), conn.execute("SELECT pg_reload_conf()")))
         cleanup.append(lambda: conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role))))
-        url, words = f"postgresql://{role}:wrong-one@/engine_template?host={socket_dir}", "password authentication failed"
+        url, words = (
+            f"postgresql://{role}:wrong-one@/engine_template?host={socket_dir}",
+            "password authentication failed",
+        )
     elif problem == "database":
-        url, words = f"postgresql://engine@/no_such_db?host={socket_dir}", 'database "no_such_db" does not exist'
+        url, words = (
+            f"postgresql://engine@/no_such_db?host={socket_dir}",
+            'database "no_such_db" does not exist',
+        )
     else:
         name = _unmigrated(pg_cluster)
-        cleanup.append(lambda: conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))))
+        cleanup.append(
+            lambda: conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        )
         url, words = pg_cluster.url(name), "engine db migrate"
     try:
         set_env(monkeypatch, database_url=url, system_metrics_interval=0)
@@ -253,7 +288,9 @@ def test_a_creation_whose_answer_was_lost_is_recognised_when_tried_again(conn, d
     from engine.clock import now
     from engine.sdk.run import _Opening
 
-    opening = _Opening("acme", "outage", "lost", None, "alice", None, None, None, now(), resume=False, redraw=False)
+    opening = _Opening(
+        "acme", "outage", "lost", None, "alice", None, None, None, now(), resume=False, redraw=False
+    )
     with psycopg.connect(database_url) as c1:
         first = opening.open(c1)
     with psycopg.connect(database_url) as c2:

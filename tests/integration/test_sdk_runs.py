@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -19,19 +19,23 @@ from engine.exceptions import IngestError, NotFound
 from engine.localdb import LocalDatabase
 from tests.integration.sdk_helpers import events, same_transaction, set_env
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def _run_row(conn, run_pk: int) -> dict:
     row = conn.execute(
-        "SELECT run_id, name, user_name, config, tags, state, exit_code, finished_at FROM runs WHERE id = %s", (run_pk,)
+        "SELECT run_id, name, user_name, config, tags, state, exit_code, finished_at FROM runs WHERE id = %s",
+        (run_pk,),
     ).fetchone()
-    return dict(zip(("run_id", "name", "user_name", "config", "tags", "state", "exit_code", "finished_at"), row))
+    return dict(
+        zip(("run_id", "name", "user_name", "config", "tags", "state", "exit_code", "finished_at"), row)
+    )
 
 
 def _transitions(conn, run_pk: int) -> list[tuple]:
     return conn.execute(
-        "SELECT from_state, to_state, exit_code, author FROM run_transitions WHERE run_pk = %s ORDER BY id", (run_pk,)
+        "SELECT from_state, to_state, exit_code, author FROM run_transitions WHERE run_pk = %s ORDER BY id",
+        (run_pk,),
     ).fetchall()
 
 
@@ -41,12 +45,25 @@ def _state_events(conn, run_pk: int) -> list[dict]:
 
 def test_a_new_run_is_a_transition_into_running(conn, database_url):
     with clock.frozen(T0):
-        run = engine.init(project="acme/vision", user="alice", config={"lr": 3e-4}, tags=["a", "b"],
-                          system_metrics_interval=0)
+        run = engine.init(
+            project="acme/vision",
+            user="alice",
+            config={"lr": 3e-4},
+            tags=["a", "b"],
+            system_metrics_interval=0,
+        )
     row = _run_row(conn, run.pk)
     assert len(run.id) == 8 and run.name == run.id  # generated id; the name defaults to it
-    assert row == {"run_id": run.id, "name": run.id, "user_name": "alice", "config": {"lr": 3e-4},
-                   "tags": ["a", "b"], "state": "running", "exit_code": None, "finished_at": None}
+    assert row == {
+        "run_id": run.id,
+        "name": run.id,
+        "user_name": "alice",
+        "config": {"lr": 3e-4},
+        "tags": ["a", "b"],
+        "state": "running",
+        "exit_code": None,
+        "finished_at": None,
+    }
     assert _transitions(conn, run.pk) == [(None, "running", None, "alice")]
     [event] = _state_events(conn, run.pk)
     assert event["details"] == {"from": None, "to": "running"}
@@ -59,13 +76,18 @@ def test_a_new_run_is_a_transition_into_running(conn, database_url):
 
 
 def test_finish_with_exit_code_zero_is_finished(conn, database_url):
-    run = engine.init(project="acme/vision", name="resnet-50", id="r1", user="alice", system_metrics_interval=0)
+    run = engine.init(
+        project="acme/vision", name="resnet-50", id="r1", user="alice", system_metrics_interval=0
+    )
     run.finish()
     run.finish()  # a second call changes nothing
     row = _run_row(conn, run.pk)
     assert (row["name"], row["state"], row["exit_code"]) == ("resnet-50", "finished", 0)
     assert row["finished_at"] is not None and run.state == "finished"
-    assert _transitions(conn, run.pk) == [(None, "running", None, "alice"), ("running", "finished", 0, "alice")]
+    assert _transitions(conn, run.pk) == [
+        (None, "running", None, "alice"),
+        ("running", "finished", 0, "alice"),
+    ]
     last = _state_events(conn, run.pk)[-1]
     assert last["details"] == {"from": "running", "to": "finished", "exit_code": 0}
     assert same_transaction(conn, "runs", "id", run.pk, last["id"])
@@ -116,17 +138,30 @@ def test_resume_goes_back_to_running_and_continues_the_steps(conn, database_url)
         for step in range(10):
             run.log({"loss": 1.0 / (step + 1)})
         run.finish(exit_code=1)
-    resumed = engine.init(project="acme/vision", id="long", resume=True, name="long (2)", system_metrics_interval=0)
+    resumed = engine.init(
+        project="acme/vision", id="long", resume=True, name="long (2)", system_metrics_interval=0
+    )
     assert resumed.pk == run.pk and resumed.step == 9 and resumed.name == "long (2)"
     assert _run_row(conn, run.pk)["state"] == "running"
-    assert _state_events(conn, run.pk)[-1]["details"] == {"from": "failed", "to": "running", "exit_code": None}
+    assert _state_events(conn, run.pk)[-1]["details"] == {
+        "from": "failed",
+        "to": "running",
+        "exit_code": None,
+    }
     with pytest.warns(engine.StepWarning, match="step 5"):
         resumed.log({"loss": 9.0}, step=5)
     resumed.log({"loss": 0.01})
     resumed.finish()
-    steps = [s for (s,) in conn.execute("SELECT step FROM metric_points WHERE run_pk = %s ORDER BY seq", (run.pk,))]
+    steps = [
+        s for (s,) in conn.execute("SELECT step FROM metric_points WHERE run_pk = %s ORDER BY seq", (run.pk,))
+    ]
     assert steps == list(range(11))
-    assert [e["details"]["to"] for e in _state_events(conn, run.pk)] == ["running", "failed", "running", "finished"]
+    assert [e["details"]["to"] for e in _state_events(conn, run.pk)] == [
+        "running",
+        "failed",
+        "running",
+        "finished",
+    ]
     # resume=True with an id that does not exist yet creates the run
     fresh = engine.init(project="acme/vision", id="new-one", resume=True, system_metrics_interval=0)
     assert _run_row(conn, fresh.pk)["state"] == "running"

@@ -33,14 +33,18 @@ from engine.logs import JsonFormatter
 from engine.scheduler import Service
 from engine.settings import Settings
 from tests.integration.actions_helpers import FINAL
-from tests.receiver import Received, Receiver, Reply, free_port
 from tests.integration.evaluation_helpers import apply_yaml
+from tests.receiver import Received, Receiver, Reply, free_port
 
 ENGINE = Path(sys.executable).parent / "engine"
 
 
 def pg_dump() -> str:
-    bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip() if shutil.which("pg_config") else ""
+    bindir = (
+        subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+        if shutil.which("pg_config")
+        else ""
+    )
     for candidate in (Path(bindir) / "pg_dump", Path("/usr/lib/postgresql/15/bin/pg_dump")):
         if candidate.exists():
             return str(candidate)
@@ -53,12 +57,16 @@ def careless(status: int):
     """Echoes the headers it received (the Authorization and signature among them)."""
 
     def reply(request: Received) -> Reply:
-        return Reply(status, json.dumps({"you_sent": request.headers, "body": request.body.decode()}).encode())
+        return Reply(
+            status, json.dumps({"you_sent": request.headers, "body": request.body.decode()}).encode()
+        )
 
     return reply
 
 
-def test_no_secret_in_the_database_logs_metrics_or_cli_after_a_full_run(conn, database_url, monkeypatch, caplog):
+def test_no_secret_in_the_database_logs_metrics_or_cli_after_a_full_run(
+    conn, database_url, monkeypatch, caplog
+):
     token, key = "tok-" + uuid.uuid4().hex, "hmac-" + uuid.uuid4().hex
     monkeypatch.setenv("SECRET_X_TOKEN", token)
     monkeypatch.setenv("SECRET_X_HMAC", key)
@@ -81,13 +89,19 @@ def test_no_secret_in_the_database_logs_metrics_or_cli_after_a_full_run(conn, da
                 '  payload: {token: "${ACCESS_TOKEN}", run: "${run_name}", value: "${metric_value}"}\n',
             )
             settings = Settings(
-                database_url=database_url, webhook_allow_hosts="127.0.0.1", retry_base_seconds=0.05, interval=0.5,
-                metrics_port=port, metrics_address="127.0.0.1",
+                database_url=database_url,
+                webhook_allow_hosts="127.0.0.1",
+                retry_base_seconds=0.05,
+                interval=0.5,
+                metrics_port=port,
+                metrics_address="127.0.0.1",
             )
             service = Service(settings)
             service.start()
             try:
-                with engine.init(project="acme/vision", name="secret-run", user="alice", system_metrics_interval=0) as run:
+                with engine.init(
+                    project="acme/vision", name="secret-run", user="alice", system_metrics_interval=0
+                ) as run:
                     run.log({"acc": 0.9})
                 deadline = time.monotonic() + 30
                 while conn.execute("SELECT status FROM deliveries").fetchone() is None or (
@@ -105,13 +119,16 @@ def test_no_secret_in_the_database_logs_metrics_or_cli_after_a_full_run(conn, da
     assert [r.headers["Authorization"] for r in rx.requests] == [f"Bearer {token}"] * 2
     assert rx.requests[-1].headers["X-Copy"] == f"k={key}" and rx.requests[-1].json()["token"] == token
     body = rx.requests[-1].body
-    assert rx.requests[-1].headers["X-Automation-Signature"] == base64.b64encode(
-        hmac.new(key.encode(), body, hashlib.sha256).digest()
-    ).decode()
+    assert (
+        rx.requests[-1].headers["X-Automation-Signature"]
+        == base64.b64encode(hmac.new(key.encode(), body, hashlib.sha256).digest()).decode()
+    )
     assert conn.execute("SELECT status, attempts FROM deliveries").fetchone() == ("succeeded", 2)
     assert 'engine_deliveries{status="succeeded"} 1.0' in metrics
 
-    dump = subprocess.run([pg_dump(), "--dbname", database_url], capture_output=True, text=True, check=True).stdout
+    dump = subprocess.run(
+        [pg_dump(), "--dbname", database_url], capture_output=True, text=True, check=True
+    ).stdout
     assert "secret-run" in dump and "[redacted]" in dump  # the data is there, the echoed headers scrubbed
     runner = CliRunner()
     cli = "\n".join(
@@ -119,13 +136,22 @@ def test_no_secret_in_the_database_logs_metrics_or_cli_after_a_full_run(conn, da
         for args in (["rules", "show", "secretive"], ["deliveries"], ["history"], ["rules", "list"])
     )
     doctor = subprocess.run(
-        [str(ENGINE), "doctor", "--timeout", "1"], env={**os.environ, "ENGINE_RULES_PATH": "/nonexistent"},
-        capture_output=True, text=True, timeout=60,
+        [str(ENGINE), "doctor", "--timeout", "1"],
+        env={**os.environ, "ENGINE_RULES_PATH": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "✓ secret SECRET_X_TOKEN" in doctor.stdout
     logs = caplog.text + "\n".join(r.getMessage() for r in caplog.records) + json_lines.getvalue()
     assert any(r.name.startswith("engine.actions") for r in caplog.records)  # the dispatcher did log
     assert "delivery" in json_lines.getvalue()
     for secret in (token, key, token.removeprefix("tok-"), key.removeprefix("hmac-")):
-        for where, text in (("pg_dump", dump), ("logs", logs), ("metrics", metrics), ("CLI", cli), ("doctor", doctor.stdout + doctor.stderr)):
+        for where, text in (
+            ("pg_dump", dump),
+            ("logs", logs),
+            ("metrics", metrics),
+            ("CLI", cli),
+            ("doctor", doctor.stdout + doctor.stderr),
+        ):
             assert secret not in text, f"a secret is in the {where} output"

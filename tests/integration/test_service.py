@@ -15,7 +15,9 @@ from tests.receiver import free_port
 def test_wakes_from_many_threads_never_make_apscheduler_skip_or_miss_a_run(database_url, caplog):
     caplog.set_level(logging.DEBUG, logger="apscheduler")
     port = free_port()
-    settings = Settings(database_url=database_url, metrics_port=port, metrics_address="127.0.0.1", interval=0.2)
+    settings = Settings(
+        database_url=database_url, metrics_port=port, metrics_address="127.0.0.1", interval=0.2
+    )
     service = Service(settings)
     service.start()
     try:

@@ -36,7 +36,9 @@ REFUSED_TARGETS = {
 def test_a_redirect_to_a_refused_address_is_refused(location, reason, status):
     with Receiver(Reply(status, b"", {"Location": location})) as rx:
         started = time.monotonic()
-        attempt = post_json(rx.url("/hook"), b"{}", {"Authorization": "Bearer tok"}, timeout=10, allow_hosts="127.0.0.1")
+        attempt = post_json(
+            rx.url("/hook"), b"{}", {"Authorization": "Bearer tok"}, timeout=10, allow_hosts="127.0.0.1"
+        )
         elapsed = time.monotonic() - started
     assert len(rx.requests) == 1
     assert attempt.error is not None and not attempt.retryable, attempt
@@ -57,17 +59,24 @@ def test_allowing_a_name_does_not_allow_redirects_to_its_address(localhost_layou
     """With only the *name* localhost allowed, a redirect to 127.0.0.1 is another target
     (the receivers listen on 127.0.0.1 only: where localhost is ::1 first, that is tried first)."""
     with Receiver(Reply(302, b"", {"Location": "/elsewhere"})) as same, Receiver(Reply(200)) as other:
-        relative = post_json(f"http://localhost:{same.port}/hook", b"{}", {}, timeout=10, allow_hosts="localhost")
+        relative = post_json(
+            f"http://localhost:{same.port}/hook", b"{}", {}, timeout=10, allow_hosts="localhost"
+        )
         # a relative redirect stays on localhost: followed (as a GET, 302), and answered 302 again
         assert [r.path for r in same.requests][:2] == ["/hook", "/elsewhere"]
         assert relative.error and "redirect" in relative.error
         with Receiver(Reply(302, b"", {"Location": other.url("/x")})) as rx:
-            attempt = post_json(f"http://localhost:{rx.port}/hook", b"{}", {}, timeout=10, allow_hosts="localhost")
+            attempt = post_json(
+                f"http://localhost:{rx.port}/hook", b"{}", {}, timeout=10, allow_hosts="localhost"
+            )
     assert other.requests == []
     assert "resolves to a private address 127.0.0.1 (loopback)" in attempt.error
 
 
-@pytest.mark.parametrize("location", ["file:///etc/passwd", "gopher://127.0.0.1:25/x", "ftp://127.0.0.1/", "dict://127.0.0.1:11211/"])
+@pytest.mark.parametrize(
+    "location",
+    ["file:///etc/passwd", "gopher://127.0.0.1:25/x", "ftp://127.0.0.1/", "dict://127.0.0.1:11211/"],
+)
 def test_a_redirect_to_another_scheme_is_refused(location):
     with Receiver(Reply(302, b"", {"Location": location})) as rx:
         attempt = post_json(rx.url("/hook"), b"{}", {}, timeout=10, allow_hosts="127.0.0.1")

@@ -25,11 +25,17 @@ def test_timescaledb_not_installed() -> None:
     # PostgreSQL 15's words when the extension's files are missing
     error = translate(pgerrors.FeatureNotSupported('extension "timescaledb" is not available'))
     assert isinstance(error, ExtensionMissing)
-    assert "not installed" in str(error) and "scripts/setup" in str(error) and "ENGINE_DATABASE_URL" in str(error)
+    assert (
+        "not installed" in str(error)
+        and "scripts/setup" in str(error)
+        and "ENGINE_DATABASE_URL" in str(error)
+    )
 
 
 def test_timescaledb_not_preloaded() -> None:
-    error = translate(pgerrors.InternalError_('extension "timescaledb" must be preloaded\nHINT:  Please preload ...'))
+    error = translate(
+        pgerrors.InternalError_('extension "timescaledb" must be preloaded\nHINT:  Please preload ...')
+    )
     assert isinstance(error, ExtensionMissing)
     assert "not preloaded" in str(error) and "shared_preload_libraries = 'timescaledb'" in str(error)
     assert "\n" not in str(error)  # one line, the server's long hint left out
@@ -41,7 +47,9 @@ def test_schema_missing() -> None:
 
 
 def test_timeout() -> None:
-    assert isinstance(translate(pgerrors.QueryCanceled("canceling statement due to statement timeout")), QueryTimeout)
+    assert isinstance(
+        translate(pgerrors.QueryCanceled("canceling statement due to statement timeout")), QueryTimeout
+    )
 
 
 @pytest.mark.parametrize("configured", [True, False])
@@ -68,13 +76,33 @@ def test_anything_else_keeps_its_first_line() -> None:
 @pytest.mark.parametrize(
     ("message", "kind", "advice"),
     [
-        ('connection failed: FATAL:  password authentication failed for user "bob"', DatabaseAuthFailed, "user name and password"),
-        ('connection failed: FATAL:  no pg_hba.conf entry for host "10.0.0.1", user "bob"', DatabaseAuthFailed, "pg_hba.conf"),
-        ('connection failed: FATAL:  role "bob" does not exist', DatabaseAuthFailed, "user name and password"),
+        (
+            'connection failed: FATAL:  password authentication failed for user "bob"',
+            DatabaseAuthFailed,
+            "user name and password",
+        ),
+        (
+            'connection failed: FATAL:  no pg_hba.conf entry for host "10.0.0.1", user "bob"',
+            DatabaseAuthFailed,
+            "pg_hba.conf",
+        ),
+        (
+            'connection failed: FATAL:  role "bob" does not exist',
+            DatabaseAuthFailed,
+            "user name and password",
+        ),
         ('connection failed: FATAL:  database "nope" does not exist', SchemaNotReady, "createdb"),
         ("connection failed: FATAL:  sorry, too many clients already", DatabaseBusy, "PgBouncer"),
-        ("connection failed: FATAL:  remaining connection slots are reserved for non-replication superuser connections", DatabaseBusy, "max_connections"),
-        ("connection failed: ERROR:  no more connections allowed (max_client_conn)", DatabaseBusy, "max_connections"),
+        (
+            "connection failed: FATAL:  remaining connection slots are reserved for non-replication superuser connections",
+            DatabaseBusy,
+            "max_connections",
+        ),
+        (
+            "connection failed: ERROR:  no more connections allowed (max_client_conn)",
+            DatabaseBusy,
+            "max_connections",
+        ),
         ('connection failed: FATAL:  too many connections for role "bob"', DatabaseBusy, "max_connections"),
         ('connection failed: FATAL:  role "bob" is not permitted to log in', DatabaseAuthFailed, "user name"),
         ("connection failed: ERROR:  no such database: nope", SchemaNotReady, "createdb"),
@@ -82,7 +110,9 @@ def test_anything_else_keeps_its_first_line() -> None:
         ("connection failed: timeout expired", DatabaseUnavailable, "reaches it"),
     ],
 )
-def test_each_refusal_gets_its_own_advice(message: str, kind: type, advice: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_refusal_gets_its_own_advice(
+    message: str, kind: type, advice: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ENGINE_DATABASE_URL", "postgresql://bob@db.internal/engine")
     get_settings.cache_clear()
     error = translate(psycopg.OperationalError(message))
@@ -95,4 +125,6 @@ def test_capacity_is_transient_and_credentials_are_not() -> None:
     assert issubclass(DatabaseBusy, DatabaseUnavailable)
     assert not issubclass(DatabaseAuthFailed, DatabaseUnavailable)
     assert isinstance(translate(pgerrors.TooManyConnections("sorry, too many clients already")), DatabaseBusy)
-    assert isinstance(translate(pgerrors.InvalidPassword("password authentication failed")), DatabaseAuthFailed)
+    assert isinstance(
+        translate(pgerrors.InvalidPassword("password authentication failed")), DatabaseAuthFailed
+    )

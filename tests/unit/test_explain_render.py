@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import engine.explain as explain
@@ -13,7 +13,7 @@ from engine.db import query_names
 from engine.explain import Explanation, Point, Window, render_png, render_terminal
 from engine.rules import Automation
 
-T = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _series(values: list[float]) -> tuple[Point, ...]:
@@ -21,18 +21,44 @@ def _series(values: list[float]) -> tuple[Point, ...]:
 
 
 def _threshold_explanation(series: tuple[Point, ...], position: int, window: int) -> Explanation:
-    rule = Automation.model_validate({
-        "name": "loss-low", "scope": {"project": "acme/vision"}, "action": {"type": "no_op"},
-        "event": {"type": "run_metric_threshold", "metric": "loss", "window": window, "aggregation": "min",
-                  "operator": "<", "threshold": 0.2},
-    })
+    rule = Automation.model_validate(
+        {
+            "name": "loss-low",
+            "scope": {"project": "acme/vision"},
+            "action": {"type": "no_op"},
+            "event": {
+                "type": "run_metric_threshold",
+                "metric": "loss",
+                "window": window,
+                "aggregation": "min",
+                "operator": "<",
+                "threshold": 0.2,
+            },
+        }
+    )
     points = series[position - window : position]
     aggregate = min(p.value for p in points)
     return Explanation(
-        trigger_id=7, fired_at=T, automation="loss-low", automation_version=1, rule=rule,
-        rule_type="run_metric_threshold", condition=rule.event.describe(), run=None, delivery=None,
-        metric="loss", position=position, step=points[-1].step, value_time=T, value=aggregate, series=series,
-        windows=(Window("window", position - window + 1, position, points, aggregate, tuple(p.value for p in points)),),
+        trigger_id=7,
+        fired_at=T,
+        automation="loss-low",
+        automation_version=1,
+        rule=rule,
+        rule_type="run_metric_threshold",
+        condition=rule.event.describe(),
+        run=None,
+        delivery=None,
+        metric="loss",
+        position=position,
+        step=points[-1].step,
+        value_time=T,
+        value=aggregate,
+        series=series,
+        windows=(
+            Window(
+                "window", position - window + 1, position, points, aggregate, tuple(p.value for p in points)
+            ),
+        ),
     )
 
 
@@ -70,7 +96,9 @@ def test_a_long_series_drawn_in_memory_at_the_size_asked(tmp_path):
     assert len(rows) == 15 + 2  # the plot, then the key wrapped at 70 characters
     assert max(len(r) for r in rows[:15]) == 70 and all(len(r) <= 70 for r in rows[15:])
     assert "min of the window = 0.10002 < 0.2  → fired" in words
-    assert "window #44981–#45000 (steps 449800–449990): 0.1004, 0.10038, 0.10036, 0.10034, 0.10032, … " in words
+    assert (
+        "window #44981–#45000 (steps 449800–449990): 0.1004, 0.10038, 0.10036, 0.10034, 0.10032, … " in words
+    )
     assert "(20 values)" in words
     path = render_png(expl, tmp_path / "long.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

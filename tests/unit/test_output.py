@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +16,7 @@ KEYS = ("id", "name", "when", "value", "ok", "missing")
 ROW = {
     "id": uuid.UUID(int=7),
     "name": "tab\there\nnewline \\ backslash\r",
-    "when": datetime(2026, 12, 2, 9, 30, tzinfo=timezone.utc),
+    "when": datetime(2026, 12, 2, 9, 30, tzinfo=UTC),
     "value": 0.1,
     "ok": True,
     "not asked": "left out",

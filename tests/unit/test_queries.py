@@ -30,14 +30,22 @@ def _query_calls(tree: ast.AST) -> Iterator[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = node.func
-            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            name = (
+                func.id
+                if isinstance(func, ast.Name)
+                else func.attr
+                if isinstance(func, ast.Attribute)
+                else None
+            )
             if name == "query" and isinstance(node.args[0].value, str):
                 yield node.args[0].value
 
 
 def test_every_named_query_is_defined_once() -> None:
     defined = Counter(
-        name for path in (enginedb.SQL_DIR / "queries").glob("*.sql") for name in enginedb._BLOCK.findall(path.read_text())
+        name
+        for path in (enginedb.SQL_DIR / "queries").glob("*.sql")
+        for name in enginedb._BLOCK.findall(path.read_text())
     )
     assert [name for name, count in defined.items() if count > 1] == []
     assert set(defined) == enginedb.query_names() and len(defined) > 50
@@ -62,7 +70,9 @@ def test_every_named_query_is_used_and_every_used_name_exists() -> None:
     strings: set[str] = set()
     for _, tree in _trees(ENGINE_SOURCE):
         called |= set(_query_calls(tree))
-        strings |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        strings |= {
+            n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        }
     assert len(called) > 50  # the walk found the engine's calls
     unused = sorted(defined - called - strings)
     assert unused == [], f"named queries nothing in engine/ uses (delete them): {unused}"

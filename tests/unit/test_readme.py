@@ -24,7 +24,9 @@ def test_every_setting_is_in_the_configuration_table() -> None:
 
 
 def test_every_db_command_is_in_the_db_table() -> None:
-    documented = set(re.findall(r"^\| `engine db (\w+)` \|", _section("The embedded database: `engine db`"), re.MULTILINE))
+    documented = set(
+        re.findall(r"^\| `engine db (\w+)` \|", _section("The embedded database: `engine db`"), re.MULTILINE)
+    )
     assert documented == {c.name or c.callback.__name__ for c in db_app.registered_commands}
 
 

@@ -15,7 +15,9 @@ from psycopg.conninfo import conninfo_to_dict
 from engine.doctor import redact_url
 
 SECRET_KEYS = ("password", "sslpassword")
-passwords = st.text(alphabet=string.printable.strip() + " é€", min_size=1, max_size=30).filter(lambda p: p.strip() != "")
+passwords = st.text(alphabet=string.printable.strip() + " é€", min_size=1, max_size=30).filter(
+    lambda p: p.strip() != ""
+)
 
 
 def _without_secrets(url: str) -> dict[str, object]:
@@ -50,16 +52,29 @@ def test_the_password_is_hidden_and_everything_else_kept(generated: str) -> None
 @pytest.mark.parametrize(
     ("url", "shown", "left_out"),
     [
-        ("postgresql://engine:s3cr%40t@db:5432/engine", "postgresql://engine:***@db:5432/engine",
-         "postgresql://engine@db:5432/engine"),
+        (
+            "postgresql://engine:s3cr%40t@db:5432/engine",
+            "postgresql://engine:***@db:5432/engine",
+            "postgresql://engine@db:5432/engine",
+        ),
         # a raw @ in the password: the host is what follows the last one, as for libpq
-        ("postgresql://u:p@ss@h/db?PassWord=x&sslmode=require", "postgresql://u:***@h/db?PassWord=***&sslmode=require",
-         "postgresql://u@h/db?sslmode=require"),
-        ("postgresql://u:pw@[::1/db", "postgresql://u:***@[::1/db", "postgresql://u@[::1/db"),  # not splittable
+        (
+            "postgresql://u:p@ss@h/db?PassWord=x&sslmode=require",
+            "postgresql://u:***@h/db?PassWord=***&sslmode=require",
+            "postgresql://u@h/db?sslmode=require",
+        ),
+        (
+            "postgresql://u:pw@[::1/db",
+            "postgresql://u:***@[::1/db",
+            "postgresql://u@[::1/db",
+        ),  # not splittable
         ("host=h password=abc dbname=x", "host=h password=*** dbname=x", "host=h dbname=x"),
         # nothing to hide: unchanged (the embedded database's URL)
-        ("postgresql://engine@/engine?host=/tmp/x/run", "postgresql://engine@/engine?host=/tmp/x/run",
-         "postgresql://engine@/engine?host=/tmp/x/run"),
+        (
+            "postgresql://engine@/engine?host=/tmp/x/run",
+            "postgresql://engine@/engine?host=/tmp/x/run",
+            "postgresql://engine@/engine?host=/tmp/x/run",
+        ),
     ],
 )
 def test_examples(url: str, shown: str, left_out: str) -> None:

@@ -177,7 +177,25 @@ def _joined(text: str) -> str:
 
 # -- strategies: random documents -----------------------------------------------------------
 RULE_WORDS = sorted(KNOWN_KEYS | set(EVENT_TYPES) | {"webhook", "slack", "no_op", "env"})
-JUNK_KEYS = ["", " ", "<<", "~", "null", "true", "1", "-1", "1.5", "a.b", "x[0]", "é", "🙂", "\u202e", "name ", "NAME", "${x}"]
+JUNK_KEYS = [
+    "",
+    " ",
+    "<<",
+    "~",
+    "null",
+    "true",
+    "1",
+    "-1",
+    "1.5",
+    "a.b",
+    "x[0]",
+    "é",
+    "🙂",
+    "\u202e",
+    "name ",
+    "NAME",
+    "${x}",
+]
 KEYS = st.sampled_from(RULE_WORDS + JUNK_KEYS) | st.text(max_size=12)
 INTERESTING = [
     "acme/vision", "acme", "a/b/c", "model", "accuracy", "system/cpu", "system.cpu", "system/", ">", "=>", "==",
@@ -215,12 +233,18 @@ def emit_flow(value: Any, draw: Any, depth: int = 0) -> str:
     if draw(st.integers(0, 30)) == 0:
         return draw(st.sampled_from(["*a", "*b", "*nowhere"]))
     if isinstance(value, dict):
-        items = ", ".join(f"{emit_flow(k, draw, depth + 1)}: {emit_flow(v, draw, depth + 1)}" for k, v in value.items())
+        items = ", ".join(
+            f"{emit_flow(k, draw, depth + 1)}: {emit_flow(v, draw, depth + 1)}" for k, v in value.items()
+        )
         return prefix + "{" + items + "}"
     if isinstance(value, list):
         return prefix + "[" + ", ".join(emit_flow(v, draw, depth + 1) for v in value) + "]"
     if isinstance(value, float) and not math.isfinite(value):
-        return prefix + draw(st.sampled_from({"nan": [".nan", ".NaN", "nan"], "inf": [".inf", ".Inf"], "-inf": ["-.inf"]}[str(value)]))
+        return prefix + draw(
+            st.sampled_from(
+                {"nan": [".nan", ".NaN", "nan"], "inf": [".inf", ".Inf"], "-inf": ["-.inf"]}[str(value)]
+            )
+        )
     if isinstance(value, str):
         style = draw(st.sampled_from(["plain", "json", "single", "escaped"]))
         if style == "plain":
@@ -230,7 +254,9 @@ def emit_flow(value: Any, draw: Any, depth: int = 0) -> str:
         if style == "escaped":  # JSON escapes: emoji become \ud83d\ude00 pairs
             return prefix + json.dumps(value, ensure_ascii=True)
         return prefix + json.dumps(value, ensure_ascii=False)
-    return prefix + ("null" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+    return prefix + (
+        "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    )
 
 
 def emit_block(value: Any, draw: Any) -> str:
@@ -249,7 +275,12 @@ def yaml_texts(draw: Any) -> str:
     value = draw(STRUCTURES | st.dictionaries(KEYS, STRUCTURES, max_size=8))
     text = emit_block(value, draw) if draw(st.booleans()) else emit_flow(value, draw) + "\n"
     if draw(st.integers(0, 3)) == 0:
-        text = "---\n" + text + draw(st.sampled_from(["---\n", "...\n", "--- !!python/object:x\n", "%YAML 1.1\n---\n"])) + text
+        text = (
+            "---\n"
+            + text
+            + draw(st.sampled_from(["---\n", "...\n", "--- !!python/object:x\n", "%YAML 1.1\n---\n"]))
+            + text
+        )
     return text
 
 
@@ -306,7 +337,9 @@ def mutated_examples(draw: Any) -> str:
     data = yaml.safe_load(EXAMPLES[name])
     for _ in range(draw(st.integers(1, 4))):
         path = draw(st.sampled_from(_paths(data)))
-        operation = draw(st.sampled_from(["drop", "scalar", "structure", "unknown key", "retype", "real key"]))
+        operation = draw(
+            st.sampled_from(["drop", "scalar", "structure", "unknown key", "retype", "real key"])
+        )
         if not path:
             if isinstance(data, dict) and operation in ("unknown key", "real key"):
                 data[draw(KEYS)] = draw(SCALARS)
@@ -321,7 +354,11 @@ def mutated_examples(draw: Any) -> str:
             parent[last] = draw(STRUCTURES)
         elif operation == "retype":
             parent[last] = (
-                [current] if not isinstance(current, list) else {"k": current} if draw(st.booleans()) else str(current)
+                [current]
+                if not isinstance(current, list)
+                else {"k": current}
+                if draw(st.booleans())
+                else str(current)
             )
         elif isinstance(current, dict):
             key = draw(KEYS) if operation == "unknown key" else draw(st.sampled_from(RULE_WORDS))
@@ -356,7 +393,11 @@ def edited_examples(draw: Any) -> str:
             lines[at], lines[at + 1] = lines[at + 1], lines[at]
             text = "".join(lines)
         elif edit == "paste":
-            text = text + draw(st.sampled_from(["", "---\n"])) + EXAMPLES[draw(st.sampled_from(sorted(EXAMPLES)))]
+            text = (
+                text
+                + draw(st.sampled_from(["", "---\n"]))
+                + EXAMPLES[draw(st.sampled_from(sorted(EXAMPLES)))]
+            )
         elif edit == "cut":
             start = draw(st.integers(0, len(text)))
             text = text[:start] + text[start + draw(st.integers(0, 40)) :]
@@ -417,7 +458,10 @@ def test_load_rules_from_files(contents):
                     text = raw.decode("utf-8-sig")
                 except UnicodeDecodeError:
                     assert issue.message.startswith("not UTF-8 text") and issue.line is not None, str(issue)
-                    assert issue.line == raw.count(b"\n", 0, int(issue.message.split("byte ")[1].rstrip(")"))) + 1
+                    assert (
+                        issue.line
+                        == raw.count(b"\n", 0, int(issue.message.split("byte ")[1].rstrip(")"))) + 1
+                    )
                     continue
                 check_issues([issue], text, issue.file)
                 if issue.message.startswith("duplicate automation name"):
@@ -443,7 +487,10 @@ def test_deep_nesting_names_its_line_and_top_level_key():
 
 def test_nesting_limit_is_exact():
     at_limit = "name: " + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "\n"
-    assert check_text(at_limit)[0] == f"{FILE}:1: name: must be text (quote it if YAML reads it as a number, date or boolean)"
+    assert (
+        check_text(at_limit)[0]
+        == f"{FILE}:1: name: must be text (quote it if YAML reads it as a number, date or boolean)"
+    )
     beyond = "name: " + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1) + "\n"
     assert check_text(beyond) == [f"{FILE}:1: name: nested more than {MAX_DEPTH} levels deep"]
 
@@ -458,11 +505,16 @@ def test_explicit_tags_on_text_that_does_not_fit_them():
 
 def test_an_empty_value_is_reported_at_its_key():
     assert check_text("? |-\n  x\n") == [
-        f"{FILE}:1: name: field required", f"{FILE}:1: scope: field required", f"{FILE}:1: event: field required",
-        f"{FILE}:1: action: field required", f"{FILE}:1: x: unknown key 'x'",
+        f"{FILE}:1: name: field required",
+        f"{FILE}:1: scope: field required",
+        f"{FILE}:1: event: field required",
+        f"{FILE}:1: action: field required",
+        f"{FILE}:1: x: unknown key 'x'",
     ]
     text = EXAMPLES["europe-tag.yaml"].replace("  tag_regex: ^europe\n", "  tag_regex:\n")
-    assert check_text(text) == [f"{FILE}:8: event.tag_regex: must be text (quote it if YAML reads it as a number, date or boolean)"]
+    assert check_text(text) == [
+        f"{FILE}:8: event.tag_regex: must be text (quote it if YAML reads it as a number, date or boolean)"
+    ]
 
 
 def test_a_key_named_like_pydantics_key_marker_is_still_named():
@@ -471,12 +523,16 @@ def test_a_key_named_like_pydantics_key_marker_is_still_named():
 
 def test_a_huge_number_is_not_echoed_whole():
     text = EXAMPLES["accuracy-above-0.6.yaml"].replace("window: 5", "window: " + "9" * 5000)
-    assert check_text(text) == [f"{FILE}:9: event.window: cannot read '{'9' * 50}…(5000 characters)' as !!int"]
+    assert check_text(text) == [
+        f"{FILE}:9: event.window: cannot read '{'9' * 50}…(5000 characters)' as !!int"
+    ]
 
 
 def test_an_integer_beyond_floats_is_worded():
     text = EXAMPLES["accuracy-above-0.6.yaml"].replace("threshold: 0.6", "threshold: 1" + "0" * 400)
-    assert check_text(text) == [f"{FILE}:12: event.threshold: is too large for a number (at most about 1.8e308)"]
+    assert check_text(text) == [
+        f"{FILE}:12: event.threshold: is too large for a number (at most about 1.8e308)"
+    ]
 
 
 def test_json_escaped_emoji_are_joined_and_a_lone_surrogate_is_refused():
@@ -486,7 +542,9 @@ def test_json_escaped_emoji_are_joined_and_a_lone_surrogate_is_refused():
     assert rule.automation.description == "Record \U0001f600 versions"
     check_storable(rule.automation)
     lone = EXAMPLES["europe-tag.yaml"].replace(line, 'description: "Record \\ud83d versions"')
-    assert check_text(lone) == [f"{FILE}:3: description: \\ud83d is half of a UTF-16 surrogate pair, not a character"]
+    assert check_text(lone) == [
+        f"{FILE}:3: description: \\ud83d is half of a UTF-16 surrogate pair, not a character"
+    ]
 
 
 def test_problems_inside_the_document_name_their_field():

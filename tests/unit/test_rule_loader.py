@@ -52,7 +52,10 @@ def test_example_rules_are_valid():
 
 
 def test_issue_text_format():
-    assert str(RuleIssue("rules/x.yaml", 12, "event.window", "must be ≥ 1")) == "rules/x.yaml:12: event.window: must be ≥ 1"
+    assert (
+        str(RuleIssue("rules/x.yaml", 12, "event.window", "must be ≥ 1"))
+        == "rules/x.yaml:12: event.window: must be ≥ 1"
+    )
 
 
 # -- one clear message per mistake --------------------------------------------------------------
@@ -105,12 +108,16 @@ def test_a_regex_is_judged_by_postgres_not_here():
     (loaded,) = parse_rules_text(with_event("type: artifact_alias_added\nalias_regex: '(prod'\n"))
     assert loaded.automation.event.alias_regex == "(prod"
     text = with_event('type: artifact_alias_added\nalias_regex: "a\\0b"\n')
-    assert issues_of(text) == ["rules/x.yaml:6: event.alias_regex: invalid regular expression: NUL characters are not allowed"]
+    assert issues_of(text) == [
+        "rules/x.yaml:6: event.alias_regex: invalid regular expression: NUL characters are not allowed"
+    ]
 
 
 def test_killed_is_refused_at_its_list_item():
     text = with_event("type: run_state\nstates:\n  - failed\n  - killed\n")
-    assert issues_of(text) == ["rules/x.yaml:8: event.states[1]: killed runs never trigger an automation: remove `killed`"]
+    assert issues_of(text) == [
+        "rules/x.yaml:8: event.states[1]: killed runs never trigger an automation: remove `killed`"
+    ]
 
 
 def test_unknown_template_variable():
@@ -207,7 +214,9 @@ def test_several_errors_in_one_file_are_all_reported():
 
 def test_errors_of_several_documents_and_files(tmp_path):
     (tmp_path / "a.yaml").write_text(GOOD + "---\nname: [\n")
-    (tmp_path / "b.yml").write_text("---\n# only a comment\n---\n" + GOOD.replace("threshold: 0.6", "threshold: high"))
+    (tmp_path / "b.yml").write_text(
+        "---\n# only a comment\n---\n" + GOOD.replace("threshold: 0.6", "threshold: high")
+    )
     with pytest.raises(RuleValidationError) as exc:
         load_rules([tmp_path])
     assert [str(i) for i in exc.value.issues] == [
@@ -248,9 +257,12 @@ def test_not_a_mapping_aliases_and_python_tags_are_refused():
 
 def test_duplicate_keys_and_non_text_keys():
     assert issues_of(GOOD + "name: again\n") == ["rules/x.yaml:11: duplicate key 'name' (first at line 1)"]
-    assert issues_of(GOOD.replace("action:\n  type: no_op", "action:\n  type: webhook\n  url: https://x.example\n  headers: {200: ok}")) == [
-        "rules/x.yaml:12: action.headers: key '200' is read as int: quote it"
-    ]
+    assert issues_of(
+        GOOD.replace(
+            "action:\n  type: no_op",
+            "action:\n  type: webhook\n  url: https://x.example\n  headers: {200: ok}",
+        )
+    ) == ["rules/x.yaml:12: action.headers: key '200' is read as int: quote it"]
 
 
 # -- what loads ----------------------------------------------------------------------------------
@@ -292,11 +304,15 @@ def test_dates_stay_text():
 
 # -- linter ----------------------------------------------------------------------------------------
 def test_lint_warnings():
-    exact = parse_rules_text(with_event('type: run_metric_threshold\nmetric: m\nwindow: 1\noperator: "=="\nthreshold: 0.3\n'))
+    exact = parse_rules_text(
+        with_event('type: run_metric_threshold\nmetric: m\nwindow: 1\noperator: "=="\nthreshold: 0.3\n')
+    )
     assert [str(w) for w in lint(exact[0].automation)] == [
         "event.operator: == compares floating-point values exactly; a logged 0.1 + 0.2 is not 0.3 (use >= or <=)"
     ]
-    change = parse_rules_text(with_event("type: run_metric_change\nmetric: m\nprior_window: 5\ndirection: any\namount: 1\n"))
+    change = parse_rules_text(
+        with_event("type: run_metric_change\nmetric: m\nprior_window: 5\ndirection: any\namount: 1\n")
+    )
     assert [str(w) for w in lint(change[0].automation)] == [
         "event.prior_window: the prior window (5) is shorter than the current one (10); usually it is the longer, steadier baseline"
     ]
@@ -309,9 +325,12 @@ def test_lint_warnings():
         "action.url: plain http:// to a remote host sends the payload unencrypted (use https://)",
     ]
     assert [(w.field, remote[0].line_of(w.field)) for w in lint(remote[0].automation)] == [
-        ("event.alias_regex", 3), ("action.url", 4)
+        ("event.alias_regex", 3),
+        ("action.url", 4),
     ]
-    unanchored = parse_rules_text("name: r\nscope: {project: a/b}\nevent: {type: artifact_alias_added, alias_regex: production}\naction: {type: no_op}\n")
+    unanchored = parse_rules_text(
+        "name: r\nscope: {project: a/b}\nevent: {type: artifact_alias_added, alias_regex: production}\naction: {type: no_op}\n"
+    )
     assert [str(w) for w in lint(unanchored[0].automation)] == [
         "event.alias_regex: 'production' matches anywhere (e.g. also 'preproduction'); write '^production$' for exactly this name"
     ]

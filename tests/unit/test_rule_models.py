@@ -52,9 +52,16 @@ def test_threshold_defaults():
 
 
 def test_change_defaults():
-    event = rule(event={"type": "run_metric_change", "metric": "loss", "direction": "decrease", "amount": 0.25}).event
+    event = rule(
+        event={"type": "run_metric_change", "metric": "loss", "direction": "decrease", "amount": 0.25}
+    ).event
     assert isinstance(event, RunMetricChange)
-    assert (event.current_window, event.prior_window, event.aggregation, event.change) == (10, 50, "avg", "relative")
+    assert (event.current_window, event.prior_window, event.aggregation, event.change) == (
+        10,
+        50,
+        "avg",
+        "relative",
+    )
 
 
 def test_automation_defaults():
@@ -67,7 +74,12 @@ def test_automation_defaults():
 
 def test_webhook_defaults():
     action = WebhookAction(type="webhook", url="https://ci.example.com/hook")
-    assert (action.timeout, action.max_attempts, action.headers, action.payload) == (10.0, 16, {}, None)  # over an hour
+    assert (action.timeout, action.max_attempts, action.headers, action.payload) == (
+        10.0,
+        16,
+        {},
+        None,
+    )  # over an hour
 
 
 def test_event_class_metadata():
@@ -75,7 +87,7 @@ def test_event_class_metadata():
         "RUN_METRIC", "RUN_METRIC_CHANGE", "RUN_STATE", "CREATE_ARTIFACT",
         "ADD_ARTIFACT_ALIAS", "ADD_ARTIFACT_TAG", "LINK_ARTIFACT",
     }  # fmt: skip
-    assert RUN_EVENT_TYPES == {"run_metric_threshold", "run_metric_change", "run_state"}
+    assert {"run_metric_threshold", "run_metric_change", "run_state"} == RUN_EVENT_TYPES
     assert RunState.is_run_event and not ArtifactAliasAdded.is_run_event
 
 
@@ -88,11 +100,15 @@ def test_crashed_is_failed_deduplicated_and_sorted():
 def test_killed_is_refused_with_its_reason():
     with pytest.raises(ValidationError) as exc:
         rule(event={"type": "run_state", "states": ["failed", "killed"]})
-    assert messages(exc) == [(("event", "run_state", "states", 1), "killed runs never trigger an automation: remove `killed`")]
+    assert messages(exc) == [
+        (("event", "run_state", "states", 1), "killed runs never trigger an automation: remove `killed`")
+    ]
 
 
 def test_system_dot_metric_becomes_system_slash():
-    event = rule(event={"type": "run_metric_threshold", "metric": "system.cpu", "operator": ">", "threshold": 90}).event
+    event = rule(
+        event={"type": "run_metric_threshold", "metric": "system.cpu", "operator": ">", "threshold": 90}
+    ).event
     assert event.metric == "system/cpu"
     assert event.is_system_metric and event.metric_key == "cpu"
     assert rule().event.is_system_metric is False
@@ -104,7 +120,9 @@ def test_the_sdk_the_rules_and_the_compiler_agree_on_system_metrics(written):
     from engine.sdk.validate import check_key
 
     # What a rule reads from system_metrics is exactly what a user's run.log may not write.
-    metric = rule(event={"type": "run_metric_threshold", "metric": written, "operator": ">", "threshold": 90}).event.metric
+    metric = rule(
+        event={"type": "run_metric_threshold", "metric": written, "operator": ">", "threshold": 90}
+    ).event.metric
     assert metric_table(metric) == "system_metrics"
     with pytest.raises(ValueError, match="reserved for system metrics"):
         check_key(written)
@@ -120,9 +138,18 @@ def test_metric_name_limits():
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
-        ("90s", 90), ("1m", 60), ("24h", 86_400), ("7d", 604_800), ("1h30m", 5_400), ("1d2h3m4s", 93_784), (120, 120),
+        ("90s", 90),
+        ("1m", 60),
+        ("24h", 86_400),
+        ("7d", 604_800),
+        ("1h30m", 5_400),
+        ("1d2h3m4s", 93_784),
+        (120, 120),
         # the grammar of `--since` too: weeks, and a decimal number of a unit
-        ("2w", 1_209_600), ("1w1d", 691_200), ("1.5h", 5_400), ("1h 30m", 5_400),
+        ("2w", 1_209_600),
+        ("1w1d", 691_200),
+        ("1.5h", 5_400),
+        ("1h 30m", 5_400),
     ],
 )
 def test_cooldown_parsing(text, seconds):
@@ -160,7 +187,10 @@ def test_run_event_needs_a_project_scope():
     with pytest.raises(ValidationError) as exc:
         rule(scope={"registry": "model"})
     assert messages(exc) == [
-        (("scope", "registry"), "run_metric_threshold events need a project scope (scope: {project: entity/project})")
+        (
+            ("scope", "registry"),
+            "run_metric_threshold events need a project scope (scope: {project: entity/project})",
+        )
     ]
 
 
@@ -170,7 +200,10 @@ def test_registry_link_needs_a_registry_scope():
     assert messages(exc) == [
         (("scope", "project"), "registry_version_linked needs a registry scope (scope: {registry: NAME})")
     ]
-    assert isinstance(rule(scope={"registry": "model"}, event={"type": "registry_version_linked"}).event, RegistryVersionLinked)
+    assert isinstance(
+        rule(scope={"registry": "model"}, event={"type": "registry_version_linked"}).event,
+        RegistryVersionLinked,
+    )
 
 
 def test_alias_events_work_in_both_scopes():
@@ -184,7 +217,10 @@ def test_run_filter_and_cooldown_are_for_run_events_only():
     with pytest.raises(ValidationError) as exc:
         rule(event=artifact, run_filter={"user": "alice"}, cooldown="1h")
     assert messages(exc) == [
-        (("run_filter",), "run_filter applies to run events only (run_metric_threshold, run_metric_change, run_state)"),
+        (
+            ("run_filter",),
+            "run_filter applies to run events only (run_metric_threshold, run_metric_change, run_state)",
+        ),
         (("cooldown",), "cooldown applies to run events only"),
     ]
     assert isinstance(rule(event=artifact).event, ArtifactVersionCreated)
@@ -193,14 +229,20 @@ def test_run_filter_and_cooldown_are_for_run_events_only():
 def test_collection_narrows_artifact_events_only():
     with pytest.raises(ValidationError) as exc:
         rule(scope={"project": "acme/vision", "collection": "mnist"})
-    assert messages(exc) == [(("scope", "collection"), "collection narrows artifact events only, not run_metric_threshold")]
+    assert messages(exc) == [
+        (("scope", "collection"), "collection narrows artifact events only, not run_metric_threshold")
+    ]
 
 
 @pytest.mark.parametrize(
     ("scope", "loc", "message"),
     [
         ({}, ("scope",), "give exactly one of project (entity/project) or registry"),
-        ({"project": "a/b", "registry": "m"}, ("scope", "registry"), "give exactly one of project (entity/project) or registry"),
+        (
+            {"project": "a/b", "registry": "m"},
+            ("scope", "registry"),
+            "give exactly one of project (entity/project) or registry",
+        ),
         (
             {"project": "a/b", "collection": "x", "collection_regex": "^x"},
             ("scope", "collection_regex"),
@@ -211,8 +253,16 @@ def test_collection_narrows_artifact_events_only():
             ("scope", "collection_regex"),
             "collection_regex narrows a project scope only; a registry uses collection",
         ),
-        ({"project": "acme"}, ("scope", "project"), "must be entity/project, each part 1–128 characters: letters, digits, - _ ."),
-        ({"project": "a/b/c"}, ("scope", "project"), "must be entity/project, each part 1–128 characters: letters, digits, - _ ."),
+        (
+            {"project": "acme"},
+            ("scope", "project"),
+            "must be entity/project, each part 1–128 characters: letters, digits, - _ .",
+        ),
+        (
+            {"project": "a/b/c"},
+            ("scope", "project"),
+            "must be entity/project, each part 1–128 characters: letters, digits, - _ .",
+        ),
         ({"registry": "no space"}, ("scope", "registry"), "must be 1–128 characters: letters, digits, - _ ."),
     ],
 )
@@ -239,11 +289,18 @@ def test_literal_secret_is_refused_without_echoing_it():
 
 def test_secret_variables_are_known_only_when_named_on_the_action():
     action = WebhookAction.model_validate(
-        {"type": "webhook", "url": "https://x.example", "secret": {"env": "CI_HMAC"}, "payload": {"sig": "${CI_HMAC}"}}
+        {
+            "type": "webhook",
+            "url": "https://x.example",
+            "secret": {"env": "CI_HMAC"},
+            "payload": {"sig": "${CI_HMAC}"},
+        }
     )
     assert action.secret_names == {"CI_HMAC"}
     with pytest.raises(ValidationError) as exc:
-        WebhookAction.model_validate({"type": "webhook", "url": "https://x.example", "payload": {"sig": "${CI_HMAC}"}})
+        WebhookAction.model_validate(
+            {"type": "webhook", "url": "https://x.example", "payload": {"sig": "${CI_HMAC}"}}
+        )
     assert messages(exc)[0][0] == ("payload", "sig")
 
 
@@ -265,7 +322,11 @@ def test_unknown_template_variables_everywhere():
 
 def test_metadata_variables_are_known():
     action = SlackAction.model_validate(
-        {"type": "slack", "webhook_url": {"env": "HOOK"}, "message": "${artifact_metadata.rows} rows, ${ACCESS_TOKEN}"}
+        {
+            "type": "slack",
+            "webhook_url": {"env": "HOOK"},
+            "message": "${artifact_metadata.rows} rows, ${ACCESS_TOKEN}",
+        }
     )
     assert action.message.startswith("${artifact_metadata.rows}")
 
@@ -275,7 +336,10 @@ def test_metadata_variables_are_known():
     [
         ({}, "give exactly one of webhook_url ({env: NAME}) or token ({env: NAME}) with channel"),
         ({"token": {"env": "T"}}, "a token needs a channel"),
-        ({"webhook_url": {"env": "H"}, "channel": "#x"}, "an incoming webhook posts to its own channel: remove channel, or use token"),
+        (
+            {"webhook_url": {"env": "H"}, "channel": "#x"},
+            "an incoming webhook posts to its own channel: remove channel, or use token",
+        ),
     ],
 )
 def test_slack_needs_one_way_in(data, message):
@@ -300,23 +364,41 @@ def test_webhook_url_must_be_http(url):
 def test_reserved_headers_are_refused():
     with pytest.raises(ValidationError) as exc:
         WebhookAction.model_validate(
-            {"type": "webhook", "url": "https://x.example", "access_token": {"env": "T"}, "headers": {"Authorization": "x"}}
+            {
+                "type": "webhook",
+                "url": "https://x.example",
+                "access_token": {"env": "T"},
+                "headers": {"Authorization": "x"},
+            }
         )
     assert messages(exc) == [(("headers", "Authorization"), "the engine sets Authorization itself")]
 
 
 def test_payload_must_be_finite_json():
     with pytest.raises(ValidationError) as exc:
-        WebhookAction.model_validate({"type": "webhook", "url": "https://x.example", "payload": {"x": float("nan")}})
+        WebhookAction.model_validate(
+            {"type": "webhook", "url": "https://x.example", "payload": {"x": float("nan")}}
+        )
     assert messages(exc) == [(("payload", "x"), "numbers must be finite (JSON has no NaN or infinity)")]
 
 
 # -- JSON round trip and hashes -----------------------------------------------------------------
 ROUND_TRIP = [
     rule(cooldown="1h30m", run_filter={"user": "alice", "name_regex": "^sweep-"}),
-    rule(event={"type": "run_metric_change", "metric": "system.cpu", "direction": "any", "amount": 2, "change": "absolute"}),
+    rule(
+        event={
+            "type": "run_metric_change",
+            "metric": "system.cpu",
+            "direction": "any",
+            "amount": 2,
+            "change": "absolute",
+        }
+    ),
     rule(event={"type": "run_state", "states": ["crashed"]}, cooldown=90),
-    rule(scope={"project": "a/b", "collection_regex": "^mn"}, event={"type": "artifact_version_created", "collection_type": "dataset"}),
+    rule(
+        scope={"project": "a/b", "collection_regex": "^mn"},
+        event={"type": "artifact_version_created", "collection_type": "dataset"},
+    ),
     rule(scope={"registry": "model"}, event={"type": "registry_version_linked", "alias_regex": "^prod"}),
     rule(
         event={"type": "artifact_tag_added", "tag_regex": "^europe"},
@@ -330,7 +412,9 @@ ROUND_TRIP = [
             "max_attempts": 1,
         },
     ),
-    rule(action={"type": "slack", "token": {"env": "T"}, "channel": "#ml", "title": "t", "severity": "error"}),
+    rule(
+        action={"type": "slack", "token": {"env": "T"}, "channel": "#ml", "title": "t", "severity": "error"}
+    ),
 ]
 
 
@@ -350,7 +434,11 @@ def test_cooldown_is_written_as_text_and_left_out_for_artifact_events():
 
 def test_condition_hash_ignores_description_action_and_cooldown():
     base = rule()
-    for changed in (rule(description="x"), rule(action={"type": "webhook", "url": "https://x.example"}), rule(cooldown="1h")):
+    for changed in (
+        rule(description="x"),
+        rule(action={"type": "webhook", "url": "https://x.example"}),
+        rule(cooldown="1h"),
+    ):
         assert changed.condition_hash() == base.condition_hash()
         assert changed.rule_hash() != base.rule_hash()
     for changed in (
@@ -371,7 +459,16 @@ def test_models_are_frozen():
 # -- regexes: PostgreSQL judges them (tests/integration/test_rule_regex.py); only NUL is refused here --
 @pytest.mark.parametrize(
     "pattern",
-    [r"^sweep-\d+$", r"\y(prod|staging)\y", r"[[:alpha:]]+", r"(?<=a+)b", r"(?i)^latest$", r"***=(", "(", "(?P<n>x)"],
+    [
+        r"^sweep-\d+$",
+        r"\y(prod|staging)\y",
+        r"[[:alpha:]]+",
+        r"(?<=a+)b",
+        r"(?i)^latest$",
+        r"***=(",
+        "(",
+        "(?P<n>x)",
+    ],
 )
 def test_regexes_are_left_to_postgres(pattern):
     check_regex(pattern)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
 
@@ -79,7 +79,10 @@ def test_nan_and_infinities_are_values():
         (Decimal("sNaN"), "float\\(\\) cannot convert it"),
         (np.array([1.0]), "shape \\(1,\\) is not a single number"),
         (np.zeros((1000, 1000)), "shape \\(1000, 1000\\) is not a single number"),
-        (FakeScalarTensor(RuntimeError("a tensor with 2 elements cannot be converted to Scalar")), "2 elements"),
+        (
+            FakeScalarTensor(RuntimeError("a tensor with 2 elements cannot be converted to Scalar")),
+            "2 elements",
+        ),
         (object(), "float\\(\\) cannot convert it"),
     ],
 )
@@ -136,9 +139,11 @@ def test_invalid_projects(project):
 
 
 def test_time_must_be_timezone_aware():
-    aware = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    aware = datetime(2026, 1, 1, tzinfo=UTC)
     assert check_time(aware) is aware
-    assert check_time(datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=2)))).utcoffset() == timedelta(hours=2)
+    assert check_time(datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=2)))).utcoffset() == timedelta(
+        hours=2
+    )
     with pytest.raises(ValueError, match="naive"):
         check_time(datetime(2026, 1, 1))
     with pytest.raises(TypeError):
@@ -183,6 +188,6 @@ def _decode_array(data: bytes, code: str) -> tuple[int, list]:
 def test_series_tails_are_packed_as_binary_arrays():
     assert _decode_array(Int8Array.of([0, 5, 2**40]), "q") == (20, [0, 5, 2**40])
     assert _decode_array(Float8Array.of([0.5, -1e300]), "d") == (701, [0.5, -1e300])
-    t = datetime(2000, 1, 1, 0, 0, 1, 5, tzinfo=timezone.utc)
+    t = datetime(2000, 1, 1, 0, 0, 1, 5, tzinfo=UTC)
     assert _decode_array(TimestamptzArray.of([t]), "q") == (1184, [1_000_005])
     assert _decode_array(Int8Array.of([]), "q") == (20, [])

@@ -136,7 +136,10 @@ def test_a_failed_tick_is_logged_and_recorded_and_the_loop_goes_on(caplog):
     assert [outcome for _, outcome in h.recorded] == ["error", "error", "ok"]
     assert h.recorded[-1][0] == TickResult(failed=["broken"])
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert [r.getMessage() for r in errors] == ["tick failed: the evaluator's connection broke", "tick failed"]
+    assert [r.getMessage() for r in errors] == [
+        "tick failed: the evaluator's connection broke",
+        "tick failed",
+    ]
     assert errors[1].exc_info is not None and errors[1].exc_info[0] is ZeroDivisionError
 
 

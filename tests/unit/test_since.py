@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import example, given
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from engine import clock
 from engine.since import SinceError, parse_since
 
-NOW = datetime(2026, 12, 3, 7, 24, 55, tzinfo=timezone.utc)
-MIDNIGHT = datetime(2026, 12, 3, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 3, 7, 24, 55, tzinfo=UTC)
+MIDNIGHT = datetime(2026, 12, 3, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -28,12 +28,12 @@ MIDNIGHT = datetime(2026, 12, 3, tzinfo=timezone.utc)
         (" 7D ", NOW - timedelta(days=7)),
         ("today", MIDNIGHT),
         ("Yesterday", MIDNIGHT - timedelta(days=1)),
-        ("2026-12-02", datetime(2026, 12, 2, tzinfo=timezone.utc)),  # no zone: UTC
-        ("2026-12-02T09:30", datetime(2026, 12, 2, 9, 30, tzinfo=timezone.utc)),
-        ("2026-12-02 09:30:15", datetime(2026, 12, 2, 9, 30, 15, tzinfo=timezone.utc)),
-        ("2026-12-02t09:30z", datetime(2026, 12, 2, 9, 30, tzinfo=timezone.utc)),
-        ("2026-12-02T09:30+01:00", datetime(2026, 12, 2, 8, 30, tzinfo=timezone.utc)),
-        ("2026-12-02+00:00", datetime(2026, 12, 2, tzinfo=timezone.utc)),  # what the old error suggested
+        ("2026-12-02", datetime(2026, 12, 2, tzinfo=UTC)),  # no zone: UTC
+        ("2026-12-02T09:30", datetime(2026, 12, 2, 9, 30, tzinfo=UTC)),
+        ("2026-12-02 09:30:15", datetime(2026, 12, 2, 9, 30, 15, tzinfo=UTC)),
+        ("2026-12-02t09:30z", datetime(2026, 12, 2, 9, 30, tzinfo=UTC)),
+        ("2026-12-02T09:30+01:00", datetime(2026, 12, 2, 8, 30, tzinfo=UTC)),
+        ("2026-12-02+00:00", datetime(2026, 12, 2, tzinfo=UTC)),  # what the old error suggested
     ],
 )
 def test_reads(text, expected):
@@ -42,8 +42,10 @@ def test_reads(text, expected):
 
 
 def test_today_is_the_utc_day_whatever_the_zone_of_the_clock():
-    with clock.frozen(datetime(2026, 12, 3, 0, 30, tzinfo=timezone(timedelta(hours=2)))):  # 2026-12-02 22:30 UTC
-        assert parse_since("today") == datetime(2026, 12, 2, tzinfo=timezone.utc)
+    with clock.frozen(
+        datetime(2026, 12, 3, 0, 30, tzinfo=timezone(timedelta(hours=2)))
+    ):  # 2026-12-02 22:30 UTC
+        assert parse_since("today") == datetime(2026, 12, 2, tzinfo=UTC)
 
 
 UNIT = "write a duration as a number and one letter: s, m, h, d or w"
@@ -94,8 +96,36 @@ def test_anything_reads_or_every_suggestion_reads(text):
 
 # Text shaped like what people type: numbers, unit words, dates, separators, zones.
 _pieces = st.sampled_from(
-    ["7", "24", "1.5", "2026", "-", "12", "02", "13", "T", "t", " ", ":", "30", "+01:00", "Z", "d", "h", "m", "s",
-     "w", "days", "hours", "min", "ago", "today", "yesterday", "/", "."]
+    [
+        "7",
+        "24",
+        "1.5",
+        "2026",
+        "-",
+        "12",
+        "02",
+        "13",
+        "T",
+        "t",
+        " ",
+        ":",
+        "30",
+        "+01:00",
+        "Z",
+        "d",
+        "h",
+        "m",
+        "s",
+        "w",
+        "days",
+        "hours",
+        "min",
+        "ago",
+        "today",
+        "yesterday",
+        "/",
+        ".",
+    ]
 )
 
 
@@ -106,5 +136,5 @@ def test_typed_looking_text_reads_or_every_suggestion_reads(text):
 
 @given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1)))
 def test_a_time_without_a_zone_is_utc(moment):
-    assert parse_since(moment.isoformat()) == moment.replace(tzinfo=timezone.utc)
-    assert parse_since(moment.date().isoformat()) == datetime.combine(moment.date(), datetime.min.time(), timezone.utc)
+    assert parse_since(moment.isoformat()) == moment.replace(tzinfo=UTC)
+    assert parse_since(moment.date().isoformat()) == datetime.combine(moment.date(), datetime.min.time(), UTC)

@@ -56,7 +56,9 @@ def test_every_form_of_a_forbidden_address_is_refused(host, reason):
     message = str(refused.value)
     assert f"({reason}" in message, message
     # Advice to allow-list it, except for the metadata endpoint (it hands out credentials).
-    assert ("allow it with ENGINE_WEBHOOK_ALLOW_HOSTS" in message) == ("cloud metadata" not in reason), message
+    assert ("allow it with ENGINE_WEBHOOK_ALLOW_HOSTS" in message) == ("cloud metadata" not in reason), (
+        message
+    )
 
 
 METADATA_FORMS = [host for host, reason in FORMS.items() if "cloud metadata" in reason]
@@ -72,7 +74,9 @@ def test_no_range_opens_a_metadata_address(host):
         message = str(refused.value)
         assert "cloud metadata" in message and "allow it with" not in message, (allow, message)
     # Saying why the range that covers it did not open it.
-    with pytest.raises(PermanentDeliveryError, match="a range, or a name that also resolves to other addresses, does not"):
+    with pytest.raises(
+        PermanentDeliveryError, match="a range, or a name that also resolves to other addresses, does not"
+    ):
         ssrf.check_target(host, 80, "0.0.0.0/0,::/0")
 
 
@@ -88,9 +92,15 @@ def test_a_range_still_opens_ordinary_private_addresses():
      ("fd00:ec2::254", "[fd00:ec2::254]"), ("[fd00:ec2::254]", "[fd00:ec2::254]"), ("fd00:ec2::254/128", "[fd00:ec2::254]")],
 )  # fmt: skip
 def test_an_exact_entry_opens_a_metadata_address(allow, host):
-    assert ssrf.check_target(host, 80, f"10.0.0.0/8, {allow}") == [ipaddress.ip_address(
-        "fd00:ec2::254" if "fd00" in host else "::ffff:169.254.169.254" if "ffff" in host else "169.254.169.254"
-    )]
+    assert ssrf.check_target(host, 80, f"10.0.0.0/8, {allow}") == [
+        ipaddress.ip_address(
+            "fd00:ec2::254"
+            if "fd00" in host
+            else "::ffff:169.254.169.254"
+            if "ffff" in host
+            else "169.254.169.254"
+        )
+    ]
 
 
 def test_one_metadata_address_listed_does_not_open_the_other():
@@ -117,7 +127,9 @@ def test_a_listed_name_opens_a_metadata_address_only_when_it_resolves_to_nothing
     assert len(ssrf.check_target("metadata.internal", 80, "metadata.internal")) == 2
     with pytest.raises(PermanentDeliveryError) as refused:
         ssrf.check_target("mixed.internal", 80, "mixed.internal")
-    assert "169.254.169.254 (cloud metadata)" in str(refused.value) and "allow it with" not in str(refused.value)
+    assert "169.254.169.254 (cloud metadata)" in str(refused.value) and "allow it with" not in str(
+        refused.value
+    )
     # Listed by address, the name's metadata address is open; 10.0.0.7 still needs its own entry.
     assert len(ssrf.check_target("mixed.internal", 80, "169.254.169.254, 10.0.0.0/8")) == 2
     with pytest.raises(PermanentDeliveryError, match="10.0.0.7 \\(private\\); allow it with"):
@@ -157,7 +169,10 @@ def test_the_hosts_file_gives_names_to_test():
 def test_a_name_is_refused_when_any_of_its_addresses_is(monkeypatch):
     """DNS answering a public and a private address (a rebinding set-up): refused, whatever
     the order, because the request would go to one of them."""
-    answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", 80)), (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", 80))]
+    answers = [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", 80)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", 80)),
+    ]
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: answers)
     with pytest.raises(PermanentDeliveryError, match="10.0.0.7 \\(private\\)"):
         ssrf.check_target("rebind.example", 80, "")
@@ -206,7 +221,9 @@ URL_TRICKS = [
 def test_url_tricks_still_name_the_metadata_address_and_are_refused_at_once(url):
     # 127.0.0.1 is allowed: a parser that read the "wrong" host would let these through.
     started = time.monotonic()
-    attempt = post_json(url, b"{}", {"Authorization": "Bearer tok-never-sent"}, timeout=10, allow_hosts="127.0.0.1")
+    attempt = post_json(
+        url, b"{}", {"Authorization": "Bearer tok-never-sent"}, timeout=10, allow_hosts="127.0.0.1"
+    )
     assert attempt.error is not None and not attempt.retryable and attempt.http_status is None
     assert "169.254.169.254" in attempt.error or "a9fe:a9fe" in attempt.error, attempt.error
     assert time.monotonic() - started < 2  # refused before any connection was tried

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -14,24 +14,40 @@ from engine.rules.events import EVENT_TYPES
 from engine.rules.variables import APPLIES, VARIABLES, WANDB_EVENT_TYPES, is_known_variable, variables_in
 from engine.settings import Settings
 
-FIRED = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+FIRED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 NASTY = 'run "quoted"\nnext line\t\\ back'
 
 RULES = {
     "run_metric_threshold": {
         "name": "acc",
-        "event": {"type": "run_metric_threshold", "metric": "accuracy", "window": 3, "aggregation": "avg", "operator": ">", "threshold": 0.6},
+        "event": {
+            "type": "run_metric_threshold",
+            "metric": "accuracy",
+            "window": 3,
+            "aggregation": "avg",
+            "operator": ">",
+            "threshold": 0.6,
+        },
     },
     "run_metric_change": {
         "name": "loss-drop",
         "event": {
-            "type": "run_metric_change", "metric": "loss", "current_window": 2, "prior_window": 3,
-            "aggregation": "avg", "change": "relative", "direction": "decrease", "amount": 0.25,
+            "type": "run_metric_change",
+            "metric": "loss",
+            "current_window": 2,
+            "prior_window": 3,
+            "aggregation": "avg",
+            "change": "relative",
+            "direction": "decrease",
+            "amount": 0.25,
         },
     },
     "run_state": {"name": "failed", "event": {"type": "run_state", "states": ["failed"]}},
     "artifact_version_created": {"name": "new-data", "event": {"type": "artifact_version_created"}},
-    "artifact_alias_added": {"name": "prod", "event": {"type": "artifact_alias_added", "alias_regex": "prod"}},
+    "artifact_alias_added": {
+        "name": "prod",
+        "event": {"type": "artifact_alias_added", "alias_regex": "prod"},
+    },
     "artifact_tag_added": {"name": "tagged", "event": {"type": "artifact_tag_added", "tag_regex": "eu"}},
     "registry_version_linked": {"name": "linked", "event": {"type": "registry_version_linked"}},
 }
@@ -40,8 +56,15 @@ RULES = {
 def row_for(kind: str, **extra) -> dict:
     """A `delivery_trigger_context` row as the query returns it for a trigger of `kind`."""
     row = {
-        "trigger_id": 42, "fired_at": FIRED, "kind": kind, "automation_name": RULES[kind]["name"],
-        "rule": RULES[kind], "details": {}, "event_details": {}, "entity": "acme", "project": "vision",
+        "trigger_id": 42,
+        "fired_at": FIRED,
+        "kind": kind,
+        "automation_name": RULES[kind]["name"],
+        "rule": RULES[kind],
+        "details": {},
+        "event_details": {},
+        "entity": "acme",
+        "project": "vision",
     }
     if kind.startswith("run_"):
         row |= {"run_id": "r1", "run_name": NASTY, "run_state": "running", "run_user": "alice"}
@@ -50,18 +73,31 @@ def row_for(kind: str, **extra) -> dict:
     if kind == "run_metric_change":
         row |= {"metric": "loss", "step": 9, "value": -0.4, "window_values": [0.3, 0.3]}
     if kind == "run_state":
-        row |= {"event_details": {"from": "running", "to": "failed"}, "run_state": "failed", "event_author": "alice"}
+        row |= {
+            "event_details": {"from": "running", "to": "failed"},
+            "run_state": "failed",
+            "event_author": "alice",
+        }
     if not kind.startswith("run_"):
         row |= {
-            "version_id": 11, "version_index": 3, "collection_name": "mnist", "metadata": {"rows": 60000, "split": "train"},
-            "version_author": "bob", "event_author": "carol",
+            "version_id": 11,
+            "version_index": 3,
+            "collection_name": "mnist",
+            "metadata": {"rows": 60000, "split": "train"},
+            "version_author": "bob",
+            "event_author": "carol",
         }
     if kind == "artifact_alias_added":
         row["alias"] = "production"
     if kind == "artifact_tag_added":
         row["tag"] = "europe"
     if kind == "registry_version_linked":
-        row |= {"registry_name": "model", "registry_collection_name": "resnet", "link_index": 1, "link_author": "dave"}
+        row |= {
+            "registry_name": "model",
+            "registry_collection_name": "resnet",
+            "link_index": 1,
+            "link_author": "dave",
+        }
     return row | extra
 
 
@@ -74,14 +110,23 @@ ALL_VARIABLES_PAYLOAD = {name: "${" + name + "}" for name in VARIABLES}
 
 def test_render_text_substitutes_and_blanks_what_does_not_apply():
     ctx = {"run_name": "r1", "metric_step": "7", "alias": ""}
-    assert render_text("run ${run_name} at ${metric_step}; alias=${alias}; ${nope}", ctx) == "run r1 at 7; alias=; "
+    assert (
+        render_text("run ${run_name} at ${metric_step}; alias=${alias}; ${nope}", ctx)
+        == "run r1 at 7; alias=; "
+    )
     assert render_text("no placeholders, $notone {x}", ctx) == "no placeholders, $notone {x}"
-    assert render_text("<${run_name}>", {"run_name": "a<b"}, escape=lambda s: s.replace("<", "&lt;")) == "<a&lt;b>"
+    assert (
+        render_text("<${run_name}>", {"run_name": "a<b"}, escape=lambda s: s.replace("<", "&lt;"))
+        == "<a&lt;b>"
+    )
 
 
 def test_metadata_variables_have_dots():
     ctx = ctx_for("artifact_version_created")
-    assert render_text("${artifact_metadata.rows}/${artifact_metadata.split}/${artifact_metadata.x}", ctx) == "60000/train/"
+    assert (
+        render_text("${artifact_metadata.rows}/${artifact_metadata.split}/${artifact_metadata.x}", ctx)
+        == "60000/train/"
+    )
     assert is_known_variable("artifact_metadata.rows") and not is_known_variable("artifact_metadata.")
     assert variables_in("${a}-${artifact_metadata.k}") == ["a", "artifact_metadata.k"]
 
@@ -102,9 +147,19 @@ def test_payload_escapes_quotes_newlines_and_backslashes():
 
 def test_payload_keeps_non_string_values_and_renders_nested_ones():
     ctx = ctx_for("run_metric_threshold")
-    payload = {"n": 3, "ok": True, "none": None, "list": ["${metric_name}", 1.5], "obj": {"step": "${metric_step}"}}
+    payload = {
+        "n": 3,
+        "ok": True,
+        "none": None,
+        "list": ["${metric_name}", 1.5],
+        "obj": {"step": "${metric_step}"},
+    }
     assert json.loads(render_payload(payload, ctx)) == {
-        "n": 3, "ok": True, "none": None, "list": ["accuracy", 1.5], "obj": {"step": "7"},
+        "n": 3,
+        "ok": True,
+        "none": None,
+        "list": ["accuracy", 1.5],
+        "obj": {"step": "7"},
     }
 
 
@@ -158,7 +213,9 @@ def test_run_state_reports_the_state_entered():
     ctx = ctx_for("run_state", run_state="running")  # resumed since: the trigger still says failed
     assert ctx["run_status"] == "failed"
     assert ctx["metric_name"] == ""
-    assert ctx["metric_filter"] == "run state in (failed)"  # the rule's event in words, as the evaluator records it
+    assert (
+        ctx["metric_filter"] == "run state in (failed)"
+    )  # the rule's event in words, as the evaluator records it
 
 
 def test_artifact_values():
@@ -181,7 +238,10 @@ def test_registry_values_use_the_registry_collection():
 
 
 def test_trigger_details_override_computed_values():
-    ctx = ctx_for("run_metric_threshold", details={"metric_filter": "avg(accuracy) over 5 > 0.6", "event_author": "eve", "other": "x"})
+    ctx = ctx_for(
+        "run_metric_threshold",
+        details={"metric_filter": "avg(accuracy) over 5 > 0.6", "event_author": "eve", "other": "x"},
+    )
     assert ctx["metric_filter"] == "avg(accuracy) over 5 > 0.6"
     assert ctx["event_author"] == "eve"
     assert "other" not in ctx
@@ -212,7 +272,14 @@ def test_default_payload_includes_extra_values_that_exist():
 
 
 def test_the_condition_comes_from_the_rule_when_the_trigger_has_none():
-    threshold = {"type": "run_metric_threshold", "metric": "loss", "window": 1, "aggregation": "min", "operator": "<=", "threshold": 2}
+    threshold = {
+        "type": "run_metric_threshold",
+        "metric": "loss",
+        "window": 1,
+        "aggregation": "min",
+        "operator": "<=",
+        "threshold": 2,
+    }
     ctx = ctx_for("run_metric_threshold", rule={"name": "low", "event": threshold})
     assert ctx["metric_filter"] == "min(loss) over 1 <= 2"
     # A stored rule this version cannot read leaves it empty rather than failing the delivery.

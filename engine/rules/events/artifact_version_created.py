@@ -15,7 +15,9 @@ class ArtifactVersionCreated(RuleModel):
     is_run_event: ClassVar[bool] = False
 
     type: Literal["artifact_version_created"] = Field(description="Event kind.")
-    collection_type: Label | None = Field(None, description="Only collections of this type (`dataset`, `model`, …).")
+    collection_type: Label | None = Field(
+        None, description="Only collections of this type (`dataset`, `model`, …)."
+    )
 
     def describe(self) -> str:
         return "new artifact version" + (f" of type {self.collection_type}" if self.collection_type else "")

@@ -16,7 +16,8 @@ class RegistryVersionLinked(RuleModel):
 
     type: Literal["registry_version_linked"] = Field(description="Event kind.")
     alias_regex: Regex | None = Field(
-        None, description="Only links whose version holds an alias matching this PostgreSQL regular expression."
+        None,
+        description="Only links whose version holds an alias matching this PostgreSQL regular expression.",
     )
 
     def describe(self) -> str:

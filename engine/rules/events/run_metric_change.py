@@ -19,7 +19,9 @@ class RunMetricChange(MetricEventMixin, RuleModel):
     metric: MetricName = Field(
         description="Metric key, e.g. `loss`; `system/<key>` (or `system.<key>`) for system metrics."
     )
-    current_window: int = Field(10, ge=1, le=MAX_WINDOW, strict=True, description="Number of last values in the current window.")
+    current_window: int = Field(
+        10, ge=1, le=MAX_WINDOW, strict=True, description="Number of last values in the current window."
+    )
     prior_window: int = Field(
         50, ge=1, le=MAX_WINDOW, strict=True, description="Number of values just before the current window."
     )
@@ -31,7 +33,10 @@ class RunMetricChange(MetricEventMixin, RuleModel):
         description="increase: d ≥ amount; decrease: −d ≥ amount; any: |d| ≥ amount."
     )
     amount: float = Field(
-        gt=0, allow_inf_nan=False, strict=True, description="Size of the change; relative amounts are fractions (0.25 = 25 %)."
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,
+        description="Size of the change; relative amounts are fractions (0.25 = 25 %).",
     )
 
     def describe(self) -> str:

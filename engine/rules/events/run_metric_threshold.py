@@ -19,10 +19,16 @@ class RunMetricThreshold(MetricEventMixin, RuleModel):
     metric: MetricName = Field(
         description="Metric key, e.g. `accuracy` or `train/acc`; `system/<key>` (or `system.<key>`) for system metrics."
     )
-    window: int = Field(5, ge=1, le=MAX_WINDOW, strict=True, description="Number of last finite values aggregated.")
+    window: int = Field(
+        5, ge=1, le=MAX_WINDOW, strict=True, description="Number of last finite values aggregated."
+    )
     aggregation: Aggregation = Field("avg", description="How the window is reduced: avg, min or max.")
-    operator: Literal[">", ">=", "<", "<=", "==", "!="] = Field(description="Comparison of the aggregate with the threshold.")
-    threshold: float = Field(allow_inf_nan=False, strict=True, description="The value the aggregate is compared with.")
+    operator: Literal[">", ">=", "<", "<=", "==", "!="] = Field(
+        description="Comparison of the aggregate with the threshold."
+    )
+    threshold: float = Field(
+        allow_inf_nan=False, strict=True, description="The value the aggregate is compared with."
+    )
 
     def describe(self) -> str:
         """The condition in words (`${metric_filter}`): `avg(accuracy) over 5 > 0.6`."""
