@@ -204,7 +204,10 @@ class Baseline:
         rows: list[tuple] = []
         ms = 0.0
         for statement, params in self.by_class if by_class else self.statements:
-            took, out = timed(lambda: conn.execute(statement, params | runtime).fetchall())
+            bound = params | runtime
+            took, out = timed(
+                lambda statement=statement, bound=bound: conn.execute(statement, bound).fetchall()
+            )
             ms += took
             rows.extend(out)
         return ms, rows

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 # The SDK is loaded on first use, so that `engine <command>` does not pay for it.
-_SDK_EXPORTS = ("Api", "ArtifactVersion", "RegistryLink", "Run", "StepWarning", "ValueWarning", "init")
-__all__ = list(_SDK_EXPORTS)
+__all__ = ["Api", "ArtifactVersion", "RegistryLink", "Run", "StepWarning", "ValueWarning", "init"]
+_SDK_EXPORTS = frozenset(__all__)
 
 if TYPE_CHECKING:
     from engine.sdk import Api, ArtifactVersion, RegistryLink, Run, StepWarning, ValueWarning, init

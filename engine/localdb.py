@@ -486,11 +486,11 @@ class LocalDatabase:
                     if not exists:
                         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
                     return
-            except (psycopg.OperationalError, DatabaseUnavailable):
+            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
                 if time.monotonic() > deadline:
                     raise LocalDatabaseError(
                         f"the embedded server started but does not answer:\n{self._log_tail()}"
-                    )
+                    ) from exc
                 time.sleep(0.2)
 
     def _log_tail(self, lines: int = 15) -> str:

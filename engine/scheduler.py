@@ -20,6 +20,7 @@ deliveries of theirs (nor a burst of deliveries a tick).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -158,10 +159,9 @@ class Service:
         )
 
     def _hurry_evaluation(self) -> None:
-        try:
+        # JobLookupError: already taken by the executor, and that run reads the new data.
+        with contextlib.suppress(JobLookupError):
             self.scheduler.modify_job(EVALUATE_JOB, next_run_time=datetime.now(UTC))
-        except JobLookupError:
-            pass  # already taken by the executor: that run reads the new data
 
     def _on_job_event(self, event: JobEvent) -> None:
         if event.job_id != EVALUATE_JOB:

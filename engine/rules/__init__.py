@@ -42,5 +42,6 @@ __all__ = [
     "format_duration",
     "lint",
     "load_rules",
+    "parse_duration",
     "parse_rules_text",
 ]

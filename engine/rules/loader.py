@@ -438,13 +438,13 @@ def _known_keys(models: Iterable[type[BaseModel]]) -> frozenset[str]:
     todo = list(models)
     while todo:
         model = todo.pop()
-        for name, field in model.model_fields.items():
+        for name, info in model.model_fields.items():
             keys.add(name)
-            for arg in getattr(field.annotation, "__args__", ()) or ():
+            for arg in getattr(info.annotation, "__args__", ()) or ():
                 if isinstance(arg, type) and issubclass(arg, BaseModel):
                     todo.append(arg)
-            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-                todo.append(field.annotation)
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                todo.append(info.annotation)
     return frozenset(keys)
 
 

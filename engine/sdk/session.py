@@ -110,10 +110,8 @@ class Transport:
         with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
-                try:
+                with contextlib.suppress(psycopg.Error):
                     conn.close()
-                except psycopg.Error:
-                    pass
 
 
 class Session:

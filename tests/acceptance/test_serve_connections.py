@@ -132,7 +132,9 @@ def test_the_metrics_endpoint_listens_on_localhost_unless_a_host_is_given(databa
                 stdin=subprocess.DEVNULL,
             )
         try:
-            assert wait_until(lambda: "serving Prometheus metrics" in log.read_text()), log.read_text()
+            assert wait_until(lambda log=log: "serving Prometheus metrics" in log.read_text()), (
+                log.read_text()
+            )
             assert f"serving Prometheus metrics on http://{address}:{port}/metrics" in log.read_text()
             assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
             assert reachable("127.0.0.2", port) is (address == "0.0.0.0")

@@ -132,7 +132,7 @@ def test_chat_post_message_with_bot_token(conn, database_url, fake_slack, monkey
             "severity": "info",
         }
         automation = make_automation(conn, "bot", [action])
-        trigger_id, (delivery_id,) = fire(conn, automation, [action], run_pk=make_run(conn))
+        _, (delivery_id,) = fire(conn, automation, [action], run_pk=make_run(conn))
         with Dispatcher(database_url, slack_settings(database_url, rx)) as d:
             settle(d, conn, [delivery_id])
     (request,) = rx.requests

@@ -303,7 +303,7 @@ def test_private_address_refused_unless_allowed(conn, database_url, monkeypatch,
     with Receiver() as rx, Dispatcher(database_url, settings) as d:
         action = webhook(f"http://{host}:{rx.port}/hook")
         automation = make_automation(conn, "internal", [action])
-        trigger_id, (delivery_id,) = fire(conn, automation, [action])
+        trigger_id, _ = fire(conn, automation, [action])
         d.run_once()
     assert rx.requests == []
     h = history(conn, trigger_id)

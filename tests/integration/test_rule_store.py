@@ -311,7 +311,7 @@ def test_delete_and_not_found(conn):
     ):
         automations.get(conn, "accuracy-above-0.7")
     for action in (automations.delete, automations.enable, automations.disable):
-        with pytest.raises(NotFound, match="no automation named 'zzz'$"):
+        with pytest.raises(NotFound, match=r"no automation named 'zzz'$"):
             action(conn, "zzz")
 
 

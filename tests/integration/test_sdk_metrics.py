@@ -113,7 +113,7 @@ def test_a_value_that_is_not_a_number_is_dropped_and_the_rest_of_the_call_logged
 def test_strict_mode_makes_a_value_that_is_not_a_number_an_error(conn, database_url, monkeypatch):
     set_env(monkeypatch, strict=1)
     with _init() as run:
-        with pytest.raises(TypeError, match="'name'.*not a number"):
+        with pytest.raises(TypeError, match=r"'name'.*not a number"):
             run.log({"loss": 1.0, "name": "resnet"})
         assert run.step == -1  # nothing of the refused call counted
         run.log({"loss": 2.0, "lr": Decimal("0.1")})
@@ -257,7 +257,7 @@ def test_runs_logging_the_same_keys_keep_separate_series(conn, database_url):
 def test_flush_on_size(conn, database_url, monkeypatch):
     set_env(monkeypatch, flush_max_points=10, flush_interval=3600)
     run = _init()
-    for step in range(4):
+    for _ in range(4):
         run.log({"a": 1.0, "b": 2.0})  # 8 points: below the threshold, and no timer
     count = lambda: conn.execute("SELECT count(*) FROM metric_points").fetchone()[0]  # noqa: E731
     assert wait_for(count, timeout=0.5) == 0
@@ -277,7 +277,7 @@ def test_flush_on_time(conn, database_url, monkeypatch):
 def test_one_notify_per_flush(conn, database_url):
     conn.execute("LISTEN engine_ingest")
     with _init() as run:
-        for step in range(50):
+        for _ in range(50):
             run.log({"a": 1.0, "b": 2.0, "c": 3.0})
         run.flush()
         run.log({"a": 1.0})
@@ -303,7 +303,7 @@ def test_a_flush_larger_than_one_batch_is_split(conn, database_url, monkeypatch)
 def test_a_full_buffer_blocks_instead_of_dropping(conn, database_url, monkeypatch):
     set_env(monkeypatch, buffer_max_points=4, flush_max_points=1000, flush_interval=3600)
     with _init() as run:
-        for step in range(20):
+        for _ in range(20):
             run.log({"a": 1.0, "b": 2.0, "c": 3.0})  # each call waits for the writer to make room
     assert len(_points(conn, run.pk)) == 60
 

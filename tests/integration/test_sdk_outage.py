@@ -170,7 +170,7 @@ def test_an_id_taken_by_another_run_is_reported_when_the_database_answers(conn, 
     second.log({"loss": 2.0})
     proxy.up()
     with pytest.raises(
-        IngestError, match="'taken' already exists.*pass resume=True.*1 logged points were not stored"
+        IngestError, match=r"'taken' already exists.*pass resume=True.*1 logged points were not stored"
     ):
         second.finish()
     assert [v for _, _, v in _points(conn, "taken")] == [1.0]  # the other run is untouched

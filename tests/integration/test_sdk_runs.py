@@ -108,7 +108,7 @@ def test_an_exception_in_the_with_block_fails_the_run_and_is_re_raised(conn, dat
         with engine.init(project="acme/vision", system_metrics_interval=0) as run:
             run.log({"loss": 0.5})
             run.log({"loss": 0.4})
-            1 / 0
+            raise ZeroDivisionError("the training code fails")
     assert _run_row(conn, run.pk)["state"] == "failed"
     assert _state_events(conn, run.pk)[-1]["details"] == {"from": "running", "to": "failed", "exit_code": 1}
     # what was logged before the exception was stored first

@@ -64,7 +64,7 @@ def test_public_addresses_are_allowed(address):
     "host", ["127.0.0.1", "2130706433", "0x7f000001", "017700000001", "127.1", "localhost", "[::1]"]
 )
 def test_loopback_in_any_spelling_is_refused(host):
-    with pytest.raises(PermanentDeliveryError, match="private address .*ENGINE_WEBHOOK_ALLOW_HOSTS"):
+    with pytest.raises(PermanentDeliveryError, match=r"private address .*ENGINE_WEBHOOK_ALLOW_HOSTS"):
         ssrf.check_target(host, 80, "")
 
 
