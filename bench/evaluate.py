@@ -64,7 +64,7 @@ from support.dataset import (
 
 from engine.automations import apply_rules, load_enabled
 from engine.compiler import span_of
-from engine.evaluator import Evaluator, TickResult
+from engine.evaluation import Evaluator, TickResult
 from engine.rules import RunMetricChange, RunMetricThreshold
 
 
@@ -426,7 +426,7 @@ def ticks_for(conn, data: Dataset, url: str, settings, logger: Logger, args, rul
     try:
         tick(evaluator)  # loads and compiles the automations
         # A service runs for days: psycopg prepares a query shape after 5 runs, and the
-        # evaluator's session plans it once (engine/evaluator.py). Warm up like that.
+        # evaluator's session plans it once (engine/evaluation/statements.py). Warm up like that.
         warm = []
         for _ in range(args.warmup):
             logger.log(conn, rng.sample(every, max(1, len(every) // 100)))

@@ -38,7 +38,7 @@ from engine.db import connect, query
 from engine.exceptions import DatabaseError
 
 if TYPE_CHECKING:
-    from engine.evaluator import TickResult
+    from engine.evaluation import TickResult
 
 log = logging.getLogger(__name__)
 

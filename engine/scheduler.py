@@ -40,7 +40,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg import sql
 
 from engine.db import NOTIFY_CHANNEL, connect, database_url
-from engine.evaluator import Evaluator
+from engine.evaluation import Evaluator
 from engine.exceptions import DatabaseUnavailable
 from engine.prometheus import for_service as metrics_for_service
 from engine.service_loop import EvaluationLoop

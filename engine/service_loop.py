@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from engine.evaluator import TickResult
+from engine.evaluation import TickResult
 from engine.exceptions import DatabaseUnavailable, EngineError
 
 log = logging.getLogger("engine.scheduler")  # what an operator filters on for `engine serve`

@@ -10,7 +10,7 @@ Each `round()`:
 2. at a random moment of the burst or of the work that trails it (up to twice the burst's
    duration), one service is killed with SIGKILL and (by default) started again;
 3. once the burst is over, wait until the system has settled: the triggers equal the
-   reference set — `engine.evaluator.backtest` over the same history, per automation,
+   reference set — `engine.evaluation.backtest` over the same history, per automation,
    compared by (automation, cause) — and every delivery has succeeded and was answered 2xx
    by the receiver.
 
@@ -41,7 +41,8 @@ import psycopg
 import engine
 from bench.support.dataset import bench_query
 from engine.automations import apply_rules
-from engine.evaluator import backtest, is_metric_rule
+from engine.evaluation import backtest
+from engine.evaluation.firing import is_metric_rule
 from engine.rules import Automation
 from tests.acceptance.service_helpers import ServeProcess
 from tests.receiver import Received, Receiver, Reply

@@ -24,7 +24,7 @@ from engine import db as enginedb
 from engine.actions.ssrf import address_warnings
 from engine.cli.output import Format, FormatOption, is_terminal, parse_when, print_rows, print_table
 from engine.compiler import compile_rule
-from engine.evaluator import backtest
+from engine.evaluation import backtest
 from engine.exceptions import ConfigurationError, RuleValidationError
 from engine.rules import lint, load_rules
 from engine.rules.actions import WebhookAction

@@ -30,7 +30,7 @@ import engine
 from bench.support.soak import DeliveryReceiver
 from engine import db as enginedb
 from engine.automations import apply_rules
-from engine.evaluator import backtest
+from engine.evaluation import backtest
 from engine.exceptions import IngestError
 from engine.localdb import LocalDatabase
 from engine.rules import parse_rules_text

@@ -12,7 +12,7 @@ import pytest
 
 import engine
 from engine.automations import apply_rules
-from engine.evaluator import backtest
+from engine.evaluation import backtest
 from engine.rules import parse_rules_text
 from tests.acceptance.service_helpers import ServeProcess, wait_until
 

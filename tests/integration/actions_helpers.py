@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 from engine import clock, db
 from engine.actions.dispatcher import Dispatcher
 from engine.actions.outbox import delivery_rows
-from engine.evaluator import Firing, trigger_row
+from engine.evaluation.firing import Firing, trigger_row
 
 FINAL = ("succeeded", "failed", "skipped")
 

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from engine.automations import apply_rules
-from engine.evaluator import Evaluator
+from engine.evaluation import Evaluator
 from engine.rules import parse_rules_text
 
 

@@ -25,7 +25,7 @@ import pytest
 
 import engine
 from engine.actions.dispatcher import Dispatcher
-from engine.evaluator import Evaluator
+from engine.evaluation import Evaluator
 from engine.exceptions import RuleValidationError
 from engine.rules import parse_rules_text
 from engine.settings import Settings

@@ -141,7 +141,7 @@ def test_idle_frontiers_move_past_other_writes_and_rest_when_nothing_is_written(
     """An automation with nothing new is not evaluated: its frontier moves past what other
     metrics wrote; with nothing written at all, ticks leave its state alone (moving it is a
     write whose own xid would make every next tick move it again) until an interval passed."""
-    from engine.evaluator import Evaluator
+    from engine.evaluation import Evaluator
     from engine.settings import Settings
 
     apply_yaml(

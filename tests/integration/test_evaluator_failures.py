@@ -8,7 +8,7 @@ import time
 
 import engine
 from engine.automations import list_automations
-from engine.evaluator import Evaluator
+from engine.evaluation import Evaluator
 from engine.settings import get_settings
 from tests.integration.evaluation_helpers import apply_yaml, break_automation, rule, triggers
 
@@ -28,7 +28,7 @@ def test_a_failing_automation_is_isolated_and_visible(conn, database_url, caplog
     evaluator = Evaluator(database_url)
     try:
         break_automation(evaluator, "bad", "SELECT 1 / 0")
-        with caplog.at_level(logging.ERROR, logger="engine.evaluator"):
+        with caplog.at_level(logging.ERROR, logger="engine.evaluation"):
             result = evaluator.tick()
     finally:
         evaluator.close()
@@ -76,7 +76,7 @@ def test_a_failing_metric_group_does_not_hold_back_the_other_metrics(conn, datab
     evaluator = Evaluator(database_url, get_settings().model_copy(update={"evaluation_connections": 1}))
     try:
         break_automation(evaluator, "other", "SELECT 1 / 0")
-        with caplog.at_level(logging.ERROR, logger="engine.evaluator"):
+        with caplog.at_level(logging.ERROR, logger="engine.evaluation"):
             result = evaluator.tick()
     finally:
         evaluator.close()

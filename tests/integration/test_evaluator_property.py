@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import engine
 from engine.automations import apply_rules
-from engine.evaluator import Evaluator, backtest
+from engine.evaluation import Evaluator, backtest
 from engine.rules import parse_rules_text
 from engine.settings import get_settings
 from tests import reference

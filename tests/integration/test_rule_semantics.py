@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import engine
-from engine.evaluator import backtest
+from engine.evaluation import backtest
 from engine.rules import parse_rules_text
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
 

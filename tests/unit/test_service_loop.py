@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from engine.evaluator import TickResult
+from engine.evaluation import TickResult
 from engine.exceptions import DatabaseUnavailable, EngineError
 from engine.service_loop import EvaluationLoop
 

@@ -1,4 +1,4 @@
--- Hand-written queries of the evaluation service (engine/evaluator.py).
+-- Hand-written queries of the evaluation service (engine/evaluation/).
 
 -- name: tick_state
 -- What a tick starts from, in one round trip: a cheap fingerprint of the automations (are

@@ -1,0 +1,247 @@
+"""Which values and events fire an automation, and the trigger rows they become.
+
+Shared by live evaluation and the backtest: the rows of a compiled query become `Firing`s,
+the per-run cooldown keeps those that fire, and `fire()` writes them (with their
+deliveries) in the evaluator's transaction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from engine import clock
+from engine.automations import StoredAutomation
+from engine.db import query
+from engine.evaluation.statements import dicts
+from engine.rules import Automation, RunMetricChange, RunMetricThreshold, RunState
+
+
+def is_metric_rule(automation: Automation) -> bool:
+    return isinstance(automation.event, (RunMetricThreshold, RunMetricChange))
+
+
+def activity_key(automation: Automation) -> tuple[str, str]:
+    """What new data can concern an automation: ("metric", name) or ("event", type)."""
+    event = automation.event
+    if isinstance(event, (RunMetricThreshold, RunMetricChange)):
+        return ("metric", event.metric)
+    return ("event", "run_state" if isinstance(event, RunState) else event.type)
+
+
+@dataclass(frozen=True)
+class Firing:
+    """One value or event that fires (or would fire, in a backtest) an automation."""
+
+    automation: str
+    event_type: str
+    cause: str
+    time: datetime
+    run_pk: int | None = None
+    metric: str | None = None
+    step: int | None = None
+    value: float | None = None
+    # live evaluation keeps PostgreSQL's text form of the windows: they go straight back
+    # into the trigger row
+    window_values: list[float] | str | None = None
+    prior_values: list[float] | str | None = None
+    current_aggregate: float | None = None
+    prior_aggregate: float | None = None
+    event_id: int | None = None
+    alias: str | None = None
+    tag: str | None = None
+    artifact_version_id: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_cooldown(
+    candidates: Iterable[Firing], last_fired: dict[int, datetime], cooldown: timedelta | None
+) -> Iterator[Firing]:
+    """Keep the first qualifying value of each run, then one only when its time is at least
+    `cooldown` after the time of the value that fired last. Candidates must come in
+    evaluation order for each run. `last_fired` is updated in place."""
+    for firing in candidates:
+        if cooldown is None or firing.run_pk is None:
+            yield firing
+            continue
+        last = last_fired.get(firing.run_pk)
+        if last is None or firing.time >= last + cooldown:
+            last_fired[firing.run_pk] = firing.time
+            yield firing
+
+
+def _finite_list(values: list[float] | str | None) -> list[float] | str | None:
+    return values if values is None or isinstance(values, str) else [float(v) for v in values]
+
+
+def metric_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Iterator[Firing]:
+    event = automation.event
+    condition = automation.event.describe()
+    is_change = isinstance(event, RunMetricChange)
+    for row in rows:
+        yield Firing(
+            automation=automation.name,
+            event_type=event.type,
+            cause=f"metric:{row['run_pk']}:{row['key_id']}:{row['pos']}",
+            time=row["time"],
+            run_pk=row["run_pk"],
+            metric=event.metric,
+            step=row["step"],
+            value=float(row["aggregate"]),
+            window_values=_finite_list(row["window_values"]),
+            prior_values=_finite_list(row["prior_values"]) if is_change else None,
+            current_aggregate=float(row["current_aggregate"]) if is_change else float(row["aggregate"]),
+            prior_aggregate=float(row["prior_aggregate"]) if is_change else None,
+            details={"metric_filter": condition, "value": float(row["value"]), "position": row["pos"]},
+        )
+
+
+def event_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Iterator[Firing]:
+    event = automation.event
+    for row in rows:
+        details = row["details"] or {}
+        yield Firing(
+            automation=automation.name,
+            event_type=event.type,
+            cause=f"event:{row['id']}",
+            time=row["time"],
+            run_pk=row["run_pk"] if isinstance(event, RunState) else None,
+            event_id=row["id"],
+            alias=details.get("alias"),
+            tag=details.get("tag"),
+            artifact_version_id=row["version_id"],
+            details={
+                "metric_filter": automation.event.describe(),
+                "event_author": row["author"],
+                **{
+                    k: v
+                    for k, v in details.items()
+                    if k in ("from", "to", "registry", "collection", "version_index")
+                },
+            },
+        )
+
+
+def firings_from_rows(automation: Automation, rows: list[dict[str, Any]]) -> Iterator[Firing]:
+    return metric_firings(automation, rows) if is_metric_rule(automation) else event_firings(automation, rows)
+
+
+def cooldown_of(automation: Automation) -> timedelta | None:
+    """Run events (metric and state) have a per-run cooldown; artifact events have none."""
+    return automation.cooldown if getattr(automation.event, "is_run_event", False) else None
+
+
+def group_firings(
+    group: Sequence[StoredAutomation], rows: list[dict[str, Any]], last_fired: dict[int, dict[int, datetime]]
+) -> Iterator[tuple[StoredAutomation, list[Firing]]]:
+    """Split a query's rows among the automations of its group (a metric group's rows
+    carry `rule`, the automation's 1-based position; a lone event rule's rows are all its).
+    A metric row's `last_fired` (the automation's last firing in that run) goes to
+    `last_fired[automation id][run]`."""
+    if not is_metric_rule(group[0].automation):
+        (stored,) = group
+        yield stored, list(event_firings(stored.automation, rows))
+        return
+    per_rule: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        per_rule.setdefault(row["rule"], []).append(row)
+    for n, own in per_rule.items():
+        stored = group[n - 1]
+        seen = last_fired.setdefault(stored.id, {})
+        for row in own:
+            if row["last_fired"] is not None:
+                seen[row["run_pk"]] = row["last_fired"]
+        yield stored, list(metric_firings(stored.automation, own))
+
+
+def _json_float(value: float | None) -> float | str | None:
+    """JSON has no NaN or infinities; PostgreSQL reads them back from these strings."""
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _json_floats(values: list[float] | str | None) -> list[float | str | None] | str | None:
+    return values if values is None or isinstance(values, str) else [_json_float(v) for v in values]
+
+
+def trigger_row(stored: StoredAutomation, firing: Firing) -> dict[str, Any]:
+    """One row of `insert_triggers` (JSON: the statement reads them with jsonb_to_recordset)."""
+    return {
+        "automation_id": stored.id,
+        "automation_version": stored.version,
+        "event_type": firing.event_type,
+        "cause": firing.cause,
+        "run_pk": firing.run_pk,
+        "event_id": firing.event_id,
+        "metric": firing.metric,
+        "step": firing.step,
+        "value_time": firing.time.isoformat(),
+        "value": _json_float(firing.value),
+        "window_values": _json_floats(firing.window_values),
+        "prior_values": _json_floats(firing.prior_values),
+        "current_aggregate": _json_float(firing.current_aggregate),
+        "prior_aggregate": _json_float(firing.prior_aggregate),
+        "alias": firing.alias,
+        "tag": firing.tag,
+        "artifact_version_id": firing.artifact_version_id,
+        "details": firing.details,
+    }
+
+
+def fire(
+    conn: psycopg.Connection,
+    candidates: list[tuple[StoredAutomation, list[Firing]]],
+    metric_last_fired: dict[int, dict[int, datetime]],
+) -> int:
+    """Apply each automation's cooldown, then insert the triggers that remain and their
+    deliveries with one statement. Returns how many triggers were inserted (a firing
+    already recorded is skipped by the unique key). Metric rules' last firings per run
+    came with their rows (`metric_last_fired`); the other rules' are looked up here."""
+    candidates = [(stored, firings) for stored, firings in candidates if firings]
+    if not candidates:
+        return 0
+    last_fired: dict[int, dict[int, datetime]] = {
+        stored.id: dict(metric_last_fired.get(stored.id, {})) for stored, _ in candidates
+    }
+    cooled = [
+        stored.id
+        for stored, _ in candidates
+        if cooldown_of(stored.automation) is not None and not is_metric_rule(stored.automation)
+    ]
+    if cooled:
+        run_pks = sorted(
+            {
+                f.run_pk
+                for stored, firings in candidates
+                if stored.id in cooled
+                for f in firings
+                if f.run_pk is not None
+            }
+        )
+        for r in dicts(conn).execute(query("last_fired"), {"ids": cooled, "run_pks": run_pks}).fetchall():
+            last_fired[r["automation_id"]][r["run_pk"]] = r["value_time"]
+    from engine.actions.outbox import delivery_rows
+
+    triggers: list[dict[str, Any]] = []
+    actions: list[dict[str, Any]] = []
+    for stored, firings in candidates:
+        cooled_firings = apply_cooldown(firings, last_fired[stored.id], cooldown_of(stored.automation))
+        triggers.extend(trigger_row(stored, f) for f in cooled_firings)
+        actions.extend(delivery_rows(stored.id, [stored.automation.action]))
+    if not triggers:
+        return 0
+    for n, row in enumerate(triggers):
+        row["n"] = n
+    inserted = conn.execute(
+        query("insert_triggers"),
+        {"triggers": Jsonb(triggers), "actions": Jsonb(actions), "now": clock.now()},
+    ).fetchone()
+    assert inserted is not None
+    return int(inserted[0])
