@@ -14,7 +14,7 @@ import pytest
 
 import engine
 from engine.exceptions import NotFound
-from engine.explain import explain_data, render_png, render_terminal
+from engine.explain import explain_data, lines, render_png, render_terminal
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
 from tests.integration.sdk_helpers import wait_for
 
@@ -145,7 +145,7 @@ def test_values_deleted_after_firing_are_reported_not_invented(conn, database_ur
     assert expl.series == () and expl.fired_point is None
     assert expl.warnings == ("no finite value of accuracy is stored for this run any more",)
     text = render_terminal(expl)
-    assert text == "\n".join(expl.lines())  # nothing to draw
+    assert text == "\n".join(lines(expl))  # nothing to draw
     assert "window #1–#3: 0.9, 0.8, 0.7" in text  # the values the trigger recorded
     assert "warning: no finite value of accuracy is stored for this run any more" in text
 
@@ -184,7 +184,7 @@ def test_event_trigger_is_explained_in_text(conn, database_url):
     assert not expl.is_metric and expl.series == () and expl.windows == ()
     assert expl.event is not None and expl.event.id == fired["event_id"] and expl.event.type == "run_state"
     text = render_terminal(expl, width=100)
-    assert text == "\n".join(expl.lines())  # no plot
+    assert text == "\n".join(lines(expl))  # no plot
     assert "on-failure" in text and "run state: running → failed (exit code 1)" in text
     assert "matched: run state in (failed)" in text and '"boom" (user bob, failed)' in text
     with pytest.raises(ValueError, match="no series to draw"):
@@ -197,7 +197,7 @@ def test_artifact_alias_trigger_names_the_alias_and_version(conn, database_url):
         run.log_artifact("resnet", type="model", digest="d1", aliases=["production"])
     tick(database_url)
     (fired,) = triggers(conn, "to-production")
-    text = "\n".join(explain_data(conn, fired["id"]).lines())
+    text = "\n".join(lines(explain_data(conn, fired["id"])))
     assert "alias: production" in text and "artifact version: acme/vision/resnet:v0" in text
     assert "matched: alias ~ ^production$" in text
 

@@ -1,4 +1,4 @@
-"""The pure parts of engine/explain.py: thinning a long series for the terminal, drawing
+"""The pure parts of engine/explain/: thinning a long series for the terminal, drawing
 an explanation built in memory, and the queries it names."""
 
 from __future__ import annotations
@@ -8,16 +8,19 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-import engine.explain as explain
+import engine.explain.data
 from engine.db import query_names
 from engine.explain import Explanation, Point, Window, render_png, render_terminal
+from engine.explain.data import comparison_of
+from engine.explain.terminal import _envelope
+from engine.explain.text import spans
 from engine.rules import Automation
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _series(values: list[float]) -> tuple[Point, ...]:
-    return tuple(Point(i + 1, 10 * i, T, v) for i, v in enumerate(values))
+    return tuple(Point(pos=i + 1, step=10 * i, time=T, value=v) for i, v in enumerate(values))
 
 
 def _threshold_explanation(series: tuple[Point, ...], position: int, window: int) -> Explanation:
@@ -43,7 +46,8 @@ def _threshold_explanation(series: tuple[Point, ...], position: int, window: int
         fired_at=T,
         automation="loss-low",
         automation_version=1,
-        rule=rule,
+        scope=rule.scope.describe(),
+        **comparison_of(rule),
         rule_type="run_metric_threshold",
         condition=rule.event.describe(),
         run=None,
@@ -56,14 +60,19 @@ def _threshold_explanation(series: tuple[Point, ...], position: int, window: int
         series=series,
         windows=(
             Window(
-                "window", position - window + 1, position, points, aggregate, tuple(p.value for p in points)
+                name="window",
+                first_pos=position - window + 1,
+                last_pos=position,
+                points=points,
+                aggregate=aggregate,
+                recorded=tuple(p.value for p in points),
             ),
         ),
     )
 
 
 def test_every_query_explain_uses_exists():
-    used = set(re.findall(r'query\("(\w+)"\)', Path(explain.__file__).read_text()))
+    used = set(re.findall(r'query\("(\w+)"\)', Path(engine.explain.data.__file__).read_text()))
     assert used == {"explain_trigger", "explain_series", "explain_event"} and used <= query_names()
 
 
@@ -71,18 +80,18 @@ def test_a_long_series_is_thinned_for_the_terminal_keeping_its_extremes():
     values = [math.sin(i / 500) for i in range(100_000)]
     values[61_234] = 50.0  # one spike among 100 000 values
     series = _series(values)
-    kept = explain._envelope(series, 400)
+    kept = _envelope(series, 400)
     assert len(kept) <= 800
     assert [p.pos for p in kept] == sorted(p.pos for p in kept)
     assert series[61_234] in kept and max(p.value for p in kept) == 50.0
     assert min(p.value for p in kept) == min(values)
     short = series[:500]
-    assert explain._envelope(short, 400) is short  # short series are drawn whole
+    assert _envelope(short, 400) is short  # short series are drawn whole
 
 
 def test_a_window_of_one_value_gets_a_visible_band():
     expl = _threshold_explanation(_series([1.0, 0.5, 0.1, 0.3]), position=3, window=1)
-    ((window, (x0, x1)),) = expl.spans()
+    ((window, (x0, x1)),) = spans(expl)
     assert (window.first_pos, window.last_pos) == (3, 3)
     assert (x0, x1) == (15.0, 25.0)  # half the step gap (10) on each side of step 20
 

@@ -1,4 +1,4 @@
--- `engine explain TRIGGER_ID` (engine/explain.py): why a rule fired.
+-- `engine explain TRIGGER_ID` (engine/explain/data.py): why a rule fired.
 
 -- name: explain_trigger
 -- The trigger, the rule as it was at the trigger's version (automation_versions keeps them

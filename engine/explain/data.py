@@ -1,0 +1,308 @@
+"""The data behind one trigger: what `engine explain` draws, as plain JSON-ready models.
+
+`explain_data(conn, trigger_id)` gathers an `Explanation`: the trigger, the rule's scope at
+the trigger's version (`automation_versions`), the run, and for metric triggers the metric's
+whole finite series in logging order, numbered 1..n as the evaluator numbers it, with the
+window(s) the rule aggregated at the position that fired:
+
+* threshold: the window is positions pos-N+1 … pos (N = `window`);
+* change: the current window pos-cw+1 … pos, the prior window the pw positions before it.
+
+Nothing here draws or words anything (engine.explain.text, .terminal and .png do): the
+models serialise to JSON as they are (`expl.model_dump(mode="json")`), for a chart elsewhere.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from engine.compiler import metric_table
+from engine.db import boundary, query
+from engine.exceptions import NotFound
+from engine.rules import Automation, RunMetricChange, RunMetricThreshold
+
+WindowName = Literal["window", "prior window", "current window"]
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Point(_Data):
+    """One finite value of the series: its position among the finite values (1-based)."""
+
+    pos: int
+    step: int
+    time: datetime
+    value: float
+
+
+class Window(_Data):
+    """A window the rule aggregated: positions first_pos..last_pos of the series."""
+
+    name: WindowName
+    first_pos: int
+    last_pos: int
+    points: tuple[Point, ...]  # read from the series now
+    aggregate: float | None  # as the trigger recorded it
+    recorded: tuple[float, ...]  # the values the trigger recorded (equal to the points' values)
+
+    @property
+    def values(self) -> list[float]:
+        return [p.value for p in self.points]
+
+    @property
+    def steps(self) -> list[int]:
+        return [p.step for p in self.points]
+
+
+class RunInfo(_Data):
+    pk: int
+    entity: str | None
+    project: str | None
+    run_id: str | None  # None: the run was deleted
+    name: str | None
+    user: str | None
+    state: str | None
+
+
+class EventInfo(_Data):
+    """The row of `events` behind an event trigger."""
+
+    id: int
+    type: str
+    time: datetime
+    author: str | None
+    details: dict[str, Any]
+
+
+class Delivery(_Data):
+    """The trigger's first delivery (as the automation_history view shows it)."""
+
+    action_type: str
+    status: str
+    attempts: int
+    last_http_status: int | None
+
+
+class Explanation(_Data):
+    """Everything `engine explain` shows about one trigger."""
+
+    trigger_id: int
+    fired_at: datetime
+    automation: str
+    automation_version: int
+    rule_type: str  # the rule's event.type when it fired
+    condition: str  # the rule's event in words, as deliveries word it
+    scope: str | None = None  # None only if the stored rule no longer loads
+    run_filter_user: str | None = None
+    run_filter_name_regex: str | None = None
+    run: RunInfo | None = None
+    delivery: Delivery | None = None
+    # metric triggers: what was compared
+    metric: str | None = None
+    aggregation: str | None = None  # avg, min or max
+    operator: str | None = None  # threshold rules: the aggregate `operator` threshold
+    threshold: float | None = None
+    change: Literal["relative", "absolute"] | None = None  # change rules: how d is computed
+    direction: Literal["increase", "decrease", "any"] | None = None
+    amount: float | None = None
+    # metric triggers: where and what fired
+    position: int | None = None
+    step: int | None = None
+    value_time: datetime | None = None
+    value: float | None = None  # what the trigger recorded: the aggregate, or the change d
+    series: tuple[Point, ...] = ()
+    windows: tuple[Window, ...] = ()
+    current_aggregate: float | None = None
+    prior_aggregate: float | None = None
+    # event triggers
+    event: EventInfo | None = None
+    alias: str | None = None
+    tag: str | None = None
+    artifact_version: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def is_metric(self) -> bool:
+        return self.metric is not None
+
+    @property
+    def is_change(self) -> bool:
+        return self.rule_type == "run_metric_change"
+
+    @property
+    def fired_point(self) -> Point | None:
+        """The value that fired (the last of the current window)."""
+        if self.position is None or not 1 <= self.position <= len(self.series):
+            return None
+        return self.series[self.position - 1]
+
+
+def comparison_of(rule: Automation | None) -> dict[str, Any]:
+    """The fields of `Explanation` that say what a metric rule compares."""
+    event = rule.event if rule else None
+    if isinstance(event, RunMetricThreshold):
+        return {
+            "aggregation": event.aggregation,
+            "operator": event.operator,
+            "threshold": event.threshold,
+        }
+    if isinstance(event, RunMetricChange):
+        return {
+            "aggregation": event.aggregation,
+            "change": event.change,
+            "direction": event.direction,
+            "amount": event.amount,
+        }
+    return {}
+
+
+# --------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------
+def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
+    """The explanation of one trigger; NotFound when there is no such trigger."""
+    with boundary():
+        cur = conn.cursor(row_factory=dict_row)
+        row = cur.execute(query("explain_trigger"), {"trigger_id": trigger_id}).fetchone()
+        if row is None:
+            raise NotFound(f"no trigger {trigger_id}: `engine history` lists the trigger ids")
+        warnings: list[str] = []
+        try:
+            rule: Automation | None = Automation.model_validate(row["rule"])
+        except ValidationError:
+            rule = None
+            warnings.append(
+                f"the rule of version {row['automation_version']} cannot be read by this engine version"
+            )
+        details = row["details"] or {}
+        run = None
+        if row["run_pk"] is not None or row["cause"].startswith("metric:"):
+            run_pk = row["run_pk"] if row["run_pk"] is not None else int(row["cause"].split(":")[1])
+            run = RunInfo(
+                pk=run_pk,
+                entity=row["entity"],
+                project=row["project"],
+                run_id=row["run_id"],
+                name=row["run_name"],
+                user=row["user_name"],
+                state=row["run_state"],
+            )
+        run_filter = rule.run_filter if rule else None
+        common: dict[str, Any] = {
+            "trigger_id": row["id"],
+            "fired_at": row["fired_at"],
+            "automation": row["automation"],
+            "automation_version": row["automation_version"],
+            "rule_type": row["event_type"],
+            "condition": details.get("metric_filter")
+            or (rule.event.describe() if rule else row["event_type"]),
+            "scope": rule.scope.describe() if rule else None,
+            "run_filter_user": run_filter.user if run_filter else None,
+            "run_filter_name_regex": run_filter.name_regex if run_filter else None,
+            "run": run,
+            "delivery": _delivery(row),
+        }
+        if row["cause"].startswith("metric:"):
+            return _metric_explanation(cur, row, rule, common, warnings)
+        event = None
+        if row["event_id"] is not None:
+            e = cur.execute(query("explain_event"), {"event_id": row["event_id"]}).fetchone()
+            if e:
+                event = EventInfo(
+                    id=e["id"], type=e["type"], time=e["time"], author=e["author"], details=e["details"] or {}
+                )
+        return Explanation(
+            **common,
+            event=event,
+            alias=row["alias"],
+            tag=row["tag"],
+            artifact_version=row["artifact_version"],
+            warnings=tuple(warnings),
+        )
+
+
+def _metric_explanation(
+    cur: psycopg.Cursor[dict[str, Any]],
+    row: dict[str, Any],
+    rule: Automation | None,
+    common: dict[str, Any],
+    warnings: list[str],
+) -> Explanation:
+    _, run_pk, key_id, pos = row["cause"].split(":")
+    run_pk, key_id, position = int(run_pk), int(key_id), int(pos)
+    metric = row["metric"]
+    system = metric_table(metric) == "system_metrics"
+    series = tuple(
+        Point(pos=r["pos"], step=r["step"], time=r["time"], value=r["value"])
+        for r in cur.execute(query("explain_series"), {"system": system, "run_pk": run_pk, "key_id": key_id})
+    )
+    window_values = tuple(row["window_values"] or ())
+    prior_values = tuple(row["prior_values"] or ())
+    event = rule.event if rule else None
+    # The window sizes come from the rule at the trigger's version (what the evaluator used);
+    # the recorded windows' lengths are the same numbers when the rule cannot be read.
+    if isinstance(event, RunMetricThreshold):
+        sizes = [event.window]
+    elif isinstance(event, RunMetricChange):
+        sizes = [event.prior_window, event.current_window]
+    else:
+        sizes = [len(prior_values), len(window_values)] if prior_values else [len(window_values)]
+    recorded: list[tuple[WindowName, tuple[float, ...], float | None]]
+    if len(sizes) == 1:
+        recorded = [("window", window_values, row["value"])]
+    else:
+        recorded = [
+            ("prior window", prior_values, row["prior_aggregate"]),
+            ("current window", window_values, row["current_aggregate"]),
+        ]
+    windows = []
+    last = position - sum(sizes)  # the position just before the first window
+    for size, (name, values, aggregate) in zip(sizes, recorded, strict=True):
+        first, last = last + 1, last + size
+        points = series[max(first, 1) - 1 : max(last, 0)]
+        windows.append(
+            Window(
+                name=name, first_pos=first, last_pos=last, points=points, aggregate=aggregate, recorded=values
+            )
+        )
+
+    if not series:
+        warnings.append(f"no finite value of {metric} is stored for this run any more")
+    elif position > len(series):
+        warnings.append(
+            f"the run has only {len(series)} finite values of {metric} stored now (fired at #{position})"
+        )
+    elif any(tuple(w.values) != w.recorded for w in windows):
+        warnings.append("the stored values differ from the window(s) the trigger recorded")
+    return Explanation(
+        **common,
+        **comparison_of(rule),
+        metric=metric,
+        position=position,
+        step=row["step"],
+        value_time=row["value_time"],
+        value=row["value"],
+        series=series,
+        windows=tuple(windows),
+        current_aggregate=row["current_aggregate"],
+        prior_aggregate=row["prior_aggregate"],
+        warnings=tuple(warnings),
+    )
+
+
+def _delivery(row: dict[str, Any]) -> Delivery | None:
+    if row["action_type"] is None:
+        return None
+    return Delivery(
+        action_type=row["action_type"],
+        status=row["delivery_status"],
+        attempts=row["attempts"],
+        last_http_status=row["last_http_status"],
+    )
