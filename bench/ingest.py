@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import clock, db
 from engine.localdb import LocalDatabase
-from engine.sdk.writer import COPY_TYPES, ORDINAL_BITS
+from engine.sdk.copy_binary import COPY_TYPES
+from engine.sdk.flush import ORDINAL_BITS
 
 METRICS = ("loss", "accuracy", "lr", "grad_norm", "throughput")
 

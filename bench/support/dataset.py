@@ -30,8 +30,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from engine import clock, db
 from engine.localdb import LocalDatabase
 from engine.rules import Automation
+from engine.sdk.buffer import Stream, Writer
+from engine.sdk.flush import DatabaseTransport
 from engine.sdk.session import Transport
-from engine.sdk.writer import Stream, Writer
 from engine.settings import Settings
 
 METRICS = ("loss", "accuracy", "lr", "grad_norm", "throughput")  # m = 0..4 in bench_value()
@@ -259,14 +260,14 @@ def check_state_with_sdk(url: str, tail: int) -> int:
 
 # -- new points through the SDK's writer -------------------------------------------------------
 class Logger:
-    """Logs points for the benchmark's runs through engine.sdk.writer.Writer: binary COPY,
+    """Logs points for the benchmark's runs through engine.sdk.buffer.Writer: binary COPY,
     upsert_series and one NOTIFY in one transaction per flush, exactly as run.log + flush."""
 
     def __init__(self, url: str, data: Dataset):
         self.data = data
         settings = settings_for(url)
-        self.transport = Transport(url, settings, on_open=Writer.prepare_connection)
-        self.writer = Writer(self.transport, settings)
+        self.transport = Transport(url, settings, on_open=DatabaseTransport.prepare_connection)
+        self.writer = Writer(DatabaseTransport(self.transport, settings.series_tail), settings)
         self.streams = [
             Stream(data.run_pk(r), f"bench/eval/run-{r}", step=data.total - 1) for r in range(data.runs)
         ]

@@ -1,6 +1,7 @@
 """The logging SDK (SPEC section 4): `engine.init()`, `Run`, `engine.Api()`.
 
-Layout: run.py (init, Run, states, log), writer.py (buffer, flush thread, binary COPY),
+Layout: run.py (init, Run, states, log), buffer.py (buffer, flush thread,
+retries), flush.py (the flush transaction), copy_binary.py (binary COPY encoding),
 session.py (connections shared by the runs of a process), system.py (psutil sampler),
 artifacts.py (versions, aliases, tags, registry links), api.py (Api), validate.py (checks).
 """

@@ -6,7 +6,7 @@
         v = run.log_artifact("mnist", type="dataset", metadata={"rows": 60000})
 
 Every state change writes `runs.state`, a `run_transitions` row and a `run_state` event in
-one statement (engine/sql/queries/sdk.sql). Points go through the process's Writer (writer.py).
+one statement (engine/sql/queries/sdk.sql). Points go through the process's Writer (buffer.py).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from engine.db import is_transient, query
 from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, IngestError
 from engine.sdk import artifacts
 from engine.sdk import session as sessions
+from engine.sdk.buffer import MAX_BATCH_POINTS, Stream
 from engine.sdk.system import SamplerThread
 from engine.sdk.validate import (
     check_json_object,
@@ -44,7 +45,6 @@ from engine.sdk.validate import (
     parse_project,
     to_float,
 )
-from engine.sdk.writer import MAX_BATCH_POINTS, Stream
 from engine.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def init(
 class _Opening:
     """A run's creation, or its resumption: what `engine.init` was given, run in ONE
     transaction by `open` — by init itself, or by the writer when the database answers later
-    (writer.py). Holds what the database answered (pk, stored name/config/tags)."""
+    (buffer.py). Holds what the database answered (pk, stored name/config/tags)."""
 
     def __init__(
         self,
@@ -430,7 +430,7 @@ class Run:
             try:
                 # the state change commits with the run's last points, when there are any
                 done, changed = self._writer.finish(
-                    self._stream, query("transition_run"), transition, timeout=timeout
+                    self._stream, (query("transition_run"), transition), timeout=timeout
                 )
             except IngestError as exc:
                 self._writer.discard(self._stream)

@@ -29,7 +29,8 @@ from typing import Any
 import psycopg
 
 from engine import db
-from engine.sdk.writer import Writer
+from engine.sdk.buffer import Writer
+from engine.sdk.flush import DatabaseTransport
 from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,8 @@ class Session:
         self.closed = False
         self.idle_since = 0.0
         self.reaper: threading.Timer | None = None
-        self.transport = Transport(self.url, settings, on_open=Writer.prepare_connection)
-        self.writer = Writer(self.transport, settings)
+        self.transport = Transport(self.url, settings, on_open=DatabaseTransport.prepare_connection)
+        self.writer = Writer(DatabaseTransport(self.transport, settings.series_tail), settings)
         self.writer.start()
 
     @contextlib.contextmanager

@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 import engine
-from engine.sdk import writer as sdk_writer
+from engine.sdk import buffer as sdk_buffer
+from engine.sdk import flush as sdk_flush
 from tests.integration.sdk_helpers import set_env, wait_for
 
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
@@ -66,8 +67,8 @@ def test_points_are_stored_in_logging_order_with_default_steps(conn, database_ur
     seqs = [r[4] for r in rows]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     # one flush at finish: one batch id (the high bits), ordinals 0, 1, 2, ...
-    assert {s >> sdk_writer.ORDINAL_BITS for s in seqs} == {seqs[0] >> sdk_writer.ORDINAL_BITS}
-    assert [s & ((1 << sdk_writer.ORDINAL_BITS) - 1) for s in seqs] == list(range(6))
+    assert {s >> sdk_flush.ORDINAL_BITS for s in seqs} == {seqs[0] >> sdk_flush.ORDINAL_BITS}
+    assert [s & ((1 << sdk_flush.ORDINAL_BITS) - 1) for s in seqs] == list(range(6))
     assert run.step == 11
 
 
@@ -288,12 +289,12 @@ def test_one_notify_per_flush(conn, database_url):
 
 
 def test_a_flush_larger_than_one_batch_is_split(conn, database_url, monkeypatch):
-    monkeypatch.setattr(sdk_writer, "MAX_BATCH_POINTS", 4)
+    monkeypatch.setattr(sdk_buffer, "MAX_BATCH_POINTS", 4)
     with _init() as run:
         for step in range(5):
             run.log({"a": float(step), "b": -float(step)})  # 10 points: 3 transactions of <= 4
     seqs = [r[4] for r in _points(conn, run.pk)]
-    batches = [s >> sdk_writer.ORDINAL_BITS for s in seqs]
+    batches = [s >> sdk_flush.ORDINAL_BITS for s in seqs]
     assert len(set(batches)) == 3 and batches == sorted(batches)
     assert [(s, v) for _, s, v, _, _ in _points(conn, run.pk, "a")] == [(i, float(i)) for i in range(5)]
     assert _series(conn, run.pk, "a")[0] == 5

@@ -101,7 +101,7 @@ def test_a_run_created_late_keeps_its_creation_time_and_gets_its_state_events(
     conn, proxy, monkeypatch, caplog
 ):
     set_env(monkeypatch, database_url=proxy.url(proxy.dbname), system_metrics_interval=0)
-    caplog.set_level(logging.WARNING, logger="engine.sdk.writer")
+    caplog.set_level(logging.WARNING, logger="engine.sdk.buffer")
     run = engine.init(project="acme/outage", name="late", config={"lr": 0.1}, tags=["a"])
     assert (run.pk, run.name, run.config, run.tags) == (None, "late", {"lr": 0.1}, ["a"])
     run.log({"loss": 0.5})
@@ -188,7 +188,7 @@ def test_a_full_server_is_waited_for(conn, database_url, monkeypatch, caplog):
             psycopg.connect(url).close()
         assert is_transient(refused.value)
         set_env(monkeypatch, database_url=url, system_metrics_interval=0)
-        caplog.set_level(logging.WARNING, logger="engine.sdk.writer")
+        caplog.set_level(logging.WARNING, logger="engine.sdk.buffer")
         run = engine.init(project="acme/outage", id="full")
         run.log({"loss": 0.5})
         assert run.pk is None
@@ -239,7 +239,7 @@ def _unmigrated(pg_cluster) -> str:
 
 @pytest.mark.parametrize("problem", ["password", "database", "schema"])
 def test_a_problem_that_cannot_pass_fails_init_at_once(pg_cluster, conn, monkeypatch, caplog, problem):
-    caplog.set_level(logging.WARNING, logger="engine.sdk.writer")
+    caplog.set_level(logging.WARNING, logger="engine.sdk.buffer")
     socket_dir = pg_cluster.socket_dir
     cleanup = []
     if problem == "password":

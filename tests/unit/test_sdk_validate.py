@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from engine.sdk.artifacts import check_alias, default_digest
+from engine.sdk.copy_binary import Float8Array, Int8Array, TimestamptzArray
 from engine.sdk.validate import (
     check_key,
     check_name,
@@ -19,7 +20,6 @@ from engine.sdk.validate import (
     parse_project,
     to_float,
 )
-from engine.sdk.writer import Float8Array, Int8Array, TimestamptzArray
 
 
 class FakeScalarTensor:

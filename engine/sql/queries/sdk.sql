@@ -106,7 +106,7 @@ INSERT INTO metric_keys (key) SELECT unnest(%(keys)s::text[]) ON CONFLICT (key) 
 SELECT key, id FROM metric_keys WHERE key = ANY(%(keys)s::text[]);
 
 -- name: copy_metric_points
--- Column order is the order of the rows engine/sdk/writer.py writes (keep in sync).
+-- Column order is the order of the rows engine/sdk/copy_binary.py writes (keep in sync).
 COPY metric_points (time, run_pk, key_id, step, seq, value) FROM STDIN (FORMAT BINARY);
 
 -- name: copy_system_metrics

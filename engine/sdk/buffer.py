@@ -1,84 +1,99 @@
-"""The SDK's write path: an in-memory buffer, a background flush thread, binary COPY.
+"""The SDK's write path, transport aside: an in-memory buffer, a background flush thread, retries.
 
 Runs append *records* `(time, step, keys, values)` — one per `run.log` call: a tuple of
 keys (the same tuple object while a run logs the same keys) and a tuple of floats — to their
-`Stream`. A flush (background thread: on size, or at most every
-`flush_interval`; a run's `finish`/`flush`: on demand) takes what is buffered, at most 2^20
-points, and stores it in ONE transaction:
+`Stream`. A flush (background thread: on size, or at most every `flush_interval`; a run's
+`finish`/`flush`: on demand) takes what is buffered, at most MAX_BATCH_POINTS points, and
+hands it to the transport as one `Batch`, which stores it all or nothing (`Transport.send`;
+the database one is flush.py: one transaction with a binary COPY).
 
-1. new metric keys interned into `metric_keys` (ids cached in the process after commit),
-2. `COPY metric_points|system_metrics (time, run_pk, key_id, step, seq, value) FROM STDIN
-   (FORMAT BINARY)`, with `seq = (batch_id << 20) | ordinal` (`ingest_batch_seq`),
-3. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
-   value in the batch,
-4. one `notify_ingest`.
-
-Flushes run one at a time (a lock), so batches of a run commit in logging order and `seq`
-follows it. When the database cannot be reached the points stay buffered (in order) and the
-flush is retried with backoff; the buffer is bounded by `buffer_max_points`, after which
-`append` blocks until there is room instead of dropping anything.
+Flushes run one at a time (a lock), so batches of a run are sent in logging order. When the
+transport cannot reach its end the points stay buffered (in order) and the flush is retried
+with backoff; the buffer is bounded by `buffer_max_points`, after which `append` blocks until
+there is room instead of dropping anything.
 
 A run may exist before the database has it: when `engine.init` cannot reach the database,
 the run's creation (its `Opening`) waits in its stream, the run's points are buffered as
-usual, and the first flush that reaches the database creates the run (one transaction)
-before it stores any of its points. A resumed run's stored steps are only known then: the
+usual, and the first flush that reaches the database creates the run (`Transport.open`)
+before it sends any of its points. A resumed run's stored steps are only known then: the
 points it logged meanwhile keep the steps they were given (`None` for "the next one") and
 are numbered when it opens, as if they had been logged after it.
+
+Nothing here knows what is behind the transport: the same buffer and retries serve any.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import struct
 import threading
 import time as _time
-from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import NamedTuple, Protocol
 
-import psycopg
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
-
-from engine.db import boundary, describe_url, is_transient, query
-from engine.exceptions import DatabaseUnavailable, EngineError, IngestError
+from engine.exceptions import EngineError, IngestError
 from engine.settings import Settings
-
-if TYPE_CHECKING:
-    from typing import Protocol
-
-    class Transport(Protocol):
-        """What the writer needs of the session's connection (session.Transport)."""
-
-        url: str
-
-        def connection(self) -> AbstractContextManager[psycopg.Connection]: ...
-        def close_if_idle(self) -> float | None: ...
-        def drop(self) -> None: ...
-
-    class Opening(Protocol):
-        """A run's creation (run.py): `open` runs it atomically on the given autocommit
-        connection and returns (run pk, last stored step, last stored system sample), -1 when
-        there is none."""
-
-        resume: bool  # the run may have stored points: its steps continue after them
-
-        def open(self, conn: psycopg.Connection) -> tuple[int, int, int]: ...
-
 
 log = logging.getLogger(__name__)
 
-ORDINAL_BITS = 20
-MAX_BATCH_POINTS = 1 << ORDINAL_BITS  # ordinals of one flush must fit in the low 20 bits of seq
-# Binary COPY types, in the column order of the copy_* blocks in engine/sql/queries/sdk.sql.
-COPY_TYPES = ("timestamptz", "int8", "int4", "int8", "int8", "float8")
-# Transaction control of a flush (see Writer._write).
-_BEGIN, _COMMIT, _ROLLBACK = "BEGIN", "COMMIT", "ROLLBACK"
+# The most points one batch holds (the database transport numbers a batch's points in 20 bits).
+MAX_BATCH_POINTS = 1 << 20
 BACKOFF_START = 0.1
 BACKOFF_MAX = 10.0
 
 Record = tuple[datetime, int, tuple[str, ...], tuple[float, ...]]
+
+
+class Opening(Protocol):
+    """A run's creation (run.py), which the transport carries out (`Transport.open`)."""
+
+    resume: bool  # the run may have stored points: its steps continue after them
+
+
+class Part(NamedTuple):
+    """One stream's share of a batch: its records and system samples, in order, and their points."""
+
+    stream: Stream
+    records: list[Record]
+    system: list[Record]
+    n: int
+
+
+class Batch(NamedTuple):
+    """What one flush sends: the parts, and the final state changes of streams whose last
+    points are in it (stream, the change given to `Writer.finish`)."""
+
+    parts: list[Part]
+    closing: list[tuple[Stream, object]]
+
+
+class SendResult(NamedTuple):
+    """What the transport answered: for each closing change, (stream, its answer)."""
+
+    closed: list[tuple[Stream, object]]
+
+
+class Transport(Protocol):
+    """Where batches go (flush.DatabaseTransport). Every method raises EngineError when it
+    cannot do its work; `is_transient` says whether trying again later may succeed."""
+
+    where: str  # for messages: "the database x on host:port"
+    advice: str  # what to check when points could not be stored, one sentence
+
+    def note_keys(self, keys: list[str]) -> None:
+        """Keys seen for the first time, noted before any record with them is appended."""
+
+    def open(self, opening: Opening) -> tuple[int, int, int]:
+        """Create a run: (its pk, last stored step, last stored system sample), -1 for none."""
+
+    def send(self, batch: Batch) -> SendResult:
+        """Store the batch, all of it or nothing."""
+
+    def is_transient(self, error: EngineError) -> bool: ...
+
+    def close_if_idle(self) -> float | None:
+        """Release what has been unused for long; the seconds until it should be called again
+        (None: nothing to release)."""
 
 
 class Stream:
@@ -122,10 +137,10 @@ class Stream:
         self.system: list[Record] = []  # system_metrics, in sampling order
         self.queued = 0  # points buffered, not yet taken by a flush
         self.inflight = 0  # points in a flush that has not committed yet
-        # A statement to run in the transaction that stores the stream's last points (the
-        # run's final state change, see `finish`), and its first row once it ran.
-        self.closing: tuple[str, dict] | None = None
-        self.closed: tuple | None = None
+        # The run's final state change, to send with the stream's last points (see `finish`),
+        # and what the transport answered once it did.
+        self.closing: object | None = None
+        self.closed: object | None = None
 
     @property
     def unstored(self) -> int:
@@ -133,14 +148,13 @@ class Stream:
 
 
 class Writer:
-    """Buffer + flush thread for every run of one process and database (see module docstring)."""
+    """Buffer + flush thread for every run of one process and transport (see module docstring)."""
 
     def __init__(self, transport: Transport, settings: Settings):
         self._transport = transport
         self.interval = settings.flush_interval
         self.flush_points = settings.flush_max_points
         self.buffer_points = settings.buffer_max_points
-        self.tail = settings.series_tail
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # writer thread: something to flush
@@ -151,20 +165,11 @@ class Writer:
         self._queued = 0
         self._inflight = 0
         self._blocked = 0  # appenders waiting for room
-        self._unknown: set[str] = set()  # keys not interned yet
-        self._key_ids: dict[str, int] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.last_error: EngineError | None = None  # of the last flush; None once one succeeds
         self._warned = False  # about the current outage (one warning per outage)
-        self.where = describe_url(transport.url)
-
-        self._q_copy = {False: query("copy_metric_points"), True: query("copy_system_metrics")}
-        self._q_batch = query("next_ingest_batch")
-        self._q_intern = query("intern_keys")
-        self._q_key_ids = query("key_ids")
-        self._q_upsert = query("upsert_series")
-        self._q_notify = query("notify_ingest")
+        self.where = transport.where
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -180,17 +185,10 @@ class Writer:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    @staticmethod
-    def prepare_connection(conn: psycopg.Connection) -> None:
-        """Called on every new connection of the session: the tails' binary array dumpers."""
-        for array in (Int8Array, Float8Array, TimestamptzArray):
-            conn.adapters.register_dumper(array, array.Dumper)
-
     # -- appending (hot path) ---------------------------------------------------------
     def note_keys(self, keys: list[str]) -> None:
-        """Keys a run validated for the first time; interned by the next flush if new."""
-        with self._lock:
-            self._unknown.update(k for k in keys if k not in self._key_ids)
+        """Keys a run validated for the first time (before it appends records with them)."""
+        self._transport.note_keys(keys)
 
     def append(
         self,
@@ -272,8 +270,7 @@ class Writer:
         """Create the stream's run now (atomically); raises what the database raised.
         Once it is in the database its points are flushed like any other's."""
         assert stream.opening is not None
-        with self._transport.connection() as conn, boundary():
-            run_pk, step, system_step = stream.opening.open(conn)
+        run_pk, step, system_step = self._transport.open(stream.opening)
         with self._lock:
             stream.run_pk = run_pk
             if stream.opening.resume:
@@ -305,7 +302,7 @@ class Writer:
     def unreachable(self) -> bool:
         """The last attempt to reach the database failed in a way that may pass."""
         error = self.last_error
-        return error is not None and is_transient(error)
+        return error is not None and self._transport.is_transient(error)
 
     def _open_pending(self) -> None:
         with self._lock:
@@ -392,8 +389,7 @@ class Writer:
                 if never:
                     what += "(the run itself is not in the database) "
                 raise IngestError(
-                    f"{left} points {what}were not stored: {str(error).rstrip('.')}. Check that the database is "
-                    "reachable (`engine db status`, ENGINE_DATABASE_URL)."
+                    f"{left} points {what}were not stored: {str(error).rstrip('.')}. {self._transport.advice}"
                 ) from error
             self._warn(error)
             _time.sleep(_jitter(backoff) if remaining is None else min(_jitter(backoff), remaining))
@@ -406,20 +402,21 @@ class Writer:
         return stream.unstored + (stream.opening is not None)
 
     def finish(
-        self, stream: Stream, statement: str, params: dict, *, timeout: float | None = None
-    ) -> tuple[bool, tuple | None]:
-        """Store the stream's points and run `statement` in the transaction that stores the
-        last of them, so that they commit together (a run's last points and its final state).
+        self, stream: Stream, closing: object, *, timeout: float | None = None
+    ) -> tuple[bool, object | None]:
+        """Store the stream's points and send `closing` (the run's final state change, which
+        the transport understands) with the last of them, so that they are stored together.
 
-        Returns (True, its first row), or (False, None) when no flush could carry it (nothing
-        was buffered): the caller runs it on its own. Raises like `flush`.
+        Returns (True, what the transport answered to it), or (False, None) when no flush
+        could carry it (nothing was buffered): the caller makes the change on its own. Raises
+        like `flush`.
         """
         with self._lock:
             if stream.failed is not None:
                 raise self._lost(stream)
             if not self._left(stream):
                 return False, None
-            stream.closing, stream.closed = (statement, params), None
+            stream.closing, stream.closed = closing, None
         try:
             self.flush(stream, timeout=timeout)
         finally:
@@ -441,7 +438,7 @@ class Writer:
         return dropped
 
     def flush_once(self) -> int:
-        """Take up to 2^20 buffered points and store them in one transaction; returns how many."""
+        """Take up to MAX_BATCH_POINTS buffered points and send them as one batch; returns how many."""
         with self._flush_lock:
             try:
                 self._open_pending()
@@ -449,40 +446,39 @@ class Writer:
                 self.last_error = exc
                 raise
             with self._lock:
-                batch, unknown = self._take(MAX_BATCH_POINTS)
-                # streams whose last points are in this batch carry their closing statement
+                parts = self._take(MAX_BATCH_POINTS)
+                # streams whose last points are in this batch carry their closing change
                 closing = [
-                    (s, s.closing[0], {**s.closing[1], "run_pk": s.run_pk})
-                    for s, _, _, _ in batch
-                    if s.closing is not None and not s.queued
+                    (p.stream, p.stream.closing)
+                    for p in parts
+                    if p.stream.closing is not None and not p.stream.queued
                 ]
-            if not batch:
+            if not parts:
                 return 0
             try:
-                new_ids, closed = self._write(batch, unknown, closing)
+                result = self._transport.send(Batch(parts, closing))
             except BaseException as exc:
                 with self._lock:
-                    self._put_back(batch)
+                    self._put_back(parts)
                 if isinstance(exc, EngineError):
                     self.last_error = exc
                 raise
             self._recovered()
             with self._lock:
-                self._key_ids.update(new_ids)
-                self._unknown.difference_update(new_ids)
-                for stream, row in closed:
-                    stream.closing, stream.closed = None, row
+                for stream, answer in result.closed:
+                    stream.closing, stream.closed = None, answer
                 total = 0
-                for stream, _, _, n in batch:
-                    stream.inflight -= n
-                    total += n
+                for part in parts:
+                    part.stream.inflight -= part.n
+                    total += part.n
                 self._inflight -= total
                 self._room.notify_all()
             return total
 
-    def _take(self, cap: int) -> tuple[list[tuple[Stream, list[Record], list[Record], int]], list[str]]:
+    def _take(self, cap: int) -> list[Part]:
         batch = []
         taken = 0
+        system: list[Record]
         for stream in list(self._dirty):
             if taken >= cap:
                 break
@@ -493,7 +489,7 @@ class Writer:
                 stream.records, stream.system = [], []
             else:
                 records, n = _prefix(stream.records, cap - taken)
-                system: list[Record] = []
+                system = []
                 if len(records) == len(stream.records):
                     system, m = _prefix(stream.system, cap - taken - n)
                     n += m
@@ -503,16 +499,15 @@ class Writer:
             stream.inflight += n
             if not stream.queued:
                 del self._dirty[stream]
-            batch.append((stream, records, system, n))
+            batch.append(Part(stream, records, system, n))
             taken += n
         self._queued -= taken
         self._inflight += taken
-        # every key in the batch was noted before its record was appended
-        return batch, [k for k in self._unknown if k not in self._key_ids]
+        return batch
 
-    def _put_back(self, batch: list[tuple[Stream, list[Record], list[Record], int]]) -> None:
+    def _put_back(self, parts: list[Part]) -> None:
         total = 0
-        for stream, records, system, n in batch:
+        for stream, records, system, n in parts:
             stream.records[:0] = records
             stream.system[:0] = system
             stream.inflight -= n
@@ -522,125 +517,6 @@ class Writer:
         self._inflight -= total
         self._queued += total
 
-    def _write(
-        self,
-        batch: list[tuple[Stream, list[Record], list[Record], int]],
-        unknown: list[str],
-        closing: list[tuple[Stream, str, dict]],
-    ) -> tuple[dict[str, int], list[tuple[Stream, tuple | None]]]:
-        """One transaction, in four round trips: BEGIN with the batch id (and new keys),
-        the COPYs, then the series upserts, NOTIFY, closing statements and COMMIT together.
-        (psycopg's transaction() would add two: COPY cannot run inside a pipeline, so the
-        transaction is opened and committed by hand around it.)"""
-        with self._transport.connection() as conn:
-            return self._write_on(conn, batch, unknown, closing)
-
-    def _write_on(
-        self,
-        conn: psycopg.Connection,
-        batch: list[tuple[Stream, list[Record], list[Record], int]],
-        unknown: list[str],
-        closing: list[tuple[Stream, str, dict]],
-    ) -> tuple[dict[str, int], list[tuple[Stream, tuple | None]]]:
-        new_ids: dict[str, int] = {}
-        try:
-            with boundary():
-                cur = conn.cursor()
-                batch_cur, keys_cur = conn.cursor(), conn.cursor()
-                with conn.pipeline():
-                    cur.execute(_BEGIN)
-                    if unknown:
-                        cur.execute(self._q_intern, {"keys": unknown})
-                        keys_cur.execute(self._q_key_ids, {"keys": unknown})
-                    batch_cur.execute(self._q_batch)
-                (batch_id,) = batch_cur.fetchone()
-                ids = self._key_ids
-                if unknown:
-                    new_ids = dict(keys_cur.fetchall())
-                    ids = {**ids, **new_ids}
-                seq = batch_id << ORDINAL_BITS
-                series = _Series()
-                for system in (False, True):
-                    parts = [(s.run_pk, b) for s, r, y, _ in batch if (b := y if system else r)]
-                    if parts:
-                        with cur.copy(self._q_copy[system]) as copy:
-                            copy.set_types(COPY_TYPES)
-                            for run_pk, records in parts:
-                                seq = self._copy_run(copy.write_row, run_pk, records, ids, seq, series)
-                closing_curs = [conn.cursor() for _ in closing]
-                with conn.pipeline():
-                    if series.key_ids:  # every point of this flush has a seq below `seq`
-                        cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
-                    cur.execute(self._q_notify, {"payload": ""})
-                    for c, (_, statement, params) in zip(closing_curs, closing):
-                        c.execute(statement, params)
-                    cur.execute(_COMMIT)
-                return new_ids, [(stream, c.fetchone()) for c, (stream, _, _) in zip(closing_curs, closing)]
-        except BaseException as exc:
-            self._abort(conn)
-            if isinstance(exc, DatabaseUnavailable) or conn.broken or conn.closed:
-                self._transport.drop()
-            raise
-
-    def _abort(self, conn: psycopg.Connection) -> None:
-        if conn.closed or conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            return
-        try:
-            conn.execute(_ROLLBACK)
-        except psycopg.Error:
-            self._transport.drop()
-
-    def _copy_run(
-        self, write, run_pk: int, records: list[Record], ids: dict[str, int], seq: int, series: _Series
-    ) -> int:
-        """COPY one run's records (the hot loop of a flush: one tuple and one write_row per
-        point); then add the run's series (finite counts and tails) to `series`."""
-        slots: dict[tuple[str, ...], list] = {}  # keys of a record -> [their key ids, records with them]
-        odd: list[Record] = []  # records with a NaN or an infinity (rare: counted apart)
-        for record in records:
-            t, step, keys, values = record
-            slot = slots.get(keys)
-            if slot is None:
-                slot = slots[keys] = [tuple(ids[k] for k in keys), 0]
-            slot[1] += 1
-            for kid, value in zip(slot[0], values):
-                write((t, run_pk, kid, step, seq, value))
-                seq += 1
-            total = sum(values)
-            if total - total:  # not 0.0: a value is not finite (or the sum overflowed)
-                odd.append(record)
-        # finite values per series: every value of the records, less the non-finite ones
-        n_finite: dict[int, int] = {}
-        for kids, count in slots.values():
-            for kid in kids:
-                n_finite[kid] = n_finite.get(kid, 0) + count
-        for _, _, keys, values in odd:
-            for kid, value in zip(slots[keys][0], values):
-                if value - value != 0.0:  # NaN or an infinity
-                    n_finite[kid] -= 1
-        for kid, (steps, times, values) in self._tails(records, slots, n_finite).items():
-            series.add(kid, run_pk, n_finite[kid], steps, times, values)
-        return seq
-
-    def _tails(
-        self, records: list[Record], slots: dict[tuple[str, ...], list], n_finite: dict[int, int]
-    ) -> dict[int, tuple[list, list, list]]:
-        """The last `tail` finite (step, time, value) of each series with finite values, oldest
-        first, read from the end of the records (so the hot loop keeps nothing per point)."""
-        tail = self.tail
-        found: dict[int, list] = {kid: [] for kid, n in n_finite.items() if n > 0}
-        open_series = len(found)
-        for t, step, keys, values in reversed(records):
-            for kid, value in zip(slots[keys][0], values):
-                got = found.get(kid)
-                if got is not None and len(got) < tail and value - value == 0.0:
-                    got.append((step, t, value))
-                    if len(got) == tail:
-                        open_series -= 1
-            if not open_series:
-                break
-        return {kid: tuple(list(column) for column in zip(*reversed(got))) for kid, got in found.items()}
-
     def _warn(self, error: EngineError) -> None:
         # one warning per outage, whoever retries (thread, init, finish); its end is said too
         if self._warned:
@@ -648,7 +524,7 @@ class Writer:
         self._warned = True
         cause = str(error.__cause__ or error).strip()
         log.warning(
-            "cannot write to the database %s (%s); training goes on: runs and logged points are kept in memory "
+            "cannot write to %s (%s); training goes on: runs and logged points are kept in memory "
             "(up to ENGINE_BUFFER_MAX_POINTS points) and stored as soon as it answers",
             self.where,
             cause.splitlines()[0] if cause else type(error).__name__,
@@ -656,9 +532,7 @@ class Writer:
 
     def _recovered(self) -> None:
         if self._warned:
-            log.warning(
-                "the database %s answers again: buffered runs and points are being stored", self.where
-            )
+            log.warning("%s answers again: buffered runs and points are being stored", self.where)
         self._warned = False
         self.last_error = None
 
@@ -693,111 +567,10 @@ class Writer:
                 log.exception("unexpected error while storing logged points; retrying")
 
 
-class _Series:
-    """The series a flush touched, as the parameters of ONE upsert_series statement: one
-    element per series in key_ids/run_pks/n_new/lens, and their tails laid end to end."""
-
-    __slots__ = ("key_ids", "lens", "n_new", "run_pks", "steps", "times", "values")
-
-    def __init__(self) -> None:
-        self.key_ids: list[int] = []
-        self.run_pks: list[int] = []
-        self.n_new: list[int] = []
-        self.lens: list[int] = []
-        self.steps: list[int] = []
-        self.times: list[datetime] = []
-        self.values: list[float] = []
-
-    def add(self, key_id: int, run_pk: int, n_new: int, steps: list, times: list, values: list) -> None:
-        self.key_ids.append(key_id)
-        self.run_pks.append(run_pk)
-        self.n_new.append(n_new)
-        self.lens.append(len(steps))
-        self.steps += steps
-        self.times += times
-        self.values += values
-
-    def params(self, tail: int, seq_bound: int) -> dict:
-        return {
-            "key_ids": self.key_ids,
-            "run_pks": self.run_pks,
-            "n_new": self.n_new,
-            "lens": self.lens,
-            "steps": Int8Array.of(self.steps),
-            "times": TimestamptzArray.of(self.times),
-            "values": Float8Array.of(self.values),
-            "tail": tail,
-            "seq_bound": seq_bound,
-        }
-
-
 def _jitter(delay: float) -> float:
     """Between half and all of `delay`: processes that lost the database together (a restart,
     a full server) do not all come back in the same instant."""
     return delay * random.uniform(0.5, 1.0)
-
-
-# -- the tails of upsert_series, as binary arrays --------------------------------------------
-# psycopg dumps a list element by element in Python (~1 us each); a flush sends up to three
-# arrays of ENGINE_SERIES_TAIL elements per series, so they are packed here with struct.
-_ARRAY_HEADER = struct.Struct(">iiiii")  # dimensions, has nulls, element oid, length, lower bound
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-class _ArrayDumper(Dumper):
-    """Sends an _Array8 as it is (its `oid` is the array type)."""
-
-    format = Format.BINARY
-
-    def dump(self, obj: bytes) -> bytes:
-        return obj
-
-
-class _Array8(bytes):
-    """A one-dimensional array of 8-byte elements in PostgreSQL's binary format."""
-
-    element_oid = 0
-    code = ""  # struct code of one element
-    Dumper: type[_ArrayDumper] = _ArrayDumper
-
-    @classmethod
-    def of(cls, values: list) -> _Array8:
-        n = len(values)
-        head = _ARRAY_HEADER.pack(1, 0, cls.element_oid, n, 1)
-        return cls(
-            head
-            + struct.pack(">" + ("i" + cls.code) * n, *[x for v in cls._elements(values) for x in (8, v)])
-        )
-
-    @staticmethod
-    def _elements(values: list) -> list:
-        return values
-
-
-class Int8Array(_Array8):
-    element_oid, code = 20, "q"
-
-    class Dumper(_ArrayDumper):
-        oid = 1016  # bigint[]
-
-
-class Float8Array(_Array8):
-    element_oid, code = 701, "d"
-
-    class Dumper(_ArrayDumper):
-        oid = 1022  # double precision[]
-
-
-class TimestamptzArray(_Array8):
-    element_oid, code = 1184, "q"
-
-    class Dumper(_ArrayDumper):
-        oid = 1185  # timestamptz[]
-
-    @staticmethod
-    def _elements(values: list) -> list:
-        return [(t - _PG_EPOCH) // _MICROSECOND for t in values]  # exact microseconds since 2000
 
 
 def _prefix(records: list[Record], room: int) -> tuple[list[Record], int]:

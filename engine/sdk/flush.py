@@ -1,0 +1,246 @@
+"""The database transport of the SDK's writer: one flush is ONE transaction.
+
+For each batch the buffer (buffer.py) hands over:
+
+1. new metric keys interned into `metric_keys` (ids cached in the process after commit),
+2. `COPY metric_points|system_metrics (time, run_pk, key_id, step, seq, value) FROM STDIN
+   (FORMAT BINARY)` (copy_binary.py), with `seq = (batch_id << 20) | ordinal`
+   (`ingest_batch_seq`),
+3. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
+   value in the batch,
+4. one `notify_ingest`, and the final state changes of runs whose last points are in it.
+
+Batches are sent one at a time in logging order, so `seq` follows it.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol, cast
+
+import psycopg
+
+from engine.db import boundary, describe_url, is_transient, query
+from engine.exceptions import DatabaseUnavailable, EngineError
+from engine.sdk import buffer
+from engine.sdk.buffer import Batch, Part, Record, SendResult, Stream
+from engine.sdk.copy_binary import COPY_TYPES, Float8Array, Int8Array, TimestamptzArray, copy_run
+
+if TYPE_CHECKING:
+
+    class Connections(Protocol):
+        """What the transport needs of the session's connection (session.Transport)."""
+
+        url: str
+
+        def connection(self) -> AbstractContextManager[psycopg.Connection]: ...
+        def close_if_idle(self) -> float | None: ...
+        def drop(self) -> None: ...
+
+    class Opening(buffer.Opening, Protocol):
+        """A run's creation (run.py): `open` runs it atomically on the given autocommit
+        connection and returns (run pk, last stored step, last stored system sample), -1 when
+        there is none."""
+
+        def open(self, conn: psycopg.Connection) -> tuple[int, int, int]: ...
+
+
+ORDINAL_BITS = 20
+assert buffer.MAX_BATCH_POINTS <= 1 << ORDINAL_BITS  # ordinals of one batch fit in the low bits of seq
+# Transaction control of a flush (see DatabaseTransport.send).
+_BEGIN, _COMMIT, _ROLLBACK = "BEGIN", "COMMIT", "ROLLBACK"
+
+
+class DatabaseTransport:
+    """Stores the writer's batches in the database, over the session's one connection."""
+
+    advice = "Check that the database is reachable (`engine db status`, ENGINE_DATABASE_URL)."
+
+    def __init__(self, connections: Connections, series_tail: int):
+        self._connections = connections
+        self.tail = series_tail
+        self.where = f"the database {describe_url(connections.url)}"
+        self._keys_lock = threading.Lock()  # runs note keys while a flush interns them
+        self._unknown: set[str] = set()  # keys not interned yet
+        self._key_ids: dict[str, int] = {}
+
+        self._q_copy = {False: query("copy_metric_points"), True: query("copy_system_metrics")}
+        self._q_batch = query("next_ingest_batch")
+        self._q_intern = query("intern_keys")
+        self._q_key_ids = query("key_ids")
+        self._q_upsert = query("upsert_series")
+        self._q_notify = query("notify_ingest")
+
+    @staticmethod
+    def prepare_connection(conn: psycopg.Connection) -> None:
+        """Called on every new connection of the session: the tails' binary array dumpers."""
+        for array in (Int8Array, Float8Array, TimestamptzArray):
+            conn.adapters.register_dumper(array, array.Dumper)
+
+    def note_keys(self, keys: list[str]) -> None:
+        with self._keys_lock:
+            self._unknown.update(k for k in keys if k not in self._key_ids)
+
+    def open(self, opening: buffer.Opening) -> tuple[int, int, int]:
+        with self._connections.connection() as conn, boundary():
+            return cast("Opening", opening).open(conn)
+
+    @staticmethod
+    def is_transient(error: EngineError) -> bool:
+        return is_transient(error)
+
+    def close_if_idle(self) -> float | None:
+        return self._connections.close_if_idle()
+
+    def send(self, batch: Batch) -> SendResult:
+        """One transaction, in four round trips: BEGIN with the batch id (and new keys),
+        the COPYs, then the series upserts, NOTIFY, closing statements and COMMIT together.
+        (psycopg's transaction() would add two: COPY cannot run inside a pipeline, so the
+        transaction is opened and committed by hand around it.)"""
+        # every key in the batch was noted before its record was appended
+        with self._keys_lock:
+            unknown = [k for k in self._unknown if k not in self._key_ids]
+        # a run's final state change: (statement, params) for its run_pk (run.py)
+        closing = [
+            (s, c[0], {**c[1], "run_pk": s.run_pk})
+            for s, c in cast("list[tuple[Stream, tuple[str, dict]]]", batch.closing)
+        ]
+        with self._connections.connection() as conn:
+            new_ids, closed = self._send_on(conn, batch.parts, unknown, closing)
+        with self._keys_lock:
+            self._key_ids.update(new_ids)
+            self._unknown.difference_update(new_ids)
+        return SendResult(closed)
+
+    def _send_on(
+        self,
+        conn: psycopg.Connection,
+        batch: list[Part],
+        unknown: list[str],
+        closing: list[tuple[Stream, str, dict]],
+    ) -> tuple[dict[str, int], list[tuple[Stream, object]]]:
+        new_ids: dict[str, int] = {}
+        try:
+            with boundary():
+                cur = conn.cursor()
+                batch_cur, keys_cur = conn.cursor(), conn.cursor()
+                with conn.pipeline():
+                    cur.execute(_BEGIN)
+                    if unknown:
+                        cur.execute(self._q_intern, {"keys": unknown})
+                        keys_cur.execute(self._q_key_ids, {"keys": unknown})
+                    batch_cur.execute(self._q_batch)
+                (batch_id,) = cast("tuple[int]", batch_cur.fetchone())
+                ids = self._key_ids
+                if unknown:
+                    new_ids = dict(keys_cur.fetchall())
+                    ids = {**ids, **new_ids}
+                seq = batch_id << ORDINAL_BITS
+                series = _Series()
+                for system in (False, True):
+                    parts = [(cast(int, s.run_pk), b) for s, r, y, _ in batch if (b := y if system else r)]
+                    if parts:
+                        with cur.copy(self._q_copy[system]) as copy:
+                            copy.set_types(COPY_TYPES)
+                            for run_pk, records in parts:
+                                seq = self._copy_run(copy.write_row, run_pk, records, ids, seq, series)
+                closing_curs = [conn.cursor() for _ in closing]
+                with conn.pipeline():
+                    if series.key_ids:  # every point of this flush has a seq below `seq`
+                        cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
+                    cur.execute(self._q_notify, {"payload": ""})
+                    for c, (_, statement, params) in zip(closing_curs, closing):
+                        c.execute(statement, params)
+                    cur.execute(_COMMIT)
+                return new_ids, [(stream, c.fetchone()) for c, (stream, _, _) in zip(closing_curs, closing)]
+        except BaseException as exc:
+            self._abort(conn)
+            if isinstance(exc, DatabaseUnavailable) or conn.broken or conn.closed:
+                self._connections.drop()
+            raise
+
+    def _abort(self, conn: psycopg.Connection) -> None:
+        if conn.closed or conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            return
+        try:
+            conn.execute(_ROLLBACK)
+        except psycopg.Error:
+            self._connections.drop()
+
+    def _copy_run(
+        self, write, run_pk: int, records: list[Record], ids: dict[str, int], seq: int, series: _Series
+    ) -> int:
+        """COPY one run's records (copy_binary.copy_run); then add the run's series (finite
+        counts and tails) to `series`."""
+        seq, slots, odd = copy_run(write, run_pk, records, ids, seq)
+        # finite values per series: every value of the records, less the non-finite ones
+        n_finite: dict[int, int] = {}
+        for kids, count in slots.values():
+            for kid in kids:
+                n_finite[kid] = n_finite.get(kid, 0) + count
+        for _, _, keys, values in odd:
+            for kid, value in zip(slots[keys][0], values):
+                if value - value != 0.0:  # NaN or an infinity
+                    n_finite[kid] -= 1
+        for kid, (steps, times, tail_values) in self._tails(records, slots, n_finite).items():
+            series.add(kid, run_pk, n_finite[kid], steps, times, tail_values)
+        return seq
+
+    def _tails(
+        self, records: list[Record], slots: dict[tuple[str, ...], list], n_finite: dict[int, int]
+    ) -> dict[int, tuple[list, ...]]:
+        """The last `tail` finite (step, time, value) of each series with finite values, oldest
+        first, read from the end of the records (so the hot loop keeps nothing per point)."""
+        tail = self.tail
+        found: dict[int, list] = {kid: [] for kid, n in n_finite.items() if n > 0}
+        open_series = len(found)
+        for t, step, keys, values in reversed(records):
+            for kid, value in zip(slots[keys][0], values):
+                got = found.get(kid)
+                if got is not None and len(got) < tail and value - value == 0.0:
+                    got.append((step, t, value))
+                    if len(got) == tail:
+                        open_series -= 1
+            if not open_series:
+                break
+        return {kid: tuple(list(column) for column in zip(*reversed(got))) for kid, got in found.items()}
+
+
+class _Series:
+    """The series a flush touched, as the parameters of ONE upsert_series statement: one
+    element per series in key_ids/run_pks/n_new/lens, and their tails laid end to end."""
+
+    __slots__ = ("key_ids", "lens", "n_new", "run_pks", "steps", "times", "values")
+
+    def __init__(self) -> None:
+        self.key_ids: list[int] = []
+        self.run_pks: list[int] = []
+        self.n_new: list[int] = []
+        self.lens: list[int] = []
+        self.steps: list[int] = []
+        self.times: list[datetime] = []
+        self.values: list[float] = []
+
+    def add(self, key_id: int, run_pk: int, n_new: int, steps: list, times: list, values: list) -> None:
+        self.key_ids.append(key_id)
+        self.run_pks.append(run_pk)
+        self.n_new.append(n_new)
+        self.lens.append(len(steps))
+        self.steps += steps
+        self.times += times
+        self.values += values
+
+    def params(self, tail: int, seq_bound: int) -> dict:
+        return {
+            "key_ids": self.key_ids,
+            "run_pks": self.run_pks,
+            "n_new": self.n_new,
+            "lens": self.lens,
+            "steps": Int8Array.of(self.steps),
+            "times": TimestamptzArray.of(self.times),
+            "values": Float8Array.of(self.values),
+            "tail": tail,
+            "seq_bound": seq_bound,
+        }
