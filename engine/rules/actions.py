@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -206,11 +206,9 @@ class NoOpAction(RuleModel):
     secret_names: ClassVar[frozenset[str]] = frozenset()
 
 
-ACTION_CLASSES = (WebhookAction, SlackAction, NoOpAction)
-Action = Annotated[Union[ACTION_CLASSES], Field(discriminator="type")]  # noqa: UP007
-
-
 ActionModel = WebhookAction | SlackAction | NoOpAction
+Action = Annotated[ActionModel, Field(discriminator="type")]
+ACTION_CLASSES: tuple[type[ActionModel], ...] = get_args(ActionModel)
 _ACTION = TypeAdapter(Action)
 
 
