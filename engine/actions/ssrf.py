@@ -1,4 +1,4 @@
-"""Which addresses a webhook may reach (SPEC section 3, "Addresses").
+"""Which addresses a webhook may reach.
 
 A rule's author must not be able to make the service talk to its own network (databases,
 cloud metadata endpoints, admin interfaces). So the target's host name is resolved here,

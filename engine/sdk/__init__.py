@@ -1,4 +1,4 @@
-"""The logging SDK (SPEC section 4): `engine.init()`, `Run`, `engine.Api()`.
+"""The logging SDK (user documentation: docs/sdk.md): `engine.init()`, `Run`, `engine.Api()`.
 
 Layout: run.py (init, Run, states, log), writer.py (buffer, flush thread, binary COPY),
 session.py (connections shared by the runs of a process), system.py (psutil sampler),

@@ -1,4 +1,4 @@
-"""Artifact collections, versions, aliases, tags and registry links (SPEC section 1).
+"""Artifact collections, versions, aliases, tags and registry links.
 
 Each function takes a connection inside the caller's transaction, so that a whole
 `log_artifact` (version, `latest`, extra aliases, tags) or `link_artifact` (link, registry

@@ -1,4 +1,4 @@
-"""`engine.init()` and the `Run`: states, `log`, `finish`, `log_artifact` (SPEC sections 1, 4).
+"""`engine.init()` and the `Run`: states, `log`, `finish`, `log_artifact`.
 
     with engine.init(project="acme/vision", name="resnet-50", user="alice") as run:
         run.log({"loss": 0.3, "accuracy": 0.9})          # step 0

@@ -1,4 +1,4 @@
-"""Checks on what users hand to the SDK (SPEC section 1), kept pure so that they are unit-tested.
+"""Checks on what users hand to the SDK, kept pure so that they are unit-tested.
 
 The hot path (`Run.log`) only calls into this module for keys it has not seen before and for
 values that are not already a `float`; everything here raises `TypeError`/`ValueError`
