@@ -5,7 +5,7 @@ VENV  := .venv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 setup:
 	@scripts/setup
@@ -13,8 +13,16 @@ setup:
 demo: setup
 	$(VENV)/bin/engine demo
 
-test: setup
+# The linters first: they take seconds and fail before the long pytest run would.
+test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Formatting, lint and types, as configured in pyproject.toml (mypy checks engine/).
+LINT_PATHS := engine tests bench
+lint: setup
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 # Every bench/*.py script, one after the other; each prints its own figures.
 # Smaller runs: make bench BENCH_ARGS='--runs 20 --steps 100' (passed to every script).
@@ -26,5 +34,5 @@ bench: setup
 # Build products and caches only: the embedded database in .engine/ holds your data and is
 # kept (stop it with `engine db down`, then delete .engine/ yourself to start over).
 clean:
-	rm -rf $(VENV) .setup .pytest_cache .hypothesis *.egg-info build dist
+	rm -rf $(VENV) .setup .pytest_cache .hypothesis .mypy_cache .ruff_cache *.egg-info build dist
 	find . \( -path ./.engine -o -path ./.git \) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from engine import clock
 from engine import db as enginedb
-from engine.db import boundary, query, translate
+from engine.db import boundary, one_row, query, translate
 from engine.exceptions import NotFound, RuleIssue, RuleValidationError
 from engine.rules.automation import Automation
 from engine.rules.loader import parse_rules_text
@@ -214,7 +214,7 @@ def _apply_one(conn: psycopg.Connection, rule: Automation, source: str | None, n
     outcome = _outcome(row["rule_hash"] if row else None, rule)
     if row is None:
         params = _rule_params(rule) | {"source": source, "now": now}
-        (automation_id,) = conn.execute(query("insert_automation"), params).fetchone()
+        (automation_id,) = one_row(conn.execute(query("insert_automation"), params))
         conn.execute(query("insert_automation_version"), {"id": automation_id, "version": 1, **params})
         conn.execute(query("insert_automation_state"), {"id": automation_id})
     elif outcome == "updated":
@@ -228,7 +228,7 @@ def _update(
     """Store a new version; restart evaluation if the condition changed or it was just enabled."""
     restart = row["condition_hash"] != rule.condition_hash() or (not row["enabled"] and rule.enabled)
     params = _rule_params(rule) | {"id": row["id"], "source": source, "now": now, "restart": restart}
-    (version,) = conn.execute(query("update_automation"), params).fetchone()
+    (version,) = one_row(conn.execute(query("update_automation"), params))
     conn.execute(query("insert_automation_version"), params | {"version": version})
     if restart:
         conn.execute(query("restart_automation_state"), {"id": row["id"]})
@@ -364,7 +364,7 @@ def _stored(row: dict[str, Any], automation: Automation, state: AutomationState 
 def _not_found(conn: psycopg.Connection, name: str) -> NotFound:
     with boundary():
         names = [n for (n,) in conn.execute(query("automation_names")).fetchall()]
-        (deleted_at,) = conn.execute(query("deleted_automation"), {"name": name}).fetchone()
+        (deleted_at,) = one_row(conn.execute(query("deleted_automation"), {"name": name}))
     if deleted_at is not None:
         return NotFound(
             f"no automation named {name!r}: it was deleted on {deleted_at:%Y-%m-%d %H:%M %Z} "

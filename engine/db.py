@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -34,6 +35,7 @@ from engine.exceptions import (
 from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 # ENGINE_SQL_DIR points at another copy of the SQL (a test of an edited migration uses it).
 SQL_DIR = Path(os.environ.get("ENGINE_SQL_DIR") or Path(__file__).resolve().parent / "sql")
@@ -205,7 +207,7 @@ def conninfo(
     connect_timeout written in the URL wins over ENGINE_CONNECT_TIMEOUT."""
     settings = settings or get_settings()
     url = url or database_url(settings)
-    extra: dict[str, object] = {"application_name": application_name or _application_name}
+    extra: dict[str, str | int] = {"application_name": application_name or _application_name}
     if connect_timeout is not None or "connect_timeout" not in conninfo_to_dict(url):
         extra["connect_timeout"] = connect_timeout or settings.connect_timeout
     return make_conninfo(url, **extra)
@@ -290,6 +292,15 @@ def query_names() -> set[str]:
     return set(_queries())
 
 
+def one_row(cursor: psycopg.Cursor[R]) -> R:
+    """The row of a statement that always returns one (`INSERT ... RETURNING`, an aggregate,
+    an upsert); none back means the statement and its caller disagree, so it is not hidden."""
+    row = cursor.fetchone()
+    if row is None:
+        raise DatabaseError("the statement returned no row where one was certain")
+    return row
+
+
 # -- migrations ----------------------------------------------------------------------------
 def migrations() -> list[tuple[str, Path]]:
     return [(p.name.split("_", 1)[0], p) for p in sorted((SQL_DIR / "migrations").glob("[0-9]*.sql"))]
@@ -369,7 +380,7 @@ def migrate(conn: psycopg.Connection) -> list[str]:
 
 def pending_migrations(conn: psycopg.Connection) -> list[str]:
     with boundary():
-        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+        exists = one_row(conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL"))[0]
         done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")} if exists else set()
     return [p.name for v, p in migrations() if v not in done]
 

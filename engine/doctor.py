@@ -42,7 +42,7 @@ from psycopg.rows import dict_row
 from engine import clock
 from engine.actions import ssrf
 from engine.actions.secrets import read_env
-from engine.db import connect, edited_migrations, migrations, pending_migrations, query, translate
+from engine.db import connect, edited_migrations, migrations, one_row, pending_migrations, query, translate
 from engine.demo.rules import PREFIX as DEMO_PREFIX
 from engine.exceptions import DeliveryError, EngineError, PermanentDeliveryError, RuleValidationError
 from engine.localdb import LocalDatabase
@@ -142,7 +142,7 @@ def _not_permitted(name: str, role: str, refused: BaseException, grant: str) -> 
 
 def _role(conn: psycopg.Connection) -> str:
     """The connected role, quoted as a GRANT names it."""
-    return conn.execute("SELECT quote_ident(current_user)").fetchone()[0]
+    return one_row(conn.execute("SELECT quote_ident(current_user)"))[0]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -173,7 +173,7 @@ def _database(settings: Settings, timeout: float) -> tuple[psycopg.Connection | 
         text = str(exc.__cause__ or exc).strip()  # the driver's words, not the CLI's advice
         reason = text.splitlines()[0] if text else type(exc).__name__
         return None, Check(name, "fail", f"cannot connect to {redact_url(url)} ({where}): {reason}", fix)
-    version = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
+    version = one_row(conn.execute("SELECT current_setting('server_version')"))[0]
     return conn, Check(name, "ok", f"connected to {redact_url(url)} ({where}), PostgreSQL {version}")
 
 

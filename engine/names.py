@@ -3,9 +3,6 @@
 
 The database holds the same patterns in CHECK constraints (engine/sql/migrations/0001_core.sql,
 0002_automations.sql); keep them in sync.
-
-    >>> canonical_metric("system.cpu"), is_system_metric("system/cpu"), is_reserved_key("system.gpu")
-    ('system/cpu', True, True)
 """
 
 from __future__ import annotations
@@ -27,17 +24,29 @@ RESERVED_PREFIXES = (SYSTEM_PREFIX, SYSTEM_SYNONYM)
 
 
 def canonical_metric(name: str) -> str:
-    """A rule's metric name as stored: `system.<key>` becomes `system/<key>`."""
+    """A rule's metric name as stored: `system.<key>` becomes `system/<key>`.
+
+    >>> canonical_metric("system.cpu"), canonical_metric("train/loss")
+    ('system/cpu', 'train/loss')
+    """
     if name.startswith(SYSTEM_SYNONYM):
         return SYSTEM_PREFIX + name[len(SYSTEM_SYNONYM) :]
     return name
 
 
 def is_system_metric(name: str) -> bool:
-    """True for a (canonical) metric name read from `system_metrics`."""
+    """True for a (canonical) metric name read from `system_metrics`.
+
+    >>> is_system_metric("system/cpu"), is_system_metric("system.cpu"), is_system_metric("loss")
+    (True, False, False)
+    """
     return name.startswith(SYSTEM_PREFIX)
 
 
 def is_reserved_key(key: str) -> bool:
-    """True for a key only the system sampler may log (`system/…` or `system.…`)."""
+    """True for a key only the system sampler may log (`system/…` or `system.…`).
+
+    >>> is_reserved_key("system.gpu"), is_reserved_key("system/gpu"), is_reserved_key("systemic")
+    (True, True, False)
+    """
     return key.startswith(RESERVED_PREFIXES)

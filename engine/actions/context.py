@@ -1,4 +1,4 @@
-"""The values of the template variables for one trigger (SPEC section 3, "Templates").
+"""The values of the template variables for one trigger (the table of them: docs/actions.md).
 
 `build_context(conn, trigger_id)` reads the trigger and what it points at (automation, run,
 project, event, artifact version and collection, registry) in one query
@@ -169,7 +169,7 @@ def compose(row: Mapping[str, Any], settings: Settings | None = None) -> dict[st
 def build_context(
     conn: psycopg.Connection, trigger_id: int, settings: Settings | None = None
 ) -> dict[str, str]:
-    """Every template variable of SPEC section 3 for that trigger (see module docstring)."""
+    """Every template variable for that trigger (see module docstring)."""
     found = build_contexts(conn, [trigger_id], settings)
     if trigger_id not in found:
         raise NotFound(f"no trigger {trigger_id}")

@@ -41,7 +41,7 @@ import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -353,7 +353,8 @@ class Dispatcher:
 
     def _settle(self, claim: Claim, attempt: Attempt) -> _Outcome:
         now = clock.now()
-        error, next_at, finished_at = attempt.error, now, now
+        error, next_at = attempt.error, now
+        finished_at: datetime | None = now
         if attempt.succeeded:
             status = "succeeded"
         elif attempt.retryable and claim.attempt < claim.max_attempts:

@@ -83,8 +83,9 @@ class _Hop:
 
 @lru_cache(maxsize=1)
 def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for every request: loading the CA store costs ~50 ms, far
-    more than a delivery to a local receiver, so it must not happen per request."""
+    """One verifying TLS context for every request: loading the CA store parses every
+    certificate, which takes longer than a whole delivery to a local receiver, so it must
+    not happen per request."""
     return ssl.create_default_context()
 
 

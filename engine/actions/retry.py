@@ -65,5 +65,6 @@ def next_delay(
 
 
 def is_retryable_status(status: int) -> bool:
-    """SPEC section 3: 408, 429 and 5xx are retried; any other non-2xx answer is final."""
+    """408, 429 and 5xx mean "not now" and are retried; any other non-2xx answer would be the
+    same next time, so it is final."""
     return status in (408, 429) or 500 <= status <= 599

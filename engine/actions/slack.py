@@ -1,4 +1,4 @@
-"""The `slack` action (SPEC section 3): a Block Kit message that says what fired and why.
+"""The `slack` action: a Block Kit message that says what fired and why.
 
 Two ways to post, as the action says:
 * `webhook_url: {env: NAME}` — an incoming webhook: the JSON message is POSTed with the same

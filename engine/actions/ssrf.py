@@ -1,4 +1,4 @@
-"""Which addresses a webhook may reach (SPEC section 3, "Addresses").
+"""Which addresses a webhook may reach.
 
 A rule's author must not be able to make the service talk to its own network (databases,
 cloud metadata endpoints, admin interfaces). So the target's host name is resolved here,
@@ -94,9 +94,8 @@ def is_metadata(addr: IPAddress) -> bool:
 
 def embedded_ipv4(addr: IPAddress) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address carries (mapped, 6to4, Teredo, NAT64), if any."""
-    if addr.version != 6:
+    if not isinstance(addr, ipaddress.IPv6Address):
         return None
-    assert isinstance(addr, ipaddress.IPv6Address)
     if addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     if addr.sixtofour is not None:
@@ -117,7 +116,7 @@ def why_forbidden(addr: IPAddress) -> str | None:
         reason = why_forbidden(inner)
         if reason:
             return f"IPv4 {inner} inside IPv6, {reason}"
-        if addr.ipv4_mapped is not None:
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             # A mapped address is a way to write an IPv4 one; judge it by that.
             return None
     for attribute in ("loopback", "link_local", "unspecified", "multicast", "private", "reserved"):

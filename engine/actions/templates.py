@@ -10,7 +10,8 @@ Rendering rules (documented in the README's variable table):
   every string, object keys included, and the result is serialised with `json.dumps`. So a
   run name holding quotes or newlines can never break the JSON — it is escaped like any string.
 * A payload string that is exactly `"${metric_values}"` becomes the window as a JSON list of
-  numbers (the SPEC calls it "a JSON list"); inside a longer string it is its JSON text.
+  numbers, so a receiver gets numbers rather than text to parse; inside a longer string it
+  is its JSON text.
   When the variable does not apply it stays the empty string, like every other variable.
 * No payload (`payload: null`): a JSON object with every variable that applies to the event
   (see `APPLIES`), plus any other variable that has a value (e.g. the run that produced an

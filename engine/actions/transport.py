@@ -18,17 +18,22 @@ checked, trying each in turn, and every connect, read and write ends by one dead
   time left for its connect, so one that drops packets leaves time for the next.
 
 Both happen at httpcore's network layer (`network_backend`), the one place every socket
-operation passes through; httpx has no public way to hand a backend to its transport, so
-`attempt_transport` sets the transport's connection pool itself (tested in
-tests/integration/test_fault_receivers.py against a receiver that drips its headers, and in
-tests/integration/test_actions_transport.py with both orders of `localhost`'s addresses).
+operation passes through. httpx's own transport has no public way to take a backend, so the
+attempt's transport is a transport of ours (httpx's documented extension point,
+`httpx.BaseTransport`) over an httpcore connection pool that has the backend; it turns
+httpcore's errors into httpx's, as httpx's transport does, so callers see only httpx.
+Tested in tests/integration/test_fault_receivers.py against a receiver that drips its
+headers, and in tests/integration/test_actions_transport.py with both orders of
+`localhost`'s addresses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
 import typing
+from collections.abc import Iterator
 
 import httpcore
 import httpx
@@ -98,11 +103,84 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._stream.get_extra_info(info)
 
 
-def attempt_transport(deadline: float, ssl_context: ssl.SSLContext, pins: Pins) -> httpx.HTTPTransport:
+# httpcore's errors and httpx's, most specific first: the first match is the one raised.
+_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for core, mapped in _ERRORS:
+            if isinstance(exc, core):
+                raise mapped(str(exc)) from exc
+        raise
+
+
+class _Body(httpx.SyncByteStream):
+    """A response body read from httpcore, its errors raised as httpx's."""
+
+    def __init__(self, stream: typing.Iterable[bytes]):
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors():
+            yield from self._stream
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)  # releases the connection to the pool
+        if close is not None:
+            close()
+
+
+class _AttemptTransport(httpx.BaseTransport):
+    def __init__(self, ssl_context: ssl.SSLContext, backend: _AttemptBackend):
+        self._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=backend)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not isinstance(request.stream, httpx.SyncByteStream):
+            raise TypeError("an asynchronous request body reached a synchronous transport")
+        url = request.url
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors():
+            response = self._pool.handle_request(core_request)
+        if not isinstance(response.stream, typing.Iterable):
+            raise TypeError("httpcore's synchronous pool answered with an asynchronous body")
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_Body(response.stream),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        with _as_httpx_errors():
+            self._pool.close()
+
+
+def attempt_transport(deadline: float, ssl_context: ssl.SSLContext, pins: Pins) -> httpx.BaseTransport:
     """A transport for one attempt: connects only to `pins` (filled in by the caller per hop),
     and every socket operation ends by `deadline` (monotonic)."""
-    transport = httpx.HTTPTransport(verify=ssl_context, trust_env=False)
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=ssl_context, network_backend=_AttemptBackend(deadline, pins)
-    )
-    return transport
+    return _AttemptTransport(ssl_context, _AttemptBackend(deadline, pins))

@@ -1,4 +1,4 @@
-"""The `webhook` action: POST the rendered payload (SPEC section 3).
+"""The `webhook` action: POST the rendered payload (user documentation: docs/actions.md).
 
 Headers sent:
     Content-Type: application/json

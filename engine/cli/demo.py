@@ -148,7 +148,7 @@ def demo(
         with enginedb.connect(url) as conn, enginedb.boundary():
             results = automations.apply_rules(conn, wanted, source=sources)
             conn.commit()
-            after = conn.execute(enginedb.query("demo_last_trigger")).fetchone()[0]
+            after = enginedb.one_row(conn.execute(enginedb.query("demo_last_trigger")))[0]
             others = [r[0] for r in conn.execute(enginedb.query("demo_other_enabled"), {"names": names})]
         console.print(
             f"  rules: {len(results)} example rules from {escape(str(folder))} applied as demo.<name> "
@@ -204,9 +204,11 @@ def demo(
         problem = f"{name} fired {progress.fired.get(name, 0)} time(s), expected at least {expected.at_least} ({expected.because})"
         if example_name(name) == CPU_RULE:
             with enginedb.connect(url) as conn:
-                peak = conn.execute(
-                    enginedb.query("demo_cpu_peak"), dict(zip(("entity", "project"), project.split("/")))
-                ).fetchone()[0]
+                peak = enginedb.one_row(
+                    conn.execute(
+                        enginedb.query("demo_cpu_peak"), dict(zip(("entity", "project"), project.split("/")))
+                    )
+                )[0]
             problem += f"; the highest system/cpu sample was {peak if peak is not None else 'none'}"
         problems.append(problem)
     if progress.failed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -11,6 +12,7 @@ from typing import Annotated
 import typer
 
 from engine import db as enginedb
+from engine.exceptions import ConfigurationError
 from engine.explain import explain_data, render_png, render_terminal
 
 # One string per paragraph: typer keeps the line breaks of a help text as they are.
@@ -36,7 +38,7 @@ def explain(
             "--png",
             metavar="FILE",
             dir_okay=False,
-            help="Also write the picture to FILE as a PNG (1000×500 px).",
+            help="Also write the picture to FILE as a PNG (1000×500 px; needs the png extra: pip install 'engine[png]').",
         ),
     ] = None,
     width: Annotated[
@@ -51,6 +53,9 @@ def explain(
     ] = None,
 ) -> None:
     """Show why a rule fired (help text: HELP)."""
+    if png is not None and importlib.util.find_spec("matplotlib") is None:
+        # Checked first: after the plot and its text, the error would be easy to miss.
+        raise ConfigurationError("--png needs matplotlib, which is not installed: pip install 'engine[png]'")
     with enginedb.connect(autocommit=True) as conn:
         expl = explain_data(conn, trigger_id)
     width = width or min(shutil.get_terminal_size((100, 30)).columns, 160)

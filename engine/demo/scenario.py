@@ -26,11 +26,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import psutil
 
 import engine
 from engine.sdk import ArtifactVersion
+
+T = TypeVar("T")
 
 SAMPLE_INTERVAL = 0.2  # seconds between system metric samples (15 s outside the demo)
 
@@ -156,12 +159,12 @@ class Scenario:
         with self._rng_lock:
             return self._rng.gauss(0.0, scale)
 
-    def _together(self, *jobs: Callable[[], object]) -> list[object]:
+    def _together(self, *jobs: Callable[[], T]) -> list[T]:
         """Run jobs in threads (runs of one process may log concurrently); re-raise the first error."""
-        results: list[object] = [None] * len(jobs)
+        results: dict[int, T] = {}
         errors: list[BaseException] = []
 
-        def call(i: int, job: Callable[[], object]) -> None:
+        def call(i: int, job: Callable[[], T]) -> None:
             try:
                 results[i] = job()
             except BaseException as exc:
@@ -174,7 +177,7 @@ class Scenario:
             t.join()
         if errors:
             raise errors[0]
-        return results
+        return [results[i] for i in range(len(jobs))]
 
     def _log(self, run: engine.Run, view: RunView, data: dict[str, float], step: int) -> None:
         run.log(data, step=step)
@@ -208,7 +211,7 @@ class Scenario:
         finally:
             burst.cancel()
             self._burst.wait()
-        return max(models, key=lambda v: v.metadata["accuracy"])  # type: ignore[union-attr]
+        return max(models, key=lambda v: v.metadata["accuracy"])
 
     def _sweep_run(self, lr: float, top: float, speed: float) -> ArtifactVersion:
         view = self.views[f"sweep-lr-{lr}"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -28,7 +28,7 @@ from engine.rules.fields import EnvName, Label, Text
 from engine.rules.variables import VARIABLES, is_known_variable, variables_in
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
-# Set by the engine itself on every request (SPEC section 3).
+# Set by the engine itself on every request: a rule may not override them.
 RESERVED_HEADERS = frozenset({"x-automation-delivery", "x-automation-signature", "content-length", "host"})
 # With the default ENGINE_RETRY_BASE_SECONDS (1 s), 16 attempts span 67 minutes of receiver
 # outage (`engine.actions.retry.schedule`): a receiver down for an hour still gets the
@@ -115,7 +115,7 @@ def _unknown_variable(name: str, secret_names: frozenset[str]) -> str:
 
 
 class WebhookAction(RuleModel):
-    """POST a JSON body to a URL (SPEC section 3)."""
+    """POST a JSON body to a URL."""
 
     type: Literal["webhook"] = Field(description="Action kind.")
     url: Url = Field(description="http:// or https:// address the request is sent to.")
@@ -206,11 +206,9 @@ class NoOpAction(RuleModel):
     secret_names: ClassVar[frozenset[str]] = frozenset()
 
 
-ACTION_CLASSES = (WebhookAction, SlackAction, NoOpAction)
-Action = Annotated[Union[ACTION_CLASSES], Field(discriminator="type")]  # noqa: UP007
-
-
 ActionModel = WebhookAction | SlackAction | NoOpAction
+Action = Annotated[ActionModel, Field(discriminator="type")]
+ACTION_CLASSES: tuple[type[ActionModel], ...] = get_args(ActionModel)
 _ACTION = TypeAdapter(Action)
 
 

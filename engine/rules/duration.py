@@ -27,8 +27,13 @@ MAX_DURATION = timedelta(days=3650)
 def parse_duration(value: str | int | timedelta) -> timedelta:
     """`"1h30m"` → timedelta(seconds=5400); an int is seconds.
 
-    >>> parse_duration("1h30m"), parse_duration("1.5h"), parse_duration("2w")
-    (datetime.timedelta(seconds=5400), datetime.timedelta(seconds=5400), datetime.timedelta(days=14))
+    >>> parse_duration("1h30m") == parse_duration("1.5h") == timedelta(minutes=90)
+    True
+    >>> parse_duration("2w"), parse_duration(90)
+    (datetime.timedelta(days=14), datetime.timedelta(seconds=90))
+    >>> parse_duration("30m1h")
+    Traceback (most recent call last):
+    ValueError: '30m1h' is not a duration: write e.g. 90s, 1m, 24h, 7d or 1h30m
     """
     if isinstance(value, timedelta):
         result = value
@@ -54,7 +59,11 @@ def parse_duration(value: str | int | timedelta) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    """timedelta(seconds=5400) → "1h30m"; the inverse of parse_duration."""
+    """timedelta(seconds=5400) → "1h30m"; the inverse of parse_duration (weeks are written as days).
+
+    >>> [format_duration(timedelta(seconds=s)) for s in (5400, 14 * 86_400, 0)]
+    ['1h30m', '14d', '0s']
+    """
     seconds = int(value.total_seconds())
     if seconds == 0:
         return "0s"

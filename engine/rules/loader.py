@@ -14,10 +14,11 @@ import difflib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -248,7 +249,7 @@ class _Composer(yaml.SafeLoader):
         super().__init__(stream)
         self._path: list[Any] = []
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(yaml.AliasEvent):
             event = self.get_event()
             return _AliasNode(_TAG + "null", "", event.start_mark, event.end_mark)
@@ -289,13 +290,15 @@ class _Converter:
             return self.mapping(node, path)
         if isinstance(node, SequenceNode):
             if node.tag != _TAG + "seq":
-                return self.unsupported(node, path)
+                self.unsupported(node, path)
+                return None
             return [self.value(item, (*path, i)) for i, item in enumerate(node.value)]
         return self.scalar(node, path)
 
     def mapping(self, node: MappingNode, path: tuple[Any, ...]) -> dict[str, Any] | None:
         if node.tag != _TAG + "map":
-            return self.unsupported(node, path)
+            self.unsupported(node, path)
+            return None
         result: dict[str, Any] = {}
         lines: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -326,11 +329,13 @@ class _Converter:
         if isinstance(node, _AliasNode):
             return self.value(node, path)
         if not isinstance(node, ScalarNode):
-            return self.unsupported(node, path)
+            self.unsupported(node, path)
+            return None
         if node.tag in _KEEP_TEXT_TAGS:
             return self.text(node, path, node.value)
         if node.tag not in _SCALAR_TAGS:
-            return self.unsupported(node, path)
+            self.unsupported(node, path)
+            return None
         try:
             value = self.constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError, LookupError):
@@ -357,7 +362,6 @@ class _Converter:
 
     def unsupported(self, node: Node, path: tuple[Any, ...]) -> None:
         self.problem(node, path, f"unsupported YAML tag {_shorten(_short_tag(node.tag))}")
-        return None
 
 
 def _field_path(path: Iterable[Any]) -> str:
@@ -452,11 +456,11 @@ def _known_keys(models: Iterable[type[BaseModel]]) -> frozenset[str]:
 KNOWN_KEYS = _known_keys([Automation, *EVENT_CLASSES, *ACTION_CLASSES])
 _EXPECTED_TYPES = {
     "event": EVENT_TYPES,
-    "action": tuple(cls.model_fields["type"].annotation.__args__[0] for cls in ACTION_CLASSES),
+    "action": tuple(get_args(cls.model_fields["type"].annotation)[0] for cls in ACTION_CLASSES),
 }
 
 
-def _explain(error: dict[str, Any]) -> tuple[tuple[Any, ...], str]:
+def _explain(error: ErrorDetails) -> tuple[tuple[Any, ...], str]:
     """(location, message in plain words) for one pydantic error."""
     kind, loc, ctx = error["type"], tuple(error["loc"]), error.get("ctx") or {}
     if kind == "rule":

@@ -84,7 +84,11 @@ WANDB_EVENT_TYPES: dict[str, str] = {
 
 
 def wandb_event_type(kind: str) -> str:
-    """`${event_type}` of an event kind: `run_metric_threshold` -> `RUN_METRIC`."""
+    """`${event_type}` of an event kind (the W&B name).
+
+    >>> wandb_event_type("run_metric_threshold"), wandb_event_type("registry_version_linked")
+    ('RUN_METRIC', 'LINK_ARTIFACT')
+    """
     return WANDB_EVENT_TYPES.get(kind, kind.upper())
 
 

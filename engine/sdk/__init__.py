@@ -1,4 +1,4 @@
-"""The logging SDK (SPEC section 4): `engine.init()`, `Run`, `engine.Api()`.
+"""The logging SDK (user documentation: docs/sdk.md): `engine.init()`, `Run`, `engine.Api()`.
 
 Layout: run.py (init, Run, states, log), buffer.py (buffer, flush thread,
 retries), flush.py (the flush transaction), copy_binary.py (binary COPY encoding),

@@ -1,4 +1,4 @@
-"""Artifact collections, versions, aliases, tags and registry links (SPEC section 1).
+"""Artifact collections, versions, aliases, tags and registry links.
 
 Each function takes a connection inside the caller's transaction, so that a whole
 `log_artifact` (version, `latest`, extra aliases, tags) or `link_artifact` (link, registry
@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from engine.db import query
+from engine.db import one_row, query
 from engine.exceptions import NotFound
 from engine.sdk.validate import check_json_object, check_name, parse_project
 
@@ -113,28 +113,30 @@ def create_version(
     metadata = check_metadata(metadata)
     aliases = [a for a in _unique(aliases, check_alias) if a != LATEST]
     tags = _unique(tags, lambda t: check_name("tag", t))
-    collection_id, stored_type = conn.execute(
-        query("upsert_collection"), {"project_id": project_id, "name": name, "type": type}
-    ).fetchone()
+    collection_id, stored_type = one_row(
+        conn.execute(query("upsert_collection"), {"project_id": project_id, "name": name, "type": type})
+    )
     if stored_type != type:
         raise ValueError(f"artifact collection {project}/{name} has type {stored_type!r}, not {type!r}")
-    (index,) = conn.execute(query("next_version_index"), {"collection_id": collection_id}).fetchone()
+    (index,) = one_row(conn.execute(query("next_version_index"), {"collection_id": collection_id}))
     digest = digest if digest is not None else default_digest(metadata, index)
-    (version_id,) = conn.execute(
-        query("create_version"),
-        {
-            "collection_id": collection_id,
-            "version_index": index,
-            "digest": digest,
-            "metadata": Jsonb(metadata),
-            "run_pk": run_pk,
-            "author": author,
-            "at": at,
-            "project_id": project_id,
-            "collection": name,
-            "type": type,
-        },
-    ).fetchone()
+    (version_id,) = one_row(
+        conn.execute(
+            query("create_version"),
+            {
+                "collection_id": collection_id,
+                "version_index": index,
+                "digest": digest,
+                "metadata": Jsonb(metadata),
+                "run_pk": run_pk,
+                "author": author,
+                "at": at,
+                "project_id": project_id,
+                "collection": name,
+                "type": type,
+            },
+        )
+    )
     for alias in [LATEST, *aliases]:
         set_alias(conn, version_id, alias, author=author, run_pk=run_pk, at=at)
     for tag in tags:
@@ -198,11 +200,13 @@ def link(
     aliases = [a for a in _unique(aliases, check_alias) if a != LATEST]
     row = _version_row(conn, version.id)
     stored, (project_id, collection_id) = _handle(row), row[8:10]
-    (registry_id,) = conn.execute(query("upsert_registry"), {"registry": registry}).fetchone()
-    (rc_id,) = conn.execute(
-        query("upsert_registry_collection"),
-        {"registry_id": registry_id, "collection": collection, "type": stored.type},
-    ).fetchone()
+    (registry_id,) = one_row(conn.execute(query("upsert_registry"), {"registry": registry}))
+    (rc_id,) = one_row(
+        conn.execute(
+            query("upsert_registry_collection"),
+            {"registry_id": registry_id, "collection": collection, "type": stored.type},
+        )
+    )
     existing = conn.execute(
         query("find_link"), {"registry_collection_id": rc_id, "version_id": stored.id}
     ).fetchone()
@@ -210,25 +214,27 @@ def link(
         link_id, index = existing
         new_aliases = aliases
     else:
-        (index,) = conn.execute(query("next_link_index"), {"registry_collection_id": rc_id}).fetchone()
-        (link_id,) = conn.execute(
-            query("create_link"),
-            {
-                "registry_collection_id": rc_id,
-                "version_id": stored.id,
-                "version_index": index,
-                "author": author,
-                "at": at,
-                "project_id": project_id,
-                "collection_id": collection_id,
-                "registry_id": registry_id,
-                "registry": registry,
-                "collection": collection,
-                "artifact_collection": stored.collection,
-                "artifact_version_index": stored.version_index,
-                "type": stored.type,
-            },
-        ).fetchone()
+        (index,) = one_row(conn.execute(query("next_link_index"), {"registry_collection_id": rc_id}))
+        (link_id,) = one_row(
+            conn.execute(
+                query("create_link"),
+                {
+                    "registry_collection_id": rc_id,
+                    "version_id": stored.id,
+                    "version_index": index,
+                    "author": author,
+                    "at": at,
+                    "project_id": project_id,
+                    "collection_id": collection_id,
+                    "registry_id": registry_id,
+                    "registry": registry,
+                    "collection": collection,
+                    "artifact_collection": stored.collection,
+                    "artifact_version_index": stored.version_index,
+                    "type": stored.type,
+                },
+            )
+        )
         new_aliases = [LATEST, *aliases]
     for alias in new_aliases:
         set_registry_alias(conn, link_id, alias, author=author, at=at)

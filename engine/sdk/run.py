@@ -1,4 +1,4 @@
-"""`engine.init()` and the `Run`: states, `log`, `finish`, `log_artifact` (SPEC sections 1, 4).
+"""`engine.init()` and the `Run`: states, `log`, `finish`, `log_artifact`.
 
     with engine.init(project="acme/vision", name="resnet-50", user="alice") as run:
         run.log({"loss": 0.3, "accuracy": 0.9})          # step 0
@@ -30,8 +30,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from engine import clock
-from engine.db import is_transient, query
-from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, IngestError
+from engine.db import is_transient, one_row, query
+from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, IngestError, NotFound
 from engine.sdk import artifacts
 from engine.sdk import session as sessions
 from engine.sdk.buffer import MAX_BATCH_POINTS, Stream
@@ -216,7 +216,7 @@ class _Opening:
             ).fetchone()
             if mine is not None:  # created by an earlier attempt whose answer was lost
                 self.pk, self.project_id = mine
-                return self.pk, *conn.execute(query("run_max_steps"), {"run_pk": self.pk}).fetchone()
+                return self.pk, *one_row(conn.execute(query("run_max_steps"), {"run_pk": self.pk}))
             if not self.redraw:
                 raise ValueError(
                     f"run {self.run_id!r} already exists in {self.entity}/{self.project}: pass resume=True to continue it"
@@ -226,20 +226,22 @@ class _Opening:
     def _resume(self, conn: psycopg.Connection) -> tuple[int, int, int]:
         """Back to `running` (with its event) unless it runs; what was given replaces what
         was stored."""
-        (self.project_id,) = conn.execute(
-            query("upsert_project"), {"entity": self.entity, "project": self.project}
-        ).fetchone()
-        self.pk, state = conn.execute(
-            query("lock_run"), {"project_id": self.project_id, "run_id": self.run_id}
-        ).fetchone()
-        name, config, tags = conn.execute(
-            query("update_run_attributes"),
-            {"run_pk": self.pk, "name": self.name, "config": self.config_json, "tags": self.tags},
-        ).fetchone()
+        (self.project_id,) = one_row(
+            conn.execute(query("upsert_project"), {"entity": self.entity, "project": self.project})
+        )
+        self.pk, state = one_row(
+            conn.execute(query("lock_run"), {"project_id": self.project_id, "run_id": self.run_id})
+        )
+        name, config, tags = one_row(
+            conn.execute(
+                query("update_run_attributes"),
+                {"run_pk": self.pk, "name": self.name, "config": self.config_json, "tags": self.tags},
+            )
+        )
         self.stored = (name, config, list(tags))
         if state != "running":
             _transition(conn, self.pk, ("finished", "failed", "killed"), "running", None, self.user, self.at)
-        step, system_step = conn.execute(query("run_max_steps"), {"run_pk": self.pk}).fetchone()
+        step, system_step = one_row(conn.execute(query("run_max_steps"), {"run_pk": self.pk}))
         return self.pk, step, system_step
 
 
@@ -467,7 +469,10 @@ class Run:
                 backoff = min(backoff * 2, 5.0)
 
     def _stored_state(self) -> str:
-        return self._session.execute(query("run_state"), {"run_pk": self.pk})[0]
+        row = self._session.execute(query("run_state"), {"run_pk": self.pk})
+        if row is None:  # runs are never deleted: were this one gone, say so plainly
+            raise NotFound(f"run {self.project}/{self.id} is no longer in the database")
+        return row[0]
 
     def __enter__(self) -> Run:
         return self
@@ -496,6 +501,7 @@ class Run:
         """A new version of the artifact collection `name` (created with `type` if new),
         produced by this run; `latest` and `aliases` point to it, `tags` are added."""
         self._writer.ensure_open(self._stream)  # a run started during an outage: created first
+        assert self.project_id is not None  # ensure_open stored the run, and with it its project
         with self._session.transaction() as conn:
             return artifacts.create_version(
                 conn,

@@ -1,4 +1,4 @@
-"""System metrics sampled while a run is active, with W&B's key names (SPEC section 1).
+"""System metrics sampled while a run is active, with W&B's key names.
 
 Stored as `system/<name>` in `metric_keys` / `system_metrics`; a sample's index in the run's
 sequence (0, 1, 2, ...) is its step. GPU metrics appear only when pynvml is importable and

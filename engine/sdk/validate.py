@@ -1,4 +1,4 @@
-"""Checks on what users hand to the SDK (SPEC section 1), kept pure so that they are unit-tested.
+"""Checks on what users hand to the SDK, kept pure so that they are unit-tested.
 
 The hot path (`Run.log`) only calls into this module for keys it has not seen before and for
 values that are not already a `float`; everything here raises `TypeError`/`ValueError`
@@ -16,7 +16,14 @@ from engine.names import CONTROL, MAX_KEY_LENGTH, NAME_PART, is_reserved_key
 
 
 def parse_project(project: str) -> tuple[str, str]:
-    """`"acme/vision"` → `("acme", "vision")`; each part 1–128 of letters, digits, `.`, `_`, `-`."""
+    """`"acme/vision"` → `("acme", "vision")`; each part 1–128 of letters, digits, `.`, `_`, `-`.
+
+    >>> parse_project("acme/vision")
+    ('acme', 'vision')
+    >>> parse_project("acme/vision/v2")
+    Traceback (most recent call last):
+    ValueError: project 'acme/vision/v2' must be 'entity/project', each part 1-128 letters, digits, '.', '_' or '-'
+    """
     if not isinstance(project, str):
         raise TypeError(f"project must be a string like 'acme/vision', not {type(project).__name__}")
     parts = project.split("/")
@@ -42,7 +49,14 @@ def check_name(what: str, value: str, *, pattern: bool = False) -> str:
 
 def check_key(key: Any, *, system: bool = False) -> str:
     """A metric key: a string of 1–256 characters without control characters. Keys under
-    `system/` (or `system.`) belong to the system sampler, which passes `system=True`."""
+    `system/` (or `system.`) belong to the system sampler, which passes `system=True`.
+
+    >>> check_key("train/loss")
+    'train/loss'
+    >>> check_key("system.cpu")
+    Traceback (most recent call last):
+    ValueError: metric key 'system.cpu': keys starting with 'system/' or 'system.' are reserved for system metrics
+    """
     if not isinstance(key, str):
         raise TypeError(f"metric key {key!r} must be a string, not {type(key).__name__}")
     if not 1 <= len(key) <= MAX_KEY_LENGTH:

@@ -88,3 +88,22 @@ def test_history_hints_at_explain_and_unknown_ids_are_explained(fired):
     result = engine_cli("explain", "999999")
     assert result.returncode == 1 and result.stdout == ""
     assert "no trigger 999999" in result.stderr and "engine history" in result.stderr
+
+
+def test_png_without_matplotlib_names_the_extra(tmp_path):
+    # matplotlib is an optional extra; None in sys.modules makes it absent as an uninstalled
+    # package is, while the rest of this environment is used as it is.
+    script = (
+        "import sys; sys.modules['matplotlib'] = None; "
+        "from engine.cli import main; "
+        "sys.argv = ['engine', 'explain', '1', '--png', sys.argv[1]]; main()"
+    )
+    png = tmp_path / "why.png"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(png)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr == "error: --png needs matplotlib, which is not installed: pip install 'engine[png]'\n"
+    )
+    assert result.stdout == "" and not png.exists()

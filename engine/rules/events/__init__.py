@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated, get_args
 
 from pydantic import Field
 
@@ -14,18 +14,21 @@ from engine.rules.events.run_metric_change import RunMetricChange
 from engine.rules.events.run_metric_threshold import RunMetricThreshold
 from engine.rules.events.run_state import RunState
 
-EVENT_CLASSES = (
-    RunMetricThreshold,
-    RunMetricChange,
-    RunState,
-    ArtifactVersionCreated,
-    ArtifactAliasAdded,
-    ArtifactTagAdded,
-    RegistryVersionLinked,
+EventModel = (
+    RunMetricThreshold
+    | RunMetricChange
+    | RunState
+    | ArtifactVersionCreated
+    | ArtifactAliasAdded
+    | ArtifactTagAdded
+    | RegistryVersionLinked
 )
-Event = Annotated[Union[EVENT_CLASSES], Field(discriminator="type")]  # noqa: UP007 - a tuple needs Union[]
+Event = Annotated[EventModel, Field(discriminator="type")]
+EVENT_CLASSES: tuple[type[EventModel], ...] = get_args(EventModel)
 
-EVENT_TYPES: tuple[str, ...] = tuple(cls.model_fields["type"].annotation.__args__[0] for cls in EVENT_CLASSES)
+EVENT_TYPES: tuple[str, ...] = tuple(
+    get_args(cls.model_fields["type"].annotation)[0] for cls in EVENT_CLASSES
+)
 RUN_EVENT_TYPES = frozenset(t for t, cls in zip(EVENT_TYPES, EVENT_CLASSES) if cls.is_run_event)
 # Events about artifact collections: the only ones a scope's `collection`/`collection_regex` narrows.
 ARTIFACT_EVENT_TYPES = frozenset(EVENT_TYPES) - RUN_EVENT_TYPES
@@ -41,6 +44,7 @@ __all__ = [
     "ArtifactTagAdded",
     "ArtifactVersionCreated",
     "Event",
+    "EventModel",
     "RegistryVersionLinked",
     "RunMetricChange",
     "RunMetricThreshold",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from engine.names import SYSTEM_PREFIX, is_system_metric
 
@@ -11,8 +11,11 @@ MAX_WINDOW = 100_000  # windows are read per series; a larger one is surely a ty
 
 
 class MetricEventMixin:
-    """Properties of an event with a `metric` field (no annotation here: pydantic would take
-    it for a field and put it before `type`)."""
+    """Properties of an event with a `metric` field (annotated for the type checker only: at run
+    time pydantic would take it for a field and put it before `type`)."""
+
+    if TYPE_CHECKING:
+        metric: str
 
     @property
     def is_system_metric(self) -> bool:

@@ -9,7 +9,8 @@ from pydantic import BeforeValidator, Field
 from engine.rules.base import RuleModel, fail
 
 State = Literal["running", "finished", "failed"]
-SYNONYMS = {"crashed": "failed"}  # SPEC: `crashed` is a synonym of `failed` wherever a state is named
+# W&B users say `crashed`: accepted as `failed` wherever a state is named.
+SYNONYMS = {"crashed": "failed"}
 
 
 def _states(value: Any) -> Any:

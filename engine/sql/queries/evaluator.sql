@@ -23,8 +23,8 @@ LEFT JOIN (
 -- name: evaluator_session
 -- The evaluator runs the same few query shapes every tick (prepared at once). A generic
 -- plan is made once per connection: a custom plan would expand every chunk of the
--- hypertables in the rare hypertable branch of a rule query, each time (~20 ms with 35
--- chunks, per automation). No JIT: row estimates over that branch can pass jit_above_cost,
+-- hypertables in the rare hypertable branch of a rule query, each time and per automation,
+-- a cost that grows with the data. No JIT: row estimates over that branch can pass jit_above_cost,
 -- and compiling costs seconds for queries that run in milliseconds. The statement timeout
 -- holds for every statement of a tick.
 SELECT set_config('plan_cache_mode', 'force_generic_plan', false), set_config('jit', 'off', false),

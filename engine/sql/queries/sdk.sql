@@ -11,7 +11,7 @@ ON CONFLICT (entity, name) DO UPDATE SET entity = EXCLUDED.entity
 RETURNING id;
 
 -- name: create_run
--- A new run is a transition from NULL into 'running' (SPEC section 1): project, run,
+-- A new run is a transition from NULL into 'running' (so it has its event too): project, run,
 -- transition and event in one statement. Returns nothing when the run id exists already.
 WITH p AS (
     INSERT INTO projects (entity, name) VALUES (%(entity)s, %(project)s)
