@@ -51,7 +51,7 @@ def explain(
     ] = None,
 ) -> None:
     """Show why a rule fired (help text: HELP)."""
-    with enginedb.connect(autocommit=True) as conn:
+    with enginedb.connection() as conn:
         expl = explain_data(conn, trigger_id)
     width = width or min(shutil.get_terminal_size((100, 30)).columns, 160)
     # Colors only for a person at a terminal (https://no-color.org).

@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 
 from engine import clock
 from engine.db import is_transient, query
-from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, IngestError
+from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, IngestError, NotFound
 from engine.sdk import artifacts
 from engine.sdk import session as sessions
 from engine.sdk.system import SamplerThread
@@ -457,7 +457,7 @@ class Run:
         transition["run_pk"] = self.pk
         while True:
             try:
-                changed = self._session.execute(query("transition_run"), transition)
+                changed = self._session.one("transition_run", transition)
                 self.state = transition["to_state"] if changed else self._stored_state()
                 return
             except DatabaseUnavailable:
@@ -467,7 +467,10 @@ class Run:
                 backoff = min(backoff * 2, 5.0)
 
     def _stored_state(self) -> str:
-        return self._session.execute(query("run_state"), {"run_pk": self.pk})[0]
+        state = self._session.one("run_state", {"run_pk": self.pk})
+        if state is None:
+            raise NotFound(f"run {self.pk} no longer exists")
+        return state["state"]
 
     def __enter__(self) -> Run:
         return self
