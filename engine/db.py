@@ -357,6 +357,12 @@ class Database:
         conn = database.lease("evaluation")               # kept until its holder closes it
         database.close()
 
+    One per process and database: `engine serve` builds its own (scheduler.pool_shares) and
+    hands it to the evaluator, the dispatcher and the metrics; a web server builds one with
+    its share (`shares={"web": n}`, after `set_application_name("engine-web")`) and runs its
+    queries with `database.rows(name, params)` / `one` / `value` / `run`, or several in
+    `with database.transaction() as conn:` through the module's helpers.
+
     `shares` gives each part the most connections it may hold at once (the first share is
     the default); the pool holds at most their sum, so a part waits only for its own
     connections, never for another part's: a long evaluation cannot starve the deliveries,

@@ -191,7 +191,7 @@ def test_the_service_evaluates_delivers_and_scrapes_through_one_pool(conn, datab
             done.set()
             monitor.join()
     assert pool.checkouts["evaluation"] >= 1  # its connections are leased from the pool
-    assert pool.checkouts["deliveries"] >= runs  # claims and outcomes
+    assert pool.checkouts["deliveries"] >= 2  # a claim and an outcome, at least
     assert pool.checkouts["metrics"] >= 1
     assert pool.opened <= pool.max_size == 5
     assert 0 < peak <= sum(connection_budget(settings).values()) == 6  # the pool and the LISTEN connection
