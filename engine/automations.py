@@ -30,15 +30,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
-from psycopg import errors as pgerrors
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
 from engine import clock
 from engine import db as enginedb
-from engine.db import boundary, one_row, query, translate
-from engine.exceptions import NotFound, RuleIssue, RuleValidationError
+from engine.db import one_row, query, rows, transaction, value
+from engine.exceptions import DatabaseError, NotFound, RuleIssue, RuleValidationError
 from engine.rules.automation import Automation
 from engine.rules.loader import parse_rules_text
 from engine.rules.regex import postgres_hint, regexes_of
@@ -107,11 +105,9 @@ def apply(*rules: Automation | str, prune: bool = False, dry_run: bool = False) 
             automations.append(rule)
         else:
             raise TypeError(f"apply() takes Automation models or YAML text, not {type(rule).__name__}")
-    with enginedb.connect() as conn:
+    with enginedb.connection() as conn:
         enginedb.ensure_schema(conn)
-        results = apply_rules(conn, automations, prune=prune, dry_run=dry_run)
-        conn.commit()
-    return results
+        return apply_rules(conn, automations, prune=prune, dry_run=dry_run)
 
 
 def check_regexes_in_db(
@@ -125,10 +121,12 @@ def check_regexes_in_db(
     issues = []
     for loc, pattern in regexes_of(automation):
         try:
-            with conn.transaction():
-                conn.execute(query("check_regex"), {"pattern": pattern})
-        except pgerrors.InvalidRegularExpression as exc:  # SQLSTATE 2201B
-            message = str(exc).strip().splitlines()[0]
+            with transaction(conn):
+                value(conn, "check_regex", {"pattern": pattern})
+        except DatabaseError as exc:
+            if exc.sqlstate != "2201B":  # invalid_regular_expression
+                raise
+            message = str(exc.__cause__ or exc).strip().splitlines()[0]  # PostgreSQL's words
             hint = postgres_hint(pattern)
             issues.append(
                 RuleIssue(
@@ -138,8 +136,6 @@ def check_regexes_in_db(
                     f"PostgreSQL refuses this regex: {message}" + (f" ({hint})" if hint else ""),
                 )
             )
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
     return issues
 
 
@@ -176,7 +172,7 @@ def apply_rules(
         return _plan(conn, rules, keep if prune else None)
     now = clock.now()
     results: list[tuple[str, Outcome]] = []
-    with boundary(), conn.transaction():
+    with transaction(conn):
         conn.execute(query("lock_automations"), {"key": _LOCK})
         for rule in rules:
             results.append((rule.name, _apply_one(conn, rule, source.get(rule.name), now)))
@@ -190,7 +186,7 @@ def _plan(
 ) -> list[tuple[str, Outcome]]:
     """What apply would answer, read in a READ ONLY transaction (the database refuses any write)."""
     results: list[tuple[str, Outcome]] = []
-    with boundary(), conn.transaction():
+    with transaction(conn):
         conn.execute(query("read_only_transaction"))
         for rule in rules:
             row = conn.execute(query("automation_hash"), {"name": rule.name}).fetchone()
@@ -245,8 +241,7 @@ def _rule_params(rule: Automation) -> dict[str, Any]:
 
 
 def _for_update(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query("automation_for_update"), {"name": name}).fetchone()
+    return enginedb.one(conn, "automation_for_update", {"name": name})
 
 
 # -- management ------------------------------------------------------------------------------
@@ -261,7 +256,7 @@ def disable(conn: psycopg.Connection, name: str) -> bool:
 
 
 def _set_enabled(conn: psycopg.Connection, name: str, enabled: bool) -> bool:
-    with boundary(), conn.transaction():
+    with transaction(conn):
         conn.execute(query("lock_automations"), {"key": _LOCK})
         row = _for_update(conn, name)
         if row is None:
@@ -277,7 +272,7 @@ def _set_enabled(conn: psycopg.Connection, name: str, enabled: bool) -> bool:
 def delete(conn: psycopg.Connection, name: str) -> None:
     """Delete an automation: it is no longer evaluated nor listed, and its name is free;
     its versions, triggers and deliveries stay in the history (pending deliveries are sent)."""
-    with boundary(), conn.transaction():
+    with transaction(conn):
         conn.execute(query("lock_automations"), {"key": _LOCK})
         if not _delete(conn, clock.now(), names=[name]):
             raise _not_found(conn, name)
@@ -293,8 +288,7 @@ def _delete(
 
 def get(conn: psycopg.Connection, name: str) -> StoredAutomation:
     """The stored automation with its evaluation state; NotFound (with close names) otherwise."""
-    with boundary(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(query("get_automation"), {"name": name}).fetchone()
+    row = enginedb.one(conn, "get_automation", {"name": name})
     if row is None:
         raise _not_found(conn, name)
     state = AutomationState(
@@ -310,8 +304,6 @@ def get(conn: psycopg.Connection, name: str) -> StoredAutomation:
 
 
 def list_automations(conn: psycopg.Connection) -> list[AutomationRow]:
-    with boundary(), conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("list_automations")).fetchall()
     return [
         AutomationRow(
             name=r["name"],
@@ -323,7 +315,7 @@ def list_automations(conn: psycopg.Connection) -> list[AutomationRow]:
             last_error=r["last_error"],
             triggers=r["triggers"],
         )
-        for r in rows
+        for r in rows(conn, "list_automations")
     ]
 
 
@@ -333,10 +325,8 @@ def load_enabled(conn: psycopg.Connection) -> list[StoredAutomation]:
     A stored rule the current models refuse (written by another version of the engine) is
     logged and skipped rather than stopping every other automation.
     """
-    with boundary(), conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("enabled_automations")).fetchall()
     result = []
-    for row in rows:
+    for row in rows(conn, "enabled_automations"):
         try:
             automation = Automation.model_validate(row["rule"])
         except ValidationError as exc:
@@ -362,9 +352,8 @@ def _stored(row: dict[str, Any], automation: Automation, state: AutomationState 
 
 
 def _not_found(conn: psycopg.Connection, name: str) -> NotFound:
-    with boundary():
-        names = [n for (n,) in conn.execute(query("automation_names")).fetchall()]
-        (deleted_at,) = one_row(conn.execute(query("deleted_automation"), {"name": name}))
+    names = [r["name"] for r in rows(conn, "automation_names")]
+    deleted_at = value(conn, "deleted_automation", {"name": name})
     if deleted_at is not None:
         return NotFound(
             f"no automation named {name!r}: it was deleted on {deleted_at:%Y-%m-%d %H:%M %Z} "

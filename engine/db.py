@@ -1,4 +1,23 @@
-"""Connections, the one boundary where psycopg errors become EngineErrors, and migrations.
+"""The database gateway: connections, named queries, the one place where psycopg errors
+become EngineErrors, and migrations.
+
+Every part of the engine talks to PostgreSQL through this module:
+
+    database = Database(settings=settings, shares={"web": 4})   # the process's pool
+    rows = database.rows("history", {"automation": None, "since": None, "limit": 50})
+    row = database.one("delivery_find", {"prefix": "3f2a"})      # first row as a dict, or None
+    with database.connection() as conn:        # a pooled autocommit connection, for several statements
+        due = value(conn, "delivery_next_due")
+    with database.transaction() as conn:       # BEGIN ... COMMIT (ROLLBACK when the block raises)
+        run(conn, "delivery_redeliver", params)
+    database.close()
+
+A psycopg error raised inside any of these (connecting included) leaves as the EngineError
+`translate` gives it, once, with the driver's error as its `__cause__`; a caller that needs
+one condition reads `DatabaseError.sqlstate`. Code that is handed a connection uses the
+module functions `rows`, `one`, `value`, `run` and `transaction(conn)`, which translate the
+same way; `connection(url)` is a connection of its own (a CLI command, a LISTEN), closed
+after its block. `boundary()` is the translation on its own, for a block of raw driver calls.
 
 SQL written by hand lives in `engine/sql/queries/*.sql`, in blocks named `-- name: <name>`,
 loaded with `query("<name>")`. Migrations are `engine/sql/migrations/NNNN_*.sql`, views
@@ -13,14 +32,17 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
 
 from engine.exceptions import (
     DatabaseAuthFailed,
@@ -53,6 +75,12 @@ def translate(exc: BaseException) -> EngineError:
     """
     if isinstance(exc, EngineError):
         return exc
+    error = _translate(exc)
+    error.sqlstate = getattr(exc, "sqlstate", None) or None
+    return error
+
+
+def _translate(exc: BaseException) -> DatabaseError:
     state = getattr(exc, "sqlstate", None) or ""
     if not state and isinstance(exc, psycopg.OperationalError):
         state = _connection_state(str(exc))
@@ -260,6 +288,273 @@ def is_transient(exc: BaseException) -> bool:
 
 # A transaction that lost a serialisation race or a deadlock succeeds when tried again.
 _RACES = ("40001", "40P01")
+
+
+# -- the gateway ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def connection(
+    url: str | None = None,
+    *,
+    autocommit: bool = True,
+    settings: Settings | None = None,
+    connect_timeout: int | None = None,
+) -> Iterator[psycopg.Connection]:
+    """A connection of its own (not pooled: a CLI command, a LISTEN), closed after the block;
+    psycopg errors raised in the block leave translated. Without autocommit, the block is one
+    transaction, committed at its end (rolled back when it raises), as psycopg's own."""
+    with (
+        boundary(),
+        connect(url, autocommit=autocommit, settings=settings, connect_timeout=connect_timeout) as conn,
+    ):
+        yield conn
+
+
+@contextlib.contextmanager
+def transaction(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """A transaction on `conn` (a savepoint inside another one), errors translated."""
+    with boundary(), conn.transaction():
+        yield conn
+
+
+def rows(conn: psycopg.Connection, name: str, params: Params = None) -> list[dict[str, Any]]:
+    """Every row of the named query, as dicts."""
+    with boundary(), conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query(name), params).fetchall()
+
+
+def one(conn: psycopg.Connection, name: str, params: Params = None) -> dict[str, Any] | None:
+    """The first row of the named query as a dict, or None when it returns none."""
+    with boundary(), conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query(name), params).fetchone()
+
+
+def value(conn: psycopg.Connection, name: str, params: Params = None) -> Any:
+    """The first column of the named query's first row (None when it returns no row)."""
+    with boundary():
+        row = conn.execute(query(name), params).fetchone()
+    return None if row is None else row[0]
+
+
+def run(conn: psycopg.Connection, name: str, params: Params = None) -> int:
+    """Run the named query for its effect; the number of rows it touched."""
+    with boundary():
+        return conn.execute(query(name), params).rowcount
+
+
+Params = Mapping[str, Any] | Sequence[Any] | None
+
+FRESH_SECONDS = 1.0  # a connection given back more recently than this is not pinged
+IDLE_SECONDS = 600.0  # an idle connection unused for longer is closed
+WAIT_SECONDS = 10.0  # waiting longer for a connection of one's share means it is stuck
+
+
+class Database:
+    """The process's connections to one database, shared out among its parts: the pool of
+    `engine serve` (evaluation, deliveries, metrics) and of `engine web`.
+
+        database = Database(settings=settings, shares={"evaluation": 2, "deliveries": 2})
+        with database.connection("deliveries") as conn:   # borrowed for the block
+            ...
+        conn = database.lease("evaluation")               # kept until its holder closes it
+        database.close()
+
+    One per process and database: `engine serve` builds its own (scheduler.pool_shares) and
+    hands it to the evaluator, the dispatcher and the metrics; a web server builds one with
+    its share (`shares={"web": n}`, after `set_application_name("engine-web")`) and runs its
+    queries with `database.rows(name, params)` / `one` / `value` / `run`, or several in
+    `with database.transaction() as conn:` through the module's helpers.
+
+    `shares` gives each part the most connections it may hold at once (the first share is
+    the default); the pool holds at most their sum, so a part waits only for its own
+    connections, never for another part's: a long evaluation cannot starve the deliveries,
+    nor a burst of deliveries an evaluation. A part waiting longer than `wait` seconds gets
+    DatabaseUnavailable.
+
+    Connections are autocommit (a block opens its transaction with `transaction()`), carry
+    this process's application_name, and are opened in the caller's thread when no idle one
+    is left, so that a refused connection raises at once with the server's reason. An idle
+    connection unused for a moment is pinged before it is handed out (one broken by a
+    database restart is replaced instead of failing the caller); one idle for IDLE_SECONDS
+    is closed. Nothing relies on session state kept between blocks, so the pool may sit
+    behind PgBouncer in transaction mode; a part that keeps session state (the evaluator's
+    settings and prepared statements) leases its connections instead of borrowing them.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        shares: Mapping[str, int] | None = None,
+        application_name: str | None = None,
+        wait: float = WAIT_SECONDS,
+    ):
+        self.settings = settings or get_settings()
+        self._url = url
+        self.shares = dict(shares or {"default": 1})
+        if not self.shares or min(self.shares.values()) < 1:
+            raise ValueError(f"every share needs at least one connection: {self.shares}")
+        self.default_share = next(iter(self.shares))
+        self.application_name = application_name
+        self.wait = wait
+        self._lock = threading.Lock()
+        self._slots = {share: threading.BoundedSemaphore(n) for share, n in self.shares.items()}
+        self._idle: list[tuple[psycopg.Connection, float]] = []  # most recently given back last
+        self._leased: dict[str, list[psycopg.Connection]] = {share: [] for share in self.shares}
+        self._in_use: dict[str, int] = dict.fromkeys(self.shares, 0)
+        self._closed = False
+        self.opened = 0  # connections opened so far (a healthy process opens at most max_size)
+        self.checkouts: dict[str, int] = dict.fromkeys(self.shares, 0)
+
+    @property
+    def url(self) -> str:
+        """ENGINE_DATABASE_URL, or the embedded database's (started on first use)."""
+        if self._url is None:
+            self._url = database_url(self.settings)
+        return self._url
+
+    @property
+    def max_size(self) -> int:
+        """The most connections this pool opens at once: the sum of the shares."""
+        return sum(self.shares.values())
+
+    # -- borrowing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def connection(self, share: str | None = None) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection of `share` for the block; psycopg errors raised in
+        it leave translated. It goes back to the pool after the block (closed if broken)."""
+        share = share or self.default_share
+        conn = self._take(share)
+        try:
+            with boundary():
+                yield conn
+        finally:
+            self._give_back(share, conn)
+
+    @contextlib.contextmanager
+    def transaction(self, share: str | None = None) -> Iterator[psycopg.Connection]:
+        """A pooled connection inside one transaction (committed after the block)."""
+        with self.connection(share) as conn, conn.transaction():
+            yield conn
+
+    def rows(self, name: str, params: Params = None, *, share: str | None = None) -> list[dict[str, Any]]:
+        """Every row of the named query, as dicts, on a connection borrowed for it."""
+        with self.connection(share) as conn:
+            return rows(conn, name, params)
+
+    def one(self, name: str, params: Params = None, *, share: str | None = None) -> dict[str, Any] | None:
+        """The named query's first row as a dict, or None."""
+        with self.connection(share) as conn:
+            return one(conn, name, params)
+
+    def value(self, name: str, params: Params = None, *, share: str | None = None) -> Any:
+        """The first column of the named query's first row, or None."""
+        with self.connection(share) as conn:
+            return value(conn, name, params)
+
+    def run(self, name: str, params: Params = None, *, share: str | None = None) -> int:
+        """Run the named query for its effect; the number of rows it touched."""
+        with self.connection(share) as conn:
+            return run(conn, name, params)
+
+    # -- leasing -----------------------------------------------------------------------------
+    def lease(self, share: str) -> psycopg.Connection:
+        """A connection of `share` that its holder keeps, session state and all, until it
+        closes it (which frees its place in the share). Errors are not translated after
+        this call returns: the holder runs its statements inside `boundary()`."""
+        with self._lock:
+            held = self._leased[share]
+            for gone in [c for c in held if c.closed]:  # closed by their holder: their place is free
+                held.remove(gone)
+                self._in_use[share] -= 1
+                self._slots[share].release()
+        conn = self._take(share)
+        with self._lock:
+            self._leased[share].append(conn)
+        return conn
+
+    # -- the pool ----------------------------------------------------------------------------
+    def _take(self, share: str) -> psycopg.Connection:
+        slots = self._slots.get(share)
+        if slots is None:
+            raise ValueError(f"no share {share!r} in this pool (its shares: {', '.join(self.shares)})")
+        if not slots.acquire(timeout=self.wait):
+            raise DatabaseUnavailable(
+                f"no database connection came free in {self.wait:g} s: the {self.shares[share]} connection(s) "
+                f"of {share} are all in use by statements that do not finish"
+            )
+        try:
+            conn = self._idle_connection()
+            if conn is None:
+                conn = connect(
+                    self.url, autocommit=True, settings=self.settings, application_name=self.application_name
+                )
+                with self._lock:
+                    self.opened += 1
+        except BaseException:
+            slots.release()
+            raise
+        with self._lock:
+            self._in_use[share] += 1
+            self.checkouts[share] += 1
+        return conn
+
+    def _idle_connection(self) -> psycopg.Connection | None:
+        """The most recently given back idle connection that still works, or None."""
+        while True:
+            stale: list[psycopg.Connection] = []
+            with self._lock:
+                if self._closed:
+                    raise DatabaseUnavailable("the engine's database connections are closed (it is stopping)")
+                now = time.monotonic()
+                while self._idle and now - self._idle[0][1] > IDLE_SECONDS:
+                    stale.append(self._idle.pop(0)[0])
+                conn, returned = self._idle.pop() if self._idle else (None, now)
+            for old in stale:
+                old.close()
+            if conn is None:
+                return None
+            if conn.closed:
+                continue
+            if now - returned <= FRESH_SECONDS:
+                return conn
+            try:
+                conn.execute("")  # a round trip: one broken while idle is replaced, not handed out
+            except psycopg.Error:
+                conn.close()
+                continue
+            return conn
+
+    def _give_back(self, share: str, conn: psycopg.Connection) -> None:
+        try:
+            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()  # a block that left a transaction open (or failed) does not leak it
+        except psycopg.Error:
+            conn.close()
+        with self._lock:
+            self._in_use[share] -= 1
+            keep = not conn.closed and not self._closed
+            if keep:
+                self._idle.append((conn, time.monotonic()))
+        self._slots[share].release()
+        if not keep:
+            conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections and those leased; a connection borrowed at this moment
+        is closed when its block ends. Final."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = [c for c, _ in self._idle], []
+            leased = [c for held in self._leased.values() for c in held]
+        for conn in idle + leased:
+            conn.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- hand-written queries ------------------------------------------------------------------

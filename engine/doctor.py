@@ -37,14 +37,19 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
-from psycopg.rows import dict_row
 
-from engine import clock
+from engine import clock, db
 from engine.actions import ssrf
 from engine.actions.secrets import read_env
-from engine.db import connect, edited_migrations, migrations, one_row, pending_migrations, query, translate
+from engine.db import connect, edited_migrations, migrations, one_row, pending_migrations
 from engine.demo.rules import PREFIX as DEMO_PREFIX
-from engine.exceptions import DeliveryError, EngineError, PermanentDeliveryError, RuleValidationError
+from engine.exceptions import (
+    DatabaseError,
+    DeliveryError,
+    EngineError,
+    PermanentDeliveryError,
+    RuleValidationError,
+)
 from engine.localdb import LocalDatabase
 from engine.rules import Automation, load_rules
 from engine.settings import Settings, get_settings
@@ -126,9 +131,12 @@ class _NotPermitted(Exception):
 def _refusal(exc: BaseException) -> str | None:
     """The server's words when `exc` (or what caused it) is a privilege refusal."""
     for error in (exc, exc.__cause__):
-        if isinstance(error, psycopg.errors.InsufficientPrivilege):
-            return _first_line(error)
+        if isinstance(error, DatabaseError) and error.sqlstate == _PRIVILEGE_REFUSED:
+            return _first_line(error.__cause__ or error)
     return None
+
+
+_PRIVILEGE_REFUSED = "42501"  # insufficient_privilege
 
 
 def _not_permitted(name: str, role: str, refused: BaseException, grant: str) -> Check:
@@ -532,9 +540,8 @@ def _count(n: int, noun: str) -> str:
 
 def _dicts(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(query(name), params).fetchall()
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise _NotPermitted(_first_line(exc)) from exc
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+        return db.rows(conn, name, params)
+    except DatabaseError as exc:
+        if exc.sqlstate == _PRIVILEGE_REFUSED:
+            raise _NotPermitted(_first_line(exc.__cause__ or exc)) from exc
+        raise

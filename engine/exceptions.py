@@ -34,7 +34,9 @@ class ConfigurationError(EngineError):
 
 
 class DatabaseError(EngineError):
-    pass
+    # the server's SQLSTATE when it gave one (set by engine.db.translate): a caller that
+    # expects one condition (42501, a privilege refused) tests it here
+    sqlstate: str | None = None
 
 
 class DatabaseUnavailable(DatabaseError):

@@ -470,7 +470,6 @@ class LocalDatabase:
                 pidfile.unlink(missing_ok=True)
 
     def _ensure_database(self) -> None:
-        import psycopg
         from psycopg import sql
 
         from engine import db
@@ -479,14 +478,14 @@ class LocalDatabase:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with db.connect(self.url("postgres"), autocommit=True) as conn:
+                with db.connection(self.url("postgres")) as conn:
                     exists = conn.execute(
                         "SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)
                     ).fetchone()
                     if not exists:
                         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
                     return
-            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+            except DatabaseUnavailable as exc:  # still starting up
                 if time.monotonic() > deadline:
                     raise LocalDatabaseError(
                         f"the embedded server started but does not answer:\n{self._log_tail()}"

@@ -13,7 +13,7 @@ Two kinds, on one registry per service:
   (pending), `engine_delivery_oldest_pending_age_seconds` (pending or sending), and
   `engine_database_up` (0 when the scrape could not read them: the others are then absent).
 
-    metrics = ServiceMetrics(url)
+    metrics = ServiceMetrics(database)      # the service's db.Database (its "metrics" share)
     metrics.serve(9108)                     # http://host:9108/metrics
     metrics.record_tick(result, seconds)    # after each Evaluator.tick()
     metrics.close()
@@ -28,13 +28,11 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from psycopg.rows import dict_row
 
-from engine.db import connect, query
+from engine import db
 from engine.exceptions import DatabaseError
 
 if TYPE_CHECKING:
@@ -46,12 +44,17 @@ SCRAPE_STATEMENT_TIMEOUT_MS = 5_000  # a scrape must never hang on a busy databa
 TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-class DatabaseCollector(Collector):
-    """Reads the outbox and the automations' state at each scrape, on its own connection."""
+SHARE = "metrics"  # the scrape's share of the service's pool (one connection)
 
-    def __init__(self, url: str):
-        self.url = url
-        self._conn: psycopg.Connection | None = None
+
+class DatabaseCollector(Collector):
+    """Reads the outbox and the automations' state at each scrape, in one read-only
+    transaction on a connection of the service's pool (`database`; given a URL, a pool of
+    its own)."""
+
+    def __init__(self, database: db.Database | str):
+        self._owns_database = isinstance(database, str)
+        self.database = db.Database(database, shares={SHARE: 1}) if isinstance(database, str) else database
         self._lock = threading.Lock()  # the HTTP server may serve two scrapes at once
 
     def collect(self) -> Iterator[Metric]:
@@ -59,13 +62,12 @@ class DatabaseCollector(Collector):
         with self._lock:
             try:
                 rows = self._read()
-            except (psycopg.Error, DatabaseError) as exc:
+            except DatabaseError as exc:
                 # A raising collector turns the whole scrape into an error: report it instead.
                 log.warning(
                     "metrics: cannot read the database: %s",
                     str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
                 )
-                self.close()
                 up.add_metric([], 0)
                 yield up
                 return
@@ -103,30 +105,26 @@ class DatabaseCollector(Collector):
         )
 
     def _read(self) -> dict[str, list[dict[str, Any]]]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = connect(self.url, autocommit=True)
-            self._conn.execute(
-                "SELECT set_config('statement_timeout', %s, false)", (str(SCRAPE_STATEMENT_TIMEOUT_MS),)
-            )
-        with self._conn.cursor(row_factory=dict_row) as cur:
+        with self.database.transaction(SHARE) as conn:
+            # the timeout ends with the transaction: the pooled connection keeps no setting
+            db.run(conn, "metrics_scrape_timeout", {"timeout_ms": str(SCRAPE_STATEMENT_TIMEOUT_MS)})
             return {
-                "triggers": cur.execute(query("metrics_triggers_by_automation")).fetchall(),
-                "automations": cur.execute(query("metrics_automations")).fetchall(),
-                "deliveries": cur.execute(query("metrics_deliveries_by_status")).fetchall(),
-                "queue": cur.execute(query("metrics_delivery_queue")).fetchall(),
+                "triggers": db.rows(conn, "metrics_triggers_by_automation"),
+                "automations": db.rows(conn, "metrics_automations"),
+                "deliveries": db.rows(conn, "metrics_deliveries_by_status"),
+                "queue": db.rows(conn, "metrics_delivery_queue"),
             }
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._owns_database:
+            self.database.close()
 
 
 class ServiceMetrics:
     """The metrics of one `engine serve`, on their own registry (never the global one, so two
     services in one process, as in tests, do not collide)."""
 
-    def __init__(self, url: str):
+    def __init__(self, database: db.Database | str):
         self.registry = CollectorRegistry()
         self.ticks = Counter(
             "engine_ticks", "Evaluation ticks by outcome.", ["outcome"], registry=self.registry
@@ -148,7 +146,7 @@ class ServiceMetrics:
         )
         for outcome in ("ok", "database_unavailable", "error"):
             self.ticks.labels(outcome)  # present at 0 from the start
-        self.database = DatabaseCollector(url)
+        self.database = DatabaseCollector(database)
         self.registry.register(self.database)
         self._server: Any = None
 
@@ -209,6 +207,6 @@ def listen_address(text: str) -> tuple[str | None, int]:
     raise ValueError(f"{text!r} is not a port or HOST:PORT (examples: 9108, 0.0.0.0:9108, [::]:9108)")
 
 
-def for_service(url: str, port: int | None) -> ServiceMetrics | _NoMetrics:
+def for_service(database: db.Database | str, port: int | None) -> ServiceMetrics | _NoMetrics:
     """ServiceMetrics when a port is set, else NO_METRICS."""
-    return ServiceMetrics(url) if port is not None else NO_METRICS
+    return ServiceMetrics(database) if port is not None else NO_METRICS

@@ -10,12 +10,13 @@ through the database only (row locks on automation state and deliveries).
 Besides the periodic tick, a LISTEN connection on `engine_ingest` (one NOTIFY per SDK
 flush) wakes the evaluation early, so a trigger follows its data within milliseconds.
 
-Its database connections are bounded by the settings (`connection_budget`): the evaluator's
-own (ENGINE_EVALUATION_CONNECTIONS, kept open: they hold session settings and prepared
-statements), the dispatcher's pool (ENGINE_DELIVERY_CONNECTIONS, shared by its workers), the
-LISTEN connection, and the metrics scrape's when --metrics-port is on. Two pools, not one: a
-long tick holds its connections for its whole transaction, and must never starve the
-deliveries of theirs (nor a burst of deliveries a tick).
+Its database connections are bounded by the settings (`connection_budget`): one pool
+(`engine.db.Database`) shared out among the evaluation (ENGINE_EVALUATION_CONNECTIONS, leased:
+they hold session settings and prepared statements), the deliveries (ENGINE_DELIVERY_CONNECTIONS,
+borrowed by the workers in turn) and the metrics scrape when --metrics-port is on, plus the
+LISTEN connection. Each part has its own share of the pool: a long tick holds its connections
+for its whole transaction, and must never starve the deliveries of theirs (nor a burst of
+deliveries a tick).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import signal
 import threading
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
@@ -39,9 +39,9 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg import sql
 
-from engine.db import NOTIFY_CHANNEL, connect, database_url
+from engine.db import NOTIFY_CHANNEL, Database, connection, database_url
 from engine.evaluation import Evaluator
-from engine.exceptions import DatabaseUnavailable
+from engine.exceptions import DatabaseError
 from engine.prometheus import for_service as metrics_for_service
 from engine.service_loop import EvaluationLoop
 from engine.settings import Settings, get_settings
@@ -51,13 +51,21 @@ log = logging.getLogger(__name__)
 EVALUATE_JOB = "evaluate"
 
 
+def pool_shares(settings: Settings) -> dict[str, int]:
+    """The shares of the service's one pool: the most connections each part holds at once."""
+    shares = {"evaluation": settings.evaluation_connections, "deliveries": settings.delivery_connections}
+    return shares | ({} if settings.metrics_port is None else {"metrics": 1})
+
+
 def connection_budget(settings: Settings) -> dict[str, int]:
-    """The most database connections one `engine serve` opens, by part (docs/production.md)."""
+    """The most database connections one `engine serve` opens, by part (docs/production.md):
+    the pool's shares and the LISTEN connection."""
+    shares = pool_shares(settings)
     return {
-        "evaluation": settings.evaluation_connections,
-        "deliveries": settings.delivery_connections,
+        "evaluation": shares["evaluation"],
+        "deliveries": shares["deliveries"],
         "listen": 1,
-        "metrics": 0 if settings.metrics_port is None else 1,
+        "metrics": shares.get("metrics", 0),
     }
 
 
@@ -72,9 +80,12 @@ class Service:
         self.settings = settings or get_settings()
         self.interval = interval or self.settings.interval
         self.url = url or database_url(self.settings)
-        self.dispatcher = Dispatcher(self.url, self.settings)
-        self.evaluator = Evaluator(self.url, self.settings, on_fired=lambda _n: self.dispatcher.wake())
-        self.metrics = metrics_for_service(self.url, self.settings.metrics_port)  # does nothing when off
+        self.database = Database(self.url, settings=self.settings, shares=pool_shares(self.settings))
+        self.dispatcher = Dispatcher(self.url, self.settings, database=self.database)
+        self.evaluator = Evaluator(
+            self.url, self.settings, on_fired=lambda _n: self.dispatcher.wake(), database=self.database
+        )
+        self.metrics = metrics_for_service(self.database, self.settings.metrics_port)  # nothing when off
         self.scheduler = BackgroundScheduler(
             timezone=UTC, executors={"default": ThreadPoolExecutor(max_workers=1)}
         )
@@ -119,6 +130,7 @@ class Service:
         if self._listener is not None:
             self._listener.join(timeout=5)
         self.metrics.close()
+        self.database.close()
         log.info("engine serve: stopped")
 
     def run_forever(self) -> None:
@@ -182,13 +194,14 @@ class Service:
         backoff = 0.5
         while not self._stopping.is_set():
             try:
-                with connect(self.url, autocommit=True) as conn:
+                # its own connection, outside the pool: LISTEN is session state
+                with connection(self.url, settings=self.settings) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                     backoff = 0.5
                     while not self._stopping.is_set():
                         for _notify in conn.notifies(timeout=1.0, stop_after=1):
                             self.wake()
-            except (psycopg.Error, DatabaseUnavailable) as exc:
+            except DatabaseError as exc:
                 if self._stopping.is_set():
                     return
                 log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 from pydantic import TypeAdapter, ValidationError
 
 from engine import clock, db
@@ -180,10 +179,7 @@ def build_contexts(
     conn: psycopg.Connection, trigger_ids: Iterable[int], settings: Settings | None = None
 ) -> dict[int, dict[str, str]]:
     """`build_context` of several triggers in one query, by trigger id (a deleted one is absent)."""
-    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            db.query("delivery_trigger_context"), {"trigger_ids": list(set(trigger_ids))}
-        ).fetchall()
+    rows = db.rows(conn, "delivery_trigger_context", {"trigger_ids": list(set(trigger_ids))})
     return {row["trigger_id"]: compose(row, settings) for row in rows}
 
 

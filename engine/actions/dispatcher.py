@@ -36,10 +36,7 @@ import contextlib
 import logging
 import random
 import threading
-import time
 import uuid
-import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,7 +44,6 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine import clock, db
 from engine.actions.context import build_contexts
@@ -61,8 +57,7 @@ from engine.settings import Settings
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
-CONNECT_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection longer means the database is down
-FRESH_SECONDS = 1.0  # a pooled connection given back more recently than this is not pinged
+SHARE = "deliveries"  # the dispatcher's share of the process's pool (db.Database)
 
 
 @dataclass(frozen=True)
@@ -93,26 +88,19 @@ class _Outcome:
 
 
 class Dispatcher:
-    """Delivers the outbox. `Dispatcher(url, settings).run_once()` works in any process."""
+    """Delivers the outbox. `Dispatcher(url, settings).run_once()` works in any process.
 
-    def __init__(self, url: str, settings: Settings):
-        self.url = url
+    Its connections are the `deliveries` share of `database` (the service's pool, shared by
+    the workers: ENGINE_DELIVERY_CONNECTIONS of them); without one, it has a pool of its own,
+    closed by `stop()`.
+    """
+
+    def __init__(self, url: str | None, settings: Settings, *, database: db.Database | None = None):
         self.settings = settings
-        self._pool = ConnectionPool(
-            db.conninfo(url, settings=settings),
-            min_size=1,
-            max_size=settings.delivery_connections,  # shared by the workers: part of the service's budget
-            kwargs={"autocommit": True, "prepare_threshold": None},  # as db.connect: PgBouncer-safe
-            open=False,
-            check=self._check,
-            reset=self._returned,
-            timeout=CONNECT_TIMEOUT_SECONDS,
-            name="dispatcher",
+        self._owns_database = database is None
+        self.database = database or db.Database(
+            url, settings=settings, shares={SHARE: settings.delivery_connections}
         )
-        self._pool_open = False
-        # when each pooled connection was last given back (see _check)
-        self._last_used: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
-        self._pool_lock = threading.Lock()
         self._outage: str | None = None  # the database error being reported, if any
         self._executor = concurrent.futures.ThreadPoolExecutor(
             settings.delivery_workers, thread_name_prefix="deliver"
@@ -204,7 +192,8 @@ class Dispatcher:
                 "dispatcher: %d deliveries still in flight at stop; they will be sent again", len(unfinished)
             )
         self._executor.shutdown(wait=not unfinished)
-        self._pool.close()
+        if self._owns_database:
+            self.database.close()
 
     close = stop
 
@@ -236,44 +225,21 @@ class Dispatcher:
         with self._lock:
             if self._in_flight >= self.settings.delivery_workers:
                 return POLL_SECONDS  # a worker finishing wakes us
-        with self._connection() as conn, db.boundary():
-            (due,) = conn.execute(db.query("delivery_next_due")).fetchone() or (None,)
+        due = self.database.value("delivery_next_due", share=SHARE)
         if due is None:
             return POLL_SECONDS
         # Floor: a due row another dispatcher holds locked must not make us spin.
         return min(POLL_SECONDS, max(0.01, (due - clock.now()).total_seconds()))
 
     # -- steps -----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled autocommit connection; DatabaseUnavailable when none comes in time."""
-        with self._pool_lock:
-            if not self._pool_open:
-                self._pool.open(wait=False)  # connects in the background; never fails here
-                self._pool_open = True
-        try:
-            with self._pool.connection() as conn:
-                yield conn
-        except PoolTimeout as exc:
-            raise DatabaseUnavailable(
-                f"the dispatcher got no database connection in {CONNECT_TIMEOUT_SECONDS:g} s ({exc})"
-            ) from exc
-
-    def _returned(self, conn: psycopg.Connection) -> None:
-        self._last_used[conn] = time.monotonic()
-
-    def _check(self, conn: psycopg.Connection) -> None:
-        """Ping a pooled connection before use (one broken while idle, by a database restart,
-        is replaced instead of failing a claim or an outcome), unless it was in use a moment
-        ago: a busy outbox would otherwise pay a round trip for every checkout."""
-        if time.monotonic() - self._last_used.get(conn, float("-inf")) > FRESH_SECONDS:
-            ConnectionPool.check_connection(conn)
+    def _connection(self) -> contextlib.AbstractContextManager[psycopg.Connection]:
+        """A pooled autocommit connection of the deliveries' share, errors translated."""
+        return self.database.connection(SHARE)
 
     def _claim(self, limit: int, only: uuid.UUID | str | None) -> list[Claim]:
         """Claim up to `limit` due deliveries and read their triggers' template variables."""
         with self._connection() as conn:
-            with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-                rows = cur.execute(db.query("delivery_claim_due"), self._claim_params(limit, only)).fetchall()
+            rows = db.rows(conn, "delivery_claim_due", self._claim_params(limit, only))
             return self._claims(conn, rows)
 
     def _claim_params(self, limit: int, only: uuid.UUID | str | None) -> dict[str, Any]:
@@ -457,17 +423,17 @@ class Dispatcher:
         started = not free
         try:
             with self._connection() as conn:
-                with db.boundary():
-                    recorded, claimed = conn.cursor(), conn.cursor(row_factory=dict_row)
-                    with conn.pipeline(), conn.transaction():
-                        recorded.execute(
-                            db.query("delivery_record_outcomes"),
-                            {"outcomes": Jsonb([o.row for o in batch])},
-                        )
-                        if free:
-                            claimed.execute(db.query("delivery_claim_due"), self._claim_params(free, None))
-                    written = set(recorded.fetchall())
-                    rows = claimed.fetchall() if free else []
+                # one round trip: the outcomes and the next claim in one pipelined transaction
+                recorded, claimed = conn.cursor(), conn.cursor(row_factory=dict_row)
+                with conn.pipeline(), conn.transaction():
+                    recorded.execute(
+                        db.query("delivery_record_outcomes"),
+                        {"outcomes": Jsonb([o.row for o in batch])},
+                    )
+                    if free:
+                        claimed.execute(db.query("delivery_claim_due"), self._claim_params(free, None))
+                written = set(recorded.fetchall())
+                rows = claimed.fetchall() if free else []
                 try:
                     claims = self._claims(conn, rows)
                 except Exception:  # sent again once their lease expires

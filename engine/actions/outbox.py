@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from engine import clock, db
 from engine.actions.retry import DEFAULT_MAX_ATTEMPTS
@@ -70,8 +69,7 @@ def find(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:
     prefix = delivery_id.strip().lower()
     if len(prefix) < 4:
         raise NotFound(f"delivery id {delivery_id!r} is too short: give at least 4 characters")
-    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(db.query("delivery_find"), {"prefix": prefix}).fetchall()
+    rows = db.rows(conn, "delivery_find", {"prefix": prefix})
     if not rows:
         raise NotFound(f"no delivery {delivery_id} (see `engine deliveries`)")
     if len(rows) > 1:
@@ -90,10 +88,7 @@ def redeliver(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:
     if found["status"] == "sending":
         raise EngineError(f"delivery {found['id']} is being sent right now; wait for its outcome")
     budget = int(found["action"].get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
-    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
-            db.query("delivery_redeliver"), {"id": found["id"], "budget": budget, "now": clock.now()}
-        ).fetchone()
+    row = db.one(conn, "delivery_redeliver", {"id": found["id"], "budget": budget, "now": clock.now()})
     if row is None:  # it changed state between the two statements
         raise EngineError(f"delivery {found['id']} is being sent right now; wait for its outcome")
     return row | {"automation": found["automation"], "action_type": found["action_type"]}
@@ -103,7 +98,4 @@ def list_deliveries(
     conn: psycopg.Connection, *, status: str | None = None, automation: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Newest first. status 'pending' includes the ones being sent ('sending')."""
-    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            db.query("delivery_list"), {"status": status, "automation": automation, "limit": limit}
-        ).fetchall()
+    return db.rows(conn, "delivery_list", {"status": status, "automation": automation, "limit": limit})

@@ -74,7 +74,7 @@ def deliveries(
     """List deliveries (one per action of each trigger), newest first."""
     if status is not None and status not in STATUSES:
         raise typer.BadParameter(f"must be one of {', '.join(STATUSES)}", param_hint="--status")
-    with enginedb.connect(autocommit=True) as conn:
+    with enginedb.connection() as conn:
         rows = outbox.list_deliveries(conn, status=status, automation=automation, limit=limit)
     if fmt is not Format.table:
         print_rows(rows, DELIVERY_KEYS, fmt)
@@ -138,7 +138,7 @@ def redeliver(
     """
     settings = get_settings()
     url = enginedb.database_url(settings)
-    with enginedb.connect(url, autocommit=True) as conn:
+    with enginedb.connection(url) as conn:
         row = outbox.redeliver(conn, delivery_id)
         what = f"delivery {row['id']} ({escape(row['automation'])}, {row['action_type']})"
         if not here:
@@ -179,11 +179,11 @@ def test(
     Writes nothing to the database.
     """
     settings = get_settings()
-    with enginedb.connect(autocommit=True) as conn, enginedb.boundary():
-        found = conn.execute(enginedb.query("delivery_automation_rule"), {"name": name}).fetchone()
+    with enginedb.connection() as conn:
+        found = enginedb.one(conn, "delivery_automation_rule", {"name": name})
     if found is None:
         raise NotFound(f"no automation named {name!r} (see `engine rules list`)")
-    automation = Automation.model_validate(found[2])
+    automation = Automation.model_validate(found["rule"])
     actions = [automation.action]
     ctx = sample_context(automation, settings)
     chosen = (

@@ -111,7 +111,7 @@ def url(
 @db_app.command()
 def migrate() -> None:
     """Apply pending migrations and recreate the views (idempotent)."""
-    with enginedb.connect() as conn:
+    with enginedb.connection() as conn:
         applied = enginedb.migrate(conn)
     _say("applied: " + ", ".join(applied) if applied else "schema up to date")
 

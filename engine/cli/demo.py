@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 import typer
-from psycopg.rows import dict_row
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
@@ -118,7 +117,7 @@ def demo(
     )
     console.print(f"[bold]engine demo[/] on {escape(where)}", soft_wrap=True)
     url = enginedb.database_url(settings)
-    with enginedb.connect(url) as conn:
+    with enginedb.connection(url) as conn:
         applied = enginedb.migrate(conn)
     console.print(f"  migrations: {', '.join(applied) if applied else 'schema up to date'}")
 
@@ -145,11 +144,10 @@ def demo(
         names = [a.name for a in wanted]
         watched = [n for n in names if example_name(n) in EXPECTED]
 
-        with enginedb.connect(url) as conn, enginedb.boundary():
+        with enginedb.connection(url) as conn:
             results = automations.apply_rules(conn, wanted, source=sources)
-            conn.commit()
-            after = enginedb.one_row(conn.execute(enginedb.query("demo_last_trigger")))[0]
-            others = [r[0] for r in conn.execute(enginedb.query("demo_other_enabled"), {"names": names})]
+            after = enginedb.value(conn, "demo_last_trigger")
+            others = [r["name"] for r in enginedb.rows(conn, "demo_other_enabled", {"names": names})]
         console.print(
             f"  rules: {len(results)} example rules from {escape(str(folder))} applied as demo.<name> "
             f"({', '.join(sorted({o for _, o in results}))}), scoped to project {project}",
@@ -194,7 +192,7 @@ def demo(
             # registry links, posting to a receiver that is gone.
             _disable(url, names)
 
-    with enginedb.connect(url) as conn, enginedb.boundary():
+    with enginedb.connection(url) as conn:
         _report(conn, names, after, receiver, project, started)
     problems = []
     if scenario.error is not None:
@@ -203,12 +201,10 @@ def demo(
         expected = EXPECTED[example_name(name)]
         problem = f"{name} fired {progress.fired.get(name, 0)} time(s), expected at least {expected.at_least} ({expected.because})"
         if example_name(name) == CPU_RULE:
-            with enginedb.connect(url) as conn:
-                peak = enginedb.one_row(
-                    conn.execute(
-                        enginedb.query("demo_cpu_peak"), dict(zip(("entity", "project"), project.split("/")))
-                    )
-                )[0]
+            with enginedb.connection(url) as conn:
+                peak = enginedb.value(
+                    conn, "demo_cpu_peak", dict(zip(("entity", "project"), project.split("/")))
+                )
             problem += f"; the highest system/cpu sample was {peak if peak is not None else 'none'}"
         problems.append(problem)
     if progress.failed:
@@ -225,10 +221,9 @@ def demo(
 
 def _disable(url: str, names: list[str]) -> None:
     try:
-        with enginedb.connect(url) as conn, enginedb.boundary():
+        with enginedb.connection(url) as conn:
             for name in names:
                 automations.disable(conn, name)
-            conn.commit()
     except EngineError as exc:  # the database went away: say so, without hiding the first error
         console.print(
             f"[yellow]could not disable the demo's automations: {escape(str(exc))}[/]", soft_wrap=True
@@ -267,7 +262,7 @@ def _watch(
     """Show the live table until every expected trigger exists and its delivery is settled."""
     deadline = time.monotonic() + timeout
     settled_since: float | None = None
-    with enginedb.connect(url, autocommit=True) as conn, Live(console=console, refresh_per_second=4) as live:
+    with enginedb.connection(url) as conn, Live(console=console, refresh_per_second=4) as live:
         while True:
             progress = _progress(conn, names, after)
             received = receiver.snapshot()
@@ -364,8 +359,7 @@ def _report(
     project: str,
     started: float,
 ) -> None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(enginedb.query("demo_history"), {"names": names, "after": after}).fetchall()
+    rows = enginedb.rows(conn, "demo_history", {"names": names, "after": after})
     history = Table(
         title="trigger history (automation_history)",
         title_justify="left",

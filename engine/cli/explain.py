@@ -56,7 +56,7 @@ def explain(
     if png is not None and importlib.util.find_spec("matplotlib") is None:
         # Checked first: after the plot and its text, the error would be easy to miss.
         raise ConfigurationError("--png needs matplotlib, which is not installed: pip install 'engine[png]'")
-    with enginedb.connect(autocommit=True) as conn:
+    with enginedb.connection() as conn:
         expl = explain_data(conn, trigger_id)
     width = width or min(shutil.get_terminal_size((100, 30)).columns, 160)
     # Colors only for a person at a terminal (https://no-color.org).

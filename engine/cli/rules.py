@@ -63,7 +63,7 @@ def rule_paths(paths: list[Path] | None) -> list[Path]:
 
 @contextlib.contextmanager
 def _connection() -> Iterator[psycopg.Connection]:
-    with enginedb.connect() as conn:
+    with enginedb.connection(autocommit=False) as conn:
         enginedb.ensure_schema(conn)
         yield conn
 
@@ -293,8 +293,7 @@ def test_command(
     start: datetime = typer.Option("7d", "--since", parser=parse_when, metavar="WHEN", help=since_help),
 ) -> None:
     """Backtest: what the rules would have fired over stored history. Sends and writes nothing."""
-    with enginedb.connect() as conn:
-        enginedb.ensure_schema(conn)
+    with _connection() as conn:
         loaded = load_rules(rule_paths(paths), conn=conn)
         for item in loaded:
             firings = backtest(conn, item.automation, start)
@@ -302,8 +301,8 @@ def test_command(
             run_pks = [f.run_pk for f in firings if f.run_pk is not None]
             if run_pks:
                 labels = {
-                    r[0]: r[2] or r[1]
-                    for r in conn.execute(enginedb.query("run_labels"), {"run_pks": run_pks})
+                    r["id"]: r["name"] or r["run_id"]
+                    for r in enginedb.rows(conn, "run_labels", {"run_pks": run_pks})
                 }
             table = Table(
                 "time",

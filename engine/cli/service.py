@@ -6,7 +6,6 @@ import logging
 from datetime import datetime
 
 import typer
-from psycopg.rows import dict_row
 from rich.console import Console
 from rich.table import Table
 
@@ -71,7 +70,7 @@ def serve(
         )
     logging.getLogger().setLevel(settings.log_level.upper())
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one INFO line per job run is noise
-    with enginedb.connect() as conn:
+    with enginedb.connection() as conn:
         enginedb.ensure_schema(conn)
     Service(settings, interval=interval).run_forever()
 
@@ -91,10 +90,8 @@ def history(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Show the trigger history (the automation_history view), newest first."""
-    with enginedb.connect() as conn, enginedb.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            enginedb.query("history"), {"automation": automation, "since": since, "limit": limit}
-        ).fetchall()
+    with enginedb.connection() as conn:
+        rows = enginedb.rows(conn, "history", {"automation": automation, "since": since, "limit": limit})
     if fmt is not Format.table:
         print_rows(rows, HISTORY_KEYS, fmt)
         return

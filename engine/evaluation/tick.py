@@ -17,7 +17,7 @@ import psycopg
 
 from engine.automations import StoredAutomation, load_enabled
 from engine.compiler import CompiledQuery, compile_metrics, compile_rule, span_of
-from engine.db import boundary, connect, query, translate
+from engine.db import Database, boundary, query, translate
 from engine.evaluation.firing import Firing, activity_key, fire, group_firings, is_metric_rule
 from engine.evaluation.isolation import GroupFailed, evaluate_isolating, record_failure
 from engine.evaluation.statements import dicts, dumped_once, execute
@@ -50,9 +50,14 @@ class Evaluator:
         url: str | None = None,
         settings: Settings | None = None,
         on_fired: Callable[[int], None] | None = None,
+        database: Database | None = None,
     ):
         self.settings = settings or get_settings()
         self.url = url
+        # its connections are leased from the process's pool (the service's), or from its own
+        self.database = database or Database(
+            url, settings=self.settings, shares={"evaluation": self.settings.evaluation_connections}
+        )
         self.on_fired = on_fired
         self._conn: psycopg.Connection | None = None
         self._fingerprint: str | None = None
@@ -71,7 +76,7 @@ class Evaluator:
     # -- connections -------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = connect(self.url, autocommit=True)
+            self._conn = self.database.lease("evaluation")
             self._conn.execute(query("evaluator_session"), self._session)
         return self._conn
 
@@ -79,7 +84,7 @@ class Evaluator:
         """The n-th extra connection (1-based) of a parallel tick."""
         conn = self._helpers.get(n)
         if conn is None or conn.closed or conn.broken:
-            conn = self._helpers[n] = connect(self.url, autocommit=True)
+            conn = self._helpers[n] = self.database.lease("evaluation")
             conn.execute(query("evaluator_session"), self._session)
         return conn
 

@@ -459,7 +459,7 @@ class Run:
         transition["run_pk"] = self.pk
         while True:
             try:
-                changed = self._session.execute(query("transition_run"), transition)
+                changed = self._session.one("transition_run", transition)
                 self.state = transition["to_state"] if changed else self._stored_state()
                 return
             except DatabaseUnavailable:
@@ -469,10 +469,10 @@ class Run:
                 backoff = min(backoff * 2, 5.0)
 
     def _stored_state(self) -> str:
-        row = self._session.execute(query("run_state"), {"run_pk": self.pk})
-        if row is None:  # runs are never deleted: were this one gone, say so plainly
-            raise NotFound(f"run {self.project}/{self.id} is no longer in the database")
-        return row[0]
+        state = self._session.one("run_state", {"run_pk": self.pk})
+        if state is None:
+            raise NotFound(f"run {self.pk} no longer exists")
+        return state["state"]
 
     def __enter__(self) -> Run:
         return self

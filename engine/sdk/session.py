@@ -131,13 +131,14 @@ class Session:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """The connection inside one transaction, translated errors at the boundary."""
-        with self.transport.connection() as conn, db.boundary(), conn.transaction():
+        with self.transport.connection() as conn, db.transaction(conn):
             yield conn
 
-    def execute(self, statement: str, params: dict[str, Any]) -> tuple | None:
-        """One statement on its own (atomic without BEGIN/COMMIT round trips); its first row."""
-        with self.transport.connection() as conn, db.boundary():
-            return conn.execute(statement, params).fetchone()
+    def one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """One named statement on its own (atomic without BEGIN/COMMIT round trips); its
+        first row."""
+        with self.transport.connection() as conn:
+            return db.one(conn, name, params)
 
     def close(self) -> None:
         if self.closed:

@@ -41,6 +41,28 @@ def _query_calls(tree: ast.AST) -> Iterator[str]:
                 yield node.args[0].value
 
 
+GATEWAY_CALLS = {"rows", "one", "value", "run"}  # engine.db's helpers and Database's methods
+
+
+def _gateway_calls(tree: ast.AST) -> Iterator[str]:
+    """The literal query names given to the gateway: `rows(conn, "x")`, `database.one("x")`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = (
+                func.id
+                if isinstance(func, ast.Name)
+                else func.attr
+                if isinstance(func, ast.Attribute)
+                else None
+            )
+            if name in GATEWAY_CALLS:
+                for arg in node.args[:2]:
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                        yield arg.value
+                        break
+
+
 def test_every_named_query_is_defined_once() -> None:
     defined = Counter(
         name
@@ -80,3 +102,6 @@ def test_every_named_query_is_used_and_every_used_name_exists() -> None:
     for path, tree in _trees(ENGINE_SOURCE, ROOT / "bench", ROOT / "tests"):
         missing = sorted(set(_query_calls(tree)) - defined)
         assert missing == [], f"{path.relative_to(ROOT)} asks for queries that no file defines: {missing}"
+    for path, tree in _trees(ENGINE_SOURCE):
+        missing = sorted(set(_gateway_calls(tree)) - defined)
+        assert missing == [], f"{path.relative_to(ROOT)} runs queries that no file defines: {missing}"

@@ -1,6 +1,10 @@
 -- Operational metrics read at each Prometheus scrape (engine/prometheus.py). Each is an
 -- index-only count or a min over a small set; the scrape never writes.
 
+-- name: metrics_scrape_timeout
+-- A scrape must never hang on a busy database; local: the pooled connection keeps no setting.
+SELECT set_config('statement_timeout', %(timeout_ms)s, true);
+
 -- name: metrics_triggers_by_automation
 -- Every trigger ever fired, by automation (exact across restarts and several services).
 SELECT a.name AS automation, count(t.id) AS fired
