@@ -297,11 +297,8 @@ def _values(table: str) -> exp.Select:
         .from_(exp.to_table(table).as_("m"))
         .where(_frag("m.run_pk = x.run_pk AND m.key_id = x.key_id"))
         .where(_frag("m.seq <= COALESCE(x.seq_bound, 9223372036854775807)"))
-        .where(
-            _frag(
-                "m.value < CAST('Infinity' AS DOUBLE PRECISION) AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)"
-            )
-        )
+        # finite values only: the definition ingest and explain use too (migration 0008)
+        .where(exp.func("is_finite_value", _c("value", "m")))
         # DESC NULLS FIRST is the index's order (sqlglot would write NULLS LAST otherwise)
         .order_by(exp.Ordered(this=_c("seq", "m"), desc=True, nulls_first=True))
         .limit(_frag("CASE WHEN x.seq_bound IS NULL THEN x.n_finite ELSE x.last_pos END - x.need_from + 1"))
