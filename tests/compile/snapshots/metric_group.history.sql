@@ -6,23 +6,17 @@ WITH scopes AS MATERIALIZED (
     ON pr.entity = r.entity AND pr.name = r.project
 ), pending AS (
   SELECT
-    b.run_pk,
-    b.key_id,
-    MIN(b.first_pos) AS first_pos,
-    MAX(b.last_pos) AS last_pos,
-    CASE WHEN COUNT(b.seq_bound) = COUNT(*) THEN MAX(b.seq_bound) END AS seq_bound
-  FROM series_batches AS b
+    s.run_pk,
+    s.key_id,
+    1 AS first_pos,
+    s.n_finite AS last_pos,
+    CAST(NULL AS BIGINT) AS seq_bound
+  FROM series_state AS s
   JOIN metric_keys AS k
-    ON k.id = b.key_id
+    ON k.id = s.key_id
   WHERE
-    (
-      k.key = %(metric)s AND b.xid >= CAST(%(from_xid)s AS xid8)
-    )
-    AND b.xid < CAST(%(to_xid)s AS xid8)
-  GROUP BY
-    b.run_pk,
-    b.key_id
-), series AS NOT MATERIALIZED (
+    k.key = %(metric)s
+), series AS (
   SELECT
     p.run_pk,
     p.key_id,
@@ -58,13 +52,48 @@ WITH scopes AS MATERIALIZED (
     x.project_id,
     x.user_name,
     x.run_name,
-    x.base AS off,
-    x.tail_step AS steps,
-    x.tail_time AS times,
-    x.tail_value AS vals
+    CASE WHEN x.need_from > x.base THEN x.base ELSE x.need_from - 1 END AS off,
+    CASE WHEN x.need_from > x.base THEN x.tail_step ELSE h.steps END AS steps,
+    CASE WHEN x.need_from > x.base THEN x.tail_time ELSE h.times END AS times,
+    CASE WHEN x.need_from > x.base THEN x.tail_value ELSE h.vals END AS vals
   FROM series AS x
-  WHERE
-    x.need_from > x.base
+  LEFT JOIN LATERAL (
+    SELECT
+      ARRAY_AGG(o.step) AS steps,
+      ARRAY_AGG(o.time) AS times,
+      ARRAY_AGG(o.value) AS vals
+    FROM (
+      SELECT
+        n.step,
+        n.time,
+        n.value
+      FROM (
+        SELECT
+          m.seq,
+          m.step,
+          m.time,
+          m.value
+        FROM metric_points AS m
+        WHERE
+          (
+            (
+              m.run_pk = x.run_pk AND m.key_id = x.key_id
+            )
+            AND m.seq <= COALESCE(x.seq_bound, 9223372036854775807)
+          )
+          AND IS_FINITE_VALUE(m.value)
+        ORDER BY
+          m.seq DESC
+        LIMIT CASE WHEN x.seq_bound IS NULL THEN x.n_finite ELSE x.last_pos END - x.need_from + 1
+      ) AS n
+      ORDER BY
+        n.seq
+    ) AS o
+    WHERE
+      x.need_from <= x.base
+  ) AS h
+    ON TRUE
+  OFFSET 0
 ), points AS (
   SELECT
     v.run_pk,
@@ -93,20 +122,47 @@ WITH scopes AS MATERIALIZED (
     p.i,
     a.aggregates,
     CASE
-      WHEN -(
-        (
-          a.aggregates[1] - a.aggregates[2]
-        ) / NULLIF(ABS(a.aggregates[2]), 0)
+      WHEN (
+        a.aggregates[1]
       ) >= %(class_1_min)s
+      OR -(
+        a.aggregates[1]
+      ) >= %(class_2_min)s
+      OR (
+        a.aggregates[2]
+      ) >= %(class_3_min)s
+      OR -(
+        (
+          a.aggregates[3] - a.aggregates[4]
+        ) / NULLIF(ABS(a.aggregates[4]), 0)
+      ) >= %(class_4_min)s
+      OR ABS(a.aggregates[5] - a.aggregates[6]) >= %(class_5_min)s
       THEN (
         CAST(%(class_1_rules)s AS INT[])
+      )[1:WIDTH_BUCKET((
+        a.aggregates[1]
+      ), CAST(%(class_1_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_2_rules)s AS INT[])
+      )[1:WIDTH_BUCKET(-(
+        a.aggregates[1]
+      ), CAST(%(class_2_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_3_rules)s AS INT[])
+      )[1:WIDTH_BUCKET((
+        a.aggregates[2]
+      ), CAST(%(class_3_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_4_rules)s AS INT[])
       )[1:WIDTH_BUCKET(
         -(
           (
-            a.aggregates[1] - a.aggregates[2]
-          ) / NULLIF(ABS(a.aggregates[2]), 0)
+            a.aggregates[3] - a.aggregates[4]
+          ) / NULLIF(ABS(a.aggregates[4]), 0)
         ),
-        CAST(%(class_1_keys)s AS DOUBLE PRECISION[])
+        CAST(%(class_4_keys)s AS DOUBLE PRECISION[])
+      )] || (
+        CAST(%(class_5_rules)s AS INT[])
+      )[1:WIDTH_BUCKET(
+        ABS(a.aggregates[5] - a.aggregates[6]),
+        CAST(%(class_5_keys)s AS DOUBLE PRECISION[])
       )]
     END AS candidates
   FROM points AS p
@@ -115,8 +171,16 @@ WITH scopes AS MATERIALIZED (
       ARRAY[
         AVG(w.v) FILTER(WHERE
           w.back <= %(segment_1_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back <= %(segment_2_to)s),
         AVG(w.v) FILTER(WHERE
-          w.back BETWEEN %(segment_2_from)s AND %(segment_2_to)s)
+          w.back <= %(segment_3_to)s),
+        AVG(w.v) FILTER(WHERE
+          w.back BETWEEN %(segment_4_from)s AND %(segment_4_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back <= %(segment_5_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back BETWEEN %(segment_6_from)s AND %(segment_6_to)s)
       ] AS aggregates
     FROM (
       SELECT
@@ -134,15 +198,15 @@ SELECT
   c.times[c.i] AS time,
   c.vals[c.i] AS value,
   o.d AS aggregate,
-  CAST(c.vals[c.i - ru.size + 1:c.i] AS TEXT) AS window_values,
+  c.vals[c.i - ru.size + 1:c.i] AS window_values,
   o.prior_aggregate,
   CASE
     WHEN ru.prior_segment IS NOT NULL
-    THEN CAST(c.vals[c.i - ru.span + 1:c.i - ru.size] AS TEXT)
+    THEN c.vals[c.i - ru.span + 1:c.i - ru.size]
   END AS prior_values,
   o.current_aggregate,
   ru.rule,
-  lf.value_time AS last_fired
+  CAST(NULL AS TIMESTAMPTZ) AS last_fired
 FROM candidates AS c
 CROSS JOIN scopes AS sc
 CROSS JOIN LATERAL UNNEST(c.candidates) AS k(rule)
@@ -206,17 +270,6 @@ CROSS JOIN LATERAL (
   SELECT
     CASE ru.direction WHEN 'decrease' THEN -o.d WHEN 'any' THEN ABS(o.d) ELSE o.d END AS tested
 ) AS t
-LEFT JOIN LATERAL (
-  SELECT
-    tr.value_time
-  FROM triggers AS tr
-  WHERE
-    tr.automation_id = ru.automation_id AND tr.run_pk = c.run_pk
-  ORDER BY
-    tr.value_time DESC
-  LIMIT 1
-) AS lf
-  ON TRUE
 WHERE
   (
     ru.project_id = c.project_id
@@ -241,33 +294,8 @@ WHERE
       ELSE t.tested <> ru.bound
     END
   )
-  AND (
-    ru.cooldown_us IS NULL
-    OR lf.value_time IS NULL
-    OR c.times[c.i] >= lf.value_time + ru.cooldown_us * INTERVAL '1 MICROSECOND'
-  )
-UNION ALL
-(
-  SELECT
-    NULL AS run_pk,
-    NULL AS key_id,
-    NULL AS pos,
-    NULL AS step,
-    NULL AS time,
-    NULL AS value,
-    NULL AS aggregate,
-    NULL AS window_values,
-    NULL AS prior_aggregate,
-    NULL AS prior_values,
-    NULL AS current_aggregate,
-    0 AS rule,
-    NULL AS last_fired
-  FROM series AS x
-  WHERE
-    x.need_from <= x.base
-  LIMIT 1
-)
+  AND c.times[c.i] >= CAST(%(since)s AS TIMESTAMPTZ)
 ORDER BY
-  rule NULLS FIRST,
-  run_pk NULLS FIRST,
-  pos NULLS FIRST
+  ru.rule,
+  c.run_pk,
+  c.pos

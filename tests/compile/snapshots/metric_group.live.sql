@@ -6,16 +6,22 @@ WITH scopes AS MATERIALIZED (
     ON pr.entity = r.entity AND pr.name = r.project
 ), pending AS (
   SELECT
-    s.run_pk,
-    s.key_id,
-    1 AS first_pos,
-    s.n_finite AS last_pos,
-    CAST(NULL AS BIGINT) AS seq_bound
-  FROM series_state AS s
+    b.run_pk,
+    b.key_id,
+    MIN(b.first_pos) AS first_pos,
+    MAX(b.last_pos) AS last_pos,
+    CASE WHEN COUNT(b.seq_bound) = COUNT(*) THEN MAX(b.seq_bound) END AS seq_bound
+  FROM series_batches AS b
   JOIN metric_keys AS k
-    ON k.id = s.key_id
+    ON k.id = b.key_id
   WHERE
-    k.key = %(metric)s
+    (
+      k.key = %(metric)s AND b.xid >= CAST(%(from_xid)s AS xid8)
+    )
+    AND b.xid < CAST(%(to_xid)s AS xid8)
+  GROUP BY
+    b.run_pk,
+    b.key_id
 ), series AS (
   SELECT
     p.run_pk,
@@ -122,20 +128,66 @@ WITH scopes AS MATERIALIZED (
     p.i,
     a.aggregates,
     CASE
-      WHEN -(
+      WHEN (
         a.aggregates[1]
       ) >= %(class_1_min)s
+      OR -(
+        a.aggregates[1]
+      ) >= %(class_2_min)s
+      OR (
+        a.aggregates[2]
+      ) >= %(class_3_min)s
+      OR -(
+        (
+          a.aggregates[3] - a.aggregates[4]
+        ) / NULLIF(ABS(a.aggregates[4]), 0)
+      ) >= %(class_4_min)s
+      OR ABS(a.aggregates[5] - a.aggregates[6]) >= %(class_5_min)s
       THEN (
         CAST(%(class_1_rules)s AS INT[])
+      )[1:WIDTH_BUCKET((
+        a.aggregates[1]
+      ), CAST(%(class_1_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_2_rules)s AS INT[])
       )[1:WIDTH_BUCKET(-(
         a.aggregates[1]
-      ), CAST(%(class_1_keys)s AS DOUBLE PRECISION[]))]
+      ), CAST(%(class_2_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_3_rules)s AS INT[])
+      )[1:WIDTH_BUCKET((
+        a.aggregates[2]
+      ), CAST(%(class_3_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_4_rules)s AS INT[])
+      )[1:WIDTH_BUCKET(
+        -(
+          (
+            a.aggregates[3] - a.aggregates[4]
+          ) / NULLIF(ABS(a.aggregates[4]), 0)
+        ),
+        CAST(%(class_4_keys)s AS DOUBLE PRECISION[])
+      )] || (
+        CAST(%(class_5_rules)s AS INT[])
+      )[1:WIDTH_BUCKET(
+        ABS(a.aggregates[5] - a.aggregates[6]),
+        CAST(%(class_5_keys)s AS DOUBLE PRECISION[])
+      )]
     END AS candidates
   FROM points AS p
   CROSS JOIN LATERAL (
     SELECT
-      ARRAY[MIN(w.v) FILTER(WHERE
-        w.back <= %(segment_1_to)s)] AS aggregates
+      ARRAY[
+        AVG(w.v) FILTER(WHERE
+          w.back <= %(segment_1_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back <= %(segment_2_to)s),
+        AVG(w.v) FILTER(WHERE
+          w.back <= %(segment_3_to)s),
+        AVG(w.v) FILTER(WHERE
+          w.back BETWEEN %(segment_4_from)s AND %(segment_4_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back <= %(segment_5_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back BETWEEN %(segment_6_from)s AND %(segment_6_to)s)
+      ] AS aggregates
     FROM (
       SELECT
         UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v,
@@ -152,15 +204,15 @@ SELECT
   c.times[c.i] AS time,
   c.vals[c.i] AS value,
   o.d AS aggregate,
-  c.vals[c.i - ru.size + 1:c.i] AS window_values,
+  CAST(c.vals[c.i - ru.size + 1:c.i] AS TEXT) AS window_values,
   o.prior_aggregate,
   CASE
     WHEN ru.prior_segment IS NOT NULL
-    THEN c.vals[c.i - ru.span + 1:c.i - ru.size]
+    THEN CAST(c.vals[c.i - ru.span + 1:c.i - ru.size] AS TEXT)
   END AS prior_values,
   o.current_aggregate,
   ru.rule,
-  CAST(NULL AS TIMESTAMPTZ) AS last_fired
+  lf.value_time AS last_fired
 FROM candidates AS c
 CROSS JOIN scopes AS sc
 CROSS JOIN LATERAL UNNEST(c.candidates) AS k(rule)
@@ -224,6 +276,17 @@ CROSS JOIN LATERAL (
   SELECT
     CASE ru.direction WHEN 'decrease' THEN -o.d WHEN 'any' THEN ABS(o.d) ELSE o.d END AS tested
 ) AS t
+LEFT JOIN LATERAL (
+  SELECT
+    tr.value_time
+  FROM triggers AS tr
+  WHERE
+    tr.automation_id = ru.automation_id AND tr.run_pk = c.run_pk
+  ORDER BY
+    tr.value_time DESC
+  LIMIT 1
+) AS lf
+  ON TRUE
 WHERE
   (
     ru.project_id = c.project_id
@@ -248,7 +311,11 @@ WHERE
       ELSE t.tested <> ru.bound
     END
   )
-  AND c.times[c.i] >= CAST(%(since)s AS TIMESTAMPTZ)
+  AND (
+    ru.cooldown_us IS NULL
+    OR lf.value_time IS NULL
+    OR c.times[c.i] >= lf.value_time + ru.cooldown_us * INTERVAL '1 MICROSECOND'
+  )
 ORDER BY
   ru.rule,
   c.run_pk,
