@@ -7,7 +7,9 @@ which filters are present). Constant SQL fragments are written as literals and p
 sqlglot; nothing user-supplied is ever formatted into them.
 
 * `kinds`: the one registry of rule kinds (what differs per event class);
-* `metrics`: metric rules, compiled per group (the rules of one metric, one query);
+* `metrics`: metric rules, compiled per group (the rules of one metric, one query): the
+  windows, classes and conditions at each evaluated value;
+* `series`: the values such a query evaluates (new positions, tails or hypertable reads);
 * `events`: run-state, artifact and registry rules, one query each;
 * `base`: `CompiledQuery` and the builders both use.
 """
