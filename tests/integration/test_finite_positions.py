@@ -100,3 +100,16 @@ def test_a_triggers_position_is_the_finite_series_position(conn, database_url):
         )
     automation = parse_rules_text(text)[0].automation
     assert [f.cause for f in backtest(conn, automation, T0)] == [t["cause"] for t in fired]
+
+
+def test_the_finiteness_test_is_inlined_into_the_evaluators_reads(conn):
+    """`is_finite_value` is a plain expression the planner inlines: the hypertable reads of
+    a backlog pay two comparisons per row for it, not a function call."""
+    plan = "\n".join(
+        row[0]
+        for row in conn.execute(
+            "EXPLAIN (VERBOSE) SELECT g FROM generate_series(1, 10) AS g WHERE is_finite_value(1.0 / g)"
+        ).fetchall()
+    )
+    assert "is_finite_value" not in plan
+    assert "'Infinity'::double precision" in plan
