@@ -7,7 +7,7 @@ On the dataset of bench/evaluate.py (smaller: 1M points in 1-day chunks over 35 
 series gets one new point through the SDK's writer, then the same threshold rule (avg of
 the last `--window` loss values above a threshold) is evaluated at those new values by:
 
-1. tail: the compiled live query (engine/compiler.py), reading the per-series tails in
+1. tail: the compiled live query (engine/compiler/metrics.py), reading the per-series tails in
    series_state;
 2. index: the same compiled query after the tails were emptied (only the new value left), so
    that it reads every window from the hypertable with one `ORDER BY seq DESC LIMIT n` per

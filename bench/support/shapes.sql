@@ -1,5 +1,5 @@
 -- Query shapes of bench/query_shapes.py (issue 3): "evaluate a threshold rule at the newest
--- value of every series". Shapes (1) and (2) are the compiled query itself (engine/compiler.py),
+-- value of every series". Shapes (1) and (2) are the compiled query itself (engine/compiler/metrics.py),
 -- over a full tail and over an emptied one; (3) is written here.
 
 -- name: window_functions

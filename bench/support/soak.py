@@ -42,7 +42,7 @@ import engine
 from bench.support.dataset import bench_query
 from engine.automations import apply_rules
 from engine.evaluation import backtest
-from engine.evaluation.firing import is_metric_rule
+from engine.compiler import is_metric_rule
 from engine.rules import Automation
 from tests.acceptance.service_helpers import ServeProcess
 from tests.receiver import Received, Receiver, Reply

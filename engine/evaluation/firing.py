@@ -18,21 +18,10 @@ from psycopg.types.json import Jsonb
 
 from engine import clock
 from engine.automations import StoredAutomation
+from engine.compiler import is_metric_rule, metric_condition
 from engine.db import query
 from engine.evaluation.statements import dicts
-from engine.rules import Automation, RunMetricChange, RunMetricThreshold, RunState
-
-
-def is_metric_rule(automation: Automation) -> bool:
-    return isinstance(automation.event, (RunMetricThreshold, RunMetricChange))
-
-
-def activity_key(automation: Automation) -> tuple[str, str]:
-    """What new data can concern an automation: ("metric", name) or ("event", type)."""
-    event = automation.event
-    if isinstance(event, (RunMetricThreshold, RunMetricChange)):
-        return ("metric", event.metric)
-    return ("event", "run_state" if isinstance(event, RunState) else event.type)
+from engine.rules import Automation
 
 
 @dataclass(frozen=True)
@@ -81,9 +70,9 @@ def _finite_list(values: list[float] | str | None) -> list[float] | str | None:
 
 
 def metric_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Iterator[Firing]:
-    event = automation.event
-    condition = automation.event.describe()
-    is_change = isinstance(event, RunMetricChange)
+    event: Any = automation.event
+    condition = event.describe()
+    is_change = metric_condition(automation).prior > 0  # a change rule: a prior window
     for row in rows:
         yield Firing(
             automation=automation.name,
@@ -103,7 +92,7 @@ def metric_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> It
 
 
 def event_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Iterator[Firing]:
-    event = automation.event
+    event: Any = automation.event
     for row in rows:
         details = row["details"] or {}
         yield Firing(
@@ -111,13 +100,13 @@ def event_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Ite
             event_type=event.type,
             cause=f"event:{row['id']}",
             time=row["time"],
-            run_pk=row["run_pk"] if isinstance(event, RunState) else None,
+            run_pk=row["run_pk"] if event.is_run_event else None,  # a run state: per-run cooldown
             event_id=row["id"],
             alias=details.get("alias"),
             tag=details.get("tag"),
             artifact_version_id=row["version_id"],
             details={
-                "metric_filter": automation.event.describe(),
+                "metric_filter": event.describe(),
                 "event_author": row["author"],
                 **{
                     k: v

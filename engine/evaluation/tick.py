@@ -16,9 +16,16 @@ from typing import Any
 import psycopg
 
 from engine.automations import StoredAutomation, load_enabled
-from engine.compiler import CompiledQuery, compile_metrics, compile_rule, span_of
+from engine.compiler import (
+    CompiledQuery,
+    activity_key,
+    compile_metrics,
+    compile_rule,
+    is_metric_rule,
+    span_of,
+)
 from engine.db import Database, boundary, query, translate
-from engine.evaluation.firing import Firing, activity_key, fire, group_firings, is_metric_rule
+from engine.evaluation.firing import Firing, fire, group_firings
 from engine.evaluation.isolation import GroupFailed, evaluate_isolating, record_failure
 from engine.evaluation.statements import dicts, dumped_once, execute
 from engine.exceptions import DatabaseUnavailable
@@ -109,8 +116,10 @@ class Evaluator:
             self._by_activity = {}
             self._in_tails = {s.id for s in self._automations if self._fits_tails([s])}
             for stored in self._automations:
-                group = ("metric", stored.automation.event.metric) if stored.id in self._in_tails else None
-                self._by_activity.setdefault(activity_key(stored.automation), []).append((stored, group))
+                key = activity_key(stored.automation)  # ("metric", name) for a metric rule
+                self._by_activity.setdefault(key, []).append(
+                    (stored, key if stored.id in self._in_tails else None)
+                )
         return self._automations
 
     # -- one tick ----------------------------------------------------------------------
@@ -218,7 +227,7 @@ class Evaluator:
 
         def weight(group: list[StoredAutomation]) -> int:
             automation = group[0].automation
-            pending = series.get(automation.event.metric, 1) if is_metric_rule(automation) else 1
+            pending = series.get(activity_key(automation)[1], 1) if is_metric_rule(automation) else 1
             return pending * len(group)
 
         parts: list[list[list[StoredAutomation]]] = [[] for _ in range(shares)]
@@ -374,7 +383,7 @@ class Evaluator:
         if not failures or not is_metric_rule(automation):
             return to_xid
         bound = {
-            "metric": automation.event.metric,
+            "metric": activity_key(automation)[1],
             "from_xid": str(frontier),
             "to_xid": str(to_xid),
             "failures": min(failures, 30),

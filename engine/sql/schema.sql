@@ -13,6 +13,52 @@ BEGIN
     RAISE EXCEPTION 'events are append-only' USING ERRCODE = 'restrict_violation';
 END $$;
 
+CREATE FUNCTION public.is_finite_value(value double precision) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN ((value < 'Infinity'::double precision) AND (value > '-Infinity'::double precision));
+
+CREATE TABLE public.metric_points (
+    "time" timestamp with time zone NOT NULL,
+    run_pk bigint NOT NULL,
+    key_id integer NOT NULL,
+    step bigint NOT NULL,
+    seq bigint NOT NULL,
+    value double precision NOT NULL
+);
+
+CREATE TABLE public.system_metrics (
+    "time" timestamp with time zone NOT NULL,
+    run_pk bigint NOT NULL,
+    key_id integer NOT NULL,
+    step bigint NOT NULL,
+    seq bigint NOT NULL,
+    value double precision NOT NULL
+);
+
+CREATE FUNCTION public.finite_series(of_run bigint, of_key integer, system boolean) RETURNS TABLE(pos bigint, seq bigint, step bigint, "time" timestamp with time zone, value double precision)
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT row_number() OVER (ORDER BY s.seq) AS row_number,
+     s.seq,
+     s.step,
+     s."time",
+     s.value
+    FROM ( SELECT m.seq,
+             m.step,
+             m."time",
+             m.value
+            FROM public.metric_points m
+           WHERE ((NOT finite_series.system) AND (m.run_pk = finite_series.of_run) AND (m.key_id = finite_series.of_key) AND public.is_finite_value(m.value))
+         UNION ALL
+          SELECT m.seq,
+             m.step,
+             m."time",
+             m.value
+            FROM public.system_metrics m
+           WHERE (finite_series.system AND (m.run_pk = finite_series.of_run) AND (m.key_id = finite_series.of_key) AND public.is_finite_value(m.value))) s
+   ORDER BY s.seq;
+END;
+
 CREATE FUNCTION public.wandb_event_type(rule_type text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -318,15 +364,6 @@ CREATE SEQUENCE public.metric_keys_id_seq
 
 ALTER SEQUENCE public.metric_keys_id_seq OWNED BY public.metric_keys.id;
 
-CREATE TABLE public.metric_points (
-    "time" timestamp with time zone NOT NULL,
-    run_pk bigint NOT NULL,
-    key_id integer NOT NULL,
-    step bigint NOT NULL,
-    seq bigint NOT NULL,
-    value double precision NOT NULL
-);
-
 CREATE SEQUENCE public.projects_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -461,15 +498,6 @@ CREATE TABLE public.series_state (
     updated_at timestamp with time zone DEFAULT now() NOT NULL
 )
 WITH (toast_tuple_target='8160');
-
-CREATE TABLE public.system_metrics (
-    "time" timestamp with time zone NOT NULL,
-    run_pk bigint NOT NULL,
-    key_id integer NOT NULL,
-    step bigint NOT NULL,
-    seq bigint NOT NULL,
-    value double precision NOT NULL
-);
 
 CREATE SEQUENCE public.triggers_id_seq
     START WITH 1

@@ -18,21 +18,9 @@ LEFT JOIN runs r ON r.id = t.run_pk
 WHERE t.id = %(trigger_id)s;
 
 -- name: explain_series
--- One metric of one run: its finite values in logging order, numbered 1..n exactly as the
--- evaluator numbers them (the <pos> of a trigger's cause). Only one branch reads rows:
--- %(system)s picks system_metrics for `system/<key>` metrics (compiler.metric_table).
--- The finiteness test is the compiler's (NaN compares above Infinity, so it is out too).
-SELECT row_number() OVER (ORDER BY s.seq) AS pos, s.step, s.time, s.value
-FROM (
-    SELECT m.seq, m.step, m.time, m.value FROM metric_points m
-    WHERE NOT %(system)s AND m.run_pk = %(run_pk)s AND m.key_id = %(key_id)s
-      AND m.value < 'Infinity'::double precision AND m.value > '-Infinity'::double precision
-    UNION ALL
-    SELECT m.seq, m.step, m.time, m.value FROM system_metrics m
-    WHERE %(system)s AND m.run_pk = %(run_pk)s AND m.key_id = %(key_id)s
-      AND m.value < 'Infinity'::double precision AND m.value > '-Infinity'::double precision
-) s
-ORDER BY s.seq;
+-- One metric of one run: its finite values in logging order, numbered exactly as ingest and
+-- the evaluator number them (the <pos> of a trigger's cause): see finite_series().
+SELECT f.pos, f.step, f.time, f.value FROM finite_series(%(run_pk)s, %(key_id)s, %(system)s) AS f;
 
 -- name: explain_event
 -- The event behind an event trigger ('event:<id>').

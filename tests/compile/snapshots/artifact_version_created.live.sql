@@ -35,6 +35,8 @@ WHERE
     )
     AND ac.name ~ %(collection_regex)s
   )
-  AND e.details ->> 'collection_type' = %(collection_type)s
+  AND (
+    e.details ->> 'collection_type'
+  ) = %(collection_type)s
 ORDER BY
   e.id

@@ -20,18 +20,20 @@ WHERE
       (
         e.time >= CAST(%(since)s AS TIMESTAMPTZ) AND e.type = %(event_kind)s
       )
-      AND e.details ->> 'to' = ANY(
-        CAST(%(states)s AS TEXT[])
+      AND r.project_id = (
+        SELECT
+          pr.id
+        FROM projects AS pr
+        WHERE
+          pr.entity = %(entity)s AND pr.name = %(project)s
       )
     )
-    AND r.project_id = (
-      SELECT
-        pr.id
-      FROM projects AS pr
-      WHERE
-        pr.entity = %(entity)s AND pr.name = %(project)s
-    )
+    AND r.user_name = %(run_user)s
   )
-  AND r.user_name = %(run_user)s
+  AND (
+    e.details ->> 'to'
+  ) = ANY(
+    CAST(%(states)s AS TEXT[])
+  )
 ORDER BY
   e.id

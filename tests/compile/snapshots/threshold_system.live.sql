@@ -87,10 +87,7 @@ WITH scopes AS MATERIALIZED (
             )
             AND m.seq <= COALESCE(x.seq_bound, 9223372036854775807)
           )
-          AND (
-            m.value < CAST('Infinity' AS DOUBLE PRECISION)
-            AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
-          )
+          AND IS_FINITE_VALUE(m.value)
         ORDER BY
           m.seq DESC
         LIMIT CASE WHEN x.seq_bound IS NULL THEN x.n_finite ELSE x.last_pos END - x.need_from + 1

@@ -81,10 +81,7 @@ WITH scopes AS MATERIALIZED (
             )
             AND m.seq <= COALESCE(x.seq_bound, 9223372036854775807)
           )
-          AND (
-            m.value < CAST('Infinity' AS DOUBLE PRECISION)
-            AND m.value > CAST('-Infinity' AS DOUBLE PRECISION)
-          )
+          AND IS_FINITE_VALUE(m.value)
         ORDER BY
           m.seq DESC
         LIMIT CASE WHEN x.seq_bound IS NULL THEN x.n_finite ELSE x.last_pos END - x.need_from + 1
@@ -125,22 +122,65 @@ WITH scopes AS MATERIALIZED (
     p.i,
     a.aggregates,
     CASE
-      WHEN ABS(a.aggregates[1] - a.aggregates[2]) >= %(class_1_min)s
+      WHEN (
+        a.aggregates[1]
+      ) >= %(class_1_min)s
+      OR -(
+        a.aggregates[1]
+      ) >= %(class_2_min)s
+      OR (
+        a.aggregates[2]
+      ) >= %(class_3_min)s
+      OR -(
+        (
+          a.aggregates[3] - a.aggregates[4]
+        ) / NULLIF(ABS(a.aggregates[4]), 0)
+      ) >= %(class_4_min)s
+      OR ABS(a.aggregates[5] - a.aggregates[6]) >= %(class_5_min)s
       THEN (
         CAST(%(class_1_rules)s AS INT[])
+      )[1:WIDTH_BUCKET((
+        a.aggregates[1]
+      ), CAST(%(class_1_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_2_rules)s AS INT[])
+      )[1:WIDTH_BUCKET(-(
+        a.aggregates[1]
+      ), CAST(%(class_2_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_3_rules)s AS INT[])
+      )[1:WIDTH_BUCKET((
+        a.aggregates[2]
+      ), CAST(%(class_3_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_4_rules)s AS INT[])
       )[1:WIDTH_BUCKET(
-        ABS(a.aggregates[1] - a.aggregates[2]),
-        CAST(%(class_1_keys)s AS DOUBLE PRECISION[])
+        -(
+          (
+            a.aggregates[3] - a.aggregates[4]
+          ) / NULLIF(ABS(a.aggregates[4]), 0)
+        ),
+        CAST(%(class_4_keys)s AS DOUBLE PRECISION[])
+      )] || (
+        CAST(%(class_5_rules)s AS INT[])
+      )[1:WIDTH_BUCKET(
+        ABS(a.aggregates[5] - a.aggregates[6]),
+        CAST(%(class_5_keys)s AS DOUBLE PRECISION[])
       )]
     END AS candidates
   FROM points AS p
   CROSS JOIN LATERAL (
     SELECT
       ARRAY[
-        MAX(w.v) FILTER(WHERE
+        AVG(w.v) FILTER(WHERE
           w.back <= %(segment_1_to)s),
         MAX(w.v) FILTER(WHERE
-          w.back BETWEEN %(segment_2_from)s AND %(segment_2_to)s)
+          w.back <= %(segment_2_to)s),
+        AVG(w.v) FILTER(WHERE
+          w.back <= %(segment_3_to)s),
+        AVG(w.v) FILTER(WHERE
+          w.back BETWEEN %(segment_4_from)s AND %(segment_4_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back <= %(segment_5_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back BETWEEN %(segment_6_from)s AND %(segment_6_to)s)
       ] AS aggregates
     FROM (
       SELECT

@@ -22,7 +22,7 @@ WITH scopes AS MATERIALIZED (
   GROUP BY
     b.run_pk,
     b.key_id
-), series AS NOT MATERIALIZED (
+), series AS (
   SELECT
     p.run_pk,
     p.key_id,
@@ -58,13 +58,48 @@ WITH scopes AS MATERIALIZED (
     x.project_id,
     x.user_name,
     x.run_name,
-    x.base AS off,
-    x.tail_step AS steps,
-    x.tail_time AS times,
-    x.tail_value AS vals
+    CASE WHEN x.need_from > x.base THEN x.base ELSE x.need_from - 1 END AS off,
+    CASE WHEN x.need_from > x.base THEN x.tail_step ELSE h.steps END AS steps,
+    CASE WHEN x.need_from > x.base THEN x.tail_time ELSE h.times END AS times,
+    CASE WHEN x.need_from > x.base THEN x.tail_value ELSE h.vals END AS vals
   FROM series AS x
-  WHERE
-    x.need_from > x.base
+  LEFT JOIN LATERAL (
+    SELECT
+      ARRAY_AGG(o.step) AS steps,
+      ARRAY_AGG(o.time) AS times,
+      ARRAY_AGG(o.value) AS vals
+    FROM (
+      SELECT
+        n.step,
+        n.time,
+        n.value
+      FROM (
+        SELECT
+          m.seq,
+          m.step,
+          m.time,
+          m.value
+        FROM metric_points AS m
+        WHERE
+          (
+            (
+              m.run_pk = x.run_pk AND m.key_id = x.key_id
+            )
+            AND m.seq <= COALESCE(x.seq_bound, 9223372036854775807)
+          )
+          AND IS_FINITE_VALUE(m.value)
+        ORDER BY
+          m.seq DESC
+        LIMIT CASE WHEN x.seq_bound IS NULL THEN x.n_finite ELSE x.last_pos END - x.need_from + 1
+      ) AS n
+      ORDER BY
+        n.seq
+    ) AS o
+    WHERE
+      x.need_from <= x.base
+  ) AS h
+    ON TRUE
+  OFFSET 0
 ), points AS (
   SELECT
     v.run_pk,
@@ -93,20 +128,47 @@ WITH scopes AS MATERIALIZED (
     p.i,
     a.aggregates,
     CASE
-      WHEN -(
-        (
-          a.aggregates[1] - a.aggregates[2]
-        ) / NULLIF(ABS(a.aggregates[2]), 0)
+      WHEN (
+        a.aggregates[1]
       ) >= %(class_1_min)s
+      OR -(
+        a.aggregates[1]
+      ) >= %(class_2_min)s
+      OR (
+        a.aggregates[2]
+      ) >= %(class_3_min)s
+      OR -(
+        (
+          a.aggregates[3] - a.aggregates[4]
+        ) / NULLIF(ABS(a.aggregates[4]), 0)
+      ) >= %(class_4_min)s
+      OR ABS(a.aggregates[5] - a.aggregates[6]) >= %(class_5_min)s
       THEN (
         CAST(%(class_1_rules)s AS INT[])
+      )[1:WIDTH_BUCKET((
+        a.aggregates[1]
+      ), CAST(%(class_1_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_2_rules)s AS INT[])
+      )[1:WIDTH_BUCKET(-(
+        a.aggregates[1]
+      ), CAST(%(class_2_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_3_rules)s AS INT[])
+      )[1:WIDTH_BUCKET((
+        a.aggregates[2]
+      ), CAST(%(class_3_keys)s AS DOUBLE PRECISION[]))] || (
+        CAST(%(class_4_rules)s AS INT[])
       )[1:WIDTH_BUCKET(
         -(
           (
-            a.aggregates[1] - a.aggregates[2]
-          ) / NULLIF(ABS(a.aggregates[2]), 0)
+            a.aggregates[3] - a.aggregates[4]
+          ) / NULLIF(ABS(a.aggregates[4]), 0)
         ),
-        CAST(%(class_1_keys)s AS DOUBLE PRECISION[])
+        CAST(%(class_4_keys)s AS DOUBLE PRECISION[])
+      )] || (
+        CAST(%(class_5_rules)s AS INT[])
+      )[1:WIDTH_BUCKET(
+        ABS(a.aggregates[5] - a.aggregates[6]),
+        CAST(%(class_5_keys)s AS DOUBLE PRECISION[])
       )]
     END AS candidates
   FROM points AS p
@@ -115,8 +177,16 @@ WITH scopes AS MATERIALIZED (
       ARRAY[
         AVG(w.v) FILTER(WHERE
           w.back <= %(segment_1_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back <= %(segment_2_to)s),
         AVG(w.v) FILTER(WHERE
-          w.back BETWEEN %(segment_2_from)s AND %(segment_2_to)s)
+          w.back <= %(segment_3_to)s),
+        AVG(w.v) FILTER(WHERE
+          w.back BETWEEN %(segment_4_from)s AND %(segment_4_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back <= %(segment_5_to)s),
+        MAX(w.v) FILTER(WHERE
+          w.back BETWEEN %(segment_6_from)s AND %(segment_6_to)s)
       ] AS aggregates
     FROM (
       SELECT
@@ -246,28 +316,7 @@ WHERE
     OR lf.value_time IS NULL
     OR c.times[c.i] >= lf.value_time + ru.cooldown_us * INTERVAL '1 MICROSECOND'
   )
-UNION ALL
-(
-  SELECT
-    NULL AS run_pk,
-    NULL AS key_id,
-    NULL AS pos,
-    NULL AS step,
-    NULL AS time,
-    NULL AS value,
-    NULL AS aggregate,
-    NULL AS window_values,
-    NULL AS prior_aggregate,
-    NULL AS prior_values,
-    NULL AS current_aggregate,
-    0 AS rule,
-    NULL AS last_fired
-  FROM series AS x
-  WHERE
-    x.need_from <= x.base
-  LIMIT 1
-)
 ORDER BY
-  rule NULLS FIRST,
-  run_pk NULLS FIRST,
-  pos NULLS FIRST
+  ru.rule,
+  c.run_pk,
+  c.pos
