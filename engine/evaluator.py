@@ -42,6 +42,7 @@ from engine.db import boundary, connect, query, translate
 from engine.exceptions import DatabaseUnavailable, EngineError
 from engine.rules import Automation, RunMetricChange, RunMetricThreshold, RunState
 from engine.settings import Settings, get_settings
+from engine.trigger_cause import MetricCause
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class Firing:
     tag: str | None = None
     artifact_version_id: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    metric_cause: MetricCause | None = None  # metric rules: the cause as the trigger's columns
 
 
 @dataclass
@@ -197,6 +199,7 @@ def metric_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> It
             current_aggregate=float(row["current_aggregate"]) if is_change else float(row["aggregate"]),
             prior_aggregate=float(row["prior_aggregate"]) if is_change else None,
             details={"metric_filter": condition, "value": float(row["value"]), "position": row["pos"]},
+            metric_cause=MetricCause.of(event, row["key_id"], row["pos"]),
         )
 
 
@@ -751,6 +754,7 @@ def trigger_row(stored: StoredAutomation, firing: Firing) -> dict[str, Any]:
         "tag": firing.tag,
         "artifact_version_id": firing.artifact_version_id,
         "details": firing.details,
+        **(firing.metric_cause.columns() if firing.metric_cause else {}),
     }
 
 
