@@ -3,10 +3,12 @@
 `explain_data(conn, trigger_id)` gathers an `Explanation`: the trigger, the rule's scope at
 the trigger's version (`automation_versions`), the run, and for metric triggers the metric's
 whole finite series in logging order, numbered 1..n as the evaluator numbers it, with the
-window(s) the rule aggregated at the position that fired:
+window(s) the rule aggregated at the position that fired (the trigger's columns `pos`,
+`window_size`, `prior_window_size`: engine/trigger_cause.py):
 
-* threshold: the window is positions pos-N+1 … pos (N = `window`);
-* change: the current window pos-cw+1 … pos, the prior window the pw positions before it.
+* threshold: the window is positions pos-N+1 … pos (N = `window_size`);
+* change: the current window pos-N+1 … pos, the prior window the `prior_window_size`
+  positions before it.
 
 Nothing here draws or words anything (engine.explain.text, .terminal and .png do): the
 models serialise to JSON as they are (`expl.model_dump(mode="json")`), for a chart elsewhere.
