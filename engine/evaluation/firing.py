@@ -22,6 +22,7 @@ from engine.compiler import is_metric_rule, metric_condition
 from engine.db import query
 from engine.evaluation.statements import dicts
 from engine.rules import Automation
+from engine.trigger_cause import MetricCause
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Firing:
     tag: str | None = None
     artifact_version_id: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    metric_cause: MetricCause | None = None  # metric rules: the cause as the trigger's columns
 
 
 def apply_cooldown(
@@ -88,6 +90,7 @@ def metric_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> It
             current_aggregate=float(row["current_aggregate"]) if is_change else float(row["aggregate"]),
             prior_aggregate=float(row["prior_aggregate"]) if is_change else None,
             details={"metric_filter": condition, "value": float(row["value"]), "position": row["pos"]},
+            metric_cause=MetricCause.of(event, row["key_id"], row["pos"]),
         )
 
 
@@ -181,6 +184,7 @@ def trigger_row(stored: StoredAutomation, firing: Firing) -> dict[str, Any]:
         "tag": firing.tag,
         "artifact_version_id": firing.artifact_version_id,
         "details": firing.details,
+        **(firing.metric_cause.columns() if firing.metric_cause else {}),
     }
 
 

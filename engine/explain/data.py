@@ -3,10 +3,12 @@
 `explain_data(conn, trigger_id)` gathers an `Explanation`: the trigger, the rule's scope at
 the trigger's version (`automation_versions`), the run, and for metric triggers the metric's
 whole finite series in logging order, numbered 1..n as the evaluator numbers it, with the
-window(s) the rule aggregated at the position that fired:
+window(s) the rule aggregated at the position that fired (the trigger's columns `pos`,
+`window_size`, `prior_window_size`: engine/trigger_cause.py):
 
-* threshold: the window is positions pos-N+1 … pos (N = `window`);
-* change: the current window pos-cw+1 … pos, the prior window the pw positions before it.
+* threshold: the window is positions pos-N+1 … pos (N = `window_size`);
+* change: the current window pos-N+1 … pos, the prior window the `prior_window_size`
+  positions before it.
 
 Nothing here draws or words anything (engine.explain.text, .terminal and .png do): the
 models serialise to JSON as they are (`expl.model_dump(mode="json")`), for a chart elsewhere.
@@ -24,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from engine.compiler import metric_table
 from engine.db import boundary, query
 from engine.exceptions import NotFound
-from engine.rules import Automation, RunMetricChange, RunMetricThreshold
+from engine.rules import Automation
 
 WindowName = Literal["window", "prior window", "current window"]
 
@@ -144,30 +146,18 @@ class Explanation(_Data):
         return self.series[self.position - 1]
 
 
-def comparison_of(rule: Automation | None) -> dict[str, Any]:
-    """The fields of `Explanation` that say what a metric rule compares."""
-    event = rule.event if rule else None
-    if isinstance(event, RunMetricThreshold):
-        return {
-            "aggregation": event.aggregation,
-            "operator": event.operator,
-            "threshold": event.threshold,
-        }
-    if isinstance(event, RunMetricChange):
-        return {
-            "aggregation": event.aggregation,
-            "change": event.change,
-            "direction": event.direction,
-            "amount": event.amount,
-        }
-    return {}
-
-
 # --------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------
+# What a metric trigger compared: columns of `triggers` named as the fields here.
+_COMPARISON = ("aggregation", "operator", "threshold", "change", "direction", "amount")
+
+
 def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
-    """The explanation of one trigger; NotFound when there is no such trigger."""
+    """The explanation of one trigger; NotFound when there is no such trigger.
+
+    Built from the trigger's columns: the rule at its version gives only the scope and run
+    filter, and the condition's words when the trigger's details lack them."""
     with boundary():
         cur = conn.cursor(row_factory=dict_row)
         row = cur.execute(query("explain_trigger"), {"trigger_id": trigger_id}).fetchone()
@@ -181,12 +171,14 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
             warnings.append(
                 f"the rule of version {row['automation_version']} cannot be read by this engine version"
             )
-        details = row["details"] or {}
+        details = row["details"] if isinstance(row["details"], dict) else {}
+        condition = details.get("metric_filter")
+        if not isinstance(condition, str) or not condition:
+            condition = rule.event.describe() if rule else row["event_type"]
         run = None
-        if row["run_pk"] is not None or row["cause"].startswith("metric:"):
-            run_pk = row["run_pk"] if row["run_pk"] is not None else int(row["cause"].split(":")[1])
+        if row["run_pk"] is not None:
             run = RunInfo(
-                pk=run_pk,
+                pk=row["run_pk"],
                 entity=row["entity"],
                 project=row["project"],
                 run_id=row["run_id"],
@@ -201,16 +193,15 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
             "automation": row["automation"],
             "automation_version": row["automation_version"],
             "rule_type": row["event_type"],
-            "condition": details.get("metric_filter")
-            or (rule.event.describe() if rule else row["event_type"]),
+            "condition": condition,
             "scope": rule.scope.describe() if rule else None,
             "run_filter_user": run_filter.user if run_filter else None,
             "run_filter_name_regex": run_filter.name_regex if run_filter else None,
             "run": run,
             "delivery": _delivery(row),
         }
-        if row["cause"].startswith("metric:"):
-            return _metric_explanation(cur, row, rule, common, warnings)
+        if row["pos"] is not None:
+            return _metric_explanation(cur, row, common, warnings)
         event = None
         if row["event_id"] is not None:
             e = cur.execute(query("explain_event"), {"event_id": row["event_id"]}).fetchone()
@@ -231,40 +222,39 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
 def _metric_explanation(
     cur: psycopg.Cursor[dict[str, Any]],
     row: dict[str, Any],
-    rule: Automation | None,
     common: dict[str, Any],
     warnings: list[str],
 ) -> Explanation:
-    _, run_pk, key_id, pos = row["cause"].split(":")
-    run_pk, key_id, position = int(run_pk), int(key_id), int(pos)
-    metric = row["metric"]
-    system = metric_table(metric) == "system_metrics"
-    series = tuple(
-        Point(pos=r["pos"], step=r["step"], time=r["time"], value=r["value"])
-        for r in cur.execute(query("explain_series"), {"system": system, "run_pk": run_pk, "key_id": key_id})
-    )
+    metric, position = row["metric"], row["pos"]
+    series: tuple[Point, ...] = ()
+    if row["run_pk"] is None:
+        warnings.append(f"the run was deleted: its values of {metric} are not shown")
+    else:
+        args = {
+            "system": metric_table(metric) == "system_metrics",
+            "run_pk": row["run_pk"],
+            "key_id": row["key_id"],
+        }
+        series = tuple(
+            Point(pos=r["pos"], step=r["step"], time=r["time"], value=r["value"])
+            for r in cur.execute(query("explain_series"), args)
+        )
     window_values = tuple(row["window_values"] or ())
     prior_values = tuple(row["prior_values"] or ())
-    event = rule.event if rule else None
-    # The window sizes come from the rule at the trigger's version (what the evaluator used);
-    # the recorded windows' lengths are the same numbers when the rule cannot be read.
-    if isinstance(event, RunMetricThreshold):
-        sizes = [event.window]
-    elif isinstance(event, RunMetricChange):
-        sizes = [event.prior_window, event.current_window]
-    else:
-        sizes = [len(prior_values), len(window_values)] if prior_values else [len(window_values)]
-    recorded: list[tuple[WindowName, tuple[float, ...], float | None]]
-    if len(sizes) == 1:
-        recorded = [("window", window_values, row["value"])]
+    # A window's size is what the rule said; the recorded values have that many (a rule fires
+    # on full windows only), which is what a row edited by hand falls back on.
+    size = row["window_size"] or len(window_values)
+    recorded: list[tuple[WindowName, int, tuple[float, ...], float | None]]
+    if row["prior_window_size"] is None:
+        recorded = [("window", size, window_values, row["value"])]
     else:
         recorded = [
-            ("prior window", prior_values, row["prior_aggregate"]),
-            ("current window", window_values, row["current_aggregate"]),
+            ("prior window", row["prior_window_size"], prior_values, row["prior_aggregate"]),
+            ("current window", size, window_values, row["current_aggregate"]),
         ]
     windows = []
-    last = position - sum(sizes)  # the position just before the first window
-    for size, (name, values, aggregate) in zip(sizes, recorded, strict=True):
+    last = position - sum(r[1] for r in recorded)  # the position just before the first window
+    for name, size, values, aggregate in recorded:
         first, last = last + 1, last + size
         points = series[max(first, 1) - 1 : max(last, 0)]
         windows.append(
@@ -273,17 +263,18 @@ def _metric_explanation(
             )
         )
 
-    if not series:
-        warnings.append(f"no finite value of {metric} is stored for this run any more")
-    elif position > len(series):
-        warnings.append(
-            f"the run has only {len(series)} finite values of {metric} stored now (fired at #{position})"
-        )
-    elif any(tuple(w.values) != w.recorded for w in windows):
-        warnings.append("the stored values differ from the window(s) the trigger recorded")
+    if row["run_pk"] is not None:
+        if not series:
+            warnings.append(f"no finite value of {metric} is stored for this run any more")
+        elif position > len(series):
+            warnings.append(
+                f"the run has only {len(series)} finite values of {metric} stored now (fired at #{position})"
+            )
+        elif any(tuple(w.values) != w.recorded for w in windows):
+            warnings.append("the stored values differ from the window(s) the trigger recorded")
     return Explanation(
         **common,
-        **comparison_of(rule),
+        **{name: row[name] for name in _COMPARISON},
         metric=metric,
         position=position,
         step=row["step"],

@@ -209,7 +209,17 @@ CREATE TABLE public.triggers (
     alias text,
     tag text,
     artifact_version_id bigint,
-    details jsonb DEFAULT '{}'::jsonb NOT NULL
+    details jsonb DEFAULT '{}'::jsonb NOT NULL,
+    key_id integer,
+    pos bigint,
+    window_size integer,
+    prior_window_size integer,
+    aggregation text,
+    operator text,
+    threshold double precision,
+    change text,
+    direction text,
+    amount double precision
 );
 
 CREATE VIEW public.automation_history AS

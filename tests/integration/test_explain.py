@@ -6,15 +6,19 @@ then explained; the windows shown must be exactly the ones the evaluator recorde
 from __future__ import annotations
 
 import math
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import matplotlib.image
+import psycopg
 import pytest
 
 import engine
+from engine import db as enginedb
 from engine.exceptions import NotFound
-from engine.explain import explain_data, lines, render_png, render_terminal
+from engine.explain import Explanation, explain_data, lines, render_png, render_terminal
+from engine.settings import get_settings
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
 from tests.integration.sdk_helpers import wait_for
 
@@ -74,6 +78,18 @@ def test_threshold_trigger(conn, database_url, tmp_path):
     assert window.values == fired["window_values"] == [0.6, 0.7, 0.8]
     assert window.aggregate == pytest.approx(0.7) and expl.threshold == 0.6
     assert expl.value_time == T0 + timedelta(minutes=7) and expl.warnings == ()
+    # the cause as columns: the series, the position, the window, what was compared
+    key_id = conn.execute("SELECT id FROM metric_keys WHERE key = 'accuracy'").fetchone()[0]
+    assert (fired["key_id"], fired["pos"], fired["window_size"], fired["prior_window_size"]) == (
+        key_id,
+        6,
+        3,
+        None,
+    )
+    assert (fired["aggregation"], fired["operator"], fired["threshold"]) == ("avg", ">", 0.6)
+    assert (fired["change"], fired["direction"], fired["amount"]) == (None, None, None)
+    # plain data: it goes to JSON and comes back the same
+    assert Explanation.model_validate_json(expl.model_dump_json()) == expl
 
     text = render_terminal(expl, width=100)
     assert "accuracy-above-0.6" in text and "avg(accuracy) over 3 > 0.6" in text
@@ -106,6 +122,10 @@ def test_change_trigger(conn, database_url, tmp_path):
     assert current.values == fired["window_values"] == [0.9, 0.5, 0.4]
     assert current.aggregate == pytest.approx(0.6) and prior.aggregate == pytest.approx(1.0)
     assert expl.value == pytest.approx(-0.4) and expl.threshold is None
+    assert (fired["pos"], fired["window_size"], fired["prior_window_size"]) == (9, 3, 5)
+    assert (fired["aggregation"], fired["operator"], fired["threshold"]) == ("avg", None, None)
+    assert (fired["change"], fired["direction"], fired["amount"]) == ("relative", "decrease", 0.25)
+    assert (expl.change, expl.direction, expl.amount) == ("relative", "decrease", 0.25)
 
     text = render_terminal(expl, width=90)
     assert "loss-dropped" in text and "avg(loss) over 3 vs prior 5 decreased by ≥ 25%" in text
@@ -131,6 +151,102 @@ def test_the_rule_is_the_one_at_the_triggers_version(conn, database_url):
     assert [(w.first_pos, w.last_pos) for w in expl.windows] == [(1, 3)]
     assert expl.windows[0].values == fired["window_values"] == [0.9, 0.9, 0.9]
     run.finish()
+
+
+def test_explained_from_the_trigger_columns_alone(conn, database_url):
+    """Neither the cause text, nor the details, nor the rule are read back to draw it."""
+    apply_yaml(conn, LOSS_DROP)
+    run = engine.init(project="acme/vision", name="plateau", system_metrics_interval=0)
+    _log(run, "loss", [1.0] * 6 + [0.9, 0.5, 0.4, 0.3])
+    tick(database_url)
+    (fired,) = triggers(conn, "loss-dropped")
+    before = explain_data(conn, fired["id"])
+    conn.execute(
+        "UPDATE triggers SET cause = 'garbled', details = '\"not an object\"'::jsonb WHERE id = %s",
+        (fired["id"],),
+    )
+    conn.execute('UPDATE automation_versions SET rule = \'{"no": "rule"}\'::jsonb')
+    conn.execute('UPDATE automations SET rule = \'{"no": "rule"}\'::jsonb')
+
+    expl = explain_data(conn, fired["id"])
+    assert expl.warnings == ("the rule of version 1 cannot be read by this engine version",)
+    assert expl.condition == "run_metric_change" and expl.scope is None  # the words came from them
+    assert expl.series == before.series and expl.windows == before.windows
+    assert expl.position == 9 and expl.fired_point == before.fired_point
+    assert expl.model_dump(exclude={"condition", "scope", "warnings"}) == before.model_dump(
+        exclude={"condition", "scope", "warnings"}
+    )
+    text = "\n".join(lines(expl))
+    assert "prior window #2–#6 (steps 10–50): 1, 1, 1, 1, 1" in text
+    assert "current avg = 0.6, prior avg = 1" in text
+    assert "d = (cur − prior) / |prior| = -40%; −d ≥ 25%  → fired" in text
+    run.finish()
+
+
+def test_a_trigger_written_before_the_cause_columns_is_explained(empty_database_url, monkeypatch, tmp_path):
+    """A database with triggers from before migration 0009: the migration fills the columns
+    from the cause text and the rule at the trigger's version, and explain draws as before."""
+    old_sql = tmp_path / "sql"
+    shutil.copytree(enginedb.SQL_DIR, old_sql)
+    for version, path in enginedb.migrations():
+        if version >= "0009":
+            (old_sql / "migrations" / path.name).unlink()
+    package_sql = enginedb.SQL_DIR
+    monkeypatch.setattr(enginedb, "SQL_DIR", old_sql)
+    monkeypatch.setenv("ENGINE_DATABASE_URL", empty_database_url)
+    get_settings.cache_clear()
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        enginedb.migrate(conn)
+        apply_yaml(conn, ACCURACY)
+        apply_yaml(conn, LOSS_DROP)
+        run = engine.init(project="acme/vision", name="old", system_metrics_interval=0)
+        accuracies = [0.1, 0.3, math.nan, 0.5, 0.6, math.inf, 0.7, 0.8, 0.9]
+        losses = [1.0] * 6 + [0.9, 0.5, 0.4, 0.3]
+        for i, value in enumerate(losses):
+            row = {"loss": value, **({"accuracy": accuracies[i]} if i < len(accuracies) else {})}
+            run.log(row, step=10 * i, time=T0 + timedelta(minutes=i))
+        run.finish()
+        # the rows the evaluator wrote before the columns existed (the same firings as above)
+        conn.execute(
+            """
+            INSERT INTO triggers (automation_id, automation_version, event_type, cause, run_pk, metric, step,
+                                  value_time, value, window_values, prior_values, current_aggregate,
+                                  prior_aggregate, details)
+            SELECT a.id, 1, a.rule->'event'->>'type',
+                   format('metric:%%s:%%s:%%s', %(run_pk)s::bigint, k.id, f.pos), %(run_pk)s, f.metric, f.step,
+                   %(t0)s::timestamptz + f.minutes * interval '1 minute', f.value, f.window_values,
+                   f.prior_values, f.current_aggregate, f.prior_aggregate,
+                   jsonb_build_object('metric_filter', f.condition)
+            FROM (VALUES
+                ('accuracy-above-0.6', 'accuracy', 6, 70, 7, 0.7::float8, ARRAY[0.6, 0.7, 0.8]::float8[],
+                 NULL::float8[], 0.7::float8, NULL::float8, 'avg(accuracy) over 3 > 0.6'),
+                ('loss-dropped', 'loss', 9, 80, 8, -0.4, ARRAY[0.9, 0.5, 0.4], ARRAY[1, 1, 1, 1, 1],
+                 0.6, 1.0, 'avg(loss) over 3 vs prior 5 decreased by ≥ 25%%')
+            ) AS f(automation, metric, pos, step, minutes, value, window_values, prior_values,
+                   current_aggregate, prior_aggregate, condition)
+            JOIN automations a ON a.name = f.automation
+            JOIN metric_keys k ON k.key = f.metric
+            """,
+            {"run_pk": run.pk, "t0": T0},
+        )
+        monkeypatch.setattr(enginedb, "SQL_DIR", package_sql)
+        assert enginedb.migrate(conn)[0] == "0009_trigger_cause_columns.sql"
+        accuracy, loss = triggers(conn, "accuracy-above-0.6")[0], triggers(conn, "loss-dropped")[0]
+        assert (accuracy["pos"], accuracy["window_size"], accuracy["prior_window_size"]) == (6, 3, None)
+        assert (accuracy["aggregation"], accuracy["operator"], accuracy["threshold"]) == ("avg", ">", 0.6)
+        assert (loss["pos"], loss["window_size"], loss["prior_window_size"]) == (9, 3, 5)
+        assert (loss["change"], loss["direction"], loss["amount"]) == ("relative", "decrease", 0.25)
+
+        expl = explain_data(conn, accuracy["id"])
+        (window,) = expl.windows
+        assert (window.first_pos, window.last_pos, window.values) == (4, 6, [0.6, 0.7, 0.8])
+        assert expl.warnings == () and expl.fired_point is not None and expl.fired_point.step == 70
+        assert "avg of the window = 0.7 > 0.6  → fired" in lines(expl)
+        expl = explain_data(conn, loss["id"])
+        prior, current = expl.windows
+        assert (prior.first_pos, prior.last_pos, current.first_pos, current.last_pos) == (2, 6, 7, 9)
+        assert expl.warnings == () and current.values == [0.9, 0.5, 0.4]
+        assert "d = (cur − prior) / |prior| = -40%; −d ≥ 25%  → fired" in lines(expl)
 
 
 def test_values_deleted_after_firing_are_reported_not_invented(conn, database_url):
@@ -180,6 +296,7 @@ def test_event_trigger_is_explained_in_text(conn, database_url):
     tick(database_url)
     (fired,) = triggers(conn, "on-failure")
 
+    assert (fired["key_id"], fired["pos"], fired["window_size"], fired["aggregation"]) == (None,) * 4
     expl = explain_data(conn, fired["id"])
     assert not expl.is_metric and expl.series == () and expl.windows == ()
     assert expl.event is not None and expl.event.id == fired["event_id"] and expl.event.type == "run_state"

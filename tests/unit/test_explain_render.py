@@ -8,10 +8,12 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 import engine.explain.data
 from engine.db import query_names
 from engine.explain import Explanation, Point, Window, render_png, render_terminal
-from engine.explain.data import comparison_of
 from engine.explain.terminal import _envelope
 from engine.explain.text import spans
 from engine.rules import Automation
@@ -47,7 +49,9 @@ def _threshold_explanation(series: tuple[Point, ...], position: int, window: int
         automation="loss-low",
         automation_version=1,
         scope=rule.scope.describe(),
-        **comparison_of(rule),
+        aggregation="min",
+        operator="<",
+        threshold=0.2,
         rule_type="run_metric_threshold",
         condition=rule.event.describe(),
         run=None,
@@ -111,3 +115,10 @@ def test_a_long_series_drawn_in_memory_at_the_size_asked(tmp_path):
     assert "(20 values)" in words
     path = render_png(expl, tmp_path / "long.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_data_is_plain_json_and_refuses_unknown_fields():
+    expl = _threshold_explanation(_series([1.0, 0.5, 0.1, 0.3]), position=3, window=2)
+    assert Explanation.model_validate_json(expl.model_dump_json()) == expl
+    with pytest.raises(ValidationError, match="colour"):
+        Point(pos=1, step=0, time=T, value=1.0, colour="red")

@@ -107,17 +107,22 @@ WITH fired AS (
     INSERT INTO triggers (
         fired_at, automation_id, automation_version, event_type, cause, run_pk, event_id, metric, step,
         value_time, value, window_values, prior_values, current_aggregate, prior_aggregate,
-        alias, tag, artifact_version_id, details)
+        alias, tag, artifact_version_id, details,
+        key_id, pos, window_size, prior_window_size, aggregation, operator, threshold, change, direction, amount)
     -- the time of the insert, not of the transaction's start (a tick's transaction can be
     -- long, and two connections insert concurrently): fired_at follows the ids closely
     SELECT clock_timestamp(), t.automation_id, t.automation_version, t.event_type, t.cause, t.run_pk, t.event_id, t.metric,
            t.step, t.value_time, t.value, t.window_values, t.prior_values, t.current_aggregate,
-           t.prior_aggregate, t.alias, t.tag, t.artifact_version_id, coalesce(t.details, '{}'::jsonb)
+           t.prior_aggregate, t.alias, t.tag, t.artifact_version_id, coalesce(t.details, '{}'::jsonb),
+           t.key_id, t.pos, t.window_size, t.prior_window_size, t.aggregation, t.operator, t.threshold,
+           t.change, t.direction, t.amount
     FROM jsonb_to_recordset(%(triggers)s) AS t(
         automation_id bigint, automation_version integer, event_type text, cause text, run_pk bigint,
         event_id bigint, metric text, step bigint, value_time timestamptz, value double precision,
         window_values double precision[], prior_values double precision[], current_aggregate double precision,
-        prior_aggregate double precision, alias text, tag text, artifact_version_id bigint, details jsonb, n bigint)
+        prior_aggregate double precision, alias text, tag text, artifact_version_id bigint, details jsonb, n bigint,
+        key_id integer, pos bigint, window_size integer, prior_window_size integer, aggregation text,
+        operator text, threshold double precision, change text, direction text, amount double precision)
     ORDER BY t.n
     ON CONFLICT (automation_id, cause) DO NOTHING
     RETURNING id, automation_id

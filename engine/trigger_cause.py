@@ -1,0 +1,61 @@
+"""Why a metric rule fired, as the columns of `triggers` keep it.
+
+The evaluator writes these columns with each metric trigger, and `engine explain` (and any
+query) reads them as they are: the series (`run_pk`, `key_id`), the finite position that
+fired (`pos`, numbered 1..n in logging order), the window sizes, and what was compared. The
+trigger's `cause` text stays the exactly-once key; nothing parses it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from engine.rules import RunMetricChange, RunMetricThreshold
+
+
+@dataclass(frozen=True)
+class MetricCause:
+    key_id: int  # metric_keys.id of the metric
+    pos: int  # the finite value that fired: its position among the series' finite values
+    window_size: int  # threshold: `window`; change: `current_window` (ends at pos)
+    prior_window_size: int | None  # change: `prior_window` (just before the current one)
+    aggregation: str
+    # threshold rules: the aggregate `operator` threshold
+    operator: str | None = None
+    threshold: float | None = None
+    # change rules: d (the trigger's value) computed as `change`, tested in `direction` against `amount`
+    change: str | None = None
+    direction: str | None = None
+    amount: float | None = None
+
+    @classmethod
+    def of(cls, event: object, key_id: int, pos: int) -> MetricCause:
+        """The cause of a firing of `event` (a metric event) at finite value `pos` of a series."""
+        if isinstance(event, RunMetricChange):
+            return cls(
+                key_id=key_id,
+                pos=pos,
+                window_size=event.current_window,
+                prior_window_size=event.prior_window,
+                aggregation=event.aggregation,
+                change=event.change,
+                direction=event.direction,
+                amount=event.amount,
+            )
+        if not isinstance(event, RunMetricThreshold):
+            raise TypeError(f"{type(event).__name__} is not a metric event")
+        return cls(
+            key_id=key_id,
+            pos=pos,
+            window_size=event.window,
+            prior_window_size=None,
+            aggregation=event.aggregation,
+            operator=event.operator,
+            threshold=event.threshold,
+        )
+
+    def columns(self) -> dict[str, Any]:
+        """The columns of `triggers` (the names are the fields')."""
+        return dataclasses.asdict(self)
