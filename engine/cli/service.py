@@ -93,7 +93,9 @@ def history(
     """Show the trigger history (the automation_history view), newest first."""
     with enginedb.connect() as conn, enginedb.boundary(), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            enginedb.query("history"), {"automation": automation, "since": since, "limit": limit}
+            enginedb.query("history"),
+            {"automation": automation, "since": since, "limit": limit}
+            | {"project": None, "before_at": None, "before_id": None, "scopes": None},
         ).fetchall()
     if fmt is not Format.table:
         print_rows(rows, HISTORY_KEYS, fmt)
