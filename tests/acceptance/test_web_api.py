@@ -99,6 +99,15 @@ def test_runs_and_log_batches_are_stored_once_however_often_they_are_sent(conn, 
         }
         assert http.post(base + "/v0/tags", json={"tag": "europe"}).json() == {"changed": True}
         assert http.post(base + "/v0/tags", json={"tag": "europe"}).json() == {"changed": False}
+        assert http.post(base + "/v0/tags", json={"tag": "old"}).json() == {"changed": True}
+        assert http.delete(base + "/v0/tags/old").json() == {"changed": True}
+        assert http.delete(base + "/v0/tags/old").json() == {"changed": False}
+        assert http.delete(base + "/v0/aliases/candidate").json() == {"changed": True}
+        assert http.delete(base + "/v0/aliases/latest").status_code == 422
+        assert conn.execute("SELECT array_agg(alias ORDER BY alias) FROM artifact_aliases").fetchone() == (
+            ["latest", "production"],
+        )
+        assert conn.execute("SELECT array_agg(tag) FROM artifact_tags").fetchone() == (["europe"],)
         refused = http.post(base + "/v0/links", json={"registry": "model", "collection": "resnet"})
         assert refused.status_code == 403  # registry:model is not among the key's scopes
         assert http.get(base + "/latest").status_code == 403  # reading needs the read role

@@ -113,4 +113,6 @@ class TwoTeams:
             "name": "other-rule",
             "delivery_id": str(self.delivery_id),
             "trigger_id": str(self.trigger_id),
+            "alias": "production",
+            "tag": "europe",
         }

@@ -64,6 +64,22 @@ def add_alias(
         )
 
 
+@router.delete(VERSION + "/aliases/{alias}", dependencies=[access("ingest", project_in_path)])
+def remove_alias(entity: str, project: str, collection: str, version: str, alias: str, conn: Conn) -> Changed:
+    """Take the alias off this version (`latest` cannot be removed)."""
+    with conn.transaction():
+        v = _find(conn, entity, project, collection, version)
+        return Changed(changed=artifacts.remove_alias(conn, v.id, alias))
+
+
+@router.delete(VERSION + "/tags/{tag}", dependencies=[access("ingest", project_in_path)])
+def remove_tag(entity: str, project: str, collection: str, version: str, tag: str, conn: Conn) -> Changed:
+    """Take the tag off this version."""
+    with conn.transaction():
+        v = _find(conn, entity, project, collection, version)
+        return Changed(changed=artifacts.remove_tag(conn, v.id, tag))
+
+
 @router.post(VERSION + "/tags")
 def add_tag(
     entity: str,
