@@ -40,6 +40,7 @@ from engine.exceptions import (
     QueryTimeout,
     RuleValidationError,
 )
+from engine.logs import configure_logging
 from engine.prometheus import WebMetrics
 from engine.settings import Settings, get_settings
 from engine.web import deps
@@ -74,6 +75,8 @@ def _finite(value: Any) -> Any:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; its lifespan opens and closes the process's connection pool."""
     settings = settings or get_settings()
+    if not logging.getLogger().handlers:  # a worker process of `--workers N` (spawned, unconfigured)
+        configure_logging(settings.log_level.upper())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
+
 from tests.acceptance.web_helpers import RULE, TwoTeams, WebProcess, make_key
 from tests.integration.actions_helpers import fire
 
@@ -204,3 +206,28 @@ def test_automations_history_deliveries_and_explanations(conn, database_url, tmp
                 document["paths"]
             )
             assert "HTTPBearer" in document["components"]["securitySchemes"]
+
+
+def test_several_worker_processes_each_hold_one_bounded_pool(conn, database_url, tmp_path):
+    key = make_key(conn, "trainer", "ingest", "acme/*")
+    with WebProcess(database_url, tmp_path / "web.log", workers=2, ENGINE_WEB_POOL_SIZE="3") as web:
+        with web.client(key) as http:
+            assert http.post("/api/v1/runs", json={"project": "acme/vision", "id": "w1"}).status_code == 201
+
+            def send(i: int) -> int:
+                batch = {"batch_id": f"b{i}", "rows": [{"values": {"loss": i / 10}}]}
+                return http.post("/api/v1/runs/acme/vision/w1/log", json=batch).status_code
+
+            with ThreadPoolExecutor(16) as pool:
+                assert set(pool.map(send, range(64))) == {200}
+            (connections,) = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'engine-web' AND datname = current_database()"
+            ).fetchone()
+        assert 1 <= connections <= 2 * 3
+        workers = [
+            p for p in psutil.Process(web.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())
+        ]
+        assert len(workers) == 2, [p.cmdline() for p in psutil.Process(web.proc.pid).children()]
+    stored = points(conn, "w1")  # each batch once, numbered in the order the processes stored them
+    assert [s for _, s, _ in stored] == list(range(64))
+    assert sorted(v for _, _, v in stored) == [i / 10 for i in range(64)]
