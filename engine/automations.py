@@ -146,9 +146,10 @@ def apply_rules(
     source: dict[str, str] | None = None,
     prune: bool = False,
     dry_run: bool = False,
+    spare: Sequence[str] = (),
 ) -> list[tuple[str, Outcome]]:
     """Create or update each rule by name, in one transaction; with `prune`, delete the
-    automations not among `rules` (their history stays). Returns (name,
+    automations not among `rules` nor named in `spare` (their history stays). Returns (name,
     created|updated|unchanged|deleted). With `dry_run`, the same answer, from a read-only
     transaction: nothing is written.
 
@@ -167,7 +168,7 @@ def apply_rules(
     if issues:
         raise RuleValidationError(issues)
 
-    keep = [r.name for r in rules]
+    keep = [r.name for r in rules] + list(spare)
     if dry_run:
         return _plan(conn, rules, keep if prune else None)
     now = clock.now()
@@ -303,7 +304,9 @@ def get(conn: psycopg.Connection, name: str) -> StoredAutomation:
     return _stored(row, Automation.model_validate(row["rule"]), state)
 
 
-def list_automations(conn: psycopg.Connection) -> list[AutomationRow]:
+def list_automations(conn: psycopg.Connection, scopes: Sequence[str] | None = None) -> list[AutomationRow]:
+    """Live automations; with `scopes` (an API key's patterns), only those they cover."""
+    found = rows(conn, "list_automations", {"scopes": None if scopes is None else list(scopes)})
     return [
         AutomationRow(
             name=r["name"],
@@ -315,7 +318,7 @@ def list_automations(conn: psycopg.Connection) -> list[AutomationRow]:
             last_error=r["last_error"],
             triggers=r["triggers"],
         )
-        for r in rows(conn, "list_automations")
+        for r in found
     ]
 
 

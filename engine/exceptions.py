@@ -14,6 +14,7 @@
     │   └── RuleValidationError      carries every RuleIssue found (file, line, field, message)
     ├── NotFound                     a named thing (automation, trigger, delivery) does not exist
     ├── IngestError                  the SDK could not store what it was given
+    ├── KeyRefused                   an API key that is malformed, unknown, revoked or expired
     └── DeliveryError                an action could not be delivered
         └── PermanentDeliveryError   ...and retrying cannot help (4xx, refused address)
 
@@ -73,6 +74,10 @@ class NotFound(EngineError):
 
 class IngestError(EngineError):
     pass
+
+
+class KeyRefused(EngineError):
+    """An API key that cannot authenticate; the message says why, never the key."""
 
 
 class DeliveryError(EngineError):

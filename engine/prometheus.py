@@ -175,6 +175,33 @@ class ServiceMetrics:
         self.database.close()
 
 
+class WebMetrics:
+    """Metrics of one `engine web` process, served by the app itself at /metrics:
+    `engine_web_requests_total{method,route,status}` and
+    `engine_web_request_duration_seconds{method,route}` (route: the path template, so that
+    ids do not make a label each)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "engine_web_requests",
+            "HTTP requests answered.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "engine_web_request_duration_seconds",
+            "Time to answer HTTP requests.",
+            ["method", "route"],
+            buckets=TICK_BUCKETS,
+            registry=self.registry,
+        )
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.duration.labels(method, route).observe(seconds)
+
+
 class _NoMetrics:
     """Metrics off: the same calls, doing nothing."""
 

@@ -103,6 +103,21 @@ class Settings(BaseSettings):
         description="Public URL of this engine, used to build ${run_url}; unset: engine://entity/project/runs/ID.",
     )
 
+    # `engine web`
+    web_max_body: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body `engine web` accepts, in bytes (larger: 413, refused before it is read whole).",
+    )
+    web_pool_size: int = Field(
+        10, ge=1, le=256, description="Database connections each `engine web` process keeps at most."
+    )
+    web_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers to `engine web` (slower ones are cut off).",
+    )
+
     log_level: str = Field("INFO", description="Logging level of the service.")
     log_format: Literal["text", "json"] = Field(
         "text",

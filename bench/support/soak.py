@@ -41,8 +41,8 @@ import psycopg
 import engine
 from bench.support.dataset import bench_query
 from engine.automations import apply_rules
-from engine.evaluation import backtest
 from engine.compiler import is_metric_rule
+from engine.evaluation import backtest
 from engine.rules import Automation
 from tests.acceptance.service_helpers import ServeProcess
 from tests.receiver import Received, Receiver, Reply

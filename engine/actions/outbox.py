@@ -95,7 +95,14 @@ def redeliver(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:
 
 
 def list_deliveries(
-    conn: psycopg.Connection, *, status: str | None = None, automation: str | None = None, limit: int = 50
+    conn: psycopg.Connection,
+    *,
+    status: str | None = None,
+    automation: str | None = None,
+    limit: int = 50,
+    scopes: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first. status 'pending' includes the ones being sent ('sending')."""
-    return db.rows(conn, "delivery_list", {"status": status, "automation": automation, "limit": limit})
+    """Newest first. status 'pending' includes the ones being sent ('sending'). `scopes`
+    (an API key's patterns): only deliveries of automations they cover."""
+    params = {"status": status, "automation": automation, "limit": limit}
+    return db.rows(conn, "delivery_list", params | {"scopes": None if scopes is None else list(scopes)})

@@ -28,10 +28,12 @@ from engine.cli import db as _db  # noqa: E402
 from engine.cli import demo as _demo  # noqa: E402
 from engine.cli import doctor as _doctor  # noqa: E402
 from engine.cli import explain as _explain  # noqa: E402
+from engine.cli import keys as _keys  # noqa: E402
 from engine.cli import rules as _rules  # noqa: E402
 from engine.cli import service as _service  # noqa: E402
+from engine.cli import web as _web  # noqa: E402
 
-for _module in (_db, _actions, _demo, _doctor, _explain, _rules, _service):
+for _module in (_db, _actions, _demo, _doctor, _explain, _keys, _rules, _service, _web):
     _module.register(app)
 
 

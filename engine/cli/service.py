@@ -91,7 +91,12 @@ def history(
 ) -> None:
     """Show the trigger history (the automation_history view), newest first."""
     with enginedb.connection() as conn:
-        rows = enginedb.rows(conn, "history", {"automation": automation, "since": since, "limit": limit})
+        rows = enginedb.rows(
+            conn,
+            "history",
+            {"automation": automation, "since": since, "limit": limit}
+            | {"project": None, "before_at": None, "before_id": None, "scopes": None},
+        )
     if fmt is not Format.table:
         print_rows(rows, HISTORY_KEYS, fmt)
         return

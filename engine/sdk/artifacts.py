@@ -182,6 +182,28 @@ def add_tag(
     return row is not None
 
 
+def remove_alias(conn: psycopg.Connection, version_id: int, alias: str) -> bool:
+    """Take `alias` off the version (`latest` is the engine's: refused). False: it did not hold it."""
+    check_alias(alias)
+    if alias == LATEST:
+        raise ValueError("`latest` follows the newest version and cannot be removed")
+    if conn.execute(query("lock_version_collection"), {"version_id": version_id}).fetchone() is None:
+        raise NotFound(f"artifact version {version_id} does not exist")
+    return (
+        conn.execute(query("remove_artifact_alias"), {"version_id": version_id, "alias": alias}).fetchone()
+        is not None
+    )
+
+
+def remove_tag(conn: psycopg.Connection, version_id: int, tag: str) -> bool:
+    """Take `tag` off the version. False: it did not have it."""
+    check_name("tag", tag)
+    return (
+        conn.execute(query("remove_artifact_tag"), {"version_id": version_id, "tag": tag}).fetchone()
+        is not None
+    )
+
+
 def link(
     conn: psycopg.Connection,
     version: ArtifactVersion,

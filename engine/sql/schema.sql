@@ -6,6 +6,19 @@ CREATE EXTENSION IF NOT EXISTS timescaledb WITH SCHEMA public;
 CREATE DOMAIN public.entity_part AS text
 	CONSTRAINT entity_part_check CHECK ((VALUE ~ '^[A-Za-z0-9._-]{1,128}$'::text));
 
+CREATE FUNCTION public.api_scope_covers(patterns text[], scope jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+SELECT EXISTS (
+    SELECT FROM unnest(patterns) AS p
+    WHERE p = '*'
+       OR p = scope ->> 'project'
+       OR p = split_part(scope ->> 'project', '/', 1) || '/*'
+       OR p = 'registry:' || (scope ->> 'registry')
+       OR (p = 'registry:*' AND scope ->> 'registry' IS NOT NULL)
+)
+$$;
+
 CREATE FUNCTION public.events_are_append_only() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -73,6 +86,32 @@ SELECT CASE rule_type
     ELSE upper(rule_type)
 END
 $$;
+
+CREATE TABLE public.api_keys (
+    id bigint NOT NULL,
+    name text NOT NULL,
+    prefix text NOT NULL,
+    hash text NOT NULL,
+    role text NOT NULL,
+    scopes text[] NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_used_at timestamp with time zone,
+    expires_at timestamp with time zone,
+    revoked_at timestamp with time zone,
+    CONSTRAINT api_keys_hash_check CHECK ((hash ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT api_keys_name_check CHECK ((name ~ '^[A-Za-z0-9._-]{1,128}$'::text)),
+    CONSTRAINT api_keys_role_check CHECK ((role = ANY (ARRAY['ingest'::text, 'read'::text, 'admin'::text]))),
+    CONSTRAINT api_keys_scopes_check CHECK ((cardinality(scopes) > 0))
+);
+
+ALTER TABLE public.api_keys ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.api_keys_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 
 CREATE TABLE public.artifact_aliases (
     collection_id bigint NOT NULL,
@@ -358,6 +397,14 @@ CREATE SEQUENCE public.ingest_batch_seq
     MAXVALUE 8796093022207
     CACHE 1;
 
+CREATE TABLE public.ingest_batches (
+    run_pk bigint NOT NULL,
+    batch_id text NOT NULL,
+    points integer NOT NULL,
+    stored_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT ingest_batches_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 128)))
+);
+
 CREATE TABLE public.metric_keys (
     id integer NOT NULL,
     key text NOT NULL,
@@ -546,6 +593,15 @@ ALTER TABLE ONLY public.series_batches ALTER COLUMN id SET DEFAULT nextval('publ
 
 ALTER TABLE ONLY public.triggers ALTER COLUMN id SET DEFAULT nextval('public.triggers_id_seq'::regclass);
 
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_hash_key UNIQUE (hash);
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_name_key UNIQUE (name);
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.artifact_aliases
     ADD CONSTRAINT artifact_aliases_pkey PRIMARY KEY (collection_id, alias);
 
@@ -587,6 +643,9 @@ ALTER TABLE ONLY public.delivery_attempts
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.ingest_batches
+    ADD CONSTRAINT ingest_batches_pkey PRIMARY KEY (run_pk, batch_id);
 
 ALTER TABLE ONLY public.metric_keys
     ADD CONSTRAINT metric_keys_key_key UNIQUE (key);
@@ -647,6 +706,8 @@ ALTER TABLE ONLY public.triggers
 
 ALTER TABLE ONLY public.triggers
     ADD CONSTRAINT triggers_pkey PRIMARY KEY (id);
+
+CREATE INDEX api_keys_prefix ON public.api_keys USING btree (prefix);
 
 CREATE UNIQUE INDEX automations_live_name ON public.automations USING btree (name) WHERE (deleted_at IS NULL);
 
@@ -733,6 +794,9 @@ ALTER TABLE ONLY public.events
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_version_id_fkey FOREIGN KEY (version_id) REFERENCES public.artifact_versions(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.ingest_batches
+    ADD CONSTRAINT ingest_batches_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.registry_aliases
     ADD CONSTRAINT registry_aliases_link_id_fkey FOREIGN KEY (link_id) REFERENCES public.registry_links(id) ON DELETE CASCADE;

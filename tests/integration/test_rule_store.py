@@ -225,7 +225,9 @@ def test_deleting_keeps_the_history_under_the_name_it_had(conn, how):
 
     # `engine history --automation acc` still finds it; `rules show acc` says where it went
     history = conn.execute(
-        enginedb.query("history"), {"automation": "acc", "since": None, "limit": 10}
+        enginedb.query("history"),
+        {"automation": "acc", "since": None, "limit": 10}
+        | {"project": None, "before_at": None, "before_id": None, "scopes": None},
     ).fetchall()
     assert sorted(r[0] for r in history) == fired[:2]
     with pytest.raises(

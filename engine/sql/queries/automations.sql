@@ -102,6 +102,8 @@ SELECT a.name,
 FROM automations a
 LEFT JOIN automation_state s ON s.automation_id = a.id
 WHERE a.deleted_at IS NULL
+  -- an API key sees the automations its scopes cover (NULL: everything)
+  AND (%(scopes)s::text[] IS NULL OR api_scope_covers(%(scopes)s, a.rule -> 'scope'))
 ORDER BY a.name;
 
 -- name: get_automation

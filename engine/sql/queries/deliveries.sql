@@ -137,6 +137,8 @@ FROM deliveries d JOIN automations a ON a.id = d.automation_id
 WHERE (%(status)s::text IS NULL OR d.status = %(status)s::text
        OR (%(status)s::text = 'pending' AND d.status = 'sending'))
   AND (%(automation)s::text IS NULL OR a.name = %(automation)s::text)
+  -- an API key sees the deliveries of the automations its scopes cover (NULL: all)
+  AND (%(scopes)s::text[] IS NULL OR api_scope_covers(%(scopes)s, a.rule -> 'scope'))
 ORDER BY d.created_at DESC, d.action_index
 LIMIT %(limit)s;
 

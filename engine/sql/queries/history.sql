@@ -1,11 +1,18 @@
 -- name: history
--- `engine history`: the automation_history view, newest first. A name matches the
--- automations that had it, deleted ones included.
-SELECT trigger_id, fired_at, automation, event_type, entity, project, run_id, run_name, metric,
-       value, step, alias, tag, artifact_version, action_type, delivery_status, attempts,
-       last_http_status, last_error, automation_deleted_at, rule_type
-FROM automation_history
-WHERE (%(automation)s::text IS NULL OR automation = %(automation)s)
-  AND (%(since)s::timestamptz IS NULL OR fired_at >= %(since)s)
-ORDER BY fired_at DESC, trigger_id DESC
+-- `engine history` and GET /api/v1/history: the automation_history view, newest first. A
+-- name matches the automations that had it, deleted ones included. The API also narrows it
+-- to one project, to the rows after a page's last (fired_at, trigger_id) and to the
+-- automations an API key's scopes cover; NULL leaves each out.
+SELECT h.trigger_id, h.fired_at, h.automation, h.event_type, h.entity, h.project, h.run_id, h.run_name, h.metric,
+       h.value, h.step, h.alias, h.tag, h.artifact_version, h.action_type, h.delivery_status, h.attempts,
+       h.last_http_status, h.last_error, h.automation_deleted_at, h.rule_type
+FROM automation_history h
+WHERE (%(automation)s::text IS NULL OR h.automation = %(automation)s)
+  AND (%(since)s::timestamptz IS NULL OR h.fired_at >= %(since)s)
+  AND (%(project)s::text IS NULL OR h.entity || '/' || h.project = %(project)s)
+  AND (%(before_at)s::timestamptz IS NULL OR (h.fired_at, h.trigger_id) < (%(before_at)s, %(before_id)s::bigint))
+  AND (%(scopes)s::text[] IS NULL OR EXISTS (
+        SELECT FROM triggers t JOIN automations a ON a.id = t.automation_id
+        WHERE t.id = h.trigger_id AND api_scope_covers(%(scopes)s, a.rule -> 'scope')))
+ORDER BY h.fired_at DESC, h.trigger_id DESC
 LIMIT %(limit)s;

@@ -211,6 +211,17 @@ SELECT %(at)s, 'artifact_tag_added', %(author)s, v.project_id, %(run_pk)s, v.col
 FROM ins JOIN v ON v.id = ins.version_id
 RETURNING id;
 
+-- name: remove_artifact_alias
+-- Take an alias off a version (no event: no rule reacts to a removal). Nothing when the
+-- version does not hold it. Runs after lock_version_collection in the same transaction.
+DELETE FROM artifact_aliases a USING artifact_versions v
+WHERE v.id = %(version_id)s AND a.collection_id = v.collection_id AND a.version_id = v.id AND a.alias = %(alias)s
+RETURNING a.alias;
+
+-- name: remove_artifact_tag
+DELETE FROM artifact_tags WHERE version_id = %(version_id)s AND tag = %(tag)s
+RETURNING tag;
+
 -- Registries ------------------------------------------------------------------------------
 
 -- name: upsert_registry

@@ -1,0 +1,249 @@
+"""API keys of `engine web`: generation, storage (a hash only), verification, scopes.
+
+A key is `eng_` and 256 random bits (43 URL-safe characters). Only its sha256 is stored,
+with its first characters (`prefix`) to find the row; the presented key's hash is compared
+with the stored one in constant time (`hmac.compare_digest`).
+
+    key, stored = create(conn, "trainer", role="ingest", scopes=["acme/*"], expires_in=timedelta(days=90))
+    found = authenticate(conn, key)          # KeyRefused (with the reason) unless valid
+    allows(found.role, "ingest") and covers(found.scopes, Place("project", "acme/vision"))
+
+Roles: `ingest` (write runs, points, artifacts), `read` (read everything), `admin` (both, and
+manage automations, deliveries, kill runs). Scope patterns: `*`, `entity/project`,
+`entity/*`, `registry:NAME`, `registry:*`. The database's `api_scope_covers` function
+(migration 0010) applies the same patterns in queries; keep the two in sync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+
+from engine import clock
+from engine.db import boundary, query
+from engine.exceptions import KeyRefused, NotFound
+from engine.names import NAME_PART
+
+PREFIX = "eng_"
+PREFIX_LENGTH = len(PREFIX) + 8  # what is stored in clear to find a key's row: 48 of its 256 bits
+_KEY = re.compile(r"eng_[A-Za-z0-9_-]{43}")
+KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+Role = Literal["ingest", "read", "admin"]
+ROLES: tuple[Role, ...] = ("ingest", "read", "admin")
+# The roles that may do what a route needs: admin may do everything the others may.
+_GRANTED_BY: dict[str, frozenset[str]] = {
+    "ingest": frozenset({"ingest", "admin"}),
+    "read": frozenset({"read", "admin"}),
+    "admin": frozenset({"admin"}),
+}
+TOUCH_EVERY = 60.0  # seconds: last_used_at is written at most this often per key
+
+
+@dataclass(frozen=True)
+class Place:
+    """What a request acts on: a project (`entity/project`) or a registry (`NAME`)."""
+
+    kind: Literal["project", "registry"]
+    name: str
+
+    def __str__(self) -> str:
+        return self.name if self.kind == "project" else f"registry:{self.name}"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key, as `engine keys list` shows it (never the key nor its hash)."""
+
+    id: int
+    name: str
+    role: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "scopes": list(self.scopes),
+            "created_at": self.created_at,
+            "last_used_at": self.last_used_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+# -- keys ----------------------------------------------------------------------------------
+def generate() -> str:
+    """A new key: `eng_` + 256 random bits, URL-safe base64 (43 characters)."""
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+def digest(key: str) -> str:
+    """The sha256 (hex) stored for a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def well_formed(key: str) -> bool:
+    return _KEY.fullmatch(key) is not None
+
+
+# -- scopes --------------------------------------------------------------------------------
+def check_scope(pattern: str) -> str:
+    """A scope pattern as given to `engine keys create --scope`, or ValueError saying why."""
+    if pattern == "*":
+        return pattern
+    if pattern.startswith("registry:"):
+        name = pattern.removeprefix("registry:")
+        if name == "*" or NAME_PART.fullmatch(name):
+            return pattern
+    else:
+        entity, _, project = pattern.partition("/")
+        if NAME_PART.fullmatch(entity) and (project == "*" or NAME_PART.fullmatch(project)):
+            return pattern
+    raise ValueError(
+        f"scope {pattern!r} is not a scope pattern: write entity/project, entity/*, registry:NAME, registry:* or *"
+    )
+
+
+def covers(scopes: tuple[str, ...] | list[str], place: Place) -> bool:
+    """Whether one of the patterns covers the place (same rule as SQL's api_scope_covers)."""
+    for pattern in scopes:
+        if pattern == "*":
+            return True
+        if place.kind == "project":
+            if pattern == place.name or pattern == place.name.split("/", 1)[0] + "/*":
+                return True
+        elif pattern in (f"registry:{place.name}", "registry:*"):
+            return True
+    return False
+
+
+def allows(role: str, needed: str) -> bool:
+    """Whether a key of `role` may do what needs `needed`."""
+    return role in _GRANTED_BY[needed]
+
+
+# -- storage -------------------------------------------------------------------------------
+def create(
+    conn: psycopg.Connection,
+    name: str,
+    *,
+    role: str,
+    scopes: list[str],
+    expires_in: timedelta | None = None,
+) -> tuple[str, ApiKey]:
+    """Store a new key; returns (the key, to show once, and the stored record)."""
+    if not KEY_NAME.fullmatch(name):
+        raise ValueError(f"key name {name!r}: 1-128 characters, letters, digits, '.', '_' or '-'")
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: choose one of {', '.join(ROLES)}")
+    if not scopes:
+        raise ValueError("give at least one --scope (entity/project, entity/*, registry:NAME, registry:*, *)")
+    patterns = list(dict.fromkeys(check_scope(s) for s in scopes))
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise ValueError("the expiry must be in the future")
+    key = generate()
+    now = clock.now()
+    params = {
+        "name": name,
+        "prefix": key[:PREFIX_LENGTH],
+        "hash": digest(key),
+        "role": role,
+        "scopes": patterns,
+        "now": now,
+        "expires_at": None if expires_in is None else now + expires_in,
+    }
+    with boundary(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(query("key_create"), params).fetchone()
+    if row is None:
+        raise ValueError(f"a key named {name!r} exists already (names are not reused, even once revoked)")
+    return key, _record(row)
+
+
+def list_keys(conn: psycopg.Connection) -> list[ApiKey]:
+    with boundary(), conn.cursor(row_factory=dict_row) as cur:
+        return [_record(r) for r in cur.execute(query("key_list")).fetchall()]
+
+
+def revoke(conn: psycopg.Connection, name: str) -> bool:
+    """Revoke a key (from the next request on). False: it was revoked already."""
+    with boundary(), conn.transaction():
+        if conn.execute(query("key_revoke"), {"name": name, "now": clock.now()}).fetchone():
+            return True
+        if conn.execute(query("key_exists"), {"name": name}).fetchone() is None:
+            raise NotFound(f"no API key named {name!r} (see `engine keys list`)")
+    return False
+
+
+def authenticate(conn: psycopg.Connection, presented: str) -> ApiKey:
+    """The valid key `presented` is, or KeyRefused saying why (never quoting the key)."""
+    if not well_formed(presented):
+        raise KeyRefused("malformed API key: expected `Authorization: Bearer eng_…`")
+    expected = digest(presented)
+    with boundary(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("key_by_prefix"), {"prefix": presented[:PREFIX_LENGTH]}).fetchall()
+    found = None
+    for row in rows:  # every candidate is compared, so the time does not say which matched
+        if hmac.compare_digest(row["hash"], expected):
+            found = row
+    if found is None:
+        raise KeyRefused("unknown API key")
+    key = _record(found)
+    if key.revoked_at is not None:
+        raise KeyRefused(f"API key {key.name!r} was revoked")
+    if key.expires_at is not None and key.expires_at <= clock.now():
+        raise KeyRefused(f"API key {key.name!r} expired")
+    return key
+
+
+class _Touched:
+    """When this process last wrote each key's last_used_at (the SQL re-checks it across processes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at: dict[int, float] = {}
+
+    def due(self, key_id: int) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._at.get(key_id, -TOUCH_EVERY) < TOUCH_EVERY:
+                return False
+            self._at[key_id] = now
+            return True
+
+
+_touched = _Touched()
+
+
+def touch(conn: psycopg.Connection, key: ApiKey) -> None:
+    """Record the key's use: at most once a minute per key."""
+    if _touched.due(key.id):
+        with boundary():
+            conn.execute(query("key_touch"), {"id": key.id, "now": clock.now()})
+
+
+def _record(row: dict[str, Any]) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        role=row["role"],
+        scopes=tuple(row["scopes"]),
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+    )

@@ -1,0 +1,34 @@
+-- `engine web` (engine/web/): what its authorisation and its log route need beyond the
+-- queries the CLI and the SDK share with it.
+
+-- name: web_automation_scope
+SELECT rule -> 'scope' FROM automations WHERE name = %(name)s AND deleted_at IS NULL;
+
+-- name: web_delivery_scope
+SELECT a.rule -> 'scope' FROM deliveries d JOIN automations a ON a.id = d.automation_id WHERE d.id = %(id)s;
+
+-- name: web_trigger_scope
+SELECT a.rule -> 'scope' FROM triggers t JOIN automations a ON a.id = t.automation_id WHERE t.id = %(id)s;
+
+-- name: web_run
+-- A run by its path, with where its steps stand (for the log route) and its state.
+SELECT r.id, r.state, p.id AS project_id
+FROM runs r JOIN projects p ON p.id = r.project_id
+WHERE p.entity = %(entity)s AND p.name = %(project)s AND r.run_id = %(run_id)s;
+
+-- name: ingest_lock
+-- One log batch of a run at a time (whatever the number of `engine web` processes), so that
+-- its steps are numbered and its batch id checked against what is stored. The two-key form
+-- has a key space of its own (the engine's other advisory locks use the one-key form).
+SELECT pg_advisory_lock(1768842087, mod(%(run_pk)s, 2147483647)::int);
+
+-- name: ingest_unlock
+SELECT pg_advisory_unlock(1768842087, mod(%(run_pk)s, 2147483647)::int);
+
+-- name: ingest_batch_stored
+SELECT points FROM ingest_batches WHERE run_pk = %(run_pk)s AND batch_id = %(batch_id)s;
+
+-- name: ingest_batch_insert
+-- Runs in the transaction that stores the batch's points (the writer's closing statement).
+INSERT INTO ingest_batches (run_pk, batch_id, points) VALUES (%(run_pk)s, %(batch_id)s, %(points)s)
+RETURNING batch_id;

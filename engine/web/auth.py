@@ -1,0 +1,236 @@
+"""Authentication and authorisation of `engine web`, decided in one place.
+
+Every /api/v1 route declares, in its decorator, `dependencies=[access(ROLE, TARGET)]` (or
+takes the `Principal` it returns): the role it needs and how to find what it acts on. The
+dependency, before the route's body runs:
+
+1. reads `Authorization: Bearer KEY`: none, malformed, unknown, revoked or expired → 401
+   with `WWW-Authenticate: Bearer` (logged without the key);
+2. checks the key's role (admin may do what ingest and read may) → 403;
+3. finds the places the request acts on (a project, a registry) with the route's target
+   function and checks that the key's scopes cover each → 403 (an unknown run or
+   automation → 404 only once the role allows the request);
+4. records the key's last use (at most once a minute): nothing is written for a refusal.
+
+Routes that list things (history, deliveries, automations) have no target: they pass the
+key's scopes to their query, which returns only rows of covered projects and registries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from engine import keys
+from engine.db import boundary, query
+from engine.exceptions import KeyRefused, NotFound
+from engine.keys import ApiKey, Place
+from engine.web import deps
+
+log = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(
+    auto_error=False, description="An API key made by `engine keys create` (`Authorization: Bearer eng_…`)."
+)
+
+# What a request acts on, found from the request (path parameters, the parsed JSON body)
+# on the request's connection; raises NotFound, or Invalid for a body it cannot read.
+Target = Callable[[psycopg.Connection, dict[str, str], Any], list[Place]]
+
+
+class Invalid(Exception):
+    """A request field that cannot be used: 422 naming it (`loc` as FastAPI's own errors)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who the request is: its key (never the key's text) and the places it was allowed."""
+
+    key: ApiKey
+    places: tuple[Place, ...]
+
+    @property
+    def scopes(self) -> list[str]:
+        return list(self.key.scopes)
+
+    @property
+    def author(self) -> str:
+        """The author of events the request writes: `key:NAME`."""
+        return f"key:{self.key.name}"
+
+
+@dataclass(frozen=True)
+class Access:
+    """A route's declared requirement (read by the route-table test)."""
+
+    role: str
+    target: Target | None
+    body: bool  # the target reads the JSON body
+
+
+def access(role: str, target: Target | None = None, *, body: bool = False) -> Any:
+    """The dependency a route declares: `dependencies=[access("admin", automation_target)]`,
+    or `principal: Principal = access("read")` to use the key's scopes in the route."""
+    if role not in keys.ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    spec = Access(role, target, body)
+
+    async def authorise(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
+    ) -> Principal:
+        payload = None
+        if body:
+            try:
+                payload = await request.json()
+            except ValueError:
+                payload = None  # FastAPI answers the body's own error (422) once it validates it
+        token = credentials.credentials if credentials is not None else None
+        return await run_in_threadpool(_decide, request, token, spec, payload)
+
+    authorise.access = spec  # type: ignore[attr-defined]
+    return Depends(authorise)
+
+
+def _decide(request: Request, token: str | None, spec: Access, payload: Any) -> Principal:
+    if token is None:
+        _refuse(request, 401, "no API key (send `Authorization: Bearer eng_…`)")
+    with deps.connect() as conn:
+        try:
+            key = keys.authenticate(conn, token)  # type: ignore[arg-type]
+        except KeyRefused as exc:
+            _refuse(request, 401, str(exc))
+        if not keys.allows(key.role, spec.role):
+            _refuse(request, 403, f"API key {key.name!r} has role {key.role}; this needs {spec.role}", key)
+        places: list[Place] = []
+        if spec.target is not None:
+            places = spec.target(conn, dict(request.path_params), payload)
+            outside = [str(p) for p in places if not keys.covers(key.scopes, p)]
+            if outside:
+                _refuse(
+                    request,
+                    403,
+                    f"API key {key.name!r} does not cover {', '.join(outside)} (its scopes: {' '.join(key.scopes)})",
+                    key,
+                )
+        keys.touch(conn, key)
+        return Principal(key, tuple(places))
+
+
+def _refuse(request: Request, status: int, reason: str, key: ApiKey | None = None) -> Any:
+    client = request.client.host if request.client else "?"
+    log.warning(
+        "refused %s %s from %s (%d): %s",
+        request.method,
+        request.url.path,
+        client,
+        status,
+        reason,
+        extra={"status": status, "key_name": key.name if key else None},
+    )
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    raise HTTPException(status, reason, headers=headers)
+
+
+def access_of(route: Any) -> Access | None:
+    """The access a route declared (None: it has none), for the route-table test."""
+    dependant = getattr(route, "dependant", None)
+    pending = list(dependant.dependencies) if dependant is not None else []
+    while pending:
+        current = pending.pop()
+        found = getattr(current.call, "access", None)
+        if isinstance(found, Access):
+            return found
+        pending += current.dependencies
+    return None
+
+
+# -- targets ---------------------------------------------------------------------------------
+def project_in_path(conn: psycopg.Connection, params: dict[str, str], payload: Any) -> list[Place]:
+    """`…/{entity}/{project}/…`"""
+    return [Place("project", f"{params['entity']}/{params['project']}")]
+
+
+def project_in_body(conn: psycopg.Connection, params: dict[str, str], payload: Any) -> list[Place]:
+    """The body's `project` (`entity/project`)."""
+    from engine.sdk.validate import parse_project
+
+    project = payload.get("project") if isinstance(payload, dict) else None
+    if not isinstance(project, str):
+        raise Invalid(("body", "project"), "give the project as entity/project")
+    try:
+        entity, name = parse_project(project)
+    except (TypeError, ValueError) as exc:
+        raise Invalid(("body", "project"), str(exc)) from None
+    return [Place("project", f"{entity}/{name}")]
+
+
+def project_in_path_and_registry_in_body(
+    conn: psycopg.Connection, params: dict[str, str], payload: Any
+) -> list[Place]:
+    """A link: the version's project, and the registry it is linked into."""
+    registry = payload.get("registry") if isinstance(payload, dict) else None
+    if not isinstance(registry, str) or not registry:
+        raise Invalid(("body", "registry"), "give the registry's name")
+    return [*project_in_path(conn, params, payload), Place("registry", registry)]
+
+
+def scope_place(scope: dict[str, Any]) -> Place:
+    """The place of an automation's scope (its stored JSON or its model dumped)."""
+    if scope.get("registry"):
+        return Place("registry", scope["registry"])
+    return Place("project", scope["project"])
+
+
+def automation_in_path(conn: psycopg.Connection, params: dict[str, str], payload: Any) -> list[Place]:
+    """`…/automations/{name}`: where the automation looks."""
+    return [
+        _scope_of(
+            conn, "web_automation_scope", {"name": params["name"]}, f"no automation named {params['name']!r}"
+        )
+    ]
+
+
+def rules_in_body(conn: psycopg.Connection, params: dict[str, str], payload: Any) -> list[Place]:
+    """The body's `yaml`: where each of its rules looks (its errors: 422)."""
+    from engine.web.routes.automations import parse_body_rules
+
+    return [scope_place(rule.automation.scope.model_dump()) for rule in parse_body_rules(payload)]
+
+
+def delivery_in_path(conn: psycopg.Connection, params: dict[str, str], payload: Any) -> list[Place]:
+    """`…/deliveries/{delivery_id}`: where its automation looks."""
+    from engine.actions import outbox
+
+    found = outbox.find(conn, params["delivery_id"])
+    return [
+        _scope_of(conn, "web_delivery_scope", {"id": found["id"]}, f"no delivery {params['delivery_id']}")
+    ]
+
+
+def trigger_in_path(conn: psycopg.Connection, params: dict[str, str], payload: Any) -> list[Place]:
+    """`…/triggers/{trigger_id}`: where its automation looks."""
+    try:
+        trigger_id = int(params["trigger_id"])
+    except ValueError:
+        raise Invalid(("path", "trigger_id"), "a trigger id is a whole number") from None
+    return [_scope_of(conn, "web_trigger_scope", {"id": trigger_id}, f"no trigger {trigger_id}")]
+
+
+def _scope_of(conn: psycopg.Connection, name: str, params: dict[str, Any], missing: str) -> Place:
+    with boundary():
+        row = conn.execute(query(name), params).fetchone()
+    if row is None:
+        raise NotFound(missing)
+    return scope_place(row[0])

@@ -1,0 +1,188 @@
+"""The one place `engine web` reaches into the SDK's write path: runs are created, resumed and
+finished by the SDK's own statements, and a log batch is stored by the SDK's Writer (binary
+COPY, series tails, NOTIFY) on a pooled connection, with the batch id inserted in the same
+transaction. Nothing here copies the writer; when its modules move, only these imports do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from engine import clock
+from engine.db import boundary, query
+from engine.exceptions import NotFound
+from engine.sdk.run import _check_config, _check_tags, _new_run_id, _Opening, _transition
+from engine.sdk.validate import check_key, check_name, parse_project
+from engine.sdk.writer import MAX_BATCH_POINTS, Stream, Writer
+from engine.settings import Settings
+
+__all__ = ["MAX_BATCH_POINTS", "check_key"]
+
+
+@dataclass(frozen=True)
+class RunRow:
+    pk: int
+    state: str
+    project_id: int
+
+
+@dataclass(frozen=True)
+class Opened:
+    id: str
+    project: str
+    name: str
+    user: str | None
+    state: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a log request stored: `duplicate` when its batch id was stored before."""
+
+    batch_id: str
+    duplicate: bool
+    points: int
+    dropped_rows: list[int]
+    step: int
+
+
+def find_run(conn: psycopg.Connection, entity: str, project: str, run_id: str) -> RunRow:
+    with boundary():
+        row = conn.execute(
+            query("web_run"), {"entity": entity, "project": project, "run_id": run_id}
+        ).fetchone()
+    if row is None:
+        raise NotFound(f"no run {run_id!r} in project {entity}/{project}")
+    return RunRow(*row)
+
+
+def open_run(
+    conn: psycopg.Connection,
+    *,
+    project: str,
+    name: str | None,
+    user: str | None,
+    run_id: str | None,
+    config: dict[str, Any] | None,
+    tags: list[str] | None,
+    resume: bool,
+) -> Opened:
+    """`engine.init` on the server: create the run (or resume it), one transaction."""
+    entity, project_name = parse_project(project)
+    if run_id is not None:
+        check_name("run id", run_id, pattern=True)
+    if name is not None:
+        check_name("run name", name)
+    config_json = None if config is None else Jsonb(_check_config(config))
+    tag_list = None if tags is None else _check_tags(tags)
+    existed = False
+    if resume and run_id is not None:
+        with boundary():
+            existed = (
+                conn.execute(
+                    query("find_run"), {"entity": entity, "project": project_name, "run_id": run_id}
+                ).fetchone()
+                is not None
+            )
+    opening = _Opening(
+        entity,
+        project_name,
+        run_id or _new_run_id(),
+        name,
+        user,
+        config,
+        config_json,
+        tag_list,
+        clock.now(),
+        resume=resume,
+        redraw=run_id is None,
+    )
+    with boundary():
+        opening.open(conn)
+    return Opened(opening.run_id, f"{entity}/{project_name}", opening.stored[0], user, "running", not existed)
+
+
+def change_state(
+    conn: psycopg.Connection,
+    run: RunRow,
+    from_states: Sequence[str],
+    to_state: str,
+    exit_code: int | None,
+    author: str,
+) -> bool:
+    """A run's state change with its transition row and event (the SDK's statement)."""
+    with boundary():
+        return _transition(conn, run.pk, from_states, to_state, exit_code, author, clock.now())
+
+
+def store_batch(
+    conn: psycopg.Connection,
+    run: RunRow,
+    label: str,
+    batch_id: str,
+    rows: Sequence[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]],
+    settings: Settings,
+) -> Stored:
+    """Store one log batch exactly once: the rows follow `run.log`'s rules (a missing step is
+    the next one, a lower step drops the row), and the batch id commits with the points."""
+    with boundary(), _run_lock(conn, run.pk):
+        if conn.execute(query("ingest_batch_stored"), {"run_pk": run.pk, "batch_id": batch_id}).fetchone():
+            return Stored(batch_id, True, 0, [], -1)
+        stored = conn.execute(query("run_max_steps"), {"run_pk": run.pk}).fetchone()
+        assert stored is not None  # an aggregate: always one row
+        step, system_step = stored
+        writer = Writer(_Connection(conn), settings)
+        Writer.prepare_connection(conn)
+        stream = Stream(run.pk, label, step=step, system_step=system_step)
+        dropped: list[int] = []
+        points = 0
+        for index, (time, given, keys, values) in enumerate(rows):
+            writer.note_keys(list(keys))
+            if writer.append(stream, time or clock.now(), given, keys, values) is not None:
+                dropped.append(index)
+            else:
+                points += len(values)
+        closing = query("ingest_batch_insert")
+        params = {"batch_id": batch_id, "points": points}
+        done, _ = writer.finish(stream, closing, params, timeout=0)
+        if not done:  # nothing to store: the batch id alone
+            conn.execute(closing, params | {"run_pk": run.pk})
+        return Stored(batch_id, False, points, dropped, stream.step)
+
+
+@contextlib.contextmanager
+def _run_lock(conn: psycopg.Connection, run_pk: int) -> Iterator[None]:
+    conn.execute(query("ingest_lock"), {"run_pk": run_pk})
+    try:
+        yield
+    finally:
+        try:
+            conn.execute(query("ingest_unlock"), {"run_pk": run_pk})
+        except psycopg.Error:
+            conn.close()  # a lock left held would stop the run's next batches: the pool drops this one
+
+
+class _Connection:
+    """The writer's transport: the request's pooled connection (the pool replaces it if it breaks)."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+        self.url = "the database"
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        yield self.conn
+
+    def close_if_idle(self) -> float | None:
+        return None
+
+    def drop(self) -> None:
+        pass

@@ -1,0 +1,187 @@
+"""Request and response bodies of the HTTP API. Input models forbid unknown keys."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+
+# JSON has no NaN or infinities: a value may be written as one of these strings.
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        if value in _NON_FINITE:
+            return _NON_FINITE[value]
+        raise ValueError('must be a number, or "NaN", "Infinity" or "-Infinity"')
+    if isinstance(value, bool):
+        return float(value)  # as run.log: True is 1.0
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError("is too large for a double precision number") from None
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- runs ------------------------------------------------------------------------------------
+class RunCreate(Input):
+    project: str = Field(description="`entity/project`.", max_length=257)
+    name: str | None = Field(None, description="Display name (default: the run id).", max_length=256)
+    user: str | None = Field(None, description="Who runs it.", max_length=256)
+    id: str | None = Field(None, description="The run id (default: 8 random characters).", max_length=128)
+    config: dict[str, Any] | None = Field(None, description="Hyperparameters (a JSON object).")
+    tags: list[Annotated[str, Field(max_length=256)]] | None = Field(None, description="Tags of the run.")
+    resume: bool = Field(False, description="Continue the run `id` (back to `running`).")
+
+
+class RunOut(BaseModel):
+    id: str = Field(description="The run id.")
+    project: str = Field(description="`entity/project`.")
+    name: str = Field(description="Display name.")
+    user: str | None = Field(description="Who runs it.")
+    state: str = Field(description="running, finished, failed or killed.")
+
+
+class LogRow(Input):
+    step: int | None = Field(None, ge=0, le=2**62, description="Step (default: the run's current step + 1).")
+    time: AwareDatetime | None = Field(None, description="When the values were measured (default: now).")
+    values: dict[str, Number] = Field(
+        description='Metric values: numbers, or "NaN", "Infinity", "-Infinity".'
+    )
+
+
+class LogBatch(Input):
+    batch_id: Name = Field(
+        description="Chosen by the client, fresh per batch: a batch stored once is not stored again."
+    )
+    rows: list[LogRow] = Field(description="Rows in logging order, each like one `run.log` call.")
+
+
+class LogOut(BaseModel):
+    batch_id: str = Field(description="The batch id.")
+    duplicate: bool = Field(description="The batch was stored before: nothing was stored now.")
+    points: int = Field(description="Points stored now.")
+    dropped_rows: list[int] = Field(
+        description="Indexes of rows dropped because their step was lower than the run's."
+    )
+    step: int = Field(description="The run's current step after the batch (-1: none yet; duplicate: -1).")
+
+
+class Finish(Input):
+    exit_code: int = Field(0, ge=-(2**31), lt=2**31, description="0: finished; anything else: failed.")
+
+
+class StateOut(BaseModel):
+    id: str = Field(description="The run id.")
+    state: str = Field(description="The run's state after the request.")
+    changed: bool = Field(description="False when the run was not running (nothing changed).")
+
+
+# -- automations -----------------------------------------------------------------------------
+class RulesText(Input):
+    yaml: str = Field(
+        description="One or more rules in YAML (documents separated by ---).", max_length=1_000_000
+    )
+    file: str = Field("<request>", description="The file name errors are reported under.", max_length=256)
+
+
+class Apply(RulesText):
+    prune: bool = Field(
+        False,
+        description="Delete automations your key covers that are not in `yaml` (their history is kept).",
+    )
+    dry_run: bool = Field(False, description="Only say what would change.")
+
+
+class Backtest(RulesText):
+    since: str = Field("7d", description="How far back: 7d, 24h, or an ISO 8601 time.", max_length=64)
+
+
+class RuleError(BaseModel):
+    line: int | None = Field(description="Line in the YAML text.")
+    field: str = Field(description="The field, e.g. event.window.")
+    message: str = Field(description="What is wrong.")
+
+
+class Validation(BaseModel):
+    valid: bool
+    errors: list[RuleError]
+
+
+class Outcome(BaseModel):
+    name: str
+    outcome: Literal["created", "updated", "unchanged", "deleted"]
+
+
+class Changed(BaseModel):
+    changed: bool = Field(description="False when it already was so.")
+
+
+# -- artifacts -------------------------------------------------------------------------------
+class ArtifactCreate(Input):
+    name: str = Field(description="The artifact collection.", max_length=256)
+    type: str = Field(description="Its type (dataset, model, …).", max_length=256)
+    metadata: dict[str, Any] | None = Field(None, description="A JSON object.")
+    aliases: list[Annotated[str, Field(max_length=256)]] = Field([], description="Aliases besides `latest`.")
+    tags: list[Annotated[str, Field(max_length=256)]] = Field([], description="Tags.")
+    digest: str | None = Field(
+        None, description="Content digest (default: sha256 of the metadata).", max_length=256
+    )
+
+
+class ArtifactOut(BaseModel):
+    id: int
+    project: str
+    collection: str
+    type: str
+    version_index: int
+    version: str = Field(description="entity/project/collection:vN")
+    digest: str
+    metadata: dict[str, Any]
+
+
+class AliasIn(Input):
+    alias: str = Field(max_length=256, description="The alias (moved from the version that held it).")
+
+
+class TagIn(Input):
+    tag: str = Field(max_length=256, description="The tag.")
+
+
+class LinkIn(Input):
+    registry: str = Field(max_length=128, description="The registry.")
+    collection: str = Field(max_length=256, description="The registry collection.")
+    aliases: list[Annotated[str, Field(max_length=256)]] = Field([], description="Aliases besides `latest`.")
+
+
+class LinkOut(BaseModel):
+    id: int
+    registry: str
+    collection: str
+    version_index: int
+    version: str = Field(description="registry/collection:vN")
+    artifact: ArtifactOut
+
+
+# -- history ---------------------------------------------------------------------------------
+class Page(BaseModel):
+    rows: list[dict[str, Any]] = Field(description="Rows, newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: str
+    checked_at: datetime

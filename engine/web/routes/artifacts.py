@@ -1,0 +1,130 @@
+"""Artifact versions: read one; add an alias or a tag; link it into a registry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import psycopg
+from fastapi import APIRouter, Depends
+
+from engine import clock
+from engine.sdk import artifacts
+from engine.sdk.artifacts import ArtifactVersion
+from engine.web import deps
+from engine.web.auth import Principal, access, project_in_path, project_in_path_and_registry_in_body
+from engine.web.models import AliasIn, ArtifactOut, Changed, LinkIn, LinkOut, TagIn
+
+router = APIRouter(tags=["artifacts"])
+Conn = Annotated[psycopg.Connection, Depends(deps.connection)]
+VERSION = "/artifacts/{entity}/{project}/{collection}/{version}"
+
+
+def artifact_out(v: ArtifactVersion) -> ArtifactOut:
+    return ArtifactOut(
+        id=v.id,
+        project=v.project,
+        collection=v.collection,
+        type=v.type,
+        version_index=v.version_index,
+        version=v.version_string,
+        digest=v.digest,
+        metadata=v.metadata,
+    )
+
+
+def _find(
+    conn: psycopg.Connection, entity: str, project: str, collection: str, version: str
+) -> ArtifactVersion:
+    """`version`: an index (`3`, `v3`) or an alias (`latest`)."""
+    which: int | str = int(version) if version.isdigit() else version
+    return artifacts.find_version(conn, f"{entity}/{project}", collection, which)
+
+
+@router.get(VERSION, dependencies=[access("read", project_in_path)])
+def get_version(entity: str, project: str, collection: str, version: str, conn: Conn) -> ArtifactOut:
+    """A stored version, by index (`3`, `v3`) or alias (`latest`)."""
+    return artifact_out(_find(conn, entity, project, collection, version))
+
+
+@router.post(VERSION + "/aliases")
+def add_alias(
+    entity: str,
+    project: str,
+    collection: str,
+    version: str,
+    body: AliasIn,
+    conn: Conn,
+    principal: Principal = access("ingest", project_in_path),
+) -> Changed:
+    """Give the alias to this version (moving it from the version that held it)."""
+    with conn.transaction():
+        v = _find(conn, entity, project, collection, version)
+        return Changed(
+            changed=artifacts.set_alias(conn, v.id, body.alias, author=principal.author, at=clock.now())
+        )
+
+
+@router.delete(VERSION + "/aliases/{alias}", dependencies=[access("ingest", project_in_path)])
+def remove_alias(entity: str, project: str, collection: str, version: str, alias: str, conn: Conn) -> Changed:
+    """Take the alias off this version (`latest` cannot be removed)."""
+    with conn.transaction():
+        v = _find(conn, entity, project, collection, version)
+        return Changed(changed=artifacts.remove_alias(conn, v.id, alias))
+
+
+@router.delete(VERSION + "/tags/{tag}", dependencies=[access("ingest", project_in_path)])
+def remove_tag(entity: str, project: str, collection: str, version: str, tag: str, conn: Conn) -> Changed:
+    """Take the tag off this version."""
+    with conn.transaction():
+        v = _find(conn, entity, project, collection, version)
+        return Changed(changed=artifacts.remove_tag(conn, v.id, tag))
+
+
+@router.post(VERSION + "/tags")
+def add_tag(
+    entity: str,
+    project: str,
+    collection: str,
+    version: str,
+    body: TagIn,
+    conn: Conn,
+    principal: Principal = access("ingest", project_in_path),
+) -> Changed:
+    """Tag this version."""
+    with conn.transaction():
+        v = _find(conn, entity, project, collection, version)
+        return Changed(
+            changed=artifacts.add_tag(conn, v.id, body.tag, author=principal.author, at=clock.now())
+        )
+
+
+@router.post(VERSION + "/links", status_code=201)
+def link(
+    entity: str,
+    project: str,
+    collection: str,
+    version: str,
+    body: LinkIn,
+    conn: Conn,
+    principal: Principal = access("ingest", project_in_path_and_registry_in_body, body=True),
+) -> LinkOut:
+    """Link this version into a registry collection (linking it again returns the same link)."""
+    with conn.transaction():
+        v = _find(conn, entity, project, collection, version)
+        made = artifacts.link(
+            conn,
+            v,
+            registry=body.registry,
+            collection=body.collection,
+            aliases=body.aliases,
+            author=principal.author,
+            at=clock.now(),
+        )
+    return LinkOut(
+        id=made.id,
+        registry=made.registry,
+        collection=made.collection,
+        version_index=made.version_index,
+        version=made.version_string,
+        artifact=artifact_out(made.version),
+    )

@@ -1,0 +1,164 @@
+"""Runs over HTTP: create or resume, log a batch, finish, kill; an artifact version of a run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import psycopg
+from fastapi import APIRouter, Depends, Request, Response
+
+from engine import clock
+from engine.sdk import artifacts
+from engine.web import deps, ingest
+from engine.web.auth import Invalid, Principal, access, project_in_body, project_in_path
+from engine.web.models import (
+    ArtifactCreate,
+    ArtifactOut,
+    Finish,
+    LogBatch,
+    LogOut,
+    RunCreate,
+    RunOut,
+    StateOut,
+)
+from engine.web.routes.artifacts import artifact_out
+
+router = APIRouter(tags=["runs"])
+Conn = Annotated[psycopg.Connection, Depends(deps.connection)]
+RUN = "/runs/{entity}/{project}/{run_id}"
+
+
+@router.post(
+    "/runs",
+    status_code=201,
+    responses={200: {"model": RunOut, "description": "Resumed."}},
+    dependencies=[access("ingest", project_in_body, body=True)],
+)
+def create_run(body: RunCreate, conn: Conn, response: Response) -> RunOut:
+    """Start a run (201), or with `resume` continue the run `id` (200 when it existed)."""
+    with _fields("project", "name", "id", "config", "tags"):
+        opened = ingest.open_run(
+            conn,
+            project=body.project,
+            name=body.name,
+            user=body.user,
+            run_id=body.id,
+            config=body.config,
+            tags=body.tags,
+            resume=body.resume,
+        )
+    if not opened.created:
+        response.status_code = 200
+    return RunOut(
+        id=opened.id, project=opened.project, name=opened.name, user=opened.user, state=opened.state
+    )
+
+
+@router.post(RUN + "/log", dependencies=[access("ingest", project_in_path)])
+def log(entity: str, project: str, run_id: str, body: LogBatch, conn: Conn, request: Request) -> LogOut:
+    """Store a batch of rows, each like one `run.log` call, once: a batch id stored before is
+    not stored again (`duplicate`), so a client may retry a batch freely."""
+    run = ingest.find_run(conn, entity, project, run_id)
+    if run.state != "running":
+        raise Invalid(
+            ("path", "run_id"), f"run {run_id!r} is {run.state}: resume it (POST /runs with resume) to log"
+        )
+    rows = []
+    total = 0
+    for index, row in enumerate(body.rows):
+        for key in row.values:
+            try:
+                ingest.check_key(key)
+            except (TypeError, ValueError) as exc:
+                raise Invalid(("body", "rows", index, "values", key), str(exc)) from None
+        total += len(row.values)
+        rows.append((row.time, row.step, tuple(row.values), tuple(row.values.values())))
+    if total > ingest.MAX_BATCH_POINTS:
+        raise Invalid(("body", "rows"), f"a batch holds at most {ingest.MAX_BATCH_POINTS} points; split it")
+    stored = ingest.store_batch(
+        conn, run, f"{entity}/{project}/{run_id}", body.batch_id, rows, request.app.state.settings
+    )
+    return LogOut(**stored.__dict__)
+
+
+@router.post(RUN + "/finish")
+def finish(
+    entity: str,
+    project: str,
+    run_id: str,
+    body: Finish,
+    conn: Conn,
+    principal: Principal = access("ingest", project_in_path),
+) -> StateOut:
+    """End a running run: `finished` (exit code 0) or `failed`."""
+    run = ingest.find_run(conn, entity, project, run_id)
+    to_state = "finished" if body.exit_code == 0 else "failed"
+    changed = ingest.change_state(conn, run, ("running",), to_state, body.exit_code, principal.author)
+    return StateOut(
+        id=run_id,
+        state=to_state if changed else ingest.find_run(conn, entity, project, run_id).state,
+        changed=changed,
+    )
+
+
+@router.post(RUN + "/kill")
+def kill(
+    entity: str,
+    project: str,
+    run_id: str,
+    conn: Conn,
+    principal: Principal = access("admin", project_in_path),
+) -> StateOut:
+    """Mark a running run `killed` (it never triggers automations)."""
+    run = ingest.find_run(conn, entity, project, run_id)
+    changed = ingest.change_state(conn, run, ("running",), "killed", None, principal.author)
+    return StateOut(id=run_id, state="killed" if changed else run.state, changed=changed)
+
+
+@router.post(RUN + "/artifacts", status_code=201)
+def log_artifact(
+    entity: str,
+    project: str,
+    run_id: str,
+    body: ArtifactCreate,
+    conn: Conn,
+    principal: Principal = access("ingest", project_in_path),
+) -> ArtifactOut:
+    """A new version of the collection `name`, produced by the run; `latest` and `aliases` point to it."""
+    run = ingest.find_run(conn, entity, project, run_id)
+    with _fields("name", "type", "metadata", "aliases", "tags", "digest"), conn.transaction():
+        version = artifacts.create_version(
+            conn,
+            project_id=run.project_id,
+            project=f"{entity}/{project}",
+            name=body.name,
+            type=body.type,
+            metadata=body.metadata,
+            aliases=body.aliases,
+            tags=body.tags,
+            digest=body.digest,
+            run_pk=run.pk,
+            author=principal.author,
+            at=clock.now(),
+        )
+    return artifact_out(version)
+
+
+class _fields:
+    """SDK checks raise ValueError/TypeError naming the field in words: 422 on the body."""
+
+    def __init__(self, *names: str):
+        self.names = names
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if (
+            exc_type is not None
+            and issubclass(exc_type, (TypeError, ValueError))
+            and not isinstance(exc, Invalid)
+        ):
+            message = str(exc)
+            field = next((n for n in self.names if n in message.lower()), self.names[0])
+            raise Invalid(("body", field), message) from exc

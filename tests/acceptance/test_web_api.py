@@ -1,0 +1,233 @@
+"""The routes of `engine web` doing their job, over real HTTP: runs and log batches (stored
+once however often they are sent), artifacts, automations, history pages, deliveries,
+explanations, health, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+
+from tests.acceptance.web_helpers import RULE, TwoTeams, WebProcess, make_key
+from tests.integration.actions_helpers import fire
+
+RUN = "/api/v1/runs/acme/vision/r1"
+
+
+def points(conn, run_id: str) -> list[tuple]:
+    return conn.execute(
+        "SELECT k.key, m.step, m.value FROM metric_points m JOIN metric_keys k ON k.id = m.key_id "
+        "JOIN runs r ON r.id = m.run_pk WHERE r.run_id = %s ORDER BY m.seq",
+        (run_id,),
+    ).fetchall()
+
+
+def test_runs_and_log_batches_are_stored_once_however_often_they_are_sent(conn, database_url, tmp_path):
+    key = make_key(conn, "trainer", "ingest", "acme/*")
+    with WebProcess(database_url, tmp_path / "web.log") as web, web.client(key) as http:
+        made = http.post(
+            "/api/v1/runs", json={"project": "acme/vision", "id": "r1", "name": "resnet", "user": "alice"}
+        )
+        assert made.status_code == 201, made.text
+        assert made.json() == {
+            "id": "r1",
+            "project": "acme/vision",
+            "name": "resnet",
+            "user": "alice",
+            "state": "running",
+        }
+
+        batch = {"batch_id": "b-1", "rows": [
+            {"values": {"loss": 0.5, "acc": "NaN"}},
+            {"step": 5, "values": {"loss": "Infinity", "acc": "-Infinity"}},
+            {"step": 3, "values": {"loss": 0.1}},  # lower than 5: dropped, as run.log drops it
+            {"values": {"loss": 0.25}},
+        ]}  # fmt: skip
+        first = http.post(RUN + "/log", json=batch)
+        assert first.status_code == 200, first.text
+        assert first.json() == {
+            "batch_id": "b-1",
+            "duplicate": False,
+            "points": 5,
+            "dropped_rows": [2],
+            "step": 6,
+        }
+        # the client lost the answer and retries, several times at once: stored once
+        with ThreadPoolExecutor(5) as pool:
+            again = list(pool.map(lambda _: http.post(RUN + "/log", json=batch), range(5)))
+        assert all(r.status_code == 200 and r.json()["duplicate"] for r in again), [r.text for r in again]
+        stored = points(conn, "r1")
+        assert [(k, s) for k, s, _ in stored] == [
+            ("loss", 0),
+            ("acc", 0),
+            ("loss", 5),
+            ("acc", 5),
+            ("loss", 6),
+        ]
+        assert math.isnan(stored[1][2]) and stored[2][2] == math.inf and stored[3][2] == -math.inf
+
+        # bad input: 422 naming the field, nothing stored
+        bad = http.post(RUN + "/log", json={"batch_id": "b-2", "rows": [{"values": {"loss": "high"}}]})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "rows.0.values.loss", bad.text
+        bad = http.post(RUN + "/log", json={"batch_id": "b-2", "rows": [{"values": {"system/cpu": 1}}]})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "rows.0.values.system/cpu"
+        bad = http.post(RUN + "/log", json={"batch_id": "b-2", "rows": [{"step": -1, "values": {}}]})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "rows.0.step"
+        assert len(points(conn, "r1")) == 5
+        missing = http.post("/api/v1/runs/acme/vision/nope/log", json={"batch_id": "x", "rows": []})
+        assert missing.status_code == 404 and "no run 'nope'" in missing.json()["detail"]
+
+        finished = http.post(RUN + "/finish", json={"exit_code": 0})
+        assert finished.json() == {"id": "r1", "state": "finished", "changed": True}
+        late = http.post(RUN + "/log", json={"batch_id": "b-3", "rows": [{"values": {"loss": 1}}]})
+        assert late.status_code == 422 and "is finished" in late.json()["detail"]
+        resumed = http.post("/api/v1/runs", json={"project": "acme/vision", "id": "r1", "resume": True})
+        assert resumed.status_code == 200 and resumed.json()["state"] == "running"
+        after = http.post(RUN + "/log", json={"batch_id": "b-3", "rows": [{"values": {"loss": 1}}]})
+        assert after.json()["step"] == 7  # continues after the stored steps
+        killed = http.post(RUN + "/kill")
+        assert killed.status_code == 403  # an ingest key may not kill
+
+        version = http.post(
+            RUN + "/artifacts", json={"name": "mnist", "type": "dataset", "aliases": ["candidate"]}
+        )
+        assert version.status_code == 201 and version.json()["version"] == "acme/vision/mnist:v0", (
+            version.text
+        )
+        base = "/api/v1/artifacts/acme/vision/mnist"
+        assert http.post(base + "/candidate/aliases", json={"alias": "production"}).json() == {
+            "changed": True
+        }
+        assert http.post(base + "/v0/tags", json={"tag": "europe"}).json() == {"changed": True}
+        assert http.post(base + "/v0/tags", json={"tag": "europe"}).json() == {"changed": False}
+        assert http.post(base + "/v0/tags", json={"tag": "old"}).json() == {"changed": True}
+        assert http.delete(base + "/v0/tags/old").json() == {"changed": True}
+        assert http.delete(base + "/v0/tags/old").json() == {"changed": False}
+        assert http.delete(base + "/v0/aliases/candidate").json() == {"changed": True}
+        assert http.delete(base + "/v0/aliases/latest").status_code == 422
+        assert conn.execute("SELECT array_agg(alias ORDER BY alias) FROM artifact_aliases").fetchone() == (
+            ["latest", "production"],
+        )
+        assert conn.execute("SELECT array_agg(tag) FROM artifact_tags").fetchone() == (["europe"],)
+        refused = http.post(base + "/v0/links", json={"registry": "model", "collection": "resnet"})
+        assert refused.status_code == 403  # registry:model is not among the key's scopes
+        assert http.get(base + "/latest").status_code == 403  # reading needs the read role
+        (author,) = conn.execute("SELECT author FROM events WHERE type = 'artifact_tag_added'").fetchone()
+        assert author == "key:trainer"
+    assert conn.execute("SELECT last_used_at IS NOT NULL FROM api_keys").fetchone() == (True,)
+
+
+def test_automations_history_deliveries_and_explanations(conn, database_url, tmp_path):
+    teams = TwoTeams(conn)
+    admin = make_key(conn, "ci", "admin", "acme/*")
+    reader = make_key(conn, "analyst", "read", "acme/*", "registry:model")
+    (acme_id,) = conn.execute("SELECT id FROM automations WHERE name = 'acme-rule'").fetchone()
+    (run_pk,) = conn.execute("SELECT id FROM runs WHERE run_id = 'run-a'").fetchone()
+    action = {"type": "webhook", "url": "https://hooks.example.com/x", "max_attempts": 1}
+    fired = [fire(conn, acme_id, [action], run_pk=run_pk, step=s) for s in range(5)]
+    with (
+        WebProcess(database_url, tmp_path / "web.log") as web,
+        web.client(admin) as ci,
+        web.client(reader) as analyst,
+    ):
+        # history: newest first, pages joined by the cursor, only the key's projects
+        seen, cursor = [], None
+        while True:
+            page = analyst.get(
+                "/api/v1/history", params={"limit": 2, **({"cursor": cursor} if cursor else {})}
+            ).json()
+            seen += page["rows"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert [r["trigger_id"] for r in seen] == sorted((t for t, _ in fired), reverse=True)
+        assert {r["automation"] for r in seen} == {"acme-rule"} and teams.trigger_id not in {
+            r["trigger_id"] for r in seen
+        }
+        assert set(seen[0]) >= {"trigger_id", "fired_at", "automation", "event_type", "entity", "project", "run_id",
+                                "metric", "value", "step", "delivery_status", "attempts"}  # fmt: skip
+        assert analyst.get("/api/v1/history", params={"project": "other/proj"}).json()["rows"] == []
+        assert analyst.get("/api/v1/history", params={"cursor": "garbage"}).status_code == 422
+        assert (
+            analyst.get("/api/v1/history", params={"since": "yesterday-ish"}).json()["errors"][0]["field"]
+            == "since"
+        )
+
+        deliveries = analyst.get("/api/v1/deliveries").json()
+        assert len(deliveries) == 5 and {d["automation"] for d in deliveries} == {"acme-rule"}
+        delivery_id = deliveries[0]["id"]
+        assert analyst.post(f"/api/v1/deliveries/{delivery_id}/redeliver").status_code == 403
+        redo = ci.post(f"/api/v1/deliveries/{delivery_id}/redeliver")
+        assert redo.status_code == 200 and redo.json()["status"] == "pending", redo.text
+
+        why = analyst.get(f"/api/v1/triggers/{fired[0][0]}/explain")
+        assert why.status_code == 200 and why.json()["trigger_id"] == fired[0][0], why.text
+        assert analyst.get("/api/v1/triggers/999999/explain").status_code == 404
+
+        # automations: validate names line and field; apply and prune only inside the key's scopes
+        invalid = analyst.post(
+            "/api/v1/automations/validate",
+            json={"yaml": RULE.format(name="x", project="acme/vision").replace("window: 1", "window: 0")},
+        )
+        assert invalid.json()["valid"] is False
+        assert invalid.json()["errors"][0] | {"message": ""} == {
+            "line": 3,
+            "field": "event.window",
+            "message": "",
+        }
+        new = RULE.format(name="acme-new", project="acme/vision")
+        applied = ci.post("/api/v1/automations/apply", json={"yaml": new, "prune": True})
+        assert applied.status_code == 200, applied.text
+        assert sorted((o["name"], o["outcome"]) for o in applied.json()) == [
+            ("acme-new", "created"),
+            ("acme-rule", "deleted"),
+        ]
+        names = [a["name"] for a in analyst.get("/api/v1/automations").json()]
+        assert names == ["acme-new"]  # other-rule still exists, but is not the analyst's to see
+        assert conn.execute(
+            "SELECT deleted_at IS NULL FROM automations WHERE name = 'other-rule'"
+        ).fetchone() == (True,)
+        assert analyst.get("/api/v1/automations/acme-new").json()["rule"]["scope"]["project"] == "acme/vision"
+        assert ci.post("/api/v1/automations/acme-new/disable").json() == {"changed": True}
+        assert ci.post("/api/v1/automations/acme-new/enable").json() == {"changed": True}
+        assert ci.delete("/api/v1/automations/acme-new").json() == {"changed": True}
+        gone = analyst.get("/api/v1/automations/acme-new")
+        assert gone.status_code == 404 and "acme-new" in gone.json()["detail"]
+        tried = analyst.post("/api/v1/automations/backtest", json={"yaml": new, "since": "30d"})
+        assert tried.status_code == 200 and tried.json()[0]["automation"] == "acme-new", tried.text
+
+        with web.client() as anonymous:
+            assert anonymous.get("/healthz").json()["status"] == "ok"
+            metrics = anonymous.get("/metrics").text
+            assert 'engine_web_requests_total{method="GET",route="/history",status="200"}' in metrics
+            document = anonymous.get("/openapi.json").json()
+            assert {"/api/v1/runs", "/api/v1/runs/{entity}/{project}/{run_id}/log", "/api/v1/history"} <= set(
+                document["paths"]
+            )
+            assert "HTTPBearer" in document["components"]["securitySchemes"]
+
+
+def test_several_worker_processes_each_hold_one_bounded_pool(conn, database_url, tmp_path):
+    key = make_key(conn, "trainer", "ingest", "acme/*")
+    with WebProcess(database_url, tmp_path / "web.log", workers=2, ENGINE_WEB_POOL_SIZE="3") as web:
+        with web.client(key) as http:
+            assert http.post("/api/v1/runs", json={"project": "acme/vision", "id": "w1"}).status_code == 201
+
+            def send(i: int) -> int:
+                batch = {"batch_id": f"b{i}", "rows": [{"values": {"loss": i / 10}}]}
+                return http.post("/api/v1/runs/acme/vision/w1/log", json=batch).status_code
+
+            with ThreadPoolExecutor(16) as pool:
+                assert set(pool.map(send, range(64))) == {200}
+            (connections,) = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'engine-web' AND datname = current_database()"
+            ).fetchone()
+        assert 1 <= connections <= 2 * 3
+        workers = [
+            p for p in psutil.Process(web.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())
+        ]
+        assert len(workers) == 2, [p.cmdline() for p in psutil.Process(web.proc.pid).children()]
+    stored = points(conn, "w1")  # each batch once, numbered in the order the processes stored them
+    assert [s for _, s, _ in stored] == list(range(64))
+    assert sorted(v for _, _, v in stored) == [i / 10 for i in range(64)]
