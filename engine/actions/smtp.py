@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import email.policy
 import smtplib
 import socket
 import ssl
@@ -47,6 +48,9 @@ from engine.rules.actions import EmailAction, mailbox_problem
 from engine.settings import Settings
 
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
+# Headers are not folded below SMTP's limit of 998: Python folds a long Subject right after
+# its colon, which some clients show as a leading space.
+_POLICY = email.policy.SMTP.clone(max_line_length=998)
 _SUBJECT_MAX = 200
 
 
@@ -158,7 +162,7 @@ def build_message(
         if link(ctx):
             lines.append(f"Run page: {link(ctx)}")
         body = "\n".join([*lines, "", footer(ctx)]).strip() + "\n"
-    message = EmailMessage()
+    message = EmailMessage(policy=_POLICY)
     message["From"] = sender
     message["To"] = ", ".join(to)
     if cc:
@@ -254,6 +258,9 @@ def _deliver(
         _PinnedTLS(timeout=timeout, context=context) if server.scheme == "smtps" else _Pinned(timeout=timeout)
     )
     conn.pins = pins
+    # The TLS server name: smtplib takes it from the host given to its constructor, which
+    # would connect at once, before the pins are set.
+    conn._host = server.host
     with conn:
         conn.connect(server.host, server.port)
         conn.ehlo()
