@@ -48,12 +48,13 @@ _CONTENT_MAX, _TITLE_MAX, _DESCRIPTION_MAX, _FIELDS_MAX, _NAME_MAX, _VALUE_MAX, 
     1024,
     2048,
 )
-_MARKDOWN = re.compile(r"([\\*_~`|>\[\]])")
+_MARKDOWN = re.compile(r"([\\*_~`|>])")
 
 
 def escape_markdown(text: str) -> str:
-    """A value shown as written: Discord's markdown characters backslash-escaped."""
-    return _MARKDOWN.sub(r"\\\1", text)
+    """A value shown as written: Discord's markdown characters backslash-escaped, and
+    `](` broken so that a value cannot become a masked link."""
+    return _MARKDOWN.sub(r"\\\1", text).replace("](", "]\\(")
 
 
 def build_message(action: DiscordAction, ctx: Mapping[str, str]) -> dict[str, Any]:
