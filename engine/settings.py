@@ -106,7 +106,9 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = Field(
         None, description="Password of the SMTP user named in ENGINE_SMTP_URL (never logged)."
     )
-    smtp_from: str = Field("", description="Sender address (From) of `email` actions.")
+    smtp_from: str = Field(
+        "", description="Sender (From) of `email` actions: an address, or `Name <address>`."
+    )
     smtp_ca_file: Path | None = Field(
         None, description="A PEM file of CA certificates to trust for the SMTP server, besides the system's."
     )

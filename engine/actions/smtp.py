@@ -30,7 +30,7 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, formataddr, parseaddr
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,7 @@ class _Pinned(smtplib.SMTP):
 
     pins: Sequence[str] = ()
     data_reply: tuple[int, bytes] | None = None
+    _host: str  # smtplib's, undeclared in its stubs
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         failures = []
@@ -169,7 +170,7 @@ def build_message(
         message["Cc"] = ", ".join(cc)
     message["Subject"] = cut(header_value(subject) or "automation fired", _SUBJECT_MAX)
     message["Date"] = format_datetime(clock.now())
-    message["Message-ID"] = f"<{delivery_id}@{sender.rpartition('@')[2]}>"
+    message["Message-ID"] = f"<{delivery_id}@{parseaddr(sender)[1].rpartition('@')[2]}>"
     message["X-Automation-Delivery"] = delivery_id
     message.set_content(body)
     return message
@@ -187,15 +188,15 @@ def send(
     delivery_id: str, action: EmailAction, ctx: Mapping[str, str], secrets: Secrets, settings: Settings
 ) -> Attempt:
     server = parse_server(settings.smtp_url)
-    sender = settings.smtp_from
-    if mailbox_problem(sender):
-        raise PermanentDeliveryError(
-            f"ENGINE_SMTP_FROM {sender!r} {mailbox_problem(sender)}"
-            if sender
-            else "ENGINE_SMTP_FROM is not set"
-        )
+    if not settings.smtp_from:
+        raise PermanentDeliveryError("ENGINE_SMTP_FROM is not set (needed by email actions)")
+    # `ML alerts <alerts@example.com>` or a bare address; the envelope takes the address.
+    display, sender = parseaddr(settings.smtp_from)
+    problem = mailbox_problem(sender)
+    if problem:
+        raise PermanentDeliveryError(f"ENGINE_SMTP_FROM {settings.smtp_from!r}: the address {problem}")
     to, cc = _recipients(action.to, "to", ctx), _recipients(action.cc, "cc", ctx)
-    message = build_message(delivery_id, action, ctx, sender, to, cc)
+    message = build_message(delivery_id, action, ctx, formataddr((display, sender)), to, cc)
     record: dict[str, Any] = {"url": server.address, "from": sender, "to": to, "subject": message["Subject"]}
     if cc:
         record["cc"] = cc

@@ -34,7 +34,7 @@ def email_settings(database_url: str, smtp_url: str, ca_file: Path | None, **mor
         retry_base_seconds=0.05,
         smtp_url=smtp_url,
         smtp_password=PASSWORD,
-        smtp_from="engine@example.com",
+        smtp_from="ML alerts <engine@example.com>",
         smtp_ca_file=ca_file,
         **more,
     )
@@ -72,6 +72,7 @@ def test_starttls_and_auth_deliver_a_message_that_says_what_fired(conn, database
     assert mail.recipients == ["ml-team@example.com", "alice@example.com"]
     message = mail.message
     assert message["To"] == "ml-team@example.com" and message["Cc"] == "alice@example.com"
+    assert message["From"] == "ML alerts <engine@example.com>"
     assert message["Subject"].startswith("mail-") and "avg(accuracy) over 3 > 0.6" in message["Subject"]
     assert message["Message-ID"] == f"<{delivery_id}@example.com>"
     assert message["X-Automation-Delivery"] == str(delivery_id)
