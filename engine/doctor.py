@@ -40,7 +40,8 @@ import psycopg
 
 from engine import clock, db
 from engine.actions import ssrf
-from engine.actions.secrets import read_env
+from engine.actions.secrets import SECRET_FIELDS, read_env
+from engine.actions.smtp import parse_server
 from engine.db import connect, edited_migrations, migrations, one_row, pending_migrations
 from engine.demo.rules import PREFIX as DEMO_PREFIX
 from engine.exceptions import (
@@ -440,26 +441,39 @@ def _targets(
 ) -> list[Check]:
     hosts: dict[tuple[str, str, int], list[str]] = {}
     secrets: dict[str, list[str]] = {}
+    mailers: list[str] = []
     for automation in automations:
         action = automation.action
         for field, ref in _secret_refs(action):
             secrets.setdefault(ref, []).append(f"{field} of {automation.name}")
-        if action.type == "webhook":
+        if action.type in ("webhook", "pagerduty"):
             url = urlsplit(action.url)
-            port = url.port or (443 if url.scheme == "https" else 80)
-            hosts.setdefault((url.scheme, url.hostname or "", port), []).append(automation.name)
-    checks = [
+            if "$" not in (url.hostname or ""):  # a templated host is judged once rendered
+                port = url.port or (443 if url.scheme == "https" else 80)
+                hosts.setdefault((url.scheme, url.hostname or "", port), []).append(automation.name)
+        elif action.type == "email":
+            mailers.append(automation.name)
+    checks = []
+    if mailers:  # the SMTP server is the service's: reached like a webhook target
+        try:
+            server = parse_server(settings.smtp_url)
+        except PermanentDeliveryError as exc:
+            fix = "set ENGINE_SMTP_URL (and ENGINE_SMTP_FROM) where `engine serve` runs"
+            checks.append(Check(f"SMTP server ({', '.join(mailers)})", "fail", str(exc), fix))
+        else:
+            hosts.setdefault((server.scheme, server.host, server.port), []).extend(mailers)
+    checks += [
         _reach(scheme, host, port, users, settings, timeout)
         for (scheme, host, port), users in sorted(hosts.items())
     ]
     checks += [_secret(name, users) for name, users in sorted(secrets.items())]
     if not checks:
-        return [Check("action targets", "ok", f"no webhook or Slack actions in the {source}")]
+        return [Check("action targets", "ok", f"no actions that send in the {source}")]
     return checks
 
 
 def _secret_refs(action: Any) -> Iterator[tuple[str, str]]:
-    for field in ("access_token", "secret", "webhook_url", "token"):
+    for field in SECRET_FIELDS:
         ref = getattr(action, field, None)
         if ref is not None:
             yield field, ref.env
@@ -467,7 +481,8 @@ def _secret_refs(action: Any) -> Iterator[tuple[str, str]]:
 
 def _reach(scheme: str, host: str, port: int, users: list[str], settings: Settings, timeout: float) -> Check:
     shown = f"[{host}]" if ":" in host else host
-    name = f"webhook target {scheme}://{shown}:{port} ({', '.join(users)})"
+    what = "SMTP server" if scheme in ("smtp", "smtps") else "webhook target"
+    name = f"{what} {scheme}://{shown}:{port} ({', '.join(users)})"
     try:
         addresses = ssrf.check_target(host, port, settings.webhook_allow_hosts)
     except PermanentDeliveryError as exc:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -97,6 +97,20 @@ class Settings(BaseSettings):
     slack_api_url: str = Field(
         "https://slack.com/api/",
         description="Base URL of the Slack Web API used by `token` + `channel` Slack actions.",
+    )
+    smtp_url: str = Field(
+        "",
+        description="SMTP server of `email` actions: smtp://[user@]host[:port] (STARTTLS whenever offered; "
+        "?starttls=required refuses a server without it) or smtps://[user@]host[:port] (implicit TLS).",
+    )
+    smtp_password: SecretStr | None = Field(
+        None, description="Password of the SMTP user named in ENGINE_SMTP_URL (never logged)."
+    )
+    smtp_from: str = Field(
+        "", description="Sender (From) of `email` actions: an address, or `Name <address>`."
+    )
+    smtp_ca_file: Path | None = Field(
+        None, description="A PEM file of CA certificates to trust for the SMTP server, besides the system's."
     )
     base_url: str = Field(
         "",

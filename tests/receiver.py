@@ -1,5 +1,7 @@
 """The one webhook receiver of the tests (and benches): a real HTTP server on 127.0.0.1 (or
-::1, or over TLS) that records every request and answers from a script.
+::1, or over TLS) that records every request and answers from a script. And its SMTP
+counterpart (`SmtpReceiver`, aiosmtpd in a thread: STARTTLS or implicit TLS, AUTH, scripted
+answers), with `make_certificate` for a throwaway TLS certificate.
 
     with Receiver(Reply(500), Reply(200)) as rx:       # 500 first, then 200 for ever
         post(rx.url())
@@ -20,12 +22,16 @@ import json
 import socket
 import ssl
 import struct
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 
 
@@ -195,6 +201,161 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def make_certificate(folder: Path, name: str = "localhost") -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for `name` (and its key), made by openssl; the
+    certificate doubles as the CA file a client trusts."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            f"subjectAltName=DNS:{name}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@dataclass
+class Mail:
+    """One message an SmtpReceiver accepted (or answered), as the client sent it."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+    tls: bool  # the session was encrypted (STARTTLS or implicit TLS)
+    login: str | None  # the user that logged in
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = message_from_bytes(self.data, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+class SmtpReceiver:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that records what it gets and answers DATA
+    from a script (the answers given are used in order, the last one repeats; `None`: accept).
+
+        with SmtpReceiver(tls=context, users={"bot": "pw"}) as smtp:    # STARTTLS + AUTH required
+            ...; smtp.wait_for(1)[0].message["Subject"]
+
+    `tls` with `implicit=True` speaks TLS from the first byte (smtps://); without `tls` the
+    server offers no STARTTLS. `users` makes AUTH (PLAIN, LOGIN) required, over TLS only.
+    """
+
+    def __init__(
+        self,
+        *data_answers: str | None,
+        tls: ssl.SSLContext | None = None,
+        implicit: bool = False,
+        users: dict[str, str] | None = None,
+        rcpt_answer: Callable[[str], str | None] | None = None,
+    ):
+        from aiosmtpd.controller import Controller  # a dev dependency: only the SMTP tests need it
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        self.mails: list[Mail] = []
+        self.logins: list[tuple[str, bool]] = []  # (user, accepted)
+        self._answers = list(data_answers) or [None]
+        self._lock = threading.Lock()
+        self.arrived = threading.Condition()
+        users = users or {}
+
+        def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+            ok = isinstance(data, LoginPassword) and users.get(data.login.decode()) == data.password.decode()
+            login = data.login.decode() if isinstance(data, LoginPassword) else ""
+            with self._lock:
+                self.logins.append((login, ok))
+            return AuthResult(success=ok, handled=False, auth_data=data)
+
+        receiver = self
+
+        class Handler:
+            async def handle_RCPT(
+                self, server: Any, session: Any, envelope: Any, address: str, options: Any
+            ) -> str:
+                answer = rcpt_answer(address) if rcpt_answer else None
+                if answer is None:
+                    envelope.rcpt_tos.append(address)
+                    return "250 OK"
+                return answer
+
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                with receiver._lock:
+                    answer = receiver._answers.pop(0) if len(receiver._answers) > 1 else receiver._answers[0]
+                    receiver.mails.append(
+                        Mail(
+                            envelope.mail_from,
+                            list(envelope.rcpt_tos),
+                            envelope.original_content or envelope.content,
+                            implicit or session.ssl is not None,
+                            session.auth_data.login.decode()
+                            if isinstance(session.auth_data, LoginPassword)
+                            else None,
+                        )
+                    )
+                with receiver.arrived:
+                    receiver.arrived.notify_all()
+                return answer or "250 2.0.0 OK queued as TEST1"
+
+        options: dict[str, Any] = {}
+        if tls is not None and implicit:
+            options["ssl_context"] = tls
+        elif tls is not None:
+            options |= {"tls_context": tls, "require_starttls": True}
+        if users:
+            # Implicit TLS is not a session aiosmtpd counts as TLS (the socket is TLS all the same),
+            # so there AUTH is offered without being required (aiosmtpd warns at the pairing).
+            options |= {
+                "authenticator": authenticator,
+                "auth_required": not implicit,
+                "auth_require_tls": not implicit,
+            }
+        self.port = free_port()
+        self.scheme = "smtps" if implicit else "smtp"
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **options)
+
+    def url(self, user: str | None = None, host: str = "localhost", query: str = "") -> str:
+        """ENGINE_SMTP_URL of this server (by the name its certificate is for)."""
+        return f"{self.scheme}://{f'{user}@' if user else ''}{host}:{self.port}" + (
+            f"?{query}" if query else ""
+        )
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Mail]:
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: len(self.mails) >= count, timeout):
+                raise AssertionError(f"expected {count} messages, got {len(self.mails)}")
+        return self.mails
+
+    def __enter__(self) -> SmtpReceiver:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
 
 
 # -- the misbehaving receiver ------------------------------------------------------------------

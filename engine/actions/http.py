@@ -43,7 +43,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 MAX_REDIRECTS = 5
 RESPONSE_BODY_LIMIT = 4096
 USER_AGENT = f"engine-automations/{__version__}"
-_ALWAYS_REDACTED = frozenset({"authorization", "x-automation-signature"})
+_ALWAYS_REDACTED = frozenset({"authorization", "x-automation-signature", "x-automation-signature-256"})
 
 
 @dataclass(frozen=True)

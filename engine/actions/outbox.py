@@ -21,7 +21,7 @@ from engine import clock, db
 from engine.actions.retry import DEFAULT_MAX_ATTEMPTS
 from engine.exceptions import EngineError, NotFound
 
-ACTION_TYPES = ("webhook", "slack", "no_op")
+ACTION_TYPES = ("webhook", "slack", "email", "discord", "teams", "pagerduty", "no_op")
 
 
 def action_json(action: Any) -> dict[str, Any]:

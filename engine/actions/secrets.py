@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 
 from engine.exceptions import PermanentDeliveryError
 from engine.rules.actions import ActionModel, EnvSecret
+from engine.settings import Settings
 
 REDACTED = "[redacted]"
 # Fields of an action that hold `{env: NAME}` references (`EnvSecret` in engine/rules/actions.py).
-SECRET_FIELDS = ("access_token", "secret", "webhook_url", "token")
+SECRET_FIELDS = ("access_token", "secret", "webhook_url", "token", "routing_key")
 
 
 def read_env(name: str) -> str:
@@ -66,8 +67,11 @@ class Secrets:
         return value
 
 
-def resolve(action: ActionModel) -> Secrets:
-    """Read every secret the action names. Raises PermanentDeliveryError if one is missing."""
+def resolve(action: ActionModel, settings: Settings | None = None) -> Secrets:
+    """Read every secret the action names. Raises PermanentDeliveryError if one is missing.
+
+    An `email` action's secret is the SMTP password of `settings`: it is not the action's to
+    name, but it is scrubbed like one."""
     values: dict[str, str] = {}
     by_field: dict[str, str] = {}
     for field_name in SECRET_FIELDS:
@@ -85,4 +89,6 @@ def resolve(action: ActionModel) -> Secrets:
         fragments += [
             p for p in (parts.path + (f"?{parts.query}" if parts.query else ""), parts.path) if len(p) > 1
         ]
-    return Secrets(values, by_field, tuple(fragments))
+    if action.type == "email" and settings is not None and settings.smtp_password is not None:
+        fragments.append(settings.smtp_password.get_secret_value())
+    return Secrets(values, by_field, tuple(f for f in fragments if f))

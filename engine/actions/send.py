@@ -13,18 +13,28 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine import clock
+from engine.actions import discord, pagerduty, slack, smtp, teams, webhook
 from engine.actions import secrets as secretsmod
-from engine.actions import slack, webhook
 from engine.actions.http import Attempt
 from engine.exceptions import DeliveryError, PermanentDeliveryError
-from engine.rules.actions import ActionModel, SlackAction, WebhookAction, stored_action
+from engine.rules.actions import ActionModel, stored_action
 from engine.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+# The sender of each action type: send(delivery_id, action, ctx, secrets, settings) -> Attempt.
+SENDERS: dict[str, Callable[..., Attempt]] = {
+    "webhook": webhook.send,
+    "slack": slack.send,
+    "email": smtp.send,
+    "discord": discord.send,
+    "teams": teams.send,
+    "pagerduty": pagerduty.send,
+}
 
 
 def send_action(
@@ -42,20 +52,18 @@ def send_action(
         action_type, url = action.get("type"), action.get("url")
     else:
         action_type, url = action.type, getattr(action, "url", None)
-    request: dict[str, Any] = {"url": url} if action_type == "webhook" else {}
+    request: dict[str, Any] = {"url": url} if action_type in ("webhook", "pagerduty") and url else {}
     try:
         if isinstance(action, Mapping):
             try:
                 action = stored_action(action)
             except ValueError as exc:
                 raise PermanentDeliveryError(str(exc)) from None
-        resolved = secretsmod.resolve(action)
-        if isinstance(action, WebhookAction):
-            attempt = webhook.send(delivery_id, action, ctx, resolved, settings)
-        elif isinstance(action, SlackAction):
-            attempt = slack.send(delivery_id, action, ctx, resolved, settings)
-        else:
+        resolved = secretsmod.resolve(action, settings)
+        sender = SENDERS.get(action.type)
+        if sender is None:
             raise PermanentDeliveryError(f"action type {action_type!r} sends nothing")
+        attempt = sender(delivery_id, action, ctx, resolved, settings)
     except PermanentDeliveryError as exc:
         attempt = Attempt(request, error=str(exc), retryable=False)
     except DeliveryError as exc:

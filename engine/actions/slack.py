@@ -26,12 +26,13 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from engine import clock
-from engine.actions.http import RESPONSE_BODY_LIMIT, Attempt, post_json
+from engine.actions.http import RESPONSE_BODY_LIMIT, Attempt
+from engine.actions.messages import DEFAULT_TITLE, cut, default_message, facts, footer, link, post_message
 from engine.actions.retry import is_retryable_status, parse_retry_after
 from engine.actions.secrets import REDACTED, Secrets
-from engine.actions.templates import render_text
+from engine.actions.templates import render_address, render_text
 from engine.exceptions import PermanentDeliveryError
-from engine.rules.actions import SlackAction
+from engine.rules.actions import SlackAction, channel_problem
 from engine.settings import Settings
 
 TIMEOUT = 10.0
@@ -41,17 +42,6 @@ _SDK_LOG = logging.getLogger("engine.actions.slack.sdk")
 _SDK_LOG.setLevel(logging.CRITICAL)
 _SDK_LOG.propagate = False
 SEVERITY_EMOJI = {"info": ":information_source:", "warn": ":warning:", "error": ":rotating_light:"}
-DEFAULT_TITLE = "${automation_name}"
-# By `${event_type}`; used when the action has no `message`.
-DEFAULT_MESSAGES = {
-    "RUN_METRIC": "`${metric_filter}` held for run *${run_name}* in ${entity_name}/${project_name}.",
-    "RUN_METRIC_CHANGE": "`${metric_filter}` held for run *${run_name}* in ${entity_name}/${project_name}.",
-    "RUN_STATE": "Run *${run_name}* in ${entity_name}/${project_name} is now *${run_status}*.",
-    "CREATE_ARTIFACT": "New artifact version *${artifact_version_string}*.",
-    "ADD_ARTIFACT_ALIAS": "Alias *${alias}* added to *${artifact_version_string}*.",
-    "ADD_ARTIFACT_TAG": "Tag *${tag}* added to *${artifact_version_string}*.",
-    "LINK_ARTIFACT": "*${artifact_version_string}* linked into registry *${registry_name}*.",
-}
 # Slack's limits (Block Kit reference): header 150 chars, section text 3000, field 2000, 10 fields.
 _HEADER_MAX, _TEXT_MAX, _FIELD_MAX, _FIELDS_MAX = 150, 3000, 2000, 10
 # Error codes of chat.postMessage that a later try may fix; any other `ok: false` is final
@@ -65,8 +55,10 @@ def escape_mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _field_text(label: str, value: str, run_link: str | None) -> str:
+    if label == "Run" and run_link:
+        return f"<{run_link}|{escape_mrkdwn(value)}>"
+    return escape_mrkdwn(value)
 
 
 def build_message(
@@ -75,59 +67,30 @@ def build_message(
     """The chat.postMessage / incoming-webhook body: {"text": fallback, "blocks": [...]}."""
     emoji = SEVERITY_EMOJI[action.severity]
     title = render_text(action.title or DEFAULT_TITLE, ctx, secrets).strip() or "automation fired"
-    template = action.message or DEFAULT_MESSAGES.get(ctx.get("event_type", ""), "${event_type}")
+    template = action.message or default_message(ctx.get("event_type", ""))
     message = render_text(template, ctx, secrets, escape=escape_mrkdwn).strip()
 
-    run = ctx.get("run_name") or ctx.get("run_id") or ""
-    if run and ctx.get("run_url", "").startswith(("http://", "https://")):
-        run_field = f"<{ctx['run_url']}|{escape_mrkdwn(run)}>"
-    else:
-        run_field = escape_mrkdwn(run)
-    metric = ctx.get("metric_name", "")
-    if metric and ctx.get("metric_step"):
-        metric = f"{metric} (step {ctx['metric_step']})"
-    fields = [
-        ("Automation", escape_mrkdwn(ctx.get("automation_name", ""))),
-        ("Run", run_field),
-        ("Artifact", escape_mrkdwn(ctx.get("artifact_version_string", ""))),
-        ("Metric", escape_mrkdwn(metric)),
-        ("Value", ctx.get("metric_value", "")),
-        ("Window values", ctx.get("metric_values", "")),
-        ("Condition", escape_mrkdwn(ctx.get("metric_filter", ""))),
-        ("Run status", ctx.get("run_status", "") if ctx.get("event_type") == "RUN_STATE" else ""),
-        ("Alias", escape_mrkdwn(ctx.get("alias", ""))),
-        ("Tag", escape_mrkdwn(ctx.get("tag", ""))),
-        ("Registry", escape_mrkdwn(ctx.get("registry_name", ""))),
-    ]
+    run_link = link(ctx)
     shown = [
-        {"type": "mrkdwn", "text": _cut(f"*{label}*\n{value}", _FIELD_MAX)}
-        for label, value in fields
-        if value
+        {"type": "mrkdwn", "text": cut(f"*{label}*\n{_field_text(label, value, run_link)}", _FIELD_MAX)}
+        for label, value in facts(ctx)
     ][:_FIELDS_MAX]
 
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": _cut(f"{emoji} {title}", _HEADER_MAX), "emoji": True},
+            "text": {"type": "plain_text", "text": cut(f"{emoji} {title}", _HEADER_MAX), "emoji": True},
         }
     ]
     if message:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(message, _TEXT_MAX)}})
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": cut(message, _TEXT_MAX)}})
     if shown:
         blocks.append({"type": "section", "fields": shown})
-    context = " · ".join(
-        part
-        for part in (
-            f"trigger #{ctx['trigger_id']}" if ctx.get("trigger_id") else "",
-            ctx.get("fired_at", ""),
-            ctx.get("event_type", ""),
-        )
-        if part
-    )
+    context = footer(ctx)
     if context:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": escape_mrkdwn(context)}]})
     fallback = f"{emoji} {title}" + (f": {message}" if message else "")
-    return {"text": _cut(fallback, _TEXT_MAX), "blocks": blocks}
+    return {"text": cut(fallback, _TEXT_MAX), "blocks": blocks}
 
 
 def send(
@@ -135,18 +98,19 @@ def send(
 ) -> Attempt:
     message = build_message(action, ctx, secrets.values)
     if action.webhook_url is not None and "webhook_url" in secrets.by_field:
-        return post_json(
+        return post_message(
+            delivery_id,
+            message,
             secrets.by_field["webhook_url"],
-            json.dumps(message, ensure_ascii=False).encode("utf-8"),
-            {"Content-Type": "application/json", "X-Automation-Delivery": delivery_id},
+            action.webhook_url.env,
             timeout=TIMEOUT,
-            allow_hosts=settings.webhook_allow_hosts,
-            log_url=f"${action.webhook_url.env} {REDACTED}",
+            settings=settings,
         )
     if "token" in secrets.by_field:
         if not action.channel:
             raise PermanentDeliveryError("a Slack action with a token needs a channel")
-        return _post_message(secrets.by_field["token"], action.channel, message, settings)
+        channel = render_address(action.channel, "channel", ctx, channel_problem)
+        return _post_message(secrets.by_field["token"], channel, message, settings)
     raise PermanentDeliveryError("a Slack action needs webhook_url or token + channel")
 
 

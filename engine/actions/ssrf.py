@@ -30,7 +30,7 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from engine.exceptions import DeliveryError, PermanentDeliveryError
-from engine.rules.actions import ActionModel, SlackAction, WebhookAction
+from engine.rules.actions import ActionModel, PagerDutyAction, WebhookAction
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -237,22 +237,18 @@ def address_warnings(actions: Sequence[ActionModel], allow_hosts: str) -> list[l
     """For each action, a warning when the address policy will refuse its target when it is
     sent with `allow_hosts` (this shell's ENGINE_WEBHOOK_ALLOW_HOSTS; the service may differ).
 
-    Checked: a webhook's `url`, and a Slack incoming webhook's URL when its variable is set
-    here (the warning names the variable, never the URL: it is a secret). Names are resolved
+    Checked: a webhook's or PagerDuty action's `url`, and the incoming-webhook URL of a Slack,
+    Discord or Teams action when its variable is set here (the warning names the variable,
+    never the URL: it is a secret). Names are resolved
     now; one that does not resolve is left to the check at send time (`refused_urls`).
     """
     targets: list[tuple[str, str] | None] = []  # (field, url) per action
     for action in actions:
-        if isinstance(action, WebhookAction):
+        secret_url = getattr(action, "webhook_url", None)
+        if isinstance(action, (WebhookAction, PagerDutyAction)):
             targets.append(("action.url", action.url))
-        elif (
-            isinstance(action, SlackAction)
-            and action.webhook_url is not None
-            and os.environ.get(action.webhook_url.env)
-        ):
-            targets.append(
-                (f"action.webhook_url (${action.webhook_url.env})", os.environ[action.webhook_url.env])
-            )
+        elif secret_url is not None and os.environ.get(secret_url.env):
+            targets.append((f"action.webhook_url (${secret_url.env})", os.environ[secret_url.env]))
         else:
             targets.append(None)
     refused = refused_urls([t[1] for t in targets if t], allow_hosts)

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from engine.exceptions import PermanentDeliveryError
 from engine.rules.variables import (
     APPLIES,
     COMMON,
@@ -66,6 +67,27 @@ def render_text(
         return escape(value) if escape else value
 
     return PLACEHOLDER.sub(substitute, template)
+
+
+def render_address(
+    template: str,
+    field: str,
+    ctx: Mapping[str, str],
+    check: Callable[[str], str | None],
+    *,
+    escape: Callable[[str], str] | None = None,
+) -> str:
+    """An address field (`url`, `channel`, `to`) rendered and judged again, as the loader
+    judges one written without a template. Raises PermanentDeliveryError naming the field.
+    Address templates never hold secrets (the loader refuses them), so neither does the error.
+    """
+    if not variables_in(template):
+        return template
+    value = render_text(template, ctx, escape=escape)
+    problem = check(value)
+    if problem:
+        raise PermanentDeliveryError(f"{field} {value!r} (rendered from {template!r}) {problem}")
+    return value
 
 
 def uses_secret(template: str, secrets: Mapping[str, str]) -> bool:

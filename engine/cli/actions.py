@@ -212,6 +212,10 @@ def _print_attempt(index: int, action_type: str, delivery_id: str, attempt: Atte
     request = attempt.request
     say(f"[bold]action {index} ({action_type})[/] → {escape(str(request.get('url') or ''))}")
     say(f"  X-Automation-Delivery: {delivery_id} (test)")
+    for key in ("channel", "from", "to", "cc", "subject"):  # Slack and e-mail: where it went
+        if request.get(key):
+            value = request[key]
+            say(f"  {key}: {escape(', '.join(value) if isinstance(value, list) else str(value))}")
     for header, value in (request.get("headers") or {}).items():
         say(f"  {escape(header)}: {escape(str(value))}")
     if attempt.http_status is not None:

@@ -27,7 +27,6 @@ from engine.compiler import compile_rule
 from engine.evaluation import backtest
 from engine.exceptions import ConfigurationError, RuleValidationError
 from engine.rules import lint, load_rules
-from engine.rules.actions import WebhookAction
 from engine.rules.loader import LoadedRule
 from engine.settings import get_settings
 from engine.since import HELP as since_help
@@ -80,8 +79,8 @@ def _report_lint(rules: list[LoadedRule]) -> None:
     """Each warning at its field's line: `rules/x.yaml:9: warning: event.operator: ...`."""
     refused = address_warnings([r.automation.action for r in rules], get_settings().webhook_allow_hosts)
     for rule, more in zip(rules, refused, strict=True):
-        # the address warnings are about the action's target: `url`, or a Slack `webhook_url`
-        target = "action.url" if isinstance(rule.automation.action, WebhookAction) else "action.webhook_url"
+        # the address warnings are about the action's target: `url`, or an incoming `webhook_url`
+        target = "action.url" if hasattr(rule.automation.action, "url") else "action.webhook_url"
         found = [(w.field, str(w)) for w in lint(rule.automation)] + [(target, text) for text in more]
         for field_path, warning in found:
             err_console.print(

@@ -3,7 +3,17 @@
 from engine.rules import load_rules, parse_rules_text, Automation
 """
 
-from engine.rules.actions import Action, EnvSecret, NoOpAction, SlackAction, WebhookAction
+from engine.rules.actions import (
+    Action,
+    DiscordAction,
+    EmailAction,
+    EnvSecret,
+    NoOpAction,
+    PagerDutyAction,
+    SlackAction,
+    TeamsAction,
+    WebhookAction,
+)
 from engine.rules.automation import Automation
 from engine.rules.duration import format_duration, parse_duration
 from engine.rules.events import (
@@ -27,10 +37,13 @@ __all__ = [
     "ArtifactTagAdded",
     "ArtifactVersionCreated",
     "Automation",
+    "DiscordAction",
+    "EmailAction",
     "EnvSecret",
     "Event",
     "LoadedRule",
     "NoOpAction",
+    "PagerDutyAction",
     "RegistryVersionLinked",
     "RunFilter",
     "RunMetricChange",
@@ -38,6 +51,7 @@ __all__ = [
     "RunState",
     "Scope",
     "SlackAction",
+    "TeamsAction",
     "WebhookAction",
     "format_duration",
     "lint",

@@ -1,4 +1,5 @@
-"""What a rule does when it fires: a webhook, a Slack message, or nothing (records the trigger).
+"""What a rule does when it fires: a webhook, a message (Slack, Discord, Teams, email), a
+PagerDuty incident, or nothing (records the trigger).
 
 The actions package (`engine.actions`) sends these models: the dispatcher turns the JSON
 stored with each delivery back into one (`stored_action`). Secrets stay `{env: NAME}`
@@ -10,11 +11,13 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     Field,
     JsonValue,
     StringConstraints,
@@ -25,11 +28,20 @@ from pydantic import (
 
 from engine.rules.base import Loc, RuleModel, fail, rule_error
 from engine.rules.fields import EnvName, Label, Text
-from engine.rules.variables import VARIABLES, is_known_variable, variables_in
+from engine.rules.variables import SECRET_VARIABLES, VARIABLES, is_known_variable, variables_in
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 # Set by the engine itself on every request: a rule may not override them.
-RESERVED_HEADERS = frozenset({"x-automation-delivery", "x-automation-signature", "content-length", "host"})
+RESERVED_HEADERS = frozenset(
+    {
+        "x-automation-delivery",
+        "x-automation-signature",
+        "x-automation-signature-256",
+        "x-automation-timestamp",
+        "content-length",
+        "host",
+    }
+)
 # With the default ENGINE_RETRY_BASE_SECONDS (1 s), 16 attempts span 67 minutes of receiver
 # outage (`engine.actions.retry.schedule`): a receiver down for an hour still gets the
 # delivery. docs/actions.md lists the attempt times: keep it in sync.
@@ -50,17 +62,69 @@ class EnvSecret(RuleModel):
         return data
 
 
-def _url(value: str) -> str:
+def url_problem(value: str) -> str | None:
+    """Why `value` is not an http(s) URL with a host, or None. Also judges a URL rendered
+    from a template at send time."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise rule_error("is not a valid URL") from None
+        return "is not a valid URL"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise rule_error("must be an http:// or https:// URL with a host")
-    if any(ch.isspace() or ord(ch) < 32 for ch in value):
-        raise rule_error("must not contain spaces or control characters")
+        return "must be an http:// or https:// URL with a host"
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return "must not contain spaces or control characters"
+    return None
+
+
+def _url(value: str) -> str:
+    problem = url_problem(value)
+    if problem:
+        raise rule_error(problem)
     return value
+
+
+# One mailbox, `local@domain`: no display name, no comment, no list, nothing a header could
+# be split on. Judged again after rendering (`${event_author}@example.com`).
+_MAILBOX = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
+)
+# A Slack channel name (lower case, digits, - _ and letters of other scripts, at most 80) or id.
+_CHANNEL = re.compile(r"#?[^\s#,<>&\x00-\x1f\x7f]{1,80}")
+
+
+def mailbox_problem(value: str) -> str | None:
+    """Why `value` is not one e-mail address `local@domain`, or None."""
+    if not _MAILBOX.fullmatch(value) or ".." in value.partition("@")[2]:
+        return "must be one e-mail address, local@domain (no name, no list)"
+    return None
+
+
+def channel_problem(value: str) -> str | None:
+    """Why `value` is not a Slack channel name or id, or None."""
+    if not _CHANNEL.fullmatch(value):
+        return "must be a channel name (#ml-alerts, at most 80 characters, no spaces) or id"
+    return None
+
+
+def routing_problems(
+    value: str, loc: Loc, secret_names: frozenset[str], check: Callable[[str], str | None]
+) -> list[tuple[Loc, str]]:
+    """Problems of an address field that may hold a template (`url`, `channel`, `to`): unknown
+    variables and secrets (an address is logged, so it must not carry one); a value without
+    a template is judged at once by `check`, a templated one again after rendering."""
+    problems: list[tuple[Loc, str]] = []
+    used = variables_in(value)
+    for name in used:
+        if name in secret_names or name in SECRET_VARIABLES:
+            problems.append((loc, f"${{{name}}} is a secret: an address is logged, so it must not hold one"))
+        elif not is_known_variable(name):
+            problems.append((loc, _unknown_variable(name, frozenset())))
+    if not used:
+        problem = check(value)
+        if problem:
+            problems.append((loc, problem))
+    return problems
 
 
 def _header_name(value: str) -> str:
@@ -118,7 +182,9 @@ class WebhookAction(RuleModel):
     """POST a JSON body to a URL."""
 
     type: Literal["webhook"] = Field(description="Action kind.")
-    url: Url = Field(description="http:// or https:// address the request is sent to.")
+    url: Url = Field(
+        description="http:// or https:// address the request is sent to; host and path may use ${variables}."
+    )
     headers: dict[HeaderName, HeaderValue] = Field(
         default_factory=dict, description="Extra request headers; values may use ${variables}."
     )
@@ -127,7 +193,8 @@ class WebhookAction(RuleModel):
     )
     secret: EnvSecret | None = Field(
         None,
-        description="Signs the body: X-Automation-Signature = base64(HMAC-SHA256(secret, body)); {env: NAME}.",
+        description="Signs each request: X-Automation-Signature = base64(HMAC-SHA256(secret, body)), and "
+        "X-Automation-Signature-256 = t=<timestamp>,v1=hex(HMAC-SHA256(secret, '<timestamp>.<body>')); {env: NAME}.",
     )
     payload: JsonValue | None = Field(
         None,
@@ -152,6 +219,7 @@ class WebhookAction(RuleModel):
     @model_validator(mode="after")
     def _check(self) -> WebhookAction:
         problems = template_problems(self.payload, ("payload",), self.secret_names)
+        problems += routing_problems(self.url, ("url",), self.secret_names, url_problem)
         for name, value in self.headers.items():
             lower = name.lower()
             if lower in RESERVED_HEADERS or (lower == "authorization" and self.access_token is not None):
@@ -169,7 +237,9 @@ class SlackAction(RuleModel):
     token: EnvSecret | None = Field(
         None, description="Bot token for chat.postMessage, {env: NAME}; needs `channel`."
     )
-    channel: Label | None = Field(None, description="Channel for `token` (e.g. #ml-alerts or its id).")
+    channel: Label | None = Field(
+        None, description="Channel for `token` (e.g. #ml-alerts or its id); may use ${variables}."
+    )
     title: Text | None = Field(None, description="Message title; may use ${variables}.")
     message: Text | None = Field(None, description="Message text; may use ${variables}.")
     severity: Literal["info", "warn", "error"] = Field("info", description="Shown as the message's colour.")
@@ -192,9 +262,150 @@ class SlackAction(RuleModel):
             problems.append(
                 (("channel",), "an incoming webhook posts to its own channel: remove channel, or use token")
             )
+        if self.channel is not None:
+            problems += routing_problems(self.channel, ("channel",), self.secret_names, channel_problem)
         problems += template_problems(self.title, ("title",), self.secret_names)
         problems += template_problems(self.message, ("message",), self.secret_names)
         fail("SlackAction", problems)
+        return self
+
+
+Severity = Literal["info", "warn", "error"]
+Timeout = Annotated[float, Field(gt=0, le=300, allow_inf_nan=False, strict=True)]
+MaxAttempts = Annotated[int, Field(ge=1, le=100, strict=True)]
+
+
+class _MessageAction(RuleModel):
+    """What the chat-like actions share: a title and a message (templates), a severity, and
+    the retry budget of webhooks."""
+
+    title: Text | None = Field(
+        None, description="Message title; may use ${variables}. Default: the automation's name."
+    )
+    message: Text | None = Field(
+        None, description="Message text; may use ${variables}. Default: a sentence per event kind."
+    )
+    severity: Severity = Field("info", description="Shown as the message's colour.")
+    timeout: Timeout = Field(10.0, description="Seconds per attempt.")
+    max_attempts: MaxAttempts = Field(
+        DEFAULT_MAX_ATTEMPTS,
+        description="Attempts before the delivery is failed (the default retries for over an hour).",
+    )
+
+    secret_names: ClassVar[frozenset[str]] = frozenset()  # a webhook URL is not usable in a template
+
+    def _text_problems(self) -> list[tuple[Loc, str]]:
+        return template_problems(self.title, ("title",), frozenset()) + template_problems(
+            self.message, ("message",), frozenset()
+        )
+
+
+class DiscordAction(_MessageAction):
+    """Post a message with an embed to a Discord channel's webhook."""
+
+    type: Literal["discord"] = Field(description="Action kind.")
+    webhook_url: EnvSecret = Field(description="The channel webhook's URL (it holds a token), {env: NAME}.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DiscordAction:
+        fail("DiscordAction", self._text_problems())
+        return self
+
+
+class TeamsAction(_MessageAction):
+    """Post an Adaptive Card to a Microsoft Teams channel through its incoming webhook (a
+    Workflows "when a Teams webhook request is received" URL, or a legacy connector's)."""
+
+    type: Literal["teams"] = Field(description="Action kind.")
+    webhook_url: EnvSecret = Field(description="The webhook's URL (it holds a signature), {env: NAME}.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TeamsAction:
+        fail("TeamsAction", self._text_problems())
+        return self
+
+
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+class PagerDutyAction(RuleModel):
+    """Open (or update) a PagerDuty incident through the Events API v2; one incident per
+    automation and run (`dedup_key`), so repeated firings update it."""
+
+    type: Literal["pagerduty"] = Field(description="Action kind.")
+    routing_key: EnvSecret = Field(description="The service integration's routing key, {env: NAME}.")
+    summary: Text | None = Field(
+        None, description="Incident summary (at most 1024 characters sent); may use ${variables}."
+    )
+    source: Text = Field(
+        "${entity_name}/${project_name}",
+        description="Where it happened (PagerDuty `source`); may use ${variables}.",
+    )
+    severity: Literal["critical", "error", "warning", "info"] = Field(
+        "error", description="PagerDuty severity of the incident."
+    )
+    url: Url = Field(
+        PAGERDUTY_EVENTS_URL,
+        description="Events API endpoint (events.eu.pagerduty.com for EU accounts); may use ${variables}.",
+    )
+    timeout: Timeout = Field(10.0, description="Seconds per attempt.")
+    max_attempts: MaxAttempts = Field(
+        DEFAULT_MAX_ATTEMPTS,
+        description="Attempts before the delivery is failed (the default retries for over an hour).",
+    )
+
+    secret_names: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _check(self) -> PagerDutyAction:
+        problems = routing_problems(self.url, ("url",), frozenset({self.routing_key.env}), url_problem)
+        problems += template_problems(self.summary, ("summary",), frozenset())
+        problems += template_problems(self.source, ("source",), frozenset())
+        fail("PagerDutyAction", problems)
+        return self
+
+
+Recipients = Annotated[list[Label], Field(min_length=1, max_length=100)]
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class EmailAction(RuleModel):
+    """Send a plain-text e-mail through the SMTP server of ENGINE_SMTP_URL."""
+
+    type: Literal["email"] = Field(description="Action kind.")
+    to: Annotated[Recipients, BeforeValidator(_as_list)] = Field(
+        description="Recipient address, or a list of them; each may use ${variables}."
+    )
+    cc: Annotated[Recipients | None, BeforeValidator(_as_list)] = Field(
+        None, description="Copy recipients, like `to`."
+    )
+    subject: Text | None = Field(
+        None, description="Subject; may use ${variables}. Default: the automation's name and what happened."
+    )
+    body: Text | None = Field(
+        None,
+        description="Plain-text body; may use ${variables}. Default: what happened and the trigger's facts.",
+    )
+    timeout: Timeout = Field(30.0, description="Seconds per SMTP operation of an attempt.")
+    max_attempts: MaxAttempts = Field(
+        DEFAULT_MAX_ATTEMPTS,
+        description="Attempts before the delivery is failed (the default retries for over an hour).",
+    )
+
+    secret_names: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _check(self) -> EmailAction:
+        problems: list[tuple[Loc, str]] = []
+        for field_name in ("to", "cc"):
+            for i, address in enumerate(getattr(self, field_name) or []):
+                problems += routing_problems(address, (field_name, i), frozenset(), mailbox_problem)
+        problems += template_problems(self.subject, ("subject",), frozenset())
+        problems += template_problems(self.body, ("body",), frozenset())
+        fail("EmailAction", problems)
         return self
 
 
@@ -206,7 +417,9 @@ class NoOpAction(RuleModel):
     secret_names: ClassVar[frozenset[str]] = frozenset()
 
 
-ActionModel = WebhookAction | SlackAction | NoOpAction
+ActionModel = (
+    WebhookAction | SlackAction | EmailAction | DiscordAction | TeamsAction | PagerDutyAction | NoOpAction
+)
 Action = Annotated[ActionModel, Field(discriminator="type")]
 ACTION_CLASSES: tuple[type[ActionModel], ...] = get_args(ActionModel)
 _ACTION = TypeAdapter(Action)

@@ -200,7 +200,7 @@ CREATE TABLE public.deliveries (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
-    CONSTRAINT deliveries_action_type_check CHECK ((action_type = ANY (ARRAY['webhook'::text, 'slack'::text, 'no_op'::text]))),
+    CONSTRAINT deliveries_action_type_check CHECK ((action_type = ANY (ARRAY['webhook'::text, 'slack'::text, 'email'::text, 'discord'::text, 'teams'::text, 'pagerduty'::text, 'no_op'::text]))),
     CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sending'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text])))
 );
 

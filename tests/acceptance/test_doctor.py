@@ -207,3 +207,29 @@ def test_after_the_demo_the_example_rules_are_not_suggested_for_applying(conn, d
         in out
     )
     assert f"    fix: run `engine rules apply {rules}/<file>` for it when ready to run" in out
+
+
+def test_email_and_pagerduty_actions_have_their_server_and_routing_key_checked(conn, database_url, rules):
+    port = free_port()
+    (rules / "mail.yaml").write_text(
+        "name: mail\nscope: {project: acme/vision}\nevent: {type: run_state, states: [failed]}\n"
+        "action: {type: email, to: ml@example.com}\n"
+    )
+    (rules / "pager.yaml").write_text(
+        "name: pager\nscope: {project: acme/vision}\nevent: {type: run_state, states: [failed]}\n"
+        f"action: {{type: pagerduty, routing_key: {{env: DOCTOR_PD}}, url: 'http://127.0.0.1:{port}/v2/enqueue'}}\n"
+    )
+    apply(conn, rules)
+    unset = doctor(rules).stdout
+    assert "✗ SMTP server (mail): ENGINE_SMTP_URL is not set (needed by email actions)" in unset
+    assert "fix: set ENGINE_SMTP_URL (and ENGINE_SMTP_FROM) where `engine serve` runs" in unset
+    assert "✗ secret DOCTOR_PD (routing_key of pager): environment variable DOCTOR_PD is not set" in unset
+    assert f"✗ webhook target http://127.0.0.1:{port} (pager): nothing accepts connections" in unset
+    with Receiver() as rx:
+        result = doctor(rules, ENGINE_SMTP_URL=f"smtp://127.0.0.1:{rx.port}", DOCTOR_PD="k" * 32)
+    assert (
+        f"✓ SMTP server smtp://127.0.0.1:{rx.port} (mail): resolves to 127.0.0.1, allowed, accepts connections"
+        in result.stdout
+    )
+    assert "✓ secret DOCTOR_PD (routing_key of pager)" in result.stdout
+    assert rx.requests == []  # a TCP handshake only

@@ -23,7 +23,13 @@ RULES = {
     "nodns.yaml": rule("nodns", "{type: webhook, url: 'https://nothing-here.invalid/hook'}"),
     "slack.yaml": rule("slack", "{type: slack, webhook_url: {env: TEAM_SLACK_URL}}"),
     "slack-unset.yaml": rule("slackunset", "{type: slack, webhook_url: {env: UNSET_SLACK_URL}}"),
+    "discord.yaml": rule("discord", "{type: discord, webhook_url: {env: TEAM_SLACK_URL}}"),
+    "pager.yaml": rule(
+        "pager", "{type: pagerduty, routing_key: {env: PD_KEY}, url: 'http://10.0.0.6/v2/enqueue'}"
+    ),
 }
+# The rules whose target the policy refuses when the shell allows nothing.
+REFUSED_UNSET = {"private.yaml", "metadata.yaml", "local.yaml", "slack.yaml", "discord.yaml", "pager.yaml"}
 
 
 def engine(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -64,9 +70,9 @@ def test_validate_warns_about_targets_the_policy_will_refuse(tmp_path, monkeypat
     write(tmp_path)
     result = engine(tmp_path, "validate", ".")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 7 rules in 7 files"
+    assert result.stdout.strip() == "ok: 9 rules in 9 files"
     found = warnings(result)
-    assert set(found) == {"private.yaml", "metadata.yaml", "local.yaml", "slack.yaml"}, result.stderr
+    assert set(found) == REFUSED_UNSET, result.stderr
     assert found["private.yaml"] == (
         "action.url: sending will be refused (with ENGINE_WEBHOOK_ALLOW_HOSTS unset, as in this shell): webhook target "
         "10.0.0.5 resolves to a private address 10.0.0.5 (private); allow it with ENGINE_WEBHOOK_ALLOW_HOSTS"
@@ -78,6 +84,11 @@ def test_validate_warns_about_targets_the_policy_will_refuse(tmp_path, monkeypat
     assert "webhook target localhost resolves to a private address" in found["local.yaml"]
     # The Slack URL is a secret: the warning names its variable and host, never the URL.
     assert found["slack.yaml"].startswith("action.webhook_url ($TEAM_SLACK_URL): sending will be refused")
+    assert found["discord.yaml"].startswith("action.webhook_url ($TEAM_SLACK_URL): sending will be refused")
+    assert (
+        found["pager.yaml"].startswith("action.url: sending will be refused")
+        and "10.0.0.6" in found["pager.yaml"]
+    )
     assert "s3cr3t-path" not in result.stderr
     # A name that does not resolve here is left to the check at send time: no warning, no failure.
     assert "nodns" not in result.stderr and "nothing-here" not in result.stderr
@@ -102,7 +113,5 @@ def test_apply_warns_too_and_stores_the_rules(tmp_path, database_url, monkeypatc
     write(tmp_path)
     result = engine(tmp_path, "apply", ".")
     assert result.returncode == 0, result.stderr
-    assert set(warnings(result)) == {"private.yaml", "metadata.yaml", "local.yaml", "slack.yaml"}, (
-        result.stderr
-    )
-    assert result.stdout.count("created") == 7
+    assert set(warnings(result)) == REFUSED_UNSET, result.stderr
+    assert result.stdout.count("created") == 9

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from engine.actions.dispatcher import Dispatcher
 from engine.cli import app
 from engine.exceptions import NotFound
-from engine.settings import Settings
-from tests.receiver import Receiver, Reply
+from engine.settings import Settings, get_settings
+from tests.receiver import Receiver, Reply, SmtpReceiver, make_certificate, server_tls
 
 runner = CliRunner()
 
@@ -128,3 +128,39 @@ def test_actions_test_reports_a_failure(conn, monkeypatch):
     assert "environment variable ABSENT_TOKEN is not set" in result.output
     unknown = runner.invoke(app, ["actions", "test", "nobody"])
     assert isinstance(unknown.exception, NotFound)
+
+
+def test_actions_test_previews_an_email_and_a_pagerduty_event(conn, monkeypatch, tmp_path):
+    cert, key = make_certificate(tmp_path)
+    monkeypatch.setenv("PD_CLI_KEY", "R0UT1NGKEY0000000000000000000cli")
+    monkeypatch.setenv("ENGINE_SMTP_PASSWORD", "smtp-cli-secret")
+    monkeypatch.setenv("ENGINE_SMTP_FROM", "engine@example.com")
+    monkeypatch.setenv("ENGINE_SMTP_CA_FILE", str(cert))
+    email = {
+        "type": "email",
+        "to": ["${event_author}@example.com"],
+        "subject": "${run_name}: ${metric_filter}",
+    }
+    with (
+        SmtpReceiver(tls=server_tls(cert, key), users={"bot": "smtp-cli-secret"}) as smtp,
+        Receiver(Reply(202, b'{"status":"success"}')) as rx,
+    ):
+        monkeypatch.setenv("ENGINE_SMTP_URL", smtp.url("bot"))
+        get_settings.cache_clear()
+        pager = {"type": "pagerduty", "routing_key": {"env": "PD_CLI_KEY"}, "url": rx.url("/v2/enqueue")}
+        make_automation(conn, "cli-mail", [email])
+        make_automation(conn, "cli-pager", [pager])
+        mailed = runner.invoke(app, ["actions", "test", "cli-mail"])
+        paged = runner.invoke(app, ["actions", "test", "cli-pager"])
+    assert mailed.exit_code == 0, mailed.output
+    assert f"action 0 (email) → smtp://localhost:{smtp.port}" in mailed.output
+    assert "to: sample-user@example.com" in mailed.output
+    assert "subject: sample-run: avg(accuracy) over 3 > 0.6" in mailed.output
+    assert "response: 250 " in mailed.output and "smtp-cli-secret" not in mailed.output
+    (mail,) = smtp.mails
+    assert mail.recipients == ["sample-user@example.com"] and mail.login == "bot"
+    assert paged.exit_code == 0, paged.output
+    assert "HTTP 202" in paged.output and "R0UT1NGKEY" not in paged.output
+    (request,) = rx.requests
+    assert request.json()["dedup_key"] == "cli-pager/sample-run"
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0

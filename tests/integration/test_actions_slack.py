@@ -226,3 +226,30 @@ def test_slack_api_down_is_retried(conn, database_url, monkeypatch):
         d.run_once()
     row = delivery(conn, delivery_id)
     assert row["status"] == "pending" and row["last_error"].startswith("connection to the Slack API failed")
+
+
+def test_a_templated_channel_is_rendered_and_checked(conn, database_url, fake_slack, monkeypatch):
+    monkeypatch.setenv("SLACK_BOT", BOT_TOKEN)
+    with fake_slack() as rx:
+        routed = {
+            "type": "slack",
+            "webhook_url": None,
+            "token": {"env": "SLACK_BOT"},
+            "channel": "#ml-${project_name}",
+            "title": None,
+            "message": None,
+            "severity": "info",
+        }
+        by_run = routed | {"channel": "#${run_name}"}
+        a1, a2 = make_automation(conn, "routed", [routed]), make_automation(conn, "by-run", [by_run])
+        _, (ok,) = fire(conn, a1, [routed], run_pk=make_run(conn, run_id="c1"))
+        _, (bad,) = fire(conn, a2, [by_run], run_pk=make_run(conn, run_id="c2", name="two words"))
+        with Dispatcher(database_url, slack_settings(database_url, rx)) as d:
+            settle(d, conn, [ok, bad])
+    (request,) = rx.requests
+    assert request.json()["channel"] == "#ml-vision"
+    assert delivery(conn, ok)["status"] == "succeeded"
+    row = delivery(conn, bad)
+    assert row["status"] == "failed" and row["last_error"].startswith(
+        "channel '#two words' (rendered from '#${run_name}') must be a channel name"
+    )

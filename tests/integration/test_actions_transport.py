@@ -7,14 +7,13 @@ import ipaddress
 import shutil
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from engine.actions import ssrf
 from engine.actions.http import post_json
-from tests.receiver import Receiver, Reply
+from tests.receiver import Receiver, Reply, make_certificate, server_tls
 
 
 def test_the_checked_address_is_the_one_connected_to(monkeypatch):
@@ -42,32 +41,8 @@ def test_the_checked_address_is_the_one_connected_to(monkeypatch):
 def tls_server(tmp_path: Path):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            key,
-            "-out",
-            cert,
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    cert, key = make_certificate(tmp_path)
+    context = server_tls(cert, key)
     with Receiver(lambda r: Reply(200, f"host={r.headers.get('Host')}".encode()), tls=context) as rx:
         yield rx.port, cert
 

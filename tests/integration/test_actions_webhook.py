@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from actions_helpers import attempts, delivery, fire, history, make_automation, make_run, settle
@@ -469,3 +470,73 @@ def test_a_binary_answer_is_stored(conn, dispatcher):
         dispatcher.run_once()
     assert delivery(conn, delivery_id)["status"] == "succeeded"
     assert attempts(conn, delivery_id)[0]["response_body"] == "bin\ufffdary\ufffd"
+
+
+def readme_is_from_engine() -> dict:
+    """The README's receiver check ("Verifying the signature", the same code the tour's
+    receiver.py runs), executed as written; its namespace, so a test can move its clock."""
+    from tests.acceptance.test_readme_commands import README, blocks
+
+    snippet = next(
+        b for b in blocks(README) if b.lang == "python" and "def is_from_engine" in b.body and not b.runnable
+    )
+    namespace: dict = {}
+    exec(snippet.body, namespace)
+    return namespace
+
+
+def test_the_readme_receiver_accepts_a_signed_request_and_refuses_a_replay(conn, dispatcher, monkeypatch):
+    monkeypatch.setenv("CI_HMAC", "hmac-replay-7c2a")
+    with Receiver() as rx:
+        action = webhook(rx.url(), secret={"env": "CI_HMAC"})
+        automation = make_automation(conn, "signed", [action])
+        _, (delivery_id,) = fire(conn, automation, [action], run_pk=make_run(conn))
+        assert dispatcher.run_once() == 1
+        (request,) = rx.requests
+    timestamp = request.headers["X-Automation-Timestamp"]
+    signature = request.headers["X-Automation-Signature-256"]
+    assert signature.startswith(f"t={timestamp},v1=")
+    receiver = readme_is_from_engine()
+    is_from_engine = receiver["is_from_engine"]
+    assert is_from_engine(request.body, signature)
+    assert not is_from_engine(request.body + b" ", signature)  # another body
+    # an old capture made to look fresh: the timestamp is signed too
+    assert not is_from_engine(request.body, signature.replace(f"t={timestamp}", f"t={int(timestamp) + 600}"))
+    assert not is_from_engine(request.body, "")
+    # the same request replayed later: refused once it is older than five minutes
+    receiver["time"] = SimpleNamespace(time=lambda: int(timestamp) + 299)
+    assert is_from_engine(request.body, signature)
+    receiver["time"] = SimpleNamespace(time=lambda: int(timestamp) + 301)
+    assert not is_from_engine(request.body, signature)
+    # W&B's header stays, over the body alone
+    assert verify("hmac-replay-7c2a", request.body, request.headers["X-Automation-Signature"])
+    (attempt,) = attempts(conn, delivery_id)
+    assert attempt["request"]["headers"]["X-Automation-Signature-256"] == "[redacted]"
+    assert attempt["request"]["headers"]["X-Automation-Timestamp"] == timestamp
+
+
+def test_a_templated_url_is_rendered_with_encoded_values_and_checked_again(conn, dispatcher):
+    with Receiver() as rx:
+        routed = webhook(rx.url("/hooks/${project_name}/${run_name}"))
+        a1 = make_automation(conn, "routed", [routed])
+        _, (ok,) = fire(conn, a1, [routed], run_pk=make_run(conn, run_id="t1", name="a/b c?x=1"))
+        private = webhook("http://${run_name}:9/hook")
+        a2 = make_automation(conn, "routed-private", [private])
+        _, (refused,) = fire(conn, a2, [private], run_pk=make_run(conn, run_id="t2", name="10.0.0.5"))
+        hostless = webhook("http://${run_name}/x")
+        a3 = make_automation(conn, "routed-hostless", [hostless])
+        _, (broken,) = fire(conn, a3, [hostless], run_pk=make_run(conn, run_id="t3", name=""))
+        settle(dispatcher, conn, [ok, refused, broken])
+    (request,) = rx.requests
+    assert request.path == "/hooks/vision/a%2Fb%20c%3Fx%3D1"  # a value cannot add a segment or a query
+    assert delivery(conn, ok)["status"] == "succeeded"
+    row = delivery(conn, refused)
+    assert row["status"] == "failed" and row["attempts"] == 1
+    assert row["last_error"].startswith(
+        "url 'http://10.0.0.5:9/hook' (rendered from 'http://${run_name}:9/hook'): "
+        "webhook target 10.0.0.5 resolves to a private address"
+    )
+    row = delivery(conn, broken)
+    assert row["status"] == "failed" and row["last_error"] == (
+        "url 'http:///x' (rendered from 'http://${run_name}/x') must be an http:// or https:// URL with a host"
+    )

@@ -358,3 +358,50 @@ def test_random_yaml_never_escapes_as_another_exception(parts):
 def test_deep_nesting_is_an_issue_not_a_crash():
     issues = issues_of("a: " + "[" * 5000 + "]" * 5000 + "\n")
     assert len(issues) == 1 and ("nested" in issues[0] or "YAML" in issues[0])
+
+
+# -- the message actions and templated addresses ---------------------------------------------
+def with_action(action: str) -> str:
+    """A valid rule around an `action:` block (starting at line 4)."""
+    return (
+        "name: r\nscope: {project: acme/vision}\nevent: {type: run_state, states: [failed]}\naction:\n"
+        + textwrap.indent(textwrap.dedent(action), "  ")
+    )
+
+
+def test_email_discord_teams_and_pagerduty_rules_load():
+    for action in (
+        "type: email\nto: ['${event_author}@example.com', ml@example.com]\nsubject: '${run_name} failed'\n",
+        "type: discord\nwebhook_url: {env: DISCORD_HOOK}\nseverity: error\n",
+        "type: teams\nwebhook_url: {env: TEAMS_HOOK}\ntitle: '${automation_name}'\n",
+        "type: pagerduty\nrouting_key: {env: PD_KEY}\nseverity: critical\nsummary: '${run_name} failed'\n",
+        "type: slack\ntoken: {env: SLACK_BOT}\nchannel: '#ml-${project_name}'\n",
+        "type: webhook\nurl: 'https://ci.example.com/hooks/${entity_name}/${project_name}'\n",
+    ):
+        (loaded,) = parse_rules_text(with_action(action), "rules/x.yaml")
+        assert loaded.automation.action.type == action.split("\n")[0].split(": ")[1]
+
+
+def test_errors_of_the_new_actions_name_file_line_and_field():
+    assert issues_of(with_action("type: email\nto: [ml@example.com, 'two words']\n")) == [
+        "rules/x.yaml:6: action.to[1]: must be one e-mail address, local@domain (no name, no list)"
+    ]
+    assert issues_of(with_action("type: email\nto: ml@example.com\nbcc: x@example.com\n")) == [
+        "rules/x.yaml:7: action.bcc: unknown key 'bcc' (did you mean 'cc'?)"
+    ]
+    assert issues_of(with_action("type: discord\nwebhook_url: https://discord.com/api/webhooks/1/x\n")) == [
+        "rules/x.yaml:6: action.webhook_url: secrets come from the environment: write {env: NAME}, never the secret itself"
+    ]
+    assert issues_of(with_action("type: pagerduty\nrouting_key: {env: PD}\nseverity: high\n")) == [
+        "rules/x.yaml:7: action.severity: must be 'critical', 'error', 'warning' or 'info'"
+    ]
+    assert issues_of(with_action("type: slack\ntoken: {env: T}\nchannel: '#ml-${projet_name}'\n")) == [
+        "rules/x.yaml:7: action.channel: unknown template variable ${projet_name} (did you mean ${project_name}?)"
+    ]
+    assert issues_of(
+        with_action(
+            "type: webhook\nurl: 'https://ci.example.com/${CI_TOKEN}'\naccess_token: {env: CI_TOKEN}\n"
+        )
+    ) == [
+        "rules/x.yaml:6: action.url: ${CI_TOKEN} is a secret: an address is logged, so it must not hold one"
+    ]
