@@ -664,6 +664,7 @@ class Evaluator:
                 _dicts(conn).execute(query("last_fired"), {"ids": cooled, "run_pks": run_pks}).fetchall()
             ):
                 last_fired[r["automation_id"]][r["run_pk"]] = r["value_time"]
+        from engine.actions import flow
         from engine.actions.outbox import delivery_rows
 
         triggers: list[dict[str, Any]] = []
@@ -676,6 +677,7 @@ class Evaluator:
             return 0
         for n, row in enumerate(triggers):
             row["n"] = n
+        flow.lock_gates(conn, actions)  # rate limits and digests: counted under the action's lock
         row = conn.execute(
             query("insert_triggers"),
             {"triggers": Jsonb(triggers), "actions": Jsonb(actions), "now": clock.now()},

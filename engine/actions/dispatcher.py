@@ -50,6 +50,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine import clock, db
+from engine.actions import flow
 from engine.actions.context import build_contexts
 from engine.actions.http import MAX_REDIRECTS, Attempt
 from engine.actions.retry import next_delay
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
 CONNECT_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection longer means the database is down
 FRESH_SECONDS = 1.0  # a pooled connection given back more recently than this is not pinged
+CLOSE_CHECK_SECONDS = 0.1  # due digest windows are looked for at most this often
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class Dispatcher:
         self._outcomes: list[_Outcome] = []  # finished attempts waiting for the writer
         self._outcomes_lock = threading.Lock()
         self._writers = 0  # workers writing outcomes (the others queue theirs)
+        self._close_checked = float("-inf")  # when due digest windows were last looked for
 
     # -- one round -------------------------------------------------------------------------
     def run_once(self, limit: int = 100, *, wait: bool = True, only: uuid.UUID | str | None = None) -> int:
@@ -218,6 +221,8 @@ class Dispatcher:
         while not self._stopped:
             timeout = POLL_SECONDS
             try:
+                if time.monotonic() - self._close_checked >= CLOSE_CHECK_SECONDS:
+                    self.close_digests()
                 self.run_once(wait=False)
                 timeout = self._seconds_until_due()
                 if self._outage:
@@ -231,6 +236,13 @@ class Dispatcher:
                 log.exception("dispatcher: could not claim deliveries")
             self._wake.wait(timeout)
             self._wake.clear()
+
+    def close_digests(self) -> int:
+        """Close the digest windows that are due: each becomes one delivery in the outbox
+        (engine/actions/flow.py). Returns how many were closed."""
+        self._close_checked = time.monotonic()
+        with self._connection() as conn:
+            return len(flow.close_due_digests(conn))
 
     def _seconds_until_due(self) -> float:
         with self._lock:
@@ -289,10 +301,12 @@ class Dispatcher:
     def _claims(self, conn: psycopg.Connection, rows: list[dict[str, Any]]) -> list[Claim]:
         """Claims from `delivery_claim_due` rows, with their triggers' template variables."""
         contexts: dict[int, dict[str, str]] = {}
+        digests: dict[uuid.UUID, dict[str, str]] = {}  # a digest's: by delivery id
         context_error = None
         if rows:
             try:
                 contexts = build_contexts(conn, [r["trigger_id"] for r in rows], self.settings)
+                digests = flow.digest_contexts(conn, rows, contexts, self.settings)
             except EngineError as exc:  # claimed already: each attempt fails with it
                 context_error = f"could not read the trigger: {exc}"
         return [
@@ -305,7 +319,7 @@ class Dispatcher:
                 attempt=r["attempts"],
                 max_attempts=r["max_attempts"],
                 reclaimed=r["was_status"] == "sending",
-                context=contexts.get(r["trigger_id"]),
+                context=digests.get(r["id"], contexts.get(r["trigger_id"])),
                 context_error=context_error,
             )
             for r in rows

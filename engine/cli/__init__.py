@@ -30,8 +30,9 @@ from engine.cli import doctor as _doctor  # noqa: E402
 from engine.cli import explain as _explain  # noqa: E402
 from engine.cli import rules as _rules  # noqa: E402
 from engine.cli import service as _service  # noqa: E402
+from engine.cli import silence as _silence  # noqa: E402
 
-for _module in (_db, _actions, _demo, _doctor, _explain, _rules, _service):
+for _module in (_db, _actions, _demo, _doctor, _explain, _rules, _service, _silence):
     _module.register(app)
 
 

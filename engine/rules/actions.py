@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from engine.rules.base import Loc, RuleModel, fail, rule_error
+from engine.rules.duration import DigestWindow, Period, format_duration
 from engine.rules.fields import EnvName, Label, Text
 from engine.rules.variables import VARIABLES, is_known_variable, variables_in
 
@@ -114,7 +115,55 @@ def _unknown_variable(name: str, secret_names: frozenset[str]) -> str:
     return message
 
 
-class WebhookAction(RuleModel):
+class RateLimit(RuleModel):
+    """At most `count` deliveries of the action in any rolling `per`; the rest are `suppressed`."""
+
+    count: int = Field(ge=1, le=1_000_000, strict=True, description="Deliveries allowed per period.")
+    per: Period = Field(description="The rolling period, e.g. 1h (whole seconds, at least 1s).")
+
+    def describe(self) -> str:
+        return f"{self.count} per {format_duration(self.per)}"
+
+
+DIGEST_VARIABLES = frozenset({"digest", "digest_count"})
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+class ActionBase(RuleModel):
+    """What every action shares: how much of it is sent (docs/actions.md, "How much is sent")."""
+
+    digest: DigestWindow | None = Field(
+        None,
+        description="Collect triggers: the first opens a window this long (at least 1m); when it closes, one "
+        "delivery carries them all (${digest}, ${digest_count}).",
+    )
+    rate_limit: RateLimit | None = Field(
+        None,
+        description="At most `count` deliveries in any rolling `per`; the rest are recorded as suppressed.",
+    )
+
+    @model_validator(mode="after")
+    def _digest_variables(self) -> ActionBase:
+        if self.digest is None:
+            data = self.model_dump(exclude={"digest", "rate_limit"})
+            for text in _strings(data):
+                used = DIGEST_VARIABLES.intersection(variables_in(text))
+                if used:
+                    name = sorted(used)[0]
+                    fail(type(self).__name__, [((), f"${{{name}}} needs `digest:` on the action")])
+        return self
+
+
+class WebhookAction(ActionBase):
     """POST a JSON body to a URL (SPEC section 3)."""
 
     type: Literal["webhook"] = Field(description="Action kind.")
@@ -161,7 +210,7 @@ class WebhookAction(RuleModel):
         return self
 
 
-class SlackAction(RuleModel):
+class SlackAction(ActionBase):
     """Post a message to Slack, by incoming webhook or by bot token and channel."""
 
     type: Literal["slack"] = Field(description="Action kind.")
@@ -198,12 +247,24 @@ class SlackAction(RuleModel):
         return self
 
 
-class NoOpAction(RuleModel):
+class NoOpAction(ActionBase):
     """Record the trigger only."""
 
     type: Literal["no_op"] = Field(description="Action kind.")
 
     secret_names: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _nothing_to_control(self) -> NoOpAction:
+        fail(
+            "NoOpAction",
+            [
+                ((name,), f"no_op sends nothing: {name} does not apply")
+                for name in ("digest", "rate_limit")
+                if getattr(self, name) is not None
+            ],
+        )
+        return self
 
 
 ACTION_CLASSES = (WebhookAction, SlackAction, NoOpAction)

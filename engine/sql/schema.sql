@@ -28,6 +28,11 @@ SELECT CASE rule_type
 END
 $$;
 
+CREATE TABLE public.action_gates (
+    automation_id bigint NOT NULL,
+    action_index integer NOT NULL
+);
+
 CREATE TABLE public.artifact_aliases (
     collection_id bigint NOT NULL,
     alias text NOT NULL,
@@ -115,8 +120,33 @@ CREATE TABLE public.deliveries (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
+    silence_id bigint,
     CONSTRAINT deliveries_action_type_check CHECK ((action_type = ANY (ARRAY['webhook'::text, 'slack'::text, 'no_op'::text]))),
-    CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sending'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text])))
+    CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sending'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'suppressed'::text, 'silenced'::text])))
+);
+
+CREATE TABLE public.digest_members (
+    digest_id bigint NOT NULL,
+    trigger_id bigint NOT NULL
+);
+
+CREATE TABLE public.digests (
+    id bigint NOT NULL,
+    automation_id bigint NOT NULL,
+    action_index integer NOT NULL,
+    action_type text NOT NULL,
+    action jsonb NOT NULL,
+    max_attempts integer NOT NULL,
+    rate_count integer,
+    rate_per_seconds double precision,
+    rate_text text,
+    opened_at timestamp with time zone NOT NULL,
+    closes_at timestamp with time zone NOT NULL,
+    first_trigger_id bigint NOT NULL,
+    closed_at timestamp with time zone,
+    delivery_id uuid,
+    CONSTRAINT digests_check CHECK ((closes_at > opened_at)),
+    CONSTRAINT digests_check1 CHECK (((closed_at IS NULL) = (delivery_id IS NULL)))
 );
 
 CREATE TABLE public.projects (
@@ -201,25 +231,35 @@ CREATE VIEW public.automation_history AS
      LEFT JOIN public.artifact_collections ac ON ((ac.id = av.collection_id)))
      LEFT JOIN public.projects p2 ON ((p2.id = ac.project_id)))
      LEFT JOIN public.projects p ON ((p.id = COALESCE(r.project_id, ac.project_id))))
-     LEFT JOIN LATERAL ( SELECT d_1.id,
-            d_1.trigger_id,
-            d_1.automation_id,
-            d_1.action_index,
-            d_1.action_type,
-            d_1.action,
-            d_1.status,
-            d_1.attempts,
-            d_1.max_attempts,
-            d_1.next_attempt_at,
-            d_1.claimed_until,
-            d_1.last_http_status,
-            d_1.last_error,
-            d_1.created_at,
-            d_1.updated_at,
-            d_1.finished_at
-           FROM public.deliveries d_1
-          WHERE (d_1.trigger_id = t.id)
-          ORDER BY d_1.action_index
+     LEFT JOIN LATERAL ( SELECT x.action_index,
+            x.action_type,
+            x.status,
+            x.attempts,
+            x.last_http_status,
+            x.last_error
+           FROM ( SELECT d_1.action_index,
+                    d_1.action_type,
+                    d_1.status,
+                    d_1.attempts,
+                    d_1.last_http_status,
+                    d_1.last_error
+                   FROM public.deliveries d_1
+                  WHERE ((d_1.trigger_id = t.id) AND (NOT (EXISTS ( SELECT 1
+                           FROM (public.digest_members m
+                             JOIN public.digests g ON ((g.id = m.digest_id)))
+                          WHERE ((m.trigger_id = t.id) AND (g.action_index = d_1.action_index))))))
+                UNION ALL
+                 SELECT g.action_index,
+                    g.action_type,
+                    COALESCE(d_1.status, 'pending'::text) AS "coalesce",
+                    COALESCE(d_1.attempts, 0) AS "coalesce",
+                    d_1.last_http_status,
+                    d_1.last_error
+                   FROM ((public.digest_members m
+                     JOIN public.digests g ON ((g.id = m.digest_id)))
+                     LEFT JOIN public.deliveries d_1 ON ((d_1.id = g.delivery_id)))
+                  WHERE (m.trigger_id = t.id)) x
+          ORDER BY x.action_index
          LIMIT 1) d ON (true));
 
 CREATE TABLE public.automation_state (
@@ -268,6 +308,15 @@ CREATE SEQUENCE public.delivery_attempts_id_seq
     CACHE 1;
 
 ALTER SEQUENCE public.delivery_attempts_id_seq OWNED BY public.delivery_attempts.id;
+
+CREATE SEQUENCE public.digests_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.digests_id_seq OWNED BY public.digests.id;
 
 CREATE TABLE public.events (
     id bigint NOT NULL,
@@ -462,6 +511,33 @@ CREATE TABLE public.series_state (
 )
 WITH (toast_tuple_target='8160');
 
+CREATE TABLE public.silences (
+    id bigint NOT NULL,
+    automation_id bigint,
+    entity public.entity_part,
+    project public.entity_part,
+    starts_at timestamp with time zone NOT NULL,
+    ends_at timestamp with time zone NOT NULL,
+    reason text NOT NULL,
+    created_by text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    ended_at timestamp with time zone,
+    ended_by text,
+    CONSTRAINT silences_check CHECK (((automation_id IS NULL) <> (entity IS NULL))),
+    CONSTRAINT silences_check1 CHECK (((entity IS NULL) = (project IS NULL))),
+    CONSTRAINT silences_check2 CHECK ((ends_at >= starts_at)),
+    CONSTRAINT silences_reason_check CHECK (((length(btrim(reason)) >= 1) AND (length(btrim(reason)) <= 1000)))
+);
+
+CREATE SEQUENCE public.silences_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.silences_id_seq OWNED BY public.silences.id;
+
 CREATE TABLE public.system_metrics (
     "time" timestamp with time zone NOT NULL,
     run_pk bigint NOT NULL,
@@ -488,6 +564,8 @@ ALTER TABLE ONLY public.automations ALTER COLUMN id SET DEFAULT nextval('public.
 
 ALTER TABLE ONLY public.delivery_attempts ALTER COLUMN id SET DEFAULT nextval('public.delivery_attempts_id_seq'::regclass);
 
+ALTER TABLE ONLY public.digests ALTER COLUMN id SET DEFAULT nextval('public.digests_id_seq'::regclass);
+
 ALTER TABLE ONLY public.events ALTER COLUMN id SET DEFAULT nextval('public.events_id_seq'::regclass);
 
 ALTER TABLE ONLY public.metric_keys ALTER COLUMN id SET DEFAULT nextval('public.metric_keys_id_seq'::regclass);
@@ -506,7 +584,12 @@ ALTER TABLE ONLY public.runs ALTER COLUMN id SET DEFAULT nextval('public.runs_id
 
 ALTER TABLE ONLY public.series_batches ALTER COLUMN id SET DEFAULT nextval('public.series_batches_id_seq'::regclass);
 
+ALTER TABLE ONLY public.silences ALTER COLUMN id SET DEFAULT nextval('public.silences_id_seq'::regclass);
+
 ALTER TABLE ONLY public.triggers ALTER COLUMN id SET DEFAULT nextval('public.triggers_id_seq'::regclass);
+
+ALTER TABLE ONLY public.action_gates
+    ADD CONSTRAINT action_gates_pkey PRIMARY KEY (automation_id, action_index);
 
 ALTER TABLE ONLY public.artifact_aliases
     ADD CONSTRAINT artifact_aliases_pkey PRIMARY KEY (collection_id, alias);
@@ -546,6 +629,15 @@ ALTER TABLE ONLY public.delivery_attempts
 
 ALTER TABLE ONLY public.delivery_attempts
     ADD CONSTRAINT delivery_attempts_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.digest_members
+    ADD CONSTRAINT digest_members_pkey PRIMARY KEY (digest_id, trigger_id);
+
+ALTER TABLE ONLY public.digests
+    ADD CONSTRAINT digests_delivery_id_key UNIQUE (delivery_id);
+
+ALTER TABLE ONLY public.digests
+    ADD CONSTRAINT digests_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id);
@@ -604,6 +696,9 @@ ALTER TABLE ONLY public.series_batches
 ALTER TABLE ONLY public.series_state
     ADD CONSTRAINT series_state_pkey PRIMARY KEY (key_id, run_pk);
 
+ALTER TABLE ONLY public.silences
+    ADD CONSTRAINT silences_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.triggers
     ADD CONSTRAINT triggers_automation_id_cause_key UNIQUE (automation_id, cause);
 
@@ -612,9 +707,17 @@ ALTER TABLE ONLY public.triggers
 
 CREATE UNIQUE INDEX automations_live_name ON public.automations USING btree (name) WHERE (deleted_at IS NULL);
 
+CREATE INDEX deliveries_action_created ON public.deliveries USING btree (automation_id, action_index, created_at);
+
 CREATE INDEX deliveries_due ON public.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'sending'::text]));
 
 CREATE INDEX deliveries_status ON public.deliveries USING btree (status, updated_at DESC);
+
+CREATE INDEX digest_members_trigger ON public.digest_members USING btree (trigger_id);
+
+CREATE INDEX digests_action_open ON public.digests USING btree (automation_id, action_index) WHERE (closed_at IS NULL);
+
+CREATE INDEX digests_open ON public.digests USING btree (closes_at) WHERE (closed_at IS NULL);
 
 CREATE INDEX events_time ON public.events USING btree ("time" DESC);
 
@@ -632,6 +735,8 @@ CREATE INDEX series_batches_key_xid ON public.series_batches USING btree (key_id
 
 CREATE INDEX series_batches_xid ON public.series_batches USING btree (xid);
 
+CREATE INDEX silences_ends ON public.silences USING btree (ends_at);
+
 CREATE INDEX system_metrics_series ON public.system_metrics USING btree (run_pk, key_id, seq DESC);
 
 CREATE INDEX system_metrics_time_idx ON public.system_metrics USING btree ("time" DESC);
@@ -641,6 +746,9 @@ CREATE INDEX triggers_cooldown ON public.triggers USING btree (automation_id, ru
 CREATE INDEX triggers_fired_at ON public.triggers USING btree (fired_at DESC);
 
 CREATE TRIGGER events_append_only BEFORE UPDATE ON public.events FOR EACH ROW EXECUTE FUNCTION public.events_are_append_only();
+
+ALTER TABLE ONLY public.action_gates
+    ADD CONSTRAINT action_gates_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.artifact_aliases
     ADD CONSTRAINT artifact_aliases_collection_id_fkey FOREIGN KEY (collection_id) REFERENCES public.artifact_collections(id) ON DELETE CASCADE;
@@ -670,10 +778,28 @@ ALTER TABLE ONLY public.deliveries
     ADD CONSTRAINT deliveries_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.deliveries
+    ADD CONSTRAINT deliveries_silence_id_fkey FOREIGN KEY (silence_id) REFERENCES public.silences(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.deliveries
     ADD CONSTRAINT deliveries_trigger_id_fkey FOREIGN KEY (trigger_id) REFERENCES public.triggers(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.delivery_attempts
     ADD CONSTRAINT delivery_attempts_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES public.deliveries(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.digest_members
+    ADD CONSTRAINT digest_members_digest_id_fkey FOREIGN KEY (digest_id) REFERENCES public.digests(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.digest_members
+    ADD CONSTRAINT digest_members_trigger_id_fkey FOREIGN KEY (trigger_id) REFERENCES public.triggers(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.digests
+    ADD CONSTRAINT digests_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.digests
+    ADD CONSTRAINT digests_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES public.deliveries(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.digests
+    ADD CONSTRAINT digests_first_trigger_id_fkey FOREIGN KEY (first_trigger_id) REFERENCES public.triggers(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_collection_id_fkey FOREIGN KEY (collection_id) REFERENCES public.artifact_collections(id) ON DELETE CASCADE;
@@ -719,6 +845,9 @@ ALTER TABLE ONLY public.runs
 
 ALTER TABLE ONLY public.series_state
     ADD CONSTRAINT series_state_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.silences
+    ADD CONSTRAINT silences_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.triggers
     ADD CONSTRAINT triggers_artifact_version_id_fkey FOREIGN KEY (artifact_version_id) REFERENCES public.artifact_versions(id) ON DELETE SET NULL;
