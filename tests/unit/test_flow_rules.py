@@ -3,6 +3,7 @@ and what the outbox reads from a stored action."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from datetime import timedelta
 
@@ -100,3 +101,27 @@ def test_a_digest_renders_as_a_list_and_its_default_payload_carries_every_trigge
     body = default_payload(ctx)
     assert body["digest"] == items and body["digest_count"] == 2 and body["automation_name"] == "sweep"
     assert "run_id" not in body  # one trigger's values are in the list, not on top
+
+
+def test_a_slack_digest_lists_its_triggers_not_the_first_ones_fields():
+    from engine.actions.slack import DIGEST_LINES, build_message
+    from engine.rules.actions import SlackAction
+
+    items = [{"run_name": f"run-<{i}>", "metric_value": f"{i}.5"} for i in range(DIGEST_LINES + 5)]
+    ctx = {
+        "automation_name": "sweep",
+        "event_type": "RUN_METRIC",
+        "metric_filter": "loss > 1",
+        "entity_name": "acme",
+        "project_name": "vision",
+        "run_name": "run-<0>",
+        "digest": json.dumps(items),
+        "digest_count": str(len(items)),
+    }
+    action = SlackAction.model_validate({"type": "slack", "webhook_url": {"env": "S"}, "digest": "10m"})
+    message = build_message(action, ctx)
+    text = message["blocks"][1]["text"]["text"]
+    assert text.splitlines()[0] == f"*{len(items)} triggers* of `loss &gt; 1` in acme/vision:"
+    assert text.splitlines()[1] == "• run-&lt;0&gt;: 0.5"
+    assert text.splitlines()[-1] == "… and 5 more" and len(text.splitlines()) == DIGEST_LINES + 2
+    assert message["text"].startswith(":information_source: sweep: *25 triggers*")
