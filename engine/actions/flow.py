@@ -147,3 +147,8 @@ def digest_contexts(
             "digest_count": str(len(items)),
         }
     return out
+
+
+def sample_digest(ctx: Mapping[str, str]) -> dict[str, str]:
+    """`ctx` (one trigger's variables) as a digest carrying that one trigger (`engine actions test`)."""
+    return dict(ctx) | {"digest": json.dumps([default_payload(ctx)], ensure_ascii=False), "digest_count": "1"}

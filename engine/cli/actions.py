@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine import db as enginedb
-from engine.actions import outbox
+from engine.actions import flow, outbox
 from engine.actions.context import sample_context
 from engine.actions.dispatcher import POLL_SECONDS, Dispatcher
 from engine.actions.http import Attempt
@@ -210,7 +210,9 @@ def test(
             say(f"action {index} (no_op): nothing to send")
             continue
         delivery_id = str(uuid.uuid4())
-        attempt = send_action(delivery_id, spec, ctx, settings)
+        # a digest's delivery carries its triggers: here, the sample one
+        sample = flow.sample_digest(ctx) if spec.digest is not None else ctx
+        attempt = send_action(delivery_id, spec, sample, settings)
         failed |= not attempt.succeeded
         _print_attempt(index, spec.type, delivery_id, attempt)
     if failed:

@@ -277,3 +277,24 @@ def test_a_silence_needs_a_known_automation_a_reason_and_a_future_end(conn, data
         silences.end(conn, silence)
     with pytest.raises(EngineError, match="no silence 999"):
         silences.end(conn, 999)
+
+
+def test_actions_test_of_a_digested_action_sends_a_digest_of_the_sample(conn, database_url):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    with Receiver(Reply(200)) as rx:
+        apply_yaml(
+            conn,
+            rule(
+                "sample-digest",
+                rx.url(),
+                extra=', digest: 5m, payload: {n: "${digest_count}", all: "${digest}"}',
+            ),
+        )
+        result = CliRunner().invoke(app, ["actions", "test", "sample-digest"])
+    assert result.exit_code == 0, result.output
+    body = rx.requests[0].json()
+    assert body["n"] == "1" and body["all"][0]["run_name"] == "sample-run"
+    assert conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 0
