@@ -64,7 +64,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
 CONNECT_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection longer means the database is down
 FRESH_SECONDS = 1.0  # a pooled connection given back more recently than this is not pinged
-CLOSE_CHECK_SECONDS = 0.1  # due digest windows are looked for at most this often
+CLOSE_CHECK_SECONDS = (
+    0.1  # a digest window still due (another service closing it) is looked at again after this
+)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class Dispatcher:
         self._outcomes: list[_Outcome] = []  # finished attempts waiting for the writer
         self._outcomes_lock = threading.Lock()
         self._writers = 0  # workers writing outcomes (the others queue theirs)
-        self._close_checked = float("-inf")  # when due digest windows were last looked for
+        self._close_at = float("-inf")  # (monotonic) when a digest window may next be due
 
     # -- one round -------------------------------------------------------------------------
     def run_once(self, limit: int = 100, *, wait: bool = True, only: uuid.UUID | str | None = None) -> int:
@@ -221,7 +223,7 @@ class Dispatcher:
         while not self._stopped:
             timeout = POLL_SECONDS
             try:
-                if time.monotonic() - self._close_checked >= CLOSE_CHECK_SECONDS:
+                if time.monotonic() >= self._close_at:
                     self.close_digests()
                 self.run_once(wait=False)
                 timeout = self._seconds_until_due()
@@ -239,10 +241,14 @@ class Dispatcher:
 
     def close_digests(self) -> int:
         """Close the digest windows that are due: each becomes one delivery in the outbox
-        (engine/actions/flow.py). Returns how many were closed."""
-        self._close_checked = time.monotonic()
+        (engine/actions/flow.py). Returns how many were closed. Then look again only when the
+        next open window closes: a window opened meanwhile closes a digest's minimum length
+        after it opened at the earliest, so that bounds the wait."""
         with self._connection() as conn:
-            return len(flow.close_due_digests(conn))
+            closed = flow.close_due_digests(conn)
+            wait = flow.seconds_until_next_close(conn)
+        self._close_at = time.monotonic() + max(CLOSE_CHECK_SECONDS, wait)
+        return len(closed)
 
     def _seconds_until_due(self) -> float:
         with self._lock:

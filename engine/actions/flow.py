@@ -36,12 +36,13 @@ from psycopg.rows import dict_row
 from engine import clock, db
 from engine.actions.context import build_contexts
 from engine.actions.templates import default_payload
-from engine.rules.duration import format_duration, parse_duration
+from engine.rules.duration import MIN_COOLDOWN, format_duration, parse_duration
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CLOSE_BATCH = 100  # actions whose windows one closing statement handles
+MIN_WINDOW = MIN_COOLDOWN  # the shortest `digest` (the rule language checks it)
 
 
 def controls(action: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,11 +108,16 @@ def close_due_digests(conn: psycopg.Connection, now: datetime | None = None) -> 
             return closed
 
 
-def next_close(conn: psycopg.Connection) -> datetime | None:
-    """When the earliest open window closes (None: none is open)."""
+def seconds_until_next_close(conn: psycopg.Connection) -> float:
+    """Seconds until the earliest open window closes (0 when one is due), at most the shortest
+    digest: a window opened from now on closes no sooner."""
     with db.boundary():
         row = conn.execute(db.query("flow_next_close")).fetchone()
-    return row[0] if row else None
+    closes_at = row[0] if row else None
+    shortest = MIN_WINDOW.total_seconds()
+    if closes_at is None:
+        return shortest
+    return min(shortest, max(0.0, (closes_at - clock.now()).total_seconds()))
 
 
 def digest_contexts(
