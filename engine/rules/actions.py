@@ -17,14 +17,16 @@ from pydantic import (
     AfterValidator,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
 from engine.rules.base import Loc, RuleModel, fail, rule_error
-from engine.rules.duration import DigestWindow, Period, format_duration
+from engine.rules.duration import DigestWindow, Period
 from engine.rules.fields import EnvName, Label, Text
 from engine.rules.variables import VARIABLES, is_known_variable, variables_in
 
@@ -121,9 +123,6 @@ class RateLimit(RuleModel):
     count: int = Field(ge=1, le=1_000_000, strict=True, description="Deliveries allowed per period.")
     per: Period = Field(description="The rolling period, e.g. 1h (whole seconds, at least 1s).")
 
-    def describe(self) -> str:
-        return f"{self.count} per {format_duration(self.per)}"
-
 
 DIGEST_VARIABLES = frozenset({"digest", "digest_count"})
 
@@ -150,6 +149,16 @@ class ActionBase(RuleModel):
         None,
         description="At most `count` deliveries in any rolling `per`; the rest are recorded as suppressed.",
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_controls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when unset, so that a rule stored before these fields existed keeps its
+        # hash (`rules apply` does not see every rule as changed after an upgrade).
+        data = handler(self)
+        for name in ("digest", "rate_limit"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
     @model_validator(mode="after")
     def _digest_variables(self) -> ActionBase:

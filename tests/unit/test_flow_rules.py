@@ -125,3 +125,9 @@ def test_a_slack_digest_lists_its_triggers_not_the_first_ones_fields():
     assert text.splitlines()[1] == "• run-&lt;0&gt;: 0.5"
     assert text.splitlines()[-1] == "… and 5 more" and len(text.splitlines()) == DIGEST_LINES + 2
     assert message["text"].startswith(":information_source: sweep: *25 triggers*")
+
+
+def test_an_action_without_controls_dumps_as_before_so_stored_rules_keep_their_hash():
+    (loaded,) = parse_rules_text(rule_with("type: webhook\nurl: https://ci.example.com/hook\n"))
+    stored = loaded.automation.to_json()["action"]
+    assert "digest" not in stored and "rate_limit" not in stored
