@@ -36,6 +36,7 @@ import contextlib
 import logging
 import random
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,6 +47,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from engine import clock, db
+from engine.actions import flow
 from engine.actions.context import build_contexts
 from engine.actions.http import MAX_REDIRECTS, Attempt
 from engine.actions.retry import next_delay
@@ -58,6 +60,9 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
 SHARE = "deliveries"  # the dispatcher's share of the process's pool (db.Database)
+CLOSE_CHECK_SECONDS = (
+    0.1  # a digest window still due (another service closing it) is looked at again after this
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class Dispatcher:
         self._outcomes: list[_Outcome] = []  # finished attempts waiting for the writer
         self._outcomes_lock = threading.Lock()
         self._writers = 0  # workers writing outcomes (the others queue theirs)
+        self._close_at = float("-inf")  # (monotonic) when a digest window may next be due
 
     # -- one round -------------------------------------------------------------------------
     def run_once(self, limit: int = 100, *, wait: bool = True, only: uuid.UUID | str | None = None) -> int:
@@ -207,6 +213,8 @@ class Dispatcher:
         while not self._stopped:
             timeout = POLL_SECONDS
             try:
+                if time.monotonic() >= self._close_at:
+                    self.close_digests()
                 self.run_once(wait=False)
                 timeout = self._seconds_until_due()
                 if self._outage:
@@ -220,6 +228,17 @@ class Dispatcher:
                 log.exception("dispatcher: could not claim deliveries")
             self._wake.wait(timeout)
             self._wake.clear()
+
+    def close_digests(self) -> int:
+        """Close the digest windows that are due: each becomes one delivery in the outbox
+        (engine/actions/flow.py). Returns how many were closed. Then look again only when the
+        next open window closes: a window opened meanwhile closes a digest's minimum length
+        after it opened at the earliest, so that bounds the wait."""
+        with self._connection() as conn:
+            closed = flow.close_due_digests(conn)
+            wait = flow.seconds_until_next_close(conn)
+        self._close_at = time.monotonic() + max(CLOSE_CHECK_SECONDS, wait)
+        return len(closed)
 
     def _seconds_until_due(self) -> float:
         with self._lock:
@@ -255,10 +274,12 @@ class Dispatcher:
     def _claims(self, conn: psycopg.Connection, rows: list[dict[str, Any]]) -> list[Claim]:
         """Claims from `delivery_claim_due` rows, with their triggers' template variables."""
         contexts: dict[int, dict[str, str]] = {}
+        digests: dict[uuid.UUID, dict[str, str]] = {}  # a digest's: by delivery id
         context_error = None
         if rows:
             try:
                 contexts = build_contexts(conn, [r["trigger_id"] for r in rows], self.settings)
+                digests = flow.digest_contexts(conn, rows, contexts, self.settings)
             except EngineError as exc:  # claimed already: each attempt fails with it
                 context_error = f"could not read the trigger: {exc}"
         return [
@@ -271,7 +292,7 @@ class Dispatcher:
                 attempt=r["attempts"],
                 max_attempts=r["max_attempts"],
                 reclaimed=r["was_status"] == "sending",
-                context=contexts.get(r["trigger_id"]),
+                context=digests.get(r["id"], contexts.get(r["trigger_id"])),
                 context_error=context_error,
             )
             for r in rows

@@ -7,7 +7,10 @@ Lifecycle of a delivery (the `status` column):
        |                  |---final error / no attempts left--> failed
        |                  '---lease expired (crash)--> claimed again, same id
        '------ engine redeliver (from succeeded/failed/pending) -------'
-    no_op actions are inserted as skipped (nothing to send).
+    no_op actions are inserted as skipped (nothing to send); a trigger under a silence, or
+    beyond its action's rate limit, as silenced or suppressed (final: never sent). A digested
+    action's triggers join a window instead (engine/actions/flow.py), whose one delivery is
+    inserted pending when the window closes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import psycopg
 
 from engine import clock, db
+from engine.actions import flow
 from engine.actions.retry import DEFAULT_MAX_ATTEMPTS
 from engine.exceptions import EngineError, NotFound
 
@@ -59,6 +63,7 @@ def delivery_rows(automation_id: int, actions: Sequence[Mapping[str, Any] | Any]
                 "action": action,
                 "status": "skipped" if skipped else "pending",
                 "max_attempts": 1 if skipped else int(action.get("max_attempts") or DEFAULT_MAX_ATTEMPTS),
+                **flow.controls(action),
             }
         )
     return rows
@@ -83,6 +88,8 @@ def redeliver(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:
     Refused for a delivery being sent right now ('sending') and for skipped no_op ones.
     """
     found = find(conn, delivery_id)
+    if found["status"] in ("silenced", "suppressed"):
+        raise EngineError(f"delivery {found['id']} was {found['status']}: it is never sent")
     if found["status"] == "skipped":
         raise EngineError(f"delivery {found['id']} is a no_op action: there is nothing to send")
     if found["status"] == "sending":

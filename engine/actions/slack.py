@@ -68,6 +68,8 @@ def build_message(
     emoji = SEVERITY_EMOJI[action.severity]
     title = render_text(action.title or DEFAULT_TITLE, ctx, secrets).strip() or "automation fired"
     template = action.message or default_message(ctx.get("event_type", ""))
+    if ctx.get("digest"):
+        return _digest_message(action, ctx, secrets, f"{emoji} {title}")
     message = render_text(template, ctx, secrets, escape=escape_mrkdwn).strip()
 
     run_link = link(ctx)
@@ -91,6 +93,48 @@ def build_message(
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": escape_mrkdwn(context)}]})
     fallback = f"{emoji} {title}" + (f": {message}" if message else "")
     return {"text": cut(fallback, _TEXT_MAX), "blocks": blocks}
+
+
+DIGEST_LINES = 20  # a digest's message lists this many triggers, then says how many more
+
+
+def _digest_message(
+    action: SlackAction, ctx: Mapping[str, str], secrets: Mapping[str, str] | None, header: str
+) -> dict[str, Any]:
+    """A digest's message: what its triggers share, then one line per trigger (the first
+    DIGEST_LINES of them). The fields of one trigger (run, value, ...) are in its line."""
+    items = json.loads(ctx["digest"])
+    if action.message:
+        intro = render_text(action.message, ctx, secrets, escape=escape_mrkdwn).strip()
+    else:
+        condition = ctx.get("metric_filter", "")
+        project = "/".join(p for p in (ctx.get("entity_name", ""), ctx.get("project_name", "")) if p)
+        intro = f"*{len(items)} triggers*" + (f" of `{escape_mrkdwn(condition)}`" if condition else "")
+        intro += f" in {escape_mrkdwn(project)}:" if project else ":"
+    lines = []
+    for item in items[:DIGEST_LINES]:
+        what = item.get("run_name") or item.get("run_id") or item.get("artifact_version_string") or ""
+        detail = (
+            item.get("metric_value") or item.get("run_status") or item.get("alias") or item.get("tag") or ""
+        )
+        lines.append(f"• {escape_mrkdwn(str(what))}" + (f": {escape_mrkdwn(str(detail))}" if detail else ""))
+    if len(items) > DIGEST_LINES:
+        lines.append(f"… and {len(items) - DIGEST_LINES} more")
+    text = cut("\n".join([intro, *lines]).strip(), _TEXT_MAX)
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": cut(header, _HEADER_MAX), "emoji": True}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": escape_mrkdwn(f"digest of {len(items)} · {ctx.get('event_type', '')}"),
+                }
+            ],
+        },
+    ]
+    return {"text": cut(f"{header}: {intro}", _TEXT_MAX), "blocks": blocks}
 
 
 def send(

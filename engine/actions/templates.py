@@ -10,8 +10,8 @@ Rendering rules (documented in the README's variable table):
   every string, object keys included, and the result is serialised with `json.dumps`. So a
   run name holding quotes or newlines can never break the JSON — it is escaped like any string.
 * A payload string that is exactly `"${metric_values}"` becomes the window as a JSON list of
-  numbers, so a receiver gets numbers rather than text to parse; inside a longer string it
-  is its JSON text.
+  numbers, and exactly `"${digest}"` a digest's triggers as
+  a list of objects; inside a longer string each is its JSON text.
   When the variable does not apply it stays the empty string, like every other variable.
 * No payload (`payload: null`): a JSON object with every variable that applies to the event
   (see `APPLIES`), plus any other variable that has a value (e.g. the run that produced an
@@ -98,8 +98,8 @@ def uses_secret(template: str, secrets: Mapping[str, str]) -> bool:
 def render_value(value: Any, ctx: Mapping[str, str], secrets: Mapping[str, str] | None = None) -> Any:
     """Render a JSON value: every string (keys included) is a template; see module docstring."""
     if isinstance(value, str):
-        if value == "${metric_values}" and ctx.get("metric_values"):
-            return json.loads(ctx["metric_values"])
+        if value in ("${metric_values}", "${digest}") and ctx.get(value[2:-1]):
+            return json.loads(ctx[value[2:-1]])
         return render_text(value, ctx, secrets)
     if isinstance(value, Mapping):
         return {render_text(str(k), ctx, secrets): render_value(v, ctx, secrets) for k, v in value.items()}
@@ -109,7 +109,14 @@ def render_value(value: Any, ctx: Mapping[str, str], secrets: Mapping[str, str] 
 
 
 def default_payload(ctx: Mapping[str, str]) -> dict[str, Any]:
-    """Every variable that applies to the event (secrets excluded)."""
+    """Every variable that applies to the event (secrets excluded). A digest's: what its
+    triggers share, then `digest_count` and `digest` (each trigger's own default payload)."""
+    if ctx.get("digest"):
+        shared = ("automation_name", "event_type", "metric_filter", "entity_name", "project_name")
+        return {name: ctx.get(name, "") for name in shared} | {
+            "digest_count": int(ctx.get("digest_count") or 0),
+            "digest": json.loads(ctx["digest"]),
+        }
     applies = APPLIES.get(ctx.get("event_type", ""), COMMON)
     out: dict[str, Any] = {}
     for name in VARIABLES:

@@ -31,9 +31,10 @@ from engine.cli import explain as _explain  # noqa: E402
 from engine.cli import keys as _keys  # noqa: E402
 from engine.cli import rules as _rules  # noqa: E402
 from engine.cli import service as _service  # noqa: E402
+from engine.cli import silence as _silence  # noqa: E402
 from engine.cli import web as _web  # noqa: E402
 
-for _module in (_db, _actions, _demo, _doctor, _explain, _keys, _rules, _service, _web):
+for _module in (_db, _actions, _demo, _doctor, _explain, _keys, _rules, _service, _silence, _web):
     _module.register(app)
 
 

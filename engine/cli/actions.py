@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine import db as enginedb
-from engine.actions import outbox
+from engine.actions import flow, outbox
 from engine.actions.context import sample_context
 from engine.actions.dispatcher import POLL_SECONDS, Dispatcher
 from engine.actions.http import Attempt
@@ -35,7 +35,7 @@ def say(text: str) -> None:
 
 
 actions_app = typer.Typer(help="Try an automation's actions.", no_args_is_help=True)
-STATUSES = ("pending", "sending", "succeeded", "failed", "skipped")
+STATUSES = ("pending", "sending", "succeeded", "failed", "skipped", "suppressed", "silenced")
 # The keys of `engine deliveries --format json|tsv` (the columns of the delivery_list query).
 DELIVERY_KEYS = (
     "id",
@@ -51,8 +51,17 @@ DELIVERY_KEYS = (
     "created_at",
     "updated_at",
     "finished_at",
+    "digest_count",
 )
-_STYLE = {"succeeded": "green", "failed": "red", "pending": "yellow", "sending": "yellow", "skipped": "dim"}
+_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "pending": "yellow",
+    "sending": "yellow",
+    "skipped": "dim",
+    "suppressed": "magenta",
+    "silenced": "dim",
+}
 
 
 def _short(text: str | None, width: int) -> str:
@@ -106,7 +115,7 @@ def deliveries(
             str(r["id"])[:8] if terminal else str(r["id"]),
             str(r["trigger_id"]),
             cell(r["automation"]),
-            r["action_type"],
+            r["action_type"] + (f" (digest of {r['digest_count']})" if r["digest_count"] else ""),
             f"[{_STYLE.get(r['status'], '')}]{r['status']}[/]",
             f"{r['attempts']}/{r['max_attempts']}",
             str(r["last_http_status"] or ""),
@@ -201,7 +210,9 @@ def test(
             say(f"action {index} (no_op): nothing to send")
             continue
         delivery_id = str(uuid.uuid4())
-        attempt = send_action(delivery_id, spec, ctx, settings)
+        # a digest's delivery carries its triggers: here, the sample one
+        sample = flow.sample_digest(ctx) if spec.digest is not None else ctx
+        attempt = send_action(delivery_id, spec, sample, settings)
         failed |= not attempt.succeeded
         _print_attempt(index, spec.type, delivery_id, attempt)
     if failed:

@@ -220,6 +220,7 @@ def fire(
         )
         for r in dicts(conn).execute(query("last_fired"), {"ids": cooled, "run_pks": run_pks}).fetchall():
             last_fired[r["automation_id"]][r["run_pk"]] = r["value_time"]
+    from engine.actions import flow
     from engine.actions.outbox import delivery_rows
 
     triggers: list[dict[str, Any]] = []
@@ -232,6 +233,7 @@ def fire(
         return 0
     for n, row in enumerate(triggers):
         row["n"] = n
+    flow.lock_gates(conn, actions)  # rate limits and digests: counted under the action's lock
     inserted = conn.execute(
         query("insert_triggers"),
         {"triggers": Jsonb(triggers), "actions": Jsonb(actions), "now": clock.now()},

@@ -20,13 +20,16 @@ from pydantic import (
     BeforeValidator,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
 from engine.rules.base import Loc, RuleModel, fail, rule_error
+from engine.rules.duration import DigestWindow, Period
 from engine.rules.fields import EnvName, Label, Text
 from engine.rules.variables import SECRET_VARIABLES, VARIABLES, is_known_variable, variables_in
 
@@ -178,7 +181,62 @@ def _unknown_variable(name: str, secret_names: frozenset[str]) -> str:
     return message
 
 
-class WebhookAction(RuleModel):
+class RateLimit(RuleModel):
+    """At most `count` deliveries of the action in any rolling `per`; the rest are `suppressed`."""
+
+    count: int = Field(ge=1, le=1_000_000, strict=True, description="Deliveries allowed per period.")
+    per: Period = Field(description="The rolling period, e.g. 1h (whole seconds, at least 1s).")
+
+
+DIGEST_VARIABLES = frozenset({"digest", "digest_count"})
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+class ActionBase(RuleModel):
+    """What every action shares: how much of it is sent (docs/actions.md, "How much is sent")."""
+
+    digest: DigestWindow | None = Field(
+        None,
+        description="Collect triggers: the first opens a window this long (at least 1m); when it closes, one "
+        "delivery carries them all (${digest}, ${digest_count}).",
+    )
+    rate_limit: RateLimit | None = Field(
+        None,
+        description="At most `count` deliveries in any rolling `per`; the rest are recorded as suppressed.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_controls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when unset, so that a rule stored before these fields existed keeps its
+        # hash (`rules apply` does not see every rule as changed after an upgrade).
+        data = handler(self)
+        for name in ("digest", "rate_limit"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    @model_validator(mode="after")
+    def _digest_variables(self) -> ActionBase:
+        if self.digest is None:
+            data = self.model_dump(exclude={"digest", "rate_limit"})
+            for text in _strings(data):
+                used = DIGEST_VARIABLES.intersection(variables_in(text))
+                if used:
+                    name = sorted(used)[0]
+                    fail(type(self).__name__, [((), f"${{{name}}} needs `digest:` on the action")])
+        return self
+
+
+class WebhookAction(ActionBase):
     """POST a JSON body to a URL."""
 
     type: Literal["webhook"] = Field(description="Action kind.")
@@ -229,7 +287,7 @@ class WebhookAction(RuleModel):
         return self
 
 
-class SlackAction(RuleModel):
+class SlackAction(ActionBase):
     """Post a message to Slack, by incoming webhook or by bot token and channel."""
 
     type: Literal["slack"] = Field(description="Action kind.")
@@ -275,7 +333,7 @@ Timeout = Annotated[float, Field(gt=0, le=300, allow_inf_nan=False, strict=True)
 MaxAttempts = Annotated[int, Field(ge=1, le=100, strict=True)]
 
 
-class _MessageAction(RuleModel):
+class _MessageAction(ActionBase):
     """What the chat-like actions share: a title and a message (templates), a severity, and
     the retry budget of webhooks."""
 
@@ -328,7 +386,7 @@ class TeamsAction(_MessageAction):
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 
 
-class PagerDutyAction(RuleModel):
+class PagerDutyAction(ActionBase):
     """Open (or update) a PagerDuty incident through the Events API v2; one incident per
     automation and run (`dedup_key`), so repeated firings update it."""
 
@@ -372,7 +430,7 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-class EmailAction(RuleModel):
+class EmailAction(ActionBase):
     """Send a plain-text e-mail through the SMTP server of ENGINE_SMTP_URL."""
 
     type: Literal["email"] = Field(description="Action kind.")
@@ -409,12 +467,24 @@ class EmailAction(RuleModel):
         return self
 
 
-class NoOpAction(RuleModel):
+class NoOpAction(ActionBase):
     """Record the trigger only."""
 
     type: Literal["no_op"] = Field(description="Action kind.")
 
     secret_names: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _nothing_to_control(self) -> NoOpAction:
+        fail(
+            "NoOpAction",
+            [
+                ((name,), f"no_op sends nothing: {name} does not apply")
+                for name in ("digest", "rate_limit")
+                if getattr(self, name) is not None
+            ],
+        )
+        return self
 
 
 ActionModel = (

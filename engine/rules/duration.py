@@ -90,8 +90,31 @@ def _cooldown(value: Any) -> timedelta:
 MIN_COOLDOWN = timedelta(minutes=1)
 DEFAULT_COOLDOWN = timedelta(hours=24)
 
+
+def _period(value: Any) -> timedelta:
+    try:
+        result = parse_duration(value)
+    except ValueError as exc:
+        raise rule_error(str(exc)) from None
+    if result.microseconds:
+        raise rule_error("must be a whole number of seconds")
+    if result < timedelta(seconds=1):
+        raise rule_error("must be at least 1s")
+    return result
+
+
 Cooldown = Annotated[
     timedelta,
     BeforeValidator(_cooldown),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+
+# An action's digest window: like a cooldown, whole seconds and at least 1m.
+DigestWindow = Cooldown
+
+# A rate limit's rolling period: whole seconds, at least 1s.
+Period = Annotated[
+    timedelta,
+    BeforeValidator(_period),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]

@@ -37,6 +37,9 @@ VARIABLES: tuple[str, ...] = (
     "registry_name",
     "trigger_id",
     "fired_at",
+    # a digest's delivery only (an action with `digest:`): the triggers it carries
+    "digest",
+    "digest_count",
     "ACCESS_TOKEN",
 )
 METADATA_PREFIX = "artifact_metadata."

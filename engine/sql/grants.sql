@@ -37,6 +37,10 @@ GRANT INSERT, UPDATE, DELETE ON automation_state TO engine_service;
 GRANT INSERT ON triggers, delivery_attempts TO engine_service;
 GRANT INSERT, UPDATE ON deliveries TO engine_service;
 GRANT DELETE ON series_batches TO engine_service;  -- watermark rows every automation has passed
+-- digests, rate limits and silences (`engine silence add|end` runs as the service's role)
+GRANT INSERT, UPDATE ON action_gates, digests, silences TO engine_service;
+GRANT INSERT ON digest_members TO engine_service;
+GRANT USAGE ON SEQUENCE digests_id_seq, silences_id_seq TO engine_service;
 GRANT USAGE ON SEQUENCE automations_id_seq, triggers_id_seq, delivery_attempts_id_seq TO engine_service;
 
 -- engine_ingest. UPDATE only where the SDK upserts or changes a row: the run (its state), a

@@ -6,71 +6,12 @@ CREATE EXTENSION IF NOT EXISTS timescaledb WITH SCHEMA public;
 CREATE DOMAIN public.entity_part AS text
 	CONSTRAINT entity_part_check CHECK ((VALUE ~ '^[A-Za-z0-9._-]{1,128}$'::text));
 
-CREATE FUNCTION public.api_scope_covers(patterns text[], scope jsonb) RETURNS boolean
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS $$
-SELECT EXISTS (
-    SELECT FROM unnest(patterns) AS p
-    WHERE p = '*'
-       OR p = scope ->> 'project'
-       OR p = split_part(scope ->> 'project', '/', 1) || '/*'
-       OR p = 'registry:' || (scope ->> 'registry')
-       OR (p = 'registry:*' AND scope ->> 'registry' IS NOT NULL)
-)
-$$;
-
 CREATE FUNCTION public.events_are_append_only() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
     RAISE EXCEPTION 'events are append-only' USING ERRCODE = 'restrict_violation';
 END $$;
-
-CREATE FUNCTION public.is_finite_value(value double precision) RETURNS boolean
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN ((value < 'Infinity'::double precision) AND (value > '-Infinity'::double precision));
-
-CREATE TABLE public.metric_points (
-    "time" timestamp with time zone NOT NULL,
-    run_pk bigint NOT NULL,
-    key_id integer NOT NULL,
-    step bigint NOT NULL,
-    seq bigint NOT NULL,
-    value double precision NOT NULL
-);
-
-CREATE TABLE public.system_metrics (
-    "time" timestamp with time zone NOT NULL,
-    run_pk bigint NOT NULL,
-    key_id integer NOT NULL,
-    step bigint NOT NULL,
-    seq bigint NOT NULL,
-    value double precision NOT NULL
-);
-
-CREATE FUNCTION public.finite_series(of_run bigint, of_key integer, system boolean) RETURNS TABLE(pos bigint, seq bigint, step bigint, "time" timestamp with time zone, value double precision)
-    LANGUAGE sql STABLE PARALLEL SAFE
-    BEGIN ATOMIC
- SELECT row_number() OVER (ORDER BY s.seq) AS row_number,
-     s.seq,
-     s.step,
-     s."time",
-     s.value
-    FROM ( SELECT m.seq,
-             m.step,
-             m."time",
-             m.value
-            FROM public.metric_points m
-           WHERE ((NOT finite_series.system) AND (m.run_pk = finite_series.of_run) AND (m.key_id = finite_series.of_key) AND public.is_finite_value(m.value))
-         UNION ALL
-          SELECT m.seq,
-             m.step,
-             m."time",
-             m.value
-            FROM public.system_metrics m
-           WHERE (finite_series.system AND (m.run_pk = finite_series.of_run) AND (m.key_id = finite_series.of_key) AND public.is_finite_value(m.value))) s
-   ORDER BY s.seq;
-END;
 
 CREATE FUNCTION public.wandb_event_type(rule_type text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -87,30 +28,9 @@ SELECT CASE rule_type
 END
 $$;
 
-CREATE TABLE public.api_keys (
-    id bigint NOT NULL,
-    name text NOT NULL,
-    prefix text NOT NULL,
-    hash text NOT NULL,
-    role text NOT NULL,
-    scopes text[] NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_used_at timestamp with time zone,
-    expires_at timestamp with time zone,
-    revoked_at timestamp with time zone,
-    CONSTRAINT api_keys_hash_check CHECK ((hash ~ '^[0-9a-f]{64}$'::text)),
-    CONSTRAINT api_keys_name_check CHECK ((name ~ '^[A-Za-z0-9._-]{1,128}$'::text)),
-    CONSTRAINT api_keys_role_check CHECK ((role = ANY (ARRAY['ingest'::text, 'read'::text, 'admin'::text]))),
-    CONSTRAINT api_keys_scopes_check CHECK ((cardinality(scopes) > 0))
-);
-
-ALTER TABLE public.api_keys ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
-    SEQUENCE NAME public.api_keys_id_seq
-    START WITH 1
-    INCREMENT BY 1
-    NO MINVALUE
-    NO MAXVALUE
-    CACHE 1
+CREATE TABLE public.action_gates (
+    automation_id bigint NOT NULL,
+    action_index integer NOT NULL
 );
 
 CREATE TABLE public.artifact_aliases (
@@ -200,8 +120,33 @@ CREATE TABLE public.deliveries (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
-    CONSTRAINT deliveries_action_type_check CHECK ((action_type = ANY (ARRAY['webhook'::text, 'slack'::text, 'email'::text, 'discord'::text, 'teams'::text, 'pagerduty'::text, 'no_op'::text]))),
-    CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sending'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text])))
+    silence_id bigint,
+    CONSTRAINT deliveries_action_type_check CHECK ((action_type = ANY (ARRAY['webhook'::text, 'slack'::text, 'no_op'::text]))),
+    CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sending'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'suppressed'::text, 'silenced'::text])))
+);
+
+CREATE TABLE public.digest_members (
+    digest_id bigint NOT NULL,
+    trigger_id bigint NOT NULL
+);
+
+CREATE TABLE public.digests (
+    id bigint NOT NULL,
+    automation_id bigint NOT NULL,
+    action_index integer NOT NULL,
+    action_type text NOT NULL,
+    action jsonb NOT NULL,
+    max_attempts integer NOT NULL,
+    rate_count integer,
+    rate_per_seconds double precision,
+    rate_text text,
+    opened_at timestamp with time zone NOT NULL,
+    closes_at timestamp with time zone NOT NULL,
+    first_trigger_id bigint NOT NULL,
+    closed_at timestamp with time zone,
+    delivery_id uuid,
+    CONSTRAINT digests_check CHECK ((closes_at > opened_at)),
+    CONSTRAINT digests_check1 CHECK (((closed_at IS NULL) = (delivery_id IS NULL)))
 );
 
 CREATE TABLE public.projects (
@@ -248,17 +193,7 @@ CREATE TABLE public.triggers (
     alias text,
     tag text,
     artifact_version_id bigint,
-    details jsonb DEFAULT '{}'::jsonb NOT NULL,
-    key_id integer,
-    pos bigint,
-    window_size integer,
-    prior_window_size integer,
-    aggregation text,
-    operator text,
-    threshold double precision,
-    change text,
-    direction text,
-    amount double precision
+    details jsonb DEFAULT '{}'::jsonb NOT NULL
 );
 
 CREATE VIEW public.automation_history AS
@@ -296,25 +231,35 @@ CREATE VIEW public.automation_history AS
      LEFT JOIN public.artifact_collections ac ON ((ac.id = av.collection_id)))
      LEFT JOIN public.projects p2 ON ((p2.id = ac.project_id)))
      LEFT JOIN public.projects p ON ((p.id = COALESCE(r.project_id, ac.project_id))))
-     LEFT JOIN LATERAL ( SELECT d_1.id,
-            d_1.trigger_id,
-            d_1.automation_id,
-            d_1.action_index,
-            d_1.action_type,
-            d_1.action,
-            d_1.status,
-            d_1.attempts,
-            d_1.max_attempts,
-            d_1.next_attempt_at,
-            d_1.claimed_until,
-            d_1.last_http_status,
-            d_1.last_error,
-            d_1.created_at,
-            d_1.updated_at,
-            d_1.finished_at
-           FROM public.deliveries d_1
-          WHERE (d_1.trigger_id = t.id)
-          ORDER BY d_1.action_index
+     LEFT JOIN LATERAL ( SELECT x.action_index,
+            x.action_type,
+            x.status,
+            x.attempts,
+            x.last_http_status,
+            x.last_error
+           FROM ( SELECT d_1.action_index,
+                    d_1.action_type,
+                    d_1.status,
+                    d_1.attempts,
+                    d_1.last_http_status,
+                    d_1.last_error
+                   FROM public.deliveries d_1
+                  WHERE ((d_1.trigger_id = t.id) AND (NOT (EXISTS ( SELECT 1
+                           FROM (public.digest_members m
+                             JOIN public.digests g ON ((g.id = m.digest_id)))
+                          WHERE ((m.trigger_id = t.id) AND (g.action_index = d_1.action_index))))))
+                UNION ALL
+                 SELECT g.action_index,
+                    g.action_type,
+                    COALESCE(d_1.status, 'pending'::text) AS "coalesce",
+                    COALESCE(d_1.attempts, 0) AS "coalesce",
+                    d_1.last_http_status,
+                    d_1.last_error
+                   FROM ((public.digest_members m
+                     JOIN public.digests g ON ((g.id = m.digest_id)))
+                     LEFT JOIN public.deliveries d_1 ON ((d_1.id = g.delivery_id)))
+                  WHERE (m.trigger_id = t.id)) x
+          ORDER BY x.action_index
          LIMIT 1) d ON (true));
 
 CREATE TABLE public.automation_state (
@@ -364,6 +309,15 @@ CREATE SEQUENCE public.delivery_attempts_id_seq
 
 ALTER SEQUENCE public.delivery_attempts_id_seq OWNED BY public.delivery_attempts.id;
 
+CREATE SEQUENCE public.digests_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.digests_id_seq OWNED BY public.digests.id;
+
 CREATE TABLE public.events (
     id bigint NOT NULL,
     xid xid8 DEFAULT pg_current_xact_id() NOT NULL,
@@ -397,14 +351,6 @@ CREATE SEQUENCE public.ingest_batch_seq
     MAXVALUE 8796093022207
     CACHE 1;
 
-CREATE TABLE public.ingest_batches (
-    run_pk bigint NOT NULL,
-    batch_id text NOT NULL,
-    points integer NOT NULL,
-    stored_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT ingest_batches_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 128)))
-);
-
 CREATE TABLE public.metric_keys (
     id integer NOT NULL,
     key text NOT NULL,
@@ -420,6 +366,15 @@ CREATE SEQUENCE public.metric_keys_id_seq
     CACHE 1;
 
 ALTER SEQUENCE public.metric_keys_id_seq OWNED BY public.metric_keys.id;
+
+CREATE TABLE public.metric_points (
+    "time" timestamp with time zone NOT NULL,
+    run_pk bigint NOT NULL,
+    key_id integer NOT NULL,
+    step bigint NOT NULL,
+    seq bigint NOT NULL,
+    value double precision NOT NULL
+);
 
 CREATE SEQUENCE public.projects_id_seq
     START WITH 1
@@ -556,6 +511,42 @@ CREATE TABLE public.series_state (
 )
 WITH (toast_tuple_target='8160');
 
+CREATE TABLE public.silences (
+    id bigint NOT NULL,
+    automation_id bigint,
+    entity public.entity_part,
+    project public.entity_part,
+    starts_at timestamp with time zone NOT NULL,
+    ends_at timestamp with time zone NOT NULL,
+    reason text NOT NULL,
+    created_by text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    ended_at timestamp with time zone,
+    ended_by text,
+    CONSTRAINT silences_check CHECK (((automation_id IS NULL) <> (entity IS NULL))),
+    CONSTRAINT silences_check1 CHECK (((entity IS NULL) = (project IS NULL))),
+    CONSTRAINT silences_check2 CHECK ((ends_at >= starts_at)),
+    CONSTRAINT silences_reason_check CHECK (((length(btrim(reason)) >= 1) AND (length(btrim(reason)) <= 1000)))
+);
+
+CREATE SEQUENCE public.silences_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.silences_id_seq OWNED BY public.silences.id;
+
+CREATE TABLE public.system_metrics (
+    "time" timestamp with time zone NOT NULL,
+    run_pk bigint NOT NULL,
+    key_id integer NOT NULL,
+    step bigint NOT NULL,
+    seq bigint NOT NULL,
+    value double precision NOT NULL
+);
+
 CREATE SEQUENCE public.triggers_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -572,6 +563,8 @@ ALTER TABLE ONLY public.artifact_versions ALTER COLUMN id SET DEFAULT nextval('p
 ALTER TABLE ONLY public.automations ALTER COLUMN id SET DEFAULT nextval('public.automations_id_seq'::regclass);
 
 ALTER TABLE ONLY public.delivery_attempts ALTER COLUMN id SET DEFAULT nextval('public.delivery_attempts_id_seq'::regclass);
+
+ALTER TABLE ONLY public.digests ALTER COLUMN id SET DEFAULT nextval('public.digests_id_seq'::regclass);
 
 ALTER TABLE ONLY public.events ALTER COLUMN id SET DEFAULT nextval('public.events_id_seq'::regclass);
 
@@ -591,16 +584,12 @@ ALTER TABLE ONLY public.runs ALTER COLUMN id SET DEFAULT nextval('public.runs_id
 
 ALTER TABLE ONLY public.series_batches ALTER COLUMN id SET DEFAULT nextval('public.series_batches_id_seq'::regclass);
 
+ALTER TABLE ONLY public.silences ALTER COLUMN id SET DEFAULT nextval('public.silences_id_seq'::regclass);
+
 ALTER TABLE ONLY public.triggers ALTER COLUMN id SET DEFAULT nextval('public.triggers_id_seq'::regclass);
 
-ALTER TABLE ONLY public.api_keys
-    ADD CONSTRAINT api_keys_hash_key UNIQUE (hash);
-
-ALTER TABLE ONLY public.api_keys
-    ADD CONSTRAINT api_keys_name_key UNIQUE (name);
-
-ALTER TABLE ONLY public.api_keys
-    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY public.action_gates
+    ADD CONSTRAINT action_gates_pkey PRIMARY KEY (automation_id, action_index);
 
 ALTER TABLE ONLY public.artifact_aliases
     ADD CONSTRAINT artifact_aliases_pkey PRIMARY KEY (collection_id, alias);
@@ -641,11 +630,17 @@ ALTER TABLE ONLY public.delivery_attempts
 ALTER TABLE ONLY public.delivery_attempts
     ADD CONSTRAINT delivery_attempts_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.digest_members
+    ADD CONSTRAINT digest_members_pkey PRIMARY KEY (digest_id, trigger_id);
+
+ALTER TABLE ONLY public.digests
+    ADD CONSTRAINT digests_delivery_id_key UNIQUE (delivery_id);
+
+ALTER TABLE ONLY public.digests
+    ADD CONSTRAINT digests_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id);
-
-ALTER TABLE ONLY public.ingest_batches
-    ADD CONSTRAINT ingest_batches_pkey PRIMARY KEY (run_pk, batch_id);
 
 ALTER TABLE ONLY public.metric_keys
     ADD CONSTRAINT metric_keys_key_key UNIQUE (key);
@@ -701,19 +696,28 @@ ALTER TABLE ONLY public.series_batches
 ALTER TABLE ONLY public.series_state
     ADD CONSTRAINT series_state_pkey PRIMARY KEY (key_id, run_pk);
 
+ALTER TABLE ONLY public.silences
+    ADD CONSTRAINT silences_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.triggers
     ADD CONSTRAINT triggers_automation_id_cause_key UNIQUE (automation_id, cause);
 
 ALTER TABLE ONLY public.triggers
     ADD CONSTRAINT triggers_pkey PRIMARY KEY (id);
 
-CREATE INDEX api_keys_prefix ON public.api_keys USING btree (prefix);
-
 CREATE UNIQUE INDEX automations_live_name ON public.automations USING btree (name) WHERE (deleted_at IS NULL);
+
+CREATE INDEX deliveries_action_created ON public.deliveries USING btree (automation_id, action_index, created_at);
 
 CREATE INDEX deliveries_due ON public.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'sending'::text]));
 
 CREATE INDEX deliveries_status ON public.deliveries USING btree (status, updated_at DESC);
+
+CREATE INDEX digest_members_trigger ON public.digest_members USING btree (trigger_id);
+
+CREATE INDEX digests_action_open ON public.digests USING btree (automation_id, action_index) WHERE (closed_at IS NULL);
+
+CREATE INDEX digests_open ON public.digests USING btree (closes_at) WHERE (closed_at IS NULL);
 
 CREATE INDEX events_time ON public.events USING btree ("time" DESC);
 
@@ -731,6 +735,8 @@ CREATE INDEX series_batches_key_xid ON public.series_batches USING btree (key_id
 
 CREATE INDEX series_batches_xid ON public.series_batches USING btree (xid);
 
+CREATE INDEX silences_ends ON public.silences USING btree (ends_at);
+
 CREATE INDEX system_metrics_series ON public.system_metrics USING btree (run_pk, key_id, seq DESC);
 
 CREATE INDEX system_metrics_time_idx ON public.system_metrics USING btree ("time" DESC);
@@ -740,6 +746,9 @@ CREATE INDEX triggers_cooldown ON public.triggers USING btree (automation_id, ru
 CREATE INDEX triggers_fired_at ON public.triggers USING btree (fired_at DESC);
 
 CREATE TRIGGER events_append_only BEFORE UPDATE ON public.events FOR EACH ROW EXECUTE FUNCTION public.events_are_append_only();
+
+ALTER TABLE ONLY public.action_gates
+    ADD CONSTRAINT action_gates_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.artifact_aliases
     ADD CONSTRAINT artifact_aliases_collection_id_fkey FOREIGN KEY (collection_id) REFERENCES public.artifact_collections(id) ON DELETE CASCADE;
@@ -769,10 +778,28 @@ ALTER TABLE ONLY public.deliveries
     ADD CONSTRAINT deliveries_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.deliveries
+    ADD CONSTRAINT deliveries_silence_id_fkey FOREIGN KEY (silence_id) REFERENCES public.silences(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.deliveries
     ADD CONSTRAINT deliveries_trigger_id_fkey FOREIGN KEY (trigger_id) REFERENCES public.triggers(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.delivery_attempts
     ADD CONSTRAINT delivery_attempts_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES public.deliveries(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.digest_members
+    ADD CONSTRAINT digest_members_digest_id_fkey FOREIGN KEY (digest_id) REFERENCES public.digests(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.digest_members
+    ADD CONSTRAINT digest_members_trigger_id_fkey FOREIGN KEY (trigger_id) REFERENCES public.triggers(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.digests
+    ADD CONSTRAINT digests_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.digests
+    ADD CONSTRAINT digests_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES public.deliveries(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.digests
+    ADD CONSTRAINT digests_first_trigger_id_fkey FOREIGN KEY (first_trigger_id) REFERENCES public.triggers(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_collection_id_fkey FOREIGN KEY (collection_id) REFERENCES public.artifact_collections(id) ON DELETE CASCADE;
@@ -794,9 +821,6 @@ ALTER TABLE ONLY public.events
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_version_id_fkey FOREIGN KEY (version_id) REFERENCES public.artifact_versions(id) ON DELETE CASCADE;
-
-ALTER TABLE ONLY public.ingest_batches
-    ADD CONSTRAINT ingest_batches_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.registry_aliases
     ADD CONSTRAINT registry_aliases_link_id_fkey FOREIGN KEY (link_id) REFERENCES public.registry_links(id) ON DELETE CASCADE;
@@ -821,6 +845,9 @@ ALTER TABLE ONLY public.runs
 
 ALTER TABLE ONLY public.series_state
     ADD CONSTRAINT series_state_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.silences
+    ADD CONSTRAINT silences_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.triggers
     ADD CONSTRAINT triggers_artifact_version_id_fkey FOREIGN KEY (artifact_version_id) REFERENCES public.artifact_versions(id) ON DELETE SET NULL;

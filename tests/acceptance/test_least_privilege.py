@@ -279,3 +279,56 @@ def test_doctor_runs_as_each_role_and_says_what_it_could_not_check(deployment, r
         assert "✓ stored automations load and run: 1 automation (1 enabled) load; none is failing" in out
         assert "✓ deliveries succeeding: no delivery failed in the last 24 h" in out
         assert "all 7 checks passed." in out
+
+
+def test_the_service_role_silences_digests_and_rate_limits_and_the_reader_only_looks(deployment):
+    from datetime import timedelta
+
+    from psycopg.types.json import Jsonb
+
+    from engine import clock, db
+    from engine.actions import flow
+    from engine.actions.outbox import delivery_rows
+    from engine.evaluator import Firing, trigger_row
+
+    service, reader = deployment.urls["engine_service"], deployment.urls["engine_reader"]
+    added = engine_cli(
+        service, "silence", "add", "--project", "acme/other", "--for", "1h", "--reason", "upgrade"
+    )
+    assert added.returncode == 0, added.stderr
+    silence_id = added.stdout.split()[1].rstrip(":")
+    assert engine_cli(service, "silence", "end", silence_id).returncode == 0
+    listed = json.loads(engine_cli(reader, "silence", "list", "--all", "--format", "json").stdout)
+    assert [(str(s["id"]), s["project"], s["ended_by"] is not None) for s in listed] == [
+        (silence_id, "acme/other", True)
+    ]
+    denied = engine_cli(reader, "silence", "add", "--project", "acme/x", "--for", "1h", "--reason", "no")
+    assert denied.returncode == 1 and "permission denied" in denied.stderr
+
+    # a digested, rate-limited action fired and closed with the service's privileges
+    action = {
+        "type": "webhook",
+        "url": "http://127.0.0.1:9/",
+        "digest": "1m",
+        "rate_limit": {"count": 5, "per": "1h"},
+    }
+    with psycopg.connect(service, autocommit=True) as conn:
+        automation_id, version = conn.execute(
+            "SELECT id, version FROM automations WHERE name = 'accuracy-high'"
+        ).fetchone()
+        stored = type("Stored", (), {"id": automation_id, "version": version})
+        rows = delivery_rows(automation_id, [action])
+        fired = [
+            trigger_row(stored, Firing("accuracy-high", "run_metric_threshold", f"lp:{i}", clock.now()))
+            | {"n": i}
+            for i in range(2)
+        ]
+        with conn.transaction():
+            flow.lock_gates(conn, rows)
+            conn.execute(
+                db.query("insert_triggers"),
+                {"triggers": Jsonb(fired), "actions": Jsonb(rows), "now": clock.now()},
+            )
+        with clock.frozen(clock.now() + timedelta(minutes=2)):
+            closed = flow.close_due_digests(conn)
+    assert [(c["status"], c["members"]) for c in closed] == [("pending", 2)]

@@ -79,8 +79,10 @@ RETURNING d.id, d.trigger_id, d.automation_id, d.action_type, d.action, d.attemp
           due.was_status;
 
 -- name: delivery_next_due
--- When the earliest waiting delivery (or lease) is due, to sleep exactly until then.
-SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'sending');
+-- When the earliest waiting delivery (or lease) is due, or digest window closes, to sleep
+-- exactly until then.
+SELECT least((SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'sending')),
+             (SELECT min(closes_at) FROM digests WHERE closed_at IS NULL));
 
 -- name: delivery_record_outcomes
 -- The outcomes of attempts, in one statement (the dispatcher records what its workers finished
@@ -131,8 +133,11 @@ WHERE id = %(id)s AND status IN ('pending', 'succeeded', 'failed')
 RETURNING id, status, attempts, max_attempts;
 
 -- name: delivery_list
+-- digest_count: the triggers a digest's delivery carries (NULL for any other delivery).
 SELECT d.id, d.trigger_id, a.name AS automation, d.action_type, d.status, d.attempts, d.max_attempts,
-       d.last_http_status, d.last_error, d.next_attempt_at, d.created_at, d.updated_at, d.finished_at
+       d.last_http_status, d.last_error, d.next_attempt_at, d.created_at, d.updated_at, d.finished_at,
+       (SELECT count(*) FROM digests g JOIN digest_members m ON m.digest_id = g.id
+        WHERE g.delivery_id = d.id HAVING count(*) > 0) AS digest_count
 FROM deliveries d JOIN automations a ON a.id = d.automation_id
 WHERE (%(status)s::text IS NULL OR d.status = %(status)s::text
        OR (%(status)s::text = 'pending' AND d.status = 'sending'))

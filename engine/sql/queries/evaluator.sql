@@ -103,6 +103,11 @@ ORDER BY automation_id, run_pk, id DESC;
 -- The triggers of one evaluation (JSON rows, `n` their firing order: ids follow it) and one
 -- delivery per action of each trigger inserted (the outbox), in one statement. A firing
 -- already recorded is skipped by the unique key, and so are its deliveries.
+-- How much is sent (engine/actions/flow.py; the actions' gates are locked by the statement
+-- before this one, so the counts below see every delivery committed before): a trigger under
+-- an active silence gets `silenced` deliveries; one beyond its action's rate limit
+-- (`rate_count` deliveries in the last `rate_per_seconds`), `suppressed`; a digested action's
+-- trigger gets no delivery but joins the action's open window, or opens one.
 WITH fired AS (
     INSERT INTO triggers (
         fired_at, automation_id, automation_version, event_type, cause, run_pk, event_id, metric, step,
@@ -125,16 +130,87 @@ WITH fired AS (
         operator text, threshold double precision, change text, direction text, amount double precision)
     ORDER BY t.n
     ON CONFLICT (automation_id, cause) DO NOTHING
-    RETURNING id, automation_id
-), queued AS (
-    INSERT INTO deliveries (trigger_id, automation_id, action_index, action_type, action, status,
-                            max_attempts, next_attempt_at, finished_at)
-    SELECT f.id, f.automation_id, a.action_index, a.action_type, a.action, a.status, a.max_attempts,
-           %(now)s, CASE WHEN a.status = 'skipped' THEN %(now)s::timestamptz END
+    RETURNING id, automation_id, run_pk, event_id, artifact_version_id
+), planned AS (
+    SELECT f.id AS trigger_id, f.automation_id, a.action_index, a.action_type, a.action, a.status,
+           a.max_attempts, a.digest_seconds, a.rate_count, a.rate_per_seconds, a.rate_text, s.id AS silence_id,
+           s.reason AS silence_reason
     FROM fired f
     JOIN jsonb_to_recordset(%(actions)s) AS a(automation_id bigint, action_index integer, action_type text,
-                                             action jsonb, status text, max_attempts integer)
+                                             action jsonb, status text, max_attempts integer,
+                                             digest_seconds double precision, rate_count integer,
+                                             rate_per_seconds double precision, rate_text text)
       ON a.automation_id = f.automation_id
+    LEFT JOIN LATERAL (
+        SELECT s.id, s.reason FROM silences s
+        WHERE s.starts_at <= %(now)s AND s.ends_at > %(now)s
+          AND (s.automation_id = f.automation_id
+               OR (s.entity, s.project) IN (
+                   SELECT p.entity, p.name FROM projects p
+                   WHERE p.id IN ((SELECT r.project_id FROM runs r WHERE r.id = f.run_pk),
+                                  (SELECT c.project_id FROM artifact_versions v
+                                   JOIN artifact_collections c ON c.id = v.collection_id
+                                   WHERE v.id = f.artifact_version_id),
+                                  (SELECT e.project_id FROM events e WHERE e.id = f.event_id))))
+        ORDER BY s.id LIMIT 1
+    ) s ON true
+), used AS (
+    -- what each rate-limited action has sent in its period (being sent, or to be, counts)
+    SELECT k.automation_id, k.action_index, count(d.id) AS sent
+    FROM (SELECT DISTINCT automation_id, action_index, rate_per_seconds FROM planned
+          WHERE rate_count IS NOT NULL AND digest_seconds IS NULL) k
+    LEFT JOIN deliveries d
+      ON d.automation_id = k.automation_id AND d.action_index = k.action_index
+     AND d.created_at > %(now)s::timestamptz - make_interval(secs => k.rate_per_seconds)
+     AND d.status NOT IN ('suppressed', 'silenced', 'skipped')
+    GROUP BY k.automation_id, k.action_index
+), decided AS (
+    SELECT p.*,
+           CASE WHEN p.silence_id IS NOT NULL THEN 'silenced'
+                WHEN p.rate_count IS NOT NULL AND p.status = 'pending'
+                     AND u.sent + row_number() OVER (PARTITION BY p.automation_id, p.action_index, p.silence_id IS NULL
+                                                     ORDER BY p.trigger_id) > p.rate_count
+                THEN 'suppressed'
+                ELSE p.status END AS decision
+    FROM planned p
+    LEFT JOIN used u ON u.automation_id = p.automation_id AND u.action_index = p.action_index
+    WHERE p.silence_id IS NOT NULL OR p.digest_seconds IS NULL
+), queued AS (
+    INSERT INTO deliveries (trigger_id, automation_id, action_index, action_type, action, status,
+                            max_attempts, next_attempt_at, finished_at, created_at, silence_id, last_error)
+    SELECT d.trigger_id, d.automation_id, d.action_index, d.action_type, d.action, d.decision, d.max_attempts,
+           %(now)s, CASE WHEN d.decision <> 'pending' THEN %(now)s::timestamptz END, %(now)s, d.silence_id,
+           CASE d.decision
+               WHEN 'silenced' THEN 'silenced by silence ' || d.silence_id || ': ' || d.silence_reason
+               WHEN 'suppressed' THEN 'rate limit reached (' || d.rate_text || ')'
+           END
+    FROM decided d
+), digested AS (
+    SELECT p.* FROM planned p WHERE p.silence_id IS NULL AND p.digest_seconds IS NOT NULL
+), open_window AS (
+    SELECT DISTINCT ON (g.automation_id, g.action_index) g.id, g.automation_id, g.action_index
+    FROM digests g
+    WHERE g.closed_at IS NULL AND g.closes_at > %(now)s
+      AND (g.automation_id, g.action_index) IN (SELECT automation_id, action_index FROM digested)
+    ORDER BY g.automation_id, g.action_index, g.closes_at DESC
+), opened AS (
+    INSERT INTO digests (automation_id, action_index, action_type, action, max_attempts, rate_count,
+                         rate_per_seconds, rate_text, opened_at, closes_at, first_trigger_id)
+    SELECT DISTINCT ON (d.automation_id, d.action_index)
+           d.automation_id, d.action_index, d.action_type, d.action, d.max_attempts, d.rate_count,
+           d.rate_per_seconds, d.rate_text, %(now)s, %(now)s::timestamptz + make_interval(secs => d.digest_seconds),
+           d.trigger_id
+    FROM digested d
+    WHERE NOT EXISTS (SELECT 1 FROM open_window o
+                      WHERE o.automation_id = d.automation_id AND o.action_index = d.action_index)
+    ORDER BY d.automation_id, d.action_index, d.trigger_id
+    RETURNING id, automation_id, action_index
+), joined AS (
+    INSERT INTO digest_members (digest_id, trigger_id)
+    SELECT coalesce(o.id, n.id), d.trigger_id
+    FROM digested d
+    LEFT JOIN open_window o ON o.automation_id = d.automation_id AND o.action_index = d.action_index
+    LEFT JOIN opened n ON n.automation_id = d.automation_id AND n.action_index = d.action_index
 )
 SELECT count(*) FROM fired;
 

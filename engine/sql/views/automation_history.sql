@@ -1,5 +1,6 @@
 -- One row per trigger. Recreated by `engine db migrate` after the migrations.
 -- Delivery columns describe the trigger's first action; `engine deliveries` shows them all.
+-- delivery_status: pending | succeeded | failed | skipped | suppressed | silenced.
 -- An audit log: deleting an automation keeps its rows (automations.deleted_at).
 -- event_type is the W&B name, as `${event_type}` in an action (RUN_METRIC, LINK_ARTIFACT, ...);
 -- rule_type is the rule's `event.type` (run_metric_threshold, ...), as stored in triggers.event_type.
@@ -57,6 +58,22 @@ LEFT JOIN artifact_versions av ON av.id = t.artifact_version_id
 LEFT JOIN artifact_collections ac ON ac.id = av.collection_id
 LEFT JOIN projects p2 ON p2.id = ac.project_id
 LEFT JOIN projects p ON p.id = coalesce(r.project_id, ac.project_id)
+-- A trigger's delivery for an action is its own, or, for a digested action, the one of the
+-- digest it joined (pending while the window is open).
 LEFT JOIN LATERAL (
-    SELECT * FROM deliveries d WHERE d.trigger_id = t.id ORDER BY d.action_index LIMIT 1
+    SELECT x.* FROM (
+        SELECT d.action_index, d.action_type, d.status, d.attempts, d.last_http_status, d.last_error
+        FROM deliveries d
+        WHERE d.trigger_id = t.id
+          AND NOT EXISTS (SELECT 1 FROM digest_members m JOIN digests g ON g.id = m.digest_id
+                          WHERE m.trigger_id = t.id AND g.action_index = d.action_index)
+        UNION ALL
+        SELECT g.action_index, g.action_type, coalesce(d.status, 'pending'), coalesce(d.attempts, 0),
+               d.last_http_status, d.last_error
+        FROM digest_members m
+        JOIN digests g ON g.id = m.digest_id
+        LEFT JOIN deliveries d ON d.id = g.delivery_id
+        WHERE m.trigger_id = t.id
+    ) x
+    ORDER BY x.action_index LIMIT 1
 ) d ON true;
