@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 from contextlib import AbstractContextManager
-from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, cast
 
 import psycopg
@@ -26,7 +25,7 @@ from engine.db import boundary, describe_url, is_transient, query
 from engine.exceptions import DatabaseUnavailable, EngineError
 from engine.sdk import buffer
 from engine.sdk.buffer import Batch, Part, Record, SendResult, Stream
-from engine.sdk.copy_binary import COPY_TYPES, Float8Array, Int8Array, TimestamptzArray, copy_run
+from engine.sdk.copy_binary import COPY_TYPES, Float8Array, Int8Array, TimestamptzArray, copy_run, micros
 
 if TYPE_CHECKING:
 
@@ -217,7 +216,7 @@ class _Series:
     """The series a flush touched, as the parameters of ONE upsert_series statement: one
     element per series in key_ids/run_pks/n_new/lens, and their tails laid end to end."""
 
-    __slots__ = ("key_ids", "lens", "n_new", "run_pks", "steps", "times", "values")
+    __slots__ = ("_last", "key_ids", "lens", "n_new", "run_pks", "steps", "times", "values")
 
     def __init__(self) -> None:
         self.key_ids: list[int] = []
@@ -225,7 +224,8 @@ class _Series:
         self.n_new: list[int] = []
         self.lens: list[int] = []
         self.steps: list[int] = []
-        self.times: list[datetime] = []
+        self.times: list[int] = []  # microseconds since 2000 (copy_binary.micros)
+        self._last: tuple[list, list[int]] = ([], [])  # the last times added, converted
         self.values: list[float] = []
 
     def add(self, key_id: int, run_pk: int, n_new: int, steps: list, times: list, values: list) -> None:
@@ -234,7 +234,9 @@ class _Series:
         self.n_new.append(n_new)
         self.lens.append(len(steps))
         self.steps += steps
-        self.times += times
+        if times is not self._last[0]:  # the series of a usual run share one list of times
+            self._last = (times, micros(times))
+        self.times += self._last[1]
         self.values += values
 
     def params(self, tail: int, seq_bound: int) -> dict:
@@ -244,7 +246,7 @@ class _Series:
             "n_new": self.n_new,
             "lens": self.lens,
             "steps": Int8Array.of(self.steps),
-            "times": TimestamptzArray.of(self.times),
+            "times": TimestamptzArray.of_elements(self.times),
             "values": Float8Array.of(self.values),
             "tail": tail,
             "seq_bound": seq_bound,
