@@ -5,10 +5,10 @@ a request is in flight:
 
 1. **claim** (`delivery_claim_due`, one statement): due rows are locked with
    `FOR UPDATE SKIP LOCKED` (so several dispatchers never take the same one), set to
-   'sending' with a lease, and their attempt counter is increased. At most twice as many
-   deliveries as there are workers are claimed and not yet sent: one being sent by each
-   worker, and one waiting for each (claimed ahead, so that a worker goes on to its next
-   delivery while the outcome of the last one commits). A claim that waited longer than half
+   'sending' with a lease, and their attempt counter is increased. At most
+   CLAIMED_PER_WORKER deliveries per worker are claimed and not yet sent: the one it sends
+   and the next ones (claimed ahead, so that a worker goes on to its next delivery while the
+   outcome of the last one commits and the claim for the one after is on its way). A claim that waited longer than half
    the lease margin before its send starts has its lease renewed first (fenced like an
    outcome: one taken over meanwhile is not sent), so a lease always covers the send. The
    template variables of the claimed triggers are read right after, in one query for the
@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # the wake thread looks for due deliveries at least this often
 CONNECT_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection longer means the database is down
 FRESH_SECONDS = 1.0  # a pooled connection given back more recently than this is not pinged
+# Claims in flight per worker: a busy outbox claims once per group commit, so a worker needs
+# deliveries for the sends of about two commits ahead of it (fewer left the workers idle).
+CLAIMED_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class Dispatcher:
         self._outage: str | None = None  # the database error being reported, if any
         # Claimed deliveries not yet sent (see _reserve), of which delivery_workers are sent at
         # once; a thread each, and as many for the workers waiting for their outcome's commit.
-        self._capacity = 2 * settings.delivery_workers
+        self._capacity = CLAIMED_PER_WORKER * settings.delivery_workers
         self._executor = concurrent.futures.ThreadPoolExecutor(
             self._capacity + settings.delivery_workers, thread_name_prefix="deliver"
         )
@@ -164,8 +167,8 @@ class Dispatcher:
 
     def _reserve(self, limit: int) -> int:
         """Count up to `limit` free places in flight before claiming for them, so that claims
-        made at the same time never exceed the places: two per worker, the delivery it sends
-        and the next one (claimed ahead)."""
+        made at the same time never exceed the places: CLAIMED_PER_WORKER per worker, the
+        delivery it sends and the next ones (claimed ahead)."""
         with self._lock:
             free = min(limit, self._capacity - self._in_flight)
             if self._stopped or free <= 0:

@@ -382,7 +382,7 @@ def test_expired_lease_is_claimed_again_with_the_same_id(conn, database_url, set
 
 
 def test_a_claim_that_waited_for_a_worker_renews_its_lease_or_is_not_sent(conn, database_url, caplog):
-    """Deliveries are claimed one ahead per worker: one that waited for a worker gets its
+    """Deliveries are claimed ahead of the workers: one that waited for a worker gets its
     lease renewed before it is sent (here always: no margin), and one whose lease was taken
     over meanwhile is left to the new claimant instead of being sent twice at once."""
     settings = Settings(
