@@ -5,18 +5,24 @@ a request is in flight:
 
 1. **claim** (`delivery_claim_due`, one statement): due rows are locked with
    `FOR UPDATE SKIP LOCKED` (so several dispatchers never take the same one), set to
-   'sending' with a lease, and their attempt counter is increased. Only as many as there are
-   idle workers are claimed, so a claimed delivery starts at once and its lease measures the
-   send, not a wait in a queue. The template variables of the claimed triggers are read
-   right after, in one query for the whole claim.
-2. **send** (`send.send_action`) in a worker thread: `Settings.delivery_workers` of them,
+   'sending' with a lease, and their attempt counter is increased. At most
+   CLAIMED_PER_WORKER deliveries per worker are claimed and not yet sent: the one it sends
+   and the next ones (claimed ahead, so that a worker goes on to its next delivery while the
+   outcome of the last one commits and the claim for the one after is on its way). A claim that waited longer than half
+   the lease margin before its send starts has its lease renewed first (fenced like an
+   outcome: one taken over meanwhile is not sent), so a lease always covers the send. The
+   template variables of the claimed triggers are read right after, in one query for the
+   whole claim.
+2. **send** (`send.send_action`) by a worker: at most `Settings.delivery_workers` at once,
    so an endpoint that hangs holds one worker until its timeout, never the others.
 3. **record**, in one statement (`delivery_record_outcomes`): the `delivery_attempts` row
    and the new status (succeeded, failed, or pending again at the backoff time). Workers
    that finish while an outcome is being written wait and have theirs written together by
    the next statement (a group commit): the service has few database connections, so a
-   round trip per delivery would bound the throughput. A worker returns only once its
-   outcome is committed.
+   round trip per delivery would bound the throughput. A worker's thread returns only once
+   its outcome is committed, but its place (a sending worker, and a claimed delivery) is
+   free as soon as the outcome is queued: another thread sends the next claimed delivery
+   meanwhile.
 
 If the process dies between 1 and 3, the lease expires and the delivery is claimed again
 and sent with the same id (X-Automation-Delivery): a crash can repeat a delivery, never
@@ -63,6 +69,9 @@ SHARE = "deliveries"  # the dispatcher's share of the process's pool (db.Databas
 CLOSE_CHECK_SECONDS = (
     0.1  # a digest window still due (another service closing it) is looked at again after this
 )
+# Claims in flight per worker: a busy outbox claims once per group commit, so a worker needs
+# deliveries for the sends of about two commits ahead of it (fewer left the workers idle).
+CLAIMED_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,8 @@ class Claim:
     attempt: int  # this attempt's number, and the claim's fencing token
     max_attempts: int
     reclaimed: bool  # taken from an expired lease
+    lease_seconds: float = 0.0  # the lease the claim gave it
+    claimed_at: float = field(default_factory=time.monotonic)  # when (monotonic)
     # the trigger's template variables, read with the claim; None: the trigger is gone
     context: dict[str, str] | None = None
     context_error: str | None = None  # they could not be read (the attempt fails, retryably)
@@ -107,9 +118,14 @@ class Dispatcher:
             url, settings=settings, shares={SHARE: settings.delivery_connections}
         )
         self._outage: str | None = None  # the database error being reported, if any
+        # Claimed deliveries not yet sent (see _reserve), of which delivery_workers are sent at
+        # once; a thread each, and as many for the workers waiting for their outcome's commit.
+        self._capacity = CLAIMED_PER_WORKER * settings.delivery_workers
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            settings.delivery_workers, thread_name_prefix="deliver"
+            self._capacity + settings.delivery_workers, thread_name_prefix="deliver"
         )
+        self._sending = threading.Semaphore(settings.delivery_workers)
+        self._place = threading.local()  # what this thread holds: .counted (in _in_flight), .sending
         self._lock = threading.Lock()  # guards claims, _in_flight, _stopped
         self._in_flight = 0
         self._futures: set[concurrent.futures.Future[None]] = set()
@@ -124,7 +140,8 @@ class Dispatcher:
 
     # -- one round -------------------------------------------------------------------------
     def run_once(self, limit: int = 100, *, wait: bool = True, only: uuid.UUID | str | None = None) -> int:
-        """Claim up to `limit` due deliveries (no more than idle workers) and send them.
+        """Claim up to `limit` due deliveries (no more than there is room for, see `_reserve`)
+        and send them.
 
         With `wait` (the default), return once they are all recorded; otherwise return at
         once (the service). `only` restricts the claim to one delivery id. Returns how many
@@ -142,11 +159,12 @@ class Dispatcher:
             concurrent.futures.wait(futures)
         return len(claims)
 
-    def _reserve(self, limit: int, freed: int = 0) -> int:
-        """Count up to `limit` idle workers (and `freed` ones about to be) in flight before
-        claiming for them, so that claims made at the same time never exceed the workers."""
+    def _reserve(self, limit: int) -> int:
+        """Count up to `limit` free places in flight before claiming for them, so that claims
+        made at the same time never exceed the places: CLAIMED_PER_WORKER per worker, the
+        delivery it sends and the next ones (claimed ahead)."""
         with self._lock:
-            free = min(limit, self.settings.delivery_workers - self._in_flight + freed)
+            free = min(limit, self._capacity - self._in_flight)
             if self._stopped or free <= 0:
                 return 0
             self._in_flight += free
@@ -161,7 +179,7 @@ class Dispatcher:
                 )
                 claims = []
             self._in_flight -= reserved - len(claims)
-            futures = [self._executor.submit(self._deliver, claim) for claim in claims]
+            futures = [self._executor.submit(self._run, claim) for claim in claims]
             self._futures.update(futures)
         return futures
 
@@ -242,7 +260,7 @@ class Dispatcher:
 
     def _seconds_until_due(self) -> float:
         with self._lock:
-            if self._in_flight >= self.settings.delivery_workers:
+            if self._in_flight >= self._capacity:
                 return POLL_SECONDS  # a worker finishing wakes us
         due = self.database.value("delivery_next_due", share=SHARE)
         if due is None:
@@ -292,11 +310,63 @@ class Dispatcher:
                 attempt=r["attempts"],
                 max_attempts=r["max_attempts"],
                 reclaimed=r["was_status"] == "sending",
+                lease_seconds=r["lease_seconds"],
                 context=digests.get(r["id"], contexts.get(r["trigger_id"])),
                 context_error=context_error,
             )
             for r in rows
         ]
+
+    def _run(self, claim: Claim) -> None:
+        """A claimed delivery's thread: waits for a sending worker's place, renews the lease if
+        the claim waited long, delivers. The place is given back (`_leave`) as soon as the
+        outcome is queued."""
+        self._place.counted = True
+        try:
+            self._sending.acquire()
+            self._place.sending = True
+            waited = time.monotonic() - claim.claimed_at
+            if waited > self.settings.delivery_lease_margin / 2 and not self._renew(claim):
+                self._wake.set()
+                return
+            self._deliver(claim)
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        """Give back this thread's sending place and its count in flight (once)."""
+        if getattr(self._place, "sending", False):
+            self._place.sending = False
+            self._sending.release()
+        if getattr(self._place, "counted", False):
+            self._place.counted = False
+            with self._lock:
+                self._in_flight -= 1
+
+    def _renew(self, claim: Claim) -> bool:
+        """A whole lease again for a claim that waited; False when it was taken over (or the
+        database cannot say: then it is sent again once its lease expires)."""
+        try:
+            with self._connection() as conn, db.boundary():
+                renewed = conn.execute(
+                    db.query("delivery_renew_lease"),
+                    {
+                        "id": claim.id,
+                        "attempt": claim.attempt,
+                        "lease_seconds": claim.lease_seconds,
+                        "now": clock.now(),
+                    },
+                ).fetchone()
+        except DatabaseError as exc:
+            log.warning(
+                "delivery %s: its lease could not be renewed (%s); it will be sent again", claim.id, exc
+            )
+            return False
+        if renewed is None:
+            log.warning(
+                "delivery %s: its lease was taken over while it waited for a worker; not sent", claim.id
+            )
+        return renewed is not None
 
     def _deliver(self, claim: Claim) -> None:
         refilled = False
@@ -328,8 +398,8 @@ class Dispatcher:
                 claim.attempt,
             )
         finally:
+            self._leave()
             with self._lock:
-                self._in_flight -= 1
                 self._futures = {f for f in self._futures if not f.done()}
             if not refilled:
                 self._wake.set()  # a worker is free: take the next due delivery
@@ -398,7 +468,8 @@ class Dispatcher:
     def _commit(self, outcome: _Outcome) -> None:
         """Write `outcome`, with those of other workers that finish meanwhile; raises what the
         write raised. The first worker to arrive writes, in rounds, until no outcome waits;
-        the others wait for theirs."""
+        the others wait for theirs. The worker's place is free from here on."""
+        self._leave()
         with self._outcomes_lock:
             self._outcomes.append(outcome)
             # one writer: commits are what a busy outbox waits for, so fewer and bigger ones
@@ -433,14 +504,9 @@ class Dispatcher:
         """One statement for the batch; sets each outcome's result and marks it done.
 
         In the service, the same transaction (one round trip, one commit) also claims the
-        next deliveries for the workers these outcomes free — they are waiting for their
-        outcomes, so they still count in flight — and for idle ones: a busy outbox costs a
-        claim per batch rather than per delivery. They start once their workers return."""
-        free = (
-            self._reserve(len(batch) + self.settings.delivery_workers, len(batch))
-            if self._thread is not None
-            else 0
-        )
+        next deliveries for every free place (these outcomes' workers gave theirs back when
+        they queued them): a busy outbox costs a claim per batch rather than per delivery."""
+        free = self._reserve(self._capacity) if self._thread is not None else 0
         started = not free
         try:
             with self._connection() as conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import chain, repeat
 
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
@@ -65,11 +66,16 @@ class _Array8(bytes):
 
     @classmethod
     def of(cls, values: list) -> _Array8:
-        n = len(values)
+        return cls.of_elements(cls._elements(values))
+
+    @classmethod
+    def of_elements(cls, elements: list) -> _Array8:
+        """From elements already in their binary form's terms (for timestamps: microseconds)."""
+        n = len(elements)
         head = _ARRAY_HEADER.pack(1, 0, cls.element_oid, n, 1)
+        # each element is its length (8) then its value
         return cls(
-            head
-            + struct.pack(">" + ("i" + cls.code) * n, *[x for v in cls._elements(values) for x in (8, v)])
+            head + struct.pack(">" + ("i" + cls.code) * n, *chain.from_iterable(zip(repeat(8), elements)))
         )
 
     @staticmethod
@@ -99,4 +105,9 @@ class TimestamptzArray(_Array8):
 
     @staticmethod
     def _elements(values: list) -> list:
-        return [(t - _PG_EPOCH) // _MICROSECOND for t in values]  # exact microseconds since 2000
+        return micros(values)
+
+
+def micros(times: list[datetime]) -> list[int]:
+    """Timestamps as PostgreSQL stores them: exact microseconds since 2000."""
+    return [(t - _PG_EPOCH) // _MICROSECOND for t in times]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 from contextlib import AbstractContextManager
-from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, cast
 
 import psycopg
@@ -26,7 +25,7 @@ from engine.db import boundary, describe_url, is_transient, query
 from engine.exceptions import DatabaseUnavailable, EngineError
 from engine.sdk import buffer
 from engine.sdk.buffer import Batch, Part, Record, SendResult, Stream
-from engine.sdk.copy_binary import COPY_TYPES, Float8Array, Int8Array, TimestamptzArray, copy_run
+from engine.sdk.copy_binary import COPY_TYPES, Float8Array, Int8Array, TimestamptzArray, copy_run, micros
 
 if TYPE_CHECKING:
 
@@ -184,16 +183,21 @@ class DatabaseTransport:
             for kid, value in zip(slots[keys][0], values):
                 if value - value != 0.0:  # NaN or an infinity
                     n_finite[kid] -= 1
-        for kid, (steps, times, tail_values) in self._tails(records, slots, n_finite).items():
+        for kid, (steps, times, tail_values) in self._tails(records, slots, n_finite, bool(odd)).items():
             series.add(kid, run_pk, n_finite[kid], steps, times, tail_values)
         return seq
 
     def _tails(
-        self, records: list[Record], slots: dict[tuple[str, ...], list], n_finite: dict[int, int]
+        self, records: list[Record], slots: dict[tuple[str, ...], list], n_finite: dict[int, int], odd: bool
     ) -> dict[int, tuple[list, ...]]:
         """The last `tail` finite (step, time, value) of each series with finite values, oldest
         first, read from the end of the records (so the hot loop keeps nothing per point)."""
         tail = self.tail
+        if len(slots) == 1 and not odd:  # the usual run: the same keys every call, finite values
+            ((kids, _),) = slots.values()
+            last = records[-tail:]
+            steps, times = [r[1] for r in last], [r[0] for r in last]
+            return {kid: (steps, times, [r[3][i] for r in last]) for i, kid in enumerate(kids)}
         found: dict[int, list] = {kid: [] for kid, n in n_finite.items() if n > 0}
         open_series = len(found)
         for t, step, keys, values in reversed(records):
@@ -212,7 +216,7 @@ class _Series:
     """The series a flush touched, as the parameters of ONE upsert_series statement: one
     element per series in key_ids/run_pks/n_new/lens, and their tails laid end to end."""
 
-    __slots__ = ("key_ids", "lens", "n_new", "run_pks", "steps", "times", "values")
+    __slots__ = ("_last", "key_ids", "lens", "n_new", "run_pks", "steps", "times", "values")
 
     def __init__(self) -> None:
         self.key_ids: list[int] = []
@@ -220,7 +224,8 @@ class _Series:
         self.n_new: list[int] = []
         self.lens: list[int] = []
         self.steps: list[int] = []
-        self.times: list[datetime] = []
+        self.times: list[int] = []  # microseconds since 2000 (copy_binary.micros)
+        self._last: tuple[list, list[int]] = ([], [])  # the last times added, converted
         self.values: list[float] = []
 
     def add(self, key_id: int, run_pk: int, n_new: int, steps: list, times: list, values: list) -> None:
@@ -229,7 +234,9 @@ class _Series:
         self.n_new.append(n_new)
         self.lens.append(len(steps))
         self.steps += steps
-        self.times += times
+        if times is not self._last[0]:  # the series of a usual run share one list of times
+            self._last = (times, micros(times))
+        self.times += self._last[1]
         self.values += values
 
     def params(self, tail: int, seq_bound: int) -> dict:
@@ -239,7 +246,7 @@ class _Series:
             "n_new": self.n_new,
             "lens": self.lens,
             "steps": Int8Array.of(self.steps),
-            "times": TimestamptzArray.of(self.times),
+            "times": TimestamptzArray.of_elements(self.times),
             "values": Float8Array.of(self.values),
             "tail": tail,
             "seq_bound": seq_bound,

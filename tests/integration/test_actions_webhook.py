@@ -382,6 +382,41 @@ def test_expired_lease_is_claimed_again_with_the_same_id(conn, database_url, set
     assert [a["attempt"] for a in attempts(conn, delivery_id)] == [1, 2]
 
 
+def test_a_claim_that_waited_for_a_worker_renews_its_lease_or_is_not_sent(conn, database_url, caplog):
+    """Deliveries are claimed ahead of the workers: one that waited for a worker gets its
+    lease renewed before it is sent (here always: no margin), and one whose lease was taken
+    over meanwhile is left to the new claimant instead of being sent twice at once."""
+    settings = Settings(
+        database_url=database_url,
+        webhook_allow_hosts="127.0.0.1",
+        delivery_workers=1,
+        delivery_lease_margin=0.0,
+    )
+    with Receiver(Reply(200, hang=30.0), Reply(200)) as rx:
+        action = webhook(rx.url(), timeout=1.0)
+        automation = make_automation(conn, "claimed-ahead", [action, action])
+        _, ids = fire(conn, automation, [action, action])
+        d = Dispatcher(database_url, settings)
+        try:
+            assert d.run_once(wait=False) == 2  # one worker: one sent, one claimed ahead
+            (first,) = rx.wait_for(1)
+            sent = next(i for i in ids if str(i) == first.headers["X-Automation-Delivery"])
+            (queued,) = [i for i in ids if i != sent]
+            other = Dispatcher(database_url, settings)
+            with clock.frozen(clock.now() + timedelta(seconds=6 * 1.0 + 1)):
+                (taken,) = other._claim(10, queued)  # its lease ran out: another dispatcher takes it
+            other.stop()
+            rx.release.set()
+        finally:
+            d.stop()
+    assert [r.headers["X-Automation-Delivery"] for r in rx.requests] == [str(sent)]
+    assert delivery(conn, sent)["status"] == "succeeded"
+    row = delivery(conn, queued)
+    assert (row["status"], row["attempts"], taken.attempt) == ("sending", 2, 2)  # the new claimant's
+    said = [r.getMessage() for r in caplog.records if r.name == "engine.actions.dispatcher"]
+    assert f"delivery {queued}: its lease was taken over while it waited for a worker; not sent" in said
+
+
 def test_run_once_works_from_a_subprocess(conn, database_url):
     import subprocess
     import sys

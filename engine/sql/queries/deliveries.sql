@@ -76,7 +76,18 @@ UPDATE deliveries d SET
 FROM due
 WHERE d.id = due.id
 RETURNING d.id, d.trigger_id, d.automation_id, d.action_type, d.action, d.attempts, d.max_attempts,
-          due.was_status;
+          due.was_status, extract(epoch FROM d.claimed_until - %(now)s)::float8 AS lease_seconds;
+
+-- name: delivery_renew_lease
+-- A claimed delivery that waited for a worker longer than its lease can spare gets a whole
+-- lease again (%(lease_seconds)s, as its claim gave it), only while its claim holds: returns
+-- nothing when the lease was taken over meanwhile.
+UPDATE deliveries SET
+    claimed_until   = %(now)s + make_interval(secs => %(lease_seconds)s),
+    next_attempt_at = %(now)s + make_interval(secs => %(lease_seconds)s),
+    updated_at      = %(now)s
+WHERE id = %(id)s AND status = 'sending' AND attempts = %(attempt)s
+RETURNING id;
 
 -- name: delivery_next_due
 -- When the earliest waiting delivery (or lease) is due, or digest window closes, to sleep
