@@ -6,12 +6,71 @@ CREATE EXTENSION IF NOT EXISTS timescaledb WITH SCHEMA public;
 CREATE DOMAIN public.entity_part AS text
 	CONSTRAINT entity_part_check CHECK ((VALUE ~ '^[A-Za-z0-9._-]{1,128}$'::text));
 
+CREATE FUNCTION public.api_scope_covers(patterns text[], scope jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+SELECT EXISTS (
+    SELECT FROM unnest(patterns) AS p
+    WHERE p = '*'
+       OR p = scope ->> 'project'
+       OR p = split_part(scope ->> 'project', '/', 1) || '/*'
+       OR p = 'registry:' || (scope ->> 'registry')
+       OR (p = 'registry:*' AND scope ->> 'registry' IS NOT NULL)
+)
+$$;
+
 CREATE FUNCTION public.events_are_append_only() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
     RAISE EXCEPTION 'events are append-only' USING ERRCODE = 'restrict_violation';
 END $$;
+
+CREATE FUNCTION public.is_finite_value(value double precision) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN ((value < 'Infinity'::double precision) AND (value > '-Infinity'::double precision));
+
+CREATE TABLE public.metric_points (
+    "time" timestamp with time zone NOT NULL,
+    run_pk bigint NOT NULL,
+    key_id integer NOT NULL,
+    step bigint NOT NULL,
+    seq bigint NOT NULL,
+    value double precision NOT NULL
+);
+
+CREATE TABLE public.system_metrics (
+    "time" timestamp with time zone NOT NULL,
+    run_pk bigint NOT NULL,
+    key_id integer NOT NULL,
+    step bigint NOT NULL,
+    seq bigint NOT NULL,
+    value double precision NOT NULL
+);
+
+CREATE FUNCTION public.finite_series(of_run bigint, of_key integer, system boolean) RETURNS TABLE(pos bigint, seq bigint, step bigint, "time" timestamp with time zone, value double precision)
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT row_number() OVER (ORDER BY s.seq) AS row_number,
+     s.seq,
+     s.step,
+     s."time",
+     s.value
+    FROM ( SELECT m.seq,
+             m.step,
+             m."time",
+             m.value
+            FROM public.metric_points m
+           WHERE ((NOT finite_series.system) AND (m.run_pk = finite_series.of_run) AND (m.key_id = finite_series.of_key) AND public.is_finite_value(m.value))
+         UNION ALL
+          SELECT m.seq,
+             m.step,
+             m."time",
+             m.value
+            FROM public.system_metrics m
+           WHERE (finite_series.system AND (m.run_pk = finite_series.of_run) AND (m.key_id = finite_series.of_key) AND public.is_finite_value(m.value))) s
+   ORDER BY s.seq;
+END;
 
 CREATE FUNCTION public.wandb_event_type(rule_type text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -31,6 +90,32 @@ $$;
 CREATE TABLE public.action_gates (
     automation_id bigint NOT NULL,
     action_index integer NOT NULL
+);
+
+CREATE TABLE public.api_keys (
+    id bigint NOT NULL,
+    name text NOT NULL,
+    prefix text NOT NULL,
+    hash text NOT NULL,
+    role text NOT NULL,
+    scopes text[] NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_used_at timestamp with time zone,
+    expires_at timestamp with time zone,
+    revoked_at timestamp with time zone,
+    CONSTRAINT api_keys_hash_check CHECK ((hash ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT api_keys_name_check CHECK ((name ~ '^[A-Za-z0-9._-]{1,128}$'::text)),
+    CONSTRAINT api_keys_role_check CHECK ((role = ANY (ARRAY['ingest'::text, 'read'::text, 'admin'::text]))),
+    CONSTRAINT api_keys_scopes_check CHECK ((cardinality(scopes) > 0))
+);
+
+ALTER TABLE public.api_keys ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.api_keys_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
 );
 
 CREATE TABLE public.artifact_aliases (
@@ -121,7 +206,7 @@ CREATE TABLE public.deliveries (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
     silence_id bigint,
-    CONSTRAINT deliveries_action_type_check CHECK ((action_type = ANY (ARRAY['webhook'::text, 'slack'::text, 'no_op'::text]))),
+    CONSTRAINT deliveries_action_type_check CHECK ((action_type = ANY (ARRAY['webhook'::text, 'slack'::text, 'email'::text, 'discord'::text, 'teams'::text, 'pagerduty'::text, 'no_op'::text]))),
     CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sending'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'suppressed'::text, 'silenced'::text])))
 );
 
@@ -193,7 +278,17 @@ CREATE TABLE public.triggers (
     alias text,
     tag text,
     artifact_version_id bigint,
-    details jsonb DEFAULT '{}'::jsonb NOT NULL
+    details jsonb DEFAULT '{}'::jsonb NOT NULL,
+    key_id integer,
+    pos bigint,
+    window_size integer,
+    prior_window_size integer,
+    aggregation text,
+    operator text,
+    threshold double precision,
+    change text,
+    direction text,
+    amount double precision
 );
 
 CREATE VIEW public.automation_history AS
@@ -351,6 +446,14 @@ CREATE SEQUENCE public.ingest_batch_seq
     MAXVALUE 8796093022207
     CACHE 1;
 
+CREATE TABLE public.ingest_batches (
+    run_pk bigint NOT NULL,
+    batch_id text NOT NULL,
+    points integer NOT NULL,
+    stored_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT ingest_batches_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 128)))
+);
+
 CREATE TABLE public.metric_keys (
     id integer NOT NULL,
     key text NOT NULL,
@@ -366,15 +469,6 @@ CREATE SEQUENCE public.metric_keys_id_seq
     CACHE 1;
 
 ALTER SEQUENCE public.metric_keys_id_seq OWNED BY public.metric_keys.id;
-
-CREATE TABLE public.metric_points (
-    "time" timestamp with time zone NOT NULL,
-    run_pk bigint NOT NULL,
-    key_id integer NOT NULL,
-    step bigint NOT NULL,
-    seq bigint NOT NULL,
-    value double precision NOT NULL
-);
 
 CREATE SEQUENCE public.projects_id_seq
     START WITH 1
@@ -538,15 +632,6 @@ CREATE SEQUENCE public.silences_id_seq
 
 ALTER SEQUENCE public.silences_id_seq OWNED BY public.silences.id;
 
-CREATE TABLE public.system_metrics (
-    "time" timestamp with time zone NOT NULL,
-    run_pk bigint NOT NULL,
-    key_id integer NOT NULL,
-    step bigint NOT NULL,
-    seq bigint NOT NULL,
-    value double precision NOT NULL
-);
-
 CREATE SEQUENCE public.triggers_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -590,6 +675,15 @@ ALTER TABLE ONLY public.triggers ALTER COLUMN id SET DEFAULT nextval('public.tri
 
 ALTER TABLE ONLY public.action_gates
     ADD CONSTRAINT action_gates_pkey PRIMARY KEY (automation_id, action_index);
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_hash_key UNIQUE (hash);
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_name_key UNIQUE (name);
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.artifact_aliases
     ADD CONSTRAINT artifact_aliases_pkey PRIMARY KEY (collection_id, alias);
@@ -641,6 +735,9 @@ ALTER TABLE ONLY public.digests
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.ingest_batches
+    ADD CONSTRAINT ingest_batches_pkey PRIMARY KEY (run_pk, batch_id);
 
 ALTER TABLE ONLY public.metric_keys
     ADD CONSTRAINT metric_keys_key_key UNIQUE (key);
@@ -704,6 +801,8 @@ ALTER TABLE ONLY public.triggers
 
 ALTER TABLE ONLY public.triggers
     ADD CONSTRAINT triggers_pkey PRIMARY KEY (id);
+
+CREATE INDEX api_keys_prefix ON public.api_keys USING btree (prefix);
 
 CREATE UNIQUE INDEX automations_live_name ON public.automations USING btree (name) WHERE (deleted_at IS NULL);
 
@@ -821,6 +920,9 @@ ALTER TABLE ONLY public.events
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_version_id_fkey FOREIGN KEY (version_id) REFERENCES public.artifact_versions(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.ingest_batches
+    ADD CONSTRAINT ingest_batches_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.registry_aliases
     ADD CONSTRAINT registry_aliases_link_id_fkey FOREIGN KEY (link_id) REFERENCES public.registry_links(id) ON DELETE CASCADE;
