@@ -55,11 +55,12 @@ def _threshold(event: RunMetricThreshold) -> MetricCondition:
 
 
 def _change(event: RunMetricChange) -> MetricCondition:
-    direction: Literal["value", "decrease", "any"] = {
+    directions: dict[str, Literal["value", "decrease", "any"]] = {
         "increase": "value",
         "decrease": "decrease",
         "any": "any",
-    }[event.direction]  # type: ignore[assignment]
+    }
+    direction = directions[event.direction]
     return MetricCondition(
         event.aggregation,
         event.current_window,

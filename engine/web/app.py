@@ -123,8 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     _error_handlers(app)
-    app.add_middleware(_Observed, metrics=app.state.metrics)  # type: ignore[arg-type]
-    app.add_middleware(_BodyLimit, limit=settings.web_max_body)  # type: ignore[arg-type]
+    app.add_middleware(_Observed, metrics=app.state.metrics)
+    app.add_middleware(_BodyLimit, limit=settings.web_max_body)
     return app
 
 
