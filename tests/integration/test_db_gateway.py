@@ -51,7 +51,7 @@ def test_an_error_inside_a_borrowed_connection_leaves_translated_once(database_u
 
 def test_named_queries_on_a_database_without_the_schema_say_to_migrate(empty_database_url):
     with db.connection(empty_database_url) as conn, pytest.raises(SchemaNotReady, match="engine db migrate"):
-        db.rows(conn, "list_automations")
+        db.rows(conn, "list_automations", {"scopes": None})
 
 
 def test_a_refused_connection_raises_at_once_with_its_reason():
