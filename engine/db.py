@@ -76,8 +76,19 @@ def translate(exc: BaseException) -> EngineError:
     if isinstance(exc, EngineError):
         return exc
     error = _translate(exc)
-    error.sqlstate = getattr(exc, "sqlstate", None) or None
+    error.sqlstate = getattr(exc, "sqlstate", None) or _driver_state(exc)
     return error
+
+
+def _driver_state(exc: BaseException) -> str | None:
+    """The SQLSTATE class of an error psycopg raises itself, before the server sees the
+    statement (text with a NUL byte is a DataError without a SQLSTATE): callers read the
+    condition from `sqlstate` alone, whoever refused it."""
+    if isinstance(exc, psycopg.DataError):
+        return "22000"
+    if isinstance(exc, psycopg.IntegrityError):
+        return "23000"
+    return None
 
 
 def _translate(exc: BaseException) -> DatabaseError:
