@@ -76,8 +76,19 @@ def translate(exc: BaseException) -> EngineError:
     if isinstance(exc, EngineError):
         return exc
     error = _translate(exc)
-    error.sqlstate = getattr(exc, "sqlstate", None) or None
+    error.sqlstate = getattr(exc, "sqlstate", None) or _driver_state(exc)
     return error
+
+
+def _driver_state(exc: BaseException) -> str | None:
+    """The SQLSTATE class of an error psycopg raises itself, before the server sees the
+    statement (text with a NUL byte is a DataError without a SQLSTATE): callers read the
+    condition from `sqlstate` alone, whoever refused it."""
+    if isinstance(exc, psycopg.DataError):
+        return "22000"
+    if isinstance(exc, psycopg.IntegrityError):
+        return "23000"
+    return None
 
 
 def _translate(exc: BaseException) -> DatabaseError:
@@ -359,9 +370,11 @@ class Database:
         database.close()
 
     One per process and database: `engine serve` builds its own (scheduler.pool_shares) and
-    hands it to the evaluator, the dispatcher and the metrics; a web server builds one with
-    its share (`shares={"web": n}`, after `set_application_name("engine-web")`) and runs its
-    queries with `database.rows(name, params)` / `one` / `value` / `run`, or several in
+    hands it to the evaluator, the dispatcher and the metrics; `engine web` builds one per
+    worker process (engine/web/deps.py: `shares={"web": n}, application_name="engine-web"`,
+    the name given since a spawned worker does not inherit `set_application_name`) and lends
+    each request a connection of it; code holding the Database runs its queries with
+    `database.rows(name, params)` / `one` / `value` / `run`, or several in
     `with database.transaction() as conn:` through the module's helpers.
 
     `shares` gives each part the most connections it may hold at once (the first share is

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from sqlglot import exp
 
@@ -25,6 +25,9 @@ from engine.rules import (
     RunMetricThreshold,
     RunState,
 )
+from engine.rules.events import EventModel
+
+E = TypeVar("E", bound=EventModel)
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,12 @@ def _threshold(event: RunMetricThreshold) -> MetricCondition:
 
 
 def _change(event: RunMetricChange) -> MetricCondition:
-    direction: Literal["value", "decrease", "any"] = {
+    directions: dict[str, Literal["value", "decrease", "any"]] = {
         "increase": "value",
         "decrease": "decrease",
         "any": "any",
-    }[event.direction]  # type: ignore[assignment]
+    }
+    direction = directions[event.direction]
     return MetricCondition(
         event.aggregation,
         event.current_window,
@@ -71,7 +75,6 @@ def _change(event: RunMetricChange) -> MetricCondition:
     )
 
 
-Where = Callable[[exp.Select, Any, dict[str, Any]], exp.Select]
 Scope = Callable[[exp.Select, Automation, dict[str, Any]], exp.Select]
 
 
@@ -158,17 +161,19 @@ def _collection_scope(select: exp.Select, automation: Automation, params: dict[s
 
 
 @dataclass(frozen=True)
-class MetricKind:
-    condition: Callable[[Any], MetricCondition]
+class MetricKind(Generic[E]):
+    condition: Callable[[E], MetricCondition]
 
 
 @dataclass(frozen=True)
-class EventKind:
-    where: Where  # the kind's own conditions on `events AS e`
+class EventKind(Generic[E]):
+    where: Callable[[exp.Select, E, dict[str, Any]], exp.Select]  # the kind's own conditions on `events AS e`
     scope: Scope
 
 
-KINDS: dict[type, MetricKind | EventKind] = {
+# Each entry is checked against its own event class; the registry holds them all, so its
+# values are of any event class (kind_of looks them up by the event's class).
+KINDS: dict[type[EventModel], MetricKind[Any] | EventKind[Any]] = {
     RunMetricThreshold: MetricKind(_threshold),
     RunMetricChange: MetricKind(_change),
     RunState: EventKind(_states, _run_scope),
@@ -179,7 +184,7 @@ KINDS: dict[type, MetricKind | EventKind] = {
 }
 
 
-def kind_of(automation: Automation) -> MetricKind | EventKind:
+def kind_of(automation: Automation) -> MetricKind[Any] | EventKind[Any]:
     return KINDS[type(automation.event)]
 
 

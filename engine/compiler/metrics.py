@@ -163,7 +163,8 @@ def _class_of(condition: MetricCondition, current: int, prior: int | None) -> tu
     if condition.operator == "!=":  # fires almost always: a candidate at every value
         return _Test(current, prior, condition.relative, ""), -math.inf
     # >, >=, == (a threshold), or a change in its direction
-    turn: Literal["", "-", "abs"] = {"value": "", "decrease": "-", "any": "abs"}[condition.direction]  # type: ignore[assignment]
+    turns: dict[str, Literal["", "-", "abs"]] = {"value": "", "decrease": "-", "any": "abs"}
+    turn = turns[condition.direction]
     return _Test(current, prior, condition.relative, turn), condition.bound
 
 

@@ -95,7 +95,7 @@ def metric_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> It
 
 
 def event_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Iterator[Firing]:
-    event: Any = automation.event
+    event = automation.event
     for row in rows:
         details = row["details"] or {}
         yield Firing(

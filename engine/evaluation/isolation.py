@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import psycopg
 
 from engine.automations import StoredAutomation
-from engine.db import query, translate
-from engine.evaluation.statements import dicts
-from engine.exceptions import DatabaseUnavailable, EngineError
+from engine.db import run
+from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ Groups = list[list[StoredAutomation]]
 class GroupFailed(Exception):
     """The query of one group failed (inside a transaction that holds others too)."""
 
-    def __init__(self, group: list[StoredAutomation], error: psycopg.Error):
+    def __init__(self, group: list[StoredAutomation], error: DatabaseError):
         super().__init__(str(error))
         self.group, self.error = group, error
 
@@ -57,8 +56,8 @@ def evaluate_isolating(
     """Run `evaluate` over `groups`, splitting the work on failure until every automation
     has either been evaluated or been found failing alone (`skip` is called for it).
 
-    `evaluate` raises `GroupFailed` when one group's query failed, any `EngineError` or
-    psycopg error when the transaction failed otherwise. A database outage is not a failure
+    `evaluate` raises `GroupFailed` when one group's query failed, any `EngineError` (the
+    gateway's, for the database) when the transaction failed otherwise. A database outage is not a failure
     of these automations nor of the ones after them: it is raised (the service backs off
     and logs it)."""
     work: list[_Attempt | _Isolate] = [_Attempt(groups)]
@@ -78,29 +77,25 @@ def evaluate_isolating(
         try:
             evaluate(item.groups)
         except GroupFailed as failed:
-            error = translate(failed.error)
-            if isinstance(error, DatabaseUnavailable):
-                raise error from failed.error
-            work.append(_Isolate(failed.group, error))
+            if isinstance(failed.error, DatabaseUnavailable):
+                raise failed.error from failed.error.__cause__
+            work.append(_Isolate(failed.group, failed.error))
             others = [group for group in item.groups if group is not failed.group]
             if others:
                 work.append(_Attempt(others))
         except DatabaseUnavailable:
             raise
-        except (EngineError, psycopg.Error) as exc:
-            error = translate(exc) if isinstance(exc, psycopg.Error) else exc
-            if isinstance(error, DatabaseUnavailable):
-                raise error from exc
+        except EngineError as exc:
             if len(item.groups) > 1:
                 work.extend(_Attempt([group]) for group in reversed(item.groups))
             else:
-                work.append(_Isolate(item.groups[0], error))
+                work.append(_Isolate(item.groups[0], exc))
 
 
 def record_failure(conn: psycopg.Connection, stored: StoredAutomation, error: Exception) -> None:
     """Log a failed automation and record it (the next tick retries it over a shorter span)."""
     log.error("automation %r failed and is skipped this tick: %s", stored.name, error)
     try:
-        dicts(conn).execute(query("record_failure"), {"automation_id": stored.id, "error": str(error)[:2000]})
-    except psycopg.Error:  # the failure is already logged; never let it stop the tick
+        run(conn, "record_failure", {"automation_id": stored.id, "error": str(error)[:2000]})
+    except EngineError:  # the failure is already logged; never let it stop the tick
         log.exception("could not record the failure of automation %s", stored.id)

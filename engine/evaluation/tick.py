@@ -24,11 +24,11 @@ from engine.compiler import (
     is_metric_rule,
     span_of,
 )
-from engine.db import Database, boundary, query, translate
+from engine.db import Database, boundary, query
 from engine.evaluation.firing import Firing, fire, group_firings
 from engine.evaluation.isolation import GroupFailed, evaluate_isolating, record_failure
 from engine.evaluation.statements import dicts, dumped_once, execute
-from engine.exceptions import DatabaseUnavailable
+from engine.exceptions import DatabaseError, DatabaseUnavailable
 from engine.settings import Settings, get_settings
 
 
@@ -81,18 +81,28 @@ class Evaluator:
         self._failures: dict[int, int] = {}  # automations that failed last tick: consecutive failures
 
     # -- connections -------------------------------------------------------------------
+    def _lease(self) -> psycopg.Connection:
+        """A connection of the evaluation share with the evaluator's session settings (a
+        lease: they stay with it). One whose settings cannot be made is closed, not kept."""
+        conn = self.database.lease("evaluation")
+        try:
+            with boundary():
+                conn.execute(query("evaluator_session"), self._session)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = self.database.lease("evaluation")
-            self._conn.execute(query("evaluator_session"), self._session)
+            self._conn = self._lease()
         return self._conn
 
     def _helper(self, n: int) -> psycopg.Connection:
         """The n-th extra connection (1-based) of a parallel tick."""
         conn = self._helpers.get(n)
         if conn is None or conn.closed or conn.broken:
-            conn = self._helpers[n] = self.database.lease("evaluation")
-            conn.execute(query("evaluator_session"), self._session)
+            conn = self._helpers[n] = self._lease()
         return conn
 
     def close(self) -> None:
@@ -129,12 +139,8 @@ class Evaluator:
             started = time.perf_counter()
             result = TickResult()
             try:
-                conn = self._connection()
                 with boundary():
-                    self._tick(conn, result)
-            except psycopg.Error as exc:
-                self.close()
-                raise translate(exc) from exc
+                    self._tick(self._connection(), result)
             except DatabaseUnavailable:
                 self.close()
                 raise
@@ -247,7 +253,9 @@ class Evaluator:
                 with boundary():
                     self._run(self._helper(n), parts[n], to_xid, partials[n])
             except DatabaseUnavailable:
-                self._helpers.pop(n).close()
+                helper = self._helpers.pop(n, None)  # none when it could not be leased
+                if helper is not None:
+                    helper.close()
                 raise
 
         futures = [self._pool.submit(run_share, n) for n in range(1, shares)]
@@ -281,7 +289,8 @@ class Evaluator:
         it fails, isolate the failing automation (see `isolation`) and go on without it."""
 
         def evaluate(part: list[list[StoredAutomation]]) -> None:
-            evaluated, skipped, fired = self._evaluate(conn, part, to_xid, catch_up)
+            with boundary():  # isolation sees the engine's errors
+                evaluated, skipped, fired = self._evaluate(conn, part, to_xid, catch_up)
             result.evaluated += evaluated
             result.skipped_locked += skipped
             result.fired += fired
@@ -360,8 +369,9 @@ class Evaluator:
                 for frontier, same in by_frontier.items():
                     end = self._catch_up_end(conn, same, frontier, to_xid) if catch_up else to_xid
                     try:
-                        rows = self._rows(conn, same, frontier, end)
-                    except psycopg.Error as exc:
+                        with boundary():
+                            rows = self._rows(conn, same, frontier, end)
+                    except DatabaseError as exc:
                         raise GroupFailed(group, exc) from exc
                     candidates.extend(group_firings(same, rows, last_fired))
                     evaluated.setdefault(end, []).extend(s.id for s in same)

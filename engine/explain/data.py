@@ -20,11 +20,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from engine.compiler import metric_table
-from engine.db import boundary, query
+from engine.db import one, rows
 from engine.exceptions import NotFound
 from engine.rules import Automation
 
@@ -158,69 +157,67 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
 
     Built from the trigger's columns: the rule at its version gives only the scope and run
     filter, and the condition's words when the trigger's details lack them."""
-    with boundary():
-        cur = conn.cursor(row_factory=dict_row)
-        row = cur.execute(query("explain_trigger"), {"trigger_id": trigger_id}).fetchone()
-        if row is None:
-            raise NotFound(f"no trigger {trigger_id}: `engine history` lists the trigger ids")
-        warnings: list[str] = []
-        try:
-            rule: Automation | None = Automation.model_validate(row["rule"])
-        except ValidationError:
-            rule = None
-            warnings.append(
-                f"the rule of version {row['automation_version']} cannot be read by this engine version"
-            )
-        details = row["details"] if isinstance(row["details"], dict) else {}
-        condition = details.get("metric_filter")
-        if not isinstance(condition, str) or not condition:
-            condition = rule.event.describe() if rule else row["event_type"]
-        run = None
-        if row["run_pk"] is not None:
-            run = RunInfo(
-                pk=row["run_pk"],
-                entity=row["entity"],
-                project=row["project"],
-                run_id=row["run_id"],
-                name=row["run_name"],
-                user=row["user_name"],
-                state=row["run_state"],
-            )
-        run_filter = rule.run_filter if rule else None
-        common: dict[str, Any] = {
-            "trigger_id": row["id"],
-            "fired_at": row["fired_at"],
-            "automation": row["automation"],
-            "automation_version": row["automation_version"],
-            "rule_type": row["event_type"],
-            "condition": condition,
-            "scope": rule.scope.describe() if rule else None,
-            "run_filter_user": run_filter.user if run_filter else None,
-            "run_filter_name_regex": run_filter.name_regex if run_filter else None,
-            "run": run,
-            "delivery": _delivery(row),
-        }
-        if row["pos"] is not None:
-            return _metric_explanation(cur, row, common, warnings)
-        event = None
-        if row["event_id"] is not None:
-            e = cur.execute(query("explain_event"), {"event_id": row["event_id"]}).fetchone()
-            if e:
-                event = EventInfo(
-                    id=e["id"], type=e["type"], time=e["time"], author=e["author"], details=e["details"] or {}
-                )
-        return Explanation(
-            **common,
-            event=event,
-            alias=row["alias"],
-            tag=row["tag"],
-            artifact_version=row["artifact_version"],
-            warnings=tuple(warnings),
+    row = one(conn, "explain_trigger", {"trigger_id": trigger_id})
+    if row is None:
+        raise NotFound(f"no trigger {trigger_id}: `engine history` lists the trigger ids")
+    warnings: list[str] = []
+    try:
+        rule: Automation | None = Automation.model_validate(row["rule"])
+    except ValidationError:
+        rule = None
+        warnings.append(
+            f"the rule of version {row['automation_version']} cannot be read by this engine version"
         )
+    details = row["details"] if isinstance(row["details"], dict) else {}
+    condition = details.get("metric_filter")
+    if not isinstance(condition, str) or not condition:
+        condition = rule.event.describe() if rule else row["event_type"]
+    run = None
+    if row["run_pk"] is not None:
+        run = RunInfo(
+            pk=row["run_pk"],
+            entity=row["entity"],
+            project=row["project"],
+            run_id=row["run_id"],
+            name=row["run_name"],
+            user=row["user_name"],
+            state=row["run_state"],
+        )
+    run_filter = rule.run_filter if rule else None
+    common: dict[str, Any] = {
+        "trigger_id": row["id"],
+        "fired_at": row["fired_at"],
+        "automation": row["automation"],
+        "automation_version": row["automation_version"],
+        "rule_type": row["event_type"],
+        "condition": condition,
+        "scope": rule.scope.describe() if rule else None,
+        "run_filter_user": run_filter.user if run_filter else None,
+        "run_filter_name_regex": run_filter.name_regex if run_filter else None,
+        "run": run,
+        "delivery": _delivery(row),
+    }
+    if row["pos"] is not None:
+        return _metric_explanation(conn, row, common, warnings)
+    event = None
+    if row["event_id"] is not None:
+        e = one(conn, "explain_event", {"event_id": row["event_id"]})
+        if e:
+            event = EventInfo(
+                id=e["id"], type=e["type"], time=e["time"], author=e["author"], details=e["details"] or {}
+            )
+    return Explanation(
+        **common,
+        event=event,
+        alias=row["alias"],
+        tag=row["tag"],
+        artifact_version=row["artifact_version"],
+        warnings=tuple(warnings),
+    )
 
 
 def _metric_explanation(
-    cur: psycopg.Cursor[dict[str, Any]],
+    conn: psycopg.Connection,
     row: dict[str, Any],
     common: dict[str, Any],
     warnings: list[str],
@@ -237,7 +234,7 @@ def _metric_explanation(
         }
         series = tuple(
             Point(pos=r["pos"], step=r["step"], time=r["time"], value=r["value"])
-            for r in cur.execute(query("explain_series"), args)
+            for r in rows(conn, "explain_series", args)
         )
     window_values = tuple(row["window_values"] or ())
     prior_values = tuple(row["prior_values"] or ())

@@ -164,8 +164,9 @@ class DatabaseTransport:
         if conn.closed or conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             return
         try:
-            conn.execute(_ROLLBACK)
-        except psycopg.Error:
+            with boundary():
+                conn.execute(_ROLLBACK)
+        except EngineError:
             self._connections.drop()
 
     def _copy_run(

@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 
 from engine import db
+from engine.exceptions import EngineError
 from engine.sdk.buffer import Writer
 from engine.sdk.flush import DatabaseTransport
 from engine.settings import Settings, get_settings
@@ -111,7 +112,7 @@ class Transport:
         with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
-                with contextlib.suppress(psycopg.Error):
+                with contextlib.suppress(EngineError), db.boundary():
                     conn.close()
 
 

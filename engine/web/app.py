@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import psycopg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -123,8 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     _error_handlers(app)
-    app.add_middleware(_Observed, metrics=app.state.metrics)  # type: ignore[arg-type]
-    app.add_middleware(_BodyLimit, limit=settings.web_max_body)  # type: ignore[arg-type]
+    app.add_middleware(_Observed, metrics=app.state.metrics)
+    app.add_middleware(_BodyLimit, limit=settings.web_max_body)
     return app
 
 
@@ -181,7 +180,6 @@ def _error_handlers(app: FastAPI) -> None:
         # the SDK's and the rule models' checks raise these for input they refuse
         return _error(422, str(exc) or type(exc).__name__)
 
-    @app.exception_handler(psycopg.Error)
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: Exception) -> JSON:
         return _engine_error(request, exc)
@@ -193,20 +191,18 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def _engine_error(request: Request, exc: BaseException) -> JSON:
-    if isinstance(exc, IngestError) and isinstance(exc.__cause__, (EngineError, psycopg.Error)):
+    if isinstance(exc, IngestError) and isinstance(exc.__cause__, EngineError):
         exc = exc.__cause__
     error = translate(exc)
-    cause = error.__cause__ if isinstance(error.__cause__, psycopg.Error) else exc
-    state = getattr(cause, "sqlstate", None) or ""
+    state = getattr(error, "sqlstate", None) or ""
     if isinstance(error, NotFound):
         return _error(404, str(error))
     if isinstance(error, (DatabaseUnavailable, QueryTimeout)):
         log.warning("%s %s: %s", request.method, request.url.path, error)
         return _error(503, str(error), headers={"Retry-After": "1"})
     if isinstance(error, DatabaseError):
-        # data exceptions and integrity violations (NUL in text is refused by psycopg itself,
-        # without a SQLSTATE): the input's fault
-        if state[:2] in ("22", "23") or isinstance(cause, (psycopg.DataError, psycopg.IntegrityError)):
+        # data exceptions and integrity violations: the input's fault
+        if state[:2] in ("22", "23"):
             return _error(422, f"the database refused a value: {str(error).splitlines()[0]}")
         log.error("database error on %s %s: %s", request.method, request.url.path, error, exc_info=exc)
         return _error(500, "database error (the server's log has the details)")

@@ -1,9 +1,11 @@
-"""The database connections of `engine web`: one pool per process, opened by the app's
-lifespan. Every route and the auth dependency get their connection here, so that moving to
-the engine's own pool (engine/db.py) is a change of this module only.
+"""The database connections of `engine web`: the process's pool (engine/db.py's Database,
+as `engine serve` has), opened by the app's lifespan with one share, `web`, of
+ENGINE_WEB_POOL_SIZE connections. Every route and the auth dependency get their connection
+here.
 
 Connections are in autocommit: each operation opens the transaction it needs (the SDK's
-writer issues its own BEGIN/COMMIT around a COPY).
+writer issues its own BEGIN/COMMIT around a COPY). They are opened when a request needs
+one: while the database is down, requests answer 503 with its reason, and /healthz says so.
 """
 
 from __future__ import annotations
@@ -12,50 +14,45 @@ import contextlib
 from collections.abc import Iterator
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
 from engine import db as enginedb
 from engine.exceptions import DatabaseUnavailable
 from engine.settings import Settings
 
 APPLICATION_NAME = "engine-web"
+SHARE = "web"
 CHECKOUT_TIMEOUT = 10.0  # seconds a request waits for a free connection before a 503
 
-_pool: ConnectionPool | None = None
+_database: enginedb.Database | None = None
 
 
-def open_pool(settings: Settings) -> ConnectionPool:
-    """Open this process's pool (it connects in the background: a database that is down at
-    start-up makes requests answer 503 until it is up, and /healthz says so)."""
-    global _pool
+def open_pool(settings: Settings) -> enginedb.Database:
+    """Open this process's pool (it connects on first use). Each worker process of
+    `--workers N` opens its own, so the application_name is given here, not inherited."""
+    global _database
     close_pool()
-    _pool = ConnectionPool(
-        enginedb.conninfo(settings=settings, application_name=APPLICATION_NAME),
-        min_size=1,
-        max_size=settings.web_pool_size,
-        kwargs={"autocommit": True, "prepare_threshold": None},
-        check=ConnectionPool.check_connection,  # a connection broken by a restart is replaced, not used
-        timeout=CHECKOUT_TIMEOUT,
-        name=APPLICATION_NAME,
-        open=False,
+    _database = enginedb.Database(
+        settings=settings,
+        shares={SHARE: settings.web_pool_size},
+        application_name=APPLICATION_NAME,
+        wait=CHECKOUT_TIMEOUT,
     )
-    _pool.open(wait=False)
-    return _pool
+    return _database
 
 
 def close_pool() -> None:
-    global _pool
-    if _pool is not None:
-        _pool.close()
-        _pool = None
+    global _database
+    if _database is not None:
+        _database.close()
+        _database = None
 
 
 @contextlib.contextmanager
 def connect() -> Iterator[psycopg.Connection]:
     """A pooled connection for the block, errors translated."""
-    if _pool is None:
+    if _database is None:
         raise DatabaseUnavailable("the web server's connection pool is not open")
-    with enginedb.boundary(), _pool.connection() as conn:
+    with _database.connection(SHARE) as conn:
         yield conn
 
 

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from engine import clock
 from engine.db import boundary, query
-from engine.exceptions import NotFound
+from engine.exceptions import EngineError, NotFound
 from engine.sdk.buffer import MAX_BATCH_POINTS, Stream, Writer
 from engine.sdk.flush import DatabaseTransport
 from engine.sdk.run import _check_config, _check_tags, _new_run_id, _Opening, _transition
@@ -166,8 +166,9 @@ def _run_lock(conn: psycopg.Connection, run_pk: int) -> Iterator[None]:
         yield
     finally:
         try:
-            conn.execute(query("ingest_unlock"), {"run_pk": run_pk})
-        except psycopg.Error:
+            with boundary():
+                conn.execute(query("ingest_unlock"), {"run_pk": run_pk})
+        except EngineError:
             conn.close()  # a lock left held would stop the run's next batches: the pool drops this one
 
 

@@ -59,7 +59,7 @@ def show(name: str, conn: Conn) -> dict[str, Any]:
         "version": stored.version,
         "enabled": stored.enabled,
         "rule": stored.automation.to_json(),
-        "condition": stored.automation.event.describe(),  # type: ignore[attr-defined]
+        "condition": stored.automation.event.describe(),
         "source": stored.source,
         "created_at": stored.created_at,
         "updated_at": stored.updated_at,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -117,6 +116,4 @@ def explain(trigger_id: int, conn: Conn) -> dict[str, Any]:
 
 def explanation(conn: psycopg.Connection, trigger_id: int) -> dict[str, Any]:
     """`engine explain`'s data as JSON (the one call the route makes)."""
-    data = explain_data(conn, trigger_id)
-    dump = getattr(data, "model_dump", None)
-    return dump(mode="python") if dump is not None else dataclasses.asdict(data)  # type: ignore[call-overload]
+    return explain_data(conn, trigger_id).model_dump(mode="python")
