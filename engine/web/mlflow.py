@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -38,7 +39,6 @@ from typing import Annotated, Any
 
 import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from psycopg.types.json import Jsonb
 from starlette.responses import Response
@@ -86,54 +86,35 @@ class MlflowError(Exception):
         self.code, self.message, self.status = code, message, status
 
 
-def _answer(exc: BaseException) -> Response:
+def _answer(request: Request, exc: BaseException) -> Response:
     """Any error of an MLflow route as MLflow's error JSON (the client prints `message`)."""
     from engine.web.app import JSON, _engine_error
 
+    headers = None
     if isinstance(exc, MlflowError):
         code, message, status = exc.code, exc.message, exc.status
-    elif isinstance(exc, HTTPException):
-        code = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST"}.get(
-            exc.status_code, "BAD_REQUEST"
-        )
-        code, message, status = code, str(exc.detail), exc.status_code
-        if exc.status_code == 401:
-            return JSON(
-                {"error_code": code, "message": message},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    elif isinstance(exc, HTTPException):  # the access dependency's refusals
+        codes = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST"}
+        code, message, status = codes.get(exc.status_code, "BAD_REQUEST"), str(exc.detail), exc.status_code
+        headers = exc.headers
     elif isinstance(exc, Invalid):
-        code, message, status = (
-            "INVALID_PARAMETER_VALUE",
-            f"{'.'.join(map(str, exc.loc[1:]))}: {exc.message}",
-            400,
-        )
-    elif isinstance(exc, RequestValidationError):
-        code, message, status = "INVALID_PARAMETER_VALUE", str(exc.errors()[:1]), 400
+        code, message, status = "INVALID_PARAMETER_VALUE", f"{exc.loc[-1]}: {exc.message}", 400
     elif isinstance(exc, NotFound):
         code, message, status = "RESOURCE_DOES_NOT_EXIST", str(exc), 404
-    elif isinstance(exc, (ValueError, TypeError)):
+    elif isinstance(exc, (ValueError, TypeError)):  # the SDK's checks of names and values
         code, message, status = "INVALID_PARAMETER_VALUE", str(exc) or type(exc).__name__, 400
     elif isinstance(exc, (EngineError, psycopg.Error)):
-        answer = _engine_error_answer(_engine_error, exc)
-        code, message, status = answer
+        answer = _engine_error(request, exc)  # /api/v1's classification (and its logging)
+        message, status = json.loads(bytes(answer.body))["detail"], answer.status_code
+        headers = {"Retry-After": "1"} if status == 503 else None
+        code = {404: "RESOURCE_DOES_NOT_EXIST", 422: "INVALID_PARAMETER_VALUE", 409: "INVALID_STATE"}.get(
+            status, "TEMPORARILY_UNAVAILABLE" if status == 503 else "INTERNAL_ERROR"
+        )
+        status = 400 if status in (409, 422) else status  # MLflow's status for a refused value
     else:
-        raise exc
-    return JSON({"error_code": code, "message": message}, status_code=status)
-
-
-def _engine_error_answer(render: Callable[..., Any], exc: BaseException) -> tuple[str, str, int]:
-    class _Request:  # what _engine_error logs of a request
-        method, url = "MLFLOW", type("U", (), {"path": PREFIX})()
-
-    response = render(_Request(), exc)
-    detail = json.loads(response.body)["detail"]
-    status = response.status_code
-    codes = {404: "RESOURCE_DOES_NOT_EXIST", 422: "INVALID_PARAMETER_VALUE", 409: "INVALID_STATE"}
-    if status == 503:
-        return "TEMPORARILY_UNAVAILABLE", detail, 503  # the client retries these
-    return codes.get(status, "INTERNAL_ERROR"), detail, 400 if status in (422, 409) else status
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        code, message, status = "INTERNAL_ERROR", "internal error (the server's log has the details)", 500
+    return JSON({"error_code": code, "message": message}, status_code=status, headers=headers)
 
 
 class _Route(APIRoute):
@@ -146,11 +127,12 @@ class _Route(APIRoute):
             try:
                 return await handler(request)
             except Exception as exc:  # every error becomes MLflow's error JSON
-                return _answer(exc)
+                return _answer(request, exc)
 
         return handle
 
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix=PREFIX, route_class=_Route, include_in_schema=False)
 Conn = Annotated[psycopg.Connection, Depends(deps.connection)]
 
@@ -189,6 +171,9 @@ async def _args(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise MlflowError("MALFORMED_REQUEST", "the request body must be a JSON object")
     return body
+
+
+Args = Annotated[dict[str, Any], Depends(_args)]
 
 
 def _text(args: dict[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -296,10 +281,13 @@ def experiment_by_id(conn: psycopg.Connection, params: dict[str, str], payload: 
 
 
 @_get("/experiments/get-by-name")
-async def get_experiment_by_name(
-    request: Request, conn: Conn, principal: Principal = access("ingest", experiment_by_name, body=True)
+def get_experiment_by_name(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", experiment_by_name, body=True),
 ) -> dict[str, Any]:
-    name = _text(await _args(request), "experiment_name")
+    name = _text(args, "experiment_name")
     assert name is not None
     entity, project = _project_of(name)
     with boundary():
@@ -310,10 +298,12 @@ async def get_experiment_by_name(
 
 
 @_post("/experiments/create")
-async def create_experiment(
-    request: Request, conn: Conn, principal: Principal = access("ingest", experiment_by_name, body=True)
+def create_experiment(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", experiment_by_name, body=True),
 ) -> dict[str, Any]:
-    args = await _args(request)
     name = _text(args, "name")
     assert name is not None
     if _pairs(args, "tags"):
@@ -329,10 +319,13 @@ async def create_experiment(
 
 
 @_get("/experiments/get")
-async def get_experiment(
-    request: Request, conn: Conn, principal: Principal = access("ingest", experiment_by_id, body=True)
+def get_experiment(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", experiment_by_id, body=True),
 ) -> dict[str, Any]:
-    experiment_id = _text(await _args(request), "experiment_id")
+    experiment_id = _text(args, "experiment_id")
     assert experiment_id is not None
     with boundary():
         row = _experiment_row(conn, experiment_id)
@@ -504,10 +497,12 @@ def _update(
 
 
 @_post("/runs/create")
-async def create_run(
-    request: Request, conn: Conn, principal: Principal = access("ingest", experiment_by_id, body=True)
+def create_run(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", experiment_by_id, body=True),
 ) -> dict[str, Any]:
-    args = await _args(request)
     project = _experiment_project(conn, _text(args, "experiment_id", required=False) or DEFAULT_EXPERIMENT)
     tags = dict(_pairs(args, "tags"))
     name = _text(args, "run_name", required=False) or tags.pop("mlflow.runName", None) or None
@@ -529,17 +524,22 @@ async def create_run(
 
 
 @_get("/runs/get")
-async def get_run(
-    request: Request, conn: Conn, principal: Principal = access("ingest", run_in_request, body=True)
+def get_run(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
-    return {"run": _run_json(conn, _find_run(conn, _run_id(await _args(request))))}
+    return {"run": _run_json(conn, _find_run(conn, _run_id(args)))}
 
 
 @_post("/runs/update")
-async def update_run(
-    request: Request, conn: Conn, principal: Principal = access("ingest", run_in_request, body=True)
+def update_run(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
-    args = await _args(request)
     run = _find_run(conn, _run_id(args))
     status = _text(args, "status", required=False)
     name = _text(args, "run_name", required=False)
@@ -607,7 +607,7 @@ def _metric_rows(
 
 
 def _store_metrics(
-    request: Request, conn: psycopg.Connection, run: _Run, metrics: list[Any], body: bytes
+    request: Request, conn: psycopg.Connection, run: _Run, metrics: list[Any], args: dict[str, Any]
 ) -> None:
     rows = _metric_rows(metrics)
     if not rows:
@@ -617,37 +617,46 @@ def _store_metrics(
             "INVALID_PARAMETER_VALUE", f"a batch holds at most {ingest.MAX_BATCH_POINTS} metrics"
         )
     # the same request sent again (the client retries after a lost answer) is stored once
-    batch_id = "mlflow-" + hashlib.sha256(run.run_id.encode() + b"\0" + body).hexdigest()[:48]
+    batch_id = (
+        "mlflow-"
+        + hashlib.sha256(f"{run.run_id}\0{json.dumps(args, sort_keys=True)}".encode()).hexdigest()[:48]
+    )
     ingest.store_batch(conn, run.row, run.label, batch_id, rows, request.app.state.settings, clamp=True)
 
 
 @_post("/runs/log-metric")
-async def log_metric(
-    request: Request, conn: Conn, principal: Principal = access("ingest", run_in_request, body=True)
+def log_metric(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
-    args = await _args(request)
     run = _find_run(conn, _run_id(args))
     metric = {k: args.get(k) for k in ("key", "value", "timestamp", "step")}
-    _store_metrics(request, conn, run, [metric], await request.body())
+    _store_metrics(request, conn, run, [metric], args)
     return {}
 
 
 @_post("/runs/log-batch")
-async def log_batch(
-    request: Request, conn: Conn, principal: Principal = access("ingest", run_in_request, body=True)
+def log_batch(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
-    args = await _args(request)
     run = _find_run(conn, _run_id(args))
     _update(conn, run, _pairs(args, "params"), _pairs(args, "tags"))
-    _store_metrics(request, conn, run, args.get("metrics") or [], await request.body())
+    _store_metrics(request, conn, run, args.get("metrics") or [], args)
     return {}
 
 
 @_post("/runs/log-parameter")
-async def log_parameter(
-    request: Request, conn: Conn, principal: Principal = access("ingest", run_in_request, body=True)
+def log_parameter(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
-    args = await _args(request)
     run = _find_run(conn, _run_id(args))
     key = _text(args, "key")
     assert key is not None
@@ -656,10 +665,12 @@ async def log_parameter(
 
 
 @_post("/runs/set-tag")
-async def set_tag(
-    request: Request, conn: Conn, principal: Principal = access("ingest", run_in_request, body=True)
+def set_tag(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
-    args = await _args(request)
     run = _find_run(conn, _run_id(args))
     key = _text(args, "key")
     assert key is not None
@@ -751,10 +762,9 @@ def _model_json(conn: psycopg.Connection, name: str) -> dict[str, Any]:
 
 
 @_post("/registered-models/create")
-async def create_registered_model(
-    request: Request, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+def create_registered_model(
+    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
 ) -> dict[str, Any]:
-    args = await _args(request)
     name = _text(args, "name")
     assert name is not None
     check_name("registered model name", name)
@@ -779,19 +789,21 @@ async def create_registered_model(
 
 
 @_get("/registered-models/get")
-async def get_registered_model(
-    request: Request, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+def get_registered_model(
+    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
 ) -> dict[str, Any]:
-    name = _text(await _args(request), "name")
+    name = _text(args, "name")
     assert name is not None
     return {"registered_model": _model_json(conn, name)}
 
 
 @_post("/model-versions/create")
-async def create_model_version(
-    request: Request, conn: Conn, principal: Principal = access("ingest", version_places, body=True)
+def create_model_version(
+    request: Request,
+    args: Args,
+    conn: Conn,
+    principal: Principal = access("ingest", version_places, body=True),
 ) -> dict[str, Any]:
-    args = await _args(request)
     name = _text(args, "name")
     source = _text(args, "source", required=False) or ""
     assert name is not None
@@ -835,10 +847,9 @@ async def create_model_version(
 
 
 @_get("/model-versions/get")
-async def get_model_version(
-    request: Request, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+def get_model_version(
+    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
 ) -> dict[str, Any]:
-    args = await _args(request)
     name, version = _text(args, "name"), _text(args, "version")
     assert name is not None and version is not None
     return {"model_version": _versions(conn, name, version)[0]}
@@ -855,10 +866,9 @@ def _alias(args: dict[str, Any]) -> str:
 
 
 @_post("/registered-models/alias")
-async def set_alias(
-    request: Request, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+def set_alias(
+    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
 ) -> dict[str, Any]:
-    args = await _args(request)
     name, version = _text(args, "name"), _text(args, "version")
     assert name is not None and version is not None
     alias = _alias(args)
@@ -878,10 +888,9 @@ async def set_alias(
 
 
 @_get("/registered-models/alias", methods=("DELETE",))
-async def delete_alias(
-    request: Request, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+def delete_alias(
+    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
 ) -> dict[str, Any]:
-    args = await _args(request)
     name = _text(args, "name")
     assert name is not None
     alias = _alias(args)
@@ -892,10 +901,9 @@ async def delete_alias(
 
 
 @_get("/registered-models/alias")
-async def get_version_by_alias(
-    request: Request, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+def get_version_by_alias(
+    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
 ) -> dict[str, Any]:
-    args = await _args(request)
     name = _text(args, "name")
     assert name is not None
     alias = _alias(args)

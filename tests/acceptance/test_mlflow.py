@@ -256,3 +256,29 @@ def test_unsupported_calls_answer_in_mlflows_error_format_naming_the_call(web, c
         )
         assert refused.status_code == 403 and refused.json()["error_code"] == "PERMISSION_DENIED"
     assert conn.execute("SELECT count(*) FROM projects WHERE name = 'secret'").fetchone()[0] == 0
+
+
+def test_bad_input_is_refused_in_mlflows_format_naming_the_field_and_stores_nothing(web, conn):
+    import httpx
+
+    run_id = MlflowClient().create_run(MlflowClient().create_experiment("acme/bad")).info.run_id
+    headers = {"Authorization": f"Bearer {make_key(conn, 'raw', 'ingest', 'acme/*')}"}
+    api = "/mlflow/api/2.0/mlflow"
+    with httpx.Client(base_url=web.url, headers=headers) as http:
+        cases = [
+            ("/runs/log-metric", {"run_id": run_id, "key": "loss", "value": "high", "step": 0}, "metrics[0]"),
+            ("/runs/log-metric", {"run_id": run_id, "key": "system/cpu", "value": 1, "step": 0}, "reserved"),
+            ("/runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1, "step": "x"}, "'step'"),
+            ("/runs/log-batch", {"run_id": run_id, "metrics": "loss"}, "'metrics'"),
+            ("/runs/set-tag", {"run_id": run_id, "key": "note", "value": "line\nbreak"}, "tag 'note'"),
+            ("/runs/log-metric", {"run_id": "nope", "key": "loss", "value": 1}, "nope"),
+        ]
+        for path, body, named in cases:
+            answer = http.post(api + path, json=body)
+            assert answer.status_code in (400, 404), (path, answer.text)
+            assert answer.json()["error_code"] in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+            assert named in answer.json()["message"], (path, answer.text)
+        not_json = http.post(api + "/runs/log-batch", content=b"{")
+        assert not_json.status_code == 400 and not_json.json()["error_code"] == "MALFORMED_REQUEST"
+    assert points(conn, run_id) == []
+    assert not any(tag.startswith("note") for tag in run_row(conn, run_id)["tags"])
