@@ -17,7 +17,9 @@ Both are timed run by run, alternating, from the first point to the commit (for 
 `init` to the end of `finish`), and log the same precomputed values. The whole measurement is
 repeated (`--repetitions`, 3) in the same databases, so that one burst of load from other
 processes does not decide the figure: the last line is JSON with the median repetition's
-figures {"sdk_rows_per_s", "copy_rows_per_s", "ratio"} and every repetition's "ratios".
+figures {"sdk_rows_per_s", "copy_rows_per_s", "ratio"}, every repetition's "ratios", and
+"mlflow_ratio": the MLflow client's batch logging into `engine web` against the COPY (its
+median; bench/support/mlflow_path.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.support.mlflow_path import MlflowPath
 from engine import clock, db
 from engine.localdb import LocalDatabase
 from engine.sdk.copy_binary import COPY_TYPES
@@ -176,15 +179,16 @@ def main() -> None:
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
 
     reps: list[dict[str, float]] = []
-    with fresh_databases(["sdk", "copy"]) as urls:
+    with fresh_databases(["sdk", "copy", "mlflow"]) as urls:
         paths = {"sdk": SdkPath(urls["sdk"], data), "copy": CopyPath(urls["copy"], data)}
+        paths["mlflow"] = MlflowPath(urls["mlflow"], data)  # the MLflow client into engine web
         for rep in range(args.repetitions):
-            timings = {"sdk": 0.0, "copy": 0.0}
-            cpu = {"sdk": 0.0, "copy": 0.0}  # this process's CPU: where the SDK's own cost shows
+            timings = dict.fromkeys(paths, 0.0)
+            cpu = dict.fromkeys(paths, 0.0)  # this process's CPU: where the SDK's own cost shows
             # Run by run, alternating the two paths (and who goes first), so that both see the
             # same machine: other load, cache and chunk state drift over a minute-long run.
             for r in range(rep * args.runs, (rep + 1) * args.runs):
-                for which in ("sdk", "copy") if r % 2 else ("copy", "sdk"):
+                for which in list(paths) if r % 2 else list(paths)[::-1]:
                     before = time.process_time()
                     timings[which] += paths[which].run(r)
                     cpu[which] += time.process_time() - before
@@ -192,11 +196,12 @@ def main() -> None:
             reps.append(
                 {"sdk": figures["sdk"], "copy": figures["copy"], "ratio": figures["sdk"] / figures["copy"]}
             )
+            reps[-1] |= {"mlflow": figures["mlflow"], "mlflow_ratio": figures["mlflow"] / figures["copy"]}
             print(
                 f"repetition {rep + 1}: "
                 + "; ".join(
                     f"{which} {timings[which]:6.2f} s {figures[which]:10,.0f} rows/s (client CPU {cpu[which]:.2f} s)"
-                    for which in ("sdk", "copy")
+                    for which in paths
                 )
                 + f"; ratio {reps[-1]['ratio']:.3f}",
                 flush=True,
@@ -219,6 +224,8 @@ def main() -> None:
                 "copy_rows_per_s": round(median["copy"]),
                 "ratio": round(median["ratio"], 3),
                 "ratios": [round(f["ratio"], 3) for f in reps],
+                # the MLflow client into engine web (no target yet), its median repetition's
+                "mlflow_ratio": round(sorted(f["mlflow_ratio"] for f in reps)[len(reps) // 2], 3),
             }
         )
     )

@@ -131,6 +131,16 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a client has to send a request's headers to `engine web` (slower ones are cut off).",
     )
+    mlflow_entity: str = Field(
+        "mlflow",
+        pattern=r"^[A-Za-z0-9._-]{1,128}$",
+        description="Entity of MLflow experiments whose name has no `/` (`engine web`'s /mlflow endpoint).",
+    )
+    mlflow_registry: str = Field(
+        "mlflow",
+        pattern=r"^[A-Za-z0-9._-]{1,128}$",
+        description="Registry that MLflow registered models live in (`engine web`'s /mlflow endpoint).",
+    )
 
     log_level: str = Field("INFO", description="Logging level of the service.")
     log_format: Literal["text", "json"] = Field(

@@ -4,5 +4,6 @@ Layout: app.py (the app factory, error bodies, body limit, /healthz, /metrics), 
 process's connection pool: the one place a route gets a connection), auth.py (the one
 dependency that authenticates and authorises every /api/v1 route), models.py (bodies),
 ingest.py (the one place the server reaches into the SDK's write path), routes/ (one module
-per topic), server.py (uvicorn, with a deadline for request headers).
+per topic), mlflow.py (MLflow's tracking API under /mlflow, on the same access dependency and
+ingest path), server.py (uvicorn, with a deadline for request headers).
 """

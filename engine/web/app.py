@@ -42,7 +42,7 @@ from engine.exceptions import (
 from engine.logs import configure_logging
 from engine.prometheus import WebMetrics
 from engine.settings import Settings, get_settings
-from engine.web import deps
+from engine.web import deps, mlflow
 from engine.web.auth import Invalid
 from engine.web.models import Health
 from engine.web.routes import artifacts, automations, history, runs
@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (runs, artifacts, automations, history):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(mlflow.router)
 
     @app.get("/healthz", tags=["service"], responses={503: {"model": Health}})
     def healthz() -> Response:

@@ -91,7 +91,9 @@ def access(role: str, target: Target | None = None, *, body: bool = False) -> An
         request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
     ) -> Principal:
         payload = None
-        if body:
+        if body and request.method == "GET":  # a GET's parameters are its query string
+            payload = dict(request.query_params)
+        elif body:
             try:
                 payload = await request.json()
             except ValueError:

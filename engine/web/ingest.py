@@ -131,9 +131,12 @@ def store_batch(
     batch_id: str,
     rows: Sequence[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]],
     settings: Settings,
+    *,
+    clamp: bool = False,
 ) -> Stored:
     """Store one log batch exactly once: the rows follow `run.log`'s rules (a missing step is
-    the next one, a lower step drops the row), and the batch id commits with the points."""
+    the next one, a lower step drops the row; with `clamp`, it is stored at the current step),
+    and the batch id commits with the points."""
     with boundary(), _run_lock(conn, run.pk):
         if conn.execute(query("ingest_batch_stored"), {"run_pk": run.pk, "batch_id": batch_id}).fetchone():
             return Stored(batch_id, True, 0, [], -1)
@@ -146,6 +149,8 @@ def store_batch(
         dropped: list[int] = []
         points = 0
         for index, (time, given, keys, values) in enumerate(rows):
+            if clamp and given is not None and given < stream.step:
+                given = stream.step
             writer.note_keys(list(keys))
             if writer.append(stream, time or clock.now(), given, keys, values) is not None:
                 dropped.append(index)
