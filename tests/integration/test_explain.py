@@ -188,9 +188,8 @@ def test_a_trigger_written_before_the_cause_columns_is_explained(empty_database_
     from the cause text and the rule at the trigger's version, and explain draws as before."""
     old_sql = tmp_path / "sql"
     shutil.copytree(enginedb.SQL_DIR, old_sql)
-    # only 0009 left out: the views of this checkout need the tables of later migrations
     for version, path in enginedb.migrations():
-        if version == "0009":
+        if version >= "0009":
             (old_sql / "migrations" / path.name).unlink()
     for view in (old_sql / "views").glob("*.sql"):  # today's read tables of later migrations
         view.unlink()  # (the upgrade below recreates them)
