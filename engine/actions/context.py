@@ -39,14 +39,20 @@ _EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 def number_text(value: Any) -> str:
-    """`0.62`, `5`, `5.0`; "" for None. Non-finite values as Python spells them."""
+    """`0.62`, `5`, `5.0`; "" for None. Non-finite values as JSON-minded receivers and
+    PostgreSQL spell them: `NaN`, `Infinity`, `-Infinity`."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, int):
         return str(value)
-    return repr(float(value))
+    number = float(value)
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "Infinity" if number > 0 else "-Infinity"
+    return repr(number)
 
 
 def values_text(values: Any) -> str:

@@ -22,7 +22,9 @@ from engine.rules import (
     Automation,
     RegistryVersionLinked,
     RunMetricChange,
+    RunMetricNonfinite,
     RunMetricThreshold,
+    RunMetricZscore,
     RunState,
 )
 
@@ -41,6 +43,8 @@ class MetricCondition:
     direction: Literal["value", "decrease", "any"]
     operator: str
     bound: float
+    # a z-score rule: `size` 1 (the value itself), `prior` its reference window, d is z
+    zscore: bool = False
 
     @property
     def span(self) -> int:
@@ -69,6 +73,15 @@ def _change(event: RunMetricChange) -> MetricCondition:
         ">=",
         event.amount,
     )
+
+
+def _zscore(event: RunMetricZscore) -> MetricCondition:
+    direction: Literal["value", "decrease", "any"] = {
+        "increase": "value",
+        "decrease": "decrease",
+        "any": "any",
+    }[event.direction]  # type: ignore[assignment]
+    return MetricCondition("zscore", 1, event.window, False, direction, ">", event.threshold, zscore=True)
 
 
 Where = Callable[[exp.Select, Any, dict[str, Any]], exp.Select]
@@ -163,14 +176,22 @@ class MetricKind:
 
 
 @dataclass(frozen=True)
+class PointKind:
+    """A rule on single metric values recorded apart from the series (non-finite values:
+    `nonfinite_points`), one query each (compiler.nonfinite)."""
+
+
+@dataclass(frozen=True)
 class EventKind:
     where: Where  # the kind's own conditions on `events AS e`
     scope: Scope
 
 
-KINDS: dict[type, MetricKind | EventKind] = {
+KINDS: dict[type, MetricKind | EventKind | PointKind] = {
     RunMetricThreshold: MetricKind(_threshold),
     RunMetricChange: MetricKind(_change),
+    RunMetricZscore: MetricKind(_zscore),
+    RunMetricNonfinite: PointKind(),
     RunState: EventKind(_states, _run_scope),
     ArtifactVersionCreated: EventKind(_collection_type, _collection_scope),
     ArtifactAliasAdded: EventKind(_alias, _collection_scope),
@@ -179,7 +200,7 @@ KINDS: dict[type, MetricKind | EventKind] = {
 }
 
 
-def kind_of(automation: Automation) -> MetricKind | EventKind:
+def kind_of(automation: Automation) -> MetricKind | EventKind | PointKind:
     return KINDS[type(automation.event)]
 
 
@@ -194,6 +215,9 @@ def metric_condition(automation: Automation) -> MetricCondition:
 
 
 def activity_key(automation: Automation) -> tuple[str, str]:
-    """What new data can concern an automation: ("metric", name) or ("event", type)."""
+    """What new data can concern an automation: ("metric", name), ("nonfinite", name) or
+    ("event", type)."""
     event: Any = automation.event
+    if isinstance(kind_of(automation), PointKind):
+        return ("nonfinite", event.metric)
     return ("metric", event.metric) if is_metric_rule(automation) else ("event", event.type)

@@ -23,7 +23,9 @@ from engine.rules.events import (
     Event,
     RegistryVersionLinked,
     RunMetricChange,
+    RunMetricNonfinite,
     RunMetricThreshold,
+    RunMetricZscore,
     RunState,
 )
 from engine.rules.lint import lint
@@ -47,7 +49,9 @@ __all__ = [
     "RegistryVersionLinked",
     "RunFilter",
     "RunMetricChange",
+    "RunMetricNonfinite",
     "RunMetricThreshold",
+    "RunMetricZscore",
     "RunState",
     "Scope",
     "SlackAction",

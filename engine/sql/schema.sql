@@ -78,6 +78,8 @@ CREATE FUNCTION public.wandb_event_type(rule_type text) RETURNS text
 SELECT CASE rule_type
     WHEN 'run_metric_threshold' THEN 'RUN_METRIC'
     WHEN 'run_metric_change' THEN 'RUN_METRIC_CHANGE'
+    WHEN 'run_metric_zscore' THEN 'RUN_METRIC_ZSCORE'
+    WHEN 'run_metric_nonfinite' THEN 'RUN_METRIC_NONFINITE'
     WHEN 'run_state' THEN 'RUN_STATE'
     WHEN 'artifact_version_created' THEN 'CREATE_ARTIFACT'
     WHEN 'artifact_alias_added' THEN 'ADD_ARTIFACT_ALIAS'
@@ -470,6 +472,17 @@ CREATE SEQUENCE public.metric_keys_id_seq
 
 ALTER SEQUENCE public.metric_keys_id_seq OWNED BY public.metric_keys.id;
 
+CREATE TABLE public.nonfinite_points (
+    run_pk bigint NOT NULL,
+    key_id integer NOT NULL,
+    seq bigint NOT NULL,
+    step bigint NOT NULL,
+    "time" timestamp with time zone NOT NULL,
+    value double precision NOT NULL,
+    xid xid8 DEFAULT pg_current_xact_id() NOT NULL,
+    CONSTRAINT nonfinite_points_value_check CHECK ((NOT public.is_finite_value(value)))
+);
+
 CREATE SEQUENCE public.projects_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -745,6 +758,9 @@ ALTER TABLE ONLY public.metric_keys
 ALTER TABLE ONLY public.metric_keys
     ADD CONSTRAINT metric_keys_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.nonfinite_points
+    ADD CONSTRAINT nonfinite_points_pkey PRIMARY KEY (run_pk, key_id, seq);
+
 ALTER TABLE ONLY public.projects
     ADD CONSTRAINT projects_entity_name_key UNIQUE (entity, name);
 
@@ -825,6 +841,10 @@ CREATE INDEX events_xid ON public.events USING btree (xid);
 CREATE INDEX metric_points_series ON public.metric_points USING btree (run_pk, key_id, seq DESC);
 
 CREATE INDEX metric_points_time_idx ON public.metric_points USING btree ("time" DESC);
+
+CREATE INDEX nonfinite_points_key_time ON public.nonfinite_points USING btree (key_id, "time");
+
+CREATE INDEX nonfinite_points_xid ON public.nonfinite_points USING btree (xid);
 
 CREATE INDEX run_transitions_run ON public.run_transitions USING btree (run_pk, at);
 
@@ -923,6 +943,12 @@ ALTER TABLE ONLY public.events
 
 ALTER TABLE ONLY public.ingest_batches
     ADD CONSTRAINT ingest_batches_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.nonfinite_points
+    ADD CONSTRAINT nonfinite_points_key_id_fkey FOREIGN KEY (key_id) REFERENCES public.metric_keys(id);
+
+ALTER TABLE ONLY public.nonfinite_points
+    ADD CONSTRAINT nonfinite_points_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.registry_aliases
     ADD CONSTRAINT registry_aliases_link_id_fkey FOREIGN KEY (link_id) REFERENCES public.registry_links(id) ON DELETE CASCADE;

@@ -36,3 +36,10 @@ FROM up JOIN series USING (key_id, run_pk);
 -- name: notify_ingest
 -- One NOTIFY per flushed batch (NOTIFY takes a global lock at commit: never one per point).
 SELECT pg_notify('engine_ingest', %(payload)s);
+
+-- name: insert_nonfinite
+-- The flush's non-finite values (NaN, ±Infinity), rare, as parallel arrays: kept apart from
+-- the series' tails for the rules on them (migration 0013).
+INSERT INTO nonfinite_points (run_pk, key_id, seq, step, "time", value)
+SELECT * FROM unnest(%(run_pks)s::bigint[], %(key_ids)s::integer[], %(seqs)s::bigint[], %(steps)s::bigint[],
+                     %(times)s::timestamptz[], %(values)s::double precision[]);

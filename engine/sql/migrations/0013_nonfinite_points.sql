@@ -1,0 +1,26 @@
+-- The non-finite values (NaN, ±Infinity) of every series, apart: the per-series tails and
+-- positions hold finite values only, and a rule on non-finite values must not search the
+-- hypertable each tick. The SDK's flush already finds these values in Python (it counts the
+-- finite ones); it writes them here in the same transaction as the points, so a row exists
+-- exactly when its point does. `xid` is the writing transaction (the evaluators' watermark,
+-- as in series_batches); `seq` is the point's own (metric_points/system_metrics), which makes
+-- (run_pk, key_id, seq) the trigger's exactly-once key. Rare rows: a table, not a hypertable.
+CREATE TABLE nonfinite_points (
+    run_pk bigint NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    key_id integer NOT NULL REFERENCES metric_keys (id),
+    seq    bigint NOT NULL,
+    step   bigint NOT NULL,
+    "time" timestamptz NOT NULL,
+    value  double precision NOT NULL CHECK (NOT is_finite_value(value)),
+    xid    xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    PRIMARY KEY (run_pk, key_id, seq)
+);
+CREATE INDEX nonfinite_points_xid ON nonfinite_points (xid);
+CREATE INDEX nonfinite_points_key_time ON nonfinite_points (key_id, "time");
+
+-- Non-finite values logged before this migration, found once here.
+INSERT INTO nonfinite_points (run_pk, key_id, seq, step, "time", value)
+SELECT m.run_pk, m.key_id, m.seq, m.step, m.time, m.value FROM metric_points m WHERE NOT is_finite_value(m.value)
+UNION ALL
+SELECT m.run_pk, m.key_id, m.seq, m.step, m.time, m.value FROM system_metrics m WHERE NOT is_finite_value(m.value)
+ON CONFLICT DO NOTHING;
