@@ -12,6 +12,7 @@ sqlglot; nothing user-supplied is ever formatted into them.
 * `series`: the values such a query evaluates (new positions, tails or hypertable reads);
 * `events`: run-state, artifact and registry rules, one query each;
 * `nonfinite`: rules on NaN and infinite values, one query each;
+* `stalled`: rules driven by time (a run that stopped logging), one query each;
 * `base`: `CompiledQuery` and the builders both use.
 """
 
@@ -19,9 +20,17 @@ from __future__ import annotations
 
 from engine.compiler.base import DIALECT, CompiledQuery, Mode, metric_table
 from engine.compiler.events import compile_event
-from engine.compiler.kinds import PointKind, activity_key, is_metric_rule, kind_of, metric_condition
+from engine.compiler.kinds import (
+    ClockKind,
+    PointKind,
+    activity_key,
+    is_metric_rule,
+    kind_of,
+    metric_condition,
+)
 from engine.compiler.metrics import compile_metrics, span_of
 from engine.compiler.nonfinite import compile_nonfinite
+from engine.compiler.stalled import compile_stalled
 from engine.rules import Automation
 
 
@@ -31,11 +40,14 @@ def compile_rule(automation: Automation, mode: Mode = "live") -> CompiledQuery:
         return compile_metrics([automation], mode)
     if isinstance(kind_of(automation), PointKind):
         return compile_nonfinite(automation, mode)
+    if isinstance(kind_of(automation), ClockKind):
+        return compile_stalled(automation, mode)
     return compile_event(automation, mode)
 
 
 __all__ = [
     "DIALECT",
+    "ClockKind",
     "CompiledQuery",
     "Mode",
     "PointKind",
@@ -44,6 +56,7 @@ __all__ = [
     "compile_metrics",
     "compile_nonfinite",
     "compile_rule",
+    "compile_stalled",
     "is_metric_rule",
     "kind_of",
     "metric_condition",

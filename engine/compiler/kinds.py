@@ -25,6 +25,7 @@ from engine.rules import (
     RunMetricNonfinite,
     RunMetricThreshold,
     RunMetricZscore,
+    RunStalled,
     RunState,
 )
 
@@ -182,16 +183,23 @@ class PointKind:
 
 
 @dataclass(frozen=True)
+class ClockKind:
+    """A rule driven by time, evaluated every tick whatever was written (compiler.stalled)."""
+
+
+@dataclass(frozen=True)
 class EventKind:
     where: Where  # the kind's own conditions on `events AS e`
     scope: Scope
 
 
-KINDS: dict[type, MetricKind | EventKind | PointKind] = {
+Kind = MetricKind | EventKind | PointKind | ClockKind
+KINDS: dict[type, Kind] = {
     RunMetricThreshold: MetricKind(_threshold),
     RunMetricChange: MetricKind(_change),
     RunMetricZscore: MetricKind(_zscore),
     RunMetricNonfinite: PointKind(),
+    RunStalled: ClockKind(),
     RunState: EventKind(_states, _run_scope),
     ArtifactVersionCreated: EventKind(_collection_type, _collection_scope),
     ArtifactAliasAdded: EventKind(_alias, _collection_scope),
@@ -200,7 +208,7 @@ KINDS: dict[type, MetricKind | EventKind | PointKind] = {
 }
 
 
-def kind_of(automation: Automation) -> MetricKind | EventKind | PointKind:
+def kind_of(automation: Automation) -> Kind:
     return KINDS[type(automation.event)]
 
 
@@ -216,8 +224,10 @@ def metric_condition(automation: Automation) -> MetricCondition:
 
 def activity_key(automation: Automation) -> tuple[str, str]:
     """What new data can concern an automation: ("metric", name), ("nonfinite", name) or
-    ("event", type)."""
+    ("event", type); ("clock", type) for a rule driven by time (no data concerns it)."""
     event: Any = automation.event
+    if isinstance(kind_of(automation), ClockKind):
+        return ("clock", event.type)
     if isinstance(kind_of(automation), PointKind):
         return ("nonfinite", event.metric)
     return ("metric", event.metric) if is_metric_rule(automation) else ("event", event.type)

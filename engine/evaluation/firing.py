@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from engine import clock
 from engine.automations import StoredAutomation
-from engine.compiler import PointKind, is_metric_rule, kind_of, metric_condition
+from engine.compiler import ClockKind, PointKind, is_metric_rule, kind_of, metric_condition
 from engine.db import query
 from engine.evaluation.statements import dicts
 from engine.rules import Automation
@@ -141,7 +141,27 @@ def nonfinite_firings(automation: Automation, rows: Iterable[dict[str, Any]]) ->
         )
 
 
+def stalled_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Iterator[Firing]:
+    """A stall rule's stalls: one per (run, deadline), at the deadline; the value is the
+    seconds since the run's last metric value (or its start)."""
+    event: Any = automation.event
+    condition = event.describe()
+    for row in rows:
+        deadline = row["deadline"]
+        yield Firing(
+            automation=automation.name,
+            event_type=event.type,
+            cause=f"stalled:{row['run_pk']}:{deadline.isoformat()}",
+            time=deadline,
+            run_pk=row["run_pk"],
+            value=float(row["seconds"]),
+            details={"metric_filter": condition, "last_value_at": row["since"].isoformat()},
+        )
+
+
 def firings_from_rows(automation: Automation, rows: list[dict[str, Any]]) -> Iterator[Firing]:
+    if isinstance(kind_of(automation), ClockKind):
+        return stalled_firings(automation, rows)
     if is_metric_rule(automation):
         return metric_firings(automation, rows)
     if isinstance(kind_of(automation), PointKind):

@@ -26,6 +26,7 @@ from engine.rules.events import (
     RunMetricNonfinite,
     RunMetricThreshold,
     RunMetricZscore,
+    RunStalled,
     RunState,
 )
 from engine.rules.lint import lint
@@ -52,6 +53,7 @@ __all__ = [
     "RunMetricNonfinite",
     "RunMetricThreshold",
     "RunMetricZscore",
+    "RunStalled",
     "RunState",
     "Scope",
     "SlackAction",

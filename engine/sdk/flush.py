@@ -8,6 +8,7 @@ For each batch the buffer (buffer.py) hands over:
    (`ingest_batch_seq`),
 3. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
    value in the batch, and `insert_nonfinite` for its NaN and infinite values (rare),
+   `note_metric_ingest` for the runs with metric values (their last ingestion, for stalls),
 4. one `notify_ingest`, and the final state changes of runs whose last points are in it.
 
 Batches are sent one at a time in logging order, so `seq` follows it.
@@ -71,6 +72,7 @@ class DatabaseTransport:
         self._q_key_ids = query("key_ids")
         self._q_upsert = query("upsert_series")
         self._q_nonfinite = query("insert_nonfinite")
+        self._q_ingested = query("note_metric_ingest")
         self._q_notify = query("notify_ingest")
 
     @staticmethod
@@ -152,6 +154,9 @@ class DatabaseTransport:
                         cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
                     if series.nonfinite:
                         cur.execute(self._q_nonfinite, series.nonfinite_params())
+                    metric_runs = [cast(int, s.run_pk) for s, r, _, _ in batch if r]
+                    if metric_runs:  # system metrics alone do not show a run is alive
+                        cur.execute(self._q_ingested, {"run_pks": metric_runs})
                     cur.execute(self._q_notify, {"payload": ""})
                     for c, (_, statement, params) in zip(closing_curs, closing):
                         c.execute(statement, params)

@@ -81,6 +81,7 @@ SELECT CASE rule_type
     WHEN 'run_metric_zscore' THEN 'RUN_METRIC_ZSCORE'
     WHEN 'run_metric_nonfinite' THEN 'RUN_METRIC_NONFINITE'
     WHEN 'run_state' THEN 'RUN_STATE'
+    WHEN 'run_stalled' THEN 'RUN_STALLED'
     WHEN 'artifact_version_created' THEN 'CREATE_ARTIFACT'
     WHEN 'artifact_alias_added' THEN 'ADD_ARTIFACT_ALIAS'
     WHEN 'artifact_tag_added' THEN 'ADD_ARTIFACT_TAG'
@@ -256,6 +257,7 @@ CREATE TABLE public.runs (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
+    last_metric_at timestamp with time zone,
     CONSTRAINT runs_run_id_check CHECK (((length(run_id) >= 1) AND (length(run_id) <= 128))),
     CONSTRAINT runs_state_check CHECK ((state = ANY (ARRAY['running'::text, 'finished'::text, 'failed'::text, 'killed'::text])))
 );
@@ -552,6 +554,12 @@ CREATE SEQUENCE public.registry_links_id_seq
 
 ALTER SEQUENCE public.registry_links_id_seq OWNED BY public.registry_links.id;
 
+CREATE TABLE public.run_metric_gaps (
+    run_pk bigint NOT NULL,
+    from_at timestamp with time zone NOT NULL,
+    to_at timestamp with time zone NOT NULL
+);
+
 CREATE TABLE public.run_transitions (
     id bigint NOT NULL,
     run_pk bigint NOT NULL,
@@ -791,6 +799,9 @@ ALTER TABLE ONLY public.registry_links
 ALTER TABLE ONLY public.registry_links
     ADD CONSTRAINT registry_links_registry_collection_id_version_index_key UNIQUE (registry_collection_id, version_index);
 
+ALTER TABLE ONLY public.run_metric_gaps
+    ADD CONSTRAINT run_metric_gaps_pkey PRIMARY KEY (run_pk, from_at);
+
 ALTER TABLE ONLY public.run_transitions
     ADD CONSTRAINT run_transitions_pkey PRIMARY KEY (id);
 
@@ -849,6 +860,8 @@ CREATE INDEX nonfinite_points_xid ON public.nonfinite_points USING btree (xid);
 CREATE INDEX run_transitions_run ON public.run_transitions USING btree (run_pk, at);
 
 CREATE INDEX runs_project_created ON public.runs USING btree (project_id, created_at DESC);
+
+CREATE INDEX runs_running ON public.runs USING btree (project_id) WHERE (state = 'running'::text);
 
 CREATE INDEX series_batches_key_xid ON public.series_batches USING btree (key_id, xid);
 
@@ -964,6 +977,9 @@ ALTER TABLE ONLY public.registry_links
 
 ALTER TABLE ONLY public.registry_links
     ADD CONSTRAINT registry_links_version_id_fkey FOREIGN KEY (version_id) REFERENCES public.artifact_versions(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.run_metric_gaps
+    ADD CONSTRAINT run_metric_gaps_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.run_transitions
     ADD CONSTRAINT run_transitions_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;

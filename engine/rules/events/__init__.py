@@ -14,6 +14,7 @@ from engine.rules.events.run_metric_change import RunMetricChange
 from engine.rules.events.run_metric_nonfinite import RunMetricNonfinite
 from engine.rules.events.run_metric_threshold import RunMetricThreshold
 from engine.rules.events.run_metric_zscore import RunMetricZscore
+from engine.rules.events.run_stalled import RunStalled
 from engine.rules.events.run_state import RunState
 
 EventModel = (
@@ -22,6 +23,7 @@ EventModel = (
     | RunMetricZscore
     | RunMetricNonfinite
     | RunState
+    | RunStalled
     | ArtifactVersionCreated
     | ArtifactAliasAdded
     | ArtifactTagAdded
@@ -56,5 +58,6 @@ __all__ = [
     "RunMetricNonfinite",
     "RunMetricThreshold",
     "RunMetricZscore",
+    "RunStalled",
     "RunState",
 ]

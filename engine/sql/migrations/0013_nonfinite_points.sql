@@ -24,3 +24,20 @@ SELECT m.run_pk, m.key_id, m.seq, m.step, m.time, m.value FROM metric_points m W
 UNION ALL
 SELECT m.run_pk, m.key_id, m.seq, m.step, m.time, m.value FROM system_metrics m WHERE NOT is_finite_value(m.value)
 ON CONFLICT DO NOTHING;
+
+-- Stalled runs: when each run last got a metric value (system metrics do not count: a hung
+-- training loop keeps sampling), stamped by the SDK's flush on the database's clock in the
+-- transaction of the values, so that a check of the running runs reads one row per run and
+-- never the points. NULL: none yet (the run's start counts).
+ALTER TABLE runs ADD COLUMN last_metric_at timestamptz;
+-- The running runs of a project: what a stall check reads each tick (its cost follows them).
+CREATE INDEX runs_running ON runs (project_id) WHERE state = 'running';
+-- Every pause of at least a minute (the shortest `after`) between a run's metric values (or
+-- from its start to its first), recorded by the flush that ended it: a backtest of a stall
+-- rule answers from these and the runs' open pauses, not from the points.
+CREATE TABLE run_metric_gaps (
+    run_pk  bigint NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    from_at timestamptz NOT NULL,
+    to_at   timestamptz NOT NULL,
+    PRIMARY KEY (run_pk, from_at)
+);

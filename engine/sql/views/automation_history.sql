@@ -16,6 +16,7 @@ SELECT CASE rule_type
     WHEN 'run_metric_zscore' THEN 'RUN_METRIC_ZSCORE'
     WHEN 'run_metric_nonfinite' THEN 'RUN_METRIC_NONFINITE'
     WHEN 'run_state' THEN 'RUN_STATE'
+    WHEN 'run_stalled' THEN 'RUN_STALLED'
     WHEN 'artifact_version_created' THEN 'CREATE_ARTIFACT'
     WHEN 'artifact_alias_added' THEN 'ADD_ARTIFACT_ALIAS'
     WHEN 'artifact_tag_added' THEN 'ADD_ARTIFACT_TAG'
