@@ -6,8 +6,8 @@ index `runs_running` (its cost follows them, never the history).
 
 Live: a stall is (run, deadline = last value + after), fired once: a deadline already fired
 (a trigger of the automation for the run at that value_time) is not returned, and only
-deadlines after the automation was enabled (`evaluate_from`) count. `now` is the database's
-clock unless the engine's clock is frozen (tests).
+deadlines after `checked_from` count (never before the automation was enabled). `now` is the
+database's clock unless the engine's clock is frozen (tests).
 
 History (the backtest): the pauses recorded by the flushes (`run_metric_gaps`, every pause of
 at least a minute) longer than `after`, and the pause each run is in now; a run that ended
@@ -24,15 +24,18 @@ from engine.compiler.base import DIALECT, CompiledQuery, Mode, frag, matches, pa
 from engine.rules import Automation, RunStalled
 
 _SINCE = "COALESCE(r.last_metric_at, r.created_at)"
-_NOW = "COALESCE(CAST(%(now)s AS TIMESTAMPTZ), STATEMENT_TIMESTAMP())"
+_NOW = "CAST(%(now)s AS TIMESTAMPTZ)"
 _AFTER = "CAST(%(after)s AS INTERVAL)"
 
+# Written as a range of the last value's time (the index `runs_running`): deadlines up to now,
+# after `checked_from` (the later of the automation's enabling and the previous check, minus a
+# margin: see Evaluator._run_clocked).
 _LIVE = f"""
 SELECT r.id AS run_pk, {_SINCE} AS since, {_SINCE} + {_AFTER} AS deadline,
        EXTRACT(EPOCH FROM {_NOW} - {_SINCE}) AS seconds
 FROM runs AS r
-WHERE r.state = 'running' AND {_SINCE} + {_AFTER} <= {_NOW}
-  AND {_SINCE} + {_AFTER} > CAST(%(evaluate_from)s AS TIMESTAMPTZ)
+WHERE r.state = 'running' AND {_SINCE} <= {_NOW} - {_AFTER}
+  AND {_SINCE} > CAST(%(checked_from)s AS TIMESTAMPTZ) - {_AFTER}
   AND NOT EXISTS (SELECT 1 FROM triggers AS t WHERE t.automation_id = %(automation_id)s AND t.run_pk = r.id
                   AND t.value_time = {_SINCE} + {_AFTER})
 """
@@ -68,7 +71,7 @@ def _scoped(select: exp.Select, automation: Automation, params: dict[str, Any]) 
 
 
 def compile_stalled(automation: Automation, mode: Mode = "live") -> CompiledQuery:
-    """Live: bind `now` (None: the database's clock), `evaluate_from` and `automation_id`;
+    """Live: bind `now`, `checked_from` and `automation_id`;
     history: `since`. Rows: run_pk, since (the last value), deadline, seconds."""
     event = automation.event
     assert isinstance(event, RunStalled), f"{event} is not a stall rule"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -31,6 +31,10 @@ from engine.evaluation.isolation import GroupFailed, evaluate_isolating, record_
 from engine.evaluation.statements import dicts, dumped_once, execute
 from engine.exceptions import DatabaseUnavailable
 from engine.settings import Settings, get_settings
+
+# How long after its transaction began a flush may still be committing: a stall check looks
+# back this far past its previous check for stamps that became visible late.
+_STAMP_MARGIN = timedelta(minutes=1)
 
 
 @dataclass
@@ -73,6 +77,7 @@ class Evaluator:
         self._by_activity: dict[tuple[str, str], list[tuple[StoredAutomation, tuple[str, str] | None]]] = {}
         self._in_tails: set[int] = set()  # the ids of the metric rules whose windows fit the tails
         self._clocked: list[StoredAutomation] = []  # rules driven by time (stalled runs)
+        self._checked: dict[int, datetime] = {}  # their last check's "now", per automation
         self._idle_refreshed = -math.inf  # when idle frontiers were last moved with nothing written
         self._compiled: dict[tuple[Any, ...], CompiledQuery] = {}  # (tails_only, (id, version)...)
         self._lock = threading.Lock()
@@ -219,14 +224,21 @@ class Evaluator:
                     for r in dicts(conn).execute(query("lock_states"), {"ids": [s.id for s in members]})
                 }
                 candidates: list[tuple[StoredAutomation, list[Firing]]] = []
+                # the database's clock (unless a test froze the engine's): the runs' stamps are on it
+                now = clock.frozen_at() or dicts(conn).execute(query("database_now")).fetchone()["now"]  # type: ignore[index]
+                checked: dict[int, datetime] = {}
                 for stored in members:
                     if stored.id not in locked:
                         continue
-                    runtime = {
-                        "now": clock.frozen_at(),
-                        "evaluate_from": stored.evaluate_from,
-                        "automation_id": stored.id,
-                    }
+                    # Deadlines since the previous check (this process's), less a margin for
+                    # flushes still committing then (their stamp is their transaction's start);
+                    # the first check of a process looks back to the automation's enabling.
+                    previous = self._checked.get(stored.id)
+                    since = stored.evaluate_from
+                    if previous is not None:
+                        since = max(since, previous - _STAMP_MARGIN)
+                    runtime = {"now": now, "checked_from": since, "automation_id": stored.id}
+                    checked[stored.id] = now
                     try:
                         rows = execute(conn, self.compiled([stored]), runtime)
                     except psycopg.Error as exc:
@@ -235,6 +247,7 @@ class Evaluator:
                 fired = fire(conn, candidates, {})
                 # their frontier only says when they were last evaluated (`engine rules list`)
                 dicts(conn).execute(query("advance_frontiers"), {"ids": list(locked), "to_xid": str(to_xid)})
+            self._checked.update(checked)
             result.evaluated += len(locked)
             result.skipped_locked += len(members) - len(locked)
             result.fired += fired

@@ -228,6 +228,8 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
                 )
         return Explanation(
             **common,
+            value=row["value"],  # a stall: the seconds without a metric value
+            value_time=row["value_time"],
             event=event,
             alias=row["alias"],
             tag=row["tag"],

@@ -131,6 +131,10 @@ def _metric_lines(expl: Explanation) -> list[str]:
 
 
 def _event_lines(expl: Explanation) -> list[str]:
+    if expl.rule_type == "run_stalled":
+        return [
+            f"stalled: no metric value for {num(expl.value)} s when it fired; deadline {time(expl.value_time)}"
+        ]
     event = expl.event
     if event is None:
         return ["event: no longer stored"]

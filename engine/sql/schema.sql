@@ -861,7 +861,7 @@ CREATE INDEX run_transitions_run ON public.run_transitions USING btree (run_pk, 
 
 CREATE INDEX runs_project_created ON public.runs USING btree (project_id, created_at DESC);
 
-CREATE INDEX runs_running ON public.runs USING btree (project_id) WHERE (state = 'running'::text);
+CREATE INDEX runs_running ON public.runs USING btree (project_id, COALESCE(last_metric_at, created_at)) WHERE (state = 'running'::text);
 
 CREATE INDEX series_batches_key_xid ON public.series_batches USING btree (key_id, xid);
 

@@ -11,6 +11,8 @@ from datetime import timedelta
 import engine
 from engine import clock
 from engine.evaluation import Evaluator, backtest
+from engine.explain import explain_data, lines
+from engine.explain.text import time
 from engine.rules import parse_rules_text
 from tests.integration.evaluation_helpers import apply_yaml, rule, triggers
 from tests.integration.sdk_helpers import wait_for
@@ -67,6 +69,11 @@ def test_fires_once_at_the_deadline_and_rearms(conn, database_url):
     assert _tick_at(database_url, again + timedelta(minutes=4)) == 0
     assert _tick_at(database_url, again + timedelta(minutes=6)) == 1
     assert [t["value"] for t in triggers(conn, "stalled")] == [300.0, 360.0]
+    text = "\n".join(lines(explain_data(conn, fired["id"])))
+    assert (
+        f"stalled: no metric value for 300 s when it fired; deadline {time(last + timedelta(minutes=5))}"
+        in text
+    )
     # the backtest answers from the recorded pauses: the hour-long one, and the one now open
     automation = parse_rules_text(STALLED)[0].automation
     replay = backtest(conn, automation, last - timedelta(days=1))

@@ -30,8 +30,9 @@ ON CONFLICT DO NOTHING;
 -- transaction of the values, so that a check of the running runs reads one row per run and
 -- never the points. NULL: none yet (the run's start counts).
 ALTER TABLE runs ADD COLUMN last_metric_at timestamptz;
--- The running runs of a project: what a stall check reads each tick (its cost follows them).
-CREATE INDEX runs_running ON runs (project_id) WHERE state = 'running';
+-- The running runs of a project by their last metric value (or start): a stall check reads
+-- the range of them whose deadline passed since its last check (its cost follows them).
+CREATE INDEX runs_running ON runs (project_id, (coalesce(last_metric_at, created_at))) WHERE state = 'running';
 -- Every pause of at least a minute (the shortest `after`) between a run's metric values (or
 -- from its start to its first), recorded by the flush that ended it: a backtest of a stall
 -- rule answers from these and the runs' open pauses, not from the points.

@@ -229,3 +229,7 @@ WHERE xid < least(
 
 -- name: run_labels
 SELECT r.id, r.run_id, r.name FROM runs r WHERE r.id = ANY(%(run_pks)s);
+
+-- name: database_now
+-- The database's clock: what stall rules measure against (the runs' stamps are on it).
+SELECT now() AS now;
