@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import engine
 from engine import clock
+from engine.actions.context import build_context
 from engine.evaluation import Evaluator, backtest
 from engine.explain import explain_data, lines
 from engine.explain.text import time
@@ -61,6 +62,12 @@ def test_fires_once_at_the_deadline_and_rearms(conn, database_url):
     (fired,) = triggers(conn, "stalled")
     assert fired["value_time"] == last + timedelta(minutes=5) and fired["value"] == 300.0
     assert fired["event_type"] == "run_stalled" and fired["run_id"] == run.id
+    context = build_context(conn, fired["id"])
+    assert (context["event_type"], context["metric_value"], context["run_name"]) == (
+        "RUN_STALLED",
+        "300.0",
+        "hangs",
+    )
     # it logs again (now, an hour later): re-armed, the next deadline is 5 minutes after that
     run.log({"loss": 0.5}, step=1)
     run.flush()
