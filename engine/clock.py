@@ -14,6 +14,12 @@ def now() -> datetime:
     return _frozen if _frozen is not None else datetime.now(UTC)
 
 
+def frozen_at() -> datetime | None:
+    """The frozen time, or None: for queries that use the database's clock unless a test froze
+    the engine's."""
+    return _frozen
+
+
 @contextlib.contextmanager
 def frozen(at: datetime) -> Iterator[None]:
     """Freeze `now()` at `at` inside the block (tests)."""

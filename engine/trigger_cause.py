@@ -12,14 +12,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from engine.rules import RunMetricChange, RunMetricThreshold
+from engine.rules import RunMetricChange, RunMetricThreshold, RunMetricZscore
 
 
 @dataclass(frozen=True)
 class MetricCause:
     key_id: int  # metric_keys.id of the metric
     pos: int  # the finite value that fired: its position among the series' finite values
-    window_size: int  # threshold: `window`; change: `current_window` (ends at pos)
+    window_size: int  # threshold: `window`; change: `current_window` (ends at pos); z-score: `window` (ends at pos - 1)
     prior_window_size: int | None  # change: `prior_window` (just before the current one)
     aggregation: str
     # threshold rules: the aggregate `operator` threshold
@@ -43,6 +43,18 @@ class MetricCause:
                 change=event.change,
                 direction=event.direction,
                 amount=event.amount,
+            )
+        if isinstance(event, RunMetricZscore):
+            # the reference window: the `window` values just before pos; z `>` threshold in `direction`
+            return cls(
+                key_id=key_id,
+                pos=pos,
+                window_size=event.window,
+                prior_window_size=None,
+                aggregation="zscore",
+                operator=">",
+                threshold=event.threshold,
+                direction=event.direction,
             )
         if not isinstance(event, RunMetricThreshold):
             raise TypeError(f"{type(event).__name__} is not a metric event")

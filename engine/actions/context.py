@@ -31,7 +31,16 @@ from pydantic import TypeAdapter, ValidationError
 from engine import clock, db
 from engine.exceptions import NotFound
 from engine.rules.automation import Automation
-from engine.rules.events import METRIC_EVENT_TYPES, Event, RunMetricChange, RunMetricThreshold, RunState
+from engine.rules.events import (
+    METRIC_EVENT_TYPES,
+    Event,
+    RunMetricChange,
+    RunMetricNonfinite,
+    RunMetricThreshold,
+    RunMetricZscore,
+    RunStalled,
+    RunState,
+)
 from engine.rules.variables import METADATA_PREFIX, SECRET_VARIABLES, VARIABLES, wandb_event_type
 from engine.settings import Settings, get_settings
 
@@ -39,14 +48,20 @@ _EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 def number_text(value: Any) -> str:
-    """`0.62`, `5`, `5.0`; "" for None. Non-finite values as Python spells them."""
+    """`0.62`, `5`, `5.0`; "" for None. Non-finite values as JSON-minded receivers and
+    PostgreSQL spell them: `NaN`, `Infinity`, `-Infinity`."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, int):
         return str(value)
-    return repr(float(value))
+    number = float(value)
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "Infinity" if number > 0 else "-Infinity"
+    return repr(number)
 
 
 def values_text(values: Any) -> str:
@@ -117,6 +132,8 @@ def compose(row: Mapping[str, Any], settings: Settings | None = None) -> dict[st
         ctx["run_status"] = _run_status(row)
         ctx["run_url"] = run_url(ctx["entity_name"], ctx["project_name"], row["run_id"], settings)
 
+    if kind == "run_stalled":  # the seconds since the run's last metric value
+        ctx["metric_value"] = number_text(row.get("value"))
     if kind in METRIC_EVENT_TYPES or row.get("metric"):
         ctx["metric_name"] = row.get("metric") or ""
         ctx["metric_value"] = number_text(row.get("value"))
@@ -219,6 +236,17 @@ def sample_context(automation: Automation, settings: Settings | None = None) -> 
     elif isinstance(event, RunMetricChange):
         values = [1.0 + event.amount] * event.current_window
         row |= {"metric": event.metric, "step": 100, "value": event.amount, "window_values": values}
+    elif isinstance(event, RunMetricZscore):  # z on the threshold; the value itself as the window
+        row |= {
+            "metric": event.metric,
+            "step": 100,
+            "value": event.threshold,
+            "window_values": [event.threshold],
+        }
+    elif isinstance(event, RunMetricNonfinite):
+        row |= {"metric": event.metric, "step": 100, "value": float("nan")}
+    elif isinstance(event, RunStalled):  # seconds without a metric value: the deadline
+        row |= {"value": event.after_seconds}
     elif not event.is_run_event:
         collection = scope.collection or "sample-collection"
         row |= {"version_id": 0, "version_index": 0, "collection_name": collection, "metadata": {}}

@@ -22,7 +22,10 @@ from engine.rules import (
     Automation,
     RegistryVersionLinked,
     RunMetricChange,
+    RunMetricNonfinite,
     RunMetricThreshold,
+    RunMetricZscore,
+    RunStalled,
     RunState,
 )
 from engine.rules.events import EventModel
@@ -44,6 +47,8 @@ class MetricCondition:
     direction: Literal["value", "decrease", "any"]
     operator: str
     bound: float
+    # a z-score rule: `size` 1 (the value itself), `prior` its reference window, d is z
+    zscore: bool = False
 
     @property
     def span(self) -> int:
@@ -72,6 +77,17 @@ def _change(event: RunMetricChange) -> MetricCondition:
         direction,
         ">=",
         event.amount,
+    )
+
+
+def _zscore(event: RunMetricZscore) -> MetricCondition:
+    directions: dict[str, Literal["value", "decrease", "any"]] = {
+        "increase": "value",
+        "decrease": "decrease",
+        "any": "any",
+    }
+    return MetricCondition(
+        "zscore", 1, event.window, False, directions[event.direction], ">", event.threshold, zscore=True
     )
 
 
@@ -166,16 +182,31 @@ class MetricKind(Generic[E]):
 
 
 @dataclass(frozen=True)
+class PointKind:
+    """A rule on single metric values recorded apart from the series (non-finite values:
+    `nonfinite_points`), one query each (compiler.nonfinite)."""
+
+
+@dataclass(frozen=True)
+class ClockKind:
+    """A rule driven by time, evaluated every tick whatever was written (compiler.stalled)."""
+
+
+@dataclass(frozen=True)
 class EventKind(Generic[E]):
     where: Callable[[exp.Select, E, dict[str, Any]], exp.Select]  # the kind's own conditions on `events AS e`
     scope: Scope
 
 
+Kind = MetricKind[Any] | EventKind[Any] | PointKind | ClockKind
 # Each entry is checked against its own event class; the registry holds them all, so its
 # values are of any event class (kind_of looks them up by the event's class).
-KINDS: dict[type[EventModel], MetricKind[Any] | EventKind[Any]] = {
+KINDS: dict[type[EventModel], Kind] = {
     RunMetricThreshold: MetricKind(_threshold),
     RunMetricChange: MetricKind(_change),
+    RunMetricZscore: MetricKind(_zscore),
+    RunMetricNonfinite: PointKind(),
+    RunStalled: ClockKind(),
     RunState: EventKind(_states, _run_scope),
     ArtifactVersionCreated: EventKind(_collection_type, _collection_scope),
     ArtifactAliasAdded: EventKind(_alias, _collection_scope),
@@ -184,7 +215,7 @@ KINDS: dict[type[EventModel], MetricKind[Any] | EventKind[Any]] = {
 }
 
 
-def kind_of(automation: Automation) -> MetricKind[Any] | EventKind[Any]:
+def kind_of(automation: Automation) -> Kind:
     return KINDS[type(automation.event)]
 
 
@@ -199,6 +230,11 @@ def metric_condition(automation: Automation) -> MetricCondition:
 
 
 def activity_key(automation: Automation) -> tuple[str, str]:
-    """What new data can concern an automation: ("metric", name) or ("event", type)."""
+    """What new data can concern an automation: ("metric", name), ("nonfinite", name) or
+    ("event", type); ("clock", type) for a rule driven by time (no data concerns it)."""
     event: Any = automation.event
+    if isinstance(kind_of(automation), ClockKind):
+        return ("clock", event.type)
+    if isinstance(kind_of(automation), PointKind):
+        return ("nonfinite", event.metric)
     return ("metric", event.metric) if is_metric_rule(automation) else ("event", event.type)

@@ -67,6 +67,14 @@ def _segments(
 
     per_rule: list[tuple[int, int | None]] = []
     for c in conditions:
+        if c.zscore:
+            # the reference window (1..prior values back), as three consecutive segments: only
+            # z-score rules add them, always together and in this order (see `_z`)
+            current = index(_Segment("zsum", 1, c.prior))
+            index(_Segment("zsumsq", 1, c.prior))
+            index(_Segment("zspread", 1, c.prior))
+            per_rule.append((current, current + 1))
+            continue
         current = index(_Segment(c.aggregation, 0, c.size - 1))
         prior = index(_Segment(c.aggregation, c.size, c.span - 1)) if c.prior else None
         per_rule.append((current, prior))
@@ -92,6 +100,27 @@ def _short_tails() -> exp.Select:
     )
 
 
+# The z-score segments, as deviations from the evaluated value v = p.vals[p.i] (shifting the
+# values by v keeps the sums small where v is near them, and leaves the variance as it is):
+# zsum = Σ(x − v), zsumsq = Σ(x − v)², zspread = max |x − last x| (0: every value equal, σ = 0,
+# decided exactly rather than from a sum of squares that rounding leaves slightly above 0).
+_Z_AGGREGATES = {
+    "zsum": "SUM(w.v - p.vals[p.i])",
+    "zsumsq": "SUM((w.v - p.vals[p.i]) * (w.v - p.vals[p.i]))",
+    "zspread": "MAX(ABS(w.v - p.vals[p.i - 1]))",
+}
+
+
+def _z(aggregates: str, k: int | str, window: str) -> str:
+    """z at a value from its z-score segments (zsum at index k of `aggregates`, zsumsq at
+    k + 1, zspread at k + 2) over a reference window of `window` values: with Q = W·Σ(x−v)² −
+    (Σ(x−v))² = W²σ², z = (v − μ) / σ = −Σ(x−v) / √Q. For values with few significant bits
+    (0.25, 3, …) every step is exact, so a z on the threshold is exactly on it. NULL when
+    σ = 0 (no trigger)."""
+    s, sq, spread = f"{aggregates}[{k}]", f"{aggregates}[{k} + 1]", f"{aggregates}[{k} + 2]"
+    return f"CASE WHEN {spread} > 0 THEN -{s} / NULLIF(SQRT(GREATEST({window} * {sq} - {s} * {s}, 0)), 0) END"
+
+
 def _reduce(segments: Sequence[_Segment], params: dict[str, Any]) -> exp.Lateral:
     """Every segment of the group reduced in ONE pass over the last `span_max` values of
     each evaluated position: one aggregate per segment, each filtered to its stretch
@@ -105,9 +134,12 @@ def _reduce(segments: Sequence[_Segment], params: dict[str, Any]) -> exp.Lateral
         if segment.back_from > 0:  # back >= 0 always holds: one comparison less per value and segment (~25 %)
             params[f"segment_{k}_from"] = segment.back_from
             within = col("back", "w").between(param(f"segment_{k}_from"), param(f"segment_{k}_to"))
-        aggregates.append(
-            exp.Filter(this=exp.func(segment.aggregation, col("v", "w")), expression=exp.Where(this=within))
+        function = (
+            frag(_Z_AGGREGATES[segment.aggregation])
+            if segment.aggregation in _Z_AGGREGATES
+            else exp.func(segment.aggregation, col("v", "w"))
         )
+        aggregates.append(exp.Filter(this=function, expression=exp.Where(this=within)))
     stretch = frag(
         "SELECT UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v, "
         "GENERATE_SERIES(LEAST(p.i, %(span_max)s) - 1, 0, -1) AS back"
@@ -132,8 +164,14 @@ class _Test:
     prior: int | None
     relative: bool
     turn: Literal["", "-", "abs"]
+    zscore: bool = False  # d is z, from the z-score segments starting at `current`
 
     def expression(self) -> exp.Expression:
+        if self.zscore:  # the reference window's length is its segment's upper bound
+            z = frag(_z("a.aggregates", self.current, f"%(segment_{self.current}_to)s"))
+            if self.turn == "abs":
+                return exp.Abs(this=z)
+            return exp.Neg(this=exp.paren(z)) if self.turn == "-" else exp.paren(z)
         current = at(col("aggregates", "a"), self.current)
         d: exp.Expression = current
         if self.prior is not None:
@@ -158,6 +196,9 @@ class _Test:
 def _class_of(condition: MetricCondition, current: int, prior: int | None) -> tuple[_Test, float]:
     """A rule's class and its key in it: the rule can fire at a value only if the class's
     test is >= the key (a superset of its condition; the exact condition is checked after)."""
+    if condition.zscore:
+        turn_z: Literal["", "-", "abs"] = {"value": "", "decrease": "-", "any": "abs"}[condition.direction]  # type: ignore[assignment]
+        return _Test(current, prior, False, turn_z, zscore=True), condition.bound
     if condition.operator in ("<", "<="):
         return _Test(current, prior, condition.relative, "-"), -condition.bound
     if condition.operator == "!=":  # fires almost always: a candidate at every value
@@ -224,17 +265,25 @@ SELECT k.rule, sc.project_ids[k.rule] AS project_id, (CAST(%(run_user)s AS TEXT[
        (CAST(%(prior_segment)s AS INT[]))[k.rule] AS prior_segment, (CAST(%(relative)s AS BOOLEAN[]))[k.rule] AS relative,
        (CAST(%(direction)s AS TEXT[]))[k.rule] AS direction, (CAST(%(operator)s AS TEXT[]))[k.rule] AS operator,
        (CAST(%(bound)s AS DOUBLE PRECISION[]))[k.rule] AS bound,
-       (CAST(%(automation_id)s AS BIGINT[]))[k.rule] AS automation_id,
+       (CAST(%(zscore)s AS BOOLEAN[]))[k.rule] AS zscore, (CAST(%(automation_id)s AS BIGINT[]))[k.rule] AS automation_id,
        (CAST(%(cooldown_us)s AS BIGINT[]))[k.rule] AS cooldown_us
 OFFSET 0
 """
 
 # Per candidate (value, rule): the rule's d, the aggregate (threshold) or the change
 # between its current and prior aggregates (relative: no d when the prior is 0, and NULL
-# never satisfies a condition).
-_MATCH = """
-SELECT c.aggregates[ru.current_segment] AS current_aggregate, c.aggregates[ru.prior_segment] AS prior_aggregate,
-       CASE WHEN ru.prior_segment IS NULL THEN c.aggregates[ru.current_segment]
+# never satisfies a condition), or z; a z-score rule's aggregates are the reference
+# window's mean and population standard deviation.
+_Z_MEAN = "c.vals[c.i] + c.aggregates[ru.current_segment] / (ru.span - 1)"
+_Z_SIGMA = (
+    "SQRT(GREATEST((ru.span - 1) * c.aggregates[ru.current_segment + 1] "
+    "- c.aggregates[ru.current_segment] * c.aggregates[ru.current_segment], 0)) / (ru.span - 1)"
+)
+_MATCH = f"""
+SELECT CASE WHEN ru.zscore THEN {_Z_MEAN} ELSE c.aggregates[ru.current_segment] END AS current_aggregate,
+       CASE WHEN ru.zscore THEN {_Z_SIGMA} ELSE c.aggregates[ru.prior_segment] END AS prior_aggregate,
+       CASE WHEN ru.zscore THEN {_z("c.aggregates", "ru.current_segment", "(ru.span - 1)")}
+            WHEN ru.prior_segment IS NULL THEN c.aggregates[ru.current_segment]
             WHEN ru.relative THEN (c.aggregates[ru.current_segment] - c.aggregates[ru.prior_segment])
                                   / NULLIF(ABS(c.aggregates[ru.prior_segment]), 0)
             ELSE c.aggregates[ru.current_segment] - c.aggregates[ru.prior_segment] END AS d
@@ -346,6 +395,7 @@ def _rule_params(automations: Sequence[Automation], ids: Sequence[int | None]) -
             "direction",
             "operator",
             "bound",
+            "zscore",
             "automation_id",
             "cooldown_us",
         )
@@ -367,6 +417,7 @@ def _rule_params(automations: Sequence[Automation], ids: Sequence[int | None]) -
             "direction": condition.direction,
             "operator": condition.operator,
             "bound": condition.bound,
+            "zscore": condition.zscore,
             "automation_id": automation_id,
             "cooldown_us": None if cooldown is None else cooldown // timedelta(microseconds=1),
         }

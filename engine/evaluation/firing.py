@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from engine import clock
 from engine.automations import StoredAutomation
-from engine.compiler import is_metric_rule, metric_condition
+from engine.compiler import ClockKind, PointKind, is_metric_rule, kind_of, metric_condition
 from engine.db import query
 from engine.evaluation.statements import dicts
 from engine.rules import Automation
@@ -49,6 +49,7 @@ class Firing:
     artifact_version_id: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
     metric_cause: MetricCause | None = None  # metric rules: the cause as the trigger's columns
+    key_id: int | None = None  # non-finite rules: the series (with run_pk) the value is of
 
 
 def apply_cooldown(
@@ -120,8 +121,52 @@ def event_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Ite
         )
 
 
+def nonfinite_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Iterator[Firing]:
+    """A non-finite rule's values: each is its own trigger, keyed by its point's seq."""
+    event: Any = automation.event
+    condition = event.describe()
+    for row in rows:
+        value = float(row["value"])
+        yield Firing(
+            automation=automation.name,
+            event_type=event.type,
+            cause=f"nonfinite:{row['run_pk']}:{row['key_id']}:{row['seq']}",
+            time=row["time"],
+            run_pk=row["run_pk"],
+            metric=event.metric,
+            step=row["step"],
+            value=value,
+            details={"metric_filter": condition, "value": _json_float(value), "seq": row["seq"]},
+            key_id=row["key_id"],
+        )
+
+
+def stalled_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Iterator[Firing]:
+    """A stall rule's stalls: one per (run, deadline), at the deadline; the value is the
+    seconds since the run's last metric value (or its start)."""
+    event: Any = automation.event
+    condition = event.describe()
+    for row in rows:
+        deadline = row["deadline"]
+        yield Firing(
+            automation=automation.name,
+            event_type=event.type,
+            cause=f"stalled:{row['run_pk']}:{deadline.isoformat()}",
+            time=deadline,
+            run_pk=row["run_pk"],
+            value=float(row["seconds"]),
+            details={"metric_filter": condition, "last_value_at": row["since"].isoformat()},
+        )
+
+
 def firings_from_rows(automation: Automation, rows: list[dict[str, Any]]) -> Iterator[Firing]:
-    return metric_firings(automation, rows) if is_metric_rule(automation) else event_firings(automation, rows)
+    if isinstance(kind_of(automation), ClockKind):
+        return stalled_firings(automation, rows)
+    if is_metric_rule(automation):
+        return metric_firings(automation, rows)
+    if isinstance(kind_of(automation), PointKind):
+        return nonfinite_firings(automation, rows)
+    return event_firings(automation, rows)
 
 
 def cooldown_of(automation: Automation) -> timedelta | None:
@@ -138,7 +183,7 @@ def group_firings(
     `last_fired[automation id][run]`."""
     if not is_metric_rule(group[0].automation):
         (stored,) = group
-        yield stored, list(event_firings(stored.automation, rows))
+        yield stored, list(firings_from_rows(stored.automation, rows))
         return
     per_rule: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
@@ -185,6 +230,7 @@ def trigger_row(stored: StoredAutomation, firing: Firing) -> dict[str, Any]:
         "artifact_version_id": firing.artifact_version_id,
         "details": firing.details,
         **(firing.metric_cause.columns() if firing.metric_cause else {}),
+        **({"key_id": firing.key_id} if firing.key_id is not None else {}),
     }
 
 

@@ -10,11 +10,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 
+from engine import clock
 from engine.automations import StoredAutomation, load_enabled
 from engine.compiler import (
     CompiledQuery,
@@ -25,11 +26,15 @@ from engine.compiler import (
     span_of,
 )
 from engine.db import Database, boundary, query
-from engine.evaluation.firing import Firing, fire, group_firings
+from engine.evaluation.firing import Firing, fire, firings_from_rows, group_firings
 from engine.evaluation.isolation import GroupFailed, evaluate_isolating, record_failure
 from engine.evaluation.statements import dicts, dumped_once, execute
 from engine.exceptions import DatabaseError, DatabaseUnavailable
 from engine.settings import Settings, get_settings
+
+# How long after its transaction began a flush may still be committing: a stall check looks
+# back this far past its previous check for stamps that became visible late.
+_STAMP_MARGIN = timedelta(minutes=1)
 
 
 @dataclass
@@ -71,6 +76,8 @@ class Evaluator:
         self._automations: list[StoredAutomation] = []
         self._by_activity: dict[tuple[str, str], list[tuple[StoredAutomation, tuple[str, str] | None]]] = {}
         self._in_tails: set[int] = set()  # the ids of the metric rules whose windows fit the tails
+        self._clocked: list[StoredAutomation] = []  # rules driven by time (stalled runs)
+        self._checked: dict[int, datetime] = {}  # their last check's "now", per automation
         self._idle_refreshed = -math.inf  # when idle frontiers were last moved with nothing written
         self._compiled: dict[tuple[Any, ...], CompiledQuery] = {}  # (tails_only, (id, version)...)
         self._lock = threading.Lock()
@@ -125,8 +132,11 @@ class Evaluator:
             self._automations, self._fingerprint = load_enabled(conn), fingerprint
             self._by_activity = {}
             self._in_tails = {s.id for s in self._automations if self._fits_tails([s])}
+            self._clocked = [s for s in self._automations if activity_key(s.automation)[0] == "clock"]
             for stored in self._automations:
                 key = activity_key(stored.automation)  # ("metric", name) for a metric rule
+                if key[0] == "clock":  # evaluated every tick (`_run_clocked`)
+                    continue
                 self._by_activity.setdefault(key, []).append(
                     (stored, key if stored.id in self._in_tails else None)
                 )
@@ -152,6 +162,8 @@ class Evaluator:
         automations = self._load(conn, states[0]["fingerprint"])
         if not automations:
             return
+        if self._clocked:
+            self._run_clocked(conn, int(states[0]["to_xid"]), result)
         to_xid = int(states[0]["to_xid"])
         frontiers: dict[int, int] = {}
         self._failures = {}
@@ -204,6 +216,56 @@ class Evaluator:
         self._ticks += 1
         if self._ticks % 20 == 1:
             dicts(conn).execute(query("prune_series_batches"))
+
+    def _run_clocked(self, conn: psycopg.Connection, to_xid: int, result: TickResult) -> None:
+        """Rules driven by time, every tick, in one transaction: each one's running runs past
+        their deadline, not fired yet for that deadline. Locked like the others (another
+        service skips them this tick); the triggers' unique key is the last guard."""
+
+        def evaluate(part: list[list[StoredAutomation]]) -> None:
+            members = [stored for group in part for stored in group]
+            with conn.transaction():
+                locked = {
+                    r["automation_id"]
+                    for r in dicts(conn).execute(query("lock_states"), {"ids": [s.id for s in members]})
+                }
+                candidates: list[tuple[StoredAutomation, list[Firing]]] = []
+                # the database's clock (unless a test froze the engine's): the runs' stamps are on it
+                now = clock.frozen_at() or dicts(conn).execute(query("database_now")).fetchone()["now"]  # type: ignore[index]
+                checked: dict[int, datetime] = {}
+                for stored in members:
+                    if stored.id not in locked:
+                        continue
+                    # Deadlines since the previous check (this process's), less a margin for
+                    # flushes still committing then (their stamp is their transaction's start);
+                    # the first check of a process looks back to the automation's enabling.
+                    previous = self._checked.get(stored.id)
+                    since = stored.evaluate_from
+                    if previous is not None:
+                        since = max(since, previous - _STAMP_MARGIN)
+                    runtime = {"now": now, "checked_from": since, "automation_id": stored.id}
+                    checked[stored.id] = now
+                    try:
+                        with boundary():
+                            rows = execute(conn, self.compiled([stored]), runtime)
+                    except DatabaseError as exc:
+                        raise GroupFailed([stored], exc) from exc
+                    candidates.append((stored, list(firings_from_rows(stored.automation, rows))))
+                fired = fire(conn, candidates, {})
+                # their frontier only says when they were last evaluated (`engine rules list`)
+                dicts(conn).execute(query("advance_frontiers"), {"ids": list(locked), "to_xid": str(to_xid)})
+            self._checked.update(checked)
+            result.evaluated += len(locked)
+            result.skipped_locked += len(members) - len(locked)
+            result.fired += fired
+            if fired and self.on_fired is not None:
+                self.on_fired(fired)
+
+        def skip(stored: StoredAutomation, error: Exception) -> None:
+            result.failed.append(stored.name)
+            record_failure(conn, stored, error)
+
+        evaluate_isolating([[s] for s in self._clocked], evaluate, skip)
 
     def _fits_tails(self, members: Sequence[StoredAutomation]) -> bool:
         """Metric rules whose windows fit in the per-series tails (ENGINE_SERIES_TAIL). Those

@@ -8,7 +8,12 @@ window(s) the rule aggregated at the position that fired (the trigger's columns 
 
 * threshold: the window is positions pos-N+1 … pos (N = `window_size`);
 * change: the current window pos-N+1 … pos, the prior window the `prior_window_size`
-  positions before it.
+  positions before it;
+* z-score: the reference window pos-N … pos-1 (the value itself is not in it), with its mean
+  and standard deviation (`current_aggregate`, `prior_aggregate`); the trigger's value is z.
+
+A non-finite trigger has no position (NaN and infinities are not numbered): its value, step
+and time are shown, with the run's finite series around it.
 
 Nothing here draws or words anything (engine.explain.text, .terminal and .png do): the
 models serialise to JSON as they are (`expl.model_dump(mode="json")`), for a chart elsewhere.
@@ -27,7 +32,7 @@ from engine.db import one, rows
 from engine.exceptions import NotFound
 from engine.rules import Automation
 
-WindowName = Literal["window", "prior window", "current window"]
+WindowName = Literal["window", "prior window", "current window", "reference window"]
 
 
 class _Data(BaseModel):
@@ -138,6 +143,18 @@ class Explanation(_Data):
         return self.rule_type == "run_metric_change"
 
     @property
+    def is_zscore(self) -> bool:
+        return self.rule_type == "run_metric_zscore"
+
+    @property
+    def z_band(self) -> tuple[float, float] | None:
+        """z-score triggers: mean ± threshold·σ of the reference window (a value outside fires)."""
+        mean, sigma = self.current_aggregate, self.prior_aggregate
+        if not self.is_zscore or mean is None or sigma is None or self.threshold is None:
+            return None
+        return mean - self.threshold * sigma, mean + self.threshold * sigma
+
+    @property
     def fired_point(self) -> Point | None:
         """The value that fired (the last of the current window)."""
         if self.position is None or not 1 <= self.position <= len(self.series):
@@ -197,7 +214,7 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
         "run": run,
         "delivery": _delivery(row),
     }
-    if row["pos"] is not None:
+    if row["pos"] is not None or row["event_type"] == "run_metric_nonfinite":
         return _metric_explanation(conn, row, common, warnings)
     event = None
     if row["event_id"] is not None:
@@ -208,6 +225,8 @@ def explain_data(conn: psycopg.Connection, trigger_id: int) -> Explanation:
             )
     return Explanation(
         **common,
+        value=row["value"],  # a stall: the seconds without a metric value
+        value_time=row["value_time"],
         event=event,
         alias=row["alias"],
         tag=row["tag"],
@@ -242,7 +261,13 @@ def _metric_explanation(
     # on full windows only), which is what a row edited by hand falls back on.
     size = row["window_size"] or len(window_values)
     recorded: list[tuple[WindowName, int, tuple[float, ...], float | None]]
-    if row["prior_window_size"] is None:
+    end = position  # where the last window ends
+    if position is None:  # a non-finite value: no window
+        recorded, end = [], 0
+    elif row["aggregation"] == "zscore":
+        size = row["window_size"] or len(prior_values)
+        recorded, end = [("reference window", size, prior_values, row["current_aggregate"])], position - 1
+    elif row["prior_window_size"] is None:
         recorded = [("window", size, window_values, row["value"])]
     else:
         recorded = [
@@ -250,7 +275,7 @@ def _metric_explanation(
             ("current window", size, window_values, row["current_aggregate"]),
         ]
     windows = []
-    last = position - sum(r[1] for r in recorded)  # the position just before the first window
+    last = end - sum(r[1] for r in recorded)  # the position just before the first window
     for name, size, values, aggregate in recorded:
         first, last = last + 1, last + size
         points = series[max(first, 1) - 1 : max(last, 0)]
@@ -263,6 +288,8 @@ def _metric_explanation(
     if row["run_pk"] is not None:
         if not series:
             warnings.append(f"no finite value of {metric} is stored for this run any more")
+        elif position is None:
+            pass
         elif position > len(series):
             warnings.append(
                 f"the run has only {len(series)} finite values of {metric} stored now (fired at #{position})"

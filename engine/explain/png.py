@@ -14,7 +14,12 @@ from engine.explain.data import Explanation
 
 PNG_SIZE_IN = (10.0, 5.0)
 PNG_DPI = 100
-_WINDOW_COLORS = {"window": "tab:orange", "current window": "tab:orange", "prior window": "tab:purple"}
+_WINDOW_COLORS = {
+    "window": "tab:orange",
+    "current window": "tab:orange",
+    "prior window": "tab:purple",
+    "reference window": "tab:purple",
+}
 
 
 def _figure() -> Any:
@@ -63,7 +68,16 @@ def render_png(expl: Explanation, path: str | Path) -> Path:
                 zorder=4,
                 label=words.aggregate_label(expl, window),
             )
-    if expl.threshold is not None:
+    band = expl.z_band
+    if band is not None:  # a z-score: the threshold is in σ, drawn as the band around the mean
+        ax.axhspan(*band, color="tab:green", alpha=0.12, lw=0, label=words.band_label(expl))
+        for edge in band:
+            ax.axhline(edge, color="tab:red", ls="--", lw=1.0)
+    elif expl.rule_type == "run_metric_nonfinite" and expl.step is not None:
+        ax.axvline(
+            expl.step, color="red", ls="--", lw=1.5, label=f"{words.num(expl.value)} at step {expl.step}"
+        )
+    elif expl.threshold is not None:
         ax.axhline(
             expl.threshold, color="tab:red", ls="--", lw=1.2, label=f"threshold {words.num(expl.threshold)}"
         )

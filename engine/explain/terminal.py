@@ -17,6 +17,7 @@ _TERMINAL_WINDOWS = {
     "window": ("●", "orange"),
     "current window": ("●", "orange"),
     "prior window": ("○", "magenta"),
+    "reference window": ("○", "magenta"),
 }
 
 
@@ -46,7 +47,12 @@ def render_terminal(
     fig.draw(fig.signal([p.step for p in shown], [p.value for p in shown], marker=marker(_SERIES)).lines())
     key: list[tuple[tuple[str | None, str], str]] = [(_SERIES, str(expl.metric))]
     aggregates: list[tuple[tuple[str | None, str], str]] = []
-    if expl.threshold is not None:
+    band = expl.z_band
+    if band is not None:  # a z-score: mean ± threshold·σ
+        for edge in band:
+            fig.line(edge, pixel=plotext.pixel(foreground=_THRESHOLD[1]))
+        aggregates.append((_THRESHOLD, words.band_label(expl)))
+    elif expl.threshold is not None:
         fig.line(expl.threshold, pixel=plotext.pixel(foreground=_THRESHOLD[1]))
         aggregates.append((_THRESHOLD, f"threshold {words.num(expl.threshold)}"))
     spans = words.spans(expl)

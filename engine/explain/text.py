@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections.abc import Sequence
 from datetime import datetime
@@ -43,14 +44,30 @@ def delivery_label(delivery: Delivery) -> str:
 
 
 def aggregate_label(expl: Explanation, window: Window) -> str:
-    """`avg of prior window = 0.365768`."""
-    return f"{expl.aggregation or 'aggregate'} of {window.name} = {num(window.aggregate)}"
+    """`avg of prior window = 0.365768` (`mean of reference window = …` for a z-score)."""
+    kind = "mean" if expl.is_zscore else expl.aggregation or "aggregate"
+    return f"{kind} of {window.name} = {num(window.aggregate)}"
+
+
+def band_label(expl: Explanation) -> str:
+    """`mean ± 3σ = [0.1, 0.5]` (a z-score's band: a value outside it fires)."""
+    low, high = expl.z_band or (None, None)
+    return f"mean ± {num(expl.threshold)}σ = [{num(low)}, {num(high)}]"
+
+
+def _z_test(expl: Explanation) -> str:
+    t = num(expl.threshold)
+    return {"increase": f"z > {t}", "decrease": f"z < −{t}", "any": f"|z| > {t}"}[expl.direction or "any"]
 
 
 def headline(expl: Explanation) -> str:
     """The verdict in one line: `avg = 0.72 > 0.6` or `d = -42% (decrease ≥ 25%)`."""
     if not expl.is_metric:
         return expl.condition
+    if expl.rule_type == "run_metric_nonfinite":
+        return f"value = {nonfinite(expl.value)}"
+    if expl.is_zscore:
+        return f"z = {num(expl.value)} ({_z_test(expl)})"
     if expl.threshold is not None:
         return f"{expl.aggregation} = {num(expl.value)} {expl.operator} {expl.threshold:g}"
     if expl.change is not None:
@@ -80,6 +97,11 @@ def lines(expl: Explanation) -> list[str]:
 
 
 def _metric_lines(expl: Explanation) -> list[str]:
+    if expl.rule_type == "run_metric_nonfinite":
+        return [
+            f"metric: {expl.metric}, value {nonfinite(expl.value)} at step {expl.step}, value time {time(expl.value_time)}"
+            f" ({len(expl.series)} finite values stored)"
+        ]
     point = expl.fired_point
     value = f", value {num(point.value)}" if point else ""
     out = [
@@ -89,7 +111,12 @@ def _metric_lines(expl: Explanation) -> list[str]:
     for window in expl.windows:
         # the values as stored now; as recorded if they are gone (see the warnings)
         out.append(f"{window_label(window)}: {values(window.values or window.recorded)}")
-    if expl.change is not None:
+    if expl.is_zscore:
+        out.append(
+            f"mean = {num(expl.current_aggregate)}, σ = {num(expl.prior_aggregate)} (population); {band_label(expl)}"
+        )
+        out.append(f"z = (value − mean) / σ = {num(expl.value)}; {_z_test(expl)}  → fired")
+    elif expl.change is not None:
         cur, prior = expl.current_aggregate, expl.prior_aggregate
         out.append(f"current {expl.aggregation} = {num(cur)}, prior {expl.aggregation} = {num(prior)}")
         formula = "cur − prior" if expl.change == "absolute" else "(cur − prior) / |prior|"
@@ -104,6 +131,10 @@ def _metric_lines(expl: Explanation) -> list[str]:
 
 
 def _event_lines(expl: Explanation) -> list[str]:
+    if expl.rule_type == "run_stalled":
+        return [
+            f"stalled: no metric value for {num(expl.value)} s when it fired; deadline {time(expl.value_time)}"
+        ]
     event = expl.event
     if event is None:
         return ["event: no longer stored"]
@@ -143,6 +174,13 @@ def spans(expl: Explanation) -> list[tuple[Window, tuple[float, float]]]:
 # --------------------------------------------------------------------------------------
 def num(value: float | None) -> str:
     return "—" if value is None else f"{value:.6g}"
+
+
+def nonfinite(value: float | None) -> str:
+    """`NaN`, `Infinity` or `-Infinity`, as `${metric_value}` writes them."""
+    if value is None or math.isfinite(value):
+        return num(value)
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
 def time(value: datetime | None) -> str:

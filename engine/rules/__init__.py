@@ -23,7 +23,10 @@ from engine.rules.events import (
     Event,
     RegistryVersionLinked,
     RunMetricChange,
+    RunMetricNonfinite,
     RunMetricThreshold,
+    RunMetricZscore,
+    RunStalled,
     RunState,
 )
 from engine.rules.lint import lint
@@ -47,7 +50,10 @@ __all__ = [
     "RegistryVersionLinked",
     "RunFilter",
     "RunMetricChange",
+    "RunMetricNonfinite",
     "RunMetricThreshold",
+    "RunMetricZscore",
+    "RunStalled",
     "RunState",
     "Scope",
     "SlackAction",

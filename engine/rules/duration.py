@@ -45,7 +45,8 @@ def parse_duration(value: str | int | timedelta) -> timedelta:
         text = value.strip().replace(" ", "")
         match = _DURATION.fullmatch(text)
         if not text or not match:
-            raise ValueError(f"{value!r} is not a duration: write e.g. 90s, 1m, 24h, 7d or 1h30m")
+            shown = value if len(value) <= 40 else value[:37] + "..."  # a message, not an echo
+            raise ValueError(f"{shown!r} is not a duration: write e.g. 90s, 1m, 24h, 7d or 1h30m")
         # Exact decimal arithmetic, bounded before timedelta sees it (which would overflow).
         seconds = sum(Decimal(n) * unit for n, unit in zip(match.groups(), _PARSED_UNITS, strict=True) if n)
         if seconds > Decimal(MAX_DURATION.total_seconds()):

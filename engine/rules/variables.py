@@ -73,7 +73,11 @@ _ARTIFACT = (
 APPLIES: dict[str, tuple[str, ...]] = {
     "RUN_METRIC": COMMON + _RUN + _METRIC,
     "RUN_METRIC_CHANGE": COMMON + _RUN + _METRIC,
+    "RUN_METRIC_ZSCORE": COMMON + _RUN + _METRIC,
+    "RUN_METRIC_NONFINITE": COMMON + _RUN + _METRIC,
     "RUN_STATE": COMMON + _RUN,
+    # ${metric_value}: the seconds since the run's last metric value
+    "RUN_STALLED": COMMON + _RUN + ("metric_value",),
     "CREATE_ARTIFACT": COMMON + _ARTIFACT,
     "ADD_ARTIFACT_ALIAS": COMMON + _ARTIFACT + ("alias",),
     "ADD_ARTIFACT_TAG": COMMON + _ARTIFACT + ("tag",),

@@ -18,13 +18,13 @@ COPY_TYPES = ("timestamptz", "int8", "int4", "int8", "int8", "float8")
 
 def copy_run(
     write: Callable[[tuple], None], run_pk: int, records: list[Record], ids: dict[str, int], seq: int
-) -> tuple[int, dict[tuple[str, ...], list], list[Record]]:
+) -> tuple[int, dict[tuple[str, ...], list], list[tuple[int, Record]]]:
     """COPY one run's records, numbered from `seq` (the hot loop of a flush: one tuple and one
     write_row per point). Returns the next seq, the keys of the records with their key ids
     and how many records have them (keys -> [key ids, count]), and the records with a NaN or
-    an infinity (rare: counted apart)."""
+    an infinity (rare: counted apart), each with the seq of its first value."""
     slots: dict[tuple[str, ...], list] = {}
-    odd: list[Record] = []
+    odd: list[tuple[int, Record]] = []
     for record in records:
         t, step, keys, values = record
         slot = slots.get(keys)
@@ -36,7 +36,7 @@ def copy_run(
             seq += 1
         total = sum(values)
         if total - total:  # not 0.0: a value is not finite (or the sum overflowed)
-            odd.append(record)
+            odd.append((seq - len(values), record))
     return seq, slots, odd
 
 

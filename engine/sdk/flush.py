@@ -7,7 +7,8 @@ For each batch the buffer (buffer.py) hands over:
    (FORMAT BINARY)` (copy_binary.py), with `seq = (batch_id << 20) | ordinal`
    (`ingest_batch_seq`),
 3. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
-   value in the batch,
+   value in the batch, and `insert_nonfinite` for its NaN and infinite values (rare),
+   `note_metric_ingest` for the runs with metric values (their last ingestion, for stalls),
 4. one `notify_ingest`, and the final state changes of runs whose last points are in it.
 
 Batches are sent one at a time in logging order, so `seq` follows it.
@@ -70,6 +71,8 @@ class DatabaseTransport:
         self._q_intern = query("intern_keys")
         self._q_key_ids = query("key_ids")
         self._q_upsert = query("upsert_series")
+        self._q_nonfinite = query("insert_nonfinite")
+        self._q_ingested = query("note_metric_ingest")
         self._q_notify = query("notify_ingest")
 
     @staticmethod
@@ -149,6 +152,11 @@ class DatabaseTransport:
                 with conn.pipeline():
                     if series.key_ids:  # every point of this flush has a seq below `seq`
                         cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
+                    if series.nonfinite:
+                        cur.execute(self._q_nonfinite, series.nonfinite_params())
+                    metric_runs = [cast(int, s.run_pk) for s, r, _, _ in batch if r]
+                    if metric_runs:  # system metrics alone do not show a run is alive
+                        cur.execute(self._q_ingested, {"run_pks": metric_runs})
                     cur.execute(self._q_notify, {"payload": ""})
                     for c, (_, statement, params) in zip(closing_curs, closing):
                         c.execute(statement, params)
@@ -180,10 +188,11 @@ class DatabaseTransport:
         for kids, count in slots.values():
             for kid in kids:
                 n_finite[kid] = n_finite.get(kid, 0) + count
-        for _, _, keys, values in odd:
-            for kid, value in zip(slots[keys][0], values):
+        for first, (t, step, keys, values) in odd:
+            for n, (kid, value) in enumerate(zip(slots[keys][0], values)):
                 if value - value != 0.0:  # NaN or an infinity
                     n_finite[kid] -= 1
+                    series.add_nonfinite(kid, run_pk, first + n, step, t, value)
         for kid, (steps, times, tail_values) in self._tails(records, slots, n_finite, bool(odd)).items():
             series.add(kid, run_pk, n_finite[kid], steps, times, tail_values)
         return seq
@@ -217,7 +226,7 @@ class _Series:
     """The series a flush touched, as the parameters of ONE upsert_series statement: one
     element per series in key_ids/run_pks/n_new/lens, and their tails laid end to end."""
 
-    __slots__ = ("_last", "key_ids", "lens", "n_new", "run_pks", "steps", "times", "values")
+    __slots__ = ("_last", "key_ids", "lens", "n_new", "nonfinite", "run_pks", "steps", "times", "values")
 
     def __init__(self) -> None:
         self.key_ids: list[int] = []
@@ -228,6 +237,24 @@ class _Series:
         self.times: list[int] = []  # microseconds since 2000 (copy_binary.micros)
         self._last: tuple[list, list[int]] = ([], [])  # the last times added, converted
         self.values: list[float] = []
+        # the flush's NaN and infinite values: (run_pk, key_id, seq, step, time, value)
+        self.nonfinite: list[tuple] = []
+
+    def add_nonfinite(
+        self, key_id: int, run_pk: int, seq: int, step: int, time: object, value: float
+    ) -> None:
+        self.nonfinite.append((run_pk, key_id, seq, step, time, value))
+
+    def nonfinite_params(self) -> dict:
+        run_pks, key_ids, seqs, steps, times, values = (list(c) for c in zip(*self.nonfinite))
+        return {
+            "run_pks": run_pks,
+            "key_ids": key_ids,
+            "seqs": seqs,
+            "steps": steps,
+            "times": times,
+            "values": values,
+        }
 
     def add(self, key_id: int, run_pk: int, n_new: int, steps: list, times: list, values: list) -> None:
         self.key_ids.append(key_id)

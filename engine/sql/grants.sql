@@ -53,6 +53,7 @@ GRANT INSERT ON projects, runs, run_transitions, metric_keys, metric_points, sys
     series_batches, events, artifact_collections, artifact_versions, artifact_aliases, artifact_tags, registries,
     registry_collections, registry_links, registry_aliases TO engine_ingest;
 GRANT UPDATE ON runs, series_state TO engine_ingest;
+GRANT INSERT ON nonfinite_points, run_metric_gaps TO engine_ingest;  -- a flush's NaN values; pauses
 GRANT UPDATE (entity) ON projects TO engine_ingest;
 GRANT UPDATE (name) ON artifact_collections, registries, registry_collections TO engine_ingest;
 GRANT UPDATE (version_id, updated_at) ON artifact_aliases TO engine_ingest;

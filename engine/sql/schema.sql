@@ -78,7 +78,10 @@ CREATE FUNCTION public.wandb_event_type(rule_type text) RETURNS text
 SELECT CASE rule_type
     WHEN 'run_metric_threshold' THEN 'RUN_METRIC'
     WHEN 'run_metric_change' THEN 'RUN_METRIC_CHANGE'
+    WHEN 'run_metric_zscore' THEN 'RUN_METRIC_ZSCORE'
+    WHEN 'run_metric_nonfinite' THEN 'RUN_METRIC_NONFINITE'
     WHEN 'run_state' THEN 'RUN_STATE'
+    WHEN 'run_stalled' THEN 'RUN_STALLED'
     WHEN 'artifact_version_created' THEN 'CREATE_ARTIFACT'
     WHEN 'artifact_alias_added' THEN 'ADD_ARTIFACT_ALIAS'
     WHEN 'artifact_tag_added' THEN 'ADD_ARTIFACT_TAG'
@@ -254,6 +257,7 @@ CREATE TABLE public.runs (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
+    last_metric_at timestamp with time zone,
     CONSTRAINT runs_run_id_check CHECK (((length(run_id) >= 1) AND (length(run_id) <= 128))),
     CONSTRAINT runs_state_check CHECK ((state = ANY (ARRAY['running'::text, 'finished'::text, 'failed'::text, 'killed'::text])))
 );
@@ -470,6 +474,17 @@ CREATE SEQUENCE public.metric_keys_id_seq
 
 ALTER SEQUENCE public.metric_keys_id_seq OWNED BY public.metric_keys.id;
 
+CREATE TABLE public.nonfinite_points (
+    run_pk bigint NOT NULL,
+    key_id integer NOT NULL,
+    seq bigint NOT NULL,
+    step bigint NOT NULL,
+    "time" timestamp with time zone NOT NULL,
+    value double precision NOT NULL,
+    xid xid8 DEFAULT pg_current_xact_id() NOT NULL,
+    CONSTRAINT nonfinite_points_value_check CHECK ((NOT public.is_finite_value(value)))
+);
+
 CREATE SEQUENCE public.projects_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -538,6 +553,12 @@ CREATE SEQUENCE public.registry_links_id_seq
     CACHE 1;
 
 ALTER SEQUENCE public.registry_links_id_seq OWNED BY public.registry_links.id;
+
+CREATE TABLE public.run_metric_gaps (
+    run_pk bigint NOT NULL,
+    from_at timestamp with time zone NOT NULL,
+    to_at timestamp with time zone NOT NULL
+);
 
 CREATE TABLE public.run_transitions (
     id bigint NOT NULL,
@@ -745,6 +766,9 @@ ALTER TABLE ONLY public.metric_keys
 ALTER TABLE ONLY public.metric_keys
     ADD CONSTRAINT metric_keys_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.nonfinite_points
+    ADD CONSTRAINT nonfinite_points_pkey PRIMARY KEY (run_pk, key_id, seq);
+
 ALTER TABLE ONLY public.projects
     ADD CONSTRAINT projects_entity_name_key UNIQUE (entity, name);
 
@@ -774,6 +798,9 @@ ALTER TABLE ONLY public.registry_links
 
 ALTER TABLE ONLY public.registry_links
     ADD CONSTRAINT registry_links_registry_collection_id_version_index_key UNIQUE (registry_collection_id, version_index);
+
+ALTER TABLE ONLY public.run_metric_gaps
+    ADD CONSTRAINT run_metric_gaps_pkey PRIMARY KEY (run_pk, from_at);
 
 ALTER TABLE ONLY public.run_transitions
     ADD CONSTRAINT run_transitions_pkey PRIMARY KEY (id);
@@ -826,9 +853,15 @@ CREATE INDEX metric_points_series ON public.metric_points USING btree (run_pk, k
 
 CREATE INDEX metric_points_time_idx ON public.metric_points USING btree ("time" DESC);
 
+CREATE INDEX nonfinite_points_key_time ON public.nonfinite_points USING btree (key_id, "time");
+
+CREATE INDEX nonfinite_points_xid ON public.nonfinite_points USING btree (xid);
+
 CREATE INDEX run_transitions_run ON public.run_transitions USING btree (run_pk, at);
 
 CREATE INDEX runs_project_created ON public.runs USING btree (project_id, created_at DESC);
+
+CREATE INDEX runs_running ON public.runs USING btree (project_id, COALESCE(last_metric_at, created_at)) WHERE (state = 'running'::text);
 
 CREATE INDEX series_batches_key_xid ON public.series_batches USING btree (key_id, xid);
 
@@ -924,6 +957,12 @@ ALTER TABLE ONLY public.events
 ALTER TABLE ONLY public.ingest_batches
     ADD CONSTRAINT ingest_batches_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY public.nonfinite_points
+    ADD CONSTRAINT nonfinite_points_key_id_fkey FOREIGN KEY (key_id) REFERENCES public.metric_keys(id);
+
+ALTER TABLE ONLY public.nonfinite_points
+    ADD CONSTRAINT nonfinite_points_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.registry_aliases
     ADD CONSTRAINT registry_aliases_link_id_fkey FOREIGN KEY (link_id) REFERENCES public.registry_links(id) ON DELETE CASCADE;
 
@@ -938,6 +977,9 @@ ALTER TABLE ONLY public.registry_links
 
 ALTER TABLE ONLY public.registry_links
     ADD CONSTRAINT registry_links_version_id_fkey FOREIGN KEY (version_id) REFERENCES public.artifact_versions(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.run_metric_gaps
+    ADD CONSTRAINT run_metric_gaps_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.run_transitions
     ADD CONSTRAINT run_transitions_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;

@@ -20,7 +20,7 @@ SNAPSHOTS = Path(__file__).parent / "snapshots"
 # The production path: the metric rules of one metric are compiled into one query. These
 # share a metric and differ in everything else: thresholds above and below their bound and
 # one that fires on `!=`, changes (relative, absolute, in each direction), two scopes, a run
-# filter, a cooldown; rules of one class (same segments, same test) share a sorted key array.
+# filter, a cooldown, z-scores; rules of one class (same segments, same test) share a sorted key array.
 GROUP = """
 name: loss-high
 scope: {project: acme/vision}
@@ -57,6 +57,16 @@ action: {type: no_op}
 name: loss-moves
 scope: {project: acme/vision}
 event: {type: run_metric_change, metric: loss, current_window: 2, prior_window: 3, aggregation: max, change: absolute, direction: any, amount: 0.1}
+action: {type: no_op}
+---
+name: loss-spike
+scope: {project: acme/vision}
+event: {type: run_metric_zscore, metric: loss}
+action: {type: no_op}
+---
+name: loss-jump
+scope: {project: acme/vision}
+event: {type: run_metric_zscore, metric: loss, window: 10, threshold: 2.5, direction: increase}
 action: {type: no_op}
 """
 
@@ -100,6 +110,13 @@ scope: {project: acme/vision}
 event: {type: artifact_tag_added, tag_regex: "^europe"}
 action: {type: no_op}
 """,
+    "run_metric_nonfinite": """
+name: loss-nan
+scope: {project: acme/vision}
+event: {type: run_metric_nonfinite, metric: loss, values: [nan]}
+run_filter: {name_regex: "^sweep-"}
+action: {type: no_op}
+""",
     "registry_version_linked": """
 name: model-linked
 scope: {registry: model}
@@ -136,9 +153,29 @@ def test_a_metric_groups_rules_are_matched_by_class() -> None:
         if f"class_{c}_rules" in params
     }
     # >, >= on avg(5): one class, keys 2 and 10; <= on avg(5): the negated bound; != fires
-    # at every value; the two relative decreases share one class; the absolute change its own
-    assert classes == {(1, 3): [2.0, 10.0], (2,): [-0.1], (4,): [-math.inf], (5, 6): [0.25, 0.5], (7,): [0.1]}
-    assert params["project"] == ["vision", "vision", "other", "vision", "vision", "vision", "vision"]
+    # at every value; the two relative decreases share one class; the absolute change its own;
+    # each z-score its own (its own reference window, and |z| or z)
+    assert classes == {
+        (1, 3): [2.0, 10.0],
+        (2,): [-0.1],
+        (4,): [-math.inf],
+        (5, 6): [0.25, 0.5],
+        (7,): [0.1],
+        (8,): [3.0],
+        (9,): [2.5],
+    }
+    assert params["project"] == [
+        "vision",
+        "vision",
+        "other",
+        "vision",
+        "vision",
+        "vision",
+        "vision",
+        "vision",
+        "vision",
+    ]
+    assert params["zscore"] == [False] * 7 + [True, True]
 
 
 @pytest.mark.parametrize("name", sorted(RULES))

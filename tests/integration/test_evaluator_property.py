@@ -1,6 +1,8 @@
 """Property: for random series, rules, flush points and tick schedules, the triggers of live
 evaluation equal those of the backtest and those of the plain-Python reference of the SPEC
-(tests/reference.py). Whatever the interval, a qualifying value fires exactly once."""
+(tests/reference.py). Whatever the interval, a qualifying value fires exactly once. The rules
+are threshold, change, z-score and non-finite rules on one metric, whose values mix NaN and
+infinities in."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from engine.settings import get_settings
 from tests import reference
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
-VALUES = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, -1.0, math.nan, math.inf])
+VALUES = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, -1.0, math.nan, math.inf, -math.inf])
 _counter = itertools.count()
 
 threshold_rules = st.fixed_dictionaries(
@@ -43,6 +45,22 @@ change_rules = st.fixed_dictionaries(
         "amount": st.sampled_from([0.1, 0.25, 0.5, 1.0]),
     }
 )
+# windows up to 9: longer than the test's tail (8), so the hypertable is read too; thresholds
+# that small windows of these values reach exactly (window [0, 1], value 1: z = 1)
+zscore_rules = st.fixed_dictionaries(
+    {
+        "type": st.just("run_metric_zscore"),
+        "window": st.integers(2, 9),
+        "threshold": st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]),
+        "direction": st.sampled_from(["increase", "decrease", "any"]),
+    }
+)
+nonfinite_rules = st.fixed_dictionaries(
+    {
+        "type": st.just("run_metric_nonfinite"),
+        "values": st.lists(st.sampled_from(["nan", "inf", "-inf"]), min_size=1, max_size=3, unique=True),
+    }
+)
 # a run: values, the minute offset of each value's time (may go backwards), flush points
 runs = st.lists(
     st.tuples(VALUES, st.integers(-30, 120), st.booleans(), st.booleans()), min_size=0, max_size=40
@@ -56,6 +74,10 @@ def _yaml(name: str, metric: str, event: dict, cooldown: str) -> str:
 
 
 def _holds(event: dict):
+    if event["type"] == "run_metric_zscore":
+        return lambda finite, i: reference.zscore_holds(
+            finite, i, event["window"], event["threshold"], event["direction"]
+        )
     if event["type"] == "run_metric_threshold":
         return lambda finite, i: reference.threshold_holds(
             finite, i, event["window"], event["aggregation"], event["operator"], event["threshold"]
@@ -86,7 +108,9 @@ def small_tail(monkeypatch, database_url):
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    events=st.lists(st.one_of(threshold_rules, change_rules), min_size=1, max_size=3),
+    events=st.lists(
+        st.one_of(threshold_rules, change_rules, zscore_rules, nonfinite_rules), min_size=1, max_size=3
+    ),
     series=st.lists(runs, min_size=1, max_size=3),
     cooldown=st.sampled_from(["1m", "10m", "24h"]),
 )
@@ -102,6 +126,7 @@ def test_live_equals_backtest_equals_reference(conn, small_tail, events, series,
     apply_rules(conn, automations)
     evaluator = Evaluator(small_tail)
 
+    # (run id, step): the steps are the values' indices, so a step names one value
     expected: dict[str, set[tuple[str, int]]] = {a.name: set() for a in automations}
     opened = [
         engine.init(project="acme/prop", name=f"r{n}-{i}", system_metrics_interval=0)
@@ -119,9 +144,14 @@ def test_live_equals_backtest_equals_reference(conn, small_tail, events, series,
                     opened[i].flush()
                 if tick:
                     assert not evaluator.tick().failed
+            finite = [p for p in points if math.isfinite(p.value)]
             for automation, event in zip(automations, events):
-                fired = reference.fire_indices(points, _holds(event), automation.cooldown)
-                expected[automation.name] |= {(opened[i].id, index + 1) for index in fired}
+                if event["type"] == "run_metric_nonfinite":
+                    steps = reference.nonfinite_fire_steps(points, event["values"], automation.cooldown)
+                else:
+                    fired = reference.fire_indices(points, _holds(event), automation.cooldown)
+                    steps = [finite[index].step for index in fired]
+                expected[automation.name] |= {(opened[i].id, step) for step in steps}
         for run in opened:
             run.flush()
         assert not evaluator.tick().failed
@@ -132,17 +162,13 @@ def test_live_equals_backtest_equals_reference(conn, small_tail, events, series,
 
     pk_to_id = dict(conn.execute("SELECT id, run_id FROM runs"))
     for automation in automations:
-        live = {
-            (run_id, int(cause.rsplit(":", 1)[1]))
-            for run_id, cause in conn.execute(
-                "SELECT r.run_id, t.cause FROM triggers t JOIN runs r ON r.id = t.run_pk "
-                "JOIN automations a ON a.id = t.automation_id WHERE a.name = %s",
-                (automation.name,),
-            )
-        }
-        replay = {
-            (pk_to_id[f.run_pk], int(f.cause.rsplit(":", 1)[1]))
-            for f in backtest(conn, automation, T0 - timedelta(days=1))
-        }
+        live_rows = conn.execute(
+            "SELECT r.run_id, t.step, t.cause FROM triggers t JOIN runs r ON r.id = t.run_pk "
+            "JOIN automations a ON a.id = t.automation_id WHERE a.name = %s",
+            (automation.name,),
+        ).fetchall()
+        live = {(run_id, step) for run_id, step, _ in live_rows}
+        assert len(live) == len({cause for _, _, cause in live_rows}) == len(live_rows)  # exactly once
+        replay = {(pk_to_id[f.run_pk], f.step) for f in backtest(conn, automation, T0 - timedelta(days=1))}
         assert live == expected[automation.name], automation.name
         assert replay == expected[automation.name], automation.name

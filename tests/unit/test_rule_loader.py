@@ -46,6 +46,7 @@ def test_example_rules_are_valid():
     assert names == {
         "accuracy-above-0.6", "loss-down-25pct", "run-failed", "cpu-above-90",
         "production-alias", "europe-tag", "model-registry-link", "dataset-latest",
+        "loss-spike-zscore", "loss-nan", "run-stalled",
     }  # fmt: skip
     assert all(rule.line >= 1 and rule.file.endswith(".yaml") for rule in loaded)
     assert [w for rule in loaded for w in lint(rule.automation)] == []
@@ -98,7 +99,8 @@ def test_bad_operator_and_unknown_event_type():
     assert issues_of(text) == ["rules/x.yaml:7: event.operator: must be '>', '>=', '<', '<=', '==' or '!='"]
     assert issues_of(with_event("type: run_metrik\n")) == [
         "rules/x.yaml:5: event.type: unknown type 'run_metrik': must be one of 'run_metric_threshold', "
-        "'run_metric_change', 'run_state', 'artifact_version_created', 'artifact_alias_added', "
+        "'run_metric_change', 'run_metric_zscore', 'run_metric_nonfinite', 'run_state', 'run_stalled', "
+        "'artifact_version_created', 'artifact_alias_added', "
         "'artifact_tag_added', 'registry_version_linked'"
     ]
 

@@ -86,8 +86,12 @@ def test_event_class_metadata():
     assert {cls.wandb_name for cls in EVENT_CLASSES} == {
         "RUN_METRIC", "RUN_METRIC_CHANGE", "RUN_STATE", "CREATE_ARTIFACT",
         "ADD_ARTIFACT_ALIAS", "ADD_ARTIFACT_TAG", "LINK_ARTIFACT",
+        "RUN_METRIC_ZSCORE", "RUN_METRIC_NONFINITE", "RUN_STALLED",
     }  # fmt: skip
-    assert {"run_metric_threshold", "run_metric_change", "run_state"} == RUN_EVENT_TYPES
+    assert {
+        "run_metric_threshold", "run_metric_change", "run_state", "run_metric_zscore", "run_metric_nonfinite",
+        "run_stalled",
+    } == RUN_EVENT_TYPES  # fmt: skip
     assert RunState.is_run_event and not ArtifactAliasAdded.is_run_event
 
 

@@ -11,13 +11,19 @@ from engine.rules.events.artifact_tag_added import ArtifactTagAdded
 from engine.rules.events.artifact_version_created import ArtifactVersionCreated
 from engine.rules.events.registry_version_linked import RegistryVersionLinked
 from engine.rules.events.run_metric_change import RunMetricChange
+from engine.rules.events.run_metric_nonfinite import RunMetricNonfinite
 from engine.rules.events.run_metric_threshold import RunMetricThreshold
+from engine.rules.events.run_metric_zscore import RunMetricZscore
+from engine.rules.events.run_stalled import RunStalled
 from engine.rules.events.run_state import RunState
 
 EventModel = (
     RunMetricThreshold
     | RunMetricChange
+    | RunMetricZscore
+    | RunMetricNonfinite
     | RunState
+    | RunStalled
     | ArtifactVersionCreated
     | ArtifactAliasAdded
     | ArtifactTagAdded
@@ -32,7 +38,9 @@ EVENT_TYPES: tuple[str, ...] = tuple(
 RUN_EVENT_TYPES = frozenset(t for t, cls in zip(EVENT_TYPES, EVENT_CLASSES) if cls.is_run_event)
 # Events about artifact collections: the only ones a scope's `collection`/`collection_regex` narrows.
 ARTIFACT_EVENT_TYPES = frozenset(EVENT_TYPES) - RUN_EVENT_TYPES
-METRIC_EVENT_TYPES = frozenset({"run_metric_threshold", "run_metric_change"})
+METRIC_EVENT_TYPES = frozenset(
+    {"run_metric_threshold", "run_metric_change", "run_metric_zscore", "run_metric_nonfinite"}
+)
 
 __all__ = [
     "ARTIFACT_EVENT_TYPES",
@@ -47,6 +55,9 @@ __all__ = [
     "EventModel",
     "RegistryVersionLinked",
     "RunMetricChange",
+    "RunMetricNonfinite",
     "RunMetricThreshold",
+    "RunMetricZscore",
+    "RunStalled",
     "RunState",
 ]

@@ -33,7 +33,7 @@ SELECT set_config('plan_cache_mode', 'force_generic_plan', false), set_config('j
 -- name: activity
 -- What was written in [from_xid, to_xid), to skip automations with nothing new: per metric
 -- the newest write and how many series were written to (to share the work out among
--- connections), per event type the newest event.
+-- connections), per event type the newest event, per metric the newest non-finite value.
 SELECT 'metric' AS kind, k.key AS name, max(b.xid)::text AS newest, count(DISTINCT b.run_pk) AS series
 FROM series_batches b
 JOIN metric_keys k ON k.id = b.key_id
@@ -43,7 +43,13 @@ UNION ALL
 SELECT 'event', e.type, max(e.xid)::text, 0
 FROM events e
 WHERE e.xid >= %(from_xid)s::xid8 AND e.xid < %(to_xid)s::xid8
-GROUP BY e.type;
+GROUP BY e.type
+UNION ALL
+SELECT 'nonfinite', k.key, max(n.xid)::text, 0
+FROM nonfinite_points n
+JOIN metric_keys k ON k.id = n.key_id
+WHERE n.xid >= %(from_xid)s::xid8 AND n.xid < %(to_xid)s::xid8
+GROUP BY k.key;
 
 -- name: lock_states
 -- One evaluator at a time per automation; another service skips those it holds for this tick.
@@ -223,3 +229,7 @@ WHERE xid < least(
 
 -- name: run_labels
 SELECT r.id, r.run_id, r.name FROM runs r WHERE r.id = ANY(%(run_pks)s);
+
+-- name: database_now
+-- The database's clock: what stall rules measure against (the runs' stamps are on it).
+SELECT now() AS now;

@@ -36,3 +36,23 @@ FROM up JOIN series USING (key_id, run_pk);
 -- name: notify_ingest
 -- One NOTIFY per flushed batch (NOTIFY takes a global lock at commit: never one per point).
 SELECT pg_notify('engine_ingest', %(payload)s);
+
+-- name: insert_nonfinite
+-- The flush's non-finite values (NaN, ±Infinity), rare, as parallel arrays: kept apart from
+-- the series' tails for the rules on them (migration 0013).
+INSERT INTO nonfinite_points (run_pk, key_id, seq, step, "time", value)
+SELECT * FROM unnest(%(run_pks)s::bigint[], %(key_ids)s::integer[], %(seqs)s::bigint[], %(steps)s::bigint[],
+                     %(times)s::timestamptz[], %(values)s::double precision[]);
+
+-- name: note_metric_ingest
+-- The runs of a flush with metric values (not system metrics): their last metric value is
+-- now, on the database's clock; a pause of at least a minute since the one before (or since
+-- the run's start) is recorded in run_metric_gaps, for stall rules' backtests.
+WITH before AS (
+    SELECT id, coalesce(last_metric_at, created_at) AS since FROM runs WHERE id = ANY(%(run_pks)s::bigint[])
+), stamped AS (
+    UPDATE runs AS r SET last_metric_at = now() FROM before AS b WHERE r.id = b.id RETURNING r.id, b.since
+)
+INSERT INTO run_metric_gaps (run_pk, from_at, to_at)
+SELECT id, since, now() FROM stamped WHERE since <= now() - interval '1 minute'
+ON CONFLICT DO NOTHING;

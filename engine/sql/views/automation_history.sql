@@ -13,7 +13,10 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT CASE rule_type
     WHEN 'run_metric_threshold' THEN 'RUN_METRIC'
     WHEN 'run_metric_change' THEN 'RUN_METRIC_CHANGE'
+    WHEN 'run_metric_zscore' THEN 'RUN_METRIC_ZSCORE'
+    WHEN 'run_metric_nonfinite' THEN 'RUN_METRIC_NONFINITE'
     WHEN 'run_state' THEN 'RUN_STATE'
+    WHEN 'run_stalled' THEN 'RUN_STALLED'
     WHEN 'artifact_version_created' THEN 'CREATE_ARTIFACT'
     WHEN 'artifact_alias_added' THEN 'ADD_ARTIFACT_ALIAS'
     WHEN 'artifact_tag_added' THEN 'ADD_ARTIFACT_TAG'

@@ -137,6 +137,28 @@ WITH scopes AS MATERIALIZED (
         ) / NULLIF(ABS(a.aggregates[4]), 0)
       ) >= %(class_4_min)s
       OR ABS(a.aggregates[5] - a.aggregates[6]) >= %(class_5_min)s
+      OR ABS(
+        CASE
+          WHEN a.aggregates[9] > 0
+          THEN -a.aggregates[7] / NULLIF(
+            SQRT(
+              GREATEST(%(segment_7_to)s * a.aggregates[8] - a.aggregates[7] * a.aggregates[7], 0)
+            ),
+            0
+          )
+        END
+      ) >= %(class_6_min)s
+      OR (
+        CASE
+          WHEN a.aggregates[12] > 0
+          THEN -a.aggregates[10] / NULLIF(
+            SQRT(
+              GREATEST(%(segment_10_to)s * a.aggregates[11] - a.aggregates[10] * a.aggregates[10], 0)
+            ),
+            0
+          )
+        END
+      ) >= %(class_7_min)s
       THEN (
         CAST(%(class_1_rules)s AS INT[])
       )[1:WIDTH_BUCKET((
@@ -163,6 +185,36 @@ WITH scopes AS MATERIALIZED (
       )[1:WIDTH_BUCKET(
         ABS(a.aggregates[5] - a.aggregates[6]),
         CAST(%(class_5_keys)s AS DOUBLE PRECISION[])
+      )] || (
+        CAST(%(class_6_rules)s AS INT[])
+      )[1:WIDTH_BUCKET(
+        ABS(
+          CASE
+            WHEN a.aggregates[9] > 0
+            THEN -a.aggregates[7] / NULLIF(
+              SQRT(
+                GREATEST(%(segment_7_to)s * a.aggregates[8] - a.aggregates[7] * a.aggregates[7], 0)
+              ),
+              0
+            )
+          END
+        ),
+        CAST(%(class_6_keys)s AS DOUBLE PRECISION[])
+      )] || (
+        CAST(%(class_7_rules)s AS INT[])
+      )[1:WIDTH_BUCKET(
+        (
+          CASE
+            WHEN a.aggregates[12] > 0
+            THEN -a.aggregates[10] / NULLIF(
+              SQRT(
+                GREATEST(%(segment_10_to)s * a.aggregates[11] - a.aggregates[10] * a.aggregates[10], 0)
+              ),
+              0
+            )
+          END
+        ),
+        CAST(%(class_7_keys)s AS DOUBLE PRECISION[])
       )]
     END AS candidates
   FROM points AS p
@@ -180,7 +232,27 @@ WITH scopes AS MATERIALIZED (
         MAX(w.v) FILTER(WHERE
           w.back <= %(segment_5_to)s),
         MAX(w.v) FILTER(WHERE
-          w.back BETWEEN %(segment_6_from)s AND %(segment_6_to)s)
+          w.back BETWEEN %(segment_6_from)s AND %(segment_6_to)s),
+        SUM(w.v - p.vals[p.i]) FILTER(WHERE
+          w.back BETWEEN %(segment_7_from)s AND %(segment_7_to)s),
+        SUM((
+          w.v - p.vals[p.i]
+        ) * (
+          w.v - p.vals[p.i]
+        )) FILTER(WHERE
+          w.back BETWEEN %(segment_8_from)s AND %(segment_8_to)s),
+        MAX(ABS(w.v - p.vals[p.i - 1])) FILTER(WHERE
+          w.back BETWEEN %(segment_9_from)s AND %(segment_9_to)s),
+        SUM(w.v - p.vals[p.i]) FILTER(WHERE
+          w.back BETWEEN %(segment_10_from)s AND %(segment_10_to)s),
+        SUM((
+          w.v - p.vals[p.i]
+        ) * (
+          w.v - p.vals[p.i]
+        )) FILTER(WHERE
+          w.back BETWEEN %(segment_11_from)s AND %(segment_11_to)s),
+        MAX(ABS(w.v - p.vals[p.i - 1])) FILTER(WHERE
+          w.back BETWEEN %(segment_12_from)s AND %(segment_12_to)s)
       ] AS aggregates
     FROM (
       SELECT
@@ -245,6 +317,9 @@ CROSS JOIN LATERAL (
       CAST(%(bound)s AS DOUBLE PRECISION[])
     )[k.rule] AS bound,
     (
+      CAST(%(zscore)s AS BOOLEAN[])
+    )[k.rule] AS zscore,
+    (
       CAST(%(automation_id)s AS BIGINT[])
     )[k.rule] AS automation_id,
     (
@@ -254,9 +329,43 @@ CROSS JOIN LATERAL (
 ) AS ru
 CROSS JOIN LATERAL (
   SELECT
-    c.aggregates[ru.current_segment] AS current_aggregate,
-    c.aggregates[ru.prior_segment] AS prior_aggregate,
     CASE
+      WHEN ru.zscore
+      THEN c.vals[c.i] + c.aggregates[ru.current_segment] / (
+        ru.span - 1
+      )
+      ELSE c.aggregates[ru.current_segment]
+    END AS current_aggregate,
+    CASE
+      WHEN ru.zscore
+      THEN SQRT(
+        GREATEST(
+          (
+            ru.span - 1
+          ) * c.aggregates[ru.current_segment + 1] - c.aggregates[ru.current_segment] * c.aggregates[ru.current_segment],
+          0
+        )
+      ) / (
+        ru.span - 1
+      )
+      ELSE c.aggregates[ru.prior_segment]
+    END AS prior_aggregate,
+    CASE
+      WHEN ru.zscore
+      THEN CASE
+        WHEN c.aggregates[ru.current_segment + 2] > 0
+        THEN -c.aggregates[ru.current_segment] / NULLIF(
+          SQRT(
+            GREATEST(
+              (
+                ru.span - 1
+              ) * c.aggregates[ru.current_segment + 1] - c.aggregates[ru.current_segment] * c.aggregates[ru.current_segment],
+              0
+            )
+          ),
+          0
+        )
+      END
       WHEN ru.prior_segment IS NULL
       THEN c.aggregates[ru.current_segment]
       WHEN ru.relative
