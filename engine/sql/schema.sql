@@ -14,6 +14,7 @@ SELECT EXISTS (
     WHERE p = '*'
        OR p = scope ->> 'project'
        OR p = split_part(scope ->> 'project', '/', 1) || '/*'
+       OR p = (scope ->> 'entity') || '/*'
        OR p = 'registry:' || (scope ->> 'registry')
        OR (p = 'registry:*' AND scope ->> 'registry' IS NOT NULL)
 )
@@ -124,6 +125,13 @@ CREATE TABLE public.artifact_aliases (
     version_id bigint NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT artifact_aliases_alias_check CHECK (((length(alias) >= 1) AND (length(alias) <= 256)))
+);
+
+CREATE TABLE public.artifact_collection_tags (
+    collection_id bigint NOT NULL,
+    tag text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT artifact_collection_tags_tag_check CHECK (((length(tag) >= 1) AND (length(tag) <= 256)))
 );
 
 CREATE TABLE public.artifact_collections (
@@ -427,7 +435,7 @@ CREATE TABLE public.events (
     registry_collection_id bigint,
     link_id bigint,
     details jsonb DEFAULT '{}'::jsonb NOT NULL,
-    CONSTRAINT events_type_check CHECK ((type = ANY (ARRAY['run_state'::text, 'artifact_version_created'::text, 'artifact_alias_added'::text, 'artifact_tag_added'::text, 'registry_version_linked'::text])))
+    CONSTRAINT events_type_check CHECK ((type = ANY (ARRAY['run_state'::text, 'artifact_version_created'::text, 'artifact_alias_added'::text, 'artifact_tag_added'::text, 'registry_version_linked'::text, 'run_alert'::text, 'artifact_tag_removed'::text, 'artifact_unlinked'::text, 'collection_tag_added'::text, 'collection_tag_removed'::text])))
 );
 
 CREATE SEQUENCE public.events_id_seq
@@ -503,6 +511,13 @@ CREATE TABLE public.registry_aliases (
     CONSTRAINT registry_aliases_alias_check CHECK (((length(alias) >= 1) AND (length(alias) <= 256)))
 );
 
+CREATE TABLE public.registry_collection_tags (
+    registry_collection_id bigint NOT NULL,
+    tag text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT registry_collection_tags_tag_check CHECK (((length(tag) >= 1) AND (length(tag) <= 256)))
+);
+
 CREATE TABLE public.registry_collections (
     id bigint NOT NULL,
     registry_id bigint NOT NULL,
@@ -527,7 +542,8 @@ CREATE TABLE public.registry_links (
     version_id bigint NOT NULL,
     version_index integer NOT NULL,
     author text,
-    linked_at timestamp with time zone DEFAULT now() NOT NULL
+    linked_at timestamp with time zone DEFAULT now() NOT NULL,
+    unlinked_at timestamp with time zone
 );
 
 CREATE SEQUENCE public.registry_links_id_seq
@@ -688,6 +704,9 @@ ALTER TABLE ONLY public.api_keys
 ALTER TABLE ONLY public.artifact_aliases
     ADD CONSTRAINT artifact_aliases_pkey PRIMARY KEY (collection_id, alias);
 
+ALTER TABLE ONLY public.artifact_collection_tags
+    ADD CONSTRAINT artifact_collection_tags_pkey PRIMARY KEY (collection_id, tag);
+
 ALTER TABLE ONLY public.artifact_collections
     ADD CONSTRAINT artifact_collections_pkey PRIMARY KEY (id);
 
@@ -760,6 +779,9 @@ ALTER TABLE ONLY public.registries
 ALTER TABLE ONLY public.registry_aliases
     ADD CONSTRAINT registry_aliases_pkey PRIMARY KEY (registry_collection_id, alias);
 
+ALTER TABLE ONLY public.registry_collection_tags
+    ADD CONSTRAINT registry_collection_tags_pkey PRIMARY KEY (registry_collection_id, tag);
+
 ALTER TABLE ONLY public.registry_collections
     ADD CONSTRAINT registry_collections_pkey PRIMARY KEY (id);
 
@@ -768,9 +790,6 @@ ALTER TABLE ONLY public.registry_collections
 
 ALTER TABLE ONLY public.registry_links
     ADD CONSTRAINT registry_links_pkey PRIMARY KEY (id);
-
-ALTER TABLE ONLY public.registry_links
-    ADD CONSTRAINT registry_links_registry_collection_id_version_id_key UNIQUE (registry_collection_id, version_id);
 
 ALTER TABLE ONLY public.registry_links
     ADD CONSTRAINT registry_links_registry_collection_id_version_index_key UNIQUE (registry_collection_id, version_index);
@@ -818,6 +837,8 @@ CREATE INDEX digests_action_open ON public.digests USING btree (automation_id, a
 
 CREATE INDEX digests_open ON public.digests USING btree (closes_at) WHERE (closed_at IS NULL);
 
+CREATE INDEX events_run_alerts ON public.events USING btree (run_pk, ((details ->> 'title'::text)), "time" DESC) WHERE (type = 'run_alert'::text);
+
 CREATE INDEX events_time ON public.events USING btree ("time" DESC);
 
 CREATE INDEX events_xid ON public.events USING btree (xid);
@@ -825,6 +846,8 @@ CREATE INDEX events_xid ON public.events USING btree (xid);
 CREATE INDEX metric_points_series ON public.metric_points USING btree (run_pk, key_id, seq DESC);
 
 CREATE INDEX metric_points_time_idx ON public.metric_points USING btree ("time" DESC);
+
+CREATE UNIQUE INDEX registry_links_active ON public.registry_links USING btree (registry_collection_id, version_id) WHERE (unlinked_at IS NULL);
 
 CREATE INDEX run_transitions_run ON public.run_transitions USING btree (run_pk, at);
 
@@ -854,6 +877,9 @@ ALTER TABLE ONLY public.artifact_aliases
 
 ALTER TABLE ONLY public.artifact_aliases
     ADD CONSTRAINT artifact_aliases_version_id_fkey FOREIGN KEY (version_id) REFERENCES public.artifact_versions(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.artifact_collection_tags
+    ADD CONSTRAINT artifact_collection_tags_collection_id_fkey FOREIGN KEY (collection_id) REFERENCES public.artifact_collections(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.artifact_collections
     ADD CONSTRAINT artifact_collections_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE CASCADE;
@@ -929,6 +955,9 @@ ALTER TABLE ONLY public.registry_aliases
 
 ALTER TABLE ONLY public.registry_aliases
     ADD CONSTRAINT registry_aliases_registry_collection_id_fkey FOREIGN KEY (registry_collection_id) REFERENCES public.registry_collections(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.registry_collection_tags
+    ADD CONSTRAINT registry_collection_tags_registry_collection_id_fkey FOREIGN KEY (registry_collection_id) REFERENCES public.registry_collections(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.registry_collections
     ADD CONSTRAINT registry_collections_registry_id_fkey FOREIGN KEY (registry_id) REFERENCES public.registries(id) ON DELETE CASCADE;

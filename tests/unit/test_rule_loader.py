@@ -99,7 +99,8 @@ def test_bad_operator_and_unknown_event_type():
     assert issues_of(with_event("type: run_metrik\n")) == [
         "rules/x.yaml:5: event.type: unknown type 'run_metrik': must be one of 'run_metric_threshold', "
         "'run_metric_change', 'run_state', 'artifact_version_created', 'artifact_alias_added', "
-        "'artifact_tag_added', 'registry_version_linked'"
+        "'artifact_tag_added', 'registry_version_linked', 'run_alert', 'artifact_tag_removed', "
+        "'artifact_unlinked', 'collection_tag_added', 'collection_tag_removed'"
     ]
 
 
@@ -145,7 +146,8 @@ def test_run_event_with_registry_scope():
     action: {type: no_op}
     """
     assert issues_of(text) == [
-        "rules/x.yaml:3: scope.registry: run_state events need a project scope (scope: {project: entity/project})"
+        "rules/x.yaml:3: scope.registry: run_state events need a project scope (scope: {project: entity/project}) "
+        "or an entity scope (scope: {entity: NAME})"
     ]
 
 

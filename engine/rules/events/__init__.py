@@ -8,8 +8,12 @@ from pydantic import Field
 
 from engine.rules.events.artifact_alias_added import ArtifactAliasAdded
 from engine.rules.events.artifact_tag_added import ArtifactTagAdded
+from engine.rules.events.artifact_tag_removed import ArtifactTagRemoved
+from engine.rules.events.artifact_unlinked import ArtifactUnlinked
 from engine.rules.events.artifact_version_created import ArtifactVersionCreated
+from engine.rules.events.collection_tag import CollectionTagAdded, CollectionTagRemoved
 from engine.rules.events.registry_version_linked import RegistryVersionLinked
+from engine.rules.events.run_alert import RunAlert
 from engine.rules.events.run_metric_change import RunMetricChange
 from engine.rules.events.run_metric_threshold import RunMetricThreshold
 from engine.rules.events.run_state import RunState
@@ -22,6 +26,11 @@ EventModel = (
     | ArtifactAliasAdded
     | ArtifactTagAdded
     | RegistryVersionLinked
+    | RunAlert
+    | ArtifactTagRemoved
+    | ArtifactUnlinked
+    | CollectionTagAdded
+    | CollectionTagRemoved
 )
 Event = Annotated[EventModel, Field(discriminator="type")]
 EVENT_CLASSES: tuple[type[EventModel], ...] = get_args(EventModel)
@@ -42,10 +51,15 @@ __all__ = [
     "RUN_EVENT_TYPES",
     "ArtifactAliasAdded",
     "ArtifactTagAdded",
+    "ArtifactTagRemoved",
+    "ArtifactUnlinked",
     "ArtifactVersionCreated",
+    "CollectionTagAdded",
+    "CollectionTagRemoved",
     "Event",
     "EventModel",
     "RegistryVersionLinked",
+    "RunAlert",
     "RunMetricChange",
     "RunMetricThreshold",
     "RunState",
