@@ -84,6 +84,11 @@ SELECT CASE rule_type
     WHEN 'artifact_alias_added' THEN 'ADD_ARTIFACT_ALIAS'
     WHEN 'artifact_tag_added' THEN 'ADD_ARTIFACT_TAG'
     WHEN 'registry_version_linked' THEN 'LINK_ARTIFACT'
+    WHEN 'run_alert' THEN 'RUN_ALERT'
+    WHEN 'artifact_tag_removed' THEN 'REMOVE_ARTIFACT_TAG'
+    WHEN 'artifact_unlinked' THEN 'UNLINK_ARTIFACT'
+    WHEN 'collection_tag_added' THEN 'ADD_COLLECTION_TAG'
+    WHEN 'collection_tag_removed' THEN 'REMOVE_COLLECTION_TAG'
     ELSE upper(rule_type)
 END
 $$;
