@@ -247,6 +247,23 @@ CREATE TABLE public.digests (
     CONSTRAINT digests_check1 CHECK (((closed_at IS NULL) = (delivery_id IS NULL)))
 );
 
+CREATE TABLE public.events (
+    id bigint NOT NULL,
+    xid xid8 DEFAULT pg_current_xact_id() NOT NULL,
+    "time" timestamp with time zone DEFAULT now() NOT NULL,
+    type text NOT NULL,
+    author text,
+    project_id bigint,
+    run_pk bigint,
+    collection_id bigint,
+    version_id bigint,
+    registry_id bigint,
+    registry_collection_id bigint,
+    link_id bigint,
+    details jsonb DEFAULT '{}'::jsonb NOT NULL,
+    CONSTRAINT events_type_check CHECK ((type = ANY (ARRAY['run_state'::text, 'artifact_version_created'::text, 'artifact_alias_added'::text, 'artifact_tag_added'::text, 'registry_version_linked'::text, 'run_alert'::text, 'artifact_tag_removed'::text, 'artifact_unlinked'::text, 'collection_tag_added'::text, 'collection_tag_removed'::text])))
+);
+
 CREATE TABLE public.projects (
     id bigint NOT NULL,
     entity public.entity_part NOT NULL,
@@ -332,13 +349,14 @@ CREATE VIEW public.automation_history AS
     d.last_error,
     a.deleted_at AS automation_deleted_at,
     t.event_type AS rule_type
-   FROM (((((((public.triggers t
+   FROM ((((((((public.triggers t
      JOIN public.automations a ON ((a.id = t.automation_id)))
      LEFT JOIN public.runs r ON ((r.id = t.run_pk)))
      LEFT JOIN public.artifact_versions av ON ((av.id = t.artifact_version_id)))
      LEFT JOIN public.artifact_collections ac ON ((ac.id = av.collection_id)))
      LEFT JOIN public.projects p2 ON ((p2.id = ac.project_id)))
-     LEFT JOIN public.projects p ON ((p.id = COALESCE(r.project_id, ac.project_id))))
+     LEFT JOIN public.events ev ON (((ev.id = t.event_id) AND (t.run_pk IS NULL) AND (av.id IS NULL))))
+     LEFT JOIN public.projects p ON ((p.id = COALESCE(r.project_id, ac.project_id, ev.project_id))))
      LEFT JOIN LATERAL ( SELECT x.action_index,
             x.action_type,
             x.status,
@@ -425,23 +443,6 @@ CREATE SEQUENCE public.digests_id_seq
     CACHE 1;
 
 ALTER SEQUENCE public.digests_id_seq OWNED BY public.digests.id;
-
-CREATE TABLE public.events (
-    id bigint NOT NULL,
-    xid xid8 DEFAULT pg_current_xact_id() NOT NULL,
-    "time" timestamp with time zone DEFAULT now() NOT NULL,
-    type text NOT NULL,
-    author text,
-    project_id bigint,
-    run_pk bigint,
-    collection_id bigint,
-    version_id bigint,
-    registry_id bigint,
-    registry_collection_id bigint,
-    link_id bigint,
-    details jsonb DEFAULT '{}'::jsonb NOT NULL,
-    CONSTRAINT events_type_check CHECK ((type = ANY (ARRAY['run_state'::text, 'artifact_version_created'::text, 'artifact_alias_added'::text, 'artifact_tag_added'::text, 'registry_version_linked'::text, 'run_alert'::text, 'artifact_tag_removed'::text, 'artifact_unlinked'::text, 'collection_tag_added'::text, 'collection_tag_removed'::text])))
-);
 
 CREATE SEQUENCE public.events_id_seq
     START WITH 1

@@ -58,14 +58,14 @@ def test_validate_example_rules(monkeypatch):
     monkeypatch.setenv("ENGINE_WEBHOOK_ALLOW_HOSTS", "127.0.0.1")
     result = engine("validate", "rules/")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 8 rules in 8 files"
+    assert result.stdout.strip() == "ok: 12 rules in 12 files"
     assert result.stderr == ""
 
 
 def test_validate_defaults_to_the_rules_folder():
     result = engine("validate")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 8 rules in 8 files"
+    assert result.stdout.strip() == "ok: 12 rules in 12 files"
 
 
 def test_validate_reports_every_error_with_file_and_line(tmp_path):

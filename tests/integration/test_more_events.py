@@ -247,6 +247,10 @@ def test_collection_tags_in_project_entity_and_registry_scopes(conn, database_ur
     assert (ctx["event_type"], ctx["artifact_collection_name"], ctx["registry_name"]) == (
         "REMOVE_COLLECTION_TAG", "resnet", "model",
     )  # fmt: skip
+    history = conn.execute(
+        "SELECT event_type, entity, project, tag FROM automation_history WHERE automation = 'golden'"
+    ).fetchall()
+    assert history == [("ADD_COLLECTION_TAG", "acme", "vision", "golden")]
     ctx = build_context(conn, triggers(conn, "golden")[0]["id"])
     assert (ctx["artifact_collection_name"], ctx["entity_name"], ctx["project_name"]) == (
         "mnist",

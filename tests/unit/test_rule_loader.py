@@ -46,6 +46,7 @@ def test_example_rules_are_valid():
     assert names == {
         "accuracy-above-0.6", "loss-down-25pct", "run-failed", "cpu-above-90",
         "production-alias", "europe-tag", "model-registry-link", "dataset-latest",
+        "training-alert", "europe-tag-removed", "registry-unlinked", "dataset-golden",
     }  # fmt: skip
     assert all(rule.line >= 1 and rule.file.endswith(".yaml") for rule in loaded)
     assert [w for rule in loaded for w in lint(rule.automation)] == []
