@@ -3,7 +3,9 @@ collections), or one registry."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Any
+
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from engine.rules.base import RuleModel, fail
 from engine.rules.fields import CollectionName, EntityName, ProjectPath, Regex, RegistryName
@@ -46,6 +48,15 @@ class Scope(RuleModel):
             )
         fail("Scope", problems)
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_entity(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when unset, so that a rule stored before entity scopes existed keeps its
+        # hash (`rules apply` does not see every rule as changed after an upgrade).
+        data = handler(self)
+        if data.get("entity") is None:
+            data.pop("entity", None)
+        return data
 
     @property
     def entity_name(self) -> str | None:

@@ -314,6 +314,13 @@ def test_new_event_defaults_and_scopes():
     assert rule(scope={"registry": "m"}, event={"type": "artifact_unlinked"}).event.alias_regex is None
 
 
+def test_a_scope_without_entity_dumps_as_before_entity_scopes_existed():
+    # the stored JSON (and so the rule's hash) of a project rule does not change on upgrade
+    assert "entity" not in Scope(project="acme/vision").model_dump(mode="json")
+    assert Scope(entity="acme").model_dump(mode="json")["entity"] == "acme"
+    assert Scope.model_validate(Scope(entity="acme").model_dump(mode="json")) == Scope(entity="acme")
+
+
 def test_scope_parts():
     scope = Scope(project="acme/vision")
     assert (scope.entity_name, scope.project_name) == ("acme", "vision")
