@@ -165,6 +165,10 @@ def compose(row: Mapping[str, Any], settings: Settings | None = None) -> dict[st
         ctx["artifact_version_index"] = number_text(index)
         for key, value in (row.get("metadata") or {}).items():
             ctx[METADATA_PREFIX + str(key)] = _text(value)
+    else:  # a collection's own event (its tags): no version
+        ctx["artifact_collection_name"] = (
+            row.get("registry_collection_name") or row.get("collection_name") or ""
+        )
     ctx["registry_name"] = row.get("registry_name") or ""
 
     authors = (
@@ -207,7 +211,7 @@ def sample_context(automation: Automation, settings: Settings | None = None) -> 
     the registry) and are `sample-…` otherwise; metric values sit on the threshold.
     """
     event, scope = automation.event, automation.scope
-    entity, _, project = (scope.project or "sample-entity/sample-project").partition("/")
+    entity, _, project = (scope.project or f"{scope.entity or 'sample-entity'}/sample-project").partition("/")
     row: dict[str, Any] = {
         "trigger_id": 0,
         "fired_at": clock.now(),
@@ -247,6 +251,9 @@ def sample_context(automation: Automation, settings: Settings | None = None) -> 
         row |= {"metric": event.metric, "step": 100, "value": float("nan")}
     elif isinstance(event, RunStalled):  # seconds without a metric value: the deadline
         row |= {"value": event.after_seconds}
+    elif event.type == "run_alert":
+        level = event.levels[0] if event.levels else "info"
+        row["details"] = {"alert_title": "sample alert", "alert_text": "sample text", "alert_level": level}
     elif not event.is_run_event:
         collection = scope.collection or "sample-collection"
         row |= {"version_id": 0, "version_index": 0, "collection_name": collection, "metadata": {}}
@@ -254,6 +261,8 @@ def sample_context(automation: Automation, settings: Settings | None = None) -> 
             row |= {"registry_name": scope.registry, "registry_collection_name": collection, "link_index": 0}
         if event.type == "artifact_alias_added":
             row["alias"] = "sample-alias"
-        if event.type == "artifact_tag_added":
+        if event.type in ("artifact_tag_added", "artifact_tag_removed"):
             row["tag"] = "sample-tag"
+        if event.type in ("collection_tag_added", "collection_tag_removed"):
+            row |= {"version_id": None, "tag": "sample-tag"}
     return compose(row, settings)

@@ -27,6 +27,11 @@ DEFAULT_MESSAGES = {
     "ADD_ARTIFACT_ALIAS": "Alias *${alias}* added to *${artifact_version_string}*.",
     "ADD_ARTIFACT_TAG": "Tag *${tag}* added to *${artifact_version_string}*.",
     "LINK_ARTIFACT": "*${artifact_version_string}* linked into registry *${registry_name}*.",
+    "RUN_ALERT": "Alert *${alert_title}* (${alert_level}) from run *${run_name}* in ${entity_name}/${project_name}: ${alert_text}",
+    "REMOVE_ARTIFACT_TAG": "Tag *${tag}* removed from *${artifact_version_string}*.",
+    "UNLINK_ARTIFACT": "*${artifact_version_string}* unlinked from registry *${registry_name}*.",
+    "ADD_COLLECTION_TAG": "Tag *${tag}* added to collection *${artifact_collection_name}*.",
+    "REMOVE_COLLECTION_TAG": "Tag *${tag}* removed from collection *${artifact_collection_name}*.",
 }
 _MARKUP = re.compile(r"[*`]")
 
@@ -61,6 +66,8 @@ def facts(ctx: Mapping[str, str]) -> list[tuple[str, str]]:
         ("Alias", ctx.get("alias", "")),
         ("Tag", ctx.get("tag", "")),
         ("Registry", ctx.get("registry_name", "")),
+        ("Alert", ctx.get("alert_title", "")),
+        ("Level", ctx.get("alert_level", "")),
     ]
     return [(label, value) for label, value in found if value]
 

@@ -98,12 +98,18 @@ def run_scope(
     select: exp.Select, automation: Automation, params: dict[str, Any], run_alias: str
 ) -> exp.Select:
     """Join the run, and apply the scope and the run filter. The project is looked up once
-    per query (a scalar subquery), not once per run."""
-    assert automation.scope.project is not None
-    entity, project = automation.scope.project.split("/", 1)
-    params["entity"], params["project"] = entity, project
+    per query (a scalar subquery), not once per run; an entity scope takes the entity's
+    projects as they are when the query runs (later projects included)."""
     select = select.join(exp.to_table("runs").as_("r"), on=col("id", "r").eq(col("run_pk", run_alias)))
-    select = select.where(col("project_id", "r").eq(project_id("pr").subquery()))
+    if automation.scope.project is None:
+        params["entity"] = automation.scope.entity
+        projects = exp.select(col("id", "pr")).from_(exp.to_table("projects").as_("pr"))
+        projects = projects.where(col("entity", "pr").eq(param("entity")))
+        select = select.where(col("project_id", "r").isin(query=projects))
+    else:
+        entity, project = automation.scope.project.split("/", 1)
+        params["entity"], params["project"] = entity, project
+        select = select.where(col("project_id", "r").eq(project_id("pr").subquery()))
     run_filter = automation.run_filter
     if run_filter is not None and run_filter.user is not None:
         params["run_user"] = run_filter.user

@@ -14,13 +14,18 @@ from typing import Any, Generic, Literal, TypeVar
 
 from sqlglot import exp
 
-from engine.compiler.base import col, matches, param, run_scope
+from engine.compiler.base import col, frag, matches, param, run_scope
 from engine.rules import (
     ArtifactAliasAdded,
     ArtifactTagAdded,
+    ArtifactTagRemoved,
+    ArtifactUnlinked,
     ArtifactVersionCreated,
     Automation,
+    CollectionTagAdded,
+    CollectionTagRemoved,
     RegistryVersionLinked,
+    RunAlert,
     RunMetricChange,
     RunMetricNonfinite,
     RunMetricThreshold,
@@ -117,7 +122,11 @@ def _alias(select: exp.Select, event: ArtifactAliasAdded, params: dict[str, Any]
     return select.where(matches(_details("alias"), param("alias_regex")))
 
 
-def _tag(select: exp.Select, event: ArtifactTagAdded, params: dict[str, Any]) -> exp.Select:
+def _tag(
+    select: exp.Select,
+    event: ArtifactTagAdded | ArtifactTagRemoved | CollectionTagAdded | CollectionTagRemoved,
+    params: dict[str, Any],
+) -> exp.Select:
     params["tag_regex"] = event.tag_regex
     return select.where(matches(_details("tag"), param("tag_regex")))
 
@@ -136,22 +145,50 @@ def _linked_alias(select: exp.Select, event: RegistryVersionLinked, params: dict
     return select.where(exp.Exists(this=aliases))
 
 
+def _alert(select: exp.Select, event: RunAlert, params: dict[str, Any]) -> exp.Select:
+    if event.title_regex is not None:
+        params["title_regex"] = event.title_regex
+        select = select.where(matches(_details("title"), param("title_regex")))
+    if event.levels is not None:
+        params["levels"] = list(event.levels)
+        select = select.where(
+            _details("level").eq(exp.Any(this=exp.paren(exp.cast(param("levels"), "TEXT[]"))))
+        )
+    return select
+
+
+def _unlinked_alias(select: exp.Select, event: ArtifactUnlinked, params: dict[str, Any]) -> exp.Select:
+    if event.alias_regex is None:
+        return select
+    # the aliases the link held when it was unlinked (they went with it): in the event
+    params["alias_regex"] = event.alias_regex
+    return select.where(
+        frag(
+            "EXISTS (SELECT 1 FROM JSONB_ARRAY_ELEMENTS_TEXT(e.details -> 'aliases') AS held(alias) "
+            "WHERE held.alias ~ %(alias_regex)s)"
+        )
+    )
+
+
 def _run_scope(select: exp.Select, automation: Automation, params: dict[str, Any]) -> exp.Select:
     return run_scope(select, automation, params, "e")
 
 
 def _collection_scope(select: exp.Select, automation: Automation, params: dict[str, Any]) -> exp.Select:
-    """A project's own collections (not registry-side alias moves), or a registry's."""
+    """A project's own collections (not registry-side alias moves), an entity's projects',
+    or a registry's."""
     scope = automation.scope
-    if scope.project is not None:
-        entity, project = scope.project.split("/", 1)
-        params["entity"], params["project"] = entity, project
-        select = (
-            select.join(exp.to_table("projects").as_("pr"), on=col("id", "pr").eq(col("project_id", "e")))
-            .where(col("entity", "pr").eq(param("entity")))
-            .where(col("name", "pr").eq(param("project")))
-            .where(col("registry_id", "e").is_(exp.null()))
-        )
+    if scope.registry is None:
+        select = select.join(
+            exp.to_table("projects").as_("pr"), on=col("id", "pr").eq(col("project_id", "e"))
+        ).where(col("entity", "pr").eq(param("entity")))
+        if scope.project is not None:
+            entity, project = scope.project.split("/", 1)
+            params["entity"], params["project"] = entity, project
+            select = select.where(col("name", "pr").eq(param("project")))
+        else:
+            params["entity"] = scope.entity
+        select = select.where(col("registry_id", "e").is_(exp.null()))
         if scope.collection is not None or scope.collection_regex is not None:
             select = select.join(
                 exp.to_table("artifact_collections").as_("ac"),
@@ -212,6 +249,11 @@ KINDS: dict[type[EventModel], Kind] = {
     ArtifactAliasAdded: EventKind(_alias, _collection_scope),
     ArtifactTagAdded: EventKind(_tag, _collection_scope),
     RegistryVersionLinked: EventKind(_linked_alias, _collection_scope),
+    RunAlert: EventKind(_alert, _run_scope),
+    ArtifactTagRemoved: EventKind(_tag, _collection_scope),
+    ArtifactUnlinked: EventKind(_unlinked_alias, _collection_scope),
+    CollectionTagAdded: EventKind(_tag, _collection_scope),
+    CollectionTagRemoved: EventKind(_tag, _collection_scope),
 }
 
 

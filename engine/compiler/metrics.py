@@ -38,7 +38,16 @@ from engine.compiler.base import (
     param,
 )
 from engine.compiler.kinds import MetricCondition, activity_key, metric_condition
-from engine.compiler.series import POINTS_OUT, SCOPES, pending, points, series, series_values, tail_values
+from engine.compiler.series import (
+    ENTITY_SCOPES,
+    POINTS_OUT,
+    SCOPES,
+    pending,
+    points,
+    series,
+    series_values,
+    tail_values,
+)
 from engine.rules import Automation
 
 
@@ -402,13 +411,13 @@ def _rule_params(automations: Sequence[Automation], ids: Sequence[int | None]) -
     }
     for automation, automation_id in zip(automations, ids):
         condition = metric_condition(automation)
-        assert automation.scope.project is not None
-        entity, project = automation.scope.project.split("/", 1)
+        # an entity scope: no project (its entity is matched through scope_entity)
+        entity, _, project = (automation.scope.project or f"{automation.scope.entity}/").partition("/")
         run_filter = automation.run_filter
         cooldown = automation.cooldown
         row = {
             "entity": entity,
-            "project": project,
+            "project": project or None,
             "run_user": run_filter.user if run_filter is not None else None,
             "run_name_regex": run_filter.name_regex if run_filter is not None else None,
             "span": condition.span,
@@ -476,12 +485,26 @@ def compile_metrics(
         .join(_reduce(segments, params), join_type="CROSS")
         .offset(0)
     )
+    rule_sql, condition_sql, scopes_sql, in_scope = _RULE, _CONDITION, SCOPES, "UNNEST(sc.project_ids)"
+    if any(a.scope.entity is not None for a in automations):
+        # an entity scope: the rule's entity, and a value's project must be one of it
+        params["scope_entity"] = [a.scope.entity for a in automations]
+        rule_sql = _RULE.replace(
+            "AS project_id,", "AS project_id, (CAST(%(scope_entity)s AS TEXT[]))[k.rule] AS scope_entity,", 1
+        )
+        condition_sql = _CONDITION.replace(
+            "ru.project_id = c.project_id",
+            "(ru.project_id = c.project_id OR c.project_id IN "
+            "(SELECT pe.id FROM projects AS pe WHERE pe.entity = ru.scope_entity))",
+            1,
+        )
+        scopes_sql, in_scope = ENTITY_SCOPES, "UNNEST(sc.in_scope)"
     final = (
         _output(mode)
-        .join(lateral(frag(_RULE), "ru"), join_type="CROSS")
+        .join(lateral(frag(rule_sql), "ru"), join_type="CROSS")
         .join(lateral(frag(_MATCH), "o"), join_type="CROSS")
         .join(lateral(frag(_TESTED), "t"), join_type="CROSS")
-        .where(frag(_CONDITION))
+        .where(frag(condition_sql))
     )
     if mode == "live":
         last = lateral(frag(_LAST_FIRED), "lf")
@@ -498,10 +521,10 @@ def compile_metrics(
         result = final.order_by(col("rule", "ru"), col("run_pk", "c"), col("pos", "c"))
         values = series_values(metric_table(metrics.pop()))
     query = (
-        result.with_("scopes", as_=frag(SCOPES), materialized=True)
+        result.with_("scopes", as_=frag(scopes_sql), materialized=True)
         .with_("pending", as_=pending(mode))
         # NOT MATERIALIZED: read twice in tails_only mode, and a copy of its arrays is not wanted
-        .with_("series", as_=series(), materialized=False if tails_only else None)
+        .with_("series", as_=series(in_scope), materialized=False if tails_only else None)
         .with_("vals", as_=values)
         .with_("points", as_=points())
         .with_("candidates", as_=candidates)

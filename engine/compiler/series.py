@@ -52,7 +52,19 @@ LEFT JOIN projects AS pr ON pr.entity = r.entity AND pr.name = r.project
 """
 
 
-def series() -> exp.Select:
+# With an entity-scoped rule in the group: its project is NULL and its entity in
+# %(scope_entity)s; `in_scope` adds every project of those entities, as they are now (a
+# project created after the rule included).
+ENTITY_SCOPES = """
+SELECT ARRAY_AGG(pr.id ORDER BY r.rule) AS project_ids,
+       ARRAY(SELECT pe.id FROM projects AS pe WHERE pe.entity = ANY(CAST(%(scope_entity)s AS TEXT[])))
+       || ARRAY_AGG(pr.id) AS in_scope
+FROM UNNEST(CAST(%(entity)s AS TEXT[]), CAST(%(project)s AS TEXT[])) WITH ORDINALITY AS r(entity, project, rule)
+LEFT JOIN projects AS pr ON pr.entity = r.entity AND pr.name = r.project
+"""
+
+
+def series(in_scope: str = "UNNEST(sc.project_ids)") -> exp.Select:
     """Pending series of runs in the project of some rule of the group, with what is needed
     to slice their tail: `base` is the position just before tail[1]; `need_from` the first
     position the longest window of the group needs. (The run filters are applied per rule,
@@ -79,7 +91,7 @@ def series() -> exp.Select:
         .from_(exp.to_table("pending").as_("p"))
         .join(exp.to_table("series_state").as_("s"), on=frag("s.key_id = p.key_id AND s.run_pk = p.run_pk"))
         .join(exp.to_table("runs").as_("r"), on=col("id", "r").eq(col("run_pk", "p")))
-        .where(frag("r.project_id IN (SELECT UNNEST(sc.project_ids) FROM scopes AS sc)"))
+        .where(frag(f"r.project_id IN (SELECT {in_scope} FROM scopes AS sc)"))
     )
 
 

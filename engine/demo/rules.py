@@ -41,6 +41,10 @@ EXPECTED: dict[str, Expectation] = {
     "production-alias": Expectation(1, "the best sweep model goes to production"),
     "model-registry-link": Expectation(1, "it is linked into the model registry"),
     "europe-tag": Expectation(1, "it is tagged europe-west (no_op: not sent)"),
+    "training-alert": Expectation(1, "resnet-bad-aug alerts once its loss is NaN (repeats dropped)"),
+    "europe-tag-removed": Expectation(1, "its europe-north tag is taken off again"),
+    "registry-unlinked": Expectation(1, "it leaves the registry's staging collection"),
+    "dataset-golden": Expectation(1, "the mnist collection is tagged golden"),
 }
 
 

@@ -144,9 +144,14 @@ class Scenario:
             self.phase = "4/4 mnist v1 becomes latest; best model promoted to production, linked, tagged"
             self._dataset("prepare-mnist-v2", rows=70_000)
             api = engine.Api(user="carol")
+            api.add_collection_tag(f"{self.project}/mnist", "golden")
             api.add_alias(best, "production")
+            staging = api.link_artifact(best, registry="model", collection="staging")
             api.link_artifact(best, registry="model", collection="vision-classifier")
+            api.unlink_artifact(staging)  # promoted: it leaves staging
             api.add_tag(best, "europe-west")
+            api.add_tag(best, "europe-north")
+            api.remove_tag(best, "europe-north")  # a region given by mistake
             self.phase = "waiting for the last triggers and deliveries"
         except BaseException as exc:  # shown by the command, which exits 1
             self.error = exc
@@ -272,6 +277,8 @@ class Scenario:
                 for step in range(40):
                     loss = 2.3 - 0.03 * step + abs(self._noise(0.02)) if step < 14 else float("nan")
                     self._log(run, view, {"loss": loss, "accuracy": 0.1 + 0.01 * step}, step)
+                    if loss != loss:  # NaN: raised at each step, sent once (wait_duration)
+                        run.alert("loss is NaN", f"step {step}: augmentation broke the loss", "error", 300)
                     if step == 15:
                         raise RuntimeError("CUDA error: illegal memory access")
                     time.sleep(0.08)

@@ -117,6 +117,8 @@ def event_firings(automation: Automation, rows: Iterable[dict[str, Any]]) -> Ite
                     for k, v in details.items()
                     if k in ("from", "to", "registry", "collection", "version_index")
                 },
+                # an alert's own words, as its template variables
+                **{f"alert_{k}": details[k] for k in ("title", "text", "level") if k in details},
             },
         )
 

@@ -158,6 +158,14 @@ def _event_lines(expl: Explanation) -> list[str]:
         out.append(f"tag: {expl.tag}")
     if event.type == "artifact_version_created" and d.get("collection_type"):
         out.append(f"collection type: {d['collection_type']}")
+    if event.type == "run_alert":
+        out.append(
+            f"alert: {d.get('title')} ({d.get('level')})" + (f": {d['text']}" if d.get("text") else "")
+        )
+    if event.type == "artifact_unlinked":
+        out.append("aliases it held: " + (", ".join(d.get("aliases") or []) or "none"))
+    if event.type in ("collection_tag_added", "collection_tag_removed") and not d.get("registry"):
+        out.append(f"collection: {d.get('collection')}")
     out.append(f"matched: {expl.condition}")
     return out
 

@@ -14,6 +14,10 @@ from engine.rules.fields import AutomationName, Text
 from engine.rules.run_filter import RunFilter
 from engine.rules.scope import Scope
 
+# Links happen in registries; versions are created and tagged in projects.
+REGISTRY_ONLY = frozenset({"registry_version_linked", "artifact_unlinked"})
+PROJECT_ONLY = frozenset({"artifact_version_created", "artifact_tag_added", "artifact_tag_removed"})
+
 # The parts of a rule that decide *what* fires; changing them restarts evaluation.
 CONDITION_FIELDS = ("scope", "event", "run_filter")
 
@@ -46,22 +50,23 @@ class Automation(RuleModel):
         problems: list[tuple[Loc, str]] = []
         kind = self.event.type
         if self.event.is_run_event:
-            if self.scope.project is None:
+            if self.scope.registry is not None:
                 problems.append(
                     (
                         ("scope", "registry"),
-                        f"{kind} events need a project scope (scope: {{project: entity/project}})",
+                        f"{kind} events need a project scope (scope: {{project: entity/project}}) "
+                        "or an entity scope (scope: {entity: NAME})",
                     )
                 )
         else:
-            if kind == "registry_version_linked" and self.scope.registry is None:
+            if kind in REGISTRY_ONLY and self.scope.registry is None:
                 problems.append(
                     (
-                        ("scope", "project"),
-                        "registry_version_linked needs a registry scope (scope: {registry: NAME})",
+                        ("scope", "project" if self.scope.project is not None else "entity"),
+                        f"{kind} needs a registry scope (scope: {{registry: NAME}})",
                     )
                 )
-            if kind in ("artifact_version_created", "artifact_tag_added") and self.scope.registry is not None:
+            if kind in PROJECT_ONLY and self.scope.registry is not None:
                 # versions are created and tagged in projects; a registry only links them
                 problems.append(
                     (

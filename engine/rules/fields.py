@@ -29,6 +29,12 @@ def _project(value: str) -> str:
     return value
 
 
+def _name_part(value: str) -> str:
+    if not NAME_PART.fullmatch(value):
+        raise rule_error("must be 1–128 characters: letters, digits, - _ .")
+    return value
+
+
 def _registry(value: str) -> str:
     if not NAME_PART.fullmatch(value):
         raise rule_error("must be 1–128 characters: letters, digits, - _ .")
@@ -76,6 +82,7 @@ def _env_name(value: str) -> str:
 AutomationName = Annotated[str, AfterValidator(_automation_name)]
 ProjectPath = Annotated[str, AfterValidator(_project)]
 RegistryName = Annotated[str, AfterValidator(_registry)]
+EntityName = Annotated[str, AfterValidator(_name_part)]
 CollectionName = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_control)]
 MetricName = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH), AfterValidator(_metric)

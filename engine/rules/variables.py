@@ -35,6 +35,9 @@ VARIABLES: tuple[str, ...] = (
     "artifact_version_string",
     "artifact_version_index",
     "registry_name",
+    "alert_title",
+    "alert_text",
+    "alert_level",
     "trigger_id",
     "fired_at",
     # a digest's delivery only (an action with `digest:`): the triggers it carries
@@ -67,6 +70,7 @@ _ARTIFACT = (
     "artifact_version_string",
     "artifact_version_index",
 )
+_COLLECTION = ("artifact_collection_name", "registry_name", "tag")  # a collection's own tags
 
 # Which variables apply to each event (keyed by the W&B name, i.e. `${event_type}`): they are
 # always present in the default payload, even when empty, so that receivers see one shape.
@@ -82,6 +86,11 @@ APPLIES: dict[str, tuple[str, ...]] = {
     "ADD_ARTIFACT_ALIAS": COMMON + _ARTIFACT + ("alias",),
     "ADD_ARTIFACT_TAG": COMMON + _ARTIFACT + ("tag",),
     "LINK_ARTIFACT": COMMON + _ARTIFACT + ("registry_name",),
+    "RUN_ALERT": COMMON + _RUN + ("alert_title", "alert_text", "alert_level"),
+    "REMOVE_ARTIFACT_TAG": COMMON + _ARTIFACT + ("tag",),
+    "UNLINK_ARTIFACT": COMMON + _ARTIFACT + ("registry_name",),
+    "ADD_COLLECTION_TAG": COMMON + _COLLECTION,
+    "REMOVE_COLLECTION_TAG": COMMON + _COLLECTION,
 }
 
 # Our event kinds (rules, triggers.event_type) -> W&B names (`${event_type}`).

@@ -1,9 +1,13 @@
-"""`engine.Api()`: changes made outside a run (aliases, tags, registry links, killing runs).
+"""`engine.Api()`: changes made outside a run (aliases, tags, registry links, collection tags,
+killing runs).
 
     api = engine.Api(user="alice")
     v = api.artifact_version("acme/vision", "mnist", "latest")
-    api.add_alias(v, "production"); api.add_tag(v, "europe")
+    api.add_alias(v, "production"); api.add_tag(v, "europe"); api.remove_tag(v, "europe")
     api.link_artifact(v, registry="model", collection="resnet")
+    api.unlink_artifact(v, registry="model", collection="resnet")
+    api.add_collection_tag("acme/vision/mnist", "golden")
+    api.add_collection_tag("resnet", "vision", registry="model")
     api.kill_run("acme/vision", "3kq9x2ab")
 
 Each call is one transaction that writes the change and its event(s).
@@ -68,6 +72,44 @@ class Api:
                 aliases=aliases,
                 author=self.user,
                 at=clock.now(),
+            )
+
+    def remove_tag(self, version: VersionRef, tag: str) -> bool:
+        """Take a tag off a version (of a RegistryLink: the linked version). False: it did
+        not have it."""
+        with sessions.using() as s, s.transaction() as conn:
+            v = version.version if isinstance(version, RegistryLink) else self._resolve(conn, version)
+            return artifacts.remove_tag(conn, v.id, tag, author=self.user, at=clock.now())
+
+    def unlink_artifact(
+        self, version: VersionRef, registry: str | None = None, collection: str | None = None
+    ) -> bool:
+        """Unlink a version from a registry collection: a RegistryLink names its own, any
+        other version needs `registry` and `collection`. False: it was not linked there."""
+        if isinstance(version, RegistryLink):
+            registry = registry or version.registry
+            collection = collection or version.collection
+        if registry is None or collection is None:
+            raise ValueError("unlink_artifact needs registry= and collection= (or a RegistryLink)")
+        with sessions.using() as s, s.transaction() as conn:
+            v = version.version if isinstance(version, RegistryLink) else self._resolve(conn, version)
+            return artifacts.unlink(
+                conn, v, registry=registry, collection=collection, author=self.user, at=clock.now()
+            )
+
+    def add_collection_tag(self, collection: str, tag: str, registry: str | None = None) -> bool:
+        """Tag a collection (not a version): `entity/project/name`, or with `registry` the
+        name of a collection in that registry. False: it had the tag."""
+        with sessions.using() as s, s.transaction() as conn:
+            return artifacts.tag_collection(
+                conn, collection, tag, registry=registry, add=True, author=self.user, at=clock.now()
+            )
+
+    def remove_collection_tag(self, collection: str, tag: str, registry: str | None = None) -> bool:
+        """Take a tag off a collection (as `add_collection_tag`). False: it did not have it."""
+        with sessions.using() as s, s.transaction() as conn:
+            return artifacts.tag_collection(
+                conn, collection, tag, registry=registry, add=False, author=self.user, at=clock.now()
             )
 
     @staticmethod

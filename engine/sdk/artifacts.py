@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from engine import clock
 from engine.db import one_row, query
 from engine.exceptions import NotFound
 from engine.sdk.validate import check_json_object, check_name, parse_project
@@ -195,13 +196,114 @@ def remove_alias(conn: psycopg.Connection, version_id: int, alias: str) -> bool:
     )
 
 
-def remove_tag(conn: psycopg.Connection, version_id: int, tag: str) -> bool:
-    """Take `tag` off the version. False: it did not have it."""
+def remove_tag(
+    conn: psycopg.Connection,
+    version_id: int,
+    tag: str,
+    *,
+    author: str | None = None,
+    at: datetime | None = None,
+    run_pk: int | None = None,
+) -> bool:
+    """Take `tag` off the version (an `artifact_tag_removed` event). False: it did not have it."""
     check_name("tag", tag)
-    return (
-        conn.execute(query("remove_artifact_tag"), {"version_id": version_id, "tag": tag}).fetchone()
-        is not None
-    )
+    params = {
+        "version_id": version_id,
+        "tag": tag,
+        "author": author,
+        "at": at or clock.now(),
+        "run_pk": run_pk,
+    }
+    return conn.execute(query("remove_artifact_tag"), params).fetchone() is not None
+
+
+def unlink(
+    conn: psycopg.Connection,
+    version: ArtifactVersion,
+    *,
+    registry: str,
+    collection: str,
+    author: str | None,
+    at: datetime,
+) -> bool:
+    """Unlink a version from `registry/collection` (an `artifact_unlinked` event recording
+    the aliases the link held; they go with it, and `latest` moves back to the newest link
+    left). Linking it again later makes a new link with the next index. False: it was not
+    linked there."""
+    check_name("registry name", registry, pattern=True)
+    check_name("registry collection", collection)
+    found = conn.execute(
+        query("registry_collection_by_name"), {"registry": registry, "collection": collection}
+    ).fetchone()
+    if found is None:
+        return False
+    rc_id = found[0]
+    row = conn.execute(
+        query("unlink"),
+        {"registry_collection_id": rc_id, "version_id": version.id, "author": author, "at": at},
+    ).fetchone()
+    if row is None:
+        return False
+    if LATEST in row[1]:
+        newest = conn.execute(query("newest_link"), {"registry_collection_id": rc_id}).fetchone()
+        if newest is not None:
+            set_registry_alias(conn, newest[0], LATEST, author=author, at=at)
+    return True
+
+
+def _collection_target(conn: psycopg.Connection, collection: str, registry: str | None) -> tuple[str, int]:
+    """(`artifact` or `registry`, id) of a collection: `entity/project/name`, or a registry
+    collection's name with `registry`. NotFound when it does not exist."""
+    if registry is not None:
+        check_name("registry name", registry, pattern=True)
+        check_name("registry collection", collection)
+        found = conn.execute(
+            query("registry_collection_by_name"), {"registry": registry, "collection": collection}
+        ).fetchone()
+        if found is None:
+            raise NotFound(f"no collection {collection!r} in registry {registry!r}")
+        return "registry", found[0]
+    project, slash, name = collection.rpartition("/")
+    if not slash:
+        raise ValueError(
+            f"collection {collection!r} must look like 'entity/project/name' (or give registry=)"
+        )
+    entity, project_name = parse_project(project)
+    check_name("artifact name", name)
+    found = conn.execute(
+        query("collection_by_name"), {"entity": entity, "project": project_name, "collection": name}
+    ).fetchone()
+    if found is None:
+        raise NotFound(f"no artifact collection {collection}")
+    return "artifact", found[0]
+
+
+_COLLECTION_TAG_QUERIES = {
+    ("artifact", True): "add_collection_tag",
+    ("artifact", False): "remove_collection_tag",
+    ("registry", True): "add_registry_collection_tag",
+    ("registry", False): "remove_registry_collection_tag",
+}
+
+
+def tag_collection(
+    conn: psycopg.Connection,
+    collection: str,
+    tag: str,
+    *,
+    registry: str | None = None,
+    add: bool,
+    author: str | None,
+    at: datetime,
+) -> bool:
+    """Add (`add`) or remove a tag of a collection (not of a version), with its
+    `collection_tag_added`/`collection_tag_removed` event. False: nothing changed."""
+    check_name("tag", tag)
+    where, collection_id = _collection_target(conn, collection, registry)
+    name = _COLLECTION_TAG_QUERIES[where, add]
+    key = "registry_collection_id" if where == "registry" else "collection_id"
+    params = {key: collection_id, "tag": tag, "author": author, "at": at}
+    return conn.execute(query(name), params).fetchone() is not None
 
 
 def link(

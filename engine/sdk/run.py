@@ -23,7 +23,7 @@ import threading
 import time as _time
 import warnings
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 from engine import clock
 from engine.db import is_transient, one_row, query
 from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, IngestError, NotFound
-from engine.sdk import artifacts
+from engine.sdk import alerts, artifacts
 from engine.sdk import session as sessions
 from engine.sdk.buffer import MAX_BATCH_POINTS, Stream
 from engine.sdk.system import SamplerThread
@@ -517,6 +517,23 @@ class Run:
                 author=self.user,
                 at=clock.now(),
             )
+
+    # -- alerts ---------------------------------------------------------------------------
+    def alert(
+        self,
+        title: str,
+        text: str = "",
+        level: str | Any = "info",
+        wait_duration: float | timedelta = 60,
+    ) -> bool:
+        """Raise an alert from training code (W&B's `run.alert`): a `run_alert` event that
+        `run_alert` rules route. `level`: info, warn or error (any case; W&B's AlertLevel
+        too). An alert whose title this run raised less than `wait_duration` (seconds or a
+        timedelta) before is dropped: False. Written at once, not buffered."""
+        params = alerts.check(title, text, level, wait_duration)
+        self._writer.ensure_open(self._stream)  # a run started during an outage: created first
+        with self._session.transaction() as conn:
+            return alerts.raise_alert(conn, self.pk, author=self.user, at=clock.now(), **params)
 
     # -- system metrics -------------------------------------------------------------------
     def _start_sampler(self, interval: float) -> None:

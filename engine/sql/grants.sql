@@ -9,7 +9,8 @@
 --                   automations, their state, triggers and deliveries; never the training data.
 --   engine_ingest   training nodes (the SDK): adds runs, their state changes, points, system
 --                   metrics, artifacts and registry links with their events. Reads the data
---                   tables only; no DELETE anywhere, nothing of the automations.
+--                   tables only; DELETE only of tags and aliases (each removal writes its
+--                   event), nothing of the automations.
 --   engine_reader   analysts, dashboards, `engine history|deliveries|explain|rules list`: SELECT.
 
 DO $$
@@ -58,6 +59,10 @@ GRANT UPDATE (entity) ON projects TO engine_ingest;
 GRANT UPDATE (name) ON artifact_collections, registries, registry_collections TO engine_ingest;
 GRANT UPDATE (version_id, updated_at) ON artifact_aliases TO engine_ingest;
 GRANT UPDATE (link_id, updated_at) ON registry_aliases TO engine_ingest;
+-- tag removal, unlinking (the link is marked, its aliases go) and collection tags
+GRANT SELECT, INSERT, DELETE ON artifact_collection_tags, registry_collection_tags TO engine_ingest;
+GRANT DELETE ON artifact_tags, artifact_aliases, registry_aliases TO engine_ingest;
+GRANT UPDATE (unlinked_at) ON registry_links TO engine_ingest;
 GRANT USAGE ON SEQUENCE ingest_batch_seq, projects_id_seq, runs_id_seq, run_transitions_id_seq, metric_keys_id_seq,
     series_batches_id_seq, events_id_seq, artifact_collections_id_seq, artifact_versions_id_seq, registries_id_seq,
     registry_collections_id_seq, registry_links_id_seq TO engine_ingest;

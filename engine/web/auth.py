@@ -192,6 +192,8 @@ def scope_place(scope: dict[str, Any]) -> Place:
     """The place of an automation's scope (its stored JSON or its model dumped)."""
     if scope.get("registry"):
         return Place("registry", scope["registry"])
+    if scope.get("entity"):  # every project of the entity: covered by `entity/*` (or `*`)
+        return Place("project", f"{scope['entity']}/*")
     return Place("project", scope["project"])
 
 

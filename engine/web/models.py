@@ -166,6 +166,23 @@ class LinkIn(Input):
     aliases: list[Annotated[str, Field(max_length=256)]] = Field([], description="Aliases besides `latest`.")
 
 
+class AlertIn(Input):
+    title: str = Field(
+        max_length=256, description="The alert's title (a repeat within wait_duration is dropped)."
+    )
+    text: str = Field("", max_length=10_000, description="Its text.")
+    level: Literal["info", "warn", "error", "INFO", "WARN", "ERROR"] = Field("info", description="Its level.")
+    wait_duration: float = Field(
+        60, ge=0, le=7 * 86400, description="Seconds in which an alert of the same title and run is dropped."
+    )
+
+
+class AlertOut(BaseModel):
+    sent: bool = Field(
+        description="False: dropped, the run raised this title less than wait_duration before."
+    )
+
+
 class LinkOut(BaseModel):
     id: int
     registry: str

@@ -58,14 +58,14 @@ def test_validate_example_rules(monkeypatch):
     monkeypatch.setenv("ENGINE_WEBHOOK_ALLOW_HOSTS", "127.0.0.1")
     result = engine("validate", "rules/")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 8 rules in 8 files"
+    assert result.stdout.strip() == "ok: 12 rules in 12 files"
     assert result.stderr == ""
 
 
 def test_validate_defaults_to_the_rules_folder():
     result = engine("validate")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 8 rules in 8 files"
+    assert result.stdout.strip() == "ok: 12 rules in 12 files"
 
 
 def test_validate_reports_every_error_with_file_and_line(tmp_path):
@@ -104,13 +104,14 @@ def test_apply_list_show_enable_disable_delete(database_url, tmp_path):
     first = engine("apply", "rules/")
     assert first.returncode == 0, first.stderr
     assert sorted(first.stdout.split()) == sorted(
-        ["created"] * 8
+        ["created"] * 12
         + ["accuracy-above-0.6", "loss-down-25pct", "run-failed", "cpu-above-90",
-           "production-alias", "europe-tag", "model-registry-link", "dataset-latest"]
+           "production-alias", "europe-tag", "model-registry-link", "dataset-latest",
+           "training-alert", "europe-tag-removed", "registry-unlinked", "dataset-golden"]
     )  # fmt: skip
     again = engine("apply", "rules/")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("unchanged") == 8
+    assert again.stdout.count("unchanged") == 12
 
     listed = engine("list")
     assert listed.returncode == 0, listed.stderr
@@ -147,7 +148,7 @@ def test_apply_list_show_enable_disable_delete(database_url, tmp_path):
     assert pruned.returncode == 0, pruned.stderr
     lines = pruned.stdout.splitlines()
     assert lines[0].split() == ["unchanged", "run-failed"]
-    assert sorted(line.split()[0] for line in lines[1:]) == ["deleted"] * 6
+    assert sorted(line.split()[0] for line in lines[1:]) == ["deleted"] * 10
 
 
 def test_apply_refuses_bad_rules_and_writes_nothing(database_url, tmp_path):
@@ -204,7 +205,7 @@ def test_prune_and_delete_keep_the_history_and_dry_run_changes_nothing(conn, dat
     assert pruned.returncode == 0, pruned.stderr
     assert pruned.stdout == dry.stdout and pruned.stderr == ""
     assert dry.stdout.splitlines()[0].split() == ["unchanged", "run-failed"]
-    assert sorted(line.split()[0] for line in dry.stdout.splitlines()[1:]) == ["deleted"] * 7
+    assert sorted(line.split()[0] for line in dry.stdout.splitlines()[1:]) == ["deleted"] * 11
 
     deleted = engine("delete", "run-failed", "--yes")
     assert deleted.returncode == 0 and deleted.stdout.strip() == "deleted run-failed"
@@ -237,6 +238,6 @@ def test_dry_run_on_an_empty_database_creates_nothing(conn):
     counts = row_counts(conn)
     dry = engine("apply", "rules/", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert sorted(line.split()[0] for line in dry.stdout.splitlines()) == ["created"] * 8
+    assert sorted(line.split()[0] for line in dry.stdout.splitlines()) == ["created"] * 12
     assert row_counts(conn) == counts
     assert "no automations" in engine("list").stdout

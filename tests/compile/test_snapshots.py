@@ -123,7 +123,57 @@ scope: {registry: model}
 event: {type: registry_version_linked, alias_regex: "^prod"}
 action: {type: no_op}
 """,
+    "run_alert": """
+name: nan-alerts
+scope: {entity: acme}
+event: {type: run_alert, title_regex: "(?i)nan", levels: [warn, error]}
+run_filter: {user: alice}
+action: {type: no_op}
+""",
+    "run_alert_any": """
+name: any-alert
+scope: {project: acme/vision}
+event: {type: run_alert}
+action: {type: no_op}
+""",
+    "artifact_tag_removed": """
+name: europe-gone
+scope: {project: acme/vision, collection: mnist}
+event: {type: artifact_tag_removed, tag_regex: "^europe"}
+action: {type: no_op}
+""",
+    "artifact_unlinked": """
+name: prod-unlinked
+scope: {registry: model, collection: resnet}
+event: {type: artifact_unlinked, alias_regex: "^production$"}
+action: {type: no_op}
+""",
+    "collection_tag_added": """
+name: golden-datasets
+scope: {entity: acme, collection_regex: "^ds-"}
+event: {type: collection_tag_added, tag_regex: "^golden$"}
+action: {type: no_op}
+""",
+    "collection_tag_removed": """
+name: registry-untagged
+scope: {registry: model, collection: resnet}
+event: {type: collection_tag_removed, tag_regex: "."}
+action: {type: no_op}
+""",
 }
+
+# A metric group with an entity-scoped rule: its own SQL shape (the others keep theirs).
+ENTITY_GROUP = """
+name: loss-high-anywhere
+scope: {entity: acme}
+event: {type: run_metric_threshold, metric: loss, window: 5, operator: ">", threshold: 2.0}
+action: {type: no_op}
+---
+name: loss-high-vision
+scope: {project: acme/vision}
+event: {type: run_metric_threshold, metric: loss, window: 5, operator: ">", threshold: 3.0}
+action: {type: no_op}
+"""
 
 
 def _group() -> list:
@@ -141,6 +191,14 @@ def test_a_metric_group_matches_snapshot(variant: str, mode: str, tails_only: bo
     ids = list(range(1, len(automations) + 1)) if mode == "live" else None
     compiled = compile_metrics(automations, mode, tails_only=tails_only, automation_ids=ids)  # type: ignore[arg-type]
     _assert_snapshot(compiled.pretty() + "\n", SNAPSHOTS / f"metric_group.{variant}.sql")
+
+
+def test_an_entity_scoped_metric_group_matches_snapshot() -> None:
+    automations = [r.automation for r in parse_rules_text(ENTITY_GROUP)]
+    compiled = compile_metrics(automations, "live", automation_ids=[1, 2])
+    assert compiled.params["scope_entity"] == ["acme", None]
+    assert compiled.params["project"] == [None, "vision"]
+    _assert_snapshot(compiled.pretty() + "\n", SNAPSHOTS / "metric_group_entity.live.sql")
 
 
 def test_a_metric_groups_rules_are_matched_by_class() -> None:
@@ -201,7 +259,10 @@ def _assert_snapshot(sql: str, path) -> None:
 def test_every_snapshot_file_belongs_to_a_test() -> None:
     """Snapshots of rules no longer compiled here are deleted, not left to rot."""
     expected = {f"metric_group.{v}.sql" for v in ("live", "live_tails", "history")}
-    expected |= {f"{name}.live.sql" for name in RULES} | {"run_state.history.sql"}
+    expected |= {f"{name}.live.sql" for name in RULES} | {
+        "run_state.history.sql",
+        "metric_group_entity.live.sql",
+    }
     assert {p.name for p in SNAPSHOTS.glob("*.sql")} == expected
 
 

@@ -47,6 +47,7 @@ def test_example_rules_are_valid():
         "accuracy-above-0.6", "loss-down-25pct", "run-failed", "cpu-above-90",
         "production-alias", "europe-tag", "model-registry-link", "dataset-latest",
         "loss-spike-zscore", "loss-nan", "run-stalled",
+        "training-alert", "europe-tag-removed", "registry-unlinked", "dataset-golden",
     }  # fmt: skip
     assert all(rule.line >= 1 and rule.file.endswith(".yaml") for rule in loaded)
     assert [w for rule in loaded for w in lint(rule.automation)] == []
@@ -101,7 +102,8 @@ def test_bad_operator_and_unknown_event_type():
         "rules/x.yaml:5: event.type: unknown type 'run_metrik': must be one of 'run_metric_threshold', "
         "'run_metric_change', 'run_metric_zscore', 'run_metric_nonfinite', 'run_state', 'run_stalled', "
         "'artifact_version_created', 'artifact_alias_added', "
-        "'artifact_tag_added', 'registry_version_linked'"
+        "'artifact_tag_added', 'registry_version_linked', 'run_alert', 'artifact_tag_removed', "
+        "'artifact_unlinked', 'collection_tag_added', 'collection_tag_removed'"
     ]
 
 
@@ -147,7 +149,8 @@ def test_run_event_with_registry_scope():
     action: {type: no_op}
     """
     assert issues_of(text) == [
-        "rules/x.yaml:3: scope.registry: run_state events need a project scope (scope: {project: entity/project})"
+        "rules/x.yaml:3: scope.registry: run_state events need a project scope (scope: {project: entity/project}) "
+        "or an entity scope (scope: {entity: NAME})"
     ]
 
 

@@ -87,10 +87,11 @@ def test_event_class_metadata():
         "RUN_METRIC", "RUN_METRIC_CHANGE", "RUN_STATE", "CREATE_ARTIFACT",
         "ADD_ARTIFACT_ALIAS", "ADD_ARTIFACT_TAG", "LINK_ARTIFACT",
         "RUN_METRIC_ZSCORE", "RUN_METRIC_NONFINITE", "RUN_STALLED",
+        "RUN_ALERT", "REMOVE_ARTIFACT_TAG", "UNLINK_ARTIFACT", "ADD_COLLECTION_TAG", "REMOVE_COLLECTION_TAG",
     }  # fmt: skip
     assert {
         "run_metric_threshold", "run_metric_change", "run_state", "run_metric_zscore", "run_metric_nonfinite",
-        "run_stalled",
+        "run_stalled", "run_alert",
     } == RUN_EVENT_TYPES  # fmt: skip
     assert RunState.is_run_event and not ArtifactAliasAdded.is_run_event
 
@@ -193,7 +194,8 @@ def test_run_event_needs_a_project_scope():
     assert messages(exc) == [
         (
             ("scope", "registry"),
-            "run_metric_threshold events need a project scope (scope: {project: entity/project})",
+            "run_metric_threshold events need a project scope (scope: {project: entity/project}) "
+            "or an entity scope (scope: {entity: NAME})",
         )
     ]
 
@@ -241,11 +243,11 @@ def test_collection_narrows_artifact_events_only():
 @pytest.mark.parametrize(
     ("scope", "loc", "message"),
     [
-        ({}, ("scope",), "give exactly one of project (entity/project) or registry"),
+        ({}, ("scope",), "give exactly one of project (entity/project), entity or registry"),
         (
             {"project": "a/b", "registry": "m"},
             ("scope", "registry"),
-            "give exactly one of project (entity/project) or registry",
+            "give exactly one of project (entity/project), entity or registry",
         ),
         (
             {"project": "a/b", "collection": "x", "collection_regex": "^x"},
@@ -276,9 +278,57 @@ def test_scope_rules(scope, loc, message):
     assert messages(exc) == [(loc, message)]
 
 
+@pytest.mark.parametrize(
+    ("scope", "event", "loc", "message"),
+    [
+        ({"project": "a/b"}, {"type": "artifact_unlinked"}, ("scope", "project"),
+         "artifact_unlinked needs a registry scope (scope: {registry: NAME})"),
+        ({"entity": "a"}, {"type": "artifact_unlinked"}, ("scope", "entity"),
+         "artifact_unlinked needs a registry scope (scope: {registry: NAME})"),
+        ({"registry": "m"}, {"type": "artifact_tag_removed", "tag_regex": "x"}, ("scope", "registry"),
+         "artifact_tag_removed events happen in projects: use a project scope (scope: {project: entity/project})"),
+        ({"registry": "m"}, {"type": "run_alert"}, ("scope", "registry"),
+         "run_alert events need a project scope (scope: {project: entity/project}) "
+         "or an entity scope (scope: {entity: NAME})"),
+        ({"project": "a/b", "entity": "a"}, {"type": "run_alert"}, ("scope", "entity"),
+         "give exactly one of project (entity/project), entity or registry"),
+        ({"entity": "a b"}, {"type": "run_alert"}, ("scope", "entity"),
+         "must be 1–128 characters: letters, digits, - _ ."),
+        ({"project": "a/b"}, {"type": "run_alert", "levels": ["fatal"]}, ("event", "run_alert", "levels", 0),
+         "Input should be 'info', 'warn' or 'error'"),
+        ({"project": "a/b"}, {"type": "run_alert", "levels": []}, ("event", "run_alert", "levels"),
+         "Value should have at least 1 item after validation, not 0"),
+    ],
+)  # fmt: skip
+def test_new_event_rules(scope, event, loc, message):
+    with pytest.raises(ValidationError) as exc:
+        rule(scope=scope, event=event)
+    assert messages(exc) == [(loc, message)]
+
+
+def test_new_event_defaults_and_scopes():
+    alert = rule(scope={"entity": "acme"}, event={"type": "run_alert", "levels": ["ERROR", "warn", "error"]})
+    assert alert.event.levels == ("error", "warn") and alert.event.title_regex is None
+    assert (
+        alert.event.describe() == "alert level in (error, warn)" and alert.scope.describe() == "entity:acme"
+    )
+    for scope in ({"entity": "acme"}, {"project": "a/b"}, {"registry": "m"}):
+        tagged = rule(scope=scope, event={"type": "collection_tag_added", "tag_regex": "^gold"})
+        assert tagged.event.wandb_name == "ADD_COLLECTION_TAG"
+    assert rule(scope={"registry": "m"}, event={"type": "artifact_unlinked"}).event.alias_regex is None
+
+
+def test_a_scope_without_entity_dumps_as_before_entity_scopes_existed():
+    # the stored JSON (and so the rule's hash) of a project rule does not change on upgrade
+    assert "entity" not in Scope(project="acme/vision").model_dump(mode="json")
+    assert Scope(entity="acme").model_dump(mode="json")["entity"] == "acme"
+    assert Scope.model_validate(Scope(entity="acme").model_dump(mode="json")) == Scope(entity="acme")
+
+
 def test_scope_parts():
     scope = Scope(project="acme/vision")
-    assert (scope.entity, scope.project_name) == ("acme", "vision")
+    assert (scope.entity_name, scope.project_name) == ("acme", "vision")
+    assert (Scope(entity="acme").entity_name, Scope(entity="acme").describe()) == ("acme", "entity:acme")
 
 
 # -- actions ----------------------------------------------------------------------------------

@@ -8,8 +8,12 @@ from pydantic import Field
 
 from engine.rules.events.artifact_alias_added import ArtifactAliasAdded
 from engine.rules.events.artifact_tag_added import ArtifactTagAdded
+from engine.rules.events.artifact_tag_removed import ArtifactTagRemoved
+from engine.rules.events.artifact_unlinked import ArtifactUnlinked
 from engine.rules.events.artifact_version_created import ArtifactVersionCreated
+from engine.rules.events.collection_tag import CollectionTagAdded, CollectionTagRemoved
 from engine.rules.events.registry_version_linked import RegistryVersionLinked
+from engine.rules.events.run_alert import RunAlert
 from engine.rules.events.run_metric_change import RunMetricChange
 from engine.rules.events.run_metric_nonfinite import RunMetricNonfinite
 from engine.rules.events.run_metric_threshold import RunMetricThreshold
@@ -28,6 +32,11 @@ EventModel = (
     | ArtifactAliasAdded
     | ArtifactTagAdded
     | RegistryVersionLinked
+    | RunAlert
+    | ArtifactTagRemoved
+    | ArtifactUnlinked
+    | CollectionTagAdded
+    | CollectionTagRemoved
 )
 Event = Annotated[EventModel, Field(discriminator="type")]
 EVENT_CLASSES: tuple[type[EventModel], ...] = get_args(EventModel)
@@ -50,10 +59,15 @@ __all__ = [
     "RUN_EVENT_TYPES",
     "ArtifactAliasAdded",
     "ArtifactTagAdded",
+    "ArtifactTagRemoved",
+    "ArtifactUnlinked",
     "ArtifactVersionCreated",
+    "CollectionTagAdded",
+    "CollectionTagRemoved",
     "Event",
     "EventModel",
     "RegistryVersionLinked",
+    "RunAlert",
     "RunMetricChange",
     "RunMetricNonfinite",
     "RunMetricThreshold",

@@ -49,6 +49,27 @@ FOR UPDATE;
 -- name: run_state
 SELECT state FROM runs WHERE id = %(run_pk)s;
 
+-- name: lock_run_alerts
+-- Alerts of a run are serialised by its row, so that insert_run_alert (a new statement, hence
+-- a new snapshot) sees an alert another process raised just before.
+SELECT id FROM runs WHERE id = %(run_pk)s FOR NO KEY UPDATE;
+
+-- name: insert_run_alert
+-- An alert from training code, unless the run raised one with the same title less than
+-- %(wait)s before (W&B's wait_duration): then nothing is written. Runs after lock_run_alerts.
+INSERT INTO events (time, type, author, project_id, run_pk, details)
+SELECT %(at)s, 'run_alert', %(author)s, r.project_id, r.id,
+       jsonb_build_object('title', %(title)s::text, 'text', %(text)s::text, 'level', %(level)s::text,
+                          'wait_duration', %(wait_seconds)s::double precision)
+FROM runs r
+WHERE r.id = %(run_pk)s
+  AND NOT EXISTS (
+      SELECT 1 FROM events e
+      WHERE e.run_pk = %(run_pk)s AND e.type = 'run_alert' AND e.details ->> 'title' = %(title)s
+        AND e.time > %(at)s - %(wait)s::interval AND e.time <= %(at)s
+  )
+RETURNING id;
+
 -- name: find_run
 SELECT r.id, r.state
 FROM runs r JOIN projects p ON p.id = r.project_id
@@ -219,8 +240,51 @@ WHERE v.id = %(version_id)s AND a.collection_id = v.collection_id AND a.version_
 RETURNING a.alias;
 
 -- name: remove_artifact_tag
-DELETE FROM artifact_tags WHERE version_id = %(version_id)s AND tag = %(tag)s
-RETURNING tag;
+-- Take a tag off a version, with its event; nothing (and no event) when it did not have it.
+WITH del AS (
+    DELETE FROM artifact_tags WHERE version_id = %(version_id)s AND tag = %(tag)s
+    RETURNING version_id
+), v AS (
+    SELECT v.id, v.collection_id, v.version_index, c.project_id, c.name, c.type
+    FROM artifact_versions v JOIN artifact_collections c ON c.id = v.collection_id
+    WHERE v.id = %(version_id)s
+)
+INSERT INTO events (time, type, author, project_id, run_pk, collection_id, version_id, details)
+SELECT %(at)s, 'artifact_tag_removed', %(author)s, v.project_id, %(run_pk)s, v.collection_id, v.id,
+       jsonb_build_object('tag', %(tag)s::text, 'version_index', v.version_index,
+                          'collection', v.name, 'collection_type', v.type)
+FROM del JOIN v ON v.id = del.version_id
+RETURNING id;
+
+-- name: collection_by_name
+SELECT c.id, c.project_id, c.type
+FROM artifact_collections c JOIN projects p ON p.id = c.project_id
+WHERE p.entity = %(entity)s AND p.name = %(project)s AND c.name = %(collection)s;
+
+-- name: add_collection_tag
+-- A tag on a project's artifact collection; re-adding it changes nothing (and no event).
+WITH ins AS (
+    INSERT INTO artifact_collection_tags (collection_id, tag, created_at)
+    VALUES (%(collection_id)s, %(tag)s, %(at)s)
+    ON CONFLICT (collection_id, tag) DO NOTHING
+    RETURNING collection_id
+)
+INSERT INTO events (time, type, author, project_id, collection_id, details)
+SELECT %(at)s, 'collection_tag_added', %(author)s, c.project_id, c.id,
+       jsonb_build_object('tag', %(tag)s::text, 'collection', c.name, 'collection_type', c.type)
+FROM ins JOIN artifact_collections c ON c.id = ins.collection_id
+RETURNING id;
+
+-- name: remove_collection_tag
+WITH del AS (
+    DELETE FROM artifact_collection_tags WHERE collection_id = %(collection_id)s AND tag = %(tag)s
+    RETURNING collection_id
+)
+INSERT INTO events (time, type, author, project_id, collection_id, details)
+SELECT %(at)s, 'collection_tag_removed', %(author)s, c.project_id, c.id,
+       jsonb_build_object('tag', %(tag)s::text, 'collection', c.name, 'collection_type', c.type)
+FROM del JOIN artifact_collections c ON c.id = del.collection_id
+RETURNING id;
 
 -- Registries ------------------------------------------------------------------------------
 
@@ -237,7 +301,72 @@ RETURNING id;
 
 -- name: find_link
 SELECT id, version_index FROM registry_links
-WHERE registry_collection_id = %(registry_collection_id)s AND version_id = %(version_id)s;
+WHERE registry_collection_id = %(registry_collection_id)s AND version_id = %(version_id)s
+  AND unlinked_at IS NULL;
+
+-- name: registry_collection_by_name
+-- Locked: links, unlinks and alias moves in a registry collection are serialised by this row.
+SELECT rc.id, rc.registry_id, rc.type
+FROM registry_collections rc JOIN registries g ON g.id = rc.registry_id
+WHERE g.name = %(registry)s AND rc.name = %(collection)s
+FOR UPDATE OF rc;
+
+-- name: unlink
+-- Unlink a version from a registry collection: the link is marked (its row stays, for the
+-- events and triggers that point at it), its aliases go, and the event records which it
+-- held. Nothing when the version is not linked there. Runs after registry_collection_by_name.
+WITH l AS (
+    UPDATE registry_links SET unlinked_at = %(at)s
+    WHERE registry_collection_id = %(registry_collection_id)s AND version_id = %(version_id)s
+      AND unlinked_at IS NULL
+    RETURNING id, version_index, version_id
+), gone AS (
+    DELETE FROM registry_aliases a USING l WHERE a.link_id = l.id
+    RETURNING a.alias
+)
+INSERT INTO events (time, type, author, project_id, collection_id, version_id, registry_id,
+                    registry_collection_id, link_id, details)
+SELECT %(at)s, 'artifact_unlinked', %(author)s, c.project_id, v.collection_id, v.id, rc.registry_id, rc.id, l.id,
+       jsonb_build_object('registry', g.name, 'collection', rc.name, 'version_index', l.version_index,
+                          'artifact_collection', c.name, 'artifact_version_index', v.version_index,
+                          'aliases', coalesce((SELECT jsonb_agg(alias ORDER BY alias) FROM gone), '[]'::jsonb))
+FROM l
+JOIN artifact_versions v ON v.id = l.version_id
+JOIN artifact_collections c ON c.id = v.collection_id
+JOIN registry_collections rc ON rc.id = %(registry_collection_id)s
+JOIN registries g ON g.id = rc.registry_id
+RETURNING id, details -> 'aliases';
+
+-- name: newest_link
+-- The link `latest` goes back to when the newest one is unlinked.
+SELECT id FROM registry_links
+WHERE registry_collection_id = %(registry_collection_id)s AND unlinked_at IS NULL
+ORDER BY version_index DESC LIMIT 1;
+
+-- name: add_registry_collection_tag
+WITH ins AS (
+    INSERT INTO registry_collection_tags (registry_collection_id, tag, created_at)
+    VALUES (%(registry_collection_id)s, %(tag)s, %(at)s)
+    ON CONFLICT (registry_collection_id, tag) DO NOTHING
+    RETURNING registry_collection_id
+)
+INSERT INTO events (time, type, author, registry_id, registry_collection_id, details)
+SELECT %(at)s, 'collection_tag_added', %(author)s, rc.registry_id, rc.id,
+       jsonb_build_object('tag', %(tag)s::text, 'registry', g.name, 'collection', rc.name)
+FROM ins JOIN registry_collections rc ON rc.id = ins.registry_collection_id JOIN registries g ON g.id = rc.registry_id
+RETURNING id;
+
+-- name: remove_registry_collection_tag
+WITH del AS (
+    DELETE FROM registry_collection_tags
+    WHERE registry_collection_id = %(registry_collection_id)s AND tag = %(tag)s
+    RETURNING registry_collection_id
+)
+INSERT INTO events (time, type, author, registry_id, registry_collection_id, details)
+SELECT %(at)s, 'collection_tag_removed', %(author)s, rc.registry_id, rc.id,
+       jsonb_build_object('tag', %(tag)s::text, 'registry', g.name, 'collection', rc.name)
+FROM del JOIN registry_collections rc ON rc.id = del.registry_collection_id JOIN registries g ON g.id = rc.registry_id
+RETURNING id;
 
 -- name: next_link_index
 SELECT coalesce(max(version_index) + 1, 0) FROM registry_links

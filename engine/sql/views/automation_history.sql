@@ -21,6 +21,11 @@ SELECT CASE rule_type
     WHEN 'artifact_alias_added' THEN 'ADD_ARTIFACT_ALIAS'
     WHEN 'artifact_tag_added' THEN 'ADD_ARTIFACT_TAG'
     WHEN 'registry_version_linked' THEN 'LINK_ARTIFACT'
+    WHEN 'run_alert' THEN 'RUN_ALERT'
+    WHEN 'artifact_tag_removed' THEN 'REMOVE_ARTIFACT_TAG'
+    WHEN 'artifact_unlinked' THEN 'UNLINK_ARTIFACT'
+    WHEN 'collection_tag_added' THEN 'ADD_COLLECTION_TAG'
+    WHEN 'collection_tag_removed' THEN 'REMOVE_COLLECTION_TAG'
     ELSE upper(rule_type)
 END
 $$;
@@ -60,7 +65,9 @@ LEFT JOIN runs r ON r.id = t.run_pk
 LEFT JOIN artifact_versions av ON av.id = t.artifact_version_id
 LEFT JOIN artifact_collections ac ON ac.id = av.collection_id
 LEFT JOIN projects p2 ON p2.id = ac.project_id
-LEFT JOIN projects p ON p.id = coalesce(r.project_id, ac.project_id)
+-- a collection's own event (its tags) has no version: its project is the event's
+LEFT JOIN events ev ON ev.id = t.event_id AND t.run_pk IS NULL AND av.id IS NULL
+LEFT JOIN projects p ON p.id = coalesce(r.project_id, ac.project_id, ev.project_id)
 -- A trigger's delivery for an action is its own, or, for a digested action, the one of the
 -- digest it joined (pending while the window is open).
 LEFT JOIN LATERAL (

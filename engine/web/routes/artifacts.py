@@ -1,4 +1,5 @@
-"""Artifact versions: read one; add an alias or a tag; link it into a registry."""
+"""Artifact versions: read one; add or remove an alias or a tag; link it into a registry or
+unlink it; tag a collection (of a project or a registry)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import psycopg
 from fastapi import APIRouter, Depends
 
 from engine import clock
+from engine.keys import Place
 from engine.sdk import artifacts
 from engine.sdk.artifacts import ArtifactVersion
 from engine.web import deps
@@ -72,12 +74,20 @@ def remove_alias(entity: str, project: str, collection: str, version: str, alias
         return Changed(changed=artifacts.remove_alias(conn, v.id, alias))
 
 
-@router.delete(VERSION + "/tags/{tag}", dependencies=[access("ingest", project_in_path)])
-def remove_tag(entity: str, project: str, collection: str, version: str, tag: str, conn: Conn) -> Changed:
-    """Take the tag off this version."""
+@router.delete(VERSION + "/tags/{tag}")
+def remove_tag(
+    entity: str,
+    project: str,
+    collection: str,
+    version: str,
+    tag: str,
+    conn: Conn,
+    principal: Principal = access("ingest", project_in_path),
+) -> Changed:
+    """Take the tag off this version (an `artifact_tag_removed` event)."""
     with conn.transaction():
         v = _find(conn, entity, project, collection, version)
-        return Changed(changed=artifacts.remove_tag(conn, v.id, tag))
+        return Changed(changed=artifacts.remove_tag(conn, v.id, tag, author=principal.author, at=clock.now()))
 
 
 @router.post(VERSION + "/tags")
@@ -128,3 +138,104 @@ def link(
         version=made.version_string,
         artifact=artifact_out(made.version),
     )
+
+
+def project_and_registry_in_path(
+    conn: psycopg.Connection, params: dict[str, str], payload: object
+) -> list[Place]:
+    """An unlink: the version's project, and the registry it leaves."""
+    return [*project_in_path(conn, params, payload), Place("registry", params["registry"])]
+
+
+def registry_in_path(conn: psycopg.Connection, params: dict[str, str], payload: object) -> list[Place]:
+    return [Place("registry", params["registry"])]
+
+
+@router.delete(VERSION + "/links/{registry}/{registry_collection}")
+def unlink(
+    entity: str,
+    project: str,
+    collection: str,
+    version: str,
+    registry: str,
+    registry_collection: str,
+    conn: Conn,
+    principal: Principal = access("ingest", project_and_registry_in_path),
+) -> Changed:
+    """Unlink this version from a registry collection (an `artifact_unlinked` event)."""
+    with conn.transaction():
+        v = _find(conn, entity, project, collection, version)
+        return Changed(
+            changed=artifacts.unlink(
+                conn,
+                v,
+                registry=registry,
+                collection=registry_collection,
+                author=principal.author,
+                at=clock.now(),
+            )
+        )
+
+
+COLLECTION = "/collections/{entity}/{project}/{collection}/tags"
+REGISTRY_COLLECTION = "/registries/{registry}/{collection}/tags"
+
+
+def _tag_collection(
+    conn: psycopg.Connection, principal: Principal, path: str, registry: str | None, tag: str, add: bool
+) -> Changed:
+    with conn.transaction():
+        changed = artifacts.tag_collection(
+            conn, path, tag, registry=registry, add=add, author=principal.author, at=clock.now()
+        )
+    return Changed(changed=changed)
+
+
+@router.post(COLLECTION)
+def add_collection_tag(
+    entity: str,
+    project: str,
+    collection: str,
+    body: TagIn,
+    conn: Conn,
+    principal: Principal = access("ingest", project_in_path),
+) -> Changed:
+    """Tag a project's artifact collection (not a version)."""
+    return _tag_collection(conn, principal, f"{entity}/{project}/{collection}", None, body.tag, True)
+
+
+@router.delete(COLLECTION + "/{tag}")
+def remove_collection_tag(
+    entity: str,
+    project: str,
+    collection: str,
+    tag: str,
+    conn: Conn,
+    principal: Principal = access("ingest", project_in_path),
+) -> Changed:
+    """Take a tag off a project's artifact collection."""
+    return _tag_collection(conn, principal, f"{entity}/{project}/{collection}", None, tag, False)
+
+
+@router.post(REGISTRY_COLLECTION)
+def add_registry_collection_tag(
+    registry: str,
+    collection: str,
+    body: TagIn,
+    conn: Conn,
+    principal: Principal = access("ingest", registry_in_path),
+) -> Changed:
+    """Tag a registry collection."""
+    return _tag_collection(conn, principal, collection, registry, body.tag, True)
+
+
+@router.delete(REGISTRY_COLLECTION + "/{tag}")
+def remove_registry_collection_tag(
+    registry: str,
+    collection: str,
+    tag: str,
+    conn: Conn,
+    principal: Principal = access("ingest", registry_in_path),
+) -> Changed:
+    """Take a tag off a registry collection."""
+    return _tag_collection(conn, principal, collection, registry, tag, False)

@@ -8,10 +8,12 @@ import psycopg
 from fastapi import APIRouter, Depends, Request, Response
 
 from engine import clock
-from engine.sdk import artifacts
+from engine.sdk import alerts, artifacts
 from engine.web import deps, ingest
 from engine.web.auth import Invalid, Principal, access, project_in_body, project_in_path
 from engine.web.models import (
+    AlertIn,
+    AlertOut,
     ArtifactCreate,
     ArtifactOut,
     Finish,
@@ -99,6 +101,24 @@ def finish(
         state=to_state if changed else ingest.find_run(conn, entity, project, run_id).state,
         changed=changed,
     )
+
+
+@router.post(RUN + "/alerts")
+def alert(
+    entity: str,
+    project: str,
+    run_id: str,
+    body: AlertIn,
+    conn: Conn,
+    principal: Principal = access("ingest", project_in_path),
+) -> AlertOut:
+    """`run.alert`: a `run_alert` event, unless the run raised the same title less than
+    `wait_duration` seconds before (then `sent` is false and nothing is written)."""
+    run = ingest.find_run(conn, entity, project, run_id)
+    params = alerts.check(body.title, body.text, body.level, body.wait_duration)
+    with conn.transaction():
+        sent = alerts.raise_alert(conn, run.pk, author=principal.author, at=clock.now(), **params)
+    return AlertOut(sent=sent)
 
 
 @router.post(RUN + "/kill")

@@ -1,0 +1,295 @@
+WITH scopes AS MATERIALIZED (
+  SELECT
+    ARRAY_AGG(pr.id ORDER BY r.rule) AS project_ids,
+    ARRAY(SELECT
+      pe.id
+    FROM projects AS pe
+    WHERE
+      pe.entity = ANY(
+        CAST(%(scope_entity)s AS TEXT[])
+      )) || ARRAY_AGG(pr.id) AS in_scope
+  FROM UNNEST(CAST(%(entity)s AS TEXT[]), CAST(%(project)s AS TEXT[])) WITH ORDINALITY AS r(entity, project, rule)
+  LEFT JOIN projects AS pr
+    ON pr.entity = r.entity AND pr.name = r.project
+), pending AS (
+  SELECT
+    b.run_pk,
+    b.key_id,
+    MIN(b.first_pos) AS first_pos,
+    MAX(b.last_pos) AS last_pos,
+    CASE WHEN COUNT(b.seq_bound) = COUNT(*) THEN MAX(b.seq_bound) END AS seq_bound
+  FROM series_batches AS b
+  JOIN metric_keys AS k
+    ON k.id = b.key_id
+  WHERE
+    (
+      k.key = %(metric)s AND b.xid >= CAST(%(from_xid)s AS xid8)
+    )
+    AND b.xid < CAST(%(to_xid)s AS xid8)
+  GROUP BY
+    b.run_pk,
+    b.key_id
+), series AS (
+  SELECT
+    p.run_pk,
+    p.key_id,
+    p.first_pos,
+    p.last_pos,
+    p.seq_bound,
+    s.n_finite,
+    s.n_finite - CARDINALITY(s.tail_value) AS base,
+    GREATEST(1, p.first_pos - %(span_max)s + 1) AS need_from,
+    s.tail_step,
+    s.tail_time,
+    s.tail_value,
+    r.project_id,
+    r.user_name,
+    r.name AS run_name
+  FROM pending AS p
+  JOIN series_state AS s
+    ON s.key_id = p.key_id AND s.run_pk = p.run_pk
+  JOIN runs AS r
+    ON r.id = p.run_pk
+  WHERE
+    r.project_id IN (
+      SELECT
+        UNNEST(sc.in_scope)
+      FROM scopes AS sc
+    )
+), vals AS (
+  SELECT
+    x.run_pk,
+    x.key_id,
+    x.first_pos,
+    x.last_pos,
+    x.project_id,
+    x.user_name,
+    x.run_name,
+    CASE WHEN x.need_from > x.base THEN x.base ELSE x.need_from - 1 END AS off,
+    CASE WHEN x.need_from > x.base THEN x.tail_step ELSE h.steps END AS steps,
+    CASE WHEN x.need_from > x.base THEN x.tail_time ELSE h.times END AS times,
+    CASE WHEN x.need_from > x.base THEN x.tail_value ELSE h.vals END AS vals
+  FROM series AS x
+  LEFT JOIN LATERAL (
+    SELECT
+      ARRAY_AGG(o.step) AS steps,
+      ARRAY_AGG(o.time) AS times,
+      ARRAY_AGG(o.value) AS vals
+    FROM (
+      SELECT
+        n.step,
+        n.time,
+        n.value
+      FROM (
+        SELECT
+          m.seq,
+          m.step,
+          m.time,
+          m.value
+        FROM metric_points AS m
+        WHERE
+          (
+            (
+              m.run_pk = x.run_pk AND m.key_id = x.key_id
+            )
+            AND m.seq <= COALESCE(x.seq_bound, 9223372036854775807)
+          )
+          AND IS_FINITE_VALUE(m.value)
+        ORDER BY
+          m.seq DESC
+        LIMIT CASE WHEN x.seq_bound IS NULL THEN x.n_finite ELSE x.last_pos END - x.need_from + 1
+      ) AS n
+      ORDER BY
+        n.seq
+    ) AS o
+    WHERE
+      x.need_from <= x.base
+  ) AS h
+    ON TRUE
+  OFFSET 0
+), points AS (
+  SELECT
+    v.run_pk,
+    v.key_id,
+    v.project_id,
+    v.user_name,
+    v.run_name,
+    v.steps,
+    v.times,
+    v.vals,
+    e.pos,
+    e.pos - v.off AS i
+  FROM vals AS v
+  CROSS JOIN LATERAL GENERATE_SERIES(GREATEST(v.first_pos, %(span_min)s), v.last_pos) AS e(pos)
+), candidates AS (
+  SELECT
+    p.run_pk,
+    p.key_id,
+    p.project_id,
+    p.user_name,
+    p.run_name,
+    p.steps,
+    p.times,
+    p.vals,
+    p.pos,
+    p.i,
+    a.aggregates,
+    CASE
+      WHEN (
+        a.aggregates[1]
+      ) >= %(class_1_min)s
+      THEN (
+        CAST(%(class_1_rules)s AS INT[])
+      )[1:WIDTH_BUCKET((
+        a.aggregates[1]
+      ), CAST(%(class_1_keys)s AS DOUBLE PRECISION[]))]
+    END AS candidates
+  FROM points AS p
+  CROSS JOIN LATERAL (
+    SELECT
+      ARRAY[AVG(w.v) FILTER(WHERE
+        w.back <= %(segment_1_to)s)] AS aggregates
+    FROM (
+      SELECT
+        UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v,
+        GENERATE_SERIES(LEAST(p.i, %(span_max)s) - 1, 0, -1) AS back
+    ) AS w
+  ) AS a
+  OFFSET 0
+)
+SELECT
+  c.run_pk,
+  c.key_id,
+  c.pos,
+  c.steps[c.i] AS step,
+  c.times[c.i] AS time,
+  c.vals[c.i] AS value,
+  o.d AS aggregate,
+  CAST(c.vals[c.i - ru.size + 1:c.i] AS TEXT) AS window_values,
+  o.prior_aggregate,
+  CASE
+    WHEN ru.prior_segment IS NOT NULL
+    THEN CAST(c.vals[c.i - ru.span + 1:c.i - ru.size] AS TEXT)
+  END AS prior_values,
+  o.current_aggregate,
+  ru.rule,
+  lf.value_time AS last_fired
+FROM candidates AS c
+CROSS JOIN scopes AS sc
+CROSS JOIN LATERAL UNNEST(c.candidates) AS k(rule)
+CROSS JOIN LATERAL (
+  SELECT
+    k.rule,
+    sc.project_ids[k.rule] AS project_id,
+    (
+      CAST(%(scope_entity)s AS TEXT[])
+    )[k.rule] AS scope_entity,
+    (
+      CAST(%(run_user)s AS TEXT[])
+    )[k.rule] AS run_user,
+    (
+      CAST(%(run_name_regex)s AS TEXT[])
+    )[k.rule] AS run_name_regex,
+    (
+      CAST(%(span)s AS INT[])
+    )[k.rule] AS span,
+    (
+      CAST(%(size)s AS INT[])
+    )[k.rule] AS size,
+    (
+      CAST(%(current_segment)s AS INT[])
+    )[k.rule] AS current_segment,
+    (
+      CAST(%(prior_segment)s AS INT[])
+    )[k.rule] AS prior_segment,
+    (
+      CAST(%(relative)s AS BOOLEAN[])
+    )[k.rule] AS relative,
+    (
+      CAST(%(direction)s AS TEXT[])
+    )[k.rule] AS direction,
+    (
+      CAST(%(operator)s AS TEXT[])
+    )[k.rule] AS operator,
+    (
+      CAST(%(bound)s AS DOUBLE PRECISION[])
+    )[k.rule] AS bound,
+    (
+      CAST(%(automation_id)s AS BIGINT[])
+    )[k.rule] AS automation_id,
+    (
+      CAST(%(cooldown_us)s AS BIGINT[])
+    )[k.rule] AS cooldown_us
+  OFFSET 0
+) AS ru
+CROSS JOIN LATERAL (
+  SELECT
+    c.aggregates[ru.current_segment] AS current_aggregate,
+    c.aggregates[ru.prior_segment] AS prior_aggregate,
+    CASE
+      WHEN ru.prior_segment IS NULL
+      THEN c.aggregates[ru.current_segment]
+      WHEN ru.relative
+      THEN (
+        c.aggregates[ru.current_segment] - c.aggregates[ru.prior_segment]
+      ) / NULLIF(ABS(c.aggregates[ru.prior_segment]), 0)
+      ELSE c.aggregates[ru.current_segment] - c.aggregates[ru.prior_segment]
+    END AS d
+) AS o
+CROSS JOIN LATERAL (
+  SELECT
+    CASE ru.direction WHEN 'decrease' THEN -o.d WHEN 'any' THEN ABS(o.d) ELSE o.d END AS tested
+) AS t
+LEFT JOIN LATERAL (
+  SELECT
+    tr.value_time
+  FROM triggers AS tr
+  WHERE
+    tr.automation_id = ru.automation_id AND tr.run_pk = c.run_pk
+  ORDER BY
+    tr.value_time DESC
+  LIMIT 1
+) AS lf
+  ON TRUE
+WHERE
+  (
+    (
+      ru.project_id = c.project_id
+      OR c.project_id IN (
+        SELECT
+          pe.id
+        FROM projects AS pe
+        WHERE
+          pe.entity = ru.scope_entity
+      )
+    )
+    AND c.pos >= ru.span
+    AND (
+      ru.run_user IS NULL OR ru.run_user = c.user_name
+    )
+    AND (
+      ru.run_name_regex IS NULL OR c.run_name ~ ru.run_name_regex
+    )
+    AND CASE ru.operator
+      WHEN '>'
+      THEN t.tested > ru.bound
+      WHEN '>='
+      THEN t.tested >= ru.bound
+      WHEN '<'
+      THEN t.tested < ru.bound
+      WHEN '<='
+      THEN t.tested <= ru.bound
+      WHEN '=='
+      THEN t.tested = ru.bound
+      ELSE t.tested <> ru.bound
+    END
+  )
+  AND (
+    ru.cooldown_us IS NULL
+    OR lf.value_time IS NULL
+    OR c.times[c.i] >= lf.value_time + ru.cooldown_us * INTERVAL '1 MICROSECOND'
+  )
+ORDER BY
+  ru.rule,
+  c.run_pk,
+  c.pos
