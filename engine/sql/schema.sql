@@ -14,6 +14,7 @@ SELECT EXISTS (
     WHERE p = '*'
        OR p = scope ->> 'project'
        OR p = split_part(scope ->> 'project', '/', 1) || '/*'
+       OR p = (scope ->> 'entity') || '/*'
        OR p = 'registry:' || (scope ->> 'registry')
        OR (p = 'registry:*' AND scope ->> 'registry' IS NOT NULL)
 )
@@ -86,6 +87,11 @@ SELECT CASE rule_type
     WHEN 'artifact_alias_added' THEN 'ADD_ARTIFACT_ALIAS'
     WHEN 'artifact_tag_added' THEN 'ADD_ARTIFACT_TAG'
     WHEN 'registry_version_linked' THEN 'LINK_ARTIFACT'
+    WHEN 'run_alert' THEN 'RUN_ALERT'
+    WHEN 'artifact_tag_removed' THEN 'REMOVE_ARTIFACT_TAG'
+    WHEN 'artifact_unlinked' THEN 'UNLINK_ARTIFACT'
+    WHEN 'collection_tag_added' THEN 'ADD_COLLECTION_TAG'
+    WHEN 'collection_tag_removed' THEN 'REMOVE_COLLECTION_TAG'
     ELSE upper(rule_type)
 END
 $$;
@@ -127,6 +133,13 @@ CREATE TABLE public.artifact_aliases (
     version_id bigint NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT artifact_aliases_alias_check CHECK (((length(alias) >= 1) AND (length(alias) <= 256)))
+);
+
+CREATE TABLE public.artifact_collection_tags (
+    collection_id bigint NOT NULL,
+    tag text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT artifact_collection_tags_tag_check CHECK (((length(tag) >= 1) AND (length(tag) <= 256)))
 );
 
 CREATE TABLE public.artifact_collections (
@@ -237,6 +250,23 @@ CREATE TABLE public.digests (
     CONSTRAINT digests_check1 CHECK (((closed_at IS NULL) = (delivery_id IS NULL)))
 );
 
+CREATE TABLE public.events (
+    id bigint NOT NULL,
+    xid xid8 DEFAULT pg_current_xact_id() NOT NULL,
+    "time" timestamp with time zone DEFAULT now() NOT NULL,
+    type text NOT NULL,
+    author text,
+    project_id bigint,
+    run_pk bigint,
+    collection_id bigint,
+    version_id bigint,
+    registry_id bigint,
+    registry_collection_id bigint,
+    link_id bigint,
+    details jsonb DEFAULT '{}'::jsonb NOT NULL,
+    CONSTRAINT events_type_check CHECK ((type = ANY (ARRAY['run_state'::text, 'artifact_version_created'::text, 'artifact_alias_added'::text, 'artifact_tag_added'::text, 'registry_version_linked'::text, 'run_alert'::text, 'artifact_tag_removed'::text, 'artifact_unlinked'::text, 'collection_tag_added'::text, 'collection_tag_removed'::text])))
+);
+
 CREATE TABLE public.projects (
     id bigint NOT NULL,
     entity public.entity_part NOT NULL,
@@ -323,13 +353,14 @@ CREATE VIEW public.automation_history AS
     d.last_error,
     a.deleted_at AS automation_deleted_at,
     t.event_type AS rule_type
-   FROM (((((((public.triggers t
+   FROM ((((((((public.triggers t
      JOIN public.automations a ON ((a.id = t.automation_id)))
      LEFT JOIN public.runs r ON ((r.id = t.run_pk)))
      LEFT JOIN public.artifact_versions av ON ((av.id = t.artifact_version_id)))
      LEFT JOIN public.artifact_collections ac ON ((ac.id = av.collection_id)))
      LEFT JOIN public.projects p2 ON ((p2.id = ac.project_id)))
-     LEFT JOIN public.projects p ON ((p.id = COALESCE(r.project_id, ac.project_id))))
+     LEFT JOIN public.events ev ON (((ev.id = t.event_id) AND (t.run_pk IS NULL) AND (av.id IS NULL))))
+     LEFT JOIN public.projects p ON ((p.id = COALESCE(r.project_id, ac.project_id, ev.project_id))))
      LEFT JOIN LATERAL ( SELECT x.action_index,
             x.action_type,
             x.status,
@@ -417,23 +448,6 @@ CREATE SEQUENCE public.digests_id_seq
 
 ALTER SEQUENCE public.digests_id_seq OWNED BY public.digests.id;
 
-CREATE TABLE public.events (
-    id bigint NOT NULL,
-    xid xid8 DEFAULT pg_current_xact_id() NOT NULL,
-    "time" timestamp with time zone DEFAULT now() NOT NULL,
-    type text NOT NULL,
-    author text,
-    project_id bigint,
-    run_pk bigint,
-    collection_id bigint,
-    version_id bigint,
-    registry_id bigint,
-    registry_collection_id bigint,
-    link_id bigint,
-    details jsonb DEFAULT '{}'::jsonb NOT NULL,
-    CONSTRAINT events_type_check CHECK ((type = ANY (ARRAY['run_state'::text, 'artifact_version_created'::text, 'artifact_alias_added'::text, 'artifact_tag_added'::text, 'registry_version_linked'::text])))
-);
-
 CREATE SEQUENCE public.events_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -518,6 +532,13 @@ CREATE TABLE public.registry_aliases (
     CONSTRAINT registry_aliases_alias_check CHECK (((length(alias) >= 1) AND (length(alias) <= 256)))
 );
 
+CREATE TABLE public.registry_collection_tags (
+    registry_collection_id bigint NOT NULL,
+    tag text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT registry_collection_tags_tag_check CHECK (((length(tag) >= 1) AND (length(tag) <= 256)))
+);
+
 CREATE TABLE public.registry_collections (
     id bigint NOT NULL,
     registry_id bigint NOT NULL,
@@ -542,7 +563,8 @@ CREATE TABLE public.registry_links (
     version_id bigint NOT NULL,
     version_index integer NOT NULL,
     author text,
-    linked_at timestamp with time zone DEFAULT now() NOT NULL
+    linked_at timestamp with time zone DEFAULT now() NOT NULL,
+    unlinked_at timestamp with time zone
 );
 
 CREATE SEQUENCE public.registry_links_id_seq
@@ -709,6 +731,9 @@ ALTER TABLE ONLY public.api_keys
 ALTER TABLE ONLY public.artifact_aliases
     ADD CONSTRAINT artifact_aliases_pkey PRIMARY KEY (collection_id, alias);
 
+ALTER TABLE ONLY public.artifact_collection_tags
+    ADD CONSTRAINT artifact_collection_tags_pkey PRIMARY KEY (collection_id, tag);
+
 ALTER TABLE ONLY public.artifact_collections
     ADD CONSTRAINT artifact_collections_pkey PRIMARY KEY (id);
 
@@ -784,6 +809,9 @@ ALTER TABLE ONLY public.registries
 ALTER TABLE ONLY public.registry_aliases
     ADD CONSTRAINT registry_aliases_pkey PRIMARY KEY (registry_collection_id, alias);
 
+ALTER TABLE ONLY public.registry_collection_tags
+    ADD CONSTRAINT registry_collection_tags_pkey PRIMARY KEY (registry_collection_id, tag);
+
 ALTER TABLE ONLY public.registry_collections
     ADD CONSTRAINT registry_collections_pkey PRIMARY KEY (id);
 
@@ -792,9 +820,6 @@ ALTER TABLE ONLY public.registry_collections
 
 ALTER TABLE ONLY public.registry_links
     ADD CONSTRAINT registry_links_pkey PRIMARY KEY (id);
-
-ALTER TABLE ONLY public.registry_links
-    ADD CONSTRAINT registry_links_registry_collection_id_version_id_key UNIQUE (registry_collection_id, version_id);
 
 ALTER TABLE ONLY public.registry_links
     ADD CONSTRAINT registry_links_registry_collection_id_version_index_key UNIQUE (registry_collection_id, version_index);
@@ -845,6 +870,8 @@ CREATE INDEX digests_action_open ON public.digests USING btree (automation_id, a
 
 CREATE INDEX digests_open ON public.digests USING btree (closes_at) WHERE (closed_at IS NULL);
 
+CREATE INDEX events_run_alerts ON public.events USING btree (run_pk, ((details ->> 'title'::text)), "time" DESC) WHERE (type = 'run_alert'::text);
+
 CREATE INDEX events_time ON public.events USING btree ("time" DESC);
 
 CREATE INDEX events_xid ON public.events USING btree (xid);
@@ -856,6 +883,8 @@ CREATE INDEX metric_points_time_idx ON public.metric_points USING btree ("time" 
 CREATE INDEX nonfinite_points_key_time ON public.nonfinite_points USING btree (key_id, "time");
 
 CREATE INDEX nonfinite_points_xid ON public.nonfinite_points USING btree (xid);
+
+CREATE UNIQUE INDEX registry_links_active ON public.registry_links USING btree (registry_collection_id, version_id) WHERE (unlinked_at IS NULL);
 
 CREATE INDEX run_transitions_run ON public.run_transitions USING btree (run_pk, at);
 
@@ -887,6 +916,9 @@ ALTER TABLE ONLY public.artifact_aliases
 
 ALTER TABLE ONLY public.artifact_aliases
     ADD CONSTRAINT artifact_aliases_version_id_fkey FOREIGN KEY (version_id) REFERENCES public.artifact_versions(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.artifact_collection_tags
+    ADD CONSTRAINT artifact_collection_tags_collection_id_fkey FOREIGN KEY (collection_id) REFERENCES public.artifact_collections(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.artifact_collections
     ADD CONSTRAINT artifact_collections_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE CASCADE;
@@ -968,6 +1000,9 @@ ALTER TABLE ONLY public.registry_aliases
 
 ALTER TABLE ONLY public.registry_aliases
     ADD CONSTRAINT registry_aliases_registry_collection_id_fkey FOREIGN KEY (registry_collection_id) REFERENCES public.registry_collections(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.registry_collection_tags
+    ADD CONSTRAINT registry_collection_tags_registry_collection_id_fkey FOREIGN KEY (registry_collection_id) REFERENCES public.registry_collections(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.registry_collections
     ADD CONSTRAINT registry_collections_registry_id_fkey FOREIGN KEY (registry_id) REFERENCES public.registries(id) ON DELETE CASCADE;

@@ -58,14 +58,14 @@ def test_validate_example_rules(monkeypatch):
     monkeypatch.setenv("ENGINE_WEBHOOK_ALLOW_HOSTS", "127.0.0.1")
     result = engine("validate", "rules/")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 12 rules in 12 files"
+    assert result.stdout.strip() == "ok: 15 rules in 15 files"
     assert result.stderr == ""
 
 
 def test_validate_defaults_to_the_rules_folder():
     result = engine("validate")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 12 rules in 12 files"
+    assert result.stdout.strip() == "ok: 15 rules in 15 files"
 
 
 def test_validate_reports_every_error_with_file_and_line(tmp_path):
@@ -104,14 +104,14 @@ def test_apply_list_show_enable_disable_delete(database_url, tmp_path):
     first = engine("apply", "rules/")
     assert first.returncode == 0, first.stderr
     assert sorted(first.stdout.split()) == sorted(
-        ["created"] * 12
+        ["created"] * 15
         + ["accuracy-above-0.6", "loss-down-25pct", "run-failed", "cpu-above-90",
            "production-alias", "europe-tag", "model-registry-link", "dataset-latest",
            "training-alert", "europe-tag-removed", "registry-unlinked", "dataset-golden"]
     )  # fmt: skip
     again = engine("apply", "rules/")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("unchanged") == 12
+    assert again.stdout.count("unchanged") == 15
 
     listed = engine("list")
     assert listed.returncode == 0, listed.stderr
@@ -238,6 +238,6 @@ def test_dry_run_on_an_empty_database_creates_nothing(conn):
     counts = row_counts(conn)
     dry = engine("apply", "rules/", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert sorted(line.split()[0] for line in dry.stdout.splitlines()) == ["created"] * 12
+    assert sorted(line.split()[0] for line in dry.stdout.splitlines()) == ["created"] * 15
     assert row_counts(conn) == counts
     assert "no automations" in engine("list").stdout
