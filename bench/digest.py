@@ -81,7 +81,7 @@ def main() -> None:
     os.environ["ENGINE_WEBHOOK_ALLOW_HOSTS"] = "127.0.0.1"
     import engine
     from engine.actions.dispatcher import Dispatcher
-    from engine.evaluator import Evaluator
+    from engine.evaluation import Evaluator
 
     receiver = Receiver()
     with fresh_database("digest") as url:

@@ -289,7 +289,7 @@ def test_the_service_role_silences_digests_and_rate_limits_and_the_reader_only_l
     from engine import clock, db
     from engine.actions import flow
     from engine.actions.outbox import delivery_rows
-    from engine.evaluator import Firing, trigger_row
+    from engine.evaluation.firing import Firing, trigger_row
 
     service, reader = deployment.urls["engine_service"], deployment.urls["engine_reader"]
     added = engine_cli(

@@ -18,7 +18,7 @@ import engine
 from engine import clock, db
 from engine.actions import flow, outbox, silences
 from engine.actions.dispatcher import Dispatcher
-from engine.evaluator import Firing, trigger_row
+from engine.evaluation.firing import Firing, trigger_row
 from engine.exceptions import EngineError
 from engine.settings import Settings
 from tests.receiver import Receiver, Reply
@@ -46,7 +46,7 @@ def crossing_runs(count: int, project: str = "acme/vision", prefix: str = "sweep
 
 def tick_in_a_process(url: str) -> None:
     """One evaluation by a service process of its own (a restart of the evaluator, in effect)."""
-    code = f"from engine.evaluator import Evaluator; r = Evaluator({url!r}).tick(); assert not r.failed, r.failed"
+    code = f"from engine.evaluation import Evaluator; r = Evaluator({url!r}).tick(); assert not r.failed, r.failed"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
