@@ -131,6 +131,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a client has to send a request's headers to `engine web` (slower ones are cut off).",
     )
+    web_secret: SecretStr | None = Field(
+        None,
+        description="Secret that signs the web console's session cookies and form tokens (32+ random characters; "
+        "never logged). Unset: `engine web` makes one at start-up, shared by its --workers, so a restart or "
+        "another host behind the same load balancer signs everyone out.",
+    )
+    web_session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="Hours a web console sign-in lasts before the key is asked again."
+    )
 
     log_level: str = Field("INFO", description="Logging level of the service.")
     log_format: Literal["text", "json"] = Field(

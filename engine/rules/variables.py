@@ -36,6 +36,7 @@ VARIABLES: tuple[str, ...] = (
     "artifact_version_index",
     "registry_name",
     "trigger_id",
+    "trigger_url",
     "fired_at",
     # a digest's delivery only (an action with `digest:`): the triggers it carries
     "digest",
@@ -57,6 +58,7 @@ COMMON = (
     "project_name",
     "metric_filter",
     "trigger_id",
+    "trigger_url",
     "fired_at",
 )
 _RUN = ("run_id", "run_name", "run_status", "run_url")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,6 +47,7 @@ from engine.prometheus import WebMetrics
 from engine.settings import Settings, get_settings
 from engine.web import deps
 from engine.web.auth import Invalid
+from engine.web.console import create_console
 from engine.web.models import Health
 from engine.web.routes import artifacts, automations, history, runs
 
@@ -77,6 +80,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if not logging.getLogger().handlers:  # a worker process of `--workers N` (spawned, unconfigured)
         configure_logging(settings.log_level.upper())
+    if settings.web_secret is None:
+        settings = settings.model_copy(update={"web_secret": SecretStr(secrets.token_urlsafe(32))})
+        log.warning(
+            "ENGINE_WEB_SECRET is unset: web console sessions are signed with a secret of this process "
+            "only (a restart signs everyone out; other processes refuse its sessions)"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,6 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus metrics of this process (no key needed)."""
         return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # the console last: it answers every path the API does not (its 404 page included)
+    app.mount("/", create_console(settings), name="console")
     _error_handlers(app)
     app.add_middleware(_Observed, metrics=app.state.metrics)  # type: ignore[arg-type]
     app.add_middleware(_BodyLimit, limit=settings.web_max_body)  # type: ignore[arg-type]
