@@ -15,12 +15,12 @@ import logging
 import math
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import psycopg
 import yaml
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -229,6 +229,7 @@ def _routes(app: FastAPI) -> None:
         status: str = "",
         since: str = "",
         cursor: str = "",
+        limit: Annotated[int, Query(ge=1, le=500)] = PAGE,
         principal: Principal = console_access("read"),
     ) -> HTMLResponse:
         filters = {
@@ -239,7 +240,7 @@ def _routes(app: FastAPI) -> None:
             "since": since,
         }
         with deps.connect() as conn:
-            rows, next_cursor, error = _history(conn, principal, filters, cursor=cursor or None)
+            rows, next_cursor, error = _history(conn, principal, filters, cursor=cursor or None, limit=limit)
         more = None
         if next_cursor:
             shown = {
@@ -249,6 +250,7 @@ def _routes(app: FastAPI) -> None:
                 "status": status,
                 "since": since,
             }
+            shown |= {"limit": str(limit)} if limit != PAGE else {}
             more = "/history?" + urlencode({k: v for k, v in shown.items() if v} | {"cursor": next_cursor})
         return render(
             request,
