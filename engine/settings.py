@@ -114,7 +114,8 @@ class Settings(BaseSettings):
     )
     base_url: str = Field(
         "",
-        description="Public URL of this engine, used to build ${run_url}; unset: engine://entity/project/runs/ID.",
+        description="Public URL of this engine's web console, used to build ${run_url} and ${trigger_url} "
+        "(https: its session cookies are Secure); unset: engine://entity/project/runs/ID.",
     )
 
     # `engine web`
