@@ -14,8 +14,10 @@ WHERE (%(automation)s::text IS NULL OR h.automation = %(automation)s)
   AND (%(run_id)s::text IS NULL OR h.run_id = %(run_id)s)
   AND (%(status)s::text IS NULL OR h.delivery_status = %(status)s)
   AND (%(before_at)s::timestamptz IS NULL OR (h.fired_at, h.trigger_id) < (%(before_at)s, %(before_id)s::bigint))
-  AND (%(scopes)s::text[] IS NULL OR EXISTS (
-        SELECT FROM triggers t JOIN automations a ON a.id = t.automation_id
-        WHERE t.id = h.trigger_id AND api_scope_covers(%(scopes)s, a.rule -> 'scope')))
+  -- a scalar subquery per row (by primary key), not EXISTS: the planner would turn that into
+  -- a semi-join that reads every trigger before the first page's 50 rows
+  AND (%(scopes)s::text[] IS NULL OR api_scope_covers(%(scopes)s, (
+        SELECT a.rule -> 'scope' FROM triggers t JOIN automations a ON a.id = t.automation_id
+        WHERE t.id = h.trigger_id)))
 ORDER BY h.fired_at DESC, h.trigger_id DESC
 LIMIT %(limit)s;
