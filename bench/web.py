@@ -66,6 +66,12 @@ def p95(samples: list[float]) -> float:
     return round(statistics.quantiles(samples, n=20)[-1], 1) if len(samples) > 1 else round(samples[0], 1)
 
 
+def one(conn: psycopg.Connection, statement: str, *params: object) -> tuple:
+    row = conn.execute(statement, params or None).fetchone()
+    assert row is not None, statement
+    return row
+
+
 def timed(http, path: str, requests: int) -> list[float]:
     times = []
     for _ in range(requests):
@@ -102,7 +108,7 @@ def main() -> None:
             evaluator = Evaluator(url)
             evaluator.tick()
             evaluator.close()
-            (real,) = conn.execute("SELECT min(id) FROM triggers").fetchone()
+            (real,) = one(conn, "SELECT min(id) FROM triggers")
             began = time.perf_counter()
             gap = timedelta(days=365) / args.triggers
             conn.execute(COPY, {"start": start, "gap": gap, "n": args.triggers, "id": real})
@@ -112,10 +118,11 @@ def main() -> None:
                 f"stored {args.triggers:,} triggers and their deliveries in {time.perf_counter() - began:.0f} s"
             )
             deep_at = min(900_000, args.triggers * 9 // 10)
-            at, trigger_id = conn.execute(
+            at, trigger_id = one(
+                conn,
                 "SELECT fired_at, id FROM triggers ORDER BY fired_at DESC, id DESC OFFSET %s LIMIT 1",
-                (deep_at,),
-            ).fetchone()
+                deep_at,
+            )
             cursor = base64.urlsafe_b64encode(f"{at.isoformat()}|{trigger_id}".encode()).decode()
             key = make_key(conn, "bench-admin", "admin", "*")
         with tempfile.TemporaryDirectory() as folder:
