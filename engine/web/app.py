@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import __version__
@@ -131,12 +132,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus metrics of this process (no key needed)."""
         return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    # the console last: it answers every path the API does not (its 404 page included)
-    app.mount("/", create_console(settings), name="console")
+    # the console last: it answers every path outside /api (its 404 page included)
+    app.routes.append(_Console("/", create_console(settings), name="console"))
     _error_handlers(app)
     app.add_middleware(_Observed, metrics=app.state.metrics)  # type: ignore[arg-type]
     app.add_middleware(_BodyLimit, limit=settings.web_max_body)  # type: ignore[arg-type]
     return app
+
+
+class _Console(Mount):
+    """The console's mount, which leaves /api/… alone: there an unknown path is the API's JSON
+    404 and a known path with the wrong method its 405."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and (scope["path"] + "/").startswith(API_PREFIX.rsplit("/", 1)[0] + "/"):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 # -- errors ----------------------------------------------------------------------------------

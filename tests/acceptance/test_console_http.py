@@ -25,6 +25,10 @@ def test_sign_in_sets_a_signed_httponly_strict_expiring_cookie_and_sign_out_ends
     deployment = Deployment(conn, database_url)
     with WebProcess(database_url, tmp_path / "web.log", ENGINE_WEB_SESSION_HOURS="2") as web:
         with web.client() as http:
+            # the console answers every path but the API's, which keeps its JSON 404 and 405
+            assert http.get("/api/v1/runs").status_code == 405
+            assert http.get("/api/v1/nope").json() == {"detail": "Not Found"}
+            assert http.get("/nope").headers["content-type"].startswith("text/html")
             assert http.get("/", follow_redirects=False).headers["location"] == "/login?next=%2F"
             signed = sign_in(http, deployment.keys["reader"], "/history")
             assert signed.status_code == 303 and signed.headers["location"] == "/history"

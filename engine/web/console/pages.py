@@ -594,10 +594,6 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if request.url.path.startswith("/api/"):  # an API path no route has: the API's JSON
-            from engine.web.app import JSON
-
-            return JSON({"detail": str(exc.detail)}, status_code=exc.status_code)
         return _error_page(request, exc.status_code, str(exc.detail))
 
     @app.exception_handler(Invalid)
