@@ -95,6 +95,9 @@ def test_pages_show_exactly_what_the_key_covers(conn, database_url, tmp_path):
             assert http.get("/other/proj/runs/other-run").status_code == 403
             assert http.get("/history", params={"project": "other/proj"}).text.count('href="/triggers/') == 0
             assert http.get("/acme/vision/runs/acme-run").status_code == 200
+            assert 'href="/acme/vision/runs"' in http.get("/").text
+            runs = http.get("/acme/vision/runs").text
+            assert "acme-run" in runs and "accuracy = 0.8" in runs  # its last value
             assert http.get("/triggers/999999").status_code == 404
             # a read key gets no admin control, and its forged admin post is refused
             page = http.get("/")
