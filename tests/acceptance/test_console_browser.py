@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
@@ -15,6 +17,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from tests.acceptance.console_helpers import Deployment
 from tests.acceptance.web_helpers import WebProcess
 
+AXE = Path(__file__).resolve().parents[1] / "vendor" / "axe-core" / "axe.min.js"
 CHROMIUM = os.environ.get("ENGINE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -36,9 +39,9 @@ def served(conn, database_url, tmp_path) -> Iterator[tuple[Deployment, WebProces
 
 
 def signed_in(
-    browser: Browser, web: WebProcess, key: str, width: int = 1280, height: int = 800
+    browser: Browser, web: WebProcess, key: str, width: int = 1280, height: int = 800, **options: Any
 ) -> tuple[BrowserContext, Page]:
-    context = browser.new_context(base_url=web.url, viewport={"width": width, "height": height})
+    context = browser.new_context(base_url=web.url, viewport={"width": width, "height": height}, **options)
     page = context.new_page()
     page.goto("/")
     expect(page).to_have_url(f"{web.url}/login?next=%2F")
@@ -136,4 +139,35 @@ def test_a_revoked_key_is_signed_out(browser, served, conn):
     page.get_by_role("link", name="History").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert [c for c in context.cookies() if c["name"] == "engine_session"] == []
+    context.close()
+
+
+def test_the_pages_have_no_serious_accessibility_violations(browser, served):
+    deployment, web = served
+    # the pages' Content-Security-Policy forbids every script: bypassed to inject axe-core
+    context, page = signed_in(browser, web, deployment.keys["admin"], bypass_csp=True)
+    pages = [
+        "/",
+        "/history",
+        f"/triggers/{deployment.triggers['acc-high']}",
+        f"/triggers/{deployment.triggers['loss-up']}",
+        "/automations/acc-high?since=3650d",
+        "/deliveries",
+        "/acme/vision/runs",
+        "/acme/vision/runs/acme-run",
+        "/editor",
+    ]
+    found = {}
+    for path in pages:
+        page.goto(path)
+        page.add_script_tag(path=str(AXE))
+        violations = page.evaluate("async () => (await axe.run(document)).violations")
+        serious = [
+            f"{v['id']}: {v['help']} ({len(v['nodes'])}: {v['nodes'][0]['target']})"
+            for v in violations
+            if v["impact"] in ("serious", "critical")
+        ]
+        if serious:
+            found[path] = serious
+    assert found == {}
     context.close()
