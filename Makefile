@@ -5,7 +5,7 @@ VENV  := .venv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench screenshots clean
 
 setup:
 	@scripts/setup
@@ -33,6 +33,10 @@ bench: setup
 
 # Build products and caches only: the embedded database in .engine/ holds your data and is
 # kept (stop it with `engine db down`, then delete .engine/ yourself to start over).
+# The web console's pages at 1280x800 and 390x844 into docs/images/ (the README shows them).
+screenshots: setup
+	$(VENV)/bin/pytest tests/acceptance/screenshots.py -q
+
 clean:
 	rm -rf $(VENV) .setup .pytest_cache .hypothesis .mypy_cache .ruff_cache *.egg-info build dist
 	find . \( -path ./.engine -o -path ./.git \) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -202,7 +202,19 @@ def authenticate(conn: psycopg.Connection, presented: str) -> ApiKey:
             found = row
     if found is None:
         raise KeyRefused("unknown API key")
-    key = _record(found)
+    return _valid(_record(found))
+
+
+def by_id(conn: psycopg.Connection, key_id: int) -> ApiKey:
+    """The valid key of this id (a web console session), or KeyRefused saying why."""
+    with boundary(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(query("key_by_id"), {"id": key_id}).fetchone()
+    if row is None:
+        raise KeyRefused("unknown API key")
+    return _valid(_record(row))
+
+
+def _valid(key: ApiKey) -> ApiKey:
     if key.revoked_at is not None:
         raise KeyRefused(f"API key {key.name!r} was revoked")
     if key.expires_at is not None and key.expires_at <= clock.now():

@@ -114,7 +114,8 @@ class Settings(BaseSettings):
     )
     base_url: str = Field(
         "",
-        description="Public URL of this engine, used to build ${run_url}; unset: engine://entity/project/runs/ID.",
+        description="Public URL of this engine's web console, used to build ${run_url} and ${trigger_url} "
+        "(https: its session cookies are Secure); unset: engine://entity/project/runs/ID.",
     )
 
     # `engine web`
@@ -140,6 +141,15 @@ class Settings(BaseSettings):
         "mlflow",
         pattern=r"^[A-Za-z0-9._-]{1,128}$",
         description="Registry that MLflow registered models live in (`engine web`'s /mlflow endpoint).",
+    )
+    web_secret: SecretStr | None = Field(
+        None,
+        description="Secret that signs the web console's session cookies and form tokens (32+ random characters; "
+        "never logged). Unset: `engine web` makes one at start-up, shared by its --workers, so a restart or "
+        "another host behind the same load balancer signs everyone out.",
+    )
+    web_session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="Hours a web console sign-in lasts before the key is asked again."
     )
 
     log_level: str = Field("INFO", description="Logging level of the service.")

@@ -106,7 +106,16 @@ def _run_status(row: Mapping[str, Any]) -> str:
 
 
 def run_url(entity: str, project: str, run_id: str, settings: Settings) -> str:
-    path = f"{entity}/{project}/runs/{run_id}"
+    """The run's page of the web console (`engine web`) at ENGINE_BASE_URL."""
+    return _console_url(f"{entity}/{project}/runs/{run_id}", settings)
+
+
+def trigger_url(trigger_id: str, settings: Settings) -> str:
+    """The trigger's "why it fired" page of the web console at ENGINE_BASE_URL."""
+    return _console_url(f"triggers/{trigger_id}", settings)
+
+
+def _console_url(path: str, settings: Settings) -> str:
     return f"{settings.base_url.rstrip('/')}/{path}" if settings.base_url else f"engine://{path}"
 
 
@@ -124,6 +133,7 @@ def compose(row: Mapping[str, Any], settings: Settings | None = None) -> dict[st
     ctx["entity_name"] = row.get("entity") or ""
     ctx["project_name"] = row.get("project") or ""
     ctx["trigger_id"] = _text(row.get("trigger_id"))
+    ctx["trigger_url"] = trigger_url(ctx["trigger_id"], settings) if ctx["trigger_id"] else ""
     ctx["fired_at"] = time_text(row.get("fired_at"))
 
     if row.get("run_id"):

@@ -29,6 +29,7 @@ from engine.actions.messages import (
     link,
     plain,
     post_message,
+    trigger_link,
 )
 from engine.actions.secrets import Secrets
 from engine.actions.templates import render_text
@@ -74,6 +75,8 @@ def build_message(action: DiscordAction, ctx: Mapping[str, str]) -> dict[str, An
             for label, value in facts(ctx)
         ][:_FIELDS_MAX],
     }
+    if trigger_link(ctx) and len(embed["fields"]) < _FIELDS_MAX:
+        embed["fields"].append({"name": "Why it fired", "value": trigger_link(ctx), "inline": False})
     if message:
         embed["description"] = cut(message, _DESCRIPTION_MAX)
     if link(ctx):

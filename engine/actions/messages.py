@@ -78,6 +78,12 @@ def link(ctx: Mapping[str, str]) -> str | None:
     return url if url.startswith(("http://", "https://")) else None
 
 
+def trigger_link(ctx: Mapping[str, str]) -> str | None:
+    """The trigger's "why it fired" page when ENGINE_BASE_URL makes it a web address, else None."""
+    url = ctx.get("trigger_url", "")
+    return url if url.startswith(("http://", "https://")) else None
+
+
 def footer(ctx: Mapping[str, str]) -> str:
     """`trigger #12 · 2026-…Z · RUN_METRIC`: which trigger, when, what kind."""
     parts = (

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.actions.http import USER_AGENT, Attempt, post_json
-from engine.actions.messages import cut, default_message, facts, link, plain
+from engine.actions.messages import cut, default_message, facts, link, plain, trigger_link
 from engine.actions.secrets import Secrets
 from engine.actions.templates import render_address, render_text
 from engine.actions.webhook import url_escape
@@ -69,6 +69,8 @@ def build_event(action: PagerDutyAction, ctx: Mapping[str, str], routing_key: st
     }
     if link(ctx):
         event["links"] = [{"href": link(ctx), "text": "Run"}]
+    if trigger_link(ctx):
+        event.setdefault("links", []).append({"href": trigger_link(ctx), "text": "Why it fired"})
     return event
 
 

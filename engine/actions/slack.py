@@ -27,7 +27,16 @@ from slack_sdk.errors import SlackApiError
 
 from engine import clock
 from engine.actions.http import RESPONSE_BODY_LIMIT, Attempt
-from engine.actions.messages import DEFAULT_TITLE, cut, default_message, facts, footer, link, post_message
+from engine.actions.messages import (
+    DEFAULT_TITLE,
+    cut,
+    default_message,
+    facts,
+    footer,
+    link,
+    post_message,
+    trigger_link,
+)
 from engine.actions.retry import is_retryable_status, parse_retry_after
 from engine.actions.secrets import REDACTED, Secrets
 from engine.actions.templates import render_address, render_text
@@ -89,8 +98,10 @@ def build_message(
     if shown:
         blocks.append({"type": "section", "fields": shown})
     context = footer(ctx)
-    if context:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": escape_mrkdwn(context)}]})
+    why = trigger_link(ctx)
+    if context or why:
+        text = escape_mrkdwn(context) + (f" · <{why}|why it fired>" if why else "")
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": text.lstrip(" ·")}]})
     fallback = f"{emoji} {title}" + (f": {message}" if message else "")
     return {"text": cut(fallback, _TEXT_MAX), "blocks": blocks}
 

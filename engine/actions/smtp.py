@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from engine import clock
 from engine.actions import ssrf
 from engine.actions.http import RESPONSE_BODY_LIMIT, Attempt
-from engine.actions.messages import cut, default_message, facts, footer, link, plain
+from engine.actions.messages import cut, default_message, facts, footer, link, plain, trigger_link
 from engine.actions.secrets import Secrets
 from engine.actions.templates import render_address, render_text
 from engine.actions.webhook import header_value
@@ -162,6 +162,8 @@ def build_message(
         lines = [sentence, "", *(f"{label}: {value}" for label, value in facts(ctx))]
         if link(ctx):
             lines.append(f"Run page: {link(ctx)}")
+        if trigger_link(ctx):
+            lines.append(f"Why it fired: {trigger_link(ctx)}")
         body = "\n".join([*lines, "", footer(ctx)]).strip() + "\n"
     message = EmailMessage(policy=_POLICY)
     message["From"] = sender

@@ -22,7 +22,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.actions.http import Attempt
-from engine.actions.messages import DEFAULT_TITLE, default_message, facts, footer, link, plain, post_message
+from engine.actions.messages import (
+    DEFAULT_TITLE,
+    default_message,
+    facts,
+    footer,
+    link,
+    plain,
+    post_message,
+    trigger_link,
+)
 from engine.actions.secrets import Secrets
 from engine.actions.templates import render_text
 from engine.rules.actions import TeamsAction
@@ -66,6 +75,10 @@ def build_card(action: TeamsAction, ctx: Mapping[str, str]) -> dict[str, Any]:
     }
     if link(ctx):
         card["actions"] = [{"type": "Action.OpenUrl", "title": "Open run", "url": link(ctx)}]
+    if trigger_link(ctx):
+        card.setdefault("actions", []).append(
+            {"type": "Action.OpenUrl", "title": "Why it fired", "url": trigger_link(ctx)}
+        )
     return card
 
 

@@ -95,7 +95,8 @@ def history(
             conn,
             "history",
             {"automation": automation, "since": since, "limit": limit}
-            | {"project": None, "before_at": None, "before_id": None, "scopes": None},
+            | {"project": None, "before_at": None, "before_id": None, "scopes": None}
+            | {"run_id": None, "status": None},
         )
     if fmt is not Format.table:
         print_rows(rows, HISTORY_KEYS, fmt)

@@ -35,12 +35,22 @@ def web(
     logging.getLogger().setLevel(settings.log_level.upper())
     with enginedb.connect() as conn:
         enginedb.ensure_schema(conn)
-    if not settings.database_url:  # worker processes must find the embedded database too
-        import os
+    import os
 
+    if not settings.database_url:  # worker processes must find the embedded database too
         os.environ["ENGINE_DATABASE_URL"] = enginedb.database_url(settings)
+    if settings.web_secret is None:  # one console secret for all workers: their sessions are one
+        import secrets
+
+        os.environ["ENGINE_WEB_SECRET"] = secrets.token_urlsafe(32)
+        typer.echo(
+            "engine web: ENGINE_WEB_SECRET is unset: console sign-ins last until this server stops "
+            "(set it, the same on every host, to keep them across restarts and hosts)",
+            err=True,
+        )
     typer.echo(
-        f"engine web: serving http://{host}:{port} (API under /api/v1, /healthz, /openapi.json)", err=True
+        f"engine web: serving http://{host}:{port} (console at /, API under /api/v1, /healthz, /openapi.json)",
+        err=True,
     )
     serve(host, port, workers)
 

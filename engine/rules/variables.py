@@ -39,6 +39,7 @@ VARIABLES: tuple[str, ...] = (
     "alert_text",
     "alert_level",
     "trigger_id",
+    "trigger_url",
     "fired_at",
     # a digest's delivery only (an action with `digest:`): the triggers it carries
     "digest",
@@ -60,6 +61,7 @@ COMMON = (
     "project_name",
     "metric_filter",
     "trigger_id",
+    "trigger_url",
     "fired_at",
 )
 _RUN = ("run_id", "run_name", "run_status", "run_url")

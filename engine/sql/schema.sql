@@ -864,6 +864,8 @@ CREATE INDEX deliveries_due ON public.deliveries USING btree (next_attempt_at) W
 
 CREATE INDEX deliveries_status ON public.deliveries USING btree (status, updated_at DESC);
 
+CREATE INDEX deliveries_status_created ON public.deliveries USING btree (status, created_at DESC, id DESC);
+
 CREATE INDEX digest_members_trigger ON public.digest_members USING btree (trigger_id);
 
 CREATE INDEX digests_action_open ON public.digests USING btree (automation_id, action_index) WHERE (closed_at IS NULL);
@@ -902,9 +904,13 @@ CREATE INDEX system_metrics_series ON public.system_metrics USING btree (run_pk,
 
 CREATE INDEX system_metrics_time_idx ON public.system_metrics USING btree ("time" DESC);
 
+CREATE INDEX triggers_automation_fired ON public.triggers USING btree (automation_id, fired_at DESC, id DESC);
+
 CREATE INDEX triggers_cooldown ON public.triggers USING btree (automation_id, run_pk, value_time DESC) WHERE (run_pk IS NOT NULL);
 
-CREATE INDEX triggers_fired_at ON public.triggers USING btree (fired_at DESC);
+CREATE INDEX triggers_fired_id ON public.triggers USING btree (fired_at DESC, id DESC);
+
+CREATE INDEX triggers_run_fired ON public.triggers USING btree (run_pk, fired_at DESC) WHERE (run_pk IS NOT NULL);
 
 CREATE TRIGGER events_append_only BEFORE UPDATE ON public.events FOR EACH ROW EXECUTE FUNCTION public.events_are_append_only();
 

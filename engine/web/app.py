@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -25,7 +26,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import __version__
@@ -44,6 +47,7 @@ from engine.prometheus import WebMetrics
 from engine.settings import Settings, get_settings
 from engine.web import deps, mlflow
 from engine.web.auth import Invalid
+from engine.web.console import create_console
 from engine.web.models import Health
 from engine.web.routes import artifacts, automations, history, runs
 
@@ -76,6 +80,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if not logging.getLogger().handlers:  # a worker process of `--workers N` (spawned, unconfigured)
         configure_logging(settings.log_level.upper())
+    if settings.web_secret is None:
+        settings = settings.model_copy(update={"web_secret": SecretStr(secrets.token_urlsafe(32))})
+        log.warning(
+            "ENGINE_WEB_SECRET is unset: web console sessions are signed with a secret of this process "
+            "only (a restart signs everyone out; other processes refuse its sessions)"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,10 +132,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus metrics of this process (no key needed)."""
         return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # the console last: it answers every path outside /api (its 404 page included)
+    app.routes.append(_Console("/", create_console(settings), name="console"))
     _error_handlers(app)
     app.add_middleware(_Observed, metrics=app.state.metrics)
     app.add_middleware(_BodyLimit, limit=settings.web_max_body)
     return app
+
+
+class _Console(Mount):
+    """The console's mount, which leaves /api/… alone: there an unknown path is the API's JSON
+    404 and a known path with the wrong method its 405."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and (scope["path"] + "/").startswith(API_PREFIX.rsplit("/", 1)[0] + "/"):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 # -- errors ----------------------------------------------------------------------------------

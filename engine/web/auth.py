@@ -19,6 +19,7 @@ key's scopes to their query, which returns only rows of covered projects and reg
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,21 +114,83 @@ def _decide(request: Request, token: str | None, spec: Access, payload: Any) -> 
             key = keys.authenticate(conn, token)  # type: ignore[arg-type]
         except KeyRefused as exc:
             _refuse(request, 401, str(exc))
-        if not keys.allows(key.role, spec.role):
-            _refuse(request, 403, f"API key {key.name!r} has role {key.role}; this needs {spec.role}", key)
-        places: list[Place] = []
-        if spec.target is not None:
-            places = spec.target(conn, dict(request.path_params), payload)
-            outside = [str(p) for p in places if not keys.covers(key.scopes, p)]
-            if outside:
-                _refuse(
-                    request,
-                    403,
-                    f"API key {key.name!r} does not cover {', '.join(outside)} (its scopes: {' '.join(key.scopes)})",
-                    key,
-                )
-        keys.touch(conn, key)
-        return Principal(key, tuple(places))
+        return _authorise(request, conn, key, spec, payload)
+
+
+def _authorise(
+    request: Request, conn: psycopg.Connection, key: ApiKey, spec: Access, payload: Any
+) -> Principal:
+    """Steps 2-4 for a key found by a bearer token or by a console session."""
+    places: list[Place] = []
+    if spec.target is not None and keys.allows(key.role, spec.role):
+        places = spec.target(conn, dict(request.path_params), payload)
+    require(request, key, spec.role, places)
+    keys.touch(conn, key)
+    return Principal(key, tuple(places))
+
+
+def require(request: Request, key: ApiKey, role: str, places: list[Place]) -> None:
+    """403 unless the key has the role and covers every place."""
+    if not keys.allows(key.role, role):
+        _refuse(request, 403, f"API key {key.name!r} has role {key.role}; this needs {role}", key)
+    outside = [str(p) for p in places if not keys.covers(key.scopes, p)]
+    if outside:
+        _refuse(
+            request,
+            403,
+            f"API key {key.name!r} does not cover {', '.join(outside)} (its scopes: {' '.join(key.scopes)})",
+            key,
+        )
+
+
+# -- the web console: the same decision, the key found by the session cookie ----------------
+class SignedOut(Exception):
+    """A console request with no valid session (none, expired, or its key revoked): sign in."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def console_access(role: str, target: Target | None = None, *, form: bool = False) -> Any:
+    """A console page's dependency: `access` with the key of the session cookie. With `form`,
+    the request is a form post: its token must match the session (else 403) and its fields
+    (`request.state.form`) are what the target reads."""
+    if role not in keys.ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    spec = Access(role, target, form)
+
+    async def authorise(request: Request) -> Principal:
+        payload: dict[str, str] | None = None
+        if form:
+            text = (await request.body()).decode("utf-8", "replace")
+            payload = dict(urllib.parse.parse_qsl(text, keep_blank_values=True))
+        request.state.form = payload or {}
+        return await run_in_threadpool(_decide_session, request, spec, payload)
+
+    authorise.access = spec  # type: ignore[attr-defined]
+    return Depends(authorise)
+
+
+def _decide_session(request: Request, spec: Access, payload: dict[str, str] | None) -> Principal:
+    from engine.web.console import session
+
+    found = session.read(request)
+    if found is None:
+        raise SignedOut("sign in with an API key")
+    request.state.session = found
+    if spec.body and not session.csrf_ok(request, found, (payload or {}).get("csrf")):
+        _refuse(
+            request, 403, "the form's token is missing or not this session's: reload the page and try again"
+        )
+    with deps.connect() as conn:
+        try:
+            key = keys.by_id(conn, found.key_id)
+        except KeyRefused as exc:
+            raise SignedOut(f"{exc}: sign in again") from None
+        principal = _authorise(request, conn, key, spec, payload)
+    request.state.principal = principal
+    return principal
 
 
 def _refuse(request: Request, status: int, reason: str, key: ApiKey | None = None) -> Any:

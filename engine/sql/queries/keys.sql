@@ -29,3 +29,9 @@ WHERE prefix = %(prefix)s;
 -- Last use, written at most once a minute per key (whatever the number of processes).
 UPDATE api_keys SET last_used_at = %(now)s
 WHERE id = %(id)s AND (last_used_at IS NULL OR last_used_at < %(now)s - interval '1 minute');
+
+-- name: key_by_id
+-- The key a web console session stands for, read again on every request.
+SELECT id, name, role, scopes, created_at, last_used_at, expires_at, revoked_at
+FROM api_keys
+WHERE id = %(id)s;

@@ -6,6 +6,7 @@ and field); storage is engine.automations, as for the CLI.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import psycopg
@@ -107,8 +108,15 @@ def backtest(body: Backtest, conn: Conn) -> list[dict[str, Any]]:
         start = parse_since(body.since)
     except ValueError as exc:
         raise Invalid(("body", "since"), str(exc)) from None
+    return backtest_rules(conn, parse_rules_text(body.yaml, file=body.file, conn=conn), start)
+
+
+def backtest_rules(
+    conn: psycopg.Connection, rules: list[LoadedRule], start: datetime
+) -> list[dict[str, Any]]:
+    """Each rule's would-be firings since `start`, runs named (the API's and the console's backtest)."""
     out = []
-    for loaded in parse_rules_text(body.yaml, file=body.file, conn=conn):
+    for loaded in rules:
         firings = run_backtest(conn, loaded.automation, start)
         labels: dict[int, str] = {}
         run_pks = [f.run_pk for f in firings if f.run_pk is not None]

@@ -76,6 +76,8 @@ def history(
         "before_at": before_at,
         "before_id": before_id,
         "scopes": principal.scopes,
+        "run_id": None,
+        "status": None,
     }
     with enginedb.boundary(), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(enginedb.query("history"), params).fetchall()
