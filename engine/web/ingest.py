@@ -18,9 +18,10 @@ from psycopg.types.json import Jsonb
 from engine import clock
 from engine.db import boundary, query
 from engine.exceptions import NotFound
+from engine.sdk.buffer import MAX_BATCH_POINTS, Stream, Writer
+from engine.sdk.flush import DatabaseTransport
 from engine.sdk.run import _check_config, _check_tags, _new_run_id, _Opening, _transition
 from engine.sdk.validate import check_key, check_name, parse_project
-from engine.sdk.writer import MAX_BATCH_POINTS, Stream, Writer
 from engine.settings import Settings
 
 __all__ = ["MAX_BATCH_POINTS", "check_key"]
@@ -139,8 +140,8 @@ def store_batch(
         stored = conn.execute(query("run_max_steps"), {"run_pk": run.pk}).fetchone()
         assert stored is not None  # an aggregate: always one row
         step, system_step = stored
-        writer = Writer(_Connection(conn), settings)
-        Writer.prepare_connection(conn)
+        writer = Writer(DatabaseTransport(_Connection(conn), settings.series_tail), settings)
+        DatabaseTransport.prepare_connection(conn)
         stream = Stream(run.pk, label, step=step, system_step=system_step)
         dropped: list[int] = []
         points = 0
@@ -152,7 +153,7 @@ def store_batch(
                 points += len(values)
         closing = query("ingest_batch_insert")
         params = {"batch_id": batch_id, "points": points}
-        done, _ = writer.finish(stream, closing, params, timeout=0)
+        done, _ = writer.finish(stream, (closing, params), timeout=0)
         if not done:  # nothing to store: the batch id alone
             conn.execute(closing, params | {"run_pk": run.pk})
         return Stored(batch_id, False, points, dropped, stream.step)
