@@ -303,3 +303,36 @@ def test_a_stop_run_delivery_is_not_redelivered(conn, database_url):
     with pytest.raises(EngineError, match="stop_run action: its stop request was stored with the trigger"):
         outbox.redeliver(conn, str(delivery["id"]))
     run.finish()
+
+
+def test_rules_test_actions_test_and_explain_say_what_stop_run_does(conn, database_url, tmp_path):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    rule_file = tmp_path / "stop.yaml"
+    rule_file.write_text(STOP_RULE.format(name="stop-shown"))
+    apply_yaml(conn, rule_file.read_text())
+    run = engine.init(project="acme/vision", id="shown", system_metrics_interval=0)
+    run.log({"loss": 5e6})
+    run.flush()
+    runner = CliRunner()
+    backtest = runner.invoke(app, ["rules", "test", str(rule_file), "--since", "1h"])
+    assert backtest.exit_code == 0, backtest.output
+    assert "stop-shown: 1 would fire (stop_run: each run would be asked to stop)" in " ".join(
+        backtest.output.split()
+    )
+    assert stop_requests(conn) == []  # a backtest only reports
+    preview = runner.invoke(app, ["actions", "test", "stop-shown"])
+    assert preview.exit_code == 0, preview.output
+    assert "action 0 (stop_run): would ask the run to stop" in " ".join(preview.output.split())
+    assert stop_requests(conn) == []
+    tick(database_url)
+    (trigger_id,) = conn.execute("SELECT id FROM triggers").fetchone()
+    explained = runner.invoke(app, ["explain", str(trigger_id)])
+    assert explained.exit_code == 0, explained.output
+    assert "delivery: stop_run: the run was asked to stop" in explained.output
+    with pytest.raises(engine.RunStopped), run:
+        run.log({"loss": 0.1})
+        run.flush()
+    assert run.state == "killed"
