@@ -12,11 +12,29 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 # The SDK is loaded on first use, so that `engine <command>` does not pay for it.
-__all__ = ["Api", "ArtifactVersion", "RegistryLink", "Run", "StepWarning", "ValueWarning", "init"]
+__all__ = [
+    "Api",
+    "ArtifactVersion",
+    "RegistryLink",
+    "Run",
+    "RunStopped",
+    "StepWarning",
+    "ValueWarning",
+    "init",
+]
 _SDK_EXPORTS = frozenset(__all__)
 
 if TYPE_CHECKING:
-    from engine.sdk import Api, ArtifactVersion, RegistryLink, Run, StepWarning, ValueWarning, init
+    from engine.sdk import (
+        Api,
+        ArtifactVersion,
+        RegistryLink,
+        Run,
+        RunStopped,
+        StepWarning,
+        ValueWarning,
+        init,
+    )
 
 
 def __getattr__(name: str) -> Any:

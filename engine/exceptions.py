@@ -14,6 +14,7 @@
     │   └── RuleValidationError      carries every RuleIssue found (file, line, field, message)
     ├── NotFound                     a named thing (automation, trigger, delivery) does not exist
     ├── IngestError                  the SDK could not store what it was given
+    ├── RunStopped                   an automation's stop_run action asks the run to stop
     ├── KeyRefused                   an API key that is malformed, unknown, revoked or expired
     └── DeliveryError                an action could not be delivered
         └── PermanentDeliveryError   ...and retrying cannot help (4xx, refused address)
@@ -74,6 +75,21 @@ class NotFound(EngineError):
 
 class IngestError(EngineError):
     pass
+
+
+class RunStopped(EngineError):
+    """An automation's `stop_run` action asked the run to stop (raised by `run.log` and
+    `run.flush`). A run whose `with` block it leaves ends `killed`, naming `automation`."""
+
+    def __init__(self, automation: str, run: str = ""):
+        super().__init__(
+            f"run {run} was asked to stop by automation {automation!r} (its stop_run action); "
+            "it ends killed when it leaves its `with` block"
+        )
+        self.automation, self.run = automation, run
+
+    def __reduce__(self) -> tuple[type[RunStopped], tuple[str, str]]:
+        return type(self), (self.automation, self.run)
 
 
 class KeyRefused(EngineError):

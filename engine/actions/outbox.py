@@ -7,7 +7,8 @@ Lifecycle of a delivery (the `status` column):
        |                  |---final error / no attempts left--> failed
        |                  '---lease expired (crash)--> claimed again, same id
        '------ engine redeliver (from succeeded/failed/pending) -------'
-    no_op actions are inserted as skipped (nothing to send); a trigger under a silence, or
+    no_op actions are inserted as skipped (nothing to send), stop_run ones as succeeded with
+    their stop request (or skipped: the run had ended); a trigger under a silence, or
     beyond its action's rate limit, as silenced or suppressed (final: never sent). A digested
     action's triggers join a window instead (engine/actions/flow.py), whose one delivery is
     inserted pending when the window closes.
@@ -25,7 +26,9 @@ from engine.actions import flow
 from engine.actions.retry import DEFAULT_MAX_ATTEMPTS
 from engine.exceptions import EngineError, NotFound
 
-ACTION_TYPES = ("webhook", "slack", "email", "discord", "teams", "pagerduty", "no_op")
+ACTION_TYPES = ("webhook", "slack", "email", "discord", "teams", "pagerduty", "no_op", "stop_run")
+# Final when inserted: nothing to send (a stop_run's request is written with its trigger).
+FINAL_AT_ONCE = {"no_op": "skipped", "stop_run": "succeeded"}
 
 
 def action_json(action: Any) -> dict[str, Any]:
@@ -44,7 +47,8 @@ def actions_of(rule: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def delivery_rows(automation_id: int, actions: Sequence[Mapping[str, Any] | Any]) -> list[dict[str, Any]]:
     """The delivery of each action of a trigger, as the outbox stores it (action_index =
-    position; no_op actions are 'skipped' at once: nothing to send). The evaluator inserts
+    position; no_op actions are 'skipped' and stop_run ones 'succeeded' at once: nothing to
+    send). The evaluator inserts
     them with the triggers, in one statement (`insert_triggers`)."""
     rows = []
     for index, raw in enumerate(actions):
@@ -54,15 +58,15 @@ def delivery_rows(automation_id: int, actions: Sequence[Mapping[str, Any] | Any]
             raise EngineError(
                 f"unknown action type {action_type!r} (expected one of {', '.join(ACTION_TYPES)})"
             )
-        skipped = action_type == "no_op"
+        final = FINAL_AT_ONCE.get(action_type)
         rows.append(
             {
                 "automation_id": automation_id,
                 "action_index": index,
                 "action_type": action_type,
                 "action": action,
-                "status": "skipped" if skipped else "pending",
-                "max_attempts": 1 if skipped else int(action.get("max_attempts") or DEFAULT_MAX_ATTEMPTS),
+                "status": final or "pending",
+                "max_attempts": 1 if final else int(action.get("max_attempts") or DEFAULT_MAX_ATTEMPTS),
                 **flow.controls(action),
             }
         )
@@ -88,6 +92,11 @@ def redeliver(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:
     Refused for a delivery being sent right now ('sending') and for skipped no_op ones.
     """
     found = find(conn, delivery_id)
+    if found["action_type"] == "stop_run":
+        raise EngineError(
+            f"delivery {found['id']} is a stop_run action: its stop request was stored with the trigger, "
+            "there is nothing to send"
+        )
     if found["status"] in ("silenced", "suppressed"):
         raise EngineError(f"delivery {found['id']} was {found['status']}: it is never sent")
     if found["status"] == "skipped":

@@ -209,6 +209,12 @@ def test(
         if spec.type == "no_op":
             say(f"action {index} (no_op): nothing to send")
             continue
+        if spec.type == "stop_run":
+            say(
+                f"action {index} (stop_run): would ask the run to stop (its next run.log or run.flush raises "
+                "engine.RunStopped and it ends killed); a test stops nothing"
+            )
+            continue
         delivery_id = str(uuid.uuid4())
         # a digest's delivery carries its triggers: here, the sample one
         sample = flow.sample_digest(ctx) if spec.digest is not None else ctx

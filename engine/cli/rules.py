@@ -309,7 +309,12 @@ def test_command(
                 "step",
                 "value",
                 "alias/tag",
-                title=f"{item.automation.name}: {len(firings)} would fire",
+                title=f"{item.automation.name}: {len(firings)} would fire"
+                + (
+                    " (stop_run: each run would be asked to stop)"
+                    if item.automation.action.type == "stop_run"
+                    else ""
+                ),
             )
             for f in firings:
                 table.add_row(

@@ -39,6 +39,12 @@ def run_label(run: RunInfo) -> str:
 
 def delivery_label(delivery: Delivery) -> str:
     """`webhook succeeded after 1 attempt(s), HTTP 200`."""
+    if delivery.action_type == "stop_run":  # nothing is sent: the request is stored with the trigger
+        return (
+            "stop_run: the run was asked to stop"
+            if delivery.status == "succeeded"
+            else f"stop_run {delivery.status}"
+        )
     text = f"{delivery.action_type} {delivery.status} after {delivery.attempts} attempt(s)"
     return text + (f", HTTP {delivery.last_http_status}" if delivery.last_http_status else "")
 

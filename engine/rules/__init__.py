@@ -11,6 +11,7 @@ from engine.rules.actions import (
     NoOpAction,
     PagerDutyAction,
     SlackAction,
+    StopRunAction,
     TeamsAction,
     WebhookAction,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "RunState",
     "Scope",
     "SlackAction",
+    "StopRunAction",
     "TeamsAction",
     "WebhookAction",
     "format_duration",

@@ -1,5 +1,5 @@
 """What a rule does when it fires: a webhook, a message (Slack, Discord, Teams, email), a
-PagerDuty incident, or nothing (records the trigger).
+PagerDuty incident, a request that the run stop, or nothing (records the trigger).
 
 The actions package (`engine.actions`) sends these models: the dispatcher turns the JSON
 stored with each delivery back into one (`stored_action`). Secrets stay `{env: NAME}`
@@ -487,8 +487,37 @@ class NoOpAction(ActionBase):
         return self
 
 
+class StopRunAction(ActionBase):
+    """Ask the run's process to stop: its next `run.log` or `run.flush` raises
+    `engine.RunStopped` and the run ends `killed`. Run events only (the automation checks it).
+    The request is stored with the trigger; nothing is sent."""
+
+    type: Literal["stop_run"] = Field(description="Action kind.")
+
+    secret_names: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _nothing_to_control(self) -> StopRunAction:
+        fail(
+            "StopRunAction",
+            [
+                ((name,), f"stop_run stops each run it fires for, at once: {name} does not apply")
+                for name in ("digest", "rate_limit")
+                if getattr(self, name) is not None
+            ],
+        )
+        return self
+
+
 ActionModel = (
-    WebhookAction | SlackAction | EmailAction | DiscordAction | TeamsAction | PagerDutyAction | NoOpAction
+    WebhookAction
+    | SlackAction
+    | EmailAction
+    | DiscordAction
+    | TeamsAction
+    | PagerDutyAction
+    | NoOpAction
+    | StopRunAction
 )
 Action = Annotated[ActionModel, Field(discriminator="type")]
 ACTION_CLASSES: tuple[type[ActionModel], ...] = get_args(ActionModel)

@@ -83,6 +83,10 @@ class Automation(RuleModel):
                 )
             if "cooldown" in self.model_fields_set:
                 problems.append((("cooldown",), "cooldown applies to run events only"))
+            if self.action.type == "stop_run":
+                problems.append(
+                    (("action", "type"), f"stop_run stops a run: it needs a run event, and {kind} is not one")
+                )
         if kind not in ARTIFACT_EVENT_TYPES:
             for field in ("collection", "collection_regex"):
                 if getattr(self.scope, field) is not None:

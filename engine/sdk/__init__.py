@@ -6,8 +6,18 @@ session.py (connections shared by the runs of a process), system.py (psutil samp
 artifacts.py (versions, aliases, tags, registry links), api.py (Api), validate.py (checks).
 """
 
+from engine.exceptions import RunStopped
 from engine.sdk.api import Api
 from engine.sdk.artifacts import ArtifactVersion, RegistryLink
 from engine.sdk.run import Run, StepWarning, ValueWarning, init
 
-__all__ = ["Api", "ArtifactVersion", "RegistryLink", "Run", "StepWarning", "ValueWarning", "init"]
+__all__ = [
+    "Api",
+    "ArtifactVersion",
+    "RegistryLink",
+    "Run",
+    "RunStopped",
+    "StepWarning",
+    "ValueWarning",
+    "init",
+]

@@ -12,6 +12,9 @@ transport cannot reach its end the points stay buffered (in order) and the flush
 with backoff; the buffer is bounded by `buffer_max_points`, after which `append` blocks until
 there is room instead of dropping anything.
 
+A flush also tells each run of its batch whether an automation asked it to stop (a stop_run
+action: `SendResult.stop`); the run raises `RunStopped` from its next `log` or `flush`.
+
 A run may exist before the database has it: when `engine.init` cannot reach the database,
 the run's creation (its `Opening`) waits in its stream, the run's points are buffered as
 usual, and the first flush that reaches the database creates the run (`Transport.open`)
@@ -28,6 +31,7 @@ import logging
 import random
 import threading
 import time as _time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
@@ -68,9 +72,11 @@ class Batch(NamedTuple):
 
 
 class SendResult(NamedTuple):
-    """What the transport answered: for each closing change, (stream, its answer)."""
+    """What the transport answered: for each closing change, (stream, its answer); and for
+    each run of the batch with a pending stop request (stop_run), (stream, the automation)."""
 
     closed: list[tuple[Stream, object]]
+    stop: Sequence[tuple[Stream, str]] = ()
 
 
 class Transport(Protocol):
@@ -111,6 +117,7 @@ class Stream:
         "records",
         "run_pk",
         "step",
+        "stop",
         "system",
         "system_step",
     )
@@ -141,6 +148,8 @@ class Stream:
         # and what the transport answered once it did.
         self.closing: object | None = None
         self.closed: object | None = None
+        # The automation that asked the run to stop, once a flush learned it (never unset).
+        self.stop: str | None = None
 
     @property
     def unstored(self) -> int:
@@ -467,6 +476,9 @@ class Writer:
             with self._lock:
                 for stream, answer in result.closed:
                     stream.closing, stream.closed = None, answer
+                for stream, automation in result.stop:
+                    if stream.stop is None:
+                        stream.stop = automation
                 total = 0
                 for part in parts:
                     part.stream.inflight -= part.n

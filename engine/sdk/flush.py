@@ -9,7 +9,9 @@ For each batch the buffer (buffer.py) hands over:
 3. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
    value in the batch, and `insert_nonfinite` for its NaN and infinite values (rare),
    `note_metric_ingest` for the runs with metric values (their last ingestion, for stalls),
-4. one `notify_ingest`, and the final state changes of runs whose last points are in it.
+4. one `notify_ingest`, and the final state changes of runs whose last points are in it,
+5. the pending stop requests of the batch's runs (`pending_stop_requests`: stop_run), read in
+   the same transaction, so a run learns of one within a flush.
 
 Batches are sent one at a time in logging order, so `seq` follows it.
 """
@@ -74,6 +76,7 @@ class DatabaseTransport:
         self._q_nonfinite = query("insert_nonfinite")
         self._q_ingested = query("note_metric_ingest")
         self._q_notify = query("notify_ingest")
+        self._q_stops = query("pending_stop_requests")
 
     @staticmethod
     def prepare_connection(conn: psycopg.Connection) -> None:
@@ -110,11 +113,14 @@ class DatabaseTransport:
             for s, c in cast("list[tuple[Stream, tuple[str, dict]]]", batch.closing)
         ]
         with self._connections.connection() as conn:
-            new_ids, closed = self._send_on(conn, batch.parts, unknown, closing)
+            new_ids, closed, stops = self._send_on(conn, batch.parts, unknown, closing)
         with self._keys_lock:
             self._key_ids.update(new_ids)
             self._unknown.difference_update(new_ids)
-        return SendResult(closed)
+        if not stops:
+            return SendResult(closed)
+        streams = {p.stream.run_pk: p.stream for p in batch.parts}
+        return SendResult(closed, [(streams[run_pk], automation) for run_pk, automation in stops])
 
     def _send_on(
         self,
@@ -122,7 +128,7 @@ class DatabaseTransport:
         batch: list[Part],
         unknown: list[str],
         closing: list[tuple[Stream, str, dict]],
-    ) -> tuple[dict[str, int], list[tuple[Stream, object]]]:
+    ) -> tuple[dict[str, int], list[tuple[Stream, object]], list[tuple[int, str]]]:
         new_ids: dict[str, int] = {}
         try:
             with boundary():
@@ -149,6 +155,7 @@ class DatabaseTransport:
                             for run_pk, records in parts:
                                 seq = self._copy_run(copy.write_row, run_pk, records, ids, seq, series)
                 closing_curs = [conn.cursor() for _ in closing]
+                stops_cur = conn.cursor()
                 with conn.pipeline():
                     if series.key_ids:  # every point of this flush has a seq below `seq`
                         cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
@@ -158,10 +165,16 @@ class DatabaseTransport:
                     if metric_runs:  # system metrics alone do not show a run is alive
                         cur.execute(self._q_ingested, {"run_pks": metric_runs})
                     cur.execute(self._q_notify, {"payload": ""})
+                    # before the closing changes, which end a finishing run's requests
+                    stops_cur.execute(self._q_stops, {"run_pks": list({s.run_pk for s, _, _, _ in batch})})
                     for c, (_, statement, params) in zip(closing_curs, closing):
                         c.execute(statement, params)
                     cur.execute(_COMMIT)
-                return new_ids, [(stream, c.fetchone()) for c, (stream, _, _) in zip(closing_curs, closing)]
+                return (
+                    new_ids,
+                    [(stream, c.fetchone()) for c, (stream, _, _) in zip(closing_curs, closing)],
+                    cast("list[tuple[int, str]]", stops_cur.fetchall()),
+                )
         except BaseException as exc:
             self._abort(conn)
             if isinstance(exc, DatabaseUnavailable) or conn.broken or conn.closed:

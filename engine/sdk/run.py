@@ -31,7 +31,14 @@ from psycopg.types.json import Jsonb
 
 from engine import clock
 from engine.db import is_transient, one_row, query
-from engine.exceptions import DatabaseError, DatabaseUnavailable, EngineError, IngestError, NotFound
+from engine.exceptions import (
+    DatabaseError,
+    DatabaseUnavailable,
+    EngineError,
+    IngestError,
+    NotFound,
+    RunStopped,
+)
 from engine.sdk import alerts, artifacts
 from engine.sdk import session as sessions
 from engine.sdk.buffer import MAX_BATCH_POINTS, Stream
@@ -353,6 +360,8 @@ class Run:
                 ),
                 stacklevel=2,
             )
+        if self._stream.stop is not None:  # the call's values are kept: stored with the rest
+            raise self._stopped()
 
     def _numbers(
         self, keys: tuple[str, ...], values: tuple[Any, ...]
@@ -401,8 +410,22 @@ class Run:
 
     def flush(self, timeout: float | None = DEFAULT_FINISH_TIMEOUT) -> None:
         """Store everything this run logged so far, now (normally the background thread
-        does it within ENGINE_FLUSH_INTERVAL). IngestError after `timeout` seconds."""
+        does it within ENGINE_FLUSH_INTERVAL). IngestError after `timeout` seconds;
+        RunStopped (once stored) when an automation asked the run to stop."""
         self._writer.flush(self._stream, timeout=timeout)
+        if self._stream.stop is not None:
+            raise self._stopped()
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once a flush learned that an automation's stop_run action asked this run to
+        stop; from then on `log` and `flush` raise RunStopped (what they were given is still
+        stored)."""
+        return self._stream.stop is not None
+
+    def _stopped(self) -> RunStopped:
+        assert self._stream.stop is not None
+        return RunStopped(self._stream.stop, f"{self.project}/{self.id}")
 
     # -- states ---------------------------------------------------------------------------
     def finish(self, exit_code: int = 0, *, timeout: float = DEFAULT_FINISH_TIMEOUT) -> None:
@@ -414,15 +437,20 @@ class Run:
         """
         if isinstance(exit_code, bool) or not isinstance(exit_code, int):
             raise TypeError(f"exit_code must be an int, not {type(exit_code).__name__}")
+        self._end("finished" if exit_code == 0 else "failed", exit_code, timeout=timeout)
+
+    def _end(
+        self, to_state: str, exit_code: int | None, *, timeout: float, stopped_by: str | None = None
+    ) -> None:
+        """`finish`, into `to_state`: `killed` with `stopped_by` when the run obeys a stop request."""
         with self._finish_lock:
             if self._finished:
                 return
             self._finished = True
         _active.discard(self)
         deadline = _time.monotonic() + timeout
-        to_state = "finished" if exit_code == 0 else "failed"
         transition = _transition_params(
-            None, ("running",), to_state, exit_code, self.user
+            None, ("running",), to_state, exit_code, self.user, stopped_by=stopped_by
         )  # run_pk: once known
         try:
             if self._sampler is not None:
@@ -481,12 +509,21 @@ class Run:
         if exc_type is None:
             self.finish(0)
             return
-        # an exception leaves the block: store what was logged, mark the run failed, and let
-        # the exception go on (a storage problem is reported as a note on it, not instead of it)
+        # an exception leaves the block: store what was logged, mark the run failed (killed
+        # when it obeys a stop request), and let the exception go on (a storage problem is
+        # reported as a note on it, not instead of it)
         try:
-            self.finish(1)
+            self._end_by(exc)
         except EngineError as ingest_problem:
-            exc.add_note(f"engine: while marking run {self.project}/{self.id} failed: {ingest_problem}")
+            exc.add_note(f"engine: while ending run {self.project}/{self.id}: {ingest_problem}")
+
+    def _end_by(self, exc: BaseException, timeout: float = DEFAULT_FINISH_TIMEOUT) -> None:
+        """End the run after `exc` stopped its code: killed (naming the automation) when it
+        is this run's RunStopped, else failed."""
+        if isinstance(exc, RunStopped) and self._stream.stop is not None:
+            self._end("killed", None, timeout=timeout, stopped_by=self._stream.stop)
+        else:
+            self.finish(1, timeout=timeout)
 
     # -- artifacts ------------------------------------------------------------------------
     def log_artifact(
@@ -553,10 +590,11 @@ def _transition(
     exit_code: int | None,
     author: str | None,
     at: datetime,
+    stopped_by: str | None = None,
 ) -> bool:
     """One state change with its transition row and event; False when the run was not in
     one of `from_states` (nothing written)."""
-    params = _transition_params(run_pk, from_states, to_state, exit_code, author, at)
+    params = _transition_params(run_pk, from_states, to_state, exit_code, author, at, stopped_by)
     return conn.execute(query("transition_run"), params).fetchone() is not None
 
 
@@ -567,6 +605,7 @@ def _transition_params(
     exit_code: int | None,
     author: str | None,
     at: datetime | None = None,
+    stopped_by: str | None = None,
 ) -> dict[str, Any]:
     return {
         "run_pk": run_pk,
@@ -575,6 +614,7 @@ def _transition_params(
         "exit_code": exit_code,
         "author": author,
         "at": at or clock.now(),
+        "stopped_by": stopped_by,
     }
 
 
@@ -617,16 +657,20 @@ sys.excepthook = _excepthook
 
 
 def _finish_open_runs() -> None:
-    """A script that never called finish(): finished, or failed if it died of an exception.
+    """A script that never called finish(): finished, or failed if it died of an exception
+    (killed if it was the run's RunStopped).
     All of them share EXIT_TIMEOUT seconds, so that an unreachable database cannot hold the
     interpreter's exit for long."""
-    exit_code = 1 if _uncaught else 0
     deadline = _time.monotonic() + EXIT_TIMEOUT
     for run in list(_active):
         if run._pid != os.getpid():
             continue  # inherited through fork(): the parent process finishes it
         try:
-            run.finish(exit_code, timeout=max(0.0, deadline - _time.monotonic()))
+            left = max(0.0, deadline - _time.monotonic())
+            if _uncaught:
+                run._end_by(_uncaught[-1], timeout=left)
+            else:
+                run.finish(0, timeout=left)
         except Exception as exc:  # at exit there is nobody left to raise to
             print(f"engine: could not finish run {run.project}/{run.id}: {exc}", file=sys.stderr)
 

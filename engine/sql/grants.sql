@@ -41,6 +41,7 @@ GRANT DELETE ON series_batches TO engine_service;  -- watermark rows every autom
 -- digests, rate limits and silences (`engine silence add|end` runs as the service's role)
 GRANT INSERT, UPDATE ON action_gates, digests, silences TO engine_service;
 GRANT INSERT ON digest_members TO engine_service;
+GRANT INSERT ON stop_requests TO engine_service;  -- the stop_run action, written with its trigger
 GRANT USAGE ON SEQUENCE digests_id_seq, silences_id_seq TO engine_service;
 GRANT USAGE ON SEQUENCE automations_id_seq, triggers_id_seq, delivery_attempts_id_seq TO engine_service;
 
@@ -63,6 +64,8 @@ GRANT UPDATE (link_id, updated_at) ON registry_aliases TO engine_ingest;
 GRANT SELECT, INSERT, DELETE ON artifact_collection_tags, registry_collection_tags TO engine_ingest;
 GRANT DELETE ON artifact_tags, artifact_aliases, registry_aliases TO engine_ingest;
 GRANT UPDATE (unlinked_at) ON registry_links TO engine_ingest;
+-- stop_run: a flush reads its runs' pending stop requests; a run's state change ends them
+GRANT SELECT, UPDATE (ended_at) ON stop_requests TO engine_ingest;
 GRANT USAGE ON SEQUENCE ingest_batch_seq, projects_id_seq, runs_id_seq, run_transitions_id_seq, metric_keys_id_seq,
     series_batches_id_seq, events_id_seq, artifact_collections_id_seq, artifact_versions_id_seq, registries_id_seq,
     registry_collections_id_seq, registry_links_id_seq TO engine_ingest;

@@ -222,7 +222,7 @@ CREATE TABLE public.deliveries (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
     silence_id bigint,
-    CONSTRAINT deliveries_action_type_check CHECK ((action_type = ANY (ARRAY['webhook'::text, 'slack'::text, 'email'::text, 'discord'::text, 'teams'::text, 'pagerduty'::text, 'no_op'::text]))),
+    CONSTRAINT deliveries_action_type_check CHECK ((action_type = ANY (ARRAY['webhook'::text, 'slack'::text, 'email'::text, 'discord'::text, 'teams'::text, 'pagerduty'::text, 'no_op'::text, 'stop_run'::text]))),
     CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sending'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text, 'suppressed'::text, 'silenced'::text])))
 );
 
@@ -675,6 +675,14 @@ CREATE SEQUENCE public.silences_id_seq
 
 ALTER SEQUENCE public.silences_id_seq OWNED BY public.silences.id;
 
+CREATE TABLE public.stop_requests (
+    trigger_id bigint NOT NULL,
+    run_pk bigint NOT NULL,
+    automation text NOT NULL,
+    requested_at timestamp with time zone NOT NULL,
+    ended_at timestamp with time zone
+);
+
 CREATE SEQUENCE public.triggers_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -848,6 +856,9 @@ ALTER TABLE ONLY public.series_state
 ALTER TABLE ONLY public.silences
     ADD CONSTRAINT silences_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.stop_requests
+    ADD CONSTRAINT stop_requests_pkey PRIMARY KEY (trigger_id);
+
 ALTER TABLE ONLY public.triggers
     ADD CONSTRAINT triggers_automation_id_cause_key UNIQUE (automation_id, cause);
 
@@ -899,6 +910,8 @@ CREATE INDEX series_batches_key_xid ON public.series_batches USING btree (key_id
 CREATE INDEX series_batches_xid ON public.series_batches USING btree (xid);
 
 CREATE INDEX silences_ends ON public.silences USING btree (ends_at);
+
+CREATE INDEX stop_requests_pending ON public.stop_requests USING btree (run_pk) WHERE (ended_at IS NULL);
 
 CREATE INDEX system_metrics_series ON public.system_metrics USING btree (run_pk, key_id, seq DESC);
 
@@ -1033,6 +1046,12 @@ ALTER TABLE ONLY public.series_state
 
 ALTER TABLE ONLY public.silences
     ADD CONSTRAINT silences_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
+
+ALTER TABLE ONLY public.stop_requests
+    ADD CONSTRAINT stop_requests_run_pk_fkey FOREIGN KEY (run_pk) REFERENCES public.runs(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.stop_requests
+    ADD CONSTRAINT stop_requests_trigger_id_fkey FOREIGN KEY (trigger_id) REFERENCES public.triggers(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.triggers
     ADD CONSTRAINT triggers_artifact_version_id_fkey FOREIGN KEY (artifact_version_id) REFERENCES public.artifact_versions(id) ON DELETE SET NULL;

@@ -53,6 +53,7 @@ class Stored:
     points: int
     dropped_rows: list[int]
     step: int
+    stop: str | None  # the automation of the run's pending stop request (stop_run), if any
 
 
 def find_run(conn: psycopg.Connection, entity: str, project: str, run_id: str) -> RunRow:
@@ -63,6 +64,15 @@ def find_run(conn: psycopg.Connection, entity: str, project: str, run_id: str) -
     if row is None:
         raise NotFound(f"no run {run_id!r} in project {entity}/{project}")
     return RunRow(*row)
+
+
+def run_names(conn: psycopg.Connection, run_pk: int) -> tuple[str, str | None]:
+    """A run's display name and user."""
+    with boundary():
+        row = conn.execute(query("web_run_names"), {"run_pk": run_pk}).fetchone()
+    if row is None:
+        raise NotFound(f"run {run_pk} no longer exists")
+    return row[0], row[1]
 
 
 def open_run(
@@ -118,10 +128,19 @@ def change_state(
     to_state: str,
     exit_code: int | None,
     author: str,
+    stopped_by: str | None = None,
 ) -> bool:
     """A run's state change with its transition row and event (the SDK's statement)."""
     with boundary():
-        return _transition(conn, run.pk, from_states, to_state, exit_code, author, clock.now())
+        return _transition(conn, run.pk, from_states, to_state, exit_code, author, clock.now(), stopped_by)
+
+
+def pending_stop(conn: psycopg.Connection, run_pk: int) -> str | None:
+    """The automation of the run's oldest pending stop request (stop_run), or None (the
+    statement a flush runs in its transaction)."""
+    with boundary():
+        row = conn.execute(query("pending_stop_requests"), {"run_pks": [run_pk]}).fetchone()
+    return None if row is None else row[1]
 
 
 def store_batch(
@@ -136,10 +155,12 @@ def store_batch(
 ) -> Stored:
     """Store one log batch exactly once: the rows follow `run.log`'s rules (a missing step is
     the next one, a lower step drops the row; with `clamp`, it is stored at the current step),
-    and the batch id commits with the points."""
+    and the batch id commits with the points. A pending stop request is read by the flush (its
+    transaction), or here when nothing was flushed (a batch stored before: the client may have
+    lost the answer that said it)."""
     with boundary(), _run_lock(conn, run.pk):
         if conn.execute(query("ingest_batch_stored"), {"run_pk": run.pk, "batch_id": batch_id}).fetchone():
-            return Stored(batch_id, True, 0, [], -1)
+            return Stored(batch_id, True, 0, [], -1, pending_stop(conn, run.pk))
         stored = conn.execute(query("run_max_steps"), {"run_pk": run.pk}).fetchone()
         assert stored is not None  # an aggregate: always one row
         step, system_step = stored
@@ -161,7 +182,8 @@ def store_batch(
         done, _ = writer.finish(stream, (closing, params), timeout=0)
         if not done:  # nothing to store: the batch id alone
             conn.execute(closing, params | {"run_pk": run.pk})
-        return Stored(batch_id, False, points, dropped, stream.step)
+        stop = stream.stop if done else pending_stop(conn, run.pk)
+        return Stored(batch_id, False, points, dropped, stream.step, stop)
 
 
 @contextlib.contextmanager

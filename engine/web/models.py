@@ -54,6 +54,16 @@ class RunOut(BaseModel):
     state: str = Field(description="running, finished, failed or killed.")
 
 
+class StopRequested(BaseModel):
+    automation: str = Field(description="The automation whose stop_run action asked the run to stop.")
+
+
+class RunDetail(RunOut):
+    stop_requested: StopRequested | None = Field(
+        description="The stop request (stop_run) the run has not obeyed yet; null when there is none."
+    )
+
+
 class LogRow(Input):
     step: int | None = Field(None, ge=0, le=2**62, description="Step (default: the run's current step + 1).")
     time: AwareDatetime | None = Field(None, description="When the values were measured (default: now).")
@@ -77,10 +87,20 @@ class LogOut(BaseModel):
         description="Indexes of rows dropped because their step was lower than the run's."
     )
     step: int = Field(description="The run's current step after the batch (-1: none yet; duplicate: -1).")
+    stop_requested: StopRequested | None = Field(
+        None,
+        description="Present when an automation's stop_run action asked the run to stop: the SDK raises "
+        "engine.RunStopped and ends the run with POST …/finish {stopped: true}.",
+    )
 
 
 class Finish(Input):
     exit_code: int = Field(0, ge=-(2**31), lt=2**31, description="0: finished; anything else: failed.")
+    stopped: bool = Field(
+        False,
+        description="The run obeys its pending stop request (stop_run): it ends killed (exit_code is ignored) "
+        "and its event names the automation. 422 when a running run has none.",
+    )
 
 
 class StateOut(BaseModel):

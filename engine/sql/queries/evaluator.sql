@@ -114,6 +114,8 @@ ORDER BY automation_id, run_pk, id DESC;
 -- an active silence gets `silenced` deliveries; one beyond its action's rate limit
 -- (`rate_count` deliveries in the last `rate_per_seconds`), `suppressed`; a digested action's
 -- trigger gets no delivery but joins the action's open window, or opens one.
+-- A stop_run action's delivery is final at once: `succeeded` with its stop request written
+-- here (the request is all there is to deliver), `skipped` when the run is no longer running.
 WITH fired AS (
     INSERT INTO triggers (
         fired_at, automation_id, automation_version, event_type, cause, run_pk, event_id, metric, step,
@@ -138,7 +140,7 @@ WITH fired AS (
     ON CONFLICT (automation_id, cause) DO NOTHING
     RETURNING id, automation_id, run_pk, event_id, artifact_version_id
 ), planned AS (
-    SELECT f.id AS trigger_id, f.automation_id, a.action_index, a.action_type, a.action, a.status,
+    SELECT f.id AS trigger_id, f.automation_id, f.run_pk, a.action_index, a.action_type, a.action, a.status,
            a.max_attempts, a.digest_seconds, a.rate_count, a.rate_per_seconds, a.rate_text, s.id AS silence_id,
            s.reason AS silence_reason
     FROM fired f
@@ -177,6 +179,9 @@ WITH fired AS (
                      AND u.sent + row_number() OVER (PARTITION BY p.automation_id, p.action_index, p.silence_id IS NULL
                                                      ORDER BY p.trigger_id) > p.rate_count
                 THEN 'suppressed'
+                WHEN p.action_type = 'stop_run'
+                     AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = p.run_pk AND r.state = 'running')
+                THEN 'skipped'
                 ELSE p.status END AS decision
     FROM planned p
     LEFT JOIN used u ON u.automation_id = p.automation_id AND u.action_index = p.action_index
@@ -189,8 +194,14 @@ WITH fired AS (
            CASE d.decision
                WHEN 'silenced' THEN 'silenced by silence ' || d.silence_id || ': ' || d.silence_reason
                WHEN 'suppressed' THEN 'rate limit reached (' || d.rate_text || ')'
+               WHEN 'skipped' THEN CASE WHEN d.action_type = 'stop_run' THEN 'the run was no longer running' END
            END
     FROM decided d
+), stopped AS (
+    INSERT INTO stop_requests (trigger_id, run_pk, automation, requested_at)
+    SELECT d.trigger_id, d.run_pk, a.name, %(now)s
+    FROM decided d JOIN automations a ON a.id = d.automation_id
+    WHERE d.action_type = 'stop_run' AND d.decision = 'succeeded'
 ), digested AS (
     SELECT p.* FROM planned p WHERE p.silence_id IS NULL AND p.digest_seconds IS NOT NULL
 ), open_window AS (

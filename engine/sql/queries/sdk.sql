@@ -92,6 +92,9 @@ SELECT coalesce((SELECT max(step) FROM metric_points WHERE run_pk = %(run_pk)s),
 -- name: transition_run
 -- One state change: runs.state, a run_transitions row and a 'run_state' event, only when the
 -- run is in one of the given from_states (returns nothing otherwise, and changes nothing).
+-- It ends the run's pending stop requests (stop_run), whatever the new state: a resumed run
+-- starts with none. %(stopped_by)s: the automation whose stop request the run obeys (killed
+-- by stop_run; its event says so), else NULL.
 WITH old AS (
     SELECT id, project_id, state FROM runs
     WHERE id = %(run_pk)s AND state = ANY(%(from_states)s::text[])
@@ -108,12 +111,27 @@ WITH old AS (
 ), tr AS (
     INSERT INTO run_transitions (run_pk, from_state, to_state, exit_code, author, at)
     SELECT id, from_state, %(to_state)s::text, %(exit_code)s::integer, %(author)s, %(at)s FROM up
+), stops AS (
+    UPDATE stop_requests s SET ended_at = %(at)s
+    FROM up
+    WHERE s.run_pk = up.id AND s.ended_at IS NULL
 )
 INSERT INTO events (time, type, author, project_id, run_pk, details)
 SELECT %(at)s, 'run_state', %(author)s, project_id, id,
        jsonb_build_object('from', from_state, 'to', %(to_state)s::text, 'exit_code', %(exit_code)s::integer)
+       || CASE WHEN %(stopped_by)s::text IS NULL THEN '{}'::jsonb
+               ELSE jsonb_build_object('stopped_by', %(stopped_by)s::text) END
 FROM up
 RETURNING details ->> 'from';
+
+-- name: pending_stop_requests
+-- The pending stop requests (stop_run) of these runs, oldest first: read in every flush's
+-- transaction and by `engine web`'s log route. The partial index holds pending ones only
+-- (usually none), so this costs a probe of a nearly empty index.
+SELECT run_pk, automation
+FROM stop_requests
+WHERE run_pk = ANY(%(run_pks)s::bigint[]) AND ended_at IS NULL
+ORDER BY trigger_id;
 
 -- Ingest (the flush; the series upsert and the NOTIFY are in ingest.sql) ------------------
 

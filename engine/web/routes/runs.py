@@ -20,8 +20,10 @@ from engine.web.models import (
     LogBatch,
     LogOut,
     RunCreate,
+    RunDetail,
     RunOut,
     StateOut,
+    StopRequested,
 )
 from engine.web.routes.artifacts import artifact_out
 
@@ -56,7 +58,8 @@ def create_run(body: RunCreate, conn: Conn, response: Response) -> RunOut:
     )
 
 
-@router.post(RUN + "/log", dependencies=[access("ingest", project_in_path)])
+# stop_requested is left out unless a request is pending (clients test for the key)
+@router.post(RUN + "/log", dependencies=[access("ingest", project_in_path)], response_model_exclude_none=True)
 def log(entity: str, project: str, run_id: str, body: LogBatch, conn: Conn, request: Request) -> LogOut:
     """Store a batch of rows, each like one `run.log` call, once: a batch id stored before is
     not stored again (`duplicate`), so a client may retry a batch freely."""
@@ -80,7 +83,33 @@ def log(entity: str, project: str, run_id: str, body: LogBatch, conn: Conn, requ
     stored = ingest.store_batch(
         conn, run, f"{entity}/{project}/{run_id}", body.batch_id, rows, request.app.state.settings
     )
-    return LogOut(**stored.__dict__)
+    return LogOut(
+        batch_id=stored.batch_id,
+        duplicate=stored.duplicate,
+        points=stored.points,
+        dropped_rows=stored.dropped_rows,
+        step=stored.step,
+        stop_requested=_stop(stored.stop),
+    )
+
+
+@router.get(RUN, dependencies=[access("read", project_in_path)])
+def get_run(entity: str, project: str, run_id: str, conn: Conn) -> RunDetail:
+    """A run: its state, and the stop request (stop_run) it has not obeyed yet."""
+    run = ingest.find_run(conn, entity, project, run_id)
+    name, user = ingest.run_names(conn, run.pk)
+    return RunDetail(
+        id=run_id,
+        project=f"{entity}/{project}",
+        name=name,
+        user=user,
+        state=run.state,
+        stop_requested=_stop(ingest.pending_stop(conn, run.pk)),
+    )
+
+
+def _stop(automation: str | None) -> StopRequested | None:
+    return None if automation is None else StopRequested(automation=automation)
 
 
 @router.post(RUN + "/finish")
@@ -92,10 +121,22 @@ def finish(
     conn: Conn,
     principal: Principal = access("ingest", project_in_path),
 ) -> StateOut:
-    """End a running run: `finished` (exit code 0) or `failed`."""
+    """End a running run: `finished` (exit code 0) or `failed`; with `stopped`, `killed` by
+    its pending stop request (stop_run), whose automation its event names."""
     run = ingest.find_run(conn, entity, project, run_id)
     to_state = "finished" if body.exit_code == 0 else "failed"
-    changed = ingest.change_state(conn, run, ("running",), to_state, body.exit_code, principal.author)
+    stopped_by = None
+    if body.stopped and run.state == "running":  # not running: a retried request, nothing to do
+        stopped_by = ingest.pending_stop(conn, run.pk)
+        if stopped_by is None:
+            raise Invalid(
+                ("body", "stopped"),
+                f"run {run_id!r} has no pending stop request: finish it with an exit code",
+            )
+    if body.stopped:
+        to_state = "killed"
+    exit_code = None if body.stopped else body.exit_code
+    changed = ingest.change_state(conn, run, ("running",), to_state, exit_code, principal.author, stopped_by)
     return StateOut(
         id=run_id,
         state=to_state if changed else ingest.find_run(conn, entity, project, run_id).state,
