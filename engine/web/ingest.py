@@ -18,9 +18,9 @@ from psycopg.types.json import Jsonb
 from engine import clock
 from engine.db import boundary, query
 from engine.exceptions import NotFound
+from engine.sdk.buffer import MAX_BATCH_POINTS, Stream, Writer
 from engine.sdk.run import _check_config, _check_tags, _new_run_id, _Opening, _transition
 from engine.sdk.validate import check_key, check_name, parse_project
-from engine.sdk.writer import MAX_BATCH_POINTS, Stream, Writer
 from engine.settings import Settings
 
 __all__ = ["MAX_BATCH_POINTS", "check_key"]
