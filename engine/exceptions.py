@@ -16,6 +16,7 @@
     ├── IngestError                  the SDK could not store what it was given
     ├── RunStopped                   an automation's stop_run action asks the run to stop
     ├── KeyRefused                   an API key that is malformed, unknown, revoked or expired
+    ├── ApiError                     engine web (ENGINE_URL) cannot be reached or refuses a request
     └── DeliveryError                an action could not be delivered
         └── PermanentDeliveryError   ...and retrying cannot help (4xx, refused address)
 
@@ -94,6 +95,14 @@ class RunStopped(EngineError):
 
 class KeyRefused(EngineError):
     """An API key that cannot authenticate; the message says why, never the key."""
+
+
+class ApiError(EngineError):
+    """A client of engine web: the server cannot be reached, or answered an error (`status`)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class DeliveryError(EngineError):

@@ -17,6 +17,12 @@ class Settings(BaseSettings):
         None,
         description="PostgreSQL URL of a TimescaleDB database. Unset: the embedded database under data_dir.",
     )
+    url: str | None = Field(
+        None,
+        description="Base URL of engine web, e.g. http://127.0.0.1:8080; when set, the SDK and CLI go through the "
+        "HTTP API instead of the database",
+    )
+    api_key: SecretStr | None = Field(None, description="API key sent as Bearer token to ENGINE_URL")
     data_dir: Path = Field(Path(".engine"), description="Where the embedded database keeps its files.")
     connect_timeout: int = Field(
         5,

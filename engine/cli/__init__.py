@@ -16,7 +16,9 @@ app = typer.Typer(
         "Automation engine for ML experiment tracking on TimescaleDB: runs logged with the Python SDK, "
         "YAML rules that watch them, webhooks and Slack messages when a rule fires.\n\n"
         "Start with `engine demo`. Every command uses ENGINE_DATABASE_URL, or the embedded database "
-        "under ENGINE_DATA_DIR (default ./.engine) when it is unset. Each command has --help."
+        "under ENGINE_DATA_DIR (default ./.engine) when it is unset; with ENGINE_URL and ENGINE_API_KEY "
+        "set, `rules`, `history`, `deliveries`, `redeliver` and `explain` go through `engine web` instead. "
+        "Each command has --help."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -21,6 +21,7 @@ from engine.actions.context import sample_context
 from engine.actions.dispatcher import POLL_SECONDS, Dispatcher
 from engine.actions.http import Attempt
 from engine.actions.send import send_action
+from engine.cli.backend import open_backend, refuse_remote
 from engine.cli.output import Format, FormatOption, cell, is_terminal, print_rows, print_table
 from engine.exceptions import NotFound
 from engine.rules.automation import Automation
@@ -83,8 +84,8 @@ def deliveries(
     """List deliveries (one per action of each trigger), newest first."""
     if status is not None and status not in STATUSES:
         raise typer.BadParameter(f"must be one of {', '.join(STATUSES)}", param_hint="--status")
-    with enginedb.connection() as conn:
-        rows = outbox.list_deliveries(conn, status=status, automation=automation, limit=limit)
+    with open_backend() as backend:
+        rows = backend.deliveries(status, automation, limit)
     if fmt is not Format.table:
         print_rows(rows, DELIVERY_KEYS, fmt)
         return
@@ -146,17 +147,23 @@ def redeliver(
     address allow-list; `--here` sends it from this shell instead.
     """
     settings = get_settings()
+    if here and settings.url:
+        # sending needs the database (to claim it) and the action's secrets on this machine
+        raise refuse_remote("`engine redeliver --here`")
+    if not here:
+        with open_backend() as backend:
+            row = backend.redeliver(delivery_id)
+        say(
+            f"delivery {row['id']} ({escape(row['automation'])}, {row['action_type']}) queued: a running "
+            f"`engine serve` sends it within about {POLL_SECONDS:g} s, with its own secrets and "
+            "ENGINE_WEBHOOK_ALLOW_HOSTS (`engine deliveries` shows the outcome; `--here` sends it from this "
+            "shell instead)"
+        )
+        return
     url = enginedb.database_url(settings)
     with enginedb.connection(url) as conn:
         row = outbox.redeliver(conn, delivery_id)
         what = f"delivery {row['id']} ({escape(row['automation'])}, {row['action_type']})"
-        if not here:
-            say(
-                f"{what} queued: a running `engine serve` sends it within about {POLL_SECONDS:g} s, with its own "
-                "secrets and ENGINE_WEBHOOK_ALLOW_HOSTS (`engine deliveries` shows the outcome; `--here` sends it "
-                "from this shell instead)"
-            )
-            return
         say(f"{what} is pending again; sending it from this shell")
         with Dispatcher(url, settings) as dispatcher:
             claimed = dispatcher.run_once(limit=1, only=row["id"])

@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from engine import db as enginedb
+from engine.cli.backend import open_backend
 from engine.exceptions import ConfigurationError
-from engine.explain import explain_data, render_png, render_terminal
+from engine.explain import render_png, render_terminal
 
 # One string per paragraph: typer keeps the line breaks of a help text as they are.
 HELP = (
@@ -56,8 +56,8 @@ def explain(
     if png is not None and importlib.util.find_spec("matplotlib") is None:
         # Checked first: after the plot and its text, the error would be easy to miss.
         raise ConfigurationError("--png needs matplotlib, which is not installed: pip install 'engine[png]'")
-    with enginedb.connection() as conn:
-        expl = explain_data(conn, trigger_id)
+    with open_backend() as backend:  # over HTTP: the same Explanation, as JSON
+        expl = backend.explanation(trigger_id)
     width = width or min(shutil.get_terminal_size((100, 30)).columns, 160)
     # Colors only for a person at a terminal (https://no-color.org).
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ

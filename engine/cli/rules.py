@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-import psycopg
 import typer
 import yaml
 from rich import box
@@ -19,12 +16,10 @@ from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
-from engine import automations
-from engine import db as enginedb
 from engine.actions.ssrf import address_warnings
+from engine.cli.backend import Backend, open_backend
 from engine.cli.output import Format, FormatOption, is_terminal, parse_when, print_rows, print_table
 from engine.compiler import compile_rule
-from engine.evaluation import backtest
 from engine.exceptions import ConfigurationError, RuleValidationError
 from engine.rules import lint, load_rules
 from engine.rules.loader import LoadedRule
@@ -60,13 +55,6 @@ def rule_paths(paths: list[Path] | None) -> list[Path]:
     return [default]
 
 
-@contextlib.contextmanager
-def _connection() -> Iterator[psycopg.Connection]:
-    with enginedb.connection(autocommit=False) as conn:
-        enginedb.ensure_schema(conn)
-        yield conn
-
-
 def _report_issues(error: RuleValidationError) -> None:
     # soft_wrap: one issue per line whatever the terminal width, so editors and grep can use them
     for issue in error.issues:
@@ -92,9 +80,9 @@ def _report_lint(rules: list[LoadedRule]) -> None:
             )
 
 
-def _load(paths: list[Path], conn: psycopg.Connection | None = None) -> list[LoadedRule]:
+def _load(backend: Backend, paths: list[Path], *, check_db: bool = True) -> list[LoadedRule]:
     try:
-        return load_rules(paths, conn)
+        return backend.load(paths, check_db=check_db)
     except RuleValidationError as exc:
         _report_issues(exc)
         raise typer.Exit(1) from None
@@ -107,12 +95,11 @@ def validate(
         bool, typer.Option("--check-db", help="Also compile the regexes in PostgreSQL (needs the database).")
     ] = False,
 ) -> None:
-    """Check rule files; print every error (exit 1) or `ok: N rules in M files`. Warnings never fail."""
-    if check_db:
-        with _connection() as conn:
-            rules = _load(rule_paths(paths), conn)
-    else:
-        rules = _load(rule_paths(paths))
+    """Check rule files; print every error (exit 1) or `ok: N rules in M files`. Warnings never fail.
+
+    With ENGINE_URL set, engine web checks them too (as --check-db does)."""
+    with open_backend() as backend:
+        rules = _load(backend, rule_paths(paths), check_db=check_db)
     _report_lint(rules)
     files = len({rule.file for rule in rules})
     console.print(
@@ -139,21 +126,14 @@ def apply(
     ] = False,
 ) -> None:
     """Create or update automations by name (says created / updated / unchanged / deleted)."""
-    with _connection() as conn:
-        rules = _load(rule_paths(paths), conn)
+    with open_backend() as backend:
+        rules = _load(backend, rule_paths(paths))
         _report_lint(rules)
         try:
-            results = automations.apply_rules(
-                conn,
-                [r.automation for r in rules],
-                source={r.automation.name: r.file for r in rules},
-                prune=prune,
-                dry_run=dry_run,
-            )
+            results = backend.apply(rules, prune=prune, dry_run=dry_run)
         except RuleValidationError as exc:
             _report_issues(exc)
             raise typer.Exit(1) from None
-        conn.commit()
     if dry_run:  # on stderr: stdout has the same lines as a real apply, for scripts
         err_console.print("dry run: nothing was changed; apply would do this:", markup=False, highlight=False)
     for name, outcome in results:
@@ -167,8 +147,8 @@ LIST_KEYS = ("name", "enabled", "version", "rule_type", "scope", "triggers", "up
 @rules_app.command("list")
 def list_(fmt: FormatOption = Format.table) -> None:
     """Stored automations: enabled, version, event, scope, triggers fired; then any last errors."""
-    with _connection() as conn:
-        rows = automations.list_automations(conn)
+    with open_backend() as backend:
+        rows = backend.automations()
     if fmt is not Format.table:
         print_rows([dataclasses.asdict(row) for row in rows], LIST_KEYS, fmt)
         return
@@ -205,8 +185,8 @@ def list_(fmt: FormatOption = Format.table) -> None:
 @rules_app.command()
 def show(name: NameArg) -> None:
     """The stored rule as YAML, its condition in words, its version and evaluation state."""
-    with _connection() as conn:
-        stored = automations.get(conn, name)
+    with open_backend() as backend:
+        stored = backend.automation(name)
     state = stored.state
     header = {
         "version": stored.version,
@@ -238,9 +218,8 @@ def show(name: NameArg) -> None:
 @rules_app.command()
 def enable(name: NameArg) -> None:
     """Enable an automation; it reacts to what is logged from now on."""
-    with _connection() as conn:
-        changed = automations.enable(conn, name)
-        conn.commit()
+    with open_backend() as backend:
+        changed = backend.set_enabled(name, True)
     console.print(
         f"enabled {name}" if changed else f"{name} was already enabled", markup=False, highlight=False
     )
@@ -249,9 +228,8 @@ def enable(name: NameArg) -> None:
 @rules_app.command()
 def disable(name: NameArg) -> None:
     """Disable an automation (kept, with its history)."""
-    with _connection() as conn:
-        changed = automations.disable(conn, name)
-        conn.commit()
+    with open_backend() as backend:
+        changed = backend.set_enabled(name, False)
     console.print(
         f"disabled {name}" if changed else f"{name} was already disabled", markup=False, highlight=False
     )
@@ -264,12 +242,11 @@ def delete(
 ) -> None:
     """Delete an automation: it stops being evaluated and its name is free again. Its trigger
     history is kept (engine history --automation NAME) and deliveries still pending are sent."""
-    with _connection() as conn:
-        automations.get(conn, name)  # NotFound (with suggestions) before asking anything
+    with open_backend() as backend:
+        backend.automation(name)  # NotFound (with suggestions) before asking anything
         if not yes and not typer.confirm(f"delete {name!r}? (its trigger history is kept)"):
             raise typer.Exit(1)
-        automations.delete(conn, name)
-        conn.commit()
+        backend.delete(name)
     console.print(f"deleted {name}", markup=False, highlight=False)
 
 
@@ -292,17 +269,9 @@ def test_command(
     start: datetime = typer.Option("7d", "--since", parser=parse_when, metavar="WHEN", help=since_help),
 ) -> None:
     """Backtest: what the rules would have fired over stored history. Sends and writes nothing."""
-    with _connection() as conn:
-        loaded = load_rules(rule_paths(paths), conn=conn)
-        for item in loaded:
-            firings = backtest(conn, item.automation, start)
-            labels = {}
-            run_pks = [f.run_pk for f in firings if f.run_pk is not None]
-            if run_pks:
-                labels = {
-                    r["id"]: r["name"] or r["run_id"]
-                    for r in enginedb.rows(conn, "run_labels", {"run_pks": run_pks})
-                }
+    with open_backend() as backend:
+        for item in backend.load(rule_paths(paths), check_db=True):
+            firings = backend.backtest(item, start)
             table = Table(
                 "time",
                 "run",
@@ -319,10 +288,10 @@ def test_command(
             for f in firings:
                 table.add_row(
                     f.time.strftime("%Y-%m-%d %H:%M:%S"),
-                    labels.get(f.run_pk, "") if f.run_pk else "",
+                    f.run,
                     "" if f.step is None else str(f.step),
                     "" if f.value is None else f"{f.value:.6g}",
-                    f.alias or f.tag or "",
+                    f.alias_or_tag,
                 )
             print_table(table)
 

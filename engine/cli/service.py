@@ -11,6 +11,7 @@ from rich.table import Table
 
 from engine import db as enginedb
 from engine import since as since_
+from engine.cli.backend import open_backend
 from engine.cli.output import Format, FormatOption, cell, parse_when, print_rows, print_table
 from engine.settings import get_settings
 
@@ -90,14 +91,8 @@ def history(
     fmt: FormatOption = Format.table,
 ) -> None:
     """Show the trigger history (the automation_history view), newest first."""
-    with enginedb.connection() as conn:
-        rows = enginedb.rows(
-            conn,
-            "history",
-            {"automation": automation, "since": since, "limit": limit}
-            | {"project": None, "before_at": None, "before_id": None, "scopes": None}
-            | {"run_id": None, "status": None},
-        )
+    with open_backend() as backend:
+        rows = backend.history(automation, since, limit)
     if fmt is not Format.table:
         print_rows(rows, HISTORY_KEYS, fmt)
         return

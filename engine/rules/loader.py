@@ -54,13 +54,17 @@ class LoadedRule:
         return line or self.line
 
 
-def load_rules(paths: Iterable[str | Path], conn: psycopg.Connection | None = None) -> list[LoadedRule]:
+def load_rules(
+    paths: Iterable[str | Path], conn: psycopg.Connection | None = None, texts: dict[str, str] | None = None
+) -> list[LoadedRule]:
     """Load every rule of the given files and folders (`*.yaml`, `*.yml`, recursive, sorted).
 
     With a connection, regexes are also compiled by PostgreSQL. Raises RuleValidationError
-    with every issue of every file.
+    with every issue of every file. `texts`, if given, receives the text of each file read,
+    by the name issues use (for a client that sends the files to a server as written).
     """
     loader = _Loader()
+    texts = {} if texts is None else texts
     for display, path in loader.files(paths):
         try:
             raw = path.read_bytes()
@@ -76,6 +80,7 @@ def load_rules(paths: Iterable[str | Path], conn: psycopg.Connection | None = No
             line = raw.count(b"\n", 0, exc.start) + 1
             loader.issue(display, line, "", f"not UTF-8 text (byte {exc.start})")
             continue
+        texts[display] = text
         loader.parse(text, display)
     return loader.finish(conn)
 
@@ -93,8 +98,17 @@ def parse_rules_text(
     ... ''')[0].automation.event.states
     ('failed',)
     """
+    return parse_rules_texts([(text, file)], conn)
+
+
+def parse_rules_texts(
+    texts: Iterable[tuple[str, str]], conn: psycopg.Connection | None = None
+) -> list[LoadedRule]:
+    """Load the rules of several (text, file name) pairs together, as load_rules loads files
+    (a name used twice is an error)."""
     loader = _Loader()
-    loader.parse(text, file)
+    for text, file in texts:
+        loader.parse(text, file)
     return loader.finish(conn)
 
 

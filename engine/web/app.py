@@ -194,7 +194,9 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RuleValidationError)
     async def rule_errors(request: Request, exc: RuleValidationError) -> JSON:
-        errors = [{"line": i.line, "field": i.field, "message": i.message} for i in exc.issues]
+        errors = [
+            {"file": i.file, "line": i.line, "field": i.field, "message": i.message} for i in exc.issues
+        ]
         return _error(422, str(exc.issues[0]) if exc.issues else "invalid rules", errors)
 
     @app.exception_handler(ValueError)

@@ -292,7 +292,14 @@ def trigger_in_path(conn: psycopg.Connection, params: dict[str, str], payload: A
         trigger_id = int(params["trigger_id"])
     except ValueError:
         raise Invalid(("path", "trigger_id"), "a trigger id is a whole number") from None
-    return [_scope_of(conn, "web_trigger_scope", {"id": trigger_id}, f"no trigger {trigger_id}")]
+    return [
+        _scope_of(
+            conn,
+            "web_trigger_scope",
+            {"id": trigger_id},
+            f"no trigger {trigger_id}: `engine history` lists the trigger ids",
+        )
+    ]
 
 
 def _scope_of(conn: psycopg.Connection, name: str, params: dict[str, Any], missing: str) -> Place:

@@ -117,7 +117,16 @@ class RulesText(Input):
     file: str = Field("<request>", description="The file name errors are reported under.", max_length=256)
 
 
-class Apply(RulesText):
+class RulesTexts(RulesText):
+    files: list[RulesText] = Field(
+        [],
+        description="More rule texts taken together with `yaml`, each under its own `file` name (errors and the "
+        "stored source name it): `engine rules apply` sends one per file it read.",
+        max_length=10_000,
+    )
+
+
+class Apply(RulesTexts):
     prune: bool = Field(
         False,
         description="Delete automations your key covers that are not in `yaml` (their history is kept).",

@@ -17,11 +17,11 @@ from engine import automations
 from engine import db as enginedb
 from engine.evaluation import backtest as run_backtest
 from engine.exceptions import RuleValidationError
-from engine.rules.loader import LoadedRule, parse_rules_text
+from engine.rules.loader import LoadedRule, parse_rules_text, parse_rules_texts
 from engine.since import parse_since
 from engine.web import deps
 from engine.web.auth import Invalid, Principal, access, automation_in_path, rules_in_body
-from engine.web.models import Apply, Backtest, Changed, Outcome, RuleError, RulesText, Validation
+from engine.web.models import Apply, Backtest, Changed, Outcome, RuleError, RulesText, RulesTexts, Validation
 
 router = APIRouter(prefix="/automations", tags=["automations"])
 Conn = Annotated[psycopg.Connection, Depends(deps.connection)]
@@ -32,17 +32,21 @@ def issues_of(error: RuleValidationError) -> list[RuleError]:
 
 
 def parse_body_rules(payload: Any) -> list[LoadedRule]:
-    """The rules of a request's `yaml` (RuleValidationError: 422 with every issue)."""
+    """The rules of a request's `yaml` and `files` (RuleValidationError: 422 with every issue)."""
     try:
-        body = RulesText.model_validate(
-            {k: payload[k] for k in ("yaml", "file") if k in payload}
+        body = RulesTexts.model_validate(
+            {k: payload[k] for k in ("yaml", "file", "files") if k in payload}
             if isinstance(payload, dict)
             else payload
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         raise Invalid(("body", *first["loc"]), first["msg"]) from None
-    return parse_rules_text(body.yaml, file=body.file)
+    return parse_rules_texts(texts_of(body))
+
+
+def texts_of(body: RulesTexts) -> list[tuple[str, str]]:
+    return [(body.yaml, body.file), *((f.yaml, f.file) for f in body.files)]
 
 
 @router.get("")
@@ -56,6 +60,7 @@ def show(name: str, conn: Conn) -> dict[str, Any]:
     """The stored rule (as JSON), its condition in words, its version and evaluation state."""
     stored = automations.get(conn, name)
     return {
+        "id": stored.id,
         "name": stored.name,
         "version": stored.version,
         "enabled": stored.enabled,
@@ -84,7 +89,7 @@ def apply(
     body: Apply, conn: Conn, principal: Principal = access("admin", rules_in_body, body=True)
 ) -> list[Outcome]:
     """Create or update automations by name; `prune` deletes those your key covers that are not in `yaml`."""
-    rules = parse_rules_text(body.yaml, file=body.file, conn=conn)
+    rules = parse_rules_texts(texts_of(body), conn=conn)
     spare: list[str] = []
     if body.prune:  # a key prunes only what it covers
         spare = [r.name for r in automations.list_automations(conn)]
@@ -118,12 +123,13 @@ def backtest_rules(
     out = []
     for loaded in rules:
         firings = run_backtest(conn, loaded.automation, start)
-        labels: dict[int, str] = {}
+        labels: dict[int, tuple[str, str | None]] = {}
         run_pks = [f.run_pk for f in firings if f.run_pk is not None]
         if run_pks:
             with enginedb.boundary():
                 labels = {
-                    r[0]: r[1] for r in conn.execute(enginedb.query("run_labels"), {"run_pks": run_pks})
+                    r[0]: (r[1], r[2])
+                    for r in conn.execute(enginedb.query("run_labels"), {"run_pks": run_pks})
                 }
         out.append(
             {
@@ -131,7 +137,8 @@ def backtest_rules(
                 "firings": [
                     {
                         "time": f.time,
-                        "run_id": labels.get(f.run_pk) if f.run_pk is not None else None,
+                        "run_id": labels[f.run_pk][0] if f.run_pk in labels else None,
+                        "run_name": labels[f.run_pk][1] if f.run_pk in labels else None,
                         "metric": f.metric,
                         "step": f.step,
                         "value": f.value,

@@ -91,7 +91,7 @@ def deliveries(
     conn: Conn,
     principal: Principal = access("read"),
     status: Annotated[
-        Literal["pending", "sending", "succeeded", "failed", "skipped"] | None,
+        Literal["pending", "sending", "succeeded", "failed", "skipped", "suppressed", "silenced"] | None,
         Query(description="Only this state (pending includes sending)."),
     ] = None,
     automation: Annotated[str | None, Query(max_length=128, description="Only this automation's.")] = None,
