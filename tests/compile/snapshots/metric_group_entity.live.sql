@@ -215,6 +215,9 @@ CROSS JOIN LATERAL (
       CAST(%(bound)s AS DOUBLE PRECISION[])
     )[k.rule] AS bound,
     (
+      CAST(%(zscore)s AS BOOLEAN[])
+    )[k.rule] AS zscore,
+    (
       CAST(%(automation_id)s AS BIGINT[])
     )[k.rule] AS automation_id,
     (
@@ -224,9 +227,43 @@ CROSS JOIN LATERAL (
 ) AS ru
 CROSS JOIN LATERAL (
   SELECT
-    c.aggregates[ru.current_segment] AS current_aggregate,
-    c.aggregates[ru.prior_segment] AS prior_aggregate,
     CASE
+      WHEN ru.zscore
+      THEN c.vals[c.i] + c.aggregates[ru.current_segment] / (
+        ru.span - 1
+      )
+      ELSE c.aggregates[ru.current_segment]
+    END AS current_aggregate,
+    CASE
+      WHEN ru.zscore
+      THEN SQRT(
+        GREATEST(
+          (
+            ru.span - 1
+          ) * c.aggregates[ru.current_segment + 1] - c.aggregates[ru.current_segment] * c.aggregates[ru.current_segment],
+          0
+        )
+      ) / (
+        ru.span - 1
+      )
+      ELSE c.aggregates[ru.prior_segment]
+    END AS prior_aggregate,
+    CASE
+      WHEN ru.zscore
+      THEN CASE
+        WHEN c.aggregates[ru.current_segment + 2] > 0
+        THEN -c.aggregates[ru.current_segment] / NULLIF(
+          SQRT(
+            GREATEST(
+              (
+                ru.span - 1
+              ) * c.aggregates[ru.current_segment + 1] - c.aggregates[ru.current_segment] * c.aggregates[ru.current_segment],
+              0
+            )
+          ),
+          0
+        )
+      END
       WHEN ru.prior_segment IS NULL
       THEN c.aggregates[ru.current_segment]
       WHEN ru.relative
