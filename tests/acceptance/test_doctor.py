@@ -193,7 +193,7 @@ def test_after_the_demo_the_example_rules_are_not_suggested_for_applying(conn, d
     )
     assert "to use one for real, set its scope and action to yours first, then `engine rules apply`" in out
     assert (
-        "✓ stored automations load and run: 12 automations (0 enabled, 12 of them from `engine demo`) load"
+        "✓ stored automations load and run: 15 automations (0 enabled, 15 of them from `engine demo`) load"
         in out
     )
 

@@ -107,7 +107,8 @@ def test_apply_list_show_enable_disable_delete(database_url, tmp_path):
         ["created"] * 15
         + ["accuracy-above-0.6", "loss-down-25pct", "run-failed", "cpu-above-90",
            "production-alias", "europe-tag", "model-registry-link", "dataset-latest",
-           "training-alert", "europe-tag-removed", "registry-unlinked", "dataset-golden"]
+           "training-alert", "europe-tag-removed", "registry-unlinked", "dataset-golden",
+           "loss-spike-zscore", "loss-nan", "run-stalled"]
     )  # fmt: skip
     again = engine("apply", "rules/")
     assert again.returncode == 0, again.stderr
@@ -148,7 +149,7 @@ def test_apply_list_show_enable_disable_delete(database_url, tmp_path):
     assert pruned.returncode == 0, pruned.stderr
     lines = pruned.stdout.splitlines()
     assert lines[0].split() == ["unchanged", "run-failed"]
-    assert sorted(line.split()[0] for line in lines[1:]) == ["deleted"] * 10
+    assert sorted(line.split()[0] for line in lines[1:]) == ["deleted"] * 13
 
 
 def test_apply_refuses_bad_rules_and_writes_nothing(database_url, tmp_path):
@@ -205,7 +206,7 @@ def test_prune_and_delete_keep_the_history_and_dry_run_changes_nothing(conn, dat
     assert pruned.returncode == 0, pruned.stderr
     assert pruned.stdout == dry.stdout and pruned.stderr == ""
     assert dry.stdout.splitlines()[0].split() == ["unchanged", "run-failed"]
-    assert sorted(line.split()[0] for line in dry.stdout.splitlines()[1:]) == ["deleted"] * 11
+    assert sorted(line.split()[0] for line in dry.stdout.splitlines()[1:]) == ["deleted"] * 14
 
     deleted = engine("delete", "run-failed", "--yes")
     assert deleted.returncode == 0 and deleted.stdout.strip() == "deleted run-failed"
