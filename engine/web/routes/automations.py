@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from engine import automations
 from engine import db as enginedb
-from engine.evaluator import backtest as run_backtest
+from engine.evaluation import backtest as run_backtest
 from engine.exceptions import RuleValidationError
 from engine.rules.loader import LoadedRule, parse_rules_text
 from engine.since import parse_since

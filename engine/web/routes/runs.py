@@ -46,11 +46,20 @@ def create_run(body: RunCreate, conn: Conn, response: Response) -> RunOut:
             config=body.config,
             tags=body.tags,
             resume=body.resume,
+            at=body.time,
         )
     if not opened.created:
         response.status_code = 200
     return RunOut(
-        id=opened.id, project=opened.project, name=opened.name, user=opened.user, state=opened.state
+        id=opened.id,
+        project=opened.project,
+        name=opened.name,
+        user=opened.user,
+        state=opened.state,
+        config=opened.config,
+        tags=opened.tags,
+        step=opened.step,
+        system_step=opened.system_step,
     )
 
 
@@ -73,10 +82,21 @@ def log(entity: str, project: str, run_id: str, body: LogBatch, conn: Conn, requ
                 raise Invalid(("body", "rows", index, "values", key), str(exc)) from None
         total += len(row.values)
         rows.append((row.time, row.step, tuple(row.values), tuple(row.values.values())))
+    system = []
+    for index, sample in enumerate(body.system):
+        for key in sample.values:
+            try:
+                ingest.check_key(key, system=True)
+                if not ingest.is_reserved_key(key):
+                    raise ValueError(f"system metric key {key!r} must start with 'system/'")
+            except (TypeError, ValueError) as exc:
+                raise Invalid(("body", "system", index, "values", key), str(exc)) from None
+        total += len(sample.values)
+        system.append((sample.time, tuple(sample.values), tuple(sample.values.values())))
     if total > ingest.MAX_BATCH_POINTS:
         raise Invalid(("body", "rows"), f"a batch holds at most {ingest.MAX_BATCH_POINTS} points; split it")
     stored = ingest.store_batch(
-        conn, run, f"{entity}/{project}/{run_id}", body.batch_id, rows, request.app.state.settings
+        conn, run, f"{entity}/{project}/{run_id}", body.batch_id, rows, request.app.state.settings, system
     )
     return LogOut(**stored.__dict__)
 
