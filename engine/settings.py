@@ -25,6 +25,14 @@ class Settings(BaseSettings):
         "connect_timeout in ENGINE_DATABASE_URL wins.",
     )
     rules_path: Path = Field(Path("rules"), description="Default folder of rule files.")
+    url: str | None = Field(
+        None,
+        description="Base URL of an `engine web` server (https://engine.example.com). Set: the SDK logs through its "
+        "HTTP API with ENGINE_API_KEY and needs no database credentials; it wins over ENGINE_DATABASE_URL.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="The API key sent to ENGINE_URL (`engine keys create`); never logged."
+    )
 
     # SDK
     flush_interval: float = Field(1.0, gt=0, description="Seconds between SDK flushes at most.")

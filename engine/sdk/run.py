@@ -167,6 +167,24 @@ class _Opening:
         # name, config and tags as stored (a resumed run's, until the database answers: as given)
         self.stored: tuple[str, dict[str, Any], list[str]] = (name or run_id, config or {}, tags or [])
 
+    def request(self) -> dict[str, Any]:
+        """The creation as the body of `POST /api/v1/runs` (the SDK over HTTP). Sent again
+        after a lost answer with the same id and time, it returns the run it created."""
+        return {
+            "project": f"{self.entity}/{self.project}",
+            "id": self.run_id,
+            "name": self.name,
+            "user": self.user,
+            "config": None if self.config_json is None else self.config_json.obj,
+            "tags": self.tags,
+            "resume": self.resume,
+            "time": self.at.isoformat(),
+        }
+
+    def opened(self, answer: dict[str, Any]) -> None:
+        """What the server stored (its answer to `request`)."""
+        self.stored = (answer["name"], answer.get("config") or {}, list(answer.get("tags") or []))
+
     def open(self, conn: psycopg.Connection) -> tuple[int, int, int]:
         """Create (or resume) the run, atomically, on an autocommit connection; (its pk, its
         last stored step and system sample)."""
@@ -440,7 +458,9 @@ class Run:
                     raise
                 error = exc
             try:
-                if done:
+                if isinstance(changed, str):  # over HTTP: the state the server answered
+                    self.state = changed
+                elif done:
                     self.state = to_state if changed else self._stored_state()
                 else:
                     self._change_state(transition, deadline)
@@ -459,6 +479,9 @@ class Run:
         transition["run_pk"] = self.pk
         while True:
             try:
+                if self._session.remote is not None:
+                    self.state = self._session.remote.finish(self._stream.label, transition["exit_code"])
+                    return
                 changed = self._session.one("transition_run", transition)
                 self.state = transition["to_state"] if changed else self._stored_state()
                 return
@@ -501,6 +524,16 @@ class Run:
         """A new version of the artifact collection `name` (created with `type` if new),
         produced by this run; `latest` and `aliases` point to it, `tags` are added."""
         self._writer.ensure_open(self._stream)  # a run started during an outage: created first
+        if self._session.remote is not None:
+            body = {
+                "name": name,
+                "type": type,
+                "metadata": artifacts.check_metadata(metadata),
+                "aliases": [aliases] if isinstance(aliases, str) else list(aliases),
+                "tags": [tags] if isinstance(tags, str) else list(tags),
+                "digest": digest,
+            }
+            return self._session.remote.log_artifact(self._stream.label, body)
         assert self.project_id is not None  # ensure_open stored the run, and with it its project
         with self._session.transaction() as conn:
             return artifacts.create_version(
