@@ -4,6 +4,7 @@ database, with the same semantics (and exceptions) as over the database."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -147,10 +148,8 @@ class DropAnswers:
         except OSError:
             pass
         for s in (source, sink):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def close(self) -> None:
