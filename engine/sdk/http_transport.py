@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Protocol, cast
 from urllib.parse import quote
@@ -151,7 +151,7 @@ class HttpTransport:
         stop: list[tuple[Stream, object]] = []
         for part in batch.parts:
             path = run_path(part.stream.label) + "/log"
-            for index, body in enumerate(self._requests(part)):
+            for index, body in enumerate(log_bodies(part, self.chunk_points)):
                 body["batch_id"] = f"{self._token}-{batch.seq}-{index}"
                 content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
                 try:
@@ -180,22 +180,6 @@ class HttpTransport:
         """End the run; the state it is in afterwards (`killed` stays killed)."""
         answer = self._client.call("POST", run_path(label) + "/finish", {"exit_code": exit_code or 0})
         return str(answer["state"])
-
-    def _requests(self, part: Part) -> Iterable[dict[str, Any]]:
-        """The part as log request bodies of at most `chunk_points` points (a record is never split)."""
-        rows: list[dict[str, Any]] = []
-        system: list[dict[str, Any]] = []
-        n = 0
-        for records, out, with_step in ((part.records, rows, True), (part.system, system, False)):
-            for record in records:
-                if n and n + len(record[3]) > self.chunk_points:
-                    yield {"rows": rows, "system": system}
-                    rows, system, n = [], [], 0
-                    out = rows if with_step else system
-                out.append(_row(record, with_step))
-                n += len(record[3])
-        if rows or system:
-            yield {"rows": rows, "system": system}
 
 
 class Remote:
@@ -256,6 +240,23 @@ def _version(answer: dict[str, Any]) -> ArtifactVersion:
         answer["digest"],
         answer["metadata"],
     )
+
+
+def log_bodies(part: Part, chunk_points: int) -> Iterator[dict[str, Any]]:
+    """A run's part of a batch as log request bodies (without their batch id) of at most
+    `chunk_points` points each (a record is never split)."""
+    rows: list[dict[str, Any]] = []
+    system: list[dict[str, Any]] = []
+    n = 0
+    for records, with_step in ((part.records, True), (part.system, False)):
+        for record in records:
+            if n and n + len(record[3]) > chunk_points:
+                yield {"rows": rows, "system": system}
+                rows, system, n = [], [], 0
+            (rows if with_step else system).append(_row(record, with_step))
+            n += len(record[3])
+    if rows or system:
+        yield {"rows": rows, "system": system}
 
 
 def _row(record: Record, with_step: bool) -> dict[str, Any]:
