@@ -86,11 +86,12 @@ def main() -> int:
     parser.add_argument("--background-hz", type=float, default=2.0)
     args, _ = parser.parse_known_args()
 
+    from support.http_soak import web_process
+
     from engine import keys
     from engine.automations import apply_rules
     from engine.rules import Automation
     from engine.settings import get_settings
-    from tests.acceptance.web_helpers import WebProcess
 
     logs = Path(tempfile.mkdtemp(prefix="engine-http-clients-"))
     out: dict[str, object] = {"clients": args.clients, "steps": args.steps, "workers": WORKERS}
@@ -112,7 +113,7 @@ def main() -> int:
             }
             apply_rules(conn, [Automation.model_validate(probe)])
         pool_size = get_settings().web_pool_size
-        with WebProcess(url, logs / "web.log", workers=WORKERS, ENGINE_LOG_LEVEL="WARNING") as web:
+        with web_process(url, logs / "web.log", workers=WORKERS, ENGINE_LOG_LEVEL="WARNING") as web:
             os.environ.pop("ENGINE_DATABASE_URL", None)
             os.environ.update(ENGINE_URL=web.url, ENGINE_API_KEY=key)
             get_settings.cache_clear()

@@ -137,10 +137,10 @@ class HttpPath(SdkPath):
     """The SDK over HTTP: `engine web --workers 2` in front of its own database."""
 
     def __init__(self, url: str, data: list[dict[str, float]], logs: Path):
+        from bench.support.http_soak import web_process
         from engine import keys
-        from tests.acceptance.web_helpers import WebProcess
 
-        self.web = WebProcess(url, logs / "web.log", workers=2, ENGINE_LOG_LEVEL="WARNING").__enter__()
+        self.web = web_process(url, logs / "web.log", workers=2, ENGINE_LOG_LEVEL="WARNING")
         with psycopg.connect(url, autocommit=True) as conn:
             self.key, _ = keys.create(conn, "bench", role="ingest", scopes=["bench/*"])
         import engine

@@ -32,6 +32,37 @@ PROJECT = "soak/http"
 KEYS = ("a", "b", "c")
 
 
+def web_process(
+    database_url: str, log_path: Path, *, workers: int = 1, port: int | None = None, **env: str
+) -> Any:
+    """`engine web` started (tests/acceptance/web_helpers.py), waited for patiently: on a loaded
+    machine its start alone can take most of a minute."""
+    import httpx
+
+    from tests.acceptance.service_helpers import wait_until
+    from tests.acceptance.web_helpers import WebProcess
+
+    class Patient(WebProcess):
+        def _healthy(self) -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            try:
+                return httpx.get(self.url + "/healthz", timeout=15).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        def __enter__(self) -> Patient:
+            try:
+                super().__enter__()
+            except AssertionError:
+                assert wait_until(self._healthy, timeout=300), self.log()
+            return self
+
+    web = Patient(database_url, log_path, workers=workers, **env)
+    if port is not None:
+        web.port, web.url = port, f"http://127.0.0.1:{port}"
+    return web.__enter__()
+
+
 def child(run_id: str, stop_file: str) -> None:
     """One training process (ENGINE_URL and ENGINE_API_KEY in its environment)."""
     import engine
@@ -50,12 +81,11 @@ def child(run_id: str, stop_file: str) -> None:
 
 def soak_http(database_url: str, logs: Path, *, kills: int, runs: int, seed: int, say: Any = print) -> dict:
     from engine import keys
-    from tests.acceptance.web_helpers import WebProcess
 
     rng = random.Random(seed)
     with psycopg.connect(database_url, autocommit=True) as conn:
         key, _ = keys.create(conn, "soak-trainer", role="ingest", scopes=[PROJECT])
-    web = WebProcess(database_url, logs / "web.log").__enter__()
+    web = web_process(database_url, logs / "web.log")
     port = web.port
     stop_file = logs / "stop"
     stop_file.unlink(missing_ok=True)
@@ -81,9 +111,7 @@ def soak_http(database_url: str, logs: Path, *, kills: int, runs: int, seed: int
             web.proc.wait(10)
             down_at = time.monotonic()
             time.sleep(rng.uniform(0.0, 1.0))  # down for a moment: clients retry against nothing
-            web = WebProcess(database_url, logs / "web.log")
-            web.port, web.url = port, f"http://127.0.0.1:{port}"
-            web.__enter__()
+            web = web_process(database_url, logs / "web.log", port=port)
             restarts.append(time.monotonic() - down_at)
             say(f"kill {k + 1}: engine web back after {restarts[-1]:.1f} s")
         time.sleep(1.0)
