@@ -29,6 +29,7 @@ import logging
 import random
 import threading
 import time as _time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
@@ -71,11 +72,11 @@ class Batch(NamedTuple):
 
 
 class SendResult(NamedTuple):
-    """What the transport answered: for each closing change, (stream, its answer); and the
-    stop requests the other end made for runs of the batch (stream, the request)."""
+    """What the transport answered: for each closing change, (stream, its answer); and for
+    each run of the batch with a pending stop request (stop_run), (stream, the automation)."""
 
     closed: list[tuple[Stream, object]]
-    stop: tuple[tuple[Stream, object], ...] = ()
+    stop: Sequence[tuple[Stream, str]] = ()
 
 
 class Transport(Protocol):
@@ -147,7 +148,8 @@ class Stream:
         # and what the transport answered once it did.
         self.closing: object | None = None
         self.closed: object | None = None
-        self.stop: object | None = None  # a stop request the transport reported for the run
+        # The automation that asked the run to stop, once a flush learned it (never unset).
+        self.stop: str | None = None
 
     @property
     def unstored(self) -> int:
@@ -481,13 +483,14 @@ class Writer:
                 if isinstance(exc, EngineError):
                     self.last_error = exc
                 raise
+            self._retry = []  # (only flushes and `discard`, under the flush lock, touch it)
             self._recovered()
             with self._lock:
-                self._retry = []
                 for stream, answer in result.closed:
                     stream.closing, stream.closed = None, answer
-                for stream, request in result.stop:
-                    stream.stop = request
+                for stream, automation in result.stop:
+                    if stream.stop is None:
+                        stream.stop = automation
                 total = 0
                 for part in parts:
                     part.stream.inflight -= part.n

@@ -148,7 +148,7 @@ class HttpTransport:
 
     def send(self, batch: Batch) -> SendResult:
         """Every run's points of the batch, then the closing changes (POST …/finish)."""
-        stop: list[tuple[Stream, object]] = []
+        stop: list[tuple[Stream, str]] = []
         for part in batch.parts:
             path = run_path(part.stream.label) + "/log"
             for index, body in enumerate(log_bodies(part, self.chunk_points)):
@@ -167,18 +167,24 @@ class HttpTransport:
                         exc,
                     )
                     continue
+                # an automation's stop_run asked the run to stop: {"automation": NAME}
                 request = (answer or {}).get("stop_requested")
-                if request:
-                    stop.append((part.stream, request))
+                if isinstance(request, dict) and request.get("automation"):
+                    stop.append((part.stream, str(request["automation"])))
         closed: list[tuple[Stream, object]] = []
         for stream, change in batch.closing:
             params = cast("tuple[str, dict[str, Any]]", change)[1]
-            closed.append((stream, self.finish(stream.label, params["exit_code"])))
+            stopped = params.get("stopped_by") is not None  # the run obeys a stop request
+            closed.append((stream, self.finish(stream.label, params["exit_code"], stopped=stopped)))
         return SendResult(closed, tuple(stop))
 
-    def finish(self, label: str, exit_code: int | None) -> str:
-        """End the run; the state it is in afterwards (`killed` stays killed)."""
-        answer = self._client.call("POST", run_path(label) + "/finish", {"exit_code": exit_code or 0})
+    def finish(self, label: str, exit_code: int | None, *, stopped: bool = False) -> str:
+        """End the run (`stopped`: killed by its pending stop request); the state it is in
+        afterwards (`killed` stays killed)."""
+        body: dict[str, Any] = {"exit_code": exit_code or 0}
+        if stopped:
+            body["stopped"] = True
+        answer = self._client.call("POST", run_path(label) + "/finish", body)
         return str(answer["state"])
 
 
@@ -189,8 +195,8 @@ class Remote:
         self.client = client
         self.transport = transport
 
-    def finish(self, label: str, exit_code: int | None) -> str:
-        return self.transport.finish(label, exit_code)
+    def finish(self, label: str, exit_code: int | None, *, stopped: bool = False) -> str:
+        return self.transport.finish(label, exit_code, stopped=stopped)
 
     def log_artifact(self, label: str, body: dict[str, Any]) -> ArtifactVersion:
         return _version(self.client.call("POST", run_path(label) + "/artifacts", body))

@@ -446,7 +446,7 @@ class Run:
             if self._sampler is not None:
                 self._sampler.stop()
             error: EngineError | None = None
-            done = False
+            done, changed = False, None
             try:
                 # the state change commits with the run's last points, when there are any
                 done, changed = self._writer.finish(
@@ -454,8 +454,8 @@ class Run:
                 )
             except IngestError as exc:
                 self._writer.discard(self._stream)
-                if self.pk is None:  # the run was never created: no state to change
-                    raise
+                if self._stream.opening is not None or (self.pk is None and self._session.remote is None):
+                    raise  # the run was never created: no state to change
                 error = exc
             try:
                 if isinstance(changed, str):  # over HTTP: the state the server answered
@@ -480,7 +480,11 @@ class Run:
         while True:
             try:
                 if self._session.remote is not None:
-                    self.state = self._session.remote.finish(self._stream.label, transition["exit_code"])
+                    self.state = self._session.remote.finish(
+                        self._stream.label,
+                        transition["exit_code"],
+                        stopped=transition.get("stopped_by") is not None,
+                    )
                     return
                 changed = self._session.one("transition_run", transition)
                 self.state = transition["to_state"] if changed else self._stored_state()
