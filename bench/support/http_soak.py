@@ -3,7 +3,8 @@ training processes log over HTTP through the SDK, which retries.
 
 Each training process (a separate Python process, `child` below) logs one run with
 ENGINE_URL + ENGINE_API_KEY and no database credentials: at every step three values derived
-from the step (`a` = step, `b` = -step, `c` = step / 2), as fast as a small sleep lets it,
+from the step (`a` = step, `b` = -step, `c` = step / 2), ten steps every half second (a training loop
+that logs often, without outrunning a server on a small machine),
 until told to stop; then it finishes the run and prints how many steps it logged. Meanwhile
 the server is killed with SIGKILL at random moments and restarted on the same port.
 
@@ -74,8 +75,8 @@ def child(run_id: str, stop_file: str) -> None:
         for _ in range(10):
             run.log({"a": float(step), "b": -float(step), "c": step / 2})
             step += 1
-        time.sleep(0.05)
-    run.finish(timeout=300)
+        time.sleep(0.5)
+    run.finish(timeout=900)
     print(step, flush=True)
 
 
