@@ -127,8 +127,27 @@ class Api:
 
     # -- automations ----------------------------------------------------------------------
     def apply(self, *rules: Any, prune: bool = False) -> Any:
-        """Create or update automation rules by name (see `engine.automations.apply`)."""
+        """Create or update automation rules by name (see `engine.automations.apply`); over
+        HTTP with an admin key (the YAML text, or the models written as YAML)."""
         from engine import automations  # the rule language is not loaded until it is used
+        from engine.rules import Automation
+
+        with sessions.using() as s:
+            if s.remote is not None:
+                import yaml
+
+                texts = []
+                for rule in rules:
+                    if isinstance(rule, Automation):
+                        rule = yaml.safe_dump(
+                            rule.model_dump(mode="json", exclude_none=True), sort_keys=False
+                        )
+                    elif not isinstance(rule, str):
+                        raise TypeError(
+                            f"apply() takes Automation models or YAML text, not {type(rule).__name__}"
+                        )
+                    texts.append(rule)
+                return s.remote.apply(texts, prune=prune)
 
         return automations.apply(*rules, prune=prune)
 

@@ -15,6 +15,7 @@ Errors are the SDK's own: 401 KeyRefused, 403 AccessDenied, 404 NotFound, 422 Va
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,6 +34,8 @@ from engine.exceptions import (
     IngestError,
     KeyRefused,
     NotFound,
+    RuleIssue,
+    RuleValidationError,
     ServerUnavailable,
 )
 from engine.sdk import buffer
@@ -105,7 +108,10 @@ class Client:
         if status == 404:
             return NotFound(detail)
         if status == 422:
-            return ValueError(detail)
+            error = ValueError(detail)
+            with contextlib.suppress(ValueError, AttributeError):
+                error.errors = [e for e in response.json().get("errors") or [] if "line" in e]  # type: ignore[attr-defined]
+            return error
         if status == 413:
             return IngestError(f"{self.where} refused a request as too large: {detail}")
         return EngineError(f"{self.where} answered {status}: {detail}")
@@ -226,6 +232,23 @@ class Remote:
             answer["version_index"],
             _version(answer["artifact"]),
         )
+
+    def apply(self, texts: list[str], *, prune: bool) -> list[tuple[str, str]]:
+        """`POST /automations/apply` (an admin key); the rules' problems as RuleValidationError."""
+        body = {"yaml": "\n---\n".join(texts), "file": "<python>", "prune": prune}
+        try:
+            answer = self.client.call("POST", "/automations/apply", body)
+        except ValueError as exc:
+            issues = getattr(exc, "errors", None)
+            if not issues:
+                raise
+            raise RuleValidationError(
+                [
+                    RuleIssue("<python>", i.get("line"), i.get("field") or "", i.get("message", ""))
+                    for i in issues
+                ]
+            ) from None
+        return [(o["name"], o["outcome"]) for o in answer]
 
     def kill_run(self, project: str, run_id: str) -> bool:
         return bool(self.client.call("POST", run_path(f"{project}/{run_id}") + "/kill")["changed"])

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.exceptions import AccessDenied, ConfigurationError, KeyRefused, NotFound
+from engine import automations
+from engine.exceptions import AccessDenied, ConfigurationError, KeyRefused, NotFound, RuleValidationError
 from engine.sdk import session as sdk_session
-from tests.acceptance.web_helpers import WebProcess, make_key
+from tests.acceptance.web_helpers import RULE, WebProcess, make_key
 from tests.integration.sdk_helpers import set_env
 
 
@@ -91,6 +92,17 @@ def test_runs_points_artifacts_and_api_calls_go_through_the_server(conn, databas
         assert {"latest", "best", "production"} <= aliases
         authors = {a for (a,) in conn.execute("SELECT DISTINCT author FROM events WHERE author LIKE 'key:%'")}
         assert authors == {"key:trainer", "key:analyst"}  # the server writes the key's name as the author
+
+        # rules applied from Python with an admin key: YAML text or models
+        rule = RULE.format(name="loss-high", project="acme/vision")
+        assert api.apply(rule) == [("loss-high", "created")]
+        model = automations.parse_rules_text(RULE.format(name="loss-model", project="acme/vision"))[
+            0
+        ].automation
+        assert api.apply(model, rule) == [("loss-model", "created"), ("loss-high", "unchanged")]
+        with pytest.raises(RuleValidationError) as invalid:
+            api.apply(rule.replace("window: 1", "window: 0"))
+        assert invalid.value.issues and invalid.value.issues[0].field.startswith("event")
 
         # errors are the SDK's, with the server's message
         with pytest.raises(ValueError, match="already exists"):
