@@ -107,8 +107,8 @@ def finish(
     project: str,
     run_id: str,
     body: Finish,
+    principal: Annotated[Principal, access("ingest", project_in_path)],
     conn: Conn,
-    principal: Principal = access("ingest", project_in_path),
 ) -> StateOut:
     """End a running run: `finished` (exit code 0) or `failed`."""
     run = ingest.find_run(conn, entity, project, run_id)
@@ -126,8 +126,8 @@ def kill(
     entity: str,
     project: str,
     run_id: str,
+    principal: Annotated[Principal, access("admin", project_in_path)],
     conn: Conn,
-    principal: Principal = access("admin", project_in_path),
 ) -> StateOut:
     """Mark a running run `killed` (it never triggers automations)."""
     run = ingest.find_run(conn, entity, project, run_id)
@@ -141,8 +141,8 @@ def log_artifact(
     project: str,
     run_id: str,
     body: ArtifactCreate,
+    principal: Annotated[Principal, access("ingest", project_in_path)],
     conn: Conn,
-    principal: Principal = access("ingest", project_in_path),
 ) -> ArtifactOut:
     """A new version of the collection `name`, produced by the run; `latest` and `aliases` point to it."""
     run = ingest.find_run(conn, entity, project, run_id)
