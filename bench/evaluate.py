@@ -372,16 +372,19 @@ def latency(url: str, data: Dataset, probes: int, background_runs: int, backgrou
                 run.log({PROBE_METRIC: PROBE_VALUE})
                 run.flush()
                 deadline = start + 60
+                # by run id: over HTTP (bench/http_clients.py) the SDK does not know the run's pk
                 while not poll.execute(
-                    "SELECT 1 FROM triggers WHERE automation_id = %s AND run_pk = %s", (probe_id, run.pk)
+                    "SELECT 1 FROM triggers t JOIN runs r ON r.id = t.run_pk"
+                    " WHERE t.automation_id = %s AND r.run_id = %s",
+                    (probe_id, run.id),
                 ).fetchone():
                     if time.perf_counter() > deadline:
                         state = poll.execute(
                             "SELECT s.frontier::text, s.last_error, pg_snapshot_xmin(pg_current_snapshot())::text, "
                             "(SELECT string_agg(b.xid::text || ':' || b.first_pos || '-' || b.last_pos, ',') "
-                            " FROM series_batches b WHERE b.run_pk = %s) "
+                            " FROM series_batches b WHERE b.run_pk = (SELECT id FROM runs WHERE run_id = %s)) "
                             "FROM automation_state s WHERE s.automation_id = %s",
-                            (run.pk, probe_id),
+                            (run.id, probe_id),
                         ).fetchone()
                         recent = [(round(t0 - start, 2), round(ms), n) for t0, ms, n in ticks[-8:]]
                         raise SystemExit(

@@ -13,11 +13,18 @@ ENGINE_DATABASE_URL when it is set):
   COPYs the run's rows (time, run_pk, key_id, step, seq, value) with psycopg's binary
   `write_row` — no runs, no events, no series_state.
 
-Both are timed run by run, alternating, from the first point to the commit (for the SDK: from
+- HTTP: the SDK path with ENGINE_URL set: the same calls through the SDK's HTTP transport
+  into `engine web --workers 2` (a subprocess on 127.0.0.1, its own database), which stores
+  the batches with the same writer.
+
+All three are timed run by run, alternating, from the first point to the commit (for the SDK: from
 `init` to the end of `finish`), and log the same precomputed values. The whole measurement is
 repeated (`--repetitions`, 3) in the same databases, so that one burst of load from other
 processes does not decide the figure: the last line is JSON with the median repetition's
-figures {"sdk_rows_per_s", "copy_rows_per_s", "ratio"}, every repetition's "ratios", and
+figures {"sdk_rows_per_s", "copy_rows_per_s", "ratio", "http_rows_per_s", "http_ratio"} and every
+repetition's "ratios" (sdk/copy) and "http_ratios" (http/copy); "http_p99_ms" is the p99 of
+`--requests` log requests of 1,000 points (200 rows x 5 metrics, as the SDK encodes them)
+sent one after another to the same server (`--no-http` leaves the HTTP path out);
 "mlflow_ratio": the MLflow client's batch logging into `engine web` against the COPY (its
 median; bench/support/mlflow_path.py).
 """
@@ -35,6 +42,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import psycopg
 from psycopg import sql
@@ -128,6 +136,72 @@ class SdkPath:
         session.close_all()
 
 
+class HttpPath(SdkPath):
+    """The SDK over HTTP: `engine web --workers 2` in front of its own database."""
+
+    def __init__(self, url: str, data: list[dict[str, float]], logs: Path):
+        from bench.support.http_soak import web_process
+        from engine import keys
+
+        self.web = web_process(url, logs / "web.log", workers=2, ENGINE_LOG_LEVEL="WARNING")
+        with psycopg.connect(url, autocommit=True) as conn:
+            self.key, _ = keys.create(conn, "bench", role="ingest", scopes=["bench/*"])
+        import engine
+
+        self.engine = engine
+        self.data = data
+
+    def run(self, r: int) -> float:
+        from engine.settings import get_settings
+
+        os.environ.update(ENGINE_URL=self.web.url, ENGINE_API_KEY=self.key)
+        get_settings.cache_clear()
+        try:
+            return super().run(r)
+        finally:
+            del os.environ["ENGINE_URL"], os.environ["ENGINE_API_KEY"]
+            get_settings.cache_clear()
+
+    def request_p99_ms(self, requests: int) -> float:
+        """p99 of `requests` log requests of 1,000 points each, one after another."""
+        import httpx
+
+        from engine.sdk.buffer import Part, Stream
+        from engine.sdk.http_transport import log_bodies
+
+        http = httpx.Client(
+            base_url=self.web.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30
+        )
+        made = http.post("/api/v1/runs", json={"project": "bench/ingest", "id": "p99", "user": "bench"})
+        made.raise_for_status()
+        keys = tuple(METRICS)
+        times = []
+        for i in range(requests):
+            records = [
+                (clock.now(), i * 200 + s, keys, tuple(self.data[s % len(self.data)].values()))
+                for s in range(200)
+            ]
+            (body,) = log_bodies(Part(Stream(0, "p99"), records, [], 1000), 1000)
+            body["batch_id"] = f"p99-{i}"
+            content = json.dumps(body, separators=(",", ":")).encode()
+            start = time.perf_counter()
+            answer = http.post(
+                "/api/v1/runs/bench/ingest/p99/log",
+                content=content,
+                headers={"Content-Type": "application/json"},
+            )
+            times.append((time.perf_counter() - start) * 1000)
+            answer.raise_for_status()
+        http.close()
+        times.sort()
+        print(f"log request of 1,000 points over HTTP: median {times[len(times) // 2]:.1f} ms")
+        return times[min(len(times) - 1, int(0.99 * len(times)))]
+
+    def close(self) -> None:
+        super().close()
+        self.web.__exit__(None, None, None)
+
+
 class CopyPath:
     """Each `run(r)` COPYs one run's points in one transaction and returns the seconds it took."""
 
@@ -171,6 +245,10 @@ def main() -> None:
         "--points", type=int, default=None, help="total points (overrides --steps: points / runs / 5)"
     )
     parser.add_argument("--repetitions", type=int, default=3, help="the figures are the median repetition's")
+    parser.add_argument("--no-http", action="store_true", help="leave out the SDK over HTTP")
+    parser.add_argument(
+        "--requests", type=int, default=300, help="1,000-point log requests timed for http_p99_ms"
+    )
     args = parser.parse_args()
     steps = args.points // (args.runs * len(METRICS)) if args.points else args.steps
     data = payloads(steps)
@@ -179,36 +257,49 @@ def main() -> None:
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
 
     reps: list[dict[str, float]] = []
-    with fresh_databases(["sdk", "copy", "mlflow"]) as urls:
-        paths = {"sdk": SdkPath(urls["sdk"], data), "copy": CopyPath(urls["copy"], data)}
-        paths["mlflow"] = MlflowPath(urls["mlflow"], data)  # the MLflow client into engine web
+    names = ["sdk", "copy", "mlflow"] if args.no_http else ["sdk", "copy", "http", "mlflow"]
+    http_p99 = None
+    with fresh_databases(names) as urls:
+        paths: dict[str, SdkPath | CopyPath | MlflowPath] = {
+            "sdk": SdkPath(urls["sdk"], data),
+            "copy": CopyPath(urls["copy"], data),
+            "mlflow": MlflowPath(urls["mlflow"], data),  # the MLflow client into engine web
+        }
+        if not args.no_http:
+            paths["http"] = HttpPath(urls["http"], data, Path(tempfile.mkdtemp(prefix="engine-bench-web-")))
         for rep in range(args.repetitions):
-            timings = dict.fromkeys(paths, 0.0)
-            cpu = dict.fromkeys(paths, 0.0)  # this process's CPU: where the SDK's own cost shows
-            # Run by run, alternating the two paths (and who goes first), so that both see the
+            timings = dict.fromkeys(names, 0.0)
+            cpu = dict.fromkeys(names, 0.0)  # this process's CPU: where the SDK's own cost shows
+            # Run by run, alternating the paths (and who goes first), so that all see the
             # same machine: other load, cache and chunk state drift over a minute-long run.
             for r in range(rep * args.runs, (rep + 1) * args.runs):
-                for which in list(paths) if r % 2 else list(paths)[::-1]:
+                for which in names if r % 2 else names[::-1]:
                     before = time.process_time()
                     timings[which] += paths[which].run(r)
                     cpu[which] += time.process_time() - before
             figures = {which: total / timings[which] for which in timings}
-            reps.append(
-                {"sdk": figures["sdk"], "copy": figures["copy"], "ratio": figures["sdk"] / figures["copy"]}
-            )
-            reps[-1] |= {"mlflow": figures["mlflow"], "mlflow_ratio": figures["mlflow"] / figures["copy"]}
+            reps.append({**figures, "ratio": figures["sdk"] / figures["copy"]})
+            if "http" in figures:
+                reps[-1]["http_ratio"] = figures["http"] / figures["copy"]
+            reps[-1]["mlflow_ratio"] = figures["mlflow"] / figures["copy"]
             print(
                 f"repetition {rep + 1}: "
                 + "; ".join(
                     f"{which} {timings[which]:6.2f} s {figures[which]:10,.0f} rows/s (client CPU {cpu[which]:.2f} s)"
-                    for which in paths
+                    for which in names
                 )
-                + f"; ratio {reps[-1]['ratio']:.3f}",
+                + f"; ratio {reps[-1]['ratio']:.3f}"
+                + (f"; http ratio {reps[-1]['http_ratio']:.3f}" if "http" in figures else ""),
                 flush=True,
             )
+        if not args.no_http:
+            http_p99 = cast(HttpPath, paths["http"]).request_p99_ms(args.requests)
+            print(f"log request of 1,000 points over HTTP: p99 {http_p99:.1f} ms ({args.requests} requests)")
         for which, path in paths.items():
             path.close()
             stored = count_points(urls[which])
+            if which == "http":  # the timed 1,000-point requests went into the same database
+                stored -= args.requests * 1000
             if stored != total * args.repetitions:
                 raise SystemExit(f"{which}: {stored} points stored, expected {total * args.repetitions}")
 
@@ -217,18 +308,26 @@ def main() -> None:
     )
     median = sorted(reps, key=lambda f: f["ratio"])[len(reps) // 2]
     print(f"ratio sdk/copy, median of {len(reps)} repetitions: {median['ratio']:.3f} (target >= 0.85)")
-    print(
-        json.dumps(
-            {
-                "sdk_rows_per_s": round(median["sdk"]),
-                "copy_rows_per_s": round(median["copy"]),
-                "ratio": round(median["ratio"], 3),
-                "ratios": [round(f["ratio"], 3) for f in reps],
-                # the MLflow client into engine web (no target yet), its median repetition's
-                "mlflow_ratio": round(sorted(f["mlflow_ratio"] for f in reps)[len(reps) // 2], 3),
-            }
+    out = {
+        "sdk_rows_per_s": round(median["sdk"]),
+        "copy_rows_per_s": round(median["copy"]),
+        "ratio": round(median["ratio"], 3),
+        "ratios": [round(f["ratio"], 3) for f in reps],
+        # the MLflow client into engine web (no target yet), its median repetition's
+        "mlflow_ratio": round(sorted(f["mlflow_ratio"] for f in reps)[len(reps) // 2], 3),
+    }
+    if not args.no_http:
+        http_median = sorted(reps, key=lambda f: f["http_ratio"])[len(reps) // 2]
+        print(
+            f"ratio http/copy, median of {len(reps)} repetitions: {http_median['http_ratio']:.3f} (target >= 0.6)"
         )
-    )
+        out |= {
+            "http_rows_per_s": round(http_median["http"]),
+            "http_ratio": round(http_median["http_ratio"], 3),
+            "http_ratios": [round(f["http_ratio"], 3) for f in reps],
+            "http_p99_ms": round(cast(float, http_p99), 1),
+        }
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,14 @@ triggers equal the backtest over the same history and every webhook delivery has
 (see bench/support/soak.py for what is checked and how). A fresh database: in
 ENGINE_DATABASE_URL's server when set, else an embedded cluster in a temporary folder.
 
+    python bench/soak.py --http              # engine web killed 20 times while 20 runs log over HTTP
+    python bench/soak.py --http --rounds 5 --runs 4
+
+`--http` (bench/support/http_soak.py): `engine web` SIGKILLed `--rounds` times (restarted on
+the same port) while `--runs` training processes log over HTTP through the SDK, which
+retries; then every point must be stored exactly once, in order. Its JSON line: {"kills",
+"runs", "points", "lost", "duplicates", "wrong_values", "out_of_order", "unfinished_runs", ...}.
+
 One line per round, then one JSON line: {"rounds", "kills", "triggers", "duplicates", "lost",
 "deliveries", "redelivered_same_id", "max_settle_s", ...}. Exit status 1 when anything was
 lost, duplicated or extra, or a round did not settle.
@@ -38,7 +46,10 @@ def main() -> int:
     parser.add_argument(
         "--max-minutes", type=float, default=10.0, help="start no new round after this; default 10"
     )
-    parser.add_argument("--runs", type=int, default=100, help="runs per burst; default 100")
+    parser.add_argument("--runs", type=int, default=None, help="runs per burst; default 100 (--http: 20)")
+    parser.add_argument(
+        "--http", action="store_true", help="kill `engine web` while runs log over HTTP instead"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--logs", type=Path, default=None, help="folder for the services' logs (default: a temp dir)"
@@ -51,6 +62,9 @@ def main() -> int:
     logs = args.logs or Path(tempfile.mkdtemp(prefix="engine-soak-logs-"))
     logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    if args.http:
+        return http_mode(args, logs)
+    args.runs = args.runs or 100
     with fresh_database("soak") as url:
         os.environ["ENGINE_DATABASE_URL"] = url  # the runs of the burst log through the SDK
         get_settings.cache_clear()
@@ -69,6 +83,23 @@ def main() -> int:
         sdk_session.close_all()
     bad = summary["lost"] or summary["duplicates"] or summary["extra_triggers"] or summary["unsettled_rounds"]
     return 1 if bad or summary["unknown_delivery_ids"] else 0
+
+
+def http_mode(args: argparse.Namespace, logs: Path) -> int:
+    import json
+
+    from bench.support.http_soak import soak_http
+
+    runs = args.runs or 20
+    with fresh_database("soak_http") as url:
+        print(
+            f"soak --http: {args.rounds} kills of engine web, {runs} training processes, logs in {logs}",
+            flush=True,
+        )
+        summary = soak_http(url, logs, kills=args.rounds, runs=runs, seed=args.seed)
+    print(json.dumps(summary), flush=True)
+    bad = ("lost", "duplicates", "wrong_values", "out_of_order", "unfinished_runs")
+    return 1 if any(summary[k] for k in bad) else 0
 
 
 if __name__ == "__main__":

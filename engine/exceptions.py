@@ -4,7 +4,8 @@
     ├── ConfigurationError           bad settings or environment (missing env var, bad URL)
     ├── DatabaseError                a problem talking to PostgreSQL, translated at one boundary
     │   ├── DatabaseUnavailable      nothing answers (SQLSTATE class 08, or no server): transient
-    │   │   └── DatabaseBusy         the server refuses for capacity (class 53, too many clients): transient
+    │   │   ├── DatabaseBusy         the server refuses for capacity (class 53, too many clients): transient
+    │   │   └── ServerUnavailable    ENGINE_URL does not answer, or answers 429/5xx: transient
     │   ├── DatabaseAuthFailed       the credentials are refused (class 28): permanent
     │   ├── ExtensionMissing         TimescaleDB not installed or not preloaded
     │   ├── SchemaNotReady           migrations not applied (42P01 / 42883), or no such database (3D000)
@@ -17,6 +18,7 @@
     ├── RunStopped                   an automation's stop_run action asks the run to stop
     ├── KeyRefused                   an API key that is malformed, unknown, revoked or expired
     ├── ApiError                     engine web (ENGINE_URL) cannot be reached or refuses a request
+    ├── AccessDenied                 a valid API key without the role or the scope a request needs
     └── DeliveryError                an action could not be delivered
         └── PermanentDeliveryError   ...and retrying cannot help (4xx, refused address)
 
@@ -48,6 +50,11 @@ class DatabaseUnavailable(DatabaseError):
 
 class DatabaseBusy(DatabaseUnavailable):
     """The server is at its connection limit or out of resources; transient like an outage."""
+
+
+class ServerUnavailable(DatabaseUnavailable):
+    """The engine's HTTP API (ENGINE_URL) does not answer, or answers 429 or 5xx: transient
+    like an outage of the database behind it (code catching DatabaseUnavailable keeps working)."""
 
 
 class DatabaseAuthFailed(DatabaseError):
@@ -103,6 +110,10 @@ class ApiError(EngineError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+class AccessDenied(EngineError):
+    """The API key is valid but its role or scopes do not allow the request (HTTP 403)."""
 
 
 class DeliveryError(EngineError):

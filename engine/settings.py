@@ -17,12 +17,6 @@ class Settings(BaseSettings):
         None,
         description="PostgreSQL URL of a TimescaleDB database. Unset: the embedded database under data_dir.",
     )
-    url: str | None = Field(
-        None,
-        description="Base URL of engine web, e.g. http://127.0.0.1:8080; when set, the SDK and CLI go through the "
-        "HTTP API instead of the database",
-    )
-    api_key: SecretStr | None = Field(None, description="API key sent as Bearer token to ENGINE_URL")
     data_dir: Path = Field(Path(".engine"), description="Where the embedded database keeps its files.")
     connect_timeout: int = Field(
         5,
@@ -31,6 +25,15 @@ class Settings(BaseSettings):
         "connect_timeout in ENGINE_DATABASE_URL wins.",
     )
     rules_path: Path = Field(Path("rules"), description="Default folder of rule files.")
+    url: str | None = Field(
+        None,
+        description="Base URL of an `engine web` server (https://engine.example.com). Set: the SDK and the everyday "
+        "CLI commands go through its HTTP API with ENGINE_API_KEY and need no database credentials; it wins over "
+        "ENGINE_DATABASE_URL.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="The API key sent to ENGINE_URL (`engine keys create`); never logged."
+    )
 
     # SDK
     flush_interval: float = Field(1.0, gt=0, description="Seconds between SDK flushes at most.")

@@ -39,12 +39,23 @@ class Api:
     # -- artifacts ------------------------------------------------------------------------
     def artifact_version(self, project: str, collection: str, index_or_alias: int | str) -> ArtifactVersion:
         """A stored version by index (`3`, `"v3"`) or alias (`"latest"`); NotFound otherwise."""
-        with sessions.using() as s, s.transaction() as conn:
-            return artifacts.find_version(conn, project, collection, index_or_alias)
+        with sessions.using() as s:
+            if s.remote is not None:
+                parse_project(project)
+                return s.remote.artifact_version(project, collection, index_or_alias)
+            with s.transaction() as conn:
+                return artifacts.find_version(conn, project, collection, index_or_alias)
 
     def add_alias(self, version: VersionRef, alias: str) -> bool:
         """Give `alias` to a version (moving it from the version that held it). For a
         RegistryLink, the alias lives in its registry collection. False: nothing changed."""
+        with sessions.using() as s:
+            if s.remote is not None:
+                artifacts.check_alias(alias)
+                if isinstance(version, RegistryLink):  # linking again applies the alias to the link
+                    s.remote.link(version.version, version.registry, version.collection, [alias])
+                    return True
+                return s.remote.add_alias(self._remote_version(s.remote, version), alias)
         with sessions.using() as s, s.transaction() as conn:
             if isinstance(version, RegistryLink):
                 return artifacts.set_registry_alias(conn, version.id, alias, author=self.user, at=clock.now())
@@ -53,6 +64,10 @@ class Api:
 
     def add_tag(self, version: VersionRef, tag: str) -> bool:
         """Tag a version (of a RegistryLink: the linked version). False: it had the tag."""
+        with sessions.using() as s:
+            if s.remote is not None:
+                check_name("tag", tag)
+                return s.remote.add_tag(self._remote_version(s.remote, version), tag)
         with sessions.using() as s, s.transaction() as conn:
             v = version.version if isinstance(version, RegistryLink) else self._resolve(conn, version)
             return artifacts.add_tag(conn, v.id, tag, author=self.user, at=clock.now())
@@ -62,6 +77,11 @@ class Api:
     ) -> RegistryLink:
         """Link a version into `registry`/`collection` (its own index there; `latest` moves
         to it). Linking the same version again returns the existing link."""
+        with sessions.using() as s:
+            if s.remote is not None:
+                check_name("registry name", registry, pattern=True)
+                names = [aliases] if isinstance(aliases, str) else list(aliases)
+                return s.remote.link(self._remote_version(s.remote, version), registry, collection, names)
         with sessions.using() as s, s.transaction() as conn:
             v = version.version if isinstance(version, RegistryLink) else self._resolve(conn, version)
             return artifacts.link(
@@ -116,18 +136,15 @@ class Api:
     def _resolve(conn, version: ArtifactVersion | str) -> ArtifactVersion:
         if isinstance(version, ArtifactVersion):
             return artifacts.version_by_id(conn, version.id)
-        if isinstance(version, str):
-            # "entity/project/collection:v3" or "...:alias"
-            path, _, which = version.rpartition(":")
-            parts = path.split("/")
-            if len(parts) != 3 or not all(parts) or not which:
-                raise ValueError(
-                    f"artifact version {version!r} must look like 'entity/project/collection:v3'"
-                )
-            return artifacts.find_version(conn, f"{parts[0]}/{parts[1]}", parts[2], which)
-        raise TypeError(
-            f"expected an ArtifactVersion or 'entity/project/collection:vN', not {type(version).__name__}"
-        )
+        return artifacts.find_version(conn, *_reference(version))
+
+    @staticmethod
+    def _remote_version(remote: Any, version: VersionRef) -> ArtifactVersion:
+        if isinstance(version, RegistryLink):
+            return version.version
+        if isinstance(version, ArtifactVersion):
+            return version
+        return remote.artifact_version(*_reference(version))
 
     # -- runs -----------------------------------------------------------------------------
     def kill_run(self, project: str, run_id: str) -> bool:
@@ -135,6 +152,13 @@ class Api:
         False when the run was not running. NotFound when it does not exist."""
         entity, name = parse_project(project)
         check_name("run id", run_id)
+        with sessions.using() as s:
+            if s.remote is not None:
+                return s.remote.kill_run(project, run_id)
+        return self._kill_run(entity, name, run_id)
+
+    def _kill_run(self, entity: str, name: str, run_id: str) -> bool:
+        project = f"{entity}/{name}"
         with sessions.using() as s, s.transaction() as conn:
             row = conn.execute(
                 query("find_run"), {"entity": entity, "project": name, "run_id": run_id}
@@ -145,7 +169,39 @@ class Api:
 
     # -- automations ----------------------------------------------------------------------
     def apply(self, *rules: Any, prune: bool = False) -> Any:
-        """Create or update automation rules by name (see `engine.automations.apply`)."""
+        """Create or update automation rules by name (see `engine.automations.apply`); over
+        HTTP with an admin key (the YAML text, or the models written as YAML)."""
         from engine import automations  # the rule language is not loaded until it is used
+        from engine.rules import Automation
+
+        with sessions.using() as s:
+            if s.remote is not None:
+                import yaml
+
+                texts = []
+                for rule in rules:
+                    if isinstance(rule, Automation):
+                        rule = yaml.safe_dump(
+                            rule.model_dump(mode="json", exclude_none=True), sort_keys=False
+                        )
+                    elif not isinstance(rule, str):
+                        raise TypeError(
+                            f"apply() takes Automation models or YAML text, not {type(rule).__name__}"
+                        )
+                    texts.append(rule)
+                return s.remote.apply(texts, prune=prune)
 
         return automations.apply(*rules, prune=prune)
+
+
+def _reference(version: Any) -> tuple[str, str, str]:
+    """`"entity/project/collection:v3"` (or `...:alias`) → (project, collection, index or alias)."""
+    if isinstance(version, str):
+        path, _, which = version.rpartition(":")
+        parts = path.split("/")
+        if len(parts) != 3 or not all(parts) or not which:
+            raise ValueError(f"artifact version {version!r} must look like 'entity/project/collection:v3'")
+        return f"{parts[0]}/{parts[1]}", parts[2], which
+    raise TypeError(
+        f"expected an ArtifactVersion or 'entity/project/collection:vN', not {type(version).__name__}"
+    )

@@ -8,8 +8,9 @@ hands it to the transport as one `Batch`, which stores it all or nothing (`Trans
 the database one is flush.py: one transaction with a binary COPY).
 
 Flushes run one at a time (a lock), so batches of a run are sent in logging order. When the
-transport cannot reach its end the points stay buffered (in order) and the flush is retried
-with backoff; the buffer is bounded by `buffer_max_points`, after which `append` blocks until
+transport cannot reach its end the batch is sent again, as it was (same points, same `seq`:
+a transport whose answer was lost can have the other end recognise it), with backoff, before
+anything logged since; the buffer is bounded by `buffer_max_points`, after which `append` blocks until
 there is room instead of dropping anything.
 
 A flush also tells each run of its batch whether an automation asked it to stop (a stop_run
@@ -65,10 +66,12 @@ class Part(NamedTuple):
 
 class Batch(NamedTuple):
     """What one flush sends: the parts, and the final state changes of streams whose last
-    points are in it (stream, the change given to `Writer.finish`)."""
+    points are in it (stream, the change given to `Writer.finish`). `seq` numbers the
+    writer's batches; a batch sent again after a failure keeps its parts and its seq."""
 
     parts: list[Part]
     closing: list[tuple[Stream, object]]
+    seq: int = 0
 
 
 class SendResult(NamedTuple):
@@ -173,6 +176,8 @@ class Writer:
         self._pending: dict[Stream, None] = {}  # streams whose run the database has not created yet
         self._queued = 0
         self._inflight = 0
+        self._retry: list[Part] = []  # the batch whose send failed: sent again before anything else
+        self._batches = 0  # seq of the last batch made
         self._blocked = 0  # appenders waiting for room
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -440,6 +445,11 @@ class Writer:
             dropped = stream.queued
             self._queued -= stream.queued
             stream.queued = 0
+            for part in [p for p in self._retry if p.stream is stream]:
+                self._retry.remove(part)
+                dropped += part.n
+                stream.inflight -= part.n
+                self._inflight -= part.n
             stream.records, stream.system = [], []
             self._dirty.pop(stream, None)
             self._pending.pop(stream, None)  # given up: a run created now would never finish
@@ -455,7 +465,11 @@ class Writer:
                 self.last_error = exc
                 raise
             with self._lock:
-                parts = self._take(MAX_BATCH_POINTS)
+                if self._retry:
+                    parts, seq = self._retry, self._batches
+                else:
+                    parts = self._take(MAX_BATCH_POINTS)
+                    seq = self._batches = self._batches + 1
                 # streams whose last points are in this batch carry their closing change
                 closing = [
                     (p.stream, p.stream.closing)
@@ -465,13 +479,14 @@ class Writer:
             if not parts:
                 return 0
             try:
-                result = self._transport.send(Batch(parts, closing))
+                result = self._transport.send(Batch(parts, closing, seq))
             except BaseException as exc:
                 with self._lock:
-                    self._put_back(parts)
+                    self._retry = parts
                 if isinstance(exc, EngineError):
                     self.last_error = exc
                 raise
+            self._retry = []  # (only flushes and `discard`, under the flush lock, touch it)
             self._recovered()
             with self._lock:
                 for stream, answer in result.closed:
@@ -517,18 +532,6 @@ class Writer:
         self._inflight += taken
         return batch
 
-    def _put_back(self, parts: list[Part]) -> None:
-        total = 0
-        for stream, records, system, n in parts:
-            stream.records[:0] = records
-            stream.system[:0] = system
-            stream.inflight -= n
-            stream.queued += n
-            self._dirty[stream] = None
-            total += n
-        self._inflight -= total
-        self._queued += total
-
     def _warn(self, error: EngineError) -> None:
         # one warning per outage, whoever retries (thread, init, finish); its end is said too
         if self._warned:
@@ -566,7 +569,7 @@ class Writer:
                     )
                 if self._stopping:
                     return
-                if not self._queued and not self._pending:
+                if not self._queued and not self._pending and not self._retry:
                     continue
             try:
                 self.flush_once()

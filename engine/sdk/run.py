@@ -126,7 +126,8 @@ def init(
         writer = session.writer
         try:
             if writer.unreachable:  # the same outage as another run's: do not wait for it again
-                raise writer.last_error  # type: ignore[misc]
+                assert writer.last_error is not None  # unreachable means an error was kept
+                raise writer.last_error
             writer.open(stream)
         except EngineError as exc:
             if not is_transient(exc):
@@ -173,6 +174,24 @@ class _Opening:
         self.project_id: int | None = None
         # name, config and tags as stored (a resumed run's, until the database answers: as given)
         self.stored: tuple[str, dict[str, Any], list[str]] = (name or run_id, config or {}, tags or [])
+
+    def request(self) -> dict[str, Any]:
+        """The creation as the body of `POST /api/v1/runs` (the SDK over HTTP). Sent again
+        after a lost answer with the same id and time, it returns the run it created."""
+        return {
+            "project": f"{self.entity}/{self.project}",
+            "id": self.run_id,
+            "name": self.name,
+            "user": self.user,
+            "config": None if self.config_json is None else self.config_json.obj,
+            "tags": self.tags,
+            "resume": self.resume,
+            "time": self.at.isoformat(),
+        }
+
+    def opened(self, answer: dict[str, Any]) -> None:
+        """What the server stored (its answer to `request`)."""
+        self.stored = (answer["name"], answer.get("config") or {}, list(answer.get("tags") or []))
 
     def open(self, conn: psycopg.Connection) -> tuple[int, int, int]:
         """Create (or resume) the run, atomically, on an autocommit connection; (its pk, its
@@ -456,7 +475,7 @@ class Run:
             if self._sampler is not None:
                 self._sampler.stop()
             error: EngineError | None = None
-            done = False
+            done, changed = False, None
             try:
                 # the state change commits with the run's last points, when there are any
                 done, changed = self._writer.finish(
@@ -464,11 +483,13 @@ class Run:
                 )
             except IngestError as exc:
                 self._writer.discard(self._stream)
-                if self.pk is None:  # the run was never created: no state to change
-                    raise
+                if self._stream.opening is not None or (self.pk is None and self._session.remote is None):
+                    raise  # the run was never created: no state to change
                 error = exc
             try:
-                if done:
+                if isinstance(changed, str):  # over HTTP: the state the server answered
+                    self.state = changed
+                elif done:
                     self.state = to_state if changed else self._stored_state()
                 else:
                     self._change_state(transition, deadline)
@@ -487,6 +508,13 @@ class Run:
         transition["run_pk"] = self.pk
         while True:
             try:
+                if self._session.remote is not None:
+                    self.state = self._session.remote.finish(
+                        self._stream.label,
+                        transition["exit_code"],
+                        stopped=transition.get("stopped_by") is not None,
+                    )
+                    return
                 changed = self._session.one("transition_run", transition)
                 self.state = transition["to_state"] if changed else self._stored_state()
                 return
@@ -538,6 +566,16 @@ class Run:
         """A new version of the artifact collection `name` (created with `type` if new),
         produced by this run; `latest` and `aliases` point to it, `tags` are added."""
         self._writer.ensure_open(self._stream)  # a run started during an outage: created first
+        if self._session.remote is not None:
+            body = {
+                "name": name,
+                "type": type,
+                "metadata": artifacts.check_metadata(metadata),
+                "aliases": [aliases] if isinstance(aliases, str) else list(aliases),
+                "tags": [tags] if isinstance(tags, str) else list(tags),
+                "digest": digest,
+            }
+            return self._session.remote.log_artifact(self._stream.label, body)
         assert self.project_id is not None  # ensure_open stored the run, and with it its project
         with self._session.transaction() as conn:
             return artifacts.create_version(

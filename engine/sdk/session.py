@@ -10,6 +10,10 @@ between its flushes, since the connection closes after ENGINE_SDK_IDLE_TIMEOUT s
 unused. Nothing relies on session state across transactions (no prepared statements, SET,
 LISTEN or session locks), so the connection may go through PgBouncer in transaction mode.
 
+With ENGINE_URL set, the session is an `HttpSession` instead: the same writer over the HTTP
+transport (http_transport.py), keep-alive connections to `engine web`, and no database
+connection at all.
+
 The first connection to the embedded database migrates it when migrations are pending (a
 user runs `import engine; engine.init(...)` with no setup); an external database must already
 be migrated (`engine db migrate`), else SchemaNotReady says so.
@@ -24,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -34,12 +38,15 @@ from engine.sdk.buffer import Writer
 from engine.sdk.flush import DatabaseTransport
 from engine.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from engine.sdk.http_transport import Remote
+
 log = logging.getLogger(__name__)
 
 LINGER_SECONDS = 5.0
 APPLICATION_NAME = "engine-sdk"
 
-_registry: dict[Settings, Session] = {}
+_registry: dict[Settings, Session | HttpSession] = {}
 _registry_lock = threading.Lock()
 
 
@@ -117,6 +124,8 @@ class Transport:
 
 
 class Session:
+    remote: Remote | None = None  # the API's calls, when the session talks to ENGINE_URL
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.url = db.database_url(settings)
@@ -149,14 +158,42 @@ class Session:
         self.transport.drop()
 
 
-def acquire(settings: Settings | None = None) -> Session:
-    """The session for the current settings (and so database), opened on first use."""
+class HttpSession:
+    """A session whose runs and calls go to ENGINE_URL (`engine web`): one HTTP client with
+    keep-alive connections, and the same writer over the HTTP transport."""
+
+    def __init__(self, settings: Settings):
+        from engine.sdk.http_transport import Client, HttpTransport, Remote
+
+        self.settings = settings
+        self.pid = os.getpid()
+        self.refs = 0
+        self.closed = False
+        self.idle_since = 0.0
+        self.reaper: threading.Timer | None = None
+        self.client = Client(settings)
+        transport = HttpTransport(self.client)
+        self.remote: Remote | None = Remote(self.client, transport)
+        self.writer = Writer(transport, settings)
+        self.writer.start()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.writer.stop()
+        self.client.close()
+
+
+def acquire(settings: Settings | None = None) -> Any:
+    """The session for the current settings (and so database, or ENGINE_URL), opened on first
+    use: a Session, or an HttpSession when ENGINE_URL is set (it wins over ENGINE_DATABASE_URL)."""
     settings = settings or get_settings()
     with _registry_lock:
         session = _registry.get(settings)
         if session is None or session.closed or session.pid != os.getpid():
             # a session inherited through fork() shares its sockets with the parent: new one
-            session = Session(settings)
+            session = HttpSession(settings) if settings.url else Session(settings)
             _registry[settings] = session
         session.refs += 1
         return session

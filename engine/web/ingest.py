@@ -18,13 +18,14 @@ from psycopg.types.json import Jsonb
 from engine import clock
 from engine.db import boundary, query
 from engine.exceptions import EngineError, NotFound
+from engine.names import is_reserved_key
 from engine.sdk.buffer import MAX_BATCH_POINTS, Stream, Writer
 from engine.sdk.flush import DatabaseTransport
 from engine.sdk.run import _check_config, _check_tags, _new_run_id, _Opening, _transition
 from engine.sdk.validate import check_key, check_name, parse_project
 from engine.settings import Settings
 
-__all__ = ["MAX_BATCH_POINTS", "check_key"]
+__all__ = ["MAX_BATCH_POINTS", "check_key", "is_reserved_key"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class Opened:
     user: str | None
     state: str
     created: bool
+    config: dict[str, Any]
+    tags: list[str]
+    step: int
+    system_step: int
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ def open_run(
     config: dict[str, Any] | None,
     tags: list[str] | None,
     resume: bool,
+    at: datetime | None = None,
 ) -> Opened:
     """`engine.init` on the server: create the run (or resume it), one transaction."""
     entity, project_name = parse_project(project)
@@ -112,13 +118,25 @@ def open_run(
         config,
         config_json,
         tag_list,
-        clock.now(),
+        at or clock.now(),
         resume=resume,
         redraw=run_id is None,
     )
     with boundary():
-        opening.open(conn)
-    return Opened(opening.run_id, f"{entity}/{project_name}", opening.stored[0], user, "running", not existed)
+        _, step, system_step = opening.open(conn)
+    stored_name, stored_config, stored_tags = opening.stored
+    return Opened(
+        opening.run_id,
+        f"{entity}/{project_name}",
+        stored_name,
+        user,
+        "running",
+        not existed,
+        stored_config,
+        stored_tags,
+        step,
+        system_step,
+    )
 
 
 def change_state(
@@ -150,22 +168,27 @@ def store_batch(
     batch_id: str,
     rows: Sequence[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]],
     settings: Settings,
+    system: Sequence[tuple[datetime | None, tuple[str, ...], tuple[float, ...]]] = (),
     *,
     clamp: bool = False,
 ) -> Stored:
     """Store one log batch exactly once: the rows follow `run.log`'s rules (a missing step is
     the next one, a lower step drops the row; with `clamp`, it is stored at the current step),
-    and the batch id commits with the points. A pending stop request is read by the flush (its
-    transaction), or here when nothing was flushed (a batch stored before: the client may have
-    lost the answer that said it)."""
+    system samples are numbered after the run's, and the batch id commits with the points. A
+    pending stop request is read by the flush (its transaction), or here when nothing was
+    flushed (a batch stored before: the client may have lost the answer that said it)."""
     with boundary(), _run_lock(conn, run.pk):
         if conn.execute(query("ingest_batch_stored"), {"run_pk": run.pk, "batch_id": batch_id}).fetchone():
             return Stored(batch_id, True, 0, [], -1, pending_stop(conn, run.pk))
         stored = conn.execute(query("run_max_steps"), {"run_pk": run.pk}).fetchone()
         assert stored is not None  # an aggregate: always one row
         step, system_step = stored
-        writer = Writer(DatabaseTransport(_Connection(conn), settings.series_tail), settings)
         DatabaseTransport.prepare_connection(conn)
+        # the buffer, without its thread: one flush of exactly this batch (points <= MAX_BATCH_POINTS)
+        writer = Writer(
+            DatabaseTransport(_Connection(conn), settings.series_tail),
+            settings.model_copy(update={"buffer_max_points": MAX_BATCH_POINTS + 1}),
+        )
         stream = Stream(run.pk, label, step=step, system_step=system_step)
         dropped: list[int] = []
         points = 0
@@ -177,6 +200,10 @@ def store_batch(
                 dropped.append(index)
             else:
                 points += len(values)
+        for time, keys, values in system:
+            writer.note_keys(list(keys))
+            writer.append_system(stream, time or clock.now(), keys, values)
+            points += len(values)
         closing = query("ingest_batch_insert")
         params = {"batch_id": batch_id, "points": points}
         done, _ = writer.finish(stream, (closing, params), timeout=0)

@@ -44,6 +44,11 @@ class RunCreate(Input):
     config: dict[str, Any] | None = Field(None, description="Hyperparameters (a JSON object).")
     tags: list[Annotated[str, Field(max_length=256)]] | None = Field(None, description="Tags of the run.")
     resume: bool = Field(False, description="Continue the run `id` (back to `running`).")
+    time: AwareDatetime | None = Field(
+        None,
+        description="When the run started (default: now). A creation sent again with the same `id`, `time` and "
+        "`user` (its answer was lost) returns the run it created instead of refusing the id.",
+    )
 
 
 class RunOut(BaseModel):
@@ -52,6 +57,12 @@ class RunOut(BaseModel):
     name: str = Field(description="Display name.")
     user: str | None = Field(description="Who runs it.")
     state: str = Field(description="running, finished, failed or killed.")
+    config: dict[str, Any] = Field({}, description="The run's stored config.")
+    tags: list[str] = Field([], description="The run's stored tags.")
+    step: int = Field(
+        -1, description="The run's last stored step (-1: none): the next row without step is after it."
+    )
+    system_step: int = Field(-1, description="Index of the run's last stored system sample (-1: none).")
 
 
 class StopRequested(BaseModel):
@@ -72,11 +83,20 @@ class LogRow(Input):
     )
 
 
+class SystemRow(Input):
+    time: AwareDatetime | None = Field(None, description="When the sample was taken (default: now).")
+    values: dict[str, Number] = Field(description="System metric values, keys starting with `system/`.")
+
+
 class LogBatch(Input):
     batch_id: Name = Field(
         description="Chosen by the client, fresh per batch: a batch stored once is not stored again."
     )
     rows: list[LogRow] = Field(description="Rows in logging order, each like one `run.log` call.")
+    system: list[SystemRow] = Field(
+        [],
+        description="System metric samples (keys `system/...`), in sampling order, numbered after the run's.",
+    )
 
 
 class LogOut(BaseModel):

@@ -36,6 +36,10 @@ def test_runs_and_log_batches_are_stored_once_however_often_they_are_sent(conn, 
             "name": "resnet",
             "user": "alice",
             "state": "running",
+            "config": {},
+            "tags": [],
+            "step": -1,
+            "system_step": -1,
         }
 
         batch = {"batch_id": "b-1", "rows": [

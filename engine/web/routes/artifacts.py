@@ -55,8 +55,8 @@ def add_alias(
     collection: str,
     version: str,
     body: AliasIn,
+    principal: Annotated[Principal, access("ingest", project_in_path)],
     conn: Conn,
-    principal: Principal = access("ingest", project_in_path),
 ) -> Changed:
     """Give the alias to this version (moving it from the version that held it)."""
     with conn.transaction():
@@ -97,8 +97,8 @@ def add_tag(
     collection: str,
     version: str,
     body: TagIn,
+    principal: Annotated[Principal, access("ingest", project_in_path)],
     conn: Conn,
-    principal: Principal = access("ingest", project_in_path),
 ) -> Changed:
     """Tag this version."""
     with conn.transaction():
@@ -115,8 +115,8 @@ def link(
     collection: str,
     version: str,
     body: LinkIn,
+    principal: Annotated[Principal, access("ingest", project_in_path_and_registry_in_body, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", project_in_path_and_registry_in_body, body=True),
 ) -> LinkOut:
     """Link this version into a registry collection (linking it again returns the same link)."""
     with conn.transaction():

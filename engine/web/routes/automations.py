@@ -50,7 +50,7 @@ def texts_of(body: RulesTexts) -> list[tuple[str, str]]:
 
 
 @router.get("")
-def list_automations(conn: Conn, principal: Principal = access("read")) -> list[dict[str, Any]]:
+def list_automations(principal: Annotated[Principal, access("read")], conn: Conn) -> list[dict[str, Any]]:
     """The automations your key covers: name, enabled, version, event type, scope, triggers, last error."""
     return [row.__dict__ for row in automations.list_automations(conn, scopes=principal.scopes)]
 
@@ -86,7 +86,7 @@ def validate(body: RulesText, conn: Conn) -> Validation:
 
 @router.post("/apply")
 def apply(
-    body: Apply, conn: Conn, principal: Principal = access("admin", rules_in_body, body=True)
+    body: Apply, principal: Annotated[Principal, access("admin", rules_in_body, body=True)], conn: Conn
 ) -> list[Outcome]:
     """Create or update automations by name; `prune` deletes those your key covers that are not in `yaml`."""
     rules = parse_rules_texts(texts_of(body), conn=conn)

@@ -44,8 +44,8 @@ def _after(cursor: str) -> tuple[datetime, int]:
 
 @router.get("/history")
 def history(
+    principal: Annotated[Principal, access("read")],
     conn: Conn,
-    principal: Principal = access("read"),
     automation: Annotated[
         str | None, Query(max_length=128, description="Only this automation (deleted ones too).")
     ] = None,
@@ -88,8 +88,8 @@ def history(
 
 @router.get("/deliveries")
 def deliveries(
+    principal: Annotated[Principal, access("read")],
     conn: Conn,
-    principal: Principal = access("read"),
     status: Annotated[
         Literal["pending", "sending", "succeeded", "failed", "skipped", "suppressed", "silenced"] | None,
         Query(description="Only this state (pending includes sending)."),

@@ -50,11 +50,20 @@ def create_run(body: RunCreate, conn: Conn, response: Response) -> RunOut:
             config=body.config,
             tags=body.tags,
             resume=body.resume,
+            at=body.time,
         )
     if not opened.created:
         response.status_code = 200
     return RunOut(
-        id=opened.id, project=opened.project, name=opened.name, user=opened.user, state=opened.state
+        id=opened.id,
+        project=opened.project,
+        name=opened.name,
+        user=opened.user,
+        state=opened.state,
+        config=opened.config,
+        tags=opened.tags,
+        step=opened.step,
+        system_step=opened.system_step,
     )
 
 
@@ -78,10 +87,21 @@ def log(entity: str, project: str, run_id: str, body: LogBatch, conn: Conn, requ
                 raise Invalid(("body", "rows", index, "values", key), str(exc)) from None
         total += len(row.values)
         rows.append((row.time, row.step, tuple(row.values), tuple(row.values.values())))
+    system = []
+    for index, sample in enumerate(body.system):
+        for key in sample.values:
+            try:
+                ingest.check_key(key, system=True)
+                if not ingest.is_reserved_key(key):
+                    raise ValueError(f"system metric key {key!r} must start with 'system/'")
+            except (TypeError, ValueError) as exc:
+                raise Invalid(("body", "system", index, "values", key), str(exc)) from None
+        total += len(sample.values)
+        system.append((sample.time, tuple(sample.values), tuple(sample.values.values())))
     if total > ingest.MAX_BATCH_POINTS:
         raise Invalid(("body", "rows"), f"a batch holds at most {ingest.MAX_BATCH_POINTS} points; split it")
     stored = ingest.store_batch(
-        conn, run, f"{entity}/{project}/{run_id}", body.batch_id, rows, request.app.state.settings
+        conn, run, f"{entity}/{project}/{run_id}", body.batch_id, rows, request.app.state.settings, system
     )
     return LogOut(
         batch_id=stored.batch_id,
@@ -118,8 +138,8 @@ def finish(
     project: str,
     run_id: str,
     body: Finish,
+    principal: Annotated[Principal, access("ingest", project_in_path)],
     conn: Conn,
-    principal: Principal = access("ingest", project_in_path),
 ) -> StateOut:
     """End a running run: `finished` (exit code 0) or `failed`; with `stopped`, `killed` by
     its pending stop request (stop_run), whose automation its event names."""
@@ -167,8 +187,8 @@ def kill(
     entity: str,
     project: str,
     run_id: str,
+    principal: Annotated[Principal, access("admin", project_in_path)],
     conn: Conn,
-    principal: Principal = access("admin", project_in_path),
 ) -> StateOut:
     """Mark a running run `killed` (it never triggers automations)."""
     run = ingest.find_run(conn, entity, project, run_id)
@@ -182,8 +202,8 @@ def log_artifact(
     project: str,
     run_id: str,
     body: ArtifactCreate,
+    principal: Annotated[Principal, access("ingest", project_in_path)],
     conn: Conn,
-    principal: Principal = access("ingest", project_in_path),
 ) -> ArtifactOut:
     """A new version of the collection `name`, produced by the run; `latest` and `aliases` point to it."""
     run = ingest.find_run(conn, entity, project, run_id)

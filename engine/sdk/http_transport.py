@@ -1,0 +1,309 @@
+"""The HTTP transport of the SDK's writer: batches go to `engine web` (ENGINE_URL) instead of
+the database, through the same buffer and retries (buffer.py).
+
+A flush of the buffer becomes one `POST /api/v1/runs/{entity}/{project}/{run_id}/log` per
+run of the batch (several when a run has more than CHUNK_POINTS points in it), each with a
+batch id made of this process's token, the batch's `seq` and the request's index. A batch
+whose send failed is sent again as it was (buffer.py), so its requests keep their ids and the
+server stores each once, whether the first attempt reached it or not.
+
+`Client` is the one HTTP connection pool (keep-alive) of a session; `Remote` holds the calls
+the runs and `engine.Api()` make besides logging (create, finish, artifacts, aliases, ...).
+Errors are the SDK's own: 401 KeyRefused, 403 AccessDenied, 404 NotFound, 422 ValueError
+(the server's message names the field), no answer / 429 / 5xx ServerUnavailable (transient).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import secrets
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, Protocol, cast
+from urllib.parse import quote
+
+import httpx
+
+from engine.exceptions import (
+    AccessDenied,
+    ConfigurationError,
+    EngineError,
+    IngestError,
+    KeyRefused,
+    NotFound,
+    RuleIssue,
+    RuleValidationError,
+    ServerUnavailable,
+)
+from engine.sdk import buffer
+from engine.sdk.artifacts import ArtifactVersion, RegistryLink
+from engine.sdk.buffer import Batch, Part, Record, SendResult, Stream
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+API = "/api/v1"
+CHUNK_POINTS = 20_000  # points per log request at most (well under ENGINE_WEB_MAX_BODY as JSON)
+TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+_TRANSIENT = {408, 425, 429}
+
+
+class Opening(buffer.Opening, Protocol):
+    """A run's creation (run.py), as the body of `POST /runs` and what its answer sets."""
+
+    def request(self) -> dict[str, Any]: ...
+    def opened(self, answer: dict[str, Any]) -> None: ...
+
+
+class Client:
+    """The session's HTTP client: keep-alive connections to ENGINE_URL, the key in a header."""
+
+    def __init__(self, settings: Settings):
+        if not settings.url:
+            raise ConfigurationError("ENGINE_URL is not set")
+        if settings.api_key is None or not settings.api_key.get_secret_value():
+            raise ConfigurationError(
+                f"ENGINE_URL is set ({settings.url}) but ENGINE_API_KEY is not: create a key with "
+                "`engine keys create NAME --role ingest --scope ENTITY/PROJECT` and set ENGINE_API_KEY"
+            )
+        base = settings.url.rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise ConfigurationError(f"ENGINE_URL {settings.url!r} must start with http:// or https://")
+        self.where = f"the engine server {base}"
+        self._http = httpx.Client(
+            base_url=base + API,
+            headers={"Authorization": f"Bearer {settings.api_key.get_secret_value()}"},
+            timeout=TIMEOUT,
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=30.0),
+        )
+
+    def call(self, method: str, path: str, body: Any = None, *, content: bytes | None = None) -> Any:
+        """One request; its JSON answer, or the SDK's exception for an error answer."""
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        try:
+            response = self._http.request(method, path, json=body, content=content, headers=headers)
+        except httpx.TransportError as exc:  # refused, reset, timed out: nothing (or no answer) came back
+            raise ServerUnavailable(f"{self.where} does not answer ({type(exc).__name__}: {exc})") from None
+        if response.status_code >= 400:
+            raise self.error(response)
+        return response.json() if response.content else None
+
+    def error(self, response: httpx.Response) -> Exception:
+        """The SDK's exception for an error answer, with the server's message."""
+        status = response.status_code
+        try:
+            detail = str(response.json().get("detail") or "")
+        except (ValueError, AttributeError):
+            detail = response.text[:200].strip()
+        detail = detail or response.reason_phrase
+        if status in _TRANSIENT or status >= 500:
+            return ServerUnavailable(f"{self.where} answered {status}: {detail}")
+        if status == 401:
+            return KeyRefused(f"{self.where} refused ENGINE_API_KEY: {detail}")
+        if status == 403:
+            return AccessDenied(f"{self.where} refused the request: {detail}")
+        if status == 404:
+            return NotFound(detail)
+        if status == 422:
+            error = ValueError(detail)
+            with contextlib.suppress(ValueError, AttributeError):
+                error.errors = [e for e in response.json().get("errors") or [] if "line" in e]  # type: ignore[attr-defined]
+            return error
+        if status == 413:
+            return IngestError(f"{self.where} refused a request as too large: {detail}")
+        return EngineError(f"{self.where} answered {status}: {detail}")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def run_path(label: str) -> str:
+    """`entity/project/run_id` → `/runs/entity/project/run_id` (each part quoted)."""
+    return "/runs/" + "/".join(quote(part, safe="") for part in label.split("/"))
+
+
+class HttpTransport:
+    """Sends the writer's batches to `engine web` (see the module docstring)."""
+
+    advice = "Check that ENGINE_URL answers (`curl $ENGINE_URL/healthz`) and that ENGINE_API_KEY is valid."
+
+    def __init__(self, client: Client, chunk_points: int = CHUNK_POINTS):
+        self._client = client
+        self.where = client.where
+        self.chunk_points = chunk_points
+        self._token = secrets.token_hex(8)  # batch ids of this process: never another's
+
+    def note_keys(self, keys: list[str]) -> None:
+        pass  # the server interns keys
+
+    def open(self, opening: buffer.Opening) -> tuple[int, int, int]:
+        o = cast("Opening", opening)
+        answer = self._client.call("POST", "/runs", o.request())
+        o.opened(answer)
+        return 0, int(answer.get("step", -1)), int(answer.get("system_step", -1))
+
+    @staticmethod
+    def is_transient(error: EngineError) -> bool:
+        return isinstance(error, ServerUnavailable)
+
+    def close_if_idle(self) -> float | None:
+        return None  # httpx closes idle keep-alive connections itself
+
+    def send(self, batch: Batch) -> SendResult:
+        """Every run's points of the batch, then the closing changes (POST …/finish)."""
+        stop: list[tuple[Stream, str]] = []
+        for part in batch.parts:
+            path = run_path(part.stream.label) + "/log"
+            for index, body in enumerate(log_bodies(part, self.chunk_points)):
+                body["batch_id"] = f"{self._token}-{batch.seq}-{index}"
+                content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+                try:
+                    answer = self._client.call("POST", path, content=content)
+                except (ValueError, NotFound, AccessDenied, KeyRefused, IngestError) as exc:
+                    # refused for good (the run was killed or deleted, a value the server cannot
+                    # store, the key's scope): retrying would block the run forever
+                    log.error(
+                        "run %s: %d logged points were refused by %s and dropped: %s",
+                        part.stream.label,
+                        sum(len(r["values"]) for r in body["rows"] + body["system"]),
+                        self.where,
+                        exc,
+                    )
+                    continue
+                # an automation's stop_run asked the run to stop: {"automation": NAME}
+                request = (answer or {}).get("stop_requested")
+                if isinstance(request, dict) and request.get("automation"):
+                    stop.append((part.stream, str(request["automation"])))
+        closed: list[tuple[Stream, object]] = []
+        for stream, change in batch.closing:
+            params = cast("tuple[str, dict[str, Any]]", change)[1]
+            stopped = params.get("stopped_by") is not None  # the run obeys a stop request
+            closed.append((stream, self.finish(stream.label, params["exit_code"], stopped=stopped)))
+        return SendResult(closed, tuple(stop))
+
+    def finish(self, label: str, exit_code: int | None, *, stopped: bool = False) -> str:
+        """End the run (`stopped`: killed by its pending stop request); the state it is in
+        afterwards (`killed` stays killed)."""
+        body: dict[str, Any] = {"exit_code": exit_code or 0}
+        if stopped:
+            body["stopped"] = True
+        answer = self._client.call("POST", run_path(label) + "/finish", body)
+        return str(answer["state"])
+
+
+class Remote:
+    """What runs and `engine.Api()` do besides logging, as API calls (artifacts.py's handles)."""
+
+    def __init__(self, client: Client, transport: HttpTransport):
+        self.client = client
+        self.transport = transport
+
+    def finish(self, label: str, exit_code: int | None, *, stopped: bool = False) -> str:
+        return self.transport.finish(label, exit_code, stopped=stopped)
+
+    def log_artifact(self, label: str, body: dict[str, Any]) -> ArtifactVersion:
+        return _version(self.client.call("POST", run_path(label) + "/artifacts", body))
+
+    def artifact_version(self, project: str, collection: str, which: int | str) -> ArtifactVersion:
+        return _version(self.client.call("GET", _version_path(project, collection, which)))
+
+    def add_alias(self, version: ArtifactVersion, alias: str) -> bool:
+        path = _version_path(version.project, version.collection, version.version_index) + "/aliases"
+        return bool(self.client.call("POST", path, {"alias": alias})["changed"])
+
+    def add_tag(self, version: ArtifactVersion, tag: str) -> bool:
+        path = _version_path(version.project, version.collection, version.version_index) + "/tags"
+        return bool(self.client.call("POST", path, {"tag": tag})["changed"])
+
+    def link(
+        self, version: ArtifactVersion, registry: str, collection: str, aliases: list[str]
+    ) -> RegistryLink:
+        path = _version_path(version.project, version.collection, version.version_index) + "/links"
+        answer = self.client.call(
+            "POST", path, {"registry": registry, "collection": collection, "aliases": aliases}
+        )
+        return RegistryLink(
+            answer["id"],
+            answer["registry"],
+            answer["collection"],
+            answer["version_index"],
+            _version(answer["artifact"]),
+        )
+
+    def apply(self, texts: list[str], *, prune: bool) -> list[tuple[str, str]]:
+        """`POST /automations/apply` (an admin key); the rules' problems as RuleValidationError."""
+        body = {"yaml": "\n---\n".join(texts), "file": "<python>", "prune": prune}
+        try:
+            answer = self.client.call("POST", "/automations/apply", body)
+        except ValueError as exc:
+            issues = getattr(exc, "errors", None)
+            if not issues:
+                raise
+            raise RuleValidationError(
+                [
+                    RuleIssue("<python>", i.get("line"), i.get("field") or "", i.get("message", ""))
+                    for i in issues
+                ]
+            ) from None
+        return [(o["name"], o["outcome"]) for o in answer]
+
+    def kill_run(self, project: str, run_id: str) -> bool:
+        return bool(self.client.call("POST", run_path(f"{project}/{run_id}") + "/kill")["changed"])
+
+
+def _version_path(project: str, collection: str, which: int | str) -> str:
+    parts = [*project.split("/"), collection, str(which)]
+    return "/artifacts/" + "/".join(quote(p, safe="") for p in parts)
+
+
+def _version(answer: dict[str, Any]) -> ArtifactVersion:
+    return ArtifactVersion(
+        answer["id"],
+        answer["project"],
+        answer["collection"],
+        answer["type"],
+        answer["version_index"],
+        answer["digest"],
+        answer["metadata"],
+    )
+
+
+def log_bodies(part: Part, chunk_points: int) -> Iterator[dict[str, Any]]:
+    """A run's part of a batch as log request bodies (without their batch id) of at most
+    `chunk_points` points each (a record is never split)."""
+    rows: list[dict[str, Any]] = []
+    system: list[dict[str, Any]] = []
+    n = 0
+    for records, with_step in ((part.records, True), (part.system, False)):
+        for record in records:
+            if n and n + len(record[3]) > chunk_points:
+                yield {"rows": rows, "system": system}
+                rows, system, n = [], [], 0
+            (rows if with_step else system).append(_row(record, with_step))
+            n += len(record[3])
+    if rows or system:
+        yield {"rows": rows, "system": system}
+
+
+def _row(record: Record, with_step: bool) -> dict[str, Any]:
+    t, step, keys, values = record
+    total = sum(values)
+    if total - total:  # not 0.0: a NaN or an infinity, which JSON writes as text
+        values = tuple(_text(v) for v in values)  # type: ignore[misc]
+    row: dict[str, Any] = {"time": _iso(t), "values": dict(zip(keys, values))}
+    if with_step:
+        row["step"] = step
+    return row
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat()
+
+
+def _text(value: float) -> float | str:
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")

@@ -1,0 +1,65 @@
+"""How the HTTP transport cuts a run's share of a batch into log request bodies."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from engine.exceptions import AccessDenied, KeyRefused, NotFound, ServerUnavailable
+from engine.sdk.buffer import Part, Stream
+from engine.sdk.http_transport import Client, log_bodies, run_path
+from engine.settings import Settings
+
+T = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+
+def part(records, system=()):
+    return Part(Stream(0, "acme/vision/r1"), list(records), list(system), 0)
+
+
+def test_bodies_hold_at_most_the_chunk_and_never_split_a_record():
+    records = [(T, s, ("a", "b", "c"), (1.0, 2.0, 3.0)) for s in range(10)]
+    system = [(T, i, ("system/cpu",), (50.0,)) for i in range(4)]
+    bodies = list(log_bodies(part(records, system), chunk_points=7))
+    sizes = [sum(len(r["values"]) for r in b["rows"] + b["system"]) for b in bodies]
+    assert all(n <= 7 for n in sizes) and sum(sizes) == 34
+    steps = [r["step"] for b in bodies for r in b["rows"]]
+    assert steps == list(range(10))  # in order, each once
+    assert [len(b["system"]) for b in bodies][-1] > 0 and all(
+        "step" not in r for b in bodies for r in b["system"]
+    )
+    # deterministic: the same part gives the same bodies (a batch sent again keeps its ids)
+    assert list(log_bodies(part(records, system), chunk_points=7)) == bodies
+
+
+def test_non_finite_values_are_written_as_the_api_spells_them_and_times_keep_microseconds():
+    (body,) = log_bodies(part([(T, 0, ("n", "p", "m", "x"), (math.nan, math.inf, -math.inf, 0.5))]), 100)
+    row = json.loads(json.dumps(body, allow_nan=False))["rows"][0]
+    assert row["values"] == {"n": "NaN", "p": "Infinity", "m": "-Infinity", "x": 0.5}
+    assert datetime.fromisoformat(row["time"]) == T
+
+
+def test_run_paths_quote_each_part():
+    assert run_path("acme/vision/r-1.2") == "/runs/acme/vision/r-1.2"
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (401, KeyRefused),
+        (403, AccessDenied),
+        (404, NotFound),
+        (422, ValueError),
+        (429, ServerUnavailable),
+        (503, ServerUnavailable),
+    ],
+)
+def test_error_answers_become_the_sdks_exceptions_with_the_servers_message(status, error):
+    client = Client(Settings(url="http://127.0.0.1:9", api_key="eng_secret"))  # type: ignore[arg-type]
+    raised = client.error(httpx.Response(status, json={"detail": "what is wrong"}))
+    assert isinstance(raised, error) and "what is wrong" in str(raised) and "eng_secret" not in str(raised)
+    client.close()
