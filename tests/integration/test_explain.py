@@ -189,7 +189,7 @@ def test_a_trigger_written_before_the_cause_columns_is_explained(empty_database_
     old_sql = tmp_path / "sql"
     shutil.copytree(enginedb.SQL_DIR, old_sql)
     for version, path in enginedb.migrations():
-        if version >= "0009":
+        if version == "0009":  # later ones stay: the SDK writes their tables
             (old_sql / "migrations" / path.name).unlink()
     for view in (old_sql / "views").glob("*.sql"):  # today's read tables of later migrations
         view.unlink()  # (the upgrade below recreates them)
