@@ -73,9 +73,13 @@ def test_demo_tells_the_whole_story_twice(database_url: str, conn: psycopg.Conne
         "SELECT a.name, d.status, count(*) FROM deliveries d JOIN automations a ON a.id = d.automation_id"
         " GROUP BY a.name, d.status ORDER BY 1, 2"
     ).fetchall()
-    assert {(name, status) for name, status, _ in statuses} == {
-        (PREFIX + name, "skipped" if name == "europe-tag" else "succeeded") for name in EXPECTED
-    }
+    seen = {(name, status) for name, status, _ in statuses}
+    assert {
+        (PREFIX + name, "skipped" if name == "europe-tag" else "succeeded")
+        for name, expected in EXPECTED.items()
+        if expected.at_least
+    } <= seen
+    assert {status for _, status in seen} <= {"skipped", "succeeded"}
 
     # the story itself: states of the runs, and what never fires
     states = dict(

@@ -26,6 +26,9 @@ BODIES = {
     ("POST", "/api/v1/automations/validate"): {"yaml": OTHER_RULE},
     ("POST", "/api/v1/automations/apply"): {"yaml": OTHER_RULE.replace("threshold: 1", "threshold: 2"), "prune": True},
     ("POST", "/api/v1/automations/backtest"): {"yaml": OTHER_RULE},
+    ("POST", "/api/v1/runs/{entity}/{project}/{run_id}/alerts"): {"title": "loss is NaN"},
+    ("POST", "/api/v1/collections/{entity}/{project}/{collection}/tags"): {"tag": "golden"},
+    ("POST", "/api/v1/registries/{registry}/{collection}/tags"): {"tag": "golden"},
 }  # fmt: skip
 # A key with this role may not do what a route needing the other role does.
 WRONG_ROLES = {"admin": ["read-all", "ingest-all"], "ingest": ["read-all"], "read": ["ingest-all"]}

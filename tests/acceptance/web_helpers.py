@@ -115,4 +115,6 @@ class TwoTeams:
             "trigger_id": str(self.trigger_id),
             "alias": "production",
             "tag": "europe",
+            "registry": "other-reg",  # a registry the acme keys do not cover
+            "registry_collection": "c",
         }
