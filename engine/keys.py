@@ -30,7 +30,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from engine import clock
-from engine.db import boundary, query
+from engine.db import boundary, one, query, rows
 from engine.exceptions import KeyRefused, NotFound
 from engine.names import NAME_PART
 
@@ -175,8 +175,7 @@ def create(
 
 
 def list_keys(conn: psycopg.Connection) -> list[ApiKey]:
-    with boundary(), conn.cursor(row_factory=dict_row) as cur:
-        return [_record(r) for r in cur.execute(query("key_list")).fetchall()]
+    return [_record(r) for r in rows(conn, "key_list")]
 
 
 def revoke(conn: psycopg.Connection, name: str) -> bool:
@@ -194,10 +193,10 @@ def authenticate(conn: psycopg.Connection, presented: str) -> ApiKey:
     if not well_formed(presented):
         raise KeyRefused("malformed API key: expected `Authorization: Bearer eng_…`")
     expected = digest(presented)
-    with boundary(), conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("key_by_prefix"), {"prefix": presented[:PREFIX_LENGTH]}).fetchall()
     found = None
-    for row in rows:  # every candidate is compared, so the time does not say which matched
+    for row in rows(
+        conn, "key_by_prefix", {"prefix": presented[:PREFIX_LENGTH]}
+    ):  # every candidate is compared, so the time does not say which matched
         if hmac.compare_digest(row["hash"], expected):
             found = row
     if found is None:
@@ -207,8 +206,7 @@ def authenticate(conn: psycopg.Connection, presented: str) -> ApiKey:
 
 def by_id(conn: psycopg.Connection, key_id: int) -> ApiKey:
     """The valid key of this id (a web console session), or KeyRefused saying why."""
-    with boundary(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(query("key_by_id"), {"id": key_id}).fetchone()
+    row = one(conn, "key_by_id", {"id": key_id})
     if row is None:
         raise KeyRefused("unknown API key")
     return _valid(_record(row))

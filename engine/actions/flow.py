@@ -133,11 +133,10 @@ def digest_contexts(
     wanted = [c["id"] for c in claims if (c.get("action") or {}).get("digest")]
     if not wanted:
         return {}
-    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        members = {
-            r["delivery_id"]: r["trigger_ids"]
-            for r in cur.execute(db.query("flow_digest_members"), {"delivery_ids": wanted}).fetchall()
-        }
+    members = {
+        r["delivery_id"]: r["trigger_ids"]
+        for r in db.rows(conn, "flow_digest_members", {"delivery_ids": wanted})
+    }
     every = build_contexts(conn, {t for ids in members.values() for t in ids}, settings)
     out: dict[uuid.UUID, dict[str, str]] = {}
     for claim in claims:

@@ -106,10 +106,7 @@ def list_silences(
     """The active and future silences (with `include_ended`, every one), active first. Each row:
     id, automation or project, starts_at, ends_at, reason, created_by, created_at, ended_at,
     ended_by, active, silenced (how many deliveries it has silenced)."""
-    with db.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            db.query("silence_list"), {"now": clock.now(), "all": include_ended, "limit": limit}
-        ).fetchall()
+    return db.rows(conn, "silence_list", {"now": clock.now(), "all": include_ended, "limit": limit})
 
 
 def end(conn: psycopg.Connection, silence_id: int, *, ended_by: str | None = None) -> datetime:

@@ -180,11 +180,9 @@ class Local(Backend):
         ]
 
     def history(self, automation: str | None, since: datetime | None, limit: int) -> list[dict[str, Any]]:
-        params = {"automation": automation, "since": since, "limit": limit}
-        # the HTTP route's filters, unused here: every project, no page cursor
-        params |= {"project": None, "before_at": None, "before_id": None, "scopes": None}
-        params |= {"run_id": None, "status": None}
-        return enginedb.rows(self.conn(), "history", params)
+        from engine.history import history_rows
+
+        return history_rows(self.conn(), automation=automation, since=since, limit=limit)
 
     def deliveries(self, status: str | None, automation: str | None, limit: int) -> list[dict[str, Any]]:
         from engine.actions import outbox

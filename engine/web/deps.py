@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Annotated
 
 import psycopg
+from fastapi import Depends
 
 from engine import db as enginedb
 from engine.exceptions import DatabaseUnavailable
@@ -60,3 +62,9 @@ def connection() -> Iterator[psycopg.Connection]:
     """A FastAPI dependency: a pooled connection for the request, returned after it."""
     with connect() as conn:
         yield conn
+
+
+# A route parameter `conn: Conn` gets the request's connection. Declare it after the key
+# (`principal: Annotated[Principal, access(...)]`): the access check borrows its own
+# connection, and a request that already held one would wait for a second.
+Conn = Annotated[psycopg.Connection, Depends(connection)]

@@ -50,8 +50,9 @@ from engine.keys import Place
 from engine.sdk import artifacts
 from engine.sdk.validate import check_name, parse_project
 from engine.settings import get_settings
-from engine.web import deps, ingest
+from engine.web import ingest
 from engine.web.auth import Invalid, Principal, access
+from engine.web.deps import Conn
 from engine.web.models import _number
 
 PREFIX = "/mlflow"
@@ -134,7 +135,6 @@ class _Route(APIRoute):
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix=PREFIX, route_class=_Route, include_in_schema=False)
-Conn = Annotated[psycopg.Connection, Depends(deps.connection)]
 
 
 def _post(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -284,8 +284,8 @@ def experiment_by_id(conn: psycopg.Connection, params: dict[str, str], payload: 
 def get_experiment_by_name(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", experiment_by_name, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", experiment_by_name, body=True),
 ) -> dict[str, Any]:
     name = _text(args, "experiment_name")
     assert name is not None
@@ -301,8 +301,8 @@ def get_experiment_by_name(
 def create_experiment(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", experiment_by_name, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", experiment_by_name, body=True),
 ) -> dict[str, Any]:
     name = _text(args, "name")
     assert name is not None
@@ -322,8 +322,8 @@ def create_experiment(
 def get_experiment(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", experiment_by_id, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", experiment_by_id, body=True),
 ) -> dict[str, Any]:
     experiment_id = _text(args, "experiment_id")
     assert experiment_id is not None
@@ -500,8 +500,8 @@ def _update(
 def create_run(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", experiment_by_id, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", experiment_by_id, body=True),
 ) -> dict[str, Any]:
     project = _experiment_project(conn, _text(args, "experiment_id", required=False) or DEFAULT_EXPERIMENT)
     tags = dict(_pairs(args, "tags"))
@@ -527,8 +527,8 @@ def create_run(
 def get_run(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", run_in_request, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
     return {"run": _run_json(conn, _find_run(conn, _run_id(args)))}
 
@@ -537,8 +537,8 @@ def get_run(
 def update_run(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", run_in_request, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
     run = _find_run(conn, _run_id(args))
     status = _text(args, "status", required=False)
@@ -628,8 +628,8 @@ def _store_metrics(
 def log_metric(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", run_in_request, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
     run = _find_run(conn, _run_id(args))
     metric = {k: args.get(k) for k in ("key", "value", "timestamp", "step")}
@@ -641,8 +641,8 @@ def log_metric(
 def log_batch(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", run_in_request, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
     run = _find_run(conn, _run_id(args))
     _update(conn, run, _pairs(args, "params"), _pairs(args, "tags"))
@@ -654,8 +654,8 @@ def log_batch(
 def log_parameter(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", run_in_request, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
     run = _find_run(conn, _run_id(args))
     key = _text(args, "key")
@@ -668,8 +668,8 @@ def log_parameter(
 def set_tag(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", run_in_request, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", run_in_request, body=True),
 ) -> dict[str, Any]:
     run = _find_run(conn, _run_id(args))
     key = _text(args, "key")
@@ -763,7 +763,10 @@ def _model_json(conn: psycopg.Connection, name: str) -> dict[str, Any]:
 
 @_post("/registered-models/create")
 def create_registered_model(
-    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+    request: Request,
+    args: Args,
+    principal: Annotated[Principal, access("ingest", in_registry, body=True)],
+    conn: Conn,
 ) -> dict[str, Any]:
     name = _text(args, "name")
     assert name is not None
@@ -790,7 +793,10 @@ def create_registered_model(
 
 @_get("/registered-models/get")
 def get_registered_model(
-    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+    request: Request,
+    args: Args,
+    principal: Annotated[Principal, access("ingest", in_registry, body=True)],
+    conn: Conn,
 ) -> dict[str, Any]:
     name = _text(args, "name")
     assert name is not None
@@ -801,8 +807,8 @@ def get_registered_model(
 def create_model_version(
     request: Request,
     args: Args,
+    principal: Annotated[Principal, access("ingest", version_places, body=True)],
     conn: Conn,
-    principal: Principal = access("ingest", version_places, body=True),
 ) -> dict[str, Any]:
     name = _text(args, "name")
     source = _text(args, "source", required=False) or ""
@@ -848,7 +854,10 @@ def create_model_version(
 
 @_get("/model-versions/get")
 def get_model_version(
-    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+    request: Request,
+    args: Args,
+    principal: Annotated[Principal, access("ingest", in_registry, body=True)],
+    conn: Conn,
 ) -> dict[str, Any]:
     name, version = _text(args, "name"), _text(args, "version")
     assert name is not None and version is not None
@@ -867,7 +876,10 @@ def _alias(args: dict[str, Any]) -> str:
 
 @_post("/registered-models/alias")
 def set_alias(
-    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+    request: Request,
+    args: Args,
+    principal: Annotated[Principal, access("ingest", in_registry, body=True)],
+    conn: Conn,
 ) -> dict[str, Any]:
     name, version = _text(args, "name"), _text(args, "version")
     assert name is not None and version is not None
@@ -889,7 +901,10 @@ def set_alias(
 
 @_get("/registered-models/alias", methods=("DELETE",))
 def delete_alias(
-    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+    request: Request,
+    args: Args,
+    principal: Annotated[Principal, access("ingest", in_registry, body=True)],
+    conn: Conn,
 ) -> dict[str, Any]:
     name = _text(args, "name")
     assert name is not None
@@ -902,7 +917,10 @@ def delete_alias(
 
 @_get("/registered-models/alias")
 def get_version_by_alias(
-    request: Request, args: Args, conn: Conn, principal: Principal = access("ingest", in_registry, body=True)
+    request: Request,
+    args: Args,
+    principal: Annotated[Principal, access("ingest", in_registry, body=True)],
+    conn: Conn,
 ) -> dict[str, Any]:
     name = _text(args, "name")
     assert name is not None

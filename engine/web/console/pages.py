@@ -25,7 +25,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
-from psycopg.rows import dict_row
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import automations, clock, keys
@@ -42,6 +41,7 @@ from engine.exceptions import (
 )
 from engine.explain import explain_data, text
 from engine.explain.data import Point
+from engine.history import history_rows
 from engine.rules.loader import parse_rules_text
 from engine.settings import Settings
 from engine.since import parse_since
@@ -489,8 +489,7 @@ def _rows(name: str, params: dict[str, Any], conn: psycopg.Connection | None = N
     if conn is None:
         with deps.connect() as fresh:
             return _rows(name, params, fresh)
-    with enginedb.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(enginedb.query(name), params).fetchall()
+    return enginedb.rows(conn, name, params)
 
 
 def _history(
@@ -509,21 +508,20 @@ def _history(
         except ValueError as exc:
             return [], None, f"since: {exc}"
     try:
-        before_at, before_id = _after(cursor) if cursor else (None, None)
+        before = _after(cursor) if cursor else None
     except Invalid as exc:
         return [], None, f"cursor: {exc.message}"
-    params = {
-        "automation": filters.get("automation") or None,
-        "project": filters.get("project") or None,
-        "run_id": filters.get("run_id") or None,
-        "status": filters.get("status") or None,
-        "since": start,
-        "before_at": before_at,
-        "before_id": before_id,
-        "scopes": principal.scopes,
-        "limit": limit + 1,
-    }
-    rows = _rows("history", params, conn)
+    rows = history_rows(
+        conn,
+        automation=filters.get("automation") or None,
+        project=filters.get("project") or None,
+        run_id=filters.get("run_id") or None,
+        status=filters.get("status") or None,
+        since=start,
+        before=before,
+        scopes=principal.scopes,
+        limit=limit + 1,
+    )
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, _cursor(rows[-1]) if more else None, None

@@ -6,18 +6,17 @@ from __future__ import annotations
 from typing import Annotated
 
 import psycopg
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from engine import clock
 from engine.keys import Place
 from engine.sdk import artifacts
 from engine.sdk.artifacts import ArtifactVersion
-from engine.web import deps
 from engine.web.auth import Principal, access, project_in_path, project_in_path_and_registry_in_body
+from engine.web.deps import Conn
 from engine.web.models import AliasIn, ArtifactOut, Changed, LinkIn, LinkOut, TagIn
 
 router = APIRouter(tags=["artifacts"])
-Conn = Annotated[psycopg.Connection, Depends(deps.connection)]
 VERSION = "/artifacts/{entity}/{project}/{collection}/{version}"
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import ValidationError
 
 from engine import automations
@@ -19,12 +19,11 @@ from engine.evaluation import backtest as run_backtest
 from engine.exceptions import RuleValidationError
 from engine.rules.loader import LoadedRule, parse_rules_text, parse_rules_texts
 from engine.since import parse_since
-from engine.web import deps
 from engine.web.auth import Invalid, Principal, access, automation_in_path, rules_in_body
+from engine.web.deps import Conn
 from engine.web.models import Apply, Backtest, Changed, Outcome, RuleError, RulesText, RulesTexts, Validation
 
 router = APIRouter(prefix="/automations", tags=["automations"])
-Conn = Annotated[psycopg.Connection, Depends(deps.connection)]
 
 
 def issues_of(error: RuleValidationError) -> list[RuleError]:

@@ -9,19 +9,17 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import psycopg
-from fastapi import APIRouter, Depends, Query
-from psycopg.rows import dict_row
+from fastapi import APIRouter, Query
 
-from engine import db as enginedb
 from engine.actions import outbox
 from engine.explain import explain_data
+from engine.history import history_rows
 from engine.since import parse_since
-from engine.web import deps
 from engine.web.auth import Invalid, Principal, access, delivery_in_path, trigger_in_path
+from engine.web.deps import Conn
 from engine.web.models import Page
 
 router = APIRouter(tags=["history"])
-Conn = Annotated[psycopg.Connection, Depends(deps.connection)]
 
 
 def _cursor(row: dict[str, Any]) -> str:
@@ -67,20 +65,15 @@ def history(
             start = parse_since(since)
         except ValueError as exc:
             raise Invalid(("query", "since"), str(exc)) from None
-    before_at, before_id = _after(cursor) if cursor else (None, None)
-    params = {
-        "automation": automation,
-        "since": start,
-        "limit": limit + 1,  # one more: is there a next page?
-        "project": project,
-        "before_at": before_at,
-        "before_id": before_id,
-        "scopes": principal.scopes,
-        "run_id": None,
-        "status": None,
-    }
-    with enginedb.boundary(), conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(enginedb.query("history"), params).fetchall()
+    rows = history_rows(
+        conn,
+        automation=automation,
+        since=start,
+        limit=limit + 1,  # one more: is there a next page?
+        project=project,
+        scopes=principal.scopes,
+        before=_after(cursor) if cursor else None,
+    )
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(rows=rows, next_cursor=_cursor(rows[-1]) if more else None)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import psycopg
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from engine import clock
 from engine.sdk import alerts, artifacts
-from engine.web import deps, ingest
+from engine.web import ingest
 from engine.web.auth import Invalid, Principal, access, project_in_body, project_in_path
+from engine.web.deps import Conn
 from engine.web.models import (
     AlertIn,
     AlertOut,
@@ -28,7 +28,6 @@ from engine.web.models import (
 from engine.web.routes.artifacts import artifact_out
 
 router = APIRouter(tags=["runs"])
-Conn = Annotated[psycopg.Connection, Depends(deps.connection)]
 RUN = "/runs/{entity}/{project}/{run_id}"
 
 
