@@ -181,3 +181,27 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+API_PREFIX = "/api/v1"
+
+
+def api_endpoint(settings: Settings) -> tuple[str, str]:
+    """ENGINE_URL as the server's base URL (a trailing `/` or `/api/v1` left out) and
+    ENGINE_API_KEY, for the SDK's and the CLI's HTTP clients; ConfigurationError when either
+    is missing or the URL is not http(s)."""
+    from engine.exceptions import ConfigurationError
+
+    if not settings.url:
+        raise ConfigurationError("ENGINE_URL is not set")
+    if not settings.url.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            f"ENGINE_URL must start with http:// or https:// (got {settings.url!r}), e.g. http://127.0.0.1:8080"
+        )
+    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if not key:
+        raise ConfigurationError(
+            f"ENGINE_URL is set ({settings.url}) but ENGINE_API_KEY is not: set it to a key made by "
+            "`engine keys create` (ingest for training nodes, read for looking, admin for applying rules)"
+        )
+    return settings.url.rstrip("/").removesuffix(API_PREFIX), key

@@ -89,7 +89,8 @@ def find(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:
 def redeliver(conn: psycopg.Connection, delivery_id: str) -> dict[str, Any]:
     """Make a delivery pending again, due now, with a fresh attempt budget; same id.
 
-    Refused for a delivery being sent right now ('sending') and for skipped no_op ones.
+    Refused for a delivery being sent right now ('sending') and for those that are never sent:
+    a stop_run request, a silenced or rate-limited (suppressed) trigger, a skipped no_op.
     """
     found = find(conn, delivery_id)
     if found["action_type"] == "stop_run":

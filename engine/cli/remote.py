@@ -19,15 +19,13 @@ import httpx
 from engine import __version__
 from engine.exceptions import (
     ApiError,
-    ConfigurationError,
     KeyRefused,
     NotFound,
     RuleIssue,
     RuleValidationError,
 )
-from engine.settings import Settings, get_settings
+from engine.settings import API_PREFIX, Settings, api_endpoint, get_settings
 
-API_PREFIX = "/api/v1"
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)  # a backtest over a long history takes a while
 
 
@@ -42,21 +40,7 @@ class Client:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Client:
-        settings = settings or get_settings()
-        if not settings.url:
-            raise ConfigurationError("ENGINE_URL is not set")
-        if not settings.url.startswith(("http://", "https://")):
-            raise ConfigurationError(
-                f"ENGINE_URL must start with http:// or https:// (got {settings.url!r}), "
-                "e.g. http://127.0.0.1:8080"
-            )
-        key = settings.api_key.get_secret_value() if settings.api_key else ""
-        if not key:
-            raise ConfigurationError(
-                f"ENGINE_URL is set ({settings.url}) but ENGINE_API_KEY is not: set it to a key made by "
-                "`engine keys create` (read for looking, admin for applying rules)"
-            )
-        return cls(settings.url, key)
+        return cls(*api_endpoint(settings or get_settings()))
 
     def close(self) -> None:
         self._http.close()

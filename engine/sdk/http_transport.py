@@ -29,7 +29,6 @@ import httpx
 
 from engine.exceptions import (
     AccessDenied,
-    ConfigurationError,
     EngineError,
     IngestError,
     KeyRefused,
@@ -41,11 +40,10 @@ from engine.exceptions import (
 from engine.sdk import buffer
 from engine.sdk.artifacts import ArtifactVersion, RegistryLink
 from engine.sdk.buffer import Batch, Part, Record, SendResult, Stream
-from engine.settings import Settings
+from engine.settings import API_PREFIX, Settings, api_endpoint
 
 log = logging.getLogger(__name__)
 
-API = "/api/v1"
 CHUNK_POINTS = 20_000  # points per log request at most (well under ENGINE_WEB_MAX_BODY as JSON)
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 _TRANSIENT = {408, 425, 429}
@@ -62,20 +60,11 @@ class Client:
     """The session's HTTP client: keep-alive connections to ENGINE_URL, the key in a header."""
 
     def __init__(self, settings: Settings):
-        if not settings.url:
-            raise ConfigurationError("ENGINE_URL is not set")
-        if settings.api_key is None or not settings.api_key.get_secret_value():
-            raise ConfigurationError(
-                f"ENGINE_URL is set ({settings.url}) but ENGINE_API_KEY is not: create a key with "
-                "`engine keys create NAME --role ingest --scope ENTITY/PROJECT` and set ENGINE_API_KEY"
-            )
-        base = settings.url.rstrip("/")
-        if not base.startswith(("http://", "https://")):
-            raise ConfigurationError(f"ENGINE_URL {settings.url!r} must start with http:// or https://")
+        base, key = api_endpoint(settings)
         self.where = f"the engine server {base}"
         self._http = httpx.Client(
-            base_url=base + API,
-            headers={"Authorization": f"Bearer {settings.api_key.get_secret_value()}"},
+            base_url=base + API_PREFIX,
+            headers={"Authorization": f"Bearer {key}"},
             timeout=TIMEOUT,
             limits=httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=30.0),
         )

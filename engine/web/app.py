@@ -44,7 +44,7 @@ from engine.exceptions import (
 )
 from engine.logs import configure_logging
 from engine.prometheus import WebMetrics
-from engine.settings import Settings, get_settings
+from engine.settings import API_PREFIX, Settings, get_settings
 from engine.web import deps, mlflow
 from engine.web.auth import Invalid
 from engine.web.console import create_console
@@ -52,8 +52,6 @@ from engine.web.models import Health
 from engine.web.routes import artifacts, automations, history, runs
 
 log = logging.getLogger(__name__)
-
-API_PREFIX = "/api/v1"
 
 
 class JSON(JSONResponse):
