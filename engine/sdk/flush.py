@@ -8,7 +8,8 @@ For each batch the buffer (buffer.py) hands over:
    (`ingest_batch_seq`),
 3. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
    value in the batch, and `insert_nonfinite` for its NaN and infinite values (rare),
-   `note_metric_ingest` for the runs with metric values (their last ingestion, for stalls),
+   `note_run_ingest` for every run in the batch (its current steps; with metric values, its
+   last ingestion, for stalls),
 4. one `notify_ingest`, and the final state changes of runs whose last points are in it,
 5. the pending stop requests of the batch's runs (`pending_stop_requests`: stop_run), read in
    the same transaction, so a run learns of one within a flush.
@@ -74,7 +75,7 @@ class DatabaseTransport:
         self._q_key_ids = query("key_ids")
         self._q_upsert = query("upsert_series")
         self._q_nonfinite = query("insert_nonfinite")
-        self._q_ingested = query("note_metric_ingest")
+        self._q_ingested = query("note_run_ingest")
         self._q_notify = query("notify_ingest")
         self._q_stops = query("pending_stop_requests")
 
@@ -161,9 +162,7 @@ class DatabaseTransport:
                         cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
                     if series.nonfinite:
                         cur.execute(self._q_nonfinite, series.nonfinite_params())
-                    metric_runs = [cast(int, s.run_pk) for s, r, _, _ in batch if r]
-                    if metric_runs:  # system metrics alone do not show a run is alive
-                        cur.execute(self._q_ingested, {"run_pks": metric_runs})
+                    cur.execute(self._q_ingested, _run_steps(batch))
                     cur.execute(self._q_notify, {"payload": ""})
                     # before the closing changes, which end a finishing run's requests
                     stops_cur.execute(self._q_stops, {"run_pks": list({s.run_pk for s, _, _, _ in batch})})
@@ -233,6 +232,23 @@ class DatabaseTransport:
             if not open_series:
                 break
         return {kid: tuple(list(column) for column in zip(*reversed(got))) for kid, got in found.items()}
+
+
+def _run_steps(batch: list[Part]) -> dict[str, list[int]]:
+    """note_run_ingest's parameters: each run's highest metric and system step in the batch
+    (-1: none; a run with no metric values is not alive for stall rules)."""
+    runs: dict[int, list[int]] = {}
+    for stream, records, system, _ in batch:
+        steps = runs.setdefault(cast(int, stream.run_pk), [-1, -1])
+        if records:
+            steps[0] = max(steps[0], max(r[1] for r in records))
+        if system:
+            steps[1] = max(steps[1], max(r[1] for r in system))
+    return {
+        "run_pks": list(runs),
+        "steps": [s[0] for s in runs.values()],
+        "system_steps": [s[1] for s in runs.values()],
+    }
 
 
 class _Series:

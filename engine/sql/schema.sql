@@ -288,6 +288,8 @@ CREATE TABLE public.runs (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
     last_metric_at timestamp with time zone,
+    step bigint DEFAULT '-1'::integer NOT NULL,
+    system_step bigint DEFAULT '-1'::integer NOT NULL,
     CONSTRAINT runs_run_id_check CHECK (((length(run_id) >= 1) AND (length(run_id) <= 128))),
     CONSTRAINT runs_state_check CHECK ((state = ANY (ARRAY['running'::text, 'finished'::text, 'failed'::text, 'killed'::text])))
 );

@@ -1,4 +1,7 @@
 import re
+import shutil
+
+import psycopg
 
 from engine import db as enginedb
 
@@ -61,3 +64,36 @@ def test_the_migration_numbers_skip_0003_only_and_the_folder_says_why():
     )
     readme = (enginedb.SQL_DIR / "migrations" / "README.md").read_text()
     assert "There is no 0003, on purpose." in readme
+
+
+def test_run_steps_are_filled_in_from_the_points_of_runs_logged_before(
+    empty_database_url, monkeypatch, tmp_path
+):
+    """0017 keeps a run's current steps on the run; runs logged before it get theirs from
+    their points, so a resumed run continues where its points end."""
+    current, older = enginedb.SQL_DIR, tmp_path / "sql"
+    shutil.copytree(current, older)
+    for later in sorted((older / "migrations").glob("*.sql")):
+        if later.name >= "0017":
+            later.unlink()
+    with psycopg.connect(empty_database_url) as conn:
+        monkeypatch.setattr(enginedb, "SQL_DIR", older)
+        enginedb.migrate(conn)
+        conn.execute("INSERT INTO projects (id, entity, name) VALUES (1, 'acme', 'p')")
+        conn.execute(
+            "INSERT INTO runs (id, project_id, run_id, name, state) "
+            "VALUES (1, 1, 'logged', 'logged', 'running'), (2, 1, 'empty', 'empty', 'running')"
+        )
+        conn.execute("INSERT INTO metric_keys (id, key) VALUES (1, 'loss'), (2, 'system/gpu')")
+        conn.execute(
+            "INSERT INTO metric_points (time, run_pk, key_id, step, seq, value) "
+            "SELECT now(), 1, 1, s, s, 0.5 FROM generate_series(0, 41) AS s"
+        )
+        conn.execute(
+            "INSERT INTO system_metrics (time, run_pk, key_id, step, seq, value) "
+            "SELECT now(), 1, 2, s, s, 0.5 FROM generate_series(0, 6) AS s"
+        )
+        monkeypatch.setattr(enginedb, "SQL_DIR", current)
+        enginedb.migrate(conn)
+        steps = conn.execute("SELECT run_id, step, system_step FROM runs ORDER BY id").fetchall()
+    assert steps == [("logged", 41, 6), ("empty", -1, -1)]

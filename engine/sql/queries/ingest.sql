@@ -44,15 +44,26 @@ INSERT INTO nonfinite_points (run_pk, key_id, seq, step, "time", value)
 SELECT * FROM unnest(%(run_pks)s::bigint[], %(key_ids)s::integer[], %(seqs)s::bigint[], %(steps)s::bigint[],
                      %(times)s::timestamptz[], %(values)s::double precision[]);
 
--- name: note_metric_ingest
--- The runs of a flush with metric values (not system metrics): their last metric value is
--- now, on the database's clock; a pause of at least a minute since the one before (or since
--- the run's start) is recorded in run_metric_gaps, for stall rules' backtests.
-WITH before AS (
-    SELECT id, coalesce(last_metric_at, created_at) AS since FROM runs WHERE id = ANY(%(run_pks)s::bigint[])
+-- name: note_run_ingest
+-- The runs of a flush, each with the highest step of its metric values and of its system
+-- samples in the flush (-1: none): the run keeps its current steps. A run with metric values
+-- (system metrics do not count) had its last metric value now, on the database's clock; a
+-- pause of at least a minute since the one before (or since the run's start) is recorded in
+-- run_metric_gaps, for stall rules' backtests.
+WITH flushed AS (
+    SELECT * FROM unnest(%(run_pks)s::bigint[], %(steps)s::bigint[], %(system_steps)s::bigint[])
+        AS f(id, step, system_step)
+), before AS (
+    SELECT r.id, coalesce(r.last_metric_at, r.created_at) AS since, f.step, f.system_step
+    FROM runs AS r JOIN flushed AS f USING (id)
 ), stamped AS (
-    UPDATE runs AS r SET last_metric_at = now() FROM before AS b WHERE r.id = b.id RETURNING r.id, b.since
+    UPDATE runs AS r
+    SET step = greatest(r.step, b.step),
+        system_step = greatest(r.system_step, b.system_step),
+        last_metric_at = CASE WHEN b.step >= 0 THEN now() ELSE r.last_metric_at END
+    FROM before AS b WHERE r.id = b.id
+    RETURNING r.id, b.since, b.step >= 0 AS metric
 )
 INSERT INTO run_metric_gaps (run_pk, from_at, to_at)
-SELECT id, since, now() FROM stamped WHERE since <= now() - interval '1 minute'
+SELECT id, since, now() FROM stamped WHERE metric AND since <= now() - interval '1 minute'
 ON CONFLICT DO NOTHING;

@@ -86,8 +86,8 @@ RETURNING name, config, tags;
 
 -- name: run_max_steps
 -- Where a resumed run's step counters continue (-1: nothing logged yet).
-SELECT coalesce((SELECT max(step) FROM metric_points WHERE run_pk = %(run_pk)s), -1),
-       coalesce((SELECT max(step) FROM system_metrics WHERE run_pk = %(run_pk)s), -1);
+-- (kept on the run by every flush: note_run_ingest).
+SELECT step, system_step FROM runs WHERE id = %(run_pk)s;
 
 -- name: transition_run
 -- One state change: runs.state, a run_transitions row and a 'run_state' event, only when the
