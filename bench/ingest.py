@@ -167,7 +167,7 @@ class HttpPath(SdkPath):
         import httpx
 
         from engine.sdk.buffer import Part, Stream
-        from engine.sdk.http_transport import log_bodies
+        from engine.sdk.http_transport import encode, log_bodies
 
         http = httpx.Client(
             base_url=self.web.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30
@@ -183,7 +183,7 @@ class HttpPath(SdkPath):
             ]
             (body,) = log_bodies(Part(Stream(0, "p99"), records, [], 1000), 1000)
             body["batch_id"] = f"p99-{i}"
-            content = json.dumps(body, separators=(",", ":")).encode()
+            content = encode(body)
             start = time.perf_counter()
             answer = http.post(
                 "/api/v1/runs/bench/ingest/p99/log",

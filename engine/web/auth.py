@@ -28,6 +28,7 @@ import psycopg
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 from engine import keys
 from engine.db import boundary, query
@@ -97,6 +98,8 @@ def access(role: str, target: Target | None = None, *, body: bool = False) -> An
         elif body:
             try:
                 payload = await request.json()
+                if isinstance(payload, BaseModel):  # validated already (bodies.OnePassRoute)
+                    payload = payload.model_dump()
             except ValueError:
                 payload = None  # FastAPI answers the body's own error (422) once it validates it
         token = credentials.credentials if credentials is not None else None

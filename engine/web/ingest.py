@@ -192,16 +192,21 @@ def store_batch(
         stream = Stream(run.pk, label, step=step, system_step=system_step)
         dropped: list[int] = []
         points = 0
+        noted: set[tuple[str, ...]] = set()
         for index, (time, given, keys, values) in enumerate(rows):
             if clamp and given is not None and given < stream.step:
                 given = stream.step
-            writer.note_keys(list(keys))
+            if keys not in noted:
+                writer.note_keys(list(keys))
+                noted.add(keys)
             if writer.append(stream, time or clock.now(), given, keys, values) is not None:
                 dropped.append(index)
             else:
                 points += len(values)
         for time, keys, values in system:
-            writer.note_keys(list(keys))
+            if keys not in noted:
+                writer.note_keys(list(keys))
+                noted.add(keys)
             writer.append_system(stream, time or clock.now(), keys, values)
             points += len(values)
         closing = query("ingest_batch_insert")

@@ -11,7 +11,7 @@ import pytest
 
 from engine.exceptions import AccessDenied, KeyRefused, NotFound, ServerUnavailable
 from engine.sdk.buffer import Part, Stream
-from engine.sdk.http_transport import Client, log_bodies, run_path
+from engine.sdk.http_transport import Client, encode, log_bodies, run_path
 from engine.settings import Settings
 
 T = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -38,7 +38,7 @@ def test_bodies_hold_at_most_the_chunk_and_never_split_a_record():
 
 def test_non_finite_values_are_written_as_the_api_spells_them_and_times_keep_microseconds():
     (body,) = log_bodies(part([(T, 0, ("n", "p", "m", "x"), (math.nan, math.inf, -math.inf, 0.5))]), 100)
-    row = json.loads(json.dumps(body, allow_nan=False))["rows"][0]
+    row = json.loads(encode(body))["rows"][0]
     assert row["values"] == {"n": "NaN", "p": "Infinity", "m": "-Infinity", "x": 0.5}
     assert datetime.fromisoformat(row["time"]) == T
 
