@@ -1,13 +1,16 @@
-"""Kill soak: SIGKILL `engine serve` at random moments while 100 runs log and 20 automations fire.
+"""Kill soak: SIGKILL `engine serve` at random moments while 100 runs log and 24 automations fire.
 
     python bench/soak.py                     # 20 rounds, stops starting new ones after 10 min
     python bench/soak.py --rounds 40 --max-minutes 30
 
 Each round: a burst of fresh runs (metrics, state changes, artifacts) from 4 threads; one
-SIGKILL of the service at a random moment of the burst; a restart; then a wait until the
-triggers equal the backtest over the same history and every webhook delivery has succeeded
-(see bench/support/soak.py for what is checked and how). A fresh database: in
-ENGINE_DATABASE_URL's server when set, else an embedded cluster in a temporary folder.
+SIGKILL of the service at a random moment of the burst, inside an open digest window; a
+restart; then a wait until the triggers equal the backtest over the same history and every
+webhook delivery has reached its end. Two automations are digested (1m windows, which span
+rounds: after the last round the soak waits for them to close) and two are rate-limited (see
+bench/support/soak.py for what lost and duplicated mean for each, and how it is checked). A
+fresh database: in ENGINE_DATABASE_URL's server when set, else an embedded cluster in a
+temporary folder.
 
     python bench/soak.py --http              # engine web killed 20 times while 20 runs log over HTTP
     python bench/soak.py --http --rounds 5 --runs 4
@@ -18,8 +21,10 @@ retries; then every point must be stored exactly once, in order. Its JSON line: 
 "runs", "points", "lost", "duplicates", "wrong_values", "out_of_order", "unfinished_runs", ...}.
 
 One line per round, then one JSON line: {"rounds", "kills", "triggers", "duplicates", "lost",
-"deliveries", "redelivered_same_id", "max_settle_s", ...}. Exit status 1 when anything was
-lost, duplicated or extra, or a round did not settle.
+"deliveries", "redelivered_same_id", "max_settle_s", ..., "digest_triggers", "digests",
+"kills_inside_digest_window", "suppressed", "over_limit"}. Exit status 1 when anything was
+lost, duplicated, extra or wrong, a rate limit was passed, a digest window stayed open, or a
+round did not settle.
 """
 
 from __future__ import annotations
@@ -78,11 +83,12 @@ def main() -> int:
                     print(f"soak: time limit of {args.max_minutes:g} min reached", flush=True)
                     break
                 soak.round(on_progress=lambda line: print(line, flush=True))
+            soak.drain(on_progress=lambda line: print(line, flush=True))  # the last digest windows
             summary = soak.summary()
             print(soak.summary_line(), flush=True)
         sdk_session.close_all()
-    bad = summary["lost"] or summary["duplicates"] or summary["extra_triggers"] or summary["unsettled_rounds"]
-    return 1 if bad or summary["unknown_delivery_ids"] else 0
+    bad = ("lost", "duplicates", "extra_triggers", "unsettled_rounds", "unknown_delivery_ids", "digest_wrong")
+    return 1 if any(summary[k] for k in bad) or summary["over_limit"] or summary["digests_open"] else 0
 
 
 def http_mode(args: argparse.Namespace, logs: Path) -> int:

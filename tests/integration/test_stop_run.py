@@ -4,12 +4,7 @@ database transport) learns the stop request in the flush after the evaluator sto
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 import threading
-from typing import IO, Any
 
 import psycopg
 import pytest
@@ -17,6 +12,7 @@ from evaluation_helpers import apply_yaml, tick
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from sdk_helpers import wait_for
+from stop_run_helpers import FREE_RUNNING, STEPPED, STOP_RULE, run_row, start, step, stop_requests
 
 import engine
 from engine import clock, db
@@ -24,96 +20,6 @@ from engine.actions import outbox
 from engine.evaluation import Evaluator
 from engine.evaluation.firing import Firing, trigger_row
 from engine.exceptions import EngineError
-
-STOP_RULE = """\
-name: {name}
-scope: {{project: acme/vision}}
-event: {{type: run_metric_threshold, metric: loss, window: 1, operator: ">", threshold: 1000000}}
-action: {{type: stop_run}}
-"""
-
-# A training step per line of stdin (the loss to log); each step is flushed at once, so the
-# test knows which flush learns of the stop request.
-STEPPED = textwrap.dedent(
-    """\
-    import sys
-    import engine
-
-    try:
-        with engine.init(project="acme/vision", id=sys.argv[1], system_metrics_interval=0) as run:
-            for line in sys.stdin:
-                run.log({"loss": float(line)})
-                run.flush()
-                print("stored", run.step, run.stop_requested, flush=True)
-    except engine.RunStopped as exc:
-        print("stopped", exc.automation, run.step, run.stop_requested, run.state, flush=True)
-    """
-)
-
-# A training loop left to itself: the background thread flushes every ENGINE_FLUSH_INTERVAL.
-FREE_RUNNING = textwrap.dedent(
-    """\
-    import sys
-    import time
-    import engine
-
-    try:
-        with engine.init(project="acme/vision", id=sys.argv[1], system_metrics_interval=0) as run:
-            for step in range(100_000):
-                run.log({"loss": 2e6 if step == 20 else 0.5})
-                time.sleep(0.002)  # the work of a training step
-    except engine.RunStopped as exc:
-        print("stopped", exc.automation, run.step, run.state, flush=True)
-    """
-)
-
-
-def start(script: str, run_id: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", script, run_id],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-    )
-
-
-def step(proc: subprocess.Popen, loss: str) -> str:
-    stdin, stdout = proc.stdin, proc.stdout
-    assert stdin is not None and stdout is not None
-    stdin.write(loss + "\n")
-    stdin.flush()
-    return _line(stdout, proc)
-
-
-def _line(stdout: IO[str], proc: subprocess.Popen) -> str:
-    line = stdout.readline().strip()
-    assert line, proc.stderr.read() if proc.stderr else "no output"
-    return line
-
-
-def run_row(conn: psycopg.Connection, run_id: str) -> dict[str, Any]:
-    row = (
-        conn.cursor(row_factory=dict_row)
-        .execute(
-            "SELECT r.id, r.state, (SELECT count(*) FROM metric_points m WHERE m.run_pk = r.id) AS points,"
-            " (SELECT e.details FROM events e WHERE e.run_pk = r.id ORDER BY e.id DESC LIMIT 1) AS last_event"
-            " FROM runs r WHERE r.run_id = %s",
-            (run_id,),
-        )
-        .fetchone()
-    )
-    assert row is not None
-    return row
-
-
-def stop_requests(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    return (
-        conn.cursor(row_factory=dict_row)
-        .execute("SELECT * FROM stop_requests ORDER BY trigger_id")
-        .fetchall()
-    )
 
 
 def test_a_training_loop_gets_run_stopped_in_the_flush_after_the_firing_and_ends_killed(conn, database_url):
