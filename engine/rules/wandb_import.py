@@ -332,7 +332,7 @@ class _Converter:
             aggregation, current = self._aggregation(spec, where, "current_window_size")
             prior = 1
             if spec.get("agg_op") is not None:
-                prior = spec.get("prior_window_size", current)
+                prior = spec.get("prior_window_size") or current  # W&B's default: the current size
             return {
                 "type": "run_metric_change",
                 "metric": metric,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import statistics
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -161,3 +162,61 @@ def test_converted_metric_rules_fire_where_wandb_rules_do(conn):
         checked += 1
     # every threshold, change and z-score fixture with a project scope
     assert checked == 22
+
+
+NAMES = [
+    "base+line (v1)",
+    "base+line (v1) again",
+    "baseline (v1)",
+    "base+line (v1",
+    "sweep-12",
+    "my-sweep-12",
+    "resnet.50-a",
+    "resnet-50",
+    "nightly-3",
+    "exp-7",
+    "",
+]
+
+
+def wandb_name_matches(test: dict[str, Any], name: str) -> bool:
+    """W&B's run filter on the display name: $eq exact, $contains a substring, $regex a search."""
+    ((op, value),) = test.items()
+    if op == "$eq":
+        return name == value
+    if op == "$contains":
+        return value in name
+    if op == "$in":
+        return name in value
+    return re.search(value, name) is not None
+
+
+def test_converted_run_name_filters_match_the_same_names_in_postgresql(conn):
+    """The converted `name_regex` runs in PostgreSQL (`~`): escaping keeps W&B's equality and
+    substring tests literal there, on names full of regex characters."""
+    specs = {}
+    for name in ("sdk_automations.json", "graphql_triggers.json"):
+        data = json.loads((FIXTURES / name).read_text())
+        triggers = (
+            data
+            if isinstance(data, list)
+            else [e["node"] for e in data["data"]["scope"]["triggers"]["edges"]]
+        )
+        for trigger in triggers:
+            event = trigger.get("event") or trigger["triggeringCondition"]
+            outer = json.loads(event["filter"])
+            for condition in json.loads(outer.get("run_filter", "{}")).get("$and", []):
+                if "display_name" in condition:
+                    specs[trigger["name"]] = condition["display_name"]
+    result = import_wandb(
+        [(name, (FIXTURES / name).read_text()) for name in ("sdk_automations.json", "graphql_triggers.json")],
+        entity="acme",
+        registry="model",
+    )
+    converted = {item.wandb_name: item.automation for item in result.converted}
+    assert len(specs) == 6
+    for wandb_name, test in specs.items():
+        pattern = converted[wandb_name].run_filter.name_regex
+        matched = {n for n in NAMES if conn.execute("SELECT %s ~ %s", (n, pattern)).fetchone()[0]}
+        assert matched == {n for n in NAMES if wandb_name_matches(test, n)}, wandb_name
+        assert matched, f"{wandb_name}: no name matches, so this tests nothing"
