@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from engine.names import CONTROL
 from engine.rules.automation import Automation
 
 REGISTRY_PREFIX = "wandb-registry-"  # a registry is a W&B project with this prefix
@@ -127,12 +128,15 @@ def import_wandb(
     for source, text in sources:
         try:
             data = json.loads(text)
+            triggers = list(_triggers(data))
         except json.JSONDecodeError as exc:
             result.refusals.append(
                 Refusal(source, None, "", f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
             )
             continue
-        triggers = list(_triggers(data))
+        except RecursionError:
+            result.refusals.append(Refusal(source, None, "", "JSON nested too deeply"))
+            continue
         if not triggers:
             result.refusals.append(
                 Refusal(source, None, "", "no W&B automation found (an object with name, event and action)")
@@ -145,6 +149,9 @@ def import_wandb(
                 automation = converter.convert(trigger, used_names)
             except _Refused as exc:
                 result.refusals.append(Refusal(source, wandb_name, exc.field, exc.message))
+                continue
+            except RecursionError:
+                result.refusals.append(Refusal(source, wandb_name, "event.filter", "nested too deeply"))
                 continue
             used_names.add(automation.name)
             result.placeholders.update(converter.placeholders)
@@ -163,6 +170,8 @@ def rule_yaml(converted: Converted) -> str:
     )
     lines = [f"# imported by `engine rules import-wandb` from {origin} in {converted.source}"]
     lines += [f"# note: {note}" for note in converted.notes]
+    # a line break inside a name from the JSON would end the comment and start YAML
+    lines = [CONTROL.sub(" ", line) for line in lines]
     data = converted.automation.model_dump(mode="json", exclude_defaults=True)
     return "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
 

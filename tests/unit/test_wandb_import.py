@@ -307,3 +307,26 @@ def test_names_are_made_valid_and_unique():
     result = import_wandb([("x.json", json.dumps(twice))], entity="acme")
     assert [item.automation.name for item in result.converted] == ["Loss- drop - 25-", "Loss- drop - 25--2"]
     assert "renamed from 'Loss: drop / 25%'" in result.converted[0].notes[0]
+
+
+def test_names_from_the_json_never_break_the_yaml_comments_and_deep_json_is_refused():
+    trigger = json.loads((FIXTURES / "graphql_triggers.json").read_text())["data"]["scope"]["triggers"][
+        "edges"
+    ][0]
+    node = trigger["node"]
+    node["id"] = "x\nname: injected"
+    node["action"]["integration"] = {"id": "1", "urlEndpoint": None, "name": "a\nb: c"}
+    result = import_wandb([("x.json", json.dumps(node))], entity="acme")
+    text = rule_yaml(result.converted[0])
+    assert [rule.automation for rule in parse_rules_text(text)] == [result.converted[0].automation]
+    header = text.splitlines()[:2]
+    assert header[0].startswith(
+        "# imported by `engine rules import-wandb` from W&B automation 'GQL threshold above'"
+    )
+    assert header[1].startswith(
+        "# note: action.url: W&B's JSON does not carry the URL of webhook integration a b: c"
+    )
+    assert text.splitlines()[2] == "name: GQL threshold above"
+
+    deep = import_wandb([("deep.json", "[" * 100_000 + "]" * 100_000)])
+    assert [str(r) for r in deep.refusals] == ["deep.json: JSON nested too deeply"]
