@@ -380,6 +380,12 @@ def import_wandb_command(
             report.print(
                 f"  {placeholder.env}: {placeholder.meaning}", markup=False, highlight=False, soft_wrap=True
             )
+    if result.urls:
+        report.print(
+            "replace these placeholder URLs in the rules (W&B's JSON does not carry them):", markup=False
+        )
+        for url, meaning in sorted(result.urls.items()):
+            report.print(f"  {url}: {meaning}", markup=False, highlight=False, soft_wrap=True)
     if refused:
         raise typer.Exit(1)
 

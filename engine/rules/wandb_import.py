@@ -97,6 +97,8 @@ class ImportResult:
     converted: list[Converted] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
     placeholders: dict[str, Placeholder] = field(default_factory=dict)
+    # webhook URLs that W&B's JSON does not carry: placeholder URL → what to put instead
+    urls: dict[str, str] = field(default_factory=dict)
 
 
 class _Refused(Exception):
@@ -155,6 +157,7 @@ def import_wandb(
                 continue
             used_names.add(automation.name)
             result.placeholders.update(converter.placeholders)
+            result.urls.update(converter.urls)
             wandb_id = trigger.get("id") if isinstance(trigger.get("id"), str) else None
             result.converted.append(
                 Converted(automation, source, wandb_name, wandb_id, tuple(converter.notes))
@@ -238,6 +241,7 @@ class _Converter:
     def __init__(self, entity: str | None, registry: str | None):
         self.entity, self.registry = entity, registry
         self.placeholders: dict[str, Placeholder] = {}
+        self.urls: dict[str, str] = {}
         self.notes: list[str] = []
 
     def convert(self, trigger: dict[str, Any], used_names: set[str]) -> Automation:
@@ -564,6 +568,7 @@ class _Converter:
             # resolves (RFC 6761): until it is replaced, deliveries fail instead of going astray.
             host = _short_id(ident).lower().replace("_", "-")
             rule["url"] = f"https://wandb-webhook-{host}.invalid/"
+            self.urls[rule["url"]] = f"the URL of W&B webhook integration {label}"
             self.notes.append(
                 f"action.url: W&B's JSON does not carry the URL of webhook integration {label}: "
                 "replace the placeholder url"

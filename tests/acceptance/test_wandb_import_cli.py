@@ -25,13 +25,15 @@ def test_import_writes_rule_files_that_validate_and_lists_the_secrets(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(list(out.glob("*.yaml"))) == 43
     assert f"wrote {out / 'gql-threshold-above.yaml'}  (GQL threshold above)" in result.stdout
-    tail = result.stdout.splitlines()[-5:]
+    tail = result.stdout.splitlines()[-7:]
     assert tail == [
         "converted 43, refused 0",
         "set these environment variables (the rules name them as {env: NAME}):",
         "  SLACK_TOKEN_ACME_ML: a Slack bot token of Slack workspace Acme ML (W&B integration SW50ZWdyYXRpb246MjE=)",
         "  SLACK_WEBHOOK_11: the Slack incoming-webhook URL for W&B Slack integration SW50ZWdyYXRpb246MTE=",
         "  WANDB_WEBHOOK_CI_TRIGGER_TOKEN: the access token of W&B webhook integration ci-trigger (${ACCESS_TOKEN})",
+        "replace these placeholder URLs in the rules (W&B's JSON does not carry them):",
+        "  https://wandb-webhook-12.invalid/: the URL of W&B webhook integration 12",
     ]
     assert "note: action.url: W&B's JSON does not carry the URL of webhook integration 12" in result.stderr
 
