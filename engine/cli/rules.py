@@ -342,7 +342,13 @@ def import_wandb_command(
     if out is None:
         sys.stdout.write("---\n".join(text for _, text in documents))
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            err_console.print(
+                f"{out}: cannot create the folder: {exc}", style="red", markup=False, highlight=False
+            )
+            raise typer.Exit(1) from None
         taken: set[str] = set()
         for item, text in documents:
             name = file_name(item.automation.name)
@@ -356,7 +362,13 @@ def import_wandb_command(
                     Refusal(item.source, item.wandb_name, "", f"{target} exists (--force overwrites it)")
                 )
                 continue
-            target.write_text(text, encoding="utf-8")
+            try:
+                target.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                result.refusals.append(
+                    Refusal(item.source, item.wandb_name, "", f"cannot write {target}: {exc}")
+                )
+                continue
             written.append(target)
             console.print(f"wrote {target}  ({item.automation.name})", markup=False, highlight=False)
     report = console if out is not None else err_console
