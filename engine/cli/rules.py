@@ -1,4 +1,4 @@
-"""`engine rules validate | compile | apply | test | list | show | enable | disable | delete`."""
+"""`engine rules validate | compile | apply | test | list | show | enable | disable | delete | import-wandb`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from engine.compiler import compile_rule
 from engine.exceptions import ConfigurationError, RuleValidationError
 from engine.rules import lint, load_rules
 from engine.rules.loader import LoadedRule
+from engine.rules.wandb_import import Refusal, file_name, import_wandb, rule_yaml
 from engine.settings import get_settings
 from engine.since import HELP as since_help
 
@@ -294,6 +295,111 @@ def test_command(
                     f.alias_or_tag,
                 )
             print_table(table)
+
+
+@rules_app.command("import-wandb")
+def import_wandb_command(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="JSON files of W&B automations: the wandb SDK's Automation objects dumped "
+            "(model_dump), or raw GraphQL triggers / responses.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write one rule file per automation into this folder (default: YAML on stdout)."
+        ),
+    ] = None,
+    entity: Annotated[
+        str | None,
+        typer.Option(
+            "--entity", help="Entity of W&B's project names (a scope naming its own entity keeps it)."
+        ),
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option("--registry", help="Registry of W&B registry collections whose JSON does not name it."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite rule files that exist in --out.")] = False,
+) -> None:
+    """Convert W&B automations (JSON) into rule files. What cannot be converted is listed with
+    the automation's name and the field (exit 1); the others are still written. Secrets the
+    rules need are listed last, as the environment variables to set."""
+    sources: list[tuple[str, str]] = []
+    unreadable = 0
+    for path in files:
+        try:
+            sources.append((str(path), path.read_text(encoding="utf-8-sig")))
+        except (OSError, UnicodeDecodeError) as exc:
+            err_console.print(f"{path}: cannot read: {exc}", style="red", markup=False, highlight=False)
+            unreadable += 1
+    result = import_wandb(sources, entity=entity, registry=registry)
+    documents = [(item, rule_yaml(item)) for item in result.converted]
+    written: list[Path] = []
+    if out is None:
+        sys.stdout.write("---\n".join(text for _, text in documents))
+    else:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            err_console.print(
+                f"{out}: cannot create the folder: {exc}", style="red", markup=False, highlight=False
+            )
+            raise typer.Exit(1) from None
+        taken: set[str] = set()
+        for item, text in documents:
+            name = file_name(item.automation.name)
+            stem, n = name.removesuffix(".yaml"), 2
+            while name in taken:
+                name, n = f"{stem}-{n}.yaml", n + 1
+            taken.add(name)
+            target = out / name
+            if target.exists() and not force:
+                result.refusals.append(
+                    Refusal(item.source, item.wandb_name, "", f"{target} exists (--force overwrites it)")
+                )
+                continue
+            try:
+                target.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                result.refusals.append(
+                    Refusal(item.source, item.wandb_name, "", f"cannot write {target}: {exc}")
+                )
+                continue
+            written.append(target)
+            console.print(f"wrote {target}  ({item.automation.name})", markup=False, highlight=False)
+    report = console if out is not None else err_console
+    for item in result.converted:
+        for note in item.notes:
+            err_console.print(
+                f"{item.source}: automation {item.wandb_name!r}: note: {note}",
+                style="yellow",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    for refusal in result.refusals:
+        err_console.print(f"refused: {refusal}", style="red", markup=False, highlight=False, soft_wrap=True)
+    converted = len(written) if out is not None else len(documents)
+    refused = len(result.refusals) + unreadable
+    report.print(f"converted {converted}, refused {refused}", markup=False, highlight=False)
+    if result.placeholders:
+        report.print("set these environment variables (the rules name them as {env: NAME}):", markup=False)
+        for placeholder in sorted(result.placeholders.values(), key=lambda p: p.env):
+            report.print(
+                f"  {placeholder.env}: {placeholder.meaning}", markup=False, highlight=False, soft_wrap=True
+            )
+    if result.urls:
+        report.print(
+            "replace these placeholder URLs in the rules (W&B's JSON does not carry them):", markup=False
+        )
+        for url, meaning in sorted(result.urls.items()):
+            report.print(f"  {url}: {meaning}", markup=False, highlight=False, soft_wrap=True)
+    if refused:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
