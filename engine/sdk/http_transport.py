@@ -151,15 +151,25 @@ class HttpTransport:
         return None  # httpx closes idle keep-alive connections itself
 
     def send(self, batch: Batch) -> SendResult:
-        """Every run's points of the batch, then the closing changes (POST …/finish)."""
+        """Every run's points of the batch; a run that ends with the batch ends in the request
+        of its last points (`finish` in the body), or with POST …/finish when it has none."""
         stop: list[tuple[Stream, str]] = []
+        closed: list[tuple[Stream, object]] = []
+        # the runs that end with this batch: their exit code, and whether they obey a stop request
+        ending = {
+            id(stream): (stream, cast("tuple[str, dict[str, Any]]", change)[1])
+            for stream, change in batch.closing
+        }
         for part in batch.parts:
             path = run_path(part.stream.label) + "/log"
-            for index, body in enumerate(log_bodies(part, self.chunk_points)):
+            bodies = list(log_bodies(part, self.chunk_points))
+            for index, body in enumerate(bodies):
                 body["batch_id"] = f"{self._token}-{batch.seq}-{index}"
-                content = encode(body)
+                end = ending.pop(id(part.stream), None) if index == len(bodies) - 1 else None
+                if end is not None:
+                    body["finish"] = _finish_body(end[1])
                 try:
-                    answer = self._client.call("POST", path, content=content)
+                    answer = self._client.call("POST", path, content=encode(body))
                 except (ValueError, NotFound, AccessDenied, KeyRefused, IngestError) as exc:
                     # refused for good (the run was killed or deleted, a value the server cannot
                     # store, the key's scope): retrying would block the run forever
@@ -170,26 +180,36 @@ class HttpTransport:
                         self.where,
                         exc,
                     )
+                    if end is not None:
+                        ending[id(part.stream)] = end  # still to end: on its own
                     continue
                 # an automation's stop_run asked the run to stop: {"automation": NAME}
                 request = (answer or {}).get("stop_requested")
                 if isinstance(request, dict) and request.get("automation"):
                     stop.append((part.stream, str(request["automation"])))
-        closed: list[tuple[Stream, object]] = []
-        for stream, change in batch.closing:
-            params = cast("tuple[str, dict[str, Any]]", change)[1]
-            stopped = params.get("stopped_by") is not None  # the run obeys a stop request
-            closed.append((stream, self.finish(stream.label, params["exit_code"], stopped=stopped)))
+                if end is not None:
+                    closed.append((part.stream, str(answer["finished"]["state"])))
+        for stream, params in ending.values():
+            closed.append((stream, self._call_finish(stream.label, _finish_body(params))))
         return SendResult(closed, tuple(stop))
 
     def finish(self, label: str, exit_code: int | None, *, stopped: bool = False) -> str:
         """End the run (`stopped`: killed by its pending stop request); the state it is in
         afterwards (`killed` stays killed)."""
-        body: dict[str, Any] = {"exit_code": exit_code or 0}
-        if stopped:
-            body["stopped"] = True
+        return self._call_finish(label, _finish_body({"exit_code": exit_code, "stopped_by": stopped or None}))
+
+    def _call_finish(self, label: str, body: dict[str, Any]) -> str:
         answer = self._client.call("POST", run_path(label) + "/finish", body)
         return str(answer["state"])
+
+
+def _finish_body(params: dict[str, Any]) -> dict[str, Any]:
+    """POST …/finish's body for a run's final change (run.py's parameters: the exit code, and
+    the automation whose stop request the run obeys, if any)."""
+    body: dict[str, Any] = {"exit_code": params.get("exit_code") or 0}
+    if params.get("stopped_by") is not None:  # the run obeys a stop request: it ends killed
+        body["stopped"] = True
+    return body
 
 
 class Remote:

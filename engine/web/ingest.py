@@ -71,6 +71,24 @@ def find_run(conn: psycopg.Connection, entity: str, project: str, run_id: str) -
     return RunRow(*row)
 
 
+def run_state(conn: psycopg.Connection, run_pk: int) -> str:
+    """A run's state now."""
+    with boundary():
+        row = conn.execute(query("web_run_state"), {"run_pk": run_pk}).fetchone()
+    if row is None:
+        raise NotFound(f"run {run_pk} no longer exists")
+    return str(row[0])
+
+
+def batch_stored(conn: psycopg.Connection, run_pk: int, batch_id: str) -> bool:
+    """Whether the run's batch `batch_id` was stored."""
+    with boundary():
+        return (
+            conn.execute(query("ingest_batch_stored"), {"run_pk": run_pk, "batch_id": batch_id}).fetchone()
+            is not None
+        )
+
+
 def run_names(conn: psycopg.Connection, run_pk: int) -> tuple[str, str | None]:
     """A run's display name and user."""
     with boundary():

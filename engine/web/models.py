@@ -88,6 +88,21 @@ class SystemRow(Input):
     values: dict[str, Number] = Field(description="System metric values, keys starting with `system/`.")
 
 
+class Finish(Input):
+    exit_code: int = Field(0, ge=-(2**31), lt=2**31, description="0: finished; anything else: failed.")
+    stopped: bool = Field(
+        False,
+        description="The run obeys its pending stop request (stop_run): it ends killed (exit_code is ignored) "
+        "and its event names the automation. 422 when a running run has none.",
+    )
+
+
+class StateOut(BaseModel):
+    id: str = Field(description="The run id.")
+    state: str = Field(description="The run's state after the request.")
+    changed: bool = Field(description="False when the run was not running (nothing changed).")
+
+
 class LogBatch(Input):
     batch_id: Name = Field(
         description="Chosen by the client, fresh per batch: a batch stored once is not stored again."
@@ -96,6 +111,11 @@ class LogBatch(Input):
     system: list[SystemRow] = Field(
         [],
         description="System metric samples (keys `system/...`), in sampling order, numbered after the run's.",
+    )
+    finish: Finish | None = Field(
+        None,
+        description="End the run once the batch is stored, as POST …/finish with this body would "
+        "(the answer's `finished`): a run's last batch and its end in one request.",
     )
 
 
@@ -112,21 +132,7 @@ class LogOut(BaseModel):
         description="Present when an automation's stop_run action asked the run to stop: the SDK raises "
         "engine.RunStopped and ends the run with POST …/finish {stopped: true}.",
     )
-
-
-class Finish(Input):
-    exit_code: int = Field(0, ge=-(2**31), lt=2**31, description="0: finished; anything else: failed.")
-    stopped: bool = Field(
-        False,
-        description="The run obeys its pending stop request (stop_run): it ends killed (exit_code is ignored) "
-        "and its event names the automation. 422 when a running run has none.",
-    )
-
-
-class StateOut(BaseModel):
-    id: str = Field(description="The run id.")
-    state: str = Field(description="The run's state after the request.")
-    changed: bool = Field(description="False when the run was not running (nothing changed).")
+    finished: StateOut | None = Field(None, description="With `finish`: the run's state afterwards.")
 
 
 # -- automations -----------------------------------------------------------------------------

@@ -19,6 +19,9 @@ WHERE p.entity = %(entity)s AND p.name = %(project)s AND r.run_id = %(run_id)s;
 -- name: web_run_names
 SELECT name, user_name FROM runs WHERE id = %(run_pk)s;
 
+-- name: web_run_state
+SELECT state FROM runs WHERE id = %(run_pk)s;
+
 -- name: ingest_lock
 -- One log batch of a run at a time (whatever the number of `engine web` processes), so that
 -- its steps are numbered and its batch id checked against what is stored. The two-key form

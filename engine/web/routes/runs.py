@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import psycopg
 from fastapi import APIRouter, Request, Response
 
 from engine import clock
@@ -68,12 +69,32 @@ def create_run(body: RunCreate, conn: Conn, response: Response) -> RunOut:
 
 
 # stop_requested is left out unless a request is pending (clients test for the key)
-@router.post(RUN + "/log", dependencies=[access("ingest", project_in_path)], response_model_exclude_none=True)
-def log(entity: str, project: str, run_id: str, body: LogBatch, conn: Conn, request: Request) -> LogOut:
+@router.post(RUN + "/log", response_model_exclude_none=True)
+def log(
+    entity: str,
+    project: str,
+    run_id: str,
+    body: LogBatch,
+    principal: Annotated[Principal, access("ingest", project_in_path)],
+    conn: Conn,
+    request: Request,
+) -> LogOut:
     """Store a batch of rows, each like one `run.log` call, once: a batch id stored before is
-    not stored again (`duplicate`), so a client may retry a batch freely."""
+    not stored again (`duplicate`), so a client may retry a batch freely. With `finish`, the
+    run then ends as `POST …/finish` with that body would end it (a run's last batch and its
+    end in one request)."""
     run = ingest.find_run(conn, entity, project, run_id)
     if run.state != "running":
+        if body.finish is not None and ingest.batch_stored(conn, run.pk, body.batch_id):
+            # a retried last batch whose answer was lost: stored, and the run ended, before
+            return LogOut(
+                batch_id=body.batch_id,
+                duplicate=True,
+                points=0,
+                dropped_rows=[],
+                step=-1,
+                finished=StateOut(id=run_id, state=run.state, changed=False),
+            )
         raise Invalid(
             ("path", "run_id"), f"run {run_id!r} is {run.state}: resume it (POST /runs with resume) to log"
         )
@@ -111,6 +132,11 @@ def log(entity: str, project: str, run_id: str, body: LogBatch, conn: Conn, requ
     stored = ingest.store_batch(
         conn, run, f"{entity}/{project}/{run_id}", body.batch_id, rows, request.app.state.settings, system
     )
+    finished = None
+    if body.finish is not None:
+        finished = _finish(
+            conn, run_id, ingest.find_run(conn, entity, project, run_id), body.finish, principal
+        )
     return LogOut(
         batch_id=stored.batch_id,
         duplicate=stored.duplicate,
@@ -118,6 +144,7 @@ def log(entity: str, project: str, run_id: str, body: LogBatch, conn: Conn, requ
         dropped_rows=stored.dropped_rows,
         step=stored.step,
         stop_requested=_stop(stored.stop),
+        finished=finished,
     )
 
 
@@ -151,7 +178,12 @@ def finish(
 ) -> StateOut:
     """End a running run: `finished` (exit code 0) or `failed`; with `stopped`, `killed` by
     its pending stop request (stop_run), whose automation its event names."""
-    run = ingest.find_run(conn, entity, project, run_id)
+    return _finish(conn, run_id, ingest.find_run(conn, entity, project, run_id), body, principal)
+
+
+def _finish(
+    conn: psycopg.Connection, run_id: str, run: ingest.RunRow, body: Finish, principal: Principal
+) -> StateOut:
     to_state = "finished" if body.exit_code == 0 else "failed"
     stopped_by = None
     if body.stopped and run.state == "running":  # not running: a retried request, nothing to do
@@ -165,11 +197,7 @@ def finish(
         to_state = "killed"
     exit_code = None if body.stopped else body.exit_code
     changed = ingest.change_state(conn, run, ("running",), to_state, exit_code, principal.author, stopped_by)
-    return StateOut(
-        id=run_id,
-        state=to_state if changed else ingest.find_run(conn, entity, project, run_id).state,
-        changed=changed,
-    )
+    return StateOut(id=run_id, state=to_state if changed else ingest.run_state(conn, run.pk), changed=changed)
 
 
 @router.post(RUN + "/alerts")
