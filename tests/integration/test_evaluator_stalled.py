@@ -151,3 +151,24 @@ def test_two_services_never_fire_it_twice(conn, database_url):
     assert sorted(t["run_id"] for t in triggers(conn, "stalled")) == sorted(r.id for r in runs)
     for run in runs:
         run.finish()
+
+
+def test_skipped_ahead_compresses_time_for_the_named_automations_only(conn, database_url):
+    # engine demo's seam: a stall rule's checks look ahead on the (real, database) clock
+    apply_yaml(conn, STALLED + "---\n" + rule("other", "{type: run_stalled, after: 5m}"))
+    run = engine.init(project="acme/vision", name="hangs", system_metrics_interval=0)
+    run.log({"loss": 1.0}, step=0)
+    run.flush()
+    stamp = _stamp(conn, run)
+    evaluator = Evaluator(database_url)
+    try:
+        with clock.skipped_ahead({"stalled": timedelta(minutes=5)}):
+            assert evaluator.tick().fired == 1
+        assert evaluator.tick().fired == 0  # back on the real clock: seconds of silence, not 5m
+    finally:
+        evaluator.close()
+    assert [(t["automation"], t["value_time"]) for t in triggers(conn)] == [
+        ("stalled", stamp + timedelta(minutes=5))
+    ]
+    assert clock.ahead_for("stalled") == timedelta(0)
+    run.finish()
