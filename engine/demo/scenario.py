@@ -2,7 +2,8 @@
 
 Each step below is what makes one example rule fire (engine/demo/rules.py: EXPECTED):
 
-1. `prepare-mnist` logs the dataset `mnist` (v0 becomes `latest`).
+1. `prepare-mnist` logs the dataset `mnist` (v0 becomes `latest`); the collection is tagged
+   `needs-review`.
 2. A sweep of three runs trains side by side; each one's accuracy climbs past 0.6. Meanwhile
    a data-loading burst keeps every CPU busy (real work in child processes), which the runs'
    system-metric samplers record as `system/cpu`. Each sweep run logs its model.
@@ -11,7 +12,8 @@ Each step below is what makes one example rule fire (engine/demo/rules.py: EXPEC
    exception escapes its `with` block: failed), `resnet-spike` (a bad batch: its loss jumps
    far above the 30 values before it, a z-score) and `resnet-long` (killed by an
    administrator: killed runs never trigger).
-4. `prepare-mnist-v2` logs mnist v1 (`latest` moves to it); the best model is promoted to
+4. `prepare-mnist-v2` logs mnist v1 (`latest` moves to it); mnist is reviewed (its
+   `needs-review` tag taken off) and tagged `golden`; the best model is promoted to
    `production`, linked into the `model` registry and tagged `europe-west`.
 5. `resnet-hang` logs a few steps, then hangs (its system metrics go on). The demo's stall
    rules look ahead on the clock by their `after` less HANG_SECONDS (clock.skipped_ahead), so
@@ -152,6 +154,7 @@ class Scenario:
         try:
             self.phase = "1/5 logging the dataset mnist (v0 becomes latest)"
             self._dataset("prepare-mnist", rows=60_000)
+            engine.Api(user="bob").add_collection_tag(f"{self.project}/mnist", "needs-review")
             self.phase = (
                 f"2/5 sweep: 3 runs training; a data-loading burst keeps {self._burst.cpus} CPU(s) busy"
             )
@@ -161,6 +164,7 @@ class Scenario:
             self.phase = "4/5 mnist v1 becomes latest; best model promoted to production, linked, tagged"
             self._dataset("prepare-mnist-v2", rows=70_000)
             api = engine.Api(user="carol")
+            api.remove_collection_tag(f"{self.project}/mnist", "needs-review")  # reviewed
             api.add_collection_tag(f"{self.project}/mnist", "golden")
             api.add_alias(best, "production")
             staging = api.link_artifact(best, registry="model", collection="staging")

@@ -172,3 +172,27 @@ def test_skipped_ahead_compresses_time_for_the_named_automations_only(conn, data
     ]
     assert clock.ahead_for("stalled") == timedelta(0)
     run.finish()
+
+
+def test_an_entity_scope_covers_a_project_created_after_the_rule(conn, database_url):
+    with clock.frozen(clock.now() - timedelta(hours=2)):
+        apply_yaml(conn, rule("acme-stalled", "{type: run_stalled, after: 5m}", scope="{entity: acme}"))
+    run = engine.init(project="acme/later", name="hangs", system_metrics_interval=0)
+    elsewhere = engine.init(project="other/proj", name="hangs too", system_metrics_interval=0)
+    for r in (run, elsewhere):
+        r.log({"loss": 1.0}, step=0)
+        r.flush()
+    last = _logged_an_hour_ago(conn, run)
+    _logged_an_hour_ago(conn, elsewhere)
+    assert _tick_at(database_url, last + timedelta(minutes=5)) == 1
+    assert [(t["run_id"], t["value_time"]) for t in triggers(conn, "acme-stalled")] == [
+        (run.id, last + timedelta(minutes=5))
+    ]
+    found = backtest(
+        conn,
+        parse_rules_text(rule("s", "{type: run_stalled, after: 5m}", scope="{entity: acme}"))[0].automation,
+        last - timedelta(hours=1),
+    )
+    assert {f.run_pk for f in found} == {run.pk}
+    run.finish()
+    elsewhere.finish()
