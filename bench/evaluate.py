@@ -7,8 +7,10 @@
 A fresh database (an embedded cluster in a temporary folder, durable settings; or a new
 database next to ENGINE_DATABASE_URL) gets `--runs` runs x 5 metrics with `--points` points
 bulk-loaded with SQL into 1-day chunks over 35 days, the series_state the SDK would have
-built for them (checked against the SDK itself on a few series), and `--rules` automations
-(threshold and 10-vs-50 change rules, no_op actions) applied with apply_rules; `--rules` is a
+built for them, and the nonfinite_points (both checked against the SDK itself on a few series),
+and `--rules` automations (a third 10-vs-50 change rules, a tenth z-score rules, a twentieth
+non-finite rules, the rest threshold rules; no_op actions: bench/support/dataset.py
+make_rules) applied with apply_rules; `--rules` is a
 sweep (100,300,1000 by default): (a)-(c) are measured for each number of automations (the
 others pruned, a fresh evaluator), (d) and (e) with the last. New points
 go through the SDK's Writer (binary COPY + upsert_series + NOTIFY in one transaction);
@@ -17,8 +19,10 @@ ticks are `Evaluator.tick()`. Measured:
 (a) a tick after 1 % of the series got a new point (p50, p99), (b) a tick after every
 series got one (median), with the best hand-written SQL of the same evaluation I know
 (bench/support/baseline.sql `baseline_classes`: one statement per metric, run one after
-another on one connection, its rules matched by class; the per-rule `baseline` is timed too
-and must return the same rows) timed on the same state; the tick uses ENGINE_EVALUATION_CONNECTIONS (2)
+another on one connection, its rules matched by class, z-score rules included; plus one
+statement for every non-finite rule, `baseline_nonfinite`; the per-rule `baseline` is timed
+too and must return the same rows) timed on the same state, the tick's triggers checked
+equal to its rows; the tick uses ENGINE_EVALUATION_CONNECTIONS (2)
 connections, so (b) is also measured with one connection (`ratio_vs_sql_one_connection`), (c) a tick with nothing new
 (median), (d) (b) again after the history grew to `--grow-to` points in older chunks,
 (e) run.log + flush -> trigger row latency through `engine serve`'s Service, while other
@@ -65,7 +69,9 @@ from support.dataset import (
 from engine.automations import apply_rules, load_enabled
 from engine.compiler import span_of
 from engine.evaluation import Evaluator, TickResult
-from engine.rules import RunMetricChange, RunMetricThreshold
+from engine.rules import RunMetricChange, RunMetricNonfinite, RunMetricThreshold, RunMetricZscore
+
+METRIC_EVENTS = (RunMetricThreshold, RunMetricChange, RunMetricZscore)
 
 
 def say(text: str) -> None:
@@ -87,25 +93,47 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 # -- the baseline ---------------------------------------------------------------------------------
 class Baseline:
     """The hand-written SQL (bench/support/baseline.sql) for the benchmark's automations:
-    one statement per metric, timed together."""
+    one statement per metric for the metric rules (threshold, change, z-score), one for every
+    non-finite rule, timed together."""
 
     def __init__(self, conn: psycopg.Connection, key_ids: dict[str, int]):
-        stored = [
-            s
-            for s in load_enabled(conn)
-            if isinstance(s.automation.event, (RunMetricThreshold, RunMetricChange))
-        ]
-        self.automations = stored
+        enabled = load_enabled(conn)
+        stored = [s for s in enabled if isinstance(s.automation.event, METRIC_EVENTS)]
+        nonfinite = [s for s in enabled if isinstance(s.automation.event, RunMetricNonfinite)]
+        self.automations = stored + nonfinite
         self.key_of: dict[int, int] = {}
         per_key: dict[int, list] = {}
         for s in stored:
             per_key.setdefault(key_ids[s.automation.event.metric], []).append(s)
+        for s in self.automations:
             self.key_of[s.id] = key_ids[s.automation.event.metric]
-        self.statements = [self._statement(key_id, group) for key_id, group in sorted(per_key.items())]
-        self.by_class = [
+        self.statements: list[tuple[sql.Composable, dict]] = [
+            self._statement(key_id, group) for key_id, group in sorted(per_key.items())
+        ]
+        self.by_class: list[tuple[sql.Composable, dict]] = [
             self._statement(key_id, group, by_class=True) for key_id, group in sorted(per_key.items())
         ]
-        spans = [(self.key_of[s.id], span_of(s.automation)) for s in stored]
+        if nonfinite:  # the same statement in both baselines: its rules are matched by a join
+            watched = [
+                s.automation.event.values
+                for s in nonfinite
+                if isinstance(s.automation.event, RunMetricNonfinite)
+            ]
+            statement: tuple[sql.Composable, dict] = (
+                sql.SQL(bench_query("baseline_nonfinite", "baseline.sql")),
+                {
+                    "automation_id": [s.id for s in nonfinite],
+                    "key_id": [self.key_of[s.id] for s in nonfinite],
+                    "nan": ["nan" in v for v in watched],
+                    "pinf": ["inf" in v for v in watched],
+                    "ninf": ["-inf" in v for v in watched],
+                    "entity": PROJECT[0],
+                    "project": PROJECT[1],
+                },
+            )
+            self.statements.append(statement)
+            self.by_class.append(statement)
+        spans = [(self.key_of[s.id], span_of(s.automation)) for s in stored]  # metric rules
         self.spans = {"key_id": [k for k, _ in spans], "span": [n for _, n in spans]}
 
     @staticmethod
@@ -121,10 +149,25 @@ class Baseline:
             return segments.index((agg, back_from, back_to)) + 1
 
         columns: dict[str, list] = {
-            k: [] for k in ("automation_id", "op", "bound", "relative", "w", "span", "cur", "prior")
+            k: [] for k in ("automation_id", "op", "bound", "relative", "w", "span", "cur", "prior", "z")
         }
         for s in group:
             e = s.automation.event
+            if isinstance(e, RunMetricZscore):  # the value itself, against the window before it
+                row = {
+                    "automation_id": s.id,
+                    "op": {"increase": "z+", "decrease": "z-", "any": "z|"}[e.direction],
+                    "bound": e.threshold,
+                    "relative": False,
+                    "w": 1,
+                    "span": span_of(s.automation),
+                    "cur": segment("avg", 1, e.window),
+                    "prior": segment("stddev_pop", 1, e.window),
+                    "z": True,
+                }
+                for k, v in row.items():
+                    columns[k].append(v)
+                continue
             threshold = isinstance(e, RunMetricThreshold)
             w = e.window if threshold else e.current_window
             row = {
@@ -136,6 +179,7 @@ class Baseline:
                 "span": span_of(s.automation),
                 "cur": segment(e.aggregation, 0, w - 1),
                 "prior": None if threshold else segment(e.aggregation, w, w + e.prior_window - 1),
+                "z": False,
             }
             for k, v in row.items():
                 columns[k].append(v)
@@ -167,6 +211,11 @@ class Baseline:
         classes: dict[str, list[tuple[float, int]]] = {}
         for n, s in enumerate(group, start=1):
             e, cur, prior = s.automation.event, columns["cur"][n - 1], columns["prior"][n - 1]
+            if isinstance(e, RunMetricZscore):
+                z = f"(pt.tail_value[pt.i] - ag.a[{cur}]) / nullif(ag.a[{prior}], 0)"
+                test = {"increase": f"({z})", "decrease": f"-({z})", "any": f"abs({z})"}[e.direction]
+                classes.setdefault(test, []).append((e.threshold, n))
+                continue
             if isinstance(e, RunMetricThreshold):
                 test, key = f"ag.a[{cur}]", e.threshold
                 if e.operator in ("<", "<="):
@@ -200,6 +249,7 @@ class Baseline:
     def run(
         self, conn: psycopg.Connection, span: tuple[str, str], by_class: bool = False
     ) -> tuple[float, list[tuple]]:
+        """The rows of every statement, each as (automation_id, run_pk, the trigger's cause, ...)."""
         runtime = {"from_xid": span[0], "to_xid": span[1]}
         rows: list[tuple] = []
         ms = 0.0
@@ -209,7 +259,10 @@ class Baseline:
                 lambda statement=statement, bound=bound: conn.execute(statement, bound).fetchall()
             )
             ms += took
-            rows.extend(out)
+            if "nan" in params:  # automation_id, run_pk, key_id, seq
+                rows.extend((a, r, f"nonfinite:{r}:{k}:{seq}") for a, r, k, seq in out)
+            else:  # automation_id, run_pk, key_id, pos, the values
+                rows.extend((a, r, f"metric:{r}:{k}:{p}", *rest) for a, r, k, p, *rest in out)
         return ms, rows
 
     def cut(self, conn: psycopg.Connection, span: tuple[str, str]) -> int:
@@ -239,7 +292,7 @@ def check_against_baseline(conn: psycopg.Connection, expected: list[tuple], befo
             "SELECT automation_id, run_pk FROM triggers WHERE id <= %s AND run_pk IS NOT NULL", (before_id,)
         ).fetchall()
     )
-    want = {(a, r, f"metric:{r}:{k}:{p}") for a, r, k, p, *_ in expected if (a, r) not in fired_before}
+    want = {(a, r, cause) for a, r, cause, *_ in expected if (a, r) not in fired_before}
     got = set(
         conn.execute(
             "SELECT automation_id, run_pk, cause FROM triggers WHERE id > %s", (before_id,)
@@ -250,7 +303,8 @@ def check_against_baseline(conn: psycopg.Connection, expected: list[tuple], befo
             f"tick and baseline disagree: {len(want - got)} missing, {len(got - want)} extra "
             f"(e.g. {sorted(want - got)[:3]} / {sorted(got - want)[:3]})"
         )
-    return f"{len(got)} triggers = baseline"
+    nonfinite = sum(1 for _, _, cause in got if cause.startswith("nonfinite:"))
+    return f"{len(got)} triggers = baseline, {nonfinite} of them non-finite"
 
 
 def max_trigger(conn: psycopg.Connection) -> int:
@@ -420,7 +474,12 @@ def ticks_for(conn, data: Dataset, url: str, settings, logger: Logger, args, rul
         apply_rules(admin, made, prune=True)
         kinds = {
             k: sum(1 for r in made if r.event.type == k)
-            for k in ("run_metric_threshold", "run_metric_change")
+            for k in (
+                "run_metric_threshold",
+                "run_metric_change",
+                "run_metric_zscore",
+                "run_metric_nonfinite",
+            )
         }
         baseline = Baseline(admin, data.key_ids)
     say(f"-- {len(made)} automations applied: {kinds}")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 
 _frozen: datetime | None = None
+_ahead: dict[str, timedelta] = {}
 
 
 def now() -> datetime:
@@ -31,3 +32,23 @@ def frozen(at: datetime) -> Iterator[None]:
         yield
     finally:
         _frozen = previous
+
+
+def ahead_for(automation: str) -> timedelta:
+    """How far past the database's clock the time-driven checks of `automation` (stall rules)
+    look: zero, except inside `skipped_ahead`."""
+    return _ahead.get(automation, timedelta(0))
+
+
+@contextlib.contextmanager
+def skipped_ahead(by: Mapping[str, timedelta]) -> Iterator[None]:
+    """Inside the block, the stall checks of the named automations (name -> how far) run as
+    if that much more time had passed: `engine demo` shows a 30-minute stall in seconds. Only
+    those automations: every other rule, and every stored time, stays on the real clock."""
+    previous = dict(_ahead)
+    _ahead.update(by)
+    try:
+        yield
+    finally:
+        _ahead.clear()
+        _ahead.update(previous)

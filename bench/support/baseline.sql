@@ -13,14 +13,17 @@
 --   a subquery per window and value (the previous baseline) was ~3x slower;
 -- * the rules matched per value by a subquery kept apart (OFFSET 0), so that the planner
 --   cannot join the rules first and reduce the windows once per rule.
+-- Z-score rules are two more segments of the same pass, over the `window` values before
+-- the value (back 1..window): avg and stddev_pop; z = (value - avg) / stddev_pop, no z when
+-- it is 0 (ops z+, z-, z|: z > bound, -z > bound, |z| > bound).
 -- It returns what the evaluator's queries return, before the cooldown.
 
 -- name: baseline
 WITH rules AS MATERIALIZED (
     SELECT *
     FROM unnest(%(automation_id)s::bigint[], %(op)s::text[], %(bound)s::float8[], %(relative)s::boolean[], %(w)s::integer[], %(span)s::integer[], %(cur)s::integer[],
-                %(prior)s::integer[])
-        AS r(automation_id, op, bound, relative, w, span, cur, prior)
+                %(prior)s::integer[], %(z)s::boolean[])
+        AS r(automation_id, op, bound, relative, w, span, cur, prior, z)
 ), pending AS (
     SELECT b.run_pk, min(b.first_pos) AS first_pos, max(b.last_pos) AS last_pos
     FROM series_batches b
@@ -47,7 +50,8 @@ CROSS JOIN LATERAL (
                  generate_series(least(pt.i, %(span_max)s) - 1, 0, -1) AS back) AS u
 ) AS ag
 CROSS JOIN LATERAL (
-    SELECT ru.*, CASE WHEN ru.prior IS NULL THEN ag.a[ru.cur]
+    SELECT ru.*, CASE WHEN ru.z THEN (pt.tail_value[pt.i] - ag.a[ru.cur]) / nullif(ag.a[ru.prior], 0)
+                      WHEN ru.prior IS NULL THEN ag.a[ru.cur]
                       WHEN ru.relative THEN (ag.a[ru.cur] - ag.a[ru.prior]) / nullif(abs(ag.a[ru.prior]), 0)
                       ELSE ag.a[ru.cur] - ag.a[ru.prior] END AS d
     FROM rules ru
@@ -59,6 +63,7 @@ WHERE CASE ru.op
           WHEN '<' THEN ru.d < ru.bound WHEN '<=' THEN ru.d <= ru.bound
           WHEN '==' THEN ru.d = ru.bound WHEN '!=' THEN ru.d <> ru.bound
           WHEN 'increase' THEN ru.d >= ru.bound WHEN 'decrease' THEN -ru.d >= ru.bound
+          WHEN 'z+' THEN ru.d > ru.bound WHEN 'z-' THEN -ru.d > ru.bound WHEN 'z|' THEN abs(ru.d) > ru.bound
           ELSE abs(ru.d) >= ru.bound
       END
 ORDER BY ru.automation_id, pt.run_pk, pt.pos;
@@ -102,13 +107,15 @@ SELECT ru.automation_id, c.run_pk, %(key_id)s::integer AS key_id, c.pos, c.tail_
 FROM candidates c
 CROSS JOIN LATERAL unnest(c.rules) AS k(n)
 CROSS JOIN LATERAL (
-    SELECT x.*, CASE WHEN x.prior IS NULL THEN c.a[x.cur]
+    SELECT x.*, CASE WHEN x.z THEN (c.tail_value[c.i] - c.a[x.cur]) / nullif(c.a[x.prior], 0)
+                     WHEN x.prior IS NULL THEN c.a[x.cur]
                      WHEN x.relative THEN (c.a[x.cur] - c.a[x.prior]) / nullif(abs(c.a[x.prior]), 0)
                      ELSE c.a[x.cur] - c.a[x.prior] END AS d
     FROM (SELECT (%(automation_id)s::bigint[])[k.n] AS automation_id, (%(op)s::text[])[k.n] AS op,
                  (%(bound)s::float8[])[k.n] AS bound, (%(relative)s::boolean[])[k.n] AS relative,
                  (%(w)s::integer[])[k.n] AS w, (%(span)s::integer[])[k.n] AS span,
-                 (%(cur)s::integer[])[k.n] AS cur, (%(prior)s::integer[])[k.n] AS prior) AS x
+                 (%(cur)s::integer[])[k.n] AS cur, (%(prior)s::integer[])[k.n] AS prior,
+                 (%(z)s::boolean[])[k.n] AS z) AS x
     OFFSET 0
 ) AS ru
 WHERE c.pos >= ru.span
@@ -117,6 +124,7 @@ WHERE c.pos >= ru.span
           WHEN '<' THEN ru.d < ru.bound WHEN '<=' THEN ru.d <= ru.bound
           WHEN '==' THEN ru.d = ru.bound WHEN '!=' THEN ru.d <> ru.bound
           WHEN 'increase' THEN ru.d >= ru.bound WHEN 'decrease' THEN -ru.d >= ru.bound
+          WHEN 'z+' THEN ru.d > ru.bound WHEN 'z-' THEN -ru.d > ru.bound WHEN 'z|' THEN abs(ru.d) > ru.bound
           ELSE abs(ru.d) >= ru.bound
       END
 ORDER BY ru.automation_id, c.run_pk, c.pos;
@@ -150,3 +158,22 @@ GROUP BY b.key_id;
 -- The xid range a tick would evaluate now: the automations' lowest frontier to the xmin.
 SELECT min(s.frontier)::text, pg_snapshot_xmin(pg_current_snapshot())::text
 FROM automation_state s;
+
+-- name: baseline_nonfinite
+-- Non-finite rules, all in one statement: the NaN and infinite values written in
+-- [from_xid, to_xid) (nonfinite_points, filled by the SDK's flush in the transaction of the
+-- points), matched with the rules on their metric and the values they watch.
+WITH rules AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(automation_id)s::bigint[], %(key_id)s::integer[], %(nan)s::boolean[], %(pinf)s::boolean[],
+                %(ninf)s::boolean[])
+        AS r(automation_id, key_id, nan, pinf, ninf)
+)
+SELECT ru.automation_id, n.run_pk, n.key_id, n.seq
+FROM nonfinite_points n
+JOIN rules ru ON ru.key_id = n.key_id
+JOIN runs r ON r.id = n.run_pk
+WHERE n.xid >= %(from_xid)s::xid8 AND n.xid < %(to_xid)s::xid8
+  AND r.project_id = (SELECT pr.id FROM projects pr WHERE pr.entity = %(entity)s AND pr.name = %(project)s)
+  AND CASE WHEN n.value = 'NaN'::float8 THEN ru.nan WHEN n.value > 0 THEN ru.pinf ELSE ru.ninf END
+ORDER BY ru.automation_id, n.run_pk, n.seq;

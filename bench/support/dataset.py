@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import statistics
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -186,13 +187,13 @@ class Dataset:
         return n
 
     def store_state(self, conn: psycopg.Connection) -> None:
-        """series_state as the SDK would have left it (see `check_state_with_sdk`)."""
+        """series_state and nonfinite_points as the SDK would have left them (see
+        `check_state_with_sdk`)."""
         conn.execute("ANALYZE metric_points")
         conn.execute("SET LOCAL work_mem = '256MB'")
-        conn.execute(
-            bench_query("store_series_state"),
-            {"first_pk": self.first_pk, "last_pk": self.run_pk(self.runs - 1), "tail": self.tail},
-        )
+        span = {"first_pk": self.first_pk, "last_pk": self.run_pk(self.runs - 1), "tail": self.tail}
+        conn.execute(bench_query("store_series_state"), span)
+        conn.execute(bench_query("store_nonfinite_points"), span)
         conn.commit()
         conn.execute("ANALYZE series_state")
         conn.commit()
@@ -214,8 +215,9 @@ class Dataset:
 
 def check_state_with_sdk(url: str, tail: int) -> int:
     """Log a few series through the SDK itself (NaN, infinities, more values than the tail,
-    several flushes), then check that the SQL that builds the benchmark's series_state gives
-    exactly what the SDK stored for them. Returns the number of series compared."""
+    several flushes), then check that the SQL that builds the benchmark's series_state and
+    nonfinite_points gives exactly what the SDK stored for them. Returns the number of
+    series compared."""
     import engine
     from engine.sdk import session
 
@@ -253,8 +255,14 @@ def check_state_with_sdk(url: str, tail: int) -> int:
         span = {"first_pk": first_pk, "last_pk": last_pk, "tail": tail}
         ours = conn.execute(bench_query("series_state_from_points"), span).fetchall()
         sdks = conn.execute(bench_query("series_state_stored"), span).fetchall()
+        nonfinite = conn.execute(bench_query("nonfinite_from_points"), span).fetchall()
+        nonfinite_sdk = conn.execute(bench_query("nonfinite_stored"), span).fetchall()
     if ours != sdks or len(ours) != 4:
         raise SystemExit(f"series_state built with SQL differs from the SDK's:\n{ours[:1]}\n{sdks[:1]}")
+    if nonfinite != nonfinite_sdk or not nonfinite:
+        raise SystemExit(
+            f"nonfinite_points built with SQL differ from the SDK's:\n{nonfinite[:1]}\n{nonfinite_sdk[:1]}"
+        )
     return len(ours)
 
 
@@ -319,10 +327,12 @@ def _quantile(values: list[float], q: float) -> float:
 
 def make_rules(conn: psycopg.Connection, data: Dataset, count: int = 100, seed: int = 1) -> list[Automation]:
     """`count` automations in the benchmark project: the latency probe (window-1 threshold),
-    two thirds threshold rules (every metric, windows 1-50, avg/min/max, all operators) and
-    one third change rules (10 vs 50). Thresholds and amounts are quantiles of what a sample
-    of the stored series gives at their newest value, for a firing fraction between 0 and
-    3 % of the runs, so that some rules fire and most do not."""
+    one third change rules (10 vs 50), a tenth z-score rules (windows 10-50, every
+    direction), a twentieth non-finite rules (every metric; all values, NaN only or the
+    infinities), and threshold rules for the rest (every metric, windows 1-50, avg/min/max,
+    all operators). Thresholds and amounts are quantiles of what a sample of the stored
+    series gives at their newest value, for a firing fraction between 0 and 3 % of the runs,
+    so that some rules fire and most do not."""
     rng = random.Random(seed)
     sample = conn.execute(
         "SELECT k.key, s.tail_value FROM series_state s JOIN metric_keys k ON k.id = s.key_id "
@@ -350,8 +360,8 @@ def make_rules(conn: psycopg.Connection, data: Dataset, count: int = 100, seed: 
             "action": {"type": "no_op"},
         }
     ]
-    n_change = count // 3
-    for i in range(count - 1 - n_change):
+    n_change, n_zscore, n_nonfinite = count // 3, count // 10, count // 20
+    for i in range(count - 1 - n_change - n_zscore - n_nonfinite):
         metric = METRICS[i % len(METRICS)]
         window = rng.choice((1, 3, 5, 5, 10, 20, 50))
         aggregation = rng.choice(("avg", "avg", "min", "max"))
@@ -412,6 +422,54 @@ def make_rules(conn: psycopg.Connection, data: Dataset, count: int = 100, seed: 
                     "direction": direction,
                     "amount": float(amount),
                 },
+                "action": {"type": "no_op"},
+            }
+        )
+    for i in range(n_zscore):
+        metric = METRICS[i % len(METRICS)]
+        window = rng.choice((10, 20, 30, 50))
+        direction = rng.choice(("increase", "decrease", "any"))
+        f = rng.choice(fractions)
+        z = []
+        for t in tails[metric]:
+            if len(t) > window:
+                sigma = statistics.pstdev(t[-window - 1 : -1])
+                if sigma > 0:
+                    z.append((t[-1] - statistics.fmean(t[-window - 1 : -1])) / sigma)
+        signed = {"increase": z, "decrease": [-x for x in z], "any": [abs(x) for x in z]}[direction]
+        top = max(signed, default=1.0)
+        threshold = abs(top) * 2 + 1 if f == 0 or not signed else _quantile(signed, 1 - f)
+        rules.append(
+            {
+                "name": f"zscore-{i:02d}-{metric}-{window}-{direction}",
+                "scope": {"project": project},
+                "event": {
+                    "type": "run_metric_zscore",
+                    "metric": metric,
+                    "window": window,
+                    "threshold": float(max(threshold, 1.0)),  # > 0; below 1 most values would fire
+                    "direction": direction,
+                },
+                "action": {"type": "no_op"},
+            }
+        )
+    # loss goes NaN and throughput +Infinity now and then (bench_value), what most of these
+    # rules watch; grad_norm never does (the rule of a metric that stays finite)
+    for i in range(n_nonfinite):
+        metric = ("loss", "throughput", "loss", "grad_norm", "throughput")[i % 5]
+        values = rng.choice(
+            {"loss": (None, ("nan",)), "throughput": (None, ("inf", "-inf"))}.get(
+                metric, (None, ("nan",), ("inf", "-inf"))
+            )
+        )
+        event: dict[str, object] = {"type": "run_metric_nonfinite", "metric": metric}
+        if values is not None:
+            event["values"] = list(values)
+        rules.append(
+            {
+                "name": f"nonfinite-{i:02d}-{metric}-{'-'.join(values or ('all',))}",
+                "scope": {"project": project},
+                "event": event,
                 "action": {"type": "no_op"},
             }
         )

@@ -115,3 +115,24 @@ ON CONFLICT (key_id, run_pk) DO UPDATE SET
 -- The history used batch ids 1 .. total (seq = (step + 1) << 20 | ordinal): the SDK's
 -- flushes continue after them, so seq keeps following logging order.
 SELECT setval('ingest_batch_seq', %(batches)s);
+
+-- name: store_nonfinite_points
+-- nonfinite_points as the SDK's flush leaves them: the NaN and infinite points of the runs
+-- whose ids lie in [first_pk, last_pk] (once per point: the load adds history, not repeats).
+INSERT INTO nonfinite_points (run_pk, key_id, seq, step, "time", value)
+SELECT m.run_pk, m.key_id, m.seq, m.step, m.time, m.value
+FROM metric_points m
+WHERE m.run_pk BETWEEN %(first_pk)s AND %(last_pk)s AND NOT is_finite_value(m.value)
+ON CONFLICT DO NOTHING;
+
+-- name: nonfinite_from_points
+SELECT m.run_pk, m.key_id, m.seq, m.step, m.time, m.value::text
+FROM metric_points m
+WHERE m.run_pk BETWEEN %(first_pk)s AND %(last_pk)s AND NOT is_finite_value(m.value)
+ORDER BY 1, 2, 3;
+
+-- name: nonfinite_stored
+SELECT n.run_pk, n.key_id, n.seq, n.step, n.time, n.value::text
+FROM nonfinite_points n
+WHERE n.run_pk BETWEEN %(first_pk)s AND %(last_pk)s
+ORDER BY 1, 2, 3;

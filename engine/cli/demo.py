@@ -28,6 +28,7 @@ from engine import automations, clock
 from engine import db as enginedb
 from engine.demo.rules import EXAMPLES, EXPECTED, HMAC_ENV, SLACK_ENV, demo_rules, example_name
 from engine.exceptions import EngineError
+from engine.rules import RunStalled
 from engine.settings import get_settings
 
 if TYPE_CHECKING:  # imported when the demo runs: other commands need not load the SDK for it
@@ -61,9 +62,11 @@ HELP = (
     "acme/vision-demo-<time>, all actions sent to a local receiver), starts a webhook receiver "
     "on 127.0.0.1 (port 8765, or a free one) that checks the HMAC signature, and the evaluation "
     "service in this process. Then it simulates training runs with the SDK: a sweep whose "
-    "accuracy climbs past 0.6, a loss that plateaus then drops, a failed run, a killed run, a "
-    "CPU burst in the system metrics, a dataset version becoming `latest`, a model promoted to "
-    "`production`, linked into the `model` registry and tagged. It ends with the trigger "
+    "accuracy climbs past 0.6, a loss that plateaus then drops, a loss that goes NaN (an alert, "
+    "a failed run), a loss spike (z-score), a killed run, a CPU burst in the system metrics, a "
+    "dataset version becoming `latest`, a model promoted to `production`, linked into the "
+    "`model` registry and tagged, and a run that hangs (its stall rule's 30 minutes pass in 3 s "
+    "of demo time: only the demo's stall rules look ahead on the clock). It ends with the trigger "
     "history, the deliveries received and the SQL to inspect them. The demo's automations are "
     "disabled at the end, so they never react to your own runs.\n\n"
     "Uses the embedded database under ENGINE_DATA_DIR, or ENGINE_DATABASE_URL when it is set. "
@@ -177,7 +180,12 @@ def demo(
 
         service = Service(settings, interval=EVALUATE_EVERY, url=url)
         service.start()
-        scenario = Scenario(project)
+        stall_rules = {
+            a.name: a.event.after
+            for a in wanted
+            if isinstance(a.event, RunStalled) and a.scope.project == project
+        }
+        scenario = Scenario(project, stall_rules=stall_rules)
         scenario.start()
         progress = _watch(url, scenario, receiver, watched, after, started, timeout)
         console.print()
@@ -265,6 +273,8 @@ def _watch(
     with enginedb.connection(url) as conn, Live(console=console, refresh_per_second=4) as live:
         while True:
             progress = _progress(conn, names, after)
+            if any(progress.fired.get(name) for name in scenario.stall_rules):
+                scenario.stall_fired.set()  # resnet-hang was found stalled: it can be killed
             received = receiver.snapshot()
             live.update(_live_view(scenario, progress, received, names, started))
             done = (
@@ -340,6 +350,12 @@ def _what(row: dict[str, Any]) -> str:
     kind = row["rule_type"]
     if kind in ("run_metric_threshold", "run_metric_change"):
         return f"{row['condition'] or row['metric']}: {row['value']:.3g} at step {row['step']}"
+    if kind == "run_metric_zscore" and row["value"] is not None:
+        return f"{row['condition'] or row['metric']}: z = {row['value']:.3g} at step {row['step']}"
+    if kind == "run_metric_nonfinite":
+        return f"{row['condition'] or row['metric']} at step {row['step']}"
+    if kind == "run_stalled" and row["value"] is not None:
+        return f"{row['condition'] or 'stalled'}: silent for {row['value']:.0f} s on the demo's clock"
     if kind == "run_state":
         return f"{row['from_state'] or 'new'} → {row['to_state']}"
     if kind == "artifact_alias_added":

@@ -56,10 +56,16 @@ WHERE {_SINCE} + {_AFTER} <= STATEMENT_TIMESTAMP() AND {_SINCE} + {_AFTER} >= CA
 
 
 def _scoped(select: exp.Select, automation: Automation, params: dict[str, Any]) -> exp.Select:
-    """The rule's project (looked up once, a scalar subquery) and run filter, on `runs AS r`."""
-    assert automation.scope.project is not None
-    params["entity"], params["project"] = automation.scope.project.split("/", 1)
-    select = select.where(exp.column("project_id", "r").eq(project_id("pr").subquery()))
+    """The rule's project (looked up once, a scalar subquery) or its entity's projects as they
+    are when the query runs (later ones included), and its run filter, on `runs AS r`."""
+    if automation.scope.project is None:
+        params["entity"] = automation.scope.entity
+        projects = exp.select(exp.column("id", "pr")).from_(exp.to_table("projects").as_("pr"))
+        projects = projects.where(exp.column("entity", "pr").eq(param("entity")))
+        select = select.where(exp.column("project_id", "r").isin(query=projects))
+    else:
+        params["entity"], params["project"] = automation.scope.project.split("/", 1)
+        select = select.where(exp.column("project_id", "r").eq(project_id("pr").subquery()))
     run_filter = automation.run_filter
     if run_filter is not None and run_filter.user is not None:
         params["run_user"] = run_filter.user

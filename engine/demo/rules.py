@@ -45,10 +45,10 @@ EXPECTED: dict[str, Expectation] = {
     "europe-tag-removed": Expectation(1, "its europe-north tag is taken off again"),
     "registry-unlinked": Expectation(1, "it leaves the registry's staging collection"),
     "dataset-golden": Expectation(1, "the mnist collection is tagged golden"),
+    "dataset-reviewed": Expectation(1, "its needs-review tag is taken off first"),
     "loss-nan": Expectation(1, "resnet-bad-aug's loss goes NaN at step 14"),
-    # not part of this story (yet): no loss spikes 3σ over 30 values, no run hangs for 30m
-    "loss-spike-zscore": Expectation(0, "not shown by the demo"),
-    "run-stalled": Expectation(0, "not shown by the demo"),
+    "loss-spike-zscore": Expectation(1, "resnet-spike: a corrupt batch at step 36 spikes the loss"),
+    "run-stalled": Expectation(1, "resnet-hang stops logging (its 30m pass in 3 s of demo time)"),
 }
 
 

@@ -2,15 +2,23 @@
 
 Each step below is what makes one example rule fire (engine/demo/rules.py: EXPECTED):
 
-1. `prepare-mnist` logs the dataset `mnist` (v0 becomes `latest`).
+1. `prepare-mnist` logs the dataset `mnist` (v0 becomes `latest`); the collection is tagged
+   `needs-review`.
 2. A sweep of three runs trains side by side; each one's accuracy climbs past 0.6. Meanwhile
    a data-loading burst keeps every CPU busy (real work in child processes), which the runs'
    system-metric samplers record as `system/cpu`. Each sweep run logs its model.
-3. Three runs at once: `finetune-plateau` (the loss plateaus, then a learning-rate drop cuts
-   it by more than a quarter), `resnet-bad-aug` (an exception escapes its `with` block: failed)
-   and `resnet-long` (killed by an administrator: killed runs never trigger).
-4. `prepare-mnist-v2` logs mnist v1 (`latest` moves to it); the best model is promoted to
+3. Four runs at once: `finetune-plateau` (the loss plateaus, then a learning-rate drop cuts
+   it by more than a quarter), `resnet-bad-aug` (its loss goes NaN, it alerts, then an
+   exception escapes its `with` block: failed), `resnet-spike` (a bad batch: its loss jumps
+   far above the 30 values before it, a z-score) and `resnet-long` (killed by an
+   administrator: killed runs never trigger).
+4. `prepare-mnist-v2` logs mnist v1 (`latest` moves to it); mnist is reviewed (its
+   `needs-review` tag taken off) and tagged `golden`; the best model is promoted to
    `production`, linked into the `model` registry and tagged `europe-west`.
+5. `resnet-hang` logs a few steps, then hangs (its system metrics go on). The demo's stall
+   rules look ahead on the clock by their `after` less HANG_SECONDS (clock.skipped_ahead), so
+   the evaluation service finds the run silent past its deadline after HANG_SECONDS of real
+   silence; once the stall has fired, an administrator kills the run.
 
 Curves are deterministic (a seeded generator), so every demo tells the same story.
 """
@@ -26,16 +34,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TypeVar
 
 import psutil
 
 import engine
+from engine import clock
 from engine.sdk import ArtifactVersion
 
 T = TypeVar("T")
 
 SAMPLE_INTERVAL = 0.2  # seconds between system metric samples (15 s outside the demo)
+HANG_SECONDS = 3.0  # real silence after which the demo's stall rules find resnet-hang stalled
+STALL_WAIT = 30.0  # seconds resnet-hang waits for the stall trigger before it is killed anyway
 
 
 @dataclass
@@ -98,9 +110,14 @@ class CpuBurst:
 class Scenario:
     """Runs the story in a background thread; `views`, `phase` and `error` are read by the display."""
 
-    def __init__(self, project: str, *, burst_seconds: float = 2.5):
+    def __init__(
+        self, project: str, *, burst_seconds: float = 2.5, stall_rules: dict[str, timedelta] | None = None
+    ):
         self.project = project
         self.burst_seconds = burst_seconds
+        # the demo's stall automations (name -> after), and set once one of them has fired
+        self.stall_rules = dict(stall_rules or {})
+        self.stall_fired = threading.Event()
         self.phase = "starting"
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -116,8 +133,10 @@ class Scenario:
             ("sweep-lr-0.001", "sweep"),
             ("finetune-plateau", "loss plateaus, then the LR drops"),
             ("resnet-bad-aug", "will fail"),
+            ("resnet-spike", "a bad batch will spike the loss"),
             ("resnet-long", "will be killed"),
             ("prepare-mnist-v2", "logs a new mnist version"),
+            ("resnet-hang", "will hang"),
         ):
             self.views[name] = RunView(name, note)
 
@@ -133,17 +152,19 @@ class Scenario:
 
     def _main(self) -> None:
         try:
-            self.phase = "1/4 logging the dataset mnist (v0 becomes latest)"
+            self.phase = "1/5 logging the dataset mnist (v0 becomes latest)"
             self._dataset("prepare-mnist", rows=60_000)
+            engine.Api(user="bob").add_collection_tag(f"{self.project}/mnist", "needs-review")
             self.phase = (
-                f"2/4 sweep: 3 runs training; a data-loading burst keeps {self._burst.cpus} CPU(s) busy"
+                f"2/5 sweep: 3 runs training; a data-loading burst keeps {self._burst.cpus} CPU(s) busy"
             )
             best = self._sweep()
-            self.phase = "3/4 finetune-plateau trains; resnet-bad-aug fails; resnet-long gets killed"
-            self._together(self._finetune_plateau, self._bad_augmentation, self._long_and_killed)
-            self.phase = "4/4 mnist v1 becomes latest; best model promoted to production, linked, tagged"
+            self.phase = "3/5 finetune-plateau trains; resnet-bad-aug fails; resnet-spike spikes; resnet-long gets killed"
+            self._together(self._finetune_plateau, self._bad_augmentation, self._spike, self._long_and_killed)
+            self.phase = "4/5 mnist v1 becomes latest; best model promoted to production, linked, tagged"
             self._dataset("prepare-mnist-v2", rows=70_000)
             api = engine.Api(user="carol")
+            api.remove_collection_tag(f"{self.project}/mnist", "needs-review")  # reviewed
             api.add_collection_tag(f"{self.project}/mnist", "golden")
             api.add_alias(best, "production")
             staging = api.link_artifact(best, registry="model", collection="staging")
@@ -152,6 +173,8 @@ class Scenario:
             api.add_tag(best, "europe-west")
             api.add_tag(best, "europe-north")
             api.remove_tag(best, "europe-north")  # a region given by mistake
+            self.phase = "5/5 resnet-hang hangs: no metric value, its system metrics go on"
+            self._hang()
             self.phase = "waiting for the last triggers and deliveries"
         except BaseException as exc:  # shown by the command, which exits 1
             self.error = exc
@@ -163,6 +186,10 @@ class Scenario:
     def _noise(self, scale: float) -> float:
         with self._rng_lock:
             return self._rng.gauss(0.0, scale)
+
+    def _jitter(self, half_width: float) -> float:
+        with self._rng_lock:
+            return self._rng.uniform(-half_width, half_width)
 
     def _together(self, *jobs: Callable[[], T]) -> list[T]:
         """Run jobs in threads (runs of one process may log concurrently); re-raise the first error."""
@@ -258,7 +285,8 @@ class Scenario:
                 lr = 1e-4 if step < 65 else 1e-5
                 # fine-tuning from a checkpoint: flat at ~0.92, until the learning rate drops at step 65
                 loss = 0.92 if step < 65 else 0.45 + 0.47 * math.exp(-(step - 65) / 3)
-                self._log(run, view, {"loss": loss + self._noise(0.01), "lr": lr}, step)
+                # bounded noise: a flat loss with it never spikes 3σ (that is resnet-spike's story)
+                self._log(run, view, {"loss": loss + self._jitter(0.017), "lr": lr}, step)
                 time.sleep(0.035)
         view.state = run.state
         view.note = "loss 0.92 flat, then 0.45 after the LR drop"
@@ -312,3 +340,50 @@ class Scenario:
                 time.sleep(0.1)
         view.state = run.state  # the run was killed meanwhile, so finishing it leaves it killed
         view.note = "killed by admin (never triggers)"
+
+    def _spike(self) -> None:
+        view = self.views["resnet-spike"]
+        view.state = "running"
+        rng = random.Random(7)  # its own generator: the same curve whatever the other threads draw
+        with engine.init(
+            project=self.project,
+            name=view.name,
+            user="dave",
+            config={"batch_size": 256},
+            system_metrics_interval=SAMPLE_INTERVAL,
+        ) as run:
+            for step in range(45):
+                # a slow descent with noise; a corrupt batch at step 36 triples the loss for one step
+                loss = 1.2 - 0.004 * step + rng.gauss(0.0, 0.02) + (2.4 if step == 36 else 0.0)
+                self._log(run, view, {"loss": loss, "accuracy": 0.3 + 0.004 * step}, step)
+                time.sleep(0.04)
+        view.state = run.state
+        view.note = "loss jumped at step 36 (a corrupt batch)"
+
+    def _hang(self) -> None:
+        """A training loop that stops logging; its sampler keeps going (system metrics do not
+        count). The stall rules' `after` passes in HANG_SECONDS of real silence: their checks
+        look ahead by the rest (the run's stamps and the deadline stay on the real clock)."""
+        view = self.views["resnet-hang"]
+        view.state = "running"
+        ahead = {
+            name: max(timedelta(0), after - timedelta(seconds=HANG_SECONDS))
+            for name, after in self.stall_rules.items()
+        }
+        with engine.init(
+            project=self.project,
+            name=view.name,
+            user="frank",
+            config={"num_workers": 8},
+            system_metrics_interval=SAMPLE_INTERVAL,
+        ) as run:
+            for step in range(10):
+                self._log(run, view, {"loss": 1.9 - 0.04 * step, "accuracy": 0.2 + 0.01 * step}, step)
+                time.sleep(0.05)
+            run.flush()
+            view.note = f"hangs after step 9 (a dataloader deadlock); stall rules: {HANG_SECONDS:g} s stand for their `after`"
+            with clock.skipped_ahead(ahead):
+                fired = self.stall_fired.wait(STALL_WAIT if ahead else HANG_SECONDS)
+            engine.Api(user="admin").kill_run(self.project, run.id)
+        view.state = run.state
+        view.note = "stalled: found by run-stalled, then killed by admin" if fired else "killed by admin"

@@ -243,8 +243,9 @@ class Evaluator:
                     since = stored.evaluate_from
                     if previous is not None:
                         since = max(since, previous - _STAMP_MARGIN)
-                    runtime = {"now": now, "checked_from": since, "automation_id": stored.id}
-                    checked[stored.id] = now
+                    ahead = now + clock.ahead_for(stored.name)  # the demo's compressed time
+                    runtime = {"now": ahead, "checked_from": since, "automation_id": stored.id}
+                    checked[stored.id] = ahead
                     try:
                         with boundary():
                             rows = execute(conn, self.compiled([stored]), runtime)

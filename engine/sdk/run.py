@@ -607,6 +607,8 @@ class Run:
         timedelta) before is dropped: False. Written at once, not buffered."""
         params = alerts.check(title, text, level, wait_duration)
         self._writer.ensure_open(self._stream)  # a run started during an outage: created first
+        if self._session.remote is not None:  # the server checks the repeat the same way
+            return self._session.remote.alert(self._stream.label, params)
         with self._session.transaction() as conn:
             return alerts.raise_alert(conn, self.pk, author=self.user, at=clock.now(), **params)
 

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -89,7 +90,23 @@ def test_demo_tells_the_whole_story_twice(database_url: str, conn: psycopg.Conne
         ).fetchall()
     )
     assert states["resnet-bad-aug"] == "failed" and states["resnet-long"] == "killed"
-    assert sum(1 for s in states.values() if s == "finished") == 6
+    assert states["resnet-hang"] == "killed"  # killed once its stall had fired
+    assert sum(1 for s in states.values() if s == "finished") == 7
+    # the z-score fires at the corrupt batch; the stall once, for the run that hung, found by the
+    # service from its real ingestion stamp (its deadline: the last value + the rule's 30m)
+    spikes = conn.execute(
+        "SELECT h.run_name, h.step FROM automation_history h"
+        " WHERE h.automation = 'demo.loss-spike-zscore' AND h.project = %s",
+        (projects[1],),
+    ).fetchall()
+    assert spikes == [("resnet-spike", 36)]
+    stalls = conn.execute(
+        "SELECT r.name, t.value_time - r.last_metric_at FROM triggers t JOIN automations a ON a.id = t.automation_id"
+        " JOIN runs r ON r.id = t.run_pk JOIN projects p ON p.id = r.project_id"
+        " WHERE a.name = 'demo.run-stalled' AND p.name = %s",
+        (projects[1],),
+    ).fetchall()
+    assert stalls == [("resnet-hang", timedelta(minutes=30))]
     killed_triggers = conn.execute(
         "SELECT count(*) FROM triggers t JOIN runs r ON r.id = t.run_pk WHERE r.name = 'resnet-long'"
         " AND t.event_type = 'run_state'"

@@ -188,12 +188,12 @@ def test_after_the_demo_the_example_rules_are_not_suggested_for_applying(conn, d
     assert result.returncode == 0, out
     assert "fix: run `engine rules apply`" not in out
     assert (
-        f"✓ rule files valid: 15 rules in 15 files under {EXAMPLES}; 15 rules not applied as such because "
+        f"✓ rule files valid: 16 rules in 16 files under {EXAMPLES}; 16 rules not applied as such because "
         "`engine demo` ran them as demo.<name> in its own projects (" in out
     )
     assert "to use one for real, set its scope and action to yours first, then `engine rules apply`" in out
     assert (
-        "✓ stored automations load and run: 15 automations (0 enabled, 15 of them from `engine demo`) load"
+        "✓ stored automations load and run: 16 automations (0 enabled, 16 of them from `engine demo`) load"
         in out
     )
 
@@ -203,7 +203,7 @@ def test_after_the_demo_the_example_rules_are_not_suggested_for_applying(conn, d
     (rules / "mine.yaml").write_text(rule("mine", "http://127.0.0.1:9/x"))
     out = doctor(rules).stdout
     assert (
-        f"! rule files valid: 16 rules in 16 files under {rules}; not applied (or changed since): mine; 15 rules "
+        f"! rule files valid: 17 rules in 17 files under {rules}; not applied (or changed since): mine; 16 rules "
         in out
     )
     assert f"    fix: run `engine rules apply {rules}/<file>` for it when ready to run" in out

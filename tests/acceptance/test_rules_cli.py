@@ -58,14 +58,14 @@ def test_validate_example_rules(monkeypatch):
     monkeypatch.setenv("ENGINE_WEBHOOK_ALLOW_HOSTS", "127.0.0.1")
     result = engine("validate", "rules/")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 15 rules in 15 files"
+    assert result.stdout.strip() == "ok: 16 rules in 16 files"
     assert result.stderr == ""
 
 
 def test_validate_defaults_to_the_rules_folder():
     result = engine("validate")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 15 rules in 15 files"
+    assert result.stdout.strip() == "ok: 16 rules in 16 files"
 
 
 def test_validate_reports_every_error_with_file_and_line(tmp_path):
@@ -104,15 +104,15 @@ def test_apply_list_show_enable_disable_delete(database_url, tmp_path):
     first = engine("apply", "rules/")
     assert first.returncode == 0, first.stderr
     assert sorted(first.stdout.split()) == sorted(
-        ["created"] * 15
+        ["created"] * 16
         + ["accuracy-above-0.6", "loss-down-25pct", "run-failed", "cpu-above-90",
            "production-alias", "europe-tag", "model-registry-link", "dataset-latest",
-           "training-alert", "europe-tag-removed", "registry-unlinked", "dataset-golden",
+           "training-alert", "europe-tag-removed", "registry-unlinked", "dataset-golden", "dataset-reviewed",
            "loss-spike-zscore", "loss-nan", "run-stalled"]
     )  # fmt: skip
     again = engine("apply", "rules/")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("unchanged") == 15
+    assert again.stdout.count("unchanged") == 16
 
     listed = engine("list")
     assert listed.returncode == 0, listed.stderr
@@ -149,7 +149,7 @@ def test_apply_list_show_enable_disable_delete(database_url, tmp_path):
     assert pruned.returncode == 0, pruned.stderr
     lines = pruned.stdout.splitlines()
     assert lines[0].split() == ["unchanged", "run-failed"]
-    assert sorted(line.split()[0] for line in lines[1:]) == ["deleted"] * 13
+    assert sorted(line.split()[0] for line in lines[1:]) == ["deleted"] * 14
 
 
 def test_apply_refuses_bad_rules_and_writes_nothing(database_url, tmp_path):
@@ -206,7 +206,7 @@ def test_prune_and_delete_keep_the_history_and_dry_run_changes_nothing(conn, dat
     assert pruned.returncode == 0, pruned.stderr
     assert pruned.stdout == dry.stdout and pruned.stderr == ""
     assert dry.stdout.splitlines()[0].split() == ["unchanged", "run-failed"]
-    assert sorted(line.split()[0] for line in dry.stdout.splitlines()[1:]) == ["deleted"] * 14
+    assert sorted(line.split()[0] for line in dry.stdout.splitlines()[1:]) == ["deleted"] * 15
 
     deleted = engine("delete", "run-failed", "--yes")
     assert deleted.returncode == 0 and deleted.stdout.strip() == "deleted run-failed"
@@ -239,6 +239,6 @@ def test_dry_run_on_an_empty_database_creates_nothing(conn):
     counts = row_counts(conn)
     dry = engine("apply", "rules/", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert sorted(line.split()[0] for line in dry.stdout.splitlines()) == ["created"] * 15
+    assert sorted(line.split()[0] for line in dry.stdout.splitlines()) == ["created"] * 16
     assert row_counts(conn) == counts
     assert "no automations" in engine("list").stdout

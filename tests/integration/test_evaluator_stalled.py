@@ -151,3 +151,48 @@ def test_two_services_never_fire_it_twice(conn, database_url):
     assert sorted(t["run_id"] for t in triggers(conn, "stalled")) == sorted(r.id for r in runs)
     for run in runs:
         run.finish()
+
+
+def test_skipped_ahead_compresses_time_for_the_named_automations_only(conn, database_url):
+    # engine demo's seam: a stall rule's checks look ahead on the (real, database) clock
+    apply_yaml(conn, STALLED + "---\n" + rule("other", "{type: run_stalled, after: 5m}"))
+    run = engine.init(project="acme/vision", name="hangs", system_metrics_interval=0)
+    run.log({"loss": 1.0}, step=0)
+    run.flush()
+    stamp = _stamp(conn, run)
+    evaluator = Evaluator(database_url)
+    try:
+        with clock.skipped_ahead({"stalled": timedelta(minutes=5)}):
+            assert evaluator.tick().fired == 1
+        assert evaluator.tick().fired == 0  # back on the real clock: seconds of silence, not 5m
+    finally:
+        evaluator.close()
+    assert [(t["automation"], t["value_time"]) for t in triggers(conn)] == [
+        ("stalled", stamp + timedelta(minutes=5))
+    ]
+    assert clock.ahead_for("stalled") == timedelta(0)
+    run.finish()
+
+
+def test_an_entity_scope_covers_a_project_created_after_the_rule(conn, database_url):
+    with clock.frozen(clock.now() - timedelta(hours=2)):
+        apply_yaml(conn, rule("acme-stalled", "{type: run_stalled, after: 5m}", scope="{entity: acme}"))
+    run = engine.init(project="acme/later", name="hangs", system_metrics_interval=0)
+    elsewhere = engine.init(project="other/proj", name="hangs too", system_metrics_interval=0)
+    for r in (run, elsewhere):
+        r.log({"loss": 1.0}, step=0)
+        r.flush()
+    last = _logged_an_hour_ago(conn, run)
+    _logged_an_hour_ago(conn, elsewhere)
+    assert _tick_at(database_url, last + timedelta(minutes=5)) == 1
+    assert [(t["run_id"], t["value_time"]) for t in triggers(conn, "acme-stalled")] == [
+        (run.id, last + timedelta(minutes=5))
+    ]
+    found = backtest(
+        conn,
+        parse_rules_text(rule("s", "{type: run_stalled, after: 5m}", scope="{entity: acme}"))[0].automation,
+        last - timedelta(hours=1),
+    )
+    assert {f.run_pk for f in found} == {run.pk}
+    run.finish()
+    elsewhere.finish()

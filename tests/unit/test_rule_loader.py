@@ -47,7 +47,7 @@ def test_example_rules_are_valid():
         "accuracy-above-0.6", "loss-down-25pct", "run-failed", "cpu-above-90",
         "production-alias", "europe-tag", "model-registry-link", "dataset-latest",
         "loss-spike-zscore", "loss-nan", "run-stalled",
-        "training-alert", "europe-tag-removed", "registry-unlinked", "dataset-golden",
+        "training-alert", "europe-tag-removed", "registry-unlinked", "dataset-golden", "dataset-reviewed",
     }  # fmt: skip
     assert all(rule.line >= 1 and rule.file.endswith(".yaml") for rule in loaded)
     assert [w for rule in loaded for w in lint(rule.automation)] == []
