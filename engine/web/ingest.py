@@ -195,12 +195,13 @@ def store_batch(
     system samples are numbered after the run's, and the batch id commits with the points. A
     pending stop request is read by the flush (its transaction), or here when nothing was
     flushed (a batch stored before: the client may have lost the answer that said it)."""
-    with boundary(), _run_lock(conn, run.pk):
-        if conn.execute(query("ingest_batch_stored"), {"run_pk": run.pk, "batch_id": batch_id}).fetchone():
+    with boundary(), _run_lock(conn, run.pk, batch_id) as state:
+        stored = state.fetchone()
+        if stored is None:
+            raise NotFound(f"run {run.pk} no longer exists")
+        if stored[0] is not None:
             return Stored(batch_id, True, 0, [], -1, pending_stop(conn, run.pk))
-        stored = conn.execute(query("run_max_steps"), {"run_pk": run.pk}).fetchone()
-        assert stored is not None  # an aggregate: always one row
-        step, system_step = stored
+        step, system_step = stored[1:]
         DatabaseTransport.prepare_connection(conn)
         # the buffer, without its thread: one flush of exactly this batch (points <= MAX_BATCH_POINTS)
         writer = Writer(
@@ -237,10 +238,15 @@ def store_batch(
 
 
 @contextlib.contextmanager
-def _run_lock(conn: psycopg.Connection, run_pk: int) -> Iterator[None]:
-    conn.execute(query("ingest_lock"), {"run_pk": run_pk})
+def _run_lock(conn: psycopg.Connection, run_pk: int, batch_id: str) -> Iterator[psycopg.Cursor]:
+    """The run's lock, held until the batch is stored, and (one round trip with it) whether the
+    batch was stored before and where the run's steps stand, read once the lock is held."""
+    state = conn.cursor()
+    with conn.pipeline():
+        conn.execute(query("ingest_lock"), {"run_pk": run_pk})
+        state.execute(query("ingest_batch_state"), {"run_pk": run_pk, "batch_id": batch_id})
     try:
-        yield
+        yield state
     finally:
         try:
             with boundary():

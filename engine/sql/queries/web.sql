@@ -31,6 +31,13 @@ SELECT pg_advisory_lock(1768842087, mod(%(run_pk)s, 2147483647)::int);
 -- name: ingest_unlock
 SELECT pg_advisory_unlock(1768842087, mod(%(run_pk)s, 2147483647)::int);
 
+-- name: ingest_batch_state
+-- Run under the run's lock: the points of the batch if it was stored before (else NULL), and
+-- where the run's steps stand.
+SELECT (SELECT points FROM ingest_batches WHERE run_pk = %(run_pk)s AND batch_id = %(batch_id)s),
+       step, system_step
+FROM runs WHERE id = %(run_pk)s;
+
 -- name: ingest_batch_stored
 SELECT points FROM ingest_batches WHERE run_pk = %(run_pk)s AND batch_id = %(batch_id)s;
 
