@@ -490,6 +490,11 @@ class Observation:
     def triggers(self) -> list[tuple[str, str]]:
         return [(r.automation, r.cause) for r in self.rows]
 
+    def faults(self) -> dict[str, int]:
+        """Every count that must be 0 after a round, with its value: all 0 when it held."""
+        names = ("missing", "extra", "lost", "duplicates", "unfinished", "unseen", "unknown_ids")
+        return {n: getattr(self, n) for n in (*names, "digest_wrong", "over_limit")}
+
     @property
     def missing(self) -> int:
         return len(self.expected - set(self.triggers))
