@@ -1,6 +1,6 @@
 """The trigger history: rows of the automation_history view, newest first, through the one
 `history` query. Every filter is optional; the keyset `before` (fired_at, trigger_id) pages
-it, and `scopes` (an API key's patterns) keeps only the rows of automations they cover."""
+it (or `after`: the rows just newer than a row, for a "newer" link), and `scopes` (an API key's patterns) keeps only the rows of automations they cover."""
 
 from __future__ import annotations
 
@@ -24,8 +24,12 @@ def history_rows(
     status: str | None = None,
     scopes: Sequence[str] | None = None,
     before: tuple[datetime, int] | None = None,
+    after: tuple[datetime, int] | None = None,
 ) -> list[dict[str, Any]]:
+    """Up to `limit` rows, newest first: the newest ones (older than `before` when given), or
+    with `after` the `limit` rows just newer than that row."""
     before_at, before_id = before if before is not None else (None, None)
+    after_at, after_id = after if after is not None else (None, None)
     params = {
         "automation": automation,
         "since": since,
@@ -36,5 +40,7 @@ def history_rows(
         "scopes": None if scopes is None else list(scopes),
         "before_at": before_at,
         "before_id": before_id,
+        "after_at": after_at,
+        "after_id": after_id,
     }
     return db.rows(conn, "history", params)
