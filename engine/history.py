@@ -1,6 +1,7 @@
 """The trigger history: rows of the automation_history view, newest first, through the one
 `history` query. Every filter is optional; the keyset `before` (fired_at, trigger_id) pages
-it (or `after`: the rows just newer than a row, for a "newer" link), and `scopes` (an API key's patterns) keeps only the rows of automations they cover."""
+it, and `scopes` (an API key's patterns) keeps only the rows of automations they cover.
+`after` reads the page just newer than a row instead (`history_newer`, the same filters)."""
 
 from __future__ import annotations
 
@@ -43,4 +44,4 @@ def history_rows(
         "after_at": after_at,
         "after_id": after_id,
     }
-    return db.rows(conn, "history", params)
+    return db.rows(conn, "history_newer" if after is not None else "history", params)

@@ -227,8 +227,7 @@ def test_deleting_keeps_the_history_under_the_name_it_had(conn, how):
     history = conn.execute(
         enginedb.query("history"),
         {"automation": "acc", "since": None, "limit": 10}
-        | {"project": None, "before_at": None, "before_id": None, "after_at": None, "after_id": None}
-        | {"scopes": None}
+        | {"project": None, "before_at": None, "before_id": None, "scopes": None}
         | {"run_id": None, "status": None},
     ).fetchall()
     assert sorted(r[0] for r in history) == fired[:2]

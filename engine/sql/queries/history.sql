@@ -4,35 +4,50 @@
 -- to one project, to the rows after a page's last (fired_at, trigger_id) and to the
 -- automations an API key's scopes cover; the console also to a run id and a delivery status.
 -- NULL leaves each out. Newest first along triggers_fired_id (fired_at, id).
--- With %(after_at)s (the console's "newer" link) it is the %(limit)s rows just newer than that
--- row instead, still newest first: read oldest first along the same index, then turned round.
-WITH h AS NOT MATERIALIZED (  -- inlined into both branches below, each with its own order
+SELECT h.trigger_id, h.fired_at, h.automation, h.event_type, h.entity, h.project, h.run_id, h.run_name, h.metric,
+       h.value, h.step, h.alias, h.tag, h.artifact_version, h.action_type, h.delivery_status, h.attempts,
+       h.last_http_status, h.last_error, h.automation_deleted_at, h.rule_type
+FROM automation_history h
+-- filters: the same lines in history_newer (tests/unit/test_queries.py compares them)
+WHERE (%(automation)s::text IS NULL OR h.automation = %(automation)s)
+  AND (%(since)s::timestamptz IS NULL OR h.fired_at >= %(since)s)
+  AND (%(project)s::text IS NULL OR h.entity || '/' || h.project = %(project)s)
+  AND (%(run_id)s::text IS NULL OR h.run_id = %(run_id)s)
+  AND (%(status)s::text IS NULL OR h.delivery_status = %(status)s)
+  -- a scalar subquery per row (by primary key), not EXISTS: the planner would turn that into
+  -- a semi-join that reads every trigger before the first page's 50 rows
+  AND (%(scopes)s::text[] IS NULL OR api_scope_covers(%(scopes)s, (
+        SELECT a.rule -> 'scope' FROM triggers t JOIN automations a ON a.id = t.automation_id
+        WHERE t.id = h.trigger_id)))
+-- end of the filters
+  AND (%(before_at)s::timestamptz IS NULL OR (h.fired_at, h.trigger_id) < (%(before_at)s, %(before_id)s::bigint))
+ORDER BY h.fired_at DESC, h.trigger_id DESC
+LIMIT %(limit)s;
+
+-- name: history_newer
+-- The console's "newer" link: the %(limit)s rows of `history` just newer than the row
+-- (after_at, after_id), newest first: read oldest first along triggers_fired_id, then turned
+-- round. A block of its own rather than a second order in `history`: the view is costly to
+-- plan, and a statement holding it twice took twice as long to plan, for every page.
+SELECT * FROM (
     SELECT h.trigger_id, h.fired_at, h.automation, h.event_type, h.entity, h.project, h.run_id, h.run_name,
            h.metric, h.value, h.step, h.alias, h.tag, h.artifact_version, h.action_type, h.delivery_status,
            h.attempts, h.last_http_status, h.last_error, h.automation_deleted_at, h.rule_type
     FROM automation_history h
-    WHERE (%(automation)s::text IS NULL OR h.automation = %(automation)s)
-      AND (%(since)s::timestamptz IS NULL OR h.fired_at >= %(since)s)
-      AND (%(project)s::text IS NULL OR h.entity || '/' || h.project = %(project)s)
-      AND (%(run_id)s::text IS NULL OR h.run_id = %(run_id)s)
-      AND (%(status)s::text IS NULL OR h.delivery_status = %(status)s)
-      -- a scalar subquery per row (by primary key), not EXISTS: the planner would turn that into
-      -- a semi-join that reads every trigger before the first page's 50 rows
-      AND (%(scopes)s::text[] IS NULL OR api_scope_covers(%(scopes)s, (
-            SELECT a.rule -> 'scope' FROM triggers t JOIN automations a ON a.id = t.automation_id
-            WHERE t.id = h.trigger_id)))
-)
-SELECT * FROM (
-    (SELECT * FROM h
-     WHERE %(after_at)s::timestamptz IS NULL
-       AND (%(before_at)s::timestamptz IS NULL OR (h.fired_at, h.trigger_id) < (%(before_at)s, %(before_id)s::bigint))
-     ORDER BY h.fired_at DESC, h.trigger_id DESC
-     LIMIT %(limit)s)
-    UNION ALL
-    (SELECT * FROM h
-     WHERE %(after_at)s::timestamptz IS NOT NULL
-       AND (h.fired_at, h.trigger_id) > (%(after_at)s, %(after_id)s::bigint)
-     ORDER BY h.fired_at, h.trigger_id
-     LIMIT %(limit)s)
+-- filters: the same lines in history_newer (tests/unit/test_queries.py compares them)
+WHERE (%(automation)s::text IS NULL OR h.automation = %(automation)s)
+  AND (%(since)s::timestamptz IS NULL OR h.fired_at >= %(since)s)
+  AND (%(project)s::text IS NULL OR h.entity || '/' || h.project = %(project)s)
+  AND (%(run_id)s::text IS NULL OR h.run_id = %(run_id)s)
+  AND (%(status)s::text IS NULL OR h.delivery_status = %(status)s)
+  -- a scalar subquery per row (by primary key), not EXISTS: the planner would turn that into
+  -- a semi-join that reads every trigger before the first page's 50 rows
+  AND (%(scopes)s::text[] IS NULL OR api_scope_covers(%(scopes)s, (
+        SELECT a.rule -> 'scope' FROM triggers t JOIN automations a ON a.id = t.automation_id
+        WHERE t.id = h.trigger_id)))
+-- end of the filters
+      AND (h.fired_at, h.trigger_id) > (%(after_at)s, %(after_id)s::bigint)
+    ORDER BY h.fired_at, h.trigger_id
+    LIMIT %(limit)s
 ) page
 ORDER BY page.fired_at DESC, page.trigger_id DESC;
