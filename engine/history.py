@@ -31,12 +31,19 @@ def history_rows(
     with `after` the `limit` rows just newer than that row."""
     before_at, before_id = before if before is not None else (None, None)
     after_at, after_id = after if after is not None else (None, None)
+    automation_ids = run_pks = None
+    if automation is not None:
+        automation_ids = db.value(conn, "history_automation_ids", {"automation": automation})
+    if run_id is not None:
+        run_pks = db.value(conn, "history_run_pks", {"run_id": run_id, "project": project})
+    if automation_ids == [] or run_pks == []:
+        return []  # no such automation or run: nothing to read
     params = {
-        "automation": automation,
+        "automation_ids": automation_ids,
         "since": since,
         "limit": limit,
         "project": project,
-        "run_id": run_id,
+        "run_pks": run_pks,
         "status": status,
         "scopes": None if scopes is None else list(scopes),
         "before_at": before_at,

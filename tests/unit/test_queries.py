@@ -115,5 +115,5 @@ def test_the_history_and_its_newer_pages_filter_alike() -> None:
         found = text.split("-- filters:")[1].split("-- end of the filters")[0]
         return "\n".join(line.strip() for line in found.splitlines())
 
-    assert "h.automation = %(automation)s" in filters("history")
+    assert "h.automation_id = ANY(%(automation_ids)s)" in filters("history")
     assert filters("history_newer") == filters("history")
