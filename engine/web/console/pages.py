@@ -123,6 +123,9 @@ def _redirect(url: str) -> RedirectResponse:
 
 
 def create_console(settings: Settings) -> FastAPI:
+    # Compiled now, not by the first request of each page (tens of milliseconds of a busy CPU).
+    for template in _env.list_templates(extensions=["html"]):
+        _env.get_template(template)
     console = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     console.state.settings = settings
     console.mount("/static", StaticFiles(directory=STATIC), name="static")
