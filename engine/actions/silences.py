@@ -1,7 +1,7 @@
 """Silences: for a while, the triggers of one automation, or of every automation of a project,
 are recorded with their deliveries `silenced` and never sent (not even once it has ended).
 
-The one place that adds, lists and ends them (`engine silence`, and the API once it exists).
+The one place that adds, lists and ends them (`engine silence`, the API and the console).
 The evaluator applies them in `insert_triggers`: a trigger is silenced when a silence is
 active at the moment it is recorded (starts_at <= now < ends_at).
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import getpass
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -101,12 +102,18 @@ def add(
 
 
 def list_silences(
-    conn: psycopg.Connection, *, include_ended: bool = False, limit: int = 100
+    conn: psycopg.Connection,
+    *,
+    include_ended: bool = False,
+    limit: int = 100,
+    scopes: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The active and future silences (with `include_ended`, every one), active first. Each row:
-    id, automation or project, starts_at, ends_at, reason, created_by, created_at, ended_at,
-    ended_by, active, silenced (how many deliveries it has silenced)."""
-    return db.rows(conn, "silence_list", {"now": clock.now(), "all": include_ended, "limit": limit})
+    """The active and future silences (with `include_ended`, every one), active first; with
+    `scopes` (an API key's patterns) only those of the automations and projects they cover.
+    Each row: id, automation or project, starts_at, ends_at, reason, created_by, created_at,
+    ended_at, ended_by, active, silenced (how many deliveries it has silenced)."""
+    params = {"now": clock.now(), "all": include_ended, "limit": limit}
+    return db.rows(conn, "silence_list", params | {"scopes": None if scopes is None else list(scopes)})
 
 
 def end(conn: psycopg.Connection, silence_id: int, *, ended_by: str | None = None) -> datetime:

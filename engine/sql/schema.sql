@@ -354,7 +354,9 @@ CREATE VIEW public.automation_history AS
     d.last_http_status,
     d.last_error,
     a.deleted_at AS automation_deleted_at,
-    t.event_type AS rule_type
+    t.event_type AS rule_type,
+    t.automation_id,
+    t.run_pk
    FROM ((((((((public.triggers t
      JOIN public.automations a ON ((a.id = t.automation_id)))
      LEFT JOIN public.runs r ON ((r.id = t.run_pk)))

@@ -49,7 +49,7 @@ from engine.web import deps, mlflow
 from engine.web.auth import Invalid
 from engine.web.console import create_console
 from engine.web.models import Health
-from engine.web.routes import artifacts, automations, history, runs
+from engine.web.routes import artifacts, automations, history, runs, silences
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = WebMetrics()
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (runs, artifacts, automations, history):
+    for module in (runs, artifacts, automations, history, silences):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(mlflow.router)

@@ -305,6 +305,26 @@ def trigger_in_path(conn: psycopg.Connection, params: dict[str, str], payload: A
     ]
 
 
+def silence_in_path(conn: psycopg.Connection, params: dict[str, str], payload: Any) -> list[Place]:
+    """`…/silences/{silence_id}`: where the silence acts (its automation's scope, or its project)."""
+    try:
+        silence_id = int(params["silence_id"])
+    except ValueError:
+        raise Invalid(("path", "silence_id"), "a silence id is a whole number") from None
+    return [_scope_of(conn, "web_silence_scope", {"id": silence_id}, f"no silence {silence_id}")]
+
+
+def silence_in_body(conn: psycopg.Connection, params: dict[str, str], payload: Any) -> list[Place]:
+    """A new silence's `automation` (where it looks) or `project` (`entity/project`)."""
+    fields = payload if isinstance(payload, dict) else {}
+    automation, project = fields.get("automation") or None, fields.get("project") or None
+    if (automation is None) == (project is None):
+        raise Invalid(("body", "automation"), "give exactly one of an automation (by name) or a project")
+    if automation is not None:
+        return automation_in_path(conn, {"name": str(automation)}, payload)
+    return project_in_body(conn, params, {"project": project})
+
+
 def _scope_of(conn: psycopg.Connection, name: str, params: dict[str, Any], missing: str) -> Place:
     with boundary():
         row = conn.execute(query(name), params).fetchone()

@@ -247,6 +247,24 @@ class LinkOut(BaseModel):
     artifact: ArtifactOut
 
 
+# -- silences --------------------------------------------------------------------------------
+class SilenceCreate(Input):
+    automation: Name | None = Field(None, description="Silence this automation (by name).")
+    project: str | None = Field(
+        None, max_length=257, description="Or every automation's triggers in this project (`entity/project`)."
+    )
+    duration: str | None = Field(None, max_length=32, description="How long, from now: 30m, 2h, 1d.")
+    until: AwareDatetime | None = Field(None, description="Or until then (ISO 8601 with its zone).")
+    reason: str = Field(
+        min_length=1, max_length=1000, description="Why: shown with every trigger it silences."
+    )
+
+
+class SilenceOut(BaseModel):
+    id: int = Field(description="The silence's id (`engine silence end ID`).")
+    ends_at: datetime = Field(description="When it ends (or ended).")
+
+
 # -- history ---------------------------------------------------------------------------------
 class Page(BaseModel):
     rows: list[dict[str, Any]] = Field(description="Rows, newest first.")

@@ -4,8 +4,10 @@ docs/images/ for the README. Not collected by `make test` (no `test_` file prefi
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
+from engine.actions import silences
 from tests.acceptance.console_helpers import Deployment
 from tests.acceptance.test_console_browser import browser, signed_in  # noqa: F401 - the fixture
 from tests.acceptance.web_helpers import WebProcess
@@ -16,6 +18,10 @@ SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 
 def test_screenshots(browser, conn, database_url, tmp_path):  # noqa: F811
     deployment = Deployment(conn, database_url)
+    silences.add(
+        conn, automation="loss-up", duration=timedelta(hours=2), reason="retraining with a new schedule"
+    )
+    silences.add(conn, project="acme/sweep", duration=timedelta(days=1), reason="sweep: results tomorrow")
     IMAGES.mkdir(parents=True, exist_ok=True)
     pages = {
         "automations": "/",
@@ -23,6 +29,7 @@ def test_screenshots(browser, conn, database_url, tmp_path):  # noqa: F811
         "trigger": f"/triggers/{deployment.triggers['acc-high']}",
         "trigger-change": f"/triggers/{deployment.triggers['loss-up']}",
         "run": "/acme/vision/runs/acme-run",
+        "silences": "/silences",
     }
     written = []
     with WebProcess(database_url, tmp_path / "web.log") as web:

@@ -132,6 +132,64 @@ def test_an_admin_disables_enables_redelivers_and_applies_a_rule_after_its_error
     context.close()
 
 
+def test_history_pages_older_and_back_newer(browser, served):
+    deployment, web = served
+    context, page = signed_in(browser, web, deployment.keys["admin"])
+    newest_first = [f"#{i}" for i in sorted(deployment.triggers.values(), reverse=True)]
+    page.goto("/history?limit=1")
+    shown = page.locator("table tbody tr td:first-child a")
+    pager = page.get_by_role("navigation", name="Pages of the history")
+    expect(shown).to_have_text([newest_first[0]])
+    expect(pager.get_by_role("link", name="Newer triggers")).to_have_count(0)
+    for expected in newest_first[1:]:
+        pager.get_by_role("link", name="Older triggers").click()
+        expect(shown).to_have_text([expected])
+    expect(pager).to_contain_text("No older triggers.")
+    for expected in reversed(newest_first[:-1]):
+        pager.get_by_role("link", name="Newer triggers").click()
+        expect(shown).to_have_text([expected])
+    expect(pager.get_by_role("link", name="Newer triggers")).to_have_count(0)
+    assert "limit=1" in page.url  # the page keeps its size (and its filters) both ways
+    context.close()
+
+
+def test_an_admin_silences_an_automation_and_ends_it_and_a_reader_only_looks(browser, served, conn):
+    deployment, web = served
+    context, page = signed_in(browser, web, deployment.keys["admin"])
+    page.get_by_role("link", name="Silences").click()
+    expect(page.get_by_role("heading", name="Silences", exact=True)).to_be_visible()
+    form = page.locator("form.silence-form")
+    form.get_by_label("Automation").select_option("acc-high")
+    form.get_by_label("For").fill("soon")
+    form.get_by_label("Reason").fill("retraining the model")
+    form.get_by_role("button", name="Silence").click()
+    expect(page.get_by_role("alert")).to_contain_text("not a duration")
+    expect(page.locator("form.silence-form").get_by_label("Reason")).to_have_value("retraining the model")
+    page.locator("form.silence-form").get_by_label("For").fill("2h")
+    page.locator("form.silence-form").get_by_role("button", name="Silence").click()
+    row = page.locator("table.silences tbody tr").first
+    expect(row).to_contain_text("acc-high")
+    expect(row.locator("td.state")).to_contain_text("active")
+    (silence_id,) = conn.execute("SELECT id FROM silences WHERE reason = 'retraining the model'").fetchone()
+
+    reader, reading = signed_in(browser, web, deployment.keys["reader"])
+    reading.goto("/silences")
+    expect(reading.locator("table.silences tbody tr").first).to_contain_text("retraining the model")
+    assert reading.locator("form.silence-form").count() == 0 and reading.locator("button.admin").count() == 0
+    token = reading.locator("input[name=csrf]").first.get_attribute("value")
+    forged = reader.request.post(f"{web.url}/silences/{silence_id}/end", form={"csrf": token})
+    assert forged.status == 403
+    reader.close()
+
+    # a post without the form's token is refused
+    assert context.request.post(f"{web.url}/silences/{silence_id}/end", form={}).status == 403
+    row.get_by_role("button", name="End now").click()
+    expect(page.locator("table.silences tbody")).to_contain_text("No active silence.")
+    page.get_by_role("link", name="Also those that have ended").click()
+    expect(page.locator(f"tr[data-silence='{silence_id}'] td.state")).to_have_text("ended early")
+    context.close()
+
+
 def test_a_revoked_key_is_signed_out(browser, served, conn):
     deployment, web = served
     context, page = signed_in(browser, web, deployment.keys["reader"])
@@ -156,6 +214,7 @@ def test_the_pages_have_no_serious_accessibility_violations(browser, served):
         "/acme/vision/runs",
         "/acme/vision/runs/acme-run",
         "/editor",
+        "/silences",
     ]
     found = {}
     for path in pages:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import UTC, datetime, timedelta
 
 from tests.acceptance.console_helpers import Deployment, hidden, sign_in
-from tests.acceptance.web_helpers import WebProcess
+from tests.acceptance.web_helpers import WebProcess, make_key
 
 
 def cookie_header(response) -> str:
@@ -162,7 +163,141 @@ def test_history_pages_by_keyset_and_filters(conn, database_url, tmp_path):
                 break
             page = http.get(html.unescape(older.group(1)))
         assert seen == newest_first
+        # and back, by the "newer" links, to the newest page
+        back = []
+        while True:
+            back += [int(i) for i in re.findall(r'href="/triggers/(\d+)"', page.text)]
+            newer = re.search(r'href="([^"]+)" rel="prev"', page.text)
+            if newer is None:
+                break
+            page = http.get(html.unescape(newer.group(1)))
+        assert back == newest_first[::-1]
+        assert "No older triggers" not in page.text and "« Newest" not in page.text  # the first page
         only = http.get("/history", params={"run": "other-run", "status": "skipped"}).text
         assert re.findall(r'href="/triggers/(\d+)"', only) == [str(deployment.triggers["other-rule"])]
         assert http.get("/history", params={"status": "failed"}).text.count('href="/triggers/') == 0
         assert "since:" in http.get("/history", params={"since": "soon"}).text  # the error, not a crash
+
+
+def test_silences_are_listed_by_scope_and_added_and_ended_by_admin_keys_only(conn, database_url, tmp_path):
+    deployment = Deployment(conn, database_url)
+    from engine.actions import silences
+
+    theirs = silences.add(
+        conn, automation="other-rule", duration=timedelta(hours=1), reason="their maintenance"
+    )
+    acme_admin = make_key(conn, "acme-admin", "admin", "acme/*")
+    with WebProcess(database_url, tmp_path / "web.log") as web:
+        with web.client() as http:
+            sign_in(http, deployment.keys["reader"])  # read, acme/*
+            page = http.get("/silences")
+            assert page.status_code == 200 and "their maintenance" not in page.text
+            assert 'action="/silences"' not in page.text and "End now" not in page.text
+            token = hidden(page.text, "csrf")
+            form = {"csrf": token, "automation": "acc-high", "for": "2h", "reason": "forged"}
+            assert http.post("/silences", data=form).status_code == 403
+            assert http.post(f"/silences/{theirs}/end", data={"csrf": token}).status_code == 403
+        with web.client() as http:
+            sign_in(http, acme_admin)
+            page = http.get("/silences")
+            token = hidden(page.text, "csrf")
+            assert "their maintenance" not in page.text and '<option value="other-rule"' not in page.text
+            # the form's own token is needed; another team's automation or project is refused
+            base = {"for": "2h", "reason": "retraining"}
+            assert http.post("/silences", data=base | {"automation": "acc-high"}).status_code == 403
+            refused = http.post("/silences", data=base | {"csrf": token, "automation": "other-rule"})
+            assert refused.status_code == 403
+            assert (
+                http.post("/silences", data=base | {"csrf": token, "project": "other/proj"}).status_code
+                == 403
+            )
+            assert http.post(f"/silences/{theirs}/end", data={"csrf": token}).status_code == 403
+            # mistakes come back on the form, its values kept
+            both = http.post(
+                "/silences", data=base | {"csrf": token, "automation": "acc-high", "until": "2099-01-01"}
+            )
+            assert both.status_code == 422 and "exactly one of a duration" in both.text
+            assert 'value="retraining"' in both.text
+            bad = http.post("/silences", data=base | {"csrf": token, "project": "acme/vision", "for": "soon"})
+            assert bad.status_code == 422 and "not a duration" in bad.text
+            past = http.post(
+                "/silences", data={"csrf": token, "project": "acme/x", "until": "2020-01-01", "reason": "r"}
+            )
+            assert past.status_code == 422 and "not in the future" in past.text
+            unknown = http.post("/silences", data=base | {"csrf": token, "automation": "nope"})
+            assert unknown.status_code == 422 and "no automation named 'nope'" in html.unescape(unknown.text)
+            # added: by automation for a while, by project until a time
+            added = http.post(
+                "/silences", data=base | {"csrf": token, "automation": "acc-high"}, follow_redirects=False
+            )
+            assert added.status_code == 303 and added.headers["location"] == "/silences"
+            later = http.post(
+                "/silences",
+                data={
+                    "csrf": token,
+                    "project": "acme/vision",
+                    "until": "2099-01-01 12:00",
+                    "reason": "sweep",
+                },
+                follow_redirects=False,
+            )
+            assert later.status_code == 303
+            rows = {r["reason"]: r for r in silences.list_silences(conn)}
+            assert rows["retraining"]["automation"] == "acc-high" and rows["retraining"]["active"]
+            assert rows["retraining"]["created_by"] == "key:acme-admin"
+            assert rows["sweep"]["project"] == "acme/vision"
+            assert rows["sweep"]["ends_at"] == datetime(2099, 1, 1, 12, tzinfo=UTC)
+            page = http.get("/silences").text
+            assert "retraining" in page and "sweep" in page and "their maintenance" not in page
+            ended = http.post(
+                f"/silences/{rows['retraining']['id']}/end",
+                data={"csrf": token, "next": "/silences"},
+                follow_redirects=False,
+            )
+            assert ended.status_code == 303 and ended.headers["location"] == "/silences"
+            assert "retraining" not in http.get("/silences").text  # the active ones only
+            assert "ended early" in http.get("/silences", params={"all": "1"}).text
+            again = http.post(f"/silences/{rows['retraining']['id']}/end", data={"csrf": token})
+            assert again.status_code == 409 and "already ended" in again.text
+    listed = {r["reason"]: r for r in silences.list_silences(conn, include_ended=True)}
+    assert (
+        listed["retraining"]["ended_by"] == "key:acme-admin" and not listed["their maintenance"]["ended_at"]
+    )
+    assert len(listed) == 3  # nothing refused was stored
+
+
+def test_deliveries_page_older_and_back_newer(conn, database_url, tmp_path):
+    deployment = Deployment(conn, database_url)
+    # 120 failed deliveries of acc-high's trigger, one a minute (the page shows 50)
+    conn.execute(
+        """
+        INSERT INTO deliveries (trigger_id, automation_id, action_index, action_type, action, status,
+                                attempts, created_at, updated_at, finished_at)
+        SELECT t.id, t.automation_id, g, 'webhook', '{"type": "webhook"}', 'failed', 1,
+               now() - g * interval '1 minute', now(), now()
+        FROM triggers t, generate_series(1, 120) AS g WHERE t.id = %s
+        """,
+        (deployment.triggers["acc-high"],),
+    )
+    with WebProcess(database_url, tmp_path / "web.log") as web, web.client() as http:
+        sign_in(http, deployment.keys["admin"])
+
+        def ids(page) -> list[str]:
+            return re.findall(r'action="/deliveries/([0-9a-f-]+)/redeliver"', page.text)
+
+        pages, page = [], http.get("/deliveries", params={"status": "failed"})
+        while True:
+            pages.append(ids(page))
+            older = re.search(r'href="([^"]+)" rel="next"', page.text)
+            if older is None:
+                break
+            page = http.get(html.unescape(older.group(1)))
+        assert [len(p) for p in pages] == [50, 50, 20]
+        assert len({i for p in pages for i in p}) == 120
+        for expected in (pages[1], pages[0]):
+            newer = re.search(r'href="([^"]+)" rel="prev"', page.text)
+            assert newer is not None and "status=failed" in newer.group(1)
+            page = http.get(html.unescape(newer.group(1)))
+            assert ids(page) == expected
+        assert 'rel="prev"' not in page.text
+        assert http.get("/deliveries", params={"newer": "bm90IGEgY3Vyc29y"}).status_code == 422

@@ -235,3 +235,50 @@ def test_several_worker_processes_each_hold_one_bounded_pool(conn, database_url,
     stored = points(conn, "w1")  # each batch once, numbered in the order the processes stored them
     assert [s for _, s, _ in stored] == list(range(64))
     assert sorted(v for _, _, v in stored) == [i / 10 for i in range(64)]
+
+
+def test_silences_are_added_listed_and_ended_over_http(conn, database_url, tmp_path):
+    TwoTeams(conn)  # holds a silence of other/proj's automation
+    admin = make_key(conn, "ci", "admin", "acme/*")
+    reader = make_key(conn, "analyst", "read", "acme/*")
+    with (
+        WebProcess(database_url, tmp_path / "web.log") as web,
+        web.client(admin) as ci,
+        web.client(reader) as analyst,
+    ):
+        added = ci.post(
+            "/api/v1/silences", json={"automation": "acme-rule", "duration": "2h", "reason": "retrain"}
+        )
+        assert added.status_code == 201, added.text
+        silence_id = added.json()["id"]
+        until = ci.post(
+            "/api/v1/silences",
+            json={"project": "acme/vision", "until": "2099-01-01T12:00:00+01:00", "reason": "sweep"},
+        )
+        assert until.status_code == 201 and until.json()["ends_at"] == "2099-01-01T11:00:00Z"
+        for bad, field in (
+            ({"automation": "acme-rule", "project": "acme/vision", "duration": "2h"}, "automation"),
+            ({"automation": "acme-rule", "duration": "soon"}, "duration"),
+            ({"automation": "acme-rule", "until": "2099-01-01T12:00:00"}, "until"),
+        ):
+            refused = ci.post("/api/v1/silences", json=bad | {"reason": "r"})
+            assert refused.status_code == 422, refused.text
+            assert field in refused.text
+        assert (
+            ci.post(
+                "/api/v1/silences", json={"automation": "nope", "duration": "2h", "reason": "r"}
+            ).status_code
+            == 404
+        )
+        listed = analyst.get("/api/v1/silences").json()  # active first, the one ending last first
+        assert [(s["automation"], s["project"], s["reason"]) for s in listed] == [
+            (None, "acme/vision", "sweep"),
+            ("acme-rule", None, "retrain"),
+        ]
+        assert all(s["created_by"] == "key:ci" and s["active"] for s in listed)
+        ended = ci.post(f"/api/v1/silences/{silence_id}/end")
+        assert ended.status_code == 200, ended.text
+        assert ci.post(f"/api/v1/silences/{silence_id}/end").status_code == 409  # already ended
+        assert [s["reason"] for s in analyst.get("/api/v1/silences").json()] == ["sweep"]
+        everything = analyst.get("/api/v1/silences", params={"all": "true"}).json()
+        assert {s["reason"]: s["ended_by"] for s in everything} == {"sweep": None, "retrain": "key:ci"}

@@ -29,6 +29,7 @@ BODIES = {
     ("POST", "/api/v1/runs/{entity}/{project}/{run_id}/alerts"): {"title": "loss is NaN"},
     ("POST", "/api/v1/collections/{entity}/{project}/{collection}/tags"): {"tag": "golden"},
     ("POST", "/api/v1/registries/{registry}/{collection}/tags"): {"tag": "golden"},
+    ("POST", "/api/v1/silences"): {"automation": "other-rule", "duration": "2h", "reason": "maintenance"},
 }  # fmt: skip
 # A key with this role may not do what a route needing the other role does.
 WRONG_ROLES = {"admin": ["read-all", "ingest-all"], "ingest": ["read-all"], "read": ["ingest-all"]}

@@ -7,11 +7,13 @@ import os
 import signal
 import socket
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 
 from engine import keys
+from engine.actions import silences
 from tests.acceptance.service_helpers import ENGINE, wait_until
 
 
@@ -104,6 +106,9 @@ class TwoTeams:
         (run_pk,) = conn.execute("SELECT id FROM runs WHERE run_id = 'run-o'").fetchone()
         action = {"type": "webhook", "url": "https://hooks.example.com/x", "max_attempts": 1}
         self.trigger_id, (self.delivery_id,) = fire(conn, other_id, [action], run_pk=run_pk)
+        silence_id = silences.add(
+            conn, automation="other-rule", duration=timedelta(hours=1), reason="their own"
+        )
         self.other = {
             "entity": "other",
             "project": "proj",
@@ -113,6 +118,7 @@ class TwoTeams:
             "name": "other-rule",
             "delivery_id": str(self.delivery_id),
             "trigger_id": str(self.trigger_id),
+            "silence_id": str(silence_id),
             "alias": "production",
             "tag": "europe",
             "registry": "other-reg",  # a registry the acme keys do not cover

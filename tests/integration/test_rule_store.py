@@ -10,6 +10,7 @@ from engine import automations, clock
 from engine import db as enginedb
 from engine.actions.dispatcher import Dispatcher
 from engine.exceptions import NotFound, RuleValidationError
+from engine.history import history_rows
 from engine.rules import Automation, load_rules
 from engine.rules.api import apply as api_apply
 from engine.settings import get_settings
@@ -224,13 +225,8 @@ def test_deleting_keeps_the_history_under_the_name_it_had(conn, how):
     ).fetchone() == (None,)
 
     # `engine history --automation acc` still finds it; `rules show acc` says where it went
-    history = conn.execute(
-        enginedb.query("history"),
-        {"automation": "acc", "since": None, "limit": 10}
-        | {"project": None, "before_at": None, "before_id": None, "scopes": None}
-        | {"run_id": None, "status": None},
-    ).fetchall()
-    assert sorted(r[0] for r in history) == fired[:2]
+    history = history_rows(conn, automation="acc", limit=10)
+    assert sorted(r["trigger_id"] for r in history) == fired[:2]
     with pytest.raises(
         NotFound,
         match=r"no automation named 'acc': it was deleted on 2024-05-02 12:00 UTC "

@@ -105,3 +105,15 @@ def test_every_named_query_is_used_and_every_used_name_exists() -> None:
     for path, tree in _trees(ENGINE_SOURCE):
         missing = sorted(set(_gateway_calls(tree)) - defined)
         assert missing == [], f"{path.relative_to(ROOT)} runs queries that no file defines: {missing}"
+
+
+def test_the_history_and_its_newer_pages_filter_alike() -> None:
+    """`history_newer` reads the other way along the same rows: its filters are `history`'s."""
+
+    def filters(name: str) -> str:
+        text = enginedb.query(name)
+        found = text.split("-- filters:")[1].split("-- end of the filters")[0]
+        return "\n".join(line.strip() for line in found.splitlines())
+
+    assert "h.automation_id = ANY(%(automation_ids)s)" in filters("history")
+    assert filters("history_newer") == filters("history")

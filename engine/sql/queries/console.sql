@@ -53,16 +53,29 @@ ORDER BY a.delivery_id, a.attempt;
 
 -- name: console_deliveries
 -- The deliveries page: pending (and sending) or failed ones of the covered automations,
--- newest first, paged by (created_at, id) (deliveries_status_created).
-SELECT d.id, d.trigger_id, a.name AS automation, d.action_type, d.status, d.attempts, d.max_attempts,
-       d.last_http_status, d.last_error, d.next_attempt_at, d.created_at
-FROM deliveries d JOIN automations a ON a.id = d.automation_id
-WHERE d.status = ANY(%(statuses)s::text[])
-  AND (%(automation)s::text IS NULL OR a.name = %(automation)s::text)
-  AND (%(before_at)s::timestamptz IS NULL OR (d.created_at, d.id) < (%(before_at)s, %(before_id)s::uuid))
-  AND (%(scopes)s::text[] IS NULL OR api_scope_covers(%(scopes)s, a.rule -> 'scope'))
-ORDER BY d.created_at DESC, d.id DESC
-LIMIT %(limit)s;
+-- newest first, paged by (created_at, id) (deliveries_status_created). With %(after_at)s (the
+-- "newer" link) the %(limit)s rows just newer than that row, read oldest first, turned round.
+WITH d AS NOT MATERIALIZED (  -- inlined into both branches below, each with its own order
+    SELECT d.id, d.trigger_id, a.name AS automation, d.action_type, d.status, d.attempts, d.max_attempts,
+           d.last_http_status, d.last_error, d.next_attempt_at, d.created_at
+    FROM deliveries d JOIN automations a ON a.id = d.automation_id
+    WHERE d.status = ANY(%(statuses)s::text[])
+      AND (%(automation)s::text IS NULL OR a.name = %(automation)s::text)
+      AND (%(scopes)s::text[] IS NULL OR api_scope_covers(%(scopes)s, a.rule -> 'scope'))
+)
+SELECT * FROM (
+    (SELECT * FROM d
+     WHERE %(after_at)s::timestamptz IS NULL
+       AND (%(before_at)s::timestamptz IS NULL OR (d.created_at, d.id) < (%(before_at)s, %(before_id)s::uuid))
+     ORDER BY d.created_at DESC, d.id DESC
+     LIMIT %(limit)s)
+    UNION ALL
+    (SELECT * FROM d
+     WHERE %(after_at)s::timestamptz IS NOT NULL AND (d.created_at, d.id) > (%(after_at)s, %(after_id)s::uuid)
+     ORDER BY d.created_at, d.id
+     LIMIT %(limit)s)
+) page
+ORDER BY page.created_at DESC, page.id DESC;
 
 -- name: console_project_runs
 -- The runs of a project, newest first, with how many triggers each fired.

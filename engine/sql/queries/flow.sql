@@ -83,14 +83,17 @@ RETURNING id;
 SELECT id FROM automations WHERE name = %(name)s AND deleted_at IS NULL;
 
 -- name: silence_list
--- Silences, the active ones first, with how many deliveries each has silenced so far.
+-- Silences, the active ones first, with how many deliveries each has silenced so far; with
+-- %(scopes)s (an API key's patterns) only those of the automations and projects they cover.
 SELECT s.id, a.name AS automation, s.entity || '/' || s.project AS project, s.starts_at, s.ends_at, s.reason,
        s.created_by, s.created_at, s.ended_at, s.ended_by,
        (s.starts_at <= %(now)s AND s.ends_at > %(now)s) AS active,
        (SELECT count(*) FROM deliveries d WHERE d.silence_id = s.id) AS silenced
 FROM silences s
 LEFT JOIN automations a ON a.id = s.automation_id
-WHERE %(all)s OR s.ends_at > %(now)s
+WHERE (%(all)s OR s.ends_at > %(now)s)
+  AND (%(scopes)s::text[] IS NULL OR api_scope_covers(%(scopes)s, coalesce(
+        a.rule -> 'scope', jsonb_build_object('project', s.entity || '/' || s.project))))
 ORDER BY (s.starts_at <= %(now)s AND s.ends_at > %(now)s) DESC, s.ends_at DESC, s.id DESC
 LIMIT %(limit)s;
 

@@ -10,6 +10,11 @@ SELECT a.rule -> 'scope' FROM deliveries d JOIN automations a ON a.id = d.automa
 -- name: web_trigger_scope
 SELECT a.rule -> 'scope' FROM triggers t JOIN automations a ON a.id = t.automation_id WHERE t.id = %(id)s;
 
+-- name: web_silence_scope
+-- Where a silence acts: its automation's scope, or its project.
+SELECT coalesce(a.rule -> 'scope', jsonb_build_object('project', s.entity || '/' || s.project))
+FROM silences s LEFT JOIN automations a ON a.id = s.automation_id WHERE s.id = %(id)s;
+
 -- name: web_run
 -- A run by its path, with where its steps stand (for the log route) and its state.
 SELECT r.id, r.state, p.id AS project_id

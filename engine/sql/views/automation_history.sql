@@ -58,7 +58,11 @@ SELECT
     -- triggers stay here under the name it had; a later automation of the same name has its
     -- own rows, with NULL here.
     a.deleted_at                           AS automation_deleted_at,
-    t.event_type                           AS rule_type
+    t.event_type                           AS rule_type,
+    -- the keys the history filters by automation and by run: their indexes (triggers_automation_fired,
+    -- triggers_run_fired) find a quiet automation's or a run's triggers among millions
+    t.automation_id,
+    t.run_pk
 FROM triggers t
 JOIN automations a ON a.id = t.automation_id
 LEFT JOIN runs r ON r.id = t.run_pk

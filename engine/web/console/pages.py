@@ -13,6 +13,9 @@ import base64
 import binascii
 import logging
 import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import automations, clock, keys
 from engine import db as enginedb
-from engine.actions import outbox
+from engine.actions import outbox, silences
 from engine.compiler import compile_rule, metric_table
 from engine.exceptions import (
     DatabaseUnavailable,
@@ -42,6 +45,7 @@ from engine.exceptions import (
 from engine.explain import explain_data, text
 from engine.explain.data import Point
 from engine.history import history_rows
+from engine.rules.duration import format_duration, parse_duration
 from engine.rules.loader import parse_rules_text
 from engine.settings import Settings
 from engine.since import parse_since
@@ -57,6 +61,8 @@ from engine.web.auth import (
     require,
     rules_in_body,
     scope_place,
+    silence_in_body,
+    silence_in_path,
     trigger_in_path,
 )
 from engine.web.console import charts, session
@@ -117,6 +123,9 @@ def _redirect(url: str) -> RedirectResponse:
 
 
 def create_console(settings: Settings) -> FastAPI:
+    # Compiled now, not by the first request of each page (tens of milliseconds of a busy CPU).
+    for template in _env.list_templates(extensions=["html"]):
+        _env.get_template(template)
     console = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     console.state.settings = settings
     console.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -195,7 +204,7 @@ def _routes(app: FastAPI) -> None:
         with deps.connect() as conn:
             stored = automations.get(conn, name)
             versions = _rows("console_automation_versions", {"name": name}, conn)
-            recent = _history(conn, principal, {"automation": name}, limit=20)[0]
+            recent = _history(conn, principal, {"automation": name}, limit=20)[0].rows
             backtest, error = None, None
             if since:
                 backtest, error = _backtest(conn, stored.automation, since)
@@ -229,6 +238,7 @@ def _routes(app: FastAPI) -> None:
         status: str = "",
         since: str = "",
         cursor: str = "",
+        newer: str = "",
         limit: Annotated[int, Query(ge=1, le=500)] = PAGE,
         principal: Principal = console_access("read"),
     ) -> HTMLResponse:
@@ -240,26 +250,16 @@ def _routes(app: FastAPI) -> None:
             "since": since,
         }
         with deps.connect() as conn:
-            rows, next_cursor, error = _history(conn, principal, filters, cursor=cursor or None, limit=limit)
-        more = None
-        if next_cursor:
-            shown = {
-                "automation": automation,
-                "project": project,
-                "run": run,
-                "status": status,
-                "since": since,
-            }
-            shown |= {"limit": str(limit)} if limit != PAGE else {}
-            more = "/history?" + urlencode({k: v for k, v in shown.items() if v} | {"cursor": next_cursor})
+            page, error = _history(conn, principal, filters, cursor=cursor, newer=newer, limit=limit)
+        shown = {"automation": automation, "project": project, "run": run, "status": status, "since": since}
+        shown |= {"limit": str(limit)} if limit != PAGE else {}
         return render(
             request,
             "history.html",
-            rows=rows,
+            rows=page.rows,
             filters=filters,
             statuses=("pending", "succeeded", "failed", "skipped", "suppressed", "silenced"),
-            more=more,
-            first_page=not cursor,
+            pager=page.links("/history", shown),
             error=error,
         )
 
@@ -303,35 +303,79 @@ def _routes(app: FastAPI) -> None:
         status: str = "",
         automation: str = "",
         cursor: str = "",
+        newer: str = "",
         principal: Principal = console_access("read"),
     ) -> HTMLResponse:
         statuses = {"pending": ["pending", "sending"], "failed": ["failed"]}.get(
             status, ["pending", "sending", "failed"]
         )
-        before_at, before_id = _delivery_after(cursor) if cursor else (None, None)
-        rows = _rows(
-            "console_deliveries",
-            {
-                "statuses": statuses,
-                "automation": automation or None,
-                "before_at": before_at,
-                "before_id": before_id,
-                "scopes": principal.scopes,
-                "limit": PAGE + 1,
-            },
+
+        def fetch(before: str | None, after: str | None) -> list[dict[str, Any]]:
+            before_at, before_id = _delivery_after(before) if before else (None, None)
+            after_at, after_id = _delivery_after(after) if after else (None, None)
+            params: dict[str, Any] = {"statuses": statuses, "automation": automation or None}
+            params |= {"scopes": principal.scopes}
+            params |= {"before_at": before_at, "before_id": before_id, "after_at": after_at}
+            return _rows("console_deliveries", params | {"after_id": after_id, "limit": PAGE + 1})
+
+        page = Keyset.read(fetch, _delivery_cursor, PAGE, cursor=cursor, newer=newer)
+        return render(
+            request,
+            "deliveries.html",
+            rows=page.rows,
+            status=status,
+            automation=automation,
+            pager=page.links("/deliveries", {"status": status, "automation": automation}),
         )
-        more = None
-        if len(rows) > PAGE:
-            rows = rows[:PAGE]
-            last = rows[-1]
-            token = base64.urlsafe_b64encode(
-                f"{last['created_at'].isoformat()}|{last['id']}".encode()
-            ).decode()
-            more = "/deliveries?" + urlencode(
-                {k: v for k, v in {"status": status, "automation": automation}.items() if v}
-                | {"cursor": token}
-            )
-        return render(request, "deliveries.html", rows=rows, status=status, automation=automation, more=more)
+
+    @app.get("/silences", response_class=HTMLResponse)
+    def silences_page(
+        request: Request,
+        ended: Annotated[bool, Query(alias="all")] = False,
+        principal: Principal = console_access("read"),
+    ) -> HTMLResponse:
+        return _silences(request, principal, include_ended=ended)
+
+    @app.post("/silences", response_class=HTMLResponse)
+    def add_silence(request: Request, principal: Principal = console_access("admin", form=True)) -> Response:
+        form = request.state.form
+        fields = {k: form.get(k, "").strip() for k in ("automation", "project", "for", "until", "reason")}
+        try:
+            duration = parse_duration(fields["for"]) if fields["for"] else None
+            until = parse_since(fields["until"]) if fields["until"] else None
+        except ValueError as exc:
+            return _silences(request, principal, form=fields, error=f"{exc}.", status=422)
+        with deps.connect() as conn:
+            try:
+                places = silence_in_body(conn, {}, fields)
+            except Invalid as exc:
+                return _silences(request, principal, form=fields, error=f"{exc.message}.", status=422)
+            except NotFound as exc:
+                return _silences(request, principal, form=fields, error=f"{exc}.", status=422)
+            require(request, principal.key, "admin", places)
+            try:
+                silences.add(
+                    conn,
+                    automation=fields["automation"] or None,
+                    project=fields["project"] or None,
+                    duration=duration,
+                    until=until,
+                    reason=fields["reason"],
+                    created_by=principal.author,
+                )
+            except EngineError as exc:
+                return _silences(request, principal, form=fields, error=f"{exc}.", status=422)
+        return _redirect("/silences")
+
+    @app.post("/silences/{silence_id}/end")
+    def end_silence(
+        request: Request,
+        silence_id: int,
+        principal: Principal = console_access("admin", silence_in_path, form=True),
+    ) -> Response:
+        with deps.connect() as conn:
+            silences.end(conn, silence_id, ended_by=principal.author)
+        return _redirect(_back(request.state.form.get("next"), "/silences"))
 
     @app.get("/{entity}/{project}/runs", response_class=HTMLResponse)
     def runs_page(
@@ -492,45 +536,137 @@ def _rows(name: str, params: dict[str, Any], conn: psycopg.Connection | None = N
     return enginedb.rows(conn, name, params)
 
 
+@dataclass(frozen=True)
+class Keyset:
+    """One page of a list read newest first by keyset, and the cursors of its neighbours:
+    `older` (the rows after its last) and `newer` (the rows just before its first)."""
+
+    rows: list[dict[str, Any]]
+    older: str | None
+    newer: str | None
+    first: bool  # the newest page
+
+    @classmethod
+    def read(
+        cls,
+        fetch: Callable[[str | None, str | None], list[dict[str, Any]]],
+        token: Callable[[dict[str, Any]], str],
+        limit: int,
+        *,
+        cursor: str = "",
+        newer: str = "",
+    ) -> Keyset:
+        """`fetch(before, after)` returns up to limit + 1 rows, newest first: the newest ones
+        older than the cursor `before`, or (with `after`) the ones just newer than `after`."""
+        if newer:
+            rows = fetch(None, newer)
+            if len(rows) > limit:  # rows newer still: this is a page in the middle
+                rows = rows[-limit:]
+                return cls(rows, token(rows[-1]), token(rows[0]), first=False)
+            cursor = ""  # it reaches the newest row: show the newest page, full
+        rows = fetch(cursor or None, None)
+        older = token(rows[limit - 1]) if len(rows) > limit else None
+        rows = rows[:limit]
+        return cls(rows, older, token(rows[0]) if cursor and rows else None, first=not cursor)
+
+    def links(self, path: str, filters: dict[str, str]) -> dict[str, str | None]:
+        """The pager's addresses: the newest page, newer and older ones (None: there is none)."""
+        kept = {k: v for k, v in filters.items() if v}
+
+        def link(extra: dict[str, str]) -> str:
+            query = urlencode(kept | extra)
+            return f"{path}?{query}" if query else path
+
+        return {
+            "newest": None if self.first else link({}),
+            "newer": link({"newer": self.newer}) if self.newer else None,
+            "older": link({"cursor": self.older}) if self.older else None,
+        }
+
+
 def _history(
     conn: psycopg.Connection,
     principal: Principal,
     filters: dict[str, str],
     *,
-    cursor: str | None = None,
+    cursor: str = "",
+    newer: str = "",
     limit: int = PAGE,
-) -> tuple[list[dict[str, Any]], str | None, str | None]:
-    """A page of the history the key may read, with the cursor of the next one (the API's paging)."""
+) -> tuple[Keyset, str | None]:
+    """A page of the history the key may read (the API's cursors), or an error in a filter."""
+    empty = Keyset([], None, None, first=True)
     start = None
     if filters.get("since"):
         try:
             start = parse_since(filters["since"])
         except ValueError as exc:
-            return [], None, f"since: {exc}"
+            return empty, f"since: {exc}"
+
+    def fetch(before: str | None, after: str | None) -> list[dict[str, Any]]:
+        return history_rows(
+            conn,
+            automation=filters.get("automation") or None,
+            project=filters.get("project") or None,
+            run_id=filters.get("run_id") or None,
+            status=filters.get("status") or None,
+            since=start,
+            before=_after(before) if before else None,
+            after=_after(after) if after else None,
+            scopes=principal.scopes,
+            limit=limit + 1,
+        )
+
     try:
-        before = _after(cursor) if cursor else None
+        return Keyset.read(fetch, _cursor, limit, cursor=cursor, newer=newer), None
     except Invalid as exc:
-        return [], None, f"cursor: {exc.message}"
-    rows = history_rows(
-        conn,
-        automation=filters.get("automation") or None,
-        project=filters.get("project") or None,
-        run_id=filters.get("run_id") or None,
-        status=filters.get("status") or None,
-        since=start,
-        before=before,
-        scopes=principal.scopes,
-        limit=limit + 1,
+        return empty, f"cursor: {exc.message}"
+
+
+def _silences(
+    request: Request,
+    principal: Principal,
+    *,
+    include_ended: bool = False,
+    form: dict[str, str] | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    """The silences page: those the key covers, and (admin keys) the form that adds one."""
+    with deps.connect() as conn:
+        rows = silences.list_silences(conn, include_ended=include_ended, limit=200, scopes=principal.scopes)
+        covered = [a.name for a in automations.list_automations(conn, scopes=principal.scopes)]
+    now = clock.now()
+    for row in rows:
+        if row["active"]:
+            row["state"] = f"active, {format_duration(row['ends_at'] - now)} left"
+        elif row["starts_at"] > now:
+            row["state"] = "not started"
+        else:
+            row["state"] = "ended early" if row["ended_at"] is not None else "ended"
+    return render(
+        request,
+        "silences.html",
+        http_status=status,
+        rows=rows,
+        include_ended=include_ended,
+        now=now,
+        automations=covered,
+        form=form or {"for": "2h"},
+        error=error,
     )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, _cursor(rows[-1]) if more else None, None
+
+
+def _delivery_cursor(row: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(f"{row['created_at'].isoformat()}|{row['id']}".encode()).decode()
 
 
 def _delivery_after(cursor: str) -> tuple[datetime, str]:
     try:
         at, _, delivery_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(at), delivery_id
+        found = datetime.fromisoformat(at), str(uuid.UUID(delivery_id))
+        if found[0].tzinfo is None:
+            raise ValueError("no time zone")
+        return found
     except (ValueError, binascii.Error, UnicodeError):
         raise HTTPException(422, "not a cursor this page made (follow the page's own link)") from None
 
