@@ -181,7 +181,13 @@ class Dispatcher:
             self._in_flight -= reserved - len(claims)
             futures = [self._executor.submit(self._run, claim) for claim in claims]
             self._futures.update(futures)
+        for future in futures:  # outside the lock: a future already done calls back at once
+            future.add_done_callback(self._forget)
         return futures
+
+    def _forget(self, future: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
 
     def wake(self) -> None:
         """Look for due deliveries now (call after committing new triggers)."""
@@ -399,8 +405,6 @@ class Dispatcher:
             )
         finally:
             self._leave()
-            with self._lock:
-                self._futures = {f for f in self._futures if not f.done()}
             if not refilled:
                 self._wake.set()  # a worker is free: take the next due delivery
 
