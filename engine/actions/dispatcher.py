@@ -70,8 +70,9 @@ CLOSE_CHECK_SECONDS = (
     0.1  # a digest window still due (another service closing it) is looked at again after this
 )
 # Claims in flight per worker: a busy outbox claims once per group commit, so a worker needs
-# deliveries for the sends of about two commits ahead of it (fewer left the workers idle).
-CLAIMED_PER_WORKER = 4
+# deliveries for its sends until a commit that is slow (a busy database) has claimed more;
+# with fewer, the workers went idle during the slow commits.
+CLAIMED_PER_WORKER = 8
 
 
 @dataclass(frozen=True)
