@@ -18,6 +18,7 @@ from psycopg import sql
 from engine import db as enginedb
 from engine.actions import ssrf
 from engine.actions.ssrf import IPAddress
+from engine.actions.transport import CONNECTIONS
 from engine.localdb import LocalDatabase
 from engine.sdk import session as sdk_session
 from engine.settings import get_settings
@@ -95,6 +96,15 @@ def _close_sdk_sessions() -> Iterator[None]:
     """Each test's SDK connections are closed when it ends (not LINGER_SECONDS later)."""
     yield
     sdk_session.close_all()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_webhook_connections() -> Iterator[None]:
+    """Each test starts with no checked name and no kept webhook connection (a resolver
+    layout or a receiver of another test must not answer for it), and closes its own."""
+    CONNECTIONS.clear()
+    yield
+    CONNECTIONS.clear()
 
 
 # Resolver layouts of `localhost`: this machine's /etc/hosts (and many CI images) give only

@@ -64,7 +64,8 @@ Responder = Callable[[Received], Reply]
 class Receiver:
     """A real HTTP server on 127.0.0.1 (or `host`, e.g. ::1; over TLS with `tls`) that records
     requests and answers from a script: the replies given are used in order, the last one
-    repeats. Or give a function of the request."""
+    repeats. Or give a function of the request. It closes each connection after its answer,
+    unless `keep_alive` (HTTP/1.1 keep-alive; `connections` counts the connections accepted)."""
 
     def __init__(
         self,
@@ -72,7 +73,10 @@ class Receiver:
         port: int = 0,
         host: str = "127.0.0.1",
         tls: ssl.SSLContext | None = None,
+        keep_alive: bool = False,
     ):
+        self.keep_alive = keep_alive
+        self.connections = 0
         self.requests: list[Received] = []
         self.answered: list[tuple[Received, int]] = []  # (request, status) of each answer fully written
         self._replies = list(replies) or [Reply()]
@@ -132,13 +136,18 @@ def _handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:  # keep test output clean
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            with receiver._lock:
+                receiver.connections += 1
+
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             request = Received(self.command, self.path, dict(self.headers.items()), self.rfile.read(length))
             reply = receiver._next(request)
             if reply.hang:
                 receiver.release.wait(reply.hang)
-            self.close_connection = True
+            self.close_connection = not receiver.keep_alive
             if reply.misbehave == "reset":
                 self._reset()
             elif reply.misbehave == "reset-mid":
@@ -158,7 +167,8 @@ def _handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(reply.body)))
-                self.send_header("Connection", "close")
+                if not receiver.keep_alive:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(reply.body)
                 self.wfile.flush()

@@ -70,8 +70,9 @@ CLOSE_CHECK_SECONDS = (
     0.1  # a digest window still due (another service closing it) is looked at again after this
 )
 # Claims in flight per worker: a busy outbox claims once per group commit, so a worker needs
-# deliveries for the sends of about two commits ahead of it (fewer left the workers idle).
-CLAIMED_PER_WORKER = 4
+# deliveries for its sends until a commit that is slow (a busy database) has claimed more;
+# with fewer, the workers went idle during the slow commits.
+CLAIMED_PER_WORKER = 8
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,13 @@ class Dispatcher:
             self._in_flight -= reserved - len(claims)
             futures = [self._executor.submit(self._run, claim) for claim in claims]
             self._futures.update(futures)
+        for future in futures:  # outside the lock: a future already done calls back at once
+            future.add_done_callback(self._forget)
         return futures
+
+    def _forget(self, future: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
 
     def wake(self) -> None:
         """Look for due deliveries now (call after committing new triggers)."""
@@ -399,8 +406,6 @@ class Dispatcher:
             )
         finally:
             self._leave()
-            with self._lock:
-                self._futures = {f for f in self._futures if not f.done()}
             if not refilled:
                 self._wake.set()  # a worker is free: take the next due delivery
 

@@ -2,8 +2,11 @@
 
 * The target is checked by `ssrf.check_target` and the connection goes only to the checked
   addresses, each tried in turn (`transport.py`), while the URL, the `Host` header, the TLS
-  server name and the certificate check keep the host name. So DNS is asked once per hop
-  and its answer is the one that is used.
+  server name and the certificate check keep the host name. So the DNS answer that was
+  checked is the one that is used. A name's checked addresses serve the attempts of the next
+  few seconds, and a connection is kept open for the next attempt to the same checked
+  target (`transport.Connections`): a busy receiver costs neither a lookup nor a handshake
+  per attempt.
 * Redirects are followed by hand (at most 5), each target checked the same way. 307/308
   repeat the POST; 301/302/303 become a GET without body, as httpx and browsers do. Headers
   carrying secrets are dropped when a redirect leaves the original origin.
@@ -11,8 +14,8 @@
   decompression bomb) and only up to RESPONSE_BODY_LIMIT bytes: a 10 MB answer is not held.
 * `timeout` bounds the whole attempt, every hop and byte of it (`transport.py`): a receiver
   dripping its answer one byte at a time cannot hold a worker past it.
-* Environment proxies are ignored (`trust_env=False`): a proxy would resolve the name itself
-  and defeat the address check.
+* No environment proxy is used: a proxy would resolve the name itself and defeat the address
+  check. No cookie is kept, not even between the hops of one attempt.
 
 Nothing here raises for a delivery problem: the outcome is an `Attempt`.
 """
@@ -33,7 +36,7 @@ from engine import __version__, clock
 from engine.actions import ssrf
 from engine.actions.retry import is_retryable_status, parse_retry_after
 from engine.actions.secrets import REDACTED
-from engine.actions.transport import Pins, attempt_transport
+from engine.actions.transport import CONNECTIONS, Target, attempt_deadline
 from engine.exceptions import DeliveryError, PermanentDeliveryError
 
 # httpx logs every request URL at INFO; a URL can be a secret (Slack incoming webhooks), and
@@ -44,6 +47,8 @@ MAX_REDIRECTS = 5
 RESPONSE_BODY_LIMIT = 4096
 USER_AGENT = f"engine-automations/{__version__}"
 _ALWAYS_REDACTED = frozenset({"authorization", "x-automation-signature", "x-automation-signature-256"})
+# What an httpx client would add to every request (ours replace them where they clash).
+_CLIENT_HEADERS = (("Accept", "*/*"), ("Connection", "keep-alive"))
 
 
 @dataclass(frozen=True)
@@ -116,19 +121,15 @@ def post_json(
                 f"webhook URL must be http or https, not {hop.url.scheme or 'empty'}"
             )
         deadline = time.monotonic() + timeout  # for the whole attempt, redirects included
-        pins: Pins = {}
-        transport = attempt_transport(deadline, _tls_context(), pins)
-        with httpx.Client(
-            timeout=timeout, follow_redirects=False, trust_env=False, transport=transport
-        ) as client:
+        with attempt_deadline(deadline):
             for _ in range(MAX_REDIRECTS + 1):
-                outcome = _send_hop(client, hop, allow_hosts, deadline, secret_headers, pins)
+                outcome = _send_hop(hop, allow_hosts, timeout, deadline, secret_headers)
                 if isinstance(outcome, Attempt):
                     if hop.redirects:
                         record["redirects"] = [REDACTED if log_url else r for r in hop.redirects]
                     return outcome.with_(request=record)
                 hop = outcome
-            raise PermanentDeliveryError(f"more than {MAX_REDIRECTS} redirects")
+        raise PermanentDeliveryError(f"more than {MAX_REDIRECTS} redirects")
     except PermanentDeliveryError as exc:
         return Attempt(record, error=str(exc), retryable=False)
     except DeliveryError as exc:
@@ -142,23 +143,33 @@ def post_json(
 
 
 def _send_hop(
-    client: httpx.Client,
     hop: _Hop,
     allow_hosts: str,
+    timeout: float,
     deadline: float,
     secret_headers: Collection[str],
-    pins: Pins,
 ) -> Attempt | _Hop:
     """Send one hop to the checked addresses; an Attempt when done, the next hop on a redirect."""
     url = hop.url
     if url.scheme not in ("http", "https"):
         raise PermanentDeliveryError(f"redirect to a non-http URL refused: {url}")
     port = url.port or (443 if url.scheme == "https" else 80)
+    addresses = CONNECTIONS.checked(
+        url.host, port, allow_hosts, lambda: ssrf.check_target(url.host, port, allow_hosts)
+    )
     # The transport connects to the name only through these (httpcore hands it the raw host).
-    pins[url.raw_host.decode("ascii")] = [str(a) for a in ssrf.check_target(url.host, port, allow_hosts)]
+    checked = Target(url.scheme, url.raw_host.decode("ascii"), port, addresses, allow_hosts, _tls_context())
     headers = httpx.Headers(hop.headers)
-    request = client.build_request(hop.method, url, headers=headers, content=hop.body)
-    response = client.send(request, stream=True)
+    sent = httpx.Headers(_CLIENT_HEADERS)
+    sent.update(headers)
+    request = httpx.Request(
+        hop.method,
+        url,
+        headers=sent,
+        content=hop.body,
+        extensions={"timeout": httpx.Timeout(timeout).as_dict()},
+    )
+    response = CONNECTIONS.transport(checked).handle_request(request)
     try:
         location = response.headers.get("Location")
         if response.is_redirect and location:

@@ -74,8 +74,9 @@ def resolve(action: ActionModel, settings: Settings | None = None) -> Secrets:
     name, but it is scrubbed like one."""
     values: dict[str, str] = {}
     by_field: dict[str, str] = {}
+    fields = type(action).model_fields  # a field the model lacks costs pydantic an exception
     for field_name in SECRET_FIELDS:
-        ref: EnvSecret | None = getattr(action, field_name, None)
+        ref: EnvSecret | None = getattr(action, field_name) if field_name in fields else None
         if ref is None:
             continue
         value = read_env(ref.env)

@@ -10,10 +10,12 @@ scrubbed of every secret value.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from engine import clock
@@ -37,6 +39,14 @@ SENDERS: dict[str, Callable[..., Attempt]] = {
 }
 
 
+@lru_cache(maxsize=256)
+def _stored(text: str) -> ActionModel:
+    """The model of a stored action, by its JSON text: the deliveries of one automation carry
+    the same action, and validating it is a large part of an attempt's own work. Senders only
+    read the model."""
+    return stored_action(json.loads(text))
+
+
 def send_action(
     delivery_id: str,
     action: ActionModel | Mapping[str, Any],
@@ -56,7 +66,7 @@ def send_action(
     try:
         if isinstance(action, Mapping):
             try:
-                action = stored_action(action)
+                action = _stored(json.dumps(action, sort_keys=True))
             except ValueError as exc:
                 raise PermanentDeliveryError(str(exc)) from None
         resolved = secretsmod.resolve(action, settings)

@@ -1,53 +1,100 @@
-"""The httpx transport of one attempt: connections go only to the addresses the policy
-checked, trying each in turn, and every connect, read and write ends by one deadline.
+"""The httpx transport of webhook requests: connections go only to the addresses the policy
+checked, trying each in turn, are kept open between attempts to the same checked target, and
+every connect, read and write of one attempt ends by one deadline.
 
 * **Pinned addresses.** `http.py` resolves and checks each hop's host (`ssrf.check_target`)
-  and records the checked addresses under the host's name (`Pins`). Connecting to that name
-  tries them in order; a connection refused, unreachable or timed out on one goes on to the
+  and asks `Connections.transport` for the transport of that target: (scheme, host, port,
+  checked addresses, address policy, TLS context). Its connections go only to those
+  addresses, in order; a connection refused, unreachable or timed out on one goes on to the
   next (a host with `::1` and `127.0.0.1`, or with AAAA and A records, still reaches a server
-  listening on only one of them). The name itself is never looked up again, so a second DNS
-  answer cannot swap in an unchecked address; a name without pins is refused. The URL keeps
-  the host name, so the `Host` header, the TLS server name and the certificate check are
-  those of the name, whichever address answered.
+  listening on only one of them). The name itself is never looked up here, so a second DNS
+  answer cannot swap in an unchecked address; any other name is refused. The URL keeps the
+  host name, so the `Host` header, the TLS server name and the certificate check are those of
+  the name, whichever address answered.
+* **Kept-alive connections.** A target's transport keeps idle connections (HTTP/1.1
+  keep-alive) for KEEPALIVE_SECONDS, so the next attempt to the same target skips the TCP and
+  TLS handshakes. A connection is reused only by the same target: when DNS answers another
+  address, or the policy changes, the target differs and so do its connections (the old
+  target's are closed). `Connections.checked` keeps a name's checked addresses for
+  CHECK_TTL_SECONDS; after that the name is resolved and checked again.
 * **One deadline.** httpx's `timeout` bounds each socket operation, not the request: a
   receiver that sends its answer one byte at a time, each within the timeout, holds the
   request (and a delivery worker) for as long as it likes — past the delivery's lease, after
   which it is claimed and sent again. Here every operation of one attempt gets at most the
-  time left until the attempt's deadline, so `timeout` bounds the whole attempt, redirects
-  included (the dispatcher's lease counts on it). Each address gets an equal share of the
-  time left for its connect, so one that drops packets leaves time for the next.
+  time left until the attempt's deadline (`attempt_deadline`, set by the thread sending the
+  attempt), so `timeout` bounds the whole attempt, redirects included (the dispatcher's lease
+  counts on it). Each address gets an equal share of the time left for its connect, so one
+  that drops packets leaves time for the next.
 
 Both happen at httpcore's network layer (`network_backend`), the one place every socket
 operation passes through. httpx's own transport has no public way to take a backend, so the
-attempt's transport is a transport of ours (httpx's documented extension point,
-`httpx.BaseTransport`) over an httpcore connection pool that has the backend; it turns
-httpcore's errors into httpx's, as httpx's transport does, so callers see only httpx.
+transport is one of ours (httpx's documented extension point, `httpx.BaseTransport`) over an
+httpcore connection pool that has the backend; it turns httpcore's errors into httpx's, as
+httpx's transport does, so callers see only httpx.
 Tested in tests/integration/test_fault_receivers.py against a receiver that drips its
 headers, and in tests/integration/test_actions_transport.py with both orders of
-`localhost`'s addresses.
+`localhost`'s addresses and with a receiver counting the connections it accepts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import ssl
+import threading
 import time
 import typing
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import httpcore
 import httpx
 
-Pins = dict[str, list[str]]  # host as in the URL (IDNA, no brackets) -> checked addresses, in order
+# Idle connections are closed after this long: shorter than the common servers' keep-alive
+# timeouts (Node 5 s, Apache 5 s), so a kept connection is rarely one the server is closing.
+KEEPALIVE_SECONDS = 3.0
+# A name's checked addresses are used this long before it is resolved and checked again.
+CHECK_TTL_SECONDS = 5.0
+# Targets whose connections are kept (least recently used ones are closed beyond it).
+MAX_TARGETS = 64
+# Idle connections kept per target (more are opened when more attempts run at once).
+KEEPALIVE_PER_TARGET = 16
+
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("attempt_deadline", default=math.inf)
 
 
-class _AttemptBackend(httpcore.SyncBackend):
-    def __init__(self, deadline: float, pins: Pins):
-        self.deadline = deadline
-        self.pins = pins
+@contextlib.contextmanager
+def attempt_deadline(deadline: float) -> Iterator[None]:
+    """Every socket operation this thread makes inside ends by `deadline` (monotonic)."""
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a connection may be reused: the same name, reached at the same checked addresses
+    under the same policy (and TLS context)."""
+
+    scheme: str
+    host: str  # as in the URL (IDNA, no brackets): what httpcore hands the backend
+    port: int
+    addresses: tuple[str, ...]  # checked by the policy, in the order to try them
+    policy: str  # ENGINE_WEBHOOK_ALLOW_HOSTS as the check used it
+    tls: ssl.SSLContext
+
+
+class _PinnedBackend(httpcore.SyncBackend):
+    def __init__(self, host: str, addresses: tuple[str, ...]):
+        self.host = host
+        self.addresses = addresses
 
     def left(self, timeout: float | None, error: type[Exception] = httpcore.ReadTimeout) -> float:
-        remaining = self.deadline - time.monotonic()
+        remaining = _deadline.get() - time.monotonic()
         if remaining <= 0:
             raise error("the attempt's deadline has passed")
         return remaining if timeout is None else min(timeout, remaining)
@@ -60,9 +107,9 @@ class _AttemptBackend(httpcore.SyncBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[typing.Any] | None = None,
     ) -> httpcore.NetworkStream:
-        addresses = self.pins.get(host)
-        if not addresses:  # never looked up here: that would bypass the address check
+        if host != self.host or not self.addresses:  # never looked up here: that would bypass the check
             raise httpcore.ConnectError(f"{host} was not checked by the address policy")
+        addresses = self.addresses
         options = list(socket_options or ())
         failures: list[str] = []
         for position, address in enumerate(addresses):
@@ -79,7 +126,7 @@ class _AttemptBackend(httpcore.SyncBackend):
 
 
 class _DeadlineStream(httpcore.NetworkStream):
-    def __init__(self, stream: httpcore.NetworkStream, backend: _AttemptBackend):
+    def __init__(self, stream: httpcore.NetworkStream, backend: _PinnedBackend):
         self._stream, self._backend = stream, backend
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -149,9 +196,15 @@ class _Body(httpx.SyncByteStream):
             close()
 
 
-class _AttemptTransport(httpx.BaseTransport):
-    def __init__(self, ssl_context: ssl.SSLContext, backend: _AttemptBackend):
-        self._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=backend)
+class _PinnedTransport(httpx.BaseTransport):
+    def __init__(self, target: Target):
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=target.tls,
+            max_connections=None,  # one per attempt in flight: a worker never waits for another's
+            max_keepalive_connections=KEEPALIVE_PER_TARGET,
+            keepalive_expiry=KEEPALIVE_SECONDS,
+            network_backend=_PinnedBackend(target.host, target.addresses),
+        )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not isinstance(request.stream, httpx.SyncByteStream):
@@ -173,14 +226,88 @@ class _AttemptTransport(httpx.BaseTransport):
             headers=response.headers,
             stream=_Body(response.stream),
             extensions=response.extensions,
+            request=request,
         )
+
+    def close_if_idle(self) -> bool:
+        """Close the idle connections; when every one was idle, the whole transport (True)."""
+        connections = self._pool.connections
+        if all(c.is_idle() or c.is_closed() for c in connections):
+            self.close()
+            return True
+        for connection in connections:
+            if connection.is_idle():
+                connection.close()
+        return False
 
     def close(self) -> None:
         with _as_httpx_errors():
             self._pool.close()
 
 
-def attempt_transport(deadline: float, ssl_context: ssl.SSLContext, pins: Pins) -> httpx.BaseTransport:
-    """A transport for one attempt: connects only to `pins` (filled in by the caller per hop),
-    and every socket operation ends by `deadline` (monotonic)."""
-    return _AttemptTransport(ssl_context, _AttemptBackend(deadline, pins))
+class Connections:
+    """The process's kept connections, by target, and the names' checked addresses.
+
+    `checked(host, port, policy, check)` gives a name's addresses as `check` (the policy)
+    returned them, at most CHECK_TTL_SECONDS ago; `transport(target)` the transport of a
+    target, made on first use. A name that resolves to other addresses, or a policy that
+    changed, makes another target: the previous target of the same (scheme, host, port) is
+    closed then, so no connection outlives the check it was made under.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._checked: dict[tuple[str, int, str], tuple[float, tuple[str, ...]]] = {}
+        self._transports: OrderedDict[Target, _PinnedTransport] = OrderedDict()
+        self._retired: list[_PinnedTransport] = []  # replaced or evicted, a connection still in use
+
+    def checked(
+        self, host: str, port: int, policy: str, check: Callable[[], typing.Sequence[object]]
+    ) -> tuple[str, ...]:
+        key = (host, port, policy)
+        now = time.monotonic()
+        with self._lock:
+            found = self._checked.get(key)
+        if found is not None and now - found[0] < CHECK_TTL_SECONDS:
+            return found[1]
+        addresses = tuple(str(a) for a in check())  # raises when refused: nothing is kept
+        with self._lock:
+            self._checked[key] = (now, addresses)
+            if len(self._checked) > 4 * MAX_TARGETS:  # names no longer sent to
+                for stale in [k for k, v in self._checked.items() if now - v[0] >= CHECK_TTL_SECONDS]:
+                    del self._checked[stale]
+        return addresses
+
+    def transport(self, target: Target) -> httpx.BaseTransport:
+        with self._lock:
+            found = self._transports.get(target)
+            if found is not None:
+                self._transports.move_to_end(target)
+                return found
+            for other in list(self._transports):
+                if (other.scheme, other.host, other.port) == (target.scheme, target.host, target.port):
+                    self._retired.append(self._transports.pop(other))
+            found = self._transports[target] = _PinnedTransport(target)
+            while len(self._transports) > MAX_TARGETS:
+                self._retired.append(self._transports.popitem(last=False)[1])
+            retired, self._retired = self._retired, []
+        # An attempt may still be using a retired target's connection: close the target once
+        # it is not (and its idle connections now); until then it is looked at on each new target.
+        busy = [t for t in retired if not t.close_if_idle()]
+        if busy:
+            with self._lock:
+                self._retired += busy
+        return found
+
+    def clear(self) -> None:
+        """Forget every checked name and close every kept connection."""
+        with self._lock:
+            transports = [*self._transports.values(), *self._retired]
+            self._transports.clear()
+            self._retired.clear()
+            self._checked.clear()
+        for transport in transports:
+            transport.close()
+
+
+CONNECTIONS = Connections()

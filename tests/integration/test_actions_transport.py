@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.actions import ssrf
+from engine.actions import ssrf, transport
 from engine.actions.http import post_json
 from tests.receiver import Receiver, Reply, make_certificate, server_tls
 
@@ -117,3 +117,82 @@ def test_when_every_address_fails_each_is_named(monkeypatch, other_family_refuse
         attempt.error
         == "connection failed: ::1: [Errno 111] Connection refused; 127.0.0.1: [Errno 111] Connection refused"
     )
+
+
+# -- kept connections ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """`pool.test` resolves to the addresses in `answers` (the last one repeats); `calls` counts
+    the lookups."""
+
+    class Resolver:
+        def __init__(self) -> None:
+            self.answers = [["127.0.0.1"]]
+            self.calls = 0
+
+        def __call__(self, host: str, port: int) -> list[ssrf.IPAddress]:
+            self.calls += 1
+            answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+            return [ipaddress.ip_address(a) for a in answer]
+
+    found = Resolver()
+    monkeypatch.setattr(ssrf, "resolve", found)
+    return found
+
+
+def test_a_connection_is_kept_for_the_next_attempt_to_the_same_target(resolver):
+    with Receiver(keep_alive=True) as rx:
+        for _ in range(3):
+            attempt = post_json(
+                f"http://pool.test:{rx.port}/hook", b"{}", {}, timeout=5, allow_hosts="127.0.0.1"
+            )
+            assert attempt.succeeded, attempt.error
+        assert len(rx.requests) == 3 and rx.connections == 1
+    assert resolver.calls == 1  # checked once, within CHECK_TTL_SECONDS
+
+
+def test_a_name_checked_again_to_the_same_address_keeps_its_connection(resolver, monkeypatch):
+    monkeypatch.setattr(transport, "CHECK_TTL_SECONDS", 0.0)  # every attempt resolves and checks again
+    with Receiver(keep_alive=True) as rx:
+        for _ in range(3):
+            attempt = post_json(
+                f"http://pool.test:{rx.port}/hook", b"{}", {}, timeout=5, allow_hosts="127.0.0.1"
+            )
+            assert attempt.succeeded, attempt.error
+        assert resolver.calls == 3 and rx.connections == 1
+
+
+def test_another_address_from_dns_gets_a_new_connection(resolver, monkeypatch):
+    monkeypatch.setattr(transport, "CHECK_TTL_SECONDS", 0.0)
+    resolver.answers = [["127.0.0.1"], ["127.0.0.2"]]
+    with Receiver(host="0.0.0.0", keep_alive=True) as rx:  # both loopback addresses reach it
+        for _ in range(3):
+            attempt = post_json(
+                f"http://pool.test:{rx.port}/hook", b"{}", {}, timeout=5, allow_hosts="127.0.0.0/8"
+            )
+            assert attempt.succeeded, attempt.error
+        # 127.0.0.1 once, then 127.0.0.2 twice on one new connection
+        assert rx.connections == 2 and len(rx.requests) == 3
+
+
+def test_a_policy_change_gets_a_new_connection(resolver):
+    with Receiver(keep_alive=True) as rx:
+        for policy in ("127.0.0.1", "127.0.0.1", "127.0.0.0/8"):
+            attempt = post_json(f"http://pool.test:{rx.port}/hook", b"{}", {}, timeout=5, allow_hosts=policy)
+            assert attempt.succeeded, attempt.error
+        assert rx.connections == 2 and len(rx.requests) == 3
+
+
+def test_a_kept_connection_never_serves_a_name_that_now_resolves_to_a_refused_address(resolver, monkeypatch):
+    """DNS rebinding against the kept connection: once the check is due again, the new answer
+    (a private address) refuses the name, whatever connection is open to the old one."""
+    monkeypatch.setattr(transport, "CHECK_TTL_SECONDS", 0.0)
+    resolver.answers = [["127.0.0.1"], ["10.0.0.1"]]
+    with Receiver(keep_alive=True) as rx:
+        first = post_json(f"http://pool.test:{rx.port}/hook", b"{}", {}, timeout=5, allow_hosts="127.0.0.1")
+        second = post_json(f"http://pool.test:{rx.port}/hook", b"{}", {}, timeout=5, allow_hosts="127.0.0.1")
+    assert first.succeeded, first.error
+    assert not second.retryable and "private address 10.0.0.1" in second.error
+    assert len(rx.requests) == 1

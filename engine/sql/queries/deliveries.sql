@@ -17,7 +17,8 @@ SELECT
     t.tag,
     t.details,
     a.name                    AS automation_name,
-    a.rule,
+    -- only for ${metric_filter}, which the evaluator records with the trigger (details) today
+    CASE WHEN t.details ? 'metric_filter' THEN NULL ELSE a.rule END AS rule,
     r.run_id,
     r.name                    AS run_name,
     r.state                   AS run_state,
