@@ -122,6 +122,34 @@ def test_runs_and_log_batches_are_stored_once_however_often_they_are_sent(conn, 
     assert conn.execute("SELECT last_used_at IS NOT NULL FROM api_keys").fetchone() == (True,)
 
 
+def test_a_last_batch_ends_its_run_in_the_same_request_and_a_retry_answers_the_same(
+    conn, database_url, tmp_path
+):
+    key = make_key(conn, "trainer", "ingest", "acme/*")
+    with WebProcess(database_url, tmp_path / "web.log") as web, web.client(key) as http:
+        assert http.post("/api/v1/runs", json={"project": "acme/vision", "id": "r1"}).status_code == 201
+        last = {"batch_id": "last", "rows": [{"values": {"loss": 0.5}}], "finish": {"exit_code": 3}}
+        first = http.post(RUN + "/log", json=last)
+        assert first.status_code == 200, first.text
+        assert first.json()["finished"] == {"id": "r1", "state": "failed", "changed": True}
+        # the answer was lost: the retry stores nothing again and answers the run's state
+        again = http.post(RUN + "/log", json=last)
+        assert again.status_code == 200, again.text
+        assert again.json()["duplicate"] and again.json()["finished"] == {
+            "id": "r1",
+            "state": "failed",
+            "changed": False,
+        }
+        # another batch for the ended run is refused as before
+        late = http.post(RUN + "/log", json={**last, "batch_id": "late"})
+        assert late.status_code == 422 and "resume it" in late.json()["detail"], late.text
+    assert points(conn, "r1") == [("loss", 0, 0.5)]
+    states = conn.execute(
+        "SELECT t.to_state FROM run_transitions t JOIN runs r ON r.id = t.run_pk WHERE r.run_id = 'r1' ORDER BY t.id"
+    ).fetchall()
+    assert states[-1] == ("failed",) and len([s for s in states if s == ("failed",)]) == 1
+
+
 def test_automations_history_deliveries_and_explanations(conn, database_url, tmp_path):
     teams = TwoTeams(conn)
     admin = make_key(conn, "ci", "admin", "acme/*")
