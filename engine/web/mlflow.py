@@ -53,7 +53,7 @@ from engine.settings import get_settings
 from engine.web import ingest
 from engine.web.auth import Invalid, Principal, access
 from engine.web.deps import Conn
-from engine.web.models import _number
+from engine.web.models import number
 
 PREFIX = "/mlflow"
 API = "/api/2.0/mlflow"
@@ -572,9 +572,7 @@ def _metric_rows(
             raise MlflowError("INVALID_PARAMETER_VALUE", f"metrics[{index}] must be an object")
         try:
             key = ingest.check_key(metric.get("key"))
-            value = _number(metric.get("value"))
-            if not isinstance(value, float):
-                raise TypeError(f"metric {key!r}: the value must be a number")
+            value = number(metric.get("value"))
         except (TypeError, ValueError) as exc:
             raise MlflowError("INVALID_PARAMETER_VALUE", f"metrics[{index}]: {exc}") from None
         step = _int(metric.get("step"), "step", 0)

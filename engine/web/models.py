@@ -6,28 +6,63 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import CoreSchema, core_schema
 
 # JSON has no NaN or infinities: a value may be written as one of these strings.
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-def _number(value: Any) -> Any:
-    if isinstance(value, str):
-        if value in _NON_FINITE:
-            return _NON_FINITE[value]
-        raise ValueError('must be a number, or "NaN", "Infinity" or "-Infinity"')
-    if isinstance(value, bool):
-        return float(value)  # as run.log: True is 1.0
-    if isinstance(value, int):
-        try:
-            return float(value)
-        except OverflowError:
-            raise ValueError("is too large for a double precision number") from None
-    return value
+class _NumberSchema:
+    """A metric value as JSON writes it: a number, true/false (1.0/0.0, as run.log takes
+    them) or one of the _NON_FINITE strings; checked by pydantic-core alone (no Python call
+    per value: a log batch holds thousands). `numbers` turns what passed into floats."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.union_schema(
+            [
+                core_schema.float_schema(strict=True),  # integers too; beyond a double: ±Infinity
+                core_schema.literal_schema(list(_NON_FINITE)),
+                core_schema.bool_schema(strict=True),
+            ],
+            mode="left_to_right",
+            custom_error_type="number",
+            custom_error_message='must be a number, or "NaN", "Infinity" or "-Infinity"',
+        )
 
 
-Number = Annotated[float, BeforeValidator(_number)]
+Number = Annotated[float | str | bool, _NumberSchema]
+
+
+_NUMBER: TypeAdapter[float | str | bool] = TypeAdapter(Number)
+
+
+def number(value: Any) -> float:
+    """One metric value (decoded JSON) as a float; ValueError saying why it is not one."""
+    try:
+        checked = _NUMBER.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"]) from None
+    return _NON_FINITE[checked] if isinstance(checked, str) else float(checked)
+
+
+def numbers(values: dict[str, Number]) -> tuple[float, ...]:
+    """The values of a validated `dict[str, Number]` as floats."""
+    found = tuple(values.values())
+    if all(type(v) is float for v in found):
+        return found  # type: ignore[return-value]  # the usual row
+    return tuple(_NON_FINITE[v] if isinstance(v, str) else float(v) for v in found)
+
+
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
 
 

@@ -26,6 +26,7 @@ from engine.web.models import (
     RunOut,
     StateOut,
     StopRequested,
+    numbers,
 )
 from engine.web.routes.artifacts import artifact_out
 
@@ -111,7 +112,7 @@ def log(
                     raise Invalid(("body", "rows", index, "values", key), str(exc)) from None
             checked.add(keys)
         total += len(keys)
-        rows.append((row.time, row.step, keys, tuple(row.values.values())))
+        rows.append((row.time, row.step, keys, numbers(row.values)))
     system = []
     checked.clear()
     for index, sample in enumerate(body.system):
@@ -126,7 +127,7 @@ def log(
                     raise Invalid(("body", "system", index, "values", key), str(exc)) from None
             checked.add(keys)
         total += len(keys)
-        system.append((sample.time, keys, tuple(sample.values.values())))
+        system.append((sample.time, keys, numbers(sample.values)))
     if total > ingest.MAX_BATCH_POINTS:
         raise Invalid(("body", "rows"), f"a batch holds at most {ingest.MAX_BATCH_POINTS} points; split it")
     stored = ingest.store_batch(
