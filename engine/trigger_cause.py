@@ -69,5 +69,10 @@ class MetricCause:
         )
 
     def columns(self) -> dict[str, Any]:
-        """The columns of `triggers` (the names are the fields')."""
-        return dataclasses.asdict(self)
+        """The columns of `triggers` (the names are the fields'). Not `dataclasses.asdict`,
+        which deep-copies every value: ~30 us per trigger, a tenth of a tick that fires
+        thousands."""
+        return {name: getattr(self, name) for name in _COLUMNS}
+
+
+_COLUMNS = tuple(f.name for f in dataclasses.fields(MetricCause))

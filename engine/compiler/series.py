@@ -23,8 +23,11 @@ def pending(mode: Mode) -> exp.Select:
                 frag("CASE WHEN COUNT(b.seq_bound) = COUNT(*) THEN MAX(b.seq_bound) END").as_("seq_bound"),
             )
             .from_(exp.to_table("series_batches").as_("b"))
-            .join(exp.to_table("metric_keys").as_("k"), on=col("id", "k").eq(col("key_id", "b")))
-            .where(col("key", "k").eq(param("metric")))
+            # the metric's key looked up once (a join did it per batch of the span in the
+            # generic plan), so that the (key_id, xid) index finds the metric's batches
+            .where(
+                col("key_id", "b").eq(frag("(SELECT k.id FROM metric_keys AS k WHERE k.key = %(metric)s)"))
+            )
             .where(col("xid", "b") >= xid(param("from_xid")))
             .where(col("xid", "b") < xid(param("to_xid")))
             .group_by(col("run_pk", "b"), col("key_id", "b"))

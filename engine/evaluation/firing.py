@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+import pydantic_core
 from psycopg.types.json import Jsonb
 
 from engine import clock
@@ -211,17 +212,21 @@ def _json_floats(values: list[float] | str | None) -> list[float | str | None] |
 
 
 def trigger_row(stored: StoredAutomation, firing: Firing) -> dict[str, Any]:
-    """One row of `insert_triggers` (JSON: the statement reads them with jsonb_to_recordset)."""
-    return {
+    """One row of `insert_triggers` (JSON: the statement reads them with jsonb_to_recordset;
+    a column left out is NULL, so that a tick firing thousands sends no more than it must)."""
+    row: dict[str, Any] = {
         "automation_id": stored.id,
         "automation_version": stored.version,
         "event_type": firing.event_type,
         "cause": firing.cause,
+        "value_time": firing.time.isoformat(),
+        "details": firing.details,
+    }
+    optional = {
         "run_pk": firing.run_pk,
         "event_id": firing.event_id,
         "metric": firing.metric,
         "step": firing.step,
-        "value_time": firing.time.isoformat(),
         "value": _json_float(firing.value),
         "window_values": _json_floats(firing.window_values),
         "prior_values": _json_floats(firing.prior_values),
@@ -230,10 +235,17 @@ def trigger_row(stored: StoredAutomation, firing: Firing) -> dict[str, Any]:
         "alias": firing.alias,
         "tag": firing.tag,
         "artifact_version_id": firing.artifact_version_id,
-        "details": firing.details,
+        "key_id": firing.key_id,
         **(firing.metric_cause.columns() if firing.metric_cause else {}),
-        **({"key_id": firing.key_id} if firing.key_id is not None else {}),
     }
+    row.update((name, value) for name, value in optional.items() if value is not None)
+    return row
+
+
+def _to_json(value: Any) -> bytes:
+    """The trigger rows as JSON, written by pydantic-core (~4x faster than `json.dumps` on
+    thousands of rows); non-finite floats, already strings, stay as they are."""
+    return pydantic_core.to_json(value, inf_nan_mode="strings")
 
 
 def fire(
@@ -284,7 +296,7 @@ def fire(
     flow.lock_gates(conn, actions)  # rate limits and digests: counted under the action's lock
     inserted = conn.execute(
         query("insert_triggers"),
-        {"triggers": Jsonb(triggers), "actions": Jsonb(actions), "now": clock.now()},
+        {"triggers": Jsonb(triggers, dumps=_to_json), "actions": Jsonb(actions), "now": clock.now()},
     ).fetchone()
     assert inserted is not None
     return int(inserted[0])

@@ -173,3 +173,29 @@ def test_idle_frontiers_move_past_other_writes_and_rest_when_nothing_is_written(
         eager.close()
     assert triggers(conn) == []
     run.finish()
+
+
+def test_the_evaluator_prepares_its_statements_on_its_own_connection(conn, database_url):
+    """The pool's connections prepare nothing (PgBouncer), but the evaluator's leased ones
+    do: a tick must not plan its group queries again (at 1,000 rules that was most of a tick
+    with nothing new)."""
+    from engine.evaluation import Evaluator
+    from engine.settings import Settings
+
+    apply_yaml(conn, ACCURACY)
+    run = engine.init(project="acme/vision", name="prepared", system_metrics_interval=0)
+    evaluator = Evaluator(database_url, Settings(database_url=database_url, evaluation_connections=1))
+    try:
+        log_series(run, "accuracy", [0.7] * 5)
+        evaluator.tick()
+        log_series(run, "accuracy", [0.7], start_step=5, start=T0 + timedelta(hours=30))
+        evaluator.tick()
+        own = evaluator._conn
+        assert own is not None
+        prepared = [s for (s,) in own.execute("SELECT statement FROM pg_prepared_statements").fetchall()]
+        assert any("series_batches" in s and "scopes" in s for s in prepared), prepared  # the group query
+        assert any("What a tick starts from" in s for s in prepared), prepared  # tick_state
+    finally:
+        evaluator.close()
+    assert [t["step"] for t in triggers(conn)] == [4, 5]
+    run.finish()

@@ -12,11 +12,16 @@ WITH scopes AS MATERIALIZED (
     MAX(b.last_pos) AS last_pos,
     CASE WHEN COUNT(b.seq_bound) = COUNT(*) THEN MAX(b.seq_bound) END AS seq_bound
   FROM series_batches AS b
-  JOIN metric_keys AS k
-    ON k.id = b.key_id
   WHERE
     (
-      k.key = %(metric)s AND b.xid >= CAST(%(from_xid)s AS xid8)
+      b.key_id = (
+        SELECT
+          k.id
+        FROM metric_keys AS k
+        WHERE
+          k.key = %(metric)s
+      )
+      AND b.xid >= CAST(%(from_xid)s AS xid8)
     )
     AND b.xid < CAST(%(to_xid)s AS xid8)
   GROUP BY
