@@ -11,7 +11,7 @@ Flushes run one at a time (a lock), so batches of a run are sent in logging orde
 transport that sends each run on its own (the HTTP one: a request per run) gets batches of
 one run (`runs_per_batch`): the flush lock is then held for one request at a time, so a
 run's `flush` sends its own run first and waits behind at most one request of other runs,
-not one per run buffered. When the transport cannot reach its end the batch is sent again,
+not one per run buffered (the thread's pass lets a waiting `flush` go before its next batch). When the transport cannot reach its end the batch is sent again,
 as it was (same points, same `seq`: a transport whose answer was lost can have the other end
 recognise it), with backoff, before anything logged since; the buffer is bounded by `buffer_max_points`, after which `append` blocks until
 there is room instead of dropping anything.
@@ -183,6 +183,7 @@ class Writer:
         self._retry: list[Part] = []  # the batch whose send failed: sent again before anything else
         self._batches = 0  # seq of the last batch made
         self._blocked = 0  # appenders waiting for room
+        self._urgent = 0  # runs' flushes waiting for the flush lock: the thread's pass lets them in first
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.last_error: EngineError | None = None  # of the last flush; None once one succeeds
@@ -465,49 +466,65 @@ class Writer:
         send them as one batch; returns how many. With `first` (a run's flush), its points go
         first, and a batch of limited runs holds only them (none buffered: nothing is sent,
         unless a failed batch waits to be sent again)."""
-        with self._flush_lock:
-            try:
-                self._open_pending()
-            except EngineError as exc:
-                self.last_error = exc
-                raise
+        urgent = first is not None  # a run's flush
+        if urgent:
             with self._lock:
-                if self._retry:
-                    parts, seq = self._retry, self._batches
-                else:
-                    parts = self._take(MAX_BATCH_POINTS, first)
-                    seq = self._batches = self._batches + 1
-                # streams whose last points are in this batch carry their closing change
-                closing = [
-                    (p.stream, p.stream.closing)
-                    for p in parts
-                    if p.stream.closing is not None and not p.stream.queued
-                ]
-            if not parts:
-                return 0
-            try:
-                result = self._transport.send(Batch(parts, closing, seq))
-            except BaseException as exc:
+                self._urgent += 1
+        try:
+            self._flush_lock.acquire()
+        finally:
+            if urgent:
                 with self._lock:
-                    self._retry = parts
-                if isinstance(exc, EngineError):
-                    self.last_error = exc
-                raise
-            self._retry = []  # (only flushes and `discard`, under the flush lock, touch it)
-            self._recovered()
+                    self._urgent -= 1
+                    self._wake.notify_all()  # the thread's pass may go on (after this flush)
+        try:
+            return self._flush_once(first)
+        finally:
+            self._flush_lock.release()
+
+    def _flush_once(self, first: Stream | None) -> int:
+        try:
+            self._open_pending()
+        except EngineError as exc:
+            self.last_error = exc
+            raise
+        with self._lock:
+            if self._retry:
+                parts, seq = self._retry, self._batches
+            else:
+                parts = self._take(MAX_BATCH_POINTS, first)
+                seq = self._batches = self._batches + 1
+            # streams whose last points are in this batch carry their closing change
+            closing = [
+                (p.stream, p.stream.closing)
+                for p in parts
+                if p.stream.closing is not None and not p.stream.queued
+            ]
+        if not parts:
+            return 0
+        try:
+            result = self._transport.send(Batch(parts, closing, seq))
+        except BaseException as exc:
             with self._lock:
-                for stream, answer in result.closed:
-                    stream.closing, stream.closed = None, answer
-                for stream, automation in result.stop:
-                    if stream.stop is None:
-                        stream.stop = automation
-                total = 0
-                for part in parts:
-                    part.stream.inflight -= part.n
-                    total += part.n
-                self._inflight -= total
-                self._room.notify_all()
-            return total
+                self._retry = parts
+            if isinstance(exc, EngineError):
+                self.last_error = exc
+            raise
+        self._retry = []  # (only flushes and `discard`, under the flush lock, touch it)
+        self._recovered()
+        with self._lock:
+            for stream, answer in result.closed:
+                stream.closing, stream.closed = None, answer
+            for stream, automation in result.stop:
+                if stream.stop is None:
+                    stream.stop = automation
+            total = 0
+            for part in parts:
+                part.stream.inflight -= part.n
+                total += part.n
+            self._inflight -= total
+            self._room.notify_all()
+        return total
 
     def _take(self, cap: int, first: Stream | None = None) -> list[Part]:
         batch: list[Part] = []
@@ -590,7 +607,10 @@ class Writer:
                 batches = 1 if self.runs_per_batch is None else -(-len(self._dirty) // self.runs_per_batch)
             try:
                 for _ in range(max(1, batches)):
-                    if not self.flush_once() or self._stopping:
+                    # a lock is not fair: a run's `flush` waiting for it goes before the next batch
+                    with self._lock:
+                        self._wake.wait_for(lambda: self._stopping or not self._urgent)
+                    if self._stopping or not self.flush_once():
                         break
                 failures = 0
             except EngineError as exc:
