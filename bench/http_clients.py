@@ -23,6 +23,7 @@ The last line is JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -30,7 +31,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -63,6 +66,16 @@ def client(index: int, steps: int, period: float) -> None:
         next_at += period
         time.sleep(max(0.0, next_at - time.monotonic()))
     run.finish(timeout=300)
+
+
+@contextlib.contextmanager
+def stopped_at_the_end(web: Any) -> Iterator[Any]:
+    """A server web_process() has started already, stopped at the end (a `with` on it would
+    start a second one and leave the first running)."""
+    try:
+        yield web
+    finally:
+        web.__exit__(None, None, None)
 
 
 def sample_connections(url: str, stop: threading.Event, seen: dict[str, int]) -> None:
@@ -113,7 +126,9 @@ def main() -> int:
             }
             apply_rules(conn, [Automation.model_validate(probe)])
         pool_size = get_settings().web_pool_size
-        with web_process(url, logs / "web.log", workers=WORKERS, ENGINE_LOG_LEVEL="WARNING") as web:
+        with stopped_at_the_end(
+            web_process(url, logs / "web.log", workers=WORKERS, ENGINE_LOG_LEVEL="WARNING")
+        ) as web:
             os.environ.pop("ENGINE_DATABASE_URL", None)
             os.environ.update(ENGINE_URL=web.url, ENGINE_API_KEY=key)
             get_settings.cache_clear()

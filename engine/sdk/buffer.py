@@ -7,10 +7,13 @@ keys (the same tuple object while a run logs the same keys) and a tuple of float
 hands it to the transport as one `Batch`, which stores it all or nothing (`Transport.send`;
 the database one is flush.py: one transaction with a binary COPY).
 
-Flushes run one at a time (a lock), so batches of a run are sent in logging order. When the
-transport cannot reach its end the batch is sent again, as it was (same points, same `seq`:
-a transport whose answer was lost can have the other end recognise it), with backoff, before
-anything logged since; the buffer is bounded by `buffer_max_points`, after which `append` blocks until
+Flushes run one at a time (a lock), so batches of a run are sent in logging order. A
+transport that sends each run on its own (the HTTP one: a request per run) gets batches of
+one run (`runs_per_batch`): the flush lock is then held for one request at a time, so a
+run's `flush` sends its own run first and waits behind at most one request of other runs,
+not one per run buffered (the thread's pass lets a waiting `flush` go before its next batch). When the transport cannot reach its end the batch is sent again,
+as it was (same points, same `seq`: a transport whose answer was lost can have the other end
+recognise it), with backoff, before anything logged since; the buffer is bounded by `buffer_max_points`, after which `append` blocks until
 there is room instead of dropping anything.
 
 A flush also tells each run of its batch whether an automation asked it to stop (a stop_run
@@ -162,8 +165,9 @@ class Stream:
 class Writer:
     """Buffer + flush thread for every run of one process and transport (see module docstring)."""
 
-    def __init__(self, transport: Transport, settings: Settings):
+    def __init__(self, transport: Transport, settings: Settings, *, runs_per_batch: int | None = None):
         self._transport = transport
+        self.runs_per_batch = runs_per_batch  # None: every buffered run in one batch
         self.interval = settings.flush_interval
         self.flush_points = settings.flush_max_points
         self.buffer_points = settings.buffer_max_points
@@ -179,6 +183,7 @@ class Writer:
         self._retry: list[Part] = []  # the batch whose send failed: sent again before anything else
         self._batches = 0  # seq of the last batch made
         self._blocked = 0  # appenders waiting for room
+        self._urgent = 0  # runs' flushes waiting for the flush lock: the thread's pass lets them in first
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.last_error: EngineError | None = None  # of the last flush; None once one succeeds
@@ -389,7 +394,7 @@ class Writer:
             if not left:
                 return
             try:
-                self.flush_once()
+                self.flush_once(stream)
                 backoff = BACKOFF_START
                 continue
             except EngineError as exc:
@@ -456,58 +461,84 @@ class Writer:
             self._room.notify_all()
         return dropped
 
-    def flush_once(self) -> int:
-        """Take up to MAX_BATCH_POINTS buffered points and send them as one batch; returns how many."""
-        with self._flush_lock:
-            try:
-                self._open_pending()
-            except EngineError as exc:
-                self.last_error = exc
-                raise
+    def flush_once(self, first: Stream | None = None) -> int:
+        """Take up to MAX_BATCH_POINTS buffered points (of at most `runs_per_batch` runs) and
+        send them as one batch; returns how many. With `first` (a run's flush), its points go
+        first, and a batch of limited runs holds only them (none buffered: nothing is sent,
+        unless a failed batch waits to be sent again)."""
+        urgent = first is not None  # a run's flush
+        if urgent:
             with self._lock:
-                if self._retry:
-                    parts, seq = self._retry, self._batches
-                else:
-                    parts = self._take(MAX_BATCH_POINTS)
-                    seq = self._batches = self._batches + 1
-                # streams whose last points are in this batch carry their closing change
-                closing = [
-                    (p.stream, p.stream.closing)
-                    for p in parts
-                    if p.stream.closing is not None and not p.stream.queued
-                ]
-            if not parts:
-                return 0
-            try:
-                result = self._transport.send(Batch(parts, closing, seq))
-            except BaseException as exc:
+                self._urgent += 1
+        try:
+            self._flush_lock.acquire()
+        finally:
+            if urgent:
                 with self._lock:
-                    self._retry = parts
-                if isinstance(exc, EngineError):
-                    self.last_error = exc
-                raise
-            self._retry = []  # (only flushes and `discard`, under the flush lock, touch it)
-            self._recovered()
-            with self._lock:
-                for stream, answer in result.closed:
-                    stream.closing, stream.closed = None, answer
-                for stream, automation in result.stop:
-                    if stream.stop is None:
-                        stream.stop = automation
-                total = 0
-                for part in parts:
-                    part.stream.inflight -= part.n
-                    total += part.n
-                self._inflight -= total
-                self._room.notify_all()
-            return total
+                    self._urgent -= 1
+                    self._wake.notify_all()  # the thread's pass may go on (after this flush)
+        try:
+            return self._flush_once(first)
+        finally:
+            self._flush_lock.release()
 
-    def _take(self, cap: int) -> list[Part]:
-        batch = []
+    def _flush_once(self, first: Stream | None) -> int:
+        try:
+            self._open_pending()
+        except EngineError as exc:
+            self.last_error = exc
+            raise
+        with self._lock:
+            if self._retry:
+                parts, seq = self._retry, self._batches
+            else:
+                parts = self._take(MAX_BATCH_POINTS, first)
+                seq = self._batches = self._batches + 1
+            # streams whose last points are in this batch carry their closing change
+            closing = [
+                (p.stream, p.stream.closing)
+                for p in parts
+                if p.stream.closing is not None and not p.stream.queued
+            ]
+        if not parts:
+            return 0
+        try:
+            result = self._transport.send(Batch(parts, closing, seq))
+        except BaseException as exc:
+            with self._lock:
+                self._retry = parts
+            if isinstance(exc, EngineError):
+                self.last_error = exc
+            raise
+        self._retry = []  # (only flushes and `discard`, under the flush lock, touch it)
+        self._recovered()
+        with self._lock:
+            for stream, answer in result.closed:
+                stream.closing, stream.closed = None, answer
+            for stream, automation in result.stop:
+                if stream.stop is None:
+                    stream.stop = automation
+            total = 0
+            for part in parts:
+                part.stream.inflight -= part.n
+                total += part.n
+            self._inflight -= total
+            self._room.notify_all()
+        return total
+
+    def _take(self, cap: int, first: Stream | None = None) -> list[Part]:
+        batch: list[Part] = []
         taken = 0
         system: list[Record]
-        for stream in list(self._dirty):
-            if taken >= cap:
+        streams = list(self._dirty)
+        if first is not None:
+            if first in self._dirty:
+                streams.remove(first)
+                streams.insert(0, first)
+            elif self.runs_per_batch is not None:
+                return []  # the run's points are stored already: do not send another's for it
+        for stream in streams:
+            if taken >= cap or len(batch) == self.runs_per_batch:
                 break
             if stream.opening is not None:
                 continue  # its run first (see _open_pending)
@@ -571,8 +602,16 @@ class Writer:
                     return
                 if not self._queued and not self._pending and not self._retry:
                     continue
+                # batches of limited runs: one pass sends every run buffered now, one batch
+                # (and one hold of the flush lock) each, oldest first
+                batches = 1 if self.runs_per_batch is None else -(-len(self._dirty) // self.runs_per_batch)
             try:
-                self.flush_once()
+                for _ in range(max(1, batches)):
+                    # a lock is not fair: a run's `flush` waiting for it goes before the next batch
+                    with self._lock:
+                        self._wake.wait_for(lambda: self._stopping or not self._urgent)
+                    if self._stopping or not self.flush_once():
+                        break
                 failures = 0
             except EngineError as exc:
                 failures += 1

@@ -174,7 +174,9 @@ class HttpSession:
         self.client = Client(settings)
         transport = HttpTransport(self.client)
         self.remote: Remote | None = Remote(self.client, transport)
-        self.writer = Writer(transport, settings)
+        # a log request carries one run: batches of one run, so that a run's flush never waits
+        # for the requests of every other run of the process (buffer.py)
+        self.writer = Writer(transport, settings, runs_per_batch=1)
         self.writer.start()
 
     def close(self) -> None:
