@@ -167,7 +167,7 @@ class HttpTransport:
                 body["batch_id"] = f"{self._token}-{batch.seq}-{index}"
                 end = ending.pop(id(part.stream), None) if index == len(bodies) - 1 else None
                 if end is not None:
-                    body["finish"] = _finish_body(end[1])
+                    body["finish"] = _finish_body(*_ending(end[1]))
                 try:
                     answer = self._client.call("POST", path, content=encode(body))
                 except (ValueError, NotFound, AccessDenied, KeyRefused, IngestError) as exc:
@@ -190,24 +190,30 @@ class HttpTransport:
                 if end is not None:
                     closed.append((part.stream, str(answer["finished"]["state"])))
         for stream, params in ending.values():
-            closed.append((stream, self._call_finish(stream.label, _finish_body(params))))
+            closed.append((stream, self._call_finish(stream.label, _finish_body(*_ending(params)))))
         return SendResult(closed, tuple(stop))
 
     def finish(self, label: str, exit_code: int | None, *, stopped: bool = False) -> str:
         """End the run (`stopped`: killed by its pending stop request); the state it is in
         afterwards (`killed` stays killed)."""
-        return self._call_finish(label, _finish_body({"exit_code": exit_code, "stopped_by": stopped or None}))
+        return self._call_finish(label, _finish_body(exit_code, stopped))
 
     def _call_finish(self, label: str, body: dict[str, Any]) -> str:
         answer = self._client.call("POST", run_path(label) + "/finish", body)
         return str(answer["state"])
 
 
-def _finish_body(params: dict[str, Any]) -> dict[str, Any]:
-    """POST …/finish's body for a run's final change (run.py's parameters: the exit code, and
-    the automation whose stop request the run obeys, if any)."""
-    body: dict[str, Any] = {"exit_code": params.get("exit_code") or 0}
-    if params.get("stopped_by") is not None:  # the run obeys a stop request: it ends killed
+def _ending(params: dict[str, Any]) -> tuple[int | None, bool]:
+    """A run's final change (run.py's parameters) as its exit code and whether it obeys a stop
+    request (the automation's name in `stopped_by`)."""
+    return params.get("exit_code"), params.get("stopped_by") is not None
+
+
+def _finish_body(exit_code: int | None, stopped: bool) -> dict[str, Any]:
+    """POST …/finish's body (and a last log batch's `finish`): a run that obeys a stop request
+    ends killed, whatever its exit code."""
+    body: dict[str, Any] = {"exit_code": exit_code or 0}
+    if stopped:
         body["stopped"] = True
     return body
 

@@ -83,10 +83,8 @@ def run_state(conn: psycopg.Connection, run_pk: int) -> str:
 def batch_stored(conn: psycopg.Connection, run_pk: int, batch_id: str) -> bool:
     """Whether the run's batch `batch_id` was stored."""
     with boundary():
-        return (
-            conn.execute(query("ingest_batch_stored"), {"run_pk": run_pk, "batch_id": batch_id}).fetchone()
-            is not None
-        )
+        row = conn.execute(query("ingest_batch_state"), {"run_pk": run_pk, "batch_id": batch_id}).fetchone()
+    return row is not None and row[0] is not None
 
 
 def run_names(conn: psycopg.Connection, run_pk: int) -> tuple[str, str | None]:

@@ -43,9 +43,6 @@ SELECT (SELECT points FROM ingest_batches WHERE run_pk = %(run_pk)s AND batch_id
        step, system_step
 FROM runs WHERE id = %(run_pk)s;
 
--- name: ingest_batch_stored
-SELECT points FROM ingest_batches WHERE run_pk = %(run_pk)s AND batch_id = %(batch_id)s;
-
 -- name: ingest_batch_insert
 -- Runs in the transaction that stores the batch's points (the writer's closing statement).
 INSERT INTO ingest_batches (run_pk, batch_id, points) VALUES (%(run_pk)s, %(batch_id)s, %(points)s)

@@ -135,9 +135,7 @@ def log(
     )
     finished = None
     if body.finish is not None:
-        finished = _finish(
-            conn, run_id, ingest.find_run(conn, entity, project, run_id), body.finish, principal
-        )
+        finished = _finish(conn, run_id, run, body.finish, principal)  # running when read, above
     return LogOut(
         batch_id=stored.batch_id,
         duplicate=stored.duplicate,
