@@ -280,6 +280,7 @@ class Logger:
             Stream(data.run_pk(r), f"bench/eval/run-{r}", step=data.total - 1) for r in range(data.runs)
         ]
         self.writer.note_keys(list(METRICS))
+        self.logged_at = clock.now()  # the value time of the last points logged
 
     def plan(self, series: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
         """(r, step, m) of the next point of each (r, m); a run's metrics share its next step."""
@@ -292,7 +293,7 @@ class Logger:
         """One new point for each (r, m) in `series`, then one flush. Returns the points."""
         planned = self.plan(series)
         values = self.data.values(conn, planned)
-        now = clock.now()
+        now = self.logged_at = clock.now()
         i = 0
         while i < len(planned):
             r, step = planned[i][0], planned[i][1]

@@ -132,6 +132,38 @@ def test_nonfinite_values_fire_once_each(conn, database_url, tmp_path):
     run.finish()
 
 
+def test_nonfinite_cooldown_on_value_times(conn, database_url):
+    """The cooldown runs on the values' own times, whatever order they arrive in: a backfilled
+    value (older time, logged later) inside the cooldown of the latest firing stays silent; a
+    run whose only firing was on a backfilled value days older fires again on a new one."""
+    apply_yaml(
+        conn,
+        rule(
+            "nan-hourly", "{type: run_metric_nonfinite, metric: loss, values: [nan]}", extra="cooldown: 1h\n"
+        ),
+    )
+    a = engine.init(project="acme/vision", name="recent-first", system_metrics_interval=0)
+    a.log({"loss": math.nan}, step=0, time=T0 + timedelta(days=3))
+    a.flush()
+    tick(database_url)
+    a.log({"loss": math.nan}, step=1, time=T0 + timedelta(days=3) - timedelta(minutes=30))  # backfilled
+    a.log({"loss": math.nan}, step=2, time=T0 + timedelta(days=3, minutes=30))  # within the cooldown
+    a.log({"loss": math.nan}, step=3, time=T0 + timedelta(days=3, hours=1))  # a cooldown after step 0
+    a.flush()
+    tick(database_url)
+    b = engine.init(project="acme/vision", name="backfilled-first", system_metrics_interval=0)
+    b.log({"loss": math.nan}, step=0, time=T0)  # days older than anything else
+    b.flush()
+    tick(database_url)
+    b.log({"loss": math.nan}, step=1, time=T0 + timedelta(days=3))
+    b.flush()
+    tick(database_url)
+    fired = [(t["run_id"], t["step"]) for t in triggers(conn, "nan-hourly")]
+    assert fired == [(a.id, 0), (a.id, 3), (b.id, 0), (b.id, 1)]
+    a.finish()
+    b.finish()
+
+
 def test_nonfinite_template_variables(conn, database_url):
     """${metric_value} is NaN, Infinity or -Infinity; ${event_type} the W&B-style name."""
     from engine.actions.context import build_context

@@ -99,11 +99,12 @@ SET last_error = %(error)s, last_error_at = now(), failures = failures + 1
 WHERE automation_id = %(automation_id)s;
 
 -- name: last_fired
--- Cooldown: the value time of the latest firing of each of these automations for each run.
+-- Cooldown: the latest value time each of these automations fired at for each run (as the
+-- metric rules' statements read it, through the cooldown index).
 SELECT DISTINCT ON (automation_id, run_pk) automation_id, run_pk, value_time
 FROM triggers
 WHERE automation_id = ANY(%(ids)s) AND run_pk = ANY(%(run_pks)s)
-ORDER BY automation_id, run_pk, id DESC;
+ORDER BY automation_id, run_pk, value_time DESC;
 
 -- name: insert_triggers
 -- The triggers of one evaluation (JSON rows, `n` their firing order: ids follow it) and one
