@@ -47,6 +47,7 @@ from psycopg.rows import dict_row
 from engine.exceptions import (
     DatabaseAuthFailed,
     DatabaseBusy,
+    LockBusy,
     DatabaseError,
     DatabaseUnavailable,
     EngineError,
@@ -110,6 +111,8 @@ def _translate(exc: BaseException) -> DatabaseError:
         return DatabaseUnavailable(f"no database reachable ({text}). {_where_hint()}")
     if state == "42501":
         return DatabaseError(f"{text}: {_PRIVILEGE_FIX}")
+    if state == "55P03":
+        return LockBusy(f"a lock stayed held longer than the statement waits ({text}): retry")
     if state == "57014":
         return QueryTimeout(f"query cancelled by statement_timeout ({text})")
     if state in ("42P01", "42883", "3F000") and "timescaledb" not in text:

@@ -5,6 +5,7 @@
     ├── DatabaseError                a problem talking to PostgreSQL, translated at one boundary
     │   ├── DatabaseUnavailable      nothing answers (SQLSTATE class 08, or no server): transient
     │   │   ├── DatabaseBusy         the server refuses for capacity (class 53, too many clients): transient
+    │   │   ├── LockBusy             a lock was held longer than the statement waits (55P03): transient
     │   │   └── ServerUnavailable    ENGINE_URL does not answer, or answers 429/5xx: transient
     │   ├── DatabaseAuthFailed       the credentials are refused (class 28): permanent
     │   ├── ExtensionMissing         TimescaleDB not installed or not preloaded
@@ -50,6 +51,11 @@ class DatabaseUnavailable(DatabaseError):
 
 class DatabaseBusy(DatabaseUnavailable):
     """The server is at its connection limit or out of resources; transient like an outage."""
+
+
+class LockBusy(DatabaseUnavailable):
+    """A lock the statement needs stayed held longer than it waits (lock_timeout, SQLSTATE
+    55P03): transient, the holder finishes."""
 
 
 class ServerUnavailable(DatabaseUnavailable):

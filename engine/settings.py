@@ -136,6 +136,15 @@ class Settings(BaseSettings):
     web_pool_size: int = Field(
         10, ge=1, le=256, description="Database connections each `engine web` process keeps at most."
     )
+    web_lock_wait: float = Field(
+        5.0,
+        gt=0,
+        le=25,
+        description="Seconds a log request waits for the run's previous batch to be stored (one batch of a run "
+        "at a time) before answering 503 with Retry-After (the client sends the batch again; its batch id "
+        "stores it once). Below the SDK's 30 s request timeout, so that a client never gives up on a request "
+        "the server still holds a connection for.",
+    )
     web_header_timeout: float = Field(
         10.0,
         gt=0,

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from engine import clock
 from engine.db import boundary, query
-from engine.exceptions import EngineError, NotFound
+from engine.exceptions import EngineError, LockBusy, NotFound
 from engine.names import is_reserved_key
 from engine.sdk.buffer import MAX_BATCH_POINTS, Stream, Writer
 from engine.sdk.flush import DatabaseTransport
@@ -193,7 +193,7 @@ def store_batch(
     system samples are numbered after the run's, and the batch id commits with the points. A
     pending stop request is read by the flush (its transaction), or here when nothing was
     flushed (a batch stored before: the client may have lost the answer that said it)."""
-    with boundary(), _run_lock(conn, run.pk, batch_id) as state:
+    with boundary(), _run_lock(conn, run.pk, batch_id, settings.web_lock_wait) as state:
         stored = state.fetchone()
         if stored is None:
             raise NotFound(f"run {run.pk} no longer exists")
@@ -236,13 +236,26 @@ def store_batch(
 
 
 @contextlib.contextmanager
-def _run_lock(conn: psycopg.Connection, run_pk: int, batch_id: str) -> Iterator[psycopg.Cursor]:
+def _run_lock(conn: psycopg.Connection, run_pk: int, batch_id: str, wait: float) -> Iterator[psycopg.Cursor]:
     """The run's lock, held until the batch is stored, and (one round trip with it) whether the
-    batch was stored before and where the run's steps stand, read once the lock is held."""
+    batch was stored before and where the run's steps stand, read once the lock is held.
+    LockBusy (503) when another request held it for `wait` seconds."""
     state = conn.cursor()
-    with conn.pipeline():
-        conn.execute(query("ingest_lock"), {"run_pk": run_pk})
-        state.execute(query("ingest_batch_state"), {"run_pk": run_pk, "batch_id": batch_id})
+    try:
+        with conn.pipeline():
+            conn.execute(query("lock_wait"), {"wait": f"{round(wait * 1000)}ms"})
+            conn.execute(query("ingest_lock"), {"run_pk": run_pk})
+            conn.execute(query("lock_wait"), {"wait": "0"})
+            state.execute(query("ingest_batch_state"), {"run_pk": run_pk, "batch_id": batch_id})
+    except psycopg.errors.LockNotAvailable:
+        # the pipeline stopped at the lock: put the connection's lock wait back before it
+        # returns to the pool (and if that fails, the pool drops it as broken)
+        with boundary():
+            conn.execute(query("lock_wait"), {"wait": "0"})
+        raise LockBusy(
+            f"the run's previous log batch is still being stored (waited {wait:g} s for it): send this "
+            "batch again (its batch id stores it once)"
+        ) from None
     try:
         yield state
     finally:

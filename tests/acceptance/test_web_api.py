@@ -8,6 +8,9 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
+import psycopg
+
+from engine import db
 
 from tests.acceptance.web_helpers import RULE, TwoTeams, WebProcess, make_key
 from tests.integration.actions_helpers import fire
@@ -148,6 +151,40 @@ def test_a_last_batch_ends_its_run_in_the_same_request_and_a_retry_answers_the_s
         "SELECT t.to_state FROM run_transitions t JOIN runs r ON r.id = t.run_pk WHERE r.run_id = 'r1' ORDER BY t.id"
     ).fetchall()
     assert states[-1] == ("failed",) and len([s for s in states if s == ("failed",)]) == 1
+
+
+def test_a_batch_waits_for_its_runs_previous_one_only_so_long_then_503_and_the_retry_stores_it_once(
+    conn, database_url, tmp_path
+):
+    """A retry sent while the server still stores the first attempt (the client gave up on it)
+    waits for the run's lock at most ENGINE_WEB_LOCK_WAIT, answers 503 with Retry-After and
+    stores nothing; once the lock is free the batch is stored, once."""
+    key = make_key(conn, "trainer", "ingest", "acme/*")
+    with (
+        WebProcess(database_url, tmp_path / "web.log", ENGINE_WEB_LOCK_WAIT="0.2") as web,
+        web.client(key) as http,
+    ):
+        assert http.post("/api/v1/runs", json={"project": "acme/vision", "id": "r1"}).status_code == 201
+        (run_pk,) = conn.execute("SELECT id FROM runs WHERE run_id = 'r1'").fetchone()
+        batch = {"batch_id": "b-1", "rows": [{"values": {"loss": 0.5}}, {"values": {"loss": 0.25}}]}
+        holder = psycopg.connect(database_url, autocommit=True)
+        try:  # another request's store, stuck: it holds the run's lock
+            holder.execute(db.query("ingest_lock"), {"run_pk": run_pk})
+            busy = http.post(RUN + "/log", json=batch)
+            assert busy.status_code == 503, busy.text
+            assert busy.headers["Retry-After"] == "1"
+            assert (
+                "still being stored" in busy.json()["detail"]
+                and "send this batch again" in busy.json()["detail"]
+            )
+            assert points(conn, "r1") == []
+        finally:
+            holder.close()  # the stuck store ends: its session lock goes with it
+        stored = http.post(RUN + "/log", json=batch)
+        assert stored.status_code == 200 and stored.json()["points"] == 2, stored.text
+        again = http.post(RUN + "/log", json=batch)
+        assert again.status_code == 200 and again.json()["duplicate"], again.text
+    assert points(conn, "r1") == [("loss", 0, 0.5), ("loss", 1, 0.25)]
 
 
 def test_automations_history_deliveries_and_explanations(conn, database_url, tmp_path):

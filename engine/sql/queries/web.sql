@@ -31,7 +31,13 @@ SELECT state FROM runs WHERE id = %(run_pk)s;
 -- One log batch of a run at a time (whatever the number of `engine web` processes), so that
 -- its steps are numbered and its batch id checked against what is stored. The two-key form
 -- has a key space of its own (the engine's other advisory locks use the one-key form).
+-- Waited for at most `wait` (lock_timeout, this statement only: set before, reset after it
+-- in the same pipeline): a client whose request the server still works on may send the batch
+-- again, and its retry must not hold a connection for as long as the first attempt.
 SELECT pg_advisory_lock(1768842087, mod(%(run_pk)s, 2147483647)::int);
+
+-- name: lock_wait
+SELECT set_config('lock_timeout', %(wait)s, false);
 
 -- name: ingest_unlock
 SELECT pg_advisory_unlock(1768842087, mod(%(run_pk)s, 2147483647)::int);
