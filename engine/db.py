@@ -47,11 +47,11 @@ from psycopg.rows import dict_row
 from engine.exceptions import (
     DatabaseAuthFailed,
     DatabaseBusy,
-    LockBusy,
     DatabaseError,
     DatabaseUnavailable,
     EngineError,
     ExtensionMissing,
+    LockBusy,
     QueryTimeout,
     SchemaNotReady,
 )

@@ -11,7 +11,6 @@ import psutil
 import psycopg
 
 from engine import db
-
 from tests.acceptance.web_helpers import RULE, TwoTeams, WebProcess, make_key
 from tests.integration.actions_helpers import fire
 
