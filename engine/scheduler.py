@@ -22,6 +22,7 @@ deliveries a tick).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -101,6 +102,11 @@ class Service:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        # What exists now (modules, models, the pool) lives as long as the service: kept out
+        # of the cyclic collector's sight, it is no longer walked by every full collection,
+        # which holds every thread (deliveries in flight included) while it runs.
+        gc.collect()
+        gc.freeze()
         self.scheduler.add_listener(
             self._on_job_event,
             EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
@@ -131,6 +137,7 @@ class Service:
             self._listener.join(timeout=5)
         self.metrics.close()
         self.database.close()
+        gc.unfreeze()  # a process that goes on (tests, an embedding program) collects it again
         log.info("engine serve: stopped")
 
     def run_forever(self) -> None:

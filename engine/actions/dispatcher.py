@@ -5,24 +5,24 @@ a request is in flight:
 
 1. **claim** (`delivery_claim_due`, one statement): due rows are locked with
    `FOR UPDATE SKIP LOCKED` (so several dispatchers never take the same one), set to
-   'sending' with a lease, and their attempt counter is increased. At most
-   CLAIMED_PER_WORKER deliveries per worker are claimed and not yet sent: the one it sends
-   and the next ones (claimed ahead, so that a worker goes on to its next delivery while the
-   outcome of the last one commits and the claim for the one after is on its way). A claim that waited longer than half
-   the lease margin before its send starts has its lease renewed first (fenced like an
-   outcome: one taken over meanwhile is not sent), so a lease always covers the send. The
-   template variables of the claimed triggers are read right after, in one query for the
-   whole claim.
-2. **send** (`send.send_action`) by a worker: at most `Settings.delivery_workers` at once,
-   so an endpoint that hangs holds one worker until its timeout, never the others.
+   'sending' with a lease, and their attempt counter is increased. Due retries come first,
+   each as soon as its backoff is over, then the others in the order they became due. At
+   most CLAIMED_PER_WORKER deliveries per worker are claimed and not yet sent: the one it
+   sends and the next ones (claimed ahead, so that a worker goes on to its next delivery at
+   once while the outcome of the last one commits). A claim that waited longer than half the
+   lease margin before its send starts has its lease renewed first (fenced like an outcome:
+   one taken over meanwhile is not sent), so a lease always covers the send. The template
+   variables of the claimed triggers are read right after, in one query for the whole claim.
+2. **send** (`send.send_action`) by a worker: `Settings.delivery_workers` threads, each taking
+   the next claimed delivery as soon as its last one is sent, so an endpoint that hangs holds
+   one worker until its timeout, never the others.
 3. **record**, in one statement (`delivery_record_outcomes`): the `delivery_attempts` row
-   and the new status (succeeded, failed, or pending again at the backoff time). Workers
-   that finish while an outcome is being written wait and have theirs written together by
-   the next statement (a group commit): the service has few database connections, so a
-   round trip per delivery would bound the throughput. A worker's thread returns only once
-   its outcome is committed, but its place (a sending worker, and a claimed delivery) is
-   free as soon as the outcome is queued: another thread sends the next claimed delivery
-   meanwhile.
+   and the new status (succeeded, failed, or pending again at the backoff time). One writer
+   thread writes the outcomes the workers queued, each batch in one statement (a group
+   commit): the service has few database connections, so a round trip per delivery would
+   bound the throughput, and a worker never waits for a commit. In the service, the same
+   transaction claims the next deliveries for the places these outcomes freed. A delivery is
+   done (`run_once(wait=True)` returns, `stop()` waits for it) once its outcome is committed.
 
 If the process dies between 1 and 3, the lease expires and the delivery is claimed again
 and sent with the same id (X-Automation-Delivery): a crash can repeat a delivery, never
@@ -37,6 +37,7 @@ Anywhere else (tests, a subprocess, the CLI), `run_once()` does one claim-send-r
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -94,14 +95,20 @@ class Claim:
 
 @dataclass
 class _Outcome:
-    """One attempt's outcome, waiting to be written with the others (see `_commit`)."""
+    """One attempt's outcome, waiting to be written with the others (see `_write`)."""
 
     claim: Claim
     row: dict[str, Any]  # one element of delivery_record_outcomes' JSON array
-    done: threading.Event = field(default_factory=threading.Event)
-    updated: bool = False  # the delivery's status was written (its claim still held)
-    refilled: bool = False  # its worker's next delivery was claimed with it (no need to wake)
-    error: BaseException | None = None
+    done: concurrent.futures.Future[None]  # the claim's: set once the outcome is written (or lost)
+    error: str | None = None  # the attempt's error as recorded (for the log line)
+
+
+@dataclass
+class _Job:
+    """A claimed delivery waiting for a worker, and its completion."""
+
+    claim: Claim
+    done: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
 
 
 class Dispatcher:
@@ -119,24 +126,25 @@ class Dispatcher:
             url, settings=settings, shares={SHARE: settings.delivery_connections}
         )
         self._outage: str | None = None  # the database error being reported, if any
-        # Claimed deliveries not yet sent (see _reserve), of which delivery_workers are sent at
-        # once; a thread each, and as many for the workers waiting for their outcome's commit.
+        # Claimed deliveries not yet sent (see _reserve), sent by delivery_workers loops.
         self._capacity = CLAIMED_PER_WORKER * settings.delivery_workers
+        self._workers = settings.delivery_workers
+        # a thread per worker loop, and one for the writer of outcomes
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            self._capacity + settings.delivery_workers, thread_name_prefix="deliver"
+            self._workers + 1, thread_name_prefix="deliver"
         )
-        self._sending = threading.Semaphore(settings.delivery_workers)
-        self._place = threading.local()  # what this thread holds: .counted (in _in_flight), .sending
-        self._lock = threading.Lock()  # guards claims, _in_flight, _stopped
-        self._in_flight = 0
-        self._futures: set[concurrent.futures.Future[None]] = set()
+        self._lock = threading.Lock()  # guards claims, _queue, _loops, _in_flight, _stopped
+        self._queue: collections.deque[_Job] = collections.deque()  # claimed, not yet started
+        self._loops = 0  # worker loops running
+        self._in_flight = 0  # places counted: claimed (or being claimed), outcome not yet queued
+        self._futures: set[concurrent.futures.Future[None]] = set()  # claimed, outcome not yet written
         self._stopped = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
         self._outcomes: list[_Outcome] = []  # finished attempts waiting for the writer
         self._outcomes_lock = threading.Lock()
-        self._writers = 0  # workers writing outcomes (the others queue theirs)
+        self._writing = False  # the writer runs (it takes every outcome queued until none is left)
         self._close_at = float("-inf")  # (monotonic) when a digest window may next be due
 
     # -- one round -------------------------------------------------------------------------
@@ -172,7 +180,8 @@ class Dispatcher:
             return free
 
     def _start(self, claims: list[Claim], reserved: int) -> list[concurrent.futures.Future[None]]:
-        """Hand claimed deliveries to the workers `_reserve` counted; gives back the rest."""
+        """Queue claimed deliveries for the workers (starting the loops that are missing);
+        gives back the places `_reserve` counted for no claim."""
         with self._lock:
             if self._stopped and claims:  # claimed as the dispatcher stopped: as if in flight at stop
                 log.warning(
@@ -180,10 +189,16 @@ class Dispatcher:
                 )
                 claims = []
             self._in_flight -= reserved - len(claims)
-            futures = [self._executor.submit(self._run, claim) for claim in claims]
+            jobs = [_Job(claim) for claim in claims]
+            self._queue.extend(jobs)
+            futures = [job.done for job in jobs]
             self._futures.update(futures)
+            loops = min(self._workers - self._loops, len(self._queue))
+            self._loops += loops
         for future in futures:  # outside the lock: a future already done calls back at once
             future.add_done_callback(self._forget)
+        for _ in range(loops):
+            self._executor.submit(self._work)
         return futures
 
     def _forget(self, future: concurrent.futures.Future[None]) -> None:
@@ -222,6 +237,10 @@ class Dispatcher:
             log.warning(
                 "dispatcher: %d deliveries still in flight at stop; they will be sent again", len(unfinished)
             )
+            with self._lock:  # those not started yet are not (sent again by the next service as well)
+                dropped, self._queue = list(self._queue), collections.deque()
+            for job in dropped:
+                job.done.set_result(None)
         self._executor.shutdown(wait=not unfinished)
         if self._owns_database:
             self.database.close()
@@ -324,31 +343,35 @@ class Dispatcher:
             for r in rows
         ]
 
-    def _run(self, claim: Claim) -> None:
-        """A claimed delivery's thread: waits for a sending worker's place, renews the lease if
-        the claim waited long, delivers. The place is given back (`_leave`) as soon as the
-        outcome is queued."""
-        self._place.counted = True
-        try:
-            self._sending.acquire()
-            self._place.sending = True
-            waited = time.monotonic() - claim.claimed_at
-            if waited > self.settings.delivery_lease_margin / 2 and not self._renew(claim):
-                self._wake.set()
-                return
-            self._deliver(claim)
-        finally:
-            self._leave()
+    def _work(self) -> None:
+        """A worker: sends the claimed deliveries one after another until none is left."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._loops -= 1
+                    return
+                job = self._queue.popleft()
+            try:
+                self._send(job)
+            except BaseException:  # never leave a place counted, nor a waiting run_once
+                log.exception(
+                    "delivery %s: could not be sent; it will be sent again when its lease expires",
+                    job.claim.id,
+                )
+                if not job.done.done():  # else its place was given back already
+                    self._leave()
+                    job.done.set_result(None)
 
     def _leave(self) -> None:
-        """Give back this thread's sending place and its count in flight (once)."""
-        if getattr(self._place, "sending", False):
-            self._place.sending = False
-            self._sending.release()
-        if getattr(self._place, "counted", False):
-            self._place.counted = False
-            with self._lock:
-                self._in_flight -= 1
+        """Give back a place in flight (its outcome is queued, or there is none to record)."""
+        with self._lock:
+            self._in_flight -= 1
+
+    def _drop(self, job: _Job) -> None:
+        """A claimed delivery that is not sent now (nothing to record)."""
+        self._leave()
+        job.done.set_result(None)
+        self._wake.set()  # its place is free: take the next due delivery
 
     def _renew(self, claim: Claim) -> bool:
         """A whole lease again for a claim that waited; False when it was taken over (or the
@@ -375,45 +398,30 @@ class Dispatcher:
             )
         return renewed is not None
 
-    def _deliver(self, claim: Claim) -> None:
-        refilled = False
-        try:
-            if claim.reclaimed:
-                log.warning(
-                    "delivery %s: its lease expired before an outcome was recorded; sending it again",
-                    claim.id,
-                )
-            if claim.context_error is not None:
-                attempt = Attempt({}, error=claim.context_error, retryable=True, started_at=clock.now())
-            elif claim.context is None:
-                return  # the trigger was deleted, and its deliveries with it
-            else:
-                attempt = send_action(str(claim.id), claim.action, claim.context, self.settings)
-            refilled = self._settle(claim, attempt).refilled
-        except DatabaseUnavailable as exc:  # an outage: expected, and said once per delivery
+    def _send(self, job: _Job) -> None:
+        """Send one claimed delivery and queue its outcome for the writer; renews the lease
+        first when the claim waited long."""
+        claim = job.claim
+        waited = time.monotonic() - claim.claimed_at
+        if waited > self.settings.delivery_lease_margin / 2 and not self._renew(claim):
+            self._drop(job)
+            return
+        if claim.reclaimed:
             log.warning(
-                "delivery %s: the outcome of attempt %d could not be recorded (%s); it will be sent again when its "
-                "lease expires",
-                claim.id,
-                claim.attempt,
-                exc,
+                "delivery %s: its lease expired before an outcome was recorded; sending it again", claim.id
             )
-        except Exception:
-            log.exception(
-                "delivery %s: the outcome of attempt %d could not be recorded; it will be sent again when its lease expires",
-                claim.id,
-                claim.attempt,
-            )
-        finally:
-            self._leave()
-            if not refilled:
-                self._wake.set()  # a worker is free: take the next due delivery
+        if claim.context_error is not None:
+            attempt = Attempt({}, error=claim.context_error, retryable=True, started_at=clock.now())
+        elif claim.context is None:
+            self._drop(job)  # the trigger was deleted, and its deliveries with it
+            return
+        else:
+            attempt = send_action(str(claim.id), claim.action, claim.context, self.settings)
+        self._queue_outcome(self._outcome(job, attempt))
 
-    def _record(self, claim: Claim, attempt: Attempt) -> str:
-        """Record the attempt's outcome; returns the delivery's new status."""
-        return self._settle(claim, attempt).row["status"]
-
-    def _settle(self, claim: Claim, attempt: Attempt) -> _Outcome:
+    def _outcome(self, job: _Job, attempt: Attempt) -> _Outcome:
+        """The row that records `attempt` and the delivery's new status."""
+        claim = job.claim
         now = clock.now()
         error, next_at = attempt.error, now
         finished_at: datetime | None = now
@@ -430,89 +438,78 @@ class Dispatcher:
             status = "failed"
             if attempt.retryable:
                 error = f"{error} (gave up after {claim.attempt} attempts)"
-        outcome = _Outcome(
-            claim,
-            {
-                "id": str(claim.id),
-                "attempt": claim.attempt,
-                "status": status,
-                "started_at": (attempt.started_at or now).isoformat(),
-                "duration_ms": attempt.duration_ms,
-                "http_status": attempt.http_status,
-                "response_body": _storable(attempt.response_body),
-                "error": _storable(attempt.error),
-                "last_error": _storable(error),
-                "request": attempt.request,
-                "next_attempt_at": next_at.isoformat(),
-                "finished_at": finished_at.isoformat() if finished_at else None,
-                "updated_at": now.isoformat(),
-            },
-        )
-        self._commit(outcome)
-        updated = outcome.updated
-        if not updated:
-            log.warning(
-                "delivery %s: attempt %d finished after its lease was taken over; kept in the log only",
-                claim.id,
-                claim.attempt,
-            )
-        level = logging.INFO if status == "succeeded" else logging.WARNING
-        log.log(
-            level,
-            "delivery %s (%s, attempt %d/%d): %s%s",
-            claim.id,
-            claim.action_type,
-            claim.attempt,
-            claim.max_attempts,
-            status,
-            f" ({error})" if error else "",
-        )
-        return outcome
+        row = {
+            "id": str(claim.id),
+            "attempt": claim.attempt,
+            "status": status,
+            "started_at": (attempt.started_at or now).isoformat(),
+            "duration_ms": attempt.duration_ms,
+            "http_status": attempt.http_status,
+            "response_body": _storable(attempt.response_body),
+            "error": _storable(attempt.error),
+            "last_error": _storable(error),
+            "request": attempt.request,
+            "next_attempt_at": next_at.isoformat(),
+            "finished_at": finished_at.isoformat() if finished_at else None,
+            "updated_at": now.isoformat(),
+        }
+        return _Outcome(claim, row, job.done, error)
+
+    def _record(self, claim: Claim, attempt: Attempt) -> str:
+        """Record one attempt's outcome now, in the calling thread; returns the delivery's new
+        status (as computed: a claim taken over meanwhile does not change the row)."""
+        outcome = self._outcome(_Job(claim), attempt)
+        self._write([outcome])
+        return str(outcome.row["status"])
 
     # -- outcomes, written together ----------------------------------------------------------
-    def _commit(self, outcome: _Outcome) -> None:
-        """Write `outcome`, with those of other workers that finish meanwhile; raises what the
-        write raised. The first worker to arrive writes, in rounds, until no outcome waits;
-        the others wait for theirs. The worker's place is free from here on."""
+    def _queue_outcome(self, outcome: _Outcome) -> None:
+        """Hand `outcome` to the writer (started when none runs). Its place is free from here
+        on: the worker goes on to its next delivery without waiting for the commit."""
         self._leave()
         with self._outcomes_lock:
             self._outcomes.append(outcome)
             # one writer: commits are what a busy outbox waits for, so fewer and bigger ones
             # beat several at once (measured with two: slower)
-            lead = not self._writers
-            self._writers += lead
-        if lead:
-            batch: list[_Outcome] = []
+            start, self._writing = not self._writing, True
+        if start:
             try:
-                while True:
-                    with self._outcomes_lock:
-                        batch, self._outcomes = self._outcomes, []
-                        if not batch:
-                            self._writers -= 1
-                            break
-                    self._write(batch)
-            except BaseException as exc:  # never leave a waiting worker behind
+                self._executor.submit(self._write_loop)
+            except RuntimeError as exc:  # a straggler after stop(timeout): sent again after its lease
                 with self._outcomes_lock:
-                    self._writers -= 1
-                    if not self._writers:
-                        batch, self._outcomes = batch + self._outcomes, []
-                for waiting in batch:
-                    if not waiting.done.is_set():
-                        waiting.error = exc
-                        waiting.done.set()
-                raise
-        outcome.done.wait()
-        if outcome.error is not None:
-            raise outcome.error
+                    lost, self._outcomes, self._writing = self._outcomes, [], False
+                for waiting in lost:
+                    self._lost(waiting, exc)
+
+    def _write_loop(self) -> None:
+        """The writer: writes the queued outcomes, in batches, until none is left."""
+        batch: list[_Outcome] = []
+        try:
+            while True:
+                with self._outcomes_lock:
+                    batch, self._outcomes = self._outcomes, []
+                    if not batch:
+                        self._writing = False
+                        return
+                self._write(batch)
+        except BaseException as exc:  # never leave an outcome unreported, nor the writer marked running
+            with self._outcomes_lock:
+                batch, self._outcomes = batch + self._outcomes, []
+                self._writing = False
+            for outcome in batch:
+                if not outcome.done.done():
+                    self._lost(outcome, exc)
+            raise
 
     def _write(self, batch: list[_Outcome]) -> None:
-        """One statement for the batch; sets each outcome's result and marks it done.
+        """One statement for the batch; reports each outcome and marks it done.
 
         In the service, the same transaction (one round trip, one commit) also claims the
         next deliveries for every free place (these outcomes' workers gave theirs back when
         they queued them): a busy outbox costs a claim per batch rather than per delivery."""
         free = self._reserve(self._capacity) if self._thread is not None else 0
         started = not free
+        refill = False
         try:
             with self._connection() as conn:
                 # one round trip: the outcomes and the next claim in one pipelined transaction
@@ -535,20 +532,63 @@ class Dispatcher:
                 refill = len(self._start(claims, free)) == free > 0
         except Exception as exc:
             if not started:
-                self._start([], free)  # give the reserved workers back
+                self._start([], free)  # give the reserved places back
             if len(batch) > 1 and not isinstance(exc, DatabaseUnavailable):
                 # something in one outcome: write each alone, so the others are not held by it
                 for outcome in batch:
                     self._write([outcome])
                 return
             for outcome in batch:
-                outcome.error = exc
-                outcome.done.set()
+                self._lost(outcome, exc)
+            self._wake.set()
             return
         for outcome in batch:
-            outcome.updated = (outcome.claim.id, outcome.claim.attempt) in written
-            outcome.refilled = refill  # every free worker has its next delivery: no need to wake
-            outcome.done.set()
+            self._report(outcome, (outcome.claim.id, outcome.claim.attempt) in written)
+            outcome.done.set_result(None)
+        if not refill:
+            self._wake.set()  # places are free: take the next due deliveries
+
+    def _report(self, outcome: _Outcome, updated: bool) -> None:
+        claim, status = outcome.claim, outcome.row["status"]
+        if not updated:
+            log.warning(
+                "delivery %s: attempt %d finished after its lease was taken over; kept in the log only",
+                claim.id,
+                claim.attempt,
+            )
+        level = logging.INFO if status == "succeeded" else logging.WARNING
+        log.log(
+            level,
+            "delivery %s (%s, attempt %d/%d): %s%s",
+            claim.id,
+            claim.action_type,
+            claim.attempt,
+            claim.max_attempts,
+            status,
+            f" ({outcome.error})" if outcome.error else "",
+        )
+
+    def _lost(self, outcome: _Outcome, exc: BaseException) -> None:
+        """An outcome that could not be written: the delivery is sent again once its lease
+        expires (an outage is expected, and said once per delivery)."""
+        claim = outcome.claim
+        if isinstance(exc, DatabaseUnavailable):
+            log.warning(
+                "delivery %s: the outcome of attempt %d could not be recorded (%s); it will be sent again when its "
+                "lease expires",
+                claim.id,
+                claim.attempt,
+                exc,
+            )
+        else:
+            log.error(
+                "delivery %s: the outcome of attempt %d could not be recorded; it will be sent again when its lease "
+                "expires",
+                claim.id,
+                claim.attempt,
+                exc_info=exc,
+            )
+        outcome.done.set_result(None)
 
 
 def _storable(text: str | None) -> str | None:

@@ -877,6 +877,8 @@ CREATE INDEX deliveries_action_created ON public.deliveries USING btree (automat
 
 CREATE INDEX deliveries_due ON public.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'sending'::text]));
 
+CREATE INDEX deliveries_retry_due ON public.deliveries USING btree (next_attempt_at) WHERE ((status = 'pending'::text) AND (attempts > 0));
+
 CREATE INDEX deliveries_status ON public.deliveries USING btree (status, updated_at DESC);
 
 CREATE INDEX deliveries_status_created ON public.deliveries USING btree (status, created_at DESC, id DESC);

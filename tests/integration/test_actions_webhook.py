@@ -14,6 +14,7 @@ import pytest
 from actions_helpers import attempts, delivery, fire, history, make_automation, make_run, settle
 
 from engine import clock
+from engine.actions import dispatcher as dispatcher_module
 from engine.actions.context import build_context
 from engine.actions.dispatcher import Dispatcher
 from engine.actions.send import send_action
@@ -380,6 +381,77 @@ def test_expired_lease_is_claimed_again_with_the_same_id(conn, database_url, set
     row = delivery(conn, delivery_id)
     assert (row["status"], row["attempts"]) == ("succeeded", 2)
     assert [a["attempt"] for a in attempts(conn, delivery_id)] == [1, 2]
+
+
+def test_a_due_retry_is_sent_before_a_backlog_that_was_due_earlier(conn, database_url, settings):
+    """A failed delivery is tried again once its backoff is over, not only after every
+    delivery that became due before that (with a backlog, the backoff would otherwise become
+    the backlog's length)."""
+    slow_retries = settings.model_copy(update={"retry_base_seconds": 60.0})
+    with Receiver(Reply(500), Reply(200)) as rx:
+        action = webhook(rx.url())
+        automation = make_automation(conn, "retried-first", [action])
+        _, (retried,) = fire(conn, automation, [action])
+        with Dispatcher(database_url, slow_retries) as d:
+            assert d.run_once() == 1  # answered 500: due again in about a minute
+            backlog = [fire(conn, automation, [action])[1][0] for _ in range(3)]  # due now
+            due = delivery(conn, retried)["next_attempt_at"]
+            assert all(delivery(conn, b)["next_attempt_at"] < due for b in backlog)
+            with clock.frozen(due):
+                assert d.run_once(limit=1) == 1
+    assert [r.headers["X-Automation-Delivery"] for r in rx.requests] == [str(retried)] * 2
+    assert [(a["attempt"], a["http_status"]) for a in attempts(conn, retried)] == [(1, 500), (2, 200)]
+    assert [delivery(conn, b)["status"] for b in backlog] == ["pending"] * 3
+
+
+def test_the_service_sends_a_due_retry_at_its_time_without_a_wake_up(
+    conn, database_url, settings, monkeypatch
+):
+    """The wake thread sleeps until the next retry is due: with a poll interval of an hour and
+    nothing waking it, a delivery answered 500 is still tried again after its backoff."""
+    monkeypatch.setattr(dispatcher_module, "POLL_SECONDS", 3600.0)
+    with Receiver(Reply(500), Reply(200)) as rx:
+        action = webhook(rx.url())
+        automation = make_automation(conn, "timed-retry", [action])
+        d = Dispatcher(database_url, settings)
+        try:
+            _, (delivery_id,) = fire(conn, automation, [action])
+            d.start()  # its first look finds the delivery; nothing wakes it after that
+            rx.wait_for(2)
+        finally:
+            d.stop()  # waits for the outcome in flight to be recorded
+    assert [(a["attempt"], a["http_status"]) for a in attempts(conn, delivery_id)] == [(1, 500), (2, 200)]
+    assert delivery(conn, delivery_id)["status"] == "succeeded"
+
+
+def test_outcomes_written_together_are_each_an_attempt_row_and_a_status(conn, database_url, settings):
+    """The service's workers send at once and one writer records their outcomes in batches:
+    every request is still one attempt row, numbered per delivery, and every delivery ends
+    with the status of its last answer."""
+    failures = 6
+    with Receiver(*[Reply(500)] * failures, Reply(200)) as rx:
+        action = webhook(rx.url())
+        automation = make_automation(conn, "batched", [action])
+        ids = [fire(conn, automation, [action])[1][0] for _ in range(30)]
+        d = Dispatcher(database_url, settings)
+        try:
+            d.start()
+            rx.wait_for(len(ids) + failures)
+        finally:
+            d.stop()
+    sent: dict[str, int] = {}
+    for request in rx.requests:
+        key = request.headers["X-Automation-Delivery"]
+        sent[key] = sent.get(key, 0) + 1
+    for delivery_id in ids:
+        rows = attempts(conn, delivery_id)
+        assert [a["attempt"] for a in rows] == list(range(1, sent[str(delivery_id)] + 1))
+        assert [a["http_status"] for a in rows] == [500] * (len(rows) - 1) + [200]
+        assert (delivery(conn, delivery_id)["status"], delivery(conn, delivery_id)["attempts"]) == (
+            "succeeded",
+            len(rows),
+        )
+    assert sum(len(attempts(conn, i)) for i in ids) == len(rx.requests) == len(ids) + failures
 
 
 def test_a_claim_that_waited_for_a_worker_renews_its_lease_or_is_not_sent(conn, database_url, caplog):

@@ -55,16 +55,32 @@ WHERE t.id = ANY(%(trigger_ids)s::bigint[]);
 -- with the same id). While 'sending', next_attempt_at holds the lease's end, so one index
 -- (deliveries_due) serves both. `attempts` is counted at claim time and is the claim's
 -- fencing token: only the claimant that still holds it may record the outcome.
+-- Due retries (pending after a failed attempt) come first, each as soon as its backoff is
+-- over (deliveries_retry_due): otherwise a retry would also wait for every delivery that was
+-- due before it, and with a backlog its backoff of 1 s would become the whole backlog's
+-- length. The rest follow in the order they became due.
 -- The lease covers the action's timeout for every redirect hop, plus a margin.
-WITH due AS (
+WITH retry AS (
     SELECT id, status AS was_status
     FROM deliveries
-    WHERE status IN ('pending', 'sending')
+    WHERE status = 'pending' AND attempts > 0
       AND next_attempt_at <= %(now)s
       AND (%(only_id)s::uuid IS NULL OR id = %(only_id)s::uuid)
     ORDER BY next_attempt_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), rest AS (
+    SELECT id, status AS was_status
+    FROM deliveries
+    WHERE status IN ('pending', 'sending')
+      AND next_attempt_at <= %(now)s
+      AND (%(only_id)s::uuid IS NULL OR id = %(only_id)s::uuid)
+      AND id NOT IN (SELECT id FROM retry)  -- locked by this statement already: not skipped
+    ORDER BY next_attempt_at
+    LIMIT %(limit)s - (SELECT count(*) FROM retry)
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT * FROM retry UNION ALL SELECT * FROM rest
 )
 UPDATE deliveries d SET
     status          = 'sending',
