@@ -86,7 +86,7 @@ RETURNING name, config, tags;
 
 -- name: run_max_steps
 -- Where a resumed run's step counters continue (-1: nothing logged yet).
--- (kept on the run by every flush: note_run_ingest).
+-- (kept on the run by every flush: ingest_flush).
 SELECT step, system_step FROM runs WHERE id = %(run_pk)s;
 
 -- name: transition_run
