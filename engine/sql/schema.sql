@@ -20,6 +20,33 @@ SELECT EXISTS (
 )
 $$;
 
+CREATE FUNCTION public.create_run(p_entity text, p_project text, p_run_id text, p_name text, p_user text, p_config jsonb, p_tags text[], p_at timestamp with time zone) RETURNS TABLE(run_pk bigint, project_id bigint)
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH p AS (
+        INSERT INTO projects (entity, name) VALUES (p_entity, p_project)
+        ON CONFLICT (entity, name) DO UPDATE SET entity = EXCLUDED.entity
+        RETURNING id
+    ), r AS (
+        INSERT INTO runs (project_id, run_id, name, user_name, config, tags, state, created_at, updated_at)
+        SELECT p.id, p_run_id, p_name, p_user, p_config, p_tags, 'running', p_at, p_at FROM p
+        ON CONFLICT (project_id, run_id) DO NOTHING
+        RETURNING id, project_id
+    ), tr AS (
+        INSERT INTO run_transitions (run_pk, from_state, to_state, author, at)
+        SELECT id, NULL, 'running', p_user, p_at FROM r
+    )
+    INSERT INTO events AS e (time, type, author, project_id, run_pk, details)
+    SELECT p_at, 'run_state', p_user, r.project_id, r.id, jsonb_build_object('from', NULL, 'to', 'running')
+    FROM r
+    RETURNING e.run_pk, e.project_id;
+END
+$$;
+
 CREATE FUNCTION public.events_are_append_only() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -135,6 +162,43 @@ BEGIN
     SELECT s.run_pk, s.automation FROM stop_requests AS s
     WHERE s.run_pk = ANY(p_runs) AND s.ended_at IS NULL
     ORDER BY s.trigger_id;
+END
+$$;
+
+CREATE FUNCTION public.transition_run(p_run_pk bigint, p_from_states text[], p_to_state text, p_exit_code integer, p_author text, p_at timestamp with time zone, p_stopped_by text) RETURNS SETOF text
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    RETURN QUERY
+    WITH old AS (
+        SELECT id, project_id, state FROM runs
+        WHERE id = p_run_pk AND state = ANY(p_from_states)
+        FOR UPDATE
+    ), up AS (
+        UPDATE runs r SET
+            state       = p_to_state,
+            exit_code   = p_exit_code,
+            updated_at  = p_at,
+            finished_at = CASE WHEN p_to_state = 'running' THEN NULL ELSE p_at END
+        FROM old
+        WHERE r.id = old.id
+        RETURNING r.id, r.project_id, old.state AS from_state
+    ), tr AS (
+        INSERT INTO run_transitions (run_pk, from_state, to_state, exit_code, author, at)
+        SELECT id, from_state, p_to_state, p_exit_code, p_author, p_at FROM up
+    ), stops AS (
+        UPDATE stop_requests s SET ended_at = p_at
+        FROM up
+        WHERE s.run_pk = up.id AND s.ended_at IS NULL
+    )
+    INSERT INTO events (time, type, author, project_id, run_pk, details)
+    SELECT p_at, 'run_state', p_author, project_id, id,
+           jsonb_build_object('from', from_state, 'to', p_to_state, 'exit_code', p_exit_code)
+           || CASE WHEN p_stopped_by IS NULL THEN '{}'::jsonb
+                   ELSE jsonb_build_object('stopped_by', p_stopped_by) END
+    FROM up
+    RETURNING details ->> 'from';
 END
 $$;
 
