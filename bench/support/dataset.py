@@ -269,7 +269,7 @@ def check_state_with_sdk(url: str, tail: int) -> int:
 # -- new points through the SDK's writer -------------------------------------------------------
 class Logger:
     """Logs points for the benchmark's runs through engine.sdk.buffer.Writer: binary COPY,
-    ingest_flush (series tails, NOTIFY) in one transaction per flush, exactly as run.log + flush."""
+    upsert_series and one NOTIFY in one transaction per flush, exactly as run.log + flush."""
 
     def __init__(self, url: str, data: Dataset):
         self.data = data

@@ -71,7 +71,7 @@ CROSS JOIN (SELECT id, array_position(%(metrics)s::text[], key) - 1 AS m
 ORDER BY s, r, k.m;
 
 -- name: create_state_function
--- What the SDK's ingest (ingest_flush) leaves in series_state for the runs of a project:
+-- What the SDK's ingest (upsert_series) leaves in series_state for the runs of a project:
 -- the number of finite values and the last `tail` of them, oldest first (seq order), for
 -- the runs whose ids lie in [first_pk, last_pk].
 CREATE OR REPLACE FUNCTION bench_series_state(first_pk bigint, last_pk bigint, tail integer)

@@ -39,7 +39,7 @@ def copy_run(
     return seq, slots, odd
 
 
-# -- the tails of ingest_flush's series, as binary arrays -------------------------------------
+# -- the tails of upsert_series, as binary arrays --------------------------------------------
 # psycopg dumps a list element by element in Python (~1 us each); a flush sends up to three
 # arrays of ENGINE_SERIES_TAIL elements per series, so they are packed here with struct.
 _ARRAY_HEADER = struct.Struct(">iiiii")  # dimensions, has nulls, element oid, length, lower bound

@@ -6,12 +6,12 @@ For each batch the buffer (buffer.py) hands over:
 2. `COPY metric_points|system_metrics (time, run_pk, key_id, step, seq, value) FROM STDIN
    (FORMAT BINARY)` (copy_binary.py), with `seq = (batch_id << 20) | ordinal`
    (`ingest_batch_seq`),
-3. `insert_nonfinite` for the batch's NaN and infinite values (rare), then ONE `ingest_flush`
-   (engine/sql/queries/ingest.sql: a function whose statements keep their plans) for the
-   rest: the series with a finite value in the batch (series_state and its watermark rows),
-   every run of the batch (its current steps; with metric values, its last ingestion, for
-   stalls), one NOTIFY, and the pending stop requests of the batch's runs (stop_run), read in
-   the same transaction, so a run learns of one within a flush,
+3. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
+   value in the batch (series_state and its watermark rows), and `insert_nonfinite` for its NaN
+   and infinite values (rare), then ONE `ingest_flush` (a function whose statements keep their
+   plans) for every run of the batch (its current steps; with metric values, its last
+   ingestion, for stalls), one NOTIFY, and the pending stop requests of the batch's runs
+   (stop_run), read in the same transaction, so a run learns of one within a flush,
 4. the final state changes of runs whose last points are in it.
 
 Batches are sent one at a time in logging order, so `seq` follows it.
@@ -73,6 +73,7 @@ class DatabaseTransport:
         self._q_batch = query("next_ingest_batch")
         self._q_intern = query("intern_keys")
         self._q_key_ids = query("key_ids")
+        self._q_upsert = query("upsert_series")
         self._q_nonfinite = query("insert_nonfinite")
         self._q_flushed = query("ingest_flush")
 
@@ -99,7 +100,7 @@ class DatabaseTransport:
 
     def send(self, batch: Batch) -> SendResult:
         """One transaction, in four round trips: BEGIN with the batch id (and new keys),
-        the COPYs, then ingest_flush, the closing statements and COMMIT together.
+        the COPYs, then the series upserts, ingest_flush, closing statements and COMMIT together.
         (psycopg's transaction() would add two: COPY cannot run inside a pipeline, so the
         transaction is opened and committed by hand around it.)"""
         # every key in the batch was noted before its record was appended
@@ -155,11 +156,13 @@ class DatabaseTransport:
                 closing_curs = [conn.cursor() for _ in closing]
                 stops_cur = conn.cursor()
                 with conn.pipeline():
+                    if series.key_ids:  # every point of this flush has a seq below `seq`
+                        cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
                     if series.nonfinite:
                         cur.execute(self._q_nonfinite, series.nonfinite_params())
-                    # every point of this flush has a seq below `seq`; the stop requests are
-                    # read before the closing changes, which end a finishing run's requests
-                    stops_cur.execute(self._q_flushed, series.params(self.tail, seq - 1) | _run_steps(batch))
+                    # the stop requests are read before the closing changes, which end a
+                    # finishing run's requests
+                    stops_cur.execute(self._q_flushed, _run_steps(batch))
                     for c, (_, statement, params) in zip(closing_curs, closing):
                         c.execute(statement, params)
                     cur.execute(_COMMIT)
@@ -246,8 +249,8 @@ def _run_steps(batch: list[Part]) -> dict[str, list[int]]:
 
 
 class _Series:
-    """The series a flush touched, as the series parameters of ingest_flush: one element per
-    series in key_ids/run_pks/n_new/lens, and their tails laid end to end."""
+    """The series a flush touched, as the parameters of ONE upsert_series statement: one
+    element per series in key_ids/run_pks/n_new/lens, and their tails laid end to end."""
 
     __slots__ = ("_last", "key_ids", "lens", "n_new", "nonfinite", "run_pks", "steps", "times", "values")
 
@@ -291,13 +294,6 @@ class _Series:
         self.values += values
 
     def params(self, tail: int, seq_bound: int) -> dict:
-        if not self.key_ids:  # no finite value in the flush
-            return dict.fromkeys(
-                ("key_ids", "run_pks", "n_new", "lens", "steps", "times", "values"), None
-            ) | {
-                "tail": tail,
-                "seq_bound": seq_bound,
-            }
         return {
             "key_ids": self.key_ids,
             "run_pks": self.run_pks,

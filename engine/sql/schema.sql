@@ -100,41 +100,12 @@ CREATE FUNCTION public.finite_series(of_run bigint, of_key integer, system boole
    ORDER BY s.seq;
 END;
 
-CREATE FUNCTION public.ingest_flush(p_key_ids integer[], p_run_pks bigint[], p_n_new bigint[], p_lens integer[], p_steps bigint[], p_times timestamp with time zone[], p_values double precision[], p_tail integer, p_seq_bound bigint, p_runs bigint[], p_run_steps bigint[], p_run_system_steps bigint[]) RETURNS TABLE(run_pk bigint, automation text)
+CREATE FUNCTION public.ingest_flush(p_runs bigint[], p_run_steps bigint[], p_run_system_steps bigint[]) RETURNS TABLE(run_pk bigint, automation text)
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 #variable_conflict use_column
 BEGIN
-    IF cardinality(p_key_ids) > 0 THEN
-        -- append each series' new finite values to its tail (keeping the last p_tail), count
-        -- them, and stamp a series_batches row (the evaluators' watermark, xid-stamped) with
-        -- the positions of the new values
-        WITH series AS (
-            SELECT key_id, run_pk, n_new,
-                   sum(len) OVER (ORDER BY i) - len + 1 AS first,
-                   sum(len) OVER (ORDER BY i) AS last
-            FROM unnest(p_key_ids, p_run_pks, p_n_new, p_lens) WITH ORDINALITY AS s(key_id, run_pk, n_new, len, i)
-        ), up AS (
-            INSERT INTO series_state AS s (key_id, run_pk, n_finite, tail_step, tail_time, tail_value)
-            SELECT key_id, run_pk, n_new, p_steps[first:last], p_times[first:last], p_values[first:last]
-            FROM series
-            ON CONFLICT (key_id, run_pk) DO UPDATE SET
-                n_finite   = s.n_finite + EXCLUDED.n_finite,
-                tail_step  = (s.tail_step || EXCLUDED.tail_step)
-                             [greatest(1, cardinality(s.tail_step) + cardinality(EXCLUDED.tail_step) - p_tail + 1):],
-                tail_time  = (s.tail_time || EXCLUDED.tail_time)
-                             [greatest(1, cardinality(s.tail_time) + cardinality(EXCLUDED.tail_time) - p_tail + 1):],
-                tail_value = (s.tail_value || EXCLUDED.tail_value)
-                             [greatest(1, cardinality(s.tail_value) + cardinality(EXCLUDED.tail_value) - p_tail + 1):],
-                updated_at = now()
-            RETURNING key_id, run_pk, n_finite
-        )
-        INSERT INTO series_batches (key_id, run_pk, first_pos, last_pos, seq_bound)
-        SELECT up.key_id, up.run_pk, up.n_finite - series.n_new + 1, up.n_finite, p_seq_bound
-        FROM up JOIN series USING (key_id, run_pk);
-    END IF;
-
     -- each run keeps its current steps; a run with metric values had its last one now, on the
     -- database's clock, and a pause of at least a minute since the one before (or since the
     -- run's start) is recorded in run_metric_gaps, for stall rules' backtests

@@ -1,4 +1,4 @@
-"""The tails a flush sends to ingest_flush: the shortcut for the usual run (the same keys in
+"""The tails a flush sends to upsert_series: the shortcut for the usual run (the same keys in
 every call, finite values) gives what the general reading of the records gives."""
 
 from __future__ import annotations
