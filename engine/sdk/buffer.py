@@ -174,6 +174,9 @@ class Writer:
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # writer thread: something to flush
+        # writer thread, between two batches of a pass: no run's flush waits any more. Apart
+        # from _wake so that every run's flush does not wake the idle thread for nothing.
+        self._turn = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)  # appenders: the buffer has room again
         self._flush_lock = threading.Lock()  # one flush at a time (seq order, one connection)
         self._dirty: dict[Stream, None] = {}  # streams with queued points (or to open), in order
@@ -201,6 +204,7 @@ class Writer:
         with self._lock:
             self._stopping = True
             self._wake.notify_all()
+            self._turn.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -476,7 +480,7 @@ class Writer:
             if urgent:
                 with self._lock:
                     self._urgent -= 1
-                    self._wake.notify_all()  # the thread's pass may go on (after this flush)
+                    self._turn.notify_all()  # the thread's pass may go on (after this flush)
         try:
             return self._flush_once(first)
         finally:
@@ -609,7 +613,7 @@ class Writer:
                 for _ in range(max(1, batches)):
                     # a lock is not fair: a run's `flush` waiting for it goes before the next batch
                     with self._lock:
-                        self._wake.wait_for(lambda: self._stopping or not self._urgent)
+                        self._turn.wait_for(lambda: self._stopping or not self._urgent)
                     if self._stopping or not self.flush_once():
                         break
                 failures = 0

@@ -7,12 +7,12 @@ For each batch the buffer (buffer.py) hands over:
    (FORMAT BINARY)` (copy_binary.py), with `seq = (batch_id << 20) | ordinal`
    (`ingest_batch_seq`),
 3. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
-   value in the batch, and `insert_nonfinite` for its NaN and infinite values (rare),
-   `note_run_ingest` for every run in the batch (its current steps; with metric values, its
-   last ingestion, for stalls),
-4. one `notify_ingest`, and the final state changes of runs whose last points are in it,
-5. the pending stop requests of the batch's runs (`pending_stop_requests`: stop_run), read in
-   the same transaction, so a run learns of one within a flush.
+   value in the batch (series_state and its watermark rows), and `insert_nonfinite` for its NaN
+   and infinite values (rare), then ONE `ingest_flush` (a function whose statements keep their
+   plans) for every run of the batch (its current steps; with metric values, its last
+   ingestion, for stalls), one NOTIFY, and the pending stop requests of the batch's runs
+   (stop_run), read in the same transaction, so a run learns of one within a flush,
+4. the final state changes of runs whose last points are in it.
 
 Batches are sent one at a time in logging order, so `seq` follows it.
 """
@@ -75,9 +75,7 @@ class DatabaseTransport:
         self._q_key_ids = query("key_ids")
         self._q_upsert = query("upsert_series")
         self._q_nonfinite = query("insert_nonfinite")
-        self._q_ingested = query("note_run_ingest")
-        self._q_notify = query("notify_ingest")
-        self._q_stops = query("pending_stop_requests")
+        self._q_flushed = query("ingest_flush")
 
     @staticmethod
     def prepare_connection(conn: psycopg.Connection) -> None:
@@ -102,7 +100,7 @@ class DatabaseTransport:
 
     def send(self, batch: Batch) -> SendResult:
         """One transaction, in four round trips: BEGIN with the batch id (and new keys),
-        the COPYs, then the series upserts, NOTIFY, closing statements and COMMIT together.
+        the COPYs, then the series upserts, ingest_flush, closing statements and COMMIT together.
         (psycopg's transaction() would add two: COPY cannot run inside a pipeline, so the
         transaction is opened and committed by hand around it.)"""
         # every key in the batch was noted before its record was appended
@@ -162,10 +160,9 @@ class DatabaseTransport:
                         cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
                     if series.nonfinite:
                         cur.execute(self._q_nonfinite, series.nonfinite_params())
-                    cur.execute(self._q_ingested, _run_steps(batch))
-                    cur.execute(self._q_notify, {"payload": ""})
-                    # before the closing changes, which end a finishing run's requests
-                    stops_cur.execute(self._q_stops, {"run_pks": list({s.run_pk for s, _, _, _ in batch})})
+                    # the stop requests are read before the closing changes, which end a
+                    # finishing run's requests
+                    stops_cur.execute(self._q_flushed, _run_steps(batch))
                     for c, (_, statement, params) in zip(closing_curs, closing):
                         c.execute(statement, params)
                     cur.execute(_COMMIT)
@@ -235,8 +232,8 @@ class DatabaseTransport:
 
 
 def _run_steps(batch: list[Part]) -> dict[str, list[int]]:
-    """note_run_ingest's parameters: each run's highest metric and system step in the batch
-    (-1: none; a run with no metric values is not alive for stall rules)."""
+    """ingest_flush's runs: each run's highest metric and system step in the batch (-1: none;
+    a run with no metric values is not alive for stall rules)."""
     runs: dict[int, list[int]] = {}
     for stream, records, system, _ in batch:
         steps = runs.setdefault(cast(int, stream.run_pk), [-1, -1])
@@ -245,9 +242,9 @@ def _run_steps(batch: list[Part]) -> dict[str, list[int]]:
         if system:
             steps[1] = max(steps[1], max(r[1] for r in system))
     return {
-        "run_pks": list(runs),
-        "steps": [s[0] for s in runs.values()],
-        "system_steps": [s[1] for s in runs.values()],
+        "runs": list(runs),
+        "run_steps": [s[0] for s in runs.values()],
+        "run_system_steps": [s[1] for s in runs.values()],
     }
 
 

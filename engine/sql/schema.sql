@@ -20,6 +20,33 @@ SELECT EXISTS (
 )
 $$;
 
+CREATE FUNCTION public.create_run(p_entity text, p_project text, p_run_id text, p_name text, p_user text, p_config jsonb, p_tags text[], p_at timestamp with time zone) RETURNS TABLE(run_pk bigint, project_id bigint)
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH p AS (
+        INSERT INTO projects (entity, name) VALUES (p_entity, p_project)
+        ON CONFLICT (entity, name) DO UPDATE SET entity = EXCLUDED.entity
+        RETURNING id
+    ), r AS (
+        INSERT INTO runs (project_id, run_id, name, user_name, config, tags, state, created_at, updated_at)
+        SELECT p.id, p_run_id, p_name, p_user, p_config, p_tags, 'running', p_at, p_at FROM p
+        ON CONFLICT (project_id, run_id) DO NOTHING
+        RETURNING id, project_id
+    ), tr AS (
+        INSERT INTO run_transitions (run_pk, from_state, to_state, author, at)
+        SELECT id, NULL, 'running', p_user, p_at FROM r
+    )
+    INSERT INTO events AS e (time, type, author, project_id, run_pk, details)
+    SELECT p_at, 'run_state', p_user, r.project_id, r.id, jsonb_build_object('from', NULL, 'to', 'running')
+    FROM r
+    RETURNING e.run_pk, e.project_id;
+END
+$$;
+
 CREATE FUNCTION public.events_are_append_only() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -72,6 +99,79 @@ CREATE FUNCTION public.finite_series(of_run bigint, of_key integer, system boole
            WHERE (finite_series.system AND (m.run_pk = finite_series.of_run) AND (m.key_id = finite_series.of_key) AND public.is_finite_value(m.value))) s
    ORDER BY s.seq;
 END;
+
+CREATE FUNCTION public.ingest_flush(p_runs bigint[], p_run_steps bigint[], p_run_system_steps bigint[]) RETURNS TABLE(run_pk bigint, automation text)
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+#variable_conflict use_column
+BEGIN
+    -- each run keeps its current steps; a run with metric values had its last one now, on the
+    -- database's clock, and a pause of at least a minute since the one before (or since the
+    -- run's start) is recorded in run_metric_gaps, for stall rules' backtests
+    WITH flushed AS (
+        SELECT * FROM unnest(p_runs, p_run_steps, p_run_system_steps) AS f(id, step, system_step)
+    ), before AS (
+        SELECT r.id, coalesce(r.last_metric_at, r.created_at) AS since, f.step, f.system_step
+        FROM runs AS r JOIN flushed AS f USING (id)
+    ), stamped AS (
+        UPDATE runs AS r
+        SET step = greatest(r.step, b.step),
+            system_step = greatest(r.system_step, b.system_step),
+            last_metric_at = CASE WHEN b.step >= 0 THEN now() ELSE r.last_metric_at END
+        FROM before AS b WHERE r.id = b.id
+        RETURNING r.id, b.since, b.step >= 0 AS metric
+    )
+    INSERT INTO run_metric_gaps (run_pk, from_at, to_at)
+    SELECT id, since, now() FROM stamped WHERE metric AND since <= now() - interval '1 minute'
+    ON CONFLICT DO NOTHING;
+
+    -- one NOTIFY per flush (NOTIFY takes a global lock at commit: never one per point)
+    PERFORM pg_notify('engine_ingest', '');
+
+    RETURN QUERY
+    SELECT s.run_pk, s.automation FROM stop_requests AS s
+    WHERE s.run_pk = ANY(p_runs) AND s.ended_at IS NULL
+    ORDER BY s.trigger_id;
+END
+$$;
+
+CREATE FUNCTION public.transition_run(p_run_pk bigint, p_from_states text[], p_to_state text, p_exit_code integer, p_author text, p_at timestamp with time zone, p_stopped_by text) RETURNS SETOF text
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    RETURN QUERY
+    WITH old AS (
+        SELECT id, project_id, state FROM runs
+        WHERE id = p_run_pk AND state = ANY(p_from_states)
+        FOR UPDATE
+    ), up AS (
+        UPDATE runs r SET
+            state       = p_to_state,
+            exit_code   = p_exit_code,
+            updated_at  = p_at,
+            finished_at = CASE WHEN p_to_state = 'running' THEN NULL ELSE p_at END
+        FROM old
+        WHERE r.id = old.id
+        RETURNING r.id, r.project_id, old.state AS from_state
+    ), tr AS (
+        INSERT INTO run_transitions (run_pk, from_state, to_state, exit_code, author, at)
+        SELECT id, from_state, p_to_state, p_exit_code, p_author, p_at FROM up
+    ), stops AS (
+        UPDATE stop_requests s SET ended_at = p_at
+        FROM up
+        WHERE s.run_pk = up.id AND s.ended_at IS NULL
+    )
+    INSERT INTO events (time, type, author, project_id, run_pk, details)
+    SELECT p_at, 'run_state', p_author, project_id, id,
+           jsonb_build_object('from', from_state, 'to', p_to_state, 'exit_code', p_exit_code)
+           || CASE WHEN p_stopped_by IS NULL THEN '{}'::jsonb
+                   ELSE jsonb_build_object('stopped_by', p_stopped_by) END
+    FROM up
+    RETURNING details ->> 'from';
+END
+$$;
 
 CREATE FUNCTION public.wandb_event_type(rule_type text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE

@@ -203,6 +203,35 @@ def test_nan_and_infinities_are_stored_but_not_in_series_state(conn, database_ur
     assert len(_points(conn, run.pk, "only_nan")) == 1
 
 
+def test_a_flush_without_a_finite_value_still_keeps_the_run_current_and_notifies(conn, database_url):
+    """The series part of the flush's bookkeeping has nothing to do; the rest is done."""
+    conn.execute("LISTEN engine_ingest")
+    run = _init()
+    pk = run.pk
+    assert pk is not None
+    run.log({"loss": 1.0})
+    run.flush()
+    (stamped,) = conn.execute("SELECT last_metric_at FROM runs WHERE id = %s", (pk,)).fetchone()
+    run.log({"loss": math.nan, "acc": math.inf}, step=7)
+    run.flush()
+    step, last_metric_at = conn.execute(
+        "SELECT step, last_metric_at FROM runs WHERE id = %s", (pk,)
+    ).fetchone()
+    assert step == 7 and last_metric_at > stamped
+    loss = _series(conn, pk, "loss")
+    assert loss is not None and loss[:2] == (1, [0]) and _batches(conn, pk, "loss") == [(1, 1)]
+    assert _series(conn, pk, "acc") is None
+    nonfinite = conn.execute(
+        "SELECT k.key, n.step FROM nonfinite_points n JOIN metric_keys k ON k.id = n.key_id"
+        " WHERE n.run_pk = %s ORDER BY n.seq",
+        (pk,),
+    ).fetchall()
+    assert nonfinite == [("loss", 7), ("acc", 7)]
+    received = list(conn.notifies(timeout=5, stop_after=2))
+    assert [(n.channel, n.payload) for n in received] == [("engine_ingest", "")] * 2
+    run.finish()
+
+
 def test_two_values_at_one_step_are_kept_in_logging_order(conn, database_url):
     with _init() as run:
         run.log({"x": 1.0}, step=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -191,3 +192,12 @@ def test_series_tails_are_packed_as_binary_arrays():
     t = datetime(2000, 1, 1, 0, 0, 1, 5, tzinfo=UTC)
     assert _decode_array(TimestamptzArray.of([t]), "q") == (1184, [1_000_005])
     assert _decode_array(Int8Array.of([]), "q") == (20, [])
+
+
+def test_long_tails_are_packed_element_by_element_in_order():
+    steps = [(-1) ** i * i * 2**33 + i for i in range(1, 301)]
+    values = [i / 7 if i % 50 else math.inf for i in range(300)]
+    assert _decode_array(Int8Array.of(steps), "q") == (20, steps)
+    assert _decode_array(Float8Array.of(values), "d") == (701, values)
+    (_, decoded) = _decode_array(Float8Array.of([math.nan, -0.0]), "d")
+    assert math.isnan(decoded[0]) and math.copysign(1.0, decoded[1]) == -1.0

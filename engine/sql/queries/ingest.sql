@@ -33,9 +33,12 @@ INSERT INTO series_batches (key_id, run_pk, first_pos, last_pos, seq_bound)
 SELECT up.key_id, up.run_pk, up.n_finite - series.n_new + 1, up.n_finite, %(seq_bound)s
 FROM up JOIN series USING (key_id, run_pk);
 
--- name: notify_ingest
--- One NOTIFY per flushed batch (NOTIFY takes a global lock at commit: never one per point).
-SELECT pg_notify('engine_ingest', %(payload)s);
+-- name: ingest_flush
+-- The runs' bookkeeping of a flush, after upsert_series, in one statement (the function
+-- ingest_flush of engine/sql/migrations, whose statements keep their plans): each run's
+-- current steps and last ingestion, the NOTIFY; returns the runs' pending stop requests.
+SELECT run_pk, automation
+FROM ingest_flush(%(runs)s::bigint[], %(run_steps)s::bigint[], %(run_system_steps)s::bigint[]);
 
 -- name: insert_nonfinite
 -- The flush's non-finite values (NaN, ±Infinity), rare, as parallel arrays: kept apart from
@@ -43,27 +46,3 @@ SELECT pg_notify('engine_ingest', %(payload)s);
 INSERT INTO nonfinite_points (run_pk, key_id, seq, step, "time", value)
 SELECT * FROM unnest(%(run_pks)s::bigint[], %(key_ids)s::integer[], %(seqs)s::bigint[], %(steps)s::bigint[],
                      %(times)s::timestamptz[], %(values)s::double precision[]);
-
--- name: note_run_ingest
--- The runs of a flush, each with the highest step of its metric values and of its system
--- samples in the flush (-1: none): the run keeps its current steps. A run with metric values
--- (system metrics do not count) had its last metric value now, on the database's clock; a
--- pause of at least a minute since the one before (or since the run's start) is recorded in
--- run_metric_gaps, for stall rules' backtests.
-WITH flushed AS (
-    SELECT * FROM unnest(%(run_pks)s::bigint[], %(steps)s::bigint[], %(system_steps)s::bigint[])
-        AS f(id, step, system_step)
-), before AS (
-    SELECT r.id, coalesce(r.last_metric_at, r.created_at) AS since, f.step, f.system_step
-    FROM runs AS r JOIN flushed AS f USING (id)
-), stamped AS (
-    UPDATE runs AS r
-    SET step = greatest(r.step, b.step),
-        system_step = greatest(r.system_step, b.system_step),
-        last_metric_at = CASE WHEN b.step >= 0 THEN now() ELSE r.last_metric_at END
-    FROM before AS b WHERE r.id = b.id
-    RETURNING r.id, b.since, b.step >= 0 AS metric
-)
-INSERT INTO run_metric_gaps (run_pk, from_at, to_at)
-SELECT id, since, now() FROM stamped WHERE metric AND since <= now() - interval '1 minute'
-ON CONFLICT DO NOTHING;

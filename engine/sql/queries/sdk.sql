@@ -11,25 +11,12 @@ ON CONFLICT (entity, name) DO UPDATE SET entity = EXCLUDED.entity
 RETURNING id;
 
 -- name: create_run
--- A new run is a transition from NULL into 'running' (so it has its event too): project, run,
--- transition and event in one statement. Returns nothing when the run id exists already.
-WITH p AS (
-    INSERT INTO projects (entity, name) VALUES (%(entity)s, %(project)s)
-    ON CONFLICT (entity, name) DO UPDATE SET entity = EXCLUDED.entity
-    RETURNING id
-), r AS (
-    INSERT INTO runs (project_id, run_id, name, user_name, config, tags, state, created_at, updated_at)
-    SELECT p.id, %(run_id)s, %(name)s, %(user)s, %(config)s, %(tags)s, 'running', %(at)s, %(at)s FROM p
-    ON CONFLICT (project_id, run_id) DO NOTHING
-    RETURNING id, project_id
-), tr AS (
-    INSERT INTO run_transitions (run_pk, from_state, to_state, author, at)
-    SELECT id, NULL, 'running', %(user)s, %(at)s FROM r
-)
-INSERT INTO events (time, type, author, project_id, run_pk, details)
-SELECT %(at)s, 'run_state', %(user)s, project_id, id, jsonb_build_object('from', NULL, 'to', 'running')
-FROM r
-RETURNING run_pk, project_id;
+-- A new run, with its transition from NULL into 'running' and its event (the function
+-- create_run of engine/sql/migrations, whose statement keeps its plan). Returns (run_pk,
+-- project_id), or nothing when the run id exists already.
+SELECT run_pk, project_id
+FROM create_run(%(entity)s::text, %(project)s::text, %(run_id)s::text, %(name)s::text, %(user)s::text,
+                %(config)s::jsonb, %(tags)s::text[], %(at)s::timestamptz);
 
 -- name: find_created_run
 -- The run an SDK process created when the answer to its creation was lost and it tries
@@ -86,43 +73,19 @@ RETURNING name, config, tags;
 
 -- name: run_max_steps
 -- Where a resumed run's step counters continue (-1: nothing logged yet).
--- (kept on the run by every flush: note_run_ingest).
+-- (kept on the run by every flush: ingest_flush).
 SELECT step, system_step FROM runs WHERE id = %(run_pk)s;
 
 -- name: transition_run
 -- One state change: runs.state, a run_transitions row and a 'run_state' event, only when the
--- run is in one of the given from_states (returns nothing otherwise, and changes nothing).
--- It ends the run's pending stop requests (stop_run), whatever the new state: a resumed run
--- starts with none. %(stopped_by)s: the automation whose stop request the run obeys (killed
--- by stop_run; its event says so), else NULL.
-WITH old AS (
-    SELECT id, project_id, state FROM runs
-    WHERE id = %(run_pk)s AND state = ANY(%(from_states)s::text[])
-    FOR UPDATE
-), up AS (
-    UPDATE runs r SET
-        state       = %(to_state)s::text,
-        exit_code   = %(exit_code)s::integer,
-        updated_at  = %(at)s,
-        finished_at = CASE WHEN %(to_state)s::text = 'running' THEN NULL ELSE %(at)s END
-    FROM old
-    WHERE r.id = old.id
-    RETURNING r.id, r.project_id, old.state AS from_state
-), tr AS (
-    INSERT INTO run_transitions (run_pk, from_state, to_state, exit_code, author, at)
-    SELECT id, from_state, %(to_state)s::text, %(exit_code)s::integer, %(author)s, %(at)s FROM up
-), stops AS (
-    UPDATE stop_requests s SET ended_at = %(at)s
-    FROM up
-    WHERE s.run_pk = up.id AND s.ended_at IS NULL
-)
-INSERT INTO events (time, type, author, project_id, run_pk, details)
-SELECT %(at)s, 'run_state', %(author)s, project_id, id,
-       jsonb_build_object('from', from_state, 'to', %(to_state)s::text, 'exit_code', %(exit_code)s::integer)
-       || CASE WHEN %(stopped_by)s::text IS NULL THEN '{}'::jsonb
-               ELSE jsonb_build_object('stopped_by', %(stopped_by)s::text) END
-FROM up
-RETURNING details ->> 'from';
+-- run is in one of the given from_states (returns nothing otherwise, and changes nothing;
+-- else the state it left). It ends the run's pending stop requests (stop_run), whatever the
+-- new state: a resumed run starts with none. %(stopped_by)s: the automation whose stop
+-- request the run obeys (killed by stop_run; its event says so), else NULL. The function
+-- transition_run of engine/sql/migrations, whose statement keeps its plan.
+SELECT transition_run AS from_state
+FROM transition_run(%(run_pk)s::bigint, %(from_states)s::text[], %(to_state)s::text, %(exit_code)s::integer,
+                    %(author)s::text, %(at)s::timestamptz, %(stopped_by)s::text);
 
 -- name: pending_stop_requests
 -- The pending stop requests (stop_run) of these runs, oldest first: read in every flush's
