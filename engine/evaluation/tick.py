@@ -4,6 +4,7 @@ among connections, and the transaction that evaluates a share (see the package d
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 import time
@@ -42,6 +43,8 @@ from engine.evaluation.isolation import GroupFailed, evaluate_isolating, record_
 from engine.evaluation.statements import dicts, dumped_once, execute, run
 from engine.exceptions import DatabaseError, DatabaseUnavailable
 from engine.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 # How long after its transaction began a flush may still be committing: a stall check looks
 # back this far past its previous check for stamps that became visible late.
@@ -173,15 +176,17 @@ class Evaluator:
         ~25 ms: done on the first tick that had data for it, that tick (and the p99 of the
         ticks) paid it. (A group's query that reads the hypertable is compiled when a tail
         falls short, rarely.)"""
-        for stored in self._clocked:
-            self.compiled([stored])
+        work: list[tuple[list[StoredAutomation], bool]] = [([s], False) for s in self._clocked]
         for members in self._by_activity.values():
             grouped = [stored for stored, group in members if group is not None]
             if grouped:
-                self.compiled(grouped, tails_only=True)
-            for stored, group in members:
-                if group is None:
-                    self.compiled([stored])
+                work.append((grouped, True))
+            work.extend(([stored], False) for stored, group in members if group is None)
+        for automations, tails_only in work:
+            try:
+                self.compiled(automations, tails_only=tails_only)
+            except Exception:  # compiled again by its tick, whose isolation skips and records it
+                log.debug("compiling %s failed", [s.name for s in automations], exc_info=True)
 
     # -- one tick ----------------------------------------------------------------------
     def tick(self) -> TickResult:
