@@ -263,8 +263,8 @@ class Ready:
     _json: tuple[int, bytes] | None = None
 
     def json(self, first: int) -> bytes:
-        """The trigger rows as a JSON array, numbered (`n`, their firing order) from `first`:
-        made once (by the worker that made the rows, while the connection was busy)."""
+        """The trigger rows as a JSON array, numbered (`n`, their firing order) from `first`
+        (made once: a metric group's as soon as its rows are made)."""
         if self._json is None or self._json[0] != first:
             for n, row in enumerate(self.triggers, start=first):
                 row["n"] = n
@@ -293,8 +293,7 @@ def metric_group_ready(
     group: Sequence[StoredAutomation], rows: list[dict[str, Any]], first: int = 0
 ) -> Ready:
     """A metric group's query rows as trigger rows, in JSON numbered from `first`: all the
-    cooldown needs came with them (each rule's last firing per run), so this needs no
-    connection (the evaluator runs it while the connection runs the next group's query)."""
+    cooldown needs came with them (each rule's last firing per run), so this needs no query."""
     last_fired: dict[int, dict[int, datetime]] = {}
     ready = cooled(group_firings(group, rows, last_fired), last_fired)
     ready.json(first)

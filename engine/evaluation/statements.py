@@ -58,9 +58,8 @@ def _native(sql: str) -> tuple[bytes, tuple[str, ...]]:
 def run(
     conn: psycopg.Connection, compiled: CompiledQuery, runtime: dict[str, Any]
 ) -> psycopg.RawCursor[dict[str, Any]]:
-    """Run a compiled query (prepared: planned once per connection). Its rows have arrived
-    when this returns, but are made Python dicts by the cursor's fetch*, which needs no
-    connection: another thread may do it while the connection runs the next statement."""
+    """Run a compiled query (prepared: planned once per connection); its rows are made
+    Python dicts by the cursor's fetch*."""
     sql, names = _native(compiled.sql)
     params = compiled.bind(**runtime)
     cursor = psycopg.RawCursor(conn, row_factory=dict_row)

@@ -9,7 +9,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -102,8 +102,6 @@ class Evaluator:
         self._helpers: dict[int, psycopg.Connection] = {}
         self._session = {"statement_timeout_ms": str(self.settings.statement_timeout_ms)}
         self._pool: ThreadPoolExecutor | None = None
-        # turn metric groups' rows into trigger rows while the connection runs the next query
-        self._workers: ThreadPoolExecutor | None = None
         self._failures: dict[int, int] = {}  # automations that failed last tick: consecutive failures
 
     # -- connections -------------------------------------------------------------------
@@ -146,9 +144,6 @@ class Evaluator:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        if self._workers is not None:
-            self._workers.shutdown(wait=True)
-            self._workers = None
 
     # -- automations -------------------------------------------------------------------
     def _load(self, conn: psycopg.Connection, fingerprint: str) -> list[StoredAutomation]:
@@ -434,7 +429,7 @@ class Evaluator:
         self, conn: psycopg.Connection, members: list[StoredAutomation], frontier: int, to_xid: int
     ) -> Callable[[], list[dict[str, Any]]]:
         """Run a group's query over [frontier, to_xid); returns what makes its rows Python
-        dicts (no connection needed: see `statements.run`). Metric groups whose windows fit
+        dicts. Metric groups whose windows fit
         the tails run the tails-only query first; the full one (which can read the
         hypertable) only when a series' tail fell short (a backlog)."""
         runtime = {"from_xid": str(frontier), "to_xid": str(to_xid)}
@@ -468,11 +463,9 @@ class Evaluator:
                 .execute(query("lock_states"), {"ids": [s.id for s in members]})
                 .fetchall()
             }
-            # per group, in order: its trigger rows (a metric group's, made by a worker while
-            # the connection runs the next group's query), or its firings (the others')
-            parts: list[
-                tuple[list[StoredAutomation], Future[Ready]] | list[tuple[StoredAutomation, list[Firing]]]
-            ] = []
+            # per group, in order: its trigger rows (a metric group's: all its cooldown needs came
+            # with its rows, their JSON made at once), or its firings (the others')
+            parts: list[Ready | list[tuple[StoredAutomation, list[Firing]]]] = []
             evaluated: dict[int, list[int]] = {}  # where frontiers move: the automations
             for group in groups:
                 # another service may have moved a frontier since the tick began: the locked
@@ -489,8 +482,11 @@ class Evaluator:
                     except DatabaseError as exc:
                         raise GroupFailed(group, exc) from exc
                     if is_metric_rule(same[0].automation):
-                        made = self._worker().submit(_ready, same, rows, part_first(len(parts)))
-                        parts.append((group, made))
+                        try:
+                            with boundary():
+                                parts.append(metric_group_ready(same, rows(), part_first(len(parts))))
+                        except DatabaseError as exc:
+                            raise GroupFailed(group, exc) from exc
                     else:
                         parts.append(list(group_firings(same, rows(), {})))
                     evaluated.setdefault(end, []).extend(s.id for s in same)
@@ -498,17 +494,7 @@ class Evaluator:
             last_fired = last_fired_of(
                 conn, [c for part in parts if isinstance(part, list) for c in part], {}
             )
-            ready: list[Ready] = []
-            for part in parts:
-                if isinstance(part, list):
-                    ready.append(cooled(part, last_fired))
-                    continue
-                group, made = part
-                try:
-                    with boundary():
-                        ready.append(made.result())
-                except DatabaseError as exc:
-                    raise GroupFailed(group, exc) from exc
+            ready = [cooled(part, last_fired) if isinstance(part, list) else part for part in parts]
             fired = insert_ready(conn, ready)
             for end, ids in evaluated.items():
                 advance = "advance_frontiers" if end >= to_xid else "advance_frontiers_partially"
@@ -516,13 +502,6 @@ class Evaluator:
         if fired and self.on_fired is not None:
             self.on_fired(fired)
         return sum(len(ids) for ids in evaluated.values()), len(members) - len(locked), fired
-
-    def _worker(self) -> ThreadPoolExecutor:
-        if self._workers is None:
-            self._workers = ThreadPoolExecutor(
-                max_workers=self.settings.evaluation_connections, thread_name_prefix="engine-triggers"
-            )
-        return self._workers
 
     def _catch_up_end(
         self, conn: psycopg.Connection, members: list[StoredAutomation], frontier: int, to_xid: int
@@ -542,8 +521,3 @@ class Evaluator:
         row = dicts(conn).execute(query("catch_up_end"), bound).fetchone()
         end = None if row is None else row["end_xid"]
         return to_xid if end is None else int(end)
-
-
-def _ready(group: list[StoredAutomation], rows: Callable[[], list[dict[str, Any]]], first: int) -> Ready:
-    """A metric group's trigger rows from its query's rows (run by a worker thread)."""
-    return metric_group_ready(group, rows(), first)

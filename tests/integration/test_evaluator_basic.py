@@ -248,10 +248,9 @@ def test_the_queries_are_compiled_when_the_automations_are_loaded(conn, database
 
 
 def test_the_ids_of_a_ticks_triggers_follow_its_groups_and_their_firing_order(conn, database_url):
-    """A metric group's trigger rows are made by a worker thread while the connection runs
-    the next group's query; one statement inserts every group's, numbered in the groups'
-    order (a 2^32 stride per group), so the ids follow the firing order within each group and
-    the groups' order across them, as when one thread made them all."""
+    """One statement inserts every group's trigger rows, each group's JSON made on its own
+    and numbered from its own 2^32 stride: the ids follow the firing order within each group
+    and the groups' order across them."""
     from engine.evaluation import Evaluator
     from engine.settings import Settings
 
