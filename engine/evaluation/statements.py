@@ -55,14 +55,22 @@ def _native(sql: str) -> tuple[bytes, tuple[str, ...]]:
     return _PLACEHOLDER.sub(number, sql).encode(), tuple(names)
 
 
+def run(
+    conn: psycopg.Connection, compiled: CompiledQuery, runtime: dict[str, Any]
+) -> psycopg.RawCursor[dict[str, Any]]:
+    """Run a compiled query (prepared: planned once per connection); its rows are made
+    Python dicts by the cursor's fetch*."""
+    sql, names = _native(compiled.sql)
+    params = compiled.bind(**runtime)
+    cursor = psycopg.RawCursor(conn, row_factory=dict_row)
+    return cursor.execute(sql, [params[name] for name in names], prepare=True)
+
+
 def execute(
     conn: psycopg.Connection, compiled: CompiledQuery, runtime: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Run a compiled query (prepared: planned once per connection) and return its rows."""
-    sql, names = _native(compiled.sql)
-    params = compiled.bind(**runtime)
-    cursor = psycopg.RawCursor(conn, row_factory=dict_row)
-    return cursor.execute(sql, [params[name] for name in names], prepare=True).fetchall()
+    return run(conn, compiled, runtime).fetchall()
 
 
 def dumped_once(params: dict[str, Any]) -> dict[str, Any]:

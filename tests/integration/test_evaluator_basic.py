@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -199,3 +201,91 @@ def test_the_evaluator_prepares_its_statements_on_its_own_connection(conn, datab
         evaluator.close()
     assert [t["step"] for t in triggers(conn)] == [4, 5]
     run.finish()
+
+
+def test_the_queries_are_compiled_when_the_automations_are_loaded(conn, database_url, monkeypatch):
+    """Compiling a query costs ~25 ms: done when the automations are loaded (the first tick),
+    not in the first tick with data for each (that tick's latency). A metric group and an
+    event rule, none with data at first: the tick with their first data compiles nothing."""
+    import engine.evaluation.tick as tick_module
+    from engine.evaluation import Evaluator
+    from engine.settings import Settings
+
+    apply_yaml(conn, ACCURACY)
+    apply_yaml(
+        conn,
+        rule(
+            "loss-high", '{type: run_metric_threshold, metric: loss, window: 1, operator: ">", threshold: 5}'
+        ),
+    )
+    apply_yaml(conn, rule("finished", "{type: run_state, states: [finished]}"))
+    evaluator = Evaluator(database_url, Settings(database_url=database_url, evaluation_connections=1))
+    compiled: list[str] = []
+
+    def counted(name: str) -> Callable[..., Any]:
+        original = getattr(tick_module, name)
+
+        def compile_counted(*args: Any, **kwargs: Any) -> Any:
+            compiled.append(name)
+            return original(*args, **kwargs)
+
+        return compile_counted
+
+    for name in ("compile_metrics", "compile_rule"):
+        monkeypatch.setattr(tick_module, name, counted(name))
+    try:
+        evaluator.tick()  # loads (and compiles) them: nothing written yet
+        assert sorted(compiled) == ["compile_metrics", "compile_metrics", "compile_rule"]
+        compiled.clear()
+        with engine.init(project="acme/vision", name="loaded", system_metrics_interval=0) as run:
+            log_series(run, "accuracy", [0.7] * 5)
+            log_series(run, "loss", [9.0], start_step=5)
+        evaluator.tick()
+        assert compiled == []
+    finally:
+        evaluator.close()
+    assert sorted(t["automation"] for t in triggers(conn)) == ["accuracy-above-0.6", "finished", "loss-high"]
+
+
+def test_the_ids_of_a_ticks_triggers_follow_its_groups_and_their_firing_order(conn, database_url):
+    """One statement inserts every group's trigger rows, each group's JSON made on its own
+    and numbered from its own 2^32 stride: the ids follow the firing order within each group
+    and the groups' order across them."""
+    from engine.evaluation import Evaluator
+    from engine.settings import Settings
+
+    apply_yaml(
+        conn,
+        rule(
+            "acc-any",
+            '{type: run_metric_threshold, metric: accuracy, window: 1, operator: ">", threshold: 0}',
+            extra="cooldown: 1m\n",
+        ),
+    )
+    apply_yaml(
+        conn,
+        rule(
+            "loss-any",
+            '{type: run_metric_threshold, metric: loss, window: 1, operator: ">", threshold: 0}',
+            extra="cooldown: 1m\n",
+        ),
+    )
+    evaluator = Evaluator(database_url, Settings(database_url=database_url, evaluation_connections=1))
+    try:
+        evaluator.tick()
+        run = engine.init(project="acme/vision", name="ordered", system_metrics_interval=0)
+        for step in range(6):
+            run.log(
+                {"accuracy": 0.5 + step / 100, "loss": 2.0 - step / 100},
+                step=step,
+                time=T0 + timedelta(minutes=step),
+            )
+        run.flush()
+        assert evaluator.tick().fired == 12
+        run.finish()
+    finally:
+        evaluator.close()
+    fired = triggers(conn)  # ordered by id
+    groups = [t["automation"] for t in fired]
+    assert groups in (["acc-any"] * 6 + ["loss-any"] * 6, ["loss-any"] * 6 + ["acc-any"] * 6)
+    assert [t["step"] for t in fired] == list(range(6)) * 2
