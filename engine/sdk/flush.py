@@ -68,6 +68,9 @@ class DatabaseTransport:
         self._keys_lock = threading.Lock()  # runs note keys while a flush interns them
         self._unknown: set[str] = set()  # keys not interned yet
         self._key_ids: dict[str, int] = {}
+        # batches (their writer seq) whose connection broke while their COMMIT was on its way:
+        # the database id of the flush, asked about before the batch is sent again
+        self._in_doubt: dict[int, int] = {}
 
         self._q_copy = {False: query("copy_metric_points"), True: query("copy_system_metrics")}
         self._q_batch = query("next_ingest_batch")
@@ -111,8 +114,22 @@ class DatabaseTransport:
             (s, c[0], {**c[1], "run_pk": s.run_pk})
             for s, c in cast("list[tuple[Stream, tuple[str, dict]]]", batch.closing)
         ]
-        with self._connections.connection() as conn:
-            new_ids, closed, stops = self._send_on(conn, batch.parts, unknown, closing)
+        doubt = self._in_doubt.get(batch.seq)
+        if doubt is not None:
+            stored = self._committed(batch.parts, doubt)  # raises while the database is away: asked again
+            del self._in_doubt[batch.seq]
+            if stored:
+                # stored by the attempt that lost its answer: not again (the states are read
+                # back, the stop requests come with the next flush)
+                return SendResult([(stream, None) for stream, _, _ in closing])
+        committing: list[int] = []
+        try:
+            with self._connections.connection() as conn:
+                new_ids, closed, stops = self._send_on(conn, batch.parts, unknown, closing, committing)
+        except BaseException:
+            if committing:
+                self._in_doubt[batch.seq] = committing[0]
+            raise
         with self._keys_lock:
             self._key_ids.update(new_ids)
             self._unknown.difference_update(new_ids)
@@ -127,8 +144,12 @@ class DatabaseTransport:
         batch: list[Part],
         unknown: list[str],
         closing: list[tuple[Stream, str, dict]],
+        committing: list[int],
     ) -> tuple[dict[str, int], list[tuple[Stream, object]], list[tuple[int, str]]]:
+        """The batch's transaction; `committing` gets its batch id when the connection breaks
+        while the COMMIT may have reached the server (the outcome is unknown)."""
         new_ids: dict[str, int] = {}
+        sent: list[int] = []
         try:
             with boundary():
                 cur = conn.cursor()
@@ -155,6 +176,7 @@ class DatabaseTransport:
                                 seq = self._copy_run(copy.write_row, run_pk, records, ids, seq, series)
                 closing_curs = [conn.cursor() for _ in closing]
                 stops_cur = conn.cursor()
+                sent.append(batch_id)  # from here on the COMMIT may reach the server
                 with conn.pipeline():
                     if series.key_ids:  # every point of this flush has a seq below `seq`
                         cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
@@ -172,10 +194,22 @@ class DatabaseTransport:
                     cast("list[tuple[int, str]]", stops_cur.fetchall()),
                 )
         except BaseException as exc:
+            if conn.broken or conn.closed:
+                committing.extend(sent)
             self._abort(conn)
             if isinstance(exc, DatabaseUnavailable) or conn.broken or conn.closed:
                 self._connections.drop()
             raise
+
+    def _committed(self, parts: list[Part], batch_id: int) -> bool:
+        """Whether the flush `batch_id` of these parts committed (the transaction is atomic: one
+        run's points tell). A batch without points has only state changes, which are sent again."""
+        run_pk = next((s.run_pk for s, r, y, _ in parts if r or y), None)
+        if run_pk is None:
+            return False
+        bounds = {"run_pk": run_pk, "lo": batch_id << ORDINAL_BITS, "hi": (batch_id + 1) << ORDINAL_BITS}
+        with self._connections.connection() as conn, boundary():
+            return bool(cast("tuple[bool]", conn.execute(query("batch_committed"), bounds).fetchone())[0])
 
     def _abort(self, conn: psycopg.Connection) -> None:
         if conn.closed or conn.broken or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:

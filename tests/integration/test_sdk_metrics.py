@@ -346,3 +346,38 @@ def test_other_connections_see_points_only_after_the_flush_commits(database_url,
     with psycopg.connect(database_url) as other:
         assert other.execute("SELECT count(*) FROM series_state").fetchone()[0] == 1
     run.finish()
+
+
+def test_a_batch_whose_commit_answer_was_lost_is_asked_about_before_it_is_sent_again(conn, database_url):
+    """The connection broke while a flush's COMMIT was on its way (a server crash): whether it
+    committed is unknown. Sent again, the batch is first looked up by its flush's id: stored,
+    it is not stored twice; not stored, it is stored."""
+    from engine.sdk.buffer import Batch, Part, Stream
+    from engine.sdk.session import Transport
+    from engine.settings import get_settings
+
+    run = engine.init(project="acme/vision", name="in-doubt", system_metrics_interval=0)
+    run.flush()
+    settings = get_settings()
+    transport = Transport(database_url, settings, on_open=sdk_flush.DatabaseTransport.prepare_connection)
+    sender = sdk_flush.DatabaseTransport(transport, settings.series_tail)
+    sender.note_keys(["loss"])
+    now = datetime.now(UTC)
+    stream = Stream(run.pk, "acme/vision/in-doubt")
+    stored = Batch([Part(stream, [(now, 0, ("loss",), (0.5,))], [], 1)], [], seq=1)
+    sender.send(stored)
+    (flush_id,) = conn.execute(
+        "SELECT max(seq) >> %s FROM metric_points WHERE run_pk = %s", (sdk_flush.ORDINAL_BITS, run.pk)
+    ).fetchone()
+    sender._in_doubt[stored.seq] = flush_id  # as a broken connection during its COMMIT leaves it
+    assert sender.send(stored).closed == []  # committed before: not sent again
+    lost = Batch([Part(stream, [(now, 1, ("loss",), (0.25,))], [], 1)], [], seq=2)
+    sender._in_doubt[lost.seq] = flush_id + 1_000  # that attempt never committed
+    sender.send(lost)
+    assert sender._in_doubt == {}
+    values = conn.execute(
+        "SELECT step, value FROM metric_points WHERE run_pk = %s ORDER BY seq", (run.pk,)
+    ).fetchall()
+    assert values == [(0, 0.5), (1, 0.25)]
+    transport.drop()
+    run.finish()

@@ -101,6 +101,13 @@ ORDER BY trigger_id;
 -- name: next_ingest_batch
 SELECT nextval('ingest_batch_seq');
 
+-- name: batch_committed
+-- Whether the flush of one batch id committed: its points (seq = batch id << 20 | ordinal, in
+-- either table) exist for a run of it. Asked only when the connection broke while the
+-- flush's COMMIT was on its way, before the batch is sent again.
+SELECT EXISTS (SELECT 1 FROM metric_points WHERE run_pk = %(run_pk)s AND seq >= %(lo)s AND seq < %(hi)s)
+    OR EXISTS (SELECT 1 FROM system_metrics WHERE run_pk = %(run_pk)s AND seq >= %(lo)s AND seq < %(hi)s);
+
 -- name: intern_keys
 INSERT INTO metric_keys (key) SELECT unnest(%(keys)s::text[]) ON CONFLICT (key) DO NOTHING;
 
