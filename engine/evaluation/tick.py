@@ -52,6 +52,10 @@ _STAMP_MARGIN = timedelta(minutes=1)
 # psycopg's default: a statement run this many times on a connection is prepared
 # (those run with prepare=True at once).
 _PREPARE_THRESHOLD = 5
+# While data keeps coming, the frontiers of idle automations (nothing new for them) move at
+# most this often: moving them is a commit of its own, and until then they only widen the
+# span of the next tick's activity query a little.
+_IDLE_REFRESH_SECONDS = 1.0
 
 
 @dataclass
@@ -95,7 +99,7 @@ class Evaluator:
         self._in_tails: set[int] = set()  # the ids of the metric rules whose windows fit the tails
         self._clocked: list[StoredAutomation] = []  # rules driven by time (stalled runs)
         self._checked: dict[int, datetime] = {}  # their last check's "now", per automation
-        self._idle_refreshed = -math.inf  # when idle frontiers were last moved with nothing written
+        self._idle_refreshed = -math.inf  # when idle frontiers were last moved
         self._compiled: dict[tuple[Any, ...], CompiledQuery] = {}  # (tails_only, (id, version)...)
         self._lock = threading.Lock()
         self._ticks = 0
@@ -247,10 +251,12 @@ class Evaluator:
         # cut shorter with each failure (a backlog too long for one statement, in parts)
         for stored in catching_up:
             self._run(conn, [[stored]], to_xid, result, catch_up=True)
-        # Idle automations' frontiers move past what others were written. When nothing was
-        # written at all, moving them (a write, whose xid moves the xmin: the next tick would
-        # do it again) only refreshes evaluated_at: done at most once per interval.
-        if idle and (activity or time.monotonic() - self._idle_refreshed >= self.settings.interval):
+        # Idle automations' frontiers move past what others were written, at most once a
+        # second. When nothing was written at all, moving them (a write, whose xid moves the
+        # xmin: the next tick would do it again) only refreshes evaluated_at: done at most
+        # once per interval.
+        refresh = _IDLE_REFRESH_SECONDS if activity else self.settings.interval
+        if idle and time.monotonic() - self._idle_refreshed >= refresh:
             dicts(conn).execute(query("advance_idle_frontiers"), {"ids": idle, "to_xid": str(to_xid)})
             self._idle_refreshed = time.monotonic()
         result.idle = len(idle)
