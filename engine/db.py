@@ -473,6 +473,39 @@ class Database:
         with self.connection(share) as conn:
             return run(conn, name, params)
 
+    def take_now(self, share: str | None = None) -> psycopg.Connection | None:
+        """A connection of `share` when one is free, idle and fresh right now, taken without
+        waiting or any I/O (no ping, no connect); else None (`take` waits, pings or connects).
+        For callers on an event loop, which must not block; they give it back with
+        `give_back`."""
+        share = share or self.default_share
+        slots = self._slots[share]
+        if not slots.acquire(blocking=False):
+            return None
+        with self._lock:
+            fresh = (
+                bool(self._idle)
+                and not self._closed
+                and time.monotonic() - self._idle[-1][1] <= FRESH_SECONDS
+                and not self._idle[-1][0].closed
+            )
+            if fresh:
+                conn = self._idle.pop()[0]
+                self._in_use[share] += 1
+                self.checkouts[share] += 1
+                return conn
+        slots.release()
+        return None
+
+    def take(self, share: str | None = None) -> psycopg.Connection:
+        """A connection of `share` (waiting, pinging or connecting as `connection` does), for
+        the caller to give back with `give_back`."""
+        return self._take(share or self.default_share)
+
+    def give_back(self, conn: psycopg.Connection, share: str | None = None) -> None:
+        """Return a connection of `take`/`take_now` (a transaction left open is rolled back)."""
+        self._give_back(share or self.default_share, conn)
+
     # -- leasing -----------------------------------------------------------------------------
     def lease(self, share: str) -> psycopg.Connection:
         """A connection of `share` that its holder keeps, session state and all, until it

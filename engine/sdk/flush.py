@@ -61,13 +61,13 @@ class DatabaseTransport:
 
     advice = "Check that the database is reachable (`engine db status`, ENGINE_DATABASE_URL)."
 
-    def __init__(self, connections: Connections, series_tail: int):
+    def __init__(self, connections: Connections, series_tail: int, *, key_ids: dict[str, int] | None = None):
         self._connections = connections
         self.tail = series_tail
         self.where = f"the database {describe_url(connections.url)}"
         self._keys_lock = threading.Lock()  # runs note keys while a flush interns them
         self._unknown: set[str] = set()  # keys not interned yet
-        self._key_ids: dict[str, int] = {}
+        self._key_ids: dict[str, int] = {} if key_ids is None else key_ids  # (engine web: its process's)
         # batches (their writer seq) whose connection broke while their COMMIT was on its way:
         # the database id of the flush, asked about before the batch is sent again
         self._in_doubt: dict[int, int] = {}
@@ -154,8 +154,11 @@ class DatabaseTransport:
             with boundary():
                 cur = conn.cursor()
                 batch_cur, keys_cur = conn.cursor(), conn.cursor()
+                # engine web opens the transaction itself (it holds the run's lock): join it
+                begin = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
                 with conn.pipeline():
-                    cur.execute(_BEGIN)
+                    if begin:
+                        cur.execute(_BEGIN)
                     if unknown:
                         cur.execute(self._q_intern, {"keys": unknown})
                         keys_cur.execute(self._q_key_ids, {"keys": unknown})

@@ -39,7 +39,7 @@ from engine.exceptions import (
 )
 from engine.sdk import buffer
 from engine.sdk.artifacts import ArtifactVersion, RegistryLink
-from engine.sdk.buffer import Batch, Part, SendResult, Stream
+from engine.sdk.buffer import Batch, Part, Record, SendResult, Stream
 from engine.settings import API_PREFIX, Settings, api_endpoint
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class HttpTransport:
         self.where = client.where
         self.chunk_points = chunk_points
         self._token = secrets.token_hex(8)  # batch ids of this process: never another's
+        self._columns = True  # until a server that predates `columns` refuses them
 
     def note_keys(self, keys: list[str]) -> None:
         pass  # the server interns keys
@@ -169,14 +170,14 @@ class HttpTransport:
                 if end is not None:
                     body["finish"] = _finish_body(*_ending(end[1]))
                 try:
-                    answer = self._client.call("POST", path, content=encode(body))
+                    answer = self._post_log(path, body)
                 except (ValueError, NotFound, AccessDenied, KeyRefused, IngestError) as exc:
                     # refused for good (the run was killed or deleted, a value the server cannot
                     # store, the key's scope): retrying would block the run forever
                     log.error(
                         "run %s: %d logged points were refused by %s and dropped: %s",
                         part.stream.label,
-                        sum(len(r["values"]) for r in body["rows"] + body["system"]),
+                        _points(body),
                         self.where,
                         exc,
                     )
@@ -192,6 +193,20 @@ class HttpTransport:
         for stream, params in ending.values():
             closed.append((stream, self._call_finish(stream.label, _finish_body(*_ending(params)))))
         return SendResult(closed, tuple(stop))
+
+    def _post_log(self, path: str, body: dict[str, Any]) -> Any:
+        """POST a log body; its rows as columns, or as rows once a server has refused columns
+        (one that predates them: 422 naming the field), for the rest of the session."""
+        if not self._columns and "columns" in body:
+            body = _as_rows(body)
+        try:
+            return self._client.call("POST", path, content=encode(body))
+        except ValueError as exc:
+            if "columns" not in body or not str(exc).startswith("columns:"):
+                raise
+            log.info("%s takes no columns (%s): log bodies are sent as rows", self.where, exc)
+            self._columns = False
+            return self._client.call("POST", path, content=encode(_as_rows(body)))
 
     def finish(self, label: str, exit_code: int | None, *, stopped: bool = False) -> str:
         """End the run (`stopped`: killed by its pending stop request); the state it is in
@@ -301,24 +316,73 @@ def _version(answer: dict[str, Any]) -> ArtifactVersion:
     )
 
 
-def log_bodies(part: Part, chunk_points: int) -> Iterator[dict[str, Any]]:
+def log_bodies(part: Part, chunk_points: int, *, columns: bool = True) -> Iterator[dict[str, Any]]:
     """A run's part of a batch as log request bodies (without their batch id) of at most
-    `chunk_points` points each (a record is never split), as `encode` writes them."""
-    rows: list[dict[str, Any]] = []
+    `chunk_points` points each (a record is never split), as `encode` writes them: the
+    metric rows as `columns` (or, for a server that predates them, as `rows`), system
+    samples as `system`."""
+    rows: list[Record] = []
     system: list[dict[str, Any]] = []
     n = 0
     for records, with_step in ((part.records, True), (part.system, False)):
-        for t, step, keys, values in records:
+        for record in records:
+            t, _, keys, values = record
             if n and n + len(values) > chunk_points:
-                yield {"rows": rows, "system": system}
+                yield _body(rows, system, columns)
                 rows, system, n = [], [], 0
             if with_step:
-                rows.append({"time": t, "step": step, "values": dict(zip(keys, values))})
+                rows.append(record)
             else:
                 system.append({"time": t, "values": dict(zip(keys, values))})
             n += len(values)
     if rows or system:
-        yield {"rows": rows, "system": system}
+        yield _body(rows, system, columns)
+
+
+def _body(rows: list[Record], system: list[dict[str, Any]], columns: bool) -> dict[str, Any]:
+    if not columns:
+        return {
+            "rows": [
+                {"time": t, "step": step, "values": dict(zip(keys, values))} for t, step, keys, values in rows
+            ],
+            "system": system,
+        }
+    body: dict[str, Any] = {"system": system}
+    if rows:
+        # a run logs the same keys (the same tuple) call after call: usually one key set
+        keysets: dict[tuple[str, ...], int] = {}
+        chosen = [keysets.setdefault(r[2], len(keysets)) for r in rows]
+        body["columns"] = {
+            "keys": list(keysets),
+            "keyset": chosen if len(keysets) > 1 else 0,
+            "step": [r[1] for r in rows],
+            "time": [r[0] for r in rows],
+            "values": [v for r in rows for v in r[3]],
+        }
+    return body
+
+
+def _as_rows(body: dict[str, Any]) -> dict[str, Any]:
+    """A body's `columns` as `rows` (for a server that predates columns)."""
+    body = dict(body)
+    columns = body.pop("columns", None)
+    if columns is not None:
+        keysets = [tuple(k) for k in columns["keys"]]
+        chosen = columns["keyset"]
+        if isinstance(chosen, int):
+            chosen = [chosen] * len(columns["step"])
+        values = iter(columns["values"])
+        body["rows"] = [
+            {"time": t, "step": step, "values": {key: next(values) for key in keysets[i]}}
+            for t, step, i in zip(columns["time"], columns["step"], chosen)
+        ]
+    return body
+
+
+def _points(body: dict[str, Any]) -> int:
+    columns = body.get("columns")
+    rows = len(columns["values"]) if columns else sum(len(r["values"]) for r in body.get("rows", ()))
+    return rows + sum(len(r["values"]) for r in body["system"])
 
 
 def encode(body: dict[str, Any]) -> bytes:

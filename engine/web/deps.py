@@ -11,11 +11,12 @@ one: while the database is down, requests answer 503 with its reason, and /healt
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 import psycopg
 from fastapi import Depends
+from fastapi.concurrency import run_in_threadpool
 
 from engine import db as enginedb
 from engine.exceptions import DatabaseUnavailable
@@ -58,10 +59,28 @@ def connect() -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def connection() -> Iterator[psycopg.Connection]:
-    """A FastAPI dependency: a pooled connection for the request, returned after it."""
-    with connect() as conn:
-        yield conn
+async def connection() -> AsyncIterator[psycopg.Connection]:
+    """A FastAPI dependency: a pooled connection for the request, returned after it.
+
+    Taken and given back on the event loop when that needs no I/O (an idle connection used a
+    moment ago; a request that left no transaction open): a synchronous dependency costs two
+    trips through the thread pool per request, each a thread wake-up that a loaded machine
+    makes wait for a time slice. Waiting for a free connection, pinging a stale one, opening
+    one and rolling back go to the thread pool."""
+    if _database is None:
+        raise DatabaseUnavailable("the web server's connection pool is not open")
+    database = _database
+    conn = database.take_now(SHARE)
+    if conn is None:
+        conn = await run_in_threadpool(database.take, SHARE)
+    try:
+        with enginedb.boundary():
+            yield conn
+    finally:
+        if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            database.give_back(conn, SHARE)
+        else:
+            await run_in_threadpool(database.give_back, conn, SHARE)
 
 
 # A route parameter `conn: Conn` gets the request's connection. Declare it after the key

@@ -17,11 +17,11 @@ from psycopg.types.json import Jsonb
 
 from engine import clock
 from engine.db import boundary, query
-from engine.exceptions import EngineError, LockBusy, NotFound
+from engine.exceptions import LockBusy, NotFound
 from engine.names import is_reserved_key
 from engine.sdk.buffer import MAX_BATCH_POINTS, Stream, Writer
 from engine.sdk.flush import DatabaseTransport
-from engine.sdk.run import _check_config, _check_tags, _new_run_id, _Opening, _transition
+from engine.sdk.run import _check_config, _check_tags, _new_run_id, _Opening, _transition, _transition_params
 from engine.sdk.validate import check_key, check_name, parse_project
 from engine.settings import Settings
 
@@ -59,6 +59,10 @@ class Stored:
     dropped_rows: list[int]
     step: int
     stop: str | None  # the automation of the run's pending stop request (stop_run), if any
+    state: str = "running"  # the run's state when the batch came (running: it was stored)
+    run_pk: int = 0
+    finished: str | None = None  # with an ending: the run's state afterwards
+    changed: bool = False  # with an ending: it ended the run now
 
 
 def find_run(conn: psycopg.Connection, entity: str, project: str, run_id: str) -> RunRow:
@@ -78,13 +82,6 @@ def run_state(conn: psycopg.Connection, run_pk: int) -> str:
     if row is None:
         raise NotFound(f"run {run_pk} no longer exists")
     return str(row[0])
-
-
-def batch_stored(conn: psycopg.Connection, run_pk: int, batch_id: str) -> bool:
-    """Whether the run's batch `batch_id` was stored."""
-    with boundary():
-        row = conn.execute(query("ingest_batch_state"), {"run_pk": run_pk, "batch_id": batch_id}).fetchone()
-    return row is not None and row[0] is not None
 
 
 def run_names(conn: psycopg.Connection, run_pk: int) -> tuple[str, str | None]:
@@ -177,36 +174,75 @@ def pending_stop(conn: psycopg.Connection, run_pk: int) -> str | None:
     return None if row is None else row[1]
 
 
+@dataclass(frozen=True)
+class RunPath:
+    """A run as a log request names it."""
+
+    entity: str
+    project: str
+    run_id: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.entity}/{self.project}/{self.run_id}"
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A run's end that comes with its last batch (`finish` without `stopped`): finished for
+    exit code 0, else failed, written in the batch's transaction."""
+
+    exit_code: int
+    author: str
+
+
+# The ids of metric keys, for every request of this process (keys are never deleted): a
+# request interns only keys that no request of the process has seen.
+_key_ids: dict[str, int] = {}
+
+
 def store_batch(
     conn: psycopg.Connection,
-    run: RunRow,
-    label: str,
+    path: RunPath,
     batch_id: str,
     rows: Sequence[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]],
     settings: Settings,
     system: Sequence[tuple[datetime | None, tuple[str, ...], tuple[float, ...]]] = (),
     *,
     clamp: bool = False,
+    running: bool = False,
+    ending: Ending | None = None,
 ) -> Stored:
     """Store one log batch exactly once: the rows follow `run.log`'s rules (a missing step is
     the next one, a lower step drops the row; with `clamp`, it is stored at the current step),
-    system samples are numbered after the run's, and the batch id commits with the points. A
-    pending stop request is read by the flush (its transaction), or here when nothing was
-    flushed (a batch stored before: the client may have lost the answer that said it)."""
-    with boundary(), _run_lock(conn, run.pk, batch_id, settings.web_lock_wait) as state:
-        stored = state.fetchone()
-        if stored is None:
-            raise NotFound(f"run {run.pk} no longer exists")
-        if stored[0] is not None:
-            return Stored(batch_id, True, 0, [], -1, pending_stop(conn, run.pk))
-        step, system_step = stored[1:]
+    system samples are numbered after the run's, and the batch id commits with the points.
+    With `running`, nothing is stored unless the run is running (the answer's `state` says).
+    With `ending`, a running run ends in the same transaction (`finished`). A pending stop
+    request is read by the flush (its transaction), or with the run's state.
+
+    One transaction holds the run's lock (one batch of a run at a time, across processes):
+    its first round trip opens it, takes the lock and reads the run; then the writer's flush
+    (new keys and batch id, COPY, series and the batch id with the end, COMMIT)."""
+    state = _lock_run(conn, path, batch_id, settings.web_lock_wait)
+    try:
+        if state is None:
+            raise NotFound(f"no run {path.run_id!r} in project {path.entity}/{path.project}")
+        run_pk, status, step, system_step, stored_points, stop = state
+        if stored_points is not None or (running and status != "running"):
+            finished, changed = None, False
+            if stored_points is not None and ending is not None and status == "running":
+                finished, changed = _end(conn, run_pk, ending)  # stored before, not ended: ends now
+            _commit(conn)
+            return Stored(
+                batch_id, stored_points is not None, 0, [], -1, stop, status, run_pk, finished, changed
+            )
         DatabaseTransport.prepare_connection(conn)
         # the buffer, without its thread: one flush of exactly this batch (points <= MAX_BATCH_POINTS)
         writer = Writer(
-            DatabaseTransport(_Connection(conn), settings.series_tail),
+            DatabaseTransport(_Connection(conn), settings.series_tail, key_ids=_key_ids),
             settings.model_copy(update={"buffer_max_points": MAX_BATCH_POINTS + 1}),
         )
-        stream = Stream(run.pk, label, step=step, system_step=system_step)
+        stream = Stream(run_pk, path.label, step=step, system_step=system_step)
         dropped: list[int] = []
         points = 0
         noted: set[tuple[str, ...]] = set()
@@ -226,44 +262,77 @@ def store_batch(
                 noted.add(keys)
             writer.append_system(stream, time or clock.now(), keys, values)
             points += len(values)
+        params: dict[str, Any] = {"batch_id": batch_id, "points": points}
         closing = query("ingest_batch_insert")
-        params = {"batch_id": batch_id, "points": points}
-        done, _ = writer.finish(stream, (closing, params), timeout=0)
-        if not done:  # nothing to store: the batch id alone
-            conn.execute(closing, params | {"run_pk": run.pk})
-        stop = stream.stop if done else pending_stop(conn, run.pk)
-        return Stored(batch_id, False, points, dropped, stream.step, stop)
+        if ending is not None:
+            closing = query("ingest_batch_end")
+            params |= _ending_params(run_pk, ending)
+        done, closed = writer.finish(stream, (closing, params), timeout=0)
+        if not done:  # nothing to store: the batch id alone (and the end)
+            with boundary():
+                closed = conn.execute(closing, params | {"run_pk": run_pk}).fetchone()
+            _commit(conn)
+        finished, changed = None, False
+        if ending is not None:
+            changed = closed is not None
+            finished = _to_state(ending) if changed else run_state(conn, run_pk)
+        stop = stream.stop if done else stop
+        return Stored(batch_id, False, points, dropped, stream.step, stop, status, run_pk, finished, changed)
+    finally:
+        if (
+            not (conn.closed or conn.broken)
+            and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        ):
+            with boundary():
+                conn.execute("ROLLBACK")  # a failed batch: nothing of it stays, nor the run's lock
 
 
-@contextlib.contextmanager
-def _run_lock(conn: psycopg.Connection, run_pk: int, batch_id: str, wait: float) -> Iterator[psycopg.Cursor]:
-    """The run's lock, held until the batch is stored, and (one round trip with it) whether the
-    batch was stored before and where the run's steps stand, read once the lock is held.
-    LockBusy (503) when another request held it for `wait` seconds."""
+def _lock_run(
+    conn: psycopg.Connection, path: RunPath, batch_id: str, wait: float
+) -> tuple[int, str, int, int, int | None, str | None] | None:
+    """Open the batch's transaction, take the run's lock (held until it ends) and read, once
+    the lock is held, the run: (pk, state, step, system step, the batch's points if it was
+    stored before, its pending stop request), or None when there is no such run. One round
+    trip. LockBusy (503) when another request held the lock for `wait` seconds."""
+    names = {"entity": path.entity, "project": path.project, "run_id": path.run_id}
     state = conn.cursor()
     try:
         with conn.pipeline():
+            conn.execute("BEGIN")
             conn.execute(query("lock_wait"), {"wait": f"{round(wait * 1000)}ms"})
-            conn.execute(query("ingest_lock"), {"run_pk": run_pk})
+            conn.execute(query("ingest_lock"), names)
             conn.execute(query("lock_wait"), {"wait": "0"})
-            state.execute(query("ingest_batch_state"), {"run_pk": run_pk, "batch_id": batch_id})
+            state.execute(query("ingest_run_state"), names | {"batch_id": batch_id})
     except psycopg.errors.LockNotAvailable:
         # the pipeline stopped at the lock: put the connection's lock wait back before it
         # returns to the pool (and if that fails, the pool drops it as broken)
         with boundary():
+            conn.execute("ROLLBACK")
             conn.execute(query("lock_wait"), {"wait": "0"})
         raise LockBusy(
             f"the run's previous log batch is still being stored (waited {wait:g} s for it): send this "
             "batch again (its batch id stores it once)"
         ) from None
-    try:
-        yield state
-    finally:
-        try:
-            with boundary():
-                conn.execute(query("ingest_unlock"), {"run_pk": run_pk})
-        except EngineError:
-            conn.close()  # a lock left held would stop the run's next batches: the pool drops this one
+    return state.fetchone()
+
+
+def _commit(conn: psycopg.Connection) -> None:
+    with boundary():
+        conn.execute("COMMIT")
+
+
+def _to_state(ending: Ending) -> str:
+    return "finished" if ending.exit_code == 0 else "failed"
+
+
+def _ending_params(run_pk: int, ending: Ending) -> dict[str, Any]:
+    return _transition_params(run_pk, ("running",), _to_state(ending), ending.exit_code, ending.author)
+
+
+def _end(conn: psycopg.Connection, run_pk: int, ending: Ending) -> tuple[str, bool]:
+    with boundary():
+        changed = conn.execute(query("transition_run"), _ending_params(run_pk, ending)).fetchone()
+    return (_to_state(ending), True) if changed is not None else (run_state(conn, run_pk), False)
 
 
 class _Connection:

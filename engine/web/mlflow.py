@@ -619,7 +619,8 @@ def _store_metrics(
         "mlflow-"
         + hashlib.sha256(f"{run.run_id}\0{json.dumps(args, sort_keys=True)}".encode()).hexdigest()[:48]
     )
-    ingest.store_batch(conn, run.row, run.label, batch_id, rows, request.app.state.settings, clamp=True)
+    path = ingest.RunPath(run.entity, run.project, run.run_id)
+    ingest.store_batch(conn, path, batch_id, rows, request.app.state.settings, clamp=True)
 
 
 @_post("/runs/log-metric")

@@ -124,6 +124,69 @@ def test_runs_and_log_batches_are_stored_once_however_often_they_are_sent(conn, 
     assert conn.execute("SELECT last_used_at IS NOT NULL FROM api_keys").fetchone() == (True,)
 
 
+def test_rows_sent_as_columns_are_stored_as_the_same_rows_would_be(conn, database_url, tmp_path):
+    """`columns` (the SDK's form): the rows of the first test, stored the same way (NaN and
+    infinities, a lower step dropped, a missing step the next one, two key sets), once; a
+    body whose columns do not add up is refused naming the column, nothing stored."""
+    key = make_key(conn, "trainer", "ingest", "acme/*")
+    with WebProcess(database_url, tmp_path / "web.log") as web, web.client(key) as http:
+        assert http.post("/api/v1/runs", json={"project": "acme/vision", "id": "r1"}).status_code == 201
+        columns = {
+            "keys": [["loss", "acc"], ["loss"]],
+            "keyset": [0, 0, 1, 1],
+            "step": [None, 5, 3, None],
+            "time": ["2026-01-02T03:04:05Z", None, None, "2026-01-02T03:04:06.5+01:00"],
+            "values": [0.5, "NaN", "Infinity", "-Infinity", 0.1, 0.25],
+        }
+        first = http.post(RUN + "/log", json={"batch_id": "c-1", "columns": columns})
+        assert first.status_code == 200, first.text
+        assert first.json() == {
+            "batch_id": "c-1",
+            "duplicate": False,
+            "points": 5,
+            "dropped_rows": [2],
+            "step": 6,
+        }
+        again = http.post(RUN + "/log", json={"batch_id": "c-1", "columns": columns})
+        assert again.json()["duplicate"] and again.json()["points"] == 0
+        stored = points(conn, "r1")
+        assert [(k, s) for k, s, _ in stored] == [
+            ("loss", 0),
+            ("acc", 0),
+            ("loss", 5),
+            ("acc", 5),
+            ("loss", 6),
+        ]
+        assert stored[0][2] == 0.5 and math.isnan(stored[1][2]) and stored[2][2] == math.inf
+        assert stored[3][2] == -math.inf and stored[4][2] == 0.25
+        times = conn.execute(
+            "SELECT m.step, m.time FROM metric_points m JOIN runs r ON r.id = m.run_pk "
+            "WHERE r.run_id = 'r1' AND m.step IN (0, 6) ORDER BY m.seq"
+        ).fetchall()
+        assert [(s, t.isoformat()) for s, t in times[::2]] == [
+            (0, "2026-01-02T03:04:05+00:00"),
+            (6, "2026-01-02T02:04:06.500000+00:00"),
+        ]
+
+        def refused(body: dict, field: str) -> None:
+            answer = http.post(RUN + "/log", json={"batch_id": "c-2", **body})
+            assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == field, answer.text
+
+        one = {"keys": [["loss"]], "step": [7, 8], "values": [1.0, 2.0]}
+        refused({"columns": {**one, "values": [1.0]}}, "columns.values")
+        refused({"columns": {**one, "time": [None]}}, "columns.time")
+        refused({"columns": {**one, "keyset": [0]}}, "columns.keyset")
+        refused({"columns": {**one, "keyset": 1}}, "columns.keyset")
+        refused({"columns": {**one, "keys": [["system/cpu"]]}}, "columns.keys.0")
+        refused({"columns": {**one, "keys": [["loss", "loss"]], "values": [1.0] * 4}}, "columns.keys.0")
+        refused({"columns": {**one, "values": [1.0, "high"]}}, "columns.values.1")
+        refused({"columns": {**one, "step": [7, -1]}}, "columns.step.1")
+        refused({"columns": one, "rows": [{"values": {"loss": 1}}]}, "columns")
+        assert len(points(conn, "r1")) == 5
+        stored_one = http.post(RUN + "/log", json={"batch_id": "c-2", "columns": one})
+        assert stored_one.json()["points"] == 2 and len(points(conn, "r1")) == 7
+
+
 def test_a_last_batch_ends_its_run_in_the_same_request_and_a_retry_answers_the_same(
     conn, database_url, tmp_path
 ):
@@ -164,11 +227,10 @@ def test_a_batch_waits_for_its_runs_previous_one_only_so_long_then_503_and_the_r
         web.client(key) as http,
     ):
         assert http.post("/api/v1/runs", json={"project": "acme/vision", "id": "r1"}).status_code == 201
-        (run_pk,) = conn.execute("SELECT id FROM runs WHERE run_id = 'r1'").fetchone()
         batch = {"batch_id": "b-1", "rows": [{"values": {"loss": 0.5}}, {"values": {"loss": 0.25}}]}
-        holder = psycopg.connect(database_url, autocommit=True)
+        holder = psycopg.connect(database_url)  # in a transaction: the lock is held until it ends
         try:  # another request's store, stuck: it holds the run's lock
-            holder.execute(db.query("ingest_lock"), {"run_pk": run_pk})
+            holder.execute(db.query("ingest_lock"), {"entity": "acme", "project": "vision", "run_id": "r1"})
             busy = http.post(RUN + "/log", json=batch)
             assert busy.status_code == 503, busy.text
             assert busy.headers["Retry-After"] == "1"
@@ -178,7 +240,7 @@ def test_a_batch_waits_for_its_runs_previous_one_only_so_long_then_503_and_the_r
             )
             assert points(conn, "r1") == []
         finally:
-            holder.close()  # the stuck store ends: its session lock goes with it
+            holder.close()  # the stuck store ends: its lock goes with its transaction
         stored = http.post(RUN + "/log", json=batch)
         assert stored.status_code == 200 and stored.json()["points"] == 2, stored.text
         again = http.post(RUN + "/log", json=batch)

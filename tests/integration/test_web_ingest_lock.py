@@ -1,5 +1,6 @@
-"""The run's lock of a log batch (engine/web/ingest.py): waited for at most the given time, and
-the connection that gave up waits for other locks as before (it goes back to the pool)."""
+"""The run's lock of a log batch (engine/web/ingest.py): waited for at most the given time, the
+connection that gave up waits for other locks as before (it goes back to the pool), and the
+lock lasts as long as the batch's transaction."""
 
 from __future__ import annotations
 
@@ -10,23 +11,38 @@ from engine import db
 from engine.exceptions import LockBusy
 from engine.web import ingest
 
+PATH = ingest.RunPath("acme", "vision", "r1")
+NAMES = {"entity": "acme", "project": "vision", "run_id": "r1"}
+
 
 def test_a_held_run_lock_is_waited_for_only_so_long_and_the_connection_keeps_no_bound(conn, database_url):
     conn.autocommit = True
     ingest.open_run(
         conn, project="acme/vision", name=None, user="u", run_id="r1", config=None, tags=None, resume=False
     )
-    run = ingest.find_run(conn, "acme", "vision", "r1")
-    holder = psycopg.connect(database_url, autocommit=True)
+    (run_pk,) = conn.execute("SELECT id FROM runs WHERE run_id = 'r1'").fetchone()
+    holder = psycopg.connect(database_url)  # another request's batch, in its transaction
     try:
-        holder.execute(db.query("ingest_lock"), {"run_pk": run.pk})
+        holder.execute(db.query("ingest_lock"), NAMES)
         with pytest.raises(LockBusy, match=r"still being stored \(waited 0.1 s"):
-            with ingest._run_lock(conn, run.pk, "b-1", 0.1):
-                pytest.fail("the lock was held by another session")
+            ingest._lock_run(conn, PATH, "b-1", 0.1)
         assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     finally:
         holder.close()
-    with ingest._run_lock(conn, run.pk, "b-1", 0.1) as state:
-        assert state.fetchone() == (None, -1, -1)  # not stored before; no step yet
-        assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
+    state = ingest._lock_run(conn, PATH, "b-1", 0.1)
+    assert state == (run_pk, "running", -1, -1, None, None)  # not stored before; no step yet
+    assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)
+    other = psycopg.connect(database_url, autocommit=True)
+    try:  # held by the open transaction, gone with it
+        assert other.execute("SELECT pg_try_advisory_lock(1768842087, %s)", (run_pk,)).fetchone() == (False,)
+        conn.execute("ROLLBACK")
+        assert other.execute("SELECT pg_try_advisory_lock(1768842087, %s)", (run_pk,)).fetchone() == (True,)
+    finally:
+        other.close()
+
+
+def test_no_such_run_takes_no_lock_and_answers_none(conn):
+    conn.autocommit = True
+    assert ingest._lock_run(conn, PATH, "b-1", 0.1) is None
+    conn.execute("ROLLBACK")

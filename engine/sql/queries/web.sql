@@ -29,27 +29,40 @@ SELECT state FROM runs WHERE id = %(run_pk)s;
 
 -- name: ingest_lock
 -- One log batch of a run at a time (whatever the number of `engine web` processes), so that
--- its steps are numbered and its batch id checked against what is stored. The two-key form
--- has a key space of its own (the engine's other advisory locks use the one-key form).
+-- its steps are numbered and its batch id checked against what is stored: the run, by its
+-- path, locked until the batch's transaction ends (no row, no lock: no such run). The two-key
+-- form has a key space of its own (the engine's other advisory locks use the one-key form).
 -- Waited for at most `wait` (lock_timeout, this statement only: set before, reset after it
 -- in the same pipeline): a client whose request the server still works on may send the batch
 -- again, and its retry must not hold a connection for as long as the first attempt.
-SELECT pg_advisory_lock(1768842087, mod(%(run_pk)s, 2147483647)::int);
+SELECT pg_advisory_xact_lock(1768842087, mod(r.id, 2147483647)::int)
+FROM runs r JOIN projects p ON p.id = r.project_id
+WHERE p.entity = %(entity)s AND p.name = %(project)s AND r.run_id = %(run_id)s;
 
 -- name: lock_wait
 SELECT set_config('lock_timeout', %(wait)s, false);
 
--- name: ingest_unlock
-SELECT pg_advisory_unlock(1768842087, mod(%(run_pk)s, 2147483647)::int);
-
--- name: ingest_batch_state
--- Run under the run's lock: the points of the batch if it was stored before (else NULL), and
--- where the run's steps stand.
-SELECT (SELECT points FROM ingest_batches WHERE run_pk = %(run_pk)s AND batch_id = %(batch_id)s),
-       step, system_step
-FROM runs WHERE id = %(run_pk)s;
+-- name: ingest_run_state
+-- Run under the run's lock (a statement after ingest_lock's, so that it sees what the lock's
+-- previous holder committed): the run, where its steps stand, the points of the batch if it
+-- was stored before (else NULL), and its oldest pending stop request (stop_run), if any.
+SELECT r.id, r.state, r.step, r.system_step,
+       (SELECT points FROM ingest_batches WHERE run_pk = r.id AND batch_id = %(batch_id)s),
+       (SELECT automation FROM stop_requests WHERE run_pk = r.id AND ended_at IS NULL ORDER BY trigger_id LIMIT 1)
+FROM runs r JOIN projects p ON p.id = r.project_id
+WHERE p.entity = %(entity)s AND p.name = %(project)s AND r.run_id = %(run_id)s;
 
 -- name: ingest_batch_insert
 -- Runs in the transaction that stores the batch's points (the writer's closing statement).
 INSERT INTO ingest_batches (run_pk, batch_id, points) VALUES (%(run_pk)s, %(batch_id)s, %(points)s)
 RETURNING batch_id;
+
+-- name: ingest_batch_end
+-- A run's last batch, in its transaction: the batch id (as ingest_batch_insert) and the
+-- run's end (as transition_run: its state before, or no row when it was not running).
+WITH batch AS (
+    INSERT INTO ingest_batches (run_pk, batch_id, points) VALUES (%(run_pk)s, %(batch_id)s, %(points)s)
+)
+SELECT transition_run AS from_state
+FROM transition_run(%(run_pk)s::bigint, %(from_states)s::text[], %(to_state)s::text, %(exit_code)s::integer,
+                    %(author)s::text, %(at)s::timestamptz, %(stopped_by)s::text);

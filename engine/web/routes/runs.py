@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import psycopg
@@ -20,6 +21,7 @@ from engine.web.models import (
     ArtifactOut,
     Finish,
     LogBatch,
+    LogColumns,
     LogOut,
     RunCreate,
     RunDetail,
@@ -84,23 +86,13 @@ def log(
     not stored again (`duplicate`), so a client may retry a batch freely. With `finish`, the
     run then ends as `POST …/finish` with that body would end it (a run's last batch and its
     end in one request)."""
-    run = ingest.find_run(conn, entity, project, run_id)
-    if run.state != "running":
-        if body.finish is not None and ingest.batch_stored(conn, run.pk, body.batch_id):
-            # a retried last batch whose answer was lost: stored, and the run ended, before
-            return LogOut(
-                batch_id=body.batch_id,
-                duplicate=True,
-                points=0,
-                dropped_rows=[],
-                step=-1,
-                finished=StateOut(id=run_id, state=run.state, changed=False),
-            )
-        raise Invalid(
-            ("path", "run_id"), f"run {run_id!r} is {run.state}: resume it (POST /runs with resume) to log"
-        )
-    rows = []
+    if body.columns is not None and body.rows:
+        raise Invalid(("body", "columns"), "give the rows either as rows or as columns, not both")
+    rows: list[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]] = []
     total = 0
+    if body.columns is not None:
+        rows = _column_rows(body.columns)
+        total = sum(len(row[3]) for row in rows)
     checked: set[tuple[str, ...]] = set()  # rows mostly repeat their keys: each set checked once
     for index, row in enumerate(body.rows):
         keys = tuple(row.values)
@@ -130,12 +122,35 @@ def log(
         system.append((sample.time, keys, numbers(sample.values)))
     if total > ingest.MAX_BATCH_POINTS:
         raise Invalid(("body", "rows"), f"a batch holds at most {ingest.MAX_BATCH_POINTS} points; split it")
+    # the usual end (an exit code) is written in the batch's transaction; a stop request's
+    # (`stopped`) once the batch is stored, as POST …/finish does it
+    ending = None
+    if body.finish is not None and not body.finish.stopped:
+        ending = ingest.Ending(body.finish.exit_code, principal.author)
     stored = ingest.store_batch(
-        conn, run, f"{entity}/{project}/{run_id}", body.batch_id, rows, request.app.state.settings, system
+        conn,
+        ingest.RunPath(entity, project, run_id),
+        body.batch_id,
+        rows,
+        request.app.state.settings,
+        system,
+        running=True,
+        ending=ending,
     )
     finished = None
-    if body.finish is not None:
-        finished = _finish(conn, run_id, run, body.finish, principal)  # running when read, above
+    if stored.state != "running":
+        if body.finish is None or not stored.duplicate:
+            raise Invalid(
+                ("path", "run_id"),
+                f"run {run_id!r} is {stored.state}: resume it (POST /runs with resume) to log",
+            )
+        # a retried last batch whose answer was lost: stored, and the run ended, before
+        finished = StateOut(id=run_id, state=stored.state, changed=False)
+    elif stored.finished is not None:
+        finished = StateOut(id=run_id, state=stored.finished, changed=stored.changed)
+    elif body.finish is not None:  # stopped: the run was running when its batch came
+        run = ingest.RunRow(stored.run_pk, "running", 0)
+        finished = _finish(conn, run_id, run, body.finish, principal)
     return LogOut(
         batch_id=stored.batch_id,
         duplicate=stored.duplicate,
@@ -145,6 +160,50 @@ def log(
         stop_requested=_stop(stored.stop),
         finished=finished,
     )
+
+
+def _column_rows(
+    columns: LogColumns,
+) -> list[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]]:
+    """`columns` as rows (time, step, keys, values), each field checked (422 naming it)."""
+    keysets = []
+    for index, keys in enumerate(columns.keys):
+        for key in keys:
+            try:
+                ingest.check_key(key)
+            except (TypeError, ValueError) as exc:
+                raise Invalid(("body", "columns", "keys", index), str(exc)) from None
+        if len(set(keys)) != len(keys):
+            raise Invalid(("body", "columns", "keys", index), "a key set names a key at most once")
+        keysets.append(tuple(keys))
+    steps = columns.step
+    n = len(steps)
+    times = columns.time if columns.time is not None else [None] * n
+    if len(times) != n:
+        raise Invalid(("body", "columns", "time"), f"{len(times)} times for {n} rows (step has {n})")
+    chosen = columns.keyset
+    if isinstance(chosen, int):
+        chosen = [chosen] * n
+    elif len(chosen) != n:
+        raise Invalid(("body", "columns", "keyset"), f"{len(chosen)} key sets for {n} rows (step has {n})")
+    if chosen and not (min(chosen) >= 0 and max(chosen) < len(keysets)):
+        raise Invalid(
+            ("body", "columns", "keyset"), f"a key set index is not one of the {len(keysets)} in keys"
+        )
+    values = numbers(columns.values)
+    widths = [len(k) for k in keysets]
+    if sum(widths[i] for i in chosen) != len(values):
+        raise Invalid(
+            ("body", "columns", "values"),
+            f"{len(values)} values for rows of {sum(widths[i] for i in chosen)}",
+        )
+    rows = []
+    at = 0
+    for t, step, i in zip(times, steps, chosen):
+        width = widths[i]
+        rows.append((t, step, keysets[i], values[at : at + width]))
+        at += width
+    return rows
 
 
 @router.get(RUN, dependencies=[access("read", project_in_path)])
