@@ -126,7 +126,7 @@ class SdkPath:
     def run(self, r: int) -> float:
         # The settings as a training process has them, read once: this process switches
         # ENGINE_URL on and off for the HTTP path, which clears their cache, and reading them
-        # again (~1.4 ms) is no part of logging a run.
+        # again is no part of logging a run.
         get_settings()
         start = time.perf_counter()
         with self.engine.init(
@@ -275,9 +275,9 @@ def main() -> None:
         if not args.no_http:
             paths["http"] = HttpPath(urls["http"], data, Path(tempfile.mkdtemp(prefix="engine-bench-web-")))
         # What exists now lives to the end (the MLflow client's and engine web's client modules,
-        # the precomputed values: ~145,000 objects): out of the cyclic collector, as `engine
-        # serve` does. Else each full collection walks them (~0.1-0.2 s) on the time of whichever
-        # path's turn it falls in, most of them set off by the MLflow path's garbage.
+        # the precomputed values): out of the cyclic collector, as `engine serve` does. Else
+        # each full collection walks all of it on the time of whichever path's turn it falls
+        # in, most of them set off by the MLflow path's garbage.
         gc.collect()
         gc.freeze()
         for rep in range(args.repetitions):
