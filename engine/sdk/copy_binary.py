@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+import sys
+from array import array
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from psycopg.adapt import Dumper
@@ -11,32 +13,122 @@ from psycopg.pq import Format
 
 from engine.sdk.buffer import Record
 
-# Binary COPY types, in the column order of the copy_* blocks in engine/sql/queries/sdk.sql.
+# Binary COPY types, in the column order of the copy_* blocks in engine/sql/queries/sdk.sql
+# (the rows below are written in these types).
 COPY_TYPES = ("timestamptz", "int8", "int4", "int8", "int8", "float8")
 
 
+# The binary COPY stream, written by the SDK itself in blocks (psycopg's `write_row` dumps
+# each field of each row through its adapters, several times slower than the columns below):
+# the signature, flags and header extension length, then the rows, then the trailer.
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+COPY_TRAILER = b"\xff\xff"
+# One row: the field count, then each field's length and bytes, in COPY_TYPES' order.
+_ROW = struct.Struct(">hiqiqiiiqiqid")
+_ROW_SIZE = _ROW.size
+# Offsets in a row of the time, step, seq and value fields (after each one's length).
+_TIME, _STEP, _SEQ, _VALUE = 6, 38, 50, 62
+# Records with the same keys are encoded column by column from this many on (below, a
+# row at a time costs less than setting up the columns) and at most this many points at a
+# time (the block's memory).
+_COLUMNS_FROM = 16
+_BLOCK_POINTS = 1 << 14
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
 def copy_run(
-    write: Callable[[tuple], None], run_pk: int, records: list[Record], ids: dict[str, int], seq: int
+    write: Callable[[bytes | bytearray], None],
+    run_pk: int,
+    records: list[Record],
+    ids: dict[str, int],
+    seq: int,
 ) -> tuple[int, dict[tuple[str, ...], list], list[tuple[int, Record]]]:
-    """COPY one run's records, numbered from `seq` (the hot loop of a flush: one tuple and one
-    write_row per point). Returns the next seq, the keys of the records with their key ids
-    and how many records have them (keys -> [key ids, count]), and the records with a NaN or
-    an infinity (rare: counted apart), each with the seq of its first value."""
+    """COPY one run's records as binary rows, numbered from `seq`, with `write` (a COPY's
+    `write`, between COPY_HEADER and COPY_TRAILER). Returns the next seq, the keys of the
+    records with their key ids and how many records have them (keys -> [key ids, count]),
+    and the records with a NaN or an infinity (rare: counted apart), each with the seq of
+    its first value.
+
+    Consecutive records with the same keys (a run logs the same keys call after call) are
+    encoded a block at a time, column by column (the hot path of a flush)."""
     slots: dict[tuple[str, ...], list] = {}
     odd: list[tuple[int, Record]] = []
-    for record in records:
-        t, step, keys, values = record
+    i, end = 0, len(records)
+    while i < end:
+        keys = records[i][2]
         slot = slots.get(keys)
         if slot is None:
             slot = slots[keys] = [tuple(ids[k] for k in keys), 0]
-        slot[1] += 1
-        for kid, value in zip(slot[0], values):
-            write((t, run_pk, kid, step, seq, value))
-            seq += 1
+        # the records from i on with these keys (the same tuple object while a run logs the
+        # same keys), at most a block's points
+        j, stop = i + 1, min(end, i + max(1, _BLOCK_POINTS // max(1, len(keys))))
+        while j < stop and (records[j][2] is keys or records[j][2] == keys):
+            j += 1
+        block = records[i:j]
+        slot[1] += j - i
+        values = [v for r in block for v in r[3]]
+        if j - i >= _COLUMNS_FROM:
+            write(_columns(run_pk, slot[0], block, values, seq))
+        else:
+            write(_rows(run_pk, slot[0], block, seq))
+        first = seq
+        seq += len(values)
         total = sum(values)
         if total - total:  # not 0.0: a value is not finite (or the sum overflowed)
-            odd.append((seq - len(values), record))
+            for record in block:
+                total = sum(record[3])
+                if total - total:
+                    odd.append((first, record))
+                first += len(record[3])
+        i = j
     return seq, slots, odd
+
+
+def _rows(run_pk: int, kids: tuple[int, ...], records: list[Record], seq: int) -> bytearray:
+    """The rows of a few records, one at a time."""
+    out = bytearray()
+    pack = _ROW.pack
+    for t, step, _, values in records:
+        us = (t - _PG_EPOCH) // _MICROSECOND
+        for kid, value in zip(kids, values):
+            out += pack(6, 8, us, 8, run_pk, 4, kid, 8, step, 8, seq, 8, value)
+            seq += 1
+    return out
+
+
+def _columns(
+    run_pk: int, kids: tuple[int, ...], records: list[Record], values: list[float], seq: int
+) -> bytearray:
+    """The rows of records with the same keys (`values`: theirs, laid end to end): the
+    constant fields from one record's rows repeated, then each varying field's bytes put in
+    place with strided slices (in C, no Python object per row)."""
+    n, k = len(records), len(kids)
+    row = b"".join(_ROW.pack(6, 8, 0, 8, run_pk, 4, kid, 8, 0, 8, 0, 8, 0.0) for kid in kids)
+    out = bytearray(row) * n
+    stride = _ROW_SIZE * k
+    # a record's time and step are in each of its k rows
+    for offset, column in ((_TIME, micros([r[0] for r in records])), (_STEP, [r[1] for r in records])):
+        packed = _big_endian("q", column)
+        for b in range(8):
+            byte = packed[b::8]
+            for at in range(offset + b, stride, _ROW_SIZE):
+                out[at::stride] = byte
+    # seq and value change from row to row
+    for offset, packed in (
+        (_SEQ, _big_endian("q", range(seq, seq + n * k))),
+        (_VALUE, _big_endian("d", values)),
+    ):
+        for b in range(8):
+            out[offset + b :: _ROW_SIZE] = packed[b::8]
+    return out
+
+
+def _big_endian(code: str, values: Iterable) -> bytes:
+    """8-byte numbers in network byte order."""
+    packed = array(code, values)
+    if not _BIG_ENDIAN:
+        packed.byteswap()
+    return packed.tobytes()
 
 
 # -- the tails of upsert_series, as binary arrays --------------------------------------------

@@ -29,7 +29,15 @@ from engine.db import boundary, describe_url, is_transient, query
 from engine.exceptions import DatabaseUnavailable, EngineError
 from engine.sdk import buffer
 from engine.sdk.buffer import Batch, Part, Record, SendResult, Stream
-from engine.sdk.copy_binary import COPY_TYPES, Float8Array, Int8Array, TimestamptzArray, copy_run, micros
+from engine.sdk.copy_binary import (
+    COPY_HEADER,
+    COPY_TRAILER,
+    Float8Array,
+    Int8Array,
+    TimestamptzArray,
+    copy_run,
+    micros,
+)
 
 if TYPE_CHECKING:
 
@@ -174,9 +182,10 @@ class DatabaseTransport:
                     parts = [(cast(int, s.run_pk), b) for s, r, y, _ in batch if (b := y if system else r)]
                     if parts:
                         with cur.copy(self._q_copy[system]) as copy:
-                            copy.set_types(COPY_TYPES)
+                            copy.write(COPY_HEADER)
                             for run_pk, records in parts:
-                                seq = self._copy_run(copy.write_row, run_pk, records, ids, seq, series)
+                                seq = self._copy_run(copy.write, run_pk, records, ids, seq, series)
+                            copy.write(COPY_TRAILER)
                 closing_curs = [conn.cursor() for _ in closing]
                 stops_cur = conn.cursor()
                 sent.append(batch_id)  # from here on the COMMIT may reach the server
