@@ -328,10 +328,12 @@ ORDER BY tr.value_time DESC LIMIT 1
 _COOLED = "ru.cooldown_us IS NULL OR lf.value_time IS NULL OR c.times[c.i] >= lf.value_time + ru.cooldown_us * INTERVAL '1 microsecond'"
 
 
-def _output(mode: Mode) -> exp.Select:
+def _output(mode: Mode, as_text: bool) -> exp.Select:
     """The rows of the candidates that fire, with their windows: the slices of the values,
-    or (live) their text, which the evaluator passes on to the trigger rows as it is
-    (converting them to Python floats and back to JSON cost ~0.2 ms per trigger)."""
+    or (`as_text`, live) their text, which the evaluator passes on to the trigger rows as it
+    is (converting them to Python floats and back to JSON cost ~0.2 ms per trigger). The
+    tails-only query keeps the arrays: the statement around it inserts them as they are, and
+    casts them to text only for the rows it returns (`fire_metric_group`)."""
     c_i = col("i", "c")
 
     def back(length: str) -> exp.Expression:  # c.i - ru.<length> + 1: where a window starts
@@ -343,7 +345,7 @@ def _output(mode: Mode) -> exp.Select:
     prior: exp.Expression = exp.Bracket(
         this=col("vals", "c"), expressions=[exp.Slice(this=back("span"), expression=c_i - col("size", "ru"))]
     )
-    if mode == "live":
+    if as_text:
         window, prior = exp.cast(window, "TEXT"), exp.cast(prior, "TEXT")
     candidate_rules = exp.Lateral(
         this=exp.Unnest(expressions=[col("candidates", "c")]),
@@ -500,7 +502,7 @@ def compile_metrics(
         )
         scopes_sql, in_scope = ENTITY_SCOPES, "UNNEST(sc.in_scope)"
     final = (
-        _output(mode)
+        _output(mode, as_text=mode == "live" and not tails_only)
         .join(lateral(frag(rule_sql), "ru"), join_type="CROSS")
         .join(lateral(frag(_MATCH), "o"), join_type="CROSS")
         .join(lateral(frag(_TESTED), "t"), join_type="CROSS")

@@ -246,11 +246,11 @@ SELECT
   c.times[c.i] AS time,
   c.vals[c.i] AS value,
   o.d AS aggregate,
-  CAST(c.vals[c.i - ru.size + 1:c.i] AS TEXT) AS window_values,
+  c.vals[c.i - ru.size + 1:c.i] AS window_values,
   o.prior_aggregate,
   CASE
     WHEN ru.prior_segment IS NOT NULL
-    THEN CAST(c.vals[c.i - ru.span + 1:c.i - ru.size] AS TEXT)
+    THEN c.vals[c.i - ru.span + 1:c.i - ru.size]
   END AS prior_values,
   o.current_aggregate,
   ru.rule,
