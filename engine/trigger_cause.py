@@ -76,3 +76,5 @@ class MetricCause:
 
 
 _COLUMNS = tuple(f.name for f in dataclasses.fields(MetricCause))
+# the columns that come from the rule (the others, key_id and pos, from the value that fired)
+CAUSE_RULE_COLUMNS = tuple(name for name in _COLUMNS if name not in ("key_id", "pos"))

@@ -23,7 +23,7 @@ from engine.compiler import ClockKind, PointKind, is_metric_rule, kind_of, metri
 from engine.db import query
 from engine.evaluation.statements import dicts
 from engine.rules import Automation
-from engine.trigger_cause import MetricCause
+from engine.trigger_cause import CAUSE_RULE_COLUMNS, MetricCause
 
 
 @dataclass(frozen=True)
@@ -256,10 +256,13 @@ def _to_json(value: Any) -> bytes:
 @dataclass
 class Ready:
     """Trigger rows whose cooldown is applied, ready for `insert_triggers`, and the delivery
-    rows of the actions of the automations they are of."""
+    rows of the actions of the automations they are of. `inserted`: triggers a metric
+    group's statement inserted itself (`fire_metric_group`), as (ids, automation ids, runs):
+    only their deliveries are still to be made."""
 
     triggers: list[dict[str, Any]] = field(default_factory=list)
     actions: list[dict[str, Any]] = field(default_factory=list)
+    inserted: tuple[list[int], list[int], list[int | None]] = field(default_factory=lambda: ([], [], []))
     _json: tuple[int, bytes] | None = None
 
     def json(self, first: int) -> bytes:
@@ -297,6 +300,43 @@ def metric_group_ready(
     last_fired: dict[int, dict[int, datetime]] = {}
     ready = cooled(group_firings(group, rows, last_fired), last_fired)
     ready.json(first)
+    return ready
+
+
+def firing_params(group: Sequence[StoredAutomation]) -> dict[str, list[Any]]:
+    """What `fire_metric_group` writes into a metric group's triggers besides the query's
+    rows, per rule (arrays in rule order): the columns `trigger_row` takes from the
+    automation, its `Firing` and its `MetricCause`."""
+    columns: dict[str, list[Any]] = {
+        "fire_version": [],
+        "fire_event_type": [],
+        "fire_condition": [],
+        "fire_is_change": [],
+        **{f"fire_{name}": [] for name in CAUSE_RULE_COLUMNS},
+    }
+    for stored in group:
+        event: Any = stored.automation.event
+        cause = MetricCause.of(event, 0, 0).columns()
+        columns["fire_version"].append(stored.version)
+        columns["fire_event_type"].append(event.type)
+        columns["fire_condition"].append(event.describe())
+        columns["fire_is_change"].append(metric_condition(stored.automation).prior > 0)
+        for name in CAUSE_RULE_COLUMNS:
+            columns[f"fire_{name}"].append(cause[name])
+    return columns
+
+
+def inserted_ready(group: Sequence[StoredAutomation], row: dict[str, Any]) -> Ready:
+    """The `rule` -1 row of `fire_metric_group` (the group's triggers are inserted): their
+    ids, automations and runs, and the delivery rows of the automations that fired."""
+    from engine.actions.outbox import delivery_rows
+
+    ids, automations, runs = row["fired_ids"] or [], row["fired_automations"] or [], row["fired_runs"] or []
+    ready = Ready(inserted=(list(ids), list(automations), list(runs)))
+    fired = set(automations)
+    for stored in group:
+        if stored.id in fired:
+            ready.actions.extend(delivery_rows(stored.id, [stored.automation.action]))
     return ready
 
 
@@ -360,13 +400,25 @@ def insert_ready(conn: psycopg.Connection, parts: Sequence[Ready]) -> int:
     from engine.actions import flow
 
     bodies = [part.json(part_first(i))[1:-1] for i, part in enumerate(parts) if part.triggers]
-    if not bodies:
+    fired: tuple[list[int], list[int], list[int | None]] = ([], [], [])
+    for part in parts:
+        ids, automations, runs = part.inserted
+        fired[0].extend(ids)
+        fired[1].extend(automations)
+        fired[2].extend(runs)
+    if not bodies and not fired[0]:
         return 0
     actions = [row for part in parts for row in part.actions]
     flow.lock_gates(conn, actions)  # rate limits and digests: counted under the action's lock
     triggers = Jsonb(bodies, dumps=lambda bodies: b"[" + b",".join(bodies) + b"]")
-    inserted = conn.execute(
-        query("insert_triggers"), {"triggers": triggers, "actions": Jsonb(actions), "now": clock.now()}
-    ).fetchone()
+    params = {
+        "triggers": triggers,
+        "actions": Jsonb(actions),
+        "now": clock.now(),
+        "fired_ids": fired[0],
+        "fired_automations": fired[1],
+        "fired_runs": fired[2],
+    }
+    inserted = conn.execute(query("insert_triggers"), params).fetchone()
     assert inserted is not None
-    return int(inserted[0])
+    return int(inserted[0]) + len(fired[0])

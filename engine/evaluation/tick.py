@@ -32,9 +32,11 @@ from engine.evaluation.firing import (
     Ready,
     cooled,
     fire,
+    firing_params,
     firings_from_rows,
     group_firings,
     insert_ready,
+    inserted_ready,
     last_fired_of,
     metric_group_ready,
     part_first,
@@ -183,7 +185,10 @@ class Evaluator:
             work.extend(([stored], False) for stored, group in members if group is None)
         for automations, tails_only in work:
             try:
-                self.compiled(automations, tails_only=tails_only)
+                if tails_only:
+                    self.firing(automations)
+                else:
+                    self.compiled(automations)
             except Exception:  # compiled again by its tick, whose isolation skips and records it
                 log.debug("compiling %s failed", [s.name for s in automations], exc_info=True)
 
@@ -431,16 +436,28 @@ class Evaluator:
                 self._compiled[key] = compile_rule(stored.automation, "live")
         return self._compiled[key]
 
+    def firing(self, members: Sequence[StoredAutomation]) -> CompiledQuery:
+        """A metric group's tails-only query inside `fire_metric_group`: the statement that
+        inserts the group's triggers itself when the query's rows decide the cooldown."""
+        key = ("fire", *((s.id, s.version) for s in members))
+        if key not in self._compiled:
+            group = self.compiled(members, tails_only=True)
+            params = group.params | dumped_once(firing_params(members))
+            sql = query("fire_metric_group").replace("{group}", group.sql)
+            self._compiled[key] = dataclasses.replace(group, sql=sql, params=params)
+        return self._compiled[key]
+
     def _query(
         self, conn: psycopg.Connection, members: list[StoredAutomation], frontier: int, to_xid: int
     ) -> Callable[[], list[dict[str, Any]]]:
         """Run a group's query over [frontier, to_xid); returns what makes its rows Python
-        dicts. Metric groups whose windows fit
-        the tails run the tails-only query first; the full one (which can read the
-        hypertable) only when a series' tail fell short (a backlog)."""
+        dicts. Metric groups whose windows fit the tails run the tails-only query first,
+        inserting their triggers themselves where they can (`firing`: then the only row is
+        one with `rule` -1); the full one (which can read the hypertable) only when a
+        series' tail fell short (a backlog)."""
         runtime = {"from_xid": str(frontier), "to_xid": str(to_xid)}
         if all(s.id in self._in_tails for s in members):
-            cursor = run(conn, self.compiled(members, tails_only=True), runtime)
+            cursor = run(conn, self.firing(members), runtime)
             first = cursor.fetchone()
             if first is None:
                 return list
@@ -490,7 +507,11 @@ class Evaluator:
                     if is_metric_rule(same[0].automation):
                         try:
                             with boundary():
-                                parts.append(metric_group_ready(same, rows(), part_first(len(parts))))
+                                got = rows()
+                                if got and got[0]["rule"] == -1:  # inserted by its statement
+                                    parts.append(inserted_ready(same, got[0]))
+                                else:
+                                    parts.append(metric_group_ready(same, got, part_first(len(parts))))
                         except DatabaseError as exc:
                             raise GroupFailed(group, exc) from exc
                     else:

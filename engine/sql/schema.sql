@@ -47,6 +47,15 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.delete_trigger_deliveries() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    DELETE FROM deliveries d USING gone g WHERE d.trigger_id = g.id;
+    RETURN NULL;
+END
+$$;
+
 CREATE FUNCTION public.events_are_append_only() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -1033,6 +1042,8 @@ CREATE INDEX triggers_run_fired ON public.triggers USING btree (run_pk, fired_at
 
 CREATE TRIGGER events_append_only BEFORE UPDATE ON public.events FOR EACH ROW EXECUTE FUNCTION public.events_are_append_only();
 
+CREATE TRIGGER triggers_delete_deliveries AFTER DELETE ON public.triggers REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION public.delete_trigger_deliveries();
+
 ALTER TABLE ONLY public.action_gates
     ADD CONSTRAINT action_gates_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
 
@@ -1064,13 +1075,7 @@ ALTER TABLE ONLY public.automation_versions
     ADD CONSTRAINT automation_versions_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.deliveries
-    ADD CONSTRAINT deliveries_automation_id_fkey FOREIGN KEY (automation_id) REFERENCES public.automations(id) ON DELETE RESTRICT;
-
-ALTER TABLE ONLY public.deliveries
     ADD CONSTRAINT deliveries_silence_id_fkey FOREIGN KEY (silence_id) REFERENCES public.silences(id) ON DELETE RESTRICT;
-
-ALTER TABLE ONLY public.deliveries
-    ADD CONSTRAINT deliveries_trigger_id_fkey FOREIGN KEY (trigger_id) REFERENCES public.triggers(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.delivery_attempts
     ADD CONSTRAINT delivery_attempts_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES public.deliveries(id) ON DELETE CASCADE;

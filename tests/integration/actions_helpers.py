@@ -109,6 +109,10 @@ def fire(
                 "triggers": Jsonb([trigger_row(automation, firing) | {"n": 0}]),
                 "actions": Jsonb(delivery_rows(automation_id, actions)),
                 "now": clock.now(),
+                # no triggers inserted by a metric group's own statement
+                "fired_ids": [],
+                "fired_automations": [],
+                "fired_runs": [],
             },
         )
         (trigger_id,) = conn.execute(

@@ -13,9 +13,10 @@ from engine.rules import parse_rules_text
 
 
 def break_automation(evaluator: Evaluator, name: str, sql: str) -> None:
-    """Make every query that evaluates automation `name` (its metric group's, or its own)
-    run `sql` instead: a test seam standing in for a query that fails."""
-    original = evaluator.compiled
+    """Make every query that evaluates automation `name` (its metric group's, or its own, or
+    the statement that fires a group's triggers) run `sql` instead: a test seam standing in
+    for a query that fails."""
+    original, original_firing = evaluator.compiled, evaluator.firing
 
     def compiled(members, tails_only=False):
         compiled_query = original(members, tails_only)
@@ -23,7 +24,14 @@ def break_automation(evaluator: Evaluator, name: str, sql: str) -> None:
             return dataclasses.replace(compiled_query, sql=sql)
         return compiled_query
 
+    def firing(members):
+        compiled_query = original_firing(members)
+        if any(s.name == name for s in members):
+            return dataclasses.replace(compiled_query, sql=sql)
+        return compiled_query
+
     evaluator.compiled = compiled  # type: ignore[method-assign]
+    evaluator.firing = firing  # type: ignore[method-assign]
 
 
 def apply_yaml(conn: psycopg.Connection, text: str) -> None:

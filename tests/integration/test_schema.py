@@ -97,3 +97,19 @@ def test_run_steps_are_filled_in_from_the_points_of_runs_logged_before(
         enginedb.migrate(conn)
         steps = conn.execute("SELECT run_id, step, system_step FROM runs ORDER BY id").fetchall()
     assert steps == [("logged", 41, 6), ("empty", -1, -1)]
+
+
+def test_a_trigger_deleted_by_hand_takes_its_deliveries_with_it(conn):
+    """Deliveries carry no foreign key to their trigger (the evaluator writes both in one
+    transaction); deleting triggers by hand still deletes their deliveries, as the key's
+    ON DELETE CASCADE did, and only theirs."""
+    from tests.integration.actions_helpers import fire, make_automation, make_run
+
+    automation = make_automation(conn, "cascade", [{"type": "no_op"}])
+    run = make_run(conn)
+    gone, gone_deliveries = fire(conn, automation, [{"type": "no_op"}, {"type": "no_op"}], run_pk=run)
+    kept, kept_deliveries = fire(conn, automation, [{"type": "no_op"}], run_pk=run)
+    assert len(gone_deliveries) == 2 and len(kept_deliveries) == 1
+    conn.execute("DELETE FROM triggers WHERE id = %s", (gone,))
+    left = conn.execute("SELECT trigger_id, count(*) FROM deliveries GROUP BY trigger_id").fetchall()
+    assert left == [(kept, 1)]

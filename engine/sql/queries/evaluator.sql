@@ -106,6 +106,77 @@ FROM triggers
 WHERE automation_id = ANY(%(ids)s) AND run_pk = ANY(%(run_pks)s)
 ORDER BY automation_id, run_pk, value_time DESC;
 
+-- name: fire_metric_group
+-- A metric group's tails-only query (`{group}`, its rows ordered by rule, run, position,
+-- its windows as arrays)
+-- whose firings become triggers in the same statement, without a round trip through the
+-- evaluator, whenever its rows alone decide the per-run cooldown: every series' tail
+-- sufficed (no `rule` 0 row) and no rule with a cooldown has two values of one run (the query
+-- already left out the values within the cooldown of the last firing, so a lone one fires).
+-- Then the triggers are inserted in firing order (rule, run, position: the ids follow it), a
+-- firing already recorded skipped by the unique key, and ONE row comes back, `rule` -1, with
+-- the ids, automations and runs of those inserted (for their deliveries: `insert_triggers`).
+-- Otherwise nothing is inserted and the query's rows come back as they are: the evaluator
+-- applies the cooldown value by value, or runs the query that reads the hypertable. The
+-- trigger's columns are those `engine/evaluation/firing.py` writes for a metric firing.
+WITH found AS MATERIALIZED (
+{group}
+), decided AS (
+    SELECT NOT EXISTS (
+        SELECT 1 FROM found f WHERE f.rule = 0
+        UNION ALL
+        SELECT 1 FROM found f
+        WHERE (CAST(%(cooldown_us)s AS BIGINT[]))[f.rule] IS NOT NULL
+        GROUP BY f.rule, f.run_pk HAVING count(*) > 1
+    ) AS here
+), fired AS (
+    INSERT INTO triggers (
+        fired_at, automation_id, automation_version, event_type, cause, run_pk, metric, step,
+        value_time, value, window_values, prior_values, current_aggregate, prior_aggregate, details,
+        key_id, pos, window_size, prior_window_size, aggregation, operator, threshold, change, direction, amount)
+    SELECT clock_timestamp(), r.automation_id, r.version, r.event_type,
+           'metric:' || f.run_pk || ':' || f.key_id || ':' || f.pos, f.run_pk, CAST(%(metric)s AS TEXT), f.step,
+           f.time, f.aggregate, f.window_values, CASE WHEN r.is_change THEN f.prior_values END,
+           CASE WHEN r.is_change THEN f.current_aggregate ELSE f.aggregate END,
+           CASE WHEN r.is_change THEN f.prior_aggregate END,
+           jsonb_build_object('metric_filter', r.condition, 'value', f.value, 'position', f.pos),
+           f.key_id, f.pos, r.window_size, r.prior_window_size, r.aggregation, r.operator, r.threshold,
+           r.change, r.direction, r.amount
+    FROM found f
+    CROSS JOIN decided d
+    CROSS JOIN LATERAL (
+        SELECT (CAST(%(automation_id)s AS BIGINT[]))[f.rule] AS automation_id,
+               (CAST(%(fire_version)s AS INT[]))[f.rule] AS version,
+               (CAST(%(fire_event_type)s AS TEXT[]))[f.rule] AS event_type,
+               (CAST(%(fire_condition)s AS TEXT[]))[f.rule] AS condition,
+               (CAST(%(fire_is_change)s AS BOOLEAN[]))[f.rule] AS is_change,
+               (CAST(%(fire_window_size)s AS INT[]))[f.rule] AS window_size,
+               (CAST(%(fire_prior_window_size)s AS INT[]))[f.rule] AS prior_window_size,
+               (CAST(%(fire_aggregation)s AS TEXT[]))[f.rule] AS aggregation,
+               (CAST(%(fire_operator)s AS TEXT[]))[f.rule] AS operator,
+               (CAST(%(fire_threshold)s AS DOUBLE PRECISION[]))[f.rule] AS threshold,
+               (CAST(%(fire_change)s AS TEXT[]))[f.rule] AS change,
+               (CAST(%(fire_direction)s AS TEXT[]))[f.rule] AS direction,
+               (CAST(%(fire_amount)s AS DOUBLE PRECISION[]))[f.rule] AS amount
+    ) r
+    WHERE d.here AND f.rule > 0
+    ORDER BY f.rule, f.run_pk, f.pos
+    ON CONFLICT (automation_id, cause) DO NOTHING
+    RETURNING id, automation_id, run_pk
+)
+SELECT f.run_pk, f.key_id, f.pos, f.step, f.time, f.value, f.aggregate, CAST(f.window_values AS TEXT) AS window_values,
+       f.prior_aggregate, CAST(f.prior_values AS TEXT) AS prior_values, f.current_aggregate, f.rule, f.last_fired,
+       CAST(NULL AS BIGINT[]) AS fired_ids, CAST(NULL AS BIGINT[]) AS fired_automations,
+       CAST(NULL AS BIGINT[]) AS fired_runs
+FROM found f
+WHERE NOT (SELECT d.here FROM decided d)
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, -1, NULL,
+       array_agg(i.id ORDER BY i.id), array_agg(i.automation_id ORDER BY i.id), array_agg(i.run_pk ORDER BY i.id)
+FROM fired i
+HAVING (SELECT d.here FROM decided d)
+ORDER BY rule, run_pk, pos;
+
 -- name: insert_triggers
 -- The triggers of one evaluation (JSON rows, `n` their firing order: ids follow it) and one
 -- delivery per action of each trigger inserted (the outbox), in one statement. A firing
@@ -117,7 +188,9 @@ ORDER BY automation_id, run_pk, value_time DESC;
 -- trigger gets no delivery but joins the action's open window, or opens one.
 -- A stop_run action's delivery is final at once: `succeeded` with its stop request written
 -- here (the request is all there is to deliver), `skipped` when the run is no longer running.
-WITH fired AS (
+-- `fired_ids` (with their automations and runs): triggers of the same transaction that metric
+-- groups inserted themselves (`fire_metric_group`), whose deliveries are made here too.
+WITH inserted AS (
     INSERT INTO triggers (
         fired_at, automation_id, automation_version, event_type, cause, run_pk, event_id, metric, step,
         value_time, value, window_values, prior_values, current_aggregate, prior_aggregate,
@@ -140,6 +213,12 @@ WITH fired AS (
     ORDER BY t.n
     ON CONFLICT (automation_id, cause) DO NOTHING
     RETURNING id, automation_id, run_pk, event_id, artifact_version_id
+), fired AS (
+    SELECT i.id, i.automation_id, i.run_pk, i.event_id, i.artifact_version_id FROM inserted i
+    UNION ALL
+    SELECT g.id, g.automation_id, g.run_pk, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)
+    FROM unnest(CAST(%(fired_ids)s AS BIGINT[]), CAST(%(fired_automations)s AS BIGINT[]),
+                CAST(%(fired_runs)s AS BIGINT[])) AS g(id, automation_id, run_pk)
 ), planned AS (
     SELECT f.id AS trigger_id, f.automation_id, f.run_pk, a.action_index, a.action_type, a.action, a.status,
            a.max_attempts, a.digest_seconds, a.rate_count, a.rate_per_seconds, a.rate_text, s.id AS silence_id,
@@ -230,7 +309,7 @@ WITH fired AS (
     LEFT JOIN open_window o ON o.automation_id = d.automation_id AND o.action_index = d.action_index
     LEFT JOIN opened n ON n.automation_id = d.automation_id AND n.action_index = d.action_index
 )
-SELECT count(*) FROM fired;
+SELECT count(*) FROM inserted;
 
 -- name: prune_series_batches
 -- Watermark rows that every enabled automation has passed are no longer needed.

@@ -233,31 +233,31 @@ WITH scopes AS MATERIALIZED (
           w.back <= %(segment_5_to)s),
         MAX(w.v) FILTER(WHERE
           w.back BETWEEN %(segment_6_from)s AND %(segment_6_to)s),
-        SUM(w.v - p.vals[p.i]) FILTER(WHERE
+        SUM(w.dv) FILTER(WHERE
           w.back BETWEEN %(segment_7_from)s AND %(segment_7_to)s),
-        SUM((
-          w.v - p.vals[p.i]
-        ) * (
-          w.v - p.vals[p.i]
-        )) FILTER(WHERE
+        SUM(w.dv * w.dv) FILTER(WHERE
           w.back BETWEEN %(segment_8_from)s AND %(segment_8_to)s),
-        MAX(ABS(w.v - p.vals[p.i - 1])) FILTER(WHERE
+        MAX(ABS(w.dl)) FILTER(WHERE
           w.back BETWEEN %(segment_9_from)s AND %(segment_9_to)s),
-        SUM(w.v - p.vals[p.i]) FILTER(WHERE
+        SUM(w.dv) FILTER(WHERE
           w.back BETWEEN %(segment_10_from)s AND %(segment_10_to)s),
-        SUM((
-          w.v - p.vals[p.i]
-        ) * (
-          w.v - p.vals[p.i]
-        )) FILTER(WHERE
+        SUM(w.dv * w.dv) FILTER(WHERE
           w.back BETWEEN %(segment_11_from)s AND %(segment_11_to)s),
-        MAX(ABS(w.v - p.vals[p.i - 1])) FILTER(WHERE
+        MAX(ABS(w.dl)) FILTER(WHERE
           w.back BETWEEN %(segment_12_from)s AND %(segment_12_to)s)
       ] AS aggregates
     FROM (
       SELECT
-        UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v,
-        GENERATE_SERIES(LEAST(p.i, %(span_max)s) - 1, 0, -1) AS back
+        s.v,
+        s.back,
+        s.v - p.vals[p.i] AS dv,
+        s.v - p.vals[p.i - 1] AS dl
+      FROM (
+        SELECT
+          UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v,
+          GENERATE_SERIES(LEAST(p.i, %(span_max)s) - 1, 0, -1) AS back
+      ) AS s
+      OFFSET 0
     ) AS w
   ) AS a
   OFFSET 0

@@ -209,31 +209,31 @@ WITH scopes AS MATERIALIZED (
           w.back <= %(segment_5_to)s),
         MAX(w.v) FILTER(WHERE
           w.back BETWEEN %(segment_6_from)s AND %(segment_6_to)s),
-        SUM(w.v - p.vals[p.i]) FILTER(WHERE
+        SUM(w.dv) FILTER(WHERE
           w.back BETWEEN %(segment_7_from)s AND %(segment_7_to)s),
-        SUM((
-          w.v - p.vals[p.i]
-        ) * (
-          w.v - p.vals[p.i]
-        )) FILTER(WHERE
+        SUM(w.dv * w.dv) FILTER(WHERE
           w.back BETWEEN %(segment_8_from)s AND %(segment_8_to)s),
-        MAX(ABS(w.v - p.vals[p.i - 1])) FILTER(WHERE
+        MAX(ABS(w.dl)) FILTER(WHERE
           w.back BETWEEN %(segment_9_from)s AND %(segment_9_to)s),
-        SUM(w.v - p.vals[p.i]) FILTER(WHERE
+        SUM(w.dv) FILTER(WHERE
           w.back BETWEEN %(segment_10_from)s AND %(segment_10_to)s),
-        SUM((
-          w.v - p.vals[p.i]
-        ) * (
-          w.v - p.vals[p.i]
-        )) FILTER(WHERE
+        SUM(w.dv * w.dv) FILTER(WHERE
           w.back BETWEEN %(segment_11_from)s AND %(segment_11_to)s),
-        MAX(ABS(w.v - p.vals[p.i - 1])) FILTER(WHERE
+        MAX(ABS(w.dl)) FILTER(WHERE
           w.back BETWEEN %(segment_12_from)s AND %(segment_12_to)s)
       ] AS aggregates
     FROM (
       SELECT
-        UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v,
-        GENERATE_SERIES(LEAST(p.i, %(span_max)s) - 1, 0, -1) AS back
+        s.v,
+        s.back,
+        s.v - p.vals[p.i] AS dv,
+        s.v - p.vals[p.i - 1] AS dl
+      FROM (
+        SELECT
+          UNNEST(p.vals[p.i - %(span_max)s + 1:p.i]) AS v,
+          GENERATE_SERIES(LEAST(p.i, %(span_max)s) - 1, 0, -1) AS back
+      ) AS s
+      OFFSET 0
     ) AS w
   ) AS a
   OFFSET 0
@@ -246,11 +246,11 @@ SELECT
   c.times[c.i] AS time,
   c.vals[c.i] AS value,
   o.d AS aggregate,
-  CAST(c.vals[c.i - ru.size + 1:c.i] AS TEXT) AS window_values,
+  c.vals[c.i - ru.size + 1:c.i] AS window_values,
   o.prior_aggregate,
   CASE
     WHEN ru.prior_segment IS NOT NULL
-    THEN CAST(c.vals[c.i - ru.span + 1:c.i - ru.size] AS TEXT)
+    THEN c.vals[c.i - ru.span + 1:c.i - ru.size]
   END AS prior_values,
   o.current_aggregate,
   ru.rule,
