@@ -14,6 +14,8 @@ from engine import db
 from tests.acceptance.web_helpers import RULE, TwoTeams, WebProcess, make_key
 from tests.integration.actions_helpers import fire
 
+# what the batch of the rows and columns tests stores: (key, step) in order
+STORED_KEYS_STEPS = [("loss", 0), ("acc", 0), ("loss", 5), ("acc", 5), ("loss", 6)]
 RUN = "/api/v1/runs/acme/vision/r1"
 
 
@@ -64,13 +66,7 @@ def test_runs_and_log_batches_are_stored_once_however_often_they_are_sent(conn, 
             again = list(pool.map(lambda _: http.post(RUN + "/log", json=batch), range(5)))
         assert all(r.status_code == 200 and r.json()["duplicate"] for r in again), [r.text for r in again]
         stored = points(conn, "r1")
-        assert [(k, s) for k, s, _ in stored] == [
-            ("loss", 0),
-            ("acc", 0),
-            ("loss", 5),
-            ("acc", 5),
-            ("loss", 6),
-        ]
+        assert [(k, s) for k, s, _ in stored] == STORED_KEYS_STEPS
         assert math.isnan(stored[1][2]) and stored[2][2] == math.inf and stored[3][2] == -math.inf
 
         # bad input: 422 naming the field, nothing stored
@@ -150,13 +146,7 @@ def test_rows_sent_as_columns_are_stored_as_the_same_rows_would_be(conn, databas
         again = http.post(RUN + "/log", json={"batch_id": "c-1", "columns": columns})
         assert again.json()["duplicate"] and again.json()["points"] == 0
         stored = points(conn, "r1")
-        assert [(k, s) for k, s, _ in stored] == [
-            ("loss", 0),
-            ("acc", 0),
-            ("loss", 5),
-            ("acc", 5),
-            ("loss", 6),
-        ]
+        assert [(k, s) for k, s, _ in stored] == STORED_KEYS_STEPS
         assert stored[0][2] == 0.5 and math.isnan(stored[1][2]) and stored[2][2] == math.inf
         assert stored[3][2] == -math.inf and stored[4][2] == 0.25
         times = conn.execute(
