@@ -11,7 +11,7 @@ import pytest
 
 from engine.exceptions import AccessDenied, KeyRefused, NotFound, ServerUnavailable
 from engine.sdk.buffer import Part, Stream
-from engine.sdk.http_transport import Client, encode, log_bodies, run_path
+from engine.sdk.http_transport import Client, _as_rows, encode, log_bodies, run_path
 from engine.settings import Settings
 
 T = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -21,24 +21,29 @@ def part(records, system=()):
     return Part(Stream(0, "acme/vision/r1"), list(records), list(system), 0)
 
 
-def test_bodies_hold_at_most_the_chunk_and_never_split_a_record():
+@pytest.mark.parametrize("columns", [True, False])
+def test_bodies_hold_at_most_the_chunk_and_never_split_a_record(columns):
     records = [(T, s, ("a", "b", "c"), (1.0, 2.0, 3.0)) for s in range(10)]
     system = [(T, i, ("system/cpu",), (50.0,)) for i in range(4)]
-    bodies = list(log_bodies(part(records, system), chunk_points=7))
-    sizes = [sum(len(r["values"]) for r in b["rows"] + b["system"]) for b in bodies]
+    sent = list(log_bodies(part(records, system), chunk_points=7, columns=columns))
+    assert all(("columns" in b or not b.get("rows")) if columns else "columns" not in b for b in sent)
+    bodies = [_as_rows(b) for b in sent]  # the rows the server reads from either form
+    sizes = [sum(len(r["values"]) for r in b.get("rows", []) + b["system"]) for b in bodies]
     assert all(n <= 7 for n in sizes) and sum(sizes) == 34
-    steps = [r["step"] for b in bodies for r in b["rows"]]
+    steps = [r["step"] for b in bodies for r in b.get("rows", [])]
     assert steps == list(range(10))  # in order, each once
     assert [len(b["system"]) for b in bodies][-1] > 0 and all(
         "step" not in r for b in bodies for r in b["system"]
     )
     # deterministic: the same part gives the same bodies (a batch sent again keeps its ids)
-    assert list(log_bodies(part(records, system), chunk_points=7)) == bodies
+    assert list(log_bodies(part(records, system), chunk_points=7, columns=columns)) == sent
 
 
-def test_non_finite_values_are_written_as_the_api_spells_them_and_times_keep_microseconds():
-    (body,) = log_bodies(part([(T, 0, ("n", "p", "m", "x"), (math.nan, math.inf, -math.inf, 0.5))]), 100)
-    row = json.loads(encode(body))["rows"][0]
+@pytest.mark.parametrize("columns", [True, False])
+def test_non_finite_values_are_written_as_the_api_spells_them_and_times_keep_microseconds(columns):
+    records = [(T, 0, ("n", "p", "m", "x"), (math.nan, math.inf, -math.inf, 0.5))]
+    (body,) = log_bodies(part(records), 100, columns=columns)
+    row = _as_rows(json.loads(encode(body)))["rows"][0]
     assert row["values"] == {"n": "NaN", "p": "Infinity", "m": "-Infinity", "x": 0.5}
     assert datetime.fromisoformat(row["time"]) == T
 
