@@ -130,6 +130,11 @@ class Service:
         """Finish the current tick (its transaction either commits or rolls back), then stop."""
         self._stopping.set()
         self.loop.stop()
+        # Taken under the scheduler's job-store lock, so a job being handed to the executor
+        # right now is through before the scheduler is marked stopped: APScheduler removes a
+        # spent date job after submitting it, and raises in its own thread if it finds the
+        # scheduler already stopped by then. Nothing schedules a run after `loop.stop()`.
+        self.scheduler.remove_all_jobs()
         self.scheduler.shutdown(wait=True)
         self.dispatcher.stop()
         self.evaluator.close()

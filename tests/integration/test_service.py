@@ -48,6 +48,18 @@ def test_wakes_from_many_threads_never_make_apscheduler_skip_or_miss_a_run(datab
     assert not any("skipped" in m or "missed" in m for _, _, m in said)
 
 
+def test_the_service_stops_cleanly_right_after_it_starts(database_url):
+    """Stopping while the scheduler hands the first run to its executor: APScheduler removes
+    a spent one-off job after submitting it and raised in its own thread when it found the
+    scheduler already stopped (twenty quick cycles hit that window every time)."""
+    for _ in range(20):
+        service = Service(Settings(database_url=database_url, interval=5.0))
+        service.start()
+        service.stop()
+        assert not service.scheduler.running
+        assert service.scheduler.get_jobs() == []
+
+
 def test_the_service_keeps_its_startup_objects_out_of_full_collections_while_it_runs(database_url):
     """A full collection holds every thread (deliveries in flight included) while it walks the
     heap: what exists when the service starts is frozen (never walked again), and given back
