@@ -14,8 +14,11 @@ demo: setup
 	$(VENV)/bin/engine demo
 
 # The linters first: they take seconds and fail before the long pytest run would.
+# One worker process per core, at most four (each starts its own throwaway database cluster);
+# make test PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= auto
 test: setup lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --maxprocesses 4 $(PYTEST_ARGS)
 
 # Formatting, lint and types, as configured in pyproject.toml (mypy checks engine/).
 LINT_PATHS := engine tests bench

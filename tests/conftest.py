@@ -26,6 +26,12 @@ from engine.settings import get_settings
 TEMPLATE = "engine_template"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The long tests start first: `make test` spreads tests over worker processes, and a long
+    # test picked up last would keep one worker busy after the others have finished.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[LocalDatabase]:
     # A folder only we may enter (mkdtemp: 0700): as root the cluster's files then go where the

@@ -67,6 +67,7 @@ def _pid(out: str) -> int:
     return int(m.group(1))
 
 
+@pytest.mark.slow
 def test_db_commands_as_a_user_runs_them(data_dir: Path) -> None:
     st = engine(data_dir, "db", "status")
     assert st.returncode == 3, st
@@ -121,6 +122,7 @@ def test_db_commands_as_a_user_runs_them(data_dir: Path) -> None:
     assert (down.returncode, down.stdout.strip()) == (0, "was not running")
 
 
+@pytest.mark.slow
 def test_migrate_starts_the_embedded_database_when_needed(data_dir: Path) -> None:
     # A newcomer's first command may well be `engine db migrate`: it must not need `up` first.
     migrated = engine(data_dir, "db", "migrate")
@@ -136,6 +138,7 @@ def _files(out: str) -> Path:
     return Path(m.group(1))
 
 
+@pytest.mark.slow
 def test_db_commands_from_a_home_folder_only_its_owner_may_enter(home: Path) -> None:
     """A checkout in a 0700 home folder (as root: /root, which `postgres` cannot enter): every
     command works, and nothing of the user's changes owner or mode."""

@@ -112,6 +112,7 @@ def same(local: subprocess.CompletedProcess[str], remote: subprocess.CompletedPr
     assert (remote.returncode, remote.stdout, remote.stderr) == (local.returncode, local.stdout, local.stderr)
 
 
+@pytest.mark.slow
 def test_every_everyday_command_prints_over_http_what_it_prints_from_the_database(setup, conn, database_url):
     cli, rules = setup
     admin = make_key(conn, "ci", "admin", "*")

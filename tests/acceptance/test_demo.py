@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from engine.demo.rules import EXPECTED, PREFIX
 from engine.rules import load_rules
@@ -38,6 +39,7 @@ def _fired(conn: psycopg.Connection, project: str) -> dict[str, int]:
     return dict(rows)
 
 
+@pytest.mark.slow
 def test_demo_tells_the_whole_story_twice(database_url: str, conn: psycopg.Connection) -> None:
     examples = {loaded.automation.name for loaded in load_rules([ROOT / "rules"])}
     assert examples == set(EXPECTED)  # the demo knows what each example rule should do

@@ -185,6 +185,7 @@ def since_error(*command: str) -> tuple[str, list[str]]:
     return found.group(1), found.group(2).split(", ")
 
 
+@pytest.mark.slow
 def test_every_suggestion_of_a_since_error_reads(database_url):
     message, suggestions = since_error("history")
     assert "cannot read '7 days'" in message

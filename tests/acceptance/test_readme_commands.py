@@ -116,6 +116,7 @@ def test_readme_blocks_are_marked_as_the_test_expects() -> None:
     assert not any(b.runnable and "make " in b.body for b in found)
 
 
+@pytest.mark.slow
 def test_readme_tour_runs_as_written(database_url: str, conn: psycopg.Connection, tmp_path: Path) -> None:
     runnable = [b for b in blocks(README) if b.runnable]
     script = tmp_path / "readme.sh"

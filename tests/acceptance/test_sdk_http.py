@@ -223,6 +223,7 @@ print("finished", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_a_training_process_holds_no_database_connection(conn, database_url, tmp_path):
     key = make_key(conn, "trainer", "ingest", "acme/*")
     with WebProcess(database_url, tmp_path / "web.log") as web:

@@ -5,6 +5,7 @@ valid and invalid, with an admin key. No answer is a 5xx; every 4xx is a JSON bo
 from __future__ import annotations
 
 import hypothesis
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase
 from schemathesis.generation import GenerationMode
@@ -14,6 +15,7 @@ from tests.acceptance.web_helpers import TwoTeams, WebProcess, make_key
 EXAMPLES = 60  # per operation and mode: 21 operations x 2 modes x 60 = about 2,500 requests
 
 
+@pytest.mark.slow
 def test_generated_requests_never_get_a_5xx_and_every_4xx_is_json(conn, database_url, tmp_path):
     TwoTeams(conn)
     key = make_key(conn, "fuzz", "admin", "*")

@@ -7,6 +7,8 @@ import json
 import select
 import socket
 
+import pytest
+
 from tests.acceptance.web_helpers import WebProcess, make_key
 
 LIMIT = 64 * 1024
@@ -28,6 +30,7 @@ def _response(sock: socket.socket) -> tuple[int, dict]:
     return status, json.loads(body[body.index(b"{") :]) if b"{" in body else {}
 
 
+@pytest.mark.slow
 def test_bodies_over_the_limit_are_refused_before_they_are_read(conn, database_url, tmp_path):
     key = make_key(conn, "trainer", "admin", "*")
     with WebProcess(database_url, tmp_path / "web.log", ENGINE_WEB_MAX_BODY=str(LIMIT)) as web:
@@ -67,6 +70,7 @@ def test_bodies_over_the_limit_are_refused_before_they_are_read(conn, database_u
         assert key not in web.log()
 
 
+@pytest.mark.slow
 def test_a_client_sending_its_headers_slowly_is_cut_off(conn, database_url, tmp_path):
     with WebProcess(database_url, tmp_path / "web.log", ENGINE_WEB_HEADER_TIMEOUT="1") as web:
         with _connect(web) as sock:

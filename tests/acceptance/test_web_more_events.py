@@ -4,6 +4,8 @@ tags, and an entity-scoped automation covered by an `entity/*` key."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.acceptance.web_helpers import WebProcess, make_key
 from tests.integration.evaluation_helpers import apply_yaml, rule, tick, triggers
 
@@ -18,6 +20,7 @@ def kinds(conn) -> list[tuple]:
     ).fetchall()
 
 
+@pytest.mark.slow
 def test_alerts_over_http_are_dropped_within_wait_duration_and_fire(conn, database_url, tmp_path):
     apply_yaml(
         conn,
@@ -49,6 +52,7 @@ def test_alerts_over_http_are_dropped_within_wait_duration_and_fire(conn, databa
     assert [t["details"]["alert_title"] for t in triggers(conn, "alerts")] == ["loss is NaN"]  # info filtered
 
 
+@pytest.mark.slow
 def test_tag_removal_unlink_and_collection_tags_over_http(conn, database_url, tmp_path):
     trainer = make_key(conn, "trainer", "ingest", "acme/vision", "registry:model")
     admin = make_key(conn, "ci", "admin", "acme/*")

@@ -5,6 +5,7 @@ route without the access dependency, or without a sample body here, fails the te
 
 from __future__ import annotations
 
+import pytest
 from fastapi.routing import iter_route_contexts
 
 from engine.web.app import API_PREFIX, create_app
@@ -47,6 +48,7 @@ def api_routes():
     return found
 
 
+@pytest.mark.slow
 def test_every_route_refuses_missing_bad_and_weak_keys_and_writes_nothing(conn, database_url, tmp_path):
     teams = TwoTeams(conn)
     keys = {

@@ -102,6 +102,7 @@ def small_tail(monkeypatch, database_url):
     return database_url
 
 
+@pytest.mark.slow
 @settings(
     max_examples=30,
     deadline=None,
