@@ -18,7 +18,9 @@ the NOTIFY-woken path (flush -> evaluate -> trigger -> dispatcher woken -> POST)
    threads (the dispatcher's default worker count). Also printed: the span of the first
    attempts (every delivery tried once) and the attempts made per second over it, retries
    made meanwhile included (`first_attempts_per_s`): the dispatcher's rate without the waits
-   of the retry schedule.
+   of the retry schedule. Deliveries and direct POSTs take turns `--repeat` times (a rule
+   of its own each time); the JSON gives the median of each figure and the ratios of every
+   turn (one turn of each swings by a third on two busy cores).
 
 The last line is JSON: {"latency_p50_ms", "latency_p99_ms", "deliveries_per_s", ...}.
 """
@@ -30,12 +32,14 @@ import concurrent.futures
 import json
 import os
 import random
+import statistics
 import sys
 import threading
 import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import psycopg
@@ -121,10 +125,87 @@ def direct_posts(url: str, count: int, workers: int) -> float:
         return time.perf_counter() - started
 
 
+class Turn(NamedTuple):
+    rate: float  # deliveries per second, from the first run.log to the last success
+    baseline_rate: float  # direct POSTs per second
+    first_rate: float  # attempts per second while the first attempts went out
+
+
+def throughput(url: str, turn: int, deliveries: int, fast_url: str, workers: int) -> Turn:
+    """One turn: `deliveries` firings of rule throughput-<turn> delivered, then as many direct POSTs."""
+    import engine
+
+    automation = {"automation": f"throughput-{turn}"}
+    started = time.perf_counter()
+    per_run = 100
+    for r in range(0, deliveries, per_run):
+        with engine.init(project="bench/deliver", name=f"load{turn}-{r}", system_metrics_interval=0) as run:
+            for s in range(min(per_run, deliveries - r)):
+                # hours apart in value time, so the 1 m cooldown never hides one
+                run.log({f"load{turn}": 1.0}, step=s, time=clock.now() + s * timedelta(hours=1))
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            done, total = conn.execute(
+                "SELECT count(*) FILTER (WHERE d.status = 'succeeded'), count(*) FROM deliveries d "
+                "JOIN automations a ON a.id = d.automation_id WHERE a.name = %(automation)s",
+                automation,
+            ).fetchone()
+            if total >= deliveries and done == total:
+                break
+            if time.perf_counter() - started > 600:
+                raise SystemExit(f"throughput: only {done}/{total} delivered after 600 s")
+            time.sleep(0.05)
+        spans = conn.execute(
+            "SELECT min(t.fired_at), max(t.fired_at), min(d.finished_at), max(d.finished_at) FROM triggers t "
+            "JOIN deliveries d ON d.trigger_id = t.id JOIN automations a ON a.id = t.automation_id "
+            "WHERE a.name = %(automation)s",
+            automation,
+        ).fetchone()
+        print(
+            f"  triggers fired over {(spans[1] - spans[0]).total_seconds():.2f} s; "
+            f"deliveries finished over {(spans[3] - spans[2]).total_seconds():.2f} s, "
+            f"the last {(spans[3] - spans[1]).total_seconds():.2f} s after the last trigger"
+        )
+        failed_attempts = conn.execute(
+            "SELECT count(*) FROM delivery_attempts x JOIN deliveries d ON d.id = x.delivery_id "
+            "JOIN automations a ON a.id = d.automation_id WHERE a.name = %(automation)s AND x.http_status = 500",
+            automation,
+        ).fetchone()[0]
+        # how long the work took apart from the retry schedule's waits: every first attempt
+        # made, and the attempts made per second while the first ones went out (due retries
+        # are sent among them, so they are counted too)
+        first_s, firsts, attempts = conn.execute(
+            "WITH x AS (SELECT x.attempt, x.started_at FROM delivery_attempts x "
+            "JOIN deliveries d ON d.id = x.delivery_id JOIN automations a ON a.id = d.automation_id "
+            "WHERE a.name = %(automation)s), "
+            "s AS (SELECT min(started_at) AS t0, max(started_at) FILTER (WHERE attempt = 1) AS t1 FROM x) "
+            "SELECT extract(epoch FROM s.t1 - s.t0), count(*) FILTER (WHERE x.attempt = 1), "
+            "count(*) FILTER (WHERE x.started_at <= s.t1) FROM x, s GROUP BY s.t0, s.t1",
+            automation,
+        ).fetchone()
+    elapsed = time.perf_counter() - started
+    rate = deliveries / elapsed
+    baseline_s = direct_posts(fast_url, deliveries, workers)
+    baseline_rate = deliveries / baseline_s
+    first_rate = attempts / max(float(first_s), 1e-3)
+    print(
+        f"  first attempts: {firsts} in {float(first_s):.2f} s, with {attempts - firsts} retries "
+        f"= {first_rate:.0f} attempts/s "
+        f"(ratio {first_rate / baseline_rate:.2f} to the direct POSTs)"
+    )
+    print(
+        f"throughput: {deliveries} deliveries ({failed_attempts} attempts answered 500) in {elapsed:.1f} s "
+        f"= {rate:.0f}/s, from run.log to the last success; direct POSTs: {baseline_rate:.0f}/s "
+        f"(ratio {rate / baseline_rate:.2f})"
+    )
+    return Turn(rate, baseline_rate, first_rate)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--deliveries", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3, help="turns of deliveries and direct POSTs")
     args = parser.parse_args()
 
     os.environ["ENGINE_WEBHOOK_ALLOW_HOSTS"] = "127.0.0.1"
@@ -139,7 +220,14 @@ def main() -> None:
         fast, flaky = Receiver(), Receiver(fail_ratio=0.10)
         with psycopg.connect(url) as conn:
             apply_rules(conn, [r.automation for r in parse_rules_text(rule("latency", "hit", fast.url))])
-            apply_rules(conn, [r.automation for r in parse_rules_text(rule("throughput", "load", flaky.url))])
+            for turn in range(args.repeat):
+                apply_rules(
+                    conn,
+                    [
+                        r.automation
+                        for r in parse_rules_text(rule(f"throughput-{turn}", f"load{turn}", flaky.url))
+                    ],
+                )
             conn.commit()
         service = Service(settings, interval=5.0, url=url)
         service.start()
@@ -189,64 +277,11 @@ def main() -> None:
                 f"({len(samples)}/{args.samples} samples); direct POST p50 {quantile(direct, 0.5):.2f} ms"
             )
 
-            # -- 2. throughput with 10 % failures -------------------------------------------
-            started = time.perf_counter()
-            per_run = 100
-            for r in range(0, args.deliveries, per_run):
-                with engine.init(project="bench/deliver", name=f"load-{r}", system_metrics_interval=0) as run:
-                    for s in range(min(per_run, args.deliveries - r)):
-                        # hours apart in value time, so the 1 m cooldown never hides one
-                        run.log({"load": 1.0}, step=s, time=clock.now() + s * timedelta(hours=1))
-            with psycopg.connect(url, autocommit=True) as conn:
-                while True:
-                    done, total = conn.execute(
-                        "SELECT count(*) FILTER (WHERE d.status = 'succeeded'), count(*) FROM deliveries d "
-                        "JOIN automations a ON a.id = d.automation_id WHERE a.name = 'throughput'"
-                    ).fetchone()
-                    if total >= args.deliveries and done == total:
-                        break
-                    if time.perf_counter() - started > 600:
-                        raise SystemExit(f"throughput: only {done}/{total} delivered after 600 s")
-                    time.sleep(0.05)
-                spans = conn.execute(
-                    "SELECT min(t.fired_at), max(t.fired_at), min(d.finished_at), max(d.finished_at) FROM triggers t "
-                    "JOIN deliveries d ON d.trigger_id = t.id JOIN automations a ON a.id = t.automation_id "
-                    "WHERE a.name = 'throughput'"
-                ).fetchone()
-                print(
-                    f"  triggers fired over {(spans[1] - spans[0]).total_seconds():.2f} s; "
-                    f"deliveries finished over {(spans[3] - spans[2]).total_seconds():.2f} s, "
-                    f"the last {(spans[3] - spans[1]).total_seconds():.2f} s after the last trigger"
-                )
-                failed_attempts = conn.execute(
-                    "SELECT count(*) FROM delivery_attempts WHERE http_status = 500"
-                ).fetchone()[0]
-                # how long the work took apart from the retry schedule's waits: every first attempt
-                # made, and the attempts made per second while the first ones went out (due retries
-                # are sent among them, so they are counted too)
-                first_s, firsts, attempts = conn.execute(
-                    "WITH x AS (SELECT x.attempt, x.started_at FROM delivery_attempts x "
-                    "JOIN deliveries d ON d.id = x.delivery_id JOIN automations a ON a.id = d.automation_id "
-                    "WHERE a.name = 'throughput'), "
-                    "s AS (SELECT min(started_at) AS t0, max(started_at) FILTER (WHERE attempt = 1) AS t1 FROM x) "
-                    "SELECT extract(epoch FROM s.t1 - s.t0), count(*) FILTER (WHERE x.attempt = 1), "
-                    "count(*) FILTER (WHERE x.started_at <= s.t1) FROM x, s GROUP BY s.t0, s.t1"
-                ).fetchone()
-            elapsed = time.perf_counter() - started
-            rate = args.deliveries / elapsed
-            baseline_s = direct_posts(fast.url, args.deliveries, settings.delivery_workers)
-            baseline_rate = args.deliveries / baseline_s
-            first_rate = attempts / max(float(first_s), 1e-3)
-            print(
-                f"  first attempts: {firsts} in {float(first_s):.2f} s, with {attempts - firsts} retries "
-                f"= {first_rate:.0f} attempts/s "
-                f"(ratio {first_rate / baseline_rate:.2f} to the direct POSTs)"
-            )
-            print(
-                f"throughput: {args.deliveries} deliveries ({failed_attempts} attempts answered 500) in {elapsed:.1f} s "
-                f"= {rate:.0f}/s, from run.log to the last success; direct POSTs: {baseline_rate:.0f}/s "
-                f"(ratio {rate / baseline_rate:.2f})"
-            )
+            # -- 2. throughput with 10 % failures, in turns with the direct POSTs ----------------
+            turns = [
+                throughput(url, turn, args.deliveries, fast.url, settings.delivery_workers)
+                for turn in range(args.repeat)
+            ]
         finally:
             stop_noise.set()
             noisy.join(5)
@@ -258,12 +293,15 @@ def main() -> None:
             {
                 "latency_p50_ms": round(p50, 2),
                 "latency_p99_ms": round(p99, 2),
-                "deliveries_per_s": round(rate, 1),
+                "deliveries_per_s": round(statistics.median(t.rate for t in turns), 1),
                 "direct_post_p50_ms": round(quantile(direct, 0.5), 3),
-                "direct_posts_per_s": round(baseline_rate, 1),
-                "ratio_vs_direct": round(rate / baseline_rate, 3),
-                "first_attempts_per_s": round(first_rate, 1),
-                "first_attempts_ratio_vs_direct": round(first_rate / baseline_rate, 3),
+                "direct_posts_per_s": round(statistics.median(t.baseline_rate for t in turns), 1),
+                "ratio_vs_direct": round(statistics.median(t.rate / t.baseline_rate for t in turns), 3),
+                "ratios": [round(t.rate / t.baseline_rate, 3) for t in turns],
+                "first_attempts_per_s": round(statistics.median(t.first_rate for t in turns), 1),
+                "first_attempts_ratio_vs_direct": round(
+                    statistics.median(t.first_rate / t.baseline_rate for t in turns), 3
+                ),
             }
         )
     )
