@@ -94,6 +94,12 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+@lru_cache(maxsize=256)
+def _parsed(url: str) -> httpx.URL:
+    """A URL parsed once for every attempt sent to it (an httpx.URL does not change)."""
+    return httpx.URL(url)
+
+
 def post_json(
     url: str,
     body: bytes,
@@ -115,7 +121,7 @@ def post_json(
     as_sent = {k.decode("latin-1"): v.decode("latin-1") for k, v in sent.raw}  # .raw keeps the names' case
     record: dict[str, Any] = {"url": log_url or url, "headers": redact_headers(as_sent, secret_headers)}
     try:
-        hop = _Hop("POST", httpx.URL(url), sent, body)
+        hop = _Hop("POST", _parsed(url), sent, body)
         if hop.url.scheme not in ("http", "https"):
             raise PermanentDeliveryError(
                 f"webhook URL must be http or https, not {hop.url.scheme or 'empty'}"
