@@ -74,6 +74,9 @@ CLOSE_CHECK_SECONDS = (
 # deliveries for its sends until a commit that is slow (a busy database) has claimed more;
 # with fewer, the workers went idle during the slow commits.
 CLAIMED_PER_WORKER = 8
+# A worker loop with nothing to send waits this long for the next claim before it ends: a busy
+# outbox hands its loops new deliveries without starting a thread task for each lull.
+LINGER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Claim:
     # the trigger's template variables, read with the claim; None: the trigger is gone
     context: dict[str, str] | None = None
     context_error: str | None = None  # they could not be read (the attempt fails, retryably)
+    action_text: str | None = None  # `action` as stored (JSON text): the key of its parsed model
 
 
 @dataclass
@@ -133,9 +137,11 @@ class Dispatcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             self._workers + 1, thread_name_prefix="deliver"
         )
-        self._lock = threading.Lock()  # guards claims, _queue, _loops, _in_flight, _stopped
+        self._lock = threading.Lock()  # guards claims, _queue, _loops, _idle, _in_flight, _stopped
+        self._ready = threading.Condition(self._lock)  # jobs queued, or stopped: for idle loops
         self._queue: collections.deque[_Job] = collections.deque()  # claimed, not yet started
         self._loops = 0  # worker loops running
+        self._idle = 0  # of them, waiting for a job (see LINGER_SECONDS)
         self._in_flight = 0  # places counted: claimed (or being claimed), outcome not yet queued
         self._futures: set[concurrent.futures.Future[None]] = set()  # claimed, outcome not yet written
         self._stopped = False
@@ -193,7 +199,8 @@ class Dispatcher:
             self._queue.extend(jobs)
             futures = [job.done for job in jobs]
             self._futures.update(futures)
-            loops = min(self._workers - self._loops, len(self._queue))
+            self._ready.notify(min(self._idle, len(jobs)))
+            loops = max(0, min(self._workers - self._loops, len(self._queue) - self._idle))
             self._loops += loops
         for future in futures:  # outside the lock: a future already done calls back at once
             future.add_done_callback(self._forget)
@@ -227,6 +234,7 @@ class Dispatcher:
         """
         with self._lock:
             self._stopped = True
+            self._ready.notify_all()  # idle worker loops end
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -339,14 +347,20 @@ class Dispatcher:
                 lease_seconds=r["lease_seconds"],
                 context=digests.get(r["id"], contexts.get(r["trigger_id"])),
                 context_error=context_error,
+                action_text=r.get("action_text"),
             )
             for r in rows
         ]
 
     def _work(self) -> None:
-        """A worker: sends the claimed deliveries one after another until none is left."""
+        """A worker: sends the claimed deliveries one after another until none is left for
+        LINGER_SECONDS (or the dispatcher stops)."""
         while True:
             with self._lock:
+                if not self._queue and not self._stopped:
+                    self._idle += 1
+                    self._ready.wait(LINGER_SECONDS)
+                    self._idle -= 1
                 if not self._queue:
                     self._loops -= 1
                     return
@@ -416,7 +430,9 @@ class Dispatcher:
             self._drop(job)  # the trigger was deleted, and its deliveries with it
             return
         else:
-            attempt = send_action(str(claim.id), claim.action, claim.context, self.settings)
+            attempt = send_action(
+                str(claim.id), claim.action, claim.context, self.settings, text=claim.action_text
+            )
         self._queue_outcome(self._outcome(job, attempt))
 
     def _outcome(self, job: _Job, attempt: Attempt) -> _Outcome:

@@ -48,7 +48,7 @@ RESPONSE_BODY_LIMIT = 4096
 USER_AGENT = f"engine-automations/{__version__}"
 _ALWAYS_REDACTED = frozenset({"authorization", "x-automation-signature", "x-automation-signature-256"})
 # What an httpx client would add to every request (ours replace them where they clash).
-_CLIENT_HEADERS = (("Accept", "*/*"), ("Connection", "keep-alive"))
+_CLIENT_HEADERS = ((b"Accept", b"*/*"), (b"Connection", b"keep-alive"))
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,12 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+@lru_cache(maxsize=256)
+def _parsed(url: str) -> httpx.URL:
+    """A URL parsed once for every attempt sent to it (an httpx.URL does not change)."""
+    return httpx.URL(url)
+
+
 def post_json(
     url: str,
     body: bytes,
@@ -115,7 +121,7 @@ def post_json(
     as_sent = {k.decode("latin-1"): v.decode("latin-1") for k, v in sent.raw}  # .raw keeps the names' case
     record: dict[str, Any] = {"url": log_url or url, "headers": redact_headers(as_sent, secret_headers)}
     try:
-        hop = _Hop("POST", httpx.URL(url), sent, body)
+        hop = _Hop("POST", _parsed(url), sent, body)
         if hop.url.scheme not in ("http", "https"):
             raise PermanentDeliveryError(
                 f"webhook URL must be http or https, not {hop.url.scheme or 'empty'}"
@@ -123,7 +129,7 @@ def post_json(
         deadline = time.monotonic() + timeout  # for the whole attempt, redirects included
         with attempt_deadline(deadline):
             for _ in range(MAX_REDIRECTS + 1):
-                outcome = _send_hop(hop, allow_hosts, timeout, deadline, secret_headers)
+                outcome = _send_hop(hop, allow_hosts, timeout, secret_headers)
                 if isinstance(outcome, Attempt):
                     if hop.redirects:
                         record["redirects"] = [REDACTED if log_url else r for r in hop.redirects]
@@ -146,7 +152,6 @@ def _send_hop(
     hop: _Hop,
     allow_hosts: str,
     timeout: float,
-    deadline: float,
     secret_headers: Collection[str],
 ) -> Attempt | _Hop:
     """Send one hop to the checked addresses; an Attempt when done, the next hop on a redirect."""
@@ -159,37 +164,32 @@ def _send_hop(
     )
     # The transport connects to the name only through these (httpcore hands it the raw host).
     checked = Target(url.scheme, url.raw_host.decode("ascii"), port, addresses, allow_hosts, _tls_context())
-    headers = httpx.Headers(hop.headers)
-    sent = httpx.Headers(_CLIENT_HEADERS)
-    sent.update(headers)
-    request = httpx.Request(
+    response = CONNECTIONS.transport(checked).send(
         hop.method,
         url,
-        headers=sent,
-        content=hop.body,
-        extensions={"timeout": httpx.Timeout(timeout).as_dict()},
+        _request_headers(url, hop.headers, hop.body),
+        hop.body,
+        timeout=timeout,
+        limit=RESPONSE_BODY_LIMIT,
     )
-    response = CONNECTIONS.transport(checked).handle_request(request)
-    try:
-        location = response.headers.get("Location")
-        if response.is_redirect and location:
-            target = url.join(location)
-            method, body = hop.method, hop.body
-            if response.status_code in (301, 302, 303) and method == "POST":
-                method, body = "GET", None
-                headers.pop("Content-Type", None)
-            if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
-                for name in {h.lower() for h in secret_headers} | _ALWAYS_REDACTED:
-                    headers.pop(name, None)
-            return _Hop(method, target, headers, body, [*hop.redirects, str(target)])
-        text = _read_capped(response, deadline)
-    finally:
-        response.close()
-    status = response.status_code
+    status = response.status
+    location = response.headers.get("Location")
+    if httpx.codes.is_redirect(status) and location:
+        target = url.join(location)
+        method, body = hop.method, hop.body
+        headers = httpx.Headers(hop.headers)
+        if status in (301, 302, 303) and method == "POST":
+            method, body = "GET", None
+            headers.pop("Content-Type", None)
+        if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
+            for name in {h.lower() for h in secret_headers} | _ALWAYS_REDACTED:
+                headers.pop(name, None)
+        return _Hop(method, target, headers, body, [*hop.redirects, str(target)])
+    text = response.body.decode("utf-8", errors="replace")
     retry_after = parse_retry_after(response.headers.get("Retry-After"), clock.now())
     if 200 <= status <= 299:
         return Attempt({}, http_status=status, response_body=text)
-    reason = f"HTTP {status} {response.reason_phrase}".rstrip()
+    reason = f"HTTP {status} {response.reason}".rstrip()
     if 300 <= status <= 399:
         reason += " (not followed: no Location header, or not a redirect)"
     return Attempt(
@@ -202,11 +202,16 @@ def _send_hop(
     )
 
 
-def _read_capped(response: httpx.Response, deadline: float) -> str:
-    """At most RESPONSE_BODY_LIMIT bytes of the body; the rest is never read."""
-    buffer = bytearray()
-    for chunk in response.iter_raw():
-        buffer += chunk
-        if len(buffer) >= RESPONSE_BODY_LIMIT or time.monotonic() > deadline:
-            break
-    return bytes(buffer[:RESPONSE_BODY_LIMIT]).decode("utf-8", errors="replace")
+def _request_headers(url: httpx.URL, headers: httpx.Headers, body: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The headers as an httpx client sends them: `Host` first, its defaults (`Accept`,
+    `Connection`) but those ours replace, ours, and `Content-Length` for a body (unless one of
+    ours says it)."""
+    sent = {name.lower(): (name, value) for name, value in _CLIENT_HEADERS}
+    for name, value in headers.raw:
+        lowered = name.lower()
+        sent.pop(lowered, None)  # ours replace a default of that name, after the others (as httpx)
+        sent[lowered] = (name, value)
+    auto = [] if b"host" in sent else [(b"Host", url.netloc)]
+    if body is not None and b"content-length" not in sent and b"transfer-encoding" not in sent:
+        sent[b"content-length"] = (b"Content-Length", str(len(body)).encode("ascii"))
+    return auto + list(sent.values())

@@ -45,8 +45,13 @@ class Secrets:
     # may echo the path it was called on without the host).
     fragments: tuple[str, ...] = ()
 
+    @property
+    def empty(self) -> bool:
+        """Nothing to scrub (most actions resolve no secret at all)."""
+        return not (self.values or self.by_field or self.fragments)
+
     def scrub(self, text: str | None) -> str | None:
-        if not text:
+        if not text or self.empty:
             return text
         # Longest first, so a secret containing another is replaced whole.
         for value in sorted(
@@ -58,6 +63,8 @@ class Secrets:
         return text
 
     def scrub_json(self, value: Any) -> Any:
+        if self.empty:
+            return value
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, Mapping):

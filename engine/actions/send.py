@@ -52,9 +52,12 @@ def send_action(
     action: ActionModel | Mapping[str, Any],
     ctx: Mapping[str, str],
     settings: Settings | None = None,
+    *,
+    text: str | None = None,
 ) -> Attempt:
     """Send `action` (a model, or the JSON stored with a delivery) once for the event
-    described by `ctx`; the outcome as an Attempt."""
+    described by `ctx`; the outcome as an Attempt. `text`: the stored action's JSON text, when
+    the caller read it too (the dispatcher): the key of its model, instead of dumping it again."""
     settings = settings or get_settings()
     started_at, t0 = clock.now(), time.monotonic()
     resolved = secretsmod.Secrets()
@@ -66,7 +69,7 @@ def send_action(
     try:
         if isinstance(action, Mapping):
             try:
-                action = _stored(json.dumps(action, sort_keys=True))
+                action = _stored(text if text is not None else json.dumps(action, sort_keys=True))
             except ValueError as exc:
                 raise PermanentDeliveryError(str(exc)) from None
         resolved = secretsmod.resolve(action, settings)

@@ -27,10 +27,12 @@ every connect, read and write of one attempt ends by one deadline.
   that drops packets leaves time for the next.
 
 Both happen at httpcore's network layer (`network_backend`), the one place every socket
-operation passes through. httpx's own transport has no public way to take a backend, so the
-transport is one of ours (httpx's documented extension point, `httpx.BaseTransport`) over an
-httpcore connection pool that has the backend; it turns httpcore's errors into httpx's, as
-httpx's transport does, so callers see only httpx.
+operation passes through. httpx's own transport has no public way to take a backend, so a
+target's transport is an httpcore connection pool that has the backend, sent to directly
+(`_PinnedTransport.send`: one request, its answer read up to a limit): an httpx request and
+response around each attempt cost the dispatcher, whose process is bound by the interpreter,
+as much again as httpcore's own work. httpx still parses the URLs (and the callers join
+redirects with it), and httpcore's errors are raised as httpx's, so callers see only httpx.
 Tested in tests/integration/test_fault_receivers.py against a receiver that drips its
 headers, and in tests/integration/test_actions_transport.py with both orders of
 `localhost`'s addresses and with a receiver counting the connections it accepts.
@@ -180,23 +182,17 @@ def _as_httpx_errors() -> Iterator[None]:
         raise
 
 
-class _Body(httpx.SyncByteStream):
-    """A response body read from httpcore, its errors raised as httpx's."""
+@dataclass(frozen=True)
+class Reply:
+    """An answer: its status, headers and the start of its body (read by `_PinnedTransport.send`)."""
 
-    def __init__(self, stream: typing.Iterable[bytes]):
-        self._stream = stream
-
-    def __iter__(self) -> Iterator[bytes]:
-        with _as_httpx_errors():
-            yield from self._stream
-
-    def close(self) -> None:
-        close = getattr(self._stream, "close", None)  # releases the connection to the pool
-        if close is not None:
-            close()
+    status: int
+    reason: str
+    headers: httpx.Headers
+    body: bytes
 
 
-class _PinnedTransport(httpx.BaseTransport):
+class _PinnedTransport:
     def __init__(self, target: Target):
         self._pool = httpcore.ConnectionPool(
             ssl_context=target.tls,
@@ -206,27 +202,50 @@ class _PinnedTransport(httpx.BaseTransport):
             network_backend=_PinnedBackend(target.host, target.addresses),
         )
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if not isinstance(request.stream, httpx.SyncByteStream):
-            raise TypeError("an asynchronous request body reached a synchronous transport")
-        url = request.url
-        core_request = httpcore.Request(
-            method=request.method,
+    def send(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        *,
+        timeout: float,
+        limit: int,
+    ) -> Reply:
+        """Send one request (its headers complete: `Host` and `Content-Length` included) and
+        read at most `limit` bytes of the answer's body, no more than the attempt's deadline
+        allows; the rest is never read, nor any of a redirect's. The connection goes back to
+        the pool (kept alive when the answer was read whole)."""
+        request = httpcore.Request(
+            method=method.encode("ascii"),
             url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
+            headers=headers,
+            content=body,
+            extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}},
         )
         with _as_httpx_errors():
-            response = self._pool.handle_request(core_request)
-        if not isinstance(response.stream, typing.Iterable):
-            raise TypeError("httpcore's synchronous pool answered with an asynchronous body")
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_Body(response.stream),
-            extensions=response.extensions,
-            request=request,
+            response = self._pool.handle_request(request)
+            try:
+                if not isinstance(response.stream, typing.Iterable):
+                    raise TypeError("httpcore's synchronous pool answered with an asynchronous body")
+                received = bytearray()
+                redirect = httpx.codes.is_redirect(response.status) and any(
+                    name.lower() == b"location" for name, _ in response.headers
+                )
+                for chunk in () if redirect else response.stream:
+                    received += chunk
+                    if len(received) >= limit or time.monotonic() > _deadline.get():
+                        break
+            finally:
+                response.close()  # releases the connection to the pool
+        reason = response.extensions.get("reason_phrase")
+        return Reply(
+            status=response.status,
+            reason=reason.decode("ascii", errors="ignore")
+            if isinstance(reason, bytes)
+            else httpx.codes.get_reason_phrase(response.status),
+            headers=httpx.Headers(response.headers),
+            body=bytes(received[:limit]),
         )
 
     def close_if_idle(self) -> bool:
@@ -278,7 +297,7 @@ class Connections:
                     del self._checked[stale]
         return addresses
 
-    def transport(self, target: Target) -> httpx.BaseTransport:
+    def transport(self, target: Target) -> _PinnedTransport:
         with self._lock:
             found = self._transports.get(target)
             if found is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.actions import ssrf, transport
-from engine.actions.http import post_json
+from engine.actions.http import USER_AGENT, post_json
 from tests.receiver import Receiver, Reply, make_certificate, server_tls
 
 
@@ -117,6 +117,29 @@ def test_when_every_address_fails_each_is_named(monkeypatch, other_family_refuse
         attempt.error
         == "connection failed: ::1: [Errno 111] Connection refused; 127.0.0.1: [Errno 111] Connection refused"
     )
+
+
+def test_the_request_carries_the_headers_an_http_client_sends():
+    """`Host` first, the client's defaults (`Accept` replaced by ours, after the others), ours,
+    `Content-Length`; a 303 turns the POST into a GET without body, length or content type."""
+    ours = {"Content-Type": "application/json", "accept": "application/json", "X-Custom": "v"}
+    with Receiver(Reply(303, headers={"Location": "/next"}), Reply(200)) as rx:
+        attempt = post_json(rx.url(), b'{"a":1}', ours, timeout=5, allow_hosts="127.0.0.1")
+        assert attempt.succeeded, attempt.error
+        posted, followed = rx.wait_for(2)
+    assert list(posted.headers.items()) == [
+        ("Host", f"127.0.0.1:{rx.port}"),
+        ("Connection", "keep-alive"),
+        ("Content-Type", "application/json"),
+        ("accept", "application/json"),
+        ("X-Custom", "v"),
+        ("User-Agent", USER_AGENT),
+        ("Accept-Encoding", "identity"),
+        ("Content-Length", "7"),
+    ]
+    assert (posted.method, posted.body) == ("POST", b'{"a":1}')
+    assert (followed.method, followed.path, followed.body) == ("GET", "/next", b"")
+    assert [name for name in followed.headers if name.lower() in ("content-length", "content-type")] == []
 
 
 # -- kept connections ----------------------------------------------------------------------------

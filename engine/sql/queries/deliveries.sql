@@ -92,8 +92,8 @@ UPDATE deliveries d SET
     updated_at      = %(now)s
 FROM due
 WHERE d.id = due.id
-RETURNING d.id, d.trigger_id, d.automation_id, d.action_type, d.action, d.attempts, d.max_attempts,
-          due.was_status, extract(epoch FROM d.claimed_until - %(now)s)::float8 AS lease_seconds;
+RETURNING d.id, d.trigger_id, d.automation_id, d.action_type, d.action, d.action::text AS action_text,
+          d.attempts, d.max_attempts, due.was_status, extract(epoch FROM d.claimed_until - %(now)s)::float8 AS lease_seconds;
 
 -- name: delivery_renew_lease
 -- A claimed delivery that waited for a worker longer than its lease can spare gets a whole
