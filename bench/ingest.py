@@ -29,7 +29,11 @@ repetition's "ratios" (sdk/copy) and "http_ratios" (http/copy); "http_p99_ms" is
 `--requests` log requests of 1,000 points (200 rows x 5 metrics, as the SDK encodes them)
 sent one after another to the same server (`--no-http` leaves the HTTP path out);
 "mlflow_ratio": the MLflow client's batch logging into `engine web` against the COPY (its
-median; bench/support/mlflow_path.py).
+median; bench/support/mlflow_path.py; `--no-mlflow` leaves it out).
+
+Reduced sizes keep each run's size (1,000 steps x 5 metrics), since the SDK's overhead is
+per run and per flush: `--runs 40 --no-mlflow --requests 100` shows the same ratios in a
+fraction of the time (for A/B comparisons on a shared machine).
 """
 
 from __future__ import annotations
@@ -254,6 +258,11 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3, help="the figures are the median repetition's")
     parser.add_argument("--no-http", action="store_true", help="leave out the SDK over HTTP")
     parser.add_argument(
+        "--no-mlflow",
+        action="store_true",
+        help="leave out the MLflow client (the slowest path, without a target: quicker A/B runs)",
+    )
+    parser.add_argument(
         "--requests", type=int, default=300, help="1,000-point log requests timed for http_p99_ms"
     )
     args = parser.parse_args()
@@ -264,14 +273,15 @@ def main() -> None:
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
 
     reps: list[dict[str, float]] = []
-    names = ["sdk", "copy", "mlflow"] if args.no_http else ["sdk", "copy", "http", "mlflow"]
+    names = ["sdk", "copy"] + ([] if args.no_http else ["http"]) + ([] if args.no_mlflow else ["mlflow"])
     http_p99 = None
     with fresh_databases(names) as urls:
         paths: dict[str, SdkPath | CopyPath | MlflowPath] = {
             "sdk": SdkPath(urls["sdk"], data),
             "copy": CopyPath(urls["copy"], data),
-            "mlflow": MlflowPath(urls["mlflow"], data),  # the MLflow client into engine web
         }
+        if not args.no_mlflow:
+            paths["mlflow"] = MlflowPath(urls["mlflow"], data)  # the MLflow client into engine web
         if not args.no_http:
             paths["http"] = HttpPath(urls["http"], data, Path(tempfile.mkdtemp(prefix="engine-bench-web-")))
         # What exists now lives to the end (the MLflow client's and engine web's client modules,
@@ -294,7 +304,8 @@ def main() -> None:
             reps.append({**figures, "ratio": figures["sdk"] / figures["copy"]})
             if "http" in figures:
                 reps[-1]["http_ratio"] = figures["http"] / figures["copy"]
-            reps[-1]["mlflow_ratio"] = figures["mlflow"] / figures["copy"]
+            if "mlflow" in figures:
+                reps[-1]["mlflow_ratio"] = figures["mlflow"] / figures["copy"]
             print(
                 f"repetition {rep + 1}: "
                 + "; ".join(
@@ -326,9 +337,9 @@ def main() -> None:
         "copy_rows_per_s": round(median["copy"]),
         "ratio": round(median["ratio"], 3),
         "ratios": [round(f["ratio"], 3) for f in reps],
-        # the MLflow client into engine web (no target yet), its median repetition's
-        "mlflow_ratio": round(sorted(f["mlflow_ratio"] for f in reps)[len(reps) // 2], 3),
     }
+    if not args.no_mlflow:  # the MLflow client into engine web (no target yet), its median repetition's
+        out["mlflow_ratio"] = round(sorted(f["mlflow_ratio"] for f in reps)[len(reps) // 2], 3)
     if not args.no_http:
         http_median = sorted(reps, key=lambda f: f["http_ratio"])[len(reps) // 2]
         print(
