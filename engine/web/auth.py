@@ -103,7 +103,8 @@ def access(role: str, target: Target | None = None, *, body: bool = False) -> An
             except ValueError:
                 payload = None  # FastAPI answers the body's own error (422) once it validates it
         token = credentials.credentials if credentials is not None else None
-        return await run_in_threadpool(_decide, request, token, spec, payload)
+        async with deps.admitted():
+            return await run_in_threadpool(_decide, request, token, spec, payload)
 
     authorise.access = spec  # type: ignore[attr-defined]
     return Depends(authorise)
@@ -169,7 +170,8 @@ def console_access(role: str, target: Target | None = None, *, form: bool = Fals
             text = (await request.body()).decode("utf-8", "replace")
             payload = dict(urllib.parse.parse_qsl(text, keep_blank_values=True))
         request.state.form = payload or {}
-        return await run_in_threadpool(_decide_session, request, spec, payload)
+        async with deps.admitted():
+            return await run_in_threadpool(_decide_session, request, spec, payload)
 
     authorise.access = spec  # type: ignore[attr-defined]
     return Depends(authorise)

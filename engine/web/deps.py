@@ -10,6 +10,7 @@ one: while the database is down, requests answer 503 with its reason, and /healt
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
@@ -27,13 +28,20 @@ SHARE = "web"
 CHECKOUT_TIMEOUT = 10.0  # seconds a request waits for a free connection before a 503
 
 _database: enginedb.Database | None = None
+# Requests holding a connection, or about to take one, with the key check counted: as many as
+# the pool has connections. The others wait here, on the event loop. Waiting in the thread
+# pool instead let a burst of requests fill every thread with waiters while the requests that
+# held the connections waited for a thread to run their route: nothing moved until the
+# waiters gave up (503s for everyone).
+_admission: asyncio.Semaphore | None = None
 
 
 def open_pool(settings: Settings) -> enginedb.Database:
     """Open this process's pool (it connects on first use). Each worker process of
     `--workers N` opens its own, so the application_name is given here, not inherited."""
-    global _database
+    global _database, _admission
     close_pool()
+    _admission = asyncio.Semaphore(settings.web_pool_size)
     _database = enginedb.Database(
         settings=settings,
         shares={SHARE: settings.web_pool_size},
@@ -48,6 +56,30 @@ def close_pool() -> None:
     if _database is not None:
         _database.close()
         _database = None
+
+
+@contextlib.asynccontextmanager
+async def admitted() -> AsyncIterator[None]:
+    """A place among the requests that may hold one of the pool's connections, waited for on
+    the event loop (a 503 after CHECKOUT_TIMEOUT, as a wait for a connection)."""
+    if _admission is None:
+        raise DatabaseUnavailable("the web server's connection pool is not open")
+    admission = _admission
+    try:
+        await asyncio.wait_for(admission.acquire(), CHECKOUT_TIMEOUT)
+    except TimeoutError:
+        raise DatabaseUnavailable(
+            f"no database connection came free in {CHECKOUT_TIMEOUT:g} s: the {_pool_size()} connection(s) "
+            f"of {SHARE} are all in use by statements that do not finish"
+        ) from None
+    try:
+        yield
+    finally:
+        admission.release()
+
+
+def _pool_size() -> int:
+    return _database.shares[SHARE] if _database is not None else 0
 
 
 @contextlib.contextmanager
@@ -70,17 +102,18 @@ async def connection() -> AsyncIterator[psycopg.Connection]:
     if _database is None:
         raise DatabaseUnavailable("the web server's connection pool is not open")
     database = _database
-    conn = database.take_now(SHARE)
-    if conn is None:
-        conn = await run_in_threadpool(database.take, SHARE)
-    try:
-        with enginedb.boundary():
-            yield conn
-    finally:
-        if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            database.give_back(conn, SHARE)
-        else:
-            await run_in_threadpool(database.give_back, conn, SHARE)
+    async with admitted():
+        conn = database.take_now(SHARE)
+        if conn is None:
+            conn = await run_in_threadpool(database.take, SHARE)
+        try:
+            with enginedb.boundary():
+                yield conn
+        finally:
+            if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                database.give_back(conn, SHARE)
+            else:
+                await run_in_threadpool(database.give_back, conn, SHARE)
 
 
 # A route parameter `conn: Conn` gets the request's connection. Declare it after the key

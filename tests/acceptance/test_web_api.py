@@ -398,3 +398,32 @@ def test_silences_are_added_listed_and_ended_over_http(conn, database_url, tmp_p
         assert [s["reason"] for s in analyst.get("/api/v1/silences").json()] == ["sweep"]
         everything = analyst.get("/api/v1/silences", params={"all": "true"}).json()
         assert {s["reason"]: s["ended_by"] for s in everything} == {"sweep": None, "retrain": "key:ci"}
+
+
+def test_a_burst_of_requests_larger_than_the_thread_pool_is_served_by_a_small_pool(
+    conn, database_url, tmp_path
+):
+    """More requests at once than the server has threads (40), on a pool of 2 connections:
+    the ones without a connection wait on the event loop, not in threads, so the requests
+    holding the connections always find a thread to finish in (a burst used to fill every
+    thread with waiters and answer 503 to all of them after the checkout timeout)."""
+    key = make_key(conn, "trainer", "ingest", "acme/*")
+    burst = 120
+    with WebProcess(database_url, tmp_path / "web.log", ENGINE_WEB_POOL_SIZE="2") as web:
+        with web.client(key) as http:
+            for i in range(burst):
+                assert (
+                    http.post("/api/v1/runs", json={"project": "acme/vision", "id": f"b{i}"}).status_code
+                    == 201
+                )
+
+        def send(i: int) -> int:
+            with web.client(key) as client:
+                batch = {"batch_id": "first", "rows": [{"step": 0, "values": {"loss": i / 10}}]}
+                return client.post(f"/api/v1/runs/acme/vision/b{i}/log", json=batch, timeout=60).status_code
+
+        with ThreadPoolExecutor(burst) as pool:
+            statuses = list(pool.map(send, range(burst)))
+    assert statuses == [200] * burst, sorted(set(statuses))
+    (stored,) = conn.execute("SELECT count(*) FROM metric_points").fetchone()
+    assert stored == burst

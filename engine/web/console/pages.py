@@ -148,7 +148,8 @@ def _routes(app: FastAPI) -> None:
             return _login(request, target, "The sign-in form expired: try again.", 403)
         presented = form.get("key", "").strip()
         try:
-            key = await run_in_threadpool(_authenticate, presented)
+            async with deps.admitted():
+                key = await run_in_threadpool(_authenticate, presented)
         except KeyRefused as exc:
             log.warning("console sign-in refused: %s", exc)
             return _login(request, target, f"{exc}.", 401)
