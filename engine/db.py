@@ -528,10 +528,7 @@ class Database:
         if slots is None:
             raise ValueError(f"no share {share!r} in this pool (its shares: {', '.join(self.shares)})")
         if not slots.acquire(timeout=self.wait):
-            raise DatabaseUnavailable(
-                f"no database connection came free in {self.wait:g} s: the {self.shares[share]} connection(s) "
-                f"of {share} are all in use by statements that do not finish"
-            )
+            raise self.none_free(share)
         try:
             conn = self._idle_connection()
             if conn is None:
@@ -547,6 +544,13 @@ class Database:
             self._in_use[share] += 1
             self.checkouts[share] += 1
         return conn
+
+    def none_free(self, share: str) -> DatabaseUnavailable:
+        """The error of a wait for a connection of `share` that lasted `wait` seconds."""
+        return DatabaseUnavailable(
+            f"no database connection came free in {self.wait:g} s: the {self.shares[share]} connection(s) "
+            f"of {share} are all in use by statements that do not finish"
+        )
 
     def _idle_connection(self) -> psycopg.Connection | None:
         """The most recently given back idle connection that still works, or None."""

@@ -62,24 +62,17 @@ def close_pool() -> None:
 async def admitted() -> AsyncIterator[None]:
     """A place among the requests that may hold one of the pool's connections, waited for on
     the event loop (a 503 after CHECKOUT_TIMEOUT, as a wait for a connection)."""
-    if _admission is None:
+    if _admission is None or _database is None:
         raise DatabaseUnavailable("the web server's connection pool is not open")
-    admission = _admission
+    admission, database = _admission, _database
     try:
-        await asyncio.wait_for(admission.acquire(), CHECKOUT_TIMEOUT)
+        await asyncio.wait_for(admission.acquire(), database.wait)
     except TimeoutError:
-        raise DatabaseUnavailable(
-            f"no database connection came free in {CHECKOUT_TIMEOUT:g} s: the {_pool_size()} connection(s) "
-            f"of {SHARE} are all in use by statements that do not finish"
-        ) from None
+        raise database.none_free(SHARE) from None
     try:
         yield
     finally:
         admission.release()
-
-
-def _pool_size() -> int:
-    return _database.shares[SHARE] if _database is not None else 0
 
 
 @contextlib.contextmanager
