@@ -203,6 +203,30 @@ def test_the_evaluator_prepares_its_statements_on_its_own_connection(conn, datab
     run.finish()
 
 
+def test_only_the_evaluators_commits_skip_the_wait_for_the_disk(conn, database_url):
+    """A tick's commit does not wait for its WAL flush (recomputed from durable points after
+    a crash); the delivery claims keep the server's setting, so their durable commit covers
+    every trigger they could see before a delivery leaves."""
+    from engine import db
+    from engine.evaluation import Evaluator
+    from engine.settings import Settings
+
+    evaluator = Evaluator(database_url, Settings(database_url=database_url, evaluation_connections=1))
+    try:
+        evaluator.tick()
+        own = evaluator._conn
+        assert own is not None
+        assert own.execute("SHOW synchronous_commit").fetchone() == ("off",)
+    finally:
+        evaluator.close()
+    with (
+        db.Database(database_url, shares={"deliveries": 1}) as database,
+        database.connection("deliveries") as c,
+    ):
+        server = c.execute("SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit'").fetchone()
+        assert c.execute("SHOW synchronous_commit").fetchone() == server
+
+
 def test_the_queries_are_compiled_when_the_automations_are_loaded(conn, database_url, monkeypatch):
     """Compiling a query costs ~25 ms: done when the automations are loaded (the first tick),
     not in the first tick with data for each (that tick's latency). A metric group and an

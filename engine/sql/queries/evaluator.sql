@@ -27,7 +27,15 @@ LEFT JOIN (
 -- a cost that grows with the data. No JIT: row estimates over that branch can pass jit_above_cost,
 -- and compiling costs seconds for queries that run in milliseconds. The statement timeout
 -- holds for every statement of a tick.
+-- A tick's commit does not wait for its WAL to reach the disk (a flush that other writers
+-- queue behind takes up to ~60 ms): a tick is recomputed from the points, which were durable
+-- before it could see them. A crash can lose the last ticks' commits, frontiers with their
+-- triggers, and the next tick fires the same causes again (the unique key holds). Nothing
+-- lost had gone out: a delivery is sent after its claim commits, durably, and that flush
+-- covers every commit the claim could see; a stop request reaches a run in the answer to
+-- its next write, also a durable commit after it.
 SELECT set_config('plan_cache_mode', 'force_generic_plan', false), set_config('jit', 'off', false),
+       set_config('synchronous_commit', 'off', false),
        set_config('statement_timeout', %(statement_timeout_ms)s, false);
 
 -- name: activity
