@@ -58,6 +58,8 @@ _PREPARE_THRESHOLD = 5
 # most this often: moving them is a commit of its own, and until then they only widen the
 # span of the next tick's activity query a little.
 _IDLE_REFRESH_SECONDS = 1.0
+# Watermark rows a tick deletes at least (more when it saw more written).
+_PRUNE_AT_LEAST = 1_000
 
 
 @dataclass
@@ -104,7 +106,6 @@ class Evaluator:
         self._idle_refreshed = -math.inf  # when idle frontiers were last moved
         self._compiled: dict[tuple[Any, ...], CompiledQuery] = {}  # (tails_only, (id, version)...)
         self._lock = threading.Lock()
-        self._ticks = 0
         self._helpers: dict[int, psycopg.Connection] = {}
         self._session = {"statement_timeout_ms": str(self.settings.statement_timeout_ms)}
         self._pool: ThreadPoolExecutor | None = None
@@ -265,9 +266,10 @@ class Evaluator:
             dicts(conn).execute(query("advance_idle_frontiers"), {"ids": idle, "to_xid": str(to_xid)})
             self._idle_refreshed = time.monotonic()
         result.idle = len(idle)
-        self._ticks += 1
-        if self._ticks % 20 == 1:
-            dicts(conn).execute(query("prune_series_batches"))
+        # Watermark rows behind every frontier go, a tick's worth at a time (twice what this
+        # one wrote: a backlog drains too), so that no tick pays for many ticks' rows at once.
+        limit = _PRUNE_AT_LEAST + 2 * sum(series.values())
+        dicts(conn).execute(query("prune_series_batches"), {"limit": limit}, prepare=True)
 
     def _run_clocked(self, conn: psycopg.Connection, to_xid: int, result: TickResult) -> None:
         """Rules driven by time, every tick, in one transaction: each one's running runs past

@@ -177,6 +177,34 @@ def test_idle_frontiers_move_past_other_writes_and_rest_when_nothing_is_written(
     run.finish()
 
 
+def test_watermark_rows_behind_every_frontier_go_a_ticks_worth_at_a_time(conn, database_url, monkeypatch):
+    """Each tick deletes the oldest watermark rows that every automation has passed, at most
+    a little more than twice what it saw written: a backlog drains over the next ticks
+    instead of costing one tick all of it."""
+    from engine.evaluation import Evaluator, tick
+    from engine.settings import Settings
+
+    apply_yaml(conn, ACCURACY)
+    run = engine.init(project="acme/vision", name="watermarks", system_metrics_interval=0)
+    for i in range(5):  # five flushes: five watermark rows of one series
+        log_series(run, "accuracy", [0.1], start_step=i, start=T0 + timedelta(minutes=i))
+    watermarks = "SELECT id FROM series_batches ORDER BY xid, id"
+    written = [i for (i,) in conn.execute(watermarks)]
+    assert len(written) == 5
+    monkeypatch.setattr(tick, "_PRUNE_AT_LEAST", 1)
+    evaluator = Evaluator(database_url, Settings(database_url=database_url, evaluation_connections=1))
+    try:
+        evaluator.tick()  # saw one series written: 1 + 2 x 1 rows go, the oldest
+        assert [i for (i,) in conn.execute(watermarks)] == written[3:]
+        evaluator.tick()  # nothing new: one row
+        assert [i for (i,) in conn.execute(watermarks)] == written[4:]
+        evaluator.tick()
+        assert conn.execute(watermarks).fetchall() == []
+    finally:
+        evaluator.close()
+    run.finish()
+
+
 def test_the_evaluator_prepares_its_statements_on_its_own_connection(conn, database_url):
     """The pool's connections prepare nothing (PgBouncer), but the evaluator's leased ones
     do: a tick must not plan its group queries again (at 1,000 rules that was most of a tick

@@ -320,11 +320,19 @@ WITH inserted AS (
 SELECT count(*) FROM inserted;
 
 -- name: prune_series_batches
--- Watermark rows that every enabled automation has passed are no longer needed.
+-- Watermark rows that every enabled automation has passed are no longer needed: the oldest
+-- %(limit)s of them go (a tick deletes about what ticks write; a backlog, such as the rows of
+-- ticks that every series got a value in, drains over the next ticks instead of in one).
+-- (Their ids as an array: the rows are found by key, never by a scan of the table, whatever
+-- the planner estimates the backlog to be.)
 DELETE FROM series_batches
-WHERE xid < least(
-    (SELECT min(s.frontier) FROM automation_state s JOIN automations a ON a.id = s.automation_id WHERE a.enabled),
-    pg_snapshot_xmin(pg_current_snapshot()));
+WHERE id = ANY(ARRAY(
+    SELECT b.id FROM series_batches b
+    WHERE b.xid < least(
+        (SELECT min(s.frontier) FROM automation_state s JOIN automations a ON a.id = s.automation_id WHERE a.enabled),
+        pg_snapshot_xmin(pg_current_snapshot()))
+    ORDER BY b.xid
+    LIMIT %(limit)s));
 
 -- name: run_labels
 SELECT r.id, r.run_id, r.name FROM runs r WHERE r.id = ANY(%(run_pks)s);
