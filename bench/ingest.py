@@ -189,7 +189,7 @@ class HttpPath(SdkPath):
         times = []
         for i in range(requests):
             records = [
-                (clock.now(), i * 200 + s, keys, tuple(self.data[s % len(self.data)].values()))
+                (clock.now_micros(), i * 200 + s, keys, tuple(self.data[s % len(self.data)].values()))
                 for s in range(200)
             ]
             (body,) = log_bodies(Part(Stream(0, "p99"), records, [], 1000), 1000)

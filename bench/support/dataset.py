@@ -294,6 +294,7 @@ class Logger:
         planned = self.plan(series)
         values = self.data.values(conn, planned)
         now = self.logged_at = clock.now()
+        at = clock.to_micros(now)
         i = 0
         while i < len(planned):
             r, step = planned[i][0], planned[i][1]
@@ -301,7 +302,7 @@ class Logger:
             while j < len(planned) and planned[j][0] == r:
                 j += 1
             keys = tuple(METRICS[m] for _, _, m in planned[i:j])
-            self.writer.append(self.streams[r], now, step, keys, tuple(values[i:j]))
+            self.writer.append(self.streams[r], at, step, keys, tuple(values[i:j]))
             i = j
         self.writer.flush()
         return len(planned)

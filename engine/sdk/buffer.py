@@ -1,7 +1,8 @@
 """The SDK's write path, transport aside: an in-memory buffer, a background flush thread, retries.
 
-Runs append *records* `(time, step, keys, values)` — one per `run.log` call: a tuple of
-keys (the same tuple object while a run logs the same keys) and a tuple of floats — to their
+Runs append *records* `(time, step, keys, values)` — one per `run.log` call: the time as
+whole microseconds (clock.now_micros), a tuple of keys (the same tuple object while a run logs
+the same keys) and a tuple of floats — to their
 `Stream`. A flush (background thread: on size, or at most every `flush_interval`; a run's
 `finish`/`flush`: on demand) takes what is buffered, at most MAX_BATCH_POINTS points, and
 hands it to the transport as one `Batch`, which stores it all or nothing (`Transport.send`;
@@ -36,7 +37,6 @@ import random
 import threading
 import time as _time
 from collections.abc import Sequence
-from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from engine.exceptions import EngineError, IngestError
@@ -49,7 +49,8 @@ MAX_BATCH_POINTS = 1 << 20
 BACKOFF_START = 0.1
 BACKOFF_MAX = 10.0
 
-Record = tuple[datetime, int, tuple[str, ...], tuple[float, ...]]
+# (time as clock.to_micros, step, keys, values)
+Record = tuple[int, int, tuple[str, ...], tuple[float, ...]]
 
 
 class Opening(Protocol):
@@ -216,7 +217,7 @@ class Writer:
     def append(
         self,
         stream: Stream,
-        time: datetime,
+        time: int,
         step: int | None,
         keys: tuple[str, ...],
         values: tuple[float, ...],
@@ -262,7 +263,7 @@ class Writer:
         self._queued += n
 
     def append_system(
-        self, stream: Stream, time: datetime, keys: tuple[str, ...], values: tuple[float, ...]
+        self, stream: Stream, time: int, keys: tuple[str, ...], values: tuple[float, ...]
     ) -> None:
         """Buffer one system sample; its step is its index among the run's samples."""
         n = len(values)

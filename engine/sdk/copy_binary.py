@@ -6,11 +6,11 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
 
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from engine.clock import to_micros
 from engine.sdk.buffer import Record
 
 # Binary COPY types, in the column order of the copy_* blocks in engine/sql/queries/sdk.sql
@@ -89,9 +89,8 @@ def _rows(run_pk: int, kids: tuple[int, ...], records: list[Record], seq: int) -
     out = bytearray()
     pack = _ROW.pack
     for t, step, _, values in records:
-        us = (t - _PG_EPOCH) // _MICROSECOND
         for kid, value in zip(kids, values):
-            out += pack(6, 8, us, 8, run_pk, 4, kid, 8, step, 8, seq, 8, value)
+            out += pack(6, 8, t, 8, run_pk, 4, kid, 8, step, 8, seq, 8, value)
             seq += 1
     return out
 
@@ -107,7 +106,7 @@ def _columns(
     out = bytearray(row) * n
     stride = _ROW_SIZE * k
     # a record's time and step are in each of its k rows
-    for offset, column in ((_TIME, micros([r[0] for r in records])), (_STEP, [r[1] for r in records])):
+    for offset, column in ((_TIME, [r[0] for r in records]), (_STEP, [r[1] for r in records])):
         packed = _big_endian("q", column)
         for b in range(8):
             byte = packed[b::8]
@@ -135,8 +134,6 @@ def _big_endian(code: str, values: Iterable) -> bytes:
 # psycopg dumps a list element by element in Python (~1 us each); a flush sends up to three
 # arrays of ENGINE_SERIES_TAIL elements per series, so they are packed here with struct.
 _ARRAY_HEADER = struct.Struct(">iiiii")  # dimensions, has nulls, element oid, length, lower bound
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 class _ArrayDumper(Dumper):
@@ -161,7 +158,7 @@ class _Array8(bytes):
 
     @classmethod
     def of_elements(cls, elements: list) -> _Array8:
-        """From elements already in their binary form's terms (for timestamps: microseconds)."""
+        """From elements already in their binary form's terms (for timestamps: clock.to_micros)."""
         n = len(elements)
         packed = struct.pack(f">{n}{cls.code}", *elements)  # the elements, 8 bytes each
         # each element is its length (the int4 8) then its 8 bytes: 12-byte slots filled
@@ -199,9 +196,4 @@ class TimestamptzArray(_Array8):
 
     @staticmethod
     def _elements(values: list) -> list:
-        return micros(values)
-
-
-def micros(times: list[datetime]) -> list[int]:
-    """Timestamps as PostgreSQL stores them: exact microseconds since 2000."""
-    return [(t - _PG_EPOCH) // _MICROSECOND for t in times]
+        return [to_micros(t) for t in values]

@@ -36,7 +36,6 @@ from engine.sdk.copy_binary import (
     Int8Array,
     TimestamptzArray,
     copy_run,
-    micros,
 )
 
 if TYPE_CHECKING:
@@ -298,7 +297,7 @@ class _Series:
     """The series a flush touched, as the parameters of ONE upsert_series statement: one
     element per series in key_ids/run_pks/n_new/lens, and their tails laid end to end."""
 
-    __slots__ = ("_last", "key_ids", "lens", "n_new", "nonfinite", "run_pks", "steps", "times", "values")
+    __slots__ = ("key_ids", "lens", "n_new", "nonfinite", "run_pks", "steps", "times", "values")
 
     def __init__(self) -> None:
         self.key_ids: list[int] = []
@@ -306,15 +305,12 @@ class _Series:
         self.n_new: list[int] = []
         self.lens: list[int] = []
         self.steps: list[int] = []
-        self.times: list[int] = []  # microseconds since 2000 (copy_binary.micros)
-        self._last: tuple[list, list[int]] = ([], [])  # the last times added, converted
+        self.times: list[int] = []  # as records hold them (clock.to_micros)
         self.values: list[float] = []
         # the flush's NaN and infinite values: (run_pk, key_id, seq, step, time, value)
         self.nonfinite: list[tuple] = []
 
-    def add_nonfinite(
-        self, key_id: int, run_pk: int, seq: int, step: int, time: object, value: float
-    ) -> None:
+    def add_nonfinite(self, key_id: int, run_pk: int, seq: int, step: int, time: int, value: float) -> None:
         self.nonfinite.append((run_pk, key_id, seq, step, time, value))
 
     def nonfinite_params(self) -> dict:
@@ -324,7 +320,7 @@ class _Series:
             "key_ids": key_ids,
             "seqs": seqs,
             "steps": steps,
-            "times": times,
+            "times": TimestamptzArray.of_elements(times),
             "values": values,
         }
 
@@ -334,9 +330,7 @@ class _Series:
         self.n_new.append(n_new)
         self.lens.append(len(steps))
         self.steps += steps
-        if times is not self._last[0]:  # the series of a usual run share one list of times
-            self._last = (times, micros(times))
-        self.times += self._last[1]
+        self.times += times
         self.values += values
 
     def params(self, tail: int, seq_bound: int) -> dict:

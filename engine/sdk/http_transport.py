@@ -27,6 +27,7 @@ from urllib.parse import quote
 import httpx
 import pydantic_core
 
+from engine.clock import from_micros
 from engine.exceptions import (
     AccessDenied,
     EngineError,
@@ -333,7 +334,7 @@ def log_bodies(part: Part, chunk_points: int, *, columns: bool = True) -> Iterat
             if with_step:
                 rows.append(record)
             else:
-                system.append({"time": t, "values": dict(zip(keys, values))})
+                system.append({"time": from_micros(t), "values": dict(zip(keys, values))})
             n += len(values)
     if rows or system:
         yield _body(rows, system, columns)
@@ -343,7 +344,8 @@ def _body(rows: list[Record], system: list[dict[str, Any]], columns: bool) -> di
     if not columns:
         return {
             "rows": [
-                {"time": t, "step": step, "values": dict(zip(keys, values))} for t, step, keys, values in rows
+                {"time": from_micros(t), "step": step, "values": dict(zip(keys, values))}
+                for t, step, keys, values in rows
             ],
             "system": system,
         }
@@ -356,7 +358,7 @@ def _body(rows: list[Record], system: list[dict[str, Any]], columns: bool) -> di
             "keys": list(keysets),
             "keyset": chosen if len(keysets) > 1 else 0,
             "step": [r[1] for r in rows],
-            "time": [r[0] for r in rows],
+            "time": [from_micros(r[0]) for r in rows],
             "values": [v for r in rows for v in r[3]],
         }
     return body

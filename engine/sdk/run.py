@@ -367,7 +367,7 @@ class Run:
             keys = last  # one tuple object for every call with these keys
         else:
             self._check_keys(keys)
-        t = clock.now() if time is None else check_time(time)
+        t = clock.now_micros() if time is None else clock.to_micros(check_time(time))
         if step is not None and (type(step) is not int or step < 0):
             step = check_step(step)
         current = self._writer.append(self._stream, t, step, keys, values)
@@ -425,7 +425,7 @@ class Run:
             return
         keys = tuple(k for k, _ in sample)
         self._check_keys(keys, system=True)
-        self._writer.append_system(self._stream, clock.now(), keys, tuple(v for _, v in sample))
+        self._writer.append_system(self._stream, clock.now_micros(), keys, tuple(v for _, v in sample))
 
     def flush(self, timeout: float | None = DEFAULT_FINISH_TIMEOUT) -> None:
         """Store everything this run logged so far, now (normally the background thread

@@ -246,13 +246,17 @@ def store_batch(
         dropped: list[int] = []
         points = 0
         noted: set[tuple[str, ...]] = set()
+        now = clock.now_micros()  # of the points given without a time
         for index, (time, given, keys, values) in enumerate(rows):
             if clamp and given is not None and given < stream.step:
                 given = stream.step
             if keys not in noted:
                 writer.note_keys(list(keys))
                 noted.add(keys)
-            if writer.append(stream, time or clock.now(), given, keys, values) is not None:
+            if (
+                writer.append(stream, now if time is None else clock.to_micros(time), given, keys, values)
+                is not None
+            ):
                 dropped.append(index)
             else:
                 points += len(values)
@@ -260,7 +264,7 @@ def store_batch(
             if keys not in noted:
                 writer.note_keys(list(keys))
                 noted.add(keys)
-            writer.append_system(stream, time or clock.now(), keys, values)
+            writer.append_system(stream, now if time is None else clock.to_micros(time), keys, values)
             points += len(values)
         params: dict[str, Any] = {"batch_id": batch_id, "points": points}
         closing = query("ingest_batch_insert")

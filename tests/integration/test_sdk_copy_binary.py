@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from engine.clock import from_micros, to_micros
 from engine.sdk import copy_binary
 from engine.sdk.copy_binary import COPY_HEADER, COPY_TRAILER, COPY_TYPES, copy_run
 
@@ -35,13 +36,13 @@ def _records():
         (2, ("system/cpu",)),
     ]:
         for _ in range(n):
-            t = start + timedelta(microseconds=rng.randrange(10**12))
+            t = to_micros(start + timedelta(microseconds=rng.randrange(10**12)))
             records.append((t, step, keys, tuple(rng.uniform(-1e6, 1e6) for _ in keys)))
             step += rng.randrange(1, 3)
     # values that are not finite, in a long block and in a short one; a time before 2000
     records[5000] = (*records[5000][:3], (1.0, math.nan, 2.0))
     records[7010] = (*records[7010][:3], (math.inf, -math.inf))
-    records[6999] = (datetime(1987, 3, 4, 5, 6, 7, 891011, tzinfo=UTC), *records[6999][1:])
+    records[6999] = (to_micros(datetime(1987, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)), *records[6999][1:])
     return records
 
 
@@ -49,7 +50,7 @@ def _expected(run_pk, records, seq):
     rows = []
     for t, step, keys, values in records:
         for key, value in zip(keys, values):
-            rows.append((t, run_pk, IDS[key], step, seq, value))
+            rows.append((from_micros(t), run_pk, IDS[key], step, seq, value))
             seq += 1
     return rows
 

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 import engine
+from engine import clock
 from engine.sdk import buffer as sdk_buffer
 from engine.sdk import flush as sdk_flush
 from tests.integration.sdk_helpers import set_env, wait_for
@@ -362,7 +363,7 @@ def test_a_batch_whose_commit_answer_was_lost_is_asked_about_before_it_is_sent_a
     transport = Transport(database_url, settings, on_open=sdk_flush.DatabaseTransport.prepare_connection)
     sender = sdk_flush.DatabaseTransport(transport, settings.series_tail)
     sender.note_keys(["loss"])
-    now = datetime.now(UTC)
+    now = clock.now_micros()  # records hold times so
     stream = Stream(run.pk, "acme/vision/in-doubt")
     stored = Batch([Part(stream, [(now, 0, ("loss",), (0.5,))], [], 1)], [], seq=1)
     sender.send(stored)

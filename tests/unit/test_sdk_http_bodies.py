@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from engine.clock import to_micros
 from engine.exceptions import AccessDenied, KeyRefused, NotFound, ServerUnavailable
 from engine.sdk.buffer import Part, Stream
 from engine.sdk.http_transport import Client, _as_rows, encode, log_bodies, run_path
 from engine.settings import Settings
 
-T = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+T_AT = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+T = to_micros(T_AT)  # as records hold times
 
 
 def part(records, system=()):
@@ -45,7 +47,7 @@ def test_non_finite_values_are_written_as_the_api_spells_them_and_times_keep_mic
     (body,) = log_bodies(part(records), 100, columns=columns)
     row = _as_rows(json.loads(encode(body)))["rows"][0]
     assert row["values"] == {"n": "NaN", "p": "Infinity", "m": "-Infinity", "x": 0.5}
-    assert datetime.fromisoformat(row["time"]) == T
+    assert datetime.fromisoformat(row["time"]) == T_AT
 
 
 def test_run_paths_quote_each_part():
