@@ -115,10 +115,13 @@ def post_json(
     `log_url` replaces the URL in the stored request record when the URL itself is a secret
     (Slack incoming webhooks).
     """
-    sent = httpx.Headers(headers)
+    # Values go as UTF-8: a template may render a run name that is not ASCII, which httpx
+    # would refuse to encode (HTTP carries such bytes as opaque octets).
+    sent = httpx.Headers({name: value.encode("utf-8") for name, value in headers.items()})
     sent.setdefault("User-Agent", USER_AGENT)
     sent["Accept-Encoding"] = "identity"
-    as_sent = {k.decode("latin-1"): v.decode("latin-1") for k, v in sent.raw}  # .raw keeps the names' case
+    # .raw keeps the names' case
+    as_sent = {k.decode("latin-1"): v.decode("utf-8", "replace") for k, v in sent.raw}
     record: dict[str, Any] = {"url": log_url or url, "headers": redact_headers(as_sent, secret_headers)}
     try:
         hop = _Hop("POST", _parsed(url), sent, body)

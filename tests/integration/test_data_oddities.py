@@ -25,6 +25,7 @@ import pytest
 
 import engine
 from engine.actions.dispatcher import Dispatcher
+from engine.actions.webhook import header_value
 from engine.evaluation import Evaluator
 from engine.exceptions import RuleValidationError
 from engine.rules import parse_rules_text
@@ -151,7 +152,7 @@ def test_a_run_of_a_million_points(conn, database_url, record_property):
     999,990 backlog from the hypertable, < 1 s for the tick on the last 10 (the series tail).
 
     The backlog tick gets 2 minutes (the default statement timeout is 30 s, which a busy
-    machine can exceed; see the xfail test below for what happens then). Found with this
+    machine can exceed; the test after this one shows what happens then). Found with this
     test: when PostgreSQL flattens the compiled query's `vals` into `points`, the arrays of
     the backlog are re-read for every position (quadratic, > 5 minutes for this run); the
     compiler fences `vals` (OFFSET 0) so that they are read once per series.
@@ -325,12 +326,8 @@ def test_unicode_everywhere_is_stored_matched_and_delivered_exactly(conn, databa
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="actions: httpx encodes header values as ASCII, so a header template rendering a non-ASCII run "
-    "name raises UnicodeEncodeError ('internal error', retried, then failed) instead of being sent",
-)
 def test_a_unicode_run_name_in_a_header_template_is_delivered(conn, database_url):
+    """Header values are sent as UTF-8 (a run name need not be ASCII), and stored so."""
     with Receiver(Reply(200)) as rx:
         apply_yaml(
             conn,
@@ -350,6 +347,11 @@ def test_a_unicode_run_name_in_a_header_template_is_delivered(conn, database_url
             settle(dispatcher, conn, [r[0] for r in conn.execute("SELECT id FROM deliveries")])
     assert conn.execute("SELECT status FROM deliveries").fetchone()[0] == "succeeded"
     assert rx.requests and rx.requests[0].headers.get("X-Run")
+    sent = header_value(RUN_NAME)  # the name, control characters made spaces
+    # the receiver (http.server) reads header bytes as Latin-1
+    assert rx.requests[0].headers["X-Run"].encode("latin-1") == sent.encode("utf-8")
+    (stored,) = conn.execute("SELECT request -> 'headers' ->> 'X-Run' FROM delivery_attempts").fetchone()
+    assert stored == sent
 
 
 def test_project_names_are_ascii_by_spec(database_url):
