@@ -23,7 +23,7 @@ def now() -> datetime:
 
 def now_micros() -> int:
     """`now()` as PostgreSQL stores it (`to_micros`). The SDK keeps the times of logged points
-    so: making a datetime cost a `run.log` call more than all the rest of it."""
+    so: a datetime made for every point was a large share of a `run.log` call."""
     if _frozen is not None:
         return to_micros(_frozen)
     return (_time.time_ns() - _PG_EPOCH_NS) // 1000  # floored, as datetime.now() is

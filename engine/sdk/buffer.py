@@ -2,11 +2,11 @@
 
 Runs append *records* `(time, step, keys, values)` — one per `run.log` call: the time as
 whole microseconds (clock.now_micros), a tuple of keys (the same tuple object while a run logs
-the same keys) and a tuple of floats — to their
-`Stream`. A flush (background thread: on size, or at most every `flush_interval`; a run's
-`finish`/`flush`: on demand) takes what is buffered, at most MAX_BATCH_POINTS points, and
-hands it to the transport as one `Batch`, which stores it all or nothing (`Transport.send`;
-the database one is flush.py: one transaction with a binary COPY).
+the same keys) and a tuple of floats — to their `Stream`. A flush (background thread: on
+size, or at most every `flush_interval`; a run's `finish`/`flush`: on demand) takes what is
+buffered, at most MAX_BATCH_POINTS points, and hands it to the transport as one `Batch`, which
+stores it all or nothing (`Transport.send`; the database one is flush.py: one transaction with
+a binary COPY).
 
 Flushes run one at a time (a lock), so batches of a run are sent in logging order. A
 transport that sends each run on its own (the HTTP one: a request per run) gets batches of
