@@ -117,7 +117,7 @@ def post_json(
     """
     # Values go as UTF-8: a template may render a run name that is not ASCII, which httpx
     # would refuse to encode (HTTP carries such bytes as opaque octets).
-    sent = httpx.Headers({name: value.encode("utf-8") for name, value in headers.items()})
+    sent = httpx.Headers({name.encode("ascii"): value.encode("utf-8") for name, value in headers.items()})
     sent.setdefault("User-Agent", USER_AGENT)
     sent["Accept-Encoding"] = "identity"
     # .raw keeps the names' case
