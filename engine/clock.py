@@ -15,6 +15,12 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _PG_EPOCH_NS = round(_PG_EPOCH.timestamp()) * 1_000_000_000
 _MICROSECOND = timedelta(microseconds=1)
 
+# The API's times as numbers are microseconds since the Unix epoch (what clients have at hand),
+# within datetime's years 1 to 9999 like the ISO 8601 times beside them.
+UNIX_MICROS_MIN = -62_135_596_800_000_000
+UNIX_MICROS_MAX = 253_402_300_799_999_999
+_PG_EPOCH_UNIX_MICROS = _PG_EPOCH_NS // 1000
+
 
 def now() -> datetime:
     """The current time, timezone-aware (UTC)."""
@@ -32,6 +38,16 @@ def now_micros() -> int:
 def to_micros(at: datetime) -> int:
     """A timezone-aware datetime as PostgreSQL stores it: whole microseconds since 2000-01-01 UTC."""
     return (at - _PG_EPOCH) // _MICROSECOND
+
+
+def from_unix_micros(unix_micros: int) -> int:
+    """Microseconds since the Unix epoch as `to_micros`' number."""
+    return unix_micros - _PG_EPOCH_UNIX_MICROS
+
+
+def to_unix_micros(micros: int) -> int:
+    """`to_micros`' number as microseconds since the Unix epoch."""
+    return micros + _PG_EPOCH_UNIX_MICROS
 
 
 def from_micros(micros: int) -> datetime:

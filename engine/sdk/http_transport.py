@@ -27,7 +27,7 @@ from urllib.parse import quote
 import httpx
 import pydantic_core
 
-from engine.clock import from_micros
+from engine.clock import from_micros, from_unix_micros, to_unix_micros
 from engine.exceptions import (
     AccessDenied,
     EngineError,
@@ -351,6 +351,7 @@ def _body(rows: list[Record], system: list[dict[str, Any]], columns: bool) -> di
         }
     body: dict[str, Any] = {"system": system}
     if rows:
+        unix = to_unix_micros(0)
         # a run logs the same keys (the same tuple) call after call: usually one key set
         keysets: dict[tuple[str, ...], int] = {}
         chosen = [keysets.setdefault(r[2], len(keysets)) for r in rows]
@@ -358,7 +359,9 @@ def _body(rows: list[Record], system: list[dict[str, Any]], columns: bool) -> di
             "keys": list(keysets),
             "keyset": chosen if len(keysets) > 1 else 0,
             "step": [r[1] for r in rows],
-            "time": [from_micros(r[0]) for r in rows],
+            # numbers, not ISO 8601: a thousand times written and parsed as text cost more
+            # than the rest of the body
+            "time_us": [r[0] + unix for r in rows],
             "values": [v for r in rows for v in r[3]],
         }
     return body
@@ -374,9 +377,10 @@ def _as_rows(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(chosen, int):
             chosen = [chosen] * len(columns["step"])
         values = iter(columns["values"])
+        times = [from_micros(from_unix_micros(t)) for t in columns["time_us"]]
         body["rows"] = [
             {"time": t, "step": step, "values": {key: next(values) for key in keysets[i]}}
-            for t, step, i in zip(columns["time"], columns["step"], chosen)
+            for t, step, i in zip(times, columns["step"], chosen)
         ]
     return body
 

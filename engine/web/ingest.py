@@ -196,6 +196,11 @@ class Ending:
     author: str
 
 
+# A log batch's row: its time as `clock.to_micros` gives it (None: the request's arrival), its
+# step (None: the next one), its keys and their values.
+Row = tuple[int | None, int | None, tuple[str, ...], tuple[float, ...]]
+SystemRow = tuple[int | None, tuple[str, ...], tuple[float, ...]]
+
 # The ids of metric keys, for every request of this process (keys are never deleted): a
 # request interns only keys that no request of the process has seen.
 _key_ids: dict[str, int] = {}
@@ -205,9 +210,9 @@ def store_batch(
     conn: psycopg.Connection,
     path: RunPath,
     batch_id: str,
-    rows: Sequence[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]],
+    rows: Sequence[Row],
     settings: Settings,
-    system: Sequence[tuple[datetime | None, tuple[str, ...], tuple[float, ...]]] = (),
+    system: Sequence[SystemRow] = (),
     *,
     clamp: bool = False,
     running: bool = False,
@@ -253,10 +258,7 @@ def store_batch(
             if keys not in noted:
                 writer.note_keys(list(keys))
                 noted.add(keys)
-            if (
-                writer.append(stream, now if time is None else clock.to_micros(time), given, keys, values)
-                is not None
-            ):
+            if writer.append(stream, now if time is None else time, given, keys, values) is not None:
                 dropped.append(index)
             else:
                 points += len(values)
@@ -264,7 +266,7 @@ def store_batch(
             if keys not in noted:
                 writer.note_keys(list(keys))
                 noted.add(keys)
-            writer.append_system(stream, now if time is None else clock.to_micros(time), keys, values)
+            writer.append_system(stream, now if time is None else time, keys, values)
             points += len(values)
         params: dict[str, Any] = {"batch_id": batch_id, "points": points}
         closing = query("ingest_batch_insert")

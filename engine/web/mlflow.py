@@ -34,7 +34,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import psycopg
@@ -559,9 +559,7 @@ def update_run(
     return {"run_info": _run_json(conn, _find_run(conn, run.run_id))["info"]}
 
 
-def _metric_rows(
-    metrics: list[Any],
-) -> list[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]]:
+def _metric_rows(metrics: list[Any]) -> list[ingest.Row]:
     """MLflow metrics as `run.log` rows: in step order (MLflow's batches are in any order), one
     row per step and timestamp, a key at most once per row."""
     points = []
@@ -579,18 +577,14 @@ def _metric_rows(
         if step < 0:
             raise MlflowError("INVALID_PARAMETER_VALUE", f"metric {key!r}: step {step} is negative")
         ms = _int(metric.get("timestamp"), "timestamp", _ms(clock.now()) or 0)
-        try:
-            at = datetime.fromtimestamp(ms / 1000, UTC)
-        except (OverflowError, OSError, ValueError):
-            raise MlflowError(
-                "INVALID_PARAMETER_VALUE", f"metric {key!r}: timestamp {ms} is out of range"
-            ) from None
-        points.append((step, at, key, value))
+        if not clock.UNIX_MICROS_MIN <= ms * 1000 <= clock.UNIX_MICROS_MAX:
+            raise MlflowError("INVALID_PARAMETER_VALUE", f"metric {key!r}: timestamp {ms} is out of range")
+        points.append((step, clock.from_unix_micros(ms * 1000), key, value))
     points.sort(key=lambda p: p[0])
-    rows: list[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]] = []
+    rows: list[ingest.Row] = []
     keys: list[str] = []
     values: list[float] = []
-    current: tuple[int, datetime] | None = None
+    current: tuple[int, int] | None = None
     for step, at, key, value in points:
         if current != (step, at) or key in keys:
             if keys:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import psutil
 import psycopg
@@ -165,6 +166,9 @@ def test_rows_sent_as_columns_are_stored_as_the_same_rows_would_be(conn, databas
         one = {"keys": [["loss"]], "step": [7, 8], "values": [1.0, 2.0]}
         refused({"columns": {**one, "values": [1.0]}}, "columns.values")
         refused({"columns": {**one, "time": [None]}}, "columns.time")
+        refused({"columns": {**one, "time_us": [None]}}, "columns.time_us")
+        refused({"columns": {**one, "time_us": [None, None], "time": [None, None]}}, "columns.time_us")
+        refused({"columns": {**one, "time_us": [0, 253_402_300_800_000_000]}}, "columns.time_us.1")
         refused({"columns": {**one, "keyset": [0]}}, "columns.keyset")
         refused({"columns": {**one, "keyset": 1}}, "columns.keyset")
         refused({"columns": {**one, "keys": [["system/cpu"]]}}, "columns.keys.0")
@@ -175,6 +179,12 @@ def test_rows_sent_as_columns_are_stored_as_the_same_rows_would_be(conn, databas
         assert len(points(conn, "r1")) == 5
         stored_one = http.post(RUN + "/log", json={"batch_id": "c-2", "columns": one})
         assert stored_one.json()["points"] == 2 and len(points(conn, "r1")) == 7
+        # times as microseconds since the Unix epoch (the SDK's form): the same instants
+        at_us = {**one, "step": [9, 10], "time_us": [1_767_323_045_000_000, None]}
+        assert http.post(RUN + "/log", json={"batch_id": "c-3", "columns": at_us}).json()["points"] == 2
+        assert conn.execute(
+            "SELECT m.time FROM metric_points m JOIN runs r ON r.id = m.run_pk WHERE r.run_id = 'r1' AND m.step = 9"
+        ).fetchone()[0] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def test_a_last_batch_ends_its_run_in_the_same_request_and_a_retry_answers_the_same(

@@ -34,3 +34,14 @@ def test_the_epoch_is_postgresqls():
 @given(st.datetimes(timezones=st.just(UTC)))
 def test_micros_round_trip_every_datetime(at):
     assert clock.from_micros(clock.to_micros(at)) == at
+
+
+def test_unix_microseconds_are_the_same_instants_as_postgresqls():
+    """The API's numeric times (microseconds since 1970) and the records' (since 2000)."""
+    at = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    unix = 1_767_323_045_123_456  # date -d 2026-01-02T03:04:05Z +%s, and the microseconds
+    assert clock.from_unix_micros(unix) == clock.to_micros(at)
+    assert clock.to_unix_micros(clock.to_micros(at)) == unix
+    first, last = (d.replace(tzinfo=UTC) for d in (datetime.min, datetime.max))
+    assert clock.to_unix_micros(clock.to_micros(first)) == clock.UNIX_MICROS_MIN
+    assert clock.to_unix_micros(clock.to_micros(last)) == clock.UNIX_MICROS_MAX

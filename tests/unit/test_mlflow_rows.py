@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from engine import clock
 from engine.web.mlflow import MlflowError, _metric_rows
 
 
-def at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
+def at(ms: int) -> int:
+    """A timestamp in milliseconds as rows hold times."""
+    return clock.to_micros(datetime.fromtimestamp(ms / 1000, UTC))
 
 
 def test_rows_follow_steps_whatever_the_order_sent_and_group_by_step_and_time():

@@ -45,9 +45,11 @@ def test_bodies_hold_at_most_the_chunk_and_never_split_a_record(columns):
 def test_non_finite_values_are_written_as_the_api_spells_them_and_times_keep_microseconds(columns):
     records = [(T, 0, ("n", "p", "m", "x"), (math.nan, math.inf, -math.inf, 0.5))]
     (body,) = log_bodies(part(records), 100, columns=columns)
-    row = _as_rows(json.loads(encode(body)))["rows"][0]
+    row = json.loads(encode(_as_rows(json.loads(encode(body)))))["rows"][0]
     assert row["values"] == {"n": "NaN", "p": "Infinity", "m": "-Infinity", "x": 0.5}
     assert datetime.fromisoformat(row["time"]) == T_AT
+    if columns:  # as whole microseconds since the Unix epoch
+        assert body["columns"]["time_us"] == [1_767_323_045_123_456]
 
 
 def test_run_paths_quote_each_part():

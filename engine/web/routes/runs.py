@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import psycopg
@@ -88,7 +87,7 @@ def log(
     end in one request)."""
     if body.columns is not None and body.rows:
         raise Invalid(("body", "columns"), "give the rows either as rows or as columns, not both")
-    rows: list[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]] = []
+    rows: list[ingest.Row] = []
     total = 0
     if body.columns is not None:
         rows = _column_rows(body.columns)
@@ -104,7 +103,9 @@ def log(
                     raise Invalid(("body", "rows", index, "values", key), str(exc)) from None
             checked.add(keys)
         total += len(keys)
-        rows.append((row.time, row.step, keys, numbers(row.values)))
+        rows.append(
+            (None if row.time is None else clock.to_micros(row.time), row.step, keys, numbers(row.values))
+        )
     system = []
     checked.clear()
     for index, sample in enumerate(body.system):
@@ -119,7 +120,9 @@ def log(
                     raise Invalid(("body", "system", index, "values", key), str(exc)) from None
             checked.add(keys)
         total += len(keys)
-        system.append((sample.time, keys, numbers(sample.values)))
+        system.append(
+            (None if sample.time is None else clock.to_micros(sample.time), keys, numbers(sample.values))
+        )
     if total > ingest.MAX_BATCH_POINTS:
         raise Invalid(("body", "rows"), f"a batch holds at most {ingest.MAX_BATCH_POINTS} points; split it")
     # the usual end (an exit code) is written in the batch's transaction; a stop request's
@@ -162,9 +165,7 @@ def log(
     )
 
 
-def _column_rows(
-    columns: LogColumns,
-) -> list[tuple[datetime | None, int | None, tuple[str, ...], tuple[float, ...]]]:
+def _column_rows(columns: LogColumns) -> list[ingest.Row]:
     """`columns` as rows (time, step, keys, values), each field checked (422 naming it)."""
     keysets = []
     for index, keys in enumerate(columns.keys):
@@ -178,9 +179,22 @@ def _column_rows(
         keysets.append(tuple(keys))
     steps = columns.step
     n = len(steps)
-    times = columns.time if columns.time is not None else [None] * n
+    times: list[int | None]
+    if columns.time_us is not None:
+        if columns.time is not None:
+            raise Invalid(
+                ("body", "columns", "time_us"), "give the times either as time or as time_us, not both"
+            )
+        field, times = "time_us", [None if t is None else clock.from_unix_micros(t) for t in columns.time_us]
+    else:
+        field = "time"
+        times = (
+            [None] * n
+            if columns.time is None
+            else [None if t is None else clock.to_micros(t) for t in columns.time]
+        )
     if len(times) != n:
-        raise Invalid(("body", "columns", "time"), f"{len(times)} times for {n} rows (step has {n})")
+        raise Invalid(("body", "columns", field), f"{len(times)} times for {n} rows (step has {n})")
     chosen = columns.keyset
     if isinstance(chosen, int):
         chosen = [chosen] * n
