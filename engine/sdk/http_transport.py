@@ -134,7 +134,7 @@ class HttpTransport:
         self.where = client.where
         self.chunk_points = chunk_points
         self._token = secrets.token_hex(8)  # batch ids of this process: never another's
-        self._columns = True  # until a server that predates `columns` refuses them
+        self._form = "time_us"  # the body's form (FORMS), until a server refuses its field
 
     def note_keys(self, keys: list[str]) -> None:
         pass  # the server interns keys
@@ -196,18 +196,20 @@ class HttpTransport:
         return SendResult(closed, tuple(stop))
 
     def _post_log(self, path: str, body: dict[str, Any]) -> Any:
-        """POST a log body; its rows as columns, or as rows once a server has refused columns
-        (one that predates them: 422 naming the field), for the rest of the session."""
-        if not self._columns and "columns" in body:
-            body = _as_rows(body)
-        try:
-            return self._client.call("POST", path, content=encode(body))
-        except ValueError as exc:
-            if "columns" not in body or not str(exc).startswith("columns:"):
-                raise
-            log.info("%s takes no columns (%s): log bodies are sent as rows", self.where, exc)
-            self._columns = False
-            return self._client.call("POST", path, content=encode(_as_rows(body)))
+        """POST a log body in the newest form the server takes: one that predates a form
+        refuses its field (422 naming it), and the body goes in the next older form, as do
+        the session's later bodies."""
+        while True:
+            try:
+                return self._client.call("POST", path, content=encode(in_form(body, self._form)))
+            except ValueError as exc:
+                older = _older_form(self._form, str(exc)) if "columns" in body else None
+                if older is None:
+                    raise
+                log.info(
+                    "%s does not take %s (%s): log bodies are sent as %s", self.where, self._form, exc, older
+                )
+                self._form = older
 
     def finish(self, label: str, exit_code: int | None, *, stopped: bool = False) -> str:
         """End the run (`stopped`: killed by its pending stop request); the state it is in
@@ -367,6 +369,33 @@ def _body(rows: list[Record], system: list[dict[str, Any]], columns: bool) -> di
     return body
 
 
+# A log body's forms, newest first, with the field a server that predates the form refuses:
+# columns with times as numbers, columns with ISO 8601 times, rows (one object per row).
+FORMS = {"time_us": "columns.time_us", "columns": "columns", "rows": None}
+
+
+def _older_form(form: str, refusal: str) -> str | None:
+    """The form to send after the server refused `form` so (None: the refusal is another),
+    skipping the forms a server that refuses the field `columns` cannot take either."""
+    names = list(FORMS)
+    for older in names[names.index(form) :]:
+        field = FORMS[older]
+        if field is not None and refusal.startswith(field + ":"):
+            return names[names.index(older) + 1]
+    return None
+
+
+def in_form(body: dict[str, Any], form: str) -> dict[str, Any]:
+    """A body as `log_bodies` makes it (form time_us) in another of FORMS."""
+    if form == "rows":
+        return _as_rows(body)
+    if form == "columns" and "columns" in body:
+        columns = dict(body["columns"])
+        columns["time"] = [from_micros(from_unix_micros(t)) for t in columns.pop("time_us")]
+        return body | {"columns": columns}
+    return body
+
+
 def _as_rows(body: dict[str, Any]) -> dict[str, Any]:
     """A body's `columns` as `rows` (for a server that predates columns)."""
     body = dict(body)
@@ -377,7 +406,10 @@ def _as_rows(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(chosen, int):
             chosen = [chosen] * len(columns["step"])
         values = iter(columns["values"])
-        times = [from_micros(from_unix_micros(t)) for t in columns["time_us"]]
+        if "time_us" in columns:
+            times = [from_micros(from_unix_micros(t)) for t in columns["time_us"]]
+        else:
+            times = columns.get("time") or [None] * len(columns["step"])
         body["rows"] = [
             {"time": t, "step": step, "values": {key: next(values) for key in keysets[i]}}
             for t, step, i in zip(times, columns["step"], chosen)

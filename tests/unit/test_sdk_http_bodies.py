@@ -12,8 +12,9 @@ import pytest
 from engine.clock import to_micros
 from engine.exceptions import AccessDenied, KeyRefused, NotFound, ServerUnavailable
 from engine.sdk.buffer import Part, Stream
-from engine.sdk.http_transport import Client, _as_rows, encode, log_bodies, run_path
+from engine.sdk.http_transport import Client, HttpTransport, _as_rows, encode, in_form, log_bodies, run_path
 from engine.settings import Settings
+from tests.receiver import Received, Receiver, Reply
 
 T_AT = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 T = to_micros(T_AT)  # as records hold times
@@ -72,3 +73,49 @@ def test_error_answers_become_the_sdks_exceptions_with_the_servers_message(statu
     raised = client.error(httpx.Response(status, json={"detail": "what is wrong"}))
     assert isinstance(raised, error) and "what is wrong" in str(raised) and "eng_secret" not in str(raised)
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("server", "sent"),
+    [
+        ("current", ["time_us", "time_us"]),
+        ("columns without time_us", ["time_us", "columns", "columns"]),
+        ("rows only", ["time_us", "rows", "rows"]),
+    ],
+)
+def test_a_server_that_predates_a_body_form_gets_the_next_older_one_for_the_session(server, sent):
+    """An older `engine web` refuses the field it does not know (422 naming it, as pydantic
+    words it); the transport resends the body in the next form it takes, and keeps that form."""
+
+    def older_server(request: Received) -> Reply:
+        body = request.json()
+        columns = body.get("columns")
+        refused = None
+        if columns is not None and server == "rows only":
+            refused = "columns"
+        elif columns is not None and "time_us" in columns and server != "current":
+            refused = "columns.time_us"
+        if refused is not None:
+            detail = f"{refused}: Extra inputs are not permitted"
+            return Reply(422, json.dumps({"detail": detail}).encode(), {"Content-Type": "application/json"})
+        return Reply(200, b'{"batch_id": "b", "points": 3}', {"Content-Type": "application/json"})
+
+    records = [(T, s, ("a",), (float(s),)) for s in range(3)]
+    with Receiver(older_server) as rx:
+        client = Client(Settings(url=rx.url(""), api_key="eng_secret"))  # type: ignore[arg-type]
+        transport = HttpTransport(client)
+        for n in range(2):
+            (body,) = log_bodies(part(records), 100)
+            assert (
+                transport._post_log("/runs/acme/vision/r1/log", body | {"batch_id": f"b{n}"})["points"] == 3
+            )
+        client.close()
+    forms = []
+    for request in rx.requests:
+        columns = request.json().get("columns")
+        forms.append("rows" if columns is None else "time_us" if "time_us" in columns else "columns")
+        rows = in_form(request.json(), "rows")["rows"]  # the same rows in every form
+        assert [(r["step"], r["values"], datetime.fromisoformat(str(r["time"]))) for r in rows] == [
+            (s, {"a": float(s)}, T_AT) for s in range(3)
+        ]
+    assert forms == sent
