@@ -22,6 +22,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -204,6 +205,48 @@ def authenticate(conn: psycopg.Connection, presented: str) -> ApiKey:
     return _valid(_record(found))
 
 
+class Verified:
+    """The keys this process found valid in the database a moment ago, by their digest: a
+    request that presents one within `max_age` seconds is decided without a database round
+    trip (a third of a small request's time). Only found keys are kept, never a refusal.
+
+    What it costs: a key revoked in the database is still taken by this process until its
+    entry is `max_age` old (each process of each host keeps its own). An expiry is checked
+    on every use, so an expired key is refused at once. `max_age` 0 keeps nothing."""
+
+    def __init__(self, max_age: float, *, size: int = 4096, monotonic: Callable[[], float] = time.monotonic):
+        self.max_age = max_age
+        self._size = size
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._found: dict[str, tuple[ApiKey, float]] = {}
+
+    def get(self, presented: str) -> ApiKey | None:
+        """The key `presented` is, if it was found valid less than `max_age` ago and has not
+        expired since; None: ask the database (`authenticate`)."""
+        if self.max_age <= 0:
+            return None
+        with self._lock:
+            found = self._found.get(digest(presented))
+        if found is None or self._monotonic() - found[1] >= self.max_age:
+            return None
+        key = found[0]
+        return key if key.expires_at is None or key.expires_at > clock.now() else None
+
+    def remember(self, presented: str, key: ApiKey) -> None:
+        """`authenticate` found `presented` valid just now."""
+        if self.max_age <= 0:
+            return
+        now = self._monotonic()
+        with self._lock:
+            if len(self._found) >= self._size:  # the stale ones go first, else the oldest
+                self._found = {d: e for d, e in self._found.items() if now - e[1] < self.max_age}
+                while len(self._found) >= self._size:
+                    del self._found[next(iter(self._found))]
+            self._found.pop(digest(presented), None)  # re-inserted last: the newest
+            self._found[digest(presented)] = (key, now)
+
+
 def by_id(conn: psycopg.Connection, key_id: int) -> ApiKey:
     """The valid key of this id (a web console session), or KeyRefused saying why."""
     row = one(conn, "key_by_id", {"id": key_id})
@@ -227,6 +270,11 @@ class _Touched:
         self._lock = threading.Lock()
         self._at: dict[int, float] = {}
 
+    def pending(self, key_id: int) -> bool:
+        """Whether `due` would say so (without taking the turn)."""
+        with self._lock:
+            return time.monotonic() - self._at.get(key_id, -TOUCH_EVERY) >= TOUCH_EVERY
+
     def due(self, key_id: int) -> bool:
         now = time.monotonic()
         with self._lock:
@@ -237,6 +285,11 @@ class _Touched:
 
 
 _touched = _Touched()
+
+
+def touch_pending(key: ApiKey) -> bool:
+    """Whether the key's next request writes its last use (`touch`)."""
+    return _touched.pending(key.id)
 
 
 def touch(conn: psycopg.Connection, key: ApiKey) -> None:

@@ -145,6 +145,14 @@ class Settings(BaseSettings):
         "stores it once). Below the SDK's 30 s request timeout, so that a client never gives up on a request "
         "the server still holds a connection for.",
     )
+    web_key_cache: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Seconds an `engine web` process takes a key it found valid without asking the database "
+        "again (a request's key check is then no round trip): a key revoked in the database is refused by every "
+        "process within this time. 0: every request asks. An expiry is checked on every request.",
+    )
     web_header_timeout: float = Field(
         10.0,
         gt=0,

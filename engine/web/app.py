@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import __version__
+from engine import __version__, keys
 from engine.db import translate
 from engine.exceptions import (
     DatabaseError,
@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.verified_keys = keys.Verified(settings.web_key_cache)
     app.state.metrics = WebMetrics()
 
     api = APIRouter(prefix=API_PREFIX)

@@ -22,7 +22,7 @@ import logging
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from fastapi import Depends, HTTPException, Request, Security
@@ -80,6 +80,7 @@ class Access:
     role: str
     target: Target | None
     body: bool  # the target reads the JSON body
+    local: bool = False  # the target needs no database: a key checked a moment ago decides at once
 
 
 def access(role: str, target: Target | None = None, *, body: bool = False) -> Any:
@@ -87,7 +88,7 @@ def access(role: str, target: Target | None = None, *, body: bool = False) -> An
     or `principal: Principal = access("read")` to use the key's scopes in the route."""
     if role not in keys.ROLES:
         raise ValueError(f"unknown role {role!r}")
-    spec = Access(role, target, body)
+    spec = Access(role, target, body, local=target is None or target in _NO_DATABASE)
 
     async def authorise(
         request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
@@ -103,6 +104,12 @@ def access(role: str, target: Target | None = None, *, body: bool = False) -> An
             except ValueError:
                 payload = None  # FastAPI answers the body's own error (422) once it validates it
         token = credentials.credentials if credentials is not None else None
+        if token is not None and spec.local:
+            # a key found valid a moment ago, for a request whose places are in its path or
+            # body: decided here, on the event loop, unless its last use is due to be written
+            key = request.app.state.verified_keys.get(token)
+            if key is not None and not keys.touch_pending(key):
+                return _authorise(request, None, key, spec, payload)
         async with deps.admitted():
             return await run_in_threadpool(_decide, request, token, spec, payload)
 
@@ -118,18 +125,21 @@ def _decide(request: Request, token: str | None, spec: Access, payload: Any) -> 
             key = keys.authenticate(conn, token)  # type: ignore[arg-type]
         except KeyRefused as exc:
             _refuse(request, 401, str(exc))
+        request.app.state.verified_keys.remember(token, key)
         return _authorise(request, conn, key, spec, payload)
 
 
 def _authorise(
-    request: Request, conn: psycopg.Connection, key: ApiKey, spec: Access, payload: Any
+    request: Request, conn: psycopg.Connection | None, key: ApiKey, spec: Access, payload: Any
 ) -> Principal:
-    """Steps 2-4 for a key found by a bearer token or by a console session."""
+    """Steps 2-4 for a key found by a bearer token or by a console session (`conn` None: a
+    key checked a moment ago, for a target that needs no database, its last use written)."""
     places: list[Place] = []
     if spec.target is not None and keys.allows(key.role, spec.role):
-        places = spec.target(conn, dict(request.path_params), payload)
+        places = spec.target(cast(psycopg.Connection, conn), dict(request.path_params), payload)
     require(request, key, spec.role, places)
-    keys.touch(conn, key)
+    if conn is not None:
+        keys.touch(conn, key)
     return Principal(key, tuple(places))
 
 
@@ -333,3 +343,9 @@ def _scope_of(conn: psycopg.Connection, name: str, params: dict[str, Any], missi
     if row is None:
         raise NotFound(missing)
     return scope_place(row[0])
+
+
+# The targets that read the request alone (conn is None when a remembered key decides).
+_NO_DATABASE: frozenset[Target] = frozenset(
+    {project_in_path, project_in_body, project_in_path_and_registry_in_body}
+)

@@ -5,6 +5,8 @@ route without the access dependency, or without a sample body here, fails the te
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.routing import iter_route_contexts
 
@@ -119,3 +121,27 @@ def test_every_route_refuses_missing_bad_and_weak_keys_and_writes_nothing(conn, 
         assert not any(key in text for text in bodies_seen), "a key reached an error body"
     print(f"route-table walk: {len(routes)} routes, {counts}")
     assert counts["401"] == 6 * len(routes)
+
+
+def test_a_revoked_key_is_refused_within_the_key_cache_and_on_its_next_request_without_it(
+    conn, database_url, tmp_path
+):
+    """A web process takes a key it checked less than ENGINE_WEB_KEY_CACHE ago without asking
+    the database: a key revoked in the database is refused once that has passed (here 1 s), or
+    on its very next request with the cache at 0."""
+    for cache, name in (("1", "cached"), ("0", "uncached")):
+        key = make_key(conn, name, "read", "*")
+        with (
+            WebProcess(database_url, tmp_path / f"{name}.log", ENGINE_WEB_KEY_CACHE=cache) as web,
+            web.client(key) as http,
+        ):
+            assert http.get("/api/v1/history").status_code == 200
+            conn.execute("UPDATE api_keys SET revoked_at = now() WHERE name = %s", (name,))
+            revoked_at = time.monotonic()
+            answer = http.get("/api/v1/history")
+            if cache == "1":
+                while answer.status_code == 200 and time.monotonic() - revoked_at < 10:
+                    time.sleep(0.05)
+                    answer = http.get("/api/v1/history")
+                assert time.monotonic() - revoked_at < 1 + 2  # the cache's second, and some slack
+            assert answer.status_code == 401 and "revoked" in answer.json()["detail"], answer.text

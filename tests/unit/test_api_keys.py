@@ -3,9 +3,11 @@ checked against this table in tests/integration/test_api_keys_db.py)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
-from engine import keys
+from engine import clock, keys
 from engine.keys import Place
 
 # (patterns, place, covered): the one table both `covers` and SQL's api_scope_covers answer.
@@ -69,3 +71,57 @@ def test_admin_may_do_what_ingest_and_read_may_but_they_not_each_other():
     assert keys.allows("ingest", "ingest") and not keys.allows("ingest", "read")
     assert keys.allows("read", "read") and not keys.allows("read", "ingest")
     assert not keys.allows("ingest", "admin") and not keys.allows("read", "admin")
+
+
+def _key(expires_at=None) -> keys.ApiKey:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return keys.ApiKey(1, "trainer", "ingest", ("acme/*",), at, None, expires_at, None)
+
+
+class _Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_verified_key_is_taken_for_max_age_seconds_then_asked_for_again():
+    ticks = _Ticks()
+    verified = keys.Verified(1.0, monotonic=ticks)
+    presented, found = keys.generate(), _key()
+    assert verified.get(presented) is None  # never found: ask the database
+    verified.remember(presented, found)
+    assert verified.get(presented) == found
+    assert verified.get(keys.generate()) is None  # another key is not this one
+    ticks.now += 0.999
+    assert verified.get(presented) == found
+    ticks.now += 0.001
+    assert verified.get(presented) is None  # max_age old: the database is asked again (a revocation shows)
+
+
+def test_a_verified_key_that_expires_is_refused_at_its_expiry_not_after_max_age():
+    expiry = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    verified = keys.Verified(60.0, monotonic=_Ticks())
+    presented = keys.generate()
+    with clock.frozen(expiry - timedelta(seconds=1)):
+        verified.remember(presented, _key(expiry))
+        assert verified.get(presented) is not None
+    with clock.frozen(expiry):
+        assert verified.get(presented) is None
+
+
+def test_max_age_zero_keeps_nothing_and_the_oldest_entry_makes_room():
+    presented = keys.generate()
+    none = keys.Verified(0.0)
+    none.remember(presented, _key())
+    assert none.get(presented) is None
+    ticks = _Ticks()
+    small = keys.Verified(10.0, size=2, monotonic=ticks)
+    first, second, third = keys.generate(), keys.generate(), keys.generate()
+    for presented in (first, second, third):
+        small.remember(presented, _key())
+        ticks.now += 1
+    assert [small.get(p) is not None for p in (first, second, third)] == [False, True, True]
