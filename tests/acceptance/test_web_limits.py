@@ -87,6 +87,13 @@ def test_a_client_sending_its_headers_slowly_is_cut_off(conn, database_url, tmp_
                     break
             assert closed, "the server waited a minute for headers that never ended"
         assert "did not arrive in time" in web.log()
+        # on a kept-alive connection, the next request's headers get their own deadline
+        with _connect(web) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _response(sock)[0] == 200
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ...and no end of headers
+            ready = select.select([sock], [], [], 30)[0]
+            assert ready and sock.recv(1024) == b"", "a second request's headers had no deadline"
         # a normal client on the same server is unaffected
         with web.client() as http:
             assert http.get("/healthz").status_code == 200
