@@ -68,8 +68,18 @@ class DatabaseTransport:
 
     advice = "Check that the database is reachable (`engine db status`, ENGINE_DATABASE_URL)."
 
-    def __init__(self, connections: Connections, series_tail: int, *, key_ids: dict[str, int] | None = None):
+    def __init__(
+        self,
+        connections: Connections,
+        series_tail: int,
+        *,
+        key_ids: dict[str, int] | None = None,
+        batch_id: int | None = None,
+    ):
         self._connections = connections
+        # engine web takes the batch id in the round trip that takes the run's lock, inside
+        # the transaction this flush joins: its first batch uses it instead of asking again
+        self._batch_id = batch_id
         self.tail = series_tail
         self.where = f"the database {describe_url(connections.url)}"
         self._keys_lock = threading.Lock()  # runs note keys while a flush interns them
@@ -163,14 +173,18 @@ class DatabaseTransport:
                 batch_cur, keys_cur = conn.cursor(), conn.cursor()
                 # engine web opens the transaction itself (it holds the run's lock): join it
                 begin = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-                with conn.pipeline():
-                    if begin:
-                        cur.execute(_BEGIN)
-                    if unknown:
-                        cur.execute(self._q_intern, {"keys": unknown})
-                        keys_cur.execute(self._q_key_ids, {"keys": unknown})
-                    batch_cur.execute(self._q_batch)
-                (batch_id,) = cast("tuple[int]", batch_cur.fetchone())
+                batch_id, self._batch_id = (None, None) if begin else (self._batch_id, None)
+                if begin or unknown or batch_id is None:
+                    with conn.pipeline():
+                        if begin:
+                            cur.execute(_BEGIN)
+                        if unknown:
+                            cur.execute(self._q_intern, {"keys": unknown})
+                            keys_cur.execute(self._q_key_ids, {"keys": unknown})
+                        if batch_id is None:
+                            batch_cur.execute(self._q_batch)
+                if batch_id is None:
+                    (batch_id,) = cast("tuple[int]", batch_cur.fetchone())
                 ids = self._key_ids
                 if unknown:
                     new_ids = dict(keys_cur.fetchall())

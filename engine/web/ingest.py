@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -232,7 +232,7 @@ def store_batch(
     try:
         if state is None:
             raise NotFound(f"no run {path.run_id!r} in project {path.entity}/{path.project}")
-        run_pk, status, step, system_step, stored_points, stop = state
+        run_pk, status, step, system_step, stored_points, stop, next_batch = state
         if stored_points is not None or (running and status != "running"):
             finished, changed = None, False
             if stored_points is not None and ending is not None and status == "running":
@@ -244,7 +244,7 @@ def store_batch(
         DatabaseTransport.prepare_connection(conn)
         # the buffer, without its thread: one flush of exactly this batch (points <= MAX_BATCH_POINTS)
         writer = Writer(
-            DatabaseTransport(_Connection(conn), settings.series_tail, key_ids=_key_ids),
+            DatabaseTransport(_Connection(conn), settings.series_tail, key_ids=_key_ids, batch_id=next_batch),
             settings.model_copy(update={"buffer_max_points": MAX_BATCH_POINTS + 1}),
         )
         stream = Stream(run_pk, path.label, step=step, system_step=system_step)
@@ -295,13 +295,15 @@ def store_batch(
 
 def _lock_run(
     conn: psycopg.Connection, path: RunPath, batch_id: str, wait: float
-) -> tuple[int, str, int, int, int | None, str | None] | None:
+) -> tuple[int, str, int, int, int | None, str | None, int] | None:
     """Open the batch's transaction, take the run's lock (held until it ends) and read, once
     the lock is held, the run: (pk, state, step, system step, the batch's points if it was
-    stored before, its pending stop request), or None when there is no such run. One round
-    trip. LockBusy (503) when another request held the lock for `wait` seconds."""
+    stored before, its pending stop request, the flush's batch id), or None when there is no
+    such run. One round trip. LockBusy (503) when another request held the lock for `wait`
+    seconds. (The batch id is taken after the lock, as the flush would take it: a batch that
+    stores nothing leaves a gap in the sequence, as a rolled-back flush does.)"""
     names = {"entity": path.entity, "project": path.project, "run_id": path.run_id}
-    state = conn.cursor()
+    state, batch = conn.cursor(), conn.cursor()
     try:
         with conn.pipeline():
             conn.execute("BEGIN")
@@ -309,6 +311,7 @@ def _lock_run(
             conn.execute(query("ingest_lock"), names)
             conn.execute(query("lock_wait"), {"wait": "0"})
             state.execute(query("ingest_run_state"), names | {"batch_id": batch_id})
+            batch.execute(query("next_ingest_batch"))
     except psycopg.errors.LockNotAvailable:
         # the pipeline stopped at the lock: put the connection's lock wait back before it
         # returns to the pool (and if that fails, the pool drops it as broken)
@@ -319,7 +322,9 @@ def _lock_run(
             f"the run's previous log batch is still being stored (waited {wait:g} s for it): send this "
             "batch again (its batch id stores it once)"
         ) from None
-    return state.fetchone()
+    found = state.fetchone()
+    next_batch = cast("tuple[int]", batch.fetchone())[0]
+    return None if found is None else (*found, next_batch)
 
 
 def _commit(conn: psycopg.Connection) -> None:
