@@ -19,7 +19,7 @@ from engine import clock
 from engine.db import boundary, query
 from engine.exceptions import LockBusy, NotFound
 from engine.names import is_reserved_key
-from engine.sdk.buffer import MAX_BATCH_POINTS, Stream, Writer
+from engine.sdk.buffer import MAX_BATCH_POINTS, Record, Stream, Writer
 from engine.sdk.flush import DatabaseTransport
 from engine.sdk.run import _check_config, _check_tags, _new_run_id, _Opening, _transition, _transition_params
 from engine.sdk.validate import check_key, check_name, parse_project
@@ -251,13 +251,21 @@ def store_batch(
         dropped: list[int] = []
         points = 0
         noted: set[tuple[str, ...]] = set()
+        last: tuple[str, ...] | None = None
+        for keys in (r[2] for r in rows):
+            if keys is not last:  # a batch's rows share their key set's tuple
+                noted.add(keys)
+                last = keys
+        for keys in noted:
+            writer.note_keys(list(keys))
         now = clock.now_micros()  # of the points given without a time
+        # the usual batch (the SDK's): every row with its time, steps rising past the run's
+        timed = not clamp and all(r[0] is not None for r in rows)
+        if timed and writer.extend(stream, cast("list[Record]", rows)):
+            points, rows = sum(len(r[3]) for r in rows), ()
         for index, (time, given, keys, values) in enumerate(rows):
             if clamp and given is not None and given < stream.step:
                 given = stream.step
-            if keys not in noted:
-                writer.note_keys(list(keys))
-                noted.add(keys)
             if writer.append(stream, now if time is None else time, given, keys, values) is not None:
                 dropped.append(index)
             else:
