@@ -185,7 +185,8 @@ def _column_rows(columns: LogColumns) -> list[ingest.Row]:
             raise Invalid(
                 ("body", "columns", "time_us"), "give the times either as time or as time_us, not both"
             )
-        field, times = "time_us", [None if t is None else clock.from_unix_micros(t) for t in columns.time_us]
+        since = clock.from_unix_micros(0)  # the records' epoch, in the API's microseconds
+        field, times = "time_us", [None if t is None else t + since for t in columns.time_us]
     else:
         field = "time"
         times = (
@@ -196,8 +197,9 @@ def _column_rows(columns: LogColumns) -> list[ingest.Row]:
     if len(times) != n:
         raise Invalid(("body", "columns", field), f"{len(times)} times for {n} rows (step has {n})")
     chosen = columns.keyset
+    one = isinstance(chosen, int) and n > 0  # every row has this key set (the usual batch)
     if isinstance(chosen, int):
-        chosen = [chosen] * n
+        chosen = [chosen] if n else []
     elif len(chosen) != n:
         raise Invalid(("body", "columns", "keyset"), f"{len(chosen)} key sets for {n} rows (step has {n})")
     if chosen and not (min(chosen) >= 0 and max(chosen) < len(keysets)):
@@ -206,11 +208,16 @@ def _column_rows(columns: LogColumns) -> list[ingest.Row]:
         )
     values = numbers(columns.values)
     widths = [len(k) for k in keysets]
-    if sum(widths[i] for i in chosen) != len(values):
-        raise Invalid(
-            ("body", "columns", "values"),
-            f"{len(values)} values for rows of {sum(widths[i] for i in chosen)}",
-        )
+    needed = n * widths[chosen[0]] if one else sum(widths[i] for i in chosen)
+    if needed != len(values):
+        raise Invalid(("body", "columns", "values"), f"{len(values)} values for rows of {needed}")
+    if one:
+        shared, width = keysets[chosen[0]], widths[chosen[0]]
+        # each row's values: a slice of the values, one key set's width after another
+        return [
+            (t, step, shared, values[at : at + width])
+            for t, step, at in zip(times, steps, range(0, n * width, width))
+        ]
     rows = []
     at = 0
     for t, step, i in zip(times, steps, chosen):
