@@ -6,13 +6,21 @@ import json
 import math
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 
 from engine.clock import to_micros
 from engine.exceptions import AccessDenied, KeyRefused, NotFound, ServerUnavailable
 from engine.sdk.buffer import Part, Stream
-from engine.sdk.http_transport import Client, HttpTransport, _as_rows, encode, in_form, log_bodies, run_path
+from engine.sdk.http_transport import (
+    Answer,
+    Client,
+    HttpTransport,
+    _as_rows,
+    encode,
+    in_form,
+    log_bodies,
+    run_path,
+)
 from engine.settings import Settings
 from tests.receiver import Received, Receiver, Reply
 
@@ -70,7 +78,7 @@ def test_run_paths_quote_each_part():
 )
 def test_error_answers_become_the_sdks_exceptions_with_the_servers_message(status, error):
     client = Client(Settings(url="http://127.0.0.1:9", api_key="eng_secret"))  # type: ignore[arg-type]
-    raised = client.error(httpx.Response(status, json={"detail": "what is wrong"}))
+    raised = client.error(Answer(status, b'{"detail": "what is wrong"}'))
     assert isinstance(raised, error) and "what is wrong" in str(raised) and "eng_secret" not in str(raised)
     client.close()
 
