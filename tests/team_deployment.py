@@ -179,6 +179,7 @@ class PgBouncer:
         self.port = free_port()
         self.folder = _shared_folder("engine-pgbouncer-")
         self.proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
         self.log: list[str] = []
 
     def start(self, timeout: float = 20) -> PgBouncer:
@@ -210,12 +211,15 @@ class PgBouncer:
         )
         for path in (auth, ini):
             path.chmod(0o644)
+        # A session of its own: stop() signals the group, pgbouncer with the runuser that
+        # started it (a signal to runuser alone, then its kill, left pgbouncer running)
         self.proc = subprocess.Popen(
             [*_run_as(), binary, str(ini)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,
         )
         listening = threading.Event()
 
@@ -227,20 +231,27 @@ class PgBouncer:
                     listening.set()
             listening.set()  # it exited: start() reports why
 
-        threading.Thread(target=read_log, name="pgbouncer-log", daemon=True).start()
+        self._reader = threading.Thread(target=read_log, name="pgbouncer-log", daemon=True)
+        self._reader.start()
         if not listening.wait(timeout) or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError("pgbouncer did not start:\n" + "\n".join(self.log[-20:]))
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # "safe shutdown": lets transactions finish
-            try:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGINT)  # "safe shutdown": lets transactions finish
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):  # whatever of the group is left
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
+            if self._reader is not None:
+                self._reader.join(5)  # at the end of pgbouncer's log (it exited)
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> PgBouncer:
