@@ -180,7 +180,8 @@ def list_keys(conn: psycopg.Connection) -> list[ApiKey]:
 
 
 def revoke(conn: psycopg.Connection, name: str) -> bool:
-    """Revoke a key (from the next request on). False: it was revoked already."""
+    """Revoke a key: refused from the next check in the database on (`Verified`: within a
+    web process's key cache). False: it was revoked already."""
     with boundary(), conn.transaction():
         if conn.execute(query("key_revoke"), {"name": name, "now": clock.now()}).fetchone():
             return True

@@ -107,7 +107,8 @@ def list_(fmt: FormatOption = Format.table) -> None:
 
 @keys_app.command()
 def revoke(name: Annotated[str, typer.Argument(help="The key's name (see `engine keys list`).")]) -> None:
-    """Revoke a key: every request with it is refused (401) from now on."""
+    """Revoke a key: every request with it is refused (401) within ENGINE_WEB_KEY_CACHE seconds
+    (1 s by default: each engine web process takes a key it checked that recently)."""
     with enginedb.connect(autocommit=True) as conn:
         enginedb.ensure_schema(conn)
         changed = keys.revoke(conn, name)
