@@ -238,14 +238,14 @@ class Verified:
         """`authenticate` found `presented` valid just now."""
         if self.max_age <= 0:
             return
-        now = self._monotonic()
+        now, found = self._monotonic(), digest(presented)
         with self._lock:
             if len(self._found) >= self._size:  # the stale ones go first, else the oldest
                 self._found = {d: e for d, e in self._found.items() if now - e[1] < self.max_age}
                 while len(self._found) >= self._size:
                     del self._found[next(iter(self._found))]
-            self._found.pop(digest(presented), None)  # re-inserted last: the newest
-            self._found[digest(presented)] = (key, now)
+            self._found.pop(found, None)  # re-inserted last: the newest
+            self._found[found] = (key, now)
 
 
 def by_id(conn: psycopg.Connection, key_id: int) -> ApiKey:
