@@ -430,8 +430,8 @@ def in_form(body: dict[str, Any], form: str) -> dict[str, Any]:
     if form == "rows":
         return _as_rows(body)
     if form == "columns" and "columns" in body:
-        columns = dict(body["columns"])
-        columns["time"] = [from_micros(from_unix_micros(t)) for t in columns.pop("time_us")]
+        columns = {k: v for k, v in body["columns"].items() if k != "time_us"}
+        columns["time"] = _times(body["columns"])
         return body | {"columns": columns}
     return body
 
@@ -446,15 +446,19 @@ def _as_rows(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(chosen, int):
             chosen = [chosen] * len(columns["step"])
         values = iter(columns["values"])
-        if "time_us" in columns:
-            times = [from_micros(from_unix_micros(t)) for t in columns["time_us"]]
-        else:
-            times = columns.get("time") or [None] * len(columns["step"])
         body["rows"] = [
             {"time": t, "step": step, "values": {key: next(values) for key in keysets[i]}}
-            for t, step, i in zip(times, columns["step"], chosen)
+            for t, step, i in zip(_times(columns), columns["step"], chosen)
         ]
     return body
+
+
+def _times(columns: dict[str, Any]) -> list[Any]:
+    """The rows' times of a `columns` body as ISO 8601 takes them: `time_us` as datetimes, or
+    `time` as it is (None for a row without one)."""
+    if "time_us" in columns:
+        return [None if t is None else from_micros(from_unix_micros(t)) for t in columns["time_us"]]
+    return columns.get("time") or [None] * len(columns["step"])
 
 
 def _points(body: dict[str, Any]) -> int:
