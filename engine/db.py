@@ -277,6 +277,15 @@ def connect(
         )
 
 
+def is_pooled(conn: psycopg.Connection) -> bool:
+    """Whether a pooler (PgBouncer, any proxy that keeps server connections) stands between
+    `conn` and the server: the backend pid the client was given at startup is then the
+    pooler's own, not the pid of the server process that answers. Such a connection's next
+    transaction may run in another server session, so it must keep no session state there
+    (prepared statements: a name missing there, or another client's statement under it)."""
+    return bool(value(conn, "server_backend_pid") != conn.info.backend_pid)
+
+
 def describe_url(url: str) -> str:
     """Where a URL points, for messages: `dbname on host:port`, never the password."""
     try:

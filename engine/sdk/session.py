@@ -7,8 +7,9 @@ it closes. The session's `Transport` holds at most one connection, for run state
 artifacts and the writer's flushes alike (a flush and a state change take turns): a hundred
 training jobs cost a hundred connections at most, and a job that logs rarely holds none
 between its flushes, since the connection closes after ENGINE_SDK_IDLE_TIMEOUT seconds
-unused. Nothing relies on session state across transactions (no prepared statements, SET,
-LISTEN or session locks), so the connection may go through PgBouncer in transaction mode.
+unused. Nothing relies on session state across transactions (no SET, LISTEN or session
+locks), so the connection may go through PgBouncer in transaction mode; the statements it
+runs again are prepared only on a connection that is the server's own (`db.is_pooled`).
 
 With ENGINE_URL set, the session is an `HttpSession` instead: the same writer over the HTTP
 transport (http_transport.py), keep-alive connections to `engine web`, and no database
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 LINGER_SECONDS = 5.0
 APPLICATION_NAME = "engine-sdk"
+# On a connection of its own to the server, a statement run a second time is prepared (parsed
+# and planned once): a run's creation and state change, and every flush's statements.
+PREPARE_THRESHOLD = 1
 
 _registry: dict[Settings, Session | HttpSession] = {}
 _registry_lock = threading.Lock()
@@ -93,6 +97,8 @@ class Transport:
                     db.ensure_schema(conn)
                 self._schema_checked = True
             self._on_open(conn)
+            if not db.is_pooled(conn):  # behind PgBouncer, every statement is parsed each time
+                conn.prepare_threshold = PREPARE_THRESHOLD
         except BaseException:
             conn.close()
             raise

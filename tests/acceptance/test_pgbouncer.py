@@ -4,13 +4,15 @@ max_connections = 100: none crashes, every point is stored, in order.
 The server is a cluster of its own (TCP on 127.0.0.1, SCRAM passwords, the roles of
 engine/sql/grants.sql), and the jobs log in as a member of `engine_ingest`. PgBouncer 1.18 (Debian
 12) keeps no prepared statement across transactions and hands each transaction any server
-connection: the SDK must hold no session state between transactions.
+connection: the SDK must hold no session state between transactions, and prepares no
+statement when it finds a pooler between it and the server.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from engine import db
 from tests.team_deployment import PgBouncer, TeamDatabase, run_fleet, stored_series
 
 JOBS = 120
@@ -25,6 +27,13 @@ def test_120_training_jobs_through_pgbouncer_all_store_every_point() -> None:
         with PgBouncer(
             database, {"trainer": "trainer-secret"}, pool_size=POOL, max_client_conn=JOBS + 30
         ) as bouncer:
+            # what tells the SDK to prepare no statement through it (engine/sdk/session.py)
+            with (
+                db.connection(bouncer.url("trainer")) as through,
+                db.connection(database.url("trainer", "trainer-secret")) as direct,
+            ):
+                assert db.is_pooled(through)
+                assert not db.is_pooled(direct)
 
             def monitor() -> dict[str, int]:
                 pools = [p for p in bouncer.pools() if p["database"] == "engine"]

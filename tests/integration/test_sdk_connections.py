@@ -13,6 +13,7 @@ import sys
 import threading
 
 import engine
+from engine import db
 from tests.integration.sdk_helpers import set_env, wait_for
 
 # Three runs (one with system metrics every 0.1 s), artifacts and Api calls, all logging at
@@ -126,19 +127,35 @@ def test_a_training_process_holds_at_most_one_connection_and_closes_it_when_idle
     assert conn.execute("SELECT count(*) FROM artifact_versions").fetchone()[0] == 30
 
 
-def test_the_sdk_connection_prepares_nothing_and_names_itself(conn, database_url, monkeypatch):
-    """Through PgBouncer in transaction mode, a statement prepared on one server connection is
-    missing on the next: psycopg would prepare after 5 executions unless told not to."""
+def test_the_sdk_connection_prepares_what_it_runs_again_unless_a_pooler_stands_between(
+    conn, database_url, monkeypatch
+):
+    """On a connection of its own to the server, the statements of every run and flush are
+    prepared (parsed and planned once). Through a pooler (PgBouncer in transaction mode) the
+    next transaction may run on another server connection, where a prepared name is missing
+    or is another client's statement: nothing is prepared there (the real PgBouncer:
+    tests/acceptance/test_pgbouncer.py)."""
     set_env(monkeypatch, system_metrics_interval=0)
-    with engine.init(project="acme/vision", id="prepared") as run:
-        for i in range(20):
-            run.log({"loss": float(i)})
-            run.flush()
-        run.log_artifact("data", type="dataset")
-        with run._session.transport.connection() as c:
-            assert c.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
-            assert c.execute("SHOW application_name").fetchone()[0] == "engine-sdk"
-    assert conn.execute("SELECT count(*) FROM metric_points").fetchone()[0] == 20
+
+    def log_and_read(run_id: str) -> list[str]:
+        with engine.init(project="acme/vision", id=run_id) as run:
+            for i in range(20):
+                run.log({"loss": float(i)})
+                run.flush()
+            run.log_artifact("data", type="dataset")
+            with run._session.transport.connection() as c:
+                assert c.execute("SHOW application_name").fetchone()[0] == "engine-sdk"
+                prepared = [s for (s,) in c.execute("SELECT statement FROM pg_prepared_statements")]
+        run._session.transport.drop()  # the next run opens a connection again
+        return prepared
+
+    prepared = log_and_read("prepared")
+    assert any("The series a flush touched" in s for s in prepared), prepared  # upsert_series
+    assert any("ingest_flush(" in s for s in prepared), prepared
+
+    monkeypatch.setattr(db, "is_pooled", lambda _conn: True)
+    assert log_and_read("pooled") == []
+    assert conn.execute("SELECT count(*) FROM metric_points").fetchone()[0] == 40
 
 
 def test_with_an_idle_timeout_of_zero_no_connection_stays_open(conn, database_url, monkeypatch):
