@@ -6,6 +6,8 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable, Iterable
+from itertools import chain
+from operator import itemgetter
 
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
@@ -34,6 +36,7 @@ _TIME, _STEP, _SEQ, _VALUE = 6, 38, 50, 62
 _COLUMNS_FROM = 16
 _BLOCK_POINTS = 1 << 14
 _BIG_ENDIAN = sys.byteorder == "big"
+_VALUES = itemgetter(3)  # a record's values
 
 
 def copy_run(
@@ -66,7 +69,7 @@ def copy_run(
             j += 1
         block = records[i:j]
         slot[1] += j - i
-        values = [v for r in block for v in r[3]]
+        values = list(chain.from_iterable(map(_VALUES, block)))
         if j - i >= _COLUMNS_FROM:
             write(_columns(run_pk, slot[0], block, values, seq))
         else:

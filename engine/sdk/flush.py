@@ -296,10 +296,11 @@ def _run_steps(batch: list[Part]) -> dict[str, list[int]]:
     runs: dict[int, list[int]] = {}
     for stream, records, system, _ in batch:
         steps = runs.setdefault(cast(int, stream.run_pk), [-1, -1])
+        # a stream's records are in step order (Writer.append), so its last has the highest
         if records:
-            steps[0] = max(steps[0], max(r[1] for r in records))
+            steps[0] = max(steps[0], records[-1][1])
         if system:
-            steps[1] = max(steps[1], max(r[1] for r in system))
+            steps[1] = max(steps[1], system[-1][1])
     return {
         "runs": list(runs),
         "run_steps": [s[0] for s in runs.values()],
