@@ -299,14 +299,31 @@ def describe_url(url: str) -> str:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether the same call may succeed later (an outage, a full server, a lost serialisation
-    race) rather than never (wrong password, missing database, schema or extension): the
-    classes of `translate`, so that retrying and advice never disagree."""
-    cause = (
-        exc.__cause__ if isinstance(exc, EngineError) and isinstance(exc.__cause__, psycopg.Error) else exc
-    )
+    race, a statement prepared before a migration: see `is_stale_plan`) rather than never
+    (wrong password, missing database, schema or extension): the classes of `translate`, so
+    that retrying and advice never disagree."""
+    cause = _psycopg_cause(exc)
     if isinstance(cause, psycopg.Error) and (cause.sqlstate or "") in _RACES:
         return True
-    return isinstance(translate(cause), DatabaseUnavailable)
+    return is_stale_plan(cause) or isinstance(translate(cause), DatabaseUnavailable)
+
+
+def is_stale_plan(exc: BaseException) -> bool:
+    """A prepared statement whose result changed shape since it was prepared (a migration
+    altered what it returns): the server refuses to run it again on that connection, and
+    the same call succeeds on a new one, whose statements are prepared anew."""
+    cause = _psycopg_cause(exc)
+    return (
+        isinstance(cause, psycopg.errors.FeatureNotSupported)
+        and "cached plan must not change result type" in str(cause)
+    )
+
+
+def _psycopg_cause(exc: BaseException) -> BaseException:
+    """The psycopg error behind one `boundary` translated, or `exc` itself."""
+    if isinstance(exc, EngineError) and isinstance(exc.__cause__, psycopg.Error):
+        return exc.__cause__
+    return exc
 
 
 # A transaction that lost a serialisation race or a deadlock succeeds when tried again.

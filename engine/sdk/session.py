@@ -77,11 +77,15 @@ class Transport:
             if conn is None or conn.closed or conn.broken:
                 self.drop()
                 conn = self._conn = self._open()
+            stale = False
             try:
                 yield conn
+            except BaseException as exc:
+                stale = db.is_stale_plan(exc)  # its prepared statements are out of date
+                raise
             finally:
                 self._last_used = time.monotonic()
-                if conn.closed or conn.broken or self.idle_timeout == 0:
+                if stale or conn.closed or conn.broken or self.idle_timeout == 0:
                     self.drop()
 
     def _open(self) -> psycopg.Connection:

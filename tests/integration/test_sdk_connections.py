@@ -12,8 +12,11 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 import engine
 from engine import db
+from engine.exceptions import EngineError
 from tests.integration.sdk_helpers import set_env, wait_for
 
 # Three runs (one with system metrics every 0.1 s), artifacts and Api calls, all logging at
@@ -167,3 +170,28 @@ def test_with_an_idle_timeout_of_zero_no_connection_stays_open(conn, database_ur
         assert wait_for(lambda: not conn.execute(SDK_CONNECTIONS).fetchall())
         run.log({"loss": 0.25})
     assert conn.execute("SELECT count(*) FROM metric_points").fetchone()[0] == 2
+
+
+def test_a_statement_prepared_before_a_migration_changed_its_result_is_tried_again_on_a_new_connection(
+    conn, database_url, monkeypatch
+):
+    """A migration (another connection) that changes what a prepared statement returns makes
+    the server refuse it on the SDK's connection ("cached plan must not change result type"):
+    a retryable error, after which the session opens a new connection (whose statements are
+    prepared anew)."""
+    set_env(monkeypatch, system_metrics_interval=0)
+    conn.execute("CREATE TABLE stale_plan (a integer)")
+    conn.commit()
+    with engine.init(project="acme/vision", id="stale") as run:
+        transport = run._session.transport
+        with pytest.raises(EngineError) as raised, transport.connection() as c:
+            c.execute("SELECT * FROM stale_plan", prepare=True)
+            conn.execute("ALTER TABLE stale_plan ADD COLUMN b integer")
+            conn.commit()
+            with db.boundary():
+                c.execute("SELECT * FROM stale_plan", prepare=True)
+        assert db.is_stale_plan(raised.value)
+        assert db.is_transient(raised.value)
+        assert transport._conn is None  # dropped: the next use opens a new connection
+        run.log({"loss": 0.5})
+    assert not db.is_stale_plan(EngineError("cached plan must not change result type"))
