@@ -277,6 +277,19 @@ def connect(
         )
 
 
+# On a connection of its own to the server, a statement run a second time is prepared (parsed
+# and planned once per connection): every flush's, a run's creation and state change, a
+# delivery's claim and outcome, a request's queries.
+PREPARE_THRESHOLD = 1
+
+
+def prepare_when_direct(conn: psycopg.Connection) -> None:
+    """Have psycopg prepare the statements `conn` runs again, unless a pooler stands between
+    it and the server (`is_pooled`): then every statement is parsed each time."""
+    if not is_pooled(conn):
+        conn.prepare_threshold = PREPARE_THRESHOLD
+
+
 def is_pooled(conn: psycopg.Connection) -> bool:
     """Whether a pooler (PgBouncer, any proxy that keeps server connections) stands between
     `conn` and the server: the backend pid the client was given at startup is then the
@@ -313,10 +326,9 @@ def is_stale_plan(exc: BaseException) -> bool:
     altered what it returns): the server refuses to run it again on that connection, and
     the same call succeeds on a new one, whose statements are prepared anew."""
     cause = _psycopg_cause(exc)
-    return (
-        isinstance(cause, psycopg.errors.FeatureNotSupported)
-        and "cached plan must not change result type" in str(cause)
-    )
+    return isinstance(
+        cause, psycopg.errors.FeatureNotSupported
+    ) and "cached plan must not change result type" in str(cause)
 
 
 def _psycopg_cause(exc: BaseException) -> BaseException:
@@ -417,9 +429,11 @@ class Database:
     is left, so that a refused connection raises at once with the server's reason. An idle
     connection unused for a moment is pinged before it is handed out (one broken by a
     database restart is replaced instead of failing the caller); one idle for IDLE_SECONDS
-    is closed. Nothing relies on session state kept between blocks, so the pool may sit
-    behind PgBouncer in transaction mode; a part that keeps session state (the evaluator's
-    settings and prepared statements) leases its connections instead of borrowing them.
+    is closed. Nothing relies on session state kept between blocks (the statements a
+    connection runs again are prepared only when it is the server's own,
+    `prepare_when_direct`), so the pool may sit behind PgBouncer in transaction mode; a part
+    that keeps session state (the evaluator's settings and prepared statements) leases its
+    connections instead of borrowing them.
     """
 
     def __init__(
@@ -470,6 +484,10 @@ class Database:
         try:
             with boundary():
                 yield conn
+        except BaseException as exc:
+            if is_stale_plan(exc):  # its prepared statements are out of date: not kept
+                conn.close()
+            raise
         finally:
             self._give_back(share, conn)
 
@@ -563,6 +581,11 @@ class Database:
                 )
                 with self._lock:
                     self.opened += 1
+                try:
+                    prepare_when_direct(conn)
+                except BaseException:
+                    conn.close()
+                    raise
         except BaseException:
             slots.release()
             raise

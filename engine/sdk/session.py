@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 
 LINGER_SECONDS = 5.0
 APPLICATION_NAME = "engine-sdk"
-# On a connection of its own to the server, a statement run a second time is prepared (parsed
-# and planned once): a run's creation and state change, and every flush's statements.
-PREPARE_THRESHOLD = 1
 
 _registry: dict[Settings, Session | HttpSession] = {}
 _registry_lock = threading.Lock()
@@ -101,8 +98,7 @@ class Transport:
                     db.ensure_schema(conn)
                 self._schema_checked = True
             self._on_open(conn)
-            if not db.is_pooled(conn):  # behind PgBouncer, every statement is parsed each time
-                conn.prepare_threshold = PREPARE_THRESHOLD
+            db.prepare_when_direct(conn)
         except BaseException:
             conn.close()
             raise
