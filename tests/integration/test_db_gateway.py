@@ -130,6 +130,30 @@ def test_a_block_that_leaves_a_transaction_open_does_not_leak_it(database_url):
             assert c.execute("SHOW statement_timeout").fetchone()[0] == "0"
 
 
+def test_a_pooled_connection_prepares_what_it_runs_again_and_is_closed_when_a_migration_made_it_stale(
+    database_url, conn
+):
+    """The server's own connection prepares a statement's second run; a migration (another
+    connection) that changes what it returns makes the server refuse it there ("cached plan
+    must not change result type"): a retryable error, and the connection is not pooled again."""
+    conn.execute("CREATE TABLE stale_plan (a integer)")
+    conn.commit()
+    with db.Database(database_url) as database:
+        with database.connection() as c:
+            for _ in range(2):
+                c.execute("SELECT * FROM stale_plan")
+            assert c.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] >= 1
+            conn.execute("ALTER TABLE stale_plan ADD COLUMN b integer")
+            conn.commit()
+        with pytest.raises(DatabaseError) as raised, database.connection() as again:
+            assert again is c  # the idle one, with its prepared statement
+            again.execute("SELECT * FROM stale_plan")
+        assert db.is_stale_plan(raised.value) and db.is_transient(raised.value)
+        assert c.closed
+        with database.connection() as fresh:
+            assert fresh.execute("SELECT * FROM stale_plan").fetchall() == []
+
+
 def test_a_lease_keeps_its_place_until_its_holder_closes_it(database_url):
     with db.Database(database_url, shares={"evaluation": 1}, wait=0.2) as database:
         leased = database.lease("evaluation")
