@@ -262,18 +262,18 @@ def connect(
     settings: Settings | None = None,
     application_name: str | None = None,
     connect_timeout: int | None = None,
-    prepare_threshold: int | None = None,
 ) -> psycopg.Connection:
-    """A connection, errors translated. No server-side prepared statements unless
-    `prepare_threshold` asks for them: a PgBouncer in transaction pooling mode (1.18, as
-    Debian ships it) does not keep them from one transaction to the next."""
+    """A connection, errors translated. It prepares no statement (psycopg would from a
+    statement's fifth run): PgBouncer in transaction pooling mode (1.18, as Debian ships it)
+    does not keep them from one transaction to the next. A holder that keeps them says so
+    (`prepare_when_direct`, or the evaluator's own threshold)."""
     with boundary():
         return psycopg.connect(
             conninfo(
                 url, settings=settings, application_name=application_name, connect_timeout=connect_timeout
             ),
             autocommit=autocommit,
-            prepare_threshold=prepare_threshold,
+            prepare_threshold=None,
         )
 
 

@@ -2,13 +2,6 @@
 -- statement (data-modifying CTEs), so a change and its event always commit together and
 -- cost one round trip. Event `time` and the rows' timestamps come from engine.clock.now().
 
--- The connection --------------------------------------------------------------------------
-
--- name: server_backend_pid
--- The server process answering: a pooler between client and server (PgBouncer) gave the
--- client a backend pid of its own at startup, which this one is not.
-SELECT pg_backend_pid();
-
 -- Runs ------------------------------------------------------------------------------------
 
 -- name: upsert_project
