@@ -5,9 +5,10 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import chain
 from operator import itemgetter
+from typing import NamedTuple
 
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
@@ -39,23 +40,34 @@ _BIG_ENDIAN = sys.byteorder == "big"
 _VALUES = itemgetter(3)  # a record's values
 
 
-def copy_run(
-    write: Callable[[bytes | bytearray], None],
-    run_pk: int,
-    records: list[Record],
-    ids: dict[str, int],
-    seq: int,
-) -> tuple[int, dict[tuple[str, ...], list], list[tuple[int, Record]]]:
-    """COPY one run's records as binary rows, numbered from `seq`, with `write` (a COPY's
-    `write`, between COPY_HEADER and COPY_TRAILER). Returns the next seq, the keys of the
-    records with their key ids and how many records have them (keys -> [key ids, count]),
-    and the records with a NaN or an infinity (rare: counted apart), each with the seq of
-    its first value.
+class Block(NamedTuple):
+    """Consecutive records of a run with the same keys, at most a block's points."""
 
-    Consecutive records with the same keys (a run logs the same keys call after call) are
-    encoded a block at a time, column by column (the hot path of a flush)."""
+    records: list[Record]
+    kids: tuple[int, ...]  # their keys' ids
+    values: list[float]  # their values, laid end to end
+    seq: int  # the seq of the first value
+
+
+class Layout(NamedTuple):
+    """A run's records as COPY blocks, numbered from a seq (`layout`)."""
+
+    seq: int  # the seq after the last value
+    slots: dict[tuple[str, ...], list]  # keys -> [key ids, how many records have them]
+    odd: list[tuple[int, Record]]  # records with a NaN or an infinity, with their first value's seq
+    blocks: list[Block]
+
+
+def layout(records: list[Record], ids: dict[str, int], seq: int) -> Layout:
+    """A run's records as blocks to COPY, their values numbered from `seq`: the keys of the
+    records with their key ids and how many records have them, and the records with a NaN or
+    an infinity (rare: counted apart), each with the seq of its first value.
+
+    Consecutive records with the same keys (a run logs the same keys call after call) make
+    one block, encoded column by column (`encode`, the hot path of a flush)."""
     slots: dict[tuple[str, ...], list] = {}
     odd: list[tuple[int, Record]] = []
+    blocks: list[Block] = []
     i, end = 0, len(records)
     while i < end:
         keys = records[i][2]
@@ -70,10 +82,7 @@ def copy_run(
         block = records[i:j]
         slot[1] += j - i
         values = list(chain.from_iterable(map(_VALUES, block)))
-        if j - i >= _COLUMNS_FROM:
-            write(_columns(run_pk, slot[0], block, values, seq))
-        else:
-            write(_rows(run_pk, slot[0], block, seq))
+        blocks.append(Block(block, slot[0], values, seq))
         first = seq
         seq += len(values)
         total = sum(values)
@@ -84,7 +93,14 @@ def copy_run(
                     odd.append((first, record))
                 first += len(record[3])
         i = j
-    return seq, slots, odd
+    return Layout(seq, slots, odd, blocks)
+
+
+def encode(run_pk: int, block: Block) -> bytearray:
+    """A block's binary COPY rows (between COPY_HEADER and COPY_TRAILER)."""
+    if len(block.records) >= _COLUMNS_FROM:
+        return _columns(run_pk, block.kids, block.records, block.values, block.seq)
+    return _rows(run_pk, block.kids, block.records, block.seq)
 
 
 def _rows(run_pk: int, kids: tuple[int, ...], records: list[Record], seq: int) -> bytearray:

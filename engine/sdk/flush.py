@@ -2,19 +2,23 @@
 
 For each batch the buffer (buffer.py) hands over:
 
-1. new metric keys interned into `metric_keys` (ids cached in the process after commit),
-2. `COPY metric_points|system_metrics (time, run_pk, key_id, step, seq, value) FROM STDIN
-   (FORMAT BINARY)` (copy_binary.py), with `seq = (batch_id << 20) | ordinal`
-   (`ingest_batch_seq`),
-3. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
+1. new metric keys interned into `metric_keys` (ids cached in the process after commit), and
+   the batch id (`ingest_batch_seq`): the points are numbered `seq = (batch_id << 20) | ordinal`
+   and laid out in blocks (copy_binary.layout), which gives each series' count and tail,
+2. `upsert_series` (engine/sql/queries/ingest.sql), one statement for every series with a finite
    value in the batch (series_state and its watermark rows), and `insert_nonfinite` for its NaN
    and infinite values (rare), then ONE `ingest_flush` (a function whose statements keep their
    plans) for every run of the batch (its current steps; with metric values, its last
    ingestion, for stalls), one NOTIFY, and the pending stop requests of the batch's runs
-   (stop_run), read in the same transaction, so a run learns of one within a flush,
-4. the final state changes of runs whose last points are in it.
+   (stop_run), read in the same transaction, so a run learns of one within a flush, and the
+   final state changes of runs whose last points are in it; the server runs these while the
+   client encodes the points,
+3. `COPY metric_points|system_metrics (time, run_pk, key_id, step, seq, value) FROM STDIN
+   (FORMAT BINARY)` of the encoded points (copy_binary.py),
+4. COMMIT.
 
-Batches are sent one at a time in logging order, so `seq` follows it.
+Nothing in 2 reads the points, so their order in the transaction does not matter. Batches are
+sent one at a time in logging order, so `seq` follows it.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from engine.sdk.copy_binary import (
     COPY_TRAILER,
     Float8Array,
     Int8Array,
+    Layout,
     TimestamptzArray,
-    copy_run,
+    encode,
+    layout,
 )
 
 if TYPE_CHECKING:
@@ -119,10 +125,10 @@ class DatabaseTransport:
         return self._connections.close_if_idle()
 
     def send(self, batch: Batch) -> SendResult:
-        """One transaction, in four round trips: BEGIN with the batch id (and new keys),
-        the COPYs, then the series upserts, ingest_flush, closing statements and COMMIT together.
-        (psycopg's transaction() would add two: COPY cannot run inside a pipeline, so the
-        transaction is opened and committed by hand around it.)"""
+        """One transaction, in five round trips: BEGIN with the batch id (and new keys); the
+        series upserts, ingest_flush and the closing statements together, which the server
+        runs while the points are encoded; the COPY's two; COMMIT. (COPY cannot run inside a
+        pipeline, so the transaction is opened and committed by hand around it.)"""
         # every key in the batch was noted before its record was appended
         with self._keys_lock:
             unknown = [k for k in self._unknown if k not in self._key_ids]
@@ -189,19 +195,25 @@ class DatabaseTransport:
                 if unknown:
                     new_ids = dict(keys_cur.fetchall())
                     ids = {**ids, **new_ids}
+                # the points laid out in blocks and numbered (metric points, then system
+                # samples), which gives the series' counts and tails
                 seq = batch_id << ORDINAL_BITS
                 series = _Series()
+                copies: list[tuple[bool, list[tuple[int, Layout]]]] = []
                 for system in (False, True):
-                    parts = [(cast(int, s.run_pk), b) for s, r, y, _ in batch if (b := y if system else r)]
-                    if parts:
-                        with cur.copy(self._q_copy[system]) as copy:
-                            copy.write(COPY_HEADER)
-                            for run_pk, records in parts:
-                                seq = self._copy_run(copy.write, run_pk, records, ids, seq, series)
-                            copy.write(COPY_TRAILER)
+                    runs = []
+                    for stream, records, samples, _ in batch:
+                        if rows := samples if system else records:
+                            laid = layout(rows, ids, seq)
+                            seq = laid.seq
+                            self._add_series(cast(int, stream.run_pk), rows, laid, series)
+                            runs.append((cast(int, stream.run_pk), laid))
+                    if runs:
+                        copies.append((system, runs))
+                # The statements first (the transaction's order does not matter to them): the
+                # server runs them while the rows are encoded, which the COPY then only sends.
                 closing_curs = [conn.cursor() for _ in closing]
                 stops_cur = conn.cursor()
-                sent.append(batch_id)  # from here on the COMMIT may reach the server
                 with conn.pipeline():
                     if series.key_ids:  # every point of this flush has a seq below `seq`
                         cur.execute(self._q_upsert, series.params(self.tail, seq - 1))
@@ -212,7 +224,17 @@ class DatabaseTransport:
                     stops_cur.execute(self._q_flushed, _run_steps(batch))
                     for c, (_, statement, params) in zip(closing_curs, closing):
                         c.execute(statement, params)
-                    cur.execute(_COMMIT)
+                    encoded = _encode_ahead(copies)
+                for system, runs in copies:
+                    with cur.copy(self._q_copy[system]) as copy:
+                        copy.write(COPY_HEADER)
+                        for run_pk, laid in runs:
+                            for block in laid.blocks:
+                                ahead = encoded.pop(id(block), None)
+                                copy.write(encode(run_pk, block) if ahead is None else ahead)
+                        copy.write(COPY_TRAILER)
+                sent.append(batch_id)  # from here on the COMMIT may reach the server
+                cur.execute(_COMMIT)
                 return (
                     new_ids,
                     [(stream, c.fetchone()) for c, (stream, _, _) in zip(closing_curs, closing)],
@@ -245,12 +267,9 @@ class DatabaseTransport:
         except EngineError:
             self._connections.drop()
 
-    def _copy_run(
-        self, write, run_pk: int, records: list[Record], ids: dict[str, int], seq: int, series: _Series
-    ) -> int:
-        """COPY one run's records (copy_binary.copy_run); then add the run's series (finite
-        counts and tails) to `series`."""
-        seq, slots, odd = copy_run(write, run_pk, records, ids, seq)
+    def _add_series(self, run_pk: int, records: list[Record], laid: Layout, series: _Series) -> None:
+        """Add a run's series (finite counts and tails, non-finite values) to `series`."""
+        slots, odd = laid.slots, laid.odd
         # finite values per series: every value of the records, less the non-finite ones
         n_finite: dict[int, int] = {}
         for kids, count in slots.values():
@@ -263,7 +282,6 @@ class DatabaseTransport:
                     series.add_nonfinite(kid, run_pk, first + n, step, t, value)
         for kid, (steps, times, tail_values) in self._tails(records, slots, n_finite, bool(odd)).items():
             series.add(kid, run_pk, n_finite[kid], steps, times, tail_values)
-        return seq
 
     def _tails(
         self, records: list[Record], slots: dict[tuple[str, ...], list], n_finite: dict[int, int], odd: bool
@@ -288,6 +306,25 @@ class DatabaseTransport:
             if not open_series:
                 break
         return {kid: tuple(list(column) for column in zip(*reversed(got))) for kid, got in found.items()}
+
+
+# Points encoded ahead of the COPY, while the server runs the flush's statements: a bound on
+# the memory a large batch (one the database was away for) holds at once.
+ENCODE_AHEAD_POINTS = 1 << 16
+
+
+def _encode_ahead(copies: list[tuple[bool, list[tuple[int, Layout]]]]) -> dict[int, bytearray]:
+    """The first blocks of a flush encoded, by `id` of their block, up to ENCODE_AHEAD_POINTS."""
+    encoded: dict[int, bytearray] = {}
+    points = 0
+    for _, runs in copies:
+        for run_pk, laid in runs:
+            for block in laid.blocks:
+                if points >= ENCODE_AHEAD_POINTS:
+                    return encoded
+                encoded[id(block)] = encode(run_pk, block)
+                points += len(block.values)
+    return encoded
 
 
 def _run_steps(batch: list[Part]) -> dict[str, list[int]]:

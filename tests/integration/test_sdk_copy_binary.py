@@ -1,4 +1,5 @@
-"""The SDK writes its binary COPY rows itself (copy_binary.copy_run): the server reads back
+"""The SDK writes its binary COPY rows itself (copy_binary.layout, then each block's
+`encode`, as a flush does): the server reads back
 exactly the rows psycopg's own `write_row` would have sent, for every shape of records a
 flush holds (long runs of the same keys encoded column by column, a few records a row at a
 time, keys that change, NaN and infinities, times before 2000)."""
@@ -13,11 +14,19 @@ import psycopg
 
 from engine.clock import from_micros, to_micros
 from engine.sdk import copy_binary
-from engine.sdk.copy_binary import COPY_HEADER, COPY_TRAILER, COPY_TYPES, copy_run
+from engine.sdk.copy_binary import COPY_HEADER, COPY_TRAILER, COPY_TYPES, encode, layout
 
 COLUMNS = "time timestamptz, run_pk bigint, key_id integer, step bigint, seq bigint, value double precision"
 COPY = "COPY points (time, run_pk, key_id, step, seq, value) FROM STDIN (FORMAT BINARY)"
 IDS = {"loss": 3, "acc": 9, "lr": 40, "system/cpu": 7}
+
+
+def copy_run(write, run_pk, records, ids, seq):
+    """One run's records through `write`, as a flush COPYs them: (next seq, slots, odd)."""
+    laid = layout(records, ids, seq)
+    for block in laid.blocks:
+        write(encode(run_pk, block))
+    return laid.seq, laid.slots, laid.odd
 
 
 def _records():
