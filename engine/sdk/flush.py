@@ -24,6 +24,7 @@ sent one at a time in logging order, so `seq` follows it.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -204,10 +205,10 @@ class DatabaseTransport:
                     runs = []
                     for stream, records, samples, _ in batch:
                         if rows := samples if system else records:
-                            laid = layout(rows, ids, seq)
+                            run_pk, laid = cast(int, stream.run_pk), layout(rows, ids, seq)
                             seq = laid.seq
-                            self._add_series(cast(int, stream.run_pk), rows, laid, series)
-                            runs.append((cast(int, stream.run_pk), laid))
+                            self._add_series(run_pk, rows, laid, series)
+                            runs.append((run_pk, laid))
                     if runs:
                         copies.append((system, runs))
                 # The statements first (the transaction's order does not matter to them): the
@@ -230,8 +231,7 @@ class DatabaseTransport:
                         copy.write(COPY_HEADER)
                         for run_pk, laid in runs:
                             for block in laid.blocks:
-                                ahead = encoded.pop(id(block), None)
-                                copy.write(encode(run_pk, block) if ahead is None else ahead)
+                                copy.write(encoded.popleft() if encoded else encode(run_pk, block))
                         copy.write(COPY_TRAILER)
                 sent.append(batch_id)  # from here on the COMMIT may reach the server
                 cur.execute(_COMMIT)
@@ -313,16 +313,17 @@ class DatabaseTransport:
 ENCODE_AHEAD_POINTS = 1 << 16
 
 
-def _encode_ahead(copies: list[tuple[bool, list[tuple[int, Layout]]]]) -> dict[int, bytearray]:
-    """The first blocks of a flush encoded, by `id` of their block, up to ENCODE_AHEAD_POINTS."""
-    encoded: dict[int, bytearray] = {}
+def _encode_ahead(copies: list[tuple[bool, list[tuple[int, Layout]]]]) -> deque[bytearray]:
+    """The rows of a flush's first blocks, in the order the COPYs send them, up to
+    ENCODE_AHEAD_POINTS points (the COPYs encode the rest as they go)."""
+    encoded: deque[bytearray] = deque()
     points = 0
     for _, runs in copies:
         for run_pk, laid in runs:
             for block in laid.blocks:
                 if points >= ENCODE_AHEAD_POINTS:
                     return encoded
-                encoded[id(block)] = encode(run_pk, block)
+                encoded.append(encode(run_pk, block))
                 points += len(block.values)
     return encoded
 

@@ -14,6 +14,7 @@ import pytest
 import engine
 from engine import clock
 from engine.sdk import buffer as sdk_buffer
+from engine.sdk import copy_binary
 from engine.sdk import flush as sdk_flush
 from tests.integration.sdk_helpers import set_env, wait_for
 
@@ -71,6 +72,31 @@ def test_points_are_stored_in_logging_order_with_default_steps(conn, database_ur
     assert {s >> sdk_flush.ORDINAL_BITS for s in seqs} == {seqs[0] >> sdk_flush.ORDINAL_BITS}
     assert [s & ((1 << sdk_flush.ORDINAL_BITS) - 1) for s in seqs] == list(range(6))
     assert run.step == 11
+
+
+def test_a_flush_larger_than_what_is_encoded_ahead_stores_every_point_in_order(
+    conn, database_url, monkeypatch
+):
+    """The first blocks of a flush are encoded while the server runs its statements, the rest
+    as the COPY goes: both parts arrive, numbered in logging order."""
+    monkeypatch.setattr(copy_binary, "_BLOCK_POINTS", 1_024)  # blocks of 341 records
+    monkeypatch.setattr(sdk_flush, "ENCODE_AHEAD_POINTS", 3_000)  # the first 3 of 6 blocks
+    with _init() as run:
+        for step in range(2_000):
+            run.log({"loss": float(step), "accuracy": step / 2, "lr": 0.1}, step=step)
+    rows = _points(conn, run.pk)
+    assert len(rows) == 6_000
+    assert [(k, s, v) for k, s, v, _, _ in rows[2_997:3_003]] == [
+        ("loss", 999, 999.0),
+        ("accuracy", 999, 499.5),
+        ("lr", 999, 0.1),
+        ("loss", 1000, 1000.0),
+        ("accuracy", 1000, 500.0),
+        ("lr", 1000, 0.1),
+    ]
+    seqs = [r[4] for r in rows]
+    assert [s & ((1 << sdk_flush.ORDINAL_BITS) - 1) for s in seqs] == list(range(6_000))
+    assert [r[1] for r in _points(conn, run.pk, "loss")] == list(range(2_000))
 
 
 def test_a_lower_step_is_dropped_with_a_warning(conn, database_url):
